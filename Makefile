@@ -1,0 +1,84 @@
+# kubefn: two commands on a fresh machine.
+#   make run   installs what is missing, builds, serves http://127.0.0.1:3000 (SQLite under ./data, local runtime)
+#   make test  installs what is missing and runs every test (cargo tests, then Playwright in Chromium)
+# Tools go to a cache outside the clone so later runs on the same machine reuse them.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+TOOLS ?= $(HOME)/.cache/kubefn-tools
+CARGO_LEPTOS_VERSION := 0.3.10
+WASM_BINDGEN_VERSION := 0.2.130
+BINARYEN_VERSION := 132
+SASS_VERSION := 1.108.2
+export PATH := $(TOOLS)/bin:$(TOOLS)/node/node_modules/.bin:$(HOME)/.cargo/bin:$(PATH)
+
+# cargo-leptos passes these to rustc; plain `cargo test` gets the same values so the two share
+# one build instead of rebuilding leptos whenever they alternate.
+export LEPTOS_OUTPUT_NAME := kubefn
+export LEPTOS_SITE_ROOT := target/site
+export LEPTOS_SITE_PKG_DIR := pkg
+
+.PHONY: help run build build-release test test-unit test-e2e tools wasm-target chromium e2e-deps clean
+
+help:
+	@echo "make run    build and serve kubefn on http://127.0.0.1:3000"
+	@echo "make test   run every test (unit, API, migrations, browser end-to-end)"
+
+run: tools build-release
+	mkdir -p data
+	KUBEFN_DATA_DIR=$${KUBEFN_DATA_DIR:-data} ./target/release/kubefn
+
+build: tools
+	cargo leptos build
+
+build-release: tools
+	# A quicker release profile for the server; the wasm bundle keeps its size-optimised profile.
+	CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 cargo leptos build --release
+
+test: test-unit test-e2e
+
+test-unit: tools
+	cargo test --features ssr
+
+test-e2e: build chromium e2e-deps
+	end2end/run.sh
+
+tools: wasm-target $(TOOLS)/bin/cargo-leptos $(TOOLS)/bin/wasm-bindgen $(TOOLS)/node/.installed-$(BINARYEN_VERSION)-$(SASS_VERSION)
+
+wasm-target:
+	@if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown; then \
+	  echo "installing the wasm32-unknown-unknown target"; \
+	  rustup target add wasm32-unknown-unknown || bash ../shared/toolchain/install-wasm32-std.sh; \
+	fi
+
+$(TOOLS)/bin/cargo-leptos:
+	# cargo-leptos' own release profile takes ~40 min on 2 cores; these settings take ~11 and work the same.
+	CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 CARGO_PROFILE_RELEASE_OPT_LEVEL=1 \
+	  cargo install cargo-leptos --version $(CARGO_LEPTOS_VERSION) --locked --root $(TOOLS)
+
+$(TOOLS)/bin/wasm-bindgen:
+	# Must equal the wasm-bindgen pinned in Cargo.toml; --locked fails on a yanked transitive crate.
+	cargo install wasm-bindgen-cli --version =$(WASM_BINDGEN_VERSION) --root $(TOOLS)
+
+# wasm-opt from npm's binaryen (Debian's is too old and breaks hydration) and dart-sass from npm:
+# cargo-leptos would otherwise try to download them from hosts this machine cannot reach.
+$(TOOLS)/node/.installed-$(BINARYEN_VERSION)-$(SASS_VERSION):
+	mkdir -p $(TOOLS)/node
+	npm install --prefix $(TOOLS)/node --no-audit --no-fund binaryen@$(BINARYEN_VERSION) sass@$(SASS_VERSION)
+	touch $@
+
+chromium:
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  echo "installing Debian's chromium for the browser tests"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) || \
+	  { echo "cannot install chromium: the browser tests need /usr/bin/chromium" >&2; exit 1; }; \
+	fi
+
+e2e-deps:
+	cd end2end && if [ ! -d node_modules/@playwright/test ]; then PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund; fi
+
+clean:
+	cargo clean
+	rm -rf end2end/node_modules end2end/test-results end2end/playwright-report

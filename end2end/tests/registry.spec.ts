@@ -1,0 +1,105 @@
+import { expect, test, type Page } from "@playwright/test";
+
+// Unique per run, so the suite can run against a server that has seen earlier runs.
+const run = Date.now().toString(36);
+
+async function hydrated(page: Page) {
+  await expect(page.locator("body[data-hydrated=true]")).toBeAttached();
+}
+
+test("sign up, register a Python function, see it in the catalog, edit it to version 2", async ({ page }) => {
+  const user = `e2e-${run}`;
+  const fn = `hello-${run}`;
+
+  await page.goto("/login");
+  await hydrated(page);
+  await page.locator("#signup-name").fill(user);
+  await page.locator("#signup-password").fill("e2e-password-1");
+  await page.getByRole("button", { name: "Create account" }).click();
+
+  // The sign-up server function answered: the header shows the new user and we are on the catalog.
+  await expect(page.getByTestId("whoami")).toContainText(user);
+  await expect(page).toHaveURL(/\/$/);
+
+  await page.getByRole("link", { name: "Register a function" }).click();
+  await expect(page).toHaveURL(/\/functions\/new$/);
+  await hydrated(page);
+  await page.getByLabel("Name", { exact: true }).fill(fn);
+  await page.getByLabel("Runtime").selectOption("python");
+  await page.getByLabel("Source").fill("def handle(req):\n    return 'hello ' + req\n");
+  await page.getByLabel("Visibility").selectOption("public");
+  await page.getByRole("button", { name: "Register" }).click();
+
+  await expect(page).toHaveURL(new RegExp(`/functions/${fn}$`));
+  await expect(page.getByTestId("current-version")).toHaveText("1");
+  await expect(page.getByTestId("source")).toContainText("return 'hello ' + req");
+
+  await page.getByRole("link", { name: "Catalog" }).click();
+  const row = page.locator(`tr[data-function="${fn}"]`);
+  await expect(row).toBeVisible();
+  await expect(row.locator(".version")).toHaveText("v1");
+  await expect(row.getByRole("button", { name: "Deploy" })).toBeDisabled();
+
+  await page.goto(`/functions/${fn}/edit`);
+  await hydrated(page);
+  await page.getByLabel("Source").fill("def handle(req):\n    return 'hello again ' + req\n");
+  await page.getByRole("button", { name: "Save new version" }).click();
+  await expect(page).toHaveURL(new RegExp(`/functions/${fn}$`));
+  await expect(page.getByTestId("current-version")).toHaveText("2");
+  await expect(page.getByTestId("source")).toContainText("hello again");
+  await expect(page.getByTestId("versions").locator("tbody tr")).toHaveCount(2);
+
+  // Roll back to version 1 from the versions table.
+  await page.getByRole("button", { name: "Make v1 current" }).click();
+  await expect(page.getByTestId("current-version")).toHaveText("1");
+  await expect(page.getByTestId("source")).not.toContainText("hello again");
+
+  await page.getByRole("link", { name: "Catalog" }).click();
+  await expect(page.locator(`tr[data-function="${fn}"] .version`)).toHaveText("v1 (latest v2)");
+});
+
+test("invalid input is shown next to its field and nothing is registered", async ({ page }) => {
+  const user = `e2e-bad-${run}`;
+  await page.goto("/login");
+  await hydrated(page);
+  await page.locator("#signup-name").fill(user);
+  await page.locator("#signup-password").fill("e2e-password-2");
+  await page.getByRole("button", { name: "Create account" }).click();
+  await expect(page.getByTestId("whoami")).toContainText(user);
+
+  await page.goto("/functions/new");
+  await hydrated(page);
+  await page.getByLabel("Name", { exact: true }).fill("Not_A_Valid_Name");
+  await page.getByLabel("Min replicas").fill("7");
+  await page.getByRole("button", { name: "Register" }).click();
+  await expect(page.locator("#error-name")).toContainText("lowercase letters");
+  await expect(page.locator("#error-scaling-min")).toContainText("must not exceed scaling.max");
+  await expect(page).toHaveURL(/\/functions\/new$/);
+
+  await page.goto("/");
+  await expect(page.getByText("No functions yet")).toBeVisible();
+});
+
+test("log out and back in; pages need a session", async ({ page }) => {
+  const user = `e2e-session-${run}`;
+  await page.goto("/login");
+  await hydrated(page);
+  await page.locator("#signup-name").fill(user);
+  await page.locator("#signup-password").fill("e2e-password-3");
+  await page.getByRole("button", { name: "Create account" }).click();
+  await expect(page.getByTestId("whoami")).toContainText(user);
+
+  await page.getByRole("button", { name: "Log out" }).click();
+  await expect(page.getByRole("link", { name: "Log in" })).toBeVisible();
+  await page.goto("/");
+  await expect(page).toHaveURL(/\/login$/);
+
+  await hydrated(page);
+  await page.locator("#login-name").fill(user);
+  await page.locator("#login-password").fill("wrong-password");
+  await page.locator("#login-form").getByRole("button", { name: "Log in" }).click();
+  await expect(page.getByText("wrong user name or password")).toBeVisible();
+  await page.locator("#login-password").fill("e2e-password-3");
+  await page.locator("#login-form").getByRole("button", { name: "Log in" }).click();
+  await expect(page.getByTestId("whoami")).toContainText(user);
+});

@@ -1,0 +1,92 @@
+//! Who is calling: a session cookie or an API token, resolved the same way for the REST API
+//! and for server functions; plus log-in, sign-up and log-out, which both front ends share.
+
+use super::ApiError;
+use crate::platform::auth::{Accounts, Credentials, Principal};
+use crate::platform::model::UserInfo;
+use crate::platform::Platform;
+use axum::extract::{ConnectInfo, FromRef, FromRequestParts};
+use http::header::AUTHORIZATION;
+use http::request::Parts;
+use std::net::{IpAddr, SocketAddr};
+
+/// The session layer's view of the caller.
+pub type AuthSession = axum_login::AuthSession<Accounts>;
+
+/// The authenticated caller; rejects with 401 when there is none.
+#[derive(Clone, Debug)]
+pub struct Caller(pub Principal);
+
+impl<S> FromRequestParts<S> for Caller
+where
+    Platform: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let platform = Platform::from_ref(state);
+        principal_from_parts(parts, &platform).await?.map(Caller).ok_or_else(ApiError::unauthenticated)
+    }
+}
+
+/// The caller behind a bearer token or the session, `None` when anonymous.
+/// A bearer token that is present but wrong is an error, never a fall-back to the session.
+pub async fn principal_from_parts(parts: &mut Parts, platform: &Platform) -> Result<Option<Principal>, ApiError> {
+    if let Some(value) = parts.headers.get(AUTHORIZATION) {
+        let secret = value
+            .to_str()
+            .ok()
+            .and_then(|text| text.strip_prefix("Bearer "))
+            .ok_or_else(|| ApiError::new(401, "the Authorization header must be \"Bearer <token>\""))?;
+        let user = platform.accounts.user_for_token(secret.trim()).await?;
+        return match user {
+            Some(user) => Ok(Some(Principal::from(&user))),
+            None => Err(ApiError::new(401, "the API token is invalid or revoked; create a new one")),
+        };
+    }
+    let session = session_from_parts(parts).await?;
+    Ok(session.user.as_ref().map(Principal::from))
+}
+
+/// The session of the request (the session layers must be installed).
+pub async fn session_from_parts(parts: &mut Parts) -> Result<AuthSession, ApiError> {
+    AuthSession::from_request_parts(parts, &())
+        .await
+        .map_err(|(_, message)| ApiError::internal(&std::io::Error::other(format!("session layer missing: {message}"))))
+}
+
+/// The client's address, when the server recorded it.
+pub fn client_address(parts: &Parts) -> Option<IpAddr> {
+    parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|info| info.0.ip())
+}
+
+/// Checks the credentials (rate-limited per name and client) and starts a session.
+pub async fn log_in(
+    platform: &Platform,
+    session: &mut AuthSession,
+    client: Option<IpAddr>,
+    name: String,
+    password: String,
+) -> Result<UserInfo, ApiError> {
+    let user = platform
+        .accounts
+        .log_in(Credentials { name, password }, client)
+        .await?
+        .ok_or_else(|| ApiError::new(401, "wrong user name or password"))?;
+    session.login(&user).await.map_err(|e| ApiError::internal(&e))?;
+    Ok(Principal::from(&user).info())
+}
+
+/// Creates an account and starts its session.
+pub async fn sign_up(platform: &Platform, session: &mut AuthSession, name: String, password: String) -> Result<UserInfo, ApiError> {
+    let user = platform.accounts.sign_up(name.trim(), &password).await?;
+    session.login(&user).await.map_err(|e| ApiError::internal(&e))?;
+    Ok(Principal::from(&user).info())
+}
+
+/// Ends the session (a no-op when there is none).
+pub async fn log_out(session: &mut AuthSession) -> Result<(), ApiError> {
+    session.logout().await.map_err(|e| ApiError::internal(&e))?;
+    Ok(())
+}

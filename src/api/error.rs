@@ -1,0 +1,156 @@
+//! The one error type every API answer uses, REST and server functions alike.
+//!
+//! On the wire it is `{"error": "...", "field": "...", "errors": [...], "status": N}`: a message
+//! that says what happened and what to do, the offending field when there is one, and nothing
+//! internal (SQL, paths, stack traces). Internal failures are logged with a reference that the
+//! message repeats, so an operator can find them.
+
+use crate::platform::model::FieldError;
+use leptos::server_fn::codec::JsonEncoding;
+use leptos::server_fn::error::{FromServerFnError, ServerFnErrorErr};
+use serde::{Deserialize, Serialize};
+
+/// An API error as clients see it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{error}")]
+pub struct ApiError {
+    /// The HTTP status.
+    pub status: u16,
+    /// What happened and what to do.
+    pub error: String,
+    /// The field at fault, as a dotted path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// Every invalid field, when there are several.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+    /// Seconds to wait before retrying (429).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_s: Option<u64>,
+}
+
+impl ApiError {
+    /// An error with a status and message and no field.
+    pub fn new(status: u16, error: impl Into<String>) -> ApiError {
+        ApiError { status, error: error.into(), field: None, errors: Vec::new(), retry_after_s: None }
+    }
+
+    /// A 422 about one field.
+    pub fn invalid(field: impl Into<String>, error: impl Into<String>) -> ApiError {
+        ApiError { field: Some(field.into()), ..ApiError::new(422, error) }
+    }
+
+    /// A 422 listing every invalid field; the first one is `field`.
+    pub fn invalid_fields(errors: Vec<FieldError>) -> ApiError {
+        let first = errors.first().cloned().unwrap_or_else(|| FieldError::new("", "the request is invalid"));
+        ApiError { field: Some(first.field), errors, ..ApiError::new(422, first.message) }
+    }
+
+    /// 401: no session and no valid token.
+    pub fn unauthenticated() -> ApiError {
+        ApiError::new(401, "log in first, or send an API token as \"Authorization: Bearer …\"")
+    }
+
+    /// The message for one field, if this error names it (for forms).
+    pub fn message_for(&self, field: &str) -> Option<String> {
+        self.errors
+            .iter()
+            .find(|e| e.field == field)
+            .map(|e| e.message.clone())
+            .or_else(|| (self.field.as_deref() == Some(field)).then(|| self.error.clone()))
+    }
+}
+
+impl FromServerFnError for ApiError {
+    type Encoder = JsonEncoding;
+
+    fn from_server_fn_error(value: ServerFnErrorErr) -> Self {
+        match value {
+            ServerFnErrorErr::Request(_) => ApiError::new(503, "cannot reach the kubefn server; check your connection and retry"),
+            ServerFnErrorErr::Args(message) | ServerFnErrorErr::MissingArg(message) | ServerFnErrorErr::Deserialization(message) => {
+                ApiError::new(400, format!("the request is malformed: {message}"))
+            }
+            ServerFnErrorErr::UnsupportedRequestMethod(method) => ApiError::new(405, format!("method {method} is not supported here")),
+            other => ApiError::new(500, format!("the request failed: {other}")),
+        }
+    }
+}
+
+#[cfg(feature = "ssr")]
+mod ssr {
+    use super::ApiError;
+    use crate::platform::auth::AuthError;
+    use crate::platform::registry::RegistryError;
+    use axum::response::{IntoResponse, Response};
+    use axum::Json;
+    use http::{header, HeaderValue, StatusCode};
+
+    impl ApiError {
+        /// The status as an HTTP status code.
+        pub fn status_code(&self) -> StatusCode {
+            StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+        }
+
+        /// Logs an internal failure with its whole source chain and returns a 500 that
+        /// names only a reference to the log line.
+        pub fn internal(error: &(dyn std::error::Error + 'static)) -> ApiError {
+            let reference = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+            let mut chain = error.to_string();
+            let mut source = error.source();
+            while let Some(cause) = source {
+                chain.push_str(": ");
+                chain.push_str(&cause.to_string());
+                source = cause.source();
+            }
+            tracing::error!(reference = %reference, error = %chain, "internal error");
+            ApiError::new(500, format!("kubefn hit an internal error (ref {reference}); the server log has the details"))
+        }
+    }
+
+    impl From<RegistryError> for ApiError {
+        fn from(error: RegistryError) -> Self {
+            let field = error.field().map(str::to_string);
+            let status = match &error {
+                RegistryError::Invalid(errors) => return ApiError::invalid_fields(errors.clone()),
+                RegistryError::NotFound { .. } | RegistryError::NoSuchVersion { .. } => 404,
+                RegistryError::Forbidden { .. } => 403,
+                RegistryError::NameTaken { .. } | RegistryError::InUse { .. } => 409,
+                RegistryError::Store(_) => return ApiError::internal(&error),
+            };
+            ApiError { field, ..ApiError::new(status, error.to_string()) }
+        }
+    }
+
+    impl From<AuthError> for ApiError {
+        fn from(error: AuthError) -> Self {
+            match &error {
+                AuthError::Invalid(field_error) => ApiError::invalid(field_error.field.clone(), field_error.message.clone()),
+                AuthError::NameTaken { .. } => ApiError::invalid("name", error.to_string()).with_status(409),
+                AuthError::SignupClosed => ApiError::new(403, error.to_string()),
+                AuthError::RateLimited { retry_after_s } => {
+                    ApiError { retry_after_s: Some(*retry_after_s), ..ApiError::new(429, error.to_string()) }
+                }
+                AuthError::NoSuchToken { .. } => ApiError::new(404, error.to_string()),
+                AuthError::Hashing(_) | AuthError::Store(_) => ApiError::internal(&error),
+            }
+        }
+    }
+
+    impl ApiError {
+        fn with_status(self, status: u16) -> ApiError {
+            ApiError { status, ..self }
+        }
+    }
+
+    impl IntoResponse for ApiError {
+        fn into_response(self) -> Response {
+            let mut response = (self.status_code(), Json(&self)).into_response();
+            if let Some(seconds) = self.retry_after_s {
+                if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+                    response.headers_mut().insert(header::RETRY_AFTER, value);
+                }
+            }
+            response
+        }
+    }
+}

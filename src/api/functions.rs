@@ -1,0 +1,392 @@
+//! Server functions for the pages. Each one resolves the caller, calls the platform and maps
+//! errors exactly like the REST API, so the two front ends cannot drift apart.
+
+use super::ApiError;
+use crate::platform::model::{
+    FieldError, FunctionDetail, FunctionSpec, FunctionSummary, NewToken, Resources, Runtime, ScalingPolicy, ServiceKind, ServiceSpec,
+    TokenInfo, UserInfo, Visibility,
+};
+use leptos::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The register/edit form as the browser submits it: every input is text.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionForm {
+    /// Function name.
+    pub name: String,
+    /// `python`, `node` or `image`.
+    pub runtime: String,
+    /// Entry point, empty to detect one.
+    #[serde(default)]
+    pub handler: String,
+    /// Source code.
+    #[serde(default)]
+    pub source: String,
+    /// requirements.txt or package.json.
+    #[serde(default)]
+    pub requirements: String,
+    /// Container image, for image functions.
+    #[serde(default)]
+    pub image: String,
+    /// One `NAME=value` per line.
+    #[serde(default)]
+    pub env: String,
+    /// `public` or `private`.
+    #[serde(default)]
+    pub visibility: String,
+    /// CPU request.
+    #[serde(default)]
+    pub cpu: String,
+    /// Memory request.
+    #[serde(default)]
+    pub memory: String,
+    /// CPU limit.
+    #[serde(default)]
+    pub cpu_limit: String,
+    /// Memory limit.
+    #[serde(default)]
+    pub memory_limit: String,
+    /// Fewest replicas.
+    #[serde(default)]
+    pub min: String,
+    /// Most replicas.
+    #[serde(default)]
+    pub max: String,
+    /// CPU target in percent, empty for none.
+    #[serde(default)]
+    pub target_cpu_percent: String,
+    /// Idle seconds before scaling to zero, empty for never.
+    #[serde(default)]
+    pub scale_to_zero_after_s: String,
+    /// Service type.
+    #[serde(default)]
+    pub service_type: String,
+}
+
+impl FunctionForm {
+    /// The form pre-filled from a spec (the edit page).
+    pub fn from_spec(spec: &FunctionSpec) -> FunctionForm {
+        let optional = |value: Option<String>| value.unwrap_or_default();
+        FunctionForm {
+            name: spec.name.clone(),
+            runtime: spec.runtime.as_str().into(),
+            handler: optional(spec.handler.clone()),
+            source: spec.source.clone(),
+            requirements: spec.requirements.clone(),
+            image: optional(spec.image.clone()),
+            env: spec.env.iter().map(|(k, v)| format!("{k}={v}\n")).collect(),
+            visibility: spec.visibility.as_str().into(),
+            cpu: spec.resources.cpu.clone(),
+            memory: spec.resources.memory.clone(),
+            cpu_limit: spec.resources.cpu_limit.clone(),
+            memory_limit: spec.resources.memory_limit.clone(),
+            min: spec.scaling.min.to_string(),
+            max: spec.scaling.max.to_string(),
+            target_cpu_percent: optional(spec.scaling.target_cpu_percent.map(|p| p.to_string())),
+            scale_to_zero_after_s: optional(spec.scaling.scale_to_zero_after_s.map(|s| s.to_string())),
+            service_type: spec.service.kind.as_str().into(),
+        }
+    }
+
+    /// The defaults a new function starts from.
+    pub fn blank() -> FunctionForm {
+        let mut form = FunctionForm::from_spec(&FunctionSpec {
+            name: String::new(),
+            runtime: Runtime::Python,
+            handler: Some("handle".into()),
+            source: "def handle(req):\n    return \"Hello, \" + (req or \"world\")\n".into(),
+            requirements: String::new(),
+            image: None,
+            env: BTreeMap::new(),
+            visibility: Visibility::Private,
+            resources: Resources::default(),
+            scaling: ScalingPolicy::default(),
+            service: ServiceSpec::default(),
+        });
+        form.name.clear();
+        form
+    }
+
+    /// Parses the text inputs into a spec, naming every input that is not understood.
+    /// Semantic checks (ranges, quantities) are the platform's validation, not this.
+    pub fn into_spec(self) -> Result<FunctionSpec, Vec<FieldError>> {
+        let mut errors = Vec::new();
+        let runtime = Runtime::parse(self.runtime.trim()).unwrap_or_else(|| {
+            errors.push(FieldError::new("runtime", "runtime must be python, node or image"));
+            Runtime::Python
+        });
+        let visibility = match self.visibility.trim() {
+            "" => Visibility::Private,
+            text => Visibility::parse(text).unwrap_or_else(|| {
+                errors.push(FieldError::new("visibility", "visibility must be public or private"));
+                Visibility::Private
+            }),
+        };
+        let kind = match self.service_type.trim() {
+            "" => ServiceKind::NodePort,
+            text => ServiceKind::parse(text).unwrap_or_else(|| {
+                errors.push(FieldError::new("service.type", "service type must be NodePort, ClusterIP, LoadBalancer or ExternalName"));
+                ServiceKind::NodePort
+            }),
+        };
+        let mut env = BTreeMap::new();
+        for (index, line) in self.env.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            match line.split_once('=') {
+                Some((name, value)) => {
+                    env.insert(name.trim().to_string(), value.to_string());
+                }
+                None => errors.push(FieldError::new("env", format!("env line {} must look like NAME=value (got {line:?})", index + 1))),
+            }
+        }
+        let mut number = |field: &str, text: &str| -> Option<u64> {
+            let text = text.trim();
+            if text.is_empty() {
+                return None;
+            }
+            text.parse::<u64>().map_err(|_| errors.push(FieldError::new(field, format!("{field} must be a whole number (got {text:?})")))).ok()
+        };
+        let min = number("scaling.min", &self.min);
+        let max = number("scaling.max", &self.max);
+        let target = number("scaling.target_cpu_percent", &self.target_cpu_percent);
+        let idle = number("scaling.scale_to_zero_after_s", &self.scale_to_zero_after_s);
+        let defaults = ScalingPolicy::default();
+        let to_u32 = |value: Option<u64>, fallback: u32| value.map_or(fallback, |v| u32::try_from(v).unwrap_or(u32::MAX));
+        let or_default = |text: String, fallback: String| if text.trim().is_empty() { fallback } else { text.trim().to_string() };
+        let default_resources = Resources::default();
+        let spec = FunctionSpec {
+            name: self.name.trim().to_string(),
+            runtime,
+            handler: Some(self.handler.trim().to_string()).filter(|h| !h.is_empty()),
+            source: if runtime == Runtime::Image { String::new() } else { self.source },
+            requirements: if runtime == Runtime::Image { String::new() } else { self.requirements },
+            image: if runtime == Runtime::Image { Some(self.image.trim().to_string()).filter(|i| !i.is_empty()) } else { None },
+            env,
+            visibility,
+            resources: Resources {
+                cpu: or_default(self.cpu, default_resources.cpu),
+                memory: or_default(self.memory, default_resources.memory),
+                cpu_limit: or_default(self.cpu_limit, default_resources.cpu_limit),
+                memory_limit: or_default(self.memory_limit, default_resources.memory_limit),
+            },
+            scaling: ScalingPolicy {
+                min: to_u32(min, defaults.min),
+                max: to_u32(max, defaults.max),
+                target_cpu_percent: target.map(|t| u32::try_from(t).unwrap_or(u32::MAX)),
+                target_memory_percent: None,
+                scale_to_zero_after_s: idle,
+            },
+            service: ServiceSpec { kind, external_name: None, port: None },
+        };
+        if errors.is_empty() { Ok(spec) } else { Err(errors) }
+    }
+}
+
+#[cfg(feature = "ssr")]
+mod ssr {
+    use super::ApiError;
+    use crate::api::caller::{principal_from_parts, session_from_parts, AuthSession};
+    use crate::api::AppState;
+    use crate::platform::auth::Principal;
+    use crate::platform::Platform;
+    use http::request::Parts;
+    use leptos::prelude::*;
+    use leptos_axum::ResponseOptions;
+
+    /// The platform and the request parts, from the context leptos_axum provides.
+    pub fn request() -> Result<(Platform, Parts), ApiError> {
+        let state = use_context::<AppState>().ok_or_else(|| ApiError::new(500, "server functions are not wired to the platform"))?;
+        let parts = use_context::<Parts>().ok_or_else(|| ApiError::new(500, "server functions are missing the request"))?;
+        Ok((state.platform, parts))
+    }
+
+    /// The signed-in caller, or 401.
+    pub async fn caller() -> Result<(Platform, Principal), ApiError> {
+        let (platform, mut parts) = request()?;
+        let principal = principal_from_parts(&mut parts, &platform).await?.ok_or_else(ApiError::unauthenticated)?;
+        Ok((platform, principal))
+    }
+
+    /// The platform, the client address and the session, for log-in and sign-up.
+    pub async fn session() -> Result<(Platform, Option<std::net::IpAddr>, AuthSession), ApiError> {
+        let (platform, mut parts) = request()?;
+        let client = crate::api::caller::client_address(&parts);
+        let session = session_from_parts(&mut parts).await?;
+        Ok((platform, client, session))
+    }
+
+    /// Gives the response the error's status, so browsers and tools see a real 4xx/5xx.
+    pub fn with_status<T>(result: Result<T, ApiError>) -> Result<T, ApiError> {
+        if let (Err(error), Some(response)) = (&result, use_context::<ResponseOptions>()) {
+            response.set_status(error.status_code());
+        }
+        result
+    }
+}
+
+/// The signed-in user, or `None`.
+#[server]
+pub async fn current_user() -> Result<Option<UserInfo>, ApiError> {
+    let (platform, mut parts) = ssr::request()?;
+    let principal = crate::api::caller::principal_from_parts(&mut parts, &platform).await;
+    ssr::with_status(principal.map(|p| p.map(|p| p.info())))
+}
+
+/// Signs in and starts a session.
+#[server]
+pub async fn log_in(name: String, password: String) -> Result<UserInfo, ApiError> {
+    let result = async {
+        let (platform, client, mut session) = ssr::session().await?;
+        crate::api::caller::log_in(&platform, &mut session, client, name, password).await
+    };
+    ssr::with_status(result.await)
+}
+
+/// Creates an account and starts its session.
+#[server]
+pub async fn sign_up(name: String, password: String) -> Result<UserInfo, ApiError> {
+    let result = async {
+        let (platform, _, mut session) = ssr::session().await?;
+        crate::api::caller::sign_up(&platform, &mut session, name, password).await
+    };
+    ssr::with_status(result.await)
+}
+
+/// Ends the session.
+#[server]
+pub async fn log_out() -> Result<(), ApiError> {
+    let result = async {
+        let (_, _, mut session) = ssr::session().await?;
+        crate::api::caller::log_out(&mut session).await
+    };
+    ssr::with_status(result.await)
+}
+
+/// The catalog: my functions and the public ones (admins: all).
+#[server]
+pub async fn list_functions() -> Result<Vec<FunctionSummary>, ApiError> {
+    let result = async {
+        let (platform, caller) = ssr::caller().await?;
+        Ok(platform.registry.list(&caller).await?)
+    };
+    ssr::with_status(result.await)
+}
+
+/// One function with its versions.
+#[server]
+pub async fn get_function(name: String) -> Result<FunctionDetail, ApiError> {
+    let result = async {
+        let (platform, caller) = ssr::caller().await?;
+        Ok(platform.registry.get(&caller, &name).await?)
+    };
+    ssr::with_status(result.await)
+}
+
+/// Registers a function (`existing` empty) or records a new version of `existing`.
+#[server]
+pub async fn save_function(existing: String, form: FunctionForm) -> Result<FunctionDetail, ApiError> {
+    let result = async {
+        let (platform, caller) = ssr::caller().await?;
+        let spec = form.into_spec().map_err(ApiError::invalid_fields)?;
+        Ok(if existing.is_empty() {
+            platform.registry.register(&caller, spec).await?
+        } else {
+            platform.registry.update(&caller, &existing, spec).await?
+        })
+    };
+    ssr::with_status(result.await)
+}
+
+/// Makes an existing version current.
+#[server]
+pub async fn rollback_function(name: String, version: u32) -> Result<FunctionDetail, ApiError> {
+    let result = async {
+        let (platform, caller) = ssr::caller().await?;
+        Ok(platform.registry.rollback(&caller, &name, version).await?)
+    };
+    ssr::with_status(result.await)
+}
+
+/// Removes a function that has no instances.
+#[server]
+pub async fn unregister_function(name: String) -> Result<(), ApiError> {
+    let result = async {
+        let (platform, caller) = ssr::caller().await?;
+        Ok(platform.registry.unregister(&caller, &name).await?)
+    };
+    ssr::with_status(result.await)
+}
+
+/// The caller's API tokens.
+#[server]
+pub async fn list_tokens() -> Result<Vec<TokenInfo>, ApiError> {
+    let result = async {
+        let (platform, caller) = ssr::caller().await?;
+        Ok(platform.accounts.tokens(&caller).await?)
+    };
+    ssr::with_status(result.await)
+}
+
+/// Creates an API token; the secret is in the answer only.
+#[server]
+pub async fn create_token(name: String) -> Result<NewToken, ApiError> {
+    let result = async {
+        let (platform, caller) = ssr::caller().await?;
+        Ok(platform.accounts.create_token(&caller, &name).await?)
+    };
+    ssr::with_status(result.await)
+}
+
+/// Revokes one of the caller's API tokens.
+#[server]
+pub async fn revoke_token(id: i64) -> Result<(), ApiError> {
+    let result = async {
+        let (platform, caller) = ssr::caller().await?;
+        Ok(platform.accounts.revoke_token(&caller, id).await?)
+    };
+    ssr::with_status(result.await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_blank_form_parses_to_a_spec_with_defaults() {
+        let mut form = FunctionForm::blank();
+        form.name = "hello".into();
+        let spec = form.into_spec().expect("parses");
+        assert_eq!(spec.runtime, Runtime::Python);
+        assert_eq!(spec.resources, Resources::default());
+        assert_eq!(spec.scaling, ScalingPolicy::default());
+    }
+
+    #[test]
+    fn a_spec_survives_the_form_round_trip() {
+        let mut form = FunctionForm::blank();
+        form.name = "echo".into();
+        form.env = "A=1\nB=two=2\n".into();
+        form.scale_to_zero_after_s = "60".into();
+        form.min = "0".into();
+        let spec = form.into_spec().expect("parses");
+        assert_eq!(spec.env.get("B").map(String::as_str), Some("two=2"));
+        assert_eq!(FunctionForm::from_spec(&spec).into_spec(), Ok(spec));
+    }
+
+    #[test]
+    fn unreadable_inputs_are_named() {
+        let form = FunctionForm {
+            runtime: "ruby".into(),
+            env: "NOEQUALS".into(),
+            min: "one".into(),
+            service_type: "Ingress".into(),
+            ..FunctionForm::blank()
+        };
+        let fields: Vec<String> = form.into_spec().expect_err("invalid").into_iter().map(|e| e.field).collect();
+        assert_eq!(fields, vec!["runtime", "service.type", "env", "scaling.min"]);
+    }
+}

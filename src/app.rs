@@ -1,0 +1,115 @@
+//! The HTML shell, the router and the session state every page shares.
+
+use crate::api::functions::{current_user, LogIn, LogOut, SignUp};
+use crate::api::ApiError;
+use crate::platform::model::UserInfo;
+use crate::ui::{account::AccountPage, catalog::CatalogPage, function_page::FunctionPage, functions_form::{EditFunctionPage, RegisterFunctionPage}, login::LoginPage};
+use leptos::prelude::*;
+use leptos_meta::{provide_meta_context, MetaTags, Stylesheet, Title};
+use leptos_router::components::{Route, Router, Routes, A};
+use leptos_router::path;
+
+/// The document around the app, rendered on the server only.
+pub fn shell(options: LeptosOptions) -> impl IntoView {
+    view! {
+        <!DOCTYPE html>
+        <html lang="en">
+            <head>
+                <meta charset="utf-8"/>
+                <meta name="viewport" content="width=device-width, initial-scale=1"/>
+                <meta name="color-scheme" content="light dark"/>
+                <link rel="icon" href="/favicon.svg" type="image/svg+xml"/>
+                <AutoReload options=options.clone()/>
+                <HydrationScripts options/>
+                <MetaTags/>
+            </head>
+            <body>
+                <App/>
+            </body>
+        </html>
+    }
+}
+
+/// The signed-in user and the actions that change it, shared by every page through context.
+#[derive(Clone, Copy)]
+pub struct Session {
+    /// The current user (`None` when logged out), refetched after log-in, sign-up and log-out.
+    pub user: Resource<Result<Option<UserInfo>, ApiError>>,
+    /// Log-in.
+    pub log_in: ServerAction<LogIn>,
+    /// Sign-up.
+    pub sign_up: ServerAction<SignUp>,
+    /// Log-out.
+    pub log_out: ServerAction<LogOut>,
+}
+
+/// The application: header, routes.
+#[component]
+pub fn App() -> impl IntoView {
+    provide_meta_context();
+    let log_in = ServerAction::<LogIn>::new();
+    let sign_up = ServerAction::<SignUp>::new();
+    let log_out = ServerAction::<LogOut>::new();
+    let user = Resource::new(
+        move || (log_in.version().get(), sign_up.version().get(), log_out.version().get()),
+        |_| current_user(),
+    );
+    provide_context(Session { user, log_in, sign_up, log_out });
+
+    // Lets end-to-end tests (and people) know the page is interactive.
+    Effect::new(move |_| {
+        if let Some(body) = document().body() {
+            let _ = body.set_attribute("data-hydrated", "true");
+        }
+    });
+
+    view! {
+        <Stylesheet id="leptos" href="/pkg/kubefn.css"/>
+        <Title text="kubefn"/>
+        <Router>
+            <Header/>
+            <main id="main">
+                <Routes fallback=|| view! { <section class="card"><h1>"Page not found"</h1><p><A href="/">"Back to the catalog"</A></p></section> }>
+                    <Route path=path!("/") view=CatalogPage/>
+                    <Route path=path!("/login") view=LoginPage/>
+                    <Route path=path!("/account") view=AccountPage/>
+                    <Route path=path!("/functions/new") view=RegisterFunctionPage/>
+                    <Route path=path!("/functions/:name") view=FunctionPage/>
+                    <Route path=path!("/functions/:name/edit") view=EditFunctionPage/>
+                </Routes>
+            </main>
+        </Router>
+    }
+}
+
+#[component]
+fn Header() -> impl IntoView {
+    let session = expect_context::<Session>();
+    view! {
+        <header class="topbar">
+            <a class="skip" href="#main">"Skip to content"</a>
+            <A href="/" attr:class="brand">"kubefn"</A>
+            <nav aria-label="Main">
+                <Transition fallback=|| ()>
+                    {move || Suspend::new(async move {
+                        match session.user.await {
+                            Ok(Some(user)) => view! {
+                                <A href="/">"Catalog"</A>
+                                <A href="/functions/new">"Register"</A>
+                                <A href="/account">"Account"</A>
+                                <span class="whoami" data-testid="whoami">
+                                    {user.name.clone()}
+                                    {(user.role == crate::platform::model::Role::Admin).then(|| view! { <span class="badge">"admin"</span> })}
+                                </span>
+                                <ActionForm action=session.log_out attr:class="inline">
+                                    <button type="submit" class="link">"Log out"</button>
+                                </ActionForm>
+                            }.into_any(),
+                            _ => view! { <A href="/login">"Log in"</A> }.into_any(),
+                        }
+                    })}
+                </Transition>
+            </nav>
+        </header>
+    }
+}

@@ -1,0 +1,22 @@
+//! kubefn: Functions-as-a-Service on Kubernetes with a server-rendered Leptos UI.
+//!
+//! The crate builds twice: with `ssr` as the server (platform, REST API, rendering) and with
+//! `hydrate` as the browser bundle (pages only). See DESIGN.md for the layout.
+
+#![recursion_limit = "256"]
+
+pub mod api;
+pub mod app;
+pub mod platform;
+pub mod ui;
+
+#[cfg(feature = "ssr")]
+pub mod server;
+
+/// The browser entry point: takes over the server-rendered page.
+#[cfg(feature = "hydrate")]
+#[wasm_bindgen::prelude::wasm_bindgen]
+pub fn hydrate() {
+    console_error_panic_hook::set_once();
+    leptos::mount::hydrate_body(app::App);
+}

@@ -1,0 +1,29 @@
+//! The kubefn server: parses the configuration, sets up logging and serves.
+
+use clap::Parser;
+use kubefn::server::{serve, Config};
+use std::process::ExitCode;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = Config::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log).unwrap_or_else(|error| {
+        eprintln!("kubefn: --log {:?} is not a valid filter ({error}); using \"info\"", config.log);
+        tracing_subscriber::EnvFilter::new("info")
+    });
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+    match serve(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            let mut message = error.to_string();
+            let mut source = std::error::Error::source(&error);
+            while let Some(cause) = source {
+                message.push_str(": ");
+                message.push_str(&cause.to_string());
+                source = cause.source();
+            }
+            eprintln!("kubefn: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,355 @@
+//! The FaaS domain as plain serde types: what a function is, how it scales, how it is reached.
+//!
+//! These types are shared with the browser (the register form and the pages render them), so
+//! nothing here may depend on the server-only crates (`sqlx`, `kube`, `axum`).
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// What a function's code runs on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Runtime {
+    /// Python source run by the Python bootstrap.
+    #[default]
+    Python,
+    /// Node source run by the Node bootstrap.
+    Node,
+    /// A container image that serves HTTP itself.
+    Image,
+}
+
+impl Runtime {
+    /// Every runtime, in the order the UI offers them.
+    pub const ALL: [Runtime; 3] = [Runtime::Python, Runtime::Node, Runtime::Image];
+
+    /// The name used in JSON, forms and the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Runtime::Python => "python",
+            Runtime::Node => "node",
+            Runtime::Image => "image",
+        }
+    }
+
+    /// Parses the name used in JSON, forms and the database.
+    pub fn parse(text: &str) -> Option<Runtime> {
+        Runtime::ALL.into_iter().find(|r| r.as_str() == text)
+    }
+}
+
+/// Who may see and deploy a function besides its owner (admins always may).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Visibility {
+    /// Listed for and deployable by every user.
+    Public,
+    /// Only the owner and admins see it.
+    #[default]
+    Private,
+}
+
+impl Visibility {
+    /// The name used in JSON, forms and the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Visibility::Public => "public",
+            Visibility::Private => "private",
+        }
+    }
+
+    /// Parses the name used in JSON, forms and the database.
+    pub fn parse(text: &str) -> Option<Visibility> {
+        [Visibility::Public, Visibility::Private].into_iter().find(|v| v.as_str() == text)
+    }
+}
+
+/// How an instance is exposed, named as the Kubernetes Service types.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ServiceKind {
+    /// A port on every node (the default: reachable without an ingress).
+    #[default]
+    NodePort,
+    /// Reachable inside the cluster only.
+    ClusterIP,
+    /// A cloud load balancer.
+    LoadBalancer,
+    /// A DNS alias to `external_name`.
+    ExternalName,
+}
+
+impl ServiceKind {
+    /// Every kind, in the order the UI offers them.
+    pub const ALL: [ServiceKind; 4] = [
+        ServiceKind::NodePort,
+        ServiceKind::ClusterIP,
+        ServiceKind::LoadBalancer,
+        ServiceKind::ExternalName,
+    ];
+
+    /// The Kubernetes name of the Service type.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceKind::NodePort => "NodePort",
+            ServiceKind::ClusterIP => "ClusterIP",
+            ServiceKind::LoadBalancer => "LoadBalancer",
+            ServiceKind::ExternalName => "ExternalName",
+        }
+    }
+
+    /// Parses the Kubernetes name of the Service type.
+    pub fn parse(text: &str) -> Option<ServiceKind> {
+        ServiceKind::ALL.into_iter().find(|k| k.as_str() == text)
+    }
+}
+
+/// How an instance is reached.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    /// The Service type.
+    #[serde(rename = "type", default)]
+    pub kind: ServiceKind,
+    /// The DNS name an `ExternalName` service points to; only with that type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_name: Option<String>,
+    /// The port the container listens on; only for image functions (source functions use the bootstrap's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+}
+
+/// Resource requests and limits, as Kubernetes quantities (`100m`, `128Mi`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Resources {
+    /// CPU requested per replica.
+    pub cpu: String,
+    /// Memory requested per replica.
+    pub memory: String,
+    /// CPU a replica may use at most.
+    pub cpu_limit: String,
+    /// Memory a replica may use at most before it is killed.
+    pub memory_limit: String,
+}
+
+impl Default for Resources {
+    fn default() -> Self {
+        Resources {
+            cpu: "100m".into(),
+            memory: "128Mi".into(),
+            cpu_limit: "500m".into(),
+            memory_limit: "256Mi".into(),
+        }
+    }
+}
+
+/// How many replicas an instance runs and when the autoscaler changes that.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScalingPolicy {
+    /// Fewest replicas while the instance is running.
+    pub min: u32,
+    /// Most replicas the autoscaler may start.
+    pub max: u32,
+    /// Average CPU use (percent of the request) the autoscaler aims for; `null` turns CPU scaling off.
+    pub target_cpu_percent: Option<u32>,
+    /// Average memory use (percent of the request) the autoscaler aims for; `null` turns memory scaling off.
+    pub target_memory_percent: Option<u32>,
+    /// Seconds without requests after which the instance goes to zero replicas; `null` never.
+    pub scale_to_zero_after_s: Option<u64>,
+}
+
+impl Default for ScalingPolicy {
+    fn default() -> Self {
+        ScalingPolicy {
+            min: 1,
+            max: 5,
+            target_cpu_percent: Some(70),
+            target_memory_percent: None,
+            scale_to_zero_after_s: None,
+        }
+    }
+}
+
+/// A function as registered: the body of `POST /api/v1/functions` and `PUT /api/v1/functions/{name}`.
+///
+/// Every field but `name` and `runtime` has a default. Each registration or edit stores the
+/// whole spec as a new immutable version; `visibility` applies to the function as a whole.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionSpec {
+    /// DNS-1123 label, at most 40 characters, unique across kubefn.
+    pub name: String,
+    /// What the code runs on.
+    pub runtime: Runtime,
+    /// The entry point; `null` lets the bootstrap detect one.
+    #[serde(default)]
+    pub handler: Option<String>,
+    /// The source code (Python or Node); empty for image functions.
+    #[serde(default)]
+    pub source: String,
+    /// Declared dependencies: requirements.txt for Python, package.json for Node.
+    #[serde(default)]
+    pub requirements: String,
+    /// The container image, for image functions only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Environment variables given to every replica.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Who may see and deploy the function.
+    #[serde(default)]
+    pub visibility: Visibility,
+    /// Requests and limits per replica.
+    #[serde(default)]
+    pub resources: Resources,
+    /// Replica bounds and autoscaling targets.
+    #[serde(default)]
+    pub scaling: ScalingPolicy,
+    /// How instances are exposed.
+    #[serde(default)]
+    pub service: ServiceSpec,
+}
+
+/// A user's role.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Sees own and public functions and own instances.
+    #[default]
+    User,
+    /// Sees and manages everything.
+    Admin,
+}
+
+impl Role {
+    /// The name used in JSON and the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::User => "user",
+            Role::Admin => "admin",
+        }
+    }
+
+    /// Parses the name used in JSON and the database.
+    pub fn parse(text: &str) -> Option<Role> {
+        [Role::User, Role::Admin].into_iter().find(|r| r.as_str() == text)
+    }
+}
+
+/// The signed-in user as the pages and the API show them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserInfo {
+    /// The user name (a DNS-1123 label: it appears in gateway paths and object names).
+    pub name: String,
+    /// The user's role.
+    pub role: Role,
+}
+
+/// One line of the catalog.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionSummary {
+    /// The function's unique name.
+    pub name: String,
+    /// Who registered it.
+    pub owner: String,
+    /// Runtime of the current version.
+    pub runtime: Runtime,
+    /// Who may see it.
+    pub visibility: Visibility,
+    /// The version deployments use (moved by edits and rollbacks).
+    pub version: u32,
+    /// The newest version registered.
+    pub latest_version: u32,
+    /// When the function last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One immutable version of a function, without its source.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionInfo {
+    /// 1, 2, 3, … in registration order.
+    pub number: u32,
+    /// Who registered this version.
+    pub created_by: String,
+    /// When.
+    pub created_at: DateTime<Utc>,
+    /// Runtime of this version.
+    pub runtime: Runtime,
+    /// Size of the source in bytes.
+    pub source_bytes: usize,
+}
+
+/// A function with its current spec and its versions: `GET /api/v1/functions/{name}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionDetail {
+    /// The function's unique name.
+    pub name: String,
+    /// Who registered it.
+    pub owner: String,
+    /// Who may see it.
+    pub visibility: Visibility,
+    /// The version deployments use.
+    pub version: u32,
+    /// The newest version registered.
+    pub latest_version: u32,
+    /// When it was first registered.
+    pub created_at: DateTime<Utc>,
+    /// When it last changed.
+    pub updated_at: DateTime<Utc>,
+    /// The spec of `version`.
+    pub spec: FunctionSpec,
+    /// Every version, newest first.
+    pub versions: Vec<VersionInfo>,
+}
+
+/// One version with its whole spec: `GET /api/v1/functions/{name}/versions/{n}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionDetail {
+    /// The function's name.
+    pub function: String,
+    /// Metadata of the version.
+    pub info: VersionInfo,
+    /// Its spec as registered.
+    pub spec: FunctionSpec,
+}
+
+/// An API token as listed (the secret is shown only once, at creation).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    /// Identifier used to revoke it.
+    pub id: i64,
+    /// The user's label for it.
+    pub name: String,
+    /// When it was made.
+    pub created_at: DateTime<Utc>,
+    /// When it was last used, if ever.
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+
+/// A freshly created API token, secret included.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewToken {
+    /// The token's metadata.
+    #[serde(flatten)]
+    pub info: TokenInfo,
+    /// The secret to send as `Authorization: Bearer …`; kubefn keeps only its hash.
+    pub token: String,
+}
+
+/// One invalid field of a request: the field's path (`resources.cpu`, `env.MY VAR`) and what is wrong.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldError {
+    /// Dotted path of the field in the JSON body (the form field for the UI).
+    pub field: String,
+    /// What is wrong and what is accepted.
+    pub message: String,
+}
+
+impl FieldError {
+    /// A field error with the given path and message.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> FieldError {
+        FieldError { field: field.into(), message: message.into() }
+    }
+}

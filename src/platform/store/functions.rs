@@ -1,0 +1,242 @@
+//! Functions and their immutable, numbered versions.
+
+use super::{duplicate_or_query, Store, StoreError, StoreResult};
+use crate::platform::model::{FunctionSpec, Runtime, VersionInfo, Visibility};
+use chrono::{DateTime, Utc};
+
+/// A function row joined with its owner's name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FunctionRecord {
+    /// Row id.
+    pub id: i64,
+    /// Unique name.
+    pub name: String,
+    /// Owner's user id.
+    pub owner_id: i64,
+    /// Owner's user name.
+    pub owner: String,
+    /// Who may see it.
+    pub visibility: Visibility,
+    /// Runtime of the current version.
+    pub runtime: Runtime,
+    /// The version deployments use.
+    pub current_version: u32,
+    /// The newest version.
+    pub latest_version: u32,
+    /// First registration.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(sqlx::FromRow)]
+struct FunctionRow {
+    id: i64,
+    name: String,
+    owner_id: i64,
+    owner: String,
+    visibility: String,
+    runtime: String,
+    current_version: i64,
+    latest_version: i64,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl From<FunctionRow> for FunctionRecord {
+    fn from(row: FunctionRow) -> Self {
+        FunctionRecord {
+            id: row.id,
+            name: row.name,
+            owner_id: row.owner_id,
+            owner: row.owner,
+            // The CHECK constraint admits only known values; unknown ones fall back to the safe side.
+            visibility: Visibility::parse(&row.visibility).unwrap_or(Visibility::Private),
+            runtime: Runtime::parse(&row.runtime).unwrap_or_default(),
+            current_version: u32::try_from(row.current_version).unwrap_or(0),
+            latest_version: u32::try_from(row.latest_version).unwrap_or(0),
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        }
+    }
+}
+
+const SELECT_FUNCTION: &str = "SELECT f.id, f.name, f.owner_id, u.name AS owner, f.visibility, f.runtime,
+        f.current_version, f.latest_version, f.created_at, f.updated_at
+   FROM functions f JOIN users u ON u.id = f.owner_id";
+
+#[derive(sqlx::FromRow)]
+struct VersionRow {
+    number: i64,
+    spec: String,
+    created_by: String,
+    created_at: DateTime<Utc>,
+}
+
+impl VersionRow {
+    fn decode(self) -> StoreResult<(VersionInfo, FunctionSpec)> {
+        let spec: FunctionSpec =
+            serde_json::from_str(&self.spec).map_err(|source| StoreError::Corrupt { what: "function version", source })?;
+        let info = VersionInfo {
+            number: u32::try_from(self.number).unwrap_or(0),
+            created_by: self.created_by,
+            created_at: self.created_at,
+            runtime: spec.runtime,
+            source_bytes: spec.source.len(),
+        };
+        Ok((info, spec))
+    }
+}
+
+fn encode_spec(spec: &FunctionSpec) -> StoreResult<String> {
+    serde_json::to_string(spec).map_err(|source| StoreError::Corrupt { what: "function spec", source })
+}
+
+impl Store {
+    /// Registers a function with its first version; a taken name is [`StoreError::Duplicate`].
+    pub async fn insert_function(&self, owner_id: i64, spec: &FunctionSpec) -> StoreResult<FunctionRecord> {
+        let encoded = encode_spec(spec)?;
+        let now = Utc::now();
+        let mut tx = self.pool.begin().await?;
+        let (id,): (i64,) = sqlx::query_as(
+            "INSERT INTO functions (name, owner_id, visibility, runtime, current_version, latest_version, created_at, updated_at)
+             VALUES (?, ?, ?, ?, 1, 1, ?, ?) RETURNING id",
+        )
+        .bind(&spec.name)
+        .bind(owner_id)
+        .bind(spec.visibility.as_str())
+        .bind(spec.runtime.as_str())
+        .bind(now)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| duplicate_or_query(e, "function", "name"))?;
+        sqlx::query("INSERT INTO function_versions (function_id, number, spec, created_by, created_at) VALUES (?, 1, ?, ?, ?)")
+            .bind(id)
+            .bind(&encoded)
+            .bind(owner_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        self.function_by_id(id).await?.ok_or(StoreError::Query(sqlx::Error::RowNotFound))
+    }
+
+    /// Adds the next version of a function and makes it current.
+    pub async fn add_version(&self, function_id: i64, spec: &FunctionSpec, created_by: i64) -> StoreResult<u32> {
+        let encoded = encode_spec(spec)?;
+        let now = Utc::now();
+        let mut tx = self.pool.begin().await?;
+        // One UPDATE takes the write lock and the next number together, so concurrent edits get distinct numbers.
+        let (number,): (i64,) = sqlx::query_as(
+            "UPDATE functions SET latest_version = latest_version + 1, current_version = latest_version + 1,
+                    visibility = ?, runtime = ?, updated_at = ?
+              WHERE id = ? RETURNING latest_version",
+        )
+        .bind(spec.visibility.as_str())
+        .bind(spec.runtime.as_str())
+        .bind(now)
+        .bind(function_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query("INSERT INTO function_versions (function_id, number, spec, created_by, created_at) VALUES (?, ?, ?, ?, ?)")
+            .bind(function_id)
+            .bind(number)
+            .bind(&encoded)
+            .bind(created_by)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(u32::try_from(number).unwrap_or(0))
+    }
+
+    /// Points the function at an existing version; false when there is no such version.
+    pub async fn set_current_version(&self, function_id: i64, number: u32) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "UPDATE functions SET current_version = ?1, updated_at = ?2,
+                    runtime = (SELECT json_extract(spec, '$.runtime') FROM function_versions WHERE function_id = ?3 AND number = ?1)
+              WHERE id = ?3 AND EXISTS (SELECT 1 FROM function_versions WHERE function_id = ?3 AND number = ?1)",
+        )
+        .bind(i64::from(number))
+        .bind(Utc::now())
+        .bind(function_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// The function with this id, if any.
+    pub async fn function_by_id(&self, id: i64) -> StoreResult<Option<FunctionRecord>> {
+        let row: Option<FunctionRow> = sqlx::query_as(&format!("{SELECT_FUNCTION} WHERE f.id = ?"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(Into::into))
+    }
+
+    /// The function with this name, if any.
+    pub async fn function_by_name(&self, name: &str) -> StoreResult<Option<FunctionRecord>> {
+        let row: Option<FunctionRow> = sqlx::query_as(&format!("{SELECT_FUNCTION} WHERE f.name = ?"))
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(Into::into))
+    }
+
+    /// Functions a viewer may see, by name: all of them (`None`, for admins), or the viewer's own and public ones.
+    pub async fn visible_functions(&self, viewer: Option<i64>) -> StoreResult<Vec<FunctionRecord>> {
+        let rows: Vec<FunctionRow> = match viewer {
+            None => sqlx::query_as(&format!("{SELECT_FUNCTION} ORDER BY f.name")).fetch_all(&self.pool).await?,
+            Some(user_id) => {
+                sqlx::query_as(&format!("{SELECT_FUNCTION} WHERE f.owner_id = ? OR f.visibility = 'public' ORDER BY f.name"))
+                    .bind(user_id)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
+        Ok(rows.into_iter().map(Into::into).collect())
+    }
+
+    /// Every version of a function, newest first.
+    pub async fn versions(&self, function_id: i64) -> StoreResult<Vec<VersionInfo>> {
+        let rows: Vec<VersionRow> = sqlx::query_as(
+            "SELECT v.number, v.spec, u.name AS created_by, v.created_at
+               FROM function_versions v JOIN users u ON u.id = v.created_by
+              WHERE v.function_id = ? ORDER BY v.number DESC",
+        )
+        .bind(function_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(|row| row.decode().map(|(info, _)| info)).collect()
+    }
+
+    /// One version with its spec, if it exists.
+    pub async fn version_spec(&self, function_id: i64, number: u32) -> StoreResult<Option<(VersionInfo, FunctionSpec)>> {
+        let row: Option<VersionRow> = sqlx::query_as(
+            "SELECT v.number, v.spec, u.name AS created_by, v.created_at
+               FROM function_versions v JOIN users u ON u.id = v.created_by
+              WHERE v.function_id = ? AND v.number = ?",
+        )
+        .bind(function_id)
+        .bind(i64::from(number))
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(VersionRow::decode).transpose()
+    }
+
+    /// How many instances of the function exist (in any state).
+    pub async fn instance_count(&self, function_id: i64) -> StoreResult<u32> {
+        let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM instances WHERE function_id = ?")
+            .bind(function_id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(u32::try_from(count).unwrap_or(u32::MAX))
+    }
+
+    /// Removes a function with all its versions.
+    pub async fn delete_function(&self, function_id: i64) -> StoreResult<()> {
+        sqlx::query("DELETE FROM functions WHERE id = ?").bind(function_id).execute(&self.pool).await?;
+        Ok(())
+    }
+}

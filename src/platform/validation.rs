@@ -1,0 +1,578 @@
+//! Pure checks of everything a user sends: names, quantities, image references, specs.
+//!
+//! Each check names the offending field so the API can answer with `{"error", "field"}` and
+//! the form can mark the input. Nothing here touches the store.
+
+use super::model::{FieldError, FunctionSpec, Runtime, ServiceKind};
+
+/// Longest function name: leaves room in 63-character Kubernetes names for `-{user}` and a hash.
+pub const MAX_FUNCTION_NAME: usize = 40;
+/// Longest user name; user names appear in gateway paths and object names.
+pub const MAX_USER_NAME: usize = 20;
+/// Largest accepted source, in bytes.
+pub const MAX_SOURCE_BYTES: usize = 512 * 1024;
+/// Largest accepted requirements/package.json, in bytes.
+pub const MAX_REQUIREMENTS_BYTES: usize = 64 * 1024;
+/// Most environment variables per function.
+pub const MAX_ENV_VARS: usize = 100;
+/// Largest value of one environment variable, in bytes.
+pub const MAX_ENV_VALUE_BYTES: usize = 32 * 1024;
+/// Most replicas one instance may scale to.
+pub const MAX_REPLICAS: u32 = 100;
+/// Shortest accepted password, in characters.
+pub const MIN_PASSWORD_CHARS: usize = 8;
+/// Longest accepted password, in bytes (hashing cost grows with length).
+pub const MAX_PASSWORD_BYTES: usize = 1024;
+
+/// Environment variable names the runtime sets itself and a function may not override.
+const RESERVED_ENV: &[&str] = &["PORT", "HOSTNAME"];
+const RESERVED_ENV_PREFIX: &str = "KUBEFN_";
+
+/// Whether `text` is a DNS-1123 label: lowercase letters, digits and `-`, starting with a
+/// letter (so it never looks like a number) and ending with a letter or digit.
+pub fn is_dns_label(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes[0].is_ascii_lowercase()
+        && bytes[bytes.len() - 1] != b'-'
+        && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+}
+
+/// Checks a function or user name: a DNS-1123 label of at most `max` characters.
+pub fn check_name(field: &str, text: &str, max: usize) -> Result<(), FieldError> {
+    if text.is_empty() {
+        return Err(FieldError::new(field, format!("{field} is required")));
+    }
+    if text.len() > max {
+        return Err(FieldError::new(field, format!("{field} must be at most {max} characters (got {})", text.len())));
+    }
+    if !is_dns_label(text) {
+        return Err(FieldError::new(
+            field,
+            format!(
+                "{field} must be lowercase letters, digits and '-', start with a letter and end with a letter or digit (got {text:?})"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a password's length without ever echoing it.
+pub fn check_password(password: &str) -> Result<(), FieldError> {
+    if password.chars().count() < MIN_PASSWORD_CHARS {
+        return Err(FieldError::new("password", format!("password must be at least {MIN_PASSWORD_CHARS} characters")));
+    }
+    if password.len() > MAX_PASSWORD_BYTES {
+        return Err(FieldError::new("password", format!("password must be at most {MAX_PASSWORD_BYTES} bytes")));
+    }
+    Ok(())
+}
+
+/// Parses a Kubernetes CPU quantity (`250m`, `0.5`, `2`) into millicores.
+pub fn parse_cpu_millis(text: &str) -> Option<u64> {
+    if let Some(millis) = text.strip_suffix('m') {
+        return parse_plain_digits(millis);
+    }
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    if fraction.len() > 3 || (whole.is_empty() && fraction.is_empty()) {
+        return None;
+    }
+    let whole = if whole.is_empty() { 0 } else { parse_plain_digits(whole)? };
+    let fraction_millis = if fraction.is_empty() {
+        0
+    } else {
+        parse_plain_digits(fraction)? * 10u64.pow(3 - fraction.len() as u32)
+    };
+    whole.checked_mul(1000)?.checked_add(fraction_millis)
+}
+
+/// Parses a Kubernetes memory quantity (`128Mi`, `1G`, `1048576`) into bytes.
+pub fn parse_memory_bytes(text: &str) -> Option<u64> {
+    const SUFFIXES: &[(&str, u64)] = &[
+        ("Ki", 1 << 10),
+        ("Mi", 1 << 20),
+        ("Gi", 1 << 30),
+        ("Ti", 1 << 40),
+        ("k", 1_000),
+        ("M", 1_000_000),
+        ("G", 1_000_000_000),
+        ("T", 1_000_000_000_000),
+    ];
+    let (digits, factor) = SUFFIXES
+        .iter()
+        .find_map(|(suffix, factor)| text.strip_suffix(suffix).map(|d| (d, *factor)))
+        .unwrap_or((text, 1));
+    parse_plain_digits(digits)?.checked_mul(factor)
+}
+
+fn parse_plain_digits(text: &str) -> Option<u64> {
+    if text.is_empty() || text.len() > 18 || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
+}
+
+/// Whether `text` is a container image reference: `[host[:port]/]path[:tag][@sha256:hex]`.
+pub fn is_image_reference(text: &str) -> bool {
+    if text.is_empty() || text.len() > 255 || text.chars().any(|c| c.is_whitespace()) {
+        return false;
+    }
+    let (rest, digest) = match text.split_once('@') {
+        Some((rest, digest)) => (rest, Some(digest)),
+        None => (text, None),
+    };
+    if let Some(digest) = digest {
+        let Some(hex) = digest.strip_prefix("sha256:") else { return false };
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            return false;
+        }
+    }
+    // A tag is after the last ':' that follows the last '/', so `host:5000/app` has none.
+    let last_slash = rest.rfind('/').map_or(0, |i| i + 1);
+    let (path, tag) = match rest[last_slash..].rfind(':') {
+        Some(i) => (&rest[..last_slash + i], Some(&rest[last_slash + i + 1..])),
+        None => (rest, None),
+    };
+    if let Some(tag) = tag {
+        let valid_tag = !tag.is_empty()
+            && tag.len() <= 128
+            && (tag.as_bytes()[0].is_ascii_alphanumeric() || tag.as_bytes()[0] == b'_')
+            && tag.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+        if !valid_tag {
+            return false;
+        }
+    }
+    let mut components: Vec<&str> = path.split('/').collect();
+    let first = components[0];
+    let has_host = components.len() > 1 && (first.contains('.') || first.contains(':') || first == "localhost");
+    if has_host {
+        let (host, port) = first.split_once(':').unwrap_or((first, ""));
+        let valid_host = !host.is_empty()
+            && host.split('.').all(|part| {
+                !part.is_empty()
+                    && !part.starts_with('-')
+                    && !part.ends_with('-')
+                    && part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if !valid_host || (!first.ends_with(':') && first.contains(':') && parse_plain_digits(port).is_none()) {
+            return false;
+        }
+        if first.ends_with(':') {
+            return false;
+        }
+        components.remove(0);
+    }
+    !components.is_empty() && components.iter().all(|c| is_image_path_component(c))
+}
+
+/// A path component: lowercase alphanumerics separated by `.`, `_`, `__` or runs of `-`.
+fn is_image_path_component(component: &str) -> bool {
+    let bytes = component.as_bytes();
+    if bytes.is_empty() || !bytes[0].is_ascii_alphanumeric() || !bytes[bytes.len() - 1].is_ascii_alphanumeric() {
+        return false;
+    }
+    let mut previous_separator: Option<u8> = None;
+    let mut separator_run = 0;
+    for &b in bytes {
+        if b.is_ascii_lowercase() || b.is_ascii_digit() {
+            previous_separator = None;
+            separator_run = 0;
+        } else if b"._-".contains(&b) {
+            separator_run += 1;
+            let allowed = match (previous_separator, b) {
+                (None, _) => true,
+                (Some(b'_'), b'_') => separator_run == 2,
+                (Some(b'-'), b'-') => true,
+                _ => false,
+            };
+            if !allowed {
+                return false;
+            }
+            previous_separator = Some(b);
+        } else {
+            return false;
+        }
+    }
+    true
+}
+
+/// Whether `text` is a portable environment variable name (`[A-Za-z_][A-Za-z0-9_]*`).
+pub fn is_env_name(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 255
+        && (bytes[0].is_ascii_alphabetic() || bytes[0] == b'_')
+        && bytes.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'_')
+}
+
+/// Whether `text` is a handler name: an identifier, or dotted identifiers (`module.function`).
+pub fn is_handler_name(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 100
+        && text.split('.').all(|part| {
+            let bytes = part.as_bytes();
+            !bytes.is_empty()
+                && (bytes[0].is_ascii_alphabetic() || bytes[0] == b'_' || bytes[0] == b'$')
+                && bytes.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'_' || *b == b'$')
+        })
+}
+
+/// Whether `text` is a DNS name of dot-separated labels (for `ExternalName` services).
+fn is_dns_name(text: &str) -> bool {
+    text.len() <= 253
+        && text.split('.').all(|label| {
+            let b = label.as_bytes();
+            !b.is_empty()
+                && b.len() <= 63
+                && b[0].is_ascii_alphanumeric()
+                && b[b.len() - 1].is_ascii_alphanumeric()
+                && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        })
+}
+
+/// Checks a whole function spec and returns every problem found, in field order.
+pub fn check_function_spec(spec: &FunctionSpec) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    if let Err(e) = check_name("name", &spec.name, MAX_FUNCTION_NAME) {
+        errors.push(e);
+    }
+    check_code(spec, &mut errors);
+    check_env(spec, &mut errors);
+    check_resources(spec, &mut errors);
+    check_scaling(spec, &mut errors);
+    check_service(spec, &mut errors);
+    errors
+}
+
+fn check_code(spec: &FunctionSpec, errors: &mut Vec<FieldError>) {
+    if let Some(handler) = &spec.handler {
+        if !is_handler_name(handler) {
+            errors.push(FieldError::new(
+                "handler",
+                format!("handler must be an identifier such as handle or main.handler (got {handler:?}); leave it empty to detect one"),
+            ));
+        }
+    }
+    match spec.runtime {
+        Runtime::Python | Runtime::Node => {
+            if spec.source.trim().is_empty() {
+                errors.push(FieldError::new("source", format!("source is required for a {} function", spec.runtime.as_str())));
+            } else if spec.source.len() > MAX_SOURCE_BYTES {
+                errors.push(FieldError::new(
+                    "source",
+                    format!("source must be at most {} KiB (got {} KiB)", MAX_SOURCE_BYTES / 1024, spec.source.len().div_ceil(1024)),
+                ));
+            }
+            if spec.image.is_some() {
+                errors.push(FieldError::new("image", "image is only for functions with runtime \"image\"; remove it or change the runtime"));
+            }
+            if spec.service.port.is_some() {
+                errors.push(FieldError::new("service.port", "service.port is only for image functions; source functions listen on the bootstrap's port"));
+            }
+        }
+        Runtime::Image => {
+            match &spec.image {
+                None => errors.push(FieldError::new("image", "image is required for a function with runtime \"image\"")),
+                Some(image) if !is_image_reference(image) => errors.push(FieldError::new(
+                    "image",
+                    format!("image must be a reference such as registry.example.com/team/app:1.2 (got {image:?})"),
+                )),
+                Some(_) => {}
+            }
+            if !spec.source.is_empty() {
+                errors.push(FieldError::new("source", "source must be empty for an image function; the image carries the code"));
+            }
+            if !spec.requirements.is_empty() {
+                errors.push(FieldError::new("requirements", "requirements must be empty for an image function; the image carries its dependencies"));
+            }
+            if spec.service.port == Some(0) {
+                errors.push(FieldError::new("service.port", "service.port must be between 1 and 65535"));
+            }
+        }
+    }
+    if spec.requirements.len() > MAX_REQUIREMENTS_BYTES {
+        errors.push(FieldError::new("requirements", format!("requirements must be at most {} KiB", MAX_REQUIREMENTS_BYTES / 1024)));
+    }
+    if spec.runtime == Runtime::Node && !spec.requirements.trim().is_empty() {
+        if let Err(e) = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&spec.requirements) {
+            errors.push(FieldError::new("requirements", format!("requirements of a node function must be a package.json object: {e}")));
+        }
+    }
+}
+
+fn check_env(spec: &FunctionSpec, errors: &mut Vec<FieldError>) {
+    if spec.env.len() > MAX_ENV_VARS {
+        errors.push(FieldError::new("env", format!("env may hold at most {MAX_ENV_VARS} variables (got {})", spec.env.len())));
+    }
+    for (name, value) in &spec.env {
+        let field = format!("env.{name}");
+        if !is_env_name(name) {
+            errors.push(FieldError::new(field, format!("environment variable name {name:?} must be letters, digits and '_', not starting with a digit")));
+        } else if RESERVED_ENV.contains(&name.as_str()) || name.starts_with(RESERVED_ENV_PREFIX) {
+            errors.push(FieldError::new(field, format!("environment variable {name} is set by kubefn itself and cannot be overridden")));
+        } else if value.len() > MAX_ENV_VALUE_BYTES {
+            errors.push(FieldError::new(field, format!("environment variable {name} must be at most {} KiB", MAX_ENV_VALUE_BYTES / 1024)));
+        }
+    }
+}
+
+fn check_resources(spec: &FunctionSpec, errors: &mut Vec<FieldError>) {
+    let r = &spec.resources;
+    let cpu = [("resources.cpu", &r.cpu), ("resources.cpu_limit", &r.cpu_limit)].map(|(field, text)| {
+        let parsed = parse_cpu_millis(text).filter(|m| *m > 0);
+        if parsed.is_none() {
+            errors.push(FieldError::new(field, format!("{field} must be a CPU quantity above zero such as 100m or 0.5 (got {text:?})")));
+        }
+        parsed
+    });
+    if let [Some(request), Some(limit)] = cpu {
+        if request > limit {
+            errors.push(FieldError::new("resources.cpu", format!("resources.cpu ({}) must not exceed resources.cpu_limit ({})", r.cpu, r.cpu_limit)));
+        }
+    }
+    let memory = [("resources.memory", &r.memory), ("resources.memory_limit", &r.memory_limit)].map(|(field, text)| {
+        let parsed = parse_memory_bytes(text).filter(|b| *b >= 4 << 20);
+        if parsed.is_none() {
+            errors.push(FieldError::new(field, format!("{field} must be a memory quantity of at least 4Mi such as 128Mi or 1Gi (got {text:?})")));
+        }
+        parsed
+    });
+    if let [Some(request), Some(limit)] = memory {
+        if request > limit {
+            errors.push(FieldError::new(
+                "resources.memory",
+                format!("resources.memory ({}) must not exceed resources.memory_limit ({})", r.memory, r.memory_limit),
+            ));
+        }
+    }
+}
+
+fn check_scaling(spec: &FunctionSpec, errors: &mut Vec<FieldError>) {
+    let s = &spec.scaling;
+    if s.max == 0 || s.max > MAX_REPLICAS {
+        errors.push(FieldError::new("scaling.max", format!("scaling.max must be between 1 and {MAX_REPLICAS} (got {})", s.max)));
+    }
+    if s.min > s.max {
+        errors.push(FieldError::new("scaling.min", format!("scaling.min ({}) must not exceed scaling.max ({})", s.min, s.max)));
+    }
+    for (field, target) in [("scaling.target_cpu_percent", s.target_cpu_percent), ("scaling.target_memory_percent", s.target_memory_percent)] {
+        if let Some(percent) = target {
+            if percent == 0 || percent > 1000 {
+                errors.push(FieldError::new(field, format!("{field} must be between 1 and 1000 percent of the request (got {percent})")));
+            }
+        }
+    }
+    if let Some(idle) = s.scale_to_zero_after_s {
+        if !(10..=7 * 24 * 3600).contains(&idle) {
+            errors.push(FieldError::new("scaling.scale_to_zero_after_s", format!("scaling.scale_to_zero_after_s must be between 10 and 604800 seconds (got {idle})")));
+        }
+        if s.min > 0 {
+            errors.push(FieldError::new("scaling.min", "scaling.min must be 0 when scale_to_zero_after_s is set"));
+        }
+    }
+}
+
+fn check_service(spec: &FunctionSpec, errors: &mut Vec<FieldError>) {
+    match (spec.service.kind, &spec.service.external_name) {
+        (ServiceKind::ExternalName, None) => {
+            errors.push(FieldError::new("service.external_name", "service.external_name is required for an ExternalName service"))
+        }
+        (ServiceKind::ExternalName, Some(name)) if !is_dns_name(name) => {
+            errors.push(FieldError::new("service.external_name", format!("service.external_name must be a DNS name such as api.example.com (got {name:?})")))
+        }
+        (ServiceKind::ExternalName, Some(_)) => {}
+        (_, Some(_)) => errors.push(FieldError::new("service.external_name", "service.external_name is only for the ExternalName service type")),
+        (_, None) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::platform::model::{Resources, ScalingPolicy, ServiceSpec, Visibility};
+
+    fn python(name: &str) -> FunctionSpec {
+        FunctionSpec {
+            name: name.into(),
+            runtime: Runtime::Python,
+            handler: Some("handle".into()),
+            source: "def handle(req):\n    return req\n".into(),
+            requirements: String::new(),
+            image: None,
+            env: Default::default(),
+            visibility: Visibility::Public,
+            resources: Resources::default(),
+            scaling: ScalingPolicy::default(),
+            service: ServiceSpec::default(),
+        }
+    }
+
+    fn fields(spec: &FunctionSpec) -> Vec<String> {
+        check_function_spec(spec).into_iter().map(|e| e.field).collect()
+    }
+
+    #[test]
+    fn a_plain_python_function_is_valid() {
+        assert_eq!(fields(&python("hello")), Vec::<String>::new());
+    }
+
+    #[test]
+    fn names_must_be_dns_labels_of_at_most_40() {
+        for bad in ["", "Hello", "-x", "x-", "9lives", "a_b", "a.b", &"a".repeat(41)] {
+            assert_eq!(fields(&python(bad)), vec!["name"], "{bad:?}");
+        }
+        for good in ["a", "hello-world", "f2", &"a".repeat(40)] {
+            assert!(fields(&python(good)).is_empty(), "{good:?}");
+        }
+    }
+
+    #[test]
+    fn cpu_quantities_parse_to_millicores() {
+        assert_eq!(parse_cpu_millis("100m"), Some(100));
+        assert_eq!(parse_cpu_millis("0.5"), Some(500));
+        assert_eq!(parse_cpu_millis(".25"), Some(250));
+        assert_eq!(parse_cpu_millis("2"), Some(2000));
+        assert_eq!(parse_cpu_millis("1.5"), Some(1500));
+        for bad in ["", "m", "1.2345", "-1", "1e3", "abc", "1.5m", "."] {
+            assert_eq!(parse_cpu_millis(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn memory_quantities_parse_to_bytes() {
+        assert_eq!(parse_memory_bytes("128Mi"), Some(128 << 20));
+        assert_eq!(parse_memory_bytes("1Gi"), Some(1 << 30));
+        assert_eq!(parse_memory_bytes("1G"), Some(1_000_000_000));
+        assert_eq!(parse_memory_bytes("64k"), Some(64_000));
+        assert_eq!(parse_memory_bytes("1048576"), Some(1 << 20));
+        for bad in ["", "Mi", "12MB", "1.5Gi", "-1Mi", "12 Mi"] {
+            assert_eq!(parse_memory_bytes(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn requests_may_not_exceed_limits() {
+        let mut spec = python("f");
+        spec.resources.cpu = "2".into();
+        spec.resources.memory = "1Gi".into();
+        assert_eq!(fields(&spec), vec!["resources.cpu", "resources.memory"]);
+    }
+
+    #[test]
+    fn bad_quantities_name_their_field() {
+        let mut spec = python("f");
+        spec.resources.cpu_limit = "lots".into();
+        spec.resources.memory_limit = "1Mi".into();
+        assert_eq!(fields(&spec), vec!["resources.cpu_limit", "resources.memory_limit"]);
+    }
+
+    #[test]
+    fn image_references() {
+        for good in [
+            "python:3.12-slim",
+            "nginx",
+            "library/nginx:latest",
+            "ghcr.io/org/app:v1.2.3",
+            "localhost:5000/app",
+            "registry.example.com:443/team/app_name__x:tag",
+            "app@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+        ] {
+            assert!(is_image_reference(good), "{good}");
+        }
+        for bad in ["", "UPPER", "app:", "app::1", "a b", "/app", "app/", "host:port/app", "app@sha256:short", "-app", "app:-tag"] {
+            assert!(!is_image_reference(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn image_functions_need_an_image_and_no_source() {
+        let mut spec = python("img");
+        spec.runtime = Runtime::Image;
+        assert_eq!(fields(&spec), vec!["image", "source"]);
+        spec.source.clear();
+        spec.image = Some("nginx:1.27".into());
+        spec.service.port = Some(8080);
+        assert!(fields(&spec).is_empty());
+    }
+
+    #[test]
+    fn source_is_required_and_bounded() {
+        let mut spec = python("f");
+        spec.source = "  \n".into();
+        assert_eq!(fields(&spec), vec!["source"]);
+        spec.source = "x".repeat(MAX_SOURCE_BYTES + 1);
+        assert_eq!(fields(&spec), vec!["source"]);
+        spec.source = "x".repeat(MAX_SOURCE_BYTES);
+        assert!(fields(&spec).is_empty());
+    }
+
+    #[test]
+    fn env_names_are_checked_and_reserved_ones_refused() {
+        let mut spec = python("f");
+        spec.env.insert("GOOD_1".into(), "v".into());
+        spec.env.insert("1BAD".into(), "v".into());
+        spec.env.insert("PORT".into(), "1".into());
+        spec.env.insert("KUBEFN_X".into(), "1".into());
+        assert_eq!(fields(&spec), vec!["env.1BAD", "env.KUBEFN_X", "env.PORT"]);
+    }
+
+    #[test]
+    fn scaling_bounds() {
+        let mut spec = python("f");
+        spec.scaling.min = 3;
+        spec.scaling.max = 2;
+        assert_eq!(fields(&spec), vec!["scaling.min"]);
+        spec.scaling.min = 0;
+        spec.scaling.max = 0;
+        assert_eq!(fields(&spec), vec!["scaling.max"]);
+        spec.scaling.max = 2;
+        spec.scaling.target_cpu_percent = Some(0);
+        assert_eq!(fields(&spec), vec!["scaling.target_cpu_percent"]);
+        spec.scaling.target_cpu_percent = None;
+        spec.scaling.scale_to_zero_after_s = Some(5);
+        assert_eq!(fields(&spec), vec!["scaling.scale_to_zero_after_s"]);
+        spec.scaling.scale_to_zero_after_s = Some(60);
+        spec.scaling.min = 1;
+        assert_eq!(fields(&spec), vec!["scaling.min"]);
+    }
+
+    #[test]
+    fn external_name_only_with_its_service_type() {
+        let mut spec = python("f");
+        spec.service.kind = ServiceKind::ExternalName;
+        assert_eq!(fields(&spec), vec!["service.external_name"]);
+        spec.service.external_name = Some("api.example.com".into());
+        assert!(fields(&spec).is_empty());
+        spec.service.kind = ServiceKind::ClusterIP;
+        assert_eq!(fields(&spec), vec!["service.external_name"]);
+    }
+
+    #[test]
+    fn node_requirements_must_be_a_package_json_object() {
+        let mut spec = python("f");
+        spec.runtime = Runtime::Node;
+        spec.source = "module.exports = async () => 'hi'".into();
+        spec.requirements = "express==4".into();
+        assert_eq!(fields(&spec), vec!["requirements"]);
+        spec.requirements = r#"{"dependencies": {"express": "^4"}}"#.into();
+        assert!(fields(&spec).is_empty());
+    }
+
+    #[test]
+    fn handler_names() {
+        for good in ["handle", "main.handler", "_x", "hello_world2"] {
+            assert!(is_handler_name(good), "{good}");
+        }
+        for bad in ["", "1x", "a..b", "a b", "a-b", "a."] {
+            assert!(!is_handler_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn passwords() {
+        assert_eq!(check_password("short").map_err(|e| e.field), Err("password".to_string()));
+        assert!(check_password("long enough").is_ok());
+        assert!(check_password(&"x".repeat(MAX_PASSWORD_BYTES + 1)).is_err());
+    }
+}

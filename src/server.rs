@@ -1,0 +1,195 @@
+//! The server binary's wiring: configuration, the session layer, the router and serving.
+//! Tests build the same router through [`build_app`] without binding a port.
+
+use crate::api::{rest, AppState};
+use crate::app::{shell, App};
+use crate::platform::auth::{AuthError, SignupPolicy};
+use crate::platform::store::StoreError;
+use crate::platform::Platform;
+use axum::Router;
+use axum_login::AuthManagerLayerBuilder;
+use clap::Parser;
+use leptos::config::LeptosOptions;
+use leptos_axum::{generate_route_list, LeptosRoutes};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use tower_http::trace::TraceLayer;
+use tower_sessions::cookie::SameSite;
+use tower_sessions::{Expiry, SessionManagerLayer};
+use tower_sessions_sqlx_store::SqliteStore;
+
+/// Where function instances run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum RuntimeKind {
+    /// Supervised processes on this machine (no cluster needed).
+    Local,
+    /// A Kubernetes cluster through kube-rs.
+    Kubernetes,
+}
+
+/// kubefn's configuration: every flag is also an environment variable `KUBEFN_<FLAG>`.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "kubefn", version, about = "Functions-as-a-Service on Kubernetes, with a web UI")]
+pub struct Config {
+    /// Address to serve the UI, the REST API and the gateway on.
+    #[arg(long, env = "KUBEFN_LISTEN", default_value = "127.0.0.1:3000")]
+    pub listen: SocketAddr,
+    /// Directory for the database and runtime state (created if missing).
+    #[arg(long, env = "KUBEFN_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+    /// Database URL; defaults to SQLite at DATA_DIR/kubefn.db.
+    #[arg(long, env = "KUBEFN_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Where instances run.
+    #[arg(long, env = "KUBEFN_RUNTIME", value_enum, default_value = "local")]
+    pub runtime: RuntimeKind,
+    /// Create (or reset) an admin at start-up, as NAME:PASSWORD.
+    #[arg(long, env = "KUBEFN_ADMIN", hide_env_values = true)]
+    pub admin: Option<String>,
+    /// Whether anyone may sign up.
+    #[arg(long, env = "KUBEFN_SIGNUP", value_enum, default_value = "open")]
+    pub signup: SignupPolicy,
+    /// Mark the session cookie Secure (serve behind HTTPS).
+    #[arg(long, env = "KUBEFN_SECURE_COOKIES", default_value_t = false)]
+    pub secure_cookies: bool,
+    /// Log filter, as RUST_LOG (e.g. `info`, `kubefn=debug`).
+    #[arg(long, env = "KUBEFN_LOG", default_value = "info,sqlx=warn,tower_sessions=warn")]
+    pub log: String,
+}
+
+impl Config {
+    /// The database URL, defaulting to SQLite inside the data directory.
+    pub fn database_url(&self) -> String {
+        self.database_url.clone().unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("kubefn.db").display()))
+    }
+}
+
+/// Why kubefn could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The data directory could not be created.
+    #[error("cannot create the data directory {path}; choose another with --data-dir")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The database failed to open or migrate.
+    #[error("the database is not usable")]
+    Store(#[source] StoreError),
+    /// The session table could not be created.
+    #[error("cannot prepare the session table in the database")]
+    Sessions(#[source] sqlx::Error),
+    /// `--admin` is malformed.
+    #[error("--admin must look like NAME:PASSWORD")]
+    AdminFormat,
+    /// `--admin` names an invalid user or password.
+    #[error("cannot create the admin from --admin")]
+    Admin(#[source] AuthError),
+    /// The listen address is taken or not allowed.
+    #[error("cannot listen on {address}; pick another with --listen")]
+    Bind {
+        /// The address.
+        address: SocketAddr,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The site settings (LEPTOS_* variables) are malformed.
+    #[error("the LEPTOS_* site settings are invalid")]
+    Site(#[source] leptos::config::errors::LeptosConfigError),
+    /// Serving stopped with an error.
+    #[error("the HTTP server failed")]
+    Serve(#[source] std::io::Error),
+}
+
+/// Opens the platform and builds the whole router (UI, server functions, REST API, sessions).
+pub async fn build_app(config: &Config, mut leptos_options: LeptosOptions) -> Result<Router, StartError> {
+    if config.database_url.is_none() {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir { path: config.data_dir.clone(), source })?;
+    }
+    let platform = Platform::open(&config.database_url(), config.signup).await.map_err(StartError::Store)?;
+    if let Some(admin) = &config.admin {
+        let (name, password) = admin.split_once(':').ok_or(StartError::AdminFormat)?;
+        platform.accounts.ensure_admin(name, password).await.map_err(StartError::Admin)?;
+        tracing::info!(admin = name, "admin account ready");
+    }
+
+    let session_store = SqliteStore::new(platform.store.pool().clone());
+    session_store.migrate().await.map_err(StartError::Sessions)?;
+    let sessions = SessionManagerLayer::new(session_store)
+        .with_name("kubefn_session")
+        .with_http_only(true)
+        .with_same_site(SameSite::Lax)
+        .with_secure(config.secure_cookies)
+        .with_expiry(Expiry::OnInactivity(time::Duration::days(7)));
+    let auth = AuthManagerLayerBuilder::new(platform.accounts.clone(), sessions).build();
+
+    if leptos_options.output_name.is_empty() {
+        // Only a server built without cargo-leptos (e.g. `cargo test`) lacks the bundle name.
+        leptos_options.output_name = env!("CARGO_PKG_NAME").into();
+    }
+    leptos_options.site_addr = config.listen;
+    let state = AppState { leptos_options: leptos_options.clone(), platform };
+    let routes = generate_route_list(App);
+    let app = Router::new()
+        .merge(rest::router())
+        .leptos_routes_with_context(&state, routes, || {}, {
+            let options = leptos_options.clone();
+            move || shell(options.clone())
+        })
+        .fallback(leptos_axum::file_and_error_handler::<AppState, _>(shell))
+        .with_state(state)
+        .layer(auth)
+        .layer(TraceLayer::new_for_http());
+    Ok(app)
+}
+
+/// Serves until Ctrl-C or SIGTERM.
+pub async fn serve(config: Config) -> Result<(), StartError> {
+    let leptos_options = leptos::config::get_configuration(None).map_err(StartError::Site)?.leptos_options;
+    let app = build_app(&config, leptos_options).await?;
+    let listener =
+        tokio::net::TcpListener::bind(config.listen).await.map_err(|source| StartError::Bind { address: config.listen, source })?;
+    match config.runtime {
+        RuntimeKind::Local | RuntimeKind::Kubernetes => tracing::warn!(
+            runtime = ?config.runtime,
+            "no runtime is built into this version yet: functions can be registered and versioned, not deployed"
+        ),
+    }
+    tracing::info!(address = %config.listen, "kubefn serving on http://{}", config.listen);
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(StartError::Serve)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::warn!(%error, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,514 @@
+//! The REST API end to end through the real router: real SQLite, real sessions, real hashing.
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, Method, Request, StatusCode};
+use axum::Router;
+use http_body_util::BodyExt;
+use kubefn::platform::auth::SignupPolicy;
+use kubefn::server::{build_app, Config, RuntimeKind};
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+const ADMIN: (&str, &str) = ("root", "root-password");
+
+struct TestApp {
+    router: Router,
+    dir: tempfile::TempDir,
+}
+
+#[derive(Clone, Copy)]
+enum As<'a> {
+    Anonymous,
+    Cookie(&'a str),
+    Bearer(&'a str),
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Value,
+}
+
+impl TestApp {
+    async fn start() -> TestApp {
+        TestApp::start_with(SignupPolicy::Open).await
+    }
+
+    async fn start_with(signup: SignupPolicy) -> TestApp {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = Config {
+            listen: "127.0.0.1:0".parse().expect("address"),
+            data_dir: dir.path().to_path_buf(),
+            database_url: None,
+            runtime: RuntimeKind::Local,
+            admin: Some(format!("{}:{}", ADMIN.0, ADMIN.1)),
+            signup,
+            secure_cookies: false,
+            log: "warn".into(),
+        };
+        let options = leptos::config::get_configuration(None).expect("site options").leptos_options;
+        let router = build_app(&config, options).await.expect("app builds");
+        TestApp { router, dir }
+    }
+
+    async fn call(&self, method: Method, path: &str, body: Option<Value>, who: As<'_>) -> Answer {
+        let mut request = Request::builder().method(method).uri(path);
+        match who {
+            As::Anonymous => {}
+            As::Cookie(cookie) => request = request.header(header::COOKIE, cookie),
+            As::Bearer(token) => request = request.header(header::AUTHORIZATION, format!("Bearer {token}")),
+        }
+        let request = match body {
+            Some(body) => request.header(header::CONTENT_TYPE, "application/json").body(Body::from(body.to_string())),
+            None => request.body(Body::empty()),
+        }
+        .expect("request");
+        self.send(request).await
+    }
+
+    async fn send(&self, request: Request<Body>) -> Answer {
+        let response = self.router.clone().oneshot(request).await.expect("router answers");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await.expect("body").to_bytes();
+        let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        Answer { status, headers, body }
+    }
+
+    /// Signs up (or logs in, for the admin) and returns the session cookie.
+    async fn session(&self, name: &str, password: &str) -> String {
+        let signup = self.call(Method::POST, "/api/v1/signup", Some(json!({"name": name, "password": password})), As::Anonymous).await;
+        let answer = if signup.status == StatusCode::CREATED {
+            signup
+        } else {
+            self.call(Method::POST, "/api/v1/login", Some(json!({"name": name, "password": password})), As::Anonymous).await
+        };
+        assert!(answer.status.is_success(), "{name} signs in: {} {}", answer.status, answer.body);
+        cookie_of(&answer.headers)
+    }
+
+    async fn user(&self, name: &str) -> String {
+        self.session(name, &format!("{name}-password")).await
+    }
+
+    async fn admin(&self) -> String {
+        self.session(ADMIN.0, ADMIN.1).await
+    }
+}
+
+fn cookie_of(headers: &HeaderMap) -> String {
+    let set_cookie = headers.get(header::SET_COOKIE).expect("a session cookie").to_str().expect("ascii");
+    set_cookie.split(';').next().expect("cookie pair").to_string()
+}
+
+fn hello(name: &str) -> Value {
+    json!({
+        "name": name,
+        "runtime": "python",
+        "handler": "handle",
+        "source": "def handle(req):\n    return 'hello ' + req\n",
+        "requirements": "",
+        "env": {"GREETING": "hi"},
+        "visibility": "public",
+        "resources": {"cpu": "100m", "memory": "128Mi", "cpu_limit": "500m", "memory_limit": "256Mi"},
+        "scaling": {"min": 1, "max": 5, "target_cpu_percent": 70, "target_memory_percent": null, "scale_to_zero_after_s": null},
+        "service": {"type": "NodePort"}
+    })
+}
+
+fn with(mut base: Value, pointer: &str, value: Value) -> Value {
+    let (parent, key) = pointer.rsplit_once('/').expect("pointer");
+    let target = base.pointer_mut(parent).expect("parent exists");
+    target.as_object_mut().expect("object").insert(key.to_string(), value);
+    base
+}
+
+#[tokio::test]
+async fn sign_up_log_out_and_log_in() {
+    let app = TestApp::start().await;
+    let signup = app.call(Method::POST, "/api/v1/signup", Some(json!({"name": "alice", "password": "alice-password"})), As::Anonymous).await;
+    assert_eq!(signup.status, StatusCode::CREATED);
+    assert_eq!(signup.body, json!({"name": "alice", "role": "user"}));
+    let set_cookie = signup.headers.get(header::SET_COOKIE).expect("cookie").to_str().expect("ascii").to_string();
+    assert!(set_cookie.contains("HttpOnly"), "{set_cookie}");
+    assert!(set_cookie.contains("SameSite=Lax"), "{set_cookie}");
+    let cookie = cookie_of(&signup.headers);
+
+    let me = app.call(Method::GET, "/api/v1/me", None, As::Cookie(&cookie)).await;
+    assert_eq!(me.body, json!({"name": "alice", "role": "user"}));
+
+    let logout = app.call(Method::POST, "/api/v1/logout", None, As::Cookie(&cookie)).await;
+    assert_eq!(logout.status, StatusCode::NO_CONTENT);
+    assert_eq!(app.call(Method::GET, "/api/v1/me", None, As::Cookie(&cookie)).await.status, StatusCode::UNAUTHORIZED);
+
+    let wrong = app.call(Method::POST, "/api/v1/login", Some(json!({"name": "alice", "password": "not-her-password"})), As::Anonymous).await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(wrong.body["error"], "wrong user name or password");
+    let unknown = app.call(Method::POST, "/api/v1/login", Some(json!({"name": "nobody", "password": "whatever-pw"})), As::Anonymous).await;
+    assert_eq!(unknown.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(unknown.body, wrong.body, "unknown names and wrong passwords look the same");
+
+    let login = app.call(Method::POST, "/api/v1/login", Some(json!({"name": "alice", "password": "alice-password"})), As::Anonymous).await;
+    assert_eq!(login.status, StatusCode::OK);
+    let cookie = cookie_of(&login.headers);
+    assert_eq!(app.call(Method::GET, "/api/v1/me", None, As::Cookie(&cookie)).await.status, StatusCode::OK);
+
+    let taken = app.call(Method::POST, "/api/v1/signup", Some(json!({"name": "alice", "password": "another-password"})), As::Anonymous).await;
+    assert_eq!(taken.status, StatusCode::CONFLICT);
+    assert_eq!(taken.body["field"], "name");
+}
+
+#[tokio::test]
+async fn bad_sign_ups_name_the_field() {
+    let app = TestApp::start().await;
+    for (body, field) in [
+        (json!({"name": "Alice", "password": "long-enough"}), "name"),
+        (json!({"name": "a-name-that-is-far-too-long", "password": "long-enough"}), "name"),
+        (json!({"name": "carol", "password": "short"}), "password"),
+        (json!({"name": "carol"}), "password"),
+        (json!({"name": "carol", "password": "long-enough", "role": "admin"}), "role"),
+    ] {
+        let answer = app.call(Method::POST, "/api/v1/signup", Some(body.clone()), As::Anonymous).await;
+        assert_eq!(answer.status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert_eq!(answer.body["field"], field, "{body}: {}", answer.body);
+    }
+    // Nothing was created: carol cannot log in.
+    let login = app.call(Method::POST, "/api/v1/login", Some(json!({"name": "carol", "password": "long-enough"})), As::Anonymous).await;
+    assert_eq!(login.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn closed_sign_up_is_refused_but_the_admin_exists() {
+    let app = TestApp::start_with(SignupPolicy::Closed).await;
+    let answer = app.call(Method::POST, "/api/v1/signup", Some(json!({"name": "dave", "password": "dave-password"})), As::Anonymous).await;
+    assert_eq!(answer.status, StatusCode::FORBIDDEN);
+    assert!(answer.body["error"].as_str().expect("message").contains("sign-up is closed"));
+    let admin = app.admin().await;
+    let me = app.call(Method::GET, "/api/v1/me", None, As::Cookie(&admin)).await;
+    assert_eq!(me.body, json!({"name": "root", "role": "admin"}));
+}
+
+#[tokio::test]
+async fn everything_but_health_needs_a_session_or_token() {
+    let app = TestApp::start().await;
+    for (method, path, body) in [
+        (Method::GET, "/api/v1/me", None),
+        (Method::GET, "/api/v1/functions", None),
+        (Method::POST, "/api/v1/functions", Some(hello("x"))),
+        (Method::GET, "/api/v1/functions/x", None),
+        (Method::PUT, "/api/v1/functions/x", Some(hello("x"))),
+        (Method::DELETE, "/api/v1/functions/x", None),
+        (Method::POST, "/api/v1/functions/x/rollback", Some(json!({"version": 1}))),
+        (Method::GET, "/api/v1/functions/x/versions/1", None),
+        (Method::GET, "/api/v1/tokens", None),
+        (Method::POST, "/api/v1/tokens", Some(json!({"name": "t"}))),
+    ] {
+        let answer = app.call(method.clone(), path, body, As::Anonymous).await;
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{method} {path}");
+        assert!(answer.body["error"].as_str().is_some_and(|e| e.contains("log in")), "{method} {path}: {}", answer.body);
+    }
+    assert_eq!(app.call(Method::GET, "/healthz", None, As::Anonymous).await.status, StatusCode::OK);
+    assert_eq!(app.call(Method::GET, "/readyz", None, As::Anonymous).await.status, StatusCode::OK);
+    let missing = app.call(Method::GET, "/api/v1/nothing-here", None, As::Anonymous).await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert!(missing.body["error"].is_string());
+}
+
+#[tokio::test]
+async fn register_edit_roll_back_and_unregister() {
+    let app = TestApp::start().await;
+    let alice = app.user("alice").await;
+
+    let created = app.call(Method::POST, "/api/v1/functions", Some(hello("hello")), As::Cookie(&alice)).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    assert_eq!(created.headers.get(header::LOCATION).and_then(|v| v.to_str().ok()), Some("/api/v1/functions/hello"));
+    assert_eq!(created.body["version"], 1);
+    assert_eq!(created.body["owner"], "alice");
+    assert_eq!(created.body["spec"], hello("hello"));
+
+    let edited = with(hello("hello"), "/source", json!("def handle(req):\n    return 'v2 ' + req\n"));
+    let updated = app.call(Method::PUT, "/api/v1/functions/hello", Some(edited.clone()), As::Cookie(&alice)).await;
+    assert_eq!(updated.status, StatusCode::OK, "{}", updated.body);
+    assert_eq!(updated.body["version"], 2);
+    assert_eq!(updated.body["latest_version"], 2);
+    assert_eq!(updated.body["spec"]["source"], edited["source"]);
+    let numbers: Vec<u64> = updated.body["versions"].as_array().expect("versions").iter().map(|v| v["number"].as_u64().expect("n")).collect();
+    assert_eq!(numbers, vec![2, 1]);
+
+    let v1 = app.call(Method::GET, "/api/v1/functions/hello/versions/1", None, As::Cookie(&alice)).await;
+    assert_eq!(v1.status, StatusCode::OK);
+    assert_eq!(v1.body["spec"], hello("hello"), "version 1 is immutable");
+
+    let rolled = app.call(Method::POST, "/api/v1/functions/hello/rollback", Some(json!({"version": 1})), As::Cookie(&alice)).await;
+    assert_eq!(rolled.status, StatusCode::OK, "{}", rolled.body);
+    assert_eq!(rolled.body["version"], 1);
+    assert_eq!(rolled.body["latest_version"], 2);
+    assert_eq!(rolled.body["spec"], hello("hello"));
+
+    let missing_version = app.call(Method::POST, "/api/v1/functions/hello/rollback", Some(json!({"version": 9})), As::Cookie(&alice)).await;
+    assert_eq!(missing_version.status, StatusCode::NOT_FOUND);
+    assert_eq!(missing_version.body["field"], "version");
+
+    // An edit after a rollback gets the next number, never reusing one.
+    let third = app.call(Method::PUT, "/api/v1/functions/hello", Some(edited), As::Cookie(&alice)).await;
+    assert_eq!(third.body["version"], 3);
+
+    let list = app.call(Method::GET, "/api/v1/functions", None, As::Cookie(&alice)).await;
+    assert_eq!(list.body.as_array().map(Vec::len), Some(1));
+    assert_eq!(list.body[0]["name"], "hello");
+    assert_eq!(list.body[0]["version"], 3);
+
+    let duplicate = app.call(Method::POST, "/api/v1/functions", Some(hello("hello")), As::Cookie(&alice)).await;
+    assert_eq!(duplicate.status, StatusCode::CONFLICT);
+    assert_eq!(duplicate.body["field"], "name");
+
+    let deleted = app.call(Method::DELETE, "/api/v1/functions/hello", None, As::Cookie(&alice)).await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+    assert_eq!(app.call(Method::GET, "/api/v1/functions/hello", None, As::Cookie(&alice)).await.status, StatusCode::NOT_FOUND);
+    // The name is free again.
+    assert_eq!(app.call(Method::POST, "/api/v1/functions", Some(hello("hello")), As::Cookie(&alice)).await.status, StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn every_invalid_field_is_named_and_nothing_is_stored() {
+    let app = TestApp::start().await;
+    let alice = app.user("alice").await;
+    let big_source = "#".repeat(512 * 1024 + 1);
+    let cases: Vec<(Value, &str)> = vec![
+        (with(hello("x"), "/name", json!("Bad_Name")), "name"),
+        (with(hello("x"), "/name", json!("a".repeat(41))), "name"),
+        (with(hello("x"), "/name", json!("")), "name"),
+        (with(hello("x"), "/runtime", json!("ruby")), "runtime"),
+        (with(hello("x"), "/runtme", json!("python")), "runtme"),
+        (with(hello("x"), "/handler", json!("not a handler")), "handler"),
+        (with(hello("x"), "/source", json!("")), "source"),
+        (with(hello("x"), "/source", json!(big_source)), "source"),
+        (with(hello("x"), "/requirements", json!("x".repeat(64 * 1024 + 1))), "requirements"),
+        (with(hello("x"), "/env", json!({"1BAD": "v"})), "env.1BAD"),
+        (with(hello("x"), "/env", json!({"PORT": "80"})), "env.PORT"),
+        (with(hello("x"), "/env", json!({"OK": 5})), "env.OK"),
+        (with(hello("x"), "/visibility", json!("secret")), "visibility"),
+        (with(hello("x"), "/resources/cpu", json!("lots")), "resources.cpu"),
+        (with(hello("x"), "/resources/cpu", json!("2")), "resources.cpu"),
+        (with(hello("x"), "/resources/memory", json!("12MB")), "resources.memory"),
+        (with(hello("x"), "/resources/memory_limit", json!("1Ti0")), "resources.memory_limit"),
+        (with(hello("x"), "/resources/cpu_limit", json!("")), "resources.cpu_limit"),
+        (with(hello("x"), "/resources/gpu", json!("1")), "resources.gpu"),
+        (with(hello("x"), "/scaling/min", json!(6)), "scaling.min"),
+        (with(hello("x"), "/scaling/max", json!(0)), "scaling.max"),
+        (with(hello("x"), "/scaling/max", json!("five")), "scaling.max"),
+        (with(hello("x"), "/scaling/min", json!(-1)), "scaling.min"),
+        (with(hello("x"), "/scaling/target_cpu_percent", json!(0)), "scaling.target_cpu_percent"),
+        (with(hello("x"), "/scaling/scale_to_zero_after_s", json!(1)), "scaling.scale_to_zero_after_s"),
+        (with(hello("x"), "/service/type", json!("Ingress")), "service.type"),
+        (with(hello("x"), "/service/type", json!("ExternalName")), "service.external_name"),
+        (with(with(hello("x"), "/runtime", json!("image")), "/source", json!("")), "image"),
+        (with(with(with(hello("x"), "/runtime", json!("image")), "/source", json!("")), "/image", json!("Not An Image")), "image"),
+        (with(hello("x"), "/image", json!("nginx:1.27")), "image"),
+    ];
+    for (body, field) in cases {
+        let answer = app.call(Method::POST, "/api/v1/functions", Some(body.clone()), As::Cookie(&alice)).await;
+        assert!(answer.status.is_client_error(), "{field}: {}", answer.status);
+        assert_eq!(answer.status, StatusCode::UNPROCESSABLE_ENTITY, "{field}: {}", answer.body);
+        assert_eq!(answer.body["field"], field, "{}", answer.body);
+        assert!(answer.body["error"].as_str().is_some_and(|e| !e.is_empty()), "{}", answer.body);
+    }
+    let missing_nested = app.call(Method::POST, "/api/v1/functions", Some(with(hello("x"), "/service", json!({"port": 80}))), As::Cookie(&alice)).await;
+    assert_eq!(missing_nested.body["field"], "service.port", "{}", missing_nested.body);
+    let missing = app.call(Method::POST, "/api/v1/functions", Some(json!({"runtime": "python", "source": "x"})), As::Cookie(&alice)).await;
+    assert_eq!((missing.status, missing.body["field"].clone()), (StatusCode::UNPROCESSABLE_ENTITY, json!("name")));
+
+    let not_json = app
+        .send(
+            Request::post("/api/v1/functions")
+                .header(header::COOKIE, &alice)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from("{\"name\": "))
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(not_json.status, StatusCode::BAD_REQUEST);
+    let form = app
+        .send(Request::post("/api/v1/functions").header(header::COOKIE, &alice).body(Body::from("name=x")).expect("request"))
+        .await;
+    assert_eq!(form.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+
+    let list = app.call(Method::GET, "/api/v1/functions", None, As::Cookie(&alice)).await;
+    assert_eq!(list.body, json!([]), "nothing was stored");
+
+    // An invalid edit leaves the function at its version.
+    assert_eq!(app.call(Method::POST, "/api/v1/functions", Some(hello("kept")), As::Cookie(&alice)).await.status, StatusCode::CREATED);
+    let bad_edit = app.call(Method::PUT, "/api/v1/functions/kept", Some(with(hello("kept"), "/scaling/min", json!(9))), As::Cookie(&alice)).await;
+    assert_eq!(bad_edit.body["field"], "scaling.min");
+    let renamed = app.call(Method::PUT, "/api/v1/functions/kept", Some(hello("other")), As::Cookie(&alice)).await;
+    assert_eq!((renamed.status, renamed.body["field"].clone()), (StatusCode::UNPROCESSABLE_ENTITY, json!("name")));
+    let kept = app.call(Method::GET, "/api/v1/functions/kept", None, As::Cookie(&alice)).await;
+    assert_eq!((kept.body["version"].clone(), kept.body["latest_version"].clone()), (json!(1), json!(1)));
+}
+
+#[tokio::test]
+async fn users_cannot_see_or_change_each_others_functions_but_admins_can() {
+    let app = TestApp::start().await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let admin = app.admin().await;
+    let private = with(hello("alices-secret"), "/visibility", json!("private"));
+    assert_eq!(app.call(Method::POST, "/api/v1/functions", Some(private.clone()), As::Cookie(&alice)).await.status, StatusCode::CREATED);
+    assert_eq!(app.call(Method::POST, "/api/v1/functions", Some(hello("alices-public")), As::Cookie(&alice)).await.status, StatusCode::CREATED);
+
+    let names = |body: &Value| -> Vec<String> {
+        body.as_array().expect("list").iter().map(|f| f["name"].as_str().expect("name").to_string()).collect()
+    };
+    let bobs_list = app.call(Method::GET, "/api/v1/functions", None, As::Cookie(&bob)).await;
+    assert_eq!(names(&bobs_list.body), vec!["alices-public"]);
+    let secret = app.call(Method::GET, "/api/v1/functions/alices-secret", None, As::Cookie(&bob)).await;
+    assert_eq!(secret.status, StatusCode::NOT_FOUND);
+    assert_eq!(app.call(Method::GET, "/api/v1/functions/alices-secret/versions/1", None, As::Cookie(&bob)).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(app.call(Method::PUT, "/api/v1/functions/alices-secret", Some(private.clone()), As::Cookie(&bob)).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(app.call(Method::DELETE, "/api/v1/functions/alices-secret", None, As::Cookie(&bob)).await.status, StatusCode::NOT_FOUND);
+
+    // The public one can be read but not changed.
+    assert_eq!(app.call(Method::GET, "/api/v1/functions/alices-public", None, As::Cookie(&bob)).await.status, StatusCode::OK);
+    let edit = app.call(Method::PUT, "/api/v1/functions/alices-public", Some(hello("alices-public")), As::Cookie(&bob)).await;
+    assert_eq!(edit.status, StatusCode::FORBIDDEN);
+    assert!(edit.body["error"].as_str().expect("message").contains("owner (alice)"));
+    assert_eq!(app.call(Method::DELETE, "/api/v1/functions/alices-public", None, As::Cookie(&bob)).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        app.call(Method::POST, "/api/v1/functions/alices-public/rollback", Some(json!({"version": 1})), As::Cookie(&bob)).await.status,
+        StatusCode::FORBIDDEN
+    );
+    let still = app.call(Method::GET, "/api/v1/functions/alices-public", None, As::Cookie(&alice)).await;
+    assert_eq!(still.body["latest_version"], 1, "bob changed nothing");
+
+    // Admins see and manage everything.
+    let admins_list = app.call(Method::GET, "/api/v1/functions", None, As::Cookie(&admin)).await;
+    assert_eq!(names(&admins_list.body), vec!["alices-public", "alices-secret"]);
+    assert_eq!(app.call(Method::GET, "/api/v1/functions/alices-secret", None, As::Cookie(&admin)).await.status, StatusCode::OK);
+    let admin_edit = app.call(Method::PUT, "/api/v1/functions/alices-secret", Some(private), As::Cookie(&admin)).await;
+    assert_eq!(admin_edit.status, StatusCode::OK);
+    assert_eq!(admin_edit.body["versions"][0]["created_by"], "root");
+    assert_eq!(admin_edit.body["owner"], "alice");
+    assert_eq!(app.call(Method::DELETE, "/api/v1/functions/alices-secret", None, As::Cookie(&admin)).await.status, StatusCode::NO_CONTENT);
+}
+
+#[tokio::test]
+async fn unregistering_is_refused_while_instances_exist() {
+    let app = TestApp::start().await;
+    let alice = app.user("alice").await;
+    assert_eq!(app.call(Method::POST, "/api/v1/functions", Some(hello("busy")), As::Cookie(&alice)).await.status, StatusCode::CREATED);
+
+    // An instance as the runtimes will record it, written straight into the same database.
+    let store = kubefn::platform::store::Store::open(&format!("sqlite://{}", app.dir.path().join("kubefn.db").display())).await.expect("db");
+    sqlx::query(
+        "INSERT INTO instances (id, function_id, user_id, desired_version, replicas, state, created_at, updated_at)
+         SELECT 'i-1', f.id, f.owner_id, 1, 1, 'Ready', '2026-01-01T00:00:00Z', '2026-01-01T00:00:00Z' FROM functions f WHERE f.name = 'busy'",
+    )
+    .execute(store.pool())
+    .await
+    .expect("instance row");
+
+    let refused = app.call(Method::DELETE, "/api/v1/functions/busy", None, As::Cookie(&alice)).await;
+    assert_eq!(refused.status, StatusCode::CONFLICT);
+    assert!(refused.body["error"].as_str().expect("message").contains("1 instance"), "{}", refused.body);
+    assert_eq!(app.call(Method::GET, "/api/v1/functions/busy", None, As::Cookie(&alice)).await.status, StatusCode::OK);
+
+    sqlx::query("DELETE FROM instances").execute(store.pool()).await.expect("cleanup");
+    assert_eq!(app.call(Method::DELETE, "/api/v1/functions/busy", None, As::Cookie(&alice)).await.status, StatusCode::NO_CONTENT);
+}
+
+#[tokio::test]
+async fn api_tokens_authenticate_until_revoked() {
+    let app = TestApp::start().await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let created = app.call(Method::POST, "/api/v1/tokens", Some(json!({"name": "ci"})), As::Cookie(&alice)).await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    let token = created.body["token"].as_str().expect("secret").to_string();
+    assert!(token.starts_with("kfn_") && token.len() > 40);
+    let id = created.body["id"].as_i64().expect("id");
+
+    let me = app.call(Method::GET, "/api/v1/me", None, As::Bearer(&token)).await;
+    assert_eq!(me.body["name"], "alice");
+    let registered = app.call(Method::POST, "/api/v1/functions", Some(hello("via-token")), As::Bearer(&token)).await;
+    assert_eq!(registered.status, StatusCode::CREATED);
+    assert_eq!(registered.body["owner"], "alice");
+
+    let listed = app.call(Method::GET, "/api/v1/tokens", None, As::Bearer(&token)).await;
+    assert_eq!(listed.body[0]["name"], "ci");
+    assert!(listed.body[0]["last_used_at"].is_string());
+    assert!(listed.body[0].get("token").is_none(), "the secret is shown only once");
+
+    assert_eq!(app.call(Method::GET, "/api/v1/me", None, As::Bearer("kfn_wrong")).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(app.call(Method::GET, "/api/v1/me", None, As::Bearer("not-even-a-token")).await.status, StatusCode::UNAUTHORIZED);
+    let basic = app
+        .send(Request::get("/api/v1/me").header(header::AUTHORIZATION, "Basic YWxpY2U6eA==").body(Body::empty()).expect("request"))
+        .await;
+    assert_eq!(basic.status, StatusCode::UNAUTHORIZED);
+
+    // Bob cannot revoke Alice's token.
+    assert_eq!(app.call(Method::DELETE, &format!("/api/v1/tokens/{id}"), None, As::Cookie(&bob)).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(app.call(Method::DELETE, &format!("/api/v1/tokens/{id}"), None, As::Cookie(&alice)).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(app.call(Method::GET, "/api/v1/me", None, As::Bearer(&token)).await.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn log_ins_are_rate_limited_per_user_name() {
+    let app = TestApp::start().await;
+    app.user("erin").await;
+    for attempt in 0..kubefn::platform::auth::MAX_FAILURES_PER_USER {
+        let wrong = app.call(Method::POST, "/api/v1/login", Some(json!({"name": "erin", "password": "guess-number"})), As::Anonymous).await;
+        assert_eq!(wrong.status, StatusCode::UNAUTHORIZED, "attempt {attempt}");
+    }
+    let blocked = app.call(Method::POST, "/api/v1/login", Some(json!({"name": "erin", "password": "erin-password"})), As::Anonymous).await;
+    assert_eq!(blocked.status, StatusCode::TOO_MANY_REQUESTS, "even the right password waits");
+    let retry_after: u64 = blocked.headers.get(header::RETRY_AFTER).expect("Retry-After").to_str().expect("ascii").parse().expect("seconds");
+    assert!((1..=300).contains(&retry_after), "{retry_after}");
+    // Other users are unaffected.
+    app.user("frank").await;
+}
+
+#[tokio::test]
+async fn server_functions_answer_with_api_errors_and_statuses() {
+    use kubefn::api::functions::ListFunctions;
+    use leptos::server_fn::ServerFn;
+    let app = TestApp::start().await;
+    let anonymous = app
+        .send(
+            Request::post(ListFunctions::PATH)
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED, "{}", anonymous.body);
+    assert_eq!(anonymous.body["status"], 401);
+
+    let alice = app.user("alice").await;
+    app.call(Method::POST, "/api/v1/functions", Some(hello("listed")), As::Cookie(&alice)).await;
+    let listed = app
+        .send(
+            Request::post(ListFunctions::PATH)
+                .header(header::COOKIE, &alice)
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(listed.status, StatusCode::OK);
+    assert_eq!(listed.body[0]["name"], "listed");
+}
+
+#[tokio::test]
+async fn pages_render_on_the_server() {
+    let app = TestApp::start().await;
+    let login = app.send(Request::get("/login").body(Body::empty()).expect("request")).await;
+    assert_eq!(login.status, StatusCode::OK);
+    let html = login.body.as_str().expect("html");
+    assert!(html.contains("Create account") && html.contains("/pkg/kubefn"), "{html}");
+
+    let alice = app.user("alice").await;
+    app.call(Method::POST, "/api/v1/functions", Some(hello("rendered")), As::Cookie(&alice)).await;
+    let catalog = app.send(Request::get("/").header(header::COOKIE, &alice).body(Body::empty()).expect("request")).await;
+    let html = catalog.body.as_str().expect("html");
+    assert!(html.contains("rendered") && html.contains("runtime not available yet"), "{html}");
+}
