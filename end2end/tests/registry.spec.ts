@@ -69,15 +69,27 @@ test("invalid input is shown next to its field and nothing is registered", async
 
   await page.goto("/functions/new");
   await hydrated(page);
-  await page.getByLabel("Name", { exact: true }).fill("Not_A_Valid_Name");
+  const rejected = `rejected-${run}`;
+  await page.getByLabel("Name", { exact: true }).fill(rejected);
   await page.getByLabel("Min replicas").fill("7");
+  await page.getByLabel("CPU request").fill("lots");
   await page.getByRole("button", { name: "Register" }).click();
-  await expect(page.locator("#error-name")).toContainText("lowercase letters");
   await expect(page.locator("#error-scaling-min")).toContainText("must not exceed scaling.max");
+  await expect(page.locator("#error-resources-cpu")).toContainText("CPU quantity");
   await expect(page).toHaveURL(/\/functions\/new$/);
 
+  await page.getByLabel("Name", { exact: true }).fill("Not_A_Valid_Name");
+  await page.getByLabel("Min replicas").fill("1");
+  await page.getByLabel("CPU request").fill("100m");
+  await page.getByRole("button", { name: "Register" }).click();
+  await expect(page.locator("#error-name")).toContainText("lowercase letters");
+  await expect(page.locator("#error-scaling-min")).toHaveCount(0);
+
+  // Nothing was registered: the catalog has no row for either attempt.
   await page.goto("/");
-  await expect(page.getByText("No functions yet")).toBeVisible();
+  await expect(page.getByRole("heading", { name: "Functions" })).toBeVisible();
+  await expect(page.locator(`tr[data-function="${rejected}"]`)).toHaveCount(0);
+  await expect(page.locator('tr[data-function="Not_A_Valid_Name"]')).toHaveCount(0);
 });
 
 test("log out and back in; pages need a session", async ({ page }) => {
