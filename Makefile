@@ -20,7 +20,7 @@ export LEPTOS_OUTPUT_NAME := kubefn
 export LEPTOS_SITE_ROOT := target/site
 export LEPTOS_SITE_PKG_DIR := pkg
 
-.PHONY: help run build build-release test test-unit test-e2e tools wasm-target chromium e2e-deps clean
+.PHONY: help run build build-release test test-unit test-runtimes test-e2e tools wasm-target chromium e2e-deps clean
 
 help:
 	@echo "make run    build and serve kubefn on http://127.0.0.1:3000"
@@ -37,10 +37,15 @@ build-release: tools
 	# A quicker release profile for the server; the wasm bundle keeps its size-optimised profile.
 	CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 cargo leptos build --release
 
-test: test-unit test-e2e
+test: test-unit test-runtimes test-e2e
 
 test-unit: tools
 	cargo test --features ssr
+
+# The function bootstraps, tested in their own languages with real processes and real HTTP.
+test-runtimes:
+	python3 -m unittest discover -s src/runtimes/python -p 'test_*.py' -v
+	node --test src/runtimes/node/
 
 test-e2e: build chromium e2e-deps
 	end2end/run.sh

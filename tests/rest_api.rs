@@ -245,6 +245,10 @@ async fn register_edit_roll_back_and_unregister() {
     assert_eq!(rolled.body["latest_version"], 2);
     assert_eq!(rolled.body["spec"], hello("hello"));
 
+    let not_a_number = app.call(Method::GET, "/api/v1/functions/hello/versions/first", None, As::Cookie(&alice)).await;
+    assert_eq!(not_a_number.status, StatusCode::BAD_REQUEST);
+    assert!(not_a_number.body["error"].as_str().is_some_and(|e| e.contains("path")), "{}", not_a_number.body);
+
     let missing_version = app.call(Method::POST, "/api/v1/functions/hello/rollback", Some(json!({"version": 9})), As::Cookie(&alice)).await;
     assert_eq!(missing_version.status, StatusCode::NOT_FOUND);
     assert_eq!(missing_version.body["field"], "version");

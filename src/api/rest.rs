@@ -5,7 +5,7 @@ use super::{ApiError, AppState};
 use crate::platform::model::{FunctionDetail, FunctionSpec, FunctionSummary, NewToken, TokenInfo, UserInfo, VersionDetail};
 use crate::platform::Platform;
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Path, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -84,6 +84,20 @@ pub fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     Ok(value)
 }
 
+/// Path parameters whose parse errors are JSON API errors (e.g. a version that is not a number).
+pub struct Path<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut http::request::Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(value)| Path(value))
+            .map_err(|rejection| ApiError::new(400, format!("the URL path is malformed: {}", rejection.body_text())))
+    }
+}
+
 /// Name and password, for sign-up and log-in.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -122,7 +136,7 @@ async fn me(Caller(caller): Caller) -> Json<UserInfo> {
 /// The client's IP address, when the server records connection info.
 pub struct ClientAddress(pub Option<std::net::IpAddr>);
 
-impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientAddress {
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddress {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {

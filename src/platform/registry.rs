@@ -129,12 +129,11 @@ impl Registry {
     /// Removes a function and all its versions; refused while instances of it exist.
     pub async fn unregister(&self, caller: &Principal, name: &str) -> RegistryResult<()> {
         let record = self.changeable(caller, name, "unregister").await?;
-        let instances = self.store.instance_count(record.id).await?;
-        if instances > 0 {
-            return Err(RegistryError::InUse { name: name.to_string(), instances });
+        if self.store.delete_unused_function(record.id).await? {
+            return Ok(());
         }
-        self.store.delete_function(record.id).await?;
-        Ok(())
+        let instances = self.store.instance_count(record.id).await?;
+        Err(RegistryError::InUse { name: name.to_string(), instances })
     }
 
     /// The functions the caller may see: own and public ones (admins: all), by name.

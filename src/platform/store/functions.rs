@@ -234,9 +234,14 @@ impl Store {
         Ok(u32::try_from(count).unwrap_or(u32::MAX))
     }
 
-    /// Removes a function with all its versions.
-    pub async fn delete_function(&self, function_id: i64) -> StoreResult<()> {
-        sqlx::query("DELETE FROM functions WHERE id = ?").bind(function_id).execute(&self.pool).await?;
-        Ok(())
+    /// Removes a function with all its versions unless an instance of it exists; the check and
+    /// the delete are one statement, so a deploy racing the unregister cannot orphan an instance.
+    /// Returns false when instances were found and nothing was deleted.
+    pub async fn delete_unused_function(&self, function_id: i64) -> StoreResult<bool> {
+        let done = sqlx::query("DELETE FROM functions WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM instances WHERE function_id = ?1)")
+            .bind(function_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
     }
 }

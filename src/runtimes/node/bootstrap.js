@@ -1,0 +1,247 @@
+'use strict';
+// kubefn's Node bootstrap: serves one function over HTTP on $PORT, with core modules only.
+//
+// The same file runs as a local replica and inside a pod. It loads the function's module and
+// adapts the common handler conventions so existing functions run unchanged:
+//   module.exports = async (event, context) => ...     the default export
+//   module.exports = { hello(event, context) {...} }   a named export, picked by the handler field (Kubeless)
+//   module.exports = (req, res) => {...}               Express-style, with res.status/send/json/set
+//
+// Environment: PORT, KUBEFN_SOURCE (the module's path), KUBEFN_HANDLER (entry point; empty to
+// detect one, and the choice is logged), KUBEFN_DEPS (a node_modules directory), KUBEFN_BIND
+// (default 0.0.0.0), KUBEFN_FUNCTION_NAME, KUBEFN_TIMEOUT, KUBEFN_MEMORY_LIMIT.
+// Reserved paths: GET /_/ready and GET /_/health. A function that cannot be loaded makes the
+// process exit with status 3 after saying why on stderr; a handler that throws answers 500
+// with the message and the process keeps serving.
+
+const http = require('node:http');
+const path = require('node:path');
+const crypto = require('node:crypto');
+const Module = require('node:module');
+
+const LOAD_ERROR_EXIT = 3;
+const READY_PATHS = new Set(['/_/ready', '/_/health']);
+const DETECT_ORDER = ['handler', 'handle', 'main', 'default'];
+
+class LoadError extends Error {}
+
+function log(message) {
+  process.stdout.write(`kubefn: ${message}\n`);
+}
+
+function parameterNames(fn) {
+  const text = Function.prototype.toString.call(fn);
+  const match = text.match(/^[^(]*\(([^)]*)\)/) || text.match(/^(?:async\s+)?([A-Za-z_$][\w$]*)\s*=>/);
+  if (!match) return [];
+  return match[1].split(',').map((p) => p.replace(/\/\*.*?\*\//g, '').split('=')[0].trim()).filter(Boolean);
+}
+
+function conventionOf(name, fn) {
+  const params = parameterNames(fn);
+  const express = params.length >= 2 && /^(req|request)$/i.test(params[0]) && /^(res|response)$/i.test(params[1]);
+  if (express) return ['express', `${name}(req, res) (Express style)`];
+  return ['event', `${name}(event, context)`];
+}
+
+function loadFunction(source, handlerName, depsDir) {
+  if (depsDir) {
+    // Dependencies are installed once per version outside the source directory.
+    process.env.NODE_PATH = [depsDir, process.env.NODE_PATH].filter(Boolean).join(path.delimiter);
+    Module._initPaths();
+  }
+  let exported;
+  try {
+    exported = require(path.resolve(source));
+  } catch (error) {
+    if (error instanceof SyntaxError) {
+      const where = (error.stack || '').split('\n')[0];
+      throw new LoadError(`syntax error in the function source: ${error.message} (${where})`);
+    }
+    const missing = error && error.code === 'MODULE_NOT_FOUND' && String(error.message).match(/Cannot find module '([^']+)'/);
+    if (missing && missing[1] === path.resolve(source)) {
+      throw new LoadError(`cannot read the function source at ${source}`);
+    }
+    if (missing) {
+      throw new LoadError(`the function requires '${missing[1]}', which is not installed; declare it in package.json`);
+    }
+    throw new LoadError(`the function source threw while loading: ${error && error.message}`);
+  }
+  if (handlerName) {
+    let target = exported;
+    for (const part of handlerName.split('.')) {
+      target = target == null ? undefined : target[part];
+    }
+    if (typeof target !== 'function' && typeof exported === 'function' && (handlerName === exported.name || handlerName === 'default')) {
+      target = exported;
+    }
+    if (typeof target !== 'function') {
+      throw new LoadError(`the handler '${handlerName}' is not exported by the function source`);
+    }
+    const [convention, description] = conventionOf(handlerName, target);
+    log(`using ${description} as configured`);
+    return { convention, fn: target };
+  }
+  if (typeof exported === 'function') {
+    const [convention, description] = conventionOf('module.exports', exported);
+    log(`no handler configured; detected ${description}`);
+    return { convention, fn: exported };
+  }
+  const functions = Object.entries(exported || {}).filter(([, value]) => typeof value === 'function');
+  const chosen = functions.length === 1 ? functions[0] : functions.find(([name]) => DETECT_ORDER.includes(name));
+  if (!chosen) {
+    const names = functions.map(([name]) => name).join(', ');
+    throw new LoadError(names
+      ? `several functions are exported (${names}); set the function's handler field to one of them`
+      : 'no handler found: export a function (module.exports = async (event, context) => ...) or set the handler field');
+  }
+  const [convention, description] = conventionOf(chosen[0], chosen[1]);
+  log(`no handler configured; detected ${description}`);
+  return { convention, fn: chosen[1] };
+}
+
+function readBody(req) {
+  return new Promise((resolve, reject) => {
+    const chunks = [];
+    req.on('data', (chunk) => chunks.push(chunk));
+    req.on('end', () => resolve(Buffer.concat(chunks)));
+    req.on('error', reject);
+  });
+}
+
+function isJson(contentType) {
+  const type = String(contentType || '').split(';')[0].trim().toLowerCase();
+  return type === 'application/json' || type === 'text/json' || type.endsWith('+json');
+}
+
+function makeEvent(req, res, url, body) {
+  let data = body.toString('utf8');
+  if (isJson(req.headers['content-type']) && body.length > 0) {
+    try { data = JSON.parse(data); } catch { /* not JSON after all: keep the text */ }
+  }
+  return {
+    data,
+    body,
+    method: req.method,
+    path: url.pathname,
+    query: Object.fromEntries(url.searchParams),
+    headers: req.headers,
+    'event-id': req.headers['x-request-id'] || crypto.randomUUID(),
+    'event-type': req.headers['event-type'] || req.headers['content-type'] || '',
+    'event-time': new Date().toISOString(),
+    'event-namespace': req.headers['event-namespace'] || 'kubefn',
+    extensions: { request: req, response: res },
+  };
+}
+
+function makeContext() {
+  return {
+    'function-name': process.env.KUBEFN_FUNCTION_NAME || '',
+    timeout: process.env.KUBEFN_TIMEOUT || '60',
+    runtime: `nodejs${process.versions.node.split('.')[0]}`,
+    'memory-limit': process.env.KUBEFN_MEMORY_LIMIT || '',
+  };
+}
+
+function send(res, status, headers, payload) {
+  if (res.headersSent || res.writableEnded) return;
+  const lower = Object.fromEntries(Object.entries(headers).map(([k, v]) => [k.toLowerCase(), v]));
+  let body = payload;
+  if (body === undefined || body === null) {
+    body = Buffer.alloc(0);
+  } else if (Buffer.isBuffer(body) || body instanceof Uint8Array) {
+    lower['content-type'] = lower['content-type'] || 'application/octet-stream';
+  } else if (typeof body === 'string') {
+    lower['content-type'] = lower['content-type'] || 'text/plain; charset=utf-8';
+  } else {
+    lower['content-type'] = lower['content-type'] || 'application/json';
+    body = JSON.stringify(body);
+  }
+  const bytes = Buffer.isBuffer(body) ? body : Buffer.from(body);
+  lower['content-length'] = String(bytes.length);
+  res.writeHead(status, lower);
+  res.end(bytes);
+}
+
+function sendResult(res, result) {
+  if (result && typeof result === 'object' && !Buffer.isBuffer(result) && 'statusCode' in result) {
+    send(res, Number(result.statusCode), result.headers || {}, result.body);
+  } else {
+    send(res, 200, {}, result);
+  }
+}
+
+function expressify(req, res, body) {
+  req.body = isJson(req.headers['content-type']) && body.length > 0 ? safeJson(body) : body.toString('utf8');
+  req.rawBody = body;
+  res.status = (code) => { res.statusCode = code; return res; };
+  res.set = (name, value) => { res.setHeader(name, value); return res; };
+  res.send = (payload) => { send(res, res.statusCode || 200, res.getHeaders(), payload); return res; };
+  res.json = (payload) => { res.setHeader('content-type', 'application/json'); return res.send(JSON.stringify(payload)); };
+}
+
+function safeJson(body) {
+  try { return JSON.parse(body.toString('utf8')); } catch { return body.toString('utf8'); }
+}
+
+function fail(res, error) {
+  const message = error && error.message ? error.message : String(error);
+  const name = error && error.name ? error.name : 'Error';
+  process.stderr.write(`kubefn: the handler threw ${name}: ${message}\n${error && error.stack ? error.stack + '\n' : ''}`);
+  if (!res.headersSent) {
+    send(res, 500, { 'content-type': 'text/plain; charset=utf-8' }, `${name}: ${message}\n`);
+  } else {
+    res.destroy();
+  }
+}
+
+function serve({ convention, fn }) {
+  return http.createServer(async (req, res) => {
+    try {
+      const url = new URL(req.url, 'http://localhost');
+      if (READY_PATHS.has(url.pathname)) {
+        send(res, 200, { 'content-type': 'text/plain' }, 'ok');
+        return;
+      }
+      const body = await readBody(req);
+      if (convention === 'express') {
+        expressify(req, res, body);
+        await fn(req, res);
+        return;
+      }
+      const result = await fn(makeEvent(req, res, url, body), makeContext());
+      if (!res.headersSent) sendResult(res, result);
+    } catch (error) {
+      fail(res, error);
+    }
+  });
+}
+
+function main() {
+  const port = process.env.PORT;
+  const source = process.env.KUBEFN_SOURCE;
+  if (!port || !source) {
+    process.stderr.write('kubefn: PORT and KUBEFN_SOURCE must be set\n');
+    process.exit(LOAD_ERROR_EXIT);
+  }
+  let loaded;
+  try {
+    loaded = loadFunction(source, (process.env.KUBEFN_HANDLER || '').trim(), process.env.KUBEFN_DEPS);
+  } catch (error) {
+    process.stderr.write(`kubefn: cannot load the function: ${error.message}\n`);
+    process.exit(LOAD_ERROR_EXIT);
+  }
+  // A rejected promise the handler forgot about must not take the replica down.
+  process.on('unhandledRejection', (reason) => process.stderr.write(`kubefn: unhandled rejection: ${reason && reason.stack ? reason.stack : reason}\n`));
+  const server = serve(loaded);
+  server.keepAliveTimeout = 65_000;
+  server.listen(Number(port), process.env.KUBEFN_BIND || '0.0.0.0', () => log(`ready on port ${port}`));
+  const stop = () => server.close(() => process.exit(0));
+  process.on('SIGTERM', stop);
+  process.on('SIGINT', stop);
+}
+
+if (require.main === module) {
+  main();
+}
+
+module.exports = { parameterNames, conventionOf };

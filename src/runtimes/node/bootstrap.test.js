@@ -1,0 +1,169 @@
+'use strict';
+// Real-process tests of the Node bootstrap: each test starts bootstrap.js on a free loopback
+// port with a function module and talks HTTP to it. Run with `node --test`.
+
+const test = require('node:test');
+const assert = require('node:assert/strict');
+const { spawn } = require('node:child_process');
+const fs = require('node:fs');
+const os = require('node:os');
+const path = require('node:path');
+const net = require('node:net');
+const http = require('node:http');
+
+const BOOTSTRAP = path.join(__dirname, 'bootstrap.js');
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address();
+      server.close(() => resolve(port));
+    });
+    server.on('error', reject);
+  });
+}
+
+function request(port, method, urlPath, body, headers = {}) {
+  return new Promise((resolve, reject) => {
+    const req = http.request({ host: '127.0.0.1', port, method, path: urlPath, headers, agent: false }, (res) => {
+      const chunks = [];
+      res.on('data', (c) => chunks.push(c));
+      res.on('end', () => resolve({ status: res.statusCode, headers: res.headers, body: Buffer.concat(chunks).toString('utf8') }));
+    });
+    req.on('error', reject);
+    if (body !== undefined) req.write(body);
+    req.end();
+  });
+}
+
+async function start(t, source, { handler = '', deps } = {}) {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kubefn-node-'));
+  const file = path.join(dir, 'function.js');
+  fs.writeFileSync(file, source);
+  const port = await freePort();
+  const env = { ...process.env, PORT: String(port), KUBEFN_SOURCE: file, KUBEFN_HANDLER: handler, KUBEFN_BIND: '127.0.0.1',
+    KUBEFN_FUNCTION_NAME: 'fn-under-test', KUBEFN_TIMEOUT: '30', KUBEFN_MEMORY_LIMIT: '128Mi' };
+  if (deps) env.KUBEFN_DEPS = deps;
+  const child = spawn(process.execPath, [BOOTSTRAP], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  const output = { stdout: '', stderr: '' };
+  child.stdout.on('data', (d) => { output.stdout += d; });
+  child.stderr.on('data', (d) => { output.stderr += d; });
+  const exited = new Promise((resolve) => child.on('exit', (code) => resolve(code)));
+  t.after(async () => {
+    if (child.exitCode === null) { child.kill('SIGTERM'); await exited; }
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  return { port, child, output, exited, call: (...args) => request(port, ...args) };
+}
+
+async function ready(replica) {
+  for (let i = 0; i < 200; i += 1) {
+    if (replica.child.exitCode !== null) throw new Error(`bootstrap exited ${replica.child.exitCode}: ${replica.output.stderr}`);
+    try {
+      const answer = await replica.call('GET', '/_/ready');
+      if (answer.status === 200) return replica;
+    } catch { /* not listening yet */ }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error('bootstrap did not become ready');
+}
+
+async function serve(t, source, options) {
+  return ready(await start(t, source, options));
+}
+
+test('module.exports = async (event, context) with event data and context', async (t) => {
+  const r = await serve(t, `module.exports = async (event, context) => ({
+    data: event.data, method: event.method, path: event.path, query: event.query,
+    hasId: Boolean(event['event-id']), ns: event['event-namespace'],
+    fn: context['function-name'], timeout: context.timeout, runtime: context.runtime.startsWith('nodejs'), memory: context['memory-limit'],
+  });`);
+  const answer = await r.call('POST', '/p/q?x=1', JSON.stringify({ a: 1 }), { 'content-type': 'application/json' });
+  assert.equal(answer.status, 200);
+  assert.equal(answer.headers['content-type'], 'application/json');
+  assert.deepEqual(JSON.parse(answer.body), { data: { a: 1 }, method: 'POST', path: '/p/q', query: { x: '1' }, hasId: true,
+    ns: 'kubefn', fn: 'fn-under-test', timeout: '30', runtime: true, memory: '128Mi' });
+});
+
+test('strings are text, statusCode objects set status and headers', async (t) => {
+  const r = await serve(t, `module.exports = async (event) => event.data === 'created'
+    ? { statusCode: 201, headers: { 'X-Made': 'yes' }, body: 'made' }
+    : 'hello ' + event.data;`);
+  const text = await r.call('POST', '/', 'world');
+  assert.deepEqual([text.status, text.body, text.headers['content-type']], [200, 'hello world', 'text/plain; charset=utf-8']);
+  const made = await r.call('POST', '/', 'created');
+  assert.deepEqual([made.status, made.body, made.headers['x-made']], [201, 'made', 'yes']);
+});
+
+test('a named export picked by the handler field (Kubeless style)', async (t) => {
+  const r = await serve(t, `module.exports = {
+    other() { return 'wrong'; },
+    hello(event, context) { return 'hello from ' + context['function-name']; },
+  };`, { handler: 'hello' });
+  assert.equal((await r.call('GET', '/')).body, 'hello from fn-under-test');
+  assert.match(r.output.stdout, /using hello\(event, context\) as configured/);
+});
+
+test('Express-style (req, res) handlers', async (t) => {
+  const r = await serve(t, `module.exports = (req, res) => {
+    res.status(202).set('X-Seen', req.body.name).json({ got: req.body, method: req.method });
+  };`);
+  const answer = await r.call('PUT', '/e', JSON.stringify({ name: 'ada' }), { 'content-type': 'application/json' });
+  assert.equal(answer.status, 202);
+  assert.equal(answer.headers['x-seen'], 'ada');
+  assert.deepEqual(JSON.parse(answer.body), { got: { name: 'ada' }, method: 'PUT' });
+  assert.match(r.output.stdout, /detected module\.exports\(req, res\) \(Express style\)/);
+});
+
+test('a single exported function is detected and the choice logged', async (t) => {
+  const r = await serve(t, `exports.greet = async (event) => 'hi ' + event.data;`);
+  assert.equal((await r.call('POST', '/', 'bo')).body, 'hi bo');
+  assert.match(r.output.stdout, /no handler configured; detected greet\(event, context\)/);
+});
+
+test('a thrown error is a 500 and the replica keeps serving', async (t) => {
+  const r = await serve(t, `module.exports = async (event) => {
+    if (event.data === 'boom') throw new TypeError('bad input: boom');
+    return 'fine';
+  };`);
+  const failed = await r.call('POST', '/', 'boom');
+  assert.equal(failed.status, 500);
+  assert.match(failed.body, /TypeError: bad input: boom/);
+  assert.match(r.output.stderr, /the handler threw TypeError/);
+  assert.equal((await r.call('POST', '/', 'ok')).body, 'fine');
+});
+
+test('requests are served concurrently', async (t) => {
+  // Every call waits until four are inside the handler at once; one at a time would never finish.
+  const r = await serve(t, `let waiting = []; module.exports = () => new Promise((resolve) => {
+    waiting.push(resolve);
+    if (waiting.length === 4) { waiting.forEach((done) => done('together')); waiting = []; }
+  });`);
+  const answers = await Promise.all([1, 2, 3, 4].map(() => r.call('GET', '/')));
+  assert.deepEqual(answers.map((a) => a.body), ['together', 'together', 'together', 'together']);
+});
+
+test('modules from the dependencies directory can be required', async (t) => {
+  const deps = fs.mkdtempSync(path.join(os.tmpdir(), 'kubefn-deps-'));
+  t.after(() => fs.rmSync(deps, { recursive: true, force: true }));
+  fs.mkdirSync(path.join(deps, 'greeting-lib'));
+  fs.writeFileSync(path.join(deps, 'greeting-lib', 'index.js'), "module.exports = 'from-deps';");
+  const r = await serve(t, `const word = require('greeting-lib'); module.exports = () => word;`, { deps });
+  assert.equal((await r.call('GET', '/')).body, 'from-deps');
+});
+
+async function loadFailure(t, source, options) {
+  const r = await start(t, source, options);
+  assert.equal(await r.exited, 3);
+  return r.output.stderr;
+}
+
+test('bad functions exit with status 3 and say why', async (t) => {
+  assert.match(await loadFailure(t, 'module.exports = async (event => {'), /syntax error in the function source/);
+  assert.match(await loadFailure(t, 'module.exports = { a() {}, b() {} };'), /several functions are exported \(a, b\)/);
+  assert.match(await loadFailure(t, 'module.exports = 42;'), /no handler found/);
+  assert.match(await loadFailure(t, 'module.exports = () => 1;', { handler: 'missing' }), /the handler 'missing' is not exported/);
+  assert.match(await loadFailure(t, "require('surely-not-installed-xyz');"), /declare it in package.json/);
+  assert.match(await loadFailure(t, "throw new Error('nope');"), /threw while loading: nope/);
+});

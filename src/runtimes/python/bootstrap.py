@@ -1,0 +1,374 @@
+"""kubefn's Python bootstrap: serves one function over HTTP on $PORT.
+
+Standard library only. The same file runs as a local replica and inside a pod. It loads the
+function's source and adapts the common handler conventions so existing functions run
+unchanged:
+
+* ``handle(req)``                 OpenFaaS python3: the body as str in; str, bytes, dict/list out
+* ``handle(event, context)``      OpenFaaS python3-http: event.body/.headers/.method/.query/.path;
+                                  returns {"statusCode", "body", "headers"}
+* ``handler(event, context)``     Kubeless: event["data"], event["event-id"], ...; context["function-name"], ...
+* a WSGI ``app``                  e.g. Flask, when declared in the requirements
+
+Environment:
+  PORT                  port to listen on (required)
+  KUBEFN_SOURCE         path of the function's source file (required)
+  KUBEFN_HANDLER        entry point; empty to detect one (the choice is logged)
+  KUBEFN_DEPS           directory with installed dependencies, added to sys.path (optional)
+  KUBEFN_BIND           address to bind (default 0.0.0.0; the local runtime uses 127.0.0.1)
+  KUBEFN_FUNCTION_NAME, KUBEFN_TIMEOUT, KUBEFN_MEMORY_LIMIT   passed to the handler's context
+
+Reserved paths: GET /_/ready (200 once the function is loaded) and GET /_/health.
+A function that cannot be loaded makes the process exit with status 3 after saying why on
+stderr; an exception in a handler answers 500 with the message and the process keeps serving.
+"""
+
+import datetime
+import importlib.util
+import inspect
+import io
+import json
+import os
+import sys
+import threading
+import traceback
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+LOAD_ERROR_EXIT = 3
+READY_PATH = "/_/ready"
+HEALTH_PATH = "/_/health"
+DETECT_ORDER = ("handle", "handler", "main", "app")
+
+
+def log(message):
+    print(f"kubefn: {message}", flush=True)
+
+
+class LoadError(Exception):
+    """The function could not be loaded; the message says what to fix."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading and convention detection
+
+
+def load_module(source_path, deps_dir):
+    if deps_dir and os.path.isdir(deps_dir):
+        sys.path.insert(0, deps_dir)
+    sys.path.insert(0, os.path.dirname(os.path.abspath(source_path)))
+    spec = importlib.util.spec_from_file_location("function", source_path)
+    if spec is None or spec.loader is None:
+        raise LoadError(f"cannot read the function source at {source_path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["function"] = module
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as error:
+        raise LoadError(f"syntax error in the function source, line {error.lineno}: {error.msg}") from error
+    except ImportError as error:
+        raise LoadError(f"the function imports something that is not installed ({error}); declare it in the requirements") from error
+    except Exception as error:  # noqa: BLE001 - any failure at import time is the function's
+        raise LoadError(f"the function source raised {type(error).__name__} while loading: {error}") from error
+    return module
+
+
+def resolve(module, name):
+    target = module
+    for part in name.split("."):
+        if not hasattr(target, part):
+            raise LoadError(f"the handler {name!r} is not defined in the function source")
+        target = getattr(target, part)
+    return target
+
+
+def positional_count(func):
+    try:
+        signature = inspect.signature(func)
+    except (TypeError, ValueError):
+        return None
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    params = [p for p in signature.parameters.values() if p.kind in kinds]
+    if any(p.kind == inspect.Parameter.VAR_POSITIONAL for p in signature.parameters.values()):
+        return 2
+    return len(params)
+
+
+def is_wsgi_app(name, target):
+    if hasattr(target, "wsgi_app"):
+        return True
+    if inspect.isclass(target) or not callable(target):
+        return False
+    call = target if inspect.isfunction(target) or inspect.ismethod(target) else getattr(target, "__call__", target)
+    try:
+        names = list(inspect.signature(call).parameters)
+    except (TypeError, ValueError):
+        return name == "app"
+    return names[:2] == ["environ", "start_response"] or (name == "app" and len(names) == 2)
+
+
+def choose_convention(name, target):
+    """Returns (convention, description) for a handler object."""
+    if is_wsgi_app(name, target):
+        return "wsgi", f"WSGI app {name!r}"
+    if not callable(target):
+        raise LoadError(f"the handler {name!r} is not callable")
+    count = positional_count(target)
+    if count == 1:
+        return "req", f"{name}(req) (OpenFaaS python3 style)"
+    if count == 2:
+        style = "Kubeless style" if name.split(".")[-1] == "handler" else "OpenFaaS python3-http style"
+        return "event", f"{name}(event, context) ({style})"
+    if count == 0:
+        return "none", f"{name}() (no arguments)"
+    raise LoadError(f"the handler {name!r} takes {count} arguments; use handle(req), handle(event, context) or a WSGI app")
+
+
+def load_function(source_path, handler_name, deps_dir):
+    module = load_module(source_path, deps_dir)
+    if handler_name:
+        target = resolve(module, handler_name)
+        convention, description = choose_convention(handler_name, target)
+        log(f"using {description} as configured")
+        return convention, target
+    for name in DETECT_ORDER:
+        if hasattr(module, name):
+            convention, description = choose_convention(name, getattr(module, name))
+            log(f"no handler configured; detected {description}")
+            return convention, getattr(module, name)
+    raise LoadError("no handler found: define handle(req), handle(event, context), handler(event, context) or a WSGI app, or set the function's handler field")
+
+
+# ---------------------------------------------------------------------------------------------
+# Events, contexts and responses
+
+
+class Event(dict):
+    """Both conventions at once: a Kubeless event dict and an OpenFaaS python3-http event."""
+
+    def __init__(self, request):
+        data = request.body_text
+        if request.is_json and request.body:
+            try:
+                data = json.loads(request.body)
+            except ValueError:
+                data = request.body_text
+        super().__init__({
+            "data": data,
+            "event-id": request.headers.get("x-request-id") or str(uuid.uuid4()),
+            "event-type": request.headers.get("event-type") or request.headers.get("content-type") or "",
+            "event-time": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+            "event-namespace": request.headers.get("event-namespace") or "kubefn",
+            "extensions": {"request": request},
+        })
+        self.body = request.body
+        self.headers = request.headers
+        self.method = request.method
+        self.query = request.query
+        self.path = request.path
+
+
+class Context(dict):
+    """A Kubeless context dict whose keys are also attributes (OpenFaaS passes a context object)."""
+
+    def __init__(self):
+        super().__init__({
+            "function-name": os.environ.get("KUBEFN_FUNCTION_NAME", ""),
+            "timeout": os.environ.get("KUBEFN_TIMEOUT", "60"),
+            "runtime": f"python{sys.version_info.major}.{sys.version_info.minor}",
+            "memory-limit": os.environ.get("KUBEFN_MEMORY_LIMIT", ""),
+        })
+        self.hostname = os.environ.get("HOSTNAME", "")
+
+    def __getattr__(self, name):
+        key = name.replace("_", "-")
+        if key in self:
+            return self[key]
+        raise AttributeError(name)
+
+
+class Request:
+    """The parts of an HTTP request every convention needs."""
+
+    def __init__(self, method, target, headers, body):
+        parts = urlsplit(target)
+        self.method = method
+        self.path = parts.path
+        self.raw_query = parts.query
+        self.query = {k: v[0] if len(v) == 1 else v for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+        self.headers = {k.lower(): v for k, v in headers.items()}
+        self.body = body
+        self.body_text = body.decode("utf-8", errors="replace")
+        content_type = self.headers.get("content-type", "")
+        self.is_json = content_type.split(";")[0].strip().lower() in ("application/json", "text/json") or content_type.endswith("+json")
+
+
+def encode_body(body, headers):
+    """Turns a handler's body into bytes, choosing a content type when none was set."""
+    has_type = any(k.lower() == "content-type" for k in headers)
+    if body is None:
+        return b""
+    if isinstance(body, (bytes, bytearray)):
+        if not has_type:
+            headers["Content-Type"] = "application/octet-stream"
+        return bytes(body)
+    if isinstance(body, str):
+        if not has_type:
+            headers["Content-Type"] = "text/plain; charset=utf-8"
+        return body.encode("utf-8")
+    if not has_type:
+        headers["Content-Type"] = "application/json"
+    return json.dumps(body, default=str).encode("utf-8")
+
+
+def to_response(result):
+    """(status, headers, body bytes) from whatever a handler returned."""
+    headers = {}
+    if isinstance(result, dict) and "statusCode" in result:
+        headers.update({str(k): str(v) for k, v in (result.get("headers") or {}).items()})
+        return int(result["statusCode"]), headers, encode_body(result.get("body"), headers)
+    if isinstance(result, tuple) and 2 <= len(result) <= 3 and isinstance(result[1], int):
+        if len(result) == 3:
+            headers.update({str(k): str(v) for k, v in (result[2] or {}).items()})
+        return result[1], headers, encode_body(result[0], headers)
+    return 200, headers, encode_body(result, headers)
+
+
+def call_wsgi(app, request, server_port):
+    environ = {
+        "REQUEST_METHOD": request.method,
+        "SCRIPT_NAME": "",
+        "PATH_INFO": request.path,
+        "QUERY_STRING": request.raw_query,
+        "SERVER_NAME": "localhost",
+        "SERVER_PORT": str(server_port),
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "CONTENT_TYPE": request.headers.get("content-type", ""),
+        "CONTENT_LENGTH": str(len(request.body)),
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(request.body),
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+    }
+    for key, value in request.headers.items():
+        name = key.upper().replace("-", "_")
+        if name not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            environ[f"HTTP_{name}"] = value
+    started = {}
+
+    def start_response(status, response_headers, exc_info=None):
+        started["status"] = int(status.split(" ", 1)[0])
+        started["headers"] = dict(response_headers)
+        return lambda chunk: chunks.append(chunk)
+
+    chunks = []
+    iterable = app(environ, start_response)
+    try:
+        for chunk in iterable:
+            chunks.append(chunk)
+    finally:
+        if hasattr(iterable, "close"):
+            iterable.close()
+    return started.get("status", 500), started.get("headers", {}), b"".join(chunks)
+
+
+# ---------------------------------------------------------------------------------------------
+# HTTP
+
+
+class FunctionServer(ThreadingHTTPServer):
+    daemon_threads = True
+    # Plenty of queued connections: bursts arrive while the handler threads are busy.
+    request_queue_size = 512
+
+    def __init__(self, address, convention, target):
+        super().__init__(address, FunctionHandler)
+        self.convention = convention
+        self.target = target
+
+
+class FunctionHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "kubefn-python"
+
+    def log_message(self, format, *args):  # noqa: A002 - the gateway records requests; keep stdout for the function
+        pass
+
+    def read_body(self):
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            chunks = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return b"".join(chunks)
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length > 0 else b""
+
+    def send(self, status, headers, body):
+        self.send_response(status)
+        for key, value in headers.items():
+            if key.lower() not in ("content-length", "transfer-encoding", "connection"):
+                self.send_header(key, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def handle_any(self):
+        body = self.read_body()
+        if self.path in (READY_PATH, HEALTH_PATH):
+            return self.send(200, {"Content-Type": "text/plain"}, b"ok")
+        request = Request(self.command, self.path, self.headers, body)
+        server = self.server
+        try:
+            if server.convention == "wsgi":
+                status, headers, payload = call_wsgi(server.target, request, server.server_address[1])
+            elif server.convention == "req":
+                status, headers, payload = to_response(server.target(request.body_text))
+            elif server.convention == "event":
+                status, headers, payload = to_response(server.target(Event(request), Context()))
+            else:
+                status, headers, payload = to_response(server.target())
+        except Exception as error:  # noqa: BLE001 - a failing handler must not take the replica down
+            print(f"kubefn: the handler raised {type(error).__name__}: {error}", file=sys.stderr, flush=True)
+            traceback.print_exc(file=sys.stderr)
+            sys.stderr.flush()
+            status, headers, payload = 500, {"Content-Type": "text/plain; charset=utf-8"}, f"{type(error).__name__}: {error}\n".encode()
+        self.send(status, headers, payload)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = handle_any
+
+
+def main():
+    port = os.environ.get("PORT")
+    source = os.environ.get("KUBEFN_SOURCE")
+    if not port or not source:
+        print("kubefn: PORT and KUBEFN_SOURCE must be set", file=sys.stderr)
+        return LOAD_ERROR_EXIT
+    try:
+        convention, target = load_function(source, os.environ.get("KUBEFN_HANDLER", "").strip(), os.environ.get("KUBEFN_DEPS"))
+    except LoadError as error:
+        print(f"kubefn: cannot load the function: {error}", file=sys.stderr, flush=True)
+        return LOAD_ERROR_EXIT
+    server = FunctionServer((os.environ.get("KUBEFN_BIND", "0.0.0.0"), int(port)), convention, target)
+    log(f"ready on port {port}")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    threading.current_thread().name = "kubefn-main"
+    sys.exit(main())

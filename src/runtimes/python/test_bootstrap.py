@@ -1,0 +1,256 @@
+"""Real-process tests of the Python bootstrap: each test starts bootstrap.py on a free loopback
+port with a function source, and talks HTTP to it."""
+
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+import unittest
+
+BOOTSTRAP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bootstrap.py")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Replica:
+    """One bootstrap process serving `source`."""
+
+    def __init__(self, source, handler="", env=None, deps=None):
+        self.dir = tempfile.TemporaryDirectory()
+        path = os.path.join(self.dir.name, "function.py")
+        with open(path, "w") as f:
+            f.write(textwrap.dedent(source))
+        self.port = free_port()
+        environment = dict(os.environ, PORT=str(self.port), KUBEFN_SOURCE=path, KUBEFN_HANDLER=handler,
+                           KUBEFN_BIND="127.0.0.1", KUBEFN_FUNCTION_NAME="fn-under-test", KUBEFN_TIMEOUT="30",
+                           KUBEFN_MEMORY_LIMIT="128Mi", PYTHONUNBUFFERED="1", **(env or {}))
+        if deps:
+            environment["KUBEFN_DEPS"] = deps
+        self.process = subprocess.Popen([sys.executable, BOOTSTRAP], env=environment, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True)
+
+    def wait_ready(self, timeout=10):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"bootstrap exited with {self.process.returncode}: {self.process.stderr.read()}")
+            try:
+                status, _, _ = self.request("GET", "/_/ready")
+                if status == 200:
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError("bootstrap did not become ready")
+
+    def request(self, method, path, body=None, headers=None):
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        try:
+            connection.request(method, path, body=body, headers=headers or {})
+            response = connection.getresponse()
+            return response.status, dict(response.getheaders()), response.read()
+        finally:
+            connection.close()
+
+    def exit_and_output(self, timeout=10):
+        code = self.process.wait(timeout=timeout)
+        return code, self.process.stdout.read(), self.process.stderr.read()
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        for stream in (self.process.stdout, self.process.stderr):
+            stream.close()
+        self.dir.cleanup()
+
+
+class BootstrapTest(unittest.TestCase):
+    def serve(self, source, handler="", **kwargs):
+        replica = Replica(source, handler, **kwargs)
+        self.addCleanup(replica.stop)
+        return replica.wait_ready()
+
+    def test_openfaas_python3_handle_req(self):
+        r = self.serve("""
+            def handle(req):
+                return "hello " + req
+        """)
+        status, headers, body = r.request("POST", "/", body=b"world")
+        self.assertEqual((status, body), (200, b"hello world"))
+        self.assertEqual(headers["Content-Type"], "text/plain; charset=utf-8")
+
+    def test_dicts_become_json_and_bytes_stay_bytes(self):
+        r = self.serve("""
+            def handle(req):
+                if req == "bytes":
+                    return b"\\x00\\x01"
+                return {"echo": req, "n": [1, 2]}
+        """)
+        status, headers, body = r.request("POST", "/", body=b"hi")
+        self.assertEqual(json.loads(body), {"echo": "hi", "n": [1, 2]})
+        self.assertEqual(headers["Content-Type"], "application/json")
+        status, headers, body = r.request("POST", "/", body=b"bytes")
+        self.assertEqual((body, headers["Content-Type"]), (b"\x00\x01", "application/octet-stream"))
+
+    def test_openfaas_python3_http_event_and_context(self):
+        r = self.serve("""
+            def handle(event, context):
+                return {
+                    "statusCode": 201,
+                    "body": {"method": event.method, "path": event.path, "query": event.query,
+                             "body": event.body.decode(), "agent": event.headers.get("x-test")},
+                    "headers": {"X-Handled": "yes"},
+                }
+        """)
+        status, headers, body = r.request("PUT", "/items/7?color=red", body=b"payload", headers={"X-Test": "t1"})
+        self.assertEqual(status, 201)
+        self.assertEqual(headers["X-Handled"], "yes")
+        self.assertEqual(json.loads(body), {"method": "PUT", "path": "/items/7", "query": {"color": "red"},
+                                            "body": "payload", "agent": "t1"})
+
+    def test_kubeless_handler_event_and_context(self):
+        r = self.serve("""
+            def handler(event, context):
+                return {
+                    "data": event["data"],
+                    "has_id": bool(event["event-id"]),
+                    "type": event["event-type"],
+                    "namespace": event["event-namespace"],
+                    "has_time": bool(event["event-time"]),
+                    "request_path": event["extensions"]["request"].path,
+                    "function": context["function-name"],
+                    "timeout": context["timeout"],
+                    "runtime": context["runtime"].startswith("python3"),
+                    "memory": context["memory-limit"],
+                }
+        """)
+        status, _, body = r.request("POST", "/k", body=json.dumps({"a": 1}), headers={"Content-Type": "application/json"})
+        self.assertEqual(status, 200)
+        self.assertEqual(json.loads(body), {"data": {"a": 1}, "has_id": True, "type": "application/json",
+                                            "namespace": "kubefn", "has_time": True, "request_path": "/k",
+                                            "function": "fn-under-test", "timeout": "30", "runtime": True,
+                                            "memory": "128Mi"})
+        status, _, body = r.request("POST", "/k", body=b"plain text", headers={"Content-Type": "text/plain"})
+        self.assertEqual(json.loads(body)["data"], "plain text")
+
+    def test_wsgi_app(self):
+        r = self.serve("""
+            def app(environ, start_response):
+                body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+                start_response("202 Accepted", [("Content-Type", "text/plain"), ("X-Path", environ["PATH_INFO"])])
+                return [b"wsgi:", body, b":" + environ["QUERY_STRING"].encode()]
+        """)
+        status, headers, body = r.request("POST", "/w/x?q=1", body=b"in")
+        self.assertEqual((status, headers["X-Path"], body), (202, "/w/x", b"wsgi:in:q=1"))
+
+    def test_the_handler_field_picks_the_entry_point(self):
+        r = self.serve("""
+            def handle(req):
+                return "wrong one"
+            def greet(req):
+                return "greet " + req
+        """, handler="greet")
+        self.assertEqual(r.request("POST", "/", body=b"x")[2], b"greet x")
+
+    def test_detection_is_logged(self):
+        r = self.serve("""
+            def handler(event, context):
+                return "ok"
+        """)
+        r.process.terminate()
+        _, stdout, _ = r.exit_and_output()
+        self.assertIn("detected handler(event, context) (Kubeless style)", stdout)
+
+    def test_an_exception_is_a_500_and_the_replica_keeps_serving(self):
+        r = self.serve("""
+            def handle(req):
+                if req == "boom":
+                    raise ValueError("bad input: boom")
+                return "fine"
+        """)
+        status, _, body = r.request("POST", "/", body=b"boom")
+        self.assertEqual(status, 500)
+        self.assertIn(b"ValueError: bad input: boom", body)
+        self.assertEqual(r.request("POST", "/", body=b"ok")[:3:2], (200, b"fine"))
+
+    def test_requests_are_served_concurrently(self):
+        # Each call waits until four calls are inside the handler at once; served one at a time,
+        # the barrier would break and every call would answer 500.
+        r = self.serve("""
+            import threading
+            together = threading.Barrier(4, timeout=10)
+            def handle(req):
+                together.wait()
+                return "together"
+        """)
+        results = []
+        threads = [threading.Thread(target=lambda: results.append(r.request("GET", "/")[::2])) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.assertEqual(results, [(200, b"together")] * 4)
+
+    def test_chunked_request_bodies(self):
+        r = self.serve("""
+            def handle(req):
+                return req.upper()
+        """)
+        connection = http.client.HTTPConnection("127.0.0.1", r.port, timeout=10)
+        connection.request("POST", "/", body=iter([b"abc", b"def"]), encode_chunked=True)
+        self.assertEqual(connection.getresponse().read(), b"ABCDEF")
+        connection.close()
+
+    def test_dependencies_directory_is_importable(self):
+        deps = tempfile.TemporaryDirectory()
+        self.addCleanup(deps.cleanup)
+        with open(os.path.join(deps.name, "greeting_lib.py"), "w") as f:
+            f.write("WORD = 'from-deps'\n")
+        r = self.serve("""
+            import greeting_lib
+            def handle(req):
+                return greeting_lib.WORD
+        """, deps=deps.name)
+        self.assertEqual(r.request("GET", "/")[2], b"from-deps")
+
+
+class BadFunctionTest(unittest.TestCase):
+    def failing(self, source, handler=""):
+        replica = Replica(source, handler)
+        self.addCleanup(replica.stop)
+        code, _, stderr = replica.exit_and_output()
+        self.assertEqual(code, 3)
+        return stderr
+
+    def test_syntax_error(self):
+        self.assertIn("syntax error in the function source, line 1: expected ':'", self.failing("def handle(req)\n    return req\n"))
+
+    def test_missing_handler(self):
+        self.assertIn("no handler found", self.failing("x = 1\n"))
+
+    def test_configured_handler_missing(self):
+        self.assertIn("the handler 'nope' is not defined", self.failing("def handle(req):\n    return req\n", handler="nope"))
+
+    def test_missing_dependency(self):
+        self.assertIn("declare it in the requirements", self.failing("import surely_not_installed_xyz\n"))
+
+    def test_error_at_import(self):
+        self.assertIn("raised RuntimeError while loading: nope", self.failing("raise RuntimeError('nope')\n"))
+
+
+if __name__ == "__main__":
+    unittest.main()
