@@ -27,7 +27,6 @@ help:
 	@echo "make test   run every test (unit, API, migrations, browser end-to-end)"
 
 run: tools build-release
-	mkdir -p data
 	KUBEFN_DATA_DIR=$${KUBEFN_DATA_DIR:-data} ./target/release/kubefn
 
 build: tools

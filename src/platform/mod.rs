@@ -1,10 +1,12 @@
-//! The FaaS core, with no Leptos inside: the model, validation, the store, accounts and the
-//! registry. Only [`model`] compiles for the browser; everything else is server-only.
+//! The FaaS core, with no Leptos inside: the model, validation, the store, accounts, the
+//! registry and the autoscaling algorithm. Only [`model`] compiles for the browser; everything else is server-only.
 
 pub mod model;
 
 #[cfg(feature = "ssr")]
 pub mod auth;
+#[cfg(feature = "ssr")]
+pub mod autoscale;
 #[cfg(feature = "ssr")]
 pub mod registry;
 #[cfg(feature = "ssr")]
