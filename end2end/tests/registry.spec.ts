@@ -7,18 +7,21 @@ async function hydrated(page: Page) {
   await expect(page.locator("body[data-hydrated=true]")).toBeAttached();
 }
 
+/** Signs up through the form; the header naming the user proves the server function answered. */
+async function signUp(page: Page, user: string, password: string) {
+  await page.goto("/login");
+  await hydrated(page);
+  await page.locator("#signup-name").fill(user);
+  await page.locator("#signup-password").fill(password);
+  await page.getByRole("button", { name: "Create account" }).click();
+  await expect(page.getByTestId("whoami")).toContainText(user);
+}
+
 test("sign up, register a Python function, see it in the catalog, edit it to version 2", async ({ page }) => {
   const user = `e2e-${run}`;
   const fn = `hello-${run}`;
 
-  await page.goto("/login");
-  await hydrated(page);
-  await page.locator("#signup-name").fill(user);
-  await page.locator("#signup-password").fill("e2e-password-1");
-  await page.getByRole("button", { name: "Create account" }).click();
-
-  // The sign-up server function answered: the header shows the new user and we are on the catalog.
-  await expect(page.getByTestId("whoami")).toContainText(user);
+  await signUp(page, user, "e2e-password-1");
   await expect(page).toHaveURL(/\/$/);
 
   await page.getByRole("link", { name: "Register a function" }).click();
@@ -60,12 +63,7 @@ test("sign up, register a Python function, see it in the catalog, edit it to ver
 
 test("invalid input is shown next to its field and nothing is registered", async ({ page }) => {
   const user = `e2e-bad-${run}`;
-  await page.goto("/login");
-  await hydrated(page);
-  await page.locator("#signup-name").fill(user);
-  await page.locator("#signup-password").fill("e2e-password-2");
-  await page.getByRole("button", { name: "Create account" }).click();
-  await expect(page.getByTestId("whoami")).toContainText(user);
+  await signUp(page, user, "e2e-password-2");
 
   await page.goto("/functions/new");
   await hydrated(page);
@@ -94,12 +92,7 @@ test("invalid input is shown next to its field and nothing is registered", async
 
 test("log out and back in; pages need a session", async ({ page }) => {
   const user = `e2e-session-${run}`;
-  await page.goto("/login");
-  await hydrated(page);
-  await page.locator("#signup-name").fill(user);
-  await page.locator("#signup-password").fill("e2e-password-3");
-  await page.getByRole("button", { name: "Create account" }).click();
-  await expect(page.getByTestId("whoami")).toContainText(user);
+  await signUp(page, user, "e2e-password-3");
 
   await page.getByRole("button", { name: "Log out" }).click();
   await expect(page.getByRole("link", { name: "Log in" })).toBeVisible();

@@ -155,10 +155,8 @@ pub fn is_image_reference(text: &str) -> bool {
                     && !part.ends_with('-')
                     && part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
             });
-        if !valid_host || (!first.ends_with(':') && first.contains(':') && parse_plain_digits(port).is_none()) {
-            return false;
-        }
-        if first.ends_with(':') {
+        // An empty port (`host:/app`) fails the digit check too.
+        if !valid_host || (first.contains(':') && parse_plain_digits(port).is_none()) {
             return false;
         }
         components.remove(0);
@@ -480,7 +478,7 @@ mod tests {
         ] {
             assert!(is_image_reference(good), "{good}");
         }
-        for bad in ["", "UPPER", "app:", "app::1", "a b", "/app", "app/", "host:port/app", "app@sha256:short", "-app", "app:-tag"] {
+        for bad in ["", "UPPER", "app:", "app::1", "a b", "/app", "app/", "host:port/app", "host:/app", "app@sha256:short", "-app", "app:-tag"] {
             assert!(!is_image_reference(bad), "{bad}");
         }
     }

@@ -1,0 +1,191 @@
+//! An instance's stable "node port": a listener of kubefn's that forwards each TCP connection to
+//! one of the instance's ready replicas, round-robin, trying the next one when a replica has
+//! just gone away. While there are none it holds a connection for a while (scale from zero).
+
+use std::net::SocketAddr;
+use std::ops::RangeInclusive;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Why a node port could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum NodePortError {
+    /// Every port of the range is taken.
+    #[error("no free port in {start}..={end}; widen the node port range or stop some instances")]
+    RangeExhausted {
+        /// First port of the range.
+        start: u16,
+        /// Last port of the range.
+        end: u16,
+    },
+    /// The listener failed for another reason.
+    #[error("cannot listen on {address}")]
+    Bind {
+        /// The address tried.
+        address: SocketAddr,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A listening node port; dropping it stops listening and frees the port.
+#[derive(Debug)]
+pub struct NodePort {
+    address: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Drop for NodePort {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl NodePort {
+    /// Listens on the first free port of `range` on `host`, forwarding to `endpoints`.
+    pub async fn bind_in_range(
+        host: std::net::IpAddr,
+        range: RangeInclusive<u16>,
+        endpoints: watch::Receiver<Vec<SocketAddr>>,
+        hold: Duration,
+    ) -> Result<NodePort, NodePortError> {
+        for port in range.clone() {
+            let address = SocketAddr::new(host, port);
+            match TcpListener::bind(address).await {
+                Ok(listener) => return Ok(NodePort::serve(listener, endpoints, hold)),
+                Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => continue,
+                Err(source) => return Err(NodePortError::Bind { address, source }),
+            }
+        }
+        Err(NodePortError::RangeExhausted { start: *range.start(), end: *range.end() })
+    }
+
+    /// Forwards connections accepted by `listener`.
+    pub fn serve(listener: TcpListener, endpoints: watch::Receiver<Vec<SocketAddr>>, hold: Duration) -> NodePort {
+        // The listener's own address cannot be unknown once bound; fall back to unspecified just in case.
+        let address = listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let next = Arc::new(AtomicUsize::new(0));
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else { continue };
+                let endpoints = endpoints.clone();
+                let next = next.clone();
+                tokio::spawn(async move { forward(client, endpoints, next, hold).await });
+            }
+        });
+        NodePort { address, task }
+    }
+
+    /// Where the node port listens.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+}
+
+async fn forward(mut client: TcpStream, mut endpoints: watch::Receiver<Vec<SocketAddr>>, next: Arc<AtomicUsize>, hold: Duration) {
+    let _ = client.set_nodelay(true);
+    let deadline = tokio::time::Instant::now() + hold;
+    loop {
+        let candidates = endpoints.borrow_and_update().clone();
+        if candidates.is_empty() {
+            // Hold the connection until a replica is ready or the hold time is up.
+            if tokio::time::timeout_at(deadline, endpoints.changed()).await.map_or(true, |changed| changed.is_err()) {
+                return;
+            }
+            continue;
+        }
+        let start = next.fetch_add(1, Ordering::Relaxed);
+        for offset in 0..candidates.len() {
+            let target = candidates[(start + offset) % candidates.len()];
+            if let Ok(mut upstream) = TcpStream::connect(target).await {
+                let _ = upstream.set_nodelay(true);
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                return;
+            }
+        }
+        // Every listed replica refused: the list is stale; wait for the next update.
+        if tokio::time::timeout_at(deadline, endpoints.changed()).await.map_or(true, |changed| changed.is_err()) {
+            return;
+        }
+    }
+}
+
+/// The port range of node ports, as Kubernetes' default.
+pub const DEFAULT_NODE_PORT_RANGE: RangeInclusive<u16> = 30000..=32767;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn echo_server(tag: &'static str) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buffer = [0u8; 64];
+                    let n = socket.read(&mut buffer).await.unwrap_or(0);
+                    let _ = socket.write_all(format!("{tag}:{}", String::from_utf8_lossy(&buffer[..n])).as_bytes()).await;
+                });
+            }
+        });
+        address
+    }
+
+    async fn ask(address: SocketAddr, message: &str) -> String {
+        let mut stream = TcpStream::connect(address).await.expect("connect");
+        stream.write_all(message.as_bytes()).await.expect("write");
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.expect("read");
+        answer
+    }
+
+    #[tokio::test]
+    async fn balances_round_robin_and_skips_dead_endpoints() {
+        let a = echo_server("a").await;
+        let b = echo_server("b").await;
+        let dead = TcpListener::bind("127.0.0.1:0").await.expect("bind").local_addr().expect("addr");
+        let (_tx, rx) = watch::channel(vec![a, dead, b]);
+        let port = NodePort::serve(TcpListener::bind("127.0.0.1:0").await.expect("bind"), rx, Duration::from_secs(1));
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            seen.push(ask(port.address(), "hi").await);
+        }
+        seen.sort();
+        assert_eq!(seen, vec!["a:hi", "b:hi", "b:hi"], "the dead endpoint's turn goes to the next one");
+    }
+
+    #[tokio::test]
+    async fn holds_connections_until_a_replica_is_ready() {
+        let (tx, rx) = watch::channel(Vec::new());
+        let port = NodePort::serve(TcpListener::bind("127.0.0.1:0").await.expect("bind"), rx, Duration::from_secs(10));
+        let waiting = tokio::spawn(ask(port.address(), "early"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!waiting.is_finished());
+        tx.send_replace(vec![echo_server("late").await]);
+        assert_eq!(waiting.await.expect("task"), "late:early");
+    }
+
+    #[tokio::test]
+    async fn dropping_frees_the_port_and_a_range_skips_taken_ports() {
+        let taken = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let first = taken.local_addr().expect("addr").port();
+        let (_tx, rx) = watch::channel(Vec::new());
+        let range = first..=first.saturating_add(20);
+        let port = NodePort::bind_in_range([127, 0, 0, 1].into(), range.clone(), rx.clone(), Duration::from_secs(1)).await.expect("bind");
+        assert_ne!(port.address().port(), first);
+        let freed = port.address();
+        drop(port);
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        TcpListener::bind(freed).await.expect("the node port's port is free again");
+        let exhausted = NodePort::bind_in_range([127, 0, 0, 1].into(), first..=first, rx, Duration::from_secs(1)).await;
+        assert!(matches!(exhausted, Err(NodePortError::RangeExhausted { .. })));
+    }
+}

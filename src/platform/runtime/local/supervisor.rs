@@ -1,0 +1,565 @@
+//! Supervised replica processes: start N copies of a command on free loopback ports, wait until
+//! each answers its readiness endpoint, restart crashed ones with exponential back-off, give
+//! up after repeated crashes (with the last stderr lines as the reason), and stop each one by
+//! its process group so nothing it started survives it.
+
+use super::logs::{LogBuffer, Stream};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// The path every bootstrap answers 200 on once its function is loaded.
+pub const READY_PATH: &str = "/_/ready";
+
+/// How to start one replica; each gets `PORT` and `KUBEFN_BIND=127.0.0.1` on top of `env`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LaunchSpec {
+    /// The program (e.g. `python3`).
+    pub program: PathBuf,
+    /// Its arguments (e.g. the bootstrap's path).
+    pub args: Vec<String>,
+    /// Extra environment.
+    pub env: Vec<(String, String)>,
+    /// Working directory.
+    pub dir: PathBuf,
+}
+
+/// When and how often crashed replicas are restarted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RestartPolicy {
+    /// Wait before the first restart; doubled after each further crash.
+    pub initial_backoff: Duration,
+    /// Longest wait between restarts.
+    pub max_backoff: Duration,
+    /// Consecutive crashes after which the replica is `Failed` and no longer restarted.
+    pub crashes_before_failed: u32,
+    /// A replica that ran this long before exiting starts counting crashes afresh.
+    pub stable_after: Duration,
+    /// How long a starting replica may take to answer its readiness endpoint.
+    pub ready_timeout: Duration,
+    /// How long a stopping replica gets between SIGTERM and SIGKILL.
+    pub stop_grace: Duration,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        RestartPolicy {
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(60),
+            crashes_before_failed: 5,
+            stable_after: Duration::from_secs(60),
+            ready_timeout: Duration::from_secs(60),
+            stop_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Where a replica is in its life.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReplicaState {
+    /// Started, not answering yet.
+    Starting,
+    /// Answering its readiness endpoint; receives traffic.
+    Ready,
+    /// Exited; restarts after the back-off.
+    BackingOff,
+    /// Crashed too often; not restarted. The reason holds the last stderr lines.
+    Failed(String),
+}
+
+/// One replica as the status shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaStatus {
+    /// `r0`, `r1`, …
+    pub name: String,
+    /// Its loopback port (0 before the first start).
+    pub port: u16,
+    /// Its process id while running.
+    pub pid: Option<u32>,
+    /// Its state.
+    pub state: ReplicaState,
+    /// How often it was restarted.
+    pub restarts: u32,
+}
+
+/// The replicas of one instance as the status shows them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaSetStatus {
+    /// Replicas asked for.
+    pub desired: u32,
+    /// Replicas answering.
+    pub ready: u32,
+    /// Every replica, by name.
+    pub replicas: Vec<ReplicaStatus>,
+}
+
+impl ReplicaSetStatus {
+    /// The reason of the first failed replica, if any.
+    pub fn failure(&self) -> Option<&str> {
+        self.replicas.iter().find_map(|r| match &r.state {
+            ReplicaState::Failed(reason) => Some(reason.as_str()),
+            _ => None,
+        })
+    }
+}
+
+struct Replica {
+    status: Arc<Mutex<ReplicaStatus>>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+struct Shared {
+    spec: LaunchSpec,
+    policy: RestartPolicy,
+    logs: LogBuffer,
+    endpoints: watch::Sender<Vec<SocketAddr>>,
+    replicas: Mutex<BTreeMap<u32, Replica>>,
+    next_index: Mutex<u32>,
+}
+
+impl Shared {
+    fn publish_endpoints(&self) {
+        let replicas = self.replicas.lock().unwrap_or_else(|p| p.into_inner());
+        let ready: Vec<SocketAddr> = replicas
+            .values()
+            .filter_map(|r| {
+                let status = r.status.lock().unwrap_or_else(|p| p.into_inner());
+                (status.state == ReplicaState::Ready).then(|| SocketAddr::from(([127, 0, 0, 1], status.port)))
+            })
+            .collect();
+        self.endpoints.send_if_modified(|current| {
+            let changed = *current != ready;
+            *current = ready;
+            changed
+        });
+    }
+}
+
+/// The supervised replicas of one instance.
+pub struct ReplicaSet {
+    shared: Arc<Shared>,
+}
+
+impl ReplicaSet {
+    /// Starts `replicas` copies of `spec`; output goes to `logs`.
+    pub fn start(spec: LaunchSpec, policy: RestartPolicy, logs: LogBuffer, replicas: u32) -> ReplicaSet {
+        let (endpoints, _) = watch::channel(Vec::new());
+        let set = ReplicaSet {
+            shared: Arc::new(Shared {
+                spec,
+                policy,
+                logs,
+                endpoints,
+                replicas: Mutex::new(BTreeMap::new()),
+                next_index: Mutex::new(0),
+            }),
+        };
+        set.scale(replicas);
+        set
+    }
+
+    /// The addresses of the ready replicas, updated as they come and go.
+    pub fn endpoints(&self) -> watch::Receiver<Vec<SocketAddr>> {
+        self.shared.endpoints.subscribe()
+    }
+
+    /// Starts or stops replicas (newest first) until `replicas` run. Stopping happens in the
+    /// background; [`ReplicaSet::shutdown`] waits for it.
+    pub fn scale(&self, replicas: u32) {
+        let mut running = self.shared.replicas.lock().unwrap_or_else(|p| p.into_inner());
+        while running.len() > replicas as usize {
+            if let Some((_, replica)) = running.pop_last() {
+                let _ = replica.stop.send(true);
+            }
+        }
+        while running.len() < replicas as usize {
+            let index = {
+                let mut next = self.shared.next_index.lock().unwrap_or_else(|p| p.into_inner());
+                *next += 1;
+                *next - 1
+            };
+            let name = format!("r{index}");
+            let status = Arc::new(Mutex::new(ReplicaStatus { name: name.clone(), port: 0, pid: None, state: ReplicaState::Starting, restarts: 0 }));
+            let (stop, stop_rx) = watch::channel(false);
+            let task = tokio::spawn(supervise(self.shared.clone(), status.clone(), stop_rx));
+            running.insert(index, Replica { status, stop, task });
+        }
+        drop(running);
+        self.shared.publish_endpoints();
+    }
+
+    /// A snapshot of the replicas.
+    pub fn status(&self) -> ReplicaSetStatus {
+        let running = self.shared.replicas.lock().unwrap_or_else(|p| p.into_inner());
+        let replicas: Vec<ReplicaStatus> =
+            running.values().map(|r| r.status.lock().unwrap_or_else(|p| p.into_inner()).clone()).collect();
+        ReplicaSetStatus {
+            desired: u32::try_from(running.len()).unwrap_or(u32::MAX),
+            ready: u32::try_from(replicas.iter().filter(|r| r.state == ReplicaState::Ready).count()).unwrap_or(u32::MAX),
+            replicas,
+        }
+    }
+
+    /// Stops every replica and waits until their processes are gone.
+    pub async fn shutdown(self) {
+        let replicas: Vec<Replica> = {
+            let mut running = self.shared.replicas.lock().unwrap_or_else(|p| p.into_inner());
+            std::mem::take(&mut *running).into_values().collect()
+        };
+        for replica in &replicas {
+            let _ = replica.stop.send(true);
+        }
+        for replica in replicas {
+            let _ = replica.task.await;
+        }
+        self.shared.publish_endpoints();
+    }
+}
+
+/// Runs one replica until told to stop: start, probe, wait, restart with back-off.
+async fn supervise(shared: Arc<Shared>, status: Arc<Mutex<ReplicaStatus>>, mut stop: watch::Receiver<bool>) {
+    let name = status.lock().unwrap_or_else(|p| p.into_inner()).name.clone();
+    let policy = shared.policy.clone();
+    let mut consecutive_crashes = 0u32;
+    let set = |update: &dyn Fn(&mut ReplicaStatus)| {
+        update(&mut status.lock().unwrap_or_else(|p| p.into_inner()));
+        shared.publish_endpoints();
+    };
+    loop {
+        let port = match free_loopback_port() {
+            Ok(port) => port,
+            Err(error) => {
+                shared.logs.push(&name, Stream::System, format!("no free loopback port: {error}"));
+                0
+            }
+        };
+        let started = Instant::now();
+        let outcome = match spawn(&shared.spec, port, &name, &shared.logs) {
+            Err(error) => {
+                shared.logs.push(&name, Stream::System, format!("cannot start {}: {error}", shared.spec.program.display()));
+                Outcome::Exited(format!("cannot start {}: {error}", shared.spec.program.display()))
+            }
+            Ok(mut child) => {
+                let group = child.id().and_then(|pid| i32::try_from(pid).ok());
+                set(&|s| {
+                    s.port = port;
+                    s.pid = child.id();
+                    s.state = ReplicaState::Starting;
+                });
+                let outcome = run(&mut child, port, &policy, &mut stop, || set(&|s| s.state = ReplicaState::Ready)).await;
+                if let Some(group) = group {
+                    terminate_group(&mut child, group, policy.stop_grace).await;
+                }
+                set(&|s| s.pid = None);
+                outcome
+            }
+        };
+        let reason = match outcome {
+            Outcome::Stop => return,
+            Outcome::Exited(reason) | Outcome::NotReady(reason) => reason,
+        };
+        shared.logs.push(&name, Stream::System, reason.clone());
+        if started.elapsed() >= policy.stable_after {
+            consecutive_crashes = 0;
+        }
+        consecutive_crashes += 1;
+        if consecutive_crashes >= policy.crashes_before_failed {
+            let last = shared.logs.tail(&name, Stream::Stderr, 10).join("\n");
+            let message = if last.is_empty() { reason } else { format!("{reason}; last output:\n{last}") };
+            shared.logs.push(&name, Stream::System, format!("crashed {consecutive_crashes} times in a row; not restarting"));
+            set(&|s| s.state = ReplicaState::Failed(message.clone()));
+            return;
+        }
+        let backoff = policy.initial_backoff.saturating_mul(2u32.saturating_pow(consecutive_crashes - 1)).min(policy.max_backoff);
+        shared.logs.push(&name, Stream::System, format!("restarting in {} ms", backoff.as_millis()));
+        set(&|s| s.state = ReplicaState::BackingOff);
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = stopped(&mut stop) => return,
+        }
+        set(&|s| s.restarts += 1);
+    }
+}
+
+enum Outcome {
+    /// Told to stop.
+    Stop,
+    /// The process exited (the reason says how).
+    Exited(String),
+    /// The process did not become ready in time.
+    NotReady(String),
+}
+
+async fn run(child: &mut Child, port: u16, policy: &RestartPolicy, stop: &mut watch::Receiver<bool>, on_ready: impl Fn()) -> Outcome {
+    let deadline = tokio::time::Instant::now() + policy.ready_timeout;
+    let mut ready = false;
+    loop {
+        let probe_wait = if ready { Duration::from_secs(3600) } else { Duration::from_millis(50) };
+        tokio::select! {
+            status = child.wait() => {
+                return Outcome::Exited(match status {
+                    Ok(status) => format!("exited with {status}"),
+                    Err(error) => format!("lost track of the process: {error}"),
+                });
+            }
+            () = stopped(stop) => return Outcome::Stop,
+            () = tokio::time::sleep(probe_wait) => {
+                if ready {
+                    continue;
+                }
+                if probe_ready(port).await {
+                    ready = true;
+                    on_ready();
+                } else if tokio::time::Instant::now() >= deadline {
+                    return Outcome::NotReady(format!("not ready after {} s", policy.ready_timeout.as_secs()));
+                }
+            }
+        }
+    }
+}
+
+/// Resolves once the replica is told to stop (or its set is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns is dropped here, so callers' futures stay `Send`.
+    let _ = stop.wait_for(|stopping| *stopping).await;
+}
+
+fn spawn(spec: &LaunchSpec, port: u16, name: &str, logs: &LogBuffer) -> std::io::Result<Child> {
+    let mut command = Command::new(&spec.program);
+    command
+        .args(&spec.args)
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .env("PORT", port.to_string())
+        .env("KUBEFN_BIND", "127.0.0.1")
+        .current_dir(&spec.dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own process group, so stopping it also stops whatever it started.
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = command.spawn()?;
+    if let Some(stdout) = child.stdout.take() {
+        tokio::spawn(pipe_lines(stdout, name.to_string(), Stream::Stdout, logs.clone()));
+    }
+    if let Some(stderr) = child.stderr.take() {
+        tokio::spawn(pipe_lines(stderr, name.to_string(), Stream::Stderr, logs.clone()));
+    }
+    Ok(child)
+}
+
+async fn pipe_lines(pipe: impl tokio::io::AsyncRead + Unpin, replica: String, stream: Stream, logs: LogBuffer) {
+    let mut lines = BufReader::new(pipe).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        logs.push(&replica, stream, line);
+    }
+}
+
+/// SIGTERM to the whole process group, SIGKILL after the grace period; also when the leader
+/// has already exited, since what it started lives on in its group.
+async fn terminate_group(child: &mut Child, group: i32, grace: Duration) {
+    if child.try_wait().ok().flatten().is_none() {
+        signal_group(group, libc::SIGTERM);
+        if tokio::time::timeout(grace, child.wait()).await.is_err() {
+            signal_group(group, libc::SIGKILL);
+            let _ = child.wait().await;
+        }
+    }
+    signal_group(group, libc::SIGKILL);
+}
+
+fn signal_group(pgid: i32, signal: i32) {
+    // SAFETY: kill(2) with a negative pid signals the process group we created for the
+    // replica (process_group(0) makes its pid the group id); it touches no memory.
+    unsafe {
+        libc::kill(-pgid, signal);
+    }
+}
+
+fn free_loopback_port() -> std::io::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// Whether the replica on `port` answers 200 on its readiness path.
+pub async fn probe_ready(port: u16) -> bool {
+    let attempt = async {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        let request = format!("GET {READY_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).await.ok()?;
+        Some(head.starts_with(b"HTTP/1.") && &head[8..12] == b" 200")
+    };
+    tokio::time::timeout(Duration::from_secs(2), attempt).await.ok().flatten().unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::platform::runtime::local::node_port::NodePort;
+
+    struct Function {
+        dir: tempfile::TempDir,
+    }
+
+    impl Function {
+        fn new(source: &str) -> Function {
+            let dir = tempfile::tempdir().expect("temp dir");
+            std::fs::write(dir.path().join("function.py"), source).expect("source");
+            Function { dir }
+        }
+
+        fn spec(&self) -> LaunchSpec {
+            let bootstrap = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/runtimes/python/bootstrap.py");
+            LaunchSpec {
+                program: PathBuf::from("python3"),
+                args: vec![bootstrap.display().to_string()],
+                env: vec![("KUBEFN_SOURCE".into(), self.dir.path().join("function.py").display().to_string())],
+                dir: self.dir.path().to_path_buf(),
+            }
+        }
+    }
+
+    fn quick() -> RestartPolicy {
+        RestartPolicy {
+            initial_backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_millis(200),
+            crashes_before_failed: 3,
+            stable_after: Duration::from_secs(60),
+            ready_timeout: Duration::from_secs(20),
+            stop_grace: Duration::from_secs(2),
+        }
+    }
+
+    async fn until<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+        for _ in 0..400 {
+            if let Some(value) = check() {
+                return value;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("timed out waiting until {what}");
+    }
+
+    async fn get(address: SocketAddr) -> String {
+        let mut stream = TcpStream::connect(address).await.expect("connect");
+        stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.expect("write");
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.expect("read");
+        answer.split("\r\n\r\n").nth(1).unwrap_or_default().to_string()
+    }
+
+    fn alive(pid: u32) -> bool {
+        // A reaped process has no /proc entry; a zombie's state is Z.
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| !stat.contains(") Z "))
+    }
+
+    const PID_FUNCTION: &str = "import os\nprint('loaded', flush=True)\ndef handle(req):\n    return str(os.getpid())\n";
+
+    #[tokio::test]
+    async fn replicas_start_become_ready_and_share_the_node_port() {
+        let function = Function::new(PID_FUNCTION);
+        let logs = LogBuffer::new(1000);
+        let set = ReplicaSet::start(function.spec(), quick(), logs.clone(), 2);
+        until("two replicas are ready", || (set.status().ready == 2).then_some(())).await;
+        let port = NodePort::serve(tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind"), set.endpoints(), Duration::from_secs(5));
+
+        let mut pids = std::collections::BTreeSet::new();
+        for _ in 0..4 {
+            pids.insert(get(port.address()).await);
+        }
+        let expected: std::collections::BTreeSet<String> =
+            set.status().replicas.iter().map(|r| r.pid.expect("running").to_string()).collect();
+        assert_eq!(pids, expected, "both replicas answered through the node port");
+
+        let lines = logs.snapshot();
+        for replica in ["r0", "r1"] {
+            assert!(lines.iter().any(|l| l.replica == replica && l.stream == Stream::Stdout && l.text == "loaded"), "{replica}: {lines:?}");
+        }
+        set.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_killed_replica_is_restarted() {
+        let function = Function::new(PID_FUNCTION);
+        let set = ReplicaSet::start(function.spec(), quick(), LogBuffer::new(100), 1);
+        let first = until("ready", || set.status().replicas[0].pid.filter(|_| set.status().ready == 1)).await;
+        signal_group(i32::try_from(first).expect("pid"), libc::SIGKILL);
+        let second = until("restarted and ready", || {
+            let status = set.status();
+            let replica = &status.replicas[0];
+            (replica.restarts == 1 && replica.state == ReplicaState::Ready).then_some(replica.pid)
+        })
+        .await;
+        assert_ne!(second, Some(first));
+        set.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn repeated_crashes_fail_the_replica_with_its_last_stderr() {
+        let function = Function::new("def handle(req)\n    return req\n");
+        let set = ReplicaSet::start(function.spec(), quick(), LogBuffer::new(100), 1);
+        let reason = until("failed", || set.status().failure().map(str::to_string)).await;
+        assert!(reason.contains("exited with exit status: 3"), "{reason}");
+        assert!(reason.contains("syntax error in the function source"), "{reason}");
+        assert_eq!(set.status().replicas[0].restarts, 2, "three crashes: the first start and two restarts");
+        set.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn scaling_down_and_shutting_down_leave_no_process_behind() {
+        // The function starts a grandchild; stopping the replica must stop it too.
+        let function = Function::new(
+            "import os, subprocess\nchild = subprocess.Popen(['sleep', '300'])\nprint('grandchild', child.pid, flush=True)\ndef handle(req):\n    return 'ok'\n",
+        );
+        let logs = LogBuffer::new(100);
+        let set = ReplicaSet::start(function.spec(), quick(), logs.clone(), 2);
+        until("two ready", || (set.status().ready == 2).then_some(())).await;
+        // Keyed by replica: the two replicas' lines arrive in either order.
+        let grandchildren: Vec<u32> = until("grandchildren logged", || {
+            let pid_of = |replica: &str| {
+                logs.snapshot()
+                    .iter()
+                    .filter(|l| l.replica == replica)
+                    .find_map(|l| l.text.strip_prefix("grandchild ").and_then(|p| p.parse().ok()))
+            };
+            Some(vec![pid_of("r0")?, pid_of("r1")?])
+        })
+        .await;
+        let replica_pids: Vec<u32> = set.status().replicas.iter().filter_map(|r| r.pid).collect();
+        let mut endpoints = set.endpoints();
+
+        set.scale(1);
+        until("one replica left", || (set.status().desired == 1).then_some(())).await;
+        until("the stopped replica's process is gone", || (!alive(replica_pids[1]) && !alive(grandchildren[1])).then_some(())).await;
+        until("endpoints shrink", || (endpoints.borrow_and_update().len() == 1).then_some(())).await;
+        assert!(alive(replica_pids[0]));
+
+        set.shutdown().await;
+        for pid in replica_pids.iter().chain(&grandchildren) {
+            until("everything is gone", || (!alive(*pid)).then_some(())).await;
+        }
+        assert!(endpoints.borrow_and_update().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_missing_program_is_reported() {
+        let function = Function::new(PID_FUNCTION);
+        let mut spec = function.spec();
+        spec.program = PathBuf::from("/nonexistent/python-for-kubefn");
+        let set = ReplicaSet::start(spec, quick(), LogBuffer::new(100), 1);
+        let reason = until("failed", || set.status().failure().map(str::to_string)).await;
+        assert!(reason.contains("cannot start /nonexistent/python-for-kubefn"), "{reason}");
+        set.shutdown().await;
+    }
+}
