@@ -145,11 +145,10 @@ mod ssr {
     impl IntoResponse for ApiError {
         fn into_response(self) -> Response {
             let mut response = (self.status_code(), Json(&self)).into_response();
-            if let Some(seconds) = self.retry_after_s {
-                if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+            if let Some(seconds) = self.retry_after_s
+                && let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
                     response.headers_mut().insert(header::RETRY_AFTER, value);
                 }
-            }
             response
         }
     }

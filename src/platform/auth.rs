@@ -161,11 +161,10 @@ impl Accounts {
     pub async fn ensure_admin(&self, name: &str, password: &str) -> Result<UserRecord, AuthError> {
         check_name("name", name, MAX_USER_NAME).map_err(AuthError::Invalid)?;
         check_password(password).map_err(AuthError::Invalid)?;
-        if let Some(existing) = self.store.user_by_name(name).await? {
-            if existing.role == Role::Admin && verify_password(password, &existing.password_hash).await? {
+        if let Some(existing) = self.store.user_by_name(name).await?
+            && existing.role == Role::Admin && verify_password(password, &existing.password_hash).await? {
                 return Ok(existing);
             }
-        }
         let hash = hash_password(password).await?;
         Ok(self.store.upsert_user(name, &hash, Role::Admin).await?)
     }

@@ -244,14 +244,13 @@ pub fn check_function_spec(spec: &FunctionSpec) -> Vec<FieldError> {
 }
 
 fn check_code(spec: &FunctionSpec, errors: &mut Vec<FieldError>) {
-    if let Some(handler) = &spec.handler {
-        if !is_handler_name(handler) {
+    if let Some(handler) = &spec.handler
+        && !is_handler_name(handler) {
             errors.push(FieldError::new(
                 "handler",
                 format!("handler must be an identifier such as handle or main.handler (got {handler:?}); leave it empty to detect one"),
             ));
         }
-    }
     match spec.runtime {
         Runtime::Python | Runtime::Node => {
             if spec.source.trim().is_empty() {
@@ -292,11 +291,10 @@ fn check_code(spec: &FunctionSpec, errors: &mut Vec<FieldError>) {
     if spec.requirements.len() > MAX_REQUIREMENTS_BYTES {
         errors.push(FieldError::new("requirements", format!("requirements must be at most {} KiB", MAX_REQUIREMENTS_BYTES / 1024)));
     }
-    if spec.runtime == Runtime::Node && !spec.requirements.trim().is_empty() {
-        if let Err(e) = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&spec.requirements) {
+    if spec.runtime == Runtime::Node && !spec.requirements.trim().is_empty()
+        && let Err(e) = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&spec.requirements) {
             errors.push(FieldError::new("requirements", format!("requirements of a node function must be a package.json object: {e}")));
         }
-    }
 }
 
 fn check_env(spec: &FunctionSpec, errors: &mut Vec<FieldError>) {
@@ -324,11 +322,10 @@ fn check_resources(spec: &FunctionSpec, errors: &mut Vec<FieldError>) {
         }
         parsed
     });
-    if let [Some(request), Some(limit)] = cpu {
-        if request > limit {
+    if let [Some(request), Some(limit)] = cpu
+        && request > limit {
             errors.push(FieldError::new("resources.cpu", format!("resources.cpu ({}) must not exceed resources.cpu_limit ({})", r.cpu, r.cpu_limit)));
         }
-    }
     let memory = [("resources.memory", &r.memory), ("resources.memory_limit", &r.memory_limit)].map(|(field, text)| {
         let parsed = parse_memory_bytes(text).filter(|b| *b >= 4 << 20);
         if parsed.is_none() {
@@ -336,14 +333,13 @@ fn check_resources(spec: &FunctionSpec, errors: &mut Vec<FieldError>) {
         }
         parsed
     });
-    if let [Some(request), Some(limit)] = memory {
-        if request > limit {
+    if let [Some(request), Some(limit)] = memory
+        && request > limit {
             errors.push(FieldError::new(
                 "resources.memory",
                 format!("resources.memory ({}) must not exceed resources.memory_limit ({})", r.memory, r.memory_limit),
             ));
         }
-    }
 }
 
 fn check_scaling(spec: &FunctionSpec, errors: &mut Vec<FieldError>) {
@@ -355,11 +351,10 @@ fn check_scaling(spec: &FunctionSpec, errors: &mut Vec<FieldError>) {
         errors.push(FieldError::new("scaling.min", format!("scaling.min ({}) must not exceed scaling.max ({})", s.min, s.max)));
     }
     for (field, target) in [("scaling.target_cpu_percent", s.target_cpu_percent), ("scaling.target_memory_percent", s.target_memory_percent)] {
-        if let Some(percent) = target {
-            if percent == 0 || percent > 1000 {
+        if let Some(percent) = target
+            && (percent == 0 || percent > 1000) {
                 errors.push(FieldError::new(field, format!("{field} must be between 1 and 1000 percent of the request (got {percent})")));
             }
-        }
     }
     if let Some(idle) = s.scale_to_zero_after_s {
         if !(10..=7 * 24 * 3600).contains(&idle) {
