@@ -3,6 +3,7 @@
 //! bounded buffer that can be followed ([`logs`]); and each instance gets a stable "node port"
 //! that balances connections over its ready replicas ([`node_port`]).
 
+pub mod dependencies;
 pub mod logs;
 pub mod node_port;
 pub mod supervisor;
