@@ -1,9 +1,11 @@
 //! The local runtime's building blocks: each replica is a supervised child process running the
 //! same bootstrap as a pod, on a loopback port ([`supervisor`]); their output is kept in a
 //! bounded buffer that can be followed ([`logs`]); and each instance gets a stable "node port"
-//! that balances connections over its ready replicas ([`node_port`]).
+//! that balances connections over its ready replicas ([`node_port`]). Declared dependencies are
+//! installed once per content ([`dependencies`]) and usage is read from /proc ([`usage`]).
 
 pub mod dependencies;
 pub mod logs;
 pub mod node_port;
 pub mod supervisor;
+pub mod usage;
