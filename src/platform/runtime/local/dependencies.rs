@@ -11,7 +11,6 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
 /// The log tag of install output.
@@ -141,8 +140,8 @@ async fn install(runtime: Runtime, requirements: &str, scratch: &Path, logs: &Lo
         .spawn()
         .map_err(|source| DependencyError::Spawn { program: program.into(), source })?;
     let pipes: Vec<_> = [
-        child.stdout.take().map(|pipe| tokio::spawn(copy_lines(pipe, Stream::Stdout, logs.clone()))),
-        child.stderr.take().map(|pipe| tokio::spawn(copy_lines(pipe, Stream::Stderr, logs.clone()))),
+        child.stdout.take().map(|pipe| tokio::spawn(logs.clone().collect(pipe, INSTALL_TAG.into(), Stream::Stdout))),
+        child.stderr.take().map(|pipe| tokio::spawn(logs.clone().collect(pipe, INSTALL_TAG.into(), Stream::Stderr))),
     ]
     .into_iter()
     .flatten()
@@ -163,13 +162,6 @@ async fn install(runtime: Runtime, requirements: &str, scratch: &Path, logs: &Lo
 
 async fn write_file(path: &Path, text: &str) -> Result<(), DependencyError> {
     tokio::fs::write(path, text).await.map_err(|source| DependencyError::Cache { path: path.to_path_buf(), source })
-}
-
-async fn copy_lines(pipe: impl tokio::io::AsyncRead + Unpin, stream: Stream, logs: LogBuffer) {
-    let mut lines = BufReader::new(pipe).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        logs.push(INSTALL_TAG, stream, line);
-    }
 }
 
 #[cfg(test)]

@@ -58,6 +58,14 @@ impl LogBuffer {
         let _ = self.live.send(line);
     }
 
+    /// Copies every line of a child's pipe into the buffer until the pipe closes.
+    pub async fn collect(self, pipe: impl tokio::io::AsyncRead + Unpin, replica: String, stream: Stream) {
+        let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(pipe));
+        while let Ok(Some(line)) = lines.next_line().await {
+            self.push(&replica, stream, line);
+        }
+    }
+
     /// The buffered lines, oldest first.
     pub fn snapshot(&self) -> Vec<LogLine> {
         self.lines.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).iter().cloned().collect()

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
@@ -349,19 +349,12 @@ fn spawn(spec: &LaunchSpec, port: u16, name: &str, logs: &LogBuffer) -> std::io:
         .kill_on_drop(true);
     let mut child = command.spawn()?;
     if let Some(stdout) = child.stdout.take() {
-        tokio::spawn(pipe_lines(stdout, name.to_string(), Stream::Stdout, logs.clone()));
+        tokio::spawn(logs.clone().collect(stdout, name.to_string(), Stream::Stdout));
     }
     if let Some(stderr) = child.stderr.take() {
-        tokio::spawn(pipe_lines(stderr, name.to_string(), Stream::Stderr, logs.clone()));
+        tokio::spawn(logs.clone().collect(stderr, name.to_string(), Stream::Stderr));
     }
     Ok(child)
-}
-
-async fn pipe_lines(pipe: impl tokio::io::AsyncRead + Unpin, replica: String, stream: Stream, logs: LogBuffer) {
-    let mut lines = BufReader::new(pipe).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        logs.push(&replica, stream, line);
-    }
 }
 
 /// SIGTERM to the whole process group, SIGKILL after the grace period; also when the leader
