@@ -7,7 +7,7 @@ use crate::ui::{account::AccountPage, catalog::CatalogPage, function_page::Funct
 use leptos::prelude::*;
 use leptos_meta::{provide_meta_context, MetaTags, Stylesheet, Title};
 use leptos_router::components::{Route, Router, Routes, A};
-use leptos_router::path;
+use leptos_router::{path, SsrMode};
 
 /// The document around the app, rendered on the server only.
 pub fn shell(options: LeptosOptions) -> impl IntoView {
@@ -70,12 +70,14 @@ pub fn App() -> impl IntoView {
             <Header/>
             <main id="main">
                 <Routes fallback=|| view! { <section class="card"><h1>"Page not found"</h1><p><A href="/">"Back to the catalog"</A></p></section> }>
-                    <Route path=path!("/") view=CatalogPage/>
-                    <Route path=path!("/login") view=LoginPage/>
-                    <Route path=path!("/account") view=AccountPage/>
+                    // Async rendering waits for the data before the first byte, so a visitor who
+                    // is not logged in gets a real redirect to /login, JavaScript or not.
+                    <Route path=path!("/") view=CatalogPage ssr=SsrMode::Async/>
+                    <Route path=path!("/login") view=LoginPage ssr=SsrMode::Async/>
+                    <Route path=path!("/account") view=AccountPage ssr=SsrMode::Async/>
                     <Route path=path!("/functions/new") view=RegisterFunctionPage/>
-                    <Route path=path!("/functions/:name") view=FunctionPage/>
-                    <Route path=path!("/functions/:name/edit") view=EditFunctionPage/>
+                    <Route path=path!("/functions/:name") view=FunctionPage ssr=SsrMode::Async/>
+                    <Route path=path!("/functions/:name/edit") view=EditFunctionPage ssr=SsrMode::Async/>
                 </Routes>
             </main>
         </Router>

@@ -510,7 +510,20 @@ async fn pages_render_on_the_server() {
     let html = login.body.as_str().expect("html");
     assert!(html.contains("Create account") && html.contains("/pkg/kubefn"), "{html}");
 
+    // Without a session, protected pages redirect on the server (no JavaScript needed).
+    for page in ["/", "/account", "/functions/anything"] {
+        let anonymous = app.send(Request::get(page).header(header::ACCEPT, "text/html").body(Body::empty()).expect("request")).await;
+        assert!(anonymous.status.is_redirection(), "{page}: {}", anonymous.status);
+        assert_eq!(anonymous.headers.get(header::LOCATION).and_then(|v| v.to_str().ok()), Some("/login"), "{page}");
+    }
+
     let alice = app.user("alice").await;
+    // With one, the log-in page sends them on to the catalog.
+    let logged_in = app
+        .send(Request::get("/login").header(header::COOKIE, &alice).header(header::ACCEPT, "text/html").body(Body::empty()).expect("request"))
+        .await;
+    assert!(logged_in.status.is_redirection(), "{}", logged_in.status);
+    assert_eq!(logged_in.headers.get(header::LOCATION).and_then(|v| v.to_str().ok()), Some("/"));
     app.call(Method::POST, "/api/v1/functions", Some(hello("rendered")), As::Cookie(&alice)).await;
     let catalog = app.send(Request::get("/").header(header::COOKIE, &alice).body(Body::empty()).expect("request")).await;
     let html = catalog.body.as_str().expect("html");

@@ -219,13 +219,19 @@ mod ssr {
         Ok((platform, client, session))
     }
 
-    /// Gives the response the error's status, so browsers and tools see a real 4xx/5xx.
+    /// Gives the response the error's status, so browsers and tools see a real 4xx/5xx. Only
+    /// when the server function was called over HTTP: while a page renders, the function runs
+    /// in-process and the page decides its own status (e.g. a redirect to /login).
     pub fn with_status<T>(result: Result<T, ApiError>) -> Result<T, ApiError> {
-        if let (Err(error), Some(response)) = (&result, use_context::<ResponseOptions>()) {
+        let called_over_http = use_context::<Parts>().is_some_and(|parts| parts.uri.path().starts_with(SERVER_FN_PREFIX));
+        if let (Err(error), Some(response), true) = (&result, use_context::<ResponseOptions>(), called_over_http) {
             response.set_status(error.status_code());
         }
         result
     }
+
+    /// Where leptos_axum serves server functions (the `#[server]` default).
+    const SERVER_FN_PREFIX: &str = "/api/";
 }
 
 /// The signed-in user, or `None`.
