@@ -5,11 +5,24 @@ use super::{duplicate_or_query, Store, StoreResult};
 use crate::platform::model::{Role, TokenInfo};
 use chrono::{DateTime, Utc};
 
+/// How stale `last_used_at` may get, in seconds.
+const LAST_USED_RESOLUTION_S: i64 = 60;
+
 #[derive(sqlx::FromRow)]
 struct TokenRow {
     id: i64,
     name: String,
     created_at: DateTime<Utc>,
+    last_used_at: Option<DateTime<Utc>>,
+}
+
+#[derive(sqlx::FromRow)]
+struct TokenOwnerRow {
+    token_id: i64,
+    id: i64,
+    name: String,
+    role: String,
+    password_hash: String,
     last_used_at: Option<DateTime<Utc>>,
 }
 
@@ -57,23 +70,41 @@ impl Store {
         Ok(done.rows_affected() > 0)
     }
 
-    /// The owner of the token with this hash, marking the token used.
+    /// The owner of the token with this hash, marking the token used. The mark is written at
+    /// most once a minute per token, so authenticating stays a read on the hot path.
     pub async fn user_by_token_hash(&self, token_hash: &str) -> StoreResult<Option<UserRecord>> {
-        let row: Option<(i64, String, String, String)> = sqlx::query_as(
-            "UPDATE api_tokens SET last_used_at = ? WHERE token_hash = ?
-             RETURNING user_id, (SELECT name FROM users WHERE users.id = user_id),
-                       (SELECT role FROM users WHERE users.id = user_id),
-                       (SELECT password_hash FROM users WHERE users.id = user_id)",
+        let row: Option<TokenOwnerRow> = sqlx::query_as(
+            "SELECT t.id AS token_id, u.id, u.name, u.role, u.password_hash, t.last_used_at
+               FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.token_hash = ?",
         )
-        .bind(Utc::now())
         .bind(token_hash)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.map(|(id, name, role, password_hash)| UserRecord {
-            id,
-            name,
-            role: Role::parse(&role).unwrap_or(Role::User),
-            password_hash,
-        }))
+        let Some(row) = row else { return Ok(None) };
+        let now = Utc::now();
+        if row.last_used_at.is_none_or(|at| now - at >= chrono::Duration::seconds(LAST_USED_RESOLUTION_S)) {
+            sqlx::query("UPDATE api_tokens SET last_used_at = ? WHERE id = ?").bind(now).bind(row.token_id).execute(&self.pool).await?;
+        }
+        Ok(Some(UserRecord { id: row.id, name: row.name, role: Role::parse(&row.role).unwrap_or(Role::User), password_hash: row.password_hash }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn using_a_token_marks_it_at_most_once_a_minute() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(&format!("sqlite://{}", dir.path().join("t.db").display())).await.expect("store");
+        let user = store.insert_user("tina", "hash", Role::User).await.expect("user");
+        store.insert_token(user.id, "ci", "hash-of-secret").await.expect("token");
+        assert_eq!(store.tokens_of(user.id).await.expect("tokens")[0].last_used_at, None);
+
+        assert_eq!(store.user_by_token_hash("hash-of-secret").await.expect("lookup").map(|u| u.name), Some("tina".into()));
+        let first = store.tokens_of(user.id).await.expect("tokens")[0].last_used_at.expect("marked");
+        store.user_by_token_hash("hash-of-secret").await.expect("lookup");
+        assert_eq!(store.tokens_of(user.id).await.expect("tokens")[0].last_used_at, Some(first), "not rewritten within a minute");
+        assert_eq!(store.user_by_token_hash("unknown").await.expect("lookup"), None);
     }
 }
