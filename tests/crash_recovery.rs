@@ -1,0 +1,98 @@
+//! The real `kubefn` binary is killed with SIGKILL and started again on the same data
+//! directory: users, sessions and functions are all still there.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Server {
+    fn start(data: &std::path::Path, port: u16) -> Server {
+        let child = Command::new(env!("CARGO_BIN_EXE_kubefn"))
+            .env("KUBEFN_LISTEN", format!("127.0.0.1:{port}"))
+            .env("KUBEFN_DATA_DIR", data)
+            .env("KUBEFN_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("kubefn starts");
+        let server = Server { child, port };
+        for _ in 0..200 {
+            if server.request("GET", "/readyz", None, None).0 == 200 {
+                return server;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("kubefn did not become ready");
+    }
+
+    /// A minimal HTTP/1.1 exchange: (status, Set-Cookie pair if any, body).
+    fn request(&self, method: &str, path: &str, cookie: Option<&str>, json: Option<&str>) -> (u16, Option<String>, String) {
+        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else { return (0, None, String::new()) };
+        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+        if let Some(cookie) = cookie {
+            head.push_str(&format!("Cookie: {cookie}\r\n"));
+        }
+        let body = json.unwrap_or("");
+        if json.is_some() {
+            head.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
+        }
+        head.push_str("\r\n");
+        stream.write_all(head.as_bytes()).expect("write");
+        stream.write_all(body.as_bytes()).expect("write");
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).expect("read");
+        let status = answer.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let cookie = answer
+            .lines()
+            .find_map(|l| l.strip_prefix("set-cookie: ").or_else(|| l.strip_prefix("Set-Cookie: ")))
+            .and_then(|v| v.split(';').next())
+            .map(str::to_string);
+        let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
+        (status, cookie, body)
+    }
+
+    fn kill_hard(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reaped");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+#[test]
+fn nothing_is_lost_when_kubefn_is_killed() {
+    let data = tempfile::tempdir().expect("data dir");
+    let port = free_port();
+    let first = Server::start(data.path(), port);
+    let (status, cookie, _) = first.request("POST", "/api/v1/signup", None, Some(r#"{"name":"kim","password":"kim-password"}"#));
+    assert_eq!(status, 201);
+    let cookie = cookie.expect("session cookie");
+    let spec = r#"{"name":"survivor","runtime":"python","source":"def handle(req):\n    return req\n"}"#;
+    assert_eq!(first.request("POST", "/api/v1/functions", Some(&cookie), Some(spec)).0, 201);
+    let edit = r#"{"name":"survivor","runtime":"python","source":"def handle(req):\n    return 'v2'\n"}"#;
+    assert_eq!(first.request("PUT", "/api/v1/functions/survivor", Some(&cookie), Some(edit)).0, 200);
+    first.kill_hard();
+
+    let second = Server::start(data.path(), port);
+    let (status, _, body) = second.request("GET", "/api/v1/functions/survivor", Some(&cookie), None);
+    assert_eq!(status, 200, "the session survived the crash too: {body}");
+    let detail: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(detail["version"], 2);
+    assert_eq!(detail["versions"].as_array().map(Vec::len), Some(2));
+    assert_eq!(detail["spec"]["source"], "def handle(req):\n    return 'v2'\n");
+}
