@@ -235,20 +235,10 @@ async fn supervise(shared: Arc<Shared>, status: Arc<Mutex<ReplicaStatus>>, mut s
         shared.publish_endpoints();
     };
     loop {
-        let port = match free_loopback_port() {
-            Ok(port) => port,
-            Err(error) => {
-                shared.logs.push(&name, Stream::System, format!("no free loopback port: {error}"));
-                0
-            }
-        };
         let started = Instant::now();
-        let outcome = match spawn(&shared.spec, port, &name, &shared.logs) {
-            Err(error) => {
-                shared.logs.push(&name, Stream::System, format!("cannot start {}: {error}", shared.spec.program.display()));
-                Outcome::Exited(format!("cannot start {}: {error}", shared.spec.program.display()))
-            }
-            Ok(mut child) => {
+        let outcome = match free_loopback_port().and_then(|port| Ok((port, spawn(&shared.spec, port, &name, &shared.logs)?))) {
+            Err(error) => Outcome::Ended(format!("cannot start {}: {error}", shared.spec.program.display())),
+            Ok((port, mut child)) => {
                 let group = child.id().and_then(|pid| i32::try_from(pid).ok());
                 set(&|s| {
                     s.port = port;
@@ -263,10 +253,7 @@ async fn supervise(shared: Arc<Shared>, status: Arc<Mutex<ReplicaStatus>>, mut s
                 outcome
             }
         };
-        let reason = match outcome {
-            Outcome::Stop => return,
-            Outcome::Exited(reason) | Outcome::NotReady(reason) => reason,
-        };
+        let Outcome::Ended(reason) = outcome else { return };
         shared.logs.push(&name, Stream::System, reason.clone());
         if started.elapsed() >= policy.stable_after {
             consecutive_crashes = 0;
@@ -293,37 +280,38 @@ async fn supervise(shared: Arc<Shared>, status: Arc<Mutex<ReplicaStatus>>, mut s
 enum Outcome {
     /// Told to stop.
     Stop,
-    /// The process exited (the reason says how).
-    Exited(String),
-    /// The process did not become ready in time.
-    NotReady(String),
+    /// The process exited, never became ready, or could not start; the reason says which.
+    Ended(String),
 }
 
+/// Waits for the replica to answer its readiness endpoint (calling `on_ready` once), then for
+/// it to exit, whichever of these a stop request does not cut short.
 async fn run(child: &mut Child, port: u16, policy: &RestartPolicy, stop: &mut watch::Receiver<bool>, on_ready: impl Fn()) -> Outcome {
+    let exited = |status: std::io::Result<std::process::ExitStatus>| {
+        Outcome::Ended(match status {
+            Ok(status) => format!("exited with {status}"),
+            Err(error) => format!("lost track of the process: {error}"),
+        })
+    };
     let deadline = tokio::time::Instant::now() + policy.ready_timeout;
-    let mut ready = false;
     loop {
-        let probe_wait = if ready { Duration::from_secs(3600) } else { Duration::from_millis(50) };
         tokio::select! {
-            status = child.wait() => {
-                return Outcome::Exited(match status {
-                    Ok(status) => format!("exited with {status}"),
-                    Err(error) => format!("lost track of the process: {error}"),
-                });
-            }
+            status = child.wait() => return exited(status),
             () = stopped(stop) => return Outcome::Stop,
-            () = tokio::time::sleep(probe_wait) => {
-                if ready {
-                    continue;
-                }
+            () = tokio::time::sleep(Duration::from_millis(50)) => {
                 if probe_ready(port).await {
-                    ready = true;
-                    on_ready();
-                } else if tokio::time::Instant::now() >= deadline {
-                    return Outcome::NotReady(format!("not ready after {} s", policy.ready_timeout.as_secs()));
+                    break;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return Outcome::Ended(format!("not ready after {} s", policy.ready_timeout.as_secs()));
                 }
             }
         }
+    }
+    on_ready();
+    tokio::select! {
+        status = child.wait() => exited(status),
+        () = stopped(stop) => Outcome::Stop,
     }
 }
 
