@@ -1,8 +1,8 @@
 //! API tokens: only a SHA-256 of each secret is stored.
 
-use super::users::UserRecord;
+use super::users::{UserRecord, UserRow};
 use super::{duplicate_or_query, Store, StoreResult};
-use crate::platform::model::{Role, TokenInfo};
+use crate::platform::model::TokenInfo;
 use chrono::{DateTime, Utc};
 
 /// How stale `last_used_at` may get, in seconds.
@@ -19,11 +19,9 @@ struct TokenRow {
 #[derive(sqlx::FromRow)]
 struct TokenOwnerRow {
     token_id: i64,
-    id: i64,
-    name: String,
-    role: String,
-    password_hash: String,
     last_used_at: Option<DateTime<Utc>>,
+    #[sqlx(flatten)]
+    owner: UserRow,
 }
 
 impl From<TokenRow> for TokenInfo {
@@ -85,13 +83,14 @@ impl Store {
         if row.last_used_at.is_none_or(|at| now - at >= chrono::Duration::seconds(LAST_USED_RESOLUTION_S)) {
             sqlx::query("UPDATE api_tokens SET last_used_at = ? WHERE id = ?").bind(now).bind(row.token_id).execute(&self.pool).await?;
         }
-        Ok(Some(UserRecord { id: row.id, name: row.name, role: Role::parse(&row.role).unwrap_or(Role::User), password_hash: row.password_hash }))
+        Ok(Some(row.owner.into()))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::platform::model::Role;
 
     #[tokio::test]
     async fn using_a_token_marks_it_at_most_once_a_minute() {

@@ -17,8 +17,9 @@ pub struct UserRecord {
     pub password_hash: String,
 }
 
+/// A user as selected from the `users` table.
 #[derive(sqlx::FromRow)]
-struct UserRow {
+pub(super) struct UserRow {
     id: i64,
     name: String,
     role: String,
