@@ -15,14 +15,7 @@ async fn main() -> ExitCode {
     match serve(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            let mut message = error.to_string();
-            let mut source = std::error::Error::source(&error);
-            while let Some(cause) = source {
-                message.push_str(": ");
-                message.push_str(&cause.to_string());
-                source = cause.source();
-            }
-            eprintln!("kubefn: {message}");
+            eprintln!("kubefn: {}", kubefn::platform::error_chain(&error));
             ExitCode::FAILURE
         }
     }

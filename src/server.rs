@@ -11,8 +11,13 @@ use axum_login::AuthManagerLayerBuilder;
 use clap::Parser;
 use leptos::config::LeptosOptions;
 use leptos_axum::{generate_route_list, LeptosRoutes};
-use std::net::SocketAddr;
+use crate::platform::runtime::local::{LocalConfig, LocalRuntime};
+use crate::platform::runtime::RuntimeError;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 use tower_http::trace::TraceLayer;
 use tower_sessions::cookie::SameSite;
 use tower_sessions::{Expiry, SessionManagerLayer};
@@ -52,6 +57,18 @@ pub struct Config {
     /// Mark the session cookie Secure (serve behind HTTPS).
     #[arg(long, env = "KUBEFN_SECURE_COOKIES", default_value_t = false)]
     pub secure_cookies: bool,
+    /// Ports the local runtime gives instances as their node ports, as FIRST-LAST.
+    #[arg(long, env = "KUBEFN_NODE_PORT_RANGE", default_value = "30000-32767", value_parser = parse_port_range)]
+    pub node_port_range: RangeInclusive<u16>,
+    /// Address the local runtime's node ports listen on.
+    #[arg(long, env = "KUBEFN_NODE_HOST", default_value = "127.0.0.1")]
+    pub node_host: IpAddr,
+    /// Seconds between reconcile passes (store → runtime); edits and rollbacks also trigger one.
+    #[arg(long, env = "KUBEFN_RECONCILE_SECONDS", default_value_t = 5)]
+    pub reconcile_seconds: u64,
+    /// Seconds replicas replaced by an update keep serving the requests they have.
+    #[arg(long, env = "KUBEFN_DRAIN_SECONDS", default_value_t = 5)]
+    pub drain_seconds: u64,
     /// Log filter, as RUST_LOG (e.g. `info`, `kubefn=debug`).
     #[arg(long, env = "KUBEFN_LOG", default_value = "info,sqlx=warn,tower_sessions=warn")]
     pub log: String,
@@ -62,6 +79,17 @@ impl Config {
     pub fn database_url(&self) -> String {
         self.database_url.clone().unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("kubefn.db").display()))
     }
+}
+
+/// Parses `FIRST-LAST` (e.g. `30000-32767`).
+fn parse_port_range(text: &str) -> Result<RangeInclusive<u16>, String> {
+    let (first, last) = text.split_once('-').ok_or_else(|| format!("{text:?} is not FIRST-LAST, e.g. 30000-32767"))?;
+    let port = |p: &str| p.trim().parse::<u16>().map_err(|_| format!("{p:?} is not a port number (1-65535)"));
+    let (first, last) = (port(first)?, port(last)?);
+    if first == 0 || first > last {
+        return Err(format!("the range {first}-{last} is empty or starts at 0"));
+    }
+    Ok(first..=last)
 }
 
 /// Why kubefn could not start.
@@ -100,17 +128,54 @@ pub enum StartError {
     /// The site settings (LEPTOS_* variables) are malformed.
     #[error("the LEPTOS_* site settings are invalid")]
     Site(#[source] leptos::config::errors::LeptosConfigError),
+    /// The runtime could not be prepared.
+    #[error("cannot prepare the {runtime} runtime")]
+    Runtime {
+        /// Which one.
+        runtime: &'static str,
+        /// Why.
+        #[source]
+        source: RuntimeError,
+    },
+    /// The Kubernetes runtime is not part of this build yet.
+    #[error("the kubernetes runtime is not built yet; start kubefn with --runtime local")]
+    KubernetesNotBuilt,
     /// Serving stopped with an error.
     #[error("the HTTP server failed")]
     Serve(#[source] std::io::Error),
 }
 
-/// Opens the platform and builds the whole router (UI, server functions, REST API, sessions).
-pub async fn build_app(config: &Config, mut leptos_options: LeptosOptions) -> Result<Router, StartError> {
-    if config.database_url.is_none() {
-        std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir { path: config.data_dir.clone(), source })?;
+/// The built server: its router and the runtime to stop when it exits.
+pub struct Server {
+    /// The UI, server functions, REST API and health endpoints.
+    pub router: Router,
+    runtime: LocalRuntime,
+    reconciler: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    /// Stops the reconcile loop and every replica process (they come back at the next start).
+    pub async fn shutdown(self) {
+        self.reconciler.abort();
+        self.runtime.shutdown().await;
     }
-    let platform = Platform::open(&config.database_url(), config.signup).await.map_err(StartError::Store)?;
+}
+
+/// Opens the platform, starts the runtime and its reconcile loop, and builds the whole router
+/// (UI, server functions, REST API, sessions).
+pub async fn build_app(config: &Config, mut leptos_options: LeptosOptions) -> Result<Server, StartError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir { path: config.data_dir.clone(), source })?;
+    let runtime = match config.runtime {
+        RuntimeKind::Local => {
+            let mut local = LocalConfig::new(config.data_dir.join("runtime"));
+            local.node_host = config.node_host;
+            local.node_ports = config.node_port_range.clone();
+            local.drain = Duration::from_secs(config.drain_seconds);
+            LocalRuntime::new(local).map_err(|source| StartError::Runtime { runtime: "local", source })?
+        }
+        RuntimeKind::Kubernetes => return Err(StartError::KubernetesNotBuilt),
+    };
+    let platform = Platform::open(&config.database_url(), config.signup, Arc::new(runtime.clone())).await.map_err(StartError::Store)?;
     if let Some(admin) = &config.admin {
         let (name, password) = admin.split_once(':').ok_or(StartError::AdminFormat)?;
         platform.accounts.ensure_admin(name, password).await.map_err(StartError::Admin)?;
@@ -132,6 +197,7 @@ pub async fn build_app(config: &Config, mut leptos_options: LeptosOptions) -> Re
         leptos_options.output_name = env!("CARGO_PKG_NAME").into();
     }
     leptos_options.site_addr = config.listen;
+    let reconciler = platform.instances.spawn_reconciler(Duration::from_secs(config.reconcile_seconds.max(1)));
     let state = AppState { leptos_options: leptos_options.clone(), platform };
     let routes = generate_route_list(App);
     let app = Router::new()
@@ -144,26 +210,22 @@ pub async fn build_app(config: &Config, mut leptos_options: LeptosOptions) -> Re
         .with_state(state)
         .layer(auth)
         .layer(TraceLayer::new_for_http());
-    Ok(app)
+    Ok(Server { router: app, runtime, reconciler })
 }
 
 /// Serves until Ctrl-C or SIGTERM.
 pub async fn serve(config: Config) -> Result<(), StartError> {
     let leptos_options = leptos::config::get_configuration(None).map_err(StartError::Site)?.leptos_options;
-    let app = build_app(&config, leptos_options).await?;
+    let server = build_app(&config, leptos_options).await?;
     let listener =
         tokio::net::TcpListener::bind(config.listen).await.map_err(|source| StartError::Bind { address: config.listen, source })?;
-    match config.runtime {
-        RuntimeKind::Local | RuntimeKind::Kubernetes => tracing::warn!(
-            runtime = ?config.runtime,
-            "no runtime is built into this version yet: functions can be registered and versioned, not deployed"
-        ),
-    }
-    tracing::info!(address = %config.listen, "kubefn serving on http://{}", config.listen);
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+    tracing::info!(address = %config.listen, runtime = ?config.runtime, "kubefn serving on http://{}", config.listen);
+    let served = axum::serve(listener, server.router.clone().into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(shutdown_signal())
         .await
-        .map_err(StartError::Serve)
+        .map_err(StartError::Serve);
+    server.shutdown().await;
+    served
 }
 
 async fn shutdown_signal() {

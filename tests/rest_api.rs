@@ -5,7 +5,8 @@ use axum::http::{header, HeaderMap, Method, Request, StatusCode};
 use axum::Router;
 use http_body_util::BodyExt;
 use kubefn::platform::auth::SignupPolicy;
-use kubefn::server::{build_app, Config, RuntimeKind};
+use clap::Parser;
+use kubefn::server::{build_app, Config, Server};
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
@@ -13,6 +14,7 @@ const ADMIN: (&str, &str) = ("root", "root-password");
 
 struct TestApp {
     router: Router,
+    server: Option<Server>,
     dir: tempfile::TempDir,
 }
 
@@ -36,19 +38,17 @@ impl TestApp {
 
     async fn start_with(signup: SignupPolicy) -> TestApp {
         let dir = tempfile::tempdir().expect("temp dir");
-        let config = Config {
-            listen: "127.0.0.1:0".parse().expect("address"),
-            data_dir: dir.path().to_path_buf(),
-            database_url: None,
-            runtime: RuntimeKind::Local,
-            admin: Some(format!("{}:{}", ADMIN.0, ADMIN.1)),
-            signup,
-            secure_cookies: false,
-            log: "warn".into(),
-        };
+        let data_dir = dir.path().display().to_string();
+        let mut args = vec!["kubefn", "--data-dir", &data_dir, "--drain-seconds", "1", "--reconcile-seconds", "1", "--log", "warn"];
+        let admin = format!("{}:{}", ADMIN.0, ADMIN.1);
+        args.extend(["--admin", &admin]);
+        if signup == SignupPolicy::Closed {
+            args.extend(["--signup", "closed"]);
+        }
+        let config = Config::try_parse_from(args).expect("configuration");
         let options = leptos::config::get_configuration(None).expect("site options").leptos_options;
-        let router = build_app(&config, options).await.expect("app builds");
-        TestApp { router, dir }
+        let server = build_app(&config, options).await.expect("app builds");
+        TestApp { router: server.router.clone(), server: Some(server), dir }
     }
 
     async fn call(&self, method: Method, path: &str, body: Option<Value>, who: As<'_>) -> Answer {

@@ -80,6 +80,7 @@ impl FromServerFnError for ApiError {
 mod ssr {
     use super::ApiError;
     use crate::platform::auth::AuthError;
+    use crate::platform::instances::InstanceError;
     use crate::platform::registry::RegistryError;
     use axum::response::{IntoResponse, Response};
     use axum::Json;
@@ -95,13 +96,7 @@ mod ssr {
         /// names only a reference to the log line.
         pub fn internal(error: &(dyn std::error::Error + 'static)) -> ApiError {
             let reference = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
-            let mut chain = error.to_string();
-            let mut source = error.source();
-            while let Some(cause) = source {
-                chain.push_str(": ");
-                chain.push_str(&cause.to_string());
-                source = cause.source();
-            }
+            let chain = crate::platform::error_chain(error);
             tracing::error!(reference = %reference, error = %chain, "internal error");
             ApiError::new(500, format!("kubefn hit an internal error (ref {reference}); the server log has the details"))
         }
@@ -118,6 +113,18 @@ mod ssr {
                 RegistryError::Store(_) => return ApiError::internal(&error),
             };
             ApiError { field, ..ApiError::new(status, error.to_string()) }
+        }
+    }
+
+    impl From<InstanceError> for ApiError {
+        fn from(error: InstanceError) -> Self {
+            match error {
+                InstanceError::Function(error) => ApiError::from(error),
+                InstanceError::NotFound { .. } | InstanceError::NotDeployed { .. } => ApiError::new(404, error.to_string()),
+                InstanceError::Invalid(field_error) => ApiError::invalid(field_error.field, field_error.message),
+                InstanceError::Unsupported(_) => ApiError::invalid("runtime", error.to_string()),
+                InstanceError::Runtime(_) | InstanceError::Store(_) => ApiError::internal(&error),
+            }
         }
     }
 

@@ -2,7 +2,7 @@
 
 use super::caller::{self, AuthSession, Caller};
 use super::{ApiError, AppState};
-use crate::platform::model::{FunctionDetail, FunctionSpec, FunctionSummary, NewToken, TokenInfo, UserInfo, VersionDetail};
+use crate::platform::model::{FunctionDetail, FunctionSpec, FunctionSummary, InstanceInfo, NewToken, TokenInfo, UserInfo, VersionDetail};
 use crate::platform::Platform;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request, State};
@@ -26,6 +26,13 @@ pub fn router() -> Router<AppState> {
         .route("/functions/{name}", get(get_function).put(update_function).delete(unregister_function))
         .route("/functions/{name}/versions/{version}", get(get_version))
         .route("/functions/{name}/rollback", post(rollback_function))
+        .route("/functions/{name}/deploy", post(deploy_function).delete(undeploy_function))
+        .route("/instances", get(list_instances))
+        .route("/instances/{id}", get(get_instance).delete(delete_instance))
+        .route("/instances/{id}/pause", post(pause_instance))
+        .route("/instances/{id}/resume", post(resume_instance))
+        .route("/instances/{id}/scale", post(scale_instance))
+        .route("/instances/{id}/logs", get(instance_logs))
         .fallback(|| async { ApiError::new(404, "no such API endpoint; see the REST API in the README") });
     Router::new()
         .nest("/api/v1", v1)
@@ -223,6 +230,80 @@ async fn rollback_function(
     JsonBody(body): JsonBody<RollbackBody>,
 ) -> Result<Json<FunctionDetail>, ApiError> {
     Ok(Json(platform.registry.rollback(&caller, &name, body.version).await?))
+}
+
+async fn deploy_function(State(platform): State<Platform>, Caller(caller): Caller, Path(name): Path<String>) -> Result<Response, ApiError> {
+    let (instance, created) = platform.instances.deploy(&caller, &name).await?;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    let mut headers = HeaderMap::new();
+    if let Ok(location) = format!("/api/v1/instances/{}", instance.id).parse() {
+        headers.insert(header::LOCATION, location);
+    }
+    Ok((status, headers, Json(instance)).into_response())
+}
+
+async fn undeploy_function(State(platform): State<Platform>, Caller(caller): Caller, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+    platform.instances.undeploy(&caller, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_instances(State(platform): State<Platform>, Caller(caller): Caller) -> Result<Json<Vec<InstanceInfo>>, ApiError> {
+    Ok(Json(platform.instances.list(&caller).await?))
+}
+
+async fn get_instance(State(platform): State<Platform>, Caller(caller): Caller, Path(id): Path<String>) -> Result<Json<InstanceInfo>, ApiError> {
+    Ok(Json(platform.instances.get(&caller, &id).await?))
+}
+
+async fn delete_instance(State(platform): State<Platform>, Caller(caller): Caller, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    platform.instances.delete(&caller, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn pause_instance(State(platform): State<Platform>, Caller(caller): Caller, Path(id): Path<String>) -> Result<Json<InstanceInfo>, ApiError> {
+    Ok(Json(platform.instances.pause(&caller, &id).await?))
+}
+
+async fn resume_instance(State(platform): State<Platform>, Caller(caller): Caller, Path(id): Path<String>) -> Result<Json<InstanceInfo>, ApiError> {
+    Ok(Json(platform.instances.resume(&caller, &id).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScaleBody {
+    replicas: u32,
+}
+
+async fn scale_instance(
+    State(platform): State<Platform>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<ScaleBody>,
+) -> Result<Json<InstanceInfo>, ApiError> {
+    Ok(Json(platform.instances.scale(&caller, &id, body.replicas).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogsQuery {
+    #[serde(default)]
+    follow: bool,
+}
+
+/// The instance's logs as server-sent events, one JSON [`LogEntry`](crate::platform::model::LogEntry)
+/// per event; with `follow=true` the stream stays open for new lines.
+async fn instance_logs(
+    State(platform): State<Platform>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+    query: Result<axum::extract::Query<LogsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let axum::extract::Query(query) = query.map_err(|rejection| ApiError::invalid("follow", format!("follow must be true or false: {}", rejection.body_text())))?;
+    let lines = platform.instances.logs(&caller, &id, query.follow).await?;
+    let events = futures::StreamExt::map(lines, |line| {
+        Ok::<_, std::convert::Infallible>(axum::response::sse::Event::default().json_data(&line).unwrap_or_else(|_| axum::response::sse::Event::default().data(line.text)))
+    });
+    Ok(axum::response::sse::Sse::new(events).keep_alive(axum::response::sse::KeepAlive::default()).into_response())
 }
 
 async fn readyz(State(platform): State<Platform>) -> Response {

@@ -1,5 +1,5 @@
 //! The FaaS core, with no Leptos inside: the model, validation, the store, accounts, the
-//! registry and the autoscaling algorithm. Only [`model`] compiles for the browser; everything else is server-only.
+//! registry, instances and their runtimes, and the autoscaling algorithm. Only [`model`] compiles for the browser; everything else is server-only.
 
 pub mod model;
 
@@ -7,6 +7,8 @@ pub mod model;
 pub mod auth;
 #[cfg(feature = "ssr")]
 pub mod autoscale;
+#[cfg(feature = "ssr")]
+pub mod instances;
 #[cfg(feature = "ssr")]
 pub mod registry;
 #[cfg(feature = "ssr")]
@@ -17,13 +19,28 @@ pub mod store;
 pub mod validation;
 
 #[cfg(feature = "ssr")]
-pub use ssr::Platform;
+pub use ssr::{error_chain, Platform};
 
 #[cfg(feature = "ssr")]
 mod ssr {
     use super::auth::{Accounts, SignupPolicy};
+    use super::instances::Instances;
     use super::registry::Registry;
+    use super::runtime::Runtime;
     use super::store::{Store, StoreError};
+    use std::sync::Arc;
+
+    /// An error and its causes on one line (`what: why: deeper why`), for logs and reasons.
+    pub fn error_chain(error: &dyn std::error::Error) -> String {
+        let mut text = error.to_string();
+        let mut source = error.source();
+        while let Some(cause) = source {
+            text.push_str(": ");
+            text.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        text
+    }
 
     /// Everything the API layer calls, wired over one store; cheap to clone.
     #[derive(Clone, Debug)]
@@ -34,15 +51,19 @@ mod ssr {
         pub accounts: Accounts,
         /// Functions and versions.
         pub registry: Registry,
+        /// Deployed instances and the runtime they run on.
+        pub instances: Instances,
     }
 
     impl Platform {
         /// Opens the store at `database_url` (migrating it) and wires the services.
-        pub async fn open(database_url: &str, signup: SignupPolicy) -> Result<Platform, StoreError> {
+        pub async fn open(database_url: &str, signup: SignupPolicy, runtime: Arc<dyn Runtime>) -> Result<Platform, StoreError> {
             let store = Store::open(database_url).await?;
+            let registry = Registry::new(store.clone());
             Ok(Platform {
                 accounts: Accounts::new(store.clone(), signup),
-                registry: Registry::new(store.clone()),
+                instances: Instances::new(store.clone(), registry.clone(), runtime),
+                registry,
                 store,
             })
         }

@@ -9,6 +9,8 @@ use super::auth::Principal;
 use super::model::{FieldError, FunctionDetail, FunctionSpec, FunctionSummary, VersionDetail, Visibility};
 use super::store::{FunctionRecord, Store, StoreError};
 use super::validation::check_function_spec;
+use std::sync::Arc;
+use tokio::sync::Notify;
 
 /// Why a registry operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -83,12 +85,19 @@ type RegistryResult<T> = Result<T, RegistryError>;
 #[derive(Clone, Debug)]
 pub struct Registry {
     store: Store,
+    changed: Arc<Notify>,
 }
 
 impl Registry {
     /// A registry over `store`.
     pub fn new(store: Store) -> Registry {
-        Registry { store }
+        Registry { store, changed: Arc::default() }
+    }
+
+    /// Signalled whenever a function's current version changes (an edit or a rollback), so
+    /// instances can roll out the new one without waiting for the next periodic pass.
+    pub fn current_version_changed(&self) -> Arc<Notify> {
+        self.changed.clone()
     }
 
     /// Registers a new function owned by the caller, as version 1.
@@ -114,6 +123,7 @@ impl Registry {
         }
         invalid_unless_empty(check_function_spec(&spec))?;
         self.store.add_version(record.id, &spec, caller.id).await?;
+        self.changed.notify_one();
         self.detail_by_name(name).await
     }
 
@@ -123,6 +133,7 @@ impl Registry {
         if !self.store.set_current_version(record.id, version).await? {
             return Err(RegistryError::NoSuchVersion { name: name.to_string(), version });
         }
+        self.changed.notify_one();
         self.detail_by_name(name).await
     }
 
@@ -156,13 +167,13 @@ impl Registry {
 
     /// One function with its current spec and versions.
     pub async fn get(&self, caller: &Principal, name: &str) -> RegistryResult<FunctionDetail> {
-        let record = self.visible(caller, name).await?;
+        let record = self.find_visible(caller, name).await?;
         self.detail(record).await
     }
 
     /// One version of a function with its whole spec.
     pub async fn version(&self, caller: &Principal, name: &str, version: u32) -> RegistryResult<VersionDetail> {
-        let record = self.visible(caller, name).await?;
+        let record = self.find_visible(caller, name).await?;
         let (info, spec) = self
             .store
             .version_spec(record.id, version)
@@ -171,7 +182,8 @@ impl Registry {
         Ok(VersionDetail { function: record.name, info, spec })
     }
 
-    async fn visible(&self, caller: &Principal, name: &str) -> RegistryResult<FunctionRecord> {
+    /// The function's record if the caller may see it; [`RegistryError::NotFound`] otherwise.
+    pub async fn find_visible(&self, caller: &Principal, name: &str) -> RegistryResult<FunctionRecord> {
         match self.store.function_by_name(name).await? {
             Some(record) if may_see(caller, &record) => Ok(record),
             _ => Err(RegistryError::NotFound { name: name.to_string() }),
@@ -179,7 +191,7 @@ impl Registry {
     }
 
     async fn changeable(&self, caller: &Principal, name: &str, action: &'static str) -> RegistryResult<FunctionRecord> {
-        let record = self.visible(caller, name).await?;
+        let record = self.find_visible(caller, name).await?;
         if record.owner_id != caller.id && !caller.is_admin() {
             return Err(RegistryError::Forbidden { name: record.name, owner: record.owner, action });
         }

@@ -1,5 +1,154 @@
-//! Where instances run. For now the building blocks of the local runtime; the `Runtime` trait
-//! of DESIGN.md (apply, delete, pause/resume, scale, status, logs, usage, connect) and the
-//! Kubernetes runtime are built on top of them.
+//! Where instances run: the [`Runtime`] trait of DESIGN.md, which both runtimes implement, and
+//! the types it speaks. The store holds what should run; a runtime holds what does run; the
+//! reconcile loop in [`crate::platform::instances`] makes the second follow the first.
 
 pub mod local;
+
+use crate::platform::model::{EventInfo, FunctionSpec, InstanceState, LogEntry, ReplicaInfo};
+use futures::stream::BoxStream;
+use std::net::SocketAddr;
+
+/// What one instance should be: handed to [`Runtime::apply`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstanceSpec {
+    /// The instance's id.
+    pub id: String,
+    /// The function's name.
+    pub function: String,
+    /// The user it belongs to.
+    pub user: String,
+    /// The version to run.
+    pub version: u32,
+    /// That version's spec.
+    pub spec: FunctionSpec,
+    /// Replicas to run when not paused (the autoscaler may change it within the policy).
+    pub replicas: u32,
+    /// Paused: no replicas, everything else kept.
+    pub paused: bool,
+}
+
+/// What one instance is, as a runtime sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuntimeStatus {
+    /// Its state.
+    pub state: InstanceState,
+    /// Why, when there is something to say (a failure's reason, what it waits for).
+    pub message: String,
+    /// The version the ready replicas run, if any run.
+    pub serving_version: Option<u32>,
+    /// Replicas asked for.
+    pub desired: u32,
+    /// Replicas ready.
+    pub ready: u32,
+    /// Its stable node port, when it has one.
+    pub node_port: Option<SocketAddr>,
+    /// Every replica.
+    pub replicas: Vec<ReplicaInfo>,
+    /// Recent events, newest first.
+    pub events: Vec<EventInfo>,
+}
+
+/// CPU and memory of one replica.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReplicaUsage {
+    /// The replica.
+    pub replica: String,
+    /// CPU use in millicores since the previous reading (`None` on the first).
+    pub cpu_millicores: Option<f64>,
+    /// Resident memory in bytes.
+    pub memory_bytes: u64,
+}
+
+/// Why a runtime refused or failed an operation.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The runtime does not run this kind of function.
+    #[error("the {runtime} runtime cannot run {language} functions; {hint}")]
+    Unsupported {
+        /// The runtime's name.
+        runtime: &'static str,
+        /// The function's language.
+        language: &'static str,
+        /// What to do instead.
+        hint: &'static str,
+    },
+    /// No such instance runs here.
+    #[error("instance {id} is not running on this runtime")]
+    NotFound {
+        /// The instance's id.
+        id: String,
+    },
+    /// The instance's files could not be written.
+    #[error("cannot prepare the files of instance {id} under {path}; check that the data directory is writable")]
+    Files {
+        /// The instance's id.
+        id: String,
+        /// Where.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// No node port could be opened.
+    #[error("cannot open a node port for instance {id}")]
+    NodePort {
+        /// The instance's id.
+        id: String,
+        /// Why.
+        #[source]
+        source: local::node_port::NodePortError,
+    },
+}
+
+/// A running instance's log lines: the recent ones first, then (when following) each new one.
+pub type LogStream = BoxStream<'static, LogEntry>;
+
+/// Where instances run. Every method is keyed by the instance's id; `apply` is idempotent and
+/// returns once the change is under way (its progress shows in [`Runtime::status`]).
+#[async_trait::async_trait]
+pub trait Runtime: Send + Sync + 'static {
+    /// `local` or `kubernetes`.
+    fn name(&self) -> &'static str;
+
+    /// Refuses functions this runtime cannot run, before anything is recorded.
+    fn check(&self, spec: &FunctionSpec) -> Result<(), RuntimeError>;
+
+    /// Creates or updates the instance to match `spec`: starts it, rolls it to a new version
+    /// without failed requests, or only scales it, whatever differs.
+    async fn apply(&self, spec: InstanceSpec) -> Result<(), RuntimeError>;
+
+    /// As [`Runtime::apply`], but a version whose rollout failed is tried again (a user
+    /// clicking Deploy again), where `apply` leaves it failed (the reconcile loop).
+    async fn redeploy(&self, spec: InstanceSpec) -> Result<(), RuntimeError>;
+
+    /// Stops every replica and frees the instance's ports; returns when nothing of it is left.
+    /// Deleting an unknown instance succeeds.
+    async fn delete(&self, id: &str) -> Result<(), RuntimeError>;
+
+    /// Stops every replica but keeps the instance (its node port, logs and configuration).
+    async fn pause(&self, id: &str) -> Result<(), RuntimeError>;
+
+    /// Starts the replicas of a paused instance again.
+    async fn resume(&self, id: &str) -> Result<(), RuntimeError>;
+
+    /// Sets the number of replicas.
+    async fn scale(&self, id: &str, replicas: u32) -> Result<(), RuntimeError>;
+
+    /// The instance as it runs, or `None` when it does not run here.
+    fn status(&self, id: &str) -> Option<RuntimeStatus>;
+
+    /// The ids of every instance this runtime runs (the reconcile loop removes strays).
+    fn instance_ids(&self) -> Vec<String>;
+
+    /// The instance's log lines, tagged with replica; with `follow`, new lines as they come
+    /// (including those of replicas started later) until the instance is deleted.
+    fn logs(&self, id: &str, follow: bool) -> Result<LogStream, RuntimeError>;
+
+    /// CPU and memory per replica.
+    fn usage(&self, id: &str) -> Result<Vec<ReplicaUsage>, RuntimeError>;
+
+    /// An address that reaches a ready replica, waiting up to the runtime's hold time (and
+    /// starting a replica when the instance was scaled to zero).
+    async fn connect(&self, id: &str) -> Result<SocketAddr, RuntimeError>;
+}
+

@@ -4,10 +4,12 @@
 //! repositories in this module so the rest of the platform never writes SQL.
 
 mod functions;
+mod instances;
 mod tokens;
 mod users;
 
 pub use functions::FunctionRecord;
+pub use instances::InstanceRecord;
 pub use users::UserRecord;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};

@@ -115,6 +115,7 @@ fn deps_dir(runtime: Runtime, dir: &Path) -> PathBuf {
 }
 
 async fn install(runtime: Runtime, requirements: &str, scratch: &Path, logs: &LogBuffer) -> Result<(), DependencyError> {
+    let started_at = chrono::Utc::now();
     let mut command = match runtime {
         Runtime::Python => {
             let file = scratch.join("requirements.txt");
@@ -153,9 +154,9 @@ async fn install(runtime: Runtime, requirements: &str, scratch: &Path, logs: &Lo
     if status.success() {
         return Ok(());
     }
-    let mut last: Vec<String> = logs.tail(INSTALL_TAG, Stream::Stderr, 8);
+    let mut last: Vec<String> = logs.tail(INSTALL_TAG, Stream::Stderr, 8, started_at);
     if last.is_empty() {
-        last = logs.tail(INSTALL_TAG, Stream::Stdout, 8);
+        last = logs.tail(INSTALL_TAG, Stream::Stdout, 8, started_at);
     }
     Err(DependencyError::Install { runtime: runtime.as_str(), status: status.to_string(), last_output: last.join("\n") })
 }

@@ -1,7 +1,10 @@
-//! Replica output: a bounded in-memory ring of tagged lines that readers can also follow live.
+//! Replica output: a bounded in-memory ring of tagged lines that readers can also follow live,
+//! optionally copied to a file on disk that is rotated when it grows past a size.
 
 use chrono::{DateTime, Utc};
 use std::collections::VecDeque;
+use std::io::Write;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use tokio::sync::broadcast;
 
@@ -14,6 +17,17 @@ pub enum Stream {
     Stderr,
     /// A line kubefn itself wrote about the replica (start, exit, restart).
     System,
+}
+
+impl Stream {
+    /// `stdout`, `stderr` or `system`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+            Stream::System => "system",
+        }
+    }
 }
 
 /// One line of output.
@@ -35,13 +49,55 @@ pub struct LogBuffer {
     lines: Arc<Mutex<VecDeque<LogLine>>>,
     capacity: usize,
     live: broadcast::Sender<LogLine>,
+    file: Option<Arc<Mutex<LogFile>>>,
+}
+
+/// The on-disk copy: appended to, and renamed to `<path>.1` (replacing the previous one) once it
+/// holds `max_bytes`, so at most twice that stays on disk.
+#[derive(Debug)]
+struct LogFile {
+    path: PathBuf,
+    max_bytes: u64,
+    written: u64,
+    file: Option<std::fs::File>,
+}
+
+impl LogFile {
+    fn append(&mut self, line: &LogLine) {
+        if self.written >= self.max_bytes {
+            self.file = None;
+            let mut rotated = self.path.clone().into_os_string();
+            rotated.push(".1");
+            let _ = std::fs::rename(&self.path, rotated);
+            self.written = 0;
+        }
+        if self.file.is_none() {
+            self.file = std::fs::OpenOptions::new().create(true).append(true).open(&self.path).ok();
+            self.written = self.file.as_ref().and_then(|f| f.metadata().ok()).map_or(0, |m| m.len());
+        }
+        let text = format!("{} {} {} {}\n", line.at.to_rfc3339(), line.replica, line.stream.as_str(), line.text);
+        // A full disk must not stop the function; the in-memory ring still has the line.
+        if let Some(file) = &mut self.file
+            && file.write_all(text.as_bytes()).is_ok()
+        {
+            self.written += text.len() as u64;
+        }
+    }
 }
 
 impl LogBuffer {
     /// A buffer keeping the last `capacity` lines.
     pub fn new(capacity: usize) -> LogBuffer {
         let (live, _) = broadcast::channel(1024);
-        LogBuffer { lines: Arc::new(Mutex::new(VecDeque::with_capacity(capacity.min(4096)))), capacity: capacity.max(1), live }
+        LogBuffer { lines: Arc::new(Mutex::new(VecDeque::with_capacity(capacity.min(4096)))), capacity: capacity.max(1), live, file: None }
+    }
+
+    /// A buffer keeping the last `capacity` lines in memory and every line in the file at
+    /// `path`, rotated at `max_bytes`.
+    pub fn with_file(capacity: usize, path: PathBuf, max_bytes: u64) -> LogBuffer {
+        let mut buffer = LogBuffer::new(capacity);
+        buffer.file = Some(Arc::new(Mutex::new(LogFile { path, max_bytes: max_bytes.max(1), written: 0, file: None })));
+        buffer
     }
 
     /// Appends a line, dropping the oldest when full, and hands it to followers.
@@ -53,6 +109,9 @@ impl LogBuffer {
                 lines.pop_front();
             }
             lines.push_back(line.clone());
+        }
+        if let Some(file) = &self.file {
+            file.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).append(&line);
         }
         // No followers is fine: the line is in the ring.
         let _ = self.live.send(line);
@@ -71,11 +130,18 @@ impl LogBuffer {
         self.lines.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).iter().cloned().collect()
     }
 
-    /// The last `count` lines of one stream of one replica (for failure reasons).
-    pub fn tail(&self, replica: &str, stream: Stream, count: usize) -> Vec<String> {
+    /// The last `count` lines of one stream of one replica written at or after `since` (the
+    /// output of its latest run, for failure reasons).
+    pub fn tail(&self, replica: &str, stream: Stream, count: usize, since: DateTime<Utc>) -> Vec<String> {
         let lines = self.lines.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut tail: Vec<String> =
-            lines.iter().rev().filter(|l| l.replica == replica && l.stream == stream).take(count).map(|l| l.text.clone()).collect();
+        let mut tail: Vec<String> = lines
+            .iter()
+            .rev()
+            .take_while(|l| l.at >= since)
+            .filter(|l| l.replica == replica && l.stream == stream)
+            .take(count)
+            .map(|l| l.text.clone())
+            .collect();
         tail.reverse();
         tail
     }
@@ -110,8 +176,28 @@ mod tests {
         logs.push("r1", Stream::Stderr, "b");
         logs.push("r0", Stream::Stdout, "c");
         logs.push("r0", Stream::Stderr, "d");
-        assert_eq!(logs.tail("r0", Stream::Stderr, 5), vec!["a", "d"]);
-        assert_eq!(logs.tail("r0", Stream::Stderr, 1), vec!["d"]);
+        let start = DateTime::<Utc>::MIN_UTC;
+        assert_eq!(logs.tail("r0", Stream::Stderr, 5, start), vec!["a", "d"]);
+        assert_eq!(logs.tail("r0", Stream::Stderr, 1, start), vec!["d"]);
+        let later = Utc::now();
+        logs.push("r0", Stream::Stderr, "e");
+        assert_eq!(logs.tail("r0", Stream::Stderr, 5, later), vec!["e"], "only lines of the latest run");
+    }
+
+    #[test]
+    fn the_file_copy_is_rotated_at_its_size() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("instance.log");
+        let logs = LogBuffer::with_file(2, path.clone(), 200);
+        for i in 0..10 {
+            logs.push("r0", Stream::Stdout, format!("line {i} {}", "x".repeat(40)));
+        }
+        let current = std::fs::read_to_string(&path).expect("current file");
+        let rotated = std::fs::read_to_string(dir.path().join("instance.log.1")).expect("rotated file");
+        assert!(current.ends_with(&format!("r0 stdout line 9 {}\n", "x".repeat(40))), "{current}");
+        assert!(rotated.contains("line 5") || rotated.contains("line 6"), "{rotated}");
+        assert!(current.len() + rotated.len() < 600, "bounded: {} + {}", current.len(), rotated.len());
+        assert_eq!(logs.snapshot().len(), 2, "the ring keeps its own bound");
     }
 
     #[tokio::test]

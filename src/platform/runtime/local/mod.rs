@@ -3,9 +3,13 @@
 //! bounded buffer that can be followed ([`logs`]); and each instance gets a stable "node port"
 //! that balances connections over its ready replicas ([`node_port`]). Declared dependencies are
 //! installed once per content ([`dependencies`]) and usage is read from /proc ([`usage`]).
+//! [`LocalRuntime`] puts them together behind the `Runtime` trait.
 
 pub mod dependencies;
 pub mod logs;
 pub mod node_port;
 pub mod supervisor;
 pub mod usage;
+mod instances;
+
+pub use instances::{LocalConfig, LocalRuntime};

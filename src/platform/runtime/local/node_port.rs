@@ -81,6 +81,12 @@ impl NodePort {
         NodePort { address, task }
     }
 
+    /// Stops listening and returns once the port is free.
+    pub async fn close(mut self) {
+        self.task.abort();
+        let _ = (&mut self.task).await;
+    }
+
     /// Where the node port listens.
     pub fn address(&self) -> SocketAddr {
         self.address

@@ -30,6 +30,9 @@ pub struct LaunchSpec {
     pub env: Vec<(String, String)>,
     /// Working directory.
     pub dir: PathBuf,
+    /// Where to keep one file per running replica process, named by its pid, so that a kubefn
+    /// killed without cleaning up finds (and stops) the processes it left behind.
+    pub pid_dir: Option<PathBuf>,
 }
 
 /// When and how often crashed replicas are restarted.
@@ -209,8 +212,9 @@ impl ReplicaSet {
         }
     }
 
-    /// Stops every replica and waits until their processes are gone.
-    pub async fn shutdown(self) {
+    /// Stops every replica and waits until their processes are gone. Scaling a stopped set
+    /// starts replicas again.
+    pub async fn shutdown(&self) {
         let replicas: Vec<Replica> = {
             let mut running = self.shared.replicas.lock().unwrap_or_else(|p| p.into_inner());
             std::mem::take(&mut *running).into_values().collect()
@@ -225,6 +229,16 @@ impl ReplicaSet {
     }
 }
 
+impl Drop for ReplicaSet {
+    /// A set dropped without [`ReplicaSet::shutdown`] still stops its replicas (in the background).
+    fn drop(&mut self) {
+        let running = self.shared.replicas.lock().unwrap_or_else(|p| p.into_inner());
+        for replica in running.values() {
+            let _ = replica.stop.send(true);
+        }
+    }
+}
+
 /// Runs one replica until told to stop: start, probe, wait, restart with back-off.
 async fn supervise(shared: Arc<Shared>, status: Arc<Mutex<ReplicaStatus>>, mut stop: watch::Receiver<bool>) {
     let name = status.lock().unwrap_or_else(|p| p.into_inner()).name.clone();
@@ -236,10 +250,17 @@ async fn supervise(shared: Arc<Shared>, status: Arc<Mutex<ReplicaStatus>>, mut s
     };
     loop {
         let started = Instant::now();
+        let started_at = chrono::Utc::now();
         let outcome = match free_loopback_port().and_then(|port| Ok((port, spawn(&shared.spec, port, &name, &shared.logs)?))) {
             Err(error) => Outcome::Ended(format!("cannot start {}: {error}", shared.spec.program.display())),
             Ok((port, mut child)) => {
                 let group = child.id().and_then(|pid| i32::try_from(pid).ok());
+                let pid_file = shared.spec.pid_dir.as_ref().zip(child.id()).map(|(dir, pid)| dir.join(pid.to_string()));
+                if let Some(path) = &pid_file
+                    && let Err(error) = std::fs::write(path, format!("{name}\n"))
+                {
+                    shared.logs.push(&name, Stream::System, format!("cannot write {}: {error}; a crash of kubefn may leave this process behind", path.display()));
+                }
                 set(&|s| {
                     s.port = port;
                     s.pid = child.id();
@@ -248,6 +269,9 @@ async fn supervise(shared: Arc<Shared>, status: Arc<Mutex<ReplicaStatus>>, mut s
                 let outcome = run(&mut child, port, &policy, &mut stop, || set(&|s| s.state = ReplicaState::Ready)).await;
                 if let Some(group) = group {
                     terminate_group(&mut child, group, policy.stop_grace).await;
+                }
+                if let Some(path) = &pid_file {
+                    let _ = std::fs::remove_file(path);
                 }
                 set(&|s| s.pid = None);
                 outcome
@@ -260,7 +284,7 @@ async fn supervise(shared: Arc<Shared>, status: Arc<Mutex<ReplicaStatus>>, mut s
         }
         consecutive_crashes += 1;
         if consecutive_crashes >= policy.crashes_before_failed {
-            let last = shared.logs.tail(&name, Stream::Stderr, 10).join("\n");
+            let last = shared.logs.tail(&name, Stream::Stderr, 10, started_at).join("\n");
             let message = if last.is_empty() { reason } else { format!("{reason}; last output:\n{last}") };
             shared.logs.push(&name, Stream::System, format!("crashed {consecutive_crashes} times in a row; not restarting"));
             set(&|s| s.state = ReplicaState::Failed(message.clone()));
@@ -358,7 +382,8 @@ async fn terminate_group(child: &mut Child, group: i32, grace: Duration) {
     signal_group(group, libc::SIGKILL);
 }
 
-fn signal_group(pgid: i32, signal: i32) {
+/// Sends `signal` to process group `pgid`.
+pub fn signal_group(pgid: i32, signal: i32) {
     // SAFETY: kill(2) with a negative pid signals the process group we created for the
     // replica (process_group(0) makes its pid the group id); it touches no memory.
     unsafe {
@@ -407,6 +432,7 @@ mod tests {
                 args: vec![bootstrap.display().to_string()],
                 env: vec![("KUBEFN_SOURCE".into(), self.dir.path().join("function.py").display().to_string())],
                 dir: self.dir.path().to_path_buf(),
+                pid_dir: None,
             }
         }
     }

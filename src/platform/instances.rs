@@ -1,0 +1,302 @@
+//! Instances: deploying a function gives the caller their own running copy of it. The store
+//! records what each user asked for; the [`Runtime`] runs it; the reconcile loop makes the
+//! runtime follow the store at start-up and periodically (so a restart of kubefn loses nothing
+//! and a function's new current version rolls out to every instance of it).
+
+use crate::platform::auth::Principal;
+use crate::platform::model::{FieldError, FunctionSpec, InstanceInfo, InstanceState, InstanceUrls, ReplicaCounts};
+use crate::platform::registry::{Registry, RegistryError};
+use crate::platform::runtime::{InstanceSpec, LogStream, Runtime, RuntimeError};
+use crate::platform::store::{InstanceRecord, Store, StoreError};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// The most replicas one instance may be scaled to by hand.
+pub const MAX_REPLICAS: u32 = 20;
+
+/// Why an instance operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum InstanceError {
+    /// The function is unknown or not visible to the caller.
+    #[error(transparent)]
+    Function(#[from] RegistryError),
+    /// No instance with that id belongs to the caller.
+    #[error("no instance {id} of yours exists")]
+    NotFound {
+        /// The id asked for.
+        id: String,
+    },
+    /// The caller has no instance of that function.
+    #[error("you have no instance of function {function:?}; deploy it first")]
+    NotDeployed {
+        /// The function's name.
+        function: String,
+    },
+    /// A request field is out of range.
+    #[error("{}", .0.message)]
+    Invalid(FieldError),
+    /// The runtime cannot run this function.
+    #[error("{0}")]
+    Unsupported(#[source] RuntimeError),
+    /// The runtime failed.
+    #[error("the runtime failed: {0}")]
+    Runtime(#[source] RuntimeError),
+    /// The store failed.
+    #[error("the instance store failed")]
+    Store(#[from] StoreError),
+}
+
+type InstanceResult<T> = Result<T, InstanceError>;
+
+/// Deploys, lists and changes instances over the store and a runtime; cheap to clone.
+#[derive(Clone)]
+pub struct Instances {
+    store: Store,
+    registry: Registry,
+    runtime: Arc<dyn Runtime>,
+    wake: Arc<Notify>,
+}
+
+impl std::fmt::Debug for Instances {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Instances").field("runtime", &self.runtime.name()).finish_non_exhaustive()
+    }
+}
+
+impl Instances {
+    /// Instances over `store`, run by `runtime`.
+    pub fn new(store: Store, registry: Registry, runtime: Arc<dyn Runtime>) -> Instances {
+        let wake = registry.current_version_changed();
+        Instances { store, registry, runtime, wake }
+    }
+
+    /// The runtime's name (`local` or `kubernetes`).
+    pub fn runtime_name(&self) -> &'static str {
+        self.runtime.name()
+    }
+
+    /// Deploys the caller's instance of a function they may see; deploying again keeps the
+    /// instance, un-pauses it and retries a version that failed. Returns it and whether it is new.
+    pub async fn deploy(&self, caller: &Principal, function: &str) -> InstanceResult<(InstanceInfo, bool)> {
+        let record = self.registry.find_visible(caller, function).await?;
+        let spec = self.version_spec(record.id, record.current_version, &record.name).await?;
+        self.runtime.check(&spec).map_err(InstanceError::Unsupported)?;
+        let replicas = spec.scaling.min.max(1);
+        let (instance, created) = self.store.upsert_instance(record.id, caller.id, record.current_version, replicas).await?;
+        let mut instance = instance;
+        instance.paused = false;
+        self.apply(&instance, spec, true).await?;
+        Ok((self.info(instance), created))
+    }
+
+    /// Deletes the caller's instance of a function.
+    pub async fn undeploy(&self, caller: &Principal, function: &str) -> InstanceResult<()> {
+        let record = self.registry.find_visible(caller, function).await?;
+        let instance = self
+            .store
+            .instance_of(record.id, caller.id)
+            .await?
+            .ok_or_else(|| InstanceError::NotDeployed { function: function.to_string() })?;
+        self.remove(&instance).await
+    }
+
+    /// Deletes one instance: its replicas stop, its ports are freed, its record goes.
+    pub async fn delete(&self, caller: &Principal, id: &str) -> InstanceResult<()> {
+        let instance = self.owned(caller, id).await?;
+        self.remove(&instance).await
+    }
+
+    /// The caller's instances (an admin's: everyone's).
+    pub async fn list(&self, caller: &Principal) -> InstanceResult<Vec<InstanceInfo>> {
+        let records = self.store.instances(if caller.is_admin() { None } else { Some(caller.id) }).await?;
+        let mut infos = Vec::with_capacity(records.len());
+        for record in records {
+            infos.push(self.info(record));
+        }
+        Ok(infos)
+    }
+
+    /// One instance of the caller's (an admin: anyone's).
+    pub async fn get(&self, caller: &Principal, id: &str) -> InstanceResult<InstanceInfo> {
+        let record = self.owned(caller, id).await?;
+        Ok(self.info(record))
+    }
+
+    /// The caller's instance of a function, if they have one.
+    pub async fn mine(&self, caller: &Principal, function: &str) -> InstanceResult<Option<InstanceInfo>> {
+        let record = self.registry.find_visible(caller, function).await?;
+        match self.store.instance_of(record.id, caller.id).await? {
+            Some(instance) => Ok(Some(self.info(instance))),
+            None => Ok(None),
+        }
+    }
+
+    /// Stops every replica of an instance but keeps it.
+    pub async fn pause(&self, caller: &Principal, id: &str) -> InstanceResult<InstanceInfo> {
+        self.change(caller, id, |instance| instance.paused = true).await
+    }
+
+    /// Starts a paused instance's replicas again.
+    pub async fn resume(&self, caller: &Principal, id: &str) -> InstanceResult<InstanceInfo> {
+        self.change(caller, id, |instance| instance.paused = false).await
+    }
+
+    /// Sets an instance's replicas (0 to [`MAX_REPLICAS`]).
+    pub async fn scale(&self, caller: &Principal, id: &str, replicas: u32) -> InstanceResult<InstanceInfo> {
+        if replicas > MAX_REPLICAS {
+            return Err(InstanceError::Invalid(FieldError::new("replicas", format!("replicas must be between 0 and {MAX_REPLICAS}"))));
+        }
+        self.change(caller, id, |instance| instance.replicas = replicas).await
+    }
+
+    /// The instance's log lines; with `follow`, new ones as they come.
+    pub async fn logs(&self, caller: &Principal, id: &str, follow: bool) -> InstanceResult<LogStream> {
+        let instance = self.owned(caller, id).await?;
+        match self.runtime.logs(&instance.id, follow) {
+            Ok(stream) => Ok(stream),
+            // Recorded but not (yet) running: nothing was logged.
+            Err(RuntimeError::NotFound { .. }) => Ok(Box::pin(futures::stream::empty())),
+            Err(error) => Err(InstanceError::Runtime(error)),
+        }
+    }
+
+    /// Runs the reconcile loop: once now, then every `period` and whenever a function's current version changes.
+    pub fn spawn_reconciler(&self, period: Duration) -> tokio::task::JoinHandle<()> {
+        let instances = self.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Err(error) = instances.reconcile().await {
+                    tracing::warn!(error = %crate::platform::error_chain(&error), "reconciling instances failed; trying again");
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(period) => {}
+                    () = instances.wake.notified() => {}
+                }
+            }
+        })
+    }
+
+    /// One pass: every recorded instance is applied (new versions roll out, lost ones start
+    /// again), finished deletions are completed, instances the store does not know are
+    /// stopped, and the state each runtime reports is recorded.
+    pub async fn reconcile(&self) -> InstanceResult<()> {
+        let records = self.store.instances(None).await?;
+        let known: HashSet<String> = records.iter().map(|r| r.id.clone()).collect();
+        let mut specs: HashMap<(i64, u32), FunctionSpec> = HashMap::new();
+        for record in records {
+            if record.state == InstanceState::Deleting {
+                self.remove(&record).await?;
+                continue;
+            }
+            let key = (record.function_id, record.function_version);
+            let spec = match specs.get(&key) {
+                Some(spec) => spec.clone(),
+                None => {
+                    let spec = self.version_spec(record.function_id, record.function_version, &record.function).await?;
+                    specs.insert(key, spec.clone());
+                    spec
+                }
+            };
+            if let Err(error) = self.apply(&record, spec, false).await {
+                let message = error.to_string();
+                tracing::warn!(instance = %record.id, %message, "cannot apply the instance");
+                self.store.set_instance_state(&record.id, InstanceState::Failed, &message).await?;
+                continue;
+            }
+            if let Some(status) = self.runtime.status(&record.id) {
+                self.store.set_instance_state(&record.id, status.state, &status.message).await?;
+            }
+        }
+        for stray in self.runtime.instance_ids().into_iter().filter(|id| !known.contains(id)) {
+            tracing::info!(instance = %stray, "stopping an instance the store no longer has");
+            self.runtime.delete(&stray).await.map_err(InstanceError::Runtime)?;
+        }
+        Ok(())
+    }
+
+    async fn apply(&self, instance: &InstanceRecord, spec: FunctionSpec, retry_failed: bool) -> InstanceResult<()> {
+        let version = instance.function_version;
+        let desired = InstanceSpec {
+            id: instance.id.clone(),
+            function: instance.function.clone(),
+            user: instance.user.clone(),
+            version,
+            spec,
+            replicas: instance.replicas,
+            paused: instance.paused,
+        };
+        if instance.desired_version != version {
+            self.store.set_instance_desired(&instance.id, version, instance.replicas, instance.paused).await?;
+        }
+        let applied = if retry_failed { self.runtime.redeploy(desired).await } else { self.runtime.apply(desired).await };
+        applied.map_err(|error| match error {
+            RuntimeError::Unsupported { .. } => InstanceError::Unsupported(error),
+            other => InstanceError::Runtime(other),
+        })
+    }
+
+    async fn change(&self, caller: &Principal, id: &str, edit: impl FnOnce(&mut InstanceRecord)) -> InstanceResult<InstanceInfo> {
+        let mut instance = self.owned(caller, id).await?;
+        edit(&mut instance);
+        self.store.set_instance_desired(&instance.id, instance.desired_version, instance.replicas, instance.paused).await?;
+        let spec = self.version_spec(instance.function_id, instance.function_version, &instance.function).await?;
+        self.apply(&instance, spec, false).await?;
+        Ok(self.info(instance))
+    }
+
+    async fn remove(&self, instance: &InstanceRecord) -> InstanceResult<()> {
+        // Recorded first, so a crash in between finishes the deletion at the next start.
+        self.store.set_instance_state(&instance.id, InstanceState::Deleting, "").await?;
+        self.runtime.delete(&instance.id).await.map_err(InstanceError::Runtime)?;
+        self.store.delete_instance(&instance.id).await?;
+        Ok(())
+    }
+
+    async fn owned(&self, caller: &Principal, id: &str) -> InstanceResult<InstanceRecord> {
+        match self.store.instance(id).await? {
+            Some(instance) if instance.user_id == caller.id || caller.is_admin() => Ok(instance),
+            _ => Err(InstanceError::NotFound { id: id.to_string() }),
+        }
+    }
+
+    async fn version_spec(&self, function_id: i64, version: u32, name: &str) -> InstanceResult<FunctionSpec> {
+        match self.store.version_spec(function_id, version).await? {
+            Some((_, spec)) => Ok(spec),
+            None => Err(InstanceError::Function(RegistryError::NoSuchVersion { name: name.to_string(), version })),
+        }
+    }
+
+    fn info(&self, record: InstanceRecord) -> InstanceInfo {
+        let status = self.runtime.status(&record.id);
+        let gateway = format!("/fn/{}/{}", record.user, record.function);
+        let (state, message) = match &status {
+            _ if record.state == InstanceState::Deleting => (InstanceState::Deleting, String::new()),
+            Some(status) => (status.state, status.message.clone()),
+            None => (record.state, record.message.clone()),
+        };
+        InstanceInfo {
+            id: record.id,
+            function: record.function,
+            user: record.user,
+            version: record.function_version,
+            serving_version: status.as_ref().and_then(|s| s.serving_version),
+            state,
+            message,
+            paused: record.paused,
+            replicas: ReplicaCounts {
+                desired: status.as_ref().map_or(if record.paused { 0 } else { record.replicas }, |s| s.desired),
+                ready: status.as_ref().map_or(0, |s| s.ready),
+            },
+            urls: InstanceUrls {
+                gateway,
+                node_port: status.as_ref().and_then(|s| s.node_port).map(|address| format!("http://{address}")),
+                port_forward: None,
+            },
+            replica_details: status.as_ref().map(|s| s.replicas.clone()).unwrap_or_default(),
+            events: status.map(|s| s.events).unwrap_or_default(),
+            created_at: record.created_at,
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! Instances: what each user asked to run. The runtime's view of them is reconciled to this.
+
+use super::{Store, StoreResult};
+use crate::platform::model::InstanceState;
+use chrono::{DateTime, Utc};
+
+/// An instance row joined with its function's and user's names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstanceRecord {
+    /// Stable id (a UUID).
+    pub id: String,
+    /// The function's row id.
+    pub function_id: i64,
+    /// The function's name.
+    pub function: String,
+    /// The function's current version: what the instance should run.
+    pub function_version: u32,
+    /// The user's row id.
+    pub user_id: i64,
+    /// The user's name.
+    pub user: String,
+    /// The version last handed to the runtime.
+    pub desired_version: u32,
+    /// Replicas asked for (by deploy, scale or the autoscaler).
+    pub replicas: u32,
+    /// Paused by its user.
+    pub paused: bool,
+    /// The state last seen.
+    pub state: InstanceState,
+    /// The message last seen.
+    pub message: String,
+    /// First deployed.
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(sqlx::FromRow)]
+struct InstanceRow {
+    id: String,
+    function_id: i64,
+    function: String,
+    function_version: i64,
+    user_id: i64,
+    user: String,
+    desired_version: i64,
+    replicas: i64,
+    paused: bool,
+    state: String,
+    message: String,
+    created_at: DateTime<Utc>,
+}
+
+impl From<InstanceRow> for InstanceRecord {
+    fn from(row: InstanceRow) -> Self {
+        InstanceRecord {
+            id: row.id,
+            function_id: row.function_id,
+            function: row.function,
+            function_version: u32::try_from(row.function_version).unwrap_or(0),
+            user_id: row.user_id,
+            user: row.user,
+            desired_version: u32::try_from(row.desired_version).unwrap_or(0),
+            replicas: u32::try_from(row.replicas).unwrap_or(0),
+            paused: row.paused,
+            // The CHECK constraint admits only known states.
+            state: InstanceState::parse(&row.state).unwrap_or_default(),
+            message: row.message,
+            created_at: row.created_at,
+        }
+    }
+}
+
+const SELECT_INSTANCE: &str = "SELECT i.id, i.function_id, f.name AS function, f.current_version AS function_version,
+        i.user_id, u.name AS user, i.desired_version, i.replicas, i.paused, i.state, i.message, i.created_at
+   FROM instances i JOIN functions f ON f.id = i.function_id JOIN users u ON u.id = i.user_id";
+
+impl Store {
+    /// The instance of (function, user), creating it (as `Pending`, with `replicas`) when there
+    /// is none; an existing one is only un-paused. Returns it and whether it was created.
+    pub async fn upsert_instance(&self, function_id: i64, user_id: i64, version: u32, replicas: u32) -> StoreResult<(InstanceRecord, bool)> {
+        let now = Utc::now();
+        let id = uuid::Uuid::new_v4().to_string();
+        let (stored_id,): (String,) = sqlx::query_as(
+            "INSERT INTO instances (id, function_id, user_id, desired_version, replicas, paused, state, message, created_at, updated_at)
+             VALUES (?, ?, ?, ?, ?, 0, 'Pending', '', ?, ?)
+             ON CONFLICT (function_id, user_id) DO UPDATE SET paused = 0, updated_at = excluded.updated_at
+             RETURNING id",
+        )
+        .bind(&id)
+        .bind(function_id)
+        .bind(user_id)
+        .bind(i64::from(version))
+        .bind(i64::from(replicas))
+        .bind(now)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?;
+        let record = self.instance(&stored_id).await?.ok_or(super::StoreError::Query(sqlx::Error::RowNotFound))?;
+        Ok((record, stored_id == id))
+    }
+
+    /// One instance.
+    pub async fn instance(&self, id: &str) -> StoreResult<Option<InstanceRecord>> {
+        let row: Option<InstanceRow> =
+            sqlx::query_as(&format!("{SELECT_INSTANCE} WHERE i.id = ?")).bind(id).fetch_optional(&self.pool).await?;
+        Ok(row.map(InstanceRecord::from))
+    }
+
+    /// The instance of (function, user), if any.
+    pub async fn instance_of(&self, function_id: i64, user_id: i64) -> StoreResult<Option<InstanceRecord>> {
+        let row: Option<InstanceRow> = sqlx::query_as(&format!("{SELECT_INSTANCE} WHERE i.function_id = ? AND i.user_id = ?"))
+            .bind(function_id)
+            .bind(user_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(InstanceRecord::from))
+    }
+
+    /// Every instance of one user, or of everyone when `user_id` is `None`, by function and user.
+    pub async fn instances(&self, user_id: Option<i64>) -> StoreResult<Vec<InstanceRecord>> {
+        let rows: Vec<InstanceRow> = sqlx::query_as(&format!("{SELECT_INSTANCE} WHERE ?1 IS NULL OR i.user_id = ?1 ORDER BY f.name, u.name"))
+            .bind(user_id)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(InstanceRecord::from).collect())
+    }
+
+    /// Records what was handed to the runtime.
+    pub async fn set_instance_desired(&self, id: &str, version: u32, replicas: u32, paused: bool) -> StoreResult<()> {
+        sqlx::query("UPDATE instances SET desired_version = ?, replicas = ?, paused = ?, updated_at = ? WHERE id = ?")
+            .bind(i64::from(version))
+            .bind(i64::from(replicas))
+            .bind(paused)
+            .bind(Utc::now())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Records the state the runtime reports, when it changed.
+    pub async fn set_instance_state(&self, id: &str, state: InstanceState, message: &str) -> StoreResult<()> {
+        sqlx::query("UPDATE instances SET state = ?1, message = ?2, updated_at = ?3 WHERE id = ?4 AND (state <> ?1 OR message <> ?2)")
+            .bind(state.as_str())
+            .bind(message)
+            .bind(Utc::now())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Removes an instance (its usage samples and events go with it).
+    pub async fn delete_instance(&self, id: &str) -> StoreResult<()> {
+        sqlx::query("DELETE FROM instances WHERE id = ?").bind(id).execute(&self.pool).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,381 @@
+//! The local runtime with real processes: every handler convention of both bootstraps deployed
+//! and invoked through its node port, an update under load, bad functions, pause, resume,
+//! scaling, logs and delete.
+
+use futures::StreamExt;
+use kubefn::platform::model::{FunctionSpec, InstanceState, Runtime as Language};
+use kubefn::platform::runtime::local::supervisor::RestartPolicy;
+use kubefn::platform::runtime::local::{LocalConfig, LocalRuntime};
+use kubefn::platform::runtime::{InstanceSpec, Runtime, RuntimeStatus};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+struct Harness {
+    runtime: LocalRuntime,
+    _dir: tempfile::TempDir,
+}
+
+impl Harness {
+    fn new() -> Harness {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = LocalConfig::new(dir.path().join("runtime"));
+        config.node_ports = 41000..=41999;
+        config.drain = Duration::from_millis(500);
+        config.hold = Duration::from_secs(20);
+        config.restart = RestartPolicy {
+            initial_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_millis(400),
+            crashes_before_failed: 3,
+            stable_after: Duration::from_secs(60),
+            ready_timeout: Duration::from_secs(20),
+            stop_grace: Duration::from_secs(2),
+        };
+        Harness { runtime: LocalRuntime::new(config).expect("runtime"), _dir: dir }
+    }
+
+    /// Waits until the instance's status satisfies `done`, failing with the last status.
+    async fn until(&self, id: &str, what: &str, done: impl Fn(&RuntimeStatus) -> bool) -> RuntimeStatus {
+        let mut last = None;
+        for _ in 0..600 {
+            if let Some(status) = self.runtime.status(id) {
+                if done(&status) {
+                    return status;
+                }
+                last = Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("instance {id}: timed out waiting until {what}; last status: {last:#?}");
+    }
+
+    async fn ready(&self, id: &str) -> SocketAddr {
+        let status = self.until(id, "ready", |s| s.state == InstanceState::Ready || s.state == InstanceState::Failed).await;
+        assert_eq!(status.state, InstanceState::Ready, "{status:#?}");
+        status.node_port.expect("a node port")
+    }
+}
+
+fn function(name: &str, language: Language, handler: Option<&str>, source: &str) -> FunctionSpec {
+    FunctionSpec {
+        name: name.into(),
+        runtime: language,
+        handler: handler.map(str::to_string),
+        source: source.into(),
+        requirements: String::new(),
+        image: None,
+        env: Default::default(),
+        visibility: Default::default(),
+        resources: Default::default(),
+        scaling: Default::default(),
+        service: Default::default(),
+    }
+}
+
+fn instance(id: &str, version: u32, spec: FunctionSpec, replicas: u32) -> InstanceSpec {
+    InstanceSpec { id: id.into(), function: spec.name.clone(), user: "alice".into(), version, spec, replicas, paused: false }
+}
+
+/// One HTTP/1.0 request on a fresh connection (so no chunking, and the answer ends at EOF).
+async fn call(address: SocketAddr, method: &str, path: &str, content_type: &str, body: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(address).await?;
+    let request = format!(
+        "{method} {path} HTTP/1.0\r\nHost: test\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await?;
+    let (head, body) = answer.split_once("\r\n\r\n").ok_or_else(|| std::io::Error::other(format!("no HTTP answer: {answer:?}")))?;
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| std::io::Error::other(format!("bad status line: {head:?}")))?;
+    Ok((status, body.to_string()))
+}
+
+async fn post(address: SocketAddr, body: &str) -> (u16, String) {
+    call(address, "POST", "/", "text/plain", body).await.expect("the function answers")
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| !stat.contains(") Z "))
+}
+
+/// The live processes whose environment holds `marker` (set through the function's env).
+fn bootstrap_pids(marker: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let environment = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        if String::from_utf8_lossy(&environment).contains(marker) && alive(pid) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_handler_convention_of_both_languages_answers() {
+    let harness = Harness::new();
+    let cases: Vec<(FunctionSpec, &str, &str, (u16, &str))> = vec![
+        (
+            function("openfaas-classic", Language::Python, None, "def handle(req):\n    return 'hello ' + req\n"),
+            "text/plain",
+            "ada",
+            (200, "hello ada"),
+        ),
+        (
+            function("kubeless-python", Language::Python, Some("handler"), "def handler(event, context):\n    return {'got': event['data'], 'fn': context['function-name']}\n"),
+            "application/json",
+            "{\"x\": 1}",
+            (200, "{\"got\": {\"x\": 1}, \"fn\": \"kubeless-python\"}"),
+        ),
+        (
+            function(
+                "openfaas-http",
+                Language::Python,
+                None,
+                "def handle(event, context):\n    return {'statusCode': 201, 'body': 'created ' + event.body.decode() + ' via ' + event.method}\n",
+            ),
+            "text/plain",
+            "it",
+            (201, "created it via POST"),
+        ),
+        (
+            function(
+                "wsgi",
+                Language::Python,
+                None,
+                "def app(environ, start_response):\n    size = int(environ.get('CONTENT_LENGTH') or 0)\n    body = environ['wsgi.input'].read(size)\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [b'wsgi ' + body]\n",
+            ),
+            "text/plain",
+            "works",
+            (200, "wsgi works"),
+        ),
+        (
+            function("node-default", Language::Node, None, "module.exports = async (event, context) => `node ${event.data} from ${context['function-name']}`;\n"),
+            "text/plain",
+            "hi",
+            (200, "node hi from node-default"),
+        ),
+        (
+            function(
+                "node-named",
+                Language::Node,
+                Some("hello"),
+                "module.exports = { other() { return 'wrong'; }, hello(event) { return { statusCode: 202, body: 'named ' + event.data.who }; } };\n",
+            ),
+            "application/json",
+            "{\"who\": \"bob\"}",
+            (202, "named bob"),
+        ),
+        (
+            function("node-express", Language::Node, None, "module.exports = (req, res) => { res.status(200).send('express ' + req.body); };\n"),
+            "text/plain",
+            "style",
+            (200, "express style"),
+        ),
+    ];
+    for (index, (spec, ..)) in cases.iter().enumerate() {
+        harness.runtime.apply(instance(&format!("conv-{index}"), 1, spec.clone(), 1)).await.expect("apply");
+    }
+    for (index, (spec, content_type, body, (status, expected))) in cases.iter().enumerate() {
+        let address = harness.ready(&format!("conv-{index}")).await;
+        let answer = call(address, "POST", "/", content_type, body).await.expect("answer");
+        assert_eq!(answer, (*status, expected.to_string()), "{}", spec.name);
+    }
+    harness.runtime.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_update_under_load_fails_no_request() {
+    let harness = Harness::new();
+    let version = |n: u32| function("versioned", Language::Python, None, &format!("def handle(req):\n    return 'v{n}'\n"));
+    harness.runtime.apply(instance("update", 1, version(1), 2)).await.expect("apply v1");
+    let address = harness.ready("update").await;
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let stop = stop.clone();
+        clients.push(tokio::spawn(async move {
+            let mut answers = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                answers.push(call(address, "POST", "/", "text/plain", "").await.map_err(|e| e.to_string()));
+            }
+            answers
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    harness.runtime.apply(instance("update", 2, version(2), 2)).await.expect("apply v2");
+    let status = harness.until("update", "version 2 serves and the old replicas are gone", |s| {
+        s.serving_version == Some(2) && s.replicas.iter().all(|r| r.version == 2)
+    })
+    .await;
+    assert_eq!(status.state, InstanceState::Ready);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+
+    let mut answers = Vec::new();
+    for client in clients {
+        answers.extend(client.await.expect("client"));
+    }
+    let failures: Vec<_> = answers.iter().filter(|a| !matches!(a, Ok((200, _)))).collect();
+    assert!(failures.is_empty(), "{} of {} requests failed: {:?}", failures.len(), answers.len(), &failures[..failures.len().min(5)]);
+    let bodies: std::collections::BTreeSet<&str> = answers.iter().filter_map(|a| a.as_ref().ok()).map(|(_, b)| b.as_str()).collect();
+    assert_eq!(bodies, ["v1", "v2"].into_iter().collect(), "both versions answered, nothing else");
+    assert!(answers.len() > 50, "the load was real: {} requests", answers.len());
+    assert!(status.events.iter().any(|e| e.reason == "Deployed" && e.message.contains("version 2")), "{:?}", status.events);
+    harness.runtime.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_functions_fail_with_their_reason_while_others_keep_serving() {
+    let harness = Harness::new();
+    harness.runtime.apply(instance("good", 1, function("good", Language::Python, None, "def handle(req):\n    return 'fine'\n"), 1)).await.expect("apply");
+    let good = harness.ready("good").await;
+
+    let mut failing_deps = function("deps", Language::Python, None, "def handle(req):\n    return req\n");
+    failing_deps.requirements = "this is not a requirement !!!\n".into();
+    let cases = [
+        (function("syntax", Language::Python, None, "def handle(req)\n    return req\n"), "syntax error"),
+        (function("nohandler", Language::Python, Some("missing"), "def handle(req):\n    return req\n"), "missing"),
+        (function("exits", Language::Python, None, "import os\nos._exit(7)\n"), "exited with exit status: 7"),
+        (function("node-syntax", Language::Node, None, "module.exports = async (event => 1;\n"), "syntax error"),
+        (failing_deps, "installing the python dependencies failed"),
+    ];
+    for (spec, _) in &cases {
+        harness.runtime.apply(instance(&spec.name, 1, spec.clone(), 1)).await.expect("apply");
+    }
+    for (spec, reason) in &cases {
+        let status = harness.until(&spec.name, "failed", |s| s.state == InstanceState::Failed).await;
+        assert!(status.message.contains(reason), "{}: {:?} lacks {reason:?}", spec.name, status.message);
+        assert!(status.events.iter().any(|e| e.kind == "Warning" && e.reason == "RolloutFailed"), "{}: {:?}", spec.name, status.events);
+        let logs: Vec<String> = harness.runtime.logs(&spec.name, false).expect("logs").map(|l| l.text).collect().await;
+        assert!(logs.iter().any(|l| l.contains(reason)), "{}: the logs say why too: {logs:#?}", spec.name);
+    }
+    assert_eq!(post(good, "").await, (200, "fine".to_string()), "kubefn keeps serving the good function");
+
+    // A failed version is not retried by a plain apply (the reconcile loop), only on redeploy.
+    let (exits, _) = &cases[2];
+    harness.runtime.apply(instance("exits", 1, exits.clone(), 1)).await.expect("apply again");
+    assert_eq!(harness.runtime.status("exits").expect("status").state, InstanceState::Failed);
+    harness.runtime.redeploy(instance("exits", 1, exits.clone(), 1)).await.expect("redeploy");
+    assert_eq!(harness.runtime.status("exits").expect("status").state, InstanceState::Deploying);
+    harness.until("exits", "failed again", |s| s.state == InstanceState::Failed).await;
+
+    // A fixed version replaces a failed one.
+    harness.runtime.apply(instance("syntax", 2, function("syntax", Language::Python, None, "def handle(req):\n    return 'fixed'\n"), 1)).await.expect("apply");
+    let fixed = harness.ready("syntax").await;
+    assert_eq!(post(fixed, "").await, (200, "fixed".to_string()));
+    harness.runtime.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_update_leaves_the_old_version_serving() {
+    let harness = Harness::new();
+    harness.runtime.apply(instance("keep", 1, function("keep", Language::Python, None, "def handle(req):\n    return 'v1'\n"), 1)).await.expect("apply");
+    let address = harness.ready("keep").await;
+    harness.runtime.apply(instance("keep", 2, function("keep", Language::Python, None, "def handle(req)\n"), 1)).await.expect("apply");
+    let status = harness.until("keep", "the update failed", |s| s.state == InstanceState::Failed).await;
+    assert!(status.message.contains("version 1 keeps serving"), "{}", status.message);
+    assert_eq!(status.serving_version, Some(1));
+    assert_eq!(post(address, "").await, (200, "v1".to_string()));
+    harness.runtime.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pause_resume_scale_logs_and_delete() {
+    let harness = Harness::new();
+    let marker = format!("kubefn-test-marker-{}", std::process::id());
+    let mut spec = function("lifecycle", Language::Python, None, "import os\nprint('started', os.getpid(), flush=True)\ndef handle(req):\n    print('handled', req, flush=True)\n    return str(os.getpid())\n");
+    spec.env.insert("TEST_MARKER".into(), marker.clone());
+    harness.runtime.apply(instance("life", 1, spec.clone(), 1)).await.expect("apply");
+    let address = harness.ready("life").await;
+    let mut follow = harness.runtime.logs("life", true).expect("logs");
+
+    // Scaling up: a second replica joins the node port and the followed logs.
+    harness.runtime.scale("life", 2).await.expect("scale");
+    harness.until("life", "two ready", |s| s.ready == 2 && s.state == InstanceState::Ready).await;
+    let mut pids = std::collections::BTreeSet::new();
+    for _ in 0..6 {
+        pids.insert(post(address, "ping").await.1);
+    }
+    assert_eq!(pids.len(), 2, "both replicas answer through the node port: {pids:?}");
+    let mut seen = Vec::new();
+    while !(seen.iter().any(|l: &kubefn::platform::model::LogEntry| l.replica == "r1" && l.text.starts_with("started"))
+        && seen.iter().any(|l| l.text == "handled ping"))
+    {
+        let line = tokio::time::timeout(Duration::from_secs(10), follow.next()).await.expect("a log line in time").expect("the stream goes on");
+        seen.push(line);
+    }
+    assert!(seen.iter().all(|l| ["r0", "r1", "install", "kubefn"].contains(&l.replica.as_str())), "{seen:#?}");
+
+    // Pause: no process, the node port stays; resume: it answers again on the same port.
+    harness.runtime.pause("life").await.expect("pause");
+    let paused = harness.until("life", "paused with no replicas", |s| s.state == InstanceState::Paused && s.replicas.is_empty()).await;
+    assert_eq!(paused.node_port, Some(address));
+    for _ in 0..100 {
+        if bootstrap_pids(&marker).is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    harness.runtime.resume("life").await.expect("resume");
+    assert_eq!(harness.ready("life").await, address);
+    assert_eq!(post(address, "again").await.0, 200);
+
+    // Delete: no process left, the port is free, the log stream ends.
+    harness.runtime.delete("life").await.expect("delete");
+    assert!(harness.runtime.status("life").is_none());
+    for _ in 0..100 {
+        if bootstrap_pids(&marker).is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(bootstrap_pids(&marker), Vec::<u32>::new(), "no replica process is left");
+    std::net::TcpListener::bind(address).expect("the node port is free again");
+    let rest = tokio::time::timeout(Duration::from_secs(10), follow.collect::<Vec<_>>()).await;
+    assert!(rest.is_ok(), "the followed log stream ends with the instance");
+    harness.runtime.delete("life").await.expect("deleting again is fine");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_runtime_stops_the_processes_a_killed_one_left() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = LocalConfig::new(dir.path().join("runtime"));
+    config.node_ports = 42000..=42999;
+    let marker = format!("kubefn-leftover-{}", std::process::id());
+    let mut spec = function("leftover", Language::Python, None, "def handle(req):\n    return 'x'\n");
+    spec.env.insert("TEST_MARKER".into(), marker.clone());
+
+    // The first runtime lives on a runtime of its own that is torn down without any cleanup,
+    // as when kubefn is killed: its tasks vanish, its children do not.
+    let first = config.clone();
+    let leftover = std::thread::spawn(move || {
+        let tokio = tokio::runtime::Runtime::new().expect("tokio");
+        tokio.block_on(async {
+            let runtime = LocalRuntime::new(first).expect("runtime");
+            runtime.apply(instance("left", 1, spec, 1)).await.expect("apply");
+            for _ in 0..400 {
+                if runtime.status("left").is_some_and(|s| s.state == InstanceState::Ready) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            std::mem::forget(runtime);
+        });
+        std::mem::forget(tokio);
+    });
+    leftover.join().expect("first runtime");
+    assert_eq!(bootstrap_pids(&marker).len(), 1, "the replica outlived its runtime");
+
+    let _second = LocalRuntime::new(config).expect("runtime");
+    for _ in 0..100 {
+        if bootstrap_pids(&marker).is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(bootstrap_pids(&marker), Vec::<u32>::new(), "the new runtime stopped the leftover replica");
+}
