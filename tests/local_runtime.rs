@@ -9,8 +9,9 @@ use kubefn::platform::runtime::local::{LocalConfig, LocalRuntime};
 use kubefn::platform::runtime::{InstanceSpec, Runtime, RuntimeStatus};
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use support::call;
+
+mod support;
 
 struct Harness {
     runtime: LocalRuntime,
@@ -74,22 +75,7 @@ fn function(name: &str, language: Language, handler: Option<&str>, source: &str)
 }
 
 fn instance(id: &str, version: u32, spec: FunctionSpec, replicas: u32) -> InstanceSpec {
-    InstanceSpec { id: id.into(), function: spec.name.clone(), user: "alice".into(), version, spec, replicas, paused: false }
-}
-
-/// One HTTP/1.0 request on a fresh connection (so no chunking, and the answer ends at EOF).
-async fn call(address: SocketAddr, method: &str, path: &str, content_type: &str, body: &str) -> std::io::Result<(u16, String)> {
-    let mut stream = TcpStream::connect(address).await?;
-    let request = format!(
-        "{method} {path} HTTP/1.0\r\nHost: test\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await?;
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).await?;
-    let (head, body) = answer.split_once("\r\n\r\n").ok_or_else(|| std::io::Error::other(format!("no HTTP answer: {answer:?}")))?;
-    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| std::io::Error::other(format!("bad status line: {head:?}")))?;
-    Ok((status, body.to_string()))
+    InstanceSpec { id: id.into(), function: spec.name.clone(), user: "alice".into(), version, spec, replicas, paused: false, node_port: None }
 }
 
 async fn post(address: SocketAddr, body: &str) -> (u16, String) {
@@ -287,7 +273,7 @@ async fn a_failed_update_leaves_the_old_version_serving() {
 async fn pause_resume_scale_logs_and_delete() {
     let harness = Harness::new();
     let marker = format!("kubefn-test-marker-{}", std::process::id());
-    let mut spec = function("lifecycle", Language::Python, None, "import os\nprint('started', os.getpid(), flush=True)\ndef handle(req):\n    print('handled', req, flush=True)\n    return str(os.getpid())\n");
+    let mut spec = function("lifecycle", Language::Python, None, "import os\nprint('loaded', os.getpid(), flush=True)\ndef handle(req):\n    print('handled', req, flush=True)\n    return str(os.getpid())\n");
     spec.env.insert("TEST_MARKER".into(), marker.clone());
     harness.runtime.apply(instance("life", 1, spec.clone(), 1)).await.expect("apply");
     let address = harness.ready("life").await;
@@ -302,13 +288,13 @@ async fn pause_resume_scale_logs_and_delete() {
     }
     assert_eq!(pids.len(), 2, "both replicas answer through the node port: {pids:?}");
     let mut seen = Vec::new();
-    while !(seen.iter().any(|l: &kubefn::platform::model::LogEntry| l.replica == "r1" && l.text.starts_with("started"))
+    while !(seen.iter().any(|l: &kubefn::platform::model::LogEntry| l.replica == "v1-r1" && l.stream == "stdout" && l.text.starts_with("loaded"))
         && seen.iter().any(|l| l.text == "handled ping"))
     {
         let line = tokio::time::timeout(Duration::from_secs(10), follow.next()).await.expect("a log line in time").expect("the stream goes on");
         seen.push(line);
     }
-    assert!(seen.iter().all(|l| ["r0", "r1", "install", "kubefn"].contains(&l.replica.as_str())), "{seen:#?}");
+    assert!(seen.iter().all(|l| ["v1-r0", "v1-r1", "install", "kubefn"].contains(&l.replica.as_str())), "{seen:#?}");
 
     // Pause: no process, the node port stays; resume: it answers again on the same port.
     harness.runtime.pause("life").await.expect("pause");

@@ -10,6 +10,8 @@ use kubefn::server::{build_app, Config, Server};
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
+mod support;
+
 const ADMIN: (&str, &str) = ("root", "root-password");
 
 struct TestApp {
@@ -85,6 +87,27 @@ impl TestApp {
         };
         assert!(answer.status.is_success(), "{name} signs in: {} {}", answer.status, answer.body);
         cookie_of(&answer.headers)
+    }
+
+    /// Polls an instance until `done` holds for it, failing with its last answer.
+    async fn instance_until(&self, id: &str, who: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let mut last = Value::Null;
+        for _ in 0..400 {
+            let answer = self.call(Method::GET, &format!("/api/v1/instances/{id}"), None, As::Cookie(who)).await;
+            if answer.status == StatusCode::OK && done(&answer.body) {
+                return answer.body;
+            }
+            last = answer.body;
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("instance {id}: timed out waiting until {what}; last answer: {last:#}");
+    }
+
+    /// Stops the reconcile loop and every replica.
+    async fn stop(mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await;
+        }
     }
 
     async fn user(&self, name: &str) -> String {
@@ -201,6 +224,12 @@ async fn everything_but_health_needs_a_session_or_token() {
         (Method::POST, "/api/v1/functions/x/rollback", Some(json!({"version": 1}))),
         (Method::GET, "/api/v1/functions/x/versions/1", None),
         (Method::GET, "/api/v1/tokens", None),
+        (Method::POST, "/api/v1/functions/x/deploy", None),
+        (Method::DELETE, "/api/v1/functions/x/deploy", None),
+        (Method::GET, "/api/v1/instances", None),
+        (Method::GET, "/api/v1/instances/some-id", None),
+        (Method::POST, "/api/v1/instances/some-id/pause", None),
+        (Method::GET, "/api/v1/instances/some-id/logs", None),
         (Method::POST, "/api/v1/tokens", Some(json!({"name": "t"}))),
     ] {
         let answer = app.call(method.clone(), path, body, As::Anonymous).await;
@@ -528,4 +557,126 @@ async fn pages_render_on_the_server() {
     let catalog = app.send(Request::get("/").header(header::COOKIE, &alice).body(Body::empty()).expect("request")).await;
     let html = catalog.body.as_str().expect("html");
     assert!(html.contains("rendered") && html.contains("runtime not available yet"), "{html}");
+}
+
+/// POSTs `body` to an instance's node port (as `http://host:port`) and returns (status, body).
+async fn invoke(node_port: &Value, body: &str) -> (u16, String) {
+    let address = node_port.as_str().and_then(|url| url.strip_prefix("http://")).expect("a node port URL").parse().expect("an address");
+    support::call(address, "POST", "/", "text/plain", body).await.expect("the function answers")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deploy_invoke_update_pause_resume_and_delete_instances() {
+    let app = TestApp::start().await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let admin = app.admin().await;
+    assert_eq!(app.call(Method::POST, "/api/v1/functions", Some(hello("hello")), As::Cookie(&alice)).await.status, StatusCode::CREATED);
+
+    let deployed = app.call(Method::POST, "/api/v1/functions/hello/deploy", None, As::Cookie(&alice)).await;
+    assert_eq!(deployed.status, StatusCode::CREATED, "{}", deployed.body);
+    let id = deployed.body["id"].as_str().expect("id").to_string();
+    assert_eq!(deployed.headers.get(header::LOCATION).and_then(|v| v.to_str().ok()), Some(format!("/api/v1/instances/{id}").as_str()));
+    assert_eq!(deployed.body["user"], "alice");
+    assert_eq!(deployed.body["function"], "hello");
+    assert_eq!(deployed.body["version"], 1);
+    assert_eq!(deployed.body["urls"]["gateway"], "/fn/alice/hello");
+    let ready = app.instance_until(&id, &alice, "ready", |i| i["state"] == "Ready").await;
+    assert_eq!(ready["replicas"], json!({"desired": 1, "ready": 1}));
+    assert_eq!(invoke(&ready["urls"]["node_port"], "ada").await, (200, "hello ada".to_string()));
+
+    let again = app.call(Method::POST, "/api/v1/functions/hello/deploy", None, As::Cookie(&alice)).await;
+    assert_eq!(again.status, StatusCode::OK, "deploying again keeps the instance");
+    assert_eq!(again.body["id"], id.as_str());
+
+    // Bob gets his own instance of the public function, and sees only it.
+    let bobs = app.call(Method::POST, "/api/v1/functions/hello/deploy", None, As::Cookie(&bob)).await;
+    assert_eq!(bobs.status, StatusCode::CREATED);
+    let bob_id = bobs.body["id"].as_str().expect("id").to_string();
+    assert_ne!(bob_id, id);
+    let bob_ready = app.instance_until(&bob_id, &bob, "ready", |i| i["state"] == "Ready").await;
+    assert_ne!(bob_ready["urls"]["node_port"], ready["urls"]["node_port"]);
+    let listed = app.call(Method::GET, "/api/v1/instances", None, As::Cookie(&bob)).await;
+    let ids: Vec<&str> = listed.body.as_array().expect("list").iter().filter_map(|i| i["id"].as_str()).collect();
+    assert_eq!(ids, vec![bob_id.as_str()]);
+    for (method, path, body) in [
+        (Method::GET, format!("/api/v1/instances/{id}"), None),
+        (Method::POST, format!("/api/v1/instances/{id}/pause"), None),
+        (Method::POST, format!("/api/v1/instances/{id}/scale"), Some(json!({"replicas": 2}))),
+        (Method::GET, format!("/api/v1/instances/{id}/logs"), None),
+        (Method::DELETE, format!("/api/v1/instances/{id}"), None),
+    ] {
+        let answer = app.call(method.clone(), &path, body, As::Cookie(&bob)).await;
+        assert_eq!(answer.status, StatusCode::NOT_FOUND, "bob: {method} {path}: {}", answer.body);
+    }
+    let everyone = app.call(Method::GET, "/api/v1/instances", None, As::Cookie(&admin)).await;
+    assert_eq!(everyone.body.as_array().map(Vec::len), Some(2), "admins see every instance");
+
+    // Bad input changes nothing.
+    let too_many = app.call(Method::POST, &format!("/api/v1/instances/{id}/scale"), Some(json!({"replicas": 99})), As::Cookie(&alice)).await;
+    assert_eq!(too_many.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(too_many.body["field"], "replicas");
+    let not_a_number = app.call(Method::POST, &format!("/api/v1/instances/{id}/scale"), Some(json!({"replicas": "two"})), As::Cookie(&alice)).await;
+    assert_eq!(not_a_number.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(not_a_number.body["field"], "replicas");
+    assert_eq!(app.call(Method::GET, &format!("/api/v1/instances/{id}"), None, As::Cookie(&alice)).await.body["replicas"]["desired"], 1);
+
+    let scaled = app.call(Method::POST, &format!("/api/v1/instances/{id}/scale"), Some(json!({"replicas": 2})), As::Cookie(&alice)).await;
+    assert_eq!(scaled.status, StatusCode::OK, "{}", scaled.body);
+    app.instance_until(&id, &alice, "two replicas ready", |i| i["replicas"] == json!({"desired": 2, "ready": 2})).await;
+
+    // A new version rolls out to every instance of the function.
+    let edited = with(hello("hello"), "/source", json!("def handle(req):\n    return 'v2 ' + req\n"));
+    assert_eq!(app.call(Method::PUT, "/api/v1/functions/hello", Some(edited), As::Cookie(&alice)).await.status, StatusCode::OK);
+    let updated = app.instance_until(&id, &alice, "version 2 serves", |i| i["serving_version"] == 2 && i["state"] == "Ready").await;
+    assert_eq!(updated["version"], 2);
+    assert_eq!(invoke(&updated["urls"]["node_port"], "ada").await, (200, "v2 ada".to_string()));
+    assert_eq!(updated["urls"]["node_port"], ready["urls"]["node_port"], "the node port stays");
+    app.instance_until(&bob_id, &bob, "bob's instance follows", |i| i["serving_version"] == 2).await;
+
+    let paused = app.call(Method::POST, &format!("/api/v1/instances/{id}/pause"), None, As::Cookie(&alice)).await;
+    assert_eq!(paused.status, StatusCode::OK);
+    assert_eq!(paused.body["paused"], true);
+    app.instance_until(&id, &alice, "paused", |i| i["state"] == "Paused" && i["replicas"]["ready"] == 0).await;
+    let resumed = app.call(Method::POST, &format!("/api/v1/instances/{id}/resume"), None, As::Cookie(&alice)).await;
+    assert_eq!(resumed.status, StatusCode::OK);
+    app.instance_until(&id, &alice, "resumed with its two replicas", |i| i["state"] == "Ready" && i["replicas"]["ready"] == 2).await;
+
+    let logs = app.call(Method::GET, &format!("/api/v1/instances/{id}/logs"), None, As::Cookie(&alice)).await;
+    assert_eq!(logs.status, StatusCode::OK);
+    assert_eq!(logs.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()), Some("text/event-stream"));
+    let text = logs.body.as_str().expect("event stream text");
+    assert!(!text.contains("Traceback"), "readiness probes and requests leave no errors behind: {text}");
+    let lines: Vec<Value> = text.lines().filter_map(|l| l.strip_prefix("data: ")).map(|d| serde_json::from_str(d).expect("JSON per event")).collect();
+    assert!(lines.iter().any(|l| l["replica"] == "v2-r0" && l["stream"] == "system" && l["text"] == "stopped"), "{text}");
+
+    let busy = app.call(Method::DELETE, "/api/v1/functions/hello", None, As::Cookie(&alice)).await;
+    assert_eq!(busy.status, StatusCode::CONFLICT, "unregistering waits for the instances");
+
+    let undeployed = app.call(Method::DELETE, "/api/v1/functions/hello/deploy", None, As::Cookie(&alice)).await;
+    assert_eq!(undeployed.status, StatusCode::NO_CONTENT);
+    assert_eq!(app.call(Method::GET, &format!("/api/v1/instances/{id}"), None, As::Cookie(&alice)).await.status, StatusCode::NOT_FOUND);
+    let address: std::net::SocketAddr = ready["urls"]["node_port"].as_str().and_then(|u| u.strip_prefix("http://")).expect("url").parse().expect("address");
+    std::net::TcpListener::bind(address).expect("alice's node port is free again");
+    let gone = app.call(Method::DELETE, "/api/v1/functions/hello/deploy", None, As::Cookie(&alice)).await;
+    assert_eq!(gone.status, StatusCode::NOT_FOUND);
+    assert_eq!(app.call(Method::DELETE, &format!("/api/v1/instances/{bob_id}"), None, As::Cookie(&bob)).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(app.call(Method::DELETE, "/api/v1/functions/hello", None, As::Cookie(&alice)).await.status, StatusCode::NO_CONTENT);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn deploys_the_local_runtime_cannot_run_are_refused() {
+    let app = TestApp::start().await;
+    let alice = app.user("alice").await;
+    let image = json!({"name": "boxed", "runtime": "image", "image": "nginx:1.27"});
+    assert_eq!(app.call(Method::POST, "/api/v1/functions", Some(image), As::Cookie(&alice)).await.status, StatusCode::CREATED);
+    let refused = app.call(Method::POST, "/api/v1/functions/boxed/deploy", None, As::Cookie(&alice)).await;
+    assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", refused.body);
+    assert_eq!(refused.body["field"], "runtime");
+    assert!(refused.body["error"].as_str().is_some_and(|e| e.contains("--runtime kubernetes")), "{}", refused.body);
+    assert_eq!(app.call(Method::GET, "/api/v1/instances", None, As::Cookie(&alice)).await.body, json!([]), "nothing was recorded");
+    let missing = app.call(Method::POST, "/api/v1/functions/nothing/deploy", None, As::Cookie(&alice)).await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    app.stop().await;
 }

@@ -207,6 +207,10 @@ impl Instances {
             }
             if let Some(status) = self.runtime.status(&record.id) {
                 self.store.set_instance_state(&record.id, status.state, &status.message).await?;
+                let port = status.node_port.map(|address| address.port());
+                if let Some(port) = port.filter(|port| record.node_port != Some(*port)) {
+                    self.store.set_instance_node_port(&record.id, port).await?;
+                }
             }
         }
         for stray in self.runtime.instance_ids().into_iter().filter(|id| !known.contains(id)) {
@@ -226,6 +230,7 @@ impl Instances {
             spec,
             replicas: instance.replicas,
             paused: instance.paused,
+            node_port: instance.node_port,
         };
         if instance.desired_version != version {
             self.store.set_instance_desired(&instance.id, version, instance.replicas, instance.paused).await?;

@@ -25,6 +25,8 @@ pub struct InstanceSpec {
     pub replicas: u32,
     /// Paused: no replicas, everything else kept.
     pub paused: bool,
+    /// The node port it had before (kept when still free), so its address survives restarts.
+    pub node_port: Option<u16>,
 }
 
 /// What one instance is, as a runtime sees it.

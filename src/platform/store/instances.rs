@@ -29,6 +29,8 @@ pub struct InstanceRecord {
     pub state: InstanceState,
     /// The message last seen.
     pub message: String,
+    /// The node port it was given, kept across restarts.
+    pub node_port: Option<u16>,
     /// First deployed.
     pub created_at: DateTime<Utc>,
 }
@@ -46,6 +48,7 @@ struct InstanceRow {
     paused: bool,
     state: String,
     message: String,
+    node_port: Option<i64>,
     created_at: DateTime<Utc>,
 }
 
@@ -64,13 +67,14 @@ impl From<InstanceRow> for InstanceRecord {
             // The CHECK constraint admits only known states.
             state: InstanceState::parse(&row.state).unwrap_or_default(),
             message: row.message,
+            node_port: row.node_port.and_then(|port| u16::try_from(port).ok()),
             created_at: row.created_at,
         }
     }
 }
 
 const SELECT_INSTANCE: &str = "SELECT i.id, i.function_id, f.name AS function, f.current_version AS function_version,
-        i.user_id, u.name AS user, i.desired_version, i.replicas, i.paused, i.state, i.message, i.created_at
+        i.user_id, u.name AS user, i.desired_version, i.replicas, i.paused, i.state, i.message, i.node_port, i.created_at
    FROM instances i JOIN functions f ON f.id = i.function_id JOIN users u ON u.id = i.user_id";
 
 impl Store {
@@ -146,6 +150,12 @@ impl Store {
             .bind(id)
             .execute(&self.pool)
             .await?;
+        Ok(())
+    }
+
+    /// Records the node port the runtime gave the instance.
+    pub async fn set_instance_node_port(&self, id: &str, port: u16) -> StoreResult<()> {
+        sqlx::query("UPDATE instances SET node_port = ? WHERE id = ?").bind(i64::from(port)).bind(id).execute(&self.pool).await?;
         Ok(())
     }
 

@@ -178,9 +178,18 @@ impl LocalRuntime {
         }
         let config = &self.inner.config;
         let (endpoints, receiver) = watch::channel(Vec::new());
-        let node_port = NodePort::bind_in_range(config.node_host, config.node_ports.clone(), receiver, config.hold)
-            .await
-            .map_err(|source| RuntimeError::NodePort { id: spec.id.clone(), source })?;
+        // The port it had before, if still free, else the first free one.
+        let preferred = spec.node_port.filter(|port| config.node_ports.contains(port)).map(|port| port..=port);
+        let node_port = match preferred {
+            Some(range) => NodePort::bind_in_range(config.node_host, range, receiver.clone(), config.hold).await.ok(),
+            None => None,
+        };
+        let node_port = match node_port {
+            Some(node_port) => node_port,
+            None => NodePort::bind_in_range(config.node_host, config.node_ports.clone(), receiver, config.hold)
+                .await
+                .map_err(|source| RuntimeError::NodePort { id: spec.id.clone(), source })?,
+        };
         let logs = LogBuffer::with_file(config.log_lines, config.root.join("logs").join(format!("{}.log", spec.id)), config.log_file_bytes);
         let slot = Arc::new(Slot {
             id: spec.id.clone(),
@@ -395,6 +404,7 @@ async fn prepare_launch(inner: &Inner, slot: &Slot, spec: &InstanceSpec) -> Resu
         args: vec![config.root.join("bootstrap").join(bootstrap).display().to_string()],
         env,
         dir,
+        name_prefix: format!("v{}-", spec.version),
         pid_dir: Some(config.root.join("pids")),
     })
 }

@@ -30,6 +30,9 @@ pub struct LaunchSpec {
     pub env: Vec<(String, String)>,
     /// Working directory.
     pub dir: PathBuf,
+    /// Put before each replica's name (`v2-` gives `v2-r0`), so the replicas of two versions
+    /// running side by side during an update tell apart in the logs.
+    pub name_prefix: String,
     /// Where to keep one file per running replica process, named by its pid, so that a kubefn
     /// killed without cleaning up finds (and stops) the processes it left behind.
     pub pid_dir: Option<PathBuf>,
@@ -190,7 +193,7 @@ impl ReplicaSet {
                 *next += 1;
                 *next - 1
             };
-            let name = format!("r{index}");
+            let name = format!("{}r{index}", self.shared.spec.name_prefix);
             let status = Arc::new(Mutex::new(ReplicaStatus { name: name.clone(), port: 0, pid: None, state: ReplicaState::Starting, restarts: 0 }));
             let (stop, stop_rx) = watch::channel(false);
             let task = tokio::spawn(supervise(self.shared.clone(), status.clone(), stop_rx));
@@ -266,6 +269,7 @@ async fn supervise(shared: Arc<Shared>, status: Arc<Mutex<ReplicaStatus>>, mut s
                     s.pid = child.id();
                     s.state = ReplicaState::Starting;
                 });
+                shared.logs.push(&name, Stream::System, format!("started as process {} on port {port}", child.id().unwrap_or_default()));
                 let outcome = run(&mut child, port, &policy, &mut stop, || set(&|s| s.state = ReplicaState::Ready)).await;
                 if let Some(group) = group {
                     terminate_group(&mut child, group, policy.stop_grace).await;
@@ -277,7 +281,10 @@ async fn supervise(shared: Arc<Shared>, status: Arc<Mutex<ReplicaStatus>>, mut s
                 outcome
             }
         };
-        let Outcome::Ended(reason) = outcome else { return };
+        let Outcome::Ended(reason) = outcome else {
+            shared.logs.push(&name, Stream::System, "stopped");
+            return;
+        };
         shared.logs.push(&name, Stream::System, reason.clone());
         if started.elapsed() >= policy.stable_after {
             consecutive_crashes = 0;
@@ -402,9 +409,10 @@ pub async fn probe_ready(port: u16) -> bool {
         let mut stream = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
         let request = format!("GET {READY_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).await.ok()?;
-        let mut head = [0u8; 12];
-        stream.read_exact(&mut head).await.ok()?;
-        Some(head.starts_with(b"HTTP/1.") && &head[8..12] == b" 200")
+        // Read the whole (tiny) answer: closing early would make the replica log a reset.
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await.ok()?;
+        Some(answer.starts_with(b"HTTP/1.") && answer.get(8..12) == Some(b" 200"))
     };
     tokio::time::timeout(Duration::from_secs(2), attempt).await.ok().flatten().unwrap_or(false)
 }
@@ -433,6 +441,7 @@ mod tests {
                 env: vec![("KUBEFN_SOURCE".into(), self.dir.path().join("function.py").display().to_string())],
                 dir: self.dir.path().to_path_buf(),
                 pid_dir: None,
+                name_prefix: String::new(),
             }
         }
     }
