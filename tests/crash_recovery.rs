@@ -1,5 +1,6 @@
 //! The real `kubefn` binary is killed with SIGKILL and started again on the same data
-//! directory: users, sessions and functions are all still there.
+//! directory: users, sessions, functions and deployed instances are all still there, and the
+//! replica processes the killed one left are stopped and replaced.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -95,4 +96,83 @@ fn nothing_is_lost_when_kubefn_is_killed() {
     assert_eq!(detail["version"], 2);
     assert_eq!(detail["versions"].as_array().map(Vec::len), Some(2));
     assert_eq!(detail["spec"]["source"], "def handle(req):\n    return 'v2'\n");
+}
+
+/// Polls an instance until its state is `state`, returning its JSON.
+fn instance_in_state(server: &Server, cookie: &str, id: &str, state: &str) -> serde_json::Value {
+    let mut last = String::new();
+    for _ in 0..400 {
+        let (status, _, body) = server.request("GET", &format!("/api/v1/instances/{id}"), Some(cookie), None);
+        if status == 200 {
+            let instance: serde_json::Value = serde_json::from_str(&body).expect("json");
+            if instance["state"] == state {
+                return instance;
+            }
+        }
+        last = body;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("instance {id} never became {state}; last: {last}");
+}
+
+/// The pids of live processes whose environment holds `marker`.
+fn processes_with(marker: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+        .filter(|pid| {
+            let environment = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            String::from_utf8_lossy(&environment).contains(marker) && !stat.is_empty() && !stat.contains(") Z ")
+        })
+        .collect()
+}
+
+fn invoke(node_port: &serde_json::Value) -> String {
+    let address = node_port.as_str().and_then(|u| u.strip_prefix("http://")).expect("node port url");
+    let mut stream = TcpStream::connect(address).expect("the node port answers");
+    stream.write_all(b"GET / HTTP/1.0\r\n\r\n").expect("write");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("read");
+    answer.split("\r\n\r\n").nth(1).unwrap_or_default().to_string()
+}
+
+#[test]
+fn deployed_instances_come_back_after_kubefn_is_killed() {
+    let data = tempfile::tempdir().expect("data dir");
+    let port = free_port();
+    let marker = format!("kubefn-crash-marker-{}", std::process::id());
+    let first = Server::start(data.path(), port);
+    let (_, cookie, _) = first.request("POST", "/api/v1/signup", None, Some(r#"{"name":"kim","password":"kim-password"}"#));
+    let cookie = cookie.expect("session cookie");
+    let spec = format!(
+        r#"{{"name":"phoenix","runtime":"python","source":"import os\ndef handle(req):\n    return str(os.getpid())\n","env":{{"MARKER":"{marker}"}}}}"#
+    );
+    assert_eq!(first.request("POST", "/api/v1/functions", Some(&cookie), Some(&spec)).0, 201);
+    let (status, _, body) = first.request("POST", "/api/v1/functions/phoenix/deploy", Some(&cookie), None);
+    assert_eq!(status, 201, "{body}");
+    let id = serde_json::from_str::<serde_json::Value>(&body).expect("json")["id"].as_str().expect("id").to_string();
+    let before = instance_in_state(&first, &cookie, &id, "Ready");
+    let old_pid = invoke(&before["urls"]["node_port"]);
+    assert_eq!(processes_with(&marker), vec![old_pid.parse::<u32>().expect("pid")]);
+    first.kill_hard();
+    assert_eq!(processes_with(&marker).len(), 1, "the replica outlives a killed kubefn");
+
+    let second = Server::start(data.path(), port);
+    let after = instance_in_state(&second, &cookie, &id, "Ready");
+    assert_eq!(after["urls"]["node_port"], before["urls"]["node_port"], "the instance keeps its node port");
+    let new_pid = invoke(&after["urls"]["node_port"]);
+    assert_ne!(new_pid, old_pid, "a new replica serves");
+    assert_eq!(processes_with(&marker), vec![new_pid.parse::<u32>().expect("pid")], "the leftover replica was stopped");
+
+    // A graceful stop (SIGTERM) stops the replicas too.
+    let pid = i32::try_from(second.child.id()).expect("pid");
+    // SAFETY: kill(2) on the child we started; it touches no memory.
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+    let mut second = second;
+    second.child.wait().expect("kubefn exits");
+    assert!(processes_with(&marker).is_empty(), "no replica is left after a graceful stop");
 }

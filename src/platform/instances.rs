@@ -279,7 +279,11 @@ impl Instances {
         let (state, message) = match &status {
             _ if record.state == InstanceState::Deleting => (InstanceState::Deleting, String::new()),
             Some(status) => (status.state, status.message.clone()),
-            None => (record.state, record.message.clone()),
+            // Applying failed before the runtime took it: the reason is in the store.
+            None if record.state == InstanceState::Failed => (record.state, record.message.clone()),
+            // Not (yet) handed to the runtime, e.g. just after kubefn started: what the store
+            // last saw is stale.
+            None => (InstanceState::Pending, "waiting for the runtime to start it".to_string()),
         };
         InstanceInfo {
             id: record.id,
