@@ -1,21 +1,5 @@
-import { expect, test, type Page } from "@playwright/test";
-
-// Unique per run, so the suite can run against a server that has seen earlier runs.
-const run = Date.now().toString(36);
-
-async function hydrated(page: Page) {
-  await expect(page.locator("body[data-hydrated=true]")).toBeAttached();
-}
-
-/** Signs up through the form; the header naming the user proves the server function answered. */
-async function signUp(page: Page, user: string, password: string) {
-  await page.goto("/login");
-  await hydrated(page);
-  await page.locator("#signup-name").fill(user);
-  await page.locator("#signup-password").fill(password);
-  await page.getByRole("button", { name: "Create account" }).click();
-  await expect(page.getByTestId("whoami")).toContainText(user);
-}
+import { expect, test } from "@playwright/test";
+import { hydrated, run, signUp } from "./helpers";
 
 test("sign up, register a Python function, see it in the catalog, edit it to version 2", async ({ page }) => {
   const user = `e2e-${run}`;
@@ -41,7 +25,7 @@ test("sign up, register a Python function, see it in the catalog, edit it to ver
   const row = page.locator(`tr[data-function="${fn}"]`);
   await expect(row).toBeVisible();
   await expect(row.locator(".version")).toHaveText("v1");
-  await expect(row.getByRole("button", { name: "Deploy" })).toBeDisabled();
+  await expect(row.getByRole("button", { name: "Deploy" })).toBeEnabled();
 
   await page.goto(`/functions/${fn}/edit`);
   await hydrated(page);

@@ -3,8 +3,8 @@
 
 use super::ApiError;
 use crate::platform::model::{
-    FieldError, FunctionDetail, FunctionSpec, FunctionSummary, NewToken, Resources, Runtime, ScalingPolicy, ServiceKind, ServiceSpec,
-    TokenInfo, UserInfo, Visibility,
+    FieldError, FunctionDetail, FunctionSpec, FunctionSummary, InstanceInfo, NewToken, Resources, Runtime, ScalingPolicy, ServiceKind,
+    ServiceSpec, TokenInfo, UserInfo, Visibility,
 };
 use leptos::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -323,6 +323,80 @@ pub async fn unregister_function(name: String) -> Result<(), ApiError> {
     let result = async {
         let (platform, caller) = ssr::caller().await?;
         Ok(platform.registry.unregister(&caller, &name).await?)
+    };
+    ssr::with_status(result.await)
+}
+
+/// Deploys the caller's instance of a function (again: un-pauses it, retries a failed version).
+#[server]
+pub async fn deploy_function(name: String) -> Result<InstanceInfo, ApiError> {
+    let result = async {
+        let (platform, caller) = ssr::caller().await?;
+        Ok(platform.instances.deploy(&caller, &name).await?.0)
+    };
+    ssr::with_status(result.await)
+}
+
+/// The caller's own instances (also for admins: the catalog shows what *I* run).
+#[server]
+pub async fn my_instances() -> Result<Vec<InstanceInfo>, ApiError> {
+    let result = async {
+        let (platform, caller) = ssr::caller().await?;
+        Ok(platform.instances.list_own(&caller).await?)
+    };
+    ssr::with_status(result.await)
+}
+
+/// The caller's instance of one function, if deployed.
+#[server]
+pub async fn my_instance(function: String) -> Result<Option<InstanceInfo>, ApiError> {
+    let result = async {
+        let (platform, caller) = ssr::caller().await?;
+        Ok(platform.instances.mine(&caller, &function).await?)
+    };
+    ssr::with_status(result.await)
+}
+
+/// Pauses an instance: its replicas stop, its configuration and node port stay.
+#[server]
+pub async fn pause_instance(id: String) -> Result<InstanceInfo, ApiError> {
+    let result = async {
+        let (platform, caller) = ssr::caller().await?;
+        Ok(platform.instances.pause(&caller, &id).await?)
+    };
+    ssr::with_status(result.await)
+}
+
+/// Starts a paused instance's replicas again.
+#[server]
+pub async fn resume_instance(id: String) -> Result<InstanceInfo, ApiError> {
+    let result = async {
+        let (platform, caller) = ssr::caller().await?;
+        Ok(platform.instances.resume(&caller, &id).await?)
+    };
+    ssr::with_status(result.await)
+}
+
+/// Sets an instance's replicas; `replicas` is the form's text, so a non-number is named.
+#[server]
+pub async fn scale_instance(id: String, replicas: String) -> Result<InstanceInfo, ApiError> {
+    let result = async {
+        let (platform, caller) = ssr::caller().await?;
+        let replicas = replicas
+            .trim()
+            .parse::<u32>()
+            .map_err(|_| ApiError::invalid("replicas", format!("replicas must be a whole number, not {:?}", replicas.trim())))?;
+        Ok(platform.instances.scale(&caller, &id, replicas).await?)
+    };
+    ssr::with_status(result.await)
+}
+
+/// Deletes an instance: replicas stopped, ports freed.
+#[server]
+pub async fn delete_instance(id: String) -> Result<(), ApiError> {
+    let result = async {
+        let (platform, caller) = ssr::caller().await?;
+        Ok(platform.instances.delete(&caller, &id).await?)
     };
     ssr::with_status(result.await)
 }

@@ -111,11 +111,13 @@ impl Instances {
     /// The caller's instances (an admin's: everyone's).
     pub async fn list(&self, caller: &Principal) -> InstanceResult<Vec<InstanceInfo>> {
         let records = self.store.instances(if caller.is_admin() { None } else { Some(caller.id) }).await?;
-        let mut infos = Vec::with_capacity(records.len());
-        for record in records {
-            infos.push(self.info(record));
-        }
-        Ok(infos)
+        Ok(records.into_iter().map(|record| self.info(record)).collect())
+    }
+
+    /// The caller's own instances, admin or not.
+    pub async fn list_own(&self, caller: &Principal) -> InstanceResult<Vec<InstanceInfo>> {
+        let records = self.store.instances(Some(caller.id)).await?;
+        Ok(records.into_iter().map(|record| self.info(record)).collect())
     }
 
     /// One instance of the caller's (an admin: anyone's).

@@ -1,24 +1,39 @@
 //! The catalog: my functions and the public ones, with what can be done to each.
 
-use super::{short_time, ErrorNotice};
-use crate::api::functions::list_functions;
-use crate::platform::model::{FunctionSummary, Visibility};
+use super::{action_error, short_time, ErrorNotice};
+use crate::api::functions::{list_functions, my_instances, DeployFunction};
+use crate::platform::model::{FunctionSummary, InstanceInfo, Visibility};
 use leptos::prelude::*;
 use leptos_meta::Title;
 use leptos_router::components::A;
+use leptos_router::hooks::use_navigate;
+use std::collections::HashMap;
 
 /// Lists the functions the user may see.
 #[component]
 pub fn CatalogPage() -> impl IntoView {
     let functions = Resource::new(|| (), |_| list_functions());
+    let deploy = ServerAction::<DeployFunction>::new();
+    let instances = Resource::new(move || deploy.version().get(), |_| my_instances());
+    let deploy_error = action_error(deploy.value());
+    // A deployed function's page shows the new instance coming up.
+    let navigate = use_navigate();
+    Effect::new(move |_| {
+        if let Some(Ok(instance)) = deploy.value().get() {
+            navigate(&format!("/functions/{}", instance.function), Default::default());
+        }
+    });
     view! {
         <Title text="Catalog · kubefn"/>
         <div class="page-head">
             <h1>"Functions"</h1>
             <A href="/functions/new" attr:class="button primary">"Register a function"</A>
         </div>
+        {move || deploy_error.get().map(|error| view! { <ErrorNotice error/> })}
         <Suspense fallback=|| view! { <p class="muted">"Loading functions…"</p> }>
             {move || Suspend::new(async move {
+                let mine: HashMap<String, InstanceInfo> =
+                    instances.await.unwrap_or_default().into_iter().map(|i| (i.function.clone(), i)).collect();
                 match functions.await {
                     Err(error) => view! { <ErrorNotice error/> }.into_any(),
                     Ok(list) if list.is_empty() => view! {
@@ -26,7 +41,7 @@ pub fn CatalogPage() -> impl IntoView {
                             <p>"No functions yet. Register one from Python or Node source, or from a container image."</p>
                         </section>
                     }.into_any(),
-                    Ok(list) => view! { <CatalogTable functions=list/> }.into_any(),
+                    Ok(list) => view! { <CatalogTable functions=list mine deploy/> }.into_any(),
                 }
             })}
         </Suspense>
@@ -34,7 +49,7 @@ pub fn CatalogPage() -> impl IntoView {
 }
 
 #[component]
-fn CatalogTable(functions: Vec<FunctionSummary>) -> impl IntoView {
+fn CatalogTable(functions: Vec<FunctionSummary>, mine: HashMap<String, InstanceInfo>, deploy: ServerAction<DeployFunction>) -> impl IntoView {
     view! {
         <div class="table-wrap">
             <table class="catalog" data-testid="catalog">
@@ -67,11 +82,26 @@ fn CatalogTable(functions: Vec<FunctionSummary>) -> impl IntoView {
                                 <td>{f.owner.clone()}</td>
                                 <td>{match f.visibility { Visibility::Public => "public", Visibility::Private => "private" }}</td>
                                 <td>{short_time(&f.updated_at)}</td>
-                                <td>
-                                    <button type="button" disabled title="Deploying needs a runtime, which this version of kubefn does not have yet">
-                                        "Deploy"
-                                    </button>
-                                    <span class="hint">" runtime not available yet"</span>
+                                <td class="instance-cell">
+                                    {match mine.get(&f.name) {
+                                        Some(instance) => {
+                                            let state = instance.state.as_str();
+                                            view! {
+                                                <A href=format!("/functions/{}", f.name)>
+                                                    <span class=format!("state state-{}", state.to_lowercase())>{state}</span>
+                                                </A>
+                                            }.into_any()
+                                        }
+                                        None => {
+                                            let function = f.name.clone();
+                                            view! {
+                                                <ActionForm action=deploy attr:class="inline">
+                                                    <input type="hidden" name="name" value=function/>
+                                                    <button type="submit" disabled=move || deploy.pending().get()>"Deploy"</button>
+                                                </ActionForm>
+                                            }.into_any()
+                                        }
+                                    }}
                                 </td>
                             </tr>
                         }

@@ -1,5 +1,7 @@
-//! One function: its current spec, its versions (with rollback) and unregistering.
+//! One function: the caller's instance of it, its current spec, its versions (with rollback)
+//! and unregistering.
 
+use super::instance_panel::InstancePanel;
 use super::{action_error, short_time, ErrorNotice};
 use crate::api::functions::{get_function, RollbackFunction, UnregisterFunction};
 use crate::platform::model::{FunctionDetail, Runtime};
@@ -56,7 +58,6 @@ fn FunctionView(
             <h1>{function.name.clone()} <span class="tag">{spec.runtime.as_str()}</span></h1>
             <div class="actions">
                 <A href=format!("/functions/{}/edit", function.name) attr:class="button">"Edit (new version)"</A>
-                <button type="button" disabled title="Deploying needs a runtime, which this version of kubefn does not have yet">"Deploy"</button>
             </div>
         </div>
         <p class="muted">
@@ -64,7 +65,7 @@ fn FunctionView(
             <strong data-testid="current-version">{current}</strong> " of " {function.latest_version}
             " · updated " {short_time(&function.updated_at)}
         </p>
-        <p class="hint">"Deploying is not available yet: no runtime is built into this version of kubefn."</p>
+        <InstancePanel function=function.name.clone()/>
         {move || rollback_error.get().map(|error| view! { <ErrorNotice error/> })}
         <div class="two-col">
             <section class="card" aria-labelledby="spec-title">

@@ -4,6 +4,7 @@ pub mod account;
 pub mod catalog;
 pub mod function_page;
 pub mod functions_form;
+pub mod instance_panel;
 pub mod login;
 
 use crate::api::ApiError;
