@@ -3,7 +3,8 @@
 //! scaling, logs and delete.
 
 use futures::StreamExt;
-use kubefn::platform::model::{FunctionSpec, InstanceState, Runtime as Language};
+use kubefn::platform::autoscale::AutoscalerConfig;
+use kubefn::platform::model::{FunctionSpec, InstanceState, Runtime as Language, ScalingPolicy};
 use kubefn::platform::runtime::local::supervisor::RestartPolicy;
 use kubefn::platform::runtime::local::{LocalConfig, LocalRuntime};
 use kubefn::platform::runtime::{InstanceSpec, Runtime, RuntimeStatus};
@@ -25,6 +26,13 @@ impl Harness {
         config.node_ports = 41000..=41999;
         config.drain = Duration::from_millis(500);
         config.hold = Duration::from_secs(20);
+        config.usage_period = Duration::from_millis(200);
+        config.autoscaler = AutoscalerConfig {
+            sync_period: Duration::from_millis(400),
+            tolerance: 0.1,
+            scale_down_stabilization: Duration::from_secs(2),
+            scale_up_period: Duration::from_millis(400),
+        };
         config.restart = RestartPolicy {
             initial_backoff: Duration::from_millis(50),
             max_backoff: Duration::from_millis(400),
@@ -71,6 +79,7 @@ fn function(name: &str, language: Language, handler: Option<&str>, source: &str)
         resources: Default::default(),
         scaling: Default::default(),
         service: Default::default(),
+        timeout_s: 60,
     }
 }
 
@@ -364,4 +373,100 @@ async fn a_new_runtime_stops_the_processes_a_killed_one_left() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(bootstrap_pids(&marker), Vec::<u32>::new(), "the new runtime stopped the leftover replica");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cpu_load_scales_out_and_quiet_scales_back_in() {
+    let harness = Harness::new();
+    // Each call burns 20 ms of CPU: a few callers keep a replica far above 50% of its 100m.
+    let mut spec = function(
+        "burner",
+        Language::Python,
+        None,
+        "import time\ndef handle(req):\n    end = time.process_time() + 0.02\n    while time.process_time() < end:\n        pass\n    return 'burnt'\n",
+    );
+    spec.scaling = ScalingPolicy { min: 1, max: 3, target_cpu_percent: Some(50), ..ScalingPolicy::default() };
+    harness.runtime.apply(instance("burn", 1, spec, 1)).await.expect("apply");
+    let address = harness.ready("burn").await;
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for _ in 0..3 {
+        let stop = stop.clone();
+        load.push(tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = call(address, "POST", "/", "text/plain", "").await;
+            }
+        }));
+    }
+    let scaled = harness.until("burn", "scaled out to 3 ready replicas", |s| s.desired == 3 && s.ready == 3).await;
+    let event = scaled.events.iter().find(|e| e.reason == "ScalingReplicaSet").expect("a scaling event");
+    assert!(event.message.contains("autoscaled from 1 to") && event.message.contains("CPU utilization"), "{}", event.message);
+    let usage = harness.runtime.usage("burn").expect("usage");
+    assert!(usage.iter().any(|u| u.cpu_millicores.is_some_and(|m| m > 50.0)), "usage shows the load: {usage:?}");
+    assert!(usage.iter().all(|u| u.memory_bytes > 1024 * 1024), "usage shows memory: {usage:?}");
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for task in load {
+        task.await.expect("load");
+    }
+    let quiet = harness.until("burn", "scaled back in to 1", |s| s.desired == 1 && s.ready == 1).await;
+    assert!(quiet.events.iter().any(|e| e.message.starts_with("autoscaled from") && e.message.contains("to 1 replica")), "{:#?}", quiet.events);
+    harness.runtime.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_idle_instance_goes_to_zero_and_a_request_brings_it_back() {
+    let harness = Harness::new();
+    let mut spec = function("sleepy", Language::Node, None, "module.exports = async (event) => 'awake ' + event.data;\n");
+    spec.scaling = ScalingPolicy { min: 0, max: 2, target_cpu_percent: None, scale_to_zero_after_s: Some(1), ..ScalingPolicy::default() };
+    harness.runtime.apply(instance("sleepy", 1, spec, 1)).await.expect("apply");
+    let address = harness.ready("sleepy").await;
+    assert_eq!(post(address, "once").await, (200, "awake once".to_string()));
+
+    let idle = harness.until("sleepy", "scaled to zero", |s| s.desired == 0 && s.replicas.is_empty()).await;
+    assert_eq!(idle.state, InstanceState::Ready);
+    assert!(idle.message.contains("scaled to zero"), "{}", idle.message);
+    assert!(idle.events.iter().any(|e| e.reason == "ScaledToZero"), "{:#?}", idle.events);
+
+    // The cold request is held while a replica starts, then served.
+    assert_eq!(post(address, "again").await, (200, "awake again".to_string()));
+    let woken = harness.until("sleepy", "one replica again", |s| s.ready == 1).await;
+    assert!(woken.events.iter().any(|e| e.reason == "ScaledFromZero"), "{:#?}", woken.events);
+    harness.runtime.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_over_its_memory_limit_is_killed_and_restarted_and_slow_calls_time_out() {
+    let harness = Harness::new();
+    let mut spec = function(
+        "hungry",
+        Language::Python,
+        None,
+        "import time\nheld = []\ndef handle(req):\n    if req == 'eat':\n        held.append(bytearray(200 * 1024 * 1024))\n    if req == 'hang':\n        time.sleep(30)\n    return 'ok'\n",
+    );
+    spec.resources.memory = "32Mi".into();
+    spec.resources.memory_limit = "96Mi".into();
+    spec.timeout_s = 1;
+    harness.runtime.apply(instance("hungry", 1, spec, 1)).await.expect("apply");
+    let address = harness.ready("hungry").await;
+    let status = harness.runtime.status("hungry").expect("status");
+    assert!(status.limits.contains("memory limit 96Mi: enforced by kubefn"), "{}", status.limits);
+    assert!(status.limits.contains("invocation timeout 1 s"), "{}", status.limits);
+
+    let started = std::time::Instant::now();
+    let (code, body) = post(address, "hang").await;
+    assert_eq!(code, 504, "{body}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    // The replica may be killed before it answers: either way the kill is what counts.
+    let _ = call(address, "POST", "/", "text/plain", "eat").await;
+    let killed = harness.until("hungry", "killed for memory and restarted", |s| {
+        s.events.iter().any(|e| e.reason == "OOMKilled") && s.replicas.first().is_some_and(|r| r.restarts >= 1 && r.state == "Ready")
+    })
+    .await;
+    let event = killed.events.iter().find(|e| e.reason == "OOMKilled").expect("event");
+    assert!(event.message.contains("over its memory limit of 96 MiB"), "{}", event.message);
+    assert_eq!(post(address, "light").await, (200, "ok".to_string()), "the restarted replica serves");
+    harness.runtime.shutdown().await;
 }

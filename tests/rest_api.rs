@@ -134,8 +134,9 @@ fn hello(name: &str) -> Value {
         "env": {"GREETING": "hi"},
         "visibility": "public",
         "resources": {"cpu": "100m", "memory": "128Mi", "cpu_limit": "500m", "memory_limit": "256Mi"},
-        "scaling": {"min": 1, "max": 5, "target_cpu_percent": 70, "target_memory_percent": null, "scale_to_zero_after_s": null},
-        "service": {"type": "NodePort"}
+        "scaling": {"min": 1, "max": 5, "target_cpu_percent": 70, "target_memory_percent": null, "target_requests_in_flight": null, "scale_to_zero_after_s": null},
+        "service": {"type": "NodePort"},
+        "timeout_s": 60
     })
 }
 
@@ -333,6 +334,9 @@ async fn every_invalid_field_is_named_and_nothing_is_stored() {
         (with(hello("x"), "/scaling/min", json!(-1)), "scaling.min"),
         (with(hello("x"), "/scaling/target_cpu_percent", json!(0)), "scaling.target_cpu_percent"),
         (with(hello("x"), "/scaling/scale_to_zero_after_s", json!(1)), "scaling.scale_to_zero_after_s"),
+        (with(hello("x"), "/scaling/target_requests_in_flight", json!(0)), "scaling.target_requests_in_flight"),
+        (with(hello("x"), "/timeout_s", json!(0)), "timeout_s"),
+        (with(hello("x"), "/timeout_s", json!(3600)), "timeout_s"),
         (with(hello("x"), "/service/type", json!("Ingress")), "service.type"),
         (with(hello("x"), "/service/type", json!("ExternalName")), "service.external_name"),
         (with(with(hello("x"), "/runtime", json!("image")), "/source", json!("")), "image"),
@@ -649,6 +653,22 @@ async fn deploy_invoke_update_pause_resume_and_delete_instances() {
     assert!(!text.contains("Traceback"), "readiness probes and requests leave no errors behind: {text}");
     let lines: Vec<Value> = text.lines().filter_map(|l| l.strip_prefix("data: ")).map(|d| serde_json::from_str(d).expect("JSON per event")).collect();
     assert!(lines.iter().any(|l| l["replica"] == "v2-r0" && l["stream"] == "system" && l["text"] == "stopped"), "{text}");
+
+    // The reconcile loop (every second here) records usage samples.
+    let mut samples = Value::Null;
+    for _ in 0..100 {
+        samples = app.call(Method::GET, &format!("/api/v1/instances/{id}/usage"), None, As::Cookie(&alice)).await.body;
+        if samples.as_array().is_some_and(|s| s.iter().any(|s| s["replicas_ready"] == 2 && s["memory_bytes"].as_u64().is_some_and(|m| m > 0))) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(samples.as_array().is_some_and(|s| s.iter().any(|s| s["replicas_ready"] == 2)), "usage samples: {samples:#}");
+    let bad_since = app.call(Method::GET, &format!("/api/v1/instances/{id}/usage?since=yesterday"), None, As::Cookie(&alice)).await;
+    assert_eq!((bad_since.status, bad_since.body["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("since")));
+    let future = app.call(Method::GET, &format!("/api/v1/instances/{id}/usage?since=2999-01-01T00:00:00Z"), None, As::Cookie(&alice)).await;
+    assert_eq!(future.body, json!([]));
+    assert_eq!(app.call(Method::GET, &format!("/api/v1/instances/{id}/usage"), None, As::Cookie(&bob)).await.status, StatusCode::NOT_FOUND);
 
     let busy = app.call(Method::DELETE, "/api/v1/functions/hello", None, As::Cookie(&alice)).await;
     assert_eq!(busy.status, StatusCode::CONFLICT, "unregistering waits for the instances");

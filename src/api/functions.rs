@@ -3,7 +3,7 @@
 
 use super::ApiError;
 use crate::platform::model::{
-    FieldError, FunctionDetail, FunctionSpec, FunctionSummary, InstanceInfo, NewToken, Resources, Runtime, ScalingPolicy, ServiceKind,
+    FieldError, FunctionDetail, FunctionSpec, DEFAULT_TIMEOUT_S, FunctionSummary, InstanceInfo, NewToken, Resources, Runtime, ScalingPolicy, ServiceKind,
     ServiceSpec, TokenInfo, UserInfo, Visibility,
 };
 use leptos::prelude::*;
@@ -56,12 +56,21 @@ pub struct FunctionForm {
     /// CPU target in percent, empty for none.
     #[serde(default)]
     pub target_cpu_percent: String,
+    /// Memory target in percent, empty for none.
+    #[serde(default)]
+    pub target_memory_percent: String,
+    /// Requests in flight per replica to aim for, empty for none.
+    #[serde(default)]
+    pub target_requests_in_flight: String,
     /// Idle seconds before scaling to zero, empty for never.
     #[serde(default)]
     pub scale_to_zero_after_s: String,
     /// Service type.
     #[serde(default)]
     pub service_type: String,
+    /// Invocation timeout in seconds.
+    #[serde(default)]
+    pub timeout_s: String,
 }
 
 impl FunctionForm {
@@ -84,8 +93,11 @@ impl FunctionForm {
             min: spec.scaling.min.to_string(),
             max: spec.scaling.max.to_string(),
             target_cpu_percent: optional(spec.scaling.target_cpu_percent.map(|p| p.to_string())),
+            target_memory_percent: optional(spec.scaling.target_memory_percent.map(|p| p.to_string())),
+            target_requests_in_flight: optional(spec.scaling.target_requests_in_flight.map(|n| n.to_string())),
             scale_to_zero_after_s: optional(spec.scaling.scale_to_zero_after_s.map(|s| s.to_string())),
             service_type: spec.service.kind.as_str().into(),
+            timeout_s: spec.timeout_s.to_string(),
         }
     }
 
@@ -103,6 +115,7 @@ impl FunctionForm {
             resources: Resources::default(),
             scaling: ScalingPolicy::default(),
             service: ServiceSpec::default(),
+            timeout_s: DEFAULT_TIMEOUT_S,
         });
         form.name.clear();
         form
@@ -153,6 +166,9 @@ impl FunctionForm {
         let min = number("scaling.min", &self.min);
         let max = number("scaling.max", &self.max);
         let target = number("scaling.target_cpu_percent", &self.target_cpu_percent);
+        let memory_target = number("scaling.target_memory_percent", &self.target_memory_percent);
+        let in_flight_target = number("scaling.target_requests_in_flight", &self.target_requests_in_flight);
+        let timeout = number("timeout_s", &self.timeout_s);
         let idle = number("scaling.scale_to_zero_after_s", &self.scale_to_zero_after_s);
         let defaults = ScalingPolicy::default();
         let to_u32 = |value: Option<u64>, fallback: u32| value.map_or(fallback, |v| u32::try_from(v).unwrap_or(u32::MAX));
@@ -177,10 +193,12 @@ impl FunctionForm {
                 min: to_u32(min, defaults.min),
                 max: to_u32(max, defaults.max),
                 target_cpu_percent: target.map(|t| u32::try_from(t).unwrap_or(u32::MAX)),
-                target_memory_percent: None,
+                target_memory_percent: memory_target.map(|t| u32::try_from(t).unwrap_or(u32::MAX)),
+                target_requests_in_flight: in_flight_target.map(|t| u32::try_from(t).unwrap_or(u32::MAX)),
                 scale_to_zero_after_s: idle,
             },
             service: ServiceSpec { kind, external_name: None, port: None },
+            timeout_s: to_u32(timeout, DEFAULT_TIMEOUT_S),
         };
         if errors.is_empty() { Ok(spec) } else { Err(errors) }
     }

@@ -2,7 +2,7 @@
 
 use super::caller::{self, AuthSession, Caller};
 use super::{ApiError, AppState};
-use crate::platform::model::{FunctionDetail, FunctionSpec, FunctionSummary, InstanceInfo, NewToken, TokenInfo, UserInfo, VersionDetail};
+use crate::platform::model::{FunctionDetail, FunctionSpec, FunctionSummary, InstanceInfo, NewToken, TokenInfo, UsageSample, UserInfo, VersionDetail};
 use crate::platform::Platform;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request, State};
@@ -33,6 +33,7 @@ pub fn router() -> Router<AppState> {
         .route("/instances/{id}/resume", post(resume_instance))
         .route("/instances/{id}/scale", post(scale_instance))
         .route("/instances/{id}/logs", get(instance_logs))
+        .route("/instances/{id}/usage", get(instance_usage))
         .fallback(|| async { ApiError::new(404, "no such API endpoint; see the REST API in the README") });
     Router::new()
         .nest("/api/v1", v1)
@@ -304,6 +305,26 @@ async fn instance_logs(
         Ok::<_, std::convert::Infallible>(axum::response::sse::Event::default().json_data(&line).unwrap_or_else(|_| axum::response::sse::Event::default().data(line.text)))
     });
     Ok(axum::response::sse::Sse::new(events).keep_alive(axum::response::sse::KeepAlive::default()).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UsageQuery {
+    since: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// The instance's usage samples since `since` (RFC 3339; default: the last hour).
+async fn instance_usage(
+    State(platform): State<Platform>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+    query: Result<axum::extract::Query<UsageQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<UsageSample>>, ApiError> {
+    let axum::extract::Query(query) = query.map_err(|rejection| {
+        ApiError::invalid("since", format!("since must be a time such as 2026-11-22T08:00:00Z: {}", rejection.body_text()))
+    })?;
+    let since = query.since.unwrap_or_else(|| chrono::Utc::now() - chrono::Duration::hours(1));
+    Ok(Json(platform.instances.usage(&caller, &id, since).await?))
 }
 
 async fn readyz(State(platform): State<Platform>) -> Response {

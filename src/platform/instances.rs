@@ -6,11 +6,13 @@
 use crate::platform::auth::Principal;
 use crate::platform::model::{FieldError, FunctionSpec, InstanceInfo, InstanceState, InstanceUrls, ReplicaCounts};
 use crate::platform::registry::{Registry, RegistryError};
-use crate::platform::runtime::{InstanceSpec, LogStream, Runtime, RuntimeError};
+use crate::platform::runtime::{InstanceSpec, LogStream, Runtime, RuntimeError, RuntimeStatus};
 use crate::platform::store::{InstanceRecord, Store, StoreError};
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
-use std::time::Duration;
+use crate::platform::model::UsageSample;
+use chrono::{DateTime, Utc};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 /// The most replicas one instance may be scaled to by hand.
@@ -57,7 +59,18 @@ pub struct Instances {
     registry: Registry,
     runtime: Arc<dyn Runtime>,
     wake: Arc<Notify>,
+    meters: Arc<Mutex<Meters>>,
 }
+
+/// What the previous usage sample saw, to turn counters into rates.
+#[derive(Default)]
+struct Meters {
+    connections: HashMap<String, (Instant, u64)>,
+    last_downsample: Option<Instant>,
+}
+
+/// How often old usage samples are thinned.
+const DOWNSAMPLE_EVERY: Duration = Duration::from_secs(600);
 
 impl std::fmt::Debug for Instances {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -69,7 +82,7 @@ impl Instances {
     /// Instances over `store`, run by `runtime`.
     pub fn new(store: Store, registry: Registry, runtime: Arc<dyn Runtime>) -> Instances {
         let wake = registry.current_version_changed();
-        Instances { store, registry, runtime, wake }
+        Instances { store, registry, runtime, wake, meters: Arc::default() }
     }
 
     /// The runtime's name (`local` or `kubernetes`).
@@ -150,7 +163,20 @@ impl Instances {
         if replicas > MAX_REPLICAS {
             return Err(InstanceError::Invalid(FieldError::new("replicas", format!("replicas must be between 0 and {MAX_REPLICAS}"))));
         }
-        self.change(caller, id, |instance| instance.replicas = replicas).await
+        let mut instance = self.owned(caller, id).await?;
+        instance.replicas = replicas;
+        self.store.set_instance_desired(&instance.id, instance.desired_version, replicas, instance.paused).await?;
+        match self.runtime.scale(&instance.id, replicas).await {
+            // Not running here yet: the reconcile loop starts it with the stored count.
+            Ok(()) | Err(RuntimeError::NotFound { .. }) => Ok(self.info(instance)),
+            Err(error) => Err(InstanceError::Runtime(error)),
+        }
+    }
+
+    /// The instance's usage time series since `since`.
+    pub async fn usage(&self, caller: &Principal, id: &str, since: DateTime<Utc>) -> InstanceResult<Vec<UsageSample>> {
+        let instance = self.owned(caller, id).await?;
+        Ok(self.store.usage(&instance.id, since).await?)
     }
 
     /// The instance's log lines; with `follow`, new ones as they come.
@@ -213,13 +239,57 @@ impl Instances {
                 if let Some(port) = port.filter(|port| record.node_port != Some(*port)) {
                     self.store.set_instance_node_port(&record.id, port).await?;
                 }
+                // The autoscaler's count, so a restart resumes from it (zero while idle is
+                // the runtime's business: the next request wakes it).
+                if !record.paused && status.desired > 0 && status.desired != record.replicas {
+                    self.store.set_instance_desired(&record.id, record.function_version, status.desired, false).await?;
+                }
+                self.record_usage(&record.id, &status).await?;
             }
         }
         for stray in self.runtime.instance_ids().into_iter().filter(|id| !known.contains(id)) {
             tracing::info!(instance = %stray, "stopping an instance the store no longer has");
             self.runtime.delete(&stray).await.map_err(InstanceError::Runtime)?;
         }
+        let downsample = {
+            let mut meters = self.meters.lock().unwrap_or_else(|p| p.into_inner());
+            meters.connections.retain(|id, _| known.contains(id));
+            let due = meters.last_downsample.is_none_or(|last| last.elapsed() >= DOWNSAMPLE_EVERY);
+            if due {
+                meters.last_downsample = Some(Instant::now());
+            }
+            due
+        };
+        if downsample {
+            self.store.downsample_usage(Utc::now()).await?;
+        }
         Ok(())
+    }
+
+    async fn record_usage(&self, id: &str, status: &RuntimeStatus) -> InstanceResult<()> {
+        let usage = self.runtime.usage(id).unwrap_or_default();
+        let now = Instant::now();
+        let requests_per_s = {
+            let mut meters = self.meters.lock().unwrap_or_else(|p| p.into_inner());
+            let previous = meters.connections.insert(id.to_string(), (now, status.connections_total));
+            previous.and_then(|(at, total)| {
+                let seconds = now.saturating_duration_since(at).as_secs_f64();
+                (seconds > 0.0 && status.connections_total >= total).then(|| (status.connections_total - total) as f64 / seconds)
+            })
+        };
+        let cpu: Vec<f64> = usage.iter().filter_map(|u| u.cpu_millicores).collect();
+        let sample = UsageSample {
+            at: Utc::now(),
+            replicas_desired: status.desired,
+            replicas_ready: status.ready,
+            cpu_millicores: (!cpu.is_empty()).then(|| cpu.iter().sum()),
+            memory_bytes: (!usage.is_empty()).then(|| usage.iter().map(|u| u.memory_bytes).sum()),
+            requests_per_s,
+            p50_ms: None,
+            p95_ms: None,
+            errors: 0,
+        };
+        Ok(self.store.insert_usage(id, &sample).await?)
     }
 
     async fn apply(&self, instance: &InstanceRecord, spec: FunctionSpec, retry_failed: bool) -> InstanceResult<()> {
@@ -305,6 +375,7 @@ impl Instances {
                 node_port: status.as_ref().and_then(|s| s.node_port).map(|address| format!("http://{address}")),
                 port_forward: None,
             },
+            limits: status.as_ref().map(|s| s.limits.clone()).unwrap_or_default(),
             replica_details: status.as_ref().map(|s| s.replicas.clone()).unwrap_or_default(),
             events: status.map(|s| s.events).unwrap_or_default(),
             created_at: record.created_at,

@@ -156,6 +156,8 @@ pub struct ScalingPolicy {
     pub target_cpu_percent: Option<u32>,
     /// Average memory use (percent of the request) the autoscaler aims for; `null` turns memory scaling off.
     pub target_memory_percent: Option<u32>,
+    /// Average requests in flight per replica the autoscaler aims for; `null` turns it off.
+    pub target_requests_in_flight: Option<u32>,
     /// Seconds without requests after which the instance goes to zero replicas; `null` never.
     pub scale_to_zero_after_s: Option<u64>,
 }
@@ -167,6 +169,7 @@ impl Default for ScalingPolicy {
             max: 5,
             target_cpu_percent: Some(70),
             target_memory_percent: None,
+            target_requests_in_flight: None,
             scale_to_zero_after_s: None,
         }
     }
@@ -210,6 +213,16 @@ pub struct FunctionSpec {
     /// How instances are exposed.
     #[serde(default)]
     pub service: ServiceSpec,
+    /// Seconds one invocation may take before it is answered with 504.
+    #[serde(default = "default_timeout_s")]
+    pub timeout_s: u32,
+}
+
+/// The invocation timeout when none is given, as OpenFaaS' default.
+pub const DEFAULT_TIMEOUT_S: u32 = 60;
+
+fn default_timeout_s() -> u32 {
+    DEFAULT_TIMEOUT_S
 }
 
 /// A user's role.
@@ -470,6 +483,9 @@ pub struct InstanceInfo {
     pub replicas: ReplicaCounts,
     /// How to reach it.
     pub urls: InstanceUrls,
+    /// Which resource limits apply and how (the local runtime cannot enforce every one).
+    #[serde(default)]
+    pub limits: String,
     /// Its replicas.
     #[serde(default)]
     pub replica_details: Vec<ReplicaInfo>,
@@ -491,4 +507,27 @@ pub struct LogEntry {
     pub stream: String,
     /// The text.
     pub text: String,
+}
+
+/// One point of an instance's usage time series.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UsageSample {
+    /// When it was taken (for downsampled points: the start of their minute).
+    pub at: DateTime<Utc>,
+    /// Replicas asked for.
+    pub replicas_desired: u32,
+    /// Replicas ready.
+    pub replicas_ready: u32,
+    /// CPU of all replicas together, in millicores.
+    pub cpu_millicores: Option<f64>,
+    /// Resident memory of all replicas together, in bytes.
+    pub memory_bytes: Option<u64>,
+    /// Requests (connections, on the local runtime's node port) per second.
+    pub requests_per_s: Option<f64>,
+    /// Median latency in milliseconds, once the gateway measures it.
+    pub p50_ms: Option<f64>,
+    /// 95th percentile latency in milliseconds, once the gateway measures it.
+    pub p95_ms: Option<f64>,
+    /// Failed requests in the interval.
+    pub errors: u32,
 }

@@ -240,8 +240,14 @@ pub fn check_function_spec(spec: &FunctionSpec) -> Vec<FieldError> {
     check_resources(spec, &mut errors);
     check_scaling(spec, &mut errors);
     check_service(spec, &mut errors);
+    if !(1..=MAX_TIMEOUT_S).contains(&spec.timeout_s) {
+        errors.push(FieldError::new("timeout_s", format!("timeout_s must be between 1 and {MAX_TIMEOUT_S} seconds (got {})", spec.timeout_s)));
+    }
     errors
 }
+
+/// The longest invocation timeout, as AWS Lambda's.
+pub const MAX_TIMEOUT_S: u32 = 900;
 
 fn check_code(spec: &FunctionSpec, errors: &mut Vec<FieldError>) {
     if let Some(handler) = &spec.handler
@@ -356,6 +362,14 @@ fn check_scaling(spec: &FunctionSpec, errors: &mut Vec<FieldError>) {
                 errors.push(FieldError::new(field, format!("{field} must be between 1 and 1000 percent of the request (got {percent})")));
             }
     }
+    if let Some(target) = s.target_requests_in_flight
+        && !(1..=10_000).contains(&target)
+    {
+        errors.push(FieldError::new(
+            "scaling.target_requests_in_flight",
+            format!("scaling.target_requests_in_flight must be between 1 and 10000 (got {target})"),
+        ));
+    }
     if let Some(idle) = s.scale_to_zero_after_s {
         if !(10..=7 * 24 * 3600).contains(&idle) {
             errors.push(FieldError::new("scaling.scale_to_zero_after_s", format!("scaling.scale_to_zero_after_s must be between 10 and 604800 seconds (got {idle})")));
@@ -398,6 +412,7 @@ mod tests {
             resources: Resources::default(),
             scaling: ScalingPolicy::default(),
             service: ServiceSpec::default(),
+            timeout_s: 60,
         }
     }
 

@@ -138,7 +138,10 @@ fn FunctionFormView(existing: String, initial: FunctionForm) -> impl IntoView {
                     <QuantityInput id="f-min" name="min" label="Min replicas" value=initial.min.clone() error field="scaling.min"/>
                     <QuantityInput id="f-max" name="max" label="Max replicas" value=initial.max.clone() error field="scaling.max"/>
                     <QuantityInput id="f-target" name="target_cpu_percent" label="Target CPU %" value=initial.target_cpu_percent.clone() error field="scaling.target_cpu_percent"/>
+                    <QuantityInput id="f-target-memory" name="target_memory_percent" label="Target memory %" value=initial.target_memory_percent.clone() error field="scaling.target_memory_percent"/>
+                    <QuantityInput id="f-target-in-flight" name="target_requests_in_flight" label="Target requests in flight" value=initial.target_requests_in_flight.clone() error field="scaling.target_requests_in_flight"/>
                     <QuantityInput id="f-idle" name="scale_to_zero_after_s" label="Scale to zero after (s)" value=initial.scale_to_zero_after_s.clone() error field="scaling.scale_to_zero_after_s"/>
+                    <QuantityInput id="f-timeout" name="timeout_s" label="Timeout (s)" value=initial.timeout_s.clone() error field="timeout_s"/>
                     <div class="field">
                         <label for="f-service">"Service type"</label>
                         <select id="f-service" name="form[service_type]">

@@ -109,6 +109,7 @@ fn InstanceView(
                 Some(url) => view! { <a href=url.clone() data-testid="node-port">{url.clone()}</a> }.into_any(),
                 None => view! { <span class="muted">"none yet"</span> }.into_any(),
             }}</dd>
+            {(!instance.limits.is_empty()).then(|| view! { <dt>"Limits"</dt><dd class="hint">{instance.limits.clone()}</dd> })}
             <dt>"Deployed"</dt>
             <dd>{short_time(&instance.created_at)}</dd>
         </dl>

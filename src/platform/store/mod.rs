@@ -6,6 +6,7 @@
 mod functions;
 mod instances;
 mod tokens;
+mod usage;
 mod users;
 
 pub use functions::FunctionRecord;
@@ -172,6 +173,7 @@ mod tests {
             resources: Default::default(),
             scaling: Default::default(),
             service: Default::default(),
+            timeout_s: 60,
         };
         old.insert_function(user.id, &spec).await.expect("function");
         old.pool().close().await;

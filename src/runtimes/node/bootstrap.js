@@ -9,7 +9,8 @@
 //
 // Environment: PORT, KUBEFN_SOURCE (the module's path), KUBEFN_HANDLER (entry point; empty to
 // detect one, and the choice is logged), KUBEFN_DEPS (a node_modules directory), KUBEFN_BIND
-// (default 0.0.0.0), KUBEFN_FUNCTION_NAME, KUBEFN_TIMEOUT, KUBEFN_MEMORY_LIMIT.
+// (default 0.0.0.0), KUBEFN_TIMEOUT (seconds before an invocation is answered with 504,
+// default 60), KUBEFN_FUNCTION_NAME, KUBEFN_MEMORY_LIMIT.
 // Reserved paths: GET /_/ready and GET /_/health. A function that cannot be loaded makes the
 // process exit with status 3 after saying why on stderr; a handler that throws answers 500
 // with the message and the process keeps serving.
@@ -194,7 +195,17 @@ function fail(res, error) {
   }
 }
 
-function serve({ convention, fn }) {
+/** Answers 504 if the handler has not answered within the timeout; a late answer is dropped. */
+function enforceTimeout(res, timeoutS) {
+  const timer = setTimeout(() => {
+    if (res.headersSent || res.writableEnded) return;
+    process.stderr.write(`kubefn: the handler did not answer within ${timeoutS} s; answered 504\n`);
+    send(res, 504, { 'content-type': 'text/plain; charset=utf-8' }, `the function did not answer within its timeout of ${timeoutS} s\n`);
+  }, timeoutS * 1000);
+  res.on('close', () => clearTimeout(timer));
+}
+
+function serve({ convention, fn }, timeoutS) {
   return http.createServer(async (req, res) => {
     try {
       const url = new URL(req.url, 'http://localhost');
@@ -202,6 +213,7 @@ function serve({ convention, fn }) {
         send(res, 200, { 'content-type': 'text/plain' }, 'ok');
         return;
       }
+      enforceTimeout(res, timeoutS);
       const body = await readBody(req);
       if (convention === 'express') {
         expressify(req, res, body);
@@ -232,7 +244,12 @@ function main() {
   }
   // A rejected promise the handler forgot about must not take the replica down.
   process.on('unhandledRejection', (reason) => process.stderr.write(`kubefn: unhandled rejection: ${reason && reason.stack ? reason.stack : reason}\n`));
-  const server = serve(loaded);
+  const timeoutS = Number(process.env.KUBEFN_TIMEOUT || 60);
+  if (!(timeoutS > 0)) {
+    process.stderr.write(`kubefn: KUBEFN_TIMEOUT must be a positive number of seconds (got ${process.env.KUBEFN_TIMEOUT})\n`);
+    process.exit(LOAD_ERROR_EXIT);
+  }
+  const server = serve(loaded, timeoutS);
   server.keepAliveTimeout = 65_000;
   server.listen(Number(port), process.env.KUBEFN_BIND || '0.0.0.0', () => log(`ready on port ${port}`));
   const stop = () => server.close(() => process.exit(0));

@@ -37,13 +37,13 @@ function request(port, method, urlPath, body, headers = {}) {
   });
 }
 
-async function start(t, source, { handler = '', deps } = {}) {
+async function start(t, source, { handler = '', deps, timeout = '30' } = {}) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kubefn-node-'));
   const file = path.join(dir, 'function.js');
   fs.writeFileSync(file, source);
   const port = await freePort();
   const env = { ...process.env, PORT: String(port), KUBEFN_SOURCE: file, KUBEFN_HANDLER: handler, KUBEFN_BIND: '127.0.0.1',
-    KUBEFN_FUNCTION_NAME: 'fn-under-test', KUBEFN_TIMEOUT: '30', KUBEFN_MEMORY_LIMIT: '128Mi' };
+    KUBEFN_FUNCTION_NAME: 'fn-under-test', KUBEFN_TIMEOUT: timeout, KUBEFN_MEMORY_LIMIT: '128Mi' };
   if (deps) env.KUBEFN_DEPS = deps;
   const child = spawn(process.execPath, [BOOTSTRAP], { env, stdio: ['ignore', 'pipe', 'pipe'] });
   const output = { stdout: '', stderr: '' };
@@ -132,6 +132,20 @@ test('a thrown error is a 500 and the replica keeps serving', async (t) => {
   assert.match(failed.body, /TypeError: bad input: boom/);
   assert.match(r.output.stderr, /the handler threw TypeError/);
   assert.equal((await r.call('POST', '/', 'ok')).body, 'fine');
+});
+
+test('a handler past its timeout gets a 504 and the replica keeps serving', async (t) => {
+  const r = await serve(t, `module.exports = async (event) => {
+    if (event.data === 'hang') await new Promise((resolve) => setTimeout(resolve, 3000));
+    return 'quick';
+  };`, { timeout: '0.5' });
+  const started = Date.now();
+  const late = await r.call('POST', '/', 'hang');
+  assert.equal(late.status, 504);
+  assert.match(late.body, /did not answer within its timeout of 0.5 s/);
+  assert.ok(Date.now() - started < 2500, 'answered at the timeout, not when the handler finished');
+  assert.equal((await r.call('POST', '/', 'ok')).body, 'quick');
+  assert.match(r.output.stderr, /did not answer within 0.5 s/);
 });
 
 test('requests are served concurrently', async (t) => {

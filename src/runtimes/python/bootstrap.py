@@ -16,6 +16,7 @@ Environment:
   KUBEFN_HANDLER        entry point; empty to detect one (the choice is logged)
   KUBEFN_DEPS           directory with installed dependencies, added to sys.path (optional)
   KUBEFN_BIND           address to bind (default 0.0.0.0; the local runtime uses 127.0.0.1)
+  KUBEFN_TIMEOUT        seconds an invocation may take before it is answered with 504 (default 60)
   KUBEFN_FUNCTION_NAME, KUBEFN_TIMEOUT, KUBEFN_MEMORY_LIMIT   passed to the handler's context
 
 Reserved paths: GET /_/ready (200 once the function is loaded) and GET /_/health.
@@ -280,15 +281,52 @@ def call_wsgi(app, request, server_port):
 # HTTP
 
 
+class InvocationTimeout(Exception):
+    """The handler ran past the function's timeout."""
+
+
+def invoke(server, request):
+    """Calls the function by its convention; returns (status, headers, body bytes)."""
+    if server.convention == "wsgi":
+        return call_wsgi(server.target, request, server.server_address[1])
+    if server.convention == "req":
+        return to_response(server.target(request.body_text))
+    if server.convention == "event":
+        return to_response(server.target(Event(request), Context()))
+    return to_response(server.target())
+
+
+def call_with_timeout(call, timeout_s):
+    """Runs `call` in a worker thread and waits at most `timeout_s` for it. Python cannot stop
+    a thread, so a handler that hangs keeps its thread; the caller gets its 504 in time."""
+    outcome = {}
+
+    def run():
+        try:
+            outcome["value"] = call()
+        except BaseException as error:  # noqa: BLE001 - handed to the request thread
+            outcome["error"] = error
+
+    worker = threading.Thread(target=run, name="kubefn-handler", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        raise InvocationTimeout()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
 class FunctionServer(ThreadingHTTPServer):
     daemon_threads = True
     # Plenty of queued connections: bursts arrive while the handler threads are busy.
     request_queue_size = 512
 
-    def __init__(self, address, convention, target):
+    def __init__(self, address, convention, target, timeout_s):
         super().__init__(address, FunctionHandler)
         self.convention = convention
         self.target = target
+        self.timeout_s = timeout_s
 
 
 class FunctionHandler(BaseHTTPRequestHandler):
@@ -329,17 +367,14 @@ class FunctionHandler(BaseHTTPRequestHandler):
         request = Request(self.command, self.path, self.headers, body)
         server = self.server
         try:
-            if server.convention == "wsgi":
-                status, headers, payload = call_wsgi(server.target, request, server.server_address[1])
-            elif server.convention == "req":
-                status, headers, payload = to_response(server.target(request.body_text))
-            elif server.convention == "event":
-                status, headers, payload = to_response(server.target(Event(request), Context()))
-            else:
-                status, headers, payload = to_response(server.target())
+            status, headers, payload = call_with_timeout(lambda: invoke(server, request), server.timeout_s)
+        except InvocationTimeout:
+            print(f"kubefn: the handler did not answer within {server.timeout_s} s; answered 504", file=sys.stderr, flush=True)
+            status, headers, payload = 504, {"Content-Type": "text/plain; charset=utf-8"}, \
+                f"the function did not answer within its timeout of {server.timeout_s} s\n".encode()
         except Exception as error:  # noqa: BLE001 - a failing handler must not take the replica down
             print(f"kubefn: the handler raised {type(error).__name__}: {error}", file=sys.stderr, flush=True)
-            traceback.print_exc(file=sys.stderr)
+            traceback.print_exception(error, file=sys.stderr)
             sys.stderr.flush()
             status, headers, payload = 500, {"Content-Type": "text/plain; charset=utf-8"}, f"{type(error).__name__}: {error}\n".encode()
         self.send(status, headers, payload)
@@ -358,7 +393,12 @@ def main():
     except LoadError as error:
         print(f"kubefn: cannot load the function: {error}", file=sys.stderr, flush=True)
         return LOAD_ERROR_EXIT
-    server = FunctionServer((os.environ.get("KUBEFN_BIND", "0.0.0.0"), int(port)), convention, target)
+    try:
+        timeout_s = float(os.environ.get("KUBEFN_TIMEOUT") or 60)
+    except ValueError:
+        print(f"kubefn: KUBEFN_TIMEOUT must be a number of seconds (got {os.environ.get('KUBEFN_TIMEOUT')!r})", file=sys.stderr)
+        return LOAD_ERROR_EXIT
+    server = FunctionServer((os.environ.get("KUBEFN_BIND", "0.0.0.0"), int(port)), convention, target, timeout_s)
     log(f"ready on port {port}")
     try:
         server.serve_forever()

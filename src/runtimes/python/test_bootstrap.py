@@ -33,7 +33,8 @@ class Replica:
         self.port = free_port()
         environment = dict(os.environ, PORT=str(self.port), KUBEFN_SOURCE=path, KUBEFN_HANDLER=handler,
                            KUBEFN_BIND="127.0.0.1", KUBEFN_FUNCTION_NAME="fn-under-test", KUBEFN_TIMEOUT="30",
-                           KUBEFN_MEMORY_LIMIT="128Mi", PYTHONUNBUFFERED="1", **(env or {}))
+                           KUBEFN_MEMORY_LIMIT="128Mi", PYTHONUNBUFFERED="1")
+        environment.update(env or {})
         if deps:
             environment["KUBEFN_DEPS"] = deps
         self.process = subprocess.Popen([sys.executable, BOOTSTRAP], env=environment, stdout=subprocess.PIPE,
@@ -186,6 +187,21 @@ class BootstrapTest(unittest.TestCase):
         self.assertEqual(status, 500)
         self.assertIn(b"ValueError: bad input: boom", body)
         self.assertEqual(r.request("POST", "/", body=b"ok")[:3:2], (200, b"fine"))
+
+    def test_a_handler_past_its_timeout_gets_a_504_and_the_replica_keeps_serving(self):
+        r = self.serve("""
+            import time
+            def handle(req):
+                if req == "hang":
+                    time.sleep(30)
+                return "quick"
+        """, env={"KUBEFN_TIMEOUT": "0.5"})
+        started = time.monotonic()
+        status, _, body = r.request("POST", "/", body=b"hang")
+        self.assertEqual(status, 504)
+        self.assertIn(b"did not answer within its timeout of 0.5 s", body)
+        self.assertLess(time.monotonic() - started, 5)
+        self.assertEqual(r.request("POST", "/", body=b"ok")[::2], (200, b"quick"))
 
     def test_requests_are_served_concurrently(self):
         # Each call waits until four calls are inside the handler at once; served one at a time,

@@ -10,7 +10,11 @@ use super::dependencies::DependencyCache;
 use super::logs::{LogBuffer, LogLine, Stream};
 use super::node_port::NodePort;
 use super::supervisor::{signal_group, LaunchSpec, ReplicaSet, ReplicaState, RestartPolicy};
+use super::node_port::Traffic;
 use super::usage::{read_group, CpuMeter};
+use crate::platform::autoscale::{Autoscaler, AutoscalerConfig, MetricKind, MetricSample};
+use crate::platform::model::ScalingPolicy;
+use crate::platform::validation::{parse_cpu_millis, parse_memory_bytes};
 use crate::platform::model::{EventInfo, FunctionSpec, InstanceState, LogEntry, ReplicaInfo, Runtime as Language};
 use crate::platform::runtime::{InstanceSpec, LogStream, ReplicaUsage, Runtime, RuntimeError, RuntimeStatus};
 use chrono::Utc;
@@ -19,7 +23,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
@@ -51,6 +55,10 @@ pub struct LocalConfig {
     pub python: PathBuf,
     /// The Node.js interpreter.
     pub node: PathBuf,
+    /// The HPA algorithm's periods and tolerance.
+    pub autoscaler: AutoscalerConfig,
+    /// How often replica CPU and memory are read (and memory limits checked).
+    pub usage_period: Duration,
 }
 
 impl LocalConfig {
@@ -67,6 +75,8 @@ impl LocalConfig {
             log_file_bytes: 4 * 1024 * 1024,
             python: PathBuf::from("python3"),
             node: PathBuf::from("node"),
+            autoscaler: AutoscalerConfig::default(),
+            usage_period: Duration::from_secs(3),
         }
     }
 }
@@ -79,8 +89,19 @@ pub struct LocalRuntime {
 
 struct Inner {
     config: LocalConfig,
+    /// Whether a writable cgroup v2 hierarchy exists (said in each status).
+    cgroup_v2: bool,
     dependencies: DependencyCache,
     slots: Mutex<HashMap<String, Arc<Slot>>>,
+    sampler: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(task) = self.sampler.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            task.abort();
+        }
+    }
 }
 
 /// One instance.
@@ -92,7 +113,18 @@ struct Slot {
     node_address: SocketAddr,
     /// Taken (and closed) when the instance is deleted.
     node_port: Mutex<Option<NodePort>>,
+    traffic: Arc<Traffic>,
+    /// Wakes the instance from zero replicas when a connection arrives.
+    waker: Mutex<Option<JoinHandle<()>>>,
     state: Mutex<SlotState>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(task) = self.waker.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            task.abort();
+        }
+    }
 }
 
 struct SlotState {
@@ -107,6 +139,12 @@ struct SlotState {
     failure: Option<String>,
     events: VecDeque<EventInfo>,
     cpu: CpuMeter,
+    /// The latest CPU and memory reading per replica.
+    usage: Vec<ReplicaUsage>,
+    autoscaler: Autoscaler,
+    last_autoscale: Option<Instant>,
+    /// Scaled to zero after being idle; the next connection wakes it.
+    idle_at_zero: bool,
 }
 
 struct Active {
@@ -130,7 +168,31 @@ impl Drop for Active {
 
 impl SlotState {
     fn replicas_wanted(&self) -> u32 {
-        if self.spec.paused { 0 } else { self.spec.replicas }
+        if self.spec.paused || self.idle_at_zero { 0 } else { self.spec.replicas }
+    }
+
+    /// Sets the replicas of the serving set (and of one being started).
+    fn scale_sets(&self) {
+        let wanted = self.replicas_wanted();
+        if let Some(active) = &self.active {
+            active.set.scale(wanted);
+        }
+        if let Some(rollout) = &self.rollout
+            && let Some(set) = rollout.set.lock().unwrap_or_else(|p| p.into_inner()).as_ref()
+        {
+            set.scale(wanted);
+        }
+    }
+
+    /// Starts a replica for an instance idling at zero.
+    fn wake(&mut self, why: &str) {
+        if self.idle_at_zero && !self.spec.paused {
+            self.idle_at_zero = false;
+            self.spec.replicas = self.spec.replicas.max(1);
+            let replicas = self.spec.replicas;
+            self.event("Normal", "ScaledFromZero", format!("{why}: starting {replicas} replica(s)"));
+            self.scale_sets();
+        }
     }
 
     fn event(&mut self, kind: &str, reason: &str, message: String) {
@@ -159,13 +221,16 @@ impl LocalRuntime {
             write_if_changed(&path, text).map_err(files(&path))?;
         }
         stop_leftover_processes(&config.root.join("pids"), &config.root.join("bootstrap"));
-        Ok(LocalRuntime {
-            inner: Arc::new(Inner {
-                dependencies: DependencyCache::new(config.root.join("dependencies")),
-                config,
-                slots: Mutex::default(),
-            }),
-        })
+        let inner = Arc::new(Inner {
+            cgroup_v2: super::limits::cgroup_v2_writable(),
+            dependencies: DependencyCache::new(config.root.join("dependencies")),
+            config,
+            slots: Mutex::default(),
+            sampler: Mutex::default(),
+        });
+        let task = tokio::spawn(sample_periodically(Arc::downgrade(&inner)));
+        *inner.sampler.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
+        Ok(LocalRuntime { inner })
     }
 
     fn slot(&self, id: &str) -> Result<Arc<Slot>, RuntimeError> {
@@ -191,12 +256,15 @@ impl LocalRuntime {
                 .map_err(|source| RuntimeError::NodePort { id: spec.id.clone(), source })?,
         };
         let logs = LogBuffer::with_file(config.log_lines, config.root.join("logs").join(format!("{}.log", spec.id)), config.log_file_bytes);
+        let traffic = node_port.traffic();
         let slot = Arc::new(Slot {
             id: spec.id.clone(),
             logs,
             endpoints,
             node_address: node_port.address(),
             node_port: Mutex::new(Some(node_port)),
+            traffic: traffic.clone(),
+            waker: Mutex::default(),
             state: Mutex::new(SlotState {
                 spec: spec.clone(),
                 fingerprint: String::new(),
@@ -206,21 +274,36 @@ impl LocalRuntime {
                 failure: None,
                 events: VecDeque::new(),
                 cpu: CpuMeter::default(),
+                usage: Vec::new(),
+                autoscaler: Autoscaler::new(config.autoscaler.clone()),
+                last_autoscale: None,
+                idle_at_zero: false,
             }),
         });
+        let waker = tokio::spawn(wake_on_demand(traffic, Arc::downgrade(&slot)));
+        *slot.waker.lock().unwrap_or_else(|p| p.into_inner()) = Some(waker);
         let mut slots = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
         // Two applies may race to open the same slot; the first one inserted wins.
         Ok(slots.entry(spec.id.clone()).or_insert(slot).clone())
     }
 
-    /// Applies `spec`; with `retry_failed`, a version whose rollout failed is tried again.
-    async fn apply_spec(&self, spec: InstanceSpec, retry_failed: bool) -> Result<(), RuntimeError> {
+    /// Applies `spec`. With `retry_failed`, a version whose rollout failed is tried again. An
+    /// autoscaled instance keeps the autoscaler's replica count (within the policy) unless
+    /// `manual_replicas` says the replicas were set by hand.
+    async fn apply_spec(&self, mut spec: InstanceSpec, retry_failed: bool, manual_replicas: bool) -> Result<(), RuntimeError> {
         self.check(&spec.spec)?;
         let slot = self.open_slot(&spec).await?;
         let fingerprint = fingerprint(&spec);
         let mut state = slot.state.lock().unwrap_or_else(|p| p.into_inner());
         let was_paused = state.spec.paused;
         let old_replicas = state.spec.replicas;
+        let started = !state.fingerprint.is_empty();
+        if started && autoscaled(&spec.spec.scaling) && !manual_replicas {
+            spec.replicas = old_replicas.clamp(spec.spec.scaling.min.max(1), spec.spec.scaling.max.max(1));
+        }
+        if spec.spec.scaling.scale_to_zero_after_s.is_none() && state.idle_at_zero {
+            state.idle_at_zero = false;
+        }
         state.spec = spec.clone();
         let code_changed = state.fingerprint != fingerprint;
         let rolling_this = state.rollout.as_ref().is_some_and(|r| r.fingerprint == fingerprint);
@@ -236,17 +319,9 @@ impl LocalRuntime {
             };
             state.event("Normal", reason, message);
         } else if old_replicas != spec.replicas {
-            state.event("Normal", "ScalingReplicaSet", format!("scaled from {old_replicas} to {} replica(s)", spec.replicas));
+            state.event("Normal", "ScalingReplicaSet", format!("scaled from {old_replicas} to {} replica(s) by hand", spec.replicas));
         }
-        let wanted = state.replicas_wanted();
-        if let Some(active) = &state.active {
-            active.set.scale(wanted);
-        }
-        if let Some(rollout) = &state.rollout
-            && let Some(set) = rollout.set.lock().unwrap_or_else(|p| p.into_inner()).as_ref()
-        {
-            set.scale(wanted);
-        }
+        state.scale_sets();
         Ok(())
     }
 
@@ -394,14 +469,24 @@ async fn prepare_launch(inner: &Inner, slot: &Slot, spec: &InstanceSpec) -> Resu
         ("KUBEFN_HANDLER".to_string(), function.handler.clone().unwrap_or_default()),
         ("KUBEFN_FUNCTION_NAME".to_string(), function.name.clone()),
         ("KUBEFN_MEMORY_LIMIT".to_string(), function.resources.memory_limit.clone()),
+        ("KUBEFN_TIMEOUT".to_string(), function.timeout_s.to_string()),
         ("PYTHONUNBUFFERED".to_string(), "1".to_string()),
     ]);
     if let Some(deps) = deps {
         env.push(("KUBEFN_DEPS".to_string(), deps.display().to_string()));
     }
+    let mut args = Vec::new();
+    if function.runtime == Language::Node
+        && let Some(limit) = parse_memory_bytes(&function.resources.memory_limit)
+    {
+        // V8 collects garbage before the heap reaches three quarters of the limit, rather
+        // than growing until the replica is killed for exceeding it.
+        args.push(format!("--max-old-space-size={}", (limit / (1024 * 1024) * 3 / 4).max(16)));
+    }
+    args.push(config.root.join("bootstrap").join(bootstrap).display().to_string());
     Ok(LaunchSpec {
         program: program.clone(),
-        args: vec![config.root.join("bootstrap").join(bootstrap).display().to_string()],
+        args,
         env,
         dir,
         name_prefix: format!("v{}-", spec.version),
@@ -456,6 +541,125 @@ fn stop_leftover_processes(pid_dir: &Path, bootstrap_dir: &Path) {
     }
 }
 
+/// Whether the autoscaler owns the replica count: a range to move in and a metric to follow.
+fn autoscaled(policy: &ScalingPolicy) -> bool {
+    policy.max > policy.min.max(1)
+        && (policy.target_cpu_percent.is_some() || policy.target_memory_percent.is_some() || policy.target_requests_in_flight.is_some())
+}
+
+/// Reads usage, enforces memory limits, runs the autoscaler and the idle check, every
+/// `usage_period`, until the runtime is gone.
+async fn sample_periodically(inner: Weak<Inner>) {
+    loop {
+        let Some(runtime) = inner.upgrade() else { return };
+        let period = runtime.config.usage_period;
+        let slots: Vec<Arc<Slot>> = runtime.slots.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        let now = Instant::now();
+        for slot in slots {
+            sample(&runtime.config, &slot, now);
+        }
+        drop(runtime);
+        tokio::time::sleep(period).await;
+    }
+}
+
+fn sample(config: &LocalConfig, slot: &Slot, now: Instant) {
+    let mut state = slot.state.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(active) = &state.active else { return };
+    let set = active.set.clone();
+    let replicas = set.status().replicas;
+    let memory_limit = parse_memory_bytes(&state.spec.spec.resources.memory_limit);
+    let mut usage = Vec::new();
+    let mut seen = Vec::new();
+    for replica in &replicas {
+        let Some(pid) = replica.pid else { continue };
+        let Ok(group) = read_group(pid) else { continue };
+        let key = format!("{}:{pid}", replica.name);
+        let percent = state.cpu.percent(&key, now, group.cpu_seconds);
+        seen.push(key);
+        if let Some(limit) = memory_limit.filter(|limit| group.rss_bytes > *limit) {
+            // What the kernel's OOM killer does to a pod over its cgroup limit, done here
+            // because this machine gives kubefn no writable cgroup v2 to enforce it.
+            let message = format!(
+                "{} used {} MiB, over its memory limit of {} MiB: killed (OOMKilled)",
+                replica.name,
+                group.rss_bytes / (1024 * 1024),
+                limit / (1024 * 1024)
+            );
+            slot.logs.push(&replica.name, Stream::System, message.clone());
+            state.event("Warning", "OOMKilled", message);
+            if let Ok(group_id) = i32::try_from(pid) {
+                signal_group(group_id, libc::SIGKILL);
+            }
+            continue;
+        }
+        usage.push(ReplicaUsage { replica: replica.name.clone(), cpu_millicores: percent.map(|p| p * 10.0), memory_bytes: group.rss_bytes });
+    }
+    state.cpu.retain(&seen);
+    state.usage = usage;
+    idle_check(slot, &mut state, now);
+    let due = state.last_autoscale.is_none_or(|last| now.saturating_duration_since(last) >= config.autoscaler.sync_period);
+    if due {
+        state.last_autoscale = Some(now);
+        autoscale(slot, &mut state, now);
+    }
+}
+
+/// Scales an idle instance to zero after its policy's idle time.
+fn idle_check(slot: &Slot, state: &mut SlotState, now: Instant) {
+    let Some(after) = state.spec.spec.scaling.scale_to_zero_after_s else { return };
+    if state.idle_at_zero || state.spec.paused || state.rollout.is_some() || state.active.is_none() {
+        return;
+    }
+    let idle = slot.traffic.idle_for(now);
+    if idle >= Duration::from_secs(after) {
+        state.idle_at_zero = true;
+        state.event("Normal", "ScaledToZero", format!("no request for {} s: scaled to zero", idle.as_secs()));
+        state.scale_sets();
+    }
+}
+
+/// One HPA sync: the policy's metrics averaged per replica against their targets.
+fn autoscale(slot: &Slot, state: &mut SlotState, now: Instant) {
+    let policy = state.spec.spec.scaling.clone();
+    if !autoscaled(&policy) || state.spec.paused || state.idle_at_zero || state.rollout.is_some() || state.active.is_none() {
+        return;
+    }
+    let resources = &state.spec.spec.resources;
+    let mut metrics = Vec::new();
+    if let (Some(target), Some(request)) = (policy.target_cpu_percent, parse_cpu_millis(&resources.cpu).filter(|r| *r > 0)) {
+        let values: Vec<f64> = state.usage.iter().filter_map(|u| u.cpu_millicores).map(|m| m / request as f64 * 100.0).collect();
+        metrics.push(MetricSample { kind: MetricKind::CpuUtilization, target: f64::from(target), per_replica: values });
+    }
+    if let (Some(target), Some(request)) = (policy.target_memory_percent, parse_memory_bytes(&resources.memory).filter(|r| *r > 0)) {
+        let values: Vec<f64> = state.usage.iter().map(|u| u.memory_bytes as f64 / request as f64 * 100.0).collect();
+        metrics.push(MetricSample { kind: MetricKind::MemoryUtilization, target: f64::from(target), per_replica: values });
+    }
+    let current = state.spec.replicas;
+    if let Some(target) = policy.target_requests_in_flight {
+        // The node port sees connections, not requests: with one request per connection (as
+        // the gateway sends them) the two are the same.
+        let ready = state.active.as_ref().map_or(0, |a| a.set.status().ready).max(1);
+        let per_replica = slot.traffic.open() as f64 / f64::from(ready);
+        metrics.push(MetricSample { kind: MetricKind::RequestsInFlight, target: f64::from(target), per_replica: vec![per_replica; ready as usize] });
+    }
+    let decision = state.autoscaler.decide(now, current, policy.min, policy.max, &metrics);
+    if decision.desired != current {
+        state.spec.replicas = decision.desired;
+        state.event("Normal", "ScalingReplicaSet", format!("autoscaled from {current} to {} replica(s): {}", decision.desired, decision.reason));
+        state.scale_sets();
+    }
+}
+
+/// Waits for connections that find no ready replica and wakes the instance for them.
+async fn wake_on_demand(traffic: Arc<Traffic>, slot: Weak<Slot>) {
+    loop {
+        traffic.demanded().await;
+        let Some(slot) = slot.upgrade() else { return };
+        slot.state.lock().unwrap_or_else(|p| p.into_inner()).wake("a connection arrived");
+    }
+}
+
 fn entry(line: LogLine) -> LogEntry {
     LogEntry { at: line.at, replica: line.replica, stream: line.stream.as_str().to_string(), text: line.text }
 }
@@ -478,11 +682,11 @@ impl Runtime for LocalRuntime {
     }
 
     async fn apply(&self, spec: InstanceSpec) -> Result<(), RuntimeError> {
-        self.apply_spec(spec, false).await
+        self.apply_spec(spec, false, false).await
     }
 
     async fn redeploy(&self, spec: InstanceSpec) -> Result<(), RuntimeError> {
-        self.apply_spec(spec, true).await
+        self.apply_spec(spec, true, false).await
     }
 
     async fn delete(&self, id: &str) -> Result<(), RuntimeError> {
@@ -492,19 +696,19 @@ impl Runtime for LocalRuntime {
     async fn pause(&self, id: &str) -> Result<(), RuntimeError> {
         let mut spec = self.slot(id)?.state.lock().unwrap_or_else(|p| p.into_inner()).spec.clone();
         spec.paused = true;
-        self.apply_spec(spec, false).await
+        self.apply_spec(spec, false, false).await
     }
 
     async fn resume(&self, id: &str) -> Result<(), RuntimeError> {
         let mut spec = self.slot(id)?.state.lock().unwrap_or_else(|p| p.into_inner()).spec.clone();
         spec.paused = false;
-        self.apply_spec(spec, false).await
+        self.apply_spec(spec, false, false).await
     }
 
     async fn scale(&self, id: &str, replicas: u32) -> Result<(), RuntimeError> {
         let mut spec = self.slot(id)?.state.lock().unwrap_or_else(|p| p.into_inner()).spec.clone();
         spec.replicas = replicas;
-        self.apply_spec(spec, false).await
+        self.apply_spec(spec, false, true).await
     }
 
     fn status(&self, id: &str) -> Option<RuntimeStatus> {
@@ -540,6 +744,8 @@ impl Runtime for LocalRuntime {
         let serving_version = state.active.as_ref().filter(|_| ready > 0).map(|a| a.version);
         let (instance_state, message) = if state.spec.paused {
             (InstanceState::Paused, "paused; resume to start its replicas again".to_string())
+        } else if state.idle_at_zero && state.failure.is_none() && state.rollout.is_none() {
+            (InstanceState::Ready, "scaled to zero while idle; the next request starts a replica".to_string())
         } else if let Some(failure) = &state.failure {
             (InstanceState::Failed, failure.clone())
         } else if let Some(failure) = failed_replica {
@@ -559,6 +765,9 @@ impl Runtime for LocalRuntime {
             desired: wanted,
             ready,
             node_port: Some(slot.node_address),
+            limits: super::limits::describe(&state.spec.spec.resources, state.spec.spec.timeout_s, self.inner.cgroup_v2),
+            connections_open: u32::try_from(slot.traffic.open()).unwrap_or(u32::MAX),
+            connections_total: slot.traffic.total(),
             replicas,
             events: state.events.iter().cloned().collect(),
         })
@@ -593,23 +802,12 @@ impl Runtime for LocalRuntime {
     }
 
     fn usage(&self, id: &str) -> Result<Vec<ReplicaUsage>, RuntimeError> {
-        let slot = self.slot(id)?;
-        let mut state = slot.state.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(active) = &state.active else { return Ok(Vec::new()) };
-        let replicas = active.set.status().replicas;
-        let now = Instant::now();
-        let mut usage = Vec::new();
-        for replica in replicas {
-            let Some(pid) = replica.pid else { continue };
-            let Ok(group) = read_group(pid) else { continue };
-            let key = format!("{}:{pid}", replica.name);
-            let percent = state.cpu.percent(&key, now, group.cpu_seconds);
-            usage.push(ReplicaUsage { replica: replica.name, cpu_millicores: percent.map(|p| p * 10.0), memory_bytes: group.rss_bytes });
-        }
-        Ok(usage)
+        Ok(self.slot(id)?.state.lock().unwrap_or_else(|p| p.into_inner()).usage.clone())
     }
 
     async fn connect(&self, id: &str) -> Result<SocketAddr, RuntimeError> {
-        Ok(self.slot(id)?.node_address)
+        let slot = self.slot(id)?;
+        slot.state.lock().unwrap_or_else(|p| p.into_inner()).wake("a request arrived");
+        Ok(slot.node_address)
     }
 }

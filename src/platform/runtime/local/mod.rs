@@ -6,6 +6,7 @@
 //! [`LocalRuntime`] puts them together behind the `Runtime` trait.
 
 pub mod dependencies;
+pub mod limits;
 pub mod logs;
 pub mod node_port;
 pub mod supervisor;

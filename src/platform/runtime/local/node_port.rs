@@ -1,14 +1,15 @@
 //! An instance's stable "node port": a listener of kubefn's that forwards each TCP connection to
 //! one of the instance's ready replicas, round-robin, trying the next one when a replica has
-//! just gone away. While there are none it holds a connection for a while (scale from zero).
+//! just gone away. While there are none it holds a connection for a while and signals demand
+//! (scale from zero). It counts connections, which the autoscaler and the idle check read.
 
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 /// Why a node port could not be opened.
@@ -33,10 +34,75 @@ pub enum NodePortError {
     },
 }
 
+/// What went through a node port: connections open now, connections so far, the last time
+/// one opened or closed, and a signal raised when one arrives while no replica is ready.
+#[derive(Debug)]
+pub struct Traffic {
+    open: AtomicUsize,
+    total: AtomicU64,
+    last_activity: Mutex<Instant>,
+    demand: Notify,
+}
+
+impl Default for Traffic {
+    fn default() -> Self {
+        Traffic { open: AtomicUsize::new(0), total: AtomicU64::new(0), last_activity: Mutex::new(Instant::now()), demand: Notify::new() }
+    }
+}
+
+impl Traffic {
+    /// Connections being served (or held) now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Connections accepted so far.
+    pub fn total(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// How long no connection opened or closed (zero while one is open).
+    pub fn idle_for(&self, now: Instant) -> Duration {
+        if self.open() > 0 {
+            return Duration::ZERO;
+        }
+        now.saturating_duration_since(*self.last_activity.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Resolves when a connection arrives while no replica is ready.
+    pub async fn demanded(&self) {
+        self.demand.notified().await;
+    }
+
+    fn touch(&self) {
+        *self.last_activity.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    }
+}
+
+/// Counts one connection as open until dropped.
+struct OpenConnection(Arc<Traffic>);
+
+impl OpenConnection {
+    fn new(traffic: Arc<Traffic>) -> OpenConnection {
+        traffic.open.fetch_add(1, Ordering::Relaxed);
+        traffic.total.fetch_add(1, Ordering::Relaxed);
+        traffic.touch();
+        OpenConnection(traffic)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+        self.0.touch();
+    }
+}
+
 /// A listening node port; dropping it stops listening and frees the port.
 #[derive(Debug)]
 pub struct NodePort {
     address: SocketAddr,
+    traffic: Arc<Traffic>,
     task: JoinHandle<()>,
 }
 
@@ -70,15 +136,23 @@ impl NodePort {
         // The listener's own address cannot be unknown once bound; fall back to unspecified just in case.
         let address = listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let next = Arc::new(AtomicUsize::new(0));
+        let traffic = Arc::new(Traffic::default());
+        let counted = traffic.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else { continue };
+                let connection = OpenConnection::new(counted.clone());
                 let endpoints = endpoints.clone();
                 let next = next.clone();
-                tokio::spawn(async move { forward(client, endpoints, next, hold).await });
+                tokio::spawn(async move { forward(client, endpoints, next, hold, connection).await });
             }
         });
-        NodePort { address, task }
+        NodePort { address, traffic, task }
+    }
+
+    /// Its traffic counters and demand signal.
+    pub fn traffic(&self) -> Arc<Traffic> {
+        self.traffic.clone()
     }
 
     /// Stops listening and returns once the port is free.
@@ -93,12 +167,13 @@ impl NodePort {
     }
 }
 
-async fn forward(mut client: TcpStream, mut endpoints: watch::Receiver<Vec<SocketAddr>>, next: Arc<AtomicUsize>, hold: Duration) {
+async fn forward(mut client: TcpStream, mut endpoints: watch::Receiver<Vec<SocketAddr>>, next: Arc<AtomicUsize>, hold: Duration, connection: OpenConnection) {
     let _ = client.set_nodelay(true);
     let deadline = tokio::time::Instant::now() + hold;
     loop {
         let candidates = endpoints.borrow_and_update().clone();
         if candidates.is_empty() {
+            connection.0.demand.notify_one();
             // Hold the connection until a replica is ready or the hold time is up.
             if tokio::time::timeout_at(deadline, endpoints.changed()).await.map_or(true, |changed| changed.is_err()) {
                 return;
@@ -176,6 +251,32 @@ mod tests {
         assert!(!waiting.is_finished());
         tx.send_replace(vec![echo_server("late").await]);
         assert_eq!(waiting.await.expect("task"), "late:early");
+    }
+
+    #[tokio::test]
+    async fn counts_connections_and_signals_demand_while_no_replica_is_ready() {
+        let (tx, rx) = watch::channel(Vec::new());
+        let port = NodePort::serve(TcpListener::bind("127.0.0.1:0").await.expect("bind"), rx, Duration::from_secs(10));
+        let traffic = port.traffic();
+        let demanded = tokio::spawn({
+            let traffic = traffic.clone();
+            async move { traffic.demanded().await }
+        });
+        let waiting = tokio::spawn(ask(port.address(), "cold"));
+        tokio::time::timeout(Duration::from_secs(5), demanded).await.expect("demand signalled").expect("task");
+        assert_eq!((traffic.open(), traffic.total()), (1, 1));
+        assert_eq!(traffic.idle_for(Instant::now()), Duration::ZERO, "not idle while a connection is open");
+        tx.send_replace(vec![echo_server("warm").await]);
+        assert_eq!(waiting.await.expect("task"), "warm:cold");
+        for _ in 0..100 {
+            if traffic.open() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!((traffic.open(), traffic.total()), (0, 1));
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert!(traffic.idle_for(Instant::now()) >= Duration::from_millis(30));
     }
 
     #[tokio::test]

@@ -82,9 +82,9 @@ impl CpuMeter {
         (elapsed > 0.0 && used >= 0.0).then(|| used / elapsed * 100.0)
     }
 
-    /// Forgets a key (a stopped replica).
-    pub fn forget(&mut self, key: &str) {
-        self.last.remove(key);
+    /// Forgets every key but `keys` (replicas that stopped).
+    pub fn retain(&mut self, keys: &[String]) {
+        self.last.retain(|key, _| keys.contains(key));
     }
 }
 
@@ -121,8 +121,10 @@ mod tests {
         assert_eq!(meter.percent("r0", start + Duration::from_secs(2), 11.0), Some(50.0));
         assert_eq!(meter.percent("r0", start + Duration::from_secs(3), 13.0), Some(200.0), "two cores busy");
         assert_eq!(meter.percent("r0", start + Duration::from_secs(4), 1.0), None, "a process of the group exited");
-        meter.forget("r0");
-        assert_eq!(meter.percent("r0", start + Duration::from_secs(5), 1.0), None);
+        meter.percent("r1", start + Duration::from_secs(4), 1.0);
+        meter.retain(&["r1".to_string()]);
+        assert_eq!(meter.percent("r0", start + Duration::from_secs(5), 1.0), None, "r0 was forgotten");
+        assert_eq!(meter.percent("r1", start + Duration::from_secs(5), 2.0), Some(100.0), "r1 was kept");
     }
 
     #[test]

@@ -1,0 +1,199 @@
+//! Usage samples: one row per instance every few seconds, thinned as they age so the table
+//! stays bounded: full resolution for the last hour, one averaged point per minute for the
+//! last week, nothing older.
+
+use super::{Store, StoreResult};
+use crate::platform::model::UsageSample;
+use chrono::{DateTime, Duration, DurationRound, Utc};
+
+/// How long samples keep their full resolution.
+pub const FULL_RESOLUTION_FOR: Duration = Duration::hours(1);
+/// How long downsampled samples are kept.
+pub const KEPT_FOR: Duration = Duration::days(7);
+
+#[derive(sqlx::FromRow)]
+struct UsageRow {
+    instance_id: String,
+    at: DateTime<Utc>,
+    replicas_desired: i64,
+    replicas_ready: i64,
+    cpu_millicores: Option<f64>,
+    memory_bytes: Option<i64>,
+    requests_per_s: Option<f64>,
+    p50_ms: Option<f64>,
+    p95_ms: Option<f64>,
+    errors: i64,
+}
+
+impl From<UsageRow> for UsageSample {
+    fn from(row: UsageRow) -> Self {
+        UsageSample {
+            at: row.at,
+            replicas_desired: u32::try_from(row.replicas_desired).unwrap_or(0),
+            replicas_ready: u32::try_from(row.replicas_ready).unwrap_or(0),
+            cpu_millicores: row.cpu_millicores,
+            memory_bytes: row.memory_bytes.and_then(|m| u64::try_from(m).ok()),
+            requests_per_s: row.requests_per_s,
+            p50_ms: row.p50_ms,
+            p95_ms: row.p95_ms,
+            errors: u32::try_from(row.errors).unwrap_or(0),
+        }
+    }
+}
+
+impl Store {
+    /// Records one sample of an instance.
+    pub async fn insert_usage(&self, instance_id: &str, sample: &UsageSample) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT OR REPLACE INTO usage_samples
+               (instance_id, at, replicas_desired, replicas_ready, cpu_millicores, memory_bytes, requests_per_s, p50_ms, p95_ms, errors)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(instance_id)
+        .bind(sample.at)
+        .bind(i64::from(sample.replicas_desired))
+        .bind(i64::from(sample.replicas_ready))
+        .bind(sample.cpu_millicores)
+        .bind(sample.memory_bytes.and_then(|m| i64::try_from(m).ok()))
+        .bind(sample.requests_per_s)
+        .bind(sample.p50_ms)
+        .bind(sample.p95_ms)
+        .bind(i64::from(sample.errors))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// An instance's samples since `since`, oldest first.
+    pub async fn usage(&self, instance_id: &str, since: DateTime<Utc>) -> StoreResult<Vec<UsageSample>> {
+        let rows: Vec<UsageRow> = sqlx::query_as("SELECT * FROM usage_samples WHERE instance_id = ? AND at >= ? ORDER BY at")
+            .bind(instance_id)
+            .bind(since)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(UsageSample::from).collect())
+    }
+
+    /// Averages full-resolution samples older than an hour into one per minute and deletes
+    /// samples older than a week. Runs in one transaction, so readers never see a minute twice.
+    pub async fn downsample_usage(&self, now: DateTime<Utc>) -> StoreResult<()> {
+        let horizon = now - FULL_RESOLUTION_FOR;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM usage_samples WHERE at < ?").bind(now - KEPT_FOR).execute(&mut *tx).await?;
+        let rows: Vec<UsageRow> = sqlx::query_as("SELECT * FROM usage_samples WHERE at < ? ORDER BY instance_id, at")
+            .bind(horizon)
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut buckets: Vec<(String, DateTime<Utc>, Vec<UsageSample>)> = Vec::new();
+        for row in rows {
+            let minute = row.at.duration_trunc(Duration::minutes(1)).unwrap_or(row.at);
+            let instance = row.instance_id.clone();
+            match buckets.last_mut() {
+                Some((id, at, samples)) if *id == instance && *at == minute => samples.push(row.into()),
+                _ => buckets.push((instance, minute, vec![row.into()])),
+            }
+        }
+        for (instance, minute, samples) in buckets {
+            // Already one point on its minute: downsampled before.
+            if samples.len() == 1 && samples[0].at == minute {
+                continue;
+            }
+            sqlx::query("DELETE FROM usage_samples WHERE instance_id = ? AND at >= ? AND at < ?")
+                .bind(&instance)
+                .bind(minute)
+                .bind(minute + Duration::minutes(1))
+                .execute(&mut *tx)
+                .await?;
+            let point = average(minute, &samples);
+            sqlx::query(
+                "INSERT INTO usage_samples
+                   (instance_id, at, replicas_desired, replicas_ready, cpu_millicores, memory_bytes, requests_per_s, p50_ms, p95_ms, errors)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&instance)
+            .bind(point.at)
+            .bind(i64::from(point.replicas_desired))
+            .bind(i64::from(point.replicas_ready))
+            .bind(point.cpu_millicores)
+            .bind(point.memory_bytes.and_then(|m| i64::try_from(m).ok()))
+            .bind(point.requests_per_s)
+            .bind(point.p50_ms)
+            .bind(point.p95_ms)
+            .bind(i64::from(point.errors))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// The average of a minute's samples (replica counts: the highest; errors: the sum).
+fn average(at: DateTime<Utc>, samples: &[UsageSample]) -> UsageSample {
+    fn mean(values: impl Iterator<Item = Option<f64>>) -> Option<f64> {
+        let known: Vec<f64> = values.flatten().collect();
+        (!known.is_empty()).then(|| known.iter().sum::<f64>() / known.len() as f64)
+    }
+    UsageSample {
+        at,
+        replicas_desired: samples.iter().map(|s| s.replicas_desired).max().unwrap_or(0),
+        replicas_ready: samples.iter().map(|s| s.replicas_ready).max().unwrap_or(0),
+        cpu_millicores: mean(samples.iter().map(|s| s.cpu_millicores)),
+        memory_bytes: mean(samples.iter().map(|s| s.memory_bytes.map(|m| m as f64))).map(|m| m.round() as u64),
+        requests_per_s: mean(samples.iter().map(|s| s.requests_per_s)),
+        p50_ms: mean(samples.iter().map(|s| s.p50_ms)),
+        p95_ms: mean(samples.iter().map(|s| s.p95_ms)),
+        errors: samples.iter().map(|s| s.errors).sum(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::platform::model::{FunctionSpec, Role, Runtime};
+
+    fn sample(at: DateTime<Utc>, cpu: f64, ready: u32) -> UsageSample {
+        UsageSample {
+            at,
+            replicas_desired: ready,
+            replicas_ready: ready,
+            cpu_millicores: Some(cpu),
+            memory_bytes: Some(1000),
+            requests_per_s: None,
+            p50_ms: None,
+            p95_ms: None,
+            errors: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn old_samples_are_averaged_per_minute_and_very_old_ones_dropped() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(&format!("sqlite://{}", dir.path().join("kubefn.db").display())).await.expect("store");
+        let user = store.insert_user("ann", "hash", Role::User).await.expect("user");
+        let spec: FunctionSpec = serde_json::from_value(serde_json::json!({"name": "f", "runtime": "python", "source": "x"})).expect("spec");
+        assert_eq!(spec.runtime, Runtime::Python);
+        let function = store.insert_function(user.id, &spec).await.expect("function");
+        let (instance, _) = store.upsert_instance(function.id, user.id, 1, 1).await.expect("instance");
+
+        let now = Utc::now().duration_trunc(Duration::minutes(1)).expect("minute");
+        let old_minute = now - Duration::hours(2);
+        for (offset, cpu, ready) in [(5, 100.0, 1), (25, 200.0, 3), (45, 300.0, 2)] {
+            store.insert_usage(&instance.id, &sample(old_minute + Duration::seconds(offset), cpu, ready)).await.expect("insert");
+        }
+        store.insert_usage(&instance.id, &sample(now - Duration::days(8), 1.0, 1)).await.expect("ancient");
+        store.insert_usage(&instance.id, &sample(now - Duration::minutes(5), 50.0, 1)).await.expect("recent");
+        store.insert_usage(&instance.id, &sample(now - Duration::minutes(5) + Duration::seconds(5), 60.0, 1)).await.expect("recent");
+
+        store.downsample_usage(now).await.expect("downsample");
+        let kept = store.usage(&instance.id, now - Duration::days(30)).await.expect("read");
+        assert_eq!(kept.len(), 3, "one averaged point for the old minute and both recent samples: {kept:#?}");
+        assert_eq!(kept[0].at, old_minute);
+        assert_eq!(kept[0].cpu_millicores, Some(200.0));
+        assert_eq!((kept[0].replicas_desired, kept[0].errors), (3, 3));
+        assert_eq!(kept[1].cpu_millicores, Some(50.0));
+
+        store.downsample_usage(now).await.expect("again");
+        assert_eq!(store.usage(&instance.id, now - Duration::days(30)).await.expect("read"), kept, "downsampling twice changes nothing");
+    }
+}
