@@ -560,7 +560,12 @@ async fn pages_render_on_the_server() {
     app.call(Method::POST, "/api/v1/functions", Some(hello("rendered")), As::Cookie(&alice)).await;
     let catalog = app.send(Request::get("/").header(header::COOKIE, &alice).body(Body::empty()).expect("request")).await;
     let html = catalog.body.as_str().expect("html");
-    assert!(html.contains("rendered") && html.contains("runtime not available yet"), "{html}");
+    assert!(html.contains("rendered") && html.contains(">Deploy</button>"), "{html}");
+
+    // A function page renders its instance card on the server too.
+    let page = app.send(Request::get("/functions/rendered").header(header::COOKIE, &alice).body(Body::empty()).expect("request")).await;
+    let html = page.body.as_str().expect("html");
+    assert!(html.contains("Your instance") && html.contains("Not deployed"), "{html}");
 }
 
 /// POSTs `body` to an instance's node port (as `http://host:port`) and returns (status, body).
