@@ -69,6 +69,9 @@ pub struct Config {
     /// Seconds replicas replaced by an update keep serving the requests they have.
     #[arg(long, env = "KUBEFN_DRAIN_SECONDS", default_value_t = 5)]
     pub drain_seconds: u64,
+    /// Warm bootstrap processes the local runtime keeps per language for fast cold starts.
+    #[arg(long, env = "KUBEFN_WARM_POOL_SIZE", default_value_t = 1)]
+    pub warm_pool_size: usize,
     /// Log filter, as RUST_LOG (e.g. `info`, `kubefn=debug`).
     #[arg(long, env = "KUBEFN_LOG", default_value = "info,sqlx=warn,tower_sessions=warn")]
     pub log: String,
@@ -171,6 +174,7 @@ pub async fn build_app(config: &Config, mut leptos_options: LeptosOptions) -> Re
             local.node_host = config.node_host;
             local.node_ports = config.node_port_range.clone();
             local.drain = Duration::from_secs(config.drain_seconds);
+            local.warm_pool_size = config.warm_pool_size;
             LocalRuntime::new(local).map_err(|source| StartError::Runtime { runtime: "local", source })?
         }
         RuntimeKind::Kubernetes => return Err(StartError::KubernetesNotBuilt),

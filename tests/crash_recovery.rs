@@ -115,17 +115,20 @@ fn instance_in_state(server: &Server, cookie: &str, id: &str, state: &str) -> se
     panic!("instance {id} never became {state}; last: {last}");
 }
 
-/// The pids of live processes whose environment holds `marker`.
-fn processes_with(marker: &str) -> Vec<u32> {
+/// Whether process `pid` runs (a zombie does not count).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| !stat.contains(") Z "))
+}
+
+/// The live processes whose command line mentions `dir` (every replica and warm process of a
+/// kubefn runs a bootstrap from its data directory).
+fn processes_under(dir: &std::path::Path) -> Vec<u32> {
+    let marker = dir.display().to_string();
     std::fs::read_dir("/proc")
         .expect("/proc")
         .flatten()
         .filter_map(|entry| entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
-        .filter(|pid| {
-            let environment = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            String::from_utf8_lossy(&environment).contains(marker) && !stat.is_empty() && !stat.contains(") Z ")
-        })
+        .filter(|pid| String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default()).contains(&marker) && alive(*pid))
         .collect()
 }
 
@@ -142,29 +145,25 @@ fn invoke(node_port: &serde_json::Value) -> String {
 fn deployed_instances_come_back_after_kubefn_is_killed() {
     let data = tempfile::tempdir().expect("data dir");
     let port = free_port();
-    let marker = format!("kubefn-crash-marker-{}", std::process::id());
     let first = Server::start(data.path(), port);
     let (_, cookie, _) = first.request("POST", "/api/v1/signup", None, Some(r#"{"name":"kim","password":"kim-password"}"#));
     let cookie = cookie.expect("session cookie");
-    let spec = format!(
-        r#"{{"name":"phoenix","runtime":"python","source":"import os\ndef handle(req):\n    return str(os.getpid())\n","env":{{"MARKER":"{marker}"}}}}"#
-    );
-    assert_eq!(first.request("POST", "/api/v1/functions", Some(&cookie), Some(&spec)).0, 201);
+    let spec = r#"{"name":"phoenix","runtime":"python","source":"import os\ndef handle(req):\n    return str(os.getpid())\n"}"#;
+    assert_eq!(first.request("POST", "/api/v1/functions", Some(&cookie), Some(spec)).0, 201);
     let (status, _, body) = first.request("POST", "/api/v1/functions/phoenix/deploy", Some(&cookie), None);
     assert_eq!(status, 201, "{body}");
     let id = serde_json::from_str::<serde_json::Value>(&body).expect("json")["id"].as_str().expect("id").to_string();
     let before = instance_in_state(&first, &cookie, &id, "Ready");
-    let old_pid = invoke(&before["urls"]["node_port"]);
-    assert_eq!(processes_with(&marker), vec![old_pid.parse::<u32>().expect("pid")]);
+    let old_pid: u32 = invoke(&before["urls"]["node_port"]).parse().expect("pid");
     first.kill_hard();
-    assert_eq!(processes_with(&marker).len(), 1, "the replica outlives a killed kubefn");
+    assert!(alive(old_pid), "the replica outlives a killed kubefn");
 
     let second = Server::start(data.path(), port);
     let after = instance_in_state(&second, &cookie, &id, "Ready");
     assert_eq!(after["urls"]["node_port"], before["urls"]["node_port"], "the instance keeps its node port");
-    let new_pid = invoke(&after["urls"]["node_port"]);
+    let new_pid: u32 = invoke(&after["urls"]["node_port"]).parse().expect("pid");
     assert_ne!(new_pid, old_pid, "a new replica serves");
-    assert_eq!(processes_with(&marker), vec![new_pid.parse::<u32>().expect("pid")], "the leftover replica was stopped");
+    assert!(!alive(old_pid), "the leftover replica was stopped");
 
     // A graceful stop (SIGTERM) stops the replicas too.
     let pid = i32::try_from(second.child.id()).expect("pid");
@@ -174,5 +173,6 @@ fn deployed_instances_come_back_after_kubefn_is_killed() {
     }
     let mut second = second;
     second.child.wait().expect("kubefn exits");
-    assert!(processes_with(&marker).is_empty(), "no replica is left after a graceful stop");
+    assert!(!alive(new_pid));
+    assert_eq!(processes_under(data.path()), Vec::<u32>::new(), "no replica or warm process is left after a graceful stop");
 }

@@ -21,12 +21,17 @@ struct Harness {
 
 impl Harness {
     fn new() -> Harness {
+        Harness::with_pool(0)
+    }
+
+    fn with_pool(warm_pool_size: usize) -> Harness {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut config = LocalConfig::new(dir.path().join("runtime"));
         config.node_ports = 41000..=41999;
         config.drain = Duration::from_millis(500);
         config.hold = Duration::from_secs(20);
         config.usage_period = Duration::from_millis(200);
+        config.warm_pool_size = warm_pool_size;
         config.autoscaler = AutoscalerConfig {
             sync_period: Duration::from_millis(400),
             tolerance: 0.1,
@@ -340,6 +345,7 @@ async fn a_new_runtime_stops_the_processes_a_killed_one_left() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut config = LocalConfig::new(dir.path().join("runtime"));
     config.node_ports = 42000..=42999;
+    config.warm_pool_size = 0;
     let marker = format!("kubefn-leftover-{}", std::process::id());
     let mut spec = function("leftover", Language::Python, None, "def handle(req):\n    return 'x'\n");
     spec.env.insert("TEST_MARKER".into(), marker.clone());
@@ -468,5 +474,48 @@ async fn a_replica_over_its_memory_limit_is_killed_and_restarted_and_slow_calls_
     let event = killed.events.iter().find(|e| e.reason == "OOMKilled").expect("event");
     assert!(event.message.contains("over its memory limit of 96 MiB"), "{}", event.message);
     assert_eq!(post(address, "light").await, (200, "ok".to_string()), "the restarted replica serves");
+    harness.runtime.shutdown().await;
+}
+
+/// A function answering with its greeting, its working directory and whether it can see
+/// variables of kubefn's own environment (cargo sets CARGO_* for every test process).
+const ENVIRONMENT_PROBE_PY: &str = "import os\ndef handle(req):\n    leaked = sorted(k for k in os.environ if k.startswith('CARGO'))\n    return f\"{os.environ['GREETING']} {os.path.basename(os.getcwd())} leaked={leaked}\"\n";
+const ENVIRONMENT_PROBE_JS: &str = "module.exports = async () => `${process.env.GREETING} ${require('path').basename(process.cwd())} leaked=${JSON.stringify(Object.keys(process.env).filter((k) => k.startsWith('CARGO')))}`;\n";
+
+fn probe(name: &str, language: Language) -> FunctionSpec {
+    let source = if language == Language::Python { ENVIRONMENT_PROBE_PY } else { ENVIRONMENT_PROBE_JS };
+    let mut spec = function(name, language, None, source);
+    spec.env.insert("GREETING".into(), "hej".into());
+    spec
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_see_their_own_environment_and_nothing_of_kubefns() {
+    let harness = Harness::new();
+    harness.runtime.apply(instance("env-py", 3, probe("env-py", Language::Python), 1)).await.expect("apply");
+    harness.runtime.apply(instance("env-js", 3, probe("env-js", Language::Node), 1)).await.expect("apply");
+    assert_eq!(post(harness.ready("env-py").await, "").await, (200, "hej v3 leaked=[]".to_string()));
+    assert_eq!(post(harness.ready("env-js").await, "").await, (200, "hej v3 leaked=[]".to_string()));
+    harness.runtime.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_start_from_the_warm_pool_and_behave_as_cold_ones() {
+    let harness = Harness::with_pool(1);
+    // Let the pool fill before deploying.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (id, language) in [("warm-py", Language::Python), ("warm-js", Language::Node)] {
+        harness.runtime.apply(instance(id, 3, probe(id, language), 1)).await.expect("apply");
+        let address = harness.ready(id).await;
+        assert_eq!(post(address, "").await, (200, "hej v3 leaked=[]".to_string()), "{id}");
+        let logs: Vec<kubefn::platform::model::LogEntry> = harness.runtime.logs(id, false).expect("logs").collect().await;
+        assert!(logs.iter().any(|l| l.replica == "v3-r0" && l.text == "took a warm process from the pool"), "{id}: {logs:#?}");
+        assert!(logs.iter().any(|l| l.replica == "v3-r0" && l.text.contains("detected")), "{id}: the warm process's output reaches the instance: {logs:#?}");
+    }
+
+    // A function that cannot load in a warm process fails as a cold one would.
+    harness.runtime.apply(instance("warm-bad", 1, function("warm-bad", Language::Python, None, "def handle(req)\n"), 1)).await.expect("apply");
+    let status = harness.until("warm-bad", "failed", |s| s.state == InstanceState::Failed).await;
+    assert!(status.message.contains("syntax error"), "{}", status.message);
     harness.runtime.shutdown().await;
 }

@@ -10,7 +10,9 @@
 // Environment: PORT, KUBEFN_SOURCE (the module's path), KUBEFN_HANDLER (entry point; empty to
 // detect one, and the choice is logged), KUBEFN_DEPS (a node_modules directory), KUBEFN_BIND
 // (default 0.0.0.0), KUBEFN_TIMEOUT (seconds before an invocation is answered with 504,
-// default 60), KUBEFN_FUNCTION_NAME, KUBEFN_MEMORY_LIMIT.
+// default 60), KUBEFN_FUNCTION_NAME, KUBEFN_MEMORY_LIMIT. With KUBEFN_POOL=1 and no source it
+// starts as a warm pool process; POST /_/specialize {source, handler, deps, env, dir, timeout_s}
+// loads the function later.
 // Reserved paths: GET /_/ready and GET /_/health. A function that cannot be loaded makes the
 // process exit with status 3 after saying why on stderr; a handler that throws answers 500
 // with the message and the process keeps serving.
@@ -21,7 +23,9 @@ const crypto = require('node:crypto');
 const Module = require('node:module');
 
 const LOAD_ERROR_EXIT = 3;
-const READY_PATHS = new Set(['/_/ready', '/_/health']);
+const READY_PATH = '/_/ready';
+const HEALTH_PATH = '/_/health';
+const SPECIALIZE_PATH = '/_/specialize';
 const DETECT_ORDER = ['handler', 'handle', 'main', 'default'];
 
 class LoadError extends Error {}
@@ -205,15 +209,48 @@ function enforceTimeout(res, timeoutS) {
   res.on('close', () => clearTimeout(timer));
 }
 
-function serve({ convention, fn }, timeoutS) {
+/**
+ * Loads the function into this warm process (once): what a cold start would have done at
+ * launch, minus starting Node. A function that cannot load ends the process, since half-run
+ * module code may linger in it.
+ */
+function specialize(state, body, res) {
+  if (state.loaded) {
+    send(res, 409, { 'content-type': 'text/plain' }, 'already specialized\n');
+    return;
+  }
+  try {
+    const job = JSON.parse(body.toString('utf8'));
+    Object.assign(process.env, job.env || {});
+    if (job.dir) process.chdir(job.dir);
+    if (job.timeout_s) state.timeoutS = Number(job.timeout_s);
+    state.loaded = loadFunction(job.source, String(job.handler || '').trim(), job.deps);
+    send(res, 200, { 'content-type': 'text/plain' }, 'specialized\n');
+  } catch (error) {
+    process.stderr.write(`kubefn: cannot load the function: ${error.message}\n`);
+    send(res, 422, { 'content-type': 'text/plain; charset=utf-8' }, `${error.message}\n`);
+    setTimeout(() => process.exit(LOAD_ERROR_EXIT), 50);
+  }
+}
+
+function serve(state) {
   return http.createServer(async (req, res) => {
     try {
       const url = new URL(req.url, 'http://localhost');
-      if (READY_PATHS.has(url.pathname)) {
+      if (url.pathname === HEALTH_PATH || (url.pathname === READY_PATH && state.loaded)) {
         send(res, 200, { 'content-type': 'text/plain' }, 'ok');
         return;
       }
-      enforceTimeout(res, timeoutS);
+      if (url.pathname === SPECIALIZE_PATH && req.method === 'POST') {
+        specialize(state, await readBody(req), res);
+        return;
+      }
+      if (!state.loaded) {
+        send(res, 503, { 'content-type': 'text/plain' }, 'this warm process has no function yet\n');
+        return;
+      }
+      const { convention, fn } = state.loaded;
+      enforceTimeout(res, state.timeoutS);
       const body = await readBody(req);
       if (convention === 'express') {
         expressify(req, res, body);
@@ -231,27 +268,30 @@ function serve({ convention, fn }, timeoutS) {
 function main() {
   const port = process.env.PORT;
   const source = process.env.KUBEFN_SOURCE;
-  if (!port || !source) {
-    process.stderr.write('kubefn: PORT and KUBEFN_SOURCE must be set\n');
+  const warm = process.env.KUBEFN_POOL === '1';
+  if (!port || !(source || warm)) {
+    process.stderr.write('kubefn: PORT and KUBEFN_SOURCE (or KUBEFN_POOL=1) must be set\n');
     process.exit(LOAD_ERROR_EXIT);
   }
-  let loaded;
-  try {
-    loaded = loadFunction(source, (process.env.KUBEFN_HANDLER || '').trim(), process.env.KUBEFN_DEPS);
-  } catch (error) {
-    process.stderr.write(`kubefn: cannot load the function: ${error.message}\n`);
-    process.exit(LOAD_ERROR_EXIT);
-  }
-  // A rejected promise the handler forgot about must not take the replica down.
-  process.on('unhandledRejection', (reason) => process.stderr.write(`kubefn: unhandled rejection: ${reason && reason.stack ? reason.stack : reason}\n`));
-  const timeoutS = Number(process.env.KUBEFN_TIMEOUT || 60);
-  if (!(timeoutS > 0)) {
+  const state = { loaded: null, timeoutS: Number(process.env.KUBEFN_TIMEOUT || 60) };
+  if (!(state.timeoutS > 0)) {
     process.stderr.write(`kubefn: KUBEFN_TIMEOUT must be a positive number of seconds (got ${process.env.KUBEFN_TIMEOUT})\n`);
     process.exit(LOAD_ERROR_EXIT);
   }
-  const server = serve(loaded, timeoutS);
+  if (source) {
+    try {
+      state.loaded = loadFunction(source, (process.env.KUBEFN_HANDLER || '').trim(), process.env.KUBEFN_DEPS);
+    } catch (error) {
+      process.stderr.write(`kubefn: cannot load the function: ${error.message}\n`);
+      process.exit(LOAD_ERROR_EXIT);
+    }
+  }
+  // A rejected promise the handler forgot about must not take the replica down.
+  process.on('unhandledRejection', (reason) => process.stderr.write(`kubefn: unhandled rejection: ${reason && reason.stack ? reason.stack : reason}\n`));
+  const server = serve(state);
   server.keepAliveTimeout = 65_000;
-  server.listen(Number(port), process.env.KUBEFN_BIND || '0.0.0.0', () => log(`ready on port ${port}`));
+  const listening = source ? `ready on port ${port}` : `warm on port ${port}, waiting for a function`;
+  server.listen(Number(port), process.env.KUBEFN_BIND || '0.0.0.0', () => log(listening));
   const stop = () => server.close(() => process.exit(0));
   process.on('SIGTERM', stop);
   process.on('SIGINT', stop);

@@ -37,7 +37,7 @@ function request(port, method, urlPath, body, headers = {}) {
   });
 }
 
-async function start(t, source, { handler = '', deps, timeout = '30' } = {}) {
+async function start(t, source, { handler = '', deps, timeout = '30', extraEnv = {} } = {}) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kubefn-node-'));
   const file = path.join(dir, 'function.js');
   fs.writeFileSync(file, source);
@@ -45,6 +45,7 @@ async function start(t, source, { handler = '', deps, timeout = '30' } = {}) {
   const env = { ...process.env, PORT: String(port), KUBEFN_SOURCE: file, KUBEFN_HANDLER: handler, KUBEFN_BIND: '127.0.0.1',
     KUBEFN_FUNCTION_NAME: 'fn-under-test', KUBEFN_TIMEOUT: timeout, KUBEFN_MEMORY_LIMIT: '128Mi' };
   if (deps) env.KUBEFN_DEPS = deps;
+  Object.assign(env, extraEnv);
   const child = spawn(process.execPath, [BOOTSTRAP], { env, stdio: ['ignore', 'pipe', 'pipe'] });
   const output = { stdout: '', stderr: '' };
   child.stdout.on('data', (d) => { output.stdout += d; });
@@ -180,4 +181,41 @@ test('bad functions exit with status 3 and say why', async (t) => {
   assert.match(await loadFailure(t, 'module.exports = () => 1;', { handler: 'missing' }), /the handler 'missing' is not exported/);
   assert.match(await loadFailure(t, "require('surely-not-installed-xyz');"), /declare it in package.json/);
   assert.match(await loadFailure(t, "throw new Error('nope');"), /threw while loading: nope/);
+});
+
+async function healthy(replica) {
+  for (let i = 0; i < 200; i += 1) {
+    try {
+      if ((await replica.call('GET', '/_/health')).status === 200) return replica;
+    } catch { /* not listening yet */ }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error('warm process did not start');
+}
+
+test('a warm process takes a function once and then serves it', async (t) => {
+  const r = await healthy(await start(t, '', { extraEnv: { KUBEFN_POOL: '1', KUBEFN_SOURCE: '' } }));
+  assert.equal((await r.call('GET', '/_/ready')).status, 503);
+  assert.equal((await r.call('POST', '/', 'x')).status, 503);
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kubefn-warm-'));
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const source = path.join(dir, 'late.js');
+  fs.writeFileSync(source, "module.exports = async (event) => `${process.env.GREETING} ${event.data} in ${process.cwd()}`;\n");
+  const job = JSON.stringify({ source, env: { GREETING: 'hej' }, dir, timeout_s: 5 });
+  assert.equal((await r.call('POST', '/_/specialize', job)).status, 200);
+  assert.equal((await r.call('GET', '/_/ready')).status, 200);
+  assert.equal((await r.call('POST', '/', 'ada')).body, `hej ada in ${fs.realpathSync(dir)}`);
+  assert.equal((await r.call('POST', '/_/specialize', job)).status, 409);
+});
+
+test('a function that cannot load ends the warm process', async (t) => {
+  const r = await healthy(await start(t, '', { extraEnv: { KUBEFN_POOL: '1', KUBEFN_SOURCE: '' } }));
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kubefn-warm-'));
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const source = path.join(dir, 'broken.js');
+  fs.writeFileSync(source, 'module.exports = async (event => 1;\n');
+  const answer = await r.call('POST', '/_/specialize', JSON.stringify({ source }));
+  assert.equal(answer.status, 422);
+  assert.match(answer.body, /syntax error/);
+  assert.equal(await r.exited, 3);
 });

@@ -17,6 +17,8 @@ Environment:
   KUBEFN_DEPS           directory with installed dependencies, added to sys.path (optional)
   KUBEFN_BIND           address to bind (default 0.0.0.0; the local runtime uses 127.0.0.1)
   KUBEFN_TIMEOUT        seconds an invocation may take before it is answered with 504 (default 60)
+  KUBEFN_POOL=1         start without a function (a warm pool process); POST /_/specialize with
+                        {"source", "handler", "deps", "env", "dir", "timeout_s"} loads one later
   KUBEFN_FUNCTION_NAME, KUBEFN_TIMEOUT, KUBEFN_MEMORY_LIMIT   passed to the handler's context
 
 Reserved paths: GET /_/ready (200 once the function is loaded) and GET /_/health.
@@ -40,6 +42,7 @@ from urllib.parse import parse_qs, urlsplit
 LOAD_ERROR_EXIT = 3
 READY_PATH = "/_/ready"
 HEALTH_PATH = "/_/health"
+SPECIALIZE_PATH = "/_/specialize"
 DETECT_ORDER = ("handle", "handler", "main", "app")
 
 
@@ -362,10 +365,14 @@ class FunctionHandler(BaseHTTPRequestHandler):
 
     def handle_any(self):
         body = self.read_body()
-        if self.path in (READY_PATH, HEALTH_PATH):
-            return self.send(200, {"Content-Type": "text/plain"}, b"ok")
-        request = Request(self.command, self.path, self.headers, body)
         server = self.server
+        if self.path == HEALTH_PATH or (self.path == READY_PATH and server.convention is not None):
+            return self.send(200, {"Content-Type": "text/plain"}, b"ok")
+        if self.path == SPECIALIZE_PATH and self.command == "POST":
+            return self.specialize(body)
+        if server.convention is None:
+            return self.send(503, {"Content-Type": "text/plain"}, b"this warm process has no function yet\n")
+        request = Request(self.command, self.path, self.headers, body)
         try:
             status, headers, payload = call_with_timeout(lambda: invoke(server, request), server.timeout_s)
         except InvocationTimeout:
@@ -379,27 +386,53 @@ class FunctionHandler(BaseHTTPRequestHandler):
             status, headers, payload = 500, {"Content-Type": "text/plain; charset=utf-8"}, f"{type(error).__name__}: {error}\n".encode()
         self.send(status, headers, payload)
 
+    def specialize(self, body):
+        """Loads the function into this warm process (once): what a cold start would have done
+        at launch, minus starting the interpreter."""
+        server = self.server
+        if server.convention is not None:
+            return self.send(409, {"Content-Type": "text/plain"}, b"already specialized\n")
+        try:
+            job = json.loads(body)
+            os.environ.update(job.get("env") or {})
+            if job.get("dir"):
+                os.chdir(job["dir"])
+            if job.get("timeout_s"):
+                server.timeout_s = float(job["timeout_s"])
+            convention, target = load_function(job["source"], (job.get("handler") or "").strip(), job.get("deps"))
+        except (LoadError, ValueError, KeyError, OSError) as error:
+            print(f"kubefn: cannot load the function: {error}", file=sys.stderr, flush=True)
+            self.send(422, {"Content-Type": "text/plain; charset=utf-8"}, f"{error}\n".encode())
+            # Half-loaded code may linger in this interpreter: it must not serve anything else.
+            threading.Timer(0.05, os._exit, [LOAD_ERROR_EXIT]).start()
+            return None
+        server.convention, server.target = convention, target
+        return self.send(200, {"Content-Type": "text/plain"}, b"specialized\n")
+
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = handle_any
 
 
 def main():
     port = os.environ.get("PORT")
     source = os.environ.get("KUBEFN_SOURCE")
-    if not port or not source:
-        print("kubefn: PORT and KUBEFN_SOURCE must be set", file=sys.stderr)
-        return LOAD_ERROR_EXIT
-    try:
-        convention, target = load_function(source, os.environ.get("KUBEFN_HANDLER", "").strip(), os.environ.get("KUBEFN_DEPS"))
-    except LoadError as error:
-        print(f"kubefn: cannot load the function: {error}", file=sys.stderr, flush=True)
+    warm = os.environ.get("KUBEFN_POOL") == "1"
+    if not port or not (source or warm):
+        print("kubefn: PORT and KUBEFN_SOURCE (or KUBEFN_POOL=1) must be set", file=sys.stderr)
         return LOAD_ERROR_EXIT
     try:
         timeout_s = float(os.environ.get("KUBEFN_TIMEOUT") or 60)
     except ValueError:
         print(f"kubefn: KUBEFN_TIMEOUT must be a number of seconds (got {os.environ.get('KUBEFN_TIMEOUT')!r})", file=sys.stderr)
         return LOAD_ERROR_EXIT
+    convention, target = None, None
+    if source:
+        try:
+            convention, target = load_function(source, os.environ.get("KUBEFN_HANDLER", "").strip(), os.environ.get("KUBEFN_DEPS"))
+        except LoadError as error:
+            print(f"kubefn: cannot load the function: {error}", file=sys.stderr, flush=True)
+            return LOAD_ERROR_EXIT
     server = FunctionServer((os.environ.get("KUBEFN_BIND", "0.0.0.0"), int(port)), convention, target, timeout_s)
-    log(f"ready on port {port}")
+    log(f"ready on port {port}" if source else f"warm on port {port}, waiting for a function")
     try:
         server.serve_forever()
     except KeyboardInterrupt:

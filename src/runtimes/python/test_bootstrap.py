@@ -244,6 +244,50 @@ class BootstrapTest(unittest.TestCase):
         self.assertEqual(r.request("GET", "/")[2], b"from-deps")
 
 
+class WarmPoolTest(unittest.TestCase):
+    def test_a_warm_process_takes_a_function_once_and_then_serves_it(self):
+        r = Replica("", env={"KUBEFN_POOL": "1", "KUBEFN_SOURCE": ""})
+        self.addCleanup(r.stop)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if r.request("GET", "/_/health")[0] == 200:
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        self.assertEqual(r.request("GET", "/_/ready")[0], 503, "not ready before it has a function")
+        self.assertEqual(r.request("POST", "/")[0], 503)
+        source = os.path.join(r.dir.name, "late.py")
+        with open(source, "w") as f:
+            f.write("import os\ndef handle(req):\n    return os.environ['GREETING'] + ' ' + req + ' from ' + os.getcwd()\n")
+        job = {"source": source, "handler": "", "env": {"GREETING": "hej"}, "dir": r.dir.name, "timeout_s": 5}
+        status, _, _ = r.request("POST", "/_/specialize", body=json.dumps(job).encode())
+        self.assertEqual(status, 200)
+        self.assertEqual(r.request("GET", "/_/ready")[0], 200)
+        self.assertEqual(r.request("POST", "/", body=b"ada")[::2], (200, f"hej ada from {r.dir.name}".encode()))
+        self.assertEqual(r.request("POST", "/_/specialize", body=json.dumps(job).encode())[0], 409)
+
+    def test_a_function_that_cannot_load_ends_the_warm_process(self):
+        r = Replica("", env={"KUBEFN_POOL": "1", "KUBEFN_SOURCE": ""})
+        self.addCleanup(r.stop)
+        source = os.path.join(r.dir.name, "broken.py")
+        with open(source, "w") as f:
+            f.write("def handle(req)\n")
+        for _ in range(200):
+            try:
+                status, _, body = r.request("POST", "/_/specialize", body=json.dumps({"source": source}).encode())
+                break
+            except OSError:
+                time.sleep(0.05)
+        self.assertEqual(status, 422)
+        self.assertIn(b"syntax error", body)
+        code, _, stderr = r.exit_and_output()
+        self.assertEqual(code, 3)
+        self.assertIn("cannot load the function", stderr)
+
+
 class BadFunctionTest(unittest.TestCase):
     def failing(self, source, handler=""):
         replica = Replica(source, handler)

@@ -9,9 +9,10 @@
 use super::dependencies::DependencyCache;
 use super::logs::{LogBuffer, LogLine, Stream};
 use super::node_port::NodePort;
-use super::supervisor::{signal_group, LaunchSpec, ReplicaSet, ReplicaState, RestartPolicy};
+use super::supervisor::{signal_group, LaunchSpec, ReplicaSet, ReplicaState, RestartPolicy, WarmStart};
 use super::node_port::Traffic;
 use super::usage::{read_group, CpuMeter};
+use super::warm_pool::{PoolConfig, Specialization, WarmPool};
 use crate::platform::autoscale::{Autoscaler, AutoscalerConfig, MetricKind, MetricSample};
 use crate::platform::model::ScalingPolicy;
 use crate::platform::validation::{parse_cpu_millis, parse_memory_bytes};
@@ -59,6 +60,8 @@ pub struct LocalConfig {
     pub autoscaler: AutoscalerConfig,
     /// How often replica CPU and memory are read (and memory limits checked).
     pub usage_period: Duration,
+    /// Warm bootstrap processes kept per language for fast starts (0: none).
+    pub warm_pool_size: usize,
 }
 
 impl LocalConfig {
@@ -77,6 +80,7 @@ impl LocalConfig {
             node: PathBuf::from("node"),
             autoscaler: AutoscalerConfig::default(),
             usage_period: Duration::from_secs(3),
+            warm_pool_size: 1,
         }
     }
 }
@@ -94,6 +98,7 @@ struct Inner {
     dependencies: DependencyCache,
     slots: Mutex<HashMap<String, Arc<Slot>>>,
     sampler: Mutex<Option<JoinHandle<()>>>,
+    pool: Option<WarmPool>,
 }
 
 impl Drop for Inner {
@@ -221,7 +226,20 @@ impl LocalRuntime {
             write_if_changed(&path, text).map_err(files(&path))?;
         }
         stop_leftover_processes(&config.root.join("pids"), &config.root.join("bootstrap"));
+        let bootstrap_dir = config.root.join("bootstrap");
+        let pool = (config.warm_pool_size > 0).then(|| {
+            WarmPool::start(PoolConfig {
+                size: config.warm_pool_size,
+                commands: vec![
+                    (Language::Python, config.python.clone(), bootstrap_dir.join("bootstrap.py")),
+                    (Language::Node, config.node.clone(), bootstrap_dir.join("bootstrap.js")),
+                ],
+                dir: config.root.clone(),
+                pid_dir: config.root.join("pids"),
+            })
+        });
         let inner = Arc::new(Inner {
+            pool,
             cgroup_v2: super::limits::cgroup_v2_writable(),
             dependencies: DependencyCache::new(config.root.join("dependencies")),
             config,
@@ -345,6 +363,9 @@ impl LocalRuntime {
 
     /// Stops every instance and waits for their processes (kubefn shutting down).
     pub async fn shutdown(&self) {
+        if let Some(pool) = &self.inner.pool {
+            pool.clear();
+        }
         for id in self.instance_ids() {
             let _ = self.delete_slot(&id, false).await;
         }
@@ -472,6 +493,18 @@ async fn prepare_launch(inner: &Inner, slot: &Slot, spec: &InstanceSpec) -> Resu
         ("KUBEFN_TIMEOUT".to_string(), function.timeout_s.to_string()),
         ("PYTHONUNBUFFERED".to_string(), "1".to_string()),
     ]);
+    let warm = inner.pool.clone().map(|pool| WarmStart {
+        pool,
+        language: function.runtime,
+        job: Specialization {
+            source: source.display().to_string(),
+            handler: function.handler.clone().unwrap_or_default(),
+            deps: deps.as_ref().map(|d| d.display().to_string()),
+            env: env.iter().cloned().collect(),
+            dir: dir.display().to_string(),
+            timeout_s: function.timeout_s,
+        },
+    });
     if let Some(deps) = deps {
         env.push(("KUBEFN_DEPS".to_string(), deps.display().to_string()));
     }
@@ -491,6 +524,7 @@ async fn prepare_launch(inner: &Inner, slot: &Slot, spec: &InstanceSpec) -> Resu
         dir,
         name_prefix: format!("v{}-", spec.version),
         pid_dir: Some(config.root.join("pids")),
+        warm,
     })
 }
 

@@ -3,6 +3,7 @@
 //! bounded buffer that can be followed ([`logs`]); and each instance gets a stable "node port"
 //! that balances connections over its ready replicas ([`node_port`]). Declared dependencies are
 //! installed once per content ([`dependencies`]) and usage is read from /proc ([`usage`]).
+//! A [`warm_pool`] keeps bootstraps started ahead of need for short cold starts.
 //! [`LocalRuntime`] puts them together behind the `Runtime` trait.
 
 pub mod dependencies;
@@ -11,6 +12,7 @@ pub mod logs;
 pub mod node_port;
 pub mod supervisor;
 pub mod usage;
+pub mod warm_pool;
 mod instances;
 
 pub use instances::{LocalConfig, LocalRuntime};

@@ -4,6 +4,8 @@
 //! its process group so nothing it started survives it.
 
 use super::logs::{LogBuffer, Stream};
+use super::warm_pool::{Specialization, WarmPool};
+use crate::platform::model::Runtime as Language;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -19,8 +21,9 @@ use tokio::task::JoinHandle;
 /// The path every bootstrap answers 200 on once its function is loaded.
 pub const READY_PATH: &str = "/_/ready";
 
-/// How to start one replica; each gets `PORT` and `KUBEFN_BIND=127.0.0.1` on top of `env`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// How to start one replica; each gets `PORT` and `KUBEFN_BIND=127.0.0.1` on top of `env`
+/// (and of the few variables [`clean_environment`] keeps from kubefn's own environment).
+#[derive(Clone, Debug)]
 pub struct LaunchSpec {
     /// The program (e.g. `python3`).
     pub program: PathBuf,
@@ -36,6 +39,43 @@ pub struct LaunchSpec {
     /// Where to keep one file per running replica process, named by its pid, so that a kubefn
     /// killed without cleaning up finds (and stops) the processes it left behind.
     pub pid_dir: Option<PathBuf>,
+    /// A warm pool to take a pre-started process from, and how to load the function into it;
+    /// without one (or when the pool is empty) replicas start cold.
+    pub warm: Option<WarmStart>,
+}
+
+/// Starting replicas from a warm pool.
+#[derive(Clone)]
+pub struct WarmStart {
+    /// The pool.
+    pub pool: WarmPool,
+    /// The function's language.
+    pub language: Language,
+    /// What to load.
+    pub job: Specialization,
+}
+
+impl std::fmt::Debug for WarmStart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WarmStart").field("language", &self.language).field("job", &self.job).finish_non_exhaustive()
+    }
+}
+
+/// Variables of kubefn's own environment a replica keeps: what interpreters need to run
+/// (and to find proxies and certificates), never kubefn's secrets such as `KUBEFN_ADMIN`.
+const INHERITED_VARIABLES: &[&str] = &[
+    "PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "PYENV_ROOT", "PYENV_VERSION", "SSL_CERT_FILE", "SSL_CERT_DIR",
+    "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
+];
+
+/// Starts `command` with an empty environment plus [`INHERITED_VARIABLES`].
+pub fn clean_environment(command: &mut Command) {
+    command.env_clear();
+    for name in INHERITED_VARIABLES {
+        if let Some(value) = std::env::var_os(name) {
+            command.env(name, value);
+        }
+    }
 }
 
 /// When and how often crashed replicas are restarted.
@@ -254,7 +294,7 @@ async fn supervise(shared: Arc<Shared>, status: Arc<Mutex<ReplicaStatus>>, mut s
     loop {
         let started = Instant::now();
         let started_at = chrono::Utc::now();
-        let outcome = match free_loopback_port().and_then(|port| Ok((port, spawn(&shared.spec, port, &name, &shared.logs)?))) {
+        let outcome = match start_process(&shared.spec, &name, &shared.logs).await {
             Err(error) => Outcome::Ended(format!("cannot start {}: {error}", shared.spec.program.display())),
             Ok((port, mut child)) => {
                 let group = child.id().and_then(|pid| i32::try_from(pid).ok());
@@ -352,8 +392,26 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|stopping| *stopping).await;
 }
 
+/// A warm process specialized for the function when the pool has one, else a fresh process.
+async fn start_process(spec: &LaunchSpec, name: &str, logs: &LogBuffer) -> std::io::Result<(u16, Child)> {
+    if let Some(warm) = &spec.warm
+        && let Some(process) = warm.pool.take(warm.language)
+    {
+        match process.specialize(&warm.job, logs, name).await {
+            Ok((child, port)) => {
+                logs.push(name, Stream::System, "took a warm process from the pool");
+                return Ok((port, child));
+            }
+            Err(reason) => logs.push(name, Stream::System, format!("a warm process could not load the function ({reason}); starting a fresh one")),
+        }
+    }
+    let port = free_loopback_port()?;
+    Ok((port, spawn(spec, port, name, logs)?))
+}
+
 fn spawn(spec: &LaunchSpec, port: u16, name: &str, logs: &LogBuffer) -> std::io::Result<Child> {
     let mut command = Command::new(&spec.program);
+    clean_environment(&mut command);
     command
         .args(&spec.args)
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
@@ -405,9 +463,14 @@ fn free_loopback_port() -> std::io::Result<u16> {
 
 /// Whether the replica on `port` answers 200 on its readiness path.
 pub async fn probe_ready(port: u16) -> bool {
+    probe_path(port, READY_PATH).await
+}
+
+/// Whether a bootstrap on `port` answers 200 to `GET path` within two seconds.
+pub async fn probe_path(port: u16, path: &str) -> bool {
     let attempt = async {
         let mut stream = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-        let request = format!("GET {READY_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+        let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).await.ok()?;
         // Read the whole (tiny) answer: closing early would make the replica log a reset.
         let mut answer = Vec::new();
@@ -442,6 +505,7 @@ mod tests {
                 dir: self.dir.path().to_path_buf(),
                 pid_dir: None,
                 name_prefix: String::new(),
+                warm: None,
             }
         }
     }
