@@ -20,11 +20,12 @@ export LEPTOS_OUTPUT_NAME := kubefn
 export LEPTOS_SITE_ROOT := target/site
 export LEPTOS_SITE_PKG_DIR := pkg
 
-.PHONY: help run build build-release test test-unit test-runtimes test-e2e tools wasm-target chromium e2e-deps clean
+.PHONY: help run build build-release test test-unit test-runtimes test-e2e bench tools wasm-target chromium e2e-deps clean
 
 help:
 	@echo "make run    build and serve kubefn on http://127.0.0.1:3000"
 	@echo "make test   run every test (unit, API, migrations, browser end-to-end)"
+	@echo "make bench  measure (release build) and write bench/results/"
 
 run: tools build-release
 	KUBEFN_DATA_DIR=$${KUBEFN_DATA_DIR:-data} ./target/release/kubefn
@@ -48,6 +49,10 @@ test-runtimes:
 
 test-e2e: build chromium e2e-deps
 	end2end/run.sh
+
+# Performance is measured here, never in timed tests: medians against a baseline of the same run.
+bench: tools
+	CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 cargo bench --features ssr --bench local_runtime
 
 tools: wasm-target $(TOOLS)/bin/cargo-leptos $(TOOLS)/bin/wasm-bindgen $(TOOLS)/node/.installed-$(BINARYEN_VERSION)-$(SASS_VERSION)
 

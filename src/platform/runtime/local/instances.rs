@@ -226,6 +226,11 @@ impl LocalRuntime {
             write_if_changed(&path, text).map_err(files(&path))?;
         }
         stop_leftover_processes(&config.root.join("pids"), &config.root.join("bootstrap"));
+        let mut config = config;
+        // Shims (pyenv, nvm, asdf) cost a shell and more on every start; the interpreter's own
+        // path does not.
+        config.python = interpreter_path(&config.python, "import sys; print(sys.executable)");
+        config.node = interpreter_path(&config.node, "console.log(process.execPath)");
         let bootstrap_dir = config.root.join("bootstrap");
         let pool = (config.warm_pool_size > 0).then(|| {
             WarmPool::start(PoolConfig {
@@ -428,6 +433,7 @@ async fn rollout(inner: Arc<Inner>, slot: Arc<Slot>, spec: InstanceSpec, fingerp
         *pending.lock().unwrap_or_else(|p| p.into_inner()) = Some(set.clone());
         set
     };
+    let mut ready_changes = set.endpoints();
     loop {
         let status = set.status();
         if let Some(reason) = status.failure() {
@@ -439,7 +445,8 @@ async fn rollout(inner: Arc<Inner>, slot: Arc<Slot>, spec: InstanceSpec, fingerp
         if status.ready >= status.desired {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Woken by a replica becoming ready; the timeout catches failures and scaling.
+        let _ = tokio::time::timeout(Duration::from_millis(50), ready_changes.changed()).await;
     }
     let old = {
         let mut state = slot.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -555,6 +562,20 @@ fn write_if_changed(path: &Path, text: &str) -> std::io::Result<()> {
     let temporary = path.with_extension("tmp");
     std::fs::write(&temporary, text)?;
     std::fs::rename(temporary, path)
+}
+
+/// The interpreter's real executable as it reports it, or `program` when it cannot say.
+fn interpreter_path(program: &Path, script: &str) -> PathBuf {
+    let flag = if program.file_name().is_some_and(|n| n.to_string_lossy().starts_with("node")) { "-e" } else { "-c" };
+    std::process::Command::new(program)
+        .args([flag, script])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+        .filter(|path| path.is_absolute() && path.exists())
+        .unwrap_or_else(|| program.to_path_buf())
 }
 
 /// Kills the process groups named by pid files whose process still runs one of our bootstraps

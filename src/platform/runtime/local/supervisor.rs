@@ -365,17 +365,21 @@ async fn run(child: &mut Child, port: u16, policy: &RestartPolicy, stop: &mut wa
         })
     };
     let deadline = tokio::time::Instant::now() + policy.ready_timeout;
+    // Probe at once (a warm process is ready as soon as it took the function), then back off
+    // from 2 ms to 50 ms: start-up takes tens to hundreds of milliseconds.
+    let mut pause = Duration::ZERO;
     loop {
         tokio::select! {
             status = child.wait() => return exited(status),
             () = stopped(stop) => return Outcome::Stop,
-            () = tokio::time::sleep(Duration::from_millis(50)) => {
+            () = tokio::time::sleep(pause) => {
                 if probe_ready(port).await {
                     break;
                 }
                 if tokio::time::Instant::now() >= deadline {
                     return Outcome::Ended(format!("not ready after {} s", policy.ready_timeout.as_secs()));
                 }
+                pause = (pause * 2).clamp(Duration::from_millis(2), Duration::from_millis(50));
             }
         }
     }

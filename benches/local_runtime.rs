@@ -1,0 +1,172 @@
+//! `make bench`, local runtime part: deploy-to-answer and cold starts (scale from zero to the
+//! first byte) for Python and Node hello functions, with and without the warm pool, each
+//! against a baseline measured in the same run (a request to an already-running replica).
+//! Prints a Markdown table and writes it, with the raw figures as JSON, to bench/results/.
+
+use kubefn::platform::model::{FunctionSpec, InstanceState, Runtime as Language, ScalingPolicy};
+use kubefn::platform::runtime::local::{LocalConfig, LocalRuntime};
+use kubefn::platform::runtime::{InstanceSpec, Runtime};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const ROUNDS: usize = 15;
+
+fn hello(language: Language, idle_after: Option<u64>) -> FunctionSpec {
+    let source = match language {
+        Language::Python => "def handle(req):\n    return 'hello'\n",
+        _ => "module.exports = async () => 'hello';\n",
+    };
+    let mut spec: FunctionSpec =
+        serde_json::from_value(serde_json::json!({"name": "bench", "runtime": language.as_str(), "source": source})).expect("spec");
+    spec.scaling = ScalingPolicy { min: u32::from(idle_after.is_none()), max: 1, target_cpu_percent: None, scale_to_zero_after_s: idle_after, ..ScalingPolicy::default() };
+    spec
+}
+
+fn instance(id: String, spec: FunctionSpec) -> InstanceSpec {
+    InstanceSpec { id, function: spec.name.clone(), user: "bench".into(), version: 1, spec, replicas: 1, paused: false, node_port: None }
+}
+
+/// Time to the first byte of the answer to one request on a new connection.
+async fn first_byte(address: SocketAddr) -> std::io::Result<Duration> {
+    let started = Instant::now();
+    let mut stream = TcpStream::connect(address).await?;
+    stream.write_all(b"GET / HTTP/1.0\r\n\r\n").await?;
+    let mut byte = [0u8; 1];
+    stream.read_exact(&mut byte).await?;
+    let elapsed = started.elapsed();
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).await?;
+    Ok(elapsed)
+}
+
+async fn until_ready(runtime: &LocalRuntime, id: &str) -> SocketAddr {
+    loop {
+        if let Some(status) = runtime.status(id) {
+            match status.state {
+                InstanceState::Ready if status.ready > 0 => return status.node_port.expect("node port"),
+                InstanceState::Failed => panic!("{id} failed: {}", status.message),
+                _ => {}
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+fn runtime(dir: &std::path::Path, pool: usize) -> LocalRuntime {
+    let mut config = LocalConfig::new(dir);
+    config.warm_pool_size = pool;
+    config.usage_period = Duration::from_millis(100);
+    config.node_ports = 45000..=45999;
+    LocalRuntime::new(config).expect("runtime")
+}
+
+#[derive(serde::Serialize)]
+struct Figure {
+    name: String,
+    samples_ms: Vec<f64>,
+    median_ms: f64,
+    min_ms: f64,
+    max_ms: f64,
+}
+
+fn figure(name: &str, samples: Vec<Duration>) -> Figure {
+    let mut ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+    ms.sort_by(f64::total_cmp);
+    let median = if ms.is_empty() { f64::NAN } else { ms[ms.len() / 2] };
+    Figure { name: name.into(), median_ms: median, min_ms: ms.first().copied().unwrap_or(f64::NAN), max_ms: ms.last().copied().unwrap_or(f64::NAN), samples_ms: ms }
+}
+
+/// Deploy (apply) to the first answer, each round a new instance.
+async fn deploy_to_answer(runtime: &LocalRuntime, language: Language) -> Vec<Duration> {
+    let mut samples = Vec::new();
+    for round in 0..ROUNDS {
+        let id = format!("deploy-{}-{round}", language.as_str());
+        let started = Instant::now();
+        runtime.apply(instance(id.clone(), hello(language, None))).await.expect("apply");
+        let address = until_ready(runtime, &id).await;
+        first_byte(address).await.expect("answer");
+        samples.push(started.elapsed());
+        runtime.delete(&id).await.expect("delete");
+        // Give the pool time to refill, as between real deploys.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    samples
+}
+
+/// Scale from zero to the first byte: the instance idles to zero, then one request.
+async fn cold_starts(runtime: &LocalRuntime, language: Language, label: &str) -> Vec<Duration> {
+    let id = format!("cold-{}-{label}", language.as_str());
+    runtime.apply(instance(id.clone(), hello(language, Some(1)))).await.expect("apply");
+    let address = until_ready(runtime, &id).await;
+    let mut samples = Vec::new();
+    for _ in 0..ROUNDS {
+        loop {
+            let status = runtime.status(&id).expect("status");
+            if status.desired == 0 && status.replicas.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // The pool refills after each take; wait as long as a real idle period would.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        samples.push(first_byte(address).await.expect("cold answer"));
+    }
+    runtime.delete(&id).await.expect("delete");
+    samples
+}
+
+/// The baseline: a request to a replica that is already running.
+async fn warm_requests(runtime: &LocalRuntime, language: Language) -> Vec<Duration> {
+    let id = format!("hot-{}", language.as_str());
+    runtime.apply(instance(id.clone(), hello(language, None))).await.expect("apply");
+    let address = until_ready(runtime, &id).await;
+    let mut samples = Vec::new();
+    for _ in 0..ROUNDS * 4 {
+        samples.push(first_byte(address).await.expect("answer"));
+    }
+    runtime.delete(&id).await.expect("delete");
+    samples
+}
+
+#[tokio::main]
+async fn main() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cold_runtime = runtime(&dir.path().join("cold"), 0);
+    let pooled_runtime = runtime(&dir.path().join("pooled"), 1);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let mut figures = Vec::new();
+    for language in [Language::Python, Language::Node] {
+        let lang = language.as_str();
+        figures.push(figure(&format!("{lang}: request to a running replica (baseline)"), warm_requests(&cold_runtime, language).await));
+        figures.push(figure(&format!("{lang}: deploy to first answer, no pool"), deploy_to_answer(&cold_runtime, language).await));
+        figures.push(figure(&format!("{lang}: deploy to first answer, warm pool"), deploy_to_answer(&pooled_runtime, language).await));
+        figures.push(figure(&format!("{lang}: cold start from zero, no pool"), cold_starts(&cold_runtime, language, "nopool").await));
+        figures.push(figure(&format!("{lang}: cold start from zero, warm pool"), cold_starts(&pooled_runtime, language, "pool").await));
+    }
+    cold_runtime.shutdown().await;
+    pooled_runtime.shutdown().await;
+
+    let mut table = String::from("| figure | median ms | min ms | max ms | vs baseline |\n|---|---:|---:|---:|---:|\n");
+    for chunk in figures.chunks(5) {
+        let baseline = chunk[0].median_ms;
+        for f in chunk {
+            table.push_str(&format!("| {} | {:.1} | {:.1} | {:.1} | {:.0}× |\n", f.name, f.median_ms, f.min_ms, f.max_ms, f.median_ms / baseline));
+        }
+    }
+    let machine = format!(
+        "{} cores, {}; {ROUNDS} rounds each (baseline: {})",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        std::env::consts::ARCH,
+        ROUNDS * 4
+    );
+    let report = format!("# Local runtime: deploy and cold start\n\n{machine}\n\n{table}");
+    println!("{report}");
+    let results = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/results");
+    std::fs::create_dir_all(&results).expect("results dir");
+    let stamp = chrono::Utc::now().format("%Y-%m-%dT%H%M%SZ");
+    std::fs::write(results.join(format!("{stamp}-local-runtime.md")), &report).expect("write report");
+    std::fs::write(results.join(format!("{stamp}-local-runtime.json")), serde_json::to_string_pretty(&figures).expect("json")).expect("write json");
+}
