@@ -18,6 +18,7 @@ impl Server {
             .env("KUBEFN_LISTEN", format!("127.0.0.1:{port}"))
             .env("KUBEFN_DATA_DIR", data)
             .env("KUBEFN_LOG", "warn")
+            .env("KUBEFN_RECONCILE_SECONDS", "1")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -155,6 +156,8 @@ fn deployed_instances_come_back_after_kubefn_is_killed() {
     let id = serde_json::from_str::<serde_json::Value>(&body).expect("json")["id"].as_str().expect("id").to_string();
     let before = instance_in_state(&first, &cookie, &id, "Ready");
     let old_pid: u32 = invoke(&before["urls"]["node_port"]).parse().expect("pid");
+    // One reconcile pass (every second here) stores the events.
+    std::thread::sleep(Duration::from_millis(1500));
     first.kill_hard();
     assert!(alive(old_pid), "the replica outlives a killed kubefn");
 
@@ -164,6 +167,14 @@ fn deployed_instances_come_back_after_kubefn_is_killed() {
     let new_pid: u32 = invoke(&after["urls"]["node_port"]).parse().expect("pid");
     assert_ne!(new_pid, old_pid, "a new replica serves");
     assert!(!alive(old_pid), "the leftover replica was stopped");
+    let deployed = |instance: &serde_json::Value| {
+        instance["events"].as_array().map_or(0, |events| events.iter().filter(|e| e["reason"] == "Deployed").count())
+    };
+    let after = instance_in_state(&second, &cookie, &id, "Ready");
+    assert!(deployed(&after) >= 2, "events of both runs are kept: {:#}", after["events"]);
+    let (_, _, logs) = second.request("GET", &format!("/api/v1/instances/{id}/logs"), Some(&cookie), None);
+    let starts = logs.matches("started as process").count();
+    assert!(starts >= 2, "the logs of the killed run are still there: {logs}");
 
     // A graceful stop (SIGTERM) stops the replicas too.
     let pid = i32::try_from(second.child.id()).expect("pid");

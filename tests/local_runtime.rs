@@ -21,17 +21,22 @@ struct Harness {
 
 impl Harness {
     fn new() -> Harness {
-        Harness::with_pool(0)
+        Harness::with(|_| {})
     }
 
     fn with_pool(warm_pool_size: usize) -> Harness {
+        Harness::with(|config| config.warm_pool_size = warm_pool_size)
+    }
+
+    /// Quick timings for tests, cold starts, then `adjust`.
+    fn with(adjust: impl FnOnce(&mut LocalConfig)) -> Harness {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut config = LocalConfig::new(dir.path().join("runtime"));
         config.node_ports = 41000..=41999;
         config.drain = Duration::from_millis(500);
         config.hold = Duration::from_secs(20);
         config.usage_period = Duration::from_millis(200);
-        config.warm_pool_size = warm_pool_size;
+        config.warm_pool_size = 0;
         config.autoscaler = AutoscalerConfig {
             sync_period: Duration::from_millis(400),
             tolerance: 0.1,
@@ -46,6 +51,7 @@ impl Harness {
             ready_timeout: Duration::from_secs(20),
             stop_grace: Duration::from_secs(2),
         };
+        adjust(&mut config);
         Harness { runtime: LocalRuntime::new(config).expect("runtime"), _dir: dir }
     }
 
@@ -517,5 +523,17 @@ async fn replicas_start_from_the_warm_pool_and_behave_as_cold_ones() {
     harness.runtime.apply(instance("warm-bad", 1, function("warm-bad", Language::Python, None, "def handle(req)\n"), 1)).await.expect("apply");
     let status = harness.until("warm-bad", "failed", |s| s.state == InstanceState::Failed).await;
     assert!(status.message.contains("syntax error"), "{}", status.message);
+    harness.runtime.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_function_that_hangs_while_loading_fails_with_the_reason() {
+    let harness = Harness::with(|config| config.restart.ready_timeout = Duration::from_secs(1));
+    let spec = function("stuck", Language::Python, None, "import time\nprint('loading forever', flush=True)\ntime.sleep(3600)\ndef handle(req):\n    return req\n");
+    harness.runtime.apply(instance("stuck", 1, spec, 1)).await.expect("apply");
+    let status = harness.until("stuck", "failed", |s| s.state == InstanceState::Failed).await;
+    assert!(status.message.contains("not ready after 1 s"), "{}", status.message);
+    let logs: Vec<String> = harness.runtime.logs("stuck", false).expect("logs").map(|l| l.text).collect().await;
+    assert!(logs.iter().any(|l| l == "loading forever") && logs.iter().any(|l| l.contains("not ready after 1 s")), "{logs:#?}");
     harness.runtime.shutdown().await;
 }

@@ -136,14 +136,14 @@ impl Instances {
     /// One instance of the caller's (an admin: anyone's).
     pub async fn get(&self, caller: &Principal, id: &str) -> InstanceResult<InstanceInfo> {
         let record = self.owned(caller, id).await?;
-        Ok(self.info(record))
+        self.info_with_events(record).await
     }
 
     /// The caller's instance of a function, if they have one.
     pub async fn mine(&self, caller: &Principal, function: &str) -> InstanceResult<Option<InstanceInfo>> {
         let record = self.registry.find_visible(caller, function).await?;
         match self.store.instance_of(record.id, caller.id).await? {
-            Some(instance) => Ok(Some(self.info(instance))),
+            Some(instance) => Ok(Some(self.info_with_events(instance).await?)),
             None => Ok(None),
         }
     }
@@ -245,6 +245,7 @@ impl Instances {
                     self.store.set_instance_desired(&record.id, record.function_version, status.desired, false).await?;
                 }
                 self.record_usage(&record.id, &status).await?;
+                self.store.record_events(&record.id, &status.events).await?;
             }
         }
         for stray in self.runtime.instance_ids().into_iter().filter(|id| !known.contains(id)) {
@@ -343,6 +344,17 @@ impl Instances {
             Some((_, spec)) => Ok(spec),
             None => Err(InstanceError::Function(RegistryError::NoSuchVersion { name: name.to_string(), version })),
         }
+    }
+
+    /// The instance as the API shows it, with its stored events (the runtime's newest ones
+    /// first, for those not stored yet).
+    async fn info_with_events(&self, record: InstanceRecord) -> InstanceResult<InstanceInfo> {
+        let stored = self.store.events(&record.id).await?;
+        let mut info = self.info(record);
+        let newest = stored.first().map(|e| e.at);
+        info.events.retain(|e| newest.is_none_or(|newest| e.at > newest));
+        info.events.extend(stored);
+        Ok(info)
     }
 
     fn info(&self, record: InstanceRecord) -> InstanceInfo {

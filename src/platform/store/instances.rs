@@ -1,7 +1,7 @@
 //! Instances: what each user asked to run. The runtime's view of them is reconciled to this.
 
 use super::{Store, StoreResult};
-use crate::platform::model::InstanceState;
+use crate::platform::model::{EventInfo, InstanceState};
 use chrono::{DateTime, Utc};
 
 /// An instance row joined with its function's and user's names.
@@ -165,3 +165,48 @@ impl Store {
         Ok(())
     }
 }
+
+impl Store {
+    /// Records an instance's events newer than the newest one stored (the runtime keeps only
+    /// recent ones in memory); returns how many were new.
+    pub async fn record_events(&self, instance_id: &str, events: &[EventInfo]) -> StoreResult<usize> {
+        let (newest,): (Option<DateTime<Utc>>,) = sqlx::query_as("SELECT MAX(at) FROM events WHERE instance_id = ?")
+            .bind(instance_id)
+            .fetch_one(&self.pool)
+            .await?;
+        let fresh: Vec<&EventInfo> = events.iter().filter(|e| newest.is_none_or(|newest| e.at > newest)).collect();
+        let mut tx = self.pool.begin().await?;
+        // Oldest first, so ids follow time.
+        for event in fresh.iter().rev() {
+            sqlx::query("INSERT INTO events (instance_id, at, kind, reason, message) VALUES (?, ?, ?, ?, ?)")
+                .bind(instance_id)
+                .bind(event.at)
+                .bind(&event.kind)
+                .bind(&event.reason)
+                .bind(&event.message)
+                .execute(&mut *tx)
+                .await?;
+        }
+        // Bounded: the newest EVENTS_KEPT per instance.
+        sqlx::query("DELETE FROM events WHERE instance_id = ?1 AND id NOT IN (SELECT id FROM events WHERE instance_id = ?1 ORDER BY at DESC, id DESC LIMIT ?2)")
+            .bind(instance_id)
+            .bind(EVENTS_KEPT)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(fresh.len())
+    }
+
+    /// An instance's stored events, newest first.
+    pub async fn events(&self, instance_id: &str) -> StoreResult<Vec<EventInfo>> {
+        let rows: Vec<(DateTime<Utc>, String, String, String)> =
+            sqlx::query_as("SELECT at, kind, reason, message FROM events WHERE instance_id = ? ORDER BY at DESC, id DESC")
+                .bind(instance_id)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().map(|(at, kind, reason, message)| EventInfo { at, kind, reason, message }).collect())
+    }
+}
+
+/// Events kept per instance.
+pub const EVENTS_KEPT: i64 = 200;

@@ -397,11 +397,15 @@ impl LocalRuntime {
             node_port.close().await;
         }
         if remove_files {
-            let dir = self.inner.config.root.join("instances").join(id);
+            let root = &self.inner.config.root;
+            let dir = root.join("instances").join(id);
             if let Err(error) = tokio::fs::remove_dir_all(&dir).await
                 && error.kind() != std::io::ErrorKind::NotFound
             {
                 tracing::warn!(instance = id, %error, "cannot remove the instance's files");
+            }
+            for log in [format!("{id}.log"), format!("{id}.log.1")] {
+                let _ = tokio::fs::remove_file(root.join("logs").join(log)).await;
             }
         }
         Ok(())

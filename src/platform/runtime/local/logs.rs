@@ -62,6 +62,20 @@ struct LogFile {
     file: Option<std::fs::File>,
 }
 
+/// Reads back one line as [`LogFile`] writes it: `time replica stream text`.
+fn parse_line(line: &str) -> Option<LogLine> {
+    let mut parts = line.splitn(4, ' ');
+    let at = DateTime::parse_from_rfc3339(parts.next()?).ok()?.with_timezone(&Utc);
+    let replica = parts.next()?.to_string();
+    let stream = match parts.next()? {
+        "stdout" => Stream::Stdout,
+        "stderr" => Stream::Stderr,
+        "system" => Stream::System,
+        _ => return None,
+    };
+    Some(LogLine { at, replica, stream, text: parts.next().unwrap_or_default().to_string() })
+}
+
 impl LogFile {
     fn append(&mut self, line: &LogLine) {
         if self.written >= self.max_bytes {
@@ -93,9 +107,15 @@ impl LogBuffer {
     }
 
     /// A buffer keeping the last `capacity` lines in memory and every line in the file at
-    /// `path`, rotated at `max_bytes`.
+    /// `path`, rotated at `max_bytes`. Lines already in the file (from before a restart of
+    /// kubefn) are loaded first, so the instance's history survives it.
     pub fn with_file(capacity: usize, path: PathBuf, max_bytes: u64) -> LogBuffer {
         let mut buffer = LogBuffer::new(capacity);
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            let mut lines = buffer.lines.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let earlier: Vec<LogLine> = text.lines().filter_map(parse_line).collect();
+            lines.extend(earlier.into_iter().rev().take(buffer.capacity).rev());
+        }
         buffer.file = Some(Arc::new(Mutex::new(LogFile { path, max_bytes: max_bytes.max(1), written: 0, file: None })));
         buffer
     }
@@ -198,6 +218,13 @@ mod tests {
         assert!(rotated.contains("line 5") || rotated.contains("line 6"), "{rotated}");
         assert!(current.len() + rotated.len() < 600, "bounded: {} + {}", current.len(), rotated.len());
         assert_eq!(logs.snapshot().len(), 2, "the ring keeps its own bound");
+
+        // A new buffer on the same file (kubefn restarted) starts with its last lines.
+        let reopened = LogBuffer::with_file(3, path, 200);
+        let texts: Vec<String> = reopened.snapshot().into_iter().map(|l| l.text).collect();
+        assert_eq!(texts.last().map(String::as_str), Some(format!("line 9 {}", "x".repeat(40)).as_str()));
+        assert!(!texts.is_empty() && texts.len() <= 3, "{texts:?}");
+        assert_eq!(reopened.snapshot()[0].replica, "r0");
     }
 
     #[tokio::test]
