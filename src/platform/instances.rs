@@ -60,6 +60,9 @@ pub struct Instances {
     runtime: Arc<dyn Runtime>,
     wake: Arc<Notify>,
     meters: Arc<Mutex<Meters>>,
+    /// Held by every change and by a whole reconcile pass, so a pass working from a list read
+    /// before a delete cannot start the deleted instance again.
+    changes: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// What the previous usage sample saw, to turn counters into rates.
@@ -82,7 +85,7 @@ impl Instances {
     /// Instances over `store`, run by `runtime`.
     pub fn new(store: Store, registry: Registry, runtime: Arc<dyn Runtime>) -> Instances {
         let wake = registry.current_version_changed();
-        Instances { store, registry, runtime, wake, meters: Arc::default() }
+        Instances { store, registry, runtime, wake, meters: Arc::default(), changes: Arc::default() }
     }
 
     /// The runtime's name (`local` or `kubernetes`).
@@ -93,6 +96,7 @@ impl Instances {
     /// Deploys the caller's instance of a function they may see; deploying again keeps the
     /// instance, un-pauses it and retries a version that failed. Returns it and whether it is new.
     pub async fn deploy(&self, caller: &Principal, function: &str) -> InstanceResult<(InstanceInfo, bool)> {
+        let _changing = self.changes.lock().await;
         let record = self.registry.find_visible(caller, function).await?;
         let spec = self.version_spec(record.id, record.current_version, &record.name).await?;
         self.runtime.check(&spec).map_err(InstanceError::Unsupported)?;
@@ -106,6 +110,7 @@ impl Instances {
 
     /// Deletes the caller's instance of a function.
     pub async fn undeploy(&self, caller: &Principal, function: &str) -> InstanceResult<()> {
+        let _changing = self.changes.lock().await;
         let record = self.registry.find_visible(caller, function).await?;
         let instance = self
             .store
@@ -117,6 +122,7 @@ impl Instances {
 
     /// Deletes one instance: its replicas stop, its ports are freed, its record goes.
     pub async fn delete(&self, caller: &Principal, id: &str) -> InstanceResult<()> {
+        let _changing = self.changes.lock().await;
         let instance = self.owned(caller, id).await?;
         self.remove(&instance).await
     }
@@ -160,6 +166,7 @@ impl Instances {
 
     /// Sets an instance's replicas (0 to [`MAX_REPLICAS`]).
     pub async fn scale(&self, caller: &Principal, id: &str, replicas: u32) -> InstanceResult<InstanceInfo> {
+        let _changing = self.changes.lock().await;
         if replicas > MAX_REPLICAS {
             return Err(InstanceError::Invalid(FieldError::new("replicas", format!("replicas must be between 0 and {MAX_REPLICAS}"))));
         }
@@ -210,6 +217,7 @@ impl Instances {
     /// again), finished deletions are completed, instances the store does not know are
     /// stopped, and the state each runtime reports is recorded.
     pub async fn reconcile(&self) -> InstanceResult<()> {
+        let _changing = self.changes.lock().await;
         let records = self.store.instances(None).await?;
         let known: HashSet<String> = records.iter().map(|r| r.id.clone()).collect();
         let mut specs: HashMap<(i64, u32), FunctionSpec> = HashMap::new();
@@ -316,6 +324,7 @@ impl Instances {
     }
 
     async fn change(&self, caller: &Principal, id: &str, edit: impl FnOnce(&mut InstanceRecord)) -> InstanceResult<InstanceInfo> {
+        let _changing = self.changes.lock().await;
         let mut instance = self.owned(caller, id).await?;
         edit(&mut instance);
         self.store.set_instance_desired(&instance.id, instance.desired_version, instance.replicas, instance.paused).await?;
