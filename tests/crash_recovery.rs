@@ -173,7 +173,7 @@ fn deployed_instances_come_back_after_kubefn_is_killed() {
     let after = instance_in_state(&second, &cookie, &id, "Ready");
     assert!(deployed(&after) >= 2, "events of both runs are kept: {:#}", after["events"]);
     let (_, _, logs) = second.request("GET", &format!("/api/v1/instances/{id}/logs"), Some(&cookie), None);
-    let starts = logs.matches("started as process").count();
+    let starts = logs.matches("running as process").count();
     assert!(starts >= 2, "the logs of the killed run are still there: {logs}");
 
     // A graceful stop (SIGTERM) stops the replicas too.

@@ -515,8 +515,9 @@ async fn replicas_start_from_the_warm_pool_and_behave_as_cold_ones() {
         let address = harness.ready(id).await;
         assert_eq!(post(address, "").await, (200, "hej v3 leaked=[]".to_string()), "{id}");
         let logs: Vec<kubefn::platform::model::LogEntry> = harness.runtime.logs(id, false).expect("logs").collect().await;
-        assert!(logs.iter().any(|l| l.replica == "v3-r0" && l.text == "took a warm process from the pool"), "{id}: {logs:#?}");
+        assert!(logs.iter().any(|l| l.replica == "v3-r0" && l.text.starts_with("loading the function into warm process")), "{id}: {logs:#?}");
         assert!(logs.iter().any(|l| l.replica == "v3-r0" && l.text.contains("detected")), "{id}: the warm process's output reaches the instance: {logs:#?}");
+        assert!(logs.iter().any(|l| l.replica == "v3-r0" && l.text.starts_with("kubefn: ready on port")), "{id}: {logs:#?}");
     }
 
     // A function that cannot load in a warm process fails as a cold one would.

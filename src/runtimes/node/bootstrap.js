@@ -225,6 +225,7 @@ function specialize(state, body, res) {
     if (job.dir) process.chdir(job.dir);
     if (job.timeout_s) state.timeoutS = Number(job.timeout_s);
     state.loaded = loadFunction(job.source, String(job.handler || '').trim(), job.deps);
+    log(`ready on port ${process.env.PORT}`);
     send(res, 200, { 'content-type': 'text/plain' }, 'specialized\n');
   } catch (error) {
     process.stderr.write(`kubefn: cannot load the function: ${error.message}\n`);

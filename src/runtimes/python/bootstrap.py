@@ -407,6 +407,7 @@ class FunctionHandler(BaseHTTPRequestHandler):
             threading.Timer(0.05, os._exit, [LOAD_ERROR_EXIT]).start()
             return None
         server.convention, server.target = convention, target
+        log(f"ready on port {server.server_address[1]}")
         return self.send(200, {"Content-Type": "text/plain"}, b"specialized\n")
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = handle_any

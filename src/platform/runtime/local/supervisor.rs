@@ -309,7 +309,7 @@ async fn supervise(shared: Arc<Shared>, status: Arc<Mutex<ReplicaStatus>>, mut s
                     s.pid = child.id();
                     s.state = ReplicaState::Starting;
                 });
-                shared.logs.push(&name, Stream::System, format!("started as process {} on port {port}", child.id().unwrap_or_default()));
+                shared.logs.push(&name, Stream::System, format!("running as process {} on port {port}", child.id().unwrap_or_default()));
                 let outcome = run(&mut child, port, &policy, &mut stop, || set(&|s| s.state = ReplicaState::Ready)).await;
                 if let Some(group) = group {
                     terminate_group(&mut child, group, policy.stop_grace).await;
@@ -401,11 +401,9 @@ async fn start_process(spec: &LaunchSpec, name: &str, logs: &LogBuffer) -> std::
     if let Some(warm) = &spec.warm
         && let Some(process) = warm.pool.take(warm.language)
     {
+        logs.push(name, Stream::System, format!("loading the function into warm process {} from the pool", process.pid().unwrap_or_default()));
         match process.specialize(&warm.job, logs, name).await {
-            Ok((child, port)) => {
-                logs.push(name, Stream::System, "took a warm process from the pool");
-                return Ok((port, child));
-            }
+            Ok((child, port)) => return Ok((port, child)),
             Err(reason) => logs.push(name, Stream::System, format!("a warm process could not load the function ({reason}); starting a fresh one")),
         }
     }

@@ -102,6 +102,11 @@ impl WarmPool {
 }
 
 impl WarmProcess {
+    /// Its process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// Loads the function into the process and hands it over as replica `name`, its output
     /// going to `logs` from now on. On failure the process is gone and the reason returned.
     pub async fn specialize(mut self, job: &Specialization, logs: &LogBuffer, name: &str) -> Result<(Child, u16), String> {
