@@ -77,21 +77,10 @@ impl Harness {
     }
 }
 
+/// A function spec with every default but its name, language, handler and source.
 fn function(name: &str, language: Language, handler: Option<&str>, source: &str) -> FunctionSpec {
-    FunctionSpec {
-        name: name.into(),
-        runtime: language,
-        handler: handler.map(str::to_string),
-        source: source.into(),
-        requirements: String::new(),
-        image: None,
-        env: Default::default(),
-        visibility: Default::default(),
-        resources: Default::default(),
-        scaling: Default::default(),
-        service: Default::default(),
-        timeout_s: 60,
-    }
+    let spec = serde_json::json!({"name": name, "runtime": language.as_str(), "handler": handler, "source": source});
+    serde_json::from_value(spec).expect("a valid spec")
 }
 
 fn instance(id: &str, version: u32, spec: FunctionSpec, replicas: u32) -> InstanceSpec {

@@ -44,24 +44,7 @@ impl From<UsageRow> for UsageSample {
 impl Store {
     /// Records one sample of an instance.
     pub async fn insert_usage(&self, instance_id: &str, sample: &UsageSample) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT OR REPLACE INTO usage_samples
-               (instance_id, at, replicas_desired, replicas_ready, cpu_millicores, memory_bytes, requests_per_s, p50_ms, p95_ms, errors)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(instance_id)
-        .bind(sample.at)
-        .bind(i64::from(sample.replicas_desired))
-        .bind(i64::from(sample.replicas_ready))
-        .bind(sample.cpu_millicores)
-        .bind(sample.memory_bytes.and_then(|m| i64::try_from(m).ok()))
-        .bind(sample.requests_per_s)
-        .bind(sample.p50_ms)
-        .bind(sample.p95_ms)
-        .bind(i64::from(sample.errors))
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        insert_sample(&self.pool, instance_id, sample).await
     }
 
     /// An instance's samples since `since`, oldest first.
@@ -104,28 +87,33 @@ impl Store {
                 .bind(minute + Duration::minutes(1))
                 .execute(&mut *tx)
                 .await?;
-            let point = average(minute, &samples);
-            sqlx::query(
-                "INSERT INTO usage_samples
-                   (instance_id, at, replicas_desired, replicas_ready, cpu_millicores, memory_bytes, requests_per_s, p50_ms, p95_ms, errors)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(&instance)
-            .bind(point.at)
-            .bind(i64::from(point.replicas_desired))
-            .bind(i64::from(point.replicas_ready))
-            .bind(point.cpu_millicores)
-            .bind(point.memory_bytes.and_then(|m| i64::try_from(m).ok()))
-            .bind(point.requests_per_s)
-            .bind(point.p50_ms)
-            .bind(point.p95_ms)
-            .bind(i64::from(point.errors))
-            .execute(&mut *tx)
-            .await?;
+            insert_sample(&mut *tx, &instance, &average(minute, &samples)).await?;
         }
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// Inserts (or replaces) one sample.
+async fn insert_sample(executor: impl sqlx::SqliteExecutor<'_>, instance_id: &str, sample: &UsageSample) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT OR REPLACE INTO usage_samples
+           (instance_id, at, replicas_desired, replicas_ready, cpu_millicores, memory_bytes, requests_per_s, p50_ms, p95_ms, errors)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(instance_id)
+    .bind(sample.at)
+    .bind(i64::from(sample.replicas_desired))
+    .bind(i64::from(sample.replicas_ready))
+    .bind(sample.cpu_millicores)
+    .bind(sample.memory_bytes.and_then(|m| i64::try_from(m).ok()))
+    .bind(sample.requests_per_s)
+    .bind(sample.p50_ms)
+    .bind(sample.p95_ms)
+    .bind(i64::from(sample.errors))
+    .execute(executor)
+    .await?;
+    Ok(())
 }
 
 /// The average of a minute's samples (replica counts: the highest; errors: the sum).

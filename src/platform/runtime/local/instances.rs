@@ -502,7 +502,6 @@ async fn prepare_launch(inner: &Inner, slot: &Slot, spec: &InstanceSpec) -> Resu
         ("KUBEFN_FUNCTION_NAME".to_string(), function.name.clone()),
         ("KUBEFN_MEMORY_LIMIT".to_string(), function.resources.memory_limit.clone()),
         ("KUBEFN_TIMEOUT".to_string(), function.timeout_s.to_string()),
-        ("PYTHONUNBUFFERED".to_string(), "1".to_string()),
     ]);
     let warm = inner.pool.clone().map(|pool| WarmStart {
         pool,

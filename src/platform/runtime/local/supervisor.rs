@@ -8,7 +8,7 @@ use super::warm_pool::{Specialization, WarmPool};
 use crate::platform::model::Runtime as Language;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -411,21 +411,28 @@ async fn start_process(spec: &LaunchSpec, name: &str, logs: &LogBuffer) -> std::
     Ok((port, spawn(spec, port, name, logs)?))
 }
 
-fn spawn(spec: &LaunchSpec, port: u16, name: &str, logs: &LogBuffer) -> std::io::Result<Child> {
-    let mut command = Command::new(&spec.program);
+/// A bootstrap process on loopback `port`: a clean environment plus `PORT` and `KUBEFN_BIND`,
+/// piped output, and its own process group, so stopping it also stops whatever it started.
+pub fn bootstrap_command(program: &Path, args: &[String], dir: &Path, port: u16) -> Command {
+    let mut command = Command::new(program);
     clean_environment(&mut command);
     command
-        .args(&spec.args)
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .args(args)
         .env("PORT", port.to_string())
         .env("KUBEFN_BIND", "127.0.0.1")
-        .current_dir(&spec.dir)
+        .env("PYTHONUNBUFFERED", "1")
+        .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        // Its own process group, so stopping it also stops whatever it started.
         .process_group(0)
         .kill_on_drop(true);
+    command
+}
+
+fn spawn(spec: &LaunchSpec, port: u16, name: &str, logs: &LogBuffer) -> std::io::Result<Child> {
+    let mut command = bootstrap_command(&spec.program, &spec.args, &spec.dir, port);
+    command.envs(spec.env.iter().map(|(k, v)| (k, v)));
     let mut child = command.spawn()?;
     if let Some(stdout) = child.stdout.take() {
         tokio::spawn(logs.clone().collect(stdout, name.to_string(), Stream::Stdout));

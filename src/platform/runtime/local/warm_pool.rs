@@ -4,17 +4,16 @@
 //! refills itself in the background.
 
 use super::logs::{LogBuffer, Stream};
-use super::supervisor::{clean_environment, probe_path};
+use super::supervisor::{bootstrap_command, probe_path};
 use crate::platform::model::Runtime as Language;
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
-use std::path::PathBuf;
-use std::process::Stdio;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio::sync::Notify;
 
 /// What a warm process needs to become a replica of one function.
@@ -168,21 +167,10 @@ async fn refill(pool: Weak<PoolInner>) {
     }
 }
 
-async fn start_warm(config: &PoolConfig, program: &PathBuf, bootstrap: &PathBuf) -> std::io::Result<WarmProcess> {
+async fn start_warm(config: &PoolConfig, program: &Path, bootstrap: &Path) -> std::io::Result<WarmProcess> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let mut command = Command::new(program);
-    command.arg(bootstrap).current_dir(&config.dir);
-    clean_environment(&mut command);
-    command
-        .env("PORT", port.to_string())
-        .env("KUBEFN_BIND", "127.0.0.1")
-        .env("KUBEFN_POOL", "1")
-        .env("PYTHONUNBUFFERED", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
+    let mut command = bootstrap_command(program, &[bootstrap.display().to_string()], &config.dir, port);
+    command.env("KUBEFN_POOL", "1");
     let mut child = command.spawn()?;
     if let Some(pid) = child.id() {
         let _ = std::fs::write(config.pid_dir.join(pid.to_string()), "warm\n");
