@@ -669,6 +669,10 @@ async fn deploy_invoke_update_pause_resume_and_delete_instances() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert!(samples.as_array().is_some_and(|s| s.iter().any(|s| s["replicas_ready"] == 2)), "usage samples: {samples:#}");
+    assert!(
+        samples.as_array().is_some_and(|s| s.iter().any(|s| s["p50_ms"].as_f64().is_some_and(|ms| ms > 0.0))),
+        "the invocations' latency is sampled: {samples:#}"
+    );
     let bad_since = app.call(Method::GET, &format!("/api/v1/instances/{id}/usage?since=yesterday"), None, As::Cookie(&alice)).await;
     assert_eq!((bad_since.status, bad_since.body["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("since")));
     let future = app.call(Method::GET, &format!("/api/v1/instances/{id}/usage?since=2999-01-01T00:00:00Z"), None, As::Cookie(&alice)).await;

@@ -286,6 +286,8 @@ impl Instances {
                 (seconds > 0.0 && status.connections_total >= total).then(|| (status.connections_total - total) as f64 / seconds)
             })
         };
+        let mut finished = self.runtime.take_finished_connections(id).unwrap_or_default();
+        finished.durations_ms.sort_by(f64::total_cmp);
         let cpu: Vec<f64> = usage.iter().filter_map(|u| u.cpu_millicores).collect();
         let sample = UsageSample {
             at: Utc::now(),
@@ -294,9 +296,9 @@ impl Instances {
             cpu_millicores: (!cpu.is_empty()).then(|| cpu.iter().sum()),
             memory_bytes: (!usage.is_empty()).then(|| usage.iter().map(|u| u.memory_bytes).sum()),
             requests_per_s,
-            p50_ms: None,
-            p95_ms: None,
-            errors: 0,
+            p50_ms: percentile(&finished.durations_ms, 0.50),
+            p95_ms: percentile(&finished.durations_ms, 0.95),
+            errors: finished.failed,
         };
         Ok(self.store.insert_usage(id, &sample).await?)
     }
@@ -401,5 +403,26 @@ impl Instances {
             events: status.map(|s| s.events).unwrap_or_default(),
             created_at: record.created_at,
         }
+    }
+}
+
+/// The `q` quantile of sorted values (nearest rank), `None` when there are none.
+fn percentile(sorted: &[f64], q: f64) -> Option<f64> {
+    let last = sorted.len().checked_sub(1)?;
+    let rank = ((sorted.len() as f64 * q).ceil() as usize).saturating_sub(1).min(last);
+    sorted.get(rank).copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percentile;
+
+    #[test]
+    fn percentiles_by_nearest_rank() {
+        let values: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&values, 0.50), Some(50.0));
+        assert_eq!(percentile(&values, 0.95), Some(95.0));
+        assert_eq!(percentile(&[7.0], 0.95), Some(7.0));
+        assert_eq!(percentile(&[], 0.5), None);
     }
 }

@@ -524,10 +524,11 @@ pub struct UsageSample {
     pub memory_bytes: Option<u64>,
     /// Requests (connections, on the local runtime's node port) per second.
     pub requests_per_s: Option<f64>,
-    /// Median latency in milliseconds, once the gateway measures it.
+    /// Median request latency in milliseconds (on the local runtime: of the connections
+    /// through the node port, one request each as the gateway sends them).
     pub p50_ms: Option<f64>,
-    /// 95th percentile latency in milliseconds, once the gateway measures it.
+    /// 95th percentile request latency in milliseconds.
     pub p95_ms: Option<f64>,
-    /// Failed requests in the interval.
+    /// Requests that found no ready replica in time.
     pub errors: u32,
 }

@@ -42,11 +42,30 @@ pub struct Traffic {
     total: AtomicU64,
     last_activity: Mutex<Instant>,
     demand: Notify,
+    finished: Mutex<FinishedConnections>,
 }
+
+/// Connections that ended since the last [`Traffic::take_finished`].
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct FinishedConnections {
+    /// How long each one lasted, in milliseconds (at most [`KEPT_DURATIONS`] are kept).
+    pub durations_ms: Vec<f64>,
+    /// How many never reached a replica (none became ready within the hold time).
+    pub failed: u32,
+}
+
+/// Durations kept between two readings; more are counted only as failures or not at all.
+pub const KEPT_DURATIONS: usize = 10_000;
 
 impl Default for Traffic {
     fn default() -> Self {
-        Traffic { open: AtomicUsize::new(0), total: AtomicU64::new(0), last_activity: Mutex::new(Instant::now()), demand: Notify::new() }
+        Traffic {
+            open: AtomicUsize::new(0),
+            total: AtomicU64::new(0),
+            last_activity: Mutex::new(Instant::now()),
+            demand: Notify::new(),
+            finished: Mutex::default(),
+        }
     }
 }
 
@@ -74,27 +93,43 @@ impl Traffic {
         self.demand.notified().await;
     }
 
+    /// The connections that ended since the previous call (each served request, when clients
+    /// send one request per connection as the gateway does).
+    pub fn take_finished(&self) -> FinishedConnections {
+        std::mem::take(&mut *self.finished.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
     fn touch(&self) {
         *self.last_activity.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
     }
 }
 
-/// Counts one connection as open until dropped.
-struct OpenConnection(Arc<Traffic>);
+/// Counts one connection as open until dropped, then records how long it lasted.
+struct OpenConnection {
+    traffic: Arc<Traffic>,
+    opened: Instant,
+    served: bool,
+}
 
 impl OpenConnection {
     fn new(traffic: Arc<Traffic>) -> OpenConnection {
         traffic.open.fetch_add(1, Ordering::Relaxed);
         traffic.total.fetch_add(1, Ordering::Relaxed);
         traffic.touch();
-        OpenConnection(traffic)
+        OpenConnection { traffic, opened: Instant::now(), served: false }
     }
 }
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::Relaxed);
-        self.0.touch();
+        self.traffic.open.fetch_sub(1, Ordering::Relaxed);
+        self.traffic.touch();
+        let mut finished = self.traffic.finished.lock().unwrap_or_else(|p| p.into_inner());
+        if !self.served {
+            finished.failed += 1;
+        } else if finished.durations_ms.len() < KEPT_DURATIONS {
+            finished.durations_ms.push(self.opened.elapsed().as_secs_f64() * 1000.0);
+        }
     }
 }
 
@@ -167,13 +202,13 @@ impl NodePort {
     }
 }
 
-async fn forward(mut client: TcpStream, mut endpoints: watch::Receiver<Vec<SocketAddr>>, next: Arc<AtomicUsize>, hold: Duration, connection: OpenConnection) {
+async fn forward(mut client: TcpStream, mut endpoints: watch::Receiver<Vec<SocketAddr>>, next: Arc<AtomicUsize>, hold: Duration, mut connection: OpenConnection) {
     let _ = client.set_nodelay(true);
     let deadline = tokio::time::Instant::now() + hold;
     loop {
         let candidates = endpoints.borrow_and_update().clone();
         if candidates.is_empty() {
-            connection.0.demand.notify_one();
+            connection.traffic.demand.notify_one();
             // Hold the connection until a replica is ready or the hold time is up.
             if tokio::time::timeout_at(deadline, endpoints.changed()).await.map_or(true, |changed| changed.is_err()) {
                 return;
@@ -184,6 +219,7 @@ async fn forward(mut client: TcpStream, mut endpoints: watch::Receiver<Vec<Socke
         for offset in 0..candidates.len() {
             let target = candidates[(start + offset) % candidates.len()];
             if let Ok(mut upstream) = TcpStream::connect(target).await {
+                connection.served = true;
                 let _ = upstream.set_nodelay(true);
                 let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
                 return;
@@ -275,8 +311,29 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert_eq!((traffic.open(), traffic.total()), (0, 1));
+        let finished = traffic.take_finished();
+        assert_eq!((finished.durations_ms.len(), finished.failed), (1, 0));
+        assert!(finished.durations_ms[0] > 0.0, "{:?}", finished.durations_ms);
+        assert_eq!(traffic.take_finished(), FinishedConnections::default(), "taken once");
         tokio::time::sleep(Duration::from_millis(30)).await;
         assert!(traffic.idle_for(Instant::now()) >= Duration::from_millis(30));
+    }
+
+    #[tokio::test]
+    async fn a_connection_no_replica_takes_in_time_counts_as_failed() {
+        let (_tx, rx) = watch::channel(Vec::new());
+        let port = NodePort::serve(TcpListener::bind("127.0.0.1:0").await.expect("bind"), rx, Duration::from_millis(50));
+        let mut client = TcpStream::connect(port.address()).await.expect("connect");
+        let mut answer = Vec::new();
+        let _ = client.read_to_end(&mut answer).await;
+        assert!(answer.is_empty(), "closed without an answer");
+        for _ in 0..100 {
+            if port.traffic().open() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(port.traffic().take_finished(), FinishedConnections { durations_ms: vec![], failed: 1 });
     }
 
     #[tokio::test]
