@@ -1,7 +1,7 @@
 //! The server binary's wiring: configuration, the session layer, the router and serving.
 //! Tests build the same router through [`build_app`] without binding a port.
 
-use crate::api::{rest, AppState};
+use crate::api::{gateway, rest, AppState};
 use crate::app::{shell, App};
 use crate::platform::auth::{AuthError, SignupPolicy};
 use crate::platform::store::StoreError;
@@ -206,6 +206,7 @@ pub async fn build_app(config: &Config, mut leptos_options: LeptosOptions) -> Re
     let routes = generate_route_list(App);
     let app = Router::new()
         .merge(rest::router())
+        .merge(gateway::router())
         .leptos_routes_with_context(&state, routes, || {}, {
             let options = leptos_options.clone();
             move || shell(options.clone())

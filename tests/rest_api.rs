@@ -709,3 +709,58 @@ async fn deploys_the_local_runtime_cannot_run_are_refused() {
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_gateway_forwards_to_my_instance_only() {
+    let app = TestApp::start().await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let admin = app.admin().await;
+    let echo = json!({
+        "name": "echo", "runtime": "python", "visibility": "public",
+        "source": "def handle(event, context):\n    body = f\"{event.method} {event.path} {sorted(event.query.items())} {event.body.decode()} xff={event.headers.get('X-Forwarded-For')} cookie={event.headers.get('Cookie')}\"\n    return {'statusCode': 201, 'body': body, 'headers': {'X-From-Function': 'yes'}}\n"
+    });
+    assert_eq!(app.call(Method::POST, "/api/v1/functions", Some(echo), As::Cookie(&alice)).await.status, StatusCode::CREATED);
+    let deployed = app.call(Method::POST, "/api/v1/functions/echo/deploy", None, As::Cookie(&alice)).await;
+    let id = deployed.body["id"].as_str().expect("id").to_string();
+    app.instance_until(&id, &alice, "ready", |i| i["state"] == "Ready").await;
+
+    let invoke = |path: &str, who: &str| {
+        Request::builder()
+            .method(Method::PUT)
+            .uri(path)
+            .header(header::COOKIE, who)
+            .header("x-forwarded-for", "10.1.2.3")
+            .body(Body::from("payload"))
+            .expect("request")
+    };
+    let answer = app.send(invoke("/fn/alice/echo/a/b?x=1&y=2", &alice)).await;
+    assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
+    assert_eq!(answer.headers.get("x-from-function").and_then(|v| v.to_str().ok()), Some("yes"), "headers pass through");
+    assert_eq!(
+        answer.body,
+        Value::String("PUT /a/b [('x', '1'), ('y', '2')] payload xff=10.1.2.3 cookie=None".into()),
+        "method, path, query and body reach the function; kubefn's cookie does not"
+    );
+    assert_eq!(app.send(invoke("/fn/alice/echo", &alice)).await.body, Value::String("PUT / [] payload xff=10.1.2.3 cookie=None".into()));
+    assert_eq!(app.send(invoke("/fn/alice/echo/x", &admin)).await.status, StatusCode::CREATED, "admins may invoke");
+
+    for (path, who, status) in [
+        ("/fn/alice/echo", &bob, StatusCode::NOT_FOUND),
+        ("/fn/bob/echo", &bob, StatusCode::NOT_FOUND),
+        ("/fn/alice/nothing", &alice, StatusCode::NOT_FOUND),
+        ("/fn/nobody/echo", &alice, StatusCode::NOT_FOUND),
+    ] {
+        let refused = app.send(invoke(path, who)).await;
+        assert_eq!(refused.status, status, "{path}: {}", refused.body);
+        assert!(refused.body["error"].as_str().is_some_and(|e| e.contains("deploy it first")), "{}", refused.body);
+    }
+    let anonymous = app.send(Request::post("/fn/alice/echo").body(Body::empty()).expect("request")).await;
+    assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+
+    app.call(Method::POST, &format!("/api/v1/instances/{id}/pause"), None, As::Cookie(&alice)).await;
+    let paused = app.send(invoke("/fn/alice/echo", &alice)).await;
+    assert_eq!(paused.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(paused.body["error"].as_str().is_some_and(|e| e.contains("Paused") && e.contains("resume")), "{}", paused.body);
+    app.stop().await;
+}

@@ -8,6 +8,8 @@ pub mod functions;
 #[cfg(feature = "ssr")]
 pub mod caller;
 #[cfg(feature = "ssr")]
+pub mod gateway;
+#[cfg(feature = "ssr")]
 pub mod rest;
 
 pub use error::ApiError;

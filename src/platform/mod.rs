@@ -8,6 +8,8 @@ pub mod auth;
 #[cfg(feature = "ssr")]
 pub mod autoscale;
 #[cfg(feature = "ssr")]
+pub mod gateway;
+#[cfg(feature = "ssr")]
 pub mod instances;
 #[cfg(feature = "ssr")]
 pub mod registry;
@@ -24,6 +26,7 @@ pub use ssr::{error_chain, Platform};
 #[cfg(feature = "ssr")]
 mod ssr {
     use super::auth::{Accounts, SignupPolicy};
+    use super::gateway::Gateway;
     use super::instances::Instances;
     use super::registry::Registry;
     use super::runtime::Runtime;
@@ -53,6 +56,8 @@ mod ssr {
         pub registry: Registry,
         /// Deployed instances and the runtime they run on.
         pub instances: Instances,
+        /// The invocation path to instances.
+        pub gateway: Gateway,
     }
 
     impl Platform {
@@ -62,7 +67,8 @@ mod ssr {
             let registry = Registry::new(store.clone());
             Ok(Platform {
                 accounts: Accounts::new(store.clone(), signup),
-                instances: Instances::new(store.clone(), registry.clone(), runtime),
+                instances: Instances::new(store.clone(), registry.clone(), runtime.clone()),
+                gateway: Gateway::new(store.clone(), runtime),
                 registry,
                 store,
             })

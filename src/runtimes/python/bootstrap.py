@@ -192,6 +192,19 @@ class Context(dict):
         raise AttributeError(name)
 
 
+class Headers(dict):
+    """Request headers by lower-case name, looked up case-insensitively (as Flask's are)."""
+
+    def __getitem__(self, name):
+        return super().__getitem__(name.lower())
+
+    def __contains__(self, name):
+        return isinstance(name, str) and super().__contains__(name.lower())
+
+    def get(self, name, default=None):
+        return super().get(name.lower(), default) if isinstance(name, str) else default
+
+
 class Request:
     """The parts of an HTTP request every convention needs."""
 
@@ -201,7 +214,7 @@ class Request:
         self.path = parts.path
         self.raw_query = parts.query
         self.query = {k: v[0] if len(v) == 1 else v for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
-        self.headers = {k.lower(): v for k, v in headers.items()}
+        self.headers = Headers({k.lower(): v for k, v in headers.items()})
         self.body = body
         self.body_text = body.decode("utf-8", errors="replace")
         content_type = self.headers.get("content-type", "")

@@ -113,7 +113,8 @@ class BootstrapTest(unittest.TestCase):
                 return {
                     "statusCode": 201,
                     "body": {"method": event.method, "path": event.path, "query": event.query,
-                             "body": event.body.decode(), "agent": event.headers.get("x-test")},
+                             "body": event.body.decode(), "agent": event.headers.get("x-test"),
+                             "any_case": event.headers.get("X-Test"), "has": "X-TEST" in event.headers},
                     "headers": {"X-Handled": "yes"},
                 }
         """)
@@ -121,7 +122,7 @@ class BootstrapTest(unittest.TestCase):
         self.assertEqual(status, 201)
         self.assertEqual(headers["X-Handled"], "yes")
         self.assertEqual(json.loads(body), {"method": "PUT", "path": "/items/7", "query": {"color": "red"},
-                                            "body": "payload", "agent": "t1"})
+                                            "body": "payload", "agent": "t1", "any_case": "t1", "has": True})
 
     def test_kubeless_handler_event_and_context(self):
         r = self.serve("""
