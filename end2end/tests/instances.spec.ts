@@ -28,6 +28,15 @@ test("deploy from the catalog, invoke, watch logs, scale, pause, resume, update 
   // The node port answers, and the request shows up in the live logs.
   const answer = await page.request.post(nodePort!, { data: "ada", headers: { "content-type": "text/plain" } });
   expect(await answer.text()).toBe("hello ada");
+  // The same through the gateway, from the invoke panel and over HTTP with the session.
+  await page.getByLabel("Body").fill("grace");
+  await page.getByRole("button", { name: "Send" }).click();
+  await expect(page.getByTestId("invoke-status")).toHaveText("200");
+  await expect(page.getByTestId("invoke-body")).toHaveText("hello grace");
+  const viaGateway = await page.request.post(`/fn/${user}/${fn}`, { data: "bo", headers: { "content-type": "text/plain" } });
+  expect(viaGateway.status()).toBe(200);
+  expect(await viaGateway.text()).toBe("hello bo");
+
   const logs = page.getByTestId("logs");
   await expect(page.getByTestId("logs-live")).toHaveText("(live)");
   await expect(logs).toContainText("greeter loaded");

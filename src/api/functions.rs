@@ -3,7 +3,7 @@
 
 use super::ApiError;
 use crate::platform::model::{
-    FieldError, FunctionDetail, FunctionSpec, DEFAULT_TIMEOUT_S, FunctionSummary, InstanceInfo, NewToken, Resources, Runtime, ScalingPolicy, ServiceKind,
+    FieldError, FunctionDetail, FunctionSpec, InvokeResult, DEFAULT_TIMEOUT_S, FunctionSummary, InstanceInfo, NewToken, Resources, Runtime, ScalingPolicy, ServiceKind,
     ServiceSpec, TokenInfo, UserInfo, Visibility,
 };
 use leptos::prelude::*;
@@ -415,6 +415,43 @@ pub async fn delete_instance(id: String) -> Result<(), ApiError> {
     let result = async {
         let (platform, caller) = ssr::caller().await?;
         Ok(platform.instances.delete(&caller, &id).await?)
+    };
+    ssr::with_status(result.await)
+}
+
+/// Invokes the caller's instance of `function` through the gateway, as a client would.
+#[server]
+pub async fn invoke_function(function: String, method: String, path: String, body: String) -> Result<InvokeResult, ApiError> {
+    let result = async {
+        let (platform, caller) = ssr::caller().await?;
+        let method = http::Method::from_bytes(method.trim().to_ascii_uppercase().as_bytes())
+            .map_err(|_| ApiError::invalid("method", format!("{method:?} is not an HTTP method")))?;
+        let (path, query) = match path.trim().split_once('?') {
+            Some((path, query)) => (path.to_string(), Some(query.to_string())),
+            None => (path.trim().to_string(), None),
+        };
+        let uri = crate::platform::gateway::upstream_uri(&path, query.as_deref())
+            .map_err(|error| ApiError::invalid("path", format!("the path cannot be sent: {error}")))?;
+        let request = http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
+            .body(axum::body::Body::from(body))
+            .map_err(|error| ApiError::invalid("path", format!("the request cannot be built: {error}")))?;
+        let started = std::time::Instant::now();
+        let user = caller.name.clone();
+        let response = platform.gateway.invoke(&caller, &user, &function, request, None).await?;
+        let status = response.status().as_u16();
+        let headers = response.headers().iter().map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect();
+        let bytes = axum::body::to_bytes(axum::body::Body::new(response.into_body()), 64 * 1024)
+            .await
+            .map_err(|error| ApiError::new(502, format!("the function's answer could not be read (or is over 64 KiB): {error}")))?;
+        Ok(InvokeResult {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&bytes).into_owned(),
+            elapsed_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        })
     };
     ssr::with_status(result.await)
 }

@@ -532,3 +532,16 @@ pub struct UsageSample {
     /// Requests that found no ready replica in time.
     pub errors: u32,
 }
+
+/// The answer to a test invocation from the UI.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvokeResult {
+    /// The HTTP status the function (or the gateway) answered.
+    pub status: u16,
+    /// The response headers, in order.
+    pub headers: Vec<(String, String)>,
+    /// The body as text (invalid UTF-8 replaced), cut at 64 KiB.
+    pub body: String,
+    /// Time to the whole answer, in milliseconds.
+    pub elapsed_ms: u64,
+}

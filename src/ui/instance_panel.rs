@@ -1,8 +1,9 @@
 //! The caller's own instance of a function, on the function page: deploy it, see its state,
-//! replicas and addresses, pause, resume, scale or delete it, and watch its logs live.
+//! replicas and addresses, pause, resume, scale or delete it, invoke it through the gateway
+//! and watch its logs live.
 
-use super::{action_error, short_time, ErrorNotice};
-use crate::api::functions::{my_instance, DeleteInstance, DeployFunction, PauseInstance, ResumeInstance, ScaleInstance};
+use super::{action_error, short_time, ErrorNotice, FieldMessage};
+use crate::api::functions::{my_instance, DeleteInstance, DeployFunction, InvokeFunction, PauseInstance, ResumeInstance, ScaleInstance};
 use crate::platform::model::{InstanceInfo, InstanceState, LogEntry};
 use leptos::prelude::*;
 use std::time::Duration;
@@ -29,6 +30,7 @@ pub fn InstancePanel(function: String) -> impl IntoView {
         }
     });
     let name = function.clone();
+    let name_for_invoke = function.clone();
     let instance = Resource::new(
         move || {
             (
@@ -61,7 +63,52 @@ pub fn InstancePanel(function: String) -> impl IntoView {
                 })}
             </Transition>
         </section>
+        {move || instance_id.get().map(|_| view! { <InvokePanel function=name_for_invoke.clone()/> })}
         {move || instance_id.get().map(|id| view! { <LiveLogs id/> })}
+    }
+}
+
+/// Sends one request to the instance through the gateway and shows the answer.
+#[component]
+fn InvokePanel(function: String) -> impl IntoView {
+    let invoke = ServerAction::<InvokeFunction>::new();
+    let error = action_error(invoke.value());
+    let gateway_path = function.clone();
+    view! {
+        <section class="card" aria-labelledby="invoke-title">
+            <h2 id="invoke-title">"Invoke"</h2>
+            <p class="hint">"Goes through the gateway, as " <code>{move || format!("/fn/<you>/{gateway_path}/…")}</code> " does."</p>
+            <ActionForm action=invoke attr:class="invoke-form">
+                <input type="hidden" name="function" value=function/>
+                <div class="inline-form">
+                    <label for="invoke-method">"Method"</label>
+                    <select id="invoke-method" name="method">
+                        {["POST", "GET", "PUT", "DELETE", "PATCH"].into_iter().map(|m| view! { <option value=m>{m}</option> }).collect_view()}
+                    </select>
+                    <label for="invoke-path">"Path"</label>
+                    <input id="invoke-path" name="path" value="/" class="path"/>
+                </div>
+                <label for="invoke-body">"Body"</label>
+                <textarea id="invoke-body" name="body" rows="3" class="code"></textarea>
+                <FieldMessage error field="method"/>
+                <FieldMessage error field="path"/>
+                <button type="submit" class="primary" disabled=move || invoke.pending().get()>"Send"</button>
+            </ActionForm>
+            {move || error.get().filter(|e| e.field.is_none()).map(|error| view! { <ErrorNotice error/> })}
+            {move || invoke.value().get().and_then(Result::ok).map(|answer| view! {
+                <p class="status-line">
+                    <span class=if answer.status < 400 { "state state-ready" } else { "state state-failed" } data-testid="invoke-status">{answer.status}</span>
+                    <span class="muted">{format!("{} ms", answer.elapsed_ms)}</span>
+                </p>
+                <details>
+                    <summary>"Headers"</summary>
+                    <ul class="headers">
+                        {answer.headers.iter().map(|(k, v)| view! { <li><code>{format!("{k}: {v}")}</code></li> }).collect_view()}
+                    </ul>
+                </details>
+                <pre class="code" data-testid="invoke-body">{answer.body.clone()}</pre>
+            })}
+        </section>
     }
 }
 
