@@ -245,7 +245,7 @@ async fn bad_functions_fail_with_their_reason_while_others_keep_serving() {
         let status = harness.until(&spec.name, "failed", |s| s.state == InstanceState::Failed).await;
         assert!(status.message.contains(reason), "{}: {:?} lacks {reason:?}", spec.name, status.message);
         assert!(status.events.iter().any(|e| e.kind == "Warning" && e.reason == "RolloutFailed"), "{}: {:?}", spec.name, status.events);
-        let logs: Vec<String> = harness.runtime.logs(&spec.name, false).expect("logs").map(|l| l.text).collect().await;
+        let logs: Vec<String> = harness.runtime.logs(&spec.name, false, None).expect("logs").map(|l| l.text).collect().await;
         assert!(logs.iter().any(|l| l.contains(reason)), "{}: the logs say why too: {logs:#?}", spec.name);
     }
     assert_eq!(post(good, "").await, (200, "fine".to_string()), "kubefn keeps serving the good function");
@@ -286,7 +286,7 @@ async fn pause_resume_scale_logs_and_delete() {
     spec.env.insert("TEST_MARKER".into(), marker.clone());
     harness.runtime.apply(instance("life", 1, spec.clone(), 1)).await.expect("apply");
     let address = harness.ready("life").await;
-    let mut follow = harness.runtime.logs("life", true).expect("logs");
+    let mut follow = harness.runtime.logs("life", true, None).expect("logs");
 
     // Scaling up: a second replica joins the node port and the followed logs.
     harness.runtime.scale("life", 2).await.expect("scale");
@@ -503,7 +503,7 @@ async fn replicas_start_from_the_warm_pool_and_behave_as_cold_ones() {
         harness.runtime.apply(instance(id, 3, probe(id, language), 1)).await.expect("apply");
         let address = harness.ready(id).await;
         assert_eq!(post(address, "").await, (200, "hej v3 leaked=[]".to_string()), "{id}");
-        let logs: Vec<kubefn::platform::model::LogEntry> = harness.runtime.logs(id, false).expect("logs").collect().await;
+        let logs: Vec<kubefn::platform::model::LogEntry> = harness.runtime.logs(id, false, None).expect("logs").collect().await;
         assert!(logs.iter().any(|l| l.replica == "v3-r0" && l.text.starts_with("loading the function into warm process")), "{id}: {logs:#?}");
         assert!(logs.iter().any(|l| l.replica == "v3-r0" && l.text.contains("detected")), "{id}: the warm process's output reaches the instance: {logs:#?}");
         assert!(logs.iter().any(|l| l.replica == "v3-r0" && l.text.starts_with("kubefn: ready on port")), "{id}: {logs:#?}");
@@ -523,7 +523,7 @@ async fn a_function_that_hangs_while_loading_fails_with_the_reason() {
     harness.runtime.apply(instance("stuck", 1, spec, 1)).await.expect("apply");
     let status = harness.until("stuck", "failed", |s| s.state == InstanceState::Failed).await;
     assert!(status.message.contains("not ready after 1 s"), "{}", status.message);
-    let logs: Vec<String> = harness.runtime.logs("stuck", false).expect("logs").map(|l| l.text).collect().await;
+    let logs: Vec<String> = harness.runtime.logs("stuck", false, None).expect("logs").map(|l| l.text).collect().await;
     assert!(logs.iter().any(|l| l == "loading forever") && logs.iter().any(|l| l.contains("not ready after 1 s")), "{logs:#?}");
     harness.runtime.shutdown().await;
 }

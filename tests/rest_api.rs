@@ -643,6 +643,15 @@ async fn deploy_invoke_update_pause_resume_and_delete_instances() {
     assert_eq!(updated["urls"]["node_port"], ready["urls"]["node_port"], "the node port stays");
     app.instance_until(&bob_id, &bob, "bob's instance follows", |i| i["serving_version"] == 2).await;
 
+    // A rollback of the function rolls its instances back too (to a new replica set of v1).
+    let rolled = app.call(Method::POST, "/api/v1/functions/hello/rollback", Some(json!({"version": 1})), As::Cookie(&alice)).await;
+    assert_eq!(rolled.status, StatusCode::OK);
+    let back = app.instance_until(&id, &alice, "version 1 serves again", |i| i["serving_version"] == 1 && i["state"] == "Ready").await;
+    assert_eq!(invoke(&back["urls"]["node_port"], "ada").await, (200, "hello ada".to_string()));
+    let forward = app.call(Method::POST, "/api/v1/functions/hello/rollback", Some(json!({"version": 2})), As::Cookie(&alice)).await;
+    assert_eq!(forward.status, StatusCode::OK);
+    app.instance_until(&id, &alice, "version 2 again", |i| i["serving_version"] == 2 && i["state"] == "Ready").await;
+
     let paused = app.call(Method::POST, &format!("/api/v1/instances/{id}/pause"), None, As::Cookie(&alice)).await;
     assert_eq!(paused.status, StatusCode::OK);
     assert_eq!(paused.body["paused"], true);
@@ -656,6 +665,10 @@ async fn deploy_invoke_update_pause_resume_and_delete_instances() {
     assert_eq!(logs.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()), Some("text/event-stream"));
     let text = logs.body.as_str().expect("event stream text");
     assert!(!text.contains("Traceback"), "readiness probes and requests leave no errors behind: {text}");
+    let future = app.call(Method::GET, &format!("/api/v1/instances/{id}/logs?since=2999-01-01T00:00:00Z"), None, As::Cookie(&alice)).await;
+    assert_eq!(future.body, Value::String(String::new()), "since filters the lines");
+    let bad = app.call(Method::GET, &format!("/api/v1/instances/{id}/logs?since=soon"), None, As::Cookie(&alice)).await;
+    assert_eq!((bad.status, bad.body["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("since")));
     let lines: Vec<Value> = text.lines().filter_map(|l| l.strip_prefix("data: ")).map(|d| serde_json::from_str(d).expect("JSON per event")).collect();
     assert!(lines.iter().any(|l| l["replica"] == "v2-r0" && l["stream"] == "system" && l["text"] == "stopped"), "{text}");
 

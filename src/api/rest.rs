@@ -289,18 +289,24 @@ async fn scale_instance(
 struct LogsQuery {
     #[serde(default)]
     follow: bool,
+    since: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// The instance's logs as server-sent events, one JSON [`LogEntry`](crate::platform::model::LogEntry)
-/// per event; with `follow=true` the stream stays open for new lines.
+/// per event, from `since` (RFC 3339) on when given; with `follow=true` the stream stays open
+/// for new lines.
 async fn instance_logs(
     State(platform): State<Platform>,
     Caller(caller): Caller,
     Path(id): Path<String>,
     query: Result<axum::extract::Query<LogsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let axum::extract::Query(query) = query.map_err(|rejection| ApiError::invalid("follow", format!("follow must be true or false: {}", rejection.body_text())))?;
-    let lines = platform.instances.logs(&caller, &id, query.follow).await?;
+    let axum::extract::Query(query) = query.map_err(|rejection| {
+        let text = rejection.body_text();
+        let field = if text.contains("since") { "since" } else { "follow" };
+        ApiError::invalid(field, format!("follow must be true or false and since a time such as 2026-11-22T08:00:00Z: {text}"))
+    })?;
+    let lines = platform.instances.logs(&caller, &id, query.follow, query.since).await?;
     let events = futures::StreamExt::map(lines, |line| {
         Ok::<_, std::convert::Infallible>(axum::response::sse::Event::default().json_data(&line).unwrap_or_else(|_| axum::response::sse::Event::default().data(line.text)))
     });

@@ -186,10 +186,10 @@ impl Instances {
         Ok(self.store.usage(&instance.id, since).await?)
     }
 
-    /// The instance's log lines; with `follow`, new ones as they come.
-    pub async fn logs(&self, caller: &Principal, id: &str, follow: bool) -> InstanceResult<LogStream> {
+    /// The instance's log lines (from `since` on, when given); with `follow`, new ones as they come.
+    pub async fn logs(&self, caller: &Principal, id: &str, follow: bool, since: Option<DateTime<Utc>>) -> InstanceResult<LogStream> {
         let instance = self.owned(caller, id).await?;
-        match self.runtime.logs(&instance.id, follow) {
+        match self.runtime.logs(&instance.id, follow, since) {
             Ok(stream) => Ok(stream),
             // Recorded but not (yet) running: nothing was logged.
             Err(RuntimeError::NotFound { .. }) => Ok(Box::pin(futures::stream::empty())),

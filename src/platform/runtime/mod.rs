@@ -149,9 +149,10 @@ pub trait Runtime: Send + Sync + 'static {
     /// The ids of every instance this runtime runs (the reconcile loop removes strays).
     fn instance_ids(&self) -> Vec<String>;
 
-    /// The instance's log lines, tagged with replica; with `follow`, new lines as they come
-    /// (including those of replicas started later) until the instance is deleted.
-    fn logs(&self, id: &str, follow: bool) -> Result<LogStream, RuntimeError>;
+    /// The instance's log lines (those from `since` on, when given), tagged with replica; with
+    /// `follow`, new lines as they come (including those of replicas started later) until the
+    /// instance is deleted.
+    fn logs(&self, id: &str, follow: bool, since: Option<chrono::DateTime<chrono::Utc>>) -> Result<LogStream, RuntimeError>;
 
     /// CPU and memory per replica.
     fn usage(&self, id: &str) -> Result<Vec<ReplicaUsage>, RuntimeError>;

@@ -18,7 +18,7 @@ use crate::platform::model::ScalingPolicy;
 use crate::platform::validation::{parse_cpu_millis, parse_memory_bytes};
 use crate::platform::model::{EventInfo, FunctionSpec, InstanceState, LogEntry, ReplicaInfo, Runtime as Language};
 use crate::platform::runtime::{FinishedConnections, InstanceSpec, LogStream, ReplicaUsage, Runtime, RuntimeError, RuntimeStatus};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -835,11 +835,11 @@ impl Runtime for LocalRuntime {
         self.inner.slots.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect()
     }
 
-    fn logs(&self, id: &str, follow: bool) -> Result<LogStream, RuntimeError> {
+    fn logs(&self, id: &str, follow: bool, since: Option<DateTime<Utc>>) -> Result<LogStream, RuntimeError> {
         let slot = self.slot(id)?;
         let (backlog, live) = slot.logs.follow();
         drop(slot);
-        let backlog = futures::stream::iter(backlog.into_iter().map(entry));
+        let backlog = futures::stream::iter(backlog.into_iter().filter(move |line| since.is_none_or(|since| line.at >= since)).map(entry));
         if !follow {
             return Ok(Box::pin(backlog));
         }

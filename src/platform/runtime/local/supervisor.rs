@@ -65,7 +65,8 @@ impl std::fmt::Debug for WarmStart {
 /// (and to find proxies and certificates), never kubefn's secrets such as `KUBEFN_ADMIN`.
 const INHERITED_VARIABLES: &[&str] = &[
     "PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "PYENV_ROOT", "PYENV_VERSION", "SSL_CERT_FILE", "SSL_CERT_DIR",
-    "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
+    "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "CURL_CA_BUNDLE", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy",
+    "no_proxy",
 ];
 
 /// Starts `command` with an empty environment plus [`INHERITED_VARIABLES`].
