@@ -1,5 +1,8 @@
 //! The kubefn server: parses the configuration, sets up logging and serves.
 
+// The pages' view types nest deeply; release builds compute their layouts past the default limit.
+#![recursion_limit = "256"]
+
 use clap::Parser;
 use kubefn::server::{serve, Config};
 use std::process::ExitCode;
