@@ -809,7 +809,13 @@ impl Runtime for LocalRuntime {
         } else if let Some(failure) = failed_replica {
             (InstanceState::Failed, format!("a replica keeps crashing: {failure}"))
         } else if state.rollout.is_some() {
-            let starting = if sets.len() > usize::from(state.active.is_some()) { "starting replicas" } else { "preparing (installing dependencies)" };
+            let starting = if sets.len() > usize::from(state.active.is_some()) {
+                "starting replicas"
+            } else if state.spec.spec.requirements.trim().is_empty() {
+                "preparing its files"
+            } else {
+                "installing dependencies"
+            };
             (InstanceState::Deploying, format!("version {}: {starting}", state.spec.version))
         } else if ready < wanted {
             (InstanceState::Deploying, format!("{ready} of {wanted} replica(s) ready"))
