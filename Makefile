@@ -20,12 +20,16 @@ export LEPTOS_OUTPUT_NAME := kubefn
 export LEPTOS_SITE_ROOT := target/site
 export LEPTOS_SITE_PKG_DIR := pkg
 
-.PHONY: help run build build-release test test-unit test-runtimes test-e2e bench tools wasm-target chromium e2e-deps clean
+.PHONY: help run build build-release test test-unit test-runtimes test-e2e test-kubernetes testcluster cluster cluster-stop bench tools wasm-target chromium e2e-deps clean
+
+# Where `make cluster` keeps the control plane it starts for a person (tests use their own).
+CLUSTER_DIR ?= $(or $(TMPDIR),/tmp)/kubefn-cluster
 
 help:
 	@echo "make run    build and serve kubefn on http://127.0.0.1:3000"
 	@echo "make test   run every test (unit, API, migrations, browser end-to-end)"
 	@echo "make bench  measure (release build) and write bench/results/"
+	@echo "make cluster / make cluster-stop   a real Kubernetes control plane (kwok nodes) on loopback"
 
 run: tools build-release
 	KUBEFN_DATA_DIR=$${KUBEFN_DATA_DIR:-data} ./target/release/kubefn
@@ -39,8 +43,30 @@ build-release: tools
 
 test: test-unit test-runtimes test-e2e
 
-test-unit: tools
+# Every cargo test, the kubernetes runtime's included: its test binary starts the control plane
+# built here (cached) and stops it when it exits.
+test-unit: tools testcluster
 	cargo test --features ssr
+
+# The kubernetes runtime's integration tests alone (they start their own control plane).
+test-kubernetes: tools testcluster
+	cargo test --features ssr --test kubernetes_runtime
+
+# Builds etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl and kwok from the
+# versions pinned in k8s/testcluster/go.mod (about 7 minutes cold on 2 cores, then cached).
+testcluster:
+	@command -v go >/dev/null || { echo "the Kubernetes tests need Go 1.26 (https://go.dev/dl/) to build their control plane" >&2; exit 1; }
+	k8s/testcluster/build.sh
+
+cluster: testcluster
+	@k8s/testcluster/start.sh $(CLUSTER_DIR) >/dev/null
+	@echo "control plane running; kubeconfig: $(CLUSTER_DIR)/kubeconfig"
+	@echo "  kubectl:  $$(k8s/testcluster/build.sh)/kubectl --kubeconfig $(CLUSTER_DIR)/kubeconfig get nodes"
+	@echo "  kubefn:   KUBEFN_RUNTIME=kubernetes KUBEFN_KUBECONFIG=$(CLUSTER_DIR)/kubeconfig make run"
+	@echo "  stop:     make cluster-stop"
+
+cluster-stop:
+	k8s/testcluster/stop.sh $(CLUSTER_DIR)
 
 # The function bootstraps, tested in their own languages with real processes and real HTTP.
 test-runtimes:

@@ -15,6 +15,9 @@ async fn main() -> ExitCode {
         tracing_subscriber::EnvFilter::new("info")
     });
     tracing_subscriber::fmt().with_env_filter(filter).init();
+    // The kube client's TLS needs a process-wide crypto provider; if another crate brought a
+    // second one, rustls cannot choose by itself. An error only means one is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     match serve(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

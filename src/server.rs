@@ -11,8 +11,9 @@ use axum_login::AuthManagerLayerBuilder;
 use clap::Parser;
 use leptos::config::LeptosOptions;
 use leptos_axum::{generate_route_list, LeptosRoutes};
+use crate::platform::runtime::kubernetes::{Images, KubernetesConfig, KubernetesError, KubernetesRuntime};
 use crate::platform::runtime::local::{LocalConfig, LocalRuntime};
-use crate::platform::runtime::RuntimeError;
+use crate::platform::runtime::{Runtime, RuntimeError};
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
@@ -72,6 +73,24 @@ pub struct Config {
     /// Warm bootstrap processes the local runtime keeps per language for fast cold starts.
     #[arg(long, env = "KUBEFN_WARM_POOL_SIZE", default_value_t = 1)]
     pub warm_pool_size: usize,
+    /// Kubernetes runtime: the kubeconfig file (default: KUBECONFIG, ~/.kube/config, or in-cluster).
+    #[arg(long, env = "KUBEFN_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubernetes runtime: the namespace of every instance.
+    #[arg(long, env = "KUBEFN_NAMESPACE", default_value = "kubefn-functions")]
+    pub namespace: String,
+    /// Kubernetes runtime: give every user a namespace of their own, named PREFIX + user name.
+    #[arg(long, env = "KUBEFN_USER_NAMESPACE_PREFIX")]
+    pub user_namespace_prefix: Option<String>,
+    /// Kubernetes runtime: the image Python functions run on.
+    #[arg(long, env = "KUBEFN_PYTHON_IMAGE", default_value = "python:3.12-slim")]
+    pub python_image: String,
+    /// Kubernetes runtime: the image Node functions run on.
+    #[arg(long, env = "KUBEFN_NODE_IMAGE", default_value = "node:22-slim")]
+    pub node_image: String,
+    /// Kubernetes runtime: ports kubefn's port-forwards to instances listen on, as FIRST-LAST.
+    #[arg(long, env = "KUBEFN_PORT_FORWARD_RANGE", default_value = "40000-40999", value_parser = parse_port_range)]
+    pub port_forward_range: RangeInclusive<u16>,
     /// Log filter, as RUST_LOG (e.g. `info`, `kubefn=debug`).
     #[arg(long, env = "KUBEFN_LOG", default_value = "info,sqlx=warn,tower_sessions=warn")]
     pub log: String,
@@ -140,27 +159,49 @@ pub enum StartError {
         #[source]
         source: RuntimeError,
     },
-    /// The Kubernetes runtime is not part of this build yet.
-    #[error("the kubernetes runtime is not built yet; start kubefn with --runtime local")]
-    KubernetesNotBuilt,
+    /// The Kubernetes runtime could not connect or lacks a permission.
+    #[error("cannot start the kubernetes runtime")]
+    Kubernetes(#[source] KubernetesError),
     /// Serving stopped with an error.
     #[error("the HTTP server failed")]
     Serve(#[source] std::io::Error),
+}
+
+/// The runtime the server started, to stop when it exits.
+enum StartedRuntime {
+    Local(LocalRuntime),
+    Kubernetes(KubernetesRuntime),
 }
 
 /// The built server: its router and the runtime to stop when it exits.
 pub struct Server {
     /// The UI, server functions, REST API and health endpoints.
     pub router: Router,
-    runtime: LocalRuntime,
+    runtime: StartedRuntime,
     reconciler: tokio::task::JoinHandle<()>,
 }
 
 impl Server {
-    /// Stops the reconcile loop and every replica process (they come back at the next start).
+    /// Stops the reconcile loop and the runtime: every local replica process (they come back
+    /// at the next start), or the cluster watchers and port-forwards (instances keep running).
     pub async fn shutdown(self) {
         self.reconciler.abort();
-        self.runtime.shutdown().await;
+        match self.runtime {
+            StartedRuntime::Local(local) => local.shutdown().await,
+            StartedRuntime::Kubernetes(kubernetes) => kubernetes.shutdown().await,
+        }
+    }
+}
+
+/// The kubernetes runtime's settings from the server's.
+pub fn kubernetes_config(config: &Config) -> KubernetesConfig {
+    KubernetesConfig {
+        kubeconfig: config.kubeconfig.clone(),
+        namespace: config.namespace.clone(),
+        user_namespace_prefix: config.user_namespace_prefix.clone(),
+        images: Images { python: config.python_image.clone(), node: config.node_image.clone() },
+        forward_ports: config.port_forward_range.clone(),
+        ..KubernetesConfig::new()
     }
 }
 
@@ -168,18 +209,22 @@ impl Server {
 /// (UI, server functions, REST API, sessions).
 pub async fn build_app(config: &Config, mut leptos_options: LeptosOptions) -> Result<Server, StartError> {
     std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir { path: config.data_dir.clone(), source })?;
-    let runtime = match config.runtime {
+    let (runtime, shared): (StartedRuntime, Arc<dyn Runtime>) = match config.runtime {
         RuntimeKind::Local => {
             let mut local = LocalConfig::new(config.data_dir.join("runtime"));
             local.node_host = config.node_host;
             local.node_ports = config.node_port_range.clone();
             local.drain = Duration::from_secs(config.drain_seconds);
             local.warm_pool_size = config.warm_pool_size;
-            LocalRuntime::new(local).map_err(|source| StartError::Runtime { runtime: "local", source })?
+            let local = LocalRuntime::new(local).map_err(|source| StartError::Runtime { runtime: "local", source })?;
+            (StartedRuntime::Local(local.clone()), Arc::new(local))
         }
-        RuntimeKind::Kubernetes => return Err(StartError::KubernetesNotBuilt),
+        RuntimeKind::Kubernetes => {
+            let kubernetes = KubernetesRuntime::connect(kubernetes_config(config)).await.map_err(StartError::Kubernetes)?;
+            (StartedRuntime::Kubernetes(kubernetes.clone()), Arc::new(kubernetes))
+        }
     };
-    let platform = Platform::open(&config.database_url(), config.signup, Arc::new(runtime.clone())).await.map_err(StartError::Store)?;
+    let platform = Platform::open(&config.database_url(), config.signup, shared).await.map_err(StartError::Store)?;
     if let Some(admin) = &config.admin {
         let (name, password) = admin.split_once(':').ok_or(StartError::AdminFormat)?;
         platform.accounts.ensure_admin(name, password).await.map_err(StartError::Admin)?;

@@ -756,6 +756,7 @@ async fn the_gateway_forwards_to_my_instance_only() {
         "method, path, query and body reach the function; kubefn's cookie does not"
     );
     assert_eq!(app.send(invoke("/fn/alice/echo", &alice)).await.body, Value::String("PUT / [] payload xff=10.1.2.3 cookie=None".into()));
+    assert_eq!(app.send(invoke("/fn/alice/echo/", &alice)).await.body, Value::String("PUT / [] payload xff=10.1.2.3 cookie=None".into()), "a trailing slash is the root too");
     assert_eq!(app.send(invoke("/fn/alice/echo/x", &admin)).await.status, StatusCode::CREATED, "admins may invoke");
 
     for (path, who, status) in [

@@ -13,7 +13,12 @@ use axum::Router;
 
 /// The invocation routes.
 pub fn router() -> Router<AppState> {
-    Router::new().route("/fn/{user}/{function}", any(invoke)).route("/fn/{user}/{function}/{*path}", any(invoke))
+    // `{*path}` matches no empty path, so `/fn/u/f/` (the function's root, as curl users type
+    // it) needs a route of its own.
+    Router::new()
+        .route("/fn/{user}/{function}", any(invoke))
+        .route("/fn/{user}/{function}/", any(invoke))
+        .route("/fn/{user}/{function}/{*path}", any(invoke))
 }
 
 async fn invoke(

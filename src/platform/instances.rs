@@ -396,7 +396,7 @@ impl Instances {
             urls: InstanceUrls {
                 gateway,
                 node_port: status.as_ref().and_then(|s| s.node_port).map(|address| format!("http://{address}")),
-                port_forward: None,
+                port_forward: status.as_ref().and_then(|s| s.port_forward).map(|address| format!("http://{address}")),
             },
             limits: status.as_ref().map(|s| s.limits.clone()).unwrap_or_default(),
             replica_details: status.as_ref().map(|s| s.replicas.clone()).unwrap_or_default(),

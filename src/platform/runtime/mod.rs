@@ -2,11 +2,14 @@
 //! the types it speaks. The store holds what should run; a runtime holds what does run; the
 //! reconcile loop in [`crate::platform::instances`] makes the second follow the first.
 
+pub mod bootstrap;
+pub mod forwarding;
+pub mod kubernetes;
 pub mod local;
 
 use crate::platform::model::{EventInfo, FunctionSpec, InstanceState, LogEntry, ReplicaInfo};
 use futures::stream::BoxStream;
-pub use local::node_port::FinishedConnections;
+pub use forwarding::FinishedConnections;
 use std::net::SocketAddr;
 
 /// What one instance should be: handed to [`Runtime::apply`].
@@ -45,6 +48,8 @@ pub struct RuntimeStatus {
     pub ready: u32,
     /// Its stable node port, when it has one.
     pub node_port: Option<SocketAddr>,
+    /// kubefn's port-forward to it, when it has one (kubernetes runtime, outside the cluster).
+    pub port_forward: Option<SocketAddr>,
     /// Which resource limits apply and how, in words.
     pub limits: String,
     /// Connections open to it now.
@@ -99,14 +104,17 @@ pub enum RuntimeError {
         source: std::io::Error,
     },
     /// No node port could be opened.
-    #[error("cannot open a node port for instance {id}")]
-    NodePort {
+    #[error("cannot open a port (node port or port-forward) for instance {id}")]
+    Port {
         /// The instance's id.
         id: String,
         /// Why.
         #[source]
-        source: local::node_port::NodePortError,
+        source: forwarding::ForwardingError,
     },
+    /// The cluster refused or failed an operation.
+    #[error("the Kubernetes cluster could not do it")]
+    Cluster(#[source] Box<kubernetes::KubernetesError>),
 }
 
 /// A running instance's log lines: the recent ones first, then (when following) each new one.

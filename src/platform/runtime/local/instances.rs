@@ -8,9 +8,10 @@
 
 use super::dependencies::DependencyCache;
 use super::logs::{LogBuffer, LogLine, Stream};
-use super::node_port::NodePort;
+use crate::platform::runtime::bootstrap;
+use crate::platform::runtime::forwarding::ForwardingPort;
 use super::supervisor::{signal_group, LaunchSpec, ReplicaSet, ReplicaState, RestartPolicy, WarmStart};
-use super::node_port::Traffic;
+use crate::platform::runtime::forwarding::Traffic;
 use super::usage::{read_group, CpuMeter};
 use super::warm_pool::{PoolConfig, Specialization, WarmPool};
 use crate::platform::autoscale::{Autoscaler, AutoscalerConfig, MetricKind, MetricSample};
@@ -29,8 +30,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
-const PYTHON_BOOTSTRAP: &str = include_str!("../../../runtimes/python/bootstrap.py");
-const NODE_BOOTSTRAP: &str = include_str!("../../../runtimes/node/bootstrap.js");
 const EVENTS_KEPT: usize = 50;
 
 /// How the local runtime runs instances.
@@ -70,7 +69,7 @@ impl LocalConfig {
         LocalConfig {
             root: root.into(),
             node_host: IpAddr::from([127, 0, 0, 1]),
-            node_ports: super::node_port::DEFAULT_NODE_PORT_RANGE,
+            node_ports: crate::platform::runtime::forwarding::DEFAULT_NODE_PORT_RANGE,
             restart: RestartPolicy::default(),
             hold: Duration::from_secs(60),
             drain: Duration::from_secs(5),
@@ -117,7 +116,7 @@ struct Slot {
     endpoints: watch::Sender<Vec<SocketAddr>>,
     node_address: SocketAddr,
     /// Taken (and closed) when the instance is deleted.
-    node_port: Mutex<Option<NodePort>>,
+    node_port: Mutex<Option<ForwardingPort>>,
     traffic: Arc<Traffic>,
     /// Wakes the instance from zero replicas when a connection arrives.
     waker: Mutex<Option<JoinHandle<()>>>,
@@ -221,7 +220,7 @@ impl LocalRuntime {
             let path = config.root.join(dir);
             std::fs::create_dir_all(&path).map_err(files(&path))?;
         }
-        for (name, text) in [("bootstrap.py", PYTHON_BOOTSTRAP), ("bootstrap.js", NODE_BOOTSTRAP)] {
+        for (name, text) in [(bootstrap::PYTHON.file, bootstrap::PYTHON.source), (bootstrap::NODE.file, bootstrap::NODE.source)] {
             let path = config.root.join("bootstrap").join(name);
             write_if_changed(&path, text).map_err(files(&path))?;
         }
@@ -236,8 +235,8 @@ impl LocalRuntime {
             WarmPool::start(PoolConfig {
                 size: config.warm_pool_size,
                 commands: vec![
-                    (Language::Python, config.python.clone(), bootstrap_dir.join("bootstrap.py")),
-                    (Language::Node, config.node.clone(), bootstrap_dir.join("bootstrap.js")),
+                    (Language::Python, config.python.clone(), bootstrap_dir.join(bootstrap::PYTHON.file)),
+                    (Language::Node, config.node.clone(), bootstrap_dir.join(bootstrap::NODE.file)),
                 ],
                 dir: config.root.clone(),
                 pid_dir: config.root.join("pids"),
@@ -269,14 +268,14 @@ impl LocalRuntime {
         // The port it had before, if still free, else the first free one.
         let preferred = spec.node_port.filter(|port| config.node_ports.contains(port)).map(|port| port..=port);
         let node_port = match preferred {
-            Some(range) => NodePort::bind_in_range(config.node_host, range, receiver.clone(), config.hold).await.ok(),
+            Some(range) => ForwardingPort::bind_in_range(config.node_host, range, receiver.clone(), config.hold).await.ok(),
             None => None,
         };
         let node_port = match node_port {
             Some(node_port) => node_port,
-            None => NodePort::bind_in_range(config.node_host, config.node_ports.clone(), receiver, config.hold)
+            None => ForwardingPort::bind_in_range(config.node_host, config.node_ports.clone(), receiver, config.hold)
                 .await
-                .map_err(|source| RuntimeError::NodePort { id: spec.id.clone(), source })?,
+                .map_err(|source| RuntimeError::Port { id: spec.id.clone(), source })?,
         };
         let logs = LogBuffer::with_file(config.log_lines, config.root.join("logs").join(format!("{}.log", spec.id)), config.log_file_bytes);
         let traffic = node_port.traffic();
@@ -482,8 +481,8 @@ async fn prepare_launch(inner: &Inner, slot: &Slot, spec: &InstanceSpec) -> Resu
     let deps = inner.dependencies.ensure(function.runtime, &function.requirements, &slot.logs).await.map_err(|e| crate::platform::error_chain(&e))?;
     let config = &inner.config;
     let (program, bootstrap, file) = match function.runtime {
-        Language::Python => (&config.python, "bootstrap.py", "function.py"),
-        Language::Node => (&config.node, "bootstrap.js", "function.js"),
+        Language::Python => (&config.python, bootstrap::PYTHON.file, bootstrap::PYTHON.function_file),
+        Language::Node => (&config.node, bootstrap::NODE.file, bootstrap::NODE.function_file),
         Language::Image => return Err("image functions need the kubernetes runtime".into()),
     };
     let dir = config.root.join("instances").join(&slot.id).join(format!("v{}", spec.version));
@@ -522,9 +521,7 @@ async fn prepare_launch(inner: &Inner, slot: &Slot, spec: &InstanceSpec) -> Resu
     if function.runtime == Language::Node
         && let Some(limit) = parse_memory_bytes(&function.resources.memory_limit)
     {
-        // V8 collects garbage before the heap reaches three quarters of the limit, rather
-        // than growing until the replica is killed for exceeding it.
-        args.push(format!("--max-old-space-size={}", (limit / (1024 * 1024) * 3 / 4).max(16)));
+        args.push(bootstrap::node_heap_limit_flag(limit));
     }
     args.push(config.root.join("bootstrap").join(bootstrap).display().to_string());
     Ok(LaunchSpec {
@@ -829,6 +826,7 @@ impl Runtime for LocalRuntime {
             desired: wanted,
             ready,
             node_port: Some(slot.node_address),
+            port_forward: None,
             limits: super::limits::describe(&state.spec.spec.resources, state.spec.spec.timeout_s, self.inner.cgroup_v2),
             connections_open: u32::try_from(slot.traffic.open()).unwrap_or(u32::MAX),
             connections_total: slot.traffic.total(),

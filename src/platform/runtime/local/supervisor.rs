@@ -18,8 +18,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-/// The path every bootstrap answers 200 on once its function is loaded.
-pub const READY_PATH: &str = "/_/ready";
+pub use crate::platform::runtime::bootstrap::READY_PATH;
 
 /// How to start one replica; each gets `PORT` and `KUBEFN_BIND=127.0.0.1` on top of `env`
 /// (and of the few variables [`clean_environment`] keeps from kubefn's own environment).
@@ -493,7 +492,7 @@ pub async fn probe_path(port: u16, path: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::platform::runtime::local::node_port::NodePort;
+    use crate::platform::runtime::forwarding::ForwardingPort;
 
     struct Function {
         dir: tempfile::TempDir,
@@ -562,7 +561,7 @@ mod tests {
         let logs = LogBuffer::new(1000);
         let set = ReplicaSet::start(function.spec(), quick(), logs.clone(), 2);
         until("two replicas are ready", || (set.status().ready == 2).then_some(())).await;
-        let port = NodePort::serve(tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind"), set.endpoints(), Duration::from_secs(5));
+        let port = ForwardingPort::serve(tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind"), set.endpoints(), Duration::from_secs(5));
 
         let mut pids = std::collections::BTreeSet::new();
         for _ in 0..4 {

@@ -1,20 +1,24 @@
-//! An instance's stable "node port": a listener of kubefn's that forwards each TCP connection to
-//! one of the instance's ready replicas, round-robin, trying the next one when a replica has
-//! just gone away. While there are none it holds a connection for a while and signals demand
-//! (scale from zero). It counts connections, which the autoscaler and the idle check read.
+//! A stable listener of kubefn's that forwards each TCP connection to one of an instance's ready
+//! replicas, round-robin, trying the next one when a replica has just gone away: the local
+//! runtime's "node ports" (replicas on loopback ports) and the kubernetes runtime's port-forwards
+//! (pods reached through the apiserver). While no replica is ready it holds a connection for a
+//! while and signals demand (scale from zero). It counts connections, which the autoscaler, the
+//! idle check and the latency samples read.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 /// Why a node port could not be opened.
 #[derive(Debug, thiserror::Error)]
-pub enum NodePortError {
+pub enum ForwardingError {
     /// Every port of the range is taken.
     #[error("no free port in {start}..={end}; widen the node port range or stop some instances")]
     RangeExhausted {
@@ -133,41 +137,82 @@ impl Drop for OpenConnection {
     }
 }
 
-/// A listening node port; dropping it stops listening and frees the port.
+/// How a forwarding port reaches one replica.
+pub trait Dial: Send + Sync + 'static {
+    /// What names a replica (an address, a pod).
+    type Endpoint: Clone + Send + Sync + 'static;
+    /// The connection to it.
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    /// Opens a connection to `endpoint`.
+    fn dial(&self, endpoint: &Self::Endpoint) -> impl Future<Output = std::io::Result<Self::Stream>> + Send;
+}
+
+/// Replicas listening on TCP addresses (the local runtime's processes).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TcpDial;
+
+impl Dial for TcpDial {
+    type Endpoint = SocketAddr;
+    type Stream = TcpStream;
+
+    async fn dial(&self, endpoint: &SocketAddr) -> std::io::Result<TcpStream> {
+        let stream = TcpStream::connect(endpoint).await?;
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+}
+
+/// A listening port; dropping it stops listening and frees the port.
 #[derive(Debug)]
-pub struct NodePort {
+pub struct ForwardingPort {
     address: SocketAddr,
     traffic: Arc<Traffic>,
     task: JoinHandle<()>,
 }
 
-impl Drop for NodePort {
+impl Drop for ForwardingPort {
     fn drop(&mut self) {
         self.task.abort();
     }
 }
 
-impl NodePort {
+impl ForwardingPort {
     /// Listens on the first free port of `range` on `host`, forwarding to `endpoints`.
     pub async fn bind_in_range(
         host: std::net::IpAddr,
         range: RangeInclusive<u16>,
         endpoints: watch::Receiver<Vec<SocketAddr>>,
         hold: Duration,
-    ) -> Result<NodePort, NodePortError> {
+    ) -> Result<ForwardingPort, ForwardingError> {
+        ForwardingPort::bind_in_range_with(host, range, endpoints, TcpDial, hold).await
+    }
+
+    /// As [`ForwardingPort::bind_in_range`], reaching replicas through `dial`.
+    pub async fn bind_in_range_with<D: Dial>(
+        host: std::net::IpAddr,
+        range: RangeInclusive<u16>,
+        endpoints: watch::Receiver<Vec<D::Endpoint>>,
+        dial: D,
+        hold: Duration,
+    ) -> Result<ForwardingPort, ForwardingError> {
+        let dial = Arc::new(dial);
         for port in range.clone() {
             let address = SocketAddr::new(host, port);
             match TcpListener::bind(address).await {
-                Ok(listener) => return Ok(NodePort::serve(listener, endpoints, hold)),
+                Ok(listener) => return Ok(ForwardingPort::serve_shared(listener, endpoints, dial, hold)),
                 Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => continue,
-                Err(source) => return Err(NodePortError::Bind { address, source }),
+                Err(source) => return Err(ForwardingError::Bind { address, source }),
             }
         }
-        Err(NodePortError::RangeExhausted { start: *range.start(), end: *range.end() })
+        Err(ForwardingError::RangeExhausted { start: *range.start(), end: *range.end() })
     }
 
     /// Forwards connections accepted by `listener`.
-    pub fn serve(listener: TcpListener, endpoints: watch::Receiver<Vec<SocketAddr>>, hold: Duration) -> NodePort {
+    pub fn serve(listener: TcpListener, endpoints: watch::Receiver<Vec<SocketAddr>>, hold: Duration) -> ForwardingPort {
+        ForwardingPort::serve_shared(listener, endpoints, Arc::new(TcpDial), hold)
+    }
+
+    fn serve_shared<D: Dial>(listener: TcpListener, endpoints: watch::Receiver<Vec<D::Endpoint>>, dial: Arc<D>, hold: Duration) -> ForwardingPort {
         // The listener's own address cannot be unknown once bound; fall back to unspecified just in case.
         let address = listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let next = Arc::new(AtomicUsize::new(0));
@@ -179,10 +224,11 @@ impl NodePort {
                 let connection = OpenConnection::new(counted.clone());
                 let endpoints = endpoints.clone();
                 let next = next.clone();
-                tokio::spawn(async move { forward(client, endpoints, next, hold, connection).await });
+                let dial = dial.clone();
+                tokio::spawn(async move { forward(client, endpoints, &*dial, next, hold, connection).await });
             }
         });
-        NodePort { address, traffic, task }
+        ForwardingPort { address, traffic, task }
     }
 
     /// Its traffic counters and demand signal.
@@ -202,7 +248,14 @@ impl NodePort {
     }
 }
 
-async fn forward(mut client: TcpStream, mut endpoints: watch::Receiver<Vec<SocketAddr>>, next: Arc<AtomicUsize>, hold: Duration, mut connection: OpenConnection) {
+async fn forward<D: Dial>(
+    client: TcpStream,
+    mut endpoints: watch::Receiver<Vec<D::Endpoint>>,
+    dial: &D,
+    next: Arc<AtomicUsize>,
+    hold: Duration,
+    mut connection: OpenConnection,
+) {
     let _ = client.set_nodelay(true);
     let deadline = tokio::time::Instant::now() + hold;
     loop {
@@ -217,17 +270,43 @@ async fn forward(mut client: TcpStream, mut endpoints: watch::Receiver<Vec<Socke
         }
         let start = next.fetch_add(1, Ordering::Relaxed);
         for offset in 0..candidates.len() {
-            let target = candidates[(start + offset) % candidates.len()];
-            if let Ok(mut upstream) = TcpStream::connect(target).await {
+            let target = &candidates[(start + offset) % candidates.len()];
+            if let Ok(upstream) = dial.dial(target).await {
                 connection.served = true;
-                let _ = upstream.set_nodelay(true);
-                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                relay(client, upstream).await;
                 return;
             }
         }
         // Every listed replica refused: the list is stale; wait for the next update.
         if tokio::time::timeout_at(deadline, endpoints.changed()).await.map_or(true, |changed| changed.is_err()) {
             return;
+        }
+    }
+}
+
+/// How long the answer may still flow after the client closed its side.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// Copies both ways until the replica closes, or until [`LINGER`] after the client closed: a
+/// port-forward through the apiserver never passes the pod's close on, so waiting for it alone
+/// would keep the connection (and its count) open forever once the client has gone.
+async fn relay<S: AsyncRead + AsyncWrite + Unpin>(mut client: TcpStream, upstream: S) {
+    use tokio::io::AsyncWriteExt;
+    let (mut client_read, mut client_write) = client.split();
+    let (mut upstream_read, mut upstream_write) = tokio::io::split(upstream);
+    let to_client = async {
+        let _ = tokio::io::copy(&mut upstream_read, &mut client_write).await;
+        let _ = client_write.shutdown().await;
+    };
+    let to_upstream = async {
+        let _ = tokio::io::copy(&mut client_read, &mut upstream_write).await;
+        let _ = upstream_write.shutdown().await;
+    };
+    tokio::pin!(to_client, to_upstream);
+    tokio::select! {
+        _ = &mut to_client => {}
+        _ = &mut to_upstream => {
+            let _ = tokio::time::timeout(LINGER, &mut to_client).await;
         }
     }
 }
@@ -269,7 +348,7 @@ mod tests {
         let b = echo_server("b").await;
         let dead = TcpListener::bind("127.0.0.1:0").await.expect("bind").local_addr().expect("addr");
         let (_tx, rx) = watch::channel(vec![a, dead, b]);
-        let port = NodePort::serve(TcpListener::bind("127.0.0.1:0").await.expect("bind"), rx, Duration::from_secs(1));
+        let port = ForwardingPort::serve(TcpListener::bind("127.0.0.1:0").await.expect("bind"), rx, Duration::from_secs(1));
         let mut seen = Vec::new();
         for _ in 0..3 {
             seen.push(ask(port.address(), "hi").await);
@@ -281,7 +360,7 @@ mod tests {
     #[tokio::test]
     async fn holds_connections_until_a_replica_is_ready() {
         let (tx, rx) = watch::channel(Vec::new());
-        let port = NodePort::serve(TcpListener::bind("127.0.0.1:0").await.expect("bind"), rx, Duration::from_secs(10));
+        let port = ForwardingPort::serve(TcpListener::bind("127.0.0.1:0").await.expect("bind"), rx, Duration::from_secs(10));
         let waiting = tokio::spawn(ask(port.address(), "early"));
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(!waiting.is_finished());
@@ -292,7 +371,7 @@ mod tests {
     #[tokio::test]
     async fn counts_connections_and_signals_demand_while_no_replica_is_ready() {
         let (tx, rx) = watch::channel(Vec::new());
-        let port = NodePort::serve(TcpListener::bind("127.0.0.1:0").await.expect("bind"), rx, Duration::from_secs(10));
+        let port = ForwardingPort::serve(TcpListener::bind("127.0.0.1:0").await.expect("bind"), rx, Duration::from_secs(10));
         let traffic = port.traffic();
         let demanded = tokio::spawn({
             let traffic = traffic.clone();
@@ -322,7 +401,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_no_replica_takes_in_time_counts_as_failed() {
         let (_tx, rx) = watch::channel(Vec::new());
-        let port = NodePort::serve(TcpListener::bind("127.0.0.1:0").await.expect("bind"), rx, Duration::from_millis(50));
+        let port = ForwardingPort::serve(TcpListener::bind("127.0.0.1:0").await.expect("bind"), rx, Duration::from_millis(50));
         let mut client = TcpStream::connect(port.address()).await.expect("connect");
         let mut answer = Vec::new();
         let _ = client.read_to_end(&mut answer).await;
@@ -342,14 +421,14 @@ mod tests {
         let first = taken.local_addr().expect("addr").port();
         let (_tx, rx) = watch::channel(Vec::new());
         let range = first..=first.saturating_add(20);
-        let port = NodePort::bind_in_range([127, 0, 0, 1].into(), range.clone(), rx.clone(), Duration::from_secs(1)).await.expect("bind");
+        let port = ForwardingPort::bind_in_range([127, 0, 0, 1].into(), range.clone(), rx.clone(), Duration::from_secs(1)).await.expect("bind");
         assert_ne!(port.address().port(), first);
         let freed = port.address();
         drop(port);
         tokio::task::yield_now().await;
         tokio::time::sleep(Duration::from_millis(50)).await;
         TcpListener::bind(freed).await.expect("the node port's port is free again");
-        let exhausted = NodePort::bind_in_range([127, 0, 0, 1].into(), first..=first, rx, Duration::from_secs(1)).await;
-        assert!(matches!(exhausted, Err(NodePortError::RangeExhausted { .. })));
+        let exhausted = ForwardingPort::bind_in_range([127, 0, 0, 1].into(), first..=first, rx, Duration::from_secs(1)).await;
+        assert!(matches!(exhausted, Err(ForwardingError::RangeExhausted { .. })));
     }
 }

@@ -1,0 +1,422 @@
+//! What runs in the cluster, as watchers keep it: reflector stores of kubefn's Deployments,
+//! pods and Services, the Events of its namespaces and the nodes, so status, endpoints and
+//! addresses are read from memory rather than listed per request (as kube-rs' version-rs
+//! serves a store). Watches use streaming lists when the apiserver supports them.
+
+use super::{names, status, KubernetesConfig};
+use crate::platform::model::EventInfo;
+use crate::platform::runtime::ReplicaUsage;
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Node, Pod, Service};
+use kube::api::{Api, WatchEvent, WatchParams};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Client, Resource};
+use serde::de::DeserializeOwned;
+use std::collections::{BTreeMap, HashSet};
+use std::fmt::Debug;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Events kept per instance in a status.
+const EVENTS_SHOWN: usize = 30;
+
+/// The watched objects.
+pub struct Cluster {
+    deployments: Store<Deployment>,
+    pods: Store<Pod>,
+    services: Store<Service>,
+    events: Store<Event>,
+    nodes: Option<Store<Node>>,
+    pod_changes: watch::Receiver<u64>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    scope: Scope,
+}
+
+/// The namespaces this kubefn owns: the shared one, or those with its per-user prefix. Only
+/// there does it treat an unknown instance as its own stray.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// One namespace for every instance.
+    Shared(String),
+    /// `{prefix}{user}` per user.
+    PerUser(String),
+}
+
+impl Scope {
+    /// The scope of a configuration.
+    pub fn of(config: &KubernetesConfig) -> Scope {
+        match &config.user_namespace_prefix {
+            Some(prefix) => Scope::PerUser(prefix.clone()),
+            None => Scope::Shared(config.namespace.clone()),
+        }
+    }
+
+    /// Whether `namespace` is one of this kubefn's.
+    pub fn owns(&self, namespace: &str) -> bool {
+        match self {
+            Scope::Shared(shared) => namespace == shared,
+            Scope::PerUser(prefix) => namespace.starts_with(prefix.as_str()),
+        }
+    }
+}
+
+fn spawn_reflector<K>(api: Api<K>, config: watcher::Config, changes: Option<watch::Sender<u64>>) -> (Store<K>, JoinHandle<()>)
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let (store, writer) = reflector::store();
+    let stream = reflector::reflector(writer, watcher(api, config).default_backoff());
+    let task = tokio::spawn(async move {
+        futures::pin_mut!(stream);
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(_) => {
+                    if let Some(changes) = &changes {
+                        changes.send_modify(|n| *n = n.wrapping_add(1));
+                    }
+                }
+                Err(error) => tracing::debug!(%error, kind = %K::kind(&Default::default()), "watch interrupted; retrying"),
+            }
+        }
+    });
+    (store, task)
+}
+
+/// Whether the apiserver serves streaming lists (`sendInitialEvents`): it needs the WatchList
+/// feature and an etcd with watch progress notifications, so kubefn asks once instead of assuming.
+pub async fn streaming_lists_served(client: &Client, namespace: &str) -> bool {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let Ok(stream) = api.watch(&WatchParams::streaming_lists().timeout(2), "").await else { return false };
+    futures::pin_mut!(stream);
+    match tokio::time::timeout(Duration::from_secs(3), stream.next()).await {
+        Ok(Some(Ok(WatchEvent::Error(_)))) | Ok(Some(Err(_))) => false,
+        Ok(Some(Ok(_))) => true,
+        // An empty namespace may send only the closing bookmark; an answer with no error is support.
+        Ok(None) | Err(_) => true,
+    }
+}
+
+impl Cluster {
+    /// Starts the watchers and returns once each store holds its initial list (or 30 s passed).
+    pub async fn start(client: Client, config: &KubernetesConfig) -> Cluster {
+        let per_user = config.user_namespace_prefix.is_some();
+        let streaming = streaming_lists_served(&client, &config.namespace).await;
+        tracing::info!(streaming_lists = streaming, "watching the cluster");
+        let watch_config = |labels: Option<String>| {
+            let mut c = watcher::Config::default();
+            if let Some(labels) = labels {
+                c = c.labels(&labels);
+            }
+            if streaming { c.streaming_lists() } else { c }
+        };
+        fn scoped<K>(client: &Client, per_user: bool, namespace: &str) -> Api<K>
+        where
+            K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+            K::DynamicType: Default,
+        {
+            if per_user { Api::all(client.clone()) } else { Api::namespaced(client.clone(), namespace) }
+        }
+        let managed = Some(names::managed_selector_text());
+        let (pod_sender, pod_changes) = watch::channel(0);
+        let (deployments, t1) = spawn_reflector(scoped::<Deployment>(&client, per_user, &config.namespace), watch_config(managed.clone()), Some(pod_sender.clone()));
+        let (pods, t2) = spawn_reflector(scoped::<Pod>(&client, per_user, &config.namespace), watch_config(managed.clone()), Some(pod_sender));
+        let (services, t3) = spawn_reflector(scoped::<Service>(&client, per_user, &config.namespace), watch_config(managed), None);
+        let (events, t4) = spawn_reflector(scoped::<Event>(&client, per_user, &config.namespace), watch_config(None), None);
+        let mut tasks = vec![t1, t2, t3, t4];
+        let nodes = if super::access::may(&client, "list", "", "nodes", None).await {
+            let (nodes, t5) = spawn_reflector(Api::<Node>::all(client.clone()), watch_config(None), None);
+            tasks.push(t5);
+            Some(nodes)
+        } else {
+            tracing::info!("kubefn may not list nodes: node port URLs are not shown");
+            None
+        };
+        let wait = async {
+            let _ = deployments.wait_until_ready().await;
+            let _ = pods.wait_until_ready().await;
+            let _ = services.wait_until_ready().await;
+            let _ = events.wait_until_ready().await;
+            if let Some(nodes) = &nodes {
+                let _ = nodes.wait_until_ready().await;
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(30), wait).await.is_err() {
+            tracing::warn!("the cluster's objects were not all listed within 30 s; statuses fill in as they arrive");
+        }
+        Cluster { deployments, pods, services, events, nodes, pod_changes, tasks: Mutex::new(tasks), scope: Scope::of(config) }
+    }
+
+    /// Stops every watcher.
+    pub fn stop(&self) {
+        for task in self.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            task.abort();
+        }
+    }
+
+    /// Ticks whenever a pod or Deployment changes.
+    pub fn pod_changes(&self) -> watch::Receiver<u64> {
+        self.pod_changes.clone()
+    }
+
+    /// The pod store (log follows read which pods exist).
+    pub fn pod_store(&self) -> Store<Pod> {
+        self.pods.clone()
+    }
+
+    /// The instance's Deployment.
+    pub fn deployment_of(&self, id: &str) -> Option<Deployment> {
+        self.deployments.state().into_iter().find(|d| instance_label(d.metadata.labels.as_ref()) == Some(id)).map(|d| (*d).clone())
+    }
+
+    /// The instance's pods.
+    pub fn pods_of(&self, id: &str) -> Vec<Arc<Pod>> {
+        self.pods.state().into_iter().filter(|p| instance_label(p.metadata.labels.as_ref()) == Some(id)).collect()
+    }
+
+    /// The names of the instance's ready pods, sorted (the port-forward's endpoints).
+    pub fn ready_pods(&self, id: &str) -> Vec<String> {
+        let mut ready: Vec<String> = self
+            .pods_of(id)
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter(|p| p.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True")))
+            .filter_map(|p| p.metadata.name.clone())
+            .collect();
+        ready.sort();
+        ready
+    }
+
+    /// The versions the instance's pods run.
+    pub fn pod_versions(&self, id: &str) -> HashSet<u32> {
+        self.pods_of(id).iter().filter_map(|p| status::version_of(p.metadata.labels.as_ref())).collect()
+    }
+
+    /// The instance's pods stuck in a back-off or a failed start.
+    pub fn stuck_pods(&self, id: &str) -> Vec<String> {
+        self.pods_of(id).iter().filter(|p| status::stuck(p).is_some()).filter_map(|p| p.metadata.name.clone()).collect()
+    }
+
+    /// Every instance with a Deployment in this kubefn's namespaces (another kubefn in the
+    /// same cluster keeps its own).
+    pub fn instance_ids(&self) -> Vec<String> {
+        self.deployments
+            .state()
+            .iter()
+            .filter(|d| d.metadata.namespace.as_deref().is_some_and(|n| self.scope.owns(n)))
+            .filter_map(|d| instance_label(d.metadata.labels.as_ref()).map(str::to_string))
+            .collect()
+    }
+
+    /// Instances whose Deployment or Service matches `selector` (`k=v,k=v`).
+    pub fn instances_matching(&self, selector: &str) -> Vec<String> {
+        let wanted = parse_selector(selector);
+        let mut ids: HashSet<String> = HashSet::new();
+        for labels in self.deployments.state().iter().map(|d| d.metadata.labels.clone()).chain(self.services.state().iter().map(|s| s.metadata.labels.clone())) {
+            if matches(labels.as_ref(), &wanted)
+                && let Some(id) = instance_label(labels.as_ref())
+            {
+                ids.insert(id.to_string());
+            }
+        }
+        ids.into_iter().collect()
+    }
+
+    /// Namespaces holding watched objects that match `selector`.
+    pub fn namespaces_with(&self, selector: &str) -> Vec<String> {
+        let wanted = parse_selector(selector);
+        let mut namespaces: HashSet<String> = HashSet::new();
+        let metas = self
+            .deployments
+            .state()
+            .iter()
+            .map(|d| d.metadata.clone())
+            .chain(self.pods.state().iter().map(|p| p.metadata.clone()))
+            .chain(self.services.state().iter().map(|s| s.metadata.clone()))
+            .collect::<Vec<_>>();
+        for meta in metas {
+            if matches(meta.labels.as_ref(), &wanted)
+                && let Some(namespace) = meta.namespace
+            {
+                namespaces.insert(namespace);
+            }
+        }
+        let mut namespaces: Vec<String> = namespaces.into_iter().collect();
+        namespaces.sort();
+        namespaces
+    }
+
+    /// `node address:node port` of the instance's Service, when it has a node port.
+    pub fn node_address_of(&self, id: &str) -> Option<SocketAddr> {
+        let service = self.services.state().into_iter().find(|s| instance_label(s.metadata.labels.as_ref()) == Some(id))?;
+        let port = service.spec.as_ref()?.ports.as_ref()?.iter().find_map(|p| p.node_port)?;
+        let address = self.node_address()?;
+        Some(SocketAddr::new(address, u16::try_from(port).ok()?))
+    }
+
+    /// The address of a Ready node: external if it has one, else internal.
+    fn node_address(&self) -> Option<IpAddr> {
+        let nodes = self.nodes.as_ref()?.state();
+        let ready = nodes.iter().filter(|n| {
+            n.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        });
+        let mut internal = None;
+        for node in ready {
+            for address in node.status.as_ref().and_then(|s| s.addresses.as_ref()).into_iter().flatten() {
+                let Ok(ip) = address.address.parse::<IpAddr>() else { continue };
+                match address.type_.as_str() {
+                    "ExternalIP" => return Some(ip),
+                    "InternalIP" if internal.is_none() => internal = Some(ip),
+                    _ => {}
+                }
+            }
+        }
+        internal
+    }
+
+    /// Recent Events about the instance's Deployment, ReplicaSets, pods, Service and HPA, newest first.
+    pub fn events_of(&self, id: &str) -> Vec<EventInfo> {
+        let Some(deployment) = self.deployment_of(id) else { return Vec::new() };
+        let (Some(namespace), Some(name)) = (deployment.metadata.namespace, deployment.metadata.name) else { return Vec::new() };
+        let mut events: Vec<EventInfo> = self
+            .events
+            .state()
+            .iter()
+            .filter(|e| e.involved_object.namespace.as_deref() == Some(namespace.as_str()))
+            .filter(|e| about(&name, e.involved_object.kind.as_deref().unwrap_or(""), e.involved_object.name.as_deref().unwrap_or("")))
+            .map(|e| status::event_info(e))
+            .collect();
+        events.sort_by_key(|e| std::cmp::Reverse(e.at));
+        events.truncate(EVENTS_SHOWN);
+        events
+    }
+}
+
+/// Whether an object of `kind` named `object` belongs to the instance whose objects are `base`:
+/// the Deployment, Service and HPA carry the name; a ReplicaSet adds `-{hash}`; a pod adds
+/// `-{hash}-{suffix}`.
+pub fn about(base: &str, kind: &str, object: &str) -> bool {
+    let strip = |text: &str| text.rsplit_once('-').map(|(start, _)| start.to_string());
+    match kind {
+        "Deployment" | "Service" | "HorizontalPodAutoscaler" => object == base,
+        "ReplicaSet" => strip(object).as_deref() == Some(base),
+        "Pod" => strip(object).and_then(|rs| strip(&rs)).as_deref() == Some(base),
+        _ => false,
+    }
+}
+
+fn instance_label(labels: Option<&BTreeMap<String, String>>) -> Option<&str> {
+    labels?.get(names::INSTANCE).map(String::as_str)
+}
+
+fn parse_selector(selector: &str) -> Vec<(String, String)> {
+    selector.split(',').filter_map(|pair| pair.split_once('=')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect()
+}
+
+fn matches(labels: Option<&BTreeMap<String, String>>, wanted: &[(String, String)]) -> bool {
+    wanted.iter().all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+}
+
+/// Whether the cluster serves metrics.k8s.io (metrics-server or an equivalent).
+pub async fn metrics_served(client: &Client) -> bool {
+    client.list_api_groups().await.is_ok_and(|groups| groups.groups.iter().any(|g| g.name == "metrics.k8s.io"))
+}
+
+/// One pod's usage, with the instance it belongs to.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PodUsage {
+    /// The instance, from the pod's labels.
+    pub instance: Option<String>,
+    /// Its CPU and memory.
+    pub usage: ReplicaUsage,
+}
+
+/// The usage of kubefn's pods in `namespace`, from metrics.k8s.io's PodMetrics.
+pub async fn pod_metrics(client: &Client, namespace: &str) -> Result<Vec<PodUsage>, kube::Error> {
+    let url = format!("/apis/metrics.k8s.io/v1beta1/namespaces/{namespace}/pods?labelSelector={}", names::managed_selector_text());
+    let request = http::Request::get(url).body(Vec::new()).map_err(kube::Error::HttpError)?;
+    let list: serde_json::Value = client.request(request).await?;
+    Ok(parse_pod_metrics(&list))
+}
+
+/// Reads a PodMetricsList.
+pub fn parse_pod_metrics(list: &serde_json::Value) -> Vec<PodUsage> {
+    let items = list["items"].as_array().cloned().unwrap_or_default();
+    items
+        .iter()
+        .map(|item| {
+            let containers = item["containers"].as_array().cloned().unwrap_or_default();
+            let cpu: f64 = containers.iter().filter_map(|c| c["usage"]["cpu"].as_str()).filter_map(parse_cpu_millicores).sum();
+            let memory: u64 =
+                containers.iter().filter_map(|c| c["usage"]["memory"].as_str()).filter_map(crate::platform::validation::parse_memory_bytes).sum();
+            PodUsage {
+                instance: item["metadata"]["labels"][names::INSTANCE].as_str().map(str::to_string),
+                usage: ReplicaUsage { replica: item["metadata"]["name"].as_str().unwrap_or_default().to_string(), cpu_millicores: Some(cpu), memory_bytes: memory },
+            }
+        })
+        .collect()
+}
+
+/// A CPU quantity (`250m`, `12345678n`, `1`, `1500u`) in millicores.
+pub fn parse_cpu_millicores(text: &str) -> Option<f64> {
+    let (number, scale) = match text.chars().last()? {
+        'n' => (&text[..text.len() - 1], 1e-6),
+        'u' => (&text[..text.len() - 1], 1e-3),
+        'm' => (&text[..text.len() - 1], 1.0),
+        _ => (text, 1000.0),
+    };
+    number.parse::<f64>().ok().map(|n| n * scale)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_matched_to_the_instance_by_object_name() {
+        assert!(about("hello-alice", "Deployment", "hello-alice"));
+        assert!(about("hello-alice", "ReplicaSet", "hello-alice-7d9f8c6b5"));
+        assert!(about("hello-alice", "Pod", "hello-alice-7d9f8c6b5-x2k4p"));
+        assert!(about("hello-alice", "HorizontalPodAutoscaler", "hello-alice"));
+        assert!(!about("hello-alice", "Pod", "hello-alice-bob-7d9f8c6b5-x2k4p"), "another instance's pod");
+        assert!(!about("hello-alice", "Deployment", "hello-alice-bob"));
+        assert!(!about("hello", "ReplicaSet", "hello-alice-7d9f8c6b5"));
+    }
+
+    #[test]
+    fn pod_metrics_become_millicores_and_bytes() {
+        let list = serde_json::json!({ "items": [{
+            "metadata": { "name": "hello-alice-1-a", "labels": { names::INSTANCE: "id-1" } },
+            "containers": [{ "name": "function", "usage": { "cpu": "12500000n", "memory": "2048Ki" } }],
+        }]});
+        let usage = parse_pod_metrics(&list);
+        assert_eq!(usage.len(), 1);
+        assert_eq!(usage[0].instance.as_deref(), Some("id-1"));
+        assert_eq!(usage[0].usage.cpu_millicores, Some(12.5));
+        assert_eq!(usage[0].usage.memory_bytes, 2048 * 1024);
+        assert_eq!(parse_cpu_millicores("2"), Some(2000.0));
+        assert_eq!(parse_cpu_millicores("250m"), Some(250.0));
+        assert_eq!(parse_cpu_millicores("x"), None);
+    }
+
+    #[test]
+    fn kubefn_owns_only_its_namespaces() {
+        assert!(Scope::Shared("kubefn-functions".into()).owns("kubefn-functions"));
+        assert!(!Scope::Shared("kubefn-functions".into()).owns("kubefn-functions-2"));
+        assert!(Scope::PerUser("kubefn-u-".into()).owns("kubefn-u-alice"));
+        assert!(!Scope::PerUser("kubefn-u-".into()).owns("kubefn-functions"));
+    }
+
+    #[test]
+    fn selectors_match_label_sets() {
+        let labels = BTreeMap::from([("a".to_string(), "1".to_string()), ("b".to_string(), "2".to_string())]);
+        assert!(matches(Some(&labels), &parse_selector("a=1,b=2")));
+        assert!(!matches(Some(&labels), &parse_selector("a=1,b=3")));
+        assert!(!matches(None, &parse_selector("a=1")));
+    }
+}

@@ -1,0 +1,557 @@
+//! The Kubernetes objects of one instance, built from its spec with no client in sight (so they
+//! are unit-tested by looking at them): a ConfigMap per version with the source and the
+//! bootstrap, a Deployment (init container for declared dependencies, readiness and liveness
+//! probes on the bootstrap, requests and limits, env and an optional Secret, non-root), a
+//! Service, and an autoscaling/v2 HorizontalPodAutoscaler when autoscaling is on.
+//!
+//! The Deployment never states `replicas`: the HPA or kubefn's scale calls own that field, so
+//! re-applying the Deployment never undoes a scaling decision.
+
+use super::names;
+use crate::platform::model::{FunctionSpec, Runtime as Language, ServiceKind};
+use crate::platform::runtime::bootstrap::{self, Bootstrap, HEALTH_PATH, READY_PATH};
+use crate::platform::runtime::InstanceSpec;
+use crate::platform::validation::parse_memory_bytes;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+/// The port the bootstrap listens on in the pod.
+pub const CONTAINER_PORT: u16 = 8080;
+/// The Service's port.
+pub const SERVICE_PORT: u16 = 80;
+/// The container's name.
+pub const CONTAINER: &str = "function";
+/// The init container's name.
+pub const INSTALL_CONTAINER: &str = "install-dependencies";
+const CODE_DIR: &str = "/kubefn/code";
+const DEPS_DIR: &str = "/kubefn/deps";
+/// The uid source functions run as (`nobody`): the runtime images need no other.
+const NOBODY: i64 = 65534;
+
+/// What the manifests take from kubefn's configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Images {
+    /// The image Python functions run on.
+    pub python: String,
+    /// The image Node functions run on.
+    pub node: String,
+}
+
+impl Default for Images {
+    fn default() -> Self {
+        Images { python: "python:3.12-slim".into(), node: "node:22-slim".into() }
+    }
+}
+
+/// A manifest that does not fit its Kubernetes type (a bug in kubefn, caught by unit tests).
+#[derive(Debug, thiserror::Error)]
+#[error("kubefn built an invalid {kind} manifest; please report this")]
+pub struct ManifestError {
+    kind: &'static str,
+    #[source]
+    source: serde_json::Error,
+}
+
+/// Every object of one instance, ready for server-side apply.
+#[derive(Clone, Debug)]
+pub struct Manifests {
+    /// The objects' base name.
+    pub name: String,
+    /// The version's ConfigMap (`None` for image functions).
+    pub config_map: Option<ConfigMap>,
+    /// The Deployment.
+    pub deployment: Deployment,
+    /// The Service.
+    pub service: Service,
+    /// The HPA, when autoscaling is on.
+    pub autoscaler: Option<HorizontalPodAutoscaler>,
+    /// A hash of all of the above: unchanged means nothing to apply.
+    pub fingerprint: String,
+}
+
+/// Whether kubefn hands the instance's scaling to an HPA: a CPU or memory target and room
+/// between min and max. (Requests in flight have no HPA metric without a metrics adapter.)
+pub fn autoscaling_on(spec: &FunctionSpec) -> bool {
+    (spec.scaling.target_cpu_percent.is_some() || spec.scaling.target_memory_percent.is_some())
+        && spec.scaling.max > spec.scaling.min.max(1)
+}
+
+/// Builds every object of `instance` in `namespace`. `node_port` is the Service's port from
+/// before, kept so the instance's address survives re-creation.
+pub fn build(instance: &InstanceSpec, namespace: &str, images: &Images, node_port: Option<u16>) -> Result<Manifests, ManifestError> {
+    let name = names::base_name(&instance.function, &instance.user);
+    let spec = &instance.spec;
+    let config_map = match bootstrap::for_language(spec.runtime) {
+        Some(boot) => Some(typed("ConfigMap", config_map(instance, namespace, &name, boot))?),
+        None => None,
+    };
+    let deployment = typed("Deployment", deployment(instance, namespace, &name, images))?;
+    let service = typed("Service", service(instance, namespace, &name, node_port))?;
+    let autoscaler = if autoscaling_on(spec) { Some(typed("HorizontalPodAutoscaler", autoscaler(instance, namespace, &name))?) } else { None };
+    let fingerprint = {
+        let text = serde_json::to_string(&(&config_map, &deployment, &service, &autoscaler)).map_err(|source| ManifestError { kind: "fingerprint", source })?;
+        Sha256::digest(text.as_bytes()).iter().take(12).map(|b| format!("{b:02x}")).collect()
+    };
+    Ok(Manifests { name, config_map, deployment, service, autoscaler, fingerprint })
+}
+
+fn typed<T: serde::de::DeserializeOwned>(kind: &'static str, value: Value) -> Result<T, ManifestError> {
+    serde_json::from_value(value).map_err(|source| ManifestError { kind, source })
+}
+
+fn metadata(instance: &InstanceSpec, namespace: &str, name: &str, version: Option<u32>) -> Value {
+    json!({
+        "name": name,
+        "namespace": namespace,
+        "labels": names::labels(&instance.id, &instance.function, &instance.user, version),
+    })
+}
+
+fn config_map(instance: &InstanceSpec, namespace: &str, base: &str, boot: &Bootstrap) -> Value {
+    let spec = &instance.spec;
+    let mut data = serde_json::Map::new();
+    data.insert(boot.file.into(), boot.source.into());
+    data.insert(boot.function_file.into(), spec.source.clone().into());
+    if !spec.requirements.trim().is_empty() {
+        data.insert(boot.requirements_file.into(), spec.requirements.clone().into());
+    }
+    json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata(instance, namespace, &names::config_map_name(base, instance.version), Some(instance.version)),
+        // A version never changes; immutable ConfigMaps also spare the kubelets a watch each.
+        "immutable": true,
+        "data": data,
+    })
+}
+
+fn deployment(instance: &InstanceSpec, namespace: &str, base: &str, images: &Images) -> Value {
+    let spec = &instance.spec;
+    let selector = names::instance_selector(&instance.id);
+    let pod_labels = names::labels(&instance.id, &instance.function, &instance.user, Some(instance.version));
+    let pod = match bootstrap::for_language(spec.runtime) {
+        Some(boot) => source_pod(instance, base, boot, images),
+        None => image_pod(spec),
+    };
+    let mut metadata = metadata(instance, namespace, base, Some(instance.version));
+    metadata["annotations"] = json!({ names::PAUSED: instance.paused.to_string() });
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata,
+        "spec": {
+            "selector": { "matchLabels": selector },
+            // A new version starts before an old replica stops: no request meets no replica.
+            "strategy": { "type": "RollingUpdate", "rollingUpdate": { "maxUnavailable": 0, "maxSurge": "25%" } },
+            "revisionHistoryLimit": 3,
+            "progressDeadlineSeconds": 300,
+            "template": { "metadata": { "labels": pod_labels }, "spec": pod },
+        },
+    })
+}
+
+fn resources(spec: &FunctionSpec) -> Value {
+    let r = &spec.resources;
+    json!({
+        "requests": { "cpu": r.cpu, "memory": r.memory },
+        "limits": { "cpu": r.cpu_limit, "memory": r.memory_limit },
+    })
+}
+
+fn container_security(read_only_root: bool) -> Value {
+    json!({
+        "allowPrivilegeEscalation": false,
+        "readOnlyRootFilesystem": read_only_root,
+        "capabilities": { "drop": ["ALL"] },
+    })
+}
+
+/// User variables first: a later entry of the same name wins, so kubefn's own stay in force.
+fn env_list(user: &std::collections::BTreeMap<String, String>, own: Vec<(&str, String)>) -> Vec<Value> {
+    user.iter()
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .chain(own)
+        .map(|(name, value)| json!({ "name": name, "value": value }))
+        .collect()
+}
+
+fn source_pod(instance: &InstanceSpec, base: &str, boot: &Bootstrap, images: &Images) -> Value {
+    let spec = &instance.spec;
+    let image = if spec.runtime == Language::Node { &images.node } else { &images.python };
+    let has_deps = !spec.requirements.trim().is_empty();
+    let mut own = vec![
+        ("PORT", CONTAINER_PORT.to_string()),
+        ("KUBEFN_SOURCE", format!("{CODE_DIR}/{}", boot.function_file)),
+        ("KUBEFN_HANDLER", spec.handler.clone().unwrap_or_default()),
+        ("KUBEFN_FUNCTION_NAME", spec.name.clone()),
+        ("KUBEFN_MEMORY_LIMIT", spec.resources.memory_limit.clone()),
+        ("KUBEFN_TIMEOUT", spec.timeout_s.to_string()),
+        ("PYTHONUNBUFFERED", "1".into()),
+        ("PYTHONDONTWRITEBYTECODE", "1".into()),
+        ("HOME", "/tmp".into()),
+    ];
+    if has_deps {
+        let deps = if spec.runtime == Language::Node { format!("{DEPS_DIR}/node_modules") } else { DEPS_DIR.to_string() };
+        own.push(("KUBEFN_DEPS", deps));
+    }
+    let mut command = vec![boot.interpreter.to_string()];
+    if spec.runtime == Language::Node
+        && let Some(limit) = parse_memory_bytes(&spec.resources.memory_limit)
+    {
+        command.push(bootstrap::node_heap_limit_flag(limit));
+    }
+    command.push(format!("{CODE_DIR}/{}", boot.file));
+    let mut mounts = vec![json!({ "name": "code", "mountPath": CODE_DIR, "readOnly": true }), json!({ "name": "tmp", "mountPath": "/tmp" })];
+    let mut volumes = vec![
+        json!({ "name": "code", "configMap": { "name": names::config_map_name(base, instance.version), "defaultMode": 0o444 } }),
+        json!({ "name": "tmp", "emptyDir": { "sizeLimit": "256Mi" } }),
+    ];
+    let mut init = Vec::new();
+    if has_deps {
+        mounts.push(json!({ "name": "deps", "mountPath": DEPS_DIR, "readOnly": true }));
+        volumes.push(json!({ "name": "deps", "emptyDir": {} }));
+        let install = if spec.runtime == Language::Node {
+            json!(["sh", "-c", format!("cp {CODE_DIR}/package.json {DEPS_DIR}/ && cd {DEPS_DIR} && npm install --omit=dev --no-audit --no-fund --no-update-notifier")])
+        } else {
+            json!([
+                "python3", "-m", "pip", "install", "--no-cache-dir", "--disable-pip-version-check", "--no-input",
+                "--target", DEPS_DIR, "-r", format!("{CODE_DIR}/requirements.txt")
+            ])
+        };
+        init.push(json!({
+            "name": INSTALL_CONTAINER,
+            "image": image,
+            "command": install,
+            "env": [{ "name": "HOME", "value": "/tmp" }, { "name": "npm_config_cache", "value": "/tmp/.npm" }],
+            "resources": resources(spec),
+            "securityContext": container_security(true),
+            "volumeMounts": [
+                { "name": "code", "mountPath": CODE_DIR, "readOnly": true },
+                { "name": "deps", "mountPath": DEPS_DIR },
+                { "name": "tmp", "mountPath": "/tmp" },
+            ],
+        }));
+    }
+    let probe = |path: &str, period: u32, failures: u32| {
+        json!({ "httpGet": { "path": path, "port": "http" }, "periodSeconds": period, "timeoutSeconds": 2, "failureThreshold": failures })
+    };
+    let mut pod = json!({
+        "automountServiceAccountToken": false,
+        "enableServiceLinks": false,
+        // Long enough for an invocation under way to finish when a rollout replaces the pod.
+        "terminationGracePeriodSeconds": (spec.timeout_s + 5).min(905),
+        "securityContext": {
+            "runAsNonRoot": true, "runAsUser": NOBODY, "runAsGroup": NOBODY, "fsGroup": NOBODY,
+            "seccompProfile": { "type": "RuntimeDefault" },
+        },
+        "containers": [{
+            "name": CONTAINER,
+            "image": image,
+            "command": command,
+            "ports": [{ "name": "http", "containerPort": CONTAINER_PORT, "protocol": "TCP" }],
+            "env": env_list(&spec.env, own),
+            // Secrets an administrator put in `{name}-secrets` reach the function as variables.
+            "envFrom": [{ "secretRef": { "name": format!("{base}-secrets"), "optional": true } }],
+            "readinessProbe": probe(READY_PATH, 2, 2),
+            "livenessProbe": probe(HEALTH_PATH, 10, 3),
+            "resources": resources(spec),
+            "securityContext": container_security(true),
+            "volumeMounts": mounts,
+        }],
+        "volumes": volumes,
+    });
+    if !init.is_empty() {
+        pod["initContainers"] = json!(init);
+    }
+    pod
+}
+
+fn image_pod(spec: &FunctionSpec) -> Value {
+    let port = spec.service.port.unwrap_or(CONTAINER_PORT);
+    // An image's own HTTP paths are unknown: ready and alive mean its port accepts connections.
+    let probe = |period: u32, failures: u32| json!({ "tcpSocket": { "port": "http" }, "periodSeconds": period, "failureThreshold": failures });
+    json!({
+        "automountServiceAccountToken": false,
+        "enableServiceLinks": false,
+        "securityContext": { "runAsNonRoot": true, "seccompProfile": { "type": "RuntimeDefault" } },
+        "containers": [{
+            "name": CONTAINER,
+            "image": spec.image.clone().unwrap_or_default(),
+            "ports": [{ "name": "http", "containerPort": port, "protocol": "TCP" }],
+            "env": env_list(&spec.env, vec![("PORT", port.to_string())]),
+            "readinessProbe": probe(2, 2),
+            "livenessProbe": probe(10, 3),
+            "resources": resources(spec),
+            "securityContext": container_security(false),
+        }],
+    })
+}
+
+fn service(instance: &InstanceSpec, namespace: &str, base: &str, node_port: Option<u16>) -> Value {
+    let kind = instance.spec.service.kind;
+    let mut spec = json!({ "type": kind.as_str() });
+    if kind == ServiceKind::ExternalName {
+        spec["externalName"] = json!(instance.spec.service.external_name.clone().unwrap_or_default());
+    } else {
+        let mut port = json!({ "name": "http", "port": SERVICE_PORT, "targetPort": "http", "protocol": "TCP" });
+        if matches!(kind, ServiceKind::NodePort | ServiceKind::LoadBalancer)
+            && let Some(node_port) = node_port
+        {
+            port["nodePort"] = json!(node_port);
+        }
+        spec["selector"] = json!(names::instance_selector(&instance.id));
+        spec["ports"] = json!([port]);
+    }
+    json!({ "apiVersion": "v1", "kind": "Service", "metadata": metadata(instance, namespace, base, None), "spec": spec })
+}
+
+fn autoscaler(instance: &InstanceSpec, namespace: &str, base: &str) -> Value {
+    let scaling = &instance.spec.scaling;
+    let min = scaling.min.max(1);
+    let metric = |resource: &str, percent: u32| {
+        json!({ "type": "Resource", "resource": { "name": resource, "target": { "type": "Utilization", "averageUtilization": percent } } })
+    };
+    let metrics: Vec<Value> = [("cpu", scaling.target_cpu_percent), ("memory", scaling.target_memory_percent)]
+        .into_iter()
+        .filter_map(|(resource, target)| target.map(|percent| metric(resource, percent)))
+        .collect();
+    json!({
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": metadata(instance, namespace, base, None),
+        "spec": {
+            "scaleTargetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": base },
+            "minReplicas": min,
+            "maxReplicas": scaling.max.max(min),
+            "metrics": metrics,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::platform::model::{Runtime as Language, ServiceSpec};
+
+    /// A fluent fixture: an instance of a function, changed field by field.
+    struct Fixture(InstanceSpec);
+
+    impl Fixture {
+        fn python() -> Fixture {
+            let spec = FunctionSpec {
+                name: "hello".into(),
+                runtime: Language::Python,
+                handler: None,
+                source: "def handle(req):\n    return 'hi'\n".into(),
+                requirements: String::new(),
+                image: None,
+                env: [("GREETING".to_string(), "hi".to_string())].into(),
+                visibility: Default::default(),
+                resources: Default::default(),
+                scaling: Default::default(),
+                service: Default::default(),
+                timeout_s: 60,
+            };
+            Fixture(InstanceSpec {
+                id: "3f2c1d7e-8a9b-4c5d-9e0f-112233445566".into(),
+                function: "hello".into(),
+                user: "alice".into(),
+                version: 2,
+                spec,
+                replicas: 1,
+                paused: false,
+                node_port: None,
+            })
+        }
+        fn with(mut self, change: impl FnOnce(&mut InstanceSpec)) -> Fixture {
+            change(&mut self.0);
+            self
+        }
+        fn build(&self) -> Manifests {
+            build(&self.0, "kubefn-functions", &Images::default(), None).expect("manifests")
+        }
+    }
+
+    fn json_of<T: serde::Serialize>(value: &T) -> Value {
+        serde_json::to_value(value).expect("json")
+    }
+
+    #[test]
+    fn every_object_is_named_labelled_and_in_the_namespace() {
+        let m = Fixture::python().build();
+        assert_eq!(m.name, "hello-alice");
+        let metas = [
+            json_of(&m.config_map.as_ref().expect("config map").metadata),
+            json_of(&m.deployment.metadata),
+            json_of(&m.service.metadata),
+            json_of(&m.autoscaler.as_ref().expect("hpa").metadata),
+        ];
+        for meta in &metas {
+            let name = meta["name"].as_str().expect("name");
+            assert!(names::is_dns1123_label(name), "{name}");
+            assert_eq!(meta["namespace"], "kubefn-functions");
+            assert_eq!(meta["labels"][names::MANAGED_BY], "kubefn");
+            assert_eq!(meta["labels"][names::INSTANCE], "3f2c1d7e-8a9b-4c5d-9e0f-112233445566");
+            assert_eq!(meta["labels"][names::FUNCTION], "hello");
+            assert_eq!(meta["labels"][names::USER], "alice");
+            for value in meta["labels"].as_object().expect("labels").values() {
+                assert!(names::is_label_value(value.as_str().expect("text")), "{value}");
+            }
+        }
+        assert_eq!(metas[0]["name"], "hello-alice-v2");
+        assert_eq!(metas[0]["labels"][names::VERSION], "2");
+    }
+
+    #[test]
+    fn the_selector_matches_the_pod_template_and_the_service_selects_the_same_pods() {
+        let m = Fixture::python().build();
+        let deployment = json_of(&m.deployment);
+        let selector = deployment["spec"]["selector"]["matchLabels"].as_object().expect("selector");
+        let template = deployment["spec"]["template"]["metadata"]["labels"].as_object().expect("template labels");
+        assert!(!selector.is_empty());
+        for (key, value) in selector {
+            assert_eq!(template.get(key), Some(value), "{key}");
+        }
+        // The selector is immutable in Kubernetes: it must not name the version.
+        assert!(!selector.contains_key(names::VERSION));
+        assert_eq!(template[names::VERSION], "2");
+        let service = json_of(&m.service);
+        assert_eq!(service["spec"]["selector"].as_object().expect("service selector"), selector);
+        assert_eq!(service["spec"]["type"], "NodePort");
+        assert_eq!(service["spec"]["ports"][0]["targetPort"], "http");
+    }
+
+    #[test]
+    fn the_pod_runs_the_bootstrap_from_the_config_map_as_nobody_with_probes_and_limits() {
+        let m = Fixture::python().build();
+        let config_map = m.config_map.as_ref().expect("config map");
+        let data = config_map.data.as_ref().expect("data");
+        assert_eq!(data["bootstrap.py"], bootstrap::PYTHON.source);
+        assert!(data["function.py"].contains("def handle"));
+        assert_eq!(config_map.immutable, Some(true));
+        let d = json_of(&m.deployment);
+        assert!(d["spec"].get("replicas").is_none(), "the Deployment must leave replicas to the HPA and scale calls");
+        assert_eq!(d["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"], 0);
+        let pod = &d["spec"]["template"]["spec"];
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+        assert_eq!(pod["securityContext"]["runAsUser"], 65534);
+        assert_eq!(pod["volumes"][0]["configMap"]["name"], "hello-alice-v2");
+        assert!(pod.get("initContainers").is_none(), "no dependencies, no init container");
+        let c = &pod["containers"][0];
+        assert_eq!(c["image"], "python:3.12-slim");
+        assert_eq!(c["command"], json!(["python3", "/kubefn/code/bootstrap.py"]));
+        assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/_/ready");
+        assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/_/health");
+        assert_eq!(c["resources"]["limits"]["memory"], "256Mi");
+        assert_eq!(c["resources"]["requests"]["cpu"], "100m");
+        assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+        assert_eq!(c["envFrom"][0]["secretRef"]["name"], "hello-alice-secrets");
+        let env: Vec<(String, String)> = c["env"]
+            .as_array()
+            .expect("env")
+            .iter()
+            .map(|e| (e["name"].as_str().expect("n").to_string(), e["value"].as_str().expect("v").to_string()))
+            .collect();
+        assert_eq!(env[0], ("GREETING".into(), "hi".into()), "the user's variables come first");
+        assert!(env.contains(&("PORT".into(), "8080".into())));
+        assert!(env.contains(&("KUBEFN_SOURCE".into(), "/kubefn/code/function.py".into())));
+        assert!(!env.iter().any(|(k, _)| k == "KUBEFN_DEPS"));
+    }
+
+    #[test]
+    fn declared_dependencies_are_installed_by_an_init_container_into_a_shared_volume() {
+        let m = Fixture::python().with(|i| i.spec.requirements = "requests==2.32.3\n".into()).build();
+        let d = json_of(&m.deployment);
+        let pod = &d["spec"]["template"]["spec"];
+        let init = &pod["initContainers"][0];
+        assert_eq!(init["name"], INSTALL_CONTAINER);
+        assert!(init["command"].as_array().expect("command").iter().any(|a| a == "--target"));
+        assert_eq!(init["volumeMounts"][1]["mountPath"], "/kubefn/deps");
+        let main = &pod["containers"][0];
+        assert!(main["env"].as_array().expect("env").iter().any(|e| e["name"] == "KUBEFN_DEPS" && e["value"] == "/kubefn/deps"));
+        assert_eq!(m.config_map.expect("cm").data.expect("data")["requirements.txt"], "requests==2.32.3\n");
+
+        let node = Fixture::python()
+            .with(|i| {
+                i.spec.runtime = Language::Node;
+                i.spec.source = "module.exports = async () => 'hi'".into();
+                i.spec.requirements = r#"{"dependencies": {"left-pad": "1.3.0"}}"#.into();
+            })
+            .build();
+        let d = json_of(&node.deployment);
+        let main = &d["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(main["image"], "node:22-slim");
+        assert_eq!(main["command"], json!(["node", "--max-old-space-size=192", "/kubefn/code/bootstrap.js"]));
+        assert!(main["env"].as_array().expect("env").iter().any(|e| e["value"] == "/kubefn/deps/node_modules"));
+        assert!(d["spec"]["template"]["spec"]["initContainers"][0]["command"][2].as_str().expect("sh -c").contains("npm install"));
+    }
+
+    #[test]
+    fn image_functions_use_their_image_and_port_without_a_config_map() {
+        let m = Fixture::python()
+            .with(|i| {
+                i.spec.runtime = Language::Image;
+                i.spec.source.clear();
+                i.spec.image = Some("ghcr.io/example/echo:1.0".into());
+                i.spec.service = ServiceSpec { kind: ServiceKind::ClusterIP, external_name: None, port: Some(9000) };
+            })
+            .build();
+        assert!(m.config_map.is_none());
+        let d = json_of(&m.deployment);
+        let c = &d["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(c["image"], "ghcr.io/example/echo:1.0");
+        assert_eq!(c["ports"][0]["containerPort"], 9000);
+        assert_eq!(c["readinessProbe"]["tcpSocket"]["port"], "http");
+        assert!(c.get("command").is_none());
+        assert_eq!(json_of(&m.service)["spec"]["type"], "ClusterIP");
+    }
+
+    #[test]
+    fn service_types_and_a_kept_node_port() {
+        let fixture = Fixture::python();
+        let kept = build(&fixture.0, "ns", &Images::default(), Some(31234)).expect("manifests");
+        assert_eq!(json_of(&kept.service)["spec"]["ports"][0]["nodePort"], 31234);
+        let external = Fixture::python()
+            .with(|i| i.spec.service = ServiceSpec { kind: ServiceKind::ExternalName, external_name: Some("api.example.com".into()), port: None })
+            .build();
+        let service = json_of(&external.service);
+        assert_eq!(service["spec"]["externalName"], "api.example.com");
+        assert!(service["spec"].get("selector").is_none());
+    }
+
+    #[test]
+    fn the_autoscaler_targets_the_deployment_with_the_policy() {
+        let m = Fixture::python()
+            .with(|i| {
+                i.spec.scaling.min = 2;
+                i.spec.scaling.max = 7;
+                i.spec.scaling.target_memory_percent = Some(80);
+            })
+            .build();
+        let hpa = json_of(&m.autoscaler.expect("hpa"));
+        assert_eq!(hpa["spec"]["scaleTargetRef"]["name"], "hello-alice");
+        assert_eq!(hpa["spec"]["scaleTargetRef"]["kind"], "Deployment");
+        assert_eq!(hpa["spec"]["minReplicas"], 2);
+        assert_eq!(hpa["spec"]["maxReplicas"], 7);
+        assert_eq!(hpa["spec"]["metrics"][0]["resource"]["name"], "cpu");
+        assert_eq!(hpa["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"], 70);
+        assert_eq!(hpa["spec"]["metrics"][1]["resource"]["name"], "memory");
+
+        let fixed = Fixture::python().with(|i| i.spec.scaling.target_cpu_percent = None).build();
+        assert!(fixed.autoscaler.is_none(), "no target, no HPA");
+        let pinned = Fixture::python().with(|i| i.spec.scaling.max = 1).build();
+        assert!(pinned.autoscaler.is_none(), "min = max leaves nothing to scale");
+    }
+
+    #[test]
+    fn the_fingerprint_follows_every_change() {
+        let a = Fixture::python().build();
+        assert_eq!(a.fingerprint, Fixture::python().build().fingerprint);
+        assert_ne!(a.fingerprint, Fixture::python().with(|i| i.version = 3).build().fingerprint);
+        assert_ne!(a.fingerprint, Fixture::python().with(|i| i.paused = true).build().fingerprint);
+        assert_ne!(a.fingerprint, Fixture::python().with(|i| i.spec.resources.cpu = "200m".into()).build().fingerprint);
+    }
+}

@@ -1,0 +1,171 @@
+//! Names, labels and selectors of an instance's Kubernetes objects, as DESIGN.md has them:
+//! objects are named `{function}-{user}` (cut to fit, with a short hash when cut) and labelled
+//! `app.kubernetes.io/managed-by=kubefn`, `kubefn.dev/function`, `kubefn.dev/user`,
+//! `kubefn.dev/version`, plus `kubefn.dev/instance` (the instance's id), which is how kubefn
+//! finds an instance's objects again and deletes them all. Pure functions, no client.
+
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+
+/// `app.kubernetes.io/managed-by`: every object kubefn creates carries it.
+pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+/// The value of [`MANAGED_BY`].
+pub const MANAGER: &str = "kubefn";
+/// The function's name.
+pub const FUNCTION: &str = "kubefn.dev/function";
+/// The user's name.
+pub const USER: &str = "kubefn.dev/user";
+/// The version a ConfigMap holds or a pod runs.
+pub const VERSION: &str = "kubefn.dev/version";
+/// The instance's id: selects every object of one instance.
+pub const INSTANCE: &str = "kubefn.dev/instance";
+/// Annotation on the Deployment: the instance is paused (zero replicas on purpose).
+pub const PAUSED: &str = "kubefn.dev/paused";
+/// Annotation on the Deployment: the desired version's fingerprint (what was applied last).
+pub const FINGERPRINT: &str = "kubefn.dev/fingerprint";
+/// The label namespaces kubefn creates for users carry (with the user's name).
+pub const NAMESPACE_USER: &str = "kubefn.dev/namespace-of";
+
+/// The longest base name: room for `-v{version}` on ConfigMaps within 63 characters.
+pub const MAX_BASE: usize = 47;
+
+/// The base name of an instance's objects: `{function}-{user}`, or, when longer than
+/// [`MAX_BASE`], its start and a hash of the whole, so two long names never collide.
+/// Function and user names are DNS labels starting with a letter (validated at registration),
+/// so the result is a DNS-1035 label, as Service names must be.
+pub fn base_name(function: &str, user: &str) -> String {
+    let full = format!("{function}-{user}");
+    if full.len() <= MAX_BASE {
+        return full;
+    }
+    let hash: String = Sha256::digest(full.as_bytes()).iter().take(3).map(|b| format!("{b:02x}")).collect();
+    let keep = MAX_BASE - hash.len() - 1;
+    let start = full[..keep].trim_end_matches('-');
+    format!("{start}-{hash}")
+}
+
+/// The ConfigMap holding one version's source and bootstrap.
+pub fn config_map_name(base: &str, version: u32) -> String {
+    format!("{base}-v{version}")
+}
+
+/// The namespace of a user's instances when every user has their own.
+pub fn user_namespace(prefix: &str, user: &str) -> String {
+    format!("{prefix}{user}")
+}
+
+/// The labels that select every object (and pod) of one instance.
+pub fn instance_selector(instance: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([(MANAGED_BY.to_string(), MANAGER.to_string()), (INSTANCE.to_string(), instance.to_string())])
+}
+
+/// [`instance_selector`] as a label selector string.
+pub fn instance_selector_text(instance: &str) -> String {
+    selector_text(&instance_selector(instance))
+}
+
+/// Every object kubefn manages.
+pub fn managed_selector_text() -> String {
+    format!("{MANAGED_BY}={MANAGER}")
+}
+
+/// Every object of one function, across users.
+pub fn function_selector_text(function: &str) -> String {
+    format!("{MANAGED_BY}={MANAGER},{FUNCTION}={function}")
+}
+
+/// Every object of one user, across functions.
+pub fn user_selector_text(user: &str) -> String {
+    format!("{MANAGED_BY}={MANAGER},{USER}={user}")
+}
+
+/// The full label set of an instance's objects; `version` only where one version is meant.
+pub fn labels(instance: &str, function: &str, user: &str, version: Option<u32>) -> BTreeMap<String, String> {
+    let mut labels = instance_selector(instance);
+    labels.insert(FUNCTION.to_string(), function.to_string());
+    labels.insert(USER.to_string(), user.to_string());
+    if let Some(version) = version {
+        labels.insert(VERSION.to_string(), version.to_string());
+    }
+    labels
+}
+
+fn selector_text(labels: &BTreeMap<String, String>) -> String {
+    labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+}
+
+/// Whether `text` is a DNS-1123 label (what object names and label values here must be).
+pub fn is_dns1123_label(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes[bytes.len() - 1].is_ascii_alphanumeric()
+        && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+}
+
+/// Whether `text` is a valid label value (at most 63 of `[A-Za-z0-9._-]`, alphanumeric at both ends).
+pub fn is_label_value(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    bytes.is_empty()
+        || (bytes.len() <= 63
+            && bytes[0].is_ascii_alphanumeric()
+            && bytes[bytes.len() - 1].is_ascii_alphanumeric()
+            && bytes.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_names_are_function_dash_user() {
+        assert_eq!(base_name("hello", "alice"), "hello-alice");
+        assert_eq!(config_map_name("hello-alice", 3), "hello-alice-v3");
+    }
+
+    #[test]
+    fn the_longest_names_are_cut_with_a_hash_and_stay_distinct() {
+        let function = format!("f{}", "a".repeat(39));
+        let first = base_name(&function, &format!("u{}", "b".repeat(19)));
+        let second = base_name(&function, &format!("u{}", "c".repeat(19)));
+        for name in [&first, &second] {
+            assert!(name.len() <= MAX_BASE, "{name}");
+            assert!(is_dns1123_label(name), "{name}");
+            assert!(name.starts_with('f'), "Service names must start with a letter: {name}");
+            assert!(is_dns1123_label(&config_map_name(name, 999_999)), "{name}");
+        }
+        assert_ne!(first, second);
+    }
+
+    #[test]
+    fn a_cut_never_leaves_a_dash_before_the_hash() {
+        // 40 characters then '-' at the cut position.
+        let function = format!("{}-{}", "a".repeat(39), "b");
+        let name = base_name(&function, "someone-with-a-name");
+        assert!(!name.contains("--"), "{name}");
+        assert!(is_dns1123_label(&name), "{name}");
+    }
+
+    #[test]
+    fn labels_are_valid_and_selectors_are_subsets_of_them() {
+        let id = "0b6c9f52-5a0e-4f7e-9d4e-0c1b2a3d4e5f";
+        let labels = labels(id, "hello", "alice", Some(12));
+        for (key, value) in &labels {
+            assert!(is_label_value(value), "{key}={value}");
+        }
+        for (key, value) in instance_selector(id) {
+            assert_eq!(labels.get(&key), Some(&value));
+        }
+        assert_eq!(instance_selector_text(id), format!("app.kubernetes.io/managed-by=kubefn,kubefn.dev/instance={id}"));
+        assert_eq!(user_selector_text("alice"), "app.kubernetes.io/managed-by=kubefn,kubefn.dev/user=alice");
+    }
+
+    #[test]
+    fn label_values_are_checked() {
+        assert!(is_label_value("v1.2_3-x"));
+        assert!(!is_label_value("-x"));
+        assert!(!is_label_value(&"a".repeat(64)));
+        assert!(!is_dns1123_label("Hello"));
+    }
+}

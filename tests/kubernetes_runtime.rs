@@ -1,0 +1,599 @@
+//! The kubernetes runtime against a real control plane (etcd, kube-apiserver,
+//! kube-controller-manager, kube-scheduler, kwok for nodes and pods) that this test binary
+//! builds (cached) and starts through k8s/testcluster, and that stops when the binary exits.
+//! kubefn acts as its ServiceAccount from k8s/ (impersonated), so the RBAC there is proven
+//! enough; a few things it must not do are shown refused.
+//!
+//! Set KUBEFN_TEST_KUBECONFIG (and KUBEFN_TEST_CLUSTER_BIN) to use a cluster that runs already
+//! (`make cluster`).
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use kube::api::{Api, ListParams};
+use kube::Client;
+use kubefn::platform::model::{FunctionSpec, InstanceState, Runtime as Language, ScalingPolicy};
+use kubefn::platform::runtime::kubernetes::{access, client, names, KubernetesConfig, KubernetesRuntime};
+use kubefn::platform::runtime::{InstanceSpec, Runtime, RuntimeStatus};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+use support::call;
+
+mod support;
+
+const NAMESPACE: &str = "kubefn-functions";
+const SERVICE_ACCOUNT: &str = "system:serviceaccount:kubefn-system:kubefn";
+
+struct TestCluster {
+    kubeconfig: PathBuf,
+    bin: PathBuf,
+}
+
+impl TestCluster {
+    fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let mut command = Command::new(self.bin.join("kubectl"));
+        command.arg("--kubeconfig").arg(&self.kubeconfig).args(args);
+        command.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+        let mut child = command.spawn().expect("kubectl starts");
+        if let Some(text) = stdin {
+            child.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("write stdin");
+        }
+        drop(child.stdin.take());
+        let output = child.wait_with_output().expect("kubectl runs");
+        assert!(output.status.success(), "kubectl {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+}
+
+/// The control plane, started once per test binary.
+fn cluster() -> &'static TestCluster {
+    static CLUSTER: OnceLock<TestCluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let cluster = match std::env::var_os("KUBEFN_TEST_KUBECONFIG") {
+            Some(kubeconfig) => {
+                let bin = std::env::var_os("KUBEFN_TEST_CLUSTER_BIN").map(PathBuf::from).unwrap_or_else(|| build(root));
+                TestCluster { kubeconfig: kubeconfig.into(), bin }
+            }
+            None => {
+                let bin = build(root);
+                let dir = tempfile::Builder::new().prefix("kubefn-test-cluster.").tempdir().expect("temp dir").keep();
+                let output = Command::new(root.join("k8s/testcluster/start.sh"))
+                    .arg(&dir)
+                    .env("KUBEFN_CLUSTER_OWNER_PID", std::process::id().to_string())
+                    .output()
+                    .expect("start.sh runs");
+                assert!(
+                    output.status.success(),
+                    "the test control plane did not start (this test needs it, also outside CI):\n{}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
+                eprintln!("{}", String::from_utf8_lossy(&output.stderr).lines().last().unwrap_or_default());
+                TestCluster { kubeconfig: dir.join("kubeconfig"), bin }
+            }
+        };
+        // kubefn's own manifests: accepted by the real apiserver, and the RBAC the tests act under.
+        cluster.kubectl(&["apply", "-k", &root.join("k8s").display().to_string()], None);
+        cluster
+    })
+}
+
+fn build(root: &Path) -> PathBuf {
+    let output = Command::new(root.join("k8s/testcluster/build.sh")).output().expect("build.sh runs");
+    assert!(output.status.success(), "cannot build the test control plane:\n{}", String::from_utf8_lossy(&output.stderr));
+    PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
+}
+
+fn config(forward_ports: std::ops::RangeInclusive<u16>) -> KubernetesConfig {
+    KubernetesConfig {
+        kubeconfig: Some(cluster().kubeconfig.clone()),
+        namespace: NAMESPACE.into(),
+        impersonate: Some(SERVICE_ACCOUNT.into()),
+        forward_ports,
+        in_cluster: false,
+        hold: Duration::from_secs(10),
+        ..KubernetesConfig::new()
+    }
+}
+
+/// kubefn's runtime acting as its ServiceAccount, with no objects left of `functions` (from an
+/// earlier run against the same cluster).
+async fn runtime(forward_ports: std::ops::RangeInclusive<u16>, functions: &[&str]) -> KubernetesRuntime {
+    let runtime = KubernetesRuntime::connect(config(forward_ports)).await.expect("the runtime connects as kubefn's ServiceAccount");
+    for function in functions {
+        runtime.delete_matching(&names::function_selector_text(function)).await.expect("clean up an earlier run");
+    }
+    runtime
+}
+
+async fn admin() -> Client {
+    let config = KubernetesConfig { kubeconfig: Some(cluster().kubeconfig.clone()), ..KubernetesConfig::new() };
+    client(&config).await.expect("admin client")
+}
+
+fn python(name: &str, source: &str) -> FunctionSpec {
+    FunctionSpec {
+        name: name.into(),
+        runtime: Language::Python,
+        handler: None,
+        source: source.into(),
+        requirements: String::new(),
+        image: None,
+        env: Default::default(),
+        visibility: Default::default(),
+        resources: Default::default(),
+        scaling: ScalingPolicy { min: 1, max: 1, target_cpu_percent: None, ..ScalingPolicy::default() },
+        service: Default::default(),
+        timeout_s: 30,
+    }
+}
+
+fn instance(function: &FunctionSpec, user: &str, version: u32) -> InstanceSpec {
+    InstanceSpec {
+        id: uuid::Uuid::new_v4().to_string(),
+        function: function.name.clone(),
+        user: user.into(),
+        version,
+        spec: function.clone(),
+        replicas: 1,
+        paused: false,
+        node_port: None,
+    }
+}
+
+/// Polls the runtime's status until `done` holds (or fails the test, showing the last status).
+async fn until(runtime: &KubernetesRuntime, id: &str, what: &str, done: impl Fn(&RuntimeStatus) -> bool) -> RuntimeStatus {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = runtime.status(id);
+        if let Some(status) = &status
+            && done(status)
+        {
+            return status.clone();
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}; last status: {status:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn left_of(client: &Client, selector: &str) -> usize {
+    let params = ListParams::default().labels(selector);
+    let mut left = 0;
+    left += Api::<Deployment>::namespaced(client.clone(), NAMESPACE).list_metadata(&params).await.expect("list").items.len();
+    left += Api::<k8s_openapi::api::apps::v1::ReplicaSet>::namespaced(client.clone(), NAMESPACE).list_metadata(&params).await.expect("list").items.len();
+    left += Api::<Pod>::namespaced(client.clone(), NAMESPACE).list_metadata(&params).await.expect("list").items.len();
+    left += Api::<Service>::namespaced(client.clone(), NAMESPACE).list_metadata(&params).await.expect("list").items.len();
+    left += Api::<ConfigMap>::namespaced(client.clone(), NAMESPACE).list_metadata(&params).await.expect("list").items.len();
+    left += Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), NAMESPACE).list_metadata(&params).await.expect("list").items.len();
+    left
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_deploys_updates_rolls_back_scales_pauses_and_is_deleted_without_leftovers() {
+    let runtime = runtime(41000..=41099, &["life"]).await;
+    let admin = admin().await;
+    let v1 = python("life", "def handle(req):\n    return 'v1'\n");
+    let spec = instance(&v1, "alice", 1);
+    let id = spec.id.clone();
+    runtime.apply(spec.clone()).await.expect("apply");
+    let ready = until(&runtime, &id, "v1 Ready", |s| s.state == InstanceState::Ready && s.ready == 1).await;
+    assert_eq!(ready.serving_version, Some(1));
+    assert_eq!(ready.replicas.len(), 1);
+    assert_eq!(ready.replicas[0].state, "Ready");
+    let node_port = ready.node_port.expect("a NodePort Service gives a node address");
+    assert_eq!(node_port.ip().to_string(), "127.0.0.1", "kwok's nodes have this InternalIP");
+    assert!((30000..=32767).contains(&node_port.port()));
+    assert!(ready.port_forward.is_some());
+    assert!(ready.limits.contains("limits enforced by the kubelet"), "{}", ready.limits);
+    assert!(ready.limits.contains("metrics.k8s.io"), "no metrics-server here: {}", ready.limits);
+
+    // What the apiserver holds reads back as built.
+    let config_map = Api::<ConfigMap>::namespaced(admin.clone(), NAMESPACE).get("life-alice-v1").await.expect("ConfigMap v1");
+    assert!(config_map.data.expect("data")["function.py"].contains("'v1'"));
+    assert_eq!(config_map.immutable, Some(true));
+    let deployment = Api::<Deployment>::namespaced(admin.clone(), NAMESPACE).get("life-alice").await.expect("Deployment");
+    let labels = deployment.metadata.labels.clone().expect("labels");
+    assert_eq!(labels[names::MANAGED_BY], "kubefn");
+    assert_eq!(labels[names::USER], "alice");
+    assert_eq!(labels[names::FUNCTION], "life");
+    let pod_spec = deployment.spec.expect("spec").template.spec.expect("pod spec");
+    assert_eq!(pod_spec.security_context.expect("security").run_as_non_root, Some(true));
+    let container = &pod_spec.containers[0];
+    assert_eq!(container.readiness_probe.as_ref().and_then(|p| p.http_get.as_ref()).and_then(|h| h.path.clone()).as_deref(), Some("/_/ready"));
+    let service = Api::<Service>::namespaced(admin.clone(), NAMESPACE).get("life-alice").await.expect("Service");
+    assert_eq!(service.spec.expect("spec").type_.as_deref(), Some("NodePort"));
+
+    // Update: a new ConfigMap, a rolling update, every pod on v2.
+    let v2 = python("life", "def handle(req):\n    return 'v2'\n");
+    runtime.apply(InstanceSpec { version: 2, spec: v2, ..spec.clone() }).await.expect("update");
+    let updated = until(&runtime, &id, "v2 rolled out", |s| {
+        s.state == InstanceState::Ready && s.serving_version == Some(2) && s.replicas.iter().all(|r| r.version == 2)
+    })
+    .await;
+    assert_eq!(updated.ready, 1);
+    Api::<ConfigMap>::namespaced(admin.clone(), NAMESPACE).get("life-alice-v2").await.expect("ConfigMap v2");
+    assert!(updated.events.iter().any(|e| e.reason == "ScalingReplicaSet"), "the rollout's events show: {:#?}", updated.events);
+
+    // Rollback to v1.
+    runtime.apply(spec.clone()).await.expect("rollback");
+    until(&runtime, &id, "rolled back to v1", |s| s.state == InstanceState::Ready && s.serving_version == Some(1) && s.replicas.iter().all(|r| r.version == 1)).await;
+
+    // Scale to 3.
+    runtime.scale(&id, 3).await.expect("scale");
+    until(&runtime, &id, "3 replicas ready", |s| s.state == InstanceState::Ready && s.ready == 3 && s.desired == 3).await;
+
+    // Pause: no pods; resume: 3 again.
+    runtime.pause(&id).await.expect("pause");
+    until(&runtime, &id, "paused with no pods", |s| s.state == InstanceState::Paused && s.replicas.is_empty()).await;
+    runtime.resume(&id).await.expect("resume");
+    until(&runtime, &id, "resumed with 3 ready", |s| s.state == InstanceState::Ready && s.ready == 3).await;
+    assert!(runtime.instance_ids().contains(&id));
+
+    // Delete: returns once nothing of the instance is left.
+    runtime.delete(&id).await.expect("delete");
+    assert_eq!(left_of(&admin, &names::instance_selector_text(&id)).await, 0, "objects of the instance left after delete");
+    assert!(runtime.status(&id).is_none() || runtime.status(&id).is_some_and(|s| s.replicas.is_empty()));
+    runtime.delete(&id).await.expect("deleting again is fine");
+    runtime.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn autoscaled_instances_get_a_valid_hpa_that_pause_suspends() {
+    let runtime = runtime(41100..=41199, &["hpa"]).await;
+    let admin = admin().await;
+    let mut function = python("hpa", "def handle(req):\n    return 'ok'\n");
+    function.scaling = ScalingPolicy { min: 2, max: 5, target_cpu_percent: Some(60), target_memory_percent: Some(80), ..ScalingPolicy::default() };
+    let spec = instance(&function, "alice", 1);
+    let id = spec.id.clone();
+    runtime.apply(spec.clone()).await.expect("apply");
+    until(&runtime, &id, "2 replicas (the HPA's min)", |s| s.state == InstanceState::Ready && s.ready == 2).await;
+    let hpa = Api::<HorizontalPodAutoscaler>::namespaced(admin.clone(), NAMESPACE).get("hpa-alice").await.expect("the HPA exists");
+    let hpa_spec = hpa.spec;
+    assert_eq!((hpa_spec.min_replicas, hpa_spec.max_replicas), (Some(2), 5));
+    assert_eq!(hpa_spec.scale_target_ref.name, "hpa-alice");
+    let metrics: Vec<String> = hpa_spec.metrics.expect("metrics").iter().filter_map(|m| m.resource.as_ref().map(|r| r.name.clone())).collect();
+    assert_eq!(metrics, ["cpu", "memory"]);
+
+    runtime.pause(&id).await.expect("pause");
+    until(&runtime, &id, "paused", |s| s.state == InstanceState::Paused && s.replicas.is_empty()).await;
+    Api::<HorizontalPodAutoscaler>::namespaced(admin.clone(), NAMESPACE).get("hpa-alice").await.expect("the HPA stays, suspended by zero replicas");
+    runtime.resume(&id).await.expect("resume");
+    until(&runtime, &id, "resumed at min", |s| s.state == InstanceState::Ready && s.ready == 2).await;
+
+    // Autoscaling off: the HPA goes, the count is the instance's.
+    let mut fixed = function.clone();
+    fixed.scaling.target_cpu_percent = None;
+    fixed.scaling.target_memory_percent = None;
+    runtime.apply(InstanceSpec { version: 2, spec: fixed, replicas: 1, ..spec }).await.expect("apply without autoscaling");
+    until(&runtime, &id, "one replica of v2", |s| s.state == InstanceState::Ready && s.ready == 1 && s.serving_version == Some(2)).await;
+    assert!(Api::<HorizontalPodAutoscaler>::namespaced(admin.clone(), NAMESPACE).get_opt("hpa-alice").await.expect("get").is_none());
+    runtime.delete(&id).await.expect("delete");
+    runtime.shutdown().await;
+}
+
+/// A real bootstrap process on this machine, which kwok's PortForward sends a pod's port to.
+struct LocalReplica {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for LocalReplica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn local_replica(source: &str) -> LocalReplica {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("function.py"), source).expect("source");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+    let child = Command::new("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/runtimes/python/bootstrap.py"))
+        .env("PORT", port.to_string())
+        .env("KUBEFN_BIND", "127.0.0.1")
+        .env("KUBEFN_SOURCE", dir.path().join("function.py"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("python3 starts");
+    let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !matches!(call(address, "GET", "/_/ready", "text/plain", "").await, Ok((200, _))) {
+        assert!(Instant::now() < deadline, "the local bootstrap did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    LocalReplica { child, port, _dir: dir }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_port_forward_reaches_a_pod_and_logs_follow_every_pod() {
+    let runtime = runtime(41200..=41299, &["pf"]).await;
+    let function = python("pf", "def handle(req):\n    return 'from the pod'\n");
+    let spec = instance(&function, "alice", 1);
+    let id = spec.id.clone();
+    runtime.apply(spec.clone()).await.expect("apply");
+    let status = until(&runtime, &id, "Ready", |s| s.state == InstanceState::Ready && s.ready == 1).await;
+    let pod = status.replicas[0].name.clone();
+
+    // kwok sends the pod's port 8080 to a real bootstrap here, and serves a file as its logs.
+    let replica = local_replica("def handle(req):\n    return 'from the pod'\n").await;
+    let logs = tempfile::NamedTempFile::new().expect("log file");
+    let line = |text: &str| format!("{} stdout F {text}\n", chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true));
+    std::fs::write(logs.path(), line("first line")).expect("write logs");
+    cluster().kubectl(
+        &["apply", "-f", "-"],
+        Some(&format!(
+            "apiVersion: kwok.x-k8s.io/v1alpha1\nkind: PortForward\nmetadata: {{name: {pod}, namespace: {NAMESPACE}}}\nspec:\n  forwards:\n  - ports: [8080]\n    target: {{port: {}, address: 127.0.0.1}}\n---\napiVersion: kwok.x-k8s.io/v1alpha1\nkind: Logs\nmetadata: {{name: {pod}, namespace: {NAMESPACE}}}\nspec:\n  logs:\n  - containers: [function]\n    logsFile: {}\n    follow: true\n",
+            replica.port,
+            logs.path().display()
+        )),
+    );
+
+    let address = runtime.connect(&id).await.expect("connect");
+    assert_eq!(Some(address), status.port_forward);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let answer = loop {
+        match call(address, "POST", "/", "text/plain", "hi").await {
+            Ok((200, body)) => break body,
+            other => {
+                assert!(Instant::now() < deadline, "the port-forward never answered: {other:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    assert_eq!(answer, "from the pod");
+    for _ in 0..5 {
+        assert_eq!(call(address, "POST", "/", "text/plain", "again").await.expect("call").0, 200, "each connection re-resolves a pod");
+    }
+    // Each connection is recorded once it ends (a client that closed keeps it a moment longer).
+    let mut finished = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while finished.len() < 6 && Instant::now() < deadline {
+        finished.extend(runtime.take_finished_connections(&id).expect("counted").durations_ms);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(finished.len(), 6, "{finished:?}");
+
+    // Logs: the file's line, then one appended while following, each once, tagged with the pod.
+    let mut follow = runtime.logs(&id, true, None).expect("logs");
+    let first = tokio::time::timeout(Duration::from_secs(20), follow.next()).await.expect("a line in time").expect("a line");
+    assert_eq!((first.text.as_str(), first.replica.as_str()), ("first line", pod.as_str()));
+    let mut file = std::fs::OpenOptions::new().append(true).open(logs.path()).expect("open");
+    file.write_all(line("second line").as_bytes()).expect("append");
+    let second = tokio::time::timeout(Duration::from_secs(20), follow.next()).await.expect("the appended line in time").expect("a line");
+    assert_eq!(second.text, "second line");
+    drop(follow);
+    let all: Vec<String> = runtime.logs(&id, false, None).expect("logs").map(|l| l.text).collect().await;
+    assert_eq!(all, ["first line", "second line"], "no line twice");
+
+    runtime.delete(&id).await.expect("delete");
+    cluster().kubectl(&["delete", "-n", NAMESPACE, "portforwards.kwok.x-k8s.io,logs.kwok.x-k8s.io", &pod, "--ignore-not-found"], None);
+    runtime.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_instance_goes_to_zero_and_a_connection_wakes_it() {
+    let config = KubernetesConfig { usage_period: Duration::from_millis(200), hold: Duration::from_secs(2), ..config(41800..=41899) };
+    let runtime = KubernetesRuntime::connect(config).await.expect("connect");
+    runtime.delete_matching(&names::function_selector_text("idle")).await.expect("clean up an earlier run");
+    let mut function = python("idle", "def handle(req):\n    return 'x'\n");
+    function.scaling = ScalingPolicy { min: 0, max: 1, target_cpu_percent: None, scale_to_zero_after_s: Some(1), ..ScalingPolicy::default() };
+    let spec = instance(&function, "alice", 1);
+    let id = spec.id.clone();
+    runtime.apply(spec.clone()).await.expect("apply");
+    let zero = until(&runtime, &id, "scaled to zero after 1 s idle", |s| s.desired == 0 && s.replicas.is_empty() && s.state == InstanceState::Ready).await;
+    assert_eq!((zero.state, zero.message.as_str()), (InstanceState::Ready, "scaled to zero"));
+    // The reconcile loop's next apply (with the stored count, 1) keeps it at zero.
+    runtime.apply(spec.clone()).await.expect("re-apply");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(runtime.status(&id).expect("status").desired, 0);
+    // A connection arrives: the instance wakes (kwok pods run nothing, so the call itself is
+    // not answered here; waking is the point).
+    let address = runtime.connect(&id).await.expect("connect");
+    let _ = tokio::time::timeout(Duration::from_secs(3), call(address, "GET", "/", "text/plain", "")).await;
+    until(&runtime, &id, "woken to one ready replica", |s| s.ready == 1 && s.desired == 1).await;
+    runtime.delete(&id).await.expect("delete");
+    runtime.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_or_a_user_is_deleted_by_label_and_nothing_is_left() {
+    let runtime = runtime(41300..=41399, &["sel", "sel-other"]).await;
+    let admin = admin().await;
+    let shared = python("sel", "def handle(req):\n    return 'x'\n");
+    let other = python("sel-other", "def handle(req):\n    return 'y'\n");
+    let a = instance(&shared, "carol", 1);
+    let b = instance(&shared, "dave", 1);
+    let c = instance(&other, "carol", 1);
+    for spec in [&a, &b, &c] {
+        runtime.apply(spec.clone()).await.expect("apply");
+    }
+    for spec in [&a, &b, &c] {
+        until(&runtime, &spec.id, "Ready", |s| s.state == InstanceState::Ready).await;
+    }
+    runtime.delete_matching(&names::function_selector_text("sel")).await.expect("delete the function's instances");
+    assert_eq!(left_of(&admin, &names::function_selector_text("sel")).await, 0);
+    assert!(runtime.status(&c.id).is_some(), "another function's instance stays");
+    runtime.delete_matching(&names::user_selector_text("carol")).await.expect("delete the user's instances");
+    assert_eq!(left_of(&admin, &names::user_selector_text("carol")).await, 0);
+    runtime.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_no_node_can_take_waits_with_the_reason_in_plain_words() {
+    let runtime = runtime(41400..=41499, &["huge"]).await;
+    let mut function = python("huge", "def handle(req):\n    return 'x'\n");
+    function.resources.cpu = "64".into();
+    function.resources.cpu_limit = "64".into();
+    let spec = instance(&function, "alice", 1);
+    let id = spec.id.clone();
+    runtime.apply(spec).await.expect("apply");
+    let status = until(&runtime, &id, "unschedulable", |s| s.events.iter().any(|e| e.reason == "FailedScheduling")).await;
+    assert_eq!(status.state, InstanceState::Deploying);
+    assert!(status.message.starts_with("waiting for a node"), "{}", status.message);
+    let event = status.events.iter().find(|e| e.reason == "FailedScheduling").expect("event");
+    assert!(event.message.starts_with("no node can take replica"), "{}", event.message);
+    assert!(event.message.contains("Insufficient cpu"), "{}", event.message);
+    runtime.delete(&id).await.expect("delete");
+    runtime.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_user_namespaces_are_created_labelled_and_a_quota_failure_is_explained() {
+    let _ = cluster();
+    let admin = admin().await;
+    // Per-user namespaces need cluster-wide rights (k8s/per-user-namespaces); acting as admin here.
+    let config = KubernetesConfig { impersonate: None, user_namespace_prefix: Some("kfn-test-".into()), ..config(41500..=41599) };
+    let runtime = KubernetesRuntime::connect(config).await.expect("connect");
+    runtime.delete_matching(&names::function_selector_text("quota")).await.expect("clean up an earlier run");
+    let _ = cluster().kubectl(&["delete", "quota", "no-pods", "-n", "kfn-test-erin", "--ignore-not-found"], None);
+    let function = python("quota", "def handle(req):\n    return 'x'\n");
+    let spec = instance(&function, "erin", 1);
+    runtime.apply(spec.clone()).await.expect("apply in erin's namespace");
+    until(&runtime, &spec.id, "Ready in kfn-test-erin", |s| s.state == InstanceState::Ready).await;
+    let namespace = Api::<k8s_openapi::api::core::v1::Namespace>::all(admin.clone()).get("kfn-test-erin").await.expect("namespace");
+    let labels = namespace.metadata.labels.expect("labels");
+    assert_eq!(labels[names::NAMESPACE_USER], "erin");
+    assert_eq!(labels[names::MANAGED_BY], "kubefn");
+    assert_eq!(runtime.namespace_of("erin"), "kfn-test-erin");
+
+    // A quota that allows no more pods: the next version cannot create its replica.
+    cluster().kubectl(&["create", "quota", "no-pods", "-n", "kfn-test-erin", "--hard=pods=1"], None);
+    let v2 = python("quota", "def handle(req):\n    return 'v2'\n");
+    runtime.apply(InstanceSpec { version: 2, spec: v2, ..spec.clone() }).await.expect("apply v2");
+    let failed = until(&runtime, &spec.id, "quota failure", |s| s.state == InstanceState::Failed).await;
+    assert!(failed.message.contains("quota is used up"), "{}", failed.message);
+    assert!(failed.message.ends_with("version 1 keeps serving"), "{}", failed.message);
+    runtime.delete(&spec.id).await.expect("delete");
+    runtime.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubefns_service_account_may_do_what_it_needs_and_no_more() {
+    let _ = cluster();
+    let client = client(&config(41600..=41699)).await.expect("impersonating client");
+    // Enough: the start-up check passes (every verb of access::NEEDED in kubefn-functions).
+    access::check(&client, &config(41600..=41699)).await.expect("k8s/'s RBAC is enough");
+    // No more.
+    let refused = [
+        ("get", "", "secrets", Some("kube-system")),
+        ("list", "", "secrets", Some(NAMESPACE)),
+        ("delete", "", "nodes", None),
+        ("create", "", "namespaces", None),
+        ("create", "apps", "deployments", Some("default")),
+        ("create", "rbac.authorization.k8s.io", "rolebindings", Some(NAMESPACE)),
+        ("create", "", "pods/exec", Some(NAMESPACE)),
+    ];
+    for (verb, group, resource, namespace) in refused {
+        assert!(!access::may(&client, verb, group, resource, namespace).await, "kubefn must not {verb} {resource} in {namespace:?}");
+    }
+    // An API call outside its namespace is refused by the apiserver itself.
+    let outside = Api::<ConfigMap>::namespaced(client.clone(), "default").list(&ListParams::default()).await;
+    assert!(matches!(outside, Err(kube::Error::Api(ref status)) if status.code == 403), "{outside:?}");
+}
+
+/// The whole product on the kubernetes runtime: sign up, register, Deploy through the REST API,
+/// the reconcile loop reports Ready with a port-forward URL, the gateway invokes the pod (kwok
+/// sends it to a real bootstrap here), and undeploy leaves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_deploys_and_invokes_through_the_gateway_on_the_kubernetes_runtime() {
+    use axum::body::Body;
+    use axum::http::{header, Method, Request, StatusCode};
+    use clap::Parser;
+    use http_body_util::BodyExt;
+    use serde_json::{json, Value};
+    use tower::ServiceExt;
+
+    let cluster = cluster();
+    let user = format!("frank{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
+    let namespace = format!("kfn-srv-{user}");
+    let replica = local_replica("def handle(req):\n    return 'gateway to pod: ' + req\n").await;
+    cluster.kubectl(
+        &["apply", "-f", "-"],
+        Some(&format!(
+            "apiVersion: kwok.x-k8s.io/v1alpha1\nkind: ClusterPortForward\nmetadata: {{name: {namespace}}}\nspec:\n  selector: {{matchNamespaces: [{namespace}]}}\n  forwards:\n  - ports: [8080]\n    target: {{port: {}, address: 127.0.0.1}}\n",
+            replica.port
+        )),
+    );
+    let dir = tempfile::tempdir().expect("dir");
+    let data_dir = dir.path().display().to_string();
+    let kubeconfig = cluster.kubeconfig.display().to_string();
+    let config = kubefn::server::Config::try_parse_from([
+        "kubefn", "--data-dir", &data_dir, "--runtime", "kubernetes", "--kubeconfig", &kubeconfig,
+        "--user-namespace-prefix", "kfn-srv-", "--port-forward-range", "41700-41799", "--reconcile-seconds", "1", "--log", "warn",
+    ])
+    .expect("configuration");
+    let options = leptos::config::get_configuration(None).expect("site options").leptos_options;
+    let server = kubefn::server::build_app(&config, options).await.expect("the server starts on the kubernetes runtime");
+    let router = server.router.clone();
+    let send = |method: Method, path: String, body: Option<Value>, cookie: Option<String>| {
+        let router = router.clone();
+        async move {
+            let mut request = Request::builder().method(method).uri(path);
+            if let Some(cookie) = cookie {
+                request = request.header(header::COOKIE, cookie);
+            }
+            let request = match body {
+                Some(body) => request.header(header::CONTENT_TYPE, "application/json").body(Body::from(body.to_string())),
+                None => request.body(Body::from("hi")),
+            }
+            .expect("request");
+            let response = router.oneshot(request).await.expect("answer");
+            let status = response.status();
+            let cookie = response.headers().get(header::SET_COOKIE).and_then(|v| v.to_str().ok()).and_then(|v| v.split(';').next()).map(str::to_string);
+            let bytes = response.into_body().collect().await.expect("body").to_bytes();
+            let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+            (status, body, cookie)
+        }
+    };
+    let (status, _, cookie) = send(Method::POST, "/api/v1/signup".into(), Some(json!({"name": user, "password": "frank-password"})), None).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let cookie = cookie.expect("session cookie");
+    let function = json!({"name": "gw", "runtime": "python", "source": "def handle(req):\n    return req\n",
+        "scaling": {"min": 1, "max": 1, "target_cpu_percent": null}});
+    let (status, body, _) = send(Method::POST, "/api/v1/functions".into(), Some(function), Some(cookie.clone())).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body, _) = send(Method::POST, "/api/v1/functions/gw/deploy".into(), None, Some(cookie.clone())).await;
+    assert!(status.is_success(), "{body}");
+    let id = body["id"].as_str().expect("id").to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let ready = loop {
+        let (_, body, _) = send(Method::GET, format!("/api/v1/instances/{id}"), None, Some(cookie.clone())).await;
+        if body["state"] == "Ready" && body["urls"]["port_forward"].is_string() {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "not Ready: {body:#}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(ready["urls"]["node_port"].as_str().is_some_and(|u| u.starts_with("http://127.0.0.1:3")), "{ready:#}");
+    assert_eq!(ready["replicas"]["ready"], 1);
+
+    let (status, answer, _) = send(Method::POST, format!("/fn/{user}/gw/"), None, Some(cookie.clone())).await;
+    assert_eq!((status, answer), (StatusCode::OK, Value::String("gateway to pod: hi".into())));
+
+    let (status, body, _) = send(Method::DELETE, "/api/v1/functions/gw/deploy".into(), None, Some(cookie.clone())).await;
+    assert!(status.is_success(), "{body}");
+    let admin = admin().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let params = ListParams::default().labels(&names::instance_selector_text(&id));
+        let left = Api::<Deployment>::namespaced(admin.clone(), &namespace).list_metadata(&params).await.expect("list").items.len()
+            + Api::<Pod>::namespaced(admin.clone(), &namespace).list_metadata(&params).await.expect("list").items.len()
+            + Api::<Service>::namespaced(admin.clone(), &namespace).list_metadata(&params).await.expect("list").items.len()
+            + Api::<ConfigMap>::namespaced(admin.clone(), &namespace).list_metadata(&params).await.expect("list").items.len();
+        if left == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{left} objects left after undeploy");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    server.shutdown().await;
+    cluster.kubectl(&["delete", "clusterportforward", &namespace, "--ignore-not-found"], None);
+}
