@@ -13,6 +13,7 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use kube::api::{Api, ListParams};
 use kube::Client;
+use kubefn::platform::autoscale::MetricKind;
 use kubefn::platform::model::{FunctionSpec, InstanceState, Runtime as Language, ScalingPolicy};
 use kubefn::platform::runtime::kubernetes::{access, client, names, KubernetesConfig, KubernetesRuntime};
 use kubefn::platform::runtime::{InstanceSpec, Runtime, RuntimeStatus};
@@ -148,7 +149,8 @@ fn instance(function: &FunctionSpec, user: &str, version: u32) -> InstanceSpec {
 
 /// Polls the runtime's status until `done` holds (or fails the test, showing the last status).
 async fn until(runtime: &KubernetesRuntime, id: &str, what: &str, done: impl Fn(&RuntimeStatus) -> bool) -> RuntimeStatus {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    // Long enough for metrics-server's two scrapes and an HPA sync (about 30 s here).
+    let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let status = runtime.status(id);
         if let Some(status) = &status
@@ -190,7 +192,7 @@ async fn an_instance_deploys_updates_rolls_back_scales_pauses_and_is_deleted_wit
     assert!((30000..=32767).contains(&node_port.port()));
     assert!(ready.port_forward.is_some());
     assert!(ready.limits.contains("limits enforced by the kubelet"), "{}", ready.limits);
-    assert!(ready.limits.contains("metrics.k8s.io"), "no metrics-server here: {}", ready.limits);
+    assert!(!ready.limits.contains("usage not available"), "metrics-server serves metrics.k8s.io here: {}", ready.limits);
 
     // What the apiserver holds reads back as built.
     let config_map = Api::<ConfigMap>::namespaced(admin.clone(), NAMESPACE).get("life-alice-v1").await.expect("ConfigMap v1");
@@ -272,6 +274,52 @@ async fn autoscaled_instances_get_a_valid_hpa_that_pause_suspends() {
     runtime.apply(InstanceSpec { version: 2, spec: fixed, replicas: 1, ..spec }).await.expect("apply without autoscaling");
     until(&runtime, &id, "one replica of v2", |s| s.state == InstanceState::Ready && s.ready == 1 && s.serving_version == Some(2)).await;
     assert!(Api::<HorizontalPodAutoscaler>::namespaced(admin.clone(), NAMESPACE).get_opt("hpa-alice").await.expect("get").is_none());
+    runtime.delete(&id).await.expect("delete");
+    runtime.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hpa_scales_on_measured_cpu_and_usage_comes_from_metrics_server() {
+    let runtime = runtime(41800..=41899, &["busy"]).await;
+    let mut function = python("busy", "def handle(req):\n    return 'busy'\n");
+    function.resources.cpu = "100m".into();
+    function.scaling = ScalingPolicy { min: 1, max: 3, target_cpu_percent: Some(50), ..ScalingPolicy::default() };
+    let spec = instance(&function, "alice", 1);
+    let id = spec.id.clone();
+    runtime.apply(spec).await.expect("apply");
+    let ready = until(&runtime, &id, "1 replica (the HPA's min)", |s| s.state == InstanceState::Ready && s.ready == 1).await;
+    assert!(!ready.limits.contains("usage not available"), "{}", ready.limits);
+
+    // kwok reports a pod's usage from its annotations: 200m of a 100m request is 200 %,
+    // four times the target, so the HPA asks for its max.
+    let pod = &ready.replicas[0].name;
+    cluster().kubectl(&["annotate", "pod", "-n", NAMESPACE, pod, "kwok.x-k8s.io/usage-cpu=200m", "kwok.x-k8s.io/usage-memory=50Mi"], None);
+    let wants = until(&runtime, &id, "the HPA to ask for 3", |s| s.autoscaler.as_ref().is_some_and(|a| a.desired == 3)).await;
+    let autoscaler = wants.autoscaler.expect("autoscaler status");
+    let cpu = autoscaler.metrics.iter().find(|m| m.kind == MetricKind::CpuUtilization).expect("the CPU metric");
+    assert_eq!(cpu.target, 50.0);
+    assert!(cpu.current.is_some_and(|c| c >= 150.0), "the HPA measured the annotated usage: {autoscaler:?}");
+    assert!(autoscaler.load_percent().is_some_and(|l| l >= 300.0), "{autoscaler:?}");
+    let scaled = until(&runtime, &id, "3 replicas ready", |s| s.state == InstanceState::Ready && s.ready == 3 && s.desired == 3).await;
+    assert!(
+        scaled.events.iter().any(|e| e.reason == "SuccessfulRescale" && e.message.starts_with("the autoscaler")),
+        "the rescale is told in words: {:#?}",
+        scaled.events
+    );
+
+    // The runtime's own usage readings (behind the usage charts) come from metrics.k8s.io.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let usage = loop {
+        let usage = runtime.usage(&id).expect("usage");
+        if usage.iter().any(|u| &u.replica == pod && u.cpu_millicores.is_some_and(|c| c >= 150.0)) {
+            break usage;
+        }
+        assert!(Instant::now() < deadline, "no PodMetrics of {pod} at 200m: {usage:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let busy = usage.iter().find(|u| &u.replica == pod).expect("the busy pod");
+    assert!((busy.cpu_millicores.expect("cpu") - 200.0).abs() < 20.0, "{busy:?}");
+    assert_eq!(busy.memory_bytes, 50 * 1024 * 1024);
     runtime.delete(&id).await.expect("delete");
     runtime.shutdown().await;
 }
@@ -557,7 +605,7 @@ async fn the_server_deploys_and_invokes_through_the_gateway_on_the_kubernetes_ru
     assert_eq!(status, StatusCode::CREATED);
     let cookie = cookie.expect("session cookie");
     let function = json!({"name": "gw", "runtime": "python", "source": "def handle(req):\n    return req\n",
-        "scaling": {"min": 1, "max": 1, "target_cpu_percent": null}});
+        "resources": {"cpu": "100m"}, "scaling": {"min": 1, "max": 3, "target_cpu_percent": 50}});
     let (status, body, _) = send(Method::POST, "/api/v1/functions".into(), Some(function), Some(cookie.clone())).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let (status, body, _) = send(Method::POST, "/api/v1/functions/gw/deploy".into(), None, Some(cookie.clone())).await;
@@ -578,6 +626,26 @@ async fn the_server_deploys_and_invokes_through_the_gateway_on_the_kubernetes_ru
     let (status, answer, _) = send(Method::POST, format!("/fn/{user}/gw/"), None, Some(cookie.clone())).await;
     assert_eq!((status, answer), (StatusCode::OK, Value::String("gateway to pod: hi".into())));
 
+    // Load on the pod (kwok reports it from an annotation): the usage series behind the
+    // charts shows the CPU from metrics.k8s.io, the HPA's load against its target and the
+    // replicas it asked for.
+    let selector = names::instance_selector_text(&id);
+    cluster.kubectl(&["annotate", "pod", "-n", &namespace, "-l", &selector, "kwok.x-k8s.io/usage-cpu=200m"], None);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let (status, samples, _) = send(Method::GET, format!("/api/v1/instances/{id}/usage"), None, Some(cookie.clone())).await;
+        assert_eq!(status, StatusCode::OK, "{samples}");
+        let samples = samples.as_array().cloned().unwrap_or_default();
+        let loaded = samples.iter().any(|s| s["cpu_millicores"].as_f64().is_some_and(|c| c >= 150.0));
+        let hpa_load = samples.iter().any(|s| s["autoscaler_load_percent"].as_f64().is_some_and(|l| l >= 300.0));
+        let scaled = samples.iter().any(|s| s["replicas_desired"] == 3);
+        if loaded && hpa_load && scaled {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the usage series never showed the load and the scale-up: {:#}", Value::Array(samples));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
     let (status, body, _) = send(Method::DELETE, "/api/v1/functions/gw/deploy".into(), None, Some(cookie.clone())).await;
     assert!(status.is_success(), "{body}");
     let admin = admin().await;
@@ -596,4 +664,28 @@ async fn the_server_deploys_and_invokes_through_the_gateway_on_the_kubernetes_ru
     }
     server.shutdown().await;
     cluster.kubectl(&["delete", "clusterportforward", &namespace, "--ignore-not-found"], None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_names_a_missing_permission_and_a_cluster_that_does_not_answer() {
+    let _ = cluster();
+    let nobody = KubernetesConfig { impersonate: Some("system:serviceaccount:default:nobody".into()), ..config(41900..=41949) };
+    let error = KubernetesRuntime::connect(nobody).await.expect_err("an account without rights cannot start the runtime");
+    let text = kubefn::platform::error_chain(&error);
+    assert!(text.contains("kubefn may not get configmaps in namespace kubefn-functions; apply k8s/"), "{text}");
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+    let dir = tempfile::tempdir().expect("dir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: gone\n  cluster: {{server: 'https://127.0.0.1:{closed}', insecure-skip-tls-verify: true}}\nusers:\n- name: u\n  user: {{token: x}}\ncontexts:\n- name: c\n  context: {{cluster: gone, user: u}}\ncurrent-context: c\n"
+        ),
+    )
+    .expect("kubeconfig");
+    let gone = KubernetesConfig { kubeconfig: Some(kubeconfig), impersonate: None, ..config(41950..=41999) };
+    let error = KubernetesRuntime::connect(gone).await.expect_err("no cluster there");
+    let text = kubefn::platform::error_chain(&error);
+    assert!(text.contains(&format!("no cluster answers at https://127.0.0.1:{closed}/")), "{text}");
 }

@@ -2,8 +2,10 @@
 # Starts a real Kubernetes control plane on 127.0.0.1 for kubefn's tests and for people:
 # etcd, kube-apiserver (RBAC), kube-controller-manager, kube-scheduler and kwok, which plays the
 # nodes and the pod lifecycle without containers (and serves port-forward and logs through its
-# PortForward and Logs resources). Prints the admin kubeconfig's path when /readyz answers and
-# the nodes are Ready.
+# PortForward and Logs resources, and kubelet resource metrics from the pod annotations
+# `kwok.x-k8s.io/usage-cpu` / `usage-memory`), plus metrics-server serving metrics.k8s.io from
+# those through the aggregation layer. Prints the admin kubeconfig's path when /readyz answers
+# and the nodes are Ready.
 #
 #   start.sh [DIR]    DIR holds certificates, data, logs and the kubeconfig (default: a new
 #                     temporary directory). Stop with stop.sh DIR.
@@ -75,7 +77,7 @@ openssl_quiet genrsa -out "$pki/sa.key" 2048
 openssl_quiet rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub"
 
 etcd_port=$(free_port); etcd_peer_port=$(free_port); api_port=$(free_port)
-cm_port=$(free_port); sched_port=$(free_port); kwok_port=$(free_port)
+cm_port=$(free_port); sched_port=$(free_port); kwok_port=$(free_port); metrics_port=$(free_port)
 server="https://127.0.0.1:$api_port"
 
 cat > "$dir/kubeconfig" <<KC
@@ -152,6 +154,8 @@ launch kube-controller-manager "$bin/kube-controller-manager" \
   --cluster-signing-cert-file "$pki/ca.crt" --cluster-signing-key-file "$pki/ca.key" \
   --controllers '*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller,-node-route-controller' \
   --horizontal-pod-autoscaler-sync-period 5s \
+  --horizontal-pod-autoscaler-cpu-initialization-period 10s \
+  --horizontal-pod-autoscaler-initial-readiness-delay 5s \
   --profiling=false
 
 # --- kube-scheduler
@@ -168,6 +172,9 @@ kwok_src="$(cd "$here" && go list -m -f '{{.Dir}}' sigs.k8s.io/kwok)"
            pod/fast/pod-ready.yaml pod/fast/pod-complete.yaml pod/fast/pod-delete.yaml; do
     cat "$kwok_src/kustomize/stage/$f"; echo "---"
   done
+  # The kubelet's /metrics/resource, with usage taken from pod annotations (default 1m / 1Mi).
+  cat "$kwok_src/kustomize/metrics/resource/metrics-resource.yaml"; echo "---"
+  cat "$kwok_src/kustomize/metrics/usage/usage-from-annotation.yaml"
 } > "$dir/kwok.yaml"
 crds=(portforwards clusterportforwards logs clusterlogs)
 for crd in "${crds[@]}"; do
@@ -195,6 +202,8 @@ metadata:
   annotations:
     node.alpha.kubernetes.io/ttl: "0"
     kwok.x-k8s.io/node: fake
+    # Where metrics-server scrapes this node's resource metrics (kwok serves them per node).
+    metrics.k8s.io/resource-metrics-path: /metrics/nodes/kwok-node-$i/metrics/resource
   labels:
     type: kwok
     kubernetes.io/hostname: kwok-node-$i
@@ -210,6 +219,31 @@ done > "$dir/nodes.yaml"
 "$bin/kubectl" --kubeconfig "$kc" apply -f "$dir/nodes.yaml" > /dev/null || fail "cannot create the kwok nodes"
 "$bin/kubectl" --kubeconfig "$kc" wait --for condition=Ready --timeout 60s node -l type=kwok > /dev/null \
   || fail "the kwok nodes did not become Ready"
+# --- metrics-server, reached by the aggregation layer through an ExternalName Service on loopback
+launch metrics-server "$bin/metrics-server" \
+  --bind-address 127.0.0.1 --secure-port "$metrics_port" \
+  --kubeconfig "$kc" --authentication-kubeconfig "$kc" --authorization-kubeconfig "$kc" \
+  --tls-cert-file "$pki/serving.crt" --tls-private-key-file "$pki/serving.key" \
+  --kubelet-insecure-tls --kubelet-use-node-status-port --kubelet-preferred-address-types InternalIP \
+  --metric-resolution 10s --kubelet-request-timeout 5s
+"$bin/kubectl" --kubeconfig "$kc" apply -f - > /dev/null <<APISERVICE || fail "cannot register metrics.k8s.io"
+apiVersion: v1
+kind: Service
+metadata: {name: metrics-server, namespace: kube-system}
+spec: {type: ExternalName, externalName: localhost}
+---
+apiVersion: apiregistration.k8s.io/v1
+kind: APIService
+metadata: {name: v1beta1.metrics.k8s.io}
+spec:
+  group: metrics.k8s.io
+  version: v1beta1
+  service: {name: metrics-server, namespace: kube-system, port: $metrics_port}
+  insecureSkipTLSVerify: true
+  groupPriorityMinimum: 100
+  versionPriority: 100
+APISERVICE
+
 # Pods need the default service account of their namespace, which the controller makes.
 for _ in $(seq 1 300); do
   "$bin/kubectl" --kubeconfig "$kc" get serviceaccount default -n default > /dev/null 2>&1 && break

@@ -46,7 +46,8 @@ pub enum MetricKind {
 }
 
 impl MetricKind {
-    fn label(self) -> &'static str {
+    /// Its name in words.
+    pub fn label(self) -> &'static str {
         match self {
             MetricKind::CpuUtilization => "CPU utilization",
             MetricKind::MemoryUtilization => "memory utilization",
@@ -64,6 +65,66 @@ pub struct MetricSample {
     pub target: f64,
     /// The value per reporting replica.
     pub per_replica: Vec<f64>,
+}
+
+impl MetricSample {
+    /// The average over the reporting replicas, `None` when none reported.
+    pub fn average(&self) -> Option<f64> {
+        (!self.per_replica.is_empty()).then(|| self.per_replica.iter().sum::<f64>() / self.per_replica.len() as f64)
+    }
+
+    /// What this sample shows of the metric, for status and charts.
+    pub fn reading(&self) -> MetricReading {
+        MetricReading { kind: self.kind, current: self.average(), target: self.target }
+    }
+}
+
+/// One metric of an autoscaler as last measured: its average per replica against its target.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MetricReading {
+    /// What is measured.
+    pub kind: MetricKind,
+    /// The average per replica, `None` until measured (no metrics source, or no ready replica).
+    pub current: Option<f64>,
+    /// The average per replica to aim for (percent for utilizations).
+    pub target: f64,
+}
+
+/// What an instance's autoscaler last saw and asked for; the same on every runtime (the local
+/// autoscaler's own state, or a Kubernetes HPA's status).
+#[derive(Clone, Debug, PartialEq)]
+pub struct AutoscalerStatus {
+    /// Replicas it saw running.
+    pub current: u32,
+    /// Replicas it asks for.
+    pub desired: u32,
+    /// Its metrics, as last measured.
+    pub metrics: Vec<MetricReading>,
+}
+
+impl AutoscalerStatus {
+    /// The load that drives scaling, in percent of target: the highest current/target ratio
+    /// among the measured metrics (100 = on target; above scales up, below scales down).
+    pub fn load_percent(&self) -> Option<f64> {
+        self.metrics
+            .iter()
+            .filter(|m| m.target > 0.0)
+            .filter_map(|m| m.current.map(|current| current / m.target * 100.0))
+            .max_by(f64::total_cmp)
+    }
+
+    /// In words, e.g. "wants 3 replicas (runs 1): CPU utilization 200 against target 50".
+    pub fn describe(&self) -> String {
+        let metrics: Vec<String> = self
+            .metrics
+            .iter()
+            .map(|m| match m.current {
+                Some(current) => format!("{} {current:.0} against target {:.0}", m.kind.label(), m.target),
+                None => format!("{} not measured yet (target {:.0})", m.kind.label(), m.target),
+            })
+            .collect();
+        format!("wants {} replica(s) (runs {}): {}", self.desired, self.current, metrics.join(", "))
+    }
 }
 
 /// The outcome of one sync.
@@ -151,11 +212,8 @@ impl Autoscaler {
     fn propose(&self, current: u32, metrics: &[MetricSample]) -> (u32, String) {
         let mut best: Option<(u32, String)> = None;
         for metric in metrics {
-            if metric.per_replica.is_empty() || metric.target <= 0.0 {
-                continue;
-            }
+            let Some(average) = metric.average().filter(|_| metric.target > 0.0) else { continue };
             let measured = metric.per_replica.len() as f64;
-            let average = metric.per_replica.iter().sum::<f64>() / measured;
             let ratio = average / metric.target;
             let proposal = if (ratio - 1.0).abs() <= self.config.tolerance {
                 current
@@ -183,6 +241,26 @@ mod tests {
 
     fn secs(s: u64) -> Duration {
         Duration::from_secs(s)
+    }
+
+    #[test]
+    fn the_load_is_the_most_loaded_measured_metric_against_its_target() {
+        let status = AutoscalerStatus {
+            current: 1,
+            desired: 3,
+            metrics: vec![
+                cpu(50.0, &[200.0]).reading(),
+                MetricSample { kind: MetricKind::MemoryUtilization, target: 80.0, per_replica: vec![40.0] }.reading(),
+                MetricSample { kind: MetricKind::RequestsInFlight, target: 10.0, per_replica: vec![] }.reading(),
+            ],
+        };
+        assert_eq!(status.load_percent(), Some(400.0));
+        assert_eq!(
+            status.describe(),
+            "wants 3 replica(s) (runs 1): CPU utilization 200 against target 50, memory utilization 40 against target 80, \
+             requests in flight not measured yet (target 10)"
+        );
+        assert_eq!(AutoscalerStatus { current: 1, desired: 1, metrics: vec![cpu(50.0, &[]).reading()] }.load_percent(), None);
     }
 
     #[test]

@@ -299,6 +299,7 @@ impl Instances {
             p50_ms: percentile(&finished.durations_ms, 0.50),
             p95_ms: percentile(&finished.durations_ms, 0.95),
             errors: finished.failed,
+            autoscaler_load_percent: status.autoscaler.as_ref().and_then(|a| a.load_percent()),
         };
         Ok(self.store.insert_usage(id, &sample).await?)
     }

@@ -531,6 +531,10 @@ pub struct UsageSample {
     pub p95_ms: Option<f64>,
     /// Requests that found no ready replica in time.
     pub errors: u32,
+    /// The autoscaler's load in percent of its target (its most loaded metric: 100 = on
+    /// target, above scales up), when autoscaling is on and measured.
+    #[serde(default)]
+    pub autoscaler_load_percent: Option<f64>,
 }
 
 /// The answer to a test invocation from the UI.

@@ -8,6 +8,7 @@ pub mod kubernetes;
 pub mod local;
 
 use crate::platform::model::{EventInfo, FunctionSpec, InstanceState, LogEntry, ReplicaInfo};
+pub use crate::platform::autoscale::AutoscalerStatus;
 use futures::stream::BoxStream;
 pub use forwarding::FinishedConnections;
 use std::net::SocketAddr;
@@ -34,7 +35,7 @@ pub struct InstanceSpec {
 }
 
 /// What one instance is, as a runtime sees it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct RuntimeStatus {
     /// Its state.
     pub state: InstanceState,
@@ -60,6 +61,8 @@ pub struct RuntimeStatus {
     pub replicas: Vec<ReplicaInfo>,
     /// Recent events, newest first.
     pub events: Vec<EventInfo>,
+    /// What its autoscaler last measured and asked for, when autoscaling is on and it has run.
+    pub autoscaler: Option<AutoscalerStatus>,
 }
 
 /// CPU and memory of one replica.

@@ -23,6 +23,7 @@ struct UsageRow {
     p50_ms: Option<f64>,
     p95_ms: Option<f64>,
     errors: i64,
+    autoscaler_load_percent: Option<f64>,
 }
 
 impl From<UsageRow> for UsageSample {
@@ -37,6 +38,7 @@ impl From<UsageRow> for UsageSample {
             p50_ms: row.p50_ms,
             p95_ms: row.p95_ms,
             errors: u32::try_from(row.errors).unwrap_or(0),
+            autoscaler_load_percent: row.autoscaler_load_percent,
         }
     }
 }
@@ -98,8 +100,9 @@ impl Store {
 async fn insert_sample(executor: impl sqlx::SqliteExecutor<'_>, instance_id: &str, sample: &UsageSample) -> StoreResult<()> {
     sqlx::query(
         "INSERT OR REPLACE INTO usage_samples
-           (instance_id, at, replicas_desired, replicas_ready, cpu_millicores, memory_bytes, requests_per_s, p50_ms, p95_ms, errors)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+           (instance_id, at, replicas_desired, replicas_ready, cpu_millicores, memory_bytes, requests_per_s, p50_ms, p95_ms, errors,
+            autoscaler_load_percent)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(instance_id)
     .bind(sample.at)
@@ -111,6 +114,7 @@ async fn insert_sample(executor: impl sqlx::SqliteExecutor<'_>, instance_id: &st
     .bind(sample.p50_ms)
     .bind(sample.p95_ms)
     .bind(i64::from(sample.errors))
+    .bind(sample.autoscaler_load_percent)
     .execute(executor)
     .await?;
     Ok(())
@@ -132,6 +136,7 @@ fn average(at: DateTime<Utc>, samples: &[UsageSample]) -> UsageSample {
         p50_ms: mean(samples.iter().map(|s| s.p50_ms)),
         p95_ms: mean(samples.iter().map(|s| s.p95_ms)),
         errors: samples.iter().map(|s| s.errors).sum(),
+        autoscaler_load_percent: mean(samples.iter().map(|s| s.autoscaler_load_percent)),
     }
 }
 
@@ -151,6 +156,7 @@ mod tests {
             p50_ms: None,
             p95_ms: None,
             errors: 1,
+            autoscaler_load_percent: Some(cpu / 10.0),
         }
     }
 
@@ -178,6 +184,7 @@ mod tests {
         assert_eq!(kept.len(), 3, "one averaged point for the old minute and both recent samples: {kept:#?}");
         assert_eq!(kept[0].at, old_minute);
         assert_eq!(kept[0].cpu_millicores, Some(200.0));
+        assert_eq!(kept[0].autoscaler_load_percent, Some(20.0), "the load is averaged too");
         assert_eq!((kept[0].replicas_desired, kept[0].errors), (3, 3));
         assert_eq!(kept[1].cpu_millicores, Some(50.0));
 

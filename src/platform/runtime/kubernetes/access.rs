@@ -17,7 +17,7 @@ pub const NEEDED: &[(&str, &str, &[&str])] = &[
     ("apps", "deployments", &["get", "list", "watch", "create", "patch", "delete", "deletecollection"]),
     ("apps", "deployments/scale", &["patch"]),
     ("apps", "replicasets", &["list"]),
-    ("autoscaling", "horizontalpodautoscalers", &["get", "list", "create", "patch", "delete", "deletecollection"]),
+    ("autoscaling", "horizontalpodautoscalers", &["get", "list", "watch", "create", "patch", "delete", "deletecollection"]),
 ];
 
 /// Whether kubefn may `verb` the `resource` (`name` or `name/subresource`) of `group`.

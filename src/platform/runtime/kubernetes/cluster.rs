@@ -1,5 +1,5 @@
 //! What runs in the cluster, as watchers keep it: reflector stores of kubefn's Deployments,
-//! pods and Services, the Events of its namespaces and the nodes, so status, endpoints and
+//! pods, Services and HPAs, the Events of its namespaces and the nodes, so status, endpoints and
 //! addresses are read from memory rather than listed per request (as kube-rs' version-rs
 //! serves a store). Watches use streaming lists when the apiserver supports them.
 
@@ -8,8 +8,10 @@ use crate::platform::model::EventInfo;
 use crate::platform::runtime::ReplicaUsage;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Node, Pod, Service};
-use kube::api::{Api, WatchEvent, WatchParams};
+use k8s_metrics::v1beta1::PodMetrics;
+use kube::api::{Api, ListParams, WatchEvent, WatchParams};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, Resource};
@@ -30,6 +32,7 @@ pub struct Cluster {
     deployments: Store<Deployment>,
     pods: Store<Pod>,
     services: Store<Service>,
+    autoscalers: Store<HorizontalPodAutoscaler>,
     events: Store<Event>,
     nodes: Option<Store<Node>>,
     pod_changes: watch::Receiver<u64>,
@@ -126,9 +129,11 @@ impl Cluster {
         let (pod_sender, pod_changes) = watch::channel(0);
         let (deployments, t1) = spawn_reflector(scoped::<Deployment>(&client, per_user, &config.namespace), watch_config(managed.clone()), Some(pod_sender.clone()));
         let (pods, t2) = spawn_reflector(scoped::<Pod>(&client, per_user, &config.namespace), watch_config(managed.clone()), Some(pod_sender));
-        let (services, t3) = spawn_reflector(scoped::<Service>(&client, per_user, &config.namespace), watch_config(managed), None);
+        let (services, t3) = spawn_reflector(scoped::<Service>(&client, per_user, &config.namespace), watch_config(managed.clone()), None);
         let (events, t4) = spawn_reflector(scoped::<Event>(&client, per_user, &config.namespace), watch_config(None), None);
-        let mut tasks = vec![t1, t2, t3, t4];
+        let (autoscalers, t6) =
+            spawn_reflector(scoped::<HorizontalPodAutoscaler>(&client, per_user, &config.namespace), watch_config(managed), None);
+        let mut tasks = vec![t1, t2, t3, t4, t6];
         let nodes = if super::access::may(&client, "list", "", "nodes", None).await {
             let (nodes, t5) = spawn_reflector(Api::<Node>::all(client.clone()), watch_config(None), None);
             tasks.push(t5);
@@ -142,6 +147,7 @@ impl Cluster {
             let _ = pods.wait_until_ready().await;
             let _ = services.wait_until_ready().await;
             let _ = events.wait_until_ready().await;
+            let _ = autoscalers.wait_until_ready().await;
             if let Some(nodes) = &nodes {
                 let _ = nodes.wait_until_ready().await;
             }
@@ -149,7 +155,7 @@ impl Cluster {
         if tokio::time::timeout(Duration::from_secs(30), wait).await.is_err() {
             tracing::warn!("the cluster's objects were not all listed within 30 s; statuses fill in as they arrive");
         }
-        Cluster { deployments, pods, services, events, nodes, pod_changes, tasks: Mutex::new(tasks), scope: Scope::of(config) }
+        Cluster { deployments, pods, services, autoscalers, events, nodes, pod_changes, tasks: Mutex::new(tasks), scope: Scope::of(config) }
     }
 
     /// Stops every watcher.
@@ -172,6 +178,11 @@ impl Cluster {
     /// The instance's Deployment.
     pub fn deployment_of(&self, id: &str) -> Option<Deployment> {
         self.deployments.state().into_iter().find(|d| instance_label(d.metadata.labels.as_ref()) == Some(id)).map(|d| (*d).clone())
+    }
+
+    /// The instance's HPA, when it has one.
+    pub fn autoscaler_of(&self, id: &str) -> Option<Arc<HorizontalPodAutoscaler>> {
+        self.autoscalers.state().into_iter().find(|h| instance_label(h.metadata.labels.as_ref()) == Some(id))
     }
 
     /// The instance's pods.
@@ -338,28 +349,19 @@ pub struct PodUsage {
 
 /// The usage of kubefn's pods in `namespace`, from metrics.k8s.io's PodMetrics.
 pub async fn pod_metrics(client: &Client, namespace: &str) -> Result<Vec<PodUsage>, kube::Error> {
-    let url = format!("/apis/metrics.k8s.io/v1beta1/namespaces/{namespace}/pods?labelSelector={}", names::managed_selector_text());
-    let request = http::Request::get(url).body(Vec::new()).map_err(kube::Error::HttpError)?;
-    let list: serde_json::Value = client.request(request).await?;
-    Ok(parse_pod_metrics(&list))
+    let api: Api<PodMetrics> = Api::namespaced(client.clone(), namespace);
+    let list = api.list(&ListParams::default().labels(&names::managed_selector_text())).await?;
+    Ok(list.items.iter().map(pod_usage).collect())
 }
 
-/// Reads a PodMetricsList.
-pub fn parse_pod_metrics(list: &serde_json::Value) -> Vec<PodUsage> {
-    let items = list["items"].as_array().cloned().unwrap_or_default();
-    items
-        .iter()
-        .map(|item| {
-            let containers = item["containers"].as_array().cloned().unwrap_or_default();
-            let cpu: f64 = containers.iter().filter_map(|c| c["usage"]["cpu"].as_str()).filter_map(parse_cpu_millicores).sum();
-            let memory: u64 =
-                containers.iter().filter_map(|c| c["usage"]["memory"].as_str()).filter_map(crate::platform::validation::parse_memory_bytes).sum();
-            PodUsage {
-                instance: item["metadata"]["labels"][names::INSTANCE].as_str().map(str::to_string),
-                usage: ReplicaUsage { replica: item["metadata"]["name"].as_str().unwrap_or_default().to_string(), cpu_millicores: Some(cpu), memory_bytes: memory },
-            }
-        })
-        .collect()
+/// One pod's usage from its PodMetrics: the sum over its containers.
+pub fn pod_usage(metrics: &PodMetrics) -> PodUsage {
+    let cpu: f64 = metrics.containers.iter().filter_map(|c| parse_cpu_millicores(&c.usage.cpu.0)).sum();
+    let memory: u64 = metrics.containers.iter().filter_map(|c| crate::platform::validation::parse_memory_bytes(&c.usage.memory.0)).sum();
+    PodUsage {
+        instance: metrics.metadata.labels.as_ref().and_then(|l| l.get(names::INSTANCE)).cloned(),
+        usage: ReplicaUsage { replica: metrics.metadata.name.clone().unwrap_or_default(), cpu_millicores: Some(cpu), memory_bytes: memory },
+    }
 }
 
 /// A CPU quantity (`250m`, `12345678n`, `1`, `1500u`) in millicores.
@@ -390,15 +392,20 @@ mod tests {
 
     #[test]
     fn pod_metrics_become_millicores_and_bytes() {
-        let list = serde_json::json!({ "items": [{
+        let metrics: PodMetrics = serde_json::from_value(serde_json::json!({
             "metadata": { "name": "hello-alice-1-a", "labels": { names::INSTANCE: "id-1" } },
-            "containers": [{ "name": "function", "usage": { "cpu": "12500000n", "memory": "2048Ki" } }],
-        }]});
-        let usage = parse_pod_metrics(&list);
-        assert_eq!(usage.len(), 1);
-        assert_eq!(usage[0].instance.as_deref(), Some("id-1"));
-        assert_eq!(usage[0].usage.cpu_millicores, Some(12.5));
-        assert_eq!(usage[0].usage.memory_bytes, 2048 * 1024);
+            "timestamp": "2026-11-22T17:16:33Z",
+            "window": "10s",
+            "containers": [
+                { "name": "function", "usage": { "cpu": "12500000n", "memory": "2048Ki" } },
+                { "name": "sidecar", "usage": { "cpu": "1m", "memory": "1M" } },
+            ],
+        }))
+        .expect("PodMetrics");
+        let usage = pod_usage(&metrics);
+        assert_eq!(usage.instance.as_deref(), Some("id-1"));
+        assert_eq!(usage.usage.cpu_millicores, Some(13.5));
+        assert_eq!(usage.usage.memory_bytes, 2048 * 1024 + 1_000_000);
         assert_eq!(parse_cpu_millicores("2"), Some(2000.0));
         assert_eq!(parse_cpu_millicores("250m"), Some(250.0));
         assert_eq!(parse_cpu_millicores("x"), None);

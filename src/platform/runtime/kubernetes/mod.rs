@@ -37,6 +37,9 @@ use tokio::sync::watch;
 /// The field manager kubefn applies as.
 pub const FIELD_MANAGER: &str = "kubefn";
 
+/// How often kubefn looks again for metrics.k8s.io while the cluster does not serve it.
+const METRICS_PROBE_PERIOD: Duration = Duration::from_secs(60);
+
 /// Why the kubernetes runtime could not start or act.
 #[derive(Debug, thiserror::Error)]
 pub enum KubernetesError {
@@ -209,6 +212,8 @@ struct Inner {
     slots: Mutex<HashMap<String, Slot>>,
     usage: Mutex<HashMap<String, Vec<ReplicaUsage>>>,
     metrics_available: std::sync::atomic::AtomicBool,
+    /// When metrics.k8s.io was last looked for.
+    metrics_probed: Mutex<Instant>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -227,6 +232,10 @@ impl std::fmt::Debug for KubernetesRuntime {
 /// Builds a client from the configuration, with no read timeout: log follows and port-forwards
 /// stay open for as long as they are used.
 pub async fn client(config: &KubernetesConfig) -> Result<Client, KubernetesError> {
+    Client::try_from(kube_config(config).await?).map_err(KubernetesError::Client)
+}
+
+async fn kube_config(config: &KubernetesConfig) -> Result<Config, KubernetesError> {
     let mut kube_config = match &config.kubeconfig {
         Some(path) => {
             let file = Kubeconfig::read_from(path).map_err(|source| KubernetesError::Kubeconfig { path: path.clone(), source })?;
@@ -240,15 +249,16 @@ pub async fn client(config: &KubernetesConfig) -> Result<Client, KubernetesError
     if let Some(user) = &config.impersonate {
         kube_config.auth_info.impersonate = Some(user.clone());
     }
-    Client::try_from(kube_config).map_err(KubernetesError::Client)
+    Ok(kube_config)
 }
 
 impl KubernetesRuntime {
     /// Connects, checks kubefn's permissions, makes sure the shared namespace exists, and starts
     /// the watchers; returns once their stores hold the cluster's objects.
     pub async fn connect(config: KubernetesConfig) -> Result<KubernetesRuntime, KubernetesError> {
-        let client = client(&config).await?;
-        let url = client.default_namespace().to_string();
+        let kube_config = kube_config(&config).await?;
+        let url = kube_config.cluster_url.to_string();
+        let client = Client::try_from(kube_config).map_err(KubernetesError::Client)?;
         match tokio::time::timeout(Duration::from_secs(10), client.apiserver_version()).await {
             Ok(Ok(_)) => {}
             Ok(Err(source)) => return Err(KubernetesError::Unreachable { url, source: Box::new(source) }),
@@ -267,6 +277,7 @@ impl KubernetesRuntime {
             slots: Mutex::new(HashMap::new()),
             usage: Mutex::new(HashMap::new()),
             metrics_available: std::sync::atomic::AtomicBool::new(metrics_available),
+            metrics_probed: Mutex::new(Instant::now()),
             tasks: Mutex::new(Vec::new()),
         });
         let runtime = KubernetesRuntime { inner };
@@ -607,7 +618,20 @@ impl Inner {
 
     async fn sample_usage(&self) {
         if !self.metrics_available.load(std::sync::atomic::Ordering::Relaxed) {
-            return;
+            // metrics-server may be installed after kubefn started: look again now and then.
+            let probe_due = {
+                let mut last = self.metrics_probed.lock().unwrap_or_else(|p| p.into_inner());
+                let due = last.elapsed() >= METRICS_PROBE_PERIOD;
+                if due {
+                    *last = Instant::now();
+                }
+                due
+            };
+            if !probe_due || !cluster::metrics_served(&self.client).await {
+                return;
+            }
+            tracing::info!("the cluster serves metrics.k8s.io now: reading usage from it");
+            self.metrics_available.store(true, std::sync::atomic::Ordering::Relaxed);
         }
         let namespaces = self.cluster.namespaces_with(&names::managed_selector_text());
         let mut usage: HashMap<String, Vec<ReplicaUsage>> = HashMap::new();
@@ -776,6 +800,7 @@ impl Runtime for KubernetesRuntime {
             connections_total: traffic.as_ref().map_or(0, |t| t.total()),
             replicas: observed.replicas,
             events: self.inner.cluster.events_of(id),
+            autoscaler: self.inner.cluster.autoscaler_of(id).and_then(|hpa| status::autoscaler(&hpa)),
         })
     }
 

@@ -6,7 +6,9 @@
 use super::names;
 use crate::platform::model::{EventInfo, InstanceState, ReplicaInfo};
 use chrono::Utc;
+use crate::platform::autoscale::{AutoscalerStatus, MetricKind, MetricReading};
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{Event, Pod};
 
 /// Container waiting reasons that mean the version cannot start without a change.
@@ -224,6 +226,37 @@ pub fn plain_event(reason: &str, message: &str, object: &str) -> String {
     }
 }
 
+/// What an HPA last measured and asked for: its CPU and memory utilization metrics (the ones
+/// kubefn sets) with their current averages from its status, `None` before its first sync.
+pub fn autoscaler(hpa: &HorizontalPodAutoscaler) -> Option<AutoscalerStatus> {
+    // The controller fills conditions on its first sync; before that the status says nothing.
+    let status = hpa.status.as_ref().filter(|s| s.conditions.as_ref().is_some_and(|c| !c.is_empty()))?;
+    let current_of = |resource: &str| {
+        status.current_metrics.iter().flatten().filter_map(|m| m.resource.as_ref()).find(|r| r.name == resource).and_then(|r| r.current.average_utilization)
+    };
+    let metrics = hpa
+        .spec
+        .metrics
+        .iter()
+        .flatten()
+        .filter_map(|m| m.resource.as_ref())
+        .filter_map(|r| {
+            let kind = match r.name.as_str() {
+                "cpu" => MetricKind::CpuUtilization,
+                "memory" => MetricKind::MemoryUtilization,
+                _ => return None,
+            };
+            let target = r.target.average_utilization?;
+            Some(MetricReading { kind, current: current_of(&r.name).map(f64::from), target: f64::from(target) })
+        })
+        .collect();
+    Some(AutoscalerStatus {
+        current: u32::try_from(status.current_replicas.unwrap_or(0)).unwrap_or(0),
+        desired: u32::try_from(status.desired_replicas).unwrap_or(0),
+        metrics,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -391,6 +424,43 @@ mod tests {
             "no node can take replica hello-alice-7d-x yet: 0/2 nodes are available: 2 Insufficient cpu."
         );
         assert!(plain_event("FailedGetResourceMetric", "unable to get metrics", "hpa").contains("metrics-server"));
+    }
+
+    fn hpa(status: serde_json::Value) -> HorizontalPodAutoscaler {
+        serde_json::from_value(serde_json::json!({
+            "metadata": { "name": "hello-alice" },
+            "spec": {
+                "scaleTargetRef": { "kind": "Deployment", "name": "hello-alice" },
+                "maxReplicas": 3,
+                "metrics": [
+                    { "type": "Resource", "resource": { "name": "cpu", "target": { "type": "Utilization", "averageUtilization": 50 } } },
+                    { "type": "Resource", "resource": { "name": "memory", "target": { "type": "Utilization", "averageUtilization": 80 } } },
+                ],
+            },
+            "status": status,
+        }))
+        .expect("hpa")
+    }
+
+    #[test]
+    fn an_hpa_status_gives_replicas_and_each_metric_against_its_target() {
+        assert_eq!(autoscaler(&hpa(serde_json::json!({ "desiredReplicas": 0 }))), None, "not synced yet");
+        let synced = hpa(serde_json::json!({
+            "currentReplicas": 1,
+            "desiredReplicas": 3,
+            "conditions": [{ "type": "AbleToScale", "status": "True" }],
+            "currentMetrics": [{ "type": "Resource", "resource": { "name": "cpu", "current": { "averageUtilization": 200, "averageValue": "200m" } } }],
+        }));
+        let status = autoscaler(&synced).expect("synced");
+        assert_eq!((status.current, status.desired), (1, 3));
+        assert_eq!(
+            status.metrics,
+            vec![
+                MetricReading { kind: MetricKind::CpuUtilization, current: Some(200.0), target: 50.0 },
+                MetricReading { kind: MetricKind::MemoryUtilization, current: None, target: 80.0 },
+            ]
+        );
+        assert_eq!(status.load_percent(), Some(400.0));
         assert!(plain_event("FailedCreate", "pods is forbidden: exceeded quota", "rs").contains("quota is used up"));
         assert!(plain_event("BackOff", "Back-off restarting failed container", "p").contains("keeps crashing"));
     }

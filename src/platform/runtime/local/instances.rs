@@ -14,7 +14,7 @@ use super::supervisor::{signal_group, LaunchSpec, ReplicaSet, ReplicaState, Rest
 use crate::platform::runtime::forwarding::Traffic;
 use super::usage::{read_group, CpuMeter};
 use super::warm_pool::{PoolConfig, Specialization, WarmPool};
-use crate::platform::autoscale::{Autoscaler, AutoscalerConfig, MetricKind, MetricSample};
+use crate::platform::autoscale::{Autoscaler, AutoscalerConfig, AutoscalerStatus, MetricKind, MetricSample};
 use crate::platform::model::ScalingPolicy;
 use crate::platform::validation::{parse_cpu_millis, parse_memory_bytes};
 use crate::platform::model::{EventInfo, FunctionSpec, InstanceState, LogEntry, ReplicaInfo, Runtime as Language};
@@ -147,6 +147,8 @@ struct SlotState {
     usage: Vec<ReplicaUsage>,
     autoscaler: Autoscaler,
     last_autoscale: Option<Instant>,
+    /// What the last autoscaler sync measured and decided (`None` without autoscaling).
+    autoscaler_status: Option<AutoscalerStatus>,
     /// Scaled to zero after being idle; the next connection wakes it.
     idle_at_zero: bool,
 }
@@ -299,6 +301,7 @@ impl LocalRuntime {
                 usage: Vec::new(),
                 autoscaler: Autoscaler::new(config.autoscaler.clone()),
                 last_autoscale: None,
+                autoscaler_status: None,
                 idle_at_zero: false,
             }),
         });
@@ -677,7 +680,11 @@ fn idle_check(slot: &Slot, state: &mut SlotState, now: Instant) {
 /// One HPA sync: the policy's metrics averaged per replica against their targets.
 fn autoscale(slot: &Slot, state: &mut SlotState, now: Instant) {
     let policy = state.spec.spec.scaling.clone();
-    if !autoscaled(&policy) || state.spec.paused || state.idle_at_zero || state.rollout.is_some() || state.active.is_none() {
+    if !autoscaled(&policy) {
+        state.autoscaler_status = None;
+        return;
+    }
+    if state.spec.paused || state.idle_at_zero || state.rollout.is_some() || state.active.is_none() {
         return;
     }
     let resources = &state.spec.spec.resources;
@@ -699,6 +706,8 @@ fn autoscale(slot: &Slot, state: &mut SlotState, now: Instant) {
         metrics.push(MetricSample { kind: MetricKind::RequestsInFlight, target: f64::from(target), per_replica: vec![per_replica; ready as usize] });
     }
     let decision = state.autoscaler.decide(now, current, policy.min, policy.max, &metrics);
+    state.autoscaler_status =
+        Some(AutoscalerStatus { current, desired: decision.desired, metrics: metrics.iter().map(MetricSample::reading).collect() });
     if decision.desired != current {
         state.spec.replicas = decision.desired;
         state.event("Normal", "ScalingReplicaSet", format!("autoscaled from {current} to {} replica(s): {}", decision.desired, decision.reason));
@@ -832,6 +841,7 @@ impl Runtime for LocalRuntime {
             connections_total: slot.traffic.total(),
             replicas,
             events: state.events.iter().cloned().collect(),
+            autoscaler: state.autoscaler_status.clone(),
         })
     }
 
