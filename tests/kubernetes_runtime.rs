@@ -131,6 +131,7 @@ fn python(name: &str, source: &str) -> FunctionSpec {
         scaling: ScalingPolicy { min: 1, max: 1, target_cpu_percent: None, ..ScalingPolicy::default() },
         service: Default::default(),
         timeout_s: 30,
+        invoke: Default::default(),
     }
 }
 

@@ -778,3 +778,110 @@ async fn the_gateway_forwards_to_my_instance_only() {
     assert!(paused.body["error"].as_str().is_some_and(|e| e.contains("Paused") && e.contains("resume")), "{}", paused.body);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_gateway_applies_each_functions_invoke_policy_and_counts_every_call() {
+    let app = TestApp::start().await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let admin = app.admin().await;
+    let mut spec = json!({
+        "name": "gate", "runtime": "python",
+        "source": "import time\ndef handle(req):\n    if req == 'fail':\n        raise ValueError('asked to fail')\n    if req == 'sleep':\n        time.sleep(1.5)\n    return 'got ' + req\n",
+        "invoke": {"access": "public", "max_body_bytes": 1000, "max_in_flight_per_replica": 1}
+    });
+    let registered = app.call(Method::POST, "/api/v1/functions", Some(spec.clone()), As::Cookie(&alice)).await;
+    assert_eq!(registered.status, StatusCode::CREATED, "{}", registered.body);
+    let deployed = app.call(Method::POST, "/api/v1/functions/gate/deploy", None, As::Cookie(&alice)).await;
+    let id = deployed.body["id"].as_str().expect("id").to_string();
+    app.instance_until(&id, &alice, "ready", |i| i["state"] == "Ready").await;
+    let post = |body: Body| Request::post("/fn/alice/gate").body(body).expect("request");
+
+    // Public: no credentials needed.
+    let answer = app.send(post(Body::from("hi"))).await;
+    assert_eq!((answer.status, answer.body), (StatusCode::OK, Value::String("got hi".into())));
+
+    // Bodies over the limit: refused by their declared length, or cut while they stream.
+    let too_large = app.send(post(Body::from("x".repeat(2000)))).await;
+    assert_eq!(too_large.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(too_large.body["error"].as_str().is_some_and(|e| e.contains("1000 bytes") && e.contains("invoke.max_body_bytes")), "{}", too_large.body);
+    let chunks = futures::stream::iter((0..20).map(|_| Ok::<_, std::io::Error>(axum::body::Bytes::from("y".repeat(100)))));
+    let streamed = app.send(post(Body::from_stream(chunks))).await;
+    assert_eq!(streamed.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", streamed.body);
+
+    // One request in flight per replica: a second one meanwhile gets 429 with Retry-After.
+    let slow = {
+        let router = app.router.clone();
+        tokio::spawn(async move { router.oneshot(Request::post("/fn/alice/gate").body(Body::from("sleep")).expect("request")).await.expect("answer").status() })
+    };
+    let mut busy = false;
+    for _ in 0..100 {
+        if app.call(Method::GET, "/metrics", None, As::Cookie(&admin)).await.body.as_str().is_some_and(|t| t.contains("function_requests_in_flight{function=\"gate\",user=\"alice\"} 1")) {
+            busy = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(busy, "the slow request shows in flight");
+    let refused = app.send(post(Body::from("hi"))).await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS, "{}", refused.body);
+    assert_eq!(refused.headers.get(header::RETRY_AFTER).and_then(|v| v.to_str().ok()), Some("1"));
+    assert!(refused.body["error"].as_str().is_some_and(|e| e.contains("invoke.max_in_flight_per_replica")), "{}", refused.body);
+    assert_eq!(slow.await.expect("slow request"), StatusCode::OK);
+
+    // A handler exception is a 500 and a failure; the replica keeps serving.
+    assert_eq!(app.send(post(Body::from("fail"))).await.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(app.send(post(Body::from("again"))).await.body, Value::String("got again".into()));
+
+    // The metrics equal what was sent: 4 calls (hi, sleep, fail, again), 1 failure, 2 bodies
+    // too large, 1 request too many.
+    let text = app.call(Method::GET, "/metrics", None, As::Cookie(&admin)).await;
+    assert_eq!(text.status, StatusCode::OK);
+    assert!(text.headers[header::CONTENT_TYPE].to_str().is_ok_and(|t| t.starts_with("application/openmetrics-text")));
+    let text = text.body.as_str().expect("text").to_string();
+    for line in [
+        "function_calls_total{function=\"gate\",user=\"alice\"} 4",
+        "function_failures_total{function=\"gate\",user=\"alice\"} 1",
+        "function_duration_seconds_count{function=\"gate\",user=\"alice\"} 4",
+        "function_rejections_total{function=\"gate\",user=\"alice\",reason=\"too_large\"} 2",
+        "function_rejections_total{function=\"gate\",user=\"alice\",reason=\"too_busy\"} 1",
+        "function_requests_in_flight{function=\"gate\",user=\"alice\"} 0",
+        "function_replicas_ready{function=\"gate\",user=\"alice\"} 1",
+        "function_replicas_desired{function=\"gate\",user=\"alice\"} 1",
+    ] {
+        assert!(text.contains(line), "{line} missing from\n{text}");
+    }
+    assert!(text.contains("function_duration_seconds_sum{function=\"gate\",user=\"alice\"} 1."), "the slow call took 1.5 s: {text}");
+    assert_eq!(app.call(Method::GET, "/metrics", None, As::Cookie(&alice)).await.status, StatusCode::FORBIDDEN, "users see no one else's figures");
+    assert_eq!(app.call(Method::GET, "/metrics", None, As::Anonymous).await.status, StatusCode::UNAUTHORIZED);
+
+    // Token: any account may invoke, with a session or an API token; anonymous callers may not.
+    spec["invoke"]["access"] = json!("token");
+    assert_eq!(app.call(Method::PUT, "/api/v1/functions/gate", Some(spec.clone()), As::Cookie(&alice)).await.status, StatusCode::OK);
+    let anonymous = app.send(post(Body::from("hi"))).await;
+    assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+    assert!(anonymous.body["error"].as_str().is_some_and(|e| e.contains("API token")), "{}", anonymous.body);
+    let token = app.call(Method::POST, "/api/v1/tokens", Some(json!({"name": "caller"})), As::Cookie(&bob)).await.body["token"].as_str().expect("token").to_string();
+    let with_token = app.send(Request::post("/fn/alice/gate").header(header::AUTHORIZATION, format!("Bearer {token}")).body(Body::from("hi")).expect("request")).await;
+    assert_eq!(with_token.status, StatusCode::OK, "{}", with_token.body);
+    let wrong_token = app.send(Request::post("/fn/alice/gate").header(header::AUTHORIZATION, "Bearer kfn_nope").body(Body::from("hi")).expect("request")).await;
+    assert_eq!(wrong_token.status, StatusCode::UNAUTHORIZED);
+
+    // Owner (the default): bob no longer gets in.
+    spec["invoke"]["access"] = json!("owner");
+    assert_eq!(app.call(Method::PUT, "/api/v1/functions/gate", Some(spec.clone()), As::Cookie(&alice)).await.status, StatusCode::OK);
+    let bob_call = app.send(Request::post("/fn/alice/gate").header(header::AUTHORIZATION, format!("Bearer {token}")).body(Body::from("hi")).expect("request")).await;
+    assert_eq!(bob_call.status, StatusCode::NOT_FOUND);
+
+    // Bad limits are refused with the field named, and change nothing.
+    spec["invoke"]["max_body_bytes"] = json!(0);
+    let invalid = app.call(Method::PUT, "/api/v1/functions/gate", Some(spec.clone()), As::Cookie(&alice)).await;
+    assert_eq!(invalid.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(invalid.body["field"], "invoke.max_body_bytes");
+    spec["invoke"] = json!({"access": "everyone"});
+    let invalid = app.call(Method::PUT, "/api/v1/functions/gate", Some(spec), As::Cookie(&alice)).await;
+    assert!(invalid.status.is_client_error(), "{}", invalid.body);
+    assert!(invalid.body["error"].as_str().is_some_and(|e| e.contains("invoke.access") || e.contains("everyone")), "{}", invalid.body);
+    assert_eq!(app.call(Method::GET, "/api/v1/functions/gate", None, As::Cookie(&alice)).await.body["latest_version"], 3);
+    app.stop().await;
+}

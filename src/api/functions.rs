@@ -3,7 +3,7 @@
 
 use super::ApiError;
 use crate::platform::model::{
-    FieldError, FunctionDetail, FunctionSpec, InvokeResult, DEFAULT_TIMEOUT_S, FunctionSummary, InstanceInfo, NewToken, Resources, Runtime, ScalingPolicy, ServiceKind,
+    FieldError, FunctionDetail, FunctionSpec, InvokeAccess, InvokePolicy, InvokeResult, DEFAULT_MAX_BODY_BYTES, DEFAULT_TIMEOUT_S, FunctionSummary, InstanceInfo, NewToken, Resources, Runtime, ScalingPolicy, ServiceKind,
     ServiceSpec, TokenInfo, UserInfo, Visibility,
 };
 use leptos::prelude::*;
@@ -71,6 +71,15 @@ pub struct FunctionForm {
     /// Invocation timeout in seconds.
     #[serde(default)]
     pub timeout_s: String,
+    /// `owner`, `token` or `public`.
+    #[serde(default)]
+    pub invoke_access: String,
+    /// Request body limit in bytes, empty for the default.
+    #[serde(default)]
+    pub max_body_bytes: String,
+    /// Requests in flight per replica, empty or 0 for no limit.
+    #[serde(default)]
+    pub max_in_flight_per_replica: String,
 }
 
 impl FunctionForm {
@@ -98,6 +107,9 @@ impl FunctionForm {
             scale_to_zero_after_s: optional(spec.scaling.scale_to_zero_after_s.map(|s| s.to_string())),
             service_type: spec.service.kind.as_str().into(),
             timeout_s: spec.timeout_s.to_string(),
+            invoke_access: spec.invoke.access.as_str().into(),
+            max_body_bytes: spec.invoke.max_body_bytes.to_string(),
+            max_in_flight_per_replica: spec.invoke.max_in_flight_per_replica.to_string(),
         }
     }
 
@@ -116,6 +128,7 @@ impl FunctionForm {
             scaling: ScalingPolicy::default(),
             service: ServiceSpec::default(),
             timeout_s: DEFAULT_TIMEOUT_S,
+            invoke: Default::default(),
         });
         form.name.clear();
         form
@@ -141,6 +154,13 @@ impl FunctionForm {
             text => ServiceKind::parse(text).unwrap_or_else(|| {
                 errors.push(FieldError::new("service.type", "service type must be NodePort, ClusterIP, LoadBalancer or ExternalName"));
                 ServiceKind::NodePort
+            }),
+        };
+        let access = match self.invoke_access.trim() {
+            "" => InvokeAccess::Owner,
+            text => InvokeAccess::parse(text).unwrap_or_else(|| {
+                errors.push(FieldError::new("invoke.access", "invoke.access must be owner, token or public"));
+                InvokeAccess::Owner
             }),
         };
         let mut env = BTreeMap::new();
@@ -170,6 +190,8 @@ impl FunctionForm {
         let in_flight_target = number("scaling.target_requests_in_flight", &self.target_requests_in_flight);
         let timeout = number("timeout_s", &self.timeout_s);
         let idle = number("scaling.scale_to_zero_after_s", &self.scale_to_zero_after_s);
+        let max_body = number("invoke.max_body_bytes", &self.max_body_bytes);
+        let max_in_flight = number("invoke.max_in_flight_per_replica", &self.max_in_flight_per_replica);
         let defaults = ScalingPolicy::default();
         let to_u32 = |value: Option<u64>, fallback: u32| value.map_or(fallback, |v| u32::try_from(v).unwrap_or(u32::MAX));
         let or_default = |text: String, fallback: String| if text.trim().is_empty() { fallback } else { text.trim().to_string() };
@@ -199,6 +221,11 @@ impl FunctionForm {
             },
             service: ServiceSpec { kind, external_name: None, port: None },
             timeout_s: to_u32(timeout, DEFAULT_TIMEOUT_S),
+            invoke: InvokePolicy {
+                access,
+                max_body_bytes: max_body.unwrap_or(DEFAULT_MAX_BODY_BYTES),
+                max_in_flight_per_replica: to_u32(max_in_flight, 0),
+            },
         };
         if errors.is_empty() { Ok(spec) } else { Err(errors) }
     }
@@ -440,7 +467,7 @@ pub async fn invoke_function(function: String, method: String, path: String, bod
             .map_err(|error| ApiError::invalid("path", format!("the request cannot be built: {error}")))?;
         let started = std::time::Instant::now();
         let user = caller.name.clone();
-        let response = platform.gateway.invoke(&caller, &user, &function, request, None).await?;
+        let response = platform.gateway.invoke(Some(&caller), &user, &function, request, None).await?;
         let status = response.status().as_u16();
         let headers = response.headers().iter().map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect();
         let bytes = axum::body::to_bytes(axum::body::Body::new(response.into_body()), 64 * 1024)

@@ -2,11 +2,15 @@
 //! through the runtime's connector. Each request gets its own upstream connection, so the
 //! runtime's balancing and rolling updates see every request (a pooled connection would pin
 //! a client to one replica, including one being replaced). A request to an instance scaled to
-//! zero waits while a replica starts. Limits beyond the function's timeout, metrics and
-//! triggers are the gateway issue's work.
+//! zero waits while a replica starts (a cold start).
+//!
+//! Each function's [`InvokePolicy`] decides who may invoke (owner, any account, anyone), the
+//! largest body (413) and the requests in flight per ready replica (429 with Retry-After);
+//! every invocation is counted in [`GatewayMetrics`].
 
 use crate::platform::auth::Principal;
-use crate::platform::model::InstanceState;
+use crate::platform::metrics::{GatewayMetrics, InFlight, InstanceLabels, Rejection};
+use crate::platform::model::{InstanceState, InvokeAccess, InvokePolicy};
 use crate::platform::runtime::{Runtime, RuntimeError};
 use crate::platform::store::{Store, StoreError};
 use http::header::{HeaderName, HeaderValue};
@@ -14,7 +18,9 @@ use http::{HeaderMap, Request, Response, Uri};
 use hyper::body::Incoming;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 /// Why an invocation was not answered by the function.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +32,28 @@ pub enum GatewayError {
         user: String,
         /// The function in the path.
         function: String,
+    },
+    /// The function may only be invoked with credentials, and there were none.
+    #[error("invoking {function} needs a kubefn session or an API token (\"Authorization: Bearer …\")")]
+    Unauthenticated {
+        /// The function in the path.
+        function: String,
+    },
+    /// The request body is over the function's limit.
+    #[error("the request body is over {function}'s limit of {limit} bytes; send less, or raise invoke.max_body_bytes")]
+    TooLarge {
+        /// The function.
+        function: String,
+        /// Its limit in bytes.
+        limit: u64,
+    },
+    /// The instance serves its most requests at once.
+    #[error("the instance is serving its limit of {limit} requests at once; retry in {retry_after_s} s, or raise invoke.max_in_flight_per_replica")]
+    TooBusy {
+        /// The instance's limit now (per replica × ready replicas).
+        limit: u64,
+        /// Seconds to wait.
+        retry_after_s: u64,
     },
     /// The instance exists but cannot take requests.
     #[error("the instance is {state}: {reason}")]
@@ -59,7 +87,10 @@ impl GatewayError {
     /// The HTTP status the caller gets.
     pub fn status(&self) -> u16 {
         match self {
+            GatewayError::Unauthenticated { .. } => 401,
             GatewayError::NoInstance { .. } => 404,
+            GatewayError::TooLarge { .. } => 413,
+            GatewayError::TooBusy { .. } => 429,
             GatewayError::NotRunning { .. } => 503,
             GatewayError::Timeout { .. } => 504,
             GatewayError::Upstream(_) | GatewayError::Connect(_) => 502,
@@ -76,6 +107,7 @@ const HOP_BY_HOP: [&str; 8] = ["connection", "keep-alive", "proxy-authenticate",
 pub struct Gateway {
     store: Store,
     runtime: Arc<dyn Runtime>,
+    metrics: Arc<GatewayMetrics>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -84,23 +116,52 @@ impl std::fmt::Debug for Gateway {
     }
 }
 
+/// A function's answer on its way back; keeps the invocation counted as in flight until the
+/// body is sent (or dropped).
+pub struct Answer {
+    body: Incoming,
+    _in_flight: InFlight,
+}
+
+impl hyper::body::Body for Answer {
+    type Data = hyper::body::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 impl Gateway {
     /// A gateway over the store's instances, reaching them through `runtime`.
     pub fn new(store: Store, runtime: Arc<dyn Runtime>) -> Gateway {
-        Gateway { store, runtime }
+        Gateway { store, runtime, metrics: Arc::new(GatewayMetrics::new()) }
+    }
+
+    /// The invocation metrics.
+    pub fn metrics(&self) -> &GatewayMetrics {
+        &self.metrics
     }
 
     /// Forwards `request` (its URI already the path and query for the function) to the
-    /// instance of `function` belonging to `user`. Until per-function invoke rules exist,
-    /// only that user (or an admin) may invoke it.
+    /// instance of `function` belonging to `user`, if the function's invoke policy lets
+    /// `caller` (`None`: anonymous) in and the request is within its limits.
     pub async fn invoke<B>(
         &self,
-        caller: &Principal,
+        caller: Option<&Principal>,
         user: &str,
         function: &str,
-        mut request: Request<B>,
+        request: Request<B>,
         client: Option<IpAddr>,
-    ) -> Result<Response<Incoming>, GatewayError>
+    ) -> Result<Response<Answer>, GatewayError>
     where
         B: hyper::body::Body + Send + 'static,
         B::Data: Send,
@@ -108,27 +169,81 @@ impl Gateway {
     {
         let no_instance = || GatewayError::NoInstance { user: user.to_string(), function: function.to_string() };
         let owner = self.store.user_by_name(user).await?.ok_or_else(no_instance)?;
-        if owner.id != caller.id && !caller.is_admin() {
-            return Err(no_instance());
-        }
         let record = self.store.function_by_name(function).await?.ok_or_else(no_instance)?;
+        let (timeout_s, policy) = self
+            .store
+            .version_spec(record.id, record.current_version)
+            .await?
+            .map_or((crate::platform::model::DEFAULT_TIMEOUT_S, InvokePolicy::default()), |(_, spec)| (spec.timeout_s, spec.invoke));
+        match (policy.access, caller) {
+            (InvokeAccess::Public, _) => {}
+            (_, None) => return Err(GatewayError::Unauthenticated { function: function.to_string() }),
+            (InvokeAccess::Token, Some(_)) => {}
+            // Another user learns nothing, not even that the instance exists.
+            (InvokeAccess::Owner, Some(caller)) if owner.id != caller.id && !caller.is_admin() => return Err(no_instance()),
+            (InvokeAccess::Owner, Some(_)) => {}
+        }
         let instance = self.store.instance_of(record.id, owner.id).await?.ok_or_else(no_instance)?;
-        let timeout_s = self.store.version_spec(record.id, record.current_version).await?.map_or(60, |(_, spec)| spec.timeout_s);
+        let labels = InstanceLabels::new(function, user);
+        let declared_length = request.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        if declared_length.is_some_and(|length| length > policy.max_body_bytes) {
+            self.metrics.rejected(&labels, Rejection::TooLarge);
+            return Err(GatewayError::TooLarge { function: function.to_string(), limit: policy.max_body_bytes });
+        }
         if instance.paused {
             return Err(GatewayError::NotRunning { state: "Paused", reason: "resume it to invoke it".into() });
         }
-        if let Some(status) = self.runtime.status(&instance.id)
+        let status = self.runtime.status(&instance.id);
+        if let Some(status) = &status
             && status.state == InstanceState::Failed
             && status.serving_version.is_none()
         {
-            return Err(GatewayError::NotRunning { state: "Failed", reason: status.message });
+            return Err(GatewayError::NotRunning { state: "Failed", reason: status.message.clone() });
         }
-        let address = self.runtime.connect(&instance.id).await.map_err(|error| match error {
+        let ready = status.as_ref().map_or(0, |s| s.ready);
+        // At zero replicas the request waits for the first one, which may take it alone.
+        let limit = u64::from(policy.max_in_flight_per_replica) * u64::from(ready.max(1));
+        let Some(in_flight) = self.metrics.admit(&labels, limit) else {
+            self.metrics.rejected(&labels, Rejection::TooBusy);
+            return Err(GatewayError::TooBusy { limit, retry_after_s: 1 });
+        };
+        if ready == 0 {
+            self.metrics.cold_start(&labels);
+        }
+        let started = Instant::now();
+        let answer = self.forward(&instance.id, request, client, timeout_s, policy.max_body_bytes, function).await;
+        let failed = answer.as_ref().map_or(true, |response| response.status().is_server_error());
+        let counted = !matches!(answer, Err(GatewayError::TooLarge { .. }));
+        if counted {
+            self.metrics.called(&labels, started.elapsed().as_secs_f64(), failed);
+        } else {
+            self.metrics.rejected(&labels, Rejection::TooLarge);
+        }
+        let response = answer?;
+        Ok(response.map(|body| Answer { body, _in_flight: in_flight }))
+    }
+
+    async fn forward<B>(
+        &self,
+        id: &str,
+        mut request: Request<B>,
+        client: Option<IpAddr>,
+        timeout_s: u32,
+        max_body_bytes: u64,
+        function: &str,
+    ) -> Result<Response<Incoming>, GatewayError>
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let address = self.runtime.connect(id).await.map_err(|error| match error {
             RuntimeError::NotFound { .. } => GatewayError::NotRunning { state: "Pending", reason: "it is starting; try again in a moment".into() },
             other => GatewayError::Runtime(other),
         })?;
-
         prepare_upstream(request.headers_mut(), client);
+        // A body without a length (chunked) is cut at the limit as it streams.
+        let request = request.map(|body| http_body_util::Limited::new(body, usize::try_from(max_body_bytes).unwrap_or(usize::MAX)));
         let forward = async {
             let stream = tokio::net::TcpStream::connect(address).await.map_err(GatewayError::Connect)?;
             let _ = stream.set_nodelay(true);
@@ -138,7 +253,13 @@ impl Gateway {
             tokio::spawn(async move {
                 let _ = connection.await;
             });
-            sender.send_request(request).await.map_err(GatewayError::Upstream)
+            sender.send_request(request).await.map_err(|error| {
+                if over_limit(&error) {
+                    GatewayError::TooLarge { function: function.to_string(), limit: max_body_bytes }
+                } else {
+                    GatewayError::Upstream(error)
+                }
+            })
         };
         // The function's own timeout plus a little for a cold start; the bootstrap answers 504
         // itself at its timeout, this bounds a replica that does not answer at all.
@@ -147,6 +268,18 @@ impl Gateway {
         strip_hop_by_hop(response.headers_mut());
         Ok(response)
     }
+}
+
+/// Whether a failed upstream request failed because its body went over the limit.
+fn over_limit(error: &hyper::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(error) = source {
+        if error.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = error.source();
+    }
+    false
 }
 
 /// The upstream path and query for `/fn/{user}/{function}{rest}`: `rest` (or `/`) plus the

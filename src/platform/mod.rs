@@ -10,6 +10,8 @@ pub mod autoscale;
 #[cfg(feature = "ssr")]
 pub mod gateway;
 #[cfg(feature = "ssr")]
+pub mod metrics;
+#[cfg(feature = "ssr")]
 pub mod instances;
 #[cfg(feature = "ssr")]
 pub mod registry;

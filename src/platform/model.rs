@@ -216,6 +216,70 @@ pub struct FunctionSpec {
     /// Seconds one invocation may take before it is answered with 504.
     #[serde(default = "default_timeout_s")]
     pub timeout_s: u32,
+    /// Who may invoke its instances through the gateway, and how much they may send.
+    #[serde(default)]
+    pub invoke: InvokePolicy,
+}
+
+/// Who may invoke an instance through the gateway (`/fn/{user}/{function}/…`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InvokeAccess {
+    /// The instance's user and admins (a session or their API token).
+    #[default]
+    Owner,
+    /// Anyone with a kubefn account: a session or an API token of any user.
+    Token,
+    /// Anyone, without credentials.
+    Public,
+}
+
+impl InvokeAccess {
+    /// Every choice, in the order forms show them.
+    pub const ALL: [InvokeAccess; 3] = [InvokeAccess::Owner, InvokeAccess::Token, InvokeAccess::Public];
+
+    /// The name used in JSON and forms.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InvokeAccess::Owner => "owner",
+            InvokeAccess::Token => "token",
+            InvokeAccess::Public => "public",
+        }
+    }
+
+    /// Parses the name used in JSON and forms.
+    pub fn parse(text: &str) -> Option<InvokeAccess> {
+        InvokeAccess::ALL.into_iter().find(|a| a.as_str() == text)
+    }
+}
+
+/// How the gateway admits invocations of a function's instances.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InvokePolicy {
+    /// Who may invoke.
+    #[serde(default)]
+    pub access: InvokeAccess,
+    /// The largest request body accepted, in bytes; larger ones get 413.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: u64,
+    /// Requests one ready replica serves at once; more get 429 with Retry-After. 0 = no limit
+    /// (as OpenFaaS' `max_inflight`).
+    #[serde(default)]
+    pub max_in_flight_per_replica: u32,
+}
+
+/// The request body limit when none is given.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
+
+fn default_max_body_bytes() -> u64 {
+    DEFAULT_MAX_BODY_BYTES
+}
+
+impl Default for InvokePolicy {
+    fn default() -> Self {
+        InvokePolicy { access: InvokeAccess::Owner, max_body_bytes: DEFAULT_MAX_BODY_BYTES, max_in_flight_per_replica: 0 }
+    }
 }
 
 /// The invocation timeout when none is given, as OpenFaaS' default.

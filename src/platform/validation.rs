@@ -243,8 +243,28 @@ pub fn check_function_spec(spec: &FunctionSpec) -> Vec<FieldError> {
     if !(1..=MAX_TIMEOUT_S).contains(&spec.timeout_s) {
         errors.push(FieldError::new("timeout_s", format!("timeout_s must be between 1 and {MAX_TIMEOUT_S} seconds (got {})", spec.timeout_s)));
     }
+    if !(1..=MAX_BODY_BYTES).contains(&spec.invoke.max_body_bytes) {
+        errors.push(FieldError::new(
+            "invoke.max_body_bytes",
+            format!("invoke.max_body_bytes must be between 1 and {MAX_BODY_BYTES} (1 GiB) (got {})", spec.invoke.max_body_bytes),
+        ));
+    }
+    if spec.invoke.max_in_flight_per_replica > MAX_IN_FLIGHT_PER_REPLICA {
+        errors.push(FieldError::new(
+            "invoke.max_in_flight_per_replica",
+            format!(
+                "invoke.max_in_flight_per_replica must be at most {MAX_IN_FLIGHT_PER_REPLICA}, or 0 for no limit (got {})",
+                spec.invoke.max_in_flight_per_replica
+            ),
+        ));
+    }
     errors
 }
+
+/// The largest request body limit a function may set.
+pub const MAX_BODY_BYTES: u64 = 1024 * 1024 * 1024;
+/// The highest in-flight limit per replica a function may set.
+pub const MAX_IN_FLIGHT_PER_REPLICA: u32 = 100_000;
 
 /// The longest invocation timeout, as AWS Lambda's.
 pub const MAX_TIMEOUT_S: u32 = 900;
@@ -413,6 +433,7 @@ mod tests {
             scaling: ScalingPolicy::default(),
             service: ServiceSpec::default(),
             timeout_s: 60,
+            invoke: Default::default(),
         }
     }
 

@@ -3,7 +3,7 @@
 use super::{action_error, ErrorNotice, FieldMessage};
 use crate::api::functions::{get_function, FunctionForm, SaveFunction};
 use crate::api::ApiError;
-use crate::platform::model::{Runtime, ServiceKind};
+use crate::platform::model::{InvokeAccess, Runtime, ServiceKind};
 use leptos::prelude::*;
 use leptos_meta::Title;
 use leptos_router::hooks::{use_navigate, use_params_map};
@@ -151,6 +151,26 @@ fn FunctionFormView(existing: String, initial: FunctionForm) -> impl IntoView {
                         </select>
                         <FieldMessage error field="service.type"/>
                     </div>
+                </div>
+            </fieldset>
+            <fieldset>
+                <legend>"Invocation"</legend>
+                <div class="grid">
+                    <div class="field">
+                        <label for="f-invoke-access">"Who may invoke"</label>
+                        <select id="f-invoke-access" name="form[invoke_access]">
+                            {InvokeAccess::ALL.into_iter().map(|a| view! {
+                                <option value=a.as_str() selected=a.as_str() == initial.invoke_access>{match a {
+                                    InvokeAccess::Owner => "the instance's user",
+                                    InvokeAccess::Token => "any kubefn user (session or API token)",
+                                    InvokeAccess::Public => "anyone",
+                                }}</option>
+                            }).collect_view()}
+                        </select>
+                        <FieldMessage error field="invoke.access"/>
+                    </div>
+                    <QuantityInput id="f-max-body" name="max_body_bytes" label="Largest request body (bytes)" value=initial.max_body_bytes.clone() error field="invoke.max_body_bytes"/>
+                    <QuantityInput id="f-max-in-flight" name="max_in_flight_per_replica" label="Requests at once per replica (0: no limit)" value=initial.max_in_flight_per_replica.clone() error field="invoke.max_in_flight_per_replica"/>
                 </div>
             </fieldset>
             <div class="form-actions">

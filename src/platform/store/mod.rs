@@ -174,6 +174,7 @@ mod tests {
             scaling: Default::default(),
             service: Default::default(),
             timeout_s: 60,
+            invoke: Default::default(),
         };
         old.insert_function(user.id, &spec).await.expect("function");
         old.pool().close().await;

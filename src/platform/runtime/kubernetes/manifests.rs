@@ -354,6 +354,7 @@ mod tests {
                 scaling: Default::default(),
                 service: Default::default(),
                 timeout_s: 60,
+                invoke: Default::default(),
             };
             Fixture(InstanceSpec {
                 id: "3f2c1d7e-8a9b-4c5d-9e0f-112233445566".into(),

@@ -867,6 +867,7 @@ mod tests {
             scaling,
             service: Default::default(),
             timeout_s: 60,
+            invoke: Default::default(),
         }
     }
 
