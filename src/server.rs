@@ -67,6 +67,10 @@ pub struct Config {
     /// Seconds between reconcile passes (store → runtime); edits and rollbacks also trigger one.
     #[arg(long, env = "KUBEFN_RECONCILE_SECONDS", default_value_t = 5)]
     pub reconcile_seconds: u64,
+    /// Run cron triggers (`false`: they are kept but do not fire, e.g. for a second kubefn
+    /// over the same database, or tests that drive the clock themselves).
+    #[arg(long, env = "KUBEFN_CRON", default_value_t = true, action = clap::ArgAction::Set)]
+    pub cron: bool,
     /// Seconds replicas replaced by an update keep serving the requests they have.
     #[arg(long, env = "KUBEFN_DRAIN_SECONDS", default_value_t = 5)]
     pub drain_seconds: u64,
@@ -177,8 +181,11 @@ enum StartedRuntime {
 pub struct Server {
     /// The UI, server functions, REST API and health endpoints.
     pub router: Router,
+    /// The platform behind the router (tests drive the trigger clock through it).
+    pub platform: Platform,
     runtime: StartedRuntime,
     reconciler: tokio::task::JoinHandle<()>,
+    scheduler: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Server {
@@ -186,6 +193,9 @@ impl Server {
     /// at the next start), or the cluster watchers and port-forwards (instances keep running).
     pub async fn shutdown(self) {
         self.reconciler.abort();
+        if let Some(scheduler) = &self.scheduler {
+            scheduler.abort();
+        }
         match self.runtime {
             StartedRuntime::Local(local) => local.shutdown().await,
             StartedRuntime::Kubernetes(kubernetes) => kubernetes.shutdown().await,
@@ -247,7 +257,8 @@ pub async fn build_app(config: &Config, mut leptos_options: LeptosOptions) -> Re
     }
     leptos_options.site_addr = config.listen;
     let reconciler = platform.instances.spawn_reconciler(Duration::from_secs(config.reconcile_seconds.max(1)));
-    let state = AppState { leptos_options: leptos_options.clone(), platform };
+    let scheduler = config.cron.then(|| platform.triggers.spawn());
+    let state = AppState { leptos_options: leptos_options.clone(), platform: platform.clone() };
     let routes = generate_route_list(App);
     let app = Router::new()
         .merge(rest::router())
@@ -260,7 +271,7 @@ pub async fn build_app(config: &Config, mut leptos_options: LeptosOptions) -> Re
         .with_state(state)
         .layer(auth)
         .layer(TraceLayer::new_for_http());
-    Ok(Server { router: app, runtime, reconciler })
+    Ok(Server { router: app, platform, runtime, reconciler, scheduler })
 }
 
 /// Serves until Ctrl-C or SIGTERM.

@@ -41,7 +41,8 @@ impl TestApp {
     async fn start_with(signup: SignupPolicy) -> TestApp {
         let dir = tempfile::tempdir().expect("temp dir");
         let data_dir = dir.path().display().to_string();
-        let mut args = vec!["kubefn", "--data-dir", &data_dir, "--drain-seconds", "1", "--reconcile-seconds", "1", "--log", "warn"];
+        // Cron triggers run on the clock the tests move (`platform.triggers.tick`).
+        let mut args = vec!["kubefn", "--data-dir", &data_dir, "--drain-seconds", "1", "--reconcile-seconds", "1", "--log", "warn", "--cron", "false"];
         let admin = format!("{}:{}", ADMIN.0, ADMIN.1);
         args.extend(["--admin", &admin]);
         if signup == SignupPolicy::Closed {
@@ -101,6 +102,30 @@ impl TestApp {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
         panic!("instance {id}: timed out waiting until {what}; last answer: {last:#}");
+    }
+
+    /// Stops kubefn and starts it again over the same data directory.
+    async fn restart(mut self) -> TestApp {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await;
+        }
+        let data_dir = self.dir.path().display().to_string();
+        let admin = format!("{}:{}", ADMIN.0, ADMIN.1);
+        let args = ["kubefn", "--data-dir", &data_dir, "--drain-seconds", "1", "--reconcile-seconds", "1", "--log", "warn", "--cron", "false", "--admin", &admin];
+        let config = Config::try_parse_from(args).expect("configuration");
+        let options = leptos::config::get_configuration(None).expect("site options").leptos_options;
+        let server = build_app(&config, options).await.expect("app builds again");
+        TestApp { router: server.router.clone(), server: Some(server), dir: self.dir }
+    }
+
+    /// Runs the trigger scheduler at `now` and waits for the fires it started.
+    async fn tick(&self, now: chrono::DateTime<chrono::Utc>) -> usize {
+        let fires = self.server.as_ref().expect("running").platform.triggers.tick(now).await.expect("tick");
+        let count = fires.len();
+        for fire in fires {
+            fire.await.expect("fire");
+        }
+        count
     }
 
     /// Stops the reconcile loop and every replica.
@@ -883,5 +908,86 @@ async fn the_gateway_applies_each_functions_invoke_policy_and_counts_every_call(
     assert!(invalid.status.is_client_error(), "{}", invalid.body);
     assert!(invalid.body["error"].as_str().is_some_and(|e| e.contains("invoke.access") || e.contains("everyone")), "{}", invalid.body);
     assert_eq!(app.call(Method::GET, "/api/v1/functions/gate", None, As::Cookie(&alice)).await.body["latest_version"], 3);
+    app.stop().await;
+}
+
+async fn trigger_runs(app: &TestApp, id: i64, who: &str) -> Vec<Value> {
+    app.call(Method::GET, &format!("/api/v1/triggers/{id}"), None, As::Cookie(who)).await.body["runs"].as_array().cloned().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cron_triggers_fire_at_their_minute_once_across_a_restart_and_record_missed_fires() {
+    use chrono::{DateTime, Duration, DurationRound, Utc};
+    let app = TestApp::start().await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let tick = json!({"name": "tick", "runtime": "python", "source": "def handle(req):\n    return 'ticked ' + req\n"});
+    assert_eq!(app.call(Method::POST, "/api/v1/functions", Some(tick), As::Cookie(&alice)).await.status, StatusCode::CREATED);
+    let deployed = app.call(Method::POST, "/api/v1/functions/tick/deploy", None, As::Cookie(&alice)).await;
+    let instance = deployed.body["id"].as_str().expect("id").to_string();
+    app.instance_until(&instance, &alice, "ready", |i| i["state"] == "Ready").await;
+
+    // Bad triggers are refused with the field named; nothing is stored.
+    for (body, field) in [
+        (json!({"schedule": "every minute"}), "schedule"),
+        (json!({"schedule": "* * * * * *"}), "schedule"),
+        (json!({"schedule": "* * * * *", "method": "BREW"}), "method"),
+        (json!({"schedule": "* * * * *", "path": "no-slash"}), "path"),
+        (json!({"schedule": "* * * * *", "when": "now"}), "when"),
+    ] {
+        let refused = app.call(Method::POST, "/api/v1/functions/tick/triggers", Some(body.clone()), As::Cookie(&alice)).await;
+        assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {}", refused.body);
+        assert_eq!(refused.body["field"], field, "{}", refused.body);
+    }
+    assert_eq!(app.call(Method::GET, "/api/v1/functions/tick/triggers", None, As::Cookie(&alice)).await.body, json!([]));
+    let private = app.call(Method::POST, "/api/v1/functions/tick/triggers", Some(json!({"schedule": "* * * * *"})), As::Cookie(&bob)).await;
+    assert_eq!(private.status, StatusCode::NOT_FOUND, "bob cannot see alice's private function");
+
+    let created = app.call(Method::POST, "/api/v1/functions/tick/triggers", Some(json!({"schedule": "* * * * *", "body": "by cron", "method": "put"})), As::Cookie(&alice)).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    assert_eq!((created.body["method"].clone(), created.body["path"].clone(), created.body["user"].clone()), (json!("PUT"), json!("/"), json!("alice")));
+    let id = created.body["id"].as_i64().expect("id");
+    let created_at: DateTime<Utc> = serde_json::from_value(created.body["created_at"].clone()).expect("created_at");
+    let first = created_at.duration_trunc(Duration::minutes(1)).expect("minute") + Duration::minutes(1);
+    assert_eq!(created.body["next_fire_at"], json!(first), "the next minute");
+    assert_eq!(app.call(Method::GET, &format!("/api/v1/triggers/{id}"), None, As::Cookie(&bob)).await.status, StatusCode::NOT_FOUND);
+
+    assert_eq!(app.tick(first - Duration::seconds(1)).await, 0, "not before its minute");
+    assert_eq!(app.tick(first + Duration::seconds(2)).await, 1, "at its minute");
+    let after_first = trigger_runs(&app, id, &alice).await;
+    assert_eq!(after_first.len(), 1);
+    assert_eq!(after_first[0]["outcome"], "ok", "{after_first:#?}");
+    assert_eq!(after_first[0]["status"], 200);
+    assert_eq!(after_first[0]["message"], "ticked by cron", "the function got the trigger's body");
+    assert_eq!(after_first[0]["scheduled_for"], json!(first));
+    assert_eq!(app.tick(first + Duration::seconds(20)).await, 0, "once per minute");
+
+    // A restart in the same minute does not fire it again; the next minute fires.
+    let app = app.restart().await;
+    app.instance_until(&instance, &alice, "ready again", |i| i["state"] == "Ready").await;
+    assert_eq!(app.tick(first + Duration::seconds(40)).await, 0, "not twice across a restart");
+    assert_eq!(app.tick(first + Duration::seconds(61)).await, 1);
+    assert_eq!(trigger_runs(&app, id, &alice).await.len(), 2);
+
+    // Down for four minutes: the three missed fires are recorded as skipped, the last due one
+    // (30 s late, within the grace) fires.
+    assert_eq!(app.tick(first + Duration::seconds(5 * 60 + 30)).await, 1);
+    let all = trigger_runs(&app, id, &alice).await;
+    assert_eq!(all.len(), 4, "{all:#?}");
+    assert_eq!((all[0]["outcome"].clone(), all[0]["scheduled_for"].clone()), (json!("ok"), json!(first + Duration::minutes(5))));
+    assert_eq!(all[1]["outcome"], "skipped");
+    assert_eq!(all[1]["scheduled_for"], json!(first + Duration::minutes(2)));
+    assert!(all[1]["message"].as_str().is_some_and(|m| m.starts_with("3 fire(s)")), "{}", all[1]["message"]);
+    let listed = app.call(Method::GET, "/api/v1/functions/tick/triggers", None, As::Cookie(&alice)).await.body;
+    assert_eq!(listed[0]["last_fire_at"], json!(first + Duration::minutes(5)));
+
+    // The invocations went through the gateway and were counted there.
+    let admin = app.admin().await;
+    let metrics = app.call(Method::GET, "/metrics", None, As::Cookie(&admin)).await.body;
+    assert!(metrics.as_str().is_some_and(|m| m.contains("function_calls_total{function=\"tick\",user=\"alice\"} 2")), "since the restart: {metrics}");
+
+    assert_eq!(app.call(Method::DELETE, &format!("/api/v1/triggers/{id}"), None, As::Cookie(&alice)).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(app.call(Method::GET, &format!("/api/v1/triggers/{id}"), None, As::Cookie(&alice)).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(app.tick(first + Duration::minutes(7)).await, 0, "a deleted trigger never fires");
     app.stop().await;
 }

@@ -82,6 +82,7 @@ mod ssr {
     use crate::platform::auth::AuthError;
     use crate::platform::instances::InstanceError;
     use crate::platform::registry::RegistryError;
+    use crate::platform::triggers::TriggerError;
     use axum::response::{IntoResponse, Response};
     use axum::Json;
     use http::{header, HeaderValue, StatusCode};
@@ -124,6 +125,18 @@ mod ssr {
                 InstanceError::Invalid(field_error) => ApiError::invalid(field_error.field, field_error.message),
                 InstanceError::Unsupported(_) => ApiError::invalid("runtime", error.to_string()),
                 InstanceError::Runtime(_) | InstanceError::Store(_) => ApiError::internal(&error),
+            }
+        }
+    }
+
+    impl From<TriggerError> for ApiError {
+        fn from(error: TriggerError) -> Self {
+            match error {
+                TriggerError::Function(error) => ApiError::from(error),
+                TriggerError::Invalid(field_error) => ApiError::invalid(field_error.field, field_error.message),
+                TriggerError::NotFound { .. } => ApiError::new(404, error.to_string()),
+                TriggerError::TooMany { .. } => ApiError::new(409, error.to_string()),
+                TriggerError::Store(_) => ApiError::internal(&error),
             }
         }
     }

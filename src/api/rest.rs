@@ -2,7 +2,9 @@
 
 use super::caller::{self, AuthSession, Caller};
 use super::{ApiError, AppState};
-use crate::platform::model::{FunctionDetail, FunctionSpec, FunctionSummary, InstanceInfo, NewToken, TokenInfo, UsageSample, UserInfo, VersionDetail};
+use crate::platform::model::{
+    FunctionDetail, FunctionSpec, FunctionSummary, InstanceInfo, NewToken, TokenInfo, TriggerInfo, TriggerSpec, UsageSample, UserInfo, VersionDetail,
+};
 use crate::platform::Platform;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request, State};
@@ -27,6 +29,8 @@ pub fn router() -> Router<AppState> {
         .route("/functions/{name}/versions/{version}", get(get_version))
         .route("/functions/{name}/rollback", post(rollback_function))
         .route("/functions/{name}/deploy", post(deploy_function).delete(undeploy_function))
+        .route("/functions/{name}/triggers", get(list_triggers).post(create_trigger))
+        .route("/triggers/{id}", get(get_trigger).delete(delete_trigger))
         .route("/instances", get(list_instances))
         .route("/instances/{id}", get(get_instance).delete(delete_instance))
         .route("/instances/{id}/pause", post(pause_instance))
@@ -241,6 +245,33 @@ async fn deploy_function(State(platform): State<Platform>, Caller(caller): Calle
         headers.insert(header::LOCATION, location);
     }
     Ok((status, headers, Json(instance)).into_response())
+}
+
+async fn list_triggers(State(platform): State<Platform>, Caller(caller): Caller, Path(name): Path<String>) -> Result<Json<Vec<TriggerInfo>>, ApiError> {
+    Ok(Json(platform.triggers.list(&caller, &name, chrono::Utc::now()).await?))
+}
+
+async fn create_trigger(
+    State(platform): State<Platform>,
+    Caller(caller): Caller,
+    Path(name): Path<String>,
+    JsonBody(spec): JsonBody<TriggerSpec>,
+) -> Result<Response, ApiError> {
+    let trigger = platform.triggers.create(&caller, &name, spec, chrono::Utc::now()).await?;
+    let mut headers = HeaderMap::new();
+    if let Ok(location) = format!("/api/v1/triggers/{}", trigger.id).parse() {
+        headers.insert(header::LOCATION, location);
+    }
+    Ok((StatusCode::CREATED, headers, Json(trigger)).into_response())
+}
+
+async fn get_trigger(State(platform): State<Platform>, Caller(caller): Caller, Path(id): Path<i64>) -> Result<Json<TriggerInfo>, ApiError> {
+    Ok(Json(platform.triggers.get(&caller, id, chrono::Utc::now()).await?))
+}
+
+async fn delete_trigger(State(platform): State<Platform>, Caller(caller): Caller, Path(id): Path<i64>) -> Result<StatusCode, ApiError> {
+    platform.triggers.delete(&caller, id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn undeploy_function(State(platform): State<Platform>, Caller(caller): Caller, Path(name): Path<String>) -> Result<StatusCode, ApiError> {

@@ -1,5 +1,6 @@
 //! The FaaS core, with no Leptos inside: the model, validation, the store, accounts, the
-//! registry, instances and their runtimes, and the autoscaling algorithm. Only [`model`] compiles for the browser; everything else is server-only.
+//! registry, instances and their runtimes, the gateway and its metrics, cron triggers, and
+//! the autoscaling algorithm. Only [`model`] compiles for the browser; everything else is server-only.
 
 pub mod model;
 
@@ -20,6 +21,8 @@ pub mod runtime;
 #[cfg(feature = "ssr")]
 pub mod store;
 #[cfg(feature = "ssr")]
+pub mod triggers;
+#[cfg(feature = "ssr")]
 pub mod validation;
 
 #[cfg(feature = "ssr")]
@@ -33,6 +36,7 @@ mod ssr {
     use super::registry::Registry;
     use super::runtime::Runtime;
     use super::store::{Store, StoreError};
+    use super::triggers::Triggers;
     use std::sync::Arc;
 
     /// An error and its causes on one line (`what: why: deeper why`), for logs and reasons.
@@ -60,6 +64,8 @@ mod ssr {
         pub instances: Instances,
         /// The invocation path to instances.
         pub gateway: Gateway,
+        /// Cron triggers.
+        pub triggers: Triggers,
     }
 
     impl Platform {
@@ -67,10 +73,12 @@ mod ssr {
         pub async fn open(database_url: &str, signup: SignupPolicy, runtime: Arc<dyn Runtime>) -> Result<Platform, StoreError> {
             let store = Store::open(database_url).await?;
             let registry = Registry::new(store.clone());
+            let gateway = Gateway::new(store.clone(), runtime.clone());
             Ok(Platform {
                 accounts: Accounts::new(store.clone(), signup),
-                instances: Instances::new(store.clone(), registry.clone(), runtime.clone()),
-                gateway: Gateway::new(store.clone(), runtime),
+                instances: Instances::new(store.clone(), registry.clone(), runtime),
+                triggers: Triggers::new(store.clone(), registry.clone(), gateway.clone()),
+                gateway,
                 registry,
                 store,
             })

@@ -6,11 +6,13 @@
 mod functions;
 mod instances;
 mod tokens;
+mod triggers;
 mod usage;
 mod users;
 
 pub use functions::FunctionRecord;
 pub use instances::InstanceRecord;
+pub use triggers::TriggerRecord;
 pub use users::UserRecord;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
