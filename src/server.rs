@@ -186,6 +186,7 @@ pub struct Server {
     runtime: StartedRuntime,
     reconciler: tokio::task::JoinHandle<()>,
     scheduler: Option<tokio::task::JoinHandle<()>>,
+    async_worker: tokio::task::JoinHandle<()>,
 }
 
 impl Server {
@@ -196,6 +197,7 @@ impl Server {
         if let Some(scheduler) = &self.scheduler {
             scheduler.abort();
         }
+        self.async_worker.abort();
         match self.runtime {
             StartedRuntime::Local(local) => local.shutdown().await,
             StartedRuntime::Kubernetes(kubernetes) => kubernetes.shutdown().await,
@@ -258,6 +260,7 @@ pub async fn build_app(config: &Config, mut leptos_options: LeptosOptions) -> Re
     leptos_options.site_addr = config.listen;
     let reconciler = platform.instances.spawn_reconciler(Duration::from_secs(config.reconcile_seconds.max(1)));
     let scheduler = config.cron.then(|| platform.triggers.spawn());
+    let async_worker = platform.asyncs.spawn();
     let state = AppState { leptos_options: leptos_options.clone(), platform: platform.clone() };
     let routes = generate_route_list(App);
     let app = Router::new()
@@ -271,7 +274,7 @@ pub async fn build_app(config: &Config, mut leptos_options: LeptosOptions) -> Re
         .with_state(state)
         .layer(auth)
         .layer(TraceLayer::new_for_http());
-    Ok(Server { router: app, platform, runtime, reconciler, scheduler })
+    Ok(Server { router: app, platform, runtime, reconciler, scheduler, async_worker })
 }
 
 /// Serves until Ctrl-C or SIGTERM.

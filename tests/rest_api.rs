@@ -991,3 +991,98 @@ async fn cron_triggers_fire_at_their_minute_once_across_a_restart_and_record_mis
     assert_eq!(app.tick(first + Duration::minutes(7)).await, 0, "a deleted trigger never fires");
     app.stop().await;
 }
+
+/// A local HTTP server that records every callback it receives.
+async fn callback_receiver() -> (String, tokio::sync::mpsc::UnboundedReceiver<(HeaderMap, String)>) {
+    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+    let router = Router::new().route(
+        "/done",
+        axum::routing::post(move |headers: HeaderMap, body: String| {
+            let sender = sender.clone();
+            async move {
+                let _ = sender.send((headers, body));
+                "thanks"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address");
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    (format!("http://{address}/done"), receiver)
+}
+
+async fn async_until(app: &TestApp, id: &str, who: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let mut last = Value::Null;
+    for _ in 0..300 {
+        let answer = app.call(Method::GET, &format!("/api/v1/async/{id}"), None, As::Cookie(who)).await;
+        if answer.status == StatusCode::OK && done(&answer.body) {
+            return answer.body;
+        }
+        last = answer.body;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("async invocation {id}: timed out waiting until {what}; last answer: {last:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn async_invocations_are_queued_retried_called_back_and_survive_a_restart() {
+    let app = TestApp::start().await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    // Fails its first two attempts (counted in a file named by the request), then answers.
+    let source = "import os\ndef handle(req):\n    path, payload = req.split('|', 1)\n    n = int(open(path).read()) + 1 if os.path.exists(path) else 1\n    open(path, 'w').write(str(n))\n    if n < 3:\n        raise RuntimeError('not yet')\n    return f'done {payload} after {n}'\n";
+    let function = json!({"name": "later", "runtime": "python", "source": source, "invoke": {"max_body_bytes": 1000}});
+    assert_eq!(app.call(Method::POST, "/api/v1/functions", Some(function), As::Cookie(&alice)).await.status, StatusCode::CREATED);
+    let deployed = app.call(Method::POST, "/api/v1/functions/later/deploy", None, As::Cookie(&alice)).await;
+    let instance = deployed.body["id"].as_str().expect("id").to_string();
+    app.instance_until(&instance, &alice, "ready", |i| i["state"] == "Ready").await;
+    let (callback_url, mut callbacks) = callback_receiver().await;
+    let counter = app.dir.path().join("attempts-1").display().to_string();
+    let queue = |body: String, who: &str, callback: Option<&str>| {
+        let mut request = Request::post("/async/fn/alice/later/x?y=1").header(header::COOKIE, who).header(header::CONTENT_TYPE, "text/plain");
+        if let Some(url) = callback {
+            request = request.header("x-callback-url", url);
+        }
+        request.body(Body::from(body)).expect("request")
+    };
+
+    let accepted = app.send(queue(format!("{counter}|payload"), &alice, Some(&callback_url))).await;
+    assert_eq!(accepted.status, StatusCode::ACCEPTED, "{}", accepted.body);
+    let id = accepted.body["id"].as_str().expect("id").to_string();
+    assert_eq!(accepted.headers[header::LOCATION], format!("/api/v1/async/{id}").as_str());
+    let done = async_until(&app, &id, &alice, "succeeded", |s| s["state"] == "succeeded").await;
+    assert_eq!(done["attempts"], 3, "two failures retried: {done:#}");
+    assert_eq!(done["status"], 200);
+    assert_eq!(done["response"], "done payload after 3");
+    let (headers, body) = tokio::time::timeout(std::time::Duration::from_secs(10), callbacks.recv()).await.expect("a callback").expect("callback");
+    assert_eq!(body, "done payload after 3");
+    assert_eq!(headers["x-kubefn-async-id"], id.as_str());
+    assert_eq!(headers["x-kubefn-function-status"], "200");
+    assert_eq!(headers["x-kubefn-async-state"], "succeeded");
+    let recorded = async_until(&app, &id, &alice, "the callback recorded", |s| s["callback_result"] != "").await;
+    assert!(recorded["callback_result"].as_str().is_some_and(|r| r.starts_with("delivered")), "{recorded:#}");
+
+    // Only alice (and admins) see it; the refusals are those of the gateway.
+    assert_eq!(app.call(Method::GET, &format!("/api/v1/async/{id}"), None, As::Cookie(&bob)).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(app.call(Method::GET, &format!("/api/v1/async/{id}"), None, As::Anonymous).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(app.send(queue("x|y".into(), &bob, None)).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(app.send(Request::post("/async/fn/alice/later").body(Body::from("x|y")).expect("request")).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(app.send(queue("x".repeat(2000), &alice, None)).await.status, StatusCode::PAYLOAD_TOO_LARGE);
+    let bad_callback = app.send(queue("x|y".into(), &alice, Some("https://example.com/hook"))).await;
+    assert_eq!(bad_callback.status, StatusCode::BAD_REQUEST);
+    assert_eq!(bad_callback.body["field"], "X-Callback-Url");
+
+    // Queued while the instance is paused, kept across a restart, done once it runs again.
+    app.call(Method::POST, &format!("/api/v1/instances/{instance}/pause"), None, As::Cookie(&alice)).await;
+    let counter = app.dir.path().join("attempts-2").display().to_string();
+    std::fs::write(&counter, "2").expect("counter");
+    let accepted = app.send(queue(format!("{counter}|again"), &alice, None)).await;
+    let id = accepted.body["id"].as_str().expect("id").to_string();
+    let waiting = async_until(&app, &id, &alice, "an attempt failed on the paused instance", |s| s["attempts"] == 1 && s["state"] == "queued").await;
+    assert!(waiting["error"].as_str().is_some_and(|e| e.contains("Paused")), "{waiting:#}");
+    let app = app.restart().await;
+    app.call(Method::POST, &format!("/api/v1/instances/{instance}/resume"), None, As::Cookie(&alice)).await;
+    let done = async_until(&app, &id, &alice, "succeeded after the restart", |s| s["state"] == "succeeded").await;
+    assert_eq!(done["response"], "done again after 3");
+    app.stop().await;
+}

@@ -79,6 +79,7 @@ impl FromServerFnError for ApiError {
 #[cfg(feature = "ssr")]
 mod ssr {
     use super::ApiError;
+    use crate::platform::async_invocations::AsyncError;
     use crate::platform::auth::AuthError;
     use crate::platform::instances::InstanceError;
     use crate::platform::registry::RegistryError;
@@ -125,6 +126,17 @@ mod ssr {
                 InstanceError::Invalid(field_error) => ApiError::invalid(field_error.field, field_error.message),
                 InstanceError::Unsupported(_) => ApiError::invalid("runtime", error.to_string()),
                 InstanceError::Runtime(_) | InstanceError::Store(_) => ApiError::internal(&error),
+            }
+        }
+    }
+
+    impl From<AsyncError> for ApiError {
+        fn from(error: AsyncError) -> Self {
+            match error {
+                AsyncError::Gateway(error) => ApiError::from(error),
+                AsyncError::Invalid(field_error) => ApiError { status: 400, ..ApiError::invalid(field_error.field, field_error.message) },
+                AsyncError::NotFound { .. } => ApiError::new(404, error.to_string()),
+                AsyncError::Store(_) => ApiError::internal(&error),
             }
         }
     }

@@ -1,9 +1,11 @@
 //! `ANY /fn/{user}/{function}/{*path}`: find the caller (if any), hand the request to the
 //! platform's gateway, and stream the function's answer back (or a JSON error saying why
-//! not); `GET /metrics` for admins and their Prometheus.
+//! not); `ANY /async/fn/…` to queue an invocation; `GET /metrics` for admins and their
+//! Prometheus.
 
 use super::caller::{client_address, principal_from_parts, Caller};
 use super::{ApiError, AppState};
+use crate::platform::async_invocations::AsyncRequest;
 use crate::platform::gateway::{upstream_uri, GatewayError};
 use crate::platform::metrics::{InstanceLabels, CONTENT_TYPE};
 use crate::platform::Platform;
@@ -21,7 +23,41 @@ pub fn router() -> Router<AppState> {
         .route("/fn/{user}/{function}", any(invoke))
         .route("/fn/{user}/{function}/", any(invoke))
         .route("/fn/{user}/{function}/{*path}", any(invoke))
+        .route("/async/fn/{user}/{function}", any(invoke_async))
+        .route("/async/fn/{user}/{function}/", any(invoke_async))
+        .route("/async/fn/{user}/{function}/{*path}", any(invoke_async))
         .route("/metrics", get(metrics))
+}
+
+/// Queues the request and answers 202 with its id and where to look for the result.
+async fn invoke_async(
+    State(platform): State<Platform>,
+    super::rest::Path(params): super::rest::Path<std::collections::HashMap<String, String>>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let (user, function) = (params.get("user").cloned().unwrap_or_default(), params.get("function").cloned().unwrap_or_default());
+    let rest = params.get("path").cloned().unwrap_or_default();
+    let (mut parts, body) = request.into_parts();
+    let caller = principal_from_parts(&mut parts, &platform).await?;
+    let path = upstream_uri(&rest, parts.uri.query()).map_err(|error| ApiError::new(400, format!("the path cannot be forwarded: {error}")))?;
+    // Admission (policy, instance) comes first so a refused caller never uploads a body;
+    // the body is then read up to the function's limit.
+    let target = platform.gateway.admit(caller.as_ref(), &user, &function).await?;
+    let limit = usize::try_from(target.policy.max_body_bytes).unwrap_or(usize::MAX);
+    let body = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::from(GatewayError::TooLarge { function: function.clone(), limit: target.policy.max_body_bytes })
+    })?;
+    let header = |name: http::header::HeaderName| parts.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let request = AsyncRequest {
+        method: parts.method.clone(),
+        path_and_query: path.to_string(),
+        content_type: header(http::header::CONTENT_TYPE),
+        body: body.to_vec(),
+        callback_url: header(http::header::HeaderName::from_static("x-callback-url")),
+    };
+    let accepted = platform.asyncs.enqueue(caller.as_ref(), &target, request).await?;
+    let location = accepted.status_url.clone();
+    Ok((http::StatusCode::ACCEPTED, [(http::header::LOCATION, location)], axum::Json(accepted)).into_response())
 }
 
 /// The gateway's metrics with the replica gauges of every instance as they are now. Admins

@@ -3,7 +3,7 @@
 use super::caller::{self, AuthSession, Caller};
 use super::{ApiError, AppState};
 use crate::platform::model::{
-    FunctionDetail, FunctionSpec, FunctionSummary, InstanceInfo, NewToken, TokenInfo, TriggerInfo, TriggerSpec, UsageSample, UserInfo, VersionDetail,
+    AsyncStatus, FunctionDetail, FunctionSpec, FunctionSummary, InstanceInfo, NewToken, TokenInfo, TriggerInfo, TriggerSpec, UsageSample, UserInfo, VersionDetail,
 };
 use crate::platform::Platform;
 use axum::body::Bytes;
@@ -31,6 +31,7 @@ pub fn router() -> Router<AppState> {
         .route("/functions/{name}/deploy", post(deploy_function).delete(undeploy_function))
         .route("/functions/{name}/triggers", get(list_triggers).post(create_trigger))
         .route("/triggers/{id}", get(get_trigger).delete(delete_trigger))
+        .route("/async/{id}", get(get_async))
         .route("/instances", get(list_instances))
         .route("/instances/{id}", get(get_instance).delete(delete_instance))
         .route("/instances/{id}/pause", post(pause_instance))
@@ -272,6 +273,13 @@ async fn get_trigger(State(platform): State<Platform>, Caller(caller): Caller, P
 async fn delete_trigger(State(platform): State<Platform>, Caller(caller): Caller, Path(id): Path<i64>) -> Result<StatusCode, ApiError> {
     platform.triggers.delete(&caller, id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// An async invocation's state and result; anonymous callers may look at anonymous calls.
+async fn get_async(State(platform): State<Platform>, Path(id): Path<String>, request: Request) -> Result<Json<AsyncStatus>, ApiError> {
+    let (mut parts, _) = request.into_parts();
+    let caller = caller::principal_from_parts(&mut parts, &platform).await?;
+    Ok(Json(platform.asyncs.status(caller.as_ref(), &id).await?))
 }
 
 async fn undeploy_function(State(platform): State<Platform>, Caller(caller): Caller, Path(name): Path<String>) -> Result<StatusCode, ApiError> {

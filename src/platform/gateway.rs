@@ -12,7 +12,7 @@ use crate::platform::auth::Principal;
 use crate::platform::metrics::{GatewayMetrics, InFlight, InstanceLabels, Rejection};
 use crate::platform::model::{InstanceState, InvokeAccess, InvokePolicy};
 use crate::platform::runtime::{Runtime, RuntimeError};
-use crate::platform::store::{Store, StoreError};
+use crate::platform::store::{InstanceRecord, Store, StoreError};
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response, Uri};
 use hyper::body::Incoming;
@@ -116,6 +116,17 @@ impl std::fmt::Debug for Gateway {
     }
 }
 
+/// What an admitted invocation reaches.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// The instance.
+    pub instance: InstanceRecord,
+    /// The function's invocation timeout.
+    pub timeout_s: u32,
+    /// The function's invoke policy.
+    pub policy: InvokePolicy,
+}
+
 /// A function's answer on its way back; keeps the invocation counted as in flight until the
 /// body is sent (or dropped).
 pub struct Answer {
@@ -151,22 +162,9 @@ impl Gateway {
         &self.metrics
     }
 
-    /// Forwards `request` (its URI already the path and query for the function) to the
-    /// instance of `function` belonging to `user`, if the function's invoke policy lets
-    /// `caller` (`None`: anonymous) in and the request is within its limits.
-    pub async fn invoke<B>(
-        &self,
-        caller: Option<&Principal>,
-        user: &str,
-        function: &str,
-        request: Request<B>,
-        client: Option<IpAddr>,
-    ) -> Result<Response<Answer>, GatewayError>
-    where
-        B: hyper::body::Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
+    /// The instance `caller` (`None`: anonymous) may invoke as `/fn/{user}/{function}`, with
+    /// the function's limits; the same errors as an invocation otherwise.
+    pub async fn admit(&self, caller: Option<&Principal>, user: &str, function: &str) -> Result<Target, GatewayError> {
         let no_instance = || GatewayError::NoInstance { user: user.to_string(), function: function.to_string() };
         let owner = self.store.user_by_name(user).await?.ok_or_else(no_instance)?;
         let record = self.store.function_by_name(function).await?.ok_or_else(no_instance)?;
@@ -184,6 +182,26 @@ impl Gateway {
             (InvokeAccess::Owner, Some(_)) => {}
         }
         let instance = self.store.instance_of(record.id, owner.id).await?.ok_or_else(no_instance)?;
+        Ok(Target { instance, timeout_s, policy })
+    }
+
+    /// Forwards `request` (its URI already the path and query for the function) to the
+    /// instance of `function` belonging to `user`, if the function's invoke policy lets
+    /// `caller` (`None`: anonymous) in and the request is within its limits.
+    pub async fn invoke<B>(
+        &self,
+        caller: Option<&Principal>,
+        user: &str,
+        function: &str,
+        request: Request<B>,
+        client: Option<IpAddr>,
+    ) -> Result<Response<Answer>, GatewayError>
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let Target { instance, timeout_s, policy, .. } = self.admit(caller, user, function).await?;
         let labels = InstanceLabels::new(function, user);
         let declared_length = request.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
         if declared_length.is_some_and(|length| length > policy.max_body_bytes) {

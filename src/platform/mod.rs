@@ -1,9 +1,11 @@
 //! The FaaS core, with no Leptos inside: the model, validation, the store, accounts, the
-//! registry, instances and their runtimes, the gateway and its metrics, cron triggers, and
+//! registry, instances and their runtimes, the gateway and its metrics, cron triggers, async invocations, and
 //! the autoscaling algorithm. Only [`model`] compiles for the browser; everything else is server-only.
 
 pub mod model;
 
+#[cfg(feature = "ssr")]
+pub mod async_invocations;
 #[cfg(feature = "ssr")]
 pub mod auth;
 #[cfg(feature = "ssr")]
@@ -30,6 +32,7 @@ pub use ssr::{error_chain, Platform};
 
 #[cfg(feature = "ssr")]
 mod ssr {
+    use super::async_invocations::AsyncInvocations;
     use super::auth::{Accounts, SignupPolicy};
     use super::gateway::Gateway;
     use super::instances::Instances;
@@ -66,6 +69,8 @@ mod ssr {
         pub gateway: Gateway,
         /// Cron triggers.
         pub triggers: Triggers,
+        /// The async invocation queue.
+        pub asyncs: AsyncInvocations,
     }
 
     impl Platform {
@@ -78,6 +83,7 @@ mod ssr {
                 accounts: Accounts::new(store.clone(), signup),
                 instances: Instances::new(store.clone(), registry.clone(), runtime),
                 triggers: Triggers::new(store.clone(), registry.clone(), gateway.clone()),
+                asyncs: AsyncInvocations::new(store.clone(), gateway.clone()),
                 gateway,
                 registry,
                 store,

@@ -3,6 +3,7 @@
 //! The schema lives in `migrations/` and is applied at start-up; every query goes through the
 //! repositories in this module so the rest of the platform never writes SQL.
 
+mod async_invocations;
 mod functions;
 mod instances;
 mod tokens;
@@ -10,6 +11,7 @@ mod triggers;
 mod usage;
 mod users;
 
+pub use async_invocations::{AsyncRecord, AttemptResult, NewAsync};
 pub use functions::FunctionRecord;
 pub use instances::InstanceRecord;
 pub use triggers::TriggerRecord;
@@ -140,7 +142,7 @@ mod tests {
         let tables: Vec<(String,)> =
             sqlx::query_as("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name").fetch_all(store.pool()).await.expect("tables");
         let names: Vec<&str> = tables.iter().map(|t| t.0.as_str()).collect();
-        for wanted in ["api_tokens", "events", "function_versions", "functions", "instances", "triggers", "usage_samples", "users"] {
+        for wanted in ["api_tokens", "async_invocations", "events", "function_versions", "functions", "instances", "trigger_runs", "triggers", "usage_samples", "users"] {
             assert!(names.contains(&wanted), "{wanted} missing from {names:?}");
         }
         // Opening again is a no-op, not an error.

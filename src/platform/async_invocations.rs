@@ -1,0 +1,356 @@
+//! Async invocations: `POST /async/fn/{user}/{function}/…` is admitted like a normal call
+//! (same invoke policy and body limit), stored, and answered 202 with an id at once. A worker
+//! invokes it through the gateway as the caller, retrying with exponential back-off while the
+//! instance is unavailable or answers 5xx/429, records the result and, when the request had
+//! an `X-Callback-Url`, POSTs the result there.
+
+use super::auth::Principal;
+use super::gateway::{upstream_uri, Gateway, GatewayError, Target};
+use super::model::{AsyncAccepted, AsyncState, AsyncStatus, FieldError};
+use super::store::{AsyncRecord, AttemptResult, NewAsync, Store, StoreError};
+use chrono::{DateTime, Utc};
+use http_body_util::BodyExt;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Notify, Semaphore};
+
+/// Attempts made before an invocation fails for good.
+pub const MAX_ATTEMPTS: u32 = 5;
+/// The wait after the first failed attempt; it doubles after each (1, 2, 4, 8 s).
+pub const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// Invocations running at once.
+const PARALLEL: usize = 16;
+/// How much of an answer is kept.
+const RESPONSE_KEPT: usize = 256 * 1024;
+/// Attempts to deliver a result to its callback URL.
+const CALLBACK_ATTEMPTS: u32 = 3;
+
+/// Why an async invocation could not be queued or shown.
+#[derive(Debug, thiserror::Error)]
+pub enum AsyncError {
+    /// The gateway would not admit it.
+    #[error(transparent)]
+    Gateway(#[from] GatewayError),
+    /// A request field is invalid.
+    #[error("{}", .0.message)]
+    Invalid(FieldError),
+    /// No such invocation, or not the caller's.
+    #[error("no async invocation {id} of yours exists")]
+    NotFound {
+        /// The id asked for.
+        id: String,
+    },
+    /// The store failed.
+    #[error("the async queue failed")]
+    Store(#[from] StoreError),
+}
+
+/// An invocation to queue, as it arrived.
+#[derive(Clone, Debug)]
+pub struct AsyncRequest {
+    /// HTTP method.
+    pub method: http::Method,
+    /// Path and query under the function.
+    pub path_and_query: String,
+    /// Its Content-Type.
+    pub content_type: Option<String>,
+    /// Its body (already within the function's limit).
+    pub body: Vec<u8>,
+    /// The `X-Callback-Url` header, if any.
+    pub callback_url: Option<String>,
+}
+
+/// The queue and its worker; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct AsyncInvocations {
+    store: Store,
+    gateway: Gateway,
+    queued: Arc<Notify>,
+}
+
+impl AsyncInvocations {
+    /// The queue over the store, invoking through `gateway`.
+    pub fn new(store: Store, gateway: Gateway) -> AsyncInvocations {
+        AsyncInvocations { store, gateway, queued: Arc::new(Notify::new()) }
+    }
+
+    /// Queues a request for `target`, which the gateway admitted for `caller`
+    /// ([`Gateway::admit`]).
+    pub async fn enqueue(&self, caller: Option<&Principal>, target: &Target, request: AsyncRequest) -> Result<AsyncAccepted, AsyncError> {
+        if u64::try_from(request.body.len()).unwrap_or(u64::MAX) > target.policy.max_body_bytes {
+            return Err(GatewayError::TooLarge { function: target.instance.function.clone(), limit: target.policy.max_body_bytes }.into());
+        }
+        if let Some(url) = &request.callback_url {
+            check_callback_url(url).map_err(AsyncError::Invalid)?;
+        }
+        let id = uuid::Uuid::new_v4().to_string();
+        let new = NewAsync {
+            id: id.clone(),
+            function_id: target.instance.function_id,
+            user_id: target.instance.user_id,
+            caller_id: caller.map(|c| c.id),
+            method: request.method.to_string(),
+            path: request.path_and_query,
+            content_type: request.content_type,
+            body: request.body,
+            callback_url: request.callback_url,
+        };
+        self.store.insert_async(&new, Utc::now()).await?;
+        self.queued.notify_one();
+        Ok(AsyncAccepted { status_url: format!("/api/v1/async/{id}"), id })
+    }
+
+    /// An invocation's state and result, for whoever queued it, the instance's user and
+    /// admins (an anonymous call's id is its own key: anyone holding it may look).
+    pub async fn status(&self, caller: Option<&Principal>, id: &str) -> Result<AsyncStatus, AsyncError> {
+        let not_found = || AsyncError::NotFound { id: id.to_string() };
+        let (status, caller_id, user_id) = self.store.async_status(id).await?.ok_or_else(not_found)?;
+        let allowed = match (caller_id, caller) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(asker), Some(caller)) => caller.id == asker || caller.id == user_id || caller.is_admin(),
+        };
+        if allowed { Ok(status) } else { Err(not_found()) }
+    }
+
+    /// Works off the queue until aborted: invocations left running by a stopped kubefn go
+    /// back to the queue first.
+    pub fn spawn(&self) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            match this.store.requeue_interrupted_async(Utc::now()).await {
+                Ok(0) => {}
+                Ok(requeued) => tracing::warn!(requeued, "async invocations cut short by a stop of kubefn are queued again"),
+                Err(error) => tracing::error!(error = %super::error_chain(&error), "cannot requeue async invocations"),
+            }
+            let slots = Arc::new(Semaphore::new(PARALLEL));
+            loop {
+                let free = u32::try_from(slots.available_permits()).unwrap_or(0);
+                let claimed = if free == 0 { Ok(Vec::new()) } else { this.store.claim_due_async(Utc::now(), free).await };
+                match claimed {
+                    Ok(records) => {
+                        for record in records {
+                            let Ok(permit) = slots.clone().acquire_owned().await else { return };
+                            let this = this.clone();
+                            tokio::spawn(async move {
+                                this.attempt(record).await;
+                                drop(permit);
+                            });
+                        }
+                    }
+                    Err(error) => tracing::error!(error = %super::error_chain(&error), "cannot read the async queue"),
+                }
+                // Woken at once by a new invocation; otherwise look for due retries twice a second.
+                let _ = tokio::time::timeout(Duration::from_millis(500), this.queued.notified()).await;
+            }
+        })
+    }
+
+    /// One attempt: invoke, then record the result (and deliver it when final).
+    async fn attempt(&self, record: AsyncRecord) {
+        let attempts = u32::try_from(record.attempts).unwrap_or(u32::MAX);
+        let outcome = self.invoke(&record).await;
+        let result = attempt_result(attempts, outcome, Utc::now());
+        if let Err(error) = self.store.finish_attempt(&record.id, &result).await {
+            tracing::error!(id = %record.id, error = %super::error_chain(&error), "cannot record an async attempt");
+            return;
+        }
+        if result.state != AsyncState::Queued
+            && let Some(url) = &record.callback_url
+        {
+            let delivered = deliver(url, &record.id, &result).await;
+            if let Err(error) = self.store.set_callback_result(&record.id, &delivered).await {
+                tracing::error!(id = %record.id, error = %super::error_chain(&error), "cannot record a callback");
+            }
+        }
+    }
+
+    /// Invokes as the caller: the status, the answer (cut at [`RESPONSE_KEPT`]) and its type,
+    /// or whether to retry and why not.
+    async fn invoke(&self, record: &AsyncRecord) -> Result<Answered, NoAnswer> {
+        let caller = match record.caller_id {
+            Some(id) => match self.store.user_by_id(id).await {
+                Ok(Some(user)) => Some(Principal::from(&user)),
+                Ok(None) => return Err(NoAnswer::new(false, "the account that queued it no longer exists")),
+                Err(error) => return Err(NoAnswer::new(true, super::error_chain(&error))),
+            },
+            None => None,
+        };
+        let (path, query) = match record.path.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (record.path.as_str(), None),
+        };
+        let uri = upstream_uri(path, query).map_err(|e| NoAnswer::new(false, format!("the path cannot be sent: {e}")))?;
+        let mut request = http::Request::builder().method(record.method.as_str()).uri(uri).header("x-kubefn-async-id", record.id.as_str());
+        if let Some(content_type) = &record.content_type {
+            request = request.header(http::header::CONTENT_TYPE, content_type.as_str());
+        }
+        let request = request.body(http_body_util::Full::new(hyper::body::Bytes::from(record.body.clone()))).map_err(|e| NoAnswer::new(false, format!("the request cannot be built: {e}")))?;
+        let response = self.gateway.invoke(caller.as_ref(), &record.user, &record.function, request, None).await.map_err(|error| {
+            // Unavailable, overloaded or broken on the way: worth another try; refusals are not.
+            let retryable = matches!(error.status(), 429 | 500 | 502 | 503 | 504);
+            NoAnswer::new(retryable, super::error_chain(&error))
+        })?;
+        let status = response.status().as_u16();
+        let content_type = response.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let mut body = response.into_body().collect().await.map_err(|e| NoAnswer::new(true, format!("the answer broke off: {e}")))?.to_bytes().to_vec();
+        body.truncate(RESPONSE_KEPT);
+        Ok(Answered { status, body, content_type })
+    }
+}
+
+/// What the function answered to an attempt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answered {
+    /// Its HTTP status.
+    pub status: u16,
+    /// Its body (cut at 256 KiB).
+    pub body: Vec<u8>,
+    /// Its Content-Type.
+    pub content_type: Option<String>,
+}
+
+/// Why an attempt got no answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NoAnswer {
+    /// Whether another try may help (the instance unavailable or overloaded).
+    pub retryable: bool,
+    /// What happened.
+    pub reason: String,
+}
+
+impl NoAnswer {
+    fn new(retryable: bool, reason: impl Into<String>) -> NoAnswer {
+        NoAnswer { retryable, reason: reason.into() }
+    }
+}
+
+/// What attempt number `attempts` leads to, given the function's answer (status, body,
+/// type) or the reason it got none and whether that is worth another try: success below
+/// 400; another attempt after 5xx, 429 or an unavailable instance, with the wait doubling
+/// from [`FIRST_BACKOFF`]; failure for other 4xx and after [`MAX_ATTEMPTS`].
+pub fn attempt_result(attempts: u32, outcome: Result<Answered, NoAnswer>, now: DateTime<Utc>) -> AttemptResult {
+    let retry_at = || {
+        let wait = FIRST_BACKOFF.saturating_mul(2u32.saturating_pow(attempts.saturating_sub(1)));
+        now + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX)
+    };
+    let (status, response, response_type, retryable, error) = match outcome {
+        Ok(Answered { status, body, content_type }) => {
+            let error = if status < 400 { String::new() } else { format!("attempt {attempts}: the function answered {status}") };
+            (Some(status), Some(body), content_type, status >= 500 || status == 429, error)
+        }
+        Err(NoAnswer { retryable, reason }) => (None, None, None, retryable, format!("attempt {attempts}: {reason}")),
+    };
+    let state = if status.is_some_and(|s| s < 400) {
+        AsyncState::Succeeded
+    } else if retryable && attempts < MAX_ATTEMPTS {
+        AsyncState::Queued
+    } else {
+        AsyncState::Failed
+    };
+    AttemptResult {
+        state,
+        next_attempt_at: (state == AsyncState::Queued).then(retry_at),
+        status,
+        response,
+        response_type,
+        error,
+        finished_at: (state != AsyncState::Queued).then_some(now),
+    }
+}
+
+/// Checks an `X-Callback-Url`: an absolute `http://` URL.
+pub fn check_callback_url(url: &str) -> Result<(), FieldError> {
+    let field = || FieldError::new("X-Callback-Url", format!("X-Callback-Url must be an absolute http:// URL (got {url:?})"));
+    let uri: http::Uri = url.parse().map_err(|_| field())?;
+    if uri.scheme_str() != Some("http") || uri.host().is_none_or(str::is_empty) {
+        return Err(field());
+    }
+    Ok(())
+}
+
+/// POSTs the result to the callback URL (a few tries); what happened, in words.
+async fn deliver(url: &str, id: &str, result: &AttemptResult) -> String {
+    let mut last = String::new();
+    for attempt in 1..=CALLBACK_ATTEMPTS {
+        match post_callback(url, id, result).await {
+            Ok(status) if status < 400 => return format!("delivered: {url} answered {status}"),
+            Ok(status) => last = format!("{url} answered {status}"),
+            Err(reason) => last = reason,
+        }
+        if attempt < CALLBACK_ATTEMPTS {
+            tokio::time::sleep(FIRST_BACKOFF * attempt).await;
+        }
+    }
+    format!("not delivered after {CALLBACK_ATTEMPTS} tries: {last}")
+}
+
+async fn post_callback(url: &str, id: &str, result: &AttemptResult) -> Result<u16, String> {
+    let uri: http::Uri = url.parse().map_err(|e| format!("bad URL: {e}"))?;
+    let host = uri.host().ok_or("the URL has no host")?.to_string();
+    let port = uri.port_u16().unwrap_or(80);
+    let stream = tokio::time::timeout(Duration::from_secs(10), tokio::net::TcpStream::connect((host.as_str(), port)))
+        .await
+        .map_err(|_| format!("cannot connect to {host}:{port} within 10 s"))?
+        .map_err(|e| format!("cannot connect to {host}:{port}: {e}"))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut request = http::Request::post(path)
+        .header(http::header::HOST, uri.authority().map_or(host.as_str(), |a| a.as_str()))
+        .header("x-kubefn-async-id", id)
+        .header("x-kubefn-async-state", result.state.as_str());
+    if let Some(status) = result.status {
+        request = request.header("x-kubefn-function-status", status.to_string());
+    }
+    if !result.error.is_empty()
+        && let Ok(value) = http::HeaderValue::from_str(&result.error.replace(['\r', '\n'], " "))
+    {
+        request = request.header("x-kubefn-error", value);
+    }
+    if let Some(content_type) = &result.response_type {
+        request = request.header(http::header::CONTENT_TYPE, content_type.as_str());
+    }
+    let body = http_body_util::Full::new(hyper::body::Bytes::from(result.response.clone().unwrap_or_default()));
+    let request = request.body(body).map_err(|e| e.to_string())?;
+    let response = tokio::time::timeout(Duration::from_secs(30), sender.send_request(request))
+        .await
+        .map_err(|_| "no answer within 30 s".to_string())?
+        .map_err(|e| e.to_string())?;
+    Ok(response.status().as_u16())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_worth_retrying_are_retried_with_doubling_waits_until_the_last_attempt() {
+        let now = Utc::now();
+        let answered = |status: u16| Ok(Answered { status, body: b"body".to_vec(), content_type: Some("text/plain".into()) });
+        let ok = attempt_result(1, answered(200), now);
+        assert_eq!((ok.state, ok.status, ok.finished_at), (AsyncState::Succeeded, Some(200), Some(now)));
+        let crashed = attempt_result(1, answered(500), now);
+        assert_eq!(crashed.state, AsyncState::Queued);
+        assert_eq!(crashed.next_attempt_at, Some(now + chrono::Duration::seconds(1)));
+        assert_eq!(attempt_result(3, answered(429), now).next_attempt_at, Some(now + chrono::Duration::seconds(4)));
+        let unavailable = attempt_result(2, Err(NoAnswer::new(true, "the instance is Paused")), now);
+        assert_eq!((unavailable.state, unavailable.next_attempt_at), (AsyncState::Queued, Some(now + chrono::Duration::seconds(2))));
+        assert!(unavailable.error.contains("attempt 2: the instance is Paused"));
+        assert_eq!(attempt_result(MAX_ATTEMPTS, answered(503), now).state, AsyncState::Failed, "the last attempt");
+        let refused = attempt_result(1, answered(400), now);
+        assert_eq!((refused.state, refused.next_attempt_at), (AsyncState::Failed, None), "a 4xx will not change by retrying");
+        assert_eq!(attempt_result(1, Err(NoAnswer::new(false, "gone")), now).state, AsyncState::Failed);
+    }
+
+    #[test]
+    fn callback_urls_are_absolute_http() {
+        assert!(check_callback_url("http://127.0.0.1:9000/done?x=1").is_ok());
+        for bad in ["https://example.com/", "/relative", "ftp://x/", "not a url", "http://"] {
+            let error = check_callback_url(bad).expect_err(bad);
+            assert_eq!(error.field, "X-Callback-Url");
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! The async invocation queue. An attempt is claimed by moving a row from `queued` to
+//! `running` with a compare-and-set, so one worker runs it; rows left `running` by a stopped
+//! kubefn go back to `queued` at start (delivery is at least once).
+
+use super::{Store, StoreResult};
+use crate::platform::model::{AsyncState, AsyncStatus};
+use chrono::{DateTime, Utc};
+
+/// An invocation to make, as queued.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewAsync {
+    /// Its id.
+    pub id: String,
+    /// The function's id.
+    pub function_id: i64,
+    /// The instance's user's id.
+    pub user_id: i64,
+    /// Who asked (`None`: anonymous, for a public function).
+    pub caller_id: Option<i64>,
+    /// HTTP method.
+    pub method: String,
+    /// Path and query under the function.
+    pub path: String,
+    /// The request's Content-Type.
+    pub content_type: Option<String>,
+    /// The request body.
+    pub body: Vec<u8>,
+    /// Where to send the result.
+    pub callback_url: Option<String>,
+}
+
+/// A queued invocation with what the worker needs.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct AsyncRecord {
+    /// Its id.
+    pub id: String,
+    /// The function's name.
+    pub function: String,
+    /// The instance's user's name.
+    pub user: String,
+    /// Who asked.
+    pub caller_id: Option<i64>,
+    /// HTTP method.
+    pub method: String,
+    /// Path and query.
+    pub path: String,
+    /// The request's Content-Type.
+    pub content_type: Option<String>,
+    /// The request body.
+    pub body: Vec<u8>,
+    /// Where to send the result.
+    pub callback_url: Option<String>,
+    /// Attempts made, this one included once claimed.
+    pub attempts: i64,
+}
+
+/// How an attempt ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttemptResult {
+    /// `Succeeded`, `Failed`, or `Queued` for another attempt at `next_attempt_at`.
+    pub state: AsyncState,
+    /// When to try again (queued only).
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// The function's status, if it answered.
+    pub status: Option<u16>,
+    /// Its answer.
+    pub response: Option<Vec<u8>>,
+    /// Its answer's Content-Type.
+    pub response_type: Option<String>,
+    /// Why it failed.
+    pub error: String,
+    /// When it ended (final states).
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+#[derive(sqlx::FromRow)]
+struct StatusRow {
+    id: String,
+    function: String,
+    user: String,
+    caller_id: Option<i64>,
+    user_id: i64,
+    state: String,
+    attempts: i64,
+    next_attempt_at: DateTime<Utc>,
+    status: Option<i64>,
+    response: Option<Vec<u8>>,
+    error: String,
+    callback_url: Option<String>,
+    callback_result: String,
+    created_at: DateTime<Utc>,
+    finished_at: Option<DateTime<Utc>>,
+}
+
+const SELECT_RECORD: &str = "SELECT a.id, f.name AS function, u.name AS user, a.caller_id, a.method, a.path, a.content_type, a.body,
+        a.callback_url, a.attempts
+   FROM async_invocations a JOIN functions f ON f.id = a.function_id JOIN users u ON u.id = a.user_id";
+
+impl Store {
+    /// Queues an invocation, due now.
+    pub async fn insert_async(&self, new: &NewAsync, now: DateTime<Utc>) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO async_invocations (id, function_id, user_id, caller_id, method, path, content_type, body, callback_url, state,
+                                            next_attempt_at, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
+        )
+        .bind(&new.id)
+        .bind(new.function_id)
+        .bind(new.user_id)
+        .bind(new.caller_id)
+        .bind(&new.method)
+        .bind(&new.path)
+        .bind(&new.content_type)
+        .bind(&new.body)
+        .bind(&new.callback_url)
+        .bind(now)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Claims up to `limit` queued invocations that are due, counting an attempt for each.
+    pub async fn claim_due_async(&self, now: DateTime<Utc>, limit: u32) -> StoreResult<Vec<AsyncRecord>> {
+        let due: Vec<String> = sqlx::query_scalar("SELECT id FROM async_invocations WHERE state = 'queued' AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?")
+            .bind(now)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        let mut claimed = Vec::new();
+        for id in due {
+            let moved = sqlx::query("UPDATE async_invocations SET state = 'running', attempts = attempts + 1 WHERE id = ? AND state = 'queued'")
+                .bind(&id)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+            if moved == 1
+                && let Some(record) = sqlx::query_as::<_, AsyncRecord>(&format!("{SELECT_RECORD} WHERE a.id = ?")).bind(&id).fetch_optional(&self.pool).await?
+            {
+                claimed.push(record);
+            }
+        }
+        Ok(claimed)
+    }
+
+    /// Records how an attempt ended.
+    pub async fn finish_attempt(&self, id: &str, result: &AttemptResult) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE async_invocations SET state = ?, next_attempt_at = COALESCE(?, next_attempt_at), status = ?, response = ?, response_type = ?,
+                    error = ?, finished_at = ?
+              WHERE id = ?",
+        )
+        .bind(result.state.as_str())
+        .bind(result.next_attempt_at)
+        .bind(result.status.map(i64::from))
+        .bind(&result.response)
+        .bind(&result.response_type)
+        .bind(&result.error)
+        .bind(result.finished_at)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Records how delivering the result to the callback URL went.
+    pub async fn set_callback_result(&self, id: &str, result: &str) -> StoreResult<()> {
+        sqlx::query("UPDATE async_invocations SET callback_result = ? WHERE id = ?").bind(result).bind(id).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Puts invocations a stopped kubefn left running back in the queue; returns how many.
+    pub async fn requeue_interrupted_async(&self, now: DateTime<Utc>) -> StoreResult<u64> {
+        let result = sqlx::query(
+            "UPDATE async_invocations SET state = 'queued', next_attempt_at = ?,
+                    error = 'kubefn stopped during an attempt; trying again' WHERE state = 'running'",
+        )
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected())
+    }
+
+    /// An invocation's status, with the ids of who asked and whose instance it is.
+    pub async fn async_status(&self, id: &str) -> StoreResult<Option<(AsyncStatus, Option<i64>, i64)>> {
+        let row: Option<StatusRow> = sqlx::query_as(
+            "SELECT a.id, f.name AS function, u.name AS user, a.caller_id, a.user_id, a.state, a.attempts, a.next_attempt_at, a.status,
+                    a.response, a.error, a.callback_url, a.callback_result, a.created_at, a.finished_at
+               FROM async_invocations a JOIN functions f ON f.id = a.function_id JOIN users u ON u.id = a.user_id
+              WHERE a.id = ?",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|row| {
+            let state = AsyncState::parse(&row.state).unwrap_or(AsyncState::Failed);
+            let status = AsyncStatus {
+                id: row.id,
+                function: row.function,
+                user: row.user,
+                state,
+                attempts: u32::try_from(row.attempts).unwrap_or(0),
+                next_attempt_at: (state == AsyncState::Queued).then_some(row.next_attempt_at),
+                status: row.status.and_then(|s| u16::try_from(s).ok()),
+                response: row.response.map(|r| String::from_utf8_lossy(&r).into_owned()),
+                error: row.error,
+                callback_url: row.callback_url,
+                callback_result: row.callback_result,
+                created_at: row.created_at,
+                finished_at: row.finished_at,
+            };
+            (status, row.caller_id, row.user_id)
+        }))
+    }
+}
