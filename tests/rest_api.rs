@@ -1086,3 +1086,55 @@ async fn async_invocations_are_queued_retried_called_back_and_survive_a_restart(
     assert_eq!(done["response"], "done again after 3");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn websocket_upgrades_pass_through_the_gateway() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::start().await;
+    let alice = app.user("alice").await;
+    let source = "const crypto = require('crypto');\nmodule.exports = {\n  handle: async () => 'plain',\n  upgrade(req, socket) {\n    const accept = crypto.createHash('sha1').update(req.headers['sec-websocket-key'] + '258EAFA5-E914-47DA-95CA-C5AB0DC85B11').digest('base64');\n    socket.write('HTTP/1.1 101 Switching Protocols\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\nSec-WebSocket-Accept: ' + accept + '\\r\\n\\r\\n');\n    socket.on('data', (d) => socket.write('echo:' + d));\n  },\n};\n";
+    let function = json!({"name": "chat", "runtime": "node", "source": source});
+    assert_eq!(app.call(Method::POST, "/api/v1/functions", Some(function), As::Cookie(&alice)).await.status, StatusCode::CREATED);
+    let deployed = app.call(Method::POST, "/api/v1/functions/chat/deploy", None, As::Cookie(&alice)).await;
+    let instance = deployed.body["id"].as_str().expect("id").to_string();
+    app.instance_until(&instance, &alice, "ready", |i| i["state"] == "Ready").await;
+
+    // A real listener: upgrades need a real connection.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address");
+    let service = app.router.clone().into_make_service_with_connect_info::<std::net::SocketAddr>();
+    tokio::spawn(async move { axum::serve(listener, service).await });
+    let handshake = |cookie: &str| {
+        format!(
+            "GET /fn/alice/chat/room HTTP/1.1\r\nHost: {address}\r\nCookie: {cookie}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+    };
+    async fn head_of(stream: &mut tokio::net::TcpStream) -> String {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            assert_eq!(stream.read(&mut byte).await.expect("read"), 1, "closed early: {}", String::from_utf8_lossy(&head));
+            head.push(byte[0]);
+        }
+        String::from_utf8_lossy(&head).into_owned()
+    }
+    let mut stream = tokio::net::TcpStream::connect(address).await.expect("connect");
+    stream.write_all(handshake(&alice).as_bytes()).await.expect("write");
+    let head = head_of(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(head.to_ascii_lowercase().contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="), "{head}");
+    assert!(head.to_ascii_lowercase().contains("upgrade: websocket"), "{head}");
+    for message in ["ping", "second"] {
+        stream.write_all(message.as_bytes()).await.expect("write");
+        let mut answer = vec![0u8; 5 + message.len()];
+        stream.read_exact(&mut answer).await.expect("echo");
+        assert_eq!(String::from_utf8_lossy(&answer), format!("echo:{message}"));
+    }
+
+    // The invoke policy holds for upgrades too.
+    let mut anonymous = tokio::net::TcpStream::connect(address).await.expect("connect");
+    anonymous.write_all(handshake("none=1").as_bytes()).await.expect("write");
+    assert!(head_of(&mut anonymous).await.starts_with("HTTP/1.1 401"));
+    app.stop().await;
+}

@@ -2,7 +2,8 @@
 //! through the runtime's connector. Each request gets its own upstream connection, so the
 //! runtime's balancing and rolling updates see every request (a pooled connection would pin
 //! a client to one replica, including one being replaced). A request to an instance scaled to
-//! zero waits while a replica starts (a cold start).
+//! zero waits while a replica starts (a cold start). Upgrades (WebSocket) pass through: after
+//! the instance's 101 the two connections are joined byte for byte.
 //!
 //! Each function's [`InvokePolicy`] decides who may invoke (owner, any account, anyone), the
 //! largest body (413) and the requests in flight per ready replica (429 with Retry-After);
@@ -259,7 +260,15 @@ impl Gateway {
             RuntimeError::NotFound { .. } => GatewayError::NotRunning { state: "Pending", reason: "it is starting; try again in a moment".into() },
             other => GatewayError::Runtime(other),
         })?;
+        // A WebSocket (or other) upgrade keeps its Upgrade and Connection headers, and the
+        // client's connection, once upgraded, is joined to the instance's.
+        let upgrade = requested_upgrade(request.headers());
+        let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
         prepare_upstream(request.headers_mut(), client);
+        if let Some(protocol) = upgrade {
+            request.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("upgrade"));
+            request.headers_mut().insert(http::header::UPGRADE, protocol);
+        }
         // A body without a length (chunked) is cut at the limit as it streams.
         let request = request.map(|body| http_body_util::Limited::new(body, usize::try_from(max_body_bytes).unwrap_or(usize::MAX)));
         let forward = async {
@@ -267,9 +276,9 @@ impl Gateway {
             let _ = stream.set_nodelay(true);
             let (mut sender, connection) =
                 hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.map_err(GatewayError::Upstream)?;
-            // Drives the connection until the response body is read.
+            // Drives the connection until the response body is read (or the upgrade ends).
             tokio::spawn(async move {
-                let _ = connection.await;
+                let _ = connection.with_upgrades().await;
             });
             sender.send_request(request).await.map_err(|error| {
                 if over_limit(&error) {
@@ -283,6 +292,22 @@ impl Gateway {
         // itself at its timeout, this bounds a replica that does not answer at all.
         let limit = Duration::from_secs(u64::from(timeout_s) + 5);
         let mut response = tokio::time::timeout(limit, forward).await.map_err(|_| GatewayError::Timeout { seconds: timeout_s })??;
+        if response.status() == http::StatusCode::SWITCHING_PROTOCOLS
+            && let Some(client_upgrade) = client_upgrade
+        {
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            tokio::spawn(async move {
+                match (client_upgrade.await, upstream_upgrade.await) {
+                    (Ok(client), Ok(upstream)) => {
+                        let (mut client, mut upstream) = (hyper_util::rt::TokioIo::new(client), hyper_util::rt::TokioIo::new(upstream));
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                    }
+                    (Err(error), _) | (_, Err(error)) => tracing::debug!(%error, "an upgraded connection could not be joined"),
+                }
+            });
+            // The 101 keeps the headers that say what the connection became.
+            return Ok(response);
+        }
         strip_hop_by_hop(response.headers_mut());
         Ok(response)
     }
@@ -308,6 +333,16 @@ pub fn upstream_uri(rest: &str, query: Option<&str>) -> Result<Uri, http::uri::I
         Some(query) => format!("{path}?{query}").parse(),
         None => path.parse(),
     }
+}
+
+/// The protocol a request asks to upgrade to (`Connection: upgrade` with `Upgrade: …`).
+fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
+    let asks = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|token| token.trim().eq_ignore_ascii_case("upgrade")));
+    if asks { headers.get(http::header::UPGRADE).cloned() } else { None }
 }
 
 fn prepare_upstream(headers: &mut HeaderMap, client: Option<IpAddr>) {

@@ -6,6 +6,9 @@
 //   module.exports = async (event, context) => ...     the default export
 //   module.exports = { hello(event, context) {...} }   a named export, picked by the handler field (Kubeless)
 //   module.exports = (req, res) => {...}               Express-style, with res.status/send/json/set
+// A module may also export `upgrade(req, socket, head)`, Node's own 'upgrade' handler, to take
+// WebSocket (or other HTTP upgrade) connections, e.g. with the ws package's
+// `new WebSocketServer({ noServer: true }).handleUpgrade(req, socket, head, ...)`.
 //
 // Environment: PORT, KUBEFN_SOURCE (the module's path), KUBEFN_HANDLER (entry point; empty to
 // detect one, and the choice is logged), KUBEFN_DEPS (a node_modules directory), KUBEFN_BIND
@@ -49,6 +52,15 @@ function conventionOf(name, fn) {
 }
 
 function loadFunction(source, handlerName, depsDir) {
+  const loaded = pickHandler(source, handlerName, depsDir);
+  // require() caches the module, so this is the object pickHandler looked at.
+  const exported = require(path.resolve(source));
+  loaded.upgrade = exported && typeof exported.upgrade === 'function' ? exported.upgrade : null;
+  if (loaded.upgrade) log('upgrade(req, socket, head) exported: HTTP upgrades (WebSocket) go to it');
+  return loaded;
+}
+
+function pickHandler(source, handlerName, depsDir) {
   if (depsDir) {
     // Dependencies are installed once per version outside the source directory.
     process.env.NODE_PATH = [depsDir, process.env.NODE_PATH].filter(Boolean).join(path.delimiter);
@@ -91,7 +103,8 @@ function loadFunction(source, handlerName, depsDir) {
     log(`no handler configured; detected ${description}`);
     return { convention, fn: exported };
   }
-  const functions = Object.entries(exported || {}).filter(([, value]) => typeof value === 'function');
+  // `upgrade` is the upgrade handler, never the request handler.
+  const functions = Object.entries(exported || {}).filter(([name, value]) => typeof value === 'function' && name !== 'upgrade');
   const chosen = functions.length === 1 ? functions[0] : functions.find(([name]) => DETECT_ORDER.includes(name));
   if (!chosen) {
     const names = functions.map(([name]) => name).join(', ');
@@ -291,9 +304,30 @@ function main() {
   process.on('unhandledRejection', (reason) => process.stderr.write(`kubefn: unhandled rejection: ${reason && reason.stack ? reason.stack : reason}\n`));
   const server = serve(state);
   server.keepAliveTimeout = 65_000;
+  // Upgraded connections leave the HTTP server's hands but keep it from closing: a stop ends them.
+  const upgraded = new Set();
+  server.on('upgrade', (req, socket, head) => {
+    upgraded.add(socket);
+    socket.on('close', () => upgraded.delete(socket));
+    const upgrade = state.loaded && state.loaded.upgrade;
+    if (!upgrade) {
+      const text = 'this function takes no upgrades: export upgrade(req, socket, head) to accept WebSockets\n';
+      socket.end(`HTTP/1.1 501 Not Implemented\r\ncontent-type: text/plain\r\ncontent-length: ${Buffer.byteLength(text)}\r\nconnection: close\r\n\r\n${text}`);
+      return;
+    }
+    try {
+      upgrade(req, socket, head);
+    } catch (error) {
+      process.stderr.write(`kubefn: upgrade handler failed: ${error && error.stack ? error.stack : error}\n`);
+      socket.destroy();
+    }
+  });
   const listening = source ? `ready on port ${port}` : `warm on port ${port}, waiting for a function`;
   server.listen(Number(port), process.env.KUBEFN_BIND || '0.0.0.0', () => log(listening));
-  const stop = () => server.close(() => process.exit(0));
+  const stop = () => {
+    server.close(() => process.exit(0));
+    for (const socket of upgraded) socket.destroy();
+  };
   process.on('SIGTERM', stop);
   process.on('SIGINT', stop);
 }

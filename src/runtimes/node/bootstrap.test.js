@@ -219,3 +219,49 @@ test('a function that cannot load ends the warm process', async (t) => {
   assert.match(answer.body, /syntax error/);
   assert.equal(await r.exited, 3);
 });
+
+/** Sends an upgrade request on a raw connection; resolves with the socket and the head. */
+function upgradeRequest(port) {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect(port, '127.0.0.1', () => {
+      socket.write('GET /chat HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n'
+        + 'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n');
+    });
+    let data = '';
+    const onData = (chunk) => {
+      data += chunk;
+      const end = data.indexOf('\r\n\r\n');
+      if (end >= 0) {
+        socket.off('data', onData);
+        resolve({ socket, head: data.slice(0, end), rest: data.slice(end + 4) });
+      }
+    };
+    socket.on('data', onData);
+    socket.on('error', reject);
+  });
+}
+
+test('an exported upgrade(req, socket, head) takes WebSocket upgrades; without one they get 501', async (t) => {
+  const r = await serve(t, `const crypto = require('crypto');
+    module.exports = {
+      handle: async () => 'plain',
+      upgrade(req, socket) {
+        const accept = crypto.createHash('sha1').update(req.headers['sec-websocket-key'] + '258EAFA5-E914-47DA-95CA-C5AB0DC85B11').digest('base64');
+        socket.write('HTTP/1.1 101 Switching Protocols\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\nSec-WebSocket-Accept: ' + accept + '\\r\\n\\r\\n');
+        socket.on('data', (d) => socket.write('echo:' + d));
+      },
+    };`);
+  assert.equal((await r.call('POST', '/', 'x')).body, 'plain', 'the request handler is still handle');
+  const { socket, head } = await upgradeRequest(r.port);
+  t.after(() => socket.destroy());
+  assert.match(head, /^HTTP\/1.1 101/);
+  assert.match(head, /Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK\+xOo=/);
+  const echoed = new Promise((resolve) => socket.once('data', (d) => resolve(String(d))));
+  socket.write('ping');
+  assert.equal(await echoed, 'echo:ping');
+
+  const plain = await serve(t, 'module.exports = async () => "no sockets";');
+  const refused = await upgradeRequest(plain.port);
+  t.after(() => refused.socket.destroy());
+  assert.match(refused.head, /^HTTP\/1.1 501/);
+});
