@@ -78,7 +78,7 @@ test-e2e: build chromium e2e-deps
 
 # Performance is measured here, never in timed tests: medians against a baseline of the same run.
 bench: tools
-	CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 cargo bench --features ssr --bench local_runtime
+	CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 cargo bench --features ssr --bench local_runtime --bench gateway
 
 tools: wasm-target $(TOOLS)/bin/cargo-leptos $(TOOLS)/bin/wasm-bindgen $(TOOLS)/node/.installed-$(BINARYEN_VERSION)-$(SASS_VERSION)
 

@@ -812,7 +812,7 @@ async fn the_gateway_applies_each_functions_invoke_policy_and_counts_every_call(
     let admin = app.admin().await;
     let mut spec = json!({
         "name": "gate", "runtime": "python",
-        "source": "import time\ndef handle(req):\n    if req == 'fail':\n        raise ValueError('asked to fail')\n    if req == 'sleep':\n        time.sleep(1.5)\n    return 'got ' + req\n",
+        "source": "import time\ndef handle(req):\n    if req == 'fail':\n        raise ValueError('asked to fail')\n    if req == 'sleep':\n        time.sleep(1.5)\n    if req == 'big':\n        return 'z' * 3000000\n    return 'got ' + req\n",
         "invoke": {"access": "public", "max_body_bytes": 1000, "max_in_flight_per_replica": 1}
     });
     let registered = app.call(Method::POST, "/api/v1/functions", Some(spec.clone()), As::Cookie(&alice)).await;
@@ -878,6 +878,14 @@ async fn the_gateway_applies_each_functions_invoke_policy_and_counts_every_call(
     }
     assert!(text.contains("function_duration_seconds_sum{function=\"gate\",user=\"alice\"} 1."), "the slow call took 1.5 s: {text}");
     assert_eq!(app.call(Method::GET, "/metrics", None, As::Cookie(&alice)).await.status, StatusCode::FORBIDDEN, "users see no one else's figures");
+
+    // Bodies stream both ways: a chunked request under the limit, a 3 MB answer.
+    let chunks = futures::stream::iter((0..5).map(|_| Ok::<_, std::io::Error>(axum::body::Bytes::from("y".repeat(100)))));
+    let streamed = app.send(post(Body::from_stream(chunks))).await;
+    assert_eq!((streamed.status, streamed.body), (StatusCode::OK, Value::String(format!("got {}", "y".repeat(500)))));
+    let big = app.send(post(Body::from("big"))).await;
+    assert_eq!(big.status, StatusCode::OK);
+    assert_eq!(big.body.as_str().map(str::len), Some(3_000_000));
     assert_eq!(app.call(Method::GET, "/metrics", None, As::Anonymous).await.status, StatusCode::UNAUTHORIZED);
 
     // Token: any account may invoke, with a session or an API token; anonymous callers may not.
@@ -898,6 +906,15 @@ async fn the_gateway_applies_each_functions_invoke_policy_and_counts_every_call(
     let bob_call = app.send(Request::post("/fn/alice/gate").header(header::AUTHORIZATION, format!("Bearer {token}")).body(Body::from("hi")).expect("request")).await;
     assert_eq!(bob_call.status, StatusCode::NOT_FOUND);
 
+    // Past the function's timeout: 504, saying so.
+    spec["invoke"]["access"] = json!("public");
+    spec["timeout_s"] = json!(1);
+    assert_eq!(app.call(Method::PUT, "/api/v1/functions/gate", Some(spec.clone()), As::Cookie(&alice)).await.status, StatusCode::OK);
+    app.instance_until(&id, &alice, "version 4 serving", |i| i["serving_version"] == 4 && i["state"] == "Ready").await;
+    let slow = app.send(post(Body::from("sleep"))).await;
+    assert_eq!(slow.status, StatusCode::GATEWAY_TIMEOUT, "{}", slow.body);
+    assert!(slow.body.to_string().contains("within its timeout"), "the answer says why: {}", slow.body);
+
     // Bad limits are refused with the field named, and change nothing.
     spec["invoke"]["max_body_bytes"] = json!(0);
     let invalid = app.call(Method::PUT, "/api/v1/functions/gate", Some(spec.clone()), As::Cookie(&alice)).await;
@@ -907,7 +924,7 @@ async fn the_gateway_applies_each_functions_invoke_policy_and_counts_every_call(
     let invalid = app.call(Method::PUT, "/api/v1/functions/gate", Some(spec), As::Cookie(&alice)).await;
     assert!(invalid.status.is_client_error(), "{}", invalid.body);
     assert!(invalid.body["error"].as_str().is_some_and(|e| e.contains("invoke.access") || e.contains("everyone")), "{}", invalid.body);
-    assert_eq!(app.call(Method::GET, "/api/v1/functions/gate", None, As::Cookie(&alice)).await.body["latest_version"], 3);
+    assert_eq!(app.call(Method::GET, "/api/v1/functions/gate", None, As::Cookie(&alice)).await.body["latest_version"], 4);
     app.stop().await;
 }
 
