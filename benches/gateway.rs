@@ -5,6 +5,10 @@
 //! (p50/p99). Throughput: 32 keep-alive connections for 5 s. Prints a Markdown table and
 //! writes it, with the raw figures as JSON, to bench/results/.
 
+// The server's view types are deep; release builds of every crate that builds the router
+// need the same limit as the library.
+#![recursion_limit = "256"]
+
 use clap::Parser;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;

@@ -161,7 +161,8 @@ fn hello(name: &str) -> Value {
         "resources": {"cpu": "100m", "memory": "128Mi", "cpu_limit": "500m", "memory_limit": "256Mi"},
         "scaling": {"min": 1, "max": 5, "target_cpu_percent": 70, "target_memory_percent": null, "target_requests_in_flight": null, "scale_to_zero_after_s": null},
         "service": {"type": "NodePort"},
-        "timeout_s": 60
+        "timeout_s": 60,
+        "invoke": {"access": "owner", "max_body_bytes": 10485760, "max_in_flight_per_replica": 0}
     })
 }
 

@@ -78,7 +78,7 @@ impl AsyncInvocations {
     /// ([`Gateway::admit`]).
     pub async fn enqueue(&self, caller: Option<&Principal>, target: &Target, request: AsyncRequest) -> Result<AsyncAccepted, AsyncError> {
         if u64::try_from(request.body.len()).unwrap_or(u64::MAX) > target.policy.max_body_bytes {
-            return Err(GatewayError::TooLarge { function: target.instance.function.clone(), limit: target.policy.max_body_bytes }.into());
+            return Err(GatewayError::TooLarge { function: target.function.clone(), limit: target.policy.max_body_bytes }.into());
         }
         if let Some(url) = &request.callback_url {
             check_callback_url(url).map_err(AsyncError::Invalid)?;
@@ -86,8 +86,8 @@ impl AsyncInvocations {
         let id = uuid::Uuid::new_v4().to_string();
         let new = NewAsync {
             id: id.clone(),
-            function_id: target.instance.function_id,
-            user_id: target.instance.user_id,
+            function_id: target.function_id,
+            user_id: target.owner_id,
             caller_id: caller.map(|c| c.id),
             method: request.method.to_string(),
             path: request.path_and_query,

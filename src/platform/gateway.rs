@@ -13,7 +13,7 @@ use crate::platform::auth::Principal;
 use crate::platform::metrics::{GatewayMetrics, InFlight, InstanceLabels, Rejection};
 use crate::platform::model::{InstanceState, InvokeAccess, InvokePolicy};
 use crate::platform::runtime::{Runtime, RuntimeError};
-use crate::platform::store::{InstanceRecord, Store, StoreError};
+use crate::platform::store::{Store, StoreError};
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response, Uri};
 use hyper::body::Incoming;
@@ -120,8 +120,16 @@ impl std::fmt::Debug for Gateway {
 /// What an admitted invocation reaches.
 #[derive(Clone, Debug)]
 pub struct Target {
-    /// The instance.
-    pub instance: InstanceRecord,
+    /// The instance's id.
+    pub instance_id: String,
+    /// The function's id.
+    pub function_id: i64,
+    /// The instance's user's id.
+    pub owner_id: i64,
+    /// The function's name.
+    pub function: String,
+    /// Whether the instance is paused.
+    pub paused: bool,
     /// The function's invocation timeout.
     pub timeout_s: u32,
     /// The function's invoke policy.
@@ -167,23 +175,27 @@ impl Gateway {
     /// the function's limits; the same errors as an invocation otherwise.
     pub async fn admit(&self, caller: Option<&Principal>, user: &str, function: &str) -> Result<Target, GatewayError> {
         let no_instance = || GatewayError::NoInstance { user: user.to_string(), function: function.to_string() };
-        let owner = self.store.user_by_name(user).await?.ok_or_else(no_instance)?;
-        let record = self.store.function_by_name(function).await?.ok_or_else(no_instance)?;
-        let (timeout_s, policy) = self
-            .store
-            .version_spec(record.id, record.current_version)
-            .await?
-            .map_or((crate::platform::model::DEFAULT_TIMEOUT_S, InvokePolicy::default()), |(_, spec)| (spec.timeout_s, spec.invoke));
+        let row = self.store.invocation(user, function).await?.ok_or_else(no_instance)?;
+        let policy: InvokePolicy = row.invoke.as_deref().and_then(|json| serde_json::from_str(json).ok()).unwrap_or_default();
+        let timeout_s = row.timeout_s.and_then(|t| u32::try_from(t).ok()).unwrap_or(crate::platform::model::DEFAULT_TIMEOUT_S);
         match (policy.access, caller) {
             (InvokeAccess::Public, _) => {}
             (_, None) => return Err(GatewayError::Unauthenticated { function: function.to_string() }),
             (InvokeAccess::Token, Some(_)) => {}
             // Another user learns nothing, not even that the instance exists.
-            (InvokeAccess::Owner, Some(caller)) if owner.id != caller.id && !caller.is_admin() => return Err(no_instance()),
+            (InvokeAccess::Owner, Some(caller)) if row.owner_id != caller.id && !caller.is_admin() => return Err(no_instance()),
             (InvokeAccess::Owner, Some(_)) => {}
         }
-        let instance = self.store.instance_of(record.id, owner.id).await?.ok_or_else(no_instance)?;
-        Ok(Target { instance, timeout_s, policy })
+        let instance_id = row.instance_id.ok_or_else(no_instance)?;
+        Ok(Target {
+            instance_id,
+            function_id: row.function_id,
+            owner_id: row.owner_id,
+            function: function.to_string(),
+            paused: row.paused.unwrap_or(false),
+            timeout_s,
+            policy,
+        })
     }
 
     /// Forwards `request` (its URI already the path and query for the function) to the
@@ -202,17 +214,17 @@ impl Gateway {
         B::Data: Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let Target { instance, timeout_s, policy, .. } = self.admit(caller, user, function).await?;
+        let Target { instance_id, paused, timeout_s, policy, .. } = self.admit(caller, user, function).await?;
         let labels = InstanceLabels::new(function, user);
         let declared_length = request.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
         if declared_length.is_some_and(|length| length > policy.max_body_bytes) {
             self.metrics.rejected(&labels, Rejection::TooLarge);
             return Err(GatewayError::TooLarge { function: function.to_string(), limit: policy.max_body_bytes });
         }
-        if instance.paused {
+        if paused {
             return Err(GatewayError::NotRunning { state: "Paused", reason: "resume it to invoke it".into() });
         }
-        let status = self.runtime.status(&instance.id);
+        let status = self.runtime.status(&instance_id);
         if let Some(status) = &status
             && status.state == InstanceState::Failed
             && status.serving_version.is_none()
@@ -220,8 +232,7 @@ impl Gateway {
             return Err(GatewayError::NotRunning { state: "Failed", reason: status.message.clone() });
         }
         let ready = status.as_ref().map_or(0, |s| s.ready);
-        // At zero replicas the request waits for the first one, which may take it alone.
-        let limit = u64::from(policy.max_in_flight_per_replica) * u64::from(ready.max(1));
+        let limit = admission_limit(policy.max_in_flight_per_replica, ready);
         let Some(in_flight) = self.metrics.admit(&labels, limit) else {
             self.metrics.rejected(&labels, Rejection::TooBusy);
             return Err(GatewayError::TooBusy { limit, retry_after_s: 1 });
@@ -230,7 +241,7 @@ impl Gateway {
             self.metrics.cold_start(&labels);
         }
         let started = Instant::now();
-        let answer = self.forward(&instance.id, request, client, timeout_s, policy.max_body_bytes, function).await;
+        let answer = self.forward(&instance_id, request, client, timeout_s, policy.max_body_bytes, function).await;
         let failed = answer.as_ref().map_or(true, |response| response.status().is_server_error());
         let counted = !matches!(answer, Err(GatewayError::TooLarge { .. }));
         if counted {
@@ -313,6 +324,21 @@ impl Gateway {
     }
 }
 
+/// Requests that may wait for an instance at zero replicas to start, whatever its limit.
+pub const COLD_START_QUEUE: u64 = 1000;
+
+/// How many requests an instance with `ready` replicas takes at once (0: no limit): the
+/// per-replica limit times the ready replicas; at zero replicas the requests wait for the
+/// first one, so as many as one replica takes, and never more than [`COLD_START_QUEUE`].
+fn admission_limit(per_replica: u32, ready: u32) -> u64 {
+    let per_replica = u64::from(per_replica);
+    match (per_replica, ready) {
+        (0, 0) => COLD_START_QUEUE,
+        (_, 0) => per_replica.min(COLD_START_QUEUE),
+        (_, ready) => per_replica * u64::from(ready),
+    }
+}
+
 /// Whether a failed upstream request failed because its body went over the limit.
 fn over_limit(error: &hyper::Error) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
@@ -385,6 +411,15 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_limit_grows_with_ready_replicas_and_the_wait_for_a_cold_start_is_bounded() {
+        assert_eq!(admission_limit(0, 3), 0, "no limit");
+        assert_eq!(admission_limit(5, 3), 15);
+        assert_eq!(admission_limit(5, 0), 5, "as many as the first replica takes");
+        assert_eq!(admission_limit(0, 0), COLD_START_QUEUE, "a cold start never queues without bound");
+        assert_eq!(admission_limit(5000, 0), COLD_START_QUEUE);
+    }
 
     #[test]
     fn the_upstream_uri_keeps_the_rest_of_the_path_and_the_query() {

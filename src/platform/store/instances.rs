@@ -210,3 +210,42 @@ impl Store {
 
 /// Events kept per instance.
 pub const EVENTS_KEPT: i64 = 200;
+
+/// What the gateway needs to admit an invocation of `/fn/{user}/{function}`, read in one
+/// query (it runs on every request).
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct InvocationRow {
+    /// The instance's user's id.
+    pub owner_id: i64,
+    /// The function's id.
+    pub function_id: i64,
+    /// `timeout_s` of the current version, when it states one.
+    pub timeout_s: Option<i64>,
+    /// `invoke` of the current version as JSON, when it states one.
+    pub invoke: Option<String>,
+    /// The user's instance of the function, if deployed.
+    pub instance_id: Option<String>,
+    /// Whether that instance is paused.
+    pub paused: Option<bool>,
+}
+
+impl Store {
+    /// The user, function, current version's invocation settings and instance behind
+    /// `/fn/{user}/{function}`; `None` when the user or the function does not exist.
+    pub async fn invocation(&self, user: &str, function: &str) -> StoreResult<Option<InvocationRow>> {
+        let row = sqlx::query_as(
+            "SELECT u.id AS owner_id, f.id AS function_id, json_extract(v.spec, '$.timeout_s') AS timeout_s,
+                    json_extract(v.spec, '$.invoke') AS invoke, i.id AS instance_id, i.paused AS paused
+               FROM users u
+               JOIN functions f ON f.name = ?2
+               JOIN function_versions v ON v.function_id = f.id AND v.number = f.current_version
+               LEFT JOIN instances i ON i.function_id = f.id AND i.user_id = u.id
+              WHERE u.name = ?1",
+        )
+        .bind(user)
+        .bind(function)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row)
+    }
+}

@@ -13,7 +13,7 @@ mod users;
 
 pub use async_invocations::{AsyncRecord, AttemptResult, NewAsync};
 pub use functions::FunctionRecord;
-pub use instances::InstanceRecord;
+pub use instances::{InstanceRecord, InvocationRow};
 pub use triggers::TriggerRecord;
 pub use users::UserRecord;
 
