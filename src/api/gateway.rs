@@ -5,7 +5,7 @@
 
 use super::caller::{client_address, principal_from_parts, Caller};
 use super::{ApiError, AppState};
-use crate::platform::async_invocations::AsyncRequest;
+use crate::platform::store::AsyncCall;
 use crate::platform::gateway::{upstream_uri, GatewayError};
 use crate::platform::metrics::{InstanceLabels, CONTENT_TYPE};
 use crate::platform::Platform;
@@ -29,17 +29,32 @@ pub fn router() -> Router<AppState> {
         .route("/metrics", get(metrics))
 }
 
+/// The `{user}`, `{function}` and `{*path}` of an invocation route.
+type InvocationPath = super::rest::Path<std::collections::HashMap<String, String>>;
+
+/// An invocation as it arrived: whose instance of what, who calls (`None`: anonymous), and
+/// the request with its URI already the path and query for the function.
+struct Invocation {
+    user: String,
+    function: String,
+    caller: Option<crate::platform::auth::Principal>,
+    parts: http::request::Parts,
+    body: Body,
+}
+
+impl Invocation {
+    async fn read(platform: &Platform, params: std::collections::HashMap<String, String>, request: Request) -> Result<Invocation, ApiError> {
+        let param = |name: &str| params.get(name).cloned().unwrap_or_default();
+        let (mut parts, body) = request.into_parts();
+        let caller = principal_from_parts(&mut parts, platform).await?;
+        parts.uri = upstream_uri(&param("path"), parts.uri.query()).map_err(|error| ApiError::new(400, format!("the path cannot be forwarded: {error}")))?;
+        Ok(Invocation { user: param("user"), function: param("function"), caller, parts, body })
+    }
+}
+
 /// Queues the request and answers 202 with its id and where to look for the result.
-async fn invoke_async(
-    State(platform): State<Platform>,
-    super::rest::Path(params): super::rest::Path<std::collections::HashMap<String, String>>,
-    request: Request,
-) -> Result<Response, ApiError> {
-    let (user, function) = (params.get("user").cloned().unwrap_or_default(), params.get("function").cloned().unwrap_or_default());
-    let rest = params.get("path").cloned().unwrap_or_default();
-    let (mut parts, body) = request.into_parts();
-    let caller = principal_from_parts(&mut parts, &platform).await?;
-    let path = upstream_uri(&rest, parts.uri.query()).map_err(|error| ApiError::new(400, format!("the path cannot be forwarded: {error}")))?;
+async fn invoke_async(State(platform): State<Platform>, super::rest::Path(params): InvocationPath, request: Request) -> Result<Response, ApiError> {
+    let Invocation { user, function, caller, parts, body } = Invocation::read(&platform, params, request).await?;
     // Admission (policy, instance) comes first so a refused caller never uploads a body;
     // the body is then read up to the function's limit.
     let target = platform.gateway.admit(caller.as_ref(), &user, &function).await?;
@@ -48,14 +63,14 @@ async fn invoke_async(
         ApiError::from(GatewayError::TooLarge { function: function.clone(), limit: target.policy.max_body_bytes })
     })?;
     let header = |name: http::header::HeaderName| parts.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
-    let request = AsyncRequest {
-        method: parts.method.clone(),
-        path_and_query: path.to_string(),
+    let call = AsyncCall {
+        method: parts.method.to_string(),
+        path: parts.uri.to_string(),
         content_type: header(http::header::CONTENT_TYPE),
         body: body.to_vec(),
         callback_url: header(http::header::HeaderName::from_static("x-callback-url")),
     };
-    let accepted = platform.asyncs.enqueue(caller.as_ref(), &target, request).await?;
+    let accepted = platform.asyncs.enqueue(caller.as_ref(), &target, call).await?;
     let location = accepted.status_url.clone();
     Ok((http::StatusCode::ACCEPTED, [(http::header::LOCATION, location)], axum::Json(accepted)).into_response())
 }
@@ -73,17 +88,9 @@ async fn metrics(State(platform): State<Platform>, Caller(caller): Caller) -> Re
     Ok(([(http::header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response())
 }
 
-async fn invoke(
-    State(platform): State<Platform>,
-    super::rest::Path(params): super::rest::Path<std::collections::HashMap<String, String>>,
-    request: Request,
-) -> Result<Response, ApiError> {
-    let (user, function) = (params.get("user").cloned().unwrap_or_default(), params.get("function").cloned().unwrap_or_default());
-    let rest = params.get("path").cloned().unwrap_or_default();
-    let (mut parts, body) = request.into_parts();
-    let caller = principal_from_parts(&mut parts, &platform).await?;
+async fn invoke(State(platform): State<Platform>, super::rest::Path(params): InvocationPath, request: Request) -> Result<Response, ApiError> {
+    let Invocation { user, function, caller, parts, body } = Invocation::read(&platform, params, request).await?;
     let client = client_address(&parts);
-    parts.uri = upstream_uri(&rest, parts.uri.query()).map_err(|error| ApiError::new(400, format!("the path cannot be forwarded: {error}")))?;
     let forwarded = Request::from_parts(parts, body);
     let response = platform.gateway.invoke(caller.as_ref(), &user, &function, forwarded, client).await?;
     Ok(response.map(Body::new).into_response())

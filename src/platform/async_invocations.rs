@@ -7,7 +7,7 @@
 use super::auth::Principal;
 use super::gateway::{upstream_uri, Gateway, GatewayError, Target};
 use super::model::{AsyncAccepted, AsyncState, AsyncStatus, FieldError};
-use super::store::{AsyncRecord, AttemptResult, NewAsync, Store, StoreError};
+use super::store::{AsyncCall, AsyncRecord, AttemptResult, NewAsync, Store, StoreError};
 use chrono::{DateTime, Utc};
 use http_body_util::BodyExt;
 use std::sync::Arc;
@@ -45,21 +45,6 @@ pub enum AsyncError {
     Store(#[from] StoreError),
 }
 
-/// An invocation to queue, as it arrived.
-#[derive(Clone, Debug)]
-pub struct AsyncRequest {
-    /// HTTP method.
-    pub method: http::Method,
-    /// Path and query under the function.
-    pub path_and_query: String,
-    /// Its Content-Type.
-    pub content_type: Option<String>,
-    /// Its body (already within the function's limit).
-    pub body: Vec<u8>,
-    /// The `X-Callback-Url` header, if any.
-    pub callback_url: Option<String>,
-}
-
 /// The queue and its worker; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct AsyncInvocations {
@@ -76,11 +61,11 @@ impl AsyncInvocations {
 
     /// Queues a request for `target`, which the gateway admitted for `caller`
     /// ([`Gateway::admit`]).
-    pub async fn enqueue(&self, caller: Option<&Principal>, target: &Target, request: AsyncRequest) -> Result<AsyncAccepted, AsyncError> {
-        if u64::try_from(request.body.len()).unwrap_or(u64::MAX) > target.policy.max_body_bytes {
+    pub async fn enqueue(&self, caller: Option<&Principal>, target: &Target, call: AsyncCall) -> Result<AsyncAccepted, AsyncError> {
+        if u64::try_from(call.body.len()).unwrap_or(u64::MAX) > target.policy.max_body_bytes {
             return Err(GatewayError::TooLarge { function: target.function.clone(), limit: target.policy.max_body_bytes }.into());
         }
-        if let Some(url) = &request.callback_url {
+        if let Some(url) = &call.callback_url {
             check_callback_url(url).map_err(AsyncError::Invalid)?;
         }
         let id = uuid::Uuid::new_v4().to_string();
@@ -89,11 +74,7 @@ impl AsyncInvocations {
             function_id: target.function_id,
             user_id: target.owner_id,
             caller_id: caller.map(|c| c.id),
-            method: request.method.to_string(),
-            path: request.path_and_query,
-            content_type: request.content_type,
-            body: request.body,
-            callback_url: request.callback_url,
+            call,
         };
         self.store.insert_async(&new, Utc::now()).await?;
         self.queued.notify_one();
@@ -156,7 +137,7 @@ impl AsyncInvocations {
             return;
         }
         if result.state != AsyncState::Queued
-            && let Some(url) = &record.callback_url
+            && let Some(url) = &record.call.callback_url
         {
             let delivered = deliver(url, &record.id, &result).await;
             if let Err(error) = self.store.set_callback_result(&record.id, &delivered).await {
@@ -176,16 +157,16 @@ impl AsyncInvocations {
             },
             None => None,
         };
-        let (path, query) = match record.path.split_once('?') {
+        let (path, query) = match record.call.path.split_once('?') {
             Some((path, query)) => (path, Some(query)),
-            None => (record.path.as_str(), None),
+            None => (record.call.path.as_str(), None),
         };
         let uri = upstream_uri(path, query).map_err(|e| NoAnswer::new(false, format!("the path cannot be sent: {e}")))?;
-        let mut request = http::Request::builder().method(record.method.as_str()).uri(uri).header("x-kubefn-async-id", record.id.as_str());
-        if let Some(content_type) = &record.content_type {
+        let mut request = http::Request::builder().method(record.call.method.as_str()).uri(uri).header("x-kubefn-async-id", record.id.as_str());
+        if let Some(content_type) = &record.call.content_type {
             request = request.header(http::header::CONTENT_TYPE, content_type.as_str());
         }
-        let request = request.body(http_body_util::Full::new(hyper::body::Bytes::from(record.body.clone()))).map_err(|e| NoAnswer::new(false, format!("the request cannot be built: {e}")))?;
+        let request = request.body(http_body_util::Full::new(hyper::body::Bytes::from(record.call.body.clone()))).map_err(|e| NoAnswer::new(false, format!("the request cannot be built: {e}")))?;
         let response = self.gateway.invoke(caller.as_ref(), &record.user, &record.function, request, None).await.map_err(|error| {
             // Unavailable, overloaded or broken on the way: worth another try; refusals are not.
             let retryable = matches!(error.status(), 429 | 500 | 502 | 503 | 504);

@@ -6,6 +6,21 @@ use super::{Store, StoreResult};
 use crate::platform::model::{AsyncState, AsyncStatus};
 use chrono::{DateTime, Utc};
 
+/// The request an async invocation makes, as it arrived.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct AsyncCall {
+    /// HTTP method.
+    pub method: String,
+    /// Path and query under the function.
+    pub path: String,
+    /// The request's Content-Type.
+    pub content_type: Option<String>,
+    /// The request body.
+    pub body: Vec<u8>,
+    /// Where to send the result (the `X-Callback-Url` header).
+    pub callback_url: Option<String>,
+}
+
 /// An invocation to make, as queued.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewAsync {
@@ -17,16 +32,8 @@ pub struct NewAsync {
     pub user_id: i64,
     /// Who asked (`None`: anonymous, for a public function).
     pub caller_id: Option<i64>,
-    /// HTTP method.
-    pub method: String,
-    /// Path and query under the function.
-    pub path: String,
-    /// The request's Content-Type.
-    pub content_type: Option<String>,
-    /// The request body.
-    pub body: Vec<u8>,
-    /// Where to send the result.
-    pub callback_url: Option<String>,
+    /// The request.
+    pub call: AsyncCall,
 }
 
 /// A queued invocation with what the worker needs.
@@ -40,16 +47,9 @@ pub struct AsyncRecord {
     pub user: String,
     /// Who asked.
     pub caller_id: Option<i64>,
-    /// HTTP method.
-    pub method: String,
-    /// Path and query.
-    pub path: String,
-    /// The request's Content-Type.
-    pub content_type: Option<String>,
-    /// The request body.
-    pub body: Vec<u8>,
-    /// Where to send the result.
-    pub callback_url: Option<String>,
+    /// The request.
+    #[sqlx(flatten)]
+    pub call: AsyncCall,
     /// Attempts made, this one included once claimed.
     pub attempts: i64,
 }
@@ -108,11 +108,11 @@ impl Store {
         .bind(new.function_id)
         .bind(new.user_id)
         .bind(new.caller_id)
-        .bind(&new.method)
-        .bind(&new.path)
-        .bind(&new.content_type)
-        .bind(&new.body)
-        .bind(&new.callback_url)
+        .bind(&new.call.method)
+        .bind(&new.call.path)
+        .bind(&new.call.content_type)
+        .bind(&new.call.body)
+        .bind(&new.call.callback_url)
         .bind(now)
         .bind(now)
         .execute(&self.pool)

@@ -11,7 +11,7 @@ mod triggers;
 mod usage;
 mod users;
 
-pub use async_invocations::{AsyncRecord, AttemptResult, NewAsync};
+pub use async_invocations::{AsyncCall, AsyncRecord, AttemptResult, NewAsync};
 pub use functions::FunctionRecord;
 pub use instances::{InstanceRecord, InvocationRow};
 pub use triggers::TriggerRecord;
