@@ -698,11 +698,18 @@ async fn deploy_invoke_update_pause_resume_and_delete_instances() {
     let lines: Vec<Value> = text.lines().filter_map(|l| l.strip_prefix("data: ")).map(|d| serde_json::from_str(d).expect("JSON per event")).collect();
     assert!(lines.iter().any(|l| l["replica"] == "v2-r0" && l["stream"] == "system" && l["text"] == "stopped"), "{text}");
 
-    // The reconcile loop (every second here) records usage samples.
+    // The reconcile loop (every second here) records usage samples; requests, latency and
+    // errors are the gateway's.
+    for _ in 0..5 {
+        assert_eq!(app.call(Method::POST, "/fn/alice/hello", None, As::Cookie(&alice)).await.status, StatusCode::OK);
+    }
     let mut samples = Value::Null;
     for _ in 0..100 {
         samples = app.call(Method::GET, &format!("/api/v1/instances/{id}/usage"), None, As::Cookie(&alice)).await.body;
-        if samples.as_array().is_some_and(|s| s.iter().any(|s| s["replicas_ready"] == 2 && s["memory_bytes"].as_u64().is_some_and(|m| m > 0))) {
+        if samples.as_array().is_some_and(|s| {
+            s.iter().any(|s| s["replicas_ready"] == 2 && s["memory_bytes"].as_u64().is_some_and(|m| m > 0))
+                && s.iter().any(|s| s["p50_ms"].as_f64().is_some_and(|ms| ms > 0.0))
+        }) {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -1154,5 +1161,28 @@ async fn websocket_upgrades_pass_through_the_gateway() {
     let mut anonymous = tokio::net::TcpStream::connect(address).await.expect("connect");
     anonymous.write_all(handshake("none=1").as_bytes()).await.expect("write");
     assert!(head_of(&mut anonymous).await.starts_with("HTTP/1.1 401"));
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_to_an_instance_at_zero_is_held_served_and_counted_as_a_cold_start() {
+    let app = TestApp::start().await;
+    let alice = app.user("alice").await;
+    let admin = app.admin().await;
+    let function = json!({"name": "sleepy", "runtime": "python", "source": "def handle(req):\n    return 'awake'\n",
+        "scaling": {"min": 0, "max": 1, "target_cpu_percent": null, "scale_to_zero_after_s": 10}});
+    let registered = app.call(Method::POST, "/api/v1/functions", Some(function), As::Cookie(&alice)).await;
+    assert_eq!(registered.status, StatusCode::CREATED, "{}", registered.body);
+    let deployed = app.call(Method::POST, "/api/v1/functions/sleepy/deploy", None, As::Cookie(&alice)).await;
+    let id = deployed.body["id"].as_str().expect("id").to_string();
+    app.instance_until(&id, &alice, "ready", |i| i["state"] == "Ready" && i["replicas"]["ready"] == 1).await;
+    app.instance_until(&id, &alice, "scaled to zero while idle", |i| i["replicas"]["ready"] == 0).await;
+
+    let answer = app.call(Method::POST, "/fn/alice/sleepy", None, As::Cookie(&alice)).await;
+    assert_eq!((answer.status, answer.body), (StatusCode::OK, Value::String("awake".into())), "held until a replica started");
+    let metrics = app.call(Method::GET, "/metrics", None, As::Cookie(&admin)).await.body;
+    let text = metrics.as_str().expect("text");
+    assert!(text.contains("function_cold_starts_total{function=\"sleepy\",user=\"alice\"} 1"), "{text}");
+    assert!(text.contains("function_calls_total{function=\"sleepy\",user=\"alice\"} 1"), "{text}");
     app.stop().await;
 }

@@ -161,9 +161,10 @@ impl hyper::body::Body for Answer {
 }
 
 impl Gateway {
-    /// A gateway over the store's instances, reaching them through `runtime`.
-    pub fn new(store: Store, runtime: Arc<dyn Runtime>) -> Gateway {
-        Gateway { store, runtime, metrics: Arc::new(GatewayMetrics::new()) }
+    /// A gateway over the store's instances, reaching them through `runtime`, counting in
+    /// `metrics`.
+    pub fn new(store: Store, runtime: Arc<dyn Runtime>, metrics: Arc<GatewayMetrics>) -> Gateway {
+        Gateway { store, runtime, metrics }
     }
 
     /// The invocation metrics.

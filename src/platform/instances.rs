@@ -4,6 +4,7 @@
 //! and a function's new current version rolls out to every instance of it).
 
 use crate::platform::auth::Principal;
+use crate::platform::metrics::{GatewayMetrics, InstanceLabels};
 use crate::platform::model::{FieldError, FunctionSpec, InstanceInfo, InstanceState, InstanceUrls, ReplicaCounts};
 use crate::platform::registry::{Registry, RegistryError};
 use crate::platform::runtime::{InstanceSpec, LogStream, Runtime, RuntimeError, RuntimeStatus};
@@ -58,6 +59,8 @@ pub struct Instances {
     store: Store,
     registry: Registry,
     runtime: Arc<dyn Runtime>,
+    /// The gateway's figures, which the usage samples' requests, latency and errors come from.
+    invocations: Arc<GatewayMetrics>,
     wake: Arc<Notify>,
     meters: Arc<Mutex<Meters>>,
     /// Held by every change and by a whole reconcile pass, so a pass working from a list read
@@ -68,7 +71,8 @@ pub struct Instances {
 /// What the previous usage sample saw, to turn counters into rates.
 #[derive(Default)]
 struct Meters {
-    connections: HashMap<String, (Instant, u64)>,
+    /// Per instance: when the last sample was taken and the gateway's call count then.
+    calls: HashMap<String, (Instant, u64)>,
     last_downsample: Option<Instant>,
 }
 
@@ -82,10 +86,10 @@ impl std::fmt::Debug for Instances {
 }
 
 impl Instances {
-    /// Instances over `store`, run by `runtime`.
-    pub fn new(store: Store, registry: Registry, runtime: Arc<dyn Runtime>) -> Instances {
+    /// Instances over `store`, run by `runtime`, their invocations counted in `invocations`.
+    pub fn new(store: Store, registry: Registry, runtime: Arc<dyn Runtime>, invocations: Arc<GatewayMetrics>) -> Instances {
         let wake = registry.current_version_changed();
-        Instances { store, registry, runtime, wake, meters: Arc::default(), changes: Arc::default() }
+        Instances { store, registry, runtime, invocations, wake, meters: Arc::default(), changes: Arc::default() }
     }
 
     /// The runtime's name (`local` or `kubernetes`).
@@ -252,7 +256,7 @@ impl Instances {
                 if !record.paused && status.desired > 0 && status.desired != record.replicas {
                     self.store.set_instance_desired(&record.id, record.function_version, status.desired, false).await?;
                 }
-                self.record_usage(&record.id, &status).await?;
+                self.record_usage(&record, &status).await?;
                 self.store.record_events(&record.id, &status.events).await?;
             }
         }
@@ -262,7 +266,7 @@ impl Instances {
         }
         let downsample = {
             let mut meters = self.meters.lock().unwrap_or_else(|p| p.into_inner());
-            meters.connections.retain(|id, _| known.contains(id));
+            meters.calls.retain(|id, _| known.contains(id));
             let due = meters.last_downsample.is_none_or(|last| last.elapsed() >= DOWNSAMPLE_EVERY);
             if due {
                 meters.last_downsample = Some(Instant::now());
@@ -275,18 +279,21 @@ impl Instances {
         Ok(())
     }
 
-    async fn record_usage(&self, id: &str, status: &RuntimeStatus) -> InstanceResult<()> {
+    async fn record_usage(&self, record: &InstanceRecord, status: &RuntimeStatus) -> InstanceResult<()> {
+        let id = record.id.as_str();
         let usage = self.runtime.usage(id).unwrap_or_default();
+        let labels = InstanceLabels::new(&record.function, &record.user);
+        let calls = self.invocations.calls_total(&labels);
         let now = Instant::now();
         let requests_per_s = {
             let mut meters = self.meters.lock().unwrap_or_else(|p| p.into_inner());
-            let previous = meters.connections.insert(id.to_string(), (now, status.connections_total));
+            let previous = meters.calls.insert(id.to_string(), (now, calls));
             previous.and_then(|(at, total)| {
                 let seconds = now.saturating_duration_since(at).as_secs_f64();
-                (seconds > 0.0 && status.connections_total >= total).then(|| (status.connections_total - total) as f64 / seconds)
+                (seconds > 0.0 && calls >= total).then(|| (calls - total) as f64 / seconds)
             })
         };
-        let mut finished = self.runtime.take_finished_connections(id).unwrap_or_default();
+        let mut finished = self.invocations.take_finished(&labels);
         finished.durations_ms.sort_by(f64::total_cmp);
         let cpu: Vec<f64> = usage.iter().filter_map(|u| u.cpu_millicores).collect();
         let sample = UsageSample {

@@ -12,6 +12,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use std::collections::HashMap;
+use std::sync::Mutex;
 
 /// Upper bounds of the duration histogram's buckets, in seconds: Prometheus' defaults with
 /// finer steps below 5 ms, where a warm function answers.
@@ -51,6 +53,19 @@ struct RejectionLabels {
 
 type DurationFamily = Family<InstanceLabels, Histogram, fn() -> Histogram>;
 
+/// The invocations of an instance that ended since the last [`GatewayMetrics::take_finished`]
+/// (the usage samples behind the charts take their latency and errors from here).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FinishedCalls {
+    /// How long each took, in milliseconds (at most [`KEPT_DURATIONS`] between two readings).
+    pub durations_ms: Vec<f64>,
+    /// How many failed (5xx from the function or the gateway).
+    pub failed: u32,
+}
+
+/// Durations kept between two readings; more are still counted in the totals.
+pub const KEPT_DURATIONS: usize = 10_000;
+
 /// Every gateway metric; cheap to share (the families are reference-counted inside).
 #[derive(Debug)]
 pub struct GatewayMetrics {
@@ -63,6 +78,7 @@ pub struct GatewayMetrics {
     in_flight: Family<InstanceLabels, Gauge>,
     replicas_desired: Family<InstanceLabels, Gauge>,
     replicas_ready: Family<InstanceLabels, Gauge>,
+    finished: Mutex<HashMap<InstanceLabels, FinishedCalls>>,
 }
 
 impl Default for GatewayMetrics {
@@ -92,7 +108,18 @@ impl GatewayMetrics {
         registry.register("function_requests_in_flight", "Invocations being served now", in_flight.clone());
         registry.register("function_replicas_desired", "Replicas the instance asks for", replicas_desired.clone());
         registry.register("function_replicas_ready", "Replicas ready to serve", replicas_ready.clone());
-        GatewayMetrics { registry, calls, failures, duration, cold_starts, rejections, in_flight, replicas_desired, replicas_ready }
+        GatewayMetrics {
+            registry,
+            calls,
+            failures,
+            duration,
+            cold_starts,
+            rejections,
+            in_flight,
+            replicas_desired,
+            replicas_ready,
+            finished: Mutex::default(),
+        }
     }
 
     /// Admits one request to the instance when fewer than `limit` are in flight (0: no
@@ -114,6 +141,22 @@ impl GatewayMetrics {
         if failed {
             self.failures.get_or_create(labels).inc();
         }
+        let mut finished = self.finished.lock().unwrap_or_else(|p| p.into_inner());
+        let calls = finished.entry(labels.clone()).or_default();
+        if calls.durations_ms.len() < KEPT_DURATIONS {
+            calls.durations_ms.push(seconds * 1000.0);
+        }
+        calls.failed += u32::from(failed);
+    }
+
+    /// The instance's invocations that ended since the previous call.
+    pub fn take_finished(&self, labels: &InstanceLabels) -> FinishedCalls {
+        self.finished.lock().unwrap_or_else(|p| p.into_inner()).remove(labels).unwrap_or_default()
+    }
+
+    /// Invocations of the instance so far (since kubefn started).
+    pub fn calls_total(&self, labels: &InstanceLabels) -> u64 {
+        self.calls.get_or_create(labels).get()
     }
 
     /// Records an invocation that had to wait for a replica to start.
@@ -207,5 +250,11 @@ mod tests {
         }
         metrics.set_replicas([]);
         assert!(!metrics.encode().expect("encode").contains("function_replicas_ready{"), "a deleted instance's gauges go");
+
+        // The same calls feed the usage samples, each once.
+        assert_eq!(metrics.calls_total(&alice), 2);
+        let finished = metrics.take_finished(&alice);
+        assert_eq!((finished.durations_ms, finished.failed), (vec![2.0, 300.0], 1));
+        assert_eq!(metrics.take_finished(&alice), FinishedCalls::default(), "taken once");
     }
 }

@@ -36,6 +36,7 @@ mod ssr {
     use super::auth::{Accounts, SignupPolicy};
     use super::gateway::Gateway;
     use super::instances::Instances;
+    use super::metrics::GatewayMetrics;
     use super::registry::Registry;
     use super::runtime::Runtime;
     use super::store::{Store, StoreError};
@@ -78,10 +79,11 @@ mod ssr {
         pub async fn open(database_url: &str, signup: SignupPolicy, runtime: Arc<dyn Runtime>) -> Result<Platform, StoreError> {
             let store = Store::open(database_url).await?;
             let registry = Registry::new(store.clone());
-            let gateway = Gateway::new(store.clone(), runtime.clone());
+            let metrics = Arc::new(GatewayMetrics::new());
+            let gateway = Gateway::new(store.clone(), runtime.clone(), metrics.clone());
             Ok(Platform {
                 accounts: Accounts::new(store.clone(), signup),
-                instances: Instances::new(store.clone(), registry.clone(), runtime),
+                instances: Instances::new(store.clone(), registry.clone(), runtime, metrics),
                 triggers: Triggers::new(store.clone(), registry.clone(), gateway.clone()),
                 asyncs: AsyncInvocations::new(store.clone(), gateway.clone()),
                 gateway,

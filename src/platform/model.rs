@@ -586,14 +586,13 @@ pub struct UsageSample {
     pub cpu_millicores: Option<f64>,
     /// Resident memory of all replicas together, in bytes.
     pub memory_bytes: Option<u64>,
-    /// Requests (connections, on the local runtime's node port) per second.
+    /// Invocations through the gateway per second (the figures of `/metrics`).
     pub requests_per_s: Option<f64>,
-    /// Median request latency in milliseconds (on the local runtime: of the connections
-    /// through the node port, one request each as the gateway sends them).
+    /// Median gateway invocation latency (to the response headers) in milliseconds.
     pub p50_ms: Option<f64>,
-    /// 95th percentile request latency in milliseconds.
+    /// 95th percentile gateway invocation latency in milliseconds.
     pub p95_ms: Option<f64>,
-    /// Requests that found no ready replica in time.
+    /// Invocations that failed (5xx from the function or the gateway).
     pub errors: u32,
     /// The autoscaler's load in percent of its target (its most loaded metric: 100 = on
     /// target, above scales up), when autoscaling is on and measured.

@@ -46,20 +46,7 @@ pub struct Traffic {
     total: AtomicU64,
     last_activity: Mutex<Instant>,
     demand: Notify,
-    finished: Mutex<FinishedConnections>,
 }
-
-/// Connections that ended since the last [`Traffic::take_finished`].
-#[derive(Debug, Default, Clone, PartialEq)]
-pub struct FinishedConnections {
-    /// How long each one lasted, in milliseconds (at most [`KEPT_DURATIONS`] are kept).
-    pub durations_ms: Vec<f64>,
-    /// How many never reached a replica (none became ready within the hold time).
-    pub failed: u32,
-}
-
-/// Durations kept between two readings; more are counted only as failures or not at all.
-pub const KEPT_DURATIONS: usize = 10_000;
 
 impl Default for Traffic {
     fn default() -> Self {
@@ -68,7 +55,6 @@ impl Default for Traffic {
             total: AtomicU64::new(0),
             last_activity: Mutex::new(Instant::now()),
             demand: Notify::new(),
-            finished: Mutex::default(),
         }
     }
 }
@@ -97,22 +83,15 @@ impl Traffic {
         self.demand.notified().await;
     }
 
-    /// The connections that ended since the previous call (each served request, when clients
-    /// send one request per connection as the gateway does).
-    pub fn take_finished(&self) -> FinishedConnections {
-        std::mem::take(&mut *self.finished.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-
     fn touch(&self) {
         *self.last_activity.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
     }
 }
 
-/// Counts one connection as open until dropped, then records how long it lasted.
+/// Counts one connection as open until dropped. (How long invocations take is the gateway's
+/// to measure: it sees requests, not connections.)
 struct OpenConnection {
     traffic: Arc<Traffic>,
-    opened: Instant,
-    served: bool,
 }
 
 impl OpenConnection {
@@ -120,7 +99,7 @@ impl OpenConnection {
         traffic.open.fetch_add(1, Ordering::Relaxed);
         traffic.total.fetch_add(1, Ordering::Relaxed);
         traffic.touch();
-        OpenConnection { traffic, opened: Instant::now(), served: false }
+        OpenConnection { traffic }
     }
 }
 
@@ -128,12 +107,6 @@ impl Drop for OpenConnection {
     fn drop(&mut self) {
         self.traffic.open.fetch_sub(1, Ordering::Relaxed);
         self.traffic.touch();
-        let mut finished = self.traffic.finished.lock().unwrap_or_else(|p| p.into_inner());
-        if !self.served {
-            finished.failed += 1;
-        } else if finished.durations_ms.len() < KEPT_DURATIONS {
-            finished.durations_ms.push(self.opened.elapsed().as_secs_f64() * 1000.0);
-        }
     }
 }
 
@@ -254,7 +227,7 @@ async fn forward<D: Dial>(
     dial: &D,
     next: Arc<AtomicUsize>,
     hold: Duration,
-    mut connection: OpenConnection,
+    connection: OpenConnection,
 ) {
     let _ = client.set_nodelay(true);
     let deadline = tokio::time::Instant::now() + hold;
@@ -272,7 +245,6 @@ async fn forward<D: Dial>(
         for offset in 0..candidates.len() {
             let target = &candidates[(start + offset) % candidates.len()];
             if let Ok(upstream) = dial.dial(target).await {
-                connection.served = true;
                 relay(client, upstream).await;
                 return;
             }
@@ -390,16 +362,12 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert_eq!((traffic.open(), traffic.total()), (0, 1));
-        let finished = traffic.take_finished();
-        assert_eq!((finished.durations_ms.len(), finished.failed), (1, 0));
-        assert!(finished.durations_ms[0] > 0.0, "{:?}", finished.durations_ms);
-        assert_eq!(traffic.take_finished(), FinishedConnections::default(), "taken once");
         tokio::time::sleep(Duration::from_millis(30)).await;
         assert!(traffic.idle_for(Instant::now()) >= Duration::from_millis(30));
     }
 
     #[tokio::test]
-    async fn a_connection_no_replica_takes_in_time_counts_as_failed() {
+    async fn a_connection_no_replica_takes_in_time_is_closed_and_counted() {
         let (_tx, rx) = watch::channel(Vec::new());
         let port = ForwardingPort::serve(TcpListener::bind("127.0.0.1:0").await.expect("bind"), rx, Duration::from_millis(50));
         let mut client = TcpStream::connect(port.address()).await.expect("connect");
@@ -412,7 +380,7 @@ mod tests {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert_eq!(port.traffic().take_finished(), FinishedConnections { durations_ms: vec![], failed: 1 });
+        assert_eq!((port.traffic().open(), port.traffic().total()), (0, 1));
     }
 
     #[tokio::test]

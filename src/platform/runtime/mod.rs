@@ -10,7 +10,6 @@ pub mod local;
 use crate::platform::model::{EventInfo, FunctionSpec, InstanceState, LogEntry, ReplicaInfo};
 pub use crate::platform::autoscale::AutoscalerStatus;
 use futures::stream::BoxStream;
-pub use forwarding::FinishedConnections;
 use std::net::SocketAddr;
 
 /// What one instance should be: handed to [`Runtime::apply`].
@@ -167,10 +166,6 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// CPU and memory per replica.
     fn usage(&self, id: &str) -> Result<Vec<ReplicaUsage>, RuntimeError>;
-
-    /// The connections to the instance that ended since the previous call: their durations
-    /// (request latency, one request per connection) and how many found no replica.
-    fn take_finished_connections(&self, id: &str) -> Result<FinishedConnections, RuntimeError>;
 
     /// An address that reaches a ready replica, waiting up to the runtime's hold time (and
     /// starting a replica when the instance was scaled to zero).

@@ -15,7 +15,7 @@ pub mod names;
 pub mod status;
 
 use super::forwarding::{Dial, ForwardingPort, Traffic};
-use super::{FinishedConnections, InstanceSpec, LogStream, ReplicaUsage, Runtime, RuntimeError, RuntimeStatus};
+use super::{InstanceSpec, LogStream, ReplicaUsage, Runtime, RuntimeError, RuntimeStatus};
 use crate::platform::model::{FunctionSpec, InstanceState, Runtime as Language};
 use chrono::{DateTime, Utc};
 use cluster::Cluster;
@@ -818,12 +818,6 @@ impl Runtime for KubernetesRuntime {
 
     fn usage(&self, id: &str) -> Result<Vec<ReplicaUsage>, RuntimeError> {
         Ok(self.inner.usage.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned().unwrap_or_default())
-    }
-
-    fn take_finished_connections(&self, id: &str) -> Result<FinishedConnections, RuntimeError> {
-        let slots = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
-        let slot = slots.get(id).ok_or_else(|| RuntimeError::NotFound { id: id.into() })?;
-        Ok(slot.forward.as_ref().map(|f| f.traffic().take_finished()).unwrap_or_default())
     }
 
     async fn connect(&self, id: &str) -> Result<SocketAddr, RuntimeError> {

@@ -18,7 +18,7 @@ use crate::platform::autoscale::{Autoscaler, AutoscalerConfig, AutoscalerStatus,
 use crate::platform::model::ScalingPolicy;
 use crate::platform::validation::{parse_cpu_millis, parse_memory_bytes};
 use crate::platform::model::{EventInfo, FunctionSpec, InstanceState, LogEntry, ReplicaInfo, Runtime as Language};
-use crate::platform::runtime::{FinishedConnections, InstanceSpec, LogStream, ReplicaUsage, Runtime, RuntimeError, RuntimeStatus};
+use crate::platform::runtime::{InstanceSpec, LogStream, ReplicaUsage, Runtime, RuntimeError, RuntimeStatus};
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, VecDeque};
@@ -875,10 +875,6 @@ impl Runtime for LocalRuntime {
 
     fn usage(&self, id: &str) -> Result<Vec<ReplicaUsage>, RuntimeError> {
         Ok(self.slot(id)?.state.lock().unwrap_or_else(|p| p.into_inner()).usage.clone())
-    }
-
-    fn take_finished_connections(&self, id: &str) -> Result<FinishedConnections, RuntimeError> {
-        Ok(self.slot(id)?.traffic.take_finished())
     }
 
     async fn connect(&self, id: &str) -> Result<SocketAddr, RuntimeError> {
