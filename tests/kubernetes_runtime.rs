@@ -401,9 +401,6 @@ async fn the_port_forward_reaches_a_pod_and_logs_follow_every_pod() {
     for _ in 0..5 {
         assert_eq!(call(address, "POST", "/", "text/plain", "again").await.expect("call").0, 200, "each connection re-resolves a pod");
     }
-    // Each connection is counted (the idle scale-to-zero judges the instance by these).
-    let counted = runtime.status(&id).expect("status").connections_total;
-    assert!(counted >= 6, "{counted} connections counted");
 
     // Logs: the file's line, then one appended while following, each once, tagged with the pod.
     let mut follow = runtime.logs(&id, true, None).expect("logs");

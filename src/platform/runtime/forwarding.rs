@@ -8,7 +8,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -38,12 +38,11 @@ pub enum ForwardingError {
     },
 }
 
-/// What went through a node port: connections open now, connections so far, the last time
+/// What went through a node port: connections open now, the last time
 /// one opened or closed, and a signal raised when one arrives while no replica is ready.
 #[derive(Debug)]
 pub struct Traffic {
     open: AtomicUsize,
-    total: AtomicU64,
     last_activity: Mutex<Instant>,
     demand: Notify,
 }
@@ -52,7 +51,6 @@ impl Default for Traffic {
     fn default() -> Self {
         Traffic {
             open: AtomicUsize::new(0),
-            total: AtomicU64::new(0),
             last_activity: Mutex::new(Instant::now()),
             demand: Notify::new(),
         }
@@ -63,11 +61,6 @@ impl Traffic {
     /// Connections being served (or held) now.
     pub fn open(&self) -> usize {
         self.open.load(Ordering::Relaxed)
-    }
-
-    /// Connections accepted so far.
-    pub fn total(&self) -> u64 {
-        self.total.load(Ordering::Relaxed)
     }
 
     /// How long no connection opened or closed (zero while one is open).
@@ -97,7 +90,6 @@ struct OpenConnection {
 impl OpenConnection {
     fn new(traffic: Arc<Traffic>) -> OpenConnection {
         traffic.open.fetch_add(1, Ordering::Relaxed);
-        traffic.total.fetch_add(1, Ordering::Relaxed);
         traffic.touch();
         OpenConnection { traffic }
     }
@@ -351,7 +343,7 @@ mod tests {
         });
         let waiting = tokio::spawn(ask(port.address(), "cold"));
         tokio::time::timeout(Duration::from_secs(5), demanded).await.expect("demand signalled").expect("task");
-        assert_eq!((traffic.open(), traffic.total()), (1, 1));
+        assert_eq!(traffic.open(), 1);
         assert_eq!(traffic.idle_for(Instant::now()), Duration::ZERO, "not idle while a connection is open");
         tx.send_replace(vec![echo_server("warm").await]);
         assert_eq!(waiting.await.expect("task"), "warm:cold");
@@ -361,7 +353,7 @@ mod tests {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert_eq!((traffic.open(), traffic.total()), (0, 1));
+        assert_eq!(traffic.open(), 0);
         tokio::time::sleep(Duration::from_millis(30)).await;
         assert!(traffic.idle_for(Instant::now()) >= Duration::from_millis(30));
     }
@@ -380,7 +372,7 @@ mod tests {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert_eq!((port.traffic().open(), port.traffic().total()), (0, 1));
+        assert_eq!(port.traffic().open(), 0, "closed and no longer counted");
     }
 
     #[tokio::test]

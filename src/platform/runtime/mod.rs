@@ -52,10 +52,6 @@ pub struct RuntimeStatus {
     pub port_forward: Option<SocketAddr>,
     /// Which resource limits apply and how, in words.
     pub limits: String,
-    /// Connections open to it now.
-    pub connections_open: u32,
-    /// Connections it received so far (since kubefn started).
-    pub connections_total: u64,
     /// Every replica.
     pub replicas: Vec<ReplicaInfo>,
     /// Recent events, newest first.

@@ -772,7 +772,6 @@ impl Runtime for KubernetesRuntime {
             observed.state = InstanceState::Deploying;
             observed.message = "pausing".into();
         }
-        let traffic = slot.and_then(|s| s.forward.as_ref()).map(|f| f.traffic());
         let port_forward = slot.and_then(|s| s.forward.as_ref()).map(|f| f.address());
         let spec = deployment.spec.as_ref().and_then(|s| s.template.spec.as_ref()).and_then(|p| p.containers.first()).and_then(|c| c.resources.clone());
         let limits = match spec.and_then(|r| r.limits) {
@@ -796,8 +795,6 @@ impl Runtime for KubernetesRuntime {
             node_port: self.inner.cluster.node_address_of(id),
             port_forward,
             limits,
-            connections_open: traffic.as_ref().map_or(0, |t| t.open() as u32),
-            connections_total: traffic.as_ref().map_or(0, |t| t.total()),
             replicas: observed.replicas,
             events: self.inner.cluster.events_of(id),
             autoscaler: self.inner.cluster.autoscaler_of(id).and_then(|hpa| status::autoscaler(&hpa)),

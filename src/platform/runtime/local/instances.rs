@@ -837,8 +837,6 @@ impl Runtime for LocalRuntime {
             node_port: Some(slot.node_address),
             port_forward: None,
             limits: super::limits::describe(&state.spec.spec.resources, state.spec.spec.timeout_s, self.inner.cgroup_v2),
-            connections_open: u32::try_from(slot.traffic.open()).unwrap_or(u32::MAX),
-            connections_total: slot.traffic.total(),
             replicas,
             events: state.events.iter().cloned().collect(),
             autoscaler: state.autoscaler_status.clone(),
