@@ -453,11 +453,7 @@ pub async fn invoke_function(function: String, method: String, path: String, bod
         let (platform, caller) = ssr::caller().await?;
         let method = http::Method::from_bytes(method.trim().to_ascii_uppercase().as_bytes())
             .map_err(|_| ApiError::invalid("method", format!("{method:?} is not an HTTP method")))?;
-        let (path, query) = match path.trim().split_once('?') {
-            Some((path, query)) => (path.to_string(), Some(query.to_string())),
-            None => (path.trim().to_string(), None),
-        };
-        let uri = crate::platform::gateway::upstream_uri(&path, query.as_deref())
+        let uri = crate::platform::gateway::upstream_uri_of(path.trim())
             .map_err(|error| ApiError::invalid("path", format!("the path cannot be sent: {error}")))?;
         let request = http::Request::builder()
             .method(method)

@@ -5,7 +5,7 @@
 //! an `X-Callback-Url`, POSTs the result there.
 
 use super::auth::Principal;
-use super::gateway::{upstream_uri, Gateway, GatewayError, Target};
+use super::gateway::{upstream_uri_of, Gateway, GatewayError, Target};
 use super::model::{AsyncAccepted, AsyncState, AsyncStatus, FieldError};
 use super::store::{AsyncCall, AsyncRecord, AttemptResult, NewAsync, Store, StoreError};
 use chrono::{DateTime, Utc};
@@ -157,11 +157,7 @@ impl AsyncInvocations {
             },
             None => None,
         };
-        let (path, query) = match record.call.path.split_once('?') {
-            Some((path, query)) => (path, Some(query)),
-            None => (record.call.path.as_str(), None),
-        };
-        let uri = upstream_uri(path, query).map_err(|e| NoAnswer::new(false, format!("the path cannot be sent: {e}")))?;
+        let uri = upstream_uri_of(&record.call.path).map_err(|e| NoAnswer::new(false, format!("the path cannot be sent: {e}")))?;
         let mut request = http::Request::builder().method(record.call.method.as_str()).uri(uri).header("x-kubefn-async-id", record.id.as_str());
         if let Some(content_type) = &record.call.content_type {
             request = request.header(http::header::CONTENT_TYPE, content_type.as_str());

@@ -362,6 +362,15 @@ pub fn upstream_uri(rest: &str, query: Option<&str>) -> Result<Uri, http::uri::I
     }
 }
 
+/// The upstream URI for a path with its query in one text (`/report?full=1`), as triggers,
+/// queued invocations and the invoke panel hold them.
+pub fn upstream_uri_of(path_and_query: &str) -> Result<Uri, http::uri::InvalidUri> {
+    match path_and_query.split_once('?') {
+        Some((path, query)) => upstream_uri(path, Some(query)),
+        None => upstream_uri(path_and_query, None),
+    }
+}
+
 /// The protocol a request asks to upgrade to (`Connection: upgrade` with `Upgrade: …`).
 fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
     let asks = headers
@@ -427,6 +436,8 @@ mod tests {
         assert_eq!(upstream_uri("", None).expect("uri"), "/");
         assert_eq!(upstream_uri("/a/b", Some("x=1&y=2")).expect("uri"), "/a/b?x=1&y=2");
         assert_eq!(upstream_uri("a", None).expect("uri"), "/a");
+        assert_eq!(upstream_uri_of("/report?full=1").expect("uri"), "/report?full=1");
+        assert_eq!(upstream_uri_of("report").expect("uri"), "/report");
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! latest one still fires if it is less than [`GRACE`] late.
 
 use super::auth::Principal;
-use super::gateway::{upstream_uri, Gateway};
+use super::gateway::{upstream_uri_of, Gateway};
 use super::model::{FieldError, RunOutcome, TriggerInfo, TriggerRun, TriggerSpec};
 use super::registry::{Registry, RegistryError};
 use super::store::{Store, StoreError, TriggerRecord};
@@ -254,11 +254,7 @@ impl Triggers {
     async fn invoke(&self, trigger: &TriggerRecord) -> Result<(u16, String), String> {
         let user = self.store.user_by_id(trigger.user_id).await.map_err(|e| super::error_chain(&e))?.ok_or("the trigger's user no longer exists")?;
         let caller = Principal::from(&user);
-        let (path, query) = match trigger.spec.path.split_once('?') {
-            Some((path, query)) => (path, Some(query)),
-            None => (trigger.spec.path.as_str(), None),
-        };
-        let uri = upstream_uri(path, query).map_err(|e| format!("the trigger's path cannot be sent: {e}"))?;
+        let uri = upstream_uri_of(&trigger.spec.path).map_err(|e| format!("the trigger's path cannot be sent: {e}"))?;
         let request = http::Request::builder()
             .method(trigger.spec.method.as_str())
             .uri(uri)
@@ -308,7 +304,7 @@ fn checked(mut spec: TriggerSpec) -> TriggerResult<TriggerSpec> {
     if !spec.path.starts_with('/') || spec.path.len() > 2048 || spec.path.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(TriggerError::Invalid(FieldError::new("path", "path must start with / and hold no spaces (at most 2048 characters), e.g. /report?full=1")));
     }
-    if upstream_uri(&spec.path, None).is_err() {
+    if upstream_uri_of(&spec.path).is_err() {
         return Err(TriggerError::Invalid(FieldError::new("path", format!("path {:?} is not a valid URL path", spec.path))));
     }
     if spec.body.len() > 64 * 1024 {
