@@ -20,7 +20,7 @@ export LEPTOS_OUTPUT_NAME := kubefn
 export LEPTOS_SITE_ROOT := target/site
 export LEPTOS_SITE_PKG_DIR := pkg
 
-.PHONY: help run build build-release test test-unit test-runtimes test-e2e test-kubernetes testcluster cluster cluster-stop bench tools wasm-target chromium e2e-deps clean
+.PHONY: help run build build-release test test-unit test-runtimes test-e2e test-kubernetes testcluster cluster cluster-stop bench bench-deps tools wasm-target chromium e2e-deps clean
 
 # Where `make cluster` keeps the control plane it starts for a person (tests use their own).
 CLUSTER_DIR ?= $(or $(TMPDIR),/tmp)/kubefn-cluster
@@ -77,8 +77,22 @@ test-e2e: build chromium e2e-deps
 	end2end/run.sh
 
 # Performance is measured here, never in timed tests: medians against a baseline of the same run.
-bench: tools
-	CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 cargo bench --features ssr --bench local_runtime --bench gateway
+# The Rust benches (local runtime; Kubernetes against the test control plane) leave JSON in
+# target/bench-run; bench/system.py drives the release server (gateway vs nginx with wrk,
+# footprint, catalog render, wasm size, both seed experiments) and writes bench/results/ and
+# the README's table.
+bench: build-release testcluster bench-deps
+	rm -rf target/bench-run
+	KUBEFN_BENCH_DIR=target/bench-run CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
+	  cargo bench --features ssr --bench local_runtime --bench kubernetes_runtime
+	python3 bench/system.py --run target/bench-run
+
+bench-deps:
+	@if ! command -v wrk >/dev/null || ! command -v nginx >/dev/null; then \
+	  echo "installing wrk and nginx from Debian for the benchmarks"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light) || \
+	  { echo "cannot install wrk and nginx: make bench needs both" >&2; exit 1; }; \
+	fi
 
 tools: wasm-target $(TOOLS)/bin/cargo-leptos $(TOOLS)/bin/wasm-bindgen $(TOOLS)/node/.installed-$(BINARYEN_VERSION)-$(SASS_VERSION)
 

@@ -1,7 +1,8 @@
 //! `make bench`, local runtime part: deploy-to-answer and cold starts (scale from zero to the
 //! first byte) for Python and Node hello functions, with and without the warm pool, each
 //! against a baseline measured in the same run (a request to an already-running replica).
-//! Prints a Markdown table and writes it, with the raw figures as JSON, to bench/results/.
+//! Prints the figures and writes them as JSON to $KUBEFN_BENCH_DIR (default target/bench-run)
+//! for bench/system.py's report.
 
 use kubefn::platform::model::{FunctionSpec, InstanceState, Runtime as Language, ScalingPolicy};
 use kubefn::platform::runtime::local::{LocalConfig, LocalRuntime};
@@ -149,24 +150,10 @@ async fn main() {
     cold_runtime.shutdown().await;
     pooled_runtime.shutdown().await;
 
-    let mut table = String::from("| figure | median ms | min ms | max ms | vs baseline |\n|---|---:|---:|---:|---:|\n");
-    for chunk in figures.chunks(5) {
-        let baseline = chunk[0].median_ms;
-        for f in chunk {
-            table.push_str(&format!("| {} | {:.1} | {:.1} | {:.1} | {:.0}× |\n", f.name, f.median_ms, f.min_ms, f.max_ms, f.median_ms / baseline));
-        }
+    for f in &figures {
+        println!("{}: median {:.1} ms ({:.1}–{:.1})", f.name, f.median_ms, f.min_ms, f.max_ms);
     }
-    let machine = format!(
-        "{} cores, {}; {ROUNDS} rounds each (baseline: {})",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        std::env::consts::ARCH,
-        ROUNDS * 4
-    );
-    let report = format!("# Local runtime: deploy and cold start\n\n{machine}\n\n{table}");
-    println!("{report}");
-    let results = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/results");
-    std::fs::create_dir_all(&results).expect("results dir");
-    let stamp = chrono::Utc::now().format("%Y-%m-%dT%H%M%SZ");
-    std::fs::write(results.join(format!("{stamp}-local-runtime.md")), &report).expect("write report");
-    std::fs::write(results.join(format!("{stamp}-local-runtime.json")), serde_json::to_string_pretty(&figures).expect("json")).expect("write json");
+    let dir = std::env::var("KUBEFN_BENCH_DIR").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench-run").into());
+    std::fs::create_dir_all(&dir).expect("bench dir");
+    std::fs::write(format!("{dir}/local_runtime.json"), serde_json::to_string_pretty(&figures).expect("json")).expect("write");
 }

@@ -74,6 +74,14 @@ pub struct Config {
     /// Seconds replicas replaced by an update keep serving the requests they have.
     #[arg(long, env = "KUBEFN_DRAIN_SECONDS", default_value_t = 5)]
     pub drain_seconds: u64,
+    /// Local runtime: seconds between autoscaler decisions (on Kubernetes, the controller
+    /// manager's --horizontal-pod-autoscaler-sync-period).
+    #[arg(long, env = "KUBEFN_AUTOSCALE_SYNC_SECONDS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
+    pub autoscale_sync_seconds: u64,
+    /// Local runtime: how long a scale-down waits, taking the highest recommendation seen
+    /// meanwhile (the HPA's scale-down stabilization window).
+    #[arg(long, env = "KUBEFN_SCALE_DOWN_STABILIZATION_SECONDS", default_value_t = 300)]
+    pub scale_down_stabilization_seconds: u64,
     /// Warm bootstrap processes the local runtime keeps per language for fast cold starts.
     #[arg(long, env = "KUBEFN_WARM_POOL_SIZE", default_value_t = 1)]
     pub warm_pool_size: usize,
@@ -228,6 +236,8 @@ pub async fn build_app(config: &Config, mut leptos_options: LeptosOptions) -> Re
             local.node_ports = config.node_port_range.clone();
             local.drain = Duration::from_secs(config.drain_seconds);
             local.warm_pool_size = config.warm_pool_size;
+            local.autoscaler.sync_period = Duration::from_secs(config.autoscale_sync_seconds);
+            local.autoscaler.scale_down_stabilization = Duration::from_secs(config.scale_down_stabilization_seconds);
             let local = LocalRuntime::new(local).map_err(|source| StartError::Runtime { runtime: "local", source })?;
             (StartedRuntime::Local(local.clone()), Arc::new(local))
         }
@@ -261,7 +271,7 @@ pub async fn build_app(config: &Config, mut leptos_options: LeptosOptions) -> Re
     let reconciler = platform.instances.spawn_reconciler(Duration::from_secs(config.reconcile_seconds.max(1)));
     let scheduler = config.cron.then(|| platform.triggers.spawn());
     let async_worker = platform.asyncs.spawn();
-    let state = AppState { leptos_options: leptos_options.clone(), platform: platform.clone() };
+    let state = AppState::new(leptos_options.clone(), platform.clone());
     let routes = generate_route_list(App);
     let app = Router::new()
         .merge(rest::router())

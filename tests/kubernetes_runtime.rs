@@ -18,76 +18,24 @@ use kubefn::platform::model::{FunctionSpec, InstanceState, Runtime as Language, 
 use kubefn::platform::runtime::kubernetes::{access, client, names, KubernetesConfig, KubernetesRuntime};
 use kubefn::platform::runtime::{InstanceSpec, Runtime, RuntimeStatus};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use support::call;
+use test_cluster::TestCluster;
 
 mod support;
+#[path = "support/cluster.rs"]
+mod test_cluster;
 
 const NAMESPACE: &str = "kubefn-functions";
 const SERVICE_ACCOUNT: &str = "system:serviceaccount:kubefn-system:kubefn";
 
-struct TestCluster {
-    kubeconfig: PathBuf,
-    bin: PathBuf,
-}
-
-impl TestCluster {
-    fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> String {
-        let mut command = Command::new(self.bin.join("kubectl"));
-        command.arg("--kubeconfig").arg(&self.kubeconfig).args(args);
-        command.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
-        let mut child = command.spawn().expect("kubectl starts");
-        if let Some(text) = stdin {
-            child.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("write stdin");
-        }
-        drop(child.stdin.take());
-        let output = child.wait_with_output().expect("kubectl runs");
-        assert!(output.status.success(), "kubectl {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
-        String::from_utf8_lossy(&output.stdout).into_owned()
-    }
-}
-
 /// The control plane, started once per test binary.
 fn cluster() -> &'static TestCluster {
     static CLUSTER: OnceLock<TestCluster> = OnceLock::new();
-    CLUSTER.get_or_init(|| {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let cluster = match std::env::var_os("KUBEFN_TEST_KUBECONFIG") {
-            Some(kubeconfig) => {
-                let bin = std::env::var_os("KUBEFN_TEST_CLUSTER_BIN").map(PathBuf::from).unwrap_or_else(|| build(root));
-                TestCluster { kubeconfig: kubeconfig.into(), bin }
-            }
-            None => {
-                let bin = build(root);
-                let dir = tempfile::Builder::new().prefix("kubefn-test-cluster.").tempdir().expect("temp dir").keep();
-                let output = Command::new(root.join("k8s/testcluster/start.sh"))
-                    .arg(&dir)
-                    .env("KUBEFN_CLUSTER_OWNER_PID", std::process::id().to_string())
-                    .output()
-                    .expect("start.sh runs");
-                assert!(
-                    output.status.success(),
-                    "the test control plane did not start (this test needs it, also outside CI):\n{}",
-                    String::from_utf8_lossy(&output.stderr)
-                );
-                eprintln!("{}", String::from_utf8_lossy(&output.stderr).lines().last().unwrap_or_default());
-                TestCluster { kubeconfig: dir.join("kubeconfig"), bin }
-            }
-        };
-        // kubefn's own manifests: accepted by the real apiserver, and the RBAC the tests act under.
-        cluster.kubectl(&["apply", "-k", &root.join("k8s").display().to_string()], None);
-        cluster
-    })
-}
-
-fn build(root: &Path) -> PathBuf {
-    let output = Command::new(root.join("k8s/testcluster/build.sh")).output().expect("build.sh runs");
-    assert!(output.status.success(), "cannot build the test control plane:\n{}", String::from_utf8_lossy(&output.stderr));
-    PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
+    CLUSTER.get_or_init(TestCluster::start)
 }
 
 fn config(forward_ports: std::ops::RangeInclusive<u16>) -> KubernetesConfig {

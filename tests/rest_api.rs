@@ -539,7 +539,7 @@ async fn server_functions_answer_with_api_errors_and_statuses() {
         .send(
             Request::post(ListFunctions::PATH)
                 .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-                .body(Body::empty())
+                .body(Body::from("page=1&filter="))
                 .expect("request"),
         )
         .await;
@@ -553,12 +553,13 @@ async fn server_functions_answer_with_api_errors_and_statuses() {
             Request::post(ListFunctions::PATH)
                 .header(header::COOKIE, &alice)
                 .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-                .body(Body::empty())
+                .body(Body::from("page=1&filter="))
                 .expect("request"),
         )
         .await;
     assert_eq!(listed.status, StatusCode::OK);
-    assert_eq!(listed.body[0]["name"], "listed");
+    assert_eq!(listed.body["items"][0]["name"], "listed");
+    assert_eq!((listed.body["total"].as_u64(), listed.body["page"].as_u64()), (Some(1), Some(1)));
 }
 
 #[tokio::test]
@@ -660,11 +661,20 @@ async fn deploy_invoke_update_pause_resume_and_delete_instances() {
     assert_eq!(scaled.status, StatusCode::OK, "{}", scaled.body);
     app.instance_until(&id, &alice, "two replicas ready", |i| i["replicas"] == json!({"desired": 2, "ready": 2})).await;
 
+    // The gateway keeps its upstream connections alive (these fill its pool) ...
+    let through_gateway = || Request::post("/fn/alice/hello").header(header::COOKIE, alice.as_str()).body(Body::from("ada")).expect("request");
+    for _ in 0..4 {
+        assert_eq!(app.send(through_gateway()).await.body, Value::String("hello ada".into()));
+    }
     // A new version rolls out to every instance of the function.
     let edited = with(hello("hello"), "/source", json!("def handle(req):\n    return 'v2 ' + req\n"));
     assert_eq!(app.call(Method::PUT, "/api/v1/functions/hello", Some(edited), As::Cookie(&alice)).await.status, StatusCode::OK);
     let updated = app.instance_until(&id, &alice, "version 2 serves", |i| i["serving_version"] == 2 && i["state"] == "Ready").await;
     assert_eq!(updated["version"], 2);
+    // ... yet once v2 serves, no call through it reaches a v1 replica that is draining.
+    for _ in 0..4 {
+        assert_eq!(app.send(through_gateway()).await.body, Value::String("v2 ada".into()), "a pooled connection outlived the rollout");
+    }
     assert_eq!(invoke(&updated["urls"]["node_port"], "ada").await, (200, "v2 ada".to_string()));
     assert_eq!(updated["urls"]["node_port"], ready["urls"]["node_port"], "the node port stays");
     app.instance_until(&bob_id, &bob, "bob's instance follows", |i| i["serving_version"] == 2).await;

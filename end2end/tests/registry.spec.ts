@@ -21,7 +21,12 @@ test("sign up, register a Python function, see it in the catalog, edit it to ver
   await expect(page.getByTestId("current-version")).toHaveText("1");
   await expect(page.getByTestId("source")).toContainText("return 'hello ' + req");
 
+  // The catalog's name filter (a plain GET form) finds it however many functions there are.
   await page.getByRole("link", { name: "Catalog" }).click();
+  await page.getByLabel("Name contains").fill(fn);
+  await page.getByRole("button", { name: "Filter" }).click();
+  await expect(page).toHaveURL(new RegExp(`\\?q=${fn}$`));
+  await expect(page.getByTestId("catalog-range")).toHaveText("1–1 of 1");
   const row = page.locator(`tr[data-function="${fn}"]`);
   await expect(row).toBeVisible();
   await expect(row.locator(".version")).toHaveText("v1");
@@ -41,8 +46,10 @@ test("sign up, register a Python function, see it in the catalog, edit it to ver
   await expect(page.getByTestId("current-version")).toHaveText("1");
   await expect(page.getByTestId("source")).not.toContainText("hello again");
 
-  await page.getByRole("link", { name: "Catalog" }).click();
+  await page.goto(`/?q=${fn}`);
   await expect(page.locator(`tr[data-function="${fn}"] .version`)).toHaveText("v1 (latest v2)");
+  await page.goto(`/?q=${fn}-nothing-else`);
+  await expect(page.getByText(`No function's name contains “${fn}-nothing-else”.`)).toBeVisible();
 });
 
 test("invalid input is shown next to its field and nothing is registered", async ({ page }) => {

@@ -3,7 +3,7 @@
 
 use super::ApiError;
 use crate::platform::model::{
-    FieldError, FunctionDetail, FunctionSpec, InvokeAccess, InvokePolicy, InvokeResult, DEFAULT_MAX_BODY_BYTES, DEFAULT_TIMEOUT_S, FunctionSummary, InstanceInfo, NewToken, Resources, Runtime, ScalingPolicy, ServiceKind,
+    FieldError, FunctionDetail, FunctionSpec, InvokeAccess, InvokePolicy, InvokeResult, DEFAULT_MAX_BODY_BYTES, DEFAULT_TIMEOUT_S, FunctionListPage, InstanceInfo, NewToken, Resources, Runtime, ScalingPolicy, ServiceKind,
     ServiceSpec, TokenInfo, UserInfo, Visibility,
 };
 use leptos::prelude::*;
@@ -246,7 +246,7 @@ mod ssr {
     pub fn request() -> Result<(Platform, Parts), ApiError> {
         let state = use_context::<AppState>().ok_or_else(|| ApiError::new(500, "server functions are not wired to the platform"))?;
         let parts = use_context::<Parts>().ok_or_else(|| ApiError::new(500, "server functions are missing the request"))?;
-        Ok((state.platform, parts))
+        Ok((state.platform.clone(), parts))
     }
 
     /// The signed-in caller, or 401.
@@ -317,12 +317,13 @@ pub async fn log_out() -> Result<(), ApiError> {
     ssr::with_status(result.await)
 }
 
-/// The catalog: my functions and the public ones (admins: all).
+/// A page of the catalog: my functions and the public ones (admins: all) whose names contain
+/// `filter`.
 #[server]
-pub async fn list_functions() -> Result<Vec<FunctionSummary>, ApiError> {
+pub async fn list_functions(page: u32, filter: String) -> Result<FunctionListPage, ApiError> {
     let result = async {
         let (platform, caller) = ssr::caller().await?;
-        Ok(platform.registry.list(&caller).await?)
+        Ok(platform.registry.list_page(&caller, &filter, page).await?)
     };
     ssr::with_status(result.await)
 }

@@ -23,12 +23,44 @@ mod state {
     use axum::extract::FromRef;
     use leptos::config::LeptosOptions;
 
-    /// The axum router's state; server functions receive it as context too.
-    #[derive(Clone, Debug, FromRef)]
-    pub struct AppState {
+    /// The axum router's state; server functions receive it as context too. Cloned for every
+    /// request, so it is one reference count.
+    #[derive(Clone, Debug)]
+    pub struct AppState(std::sync::Arc<AppParts>);
+
+    /// What [`AppState`] holds.
+    #[derive(Debug)]
+    pub struct AppParts {
         /// Site options from cargo-leptos (addresses, bundle names).
         pub leptos_options: LeptosOptions,
         /// The FaaS core.
         pub platform: Platform,
+    }
+
+    impl AppState {
+        /// The state over these options and platform.
+        pub fn new(leptos_options: LeptosOptions, platform: Platform) -> AppState {
+            AppState(std::sync::Arc::new(AppParts { leptos_options, platform }))
+        }
+    }
+
+    impl std::ops::Deref for AppState {
+        type Target = AppParts;
+
+        fn deref(&self) -> &AppParts {
+            &self.0
+        }
+    }
+
+    impl FromRef<AppState> for LeptosOptions {
+        fn from_ref(state: &AppState) -> LeptosOptions {
+            state.leptos_options.clone()
+        }
+    }
+
+    impl FromRef<AppState> for Platform {
+        fn from_ref(state: &AppState) -> Platform {
+            state.platform.clone()
+        }
     }
 }

@@ -1,9 +1,12 @@
 //! The gateway's invocation path: `/fn/{user}/{function}/{*path}` reaches that user's instance
-//! through the runtime's connector. Each request gets its own upstream connection, so the
-//! runtime's balancing and rolling updates see every request (a pooled connection would pin
-//! a client to one replica, including one being replaced). A request to an instance scaled to
-//! zero waits while a replica starts (a cold start). Upgrades (WebSocket) pass through: after
-//! the instance's 101 the two connections are joined byte for byte.
+//! through the runtime's connector. Upstream connections are kept alive and reused, which
+//! saves a connection (two, with the runtime's node port) per request; because a reused
+//! connection stays with the replica it first reached, an instance's pool is dropped whenever
+//! the set of replicas serving it changes (a rollout, a scale-out, a restart), so new replicas
+//! get requests at once and old ones only finish what they have. A request to an instance
+//! scaled to zero waits while a replica starts (a cold start). Upgrades (WebSocket) get a
+//! connection of their own: after the instance's 101 the two connections are joined byte for
+//! byte.
 //!
 //! Each function's [`InvokePolicy`] decides who may invoke (owner, any account, anyone), the
 //! largest body (413) and the requests in flight per ready replica (429 with Retry-After);
@@ -12,13 +15,19 @@
 use crate::platform::auth::Principal;
 use crate::platform::metrics::{GatewayMetrics, InFlight, InstanceLabels, Rejection};
 use crate::platform::model::{InstanceState, InvokeAccess, InvokePolicy};
-use crate::platform::runtime::{Runtime, RuntimeError};
+use crate::platform::runtime::{Runtime, RuntimeError, RuntimeStatus};
 use crate::platform::store::{Store, StoreError};
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response, Uri};
-use hyper::body::Incoming;
+use http_body_util::BodyExt;
+use hyper::body::{Buf, Bytes, Incoming};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -72,7 +81,7 @@ pub enum GatewayError {
     },
     /// The connection to the instance failed.
     #[error("cannot reach the instance")]
-    Upstream(#[source] hyper::Error),
+    Upstream(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The connection to the instance could not be opened.
     #[error("cannot connect to the instance")]
     Connect(#[source] std::io::Error),
@@ -109,7 +118,21 @@ pub struct Gateway {
     store: Store,
     runtime: Arc<dyn Runtime>,
     metrics: Arc<GatewayMetrics>,
+    pools: Arc<Mutex<HashMap<String, UpstreamPool>>>,
 }
+
+/// The body sent upstream: the caller's, cut at the function's limit.
+type UpstreamBody = http_body_util::combinators::UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// Keep-alive connections to one instance, valid while the same replicas serve it.
+struct UpstreamPool {
+    /// [`serving_generation`] when the pool was made.
+    generation: u64,
+    client: Client<HttpConnector, UpstreamBody>,
+}
+
+/// Idle upstream connections are closed after this long (the bootstraps keep them longer).
+const POOL_IDLE: Duration = Duration::from_secs(30);
 
 impl std::fmt::Debug for Gateway {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -164,7 +187,24 @@ impl Gateway {
     /// A gateway over the store's instances, reaching them through `runtime`, counting in
     /// `metrics`.
     pub fn new(store: Store, runtime: Arc<dyn Runtime>, metrics: Arc<GatewayMetrics>) -> Gateway {
-        Gateway { store, runtime, metrics }
+        Gateway { store, runtime, metrics, pools: Arc::default() }
+    }
+
+    /// A client whose connections reach the replicas serving instance `id` now: the pooled
+    /// one while they are the same, else a new one (the old pool's connections close once
+    /// their requests are answered).
+    fn pooled_client(&self, id: &str, generation: u64) -> Client<HttpConnector, UpstreamBody> {
+        let mut pools = self.pools.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match pools.get(id) {
+            Some(pool) if pool.generation == generation => pool.client.clone(),
+            _ => {
+                let mut connector = HttpConnector::new();
+                connector.set_nodelay(true);
+                let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(POOL_IDLE).build(connector);
+                pools.insert(id.to_string(), UpstreamPool { generation, client: client.clone() });
+                client
+            }
+        }
     }
 
     /// The invocation metrics.
@@ -226,6 +266,7 @@ impl Gateway {
             return Err(GatewayError::NotRunning { state: "Paused", reason: "resume it to invoke it".into() });
         }
         let status = self.runtime.status(&instance_id);
+        let generation = status.as_ref().map_or(0, serving_generation);
         if let Some(status) = &status
             && status.state == InstanceState::Failed
             && status.serving_version.is_none()
@@ -242,7 +283,7 @@ impl Gateway {
             self.metrics.cold_start(&labels);
         }
         let started = Instant::now();
-        let answer = self.forward(&instance_id, request, client, timeout_s, policy.max_body_bytes, function).await;
+        let answer = self.forward(&instance_id, generation, request, client, timeout_s, policy.max_body_bytes, function).await;
         let failed = answer.as_ref().map_or(true, |response| response.status().is_server_error());
         let counted = !matches!(answer, Err(GatewayError::TooLarge { .. }));
         if counted {
@@ -254,9 +295,11 @@ impl Gateway {
         Ok(response.map(|body| Answer { body, _in_flight: in_flight }))
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn forward<B>(
         &self,
         id: &str,
+        generation: u64,
         mut request: Request<B>,
         client: Option<IpAddr>,
         timeout_s: u32,
@@ -269,7 +312,11 @@ impl Gateway {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let address = self.runtime.connect(id).await.map_err(|error| match error {
-            RuntimeError::NotFound { .. } => GatewayError::NotRunning { state: "Pending", reason: "it is starting; try again in a moment".into() },
+            RuntimeError::NotFound { .. } => {
+                // Not (or no longer) in the runtime: nothing to pool for it.
+                self.pools.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(id);
+                GatewayError::NotRunning { state: "Pending", reason: "it is starting; try again in a moment".into() }
+            }
             other => GatewayError::Runtime(other),
         })?;
         // A WebSocket (or other) upgrade keeps its Upgrade and Connection headers, and the
@@ -277,28 +324,36 @@ impl Gateway {
         let upgrade = requested_upgrade(request.headers());
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
         prepare_upstream(request.headers_mut(), client);
-        if let Some(protocol) = upgrade {
-            request.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("upgrade"));
-            request.headers_mut().insert(http::header::UPGRADE, protocol);
-        }
+        let too_large = |error: Box<dyn std::error::Error + Send + Sync>| {
+            if over_limit(error.as_ref()) {
+                GatewayError::TooLarge { function: function.to_string(), limit: max_body_bytes }
+            } else {
+                GatewayError::Upstream(error)
+            }
+        };
         // A body without a length (chunked) is cut at the limit as it streams.
         let request = request.map(|body| http_body_util::Limited::new(body, usize::try_from(max_body_bytes).unwrap_or(usize::MAX)));
         let forward = async {
-            let stream = tokio::net::TcpStream::connect(address).await.map_err(GatewayError::Connect)?;
-            let _ = stream.set_nodelay(true);
-            let (mut sender, connection) =
-                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.map_err(GatewayError::Upstream)?;
-            // Drives the connection until the response body is read (or the upgrade ends).
-            tokio::spawn(async move {
-                let _ = connection.with_upgrades().await;
-            });
-            sender.send_request(request).await.map_err(|error| {
-                if over_limit(&error) {
-                    GatewayError::TooLarge { function: function.to_string(), limit: max_body_bytes }
-                } else {
-                    GatewayError::Upstream(error)
-                }
-            })
+            if let Some(protocol) = upgrade {
+                let mut request = request;
+                request.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("upgrade"));
+                request.headers_mut().insert(http::header::UPGRADE, protocol);
+                let stream = tokio::net::TcpStream::connect(address).await.map_err(GatewayError::Connect)?;
+                let _ = stream.set_nodelay(true);
+                let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                    .await
+                    .map_err(|error| GatewayError::Upstream(error.into()))?;
+                // Drives the connection until the upgrade ends.
+                tokio::spawn(async move {
+                    let _ = connection.with_upgrades().await;
+                });
+                return sender.send_request(request).await.map_err(|error| too_large(error.into()));
+            }
+            let (mut parts, body) = request.into_parts();
+            let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            parts.uri = format!("http://{address}{path}").parse().map_err(|error: http::uri::InvalidUri| GatewayError::Upstream(error.into()))?;
+            let body = body.map_frame(|frame| frame.map_data(|mut data| data.copy_to_bytes(data.remaining()))).boxed_unsync();
+            self.pooled_client(id, generation).request(Request::from_parts(parts, body)).await.map_err(|error| too_large(error.into()))
         };
         // The function's own timeout plus a little for a cold start; the bootstrap answers 504
         // itself at its timeout, this bounds a replica that does not answer at all.
@@ -341,8 +396,8 @@ fn admission_limit(per_replica: u32, ready: u32) -> u64 {
 }
 
 /// Whether a failed upstream request failed because its body went over the limit.
-fn over_limit(error: &hyper::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+fn over_limit(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(error);
     while let Some(error) = source {
         if error.is::<http_body_util::LengthLimitError>() {
             return true;
@@ -401,8 +456,16 @@ fn prepare_upstream(headers: &mut HeaderMap, client: Option<IpAddr>) {
     }
     headers.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static("http"));
     headers.insert(http::header::HOST, HeaderValue::from_static("function"));
-    // One request per upstream connection (see the module's documentation).
-    headers.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+}
+
+/// Identifies the replicas serving an instance (name, version and restarts of each ready
+/// one): when it changes, pooled connections may reach replicas on their way out.
+fn serving_generation(status: &RuntimeStatus) -> u64 {
+    let mut hasher = std::hash::DefaultHasher::new();
+    for replica in status.replicas.iter().filter(|r| r.state == "Ready") {
+        (&replica.name, replica.version, replica.restarts).hash(&mut hasher);
+    }
+    hasher.finish()
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -458,6 +521,47 @@ mod tests {
         assert_eq!(headers["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
         assert_eq!(headers["x-forwarded-host"], "kubefn.example");
         assert_eq!(headers["x-custom"], "kept");
-        assert_eq!(headers["connection"], "close");
+        assert!(!headers.contains_key("connection"), "the upstream connection is the gateway's to keep");
+    }
+
+    fn serving(replicas: &[(&str, &str, u32, u32)]) -> RuntimeStatus {
+        RuntimeStatus {
+            state: InstanceState::Ready,
+            message: String::new(),
+            serving_version: Some(1),
+            desired: replicas.len() as u32,
+            ready: 0,
+            node_port: None,
+            port_forward: None,
+            limits: String::new(),
+            replicas: replicas
+                .iter()
+                .map(|(name, state, version, restarts)| crate::platform::model::ReplicaInfo {
+                    name: name.to_string(),
+                    state: state.to_string(),
+                    version: *version,
+                    restarts: *restarts,
+                })
+                .collect(),
+            events: Vec::new(),
+            autoscaler: None,
+        }
+    }
+
+    #[test]
+    fn pooled_connections_are_dropped_when_the_serving_replicas_change() {
+        let one = serving_generation(&serving(&[("v1-r0", "Ready", 1, 0)]));
+        // A replica still starting serves nothing yet: the pool stays.
+        assert_eq!(one, serving_generation(&serving(&[("v1-r0", "Ready", 1, 0), ("v1-r1", "Starting", 1, 0)])));
+        // A scale-out, a restart and a rollout each make a new pool.
+        let changed = [
+            serving(&[("v1-r0", "Ready", 1, 0), ("v1-r1", "Ready", 1, 0)]),
+            serving(&[("v1-r0", "Ready", 1, 1)]),
+            serving(&[("v1-r0", "Ready", 1, 0), ("v2-r0", "Ready", 2, 0)]),
+            serving(&[("v2-r0", "Ready", 2, 0)]),
+        ];
+        for status in &changed {
+            assert_ne!(one, serving_generation(status), "{:?}", status.replicas);
+        }
     }
 }

@@ -55,9 +55,23 @@ mod ssr {
         text
     }
 
-    /// Everything the API layer calls, wired over one store; cheap to clone.
+    /// Everything the API layer calls, wired over one store; cheap to clone (one reference
+    /// count: every request clones it, through the router's state), and its [`Services`] are
+    /// reached through it as fields.
     #[derive(Clone, Debug)]
-    pub struct Platform {
+    pub struct Platform(Arc<Services>);
+
+    impl std::ops::Deref for Platform {
+        type Target = Services;
+
+        fn deref(&self) -> &Services {
+            &self.0
+        }
+    }
+
+    /// The services of a [`Platform`].
+    #[derive(Debug)]
+    pub struct Services {
         /// The database.
         pub store: Store,
         /// Users, sessions' backend and API tokens.
@@ -81,7 +95,7 @@ mod ssr {
             let registry = Registry::new(store.clone());
             let metrics = Arc::new(GatewayMetrics::new());
             let gateway = Gateway::new(store.clone(), runtime.clone(), metrics.clone());
-            Ok(Platform {
+            Ok(Platform(Arc::new(Services {
                 accounts: Accounts::new(store.clone(), signup),
                 instances: Instances::new(store.clone(), registry.clone(), runtime, metrics),
                 triggers: Triggers::new(store.clone(), registry.clone(), gateway.clone()),
@@ -89,7 +103,7 @@ mod ssr {
                 gateway,
                 registry,
                 store,
-            })
+            })))
         }
     }
 }

@@ -343,6 +343,28 @@ pub struct FunctionSummary {
     pub updated_at: DateTime<Utc>,
 }
 
+/// One page of the catalog.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionListPage {
+    /// The functions on this page, by name.
+    pub items: Vec<FunctionSummary>,
+    /// How many functions match in all.
+    pub total: u32,
+    /// This page's number, from 1.
+    pub page: u32,
+    /// Functions per page.
+    pub per_page: u32,
+    /// The text names were filtered by (empty: none).
+    pub filter: String,
+}
+
+impl FunctionListPage {
+    /// The number of the last page (1 when nothing matches).
+    pub fn last_page(&self) -> u32 {
+        self.total.div_ceil(self.per_page.max(1)).max(1)
+    }
+}
+
 /// One immutable version of a function, without its source.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VersionInfo {

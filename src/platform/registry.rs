@@ -6,7 +6,7 @@
 //! its existence does not leak through reads.
 
 use super::auth::Principal;
-use super::model::{FieldError, FunctionDetail, FunctionSpec, FunctionSummary, VersionDetail, Visibility};
+use super::model::{FieldError, FunctionDetail, FunctionListPage, FunctionSpec, FunctionSummary, VersionDetail, Visibility};
 use super::store::{FunctionRecord, Store, StoreError};
 use super::validation::check_function_spec;
 use std::sync::Arc;
@@ -151,18 +151,18 @@ impl Registry {
     pub async fn list(&self, caller: &Principal) -> RegistryResult<Vec<FunctionSummary>> {
         let viewer = if caller.is_admin() { None } else { Some(caller.id) };
         let records = self.store.visible_functions(viewer).await?;
-        Ok(records
-            .into_iter()
-            .map(|r| FunctionSummary {
-                name: r.name,
-                owner: r.owner,
-                runtime: r.runtime,
-                visibility: r.visibility,
-                version: r.current_version,
-                latest_version: r.latest_version,
-                updated_at: r.updated_at,
-            })
-            .collect())
+        Ok(records.into_iter().map(summary).collect())
+    }
+
+    /// Page `page` (from 1) of [`FUNCTIONS_PER_PAGE`] of the functions the caller may see whose
+    /// names contain `filter`: what the catalog shows.
+    pub async fn list_page(&self, caller: &Principal, filter: &str, page: u32) -> RegistryResult<FunctionListPage> {
+        let viewer = if caller.is_admin() { None } else { Some(caller.id) };
+        let filter = filter.trim();
+        let page = page.max(1);
+        let offset = (page - 1).saturating_mul(FUNCTIONS_PER_PAGE);
+        let (records, total) = self.store.visible_functions_page(viewer, filter, FUNCTIONS_PER_PAGE, offset).await?;
+        Ok(FunctionListPage { items: records.into_iter().map(summary).collect(), total, page, per_page: FUNCTIONS_PER_PAGE, filter: filter.to_string() })
     }
 
     /// One function with its current spec and versions.
@@ -239,4 +239,20 @@ fn normalized(mut spec: FunctionSpec) -> FunctionSpec {
 
 fn invalid_unless_empty(errors: Vec<FieldError>) -> RegistryResult<()> {
     if errors.is_empty() { Ok(()) } else { Err(RegistryError::Invalid(errors)) }
+}
+
+/// How many functions a catalog page shows.
+pub const FUNCTIONS_PER_PAGE: u32 = 50;
+
+/// A catalog line of a stored function.
+fn summary(r: FunctionRecord) -> FunctionSummary {
+    FunctionSummary {
+        name: r.name,
+        owner: r.owner,
+        runtime: r.runtime,
+        visibility: r.visibility,
+        version: r.current_version,
+        latest_version: r.latest_version,
+        updated_at: r.updated_at,
+    }
 }

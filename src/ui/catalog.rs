@@ -1,18 +1,22 @@
-//! The catalog: my functions and the public ones, with what can be done to each.
+//! The catalog: my functions and the public ones, with what can be done to each, 50 to a
+//! page and filtered by name.
 
 use super::{action_error, short_time, ErrorNotice};
 use crate::api::functions::{list_functions, my_instances, DeployFunction};
-use crate::platform::model::{FunctionSummary, InstanceInfo, Visibility};
+use crate::platform::model::{FunctionListPage, FunctionSummary, InstanceInfo, Visibility};
 use leptos::prelude::*;
 use leptos_meta::Title;
 use leptos_router::components::A;
-use leptos_router::hooks::use_navigate;
+use leptos_router::hooks::{use_navigate, use_query_map};
 use std::collections::HashMap;
 
-/// Lists the functions the user may see.
+/// Lists the functions the user may see, a page at a time, filtered by name.
 #[component]
 pub fn CatalogPage() -> impl IntoView {
-    let functions = Resource::new(|| (), |_| list_functions());
+    let query = use_query_map();
+    let page = Memo::new(move |_| query.read().get("page").and_then(|p| p.parse::<u32>().ok()).unwrap_or(1));
+    let filter = Memo::new(move |_| query.read().get("q").unwrap_or_default());
+    let functions = Resource::new(move || (page.get(), filter.get()), |(page, filter)| list_functions(page, filter));
     let deploy = ServerAction::<DeployFunction>::new();
     let instances = Resource::new(move || deploy.version().get(), |_| my_instances());
     let deploy_error = action_error(deploy.value());
@@ -29,6 +33,12 @@ pub fn CatalogPage() -> impl IntoView {
             <h1>"Functions"</h1>
             <A href="/functions/new" attr:class="button primary">"Register a function"</A>
         </div>
+        // A plain GET form: filtering works before (and without) hydration.
+        <form method="get" action="/" class="inline-form filter" role="search">
+            <label for="catalog-filter">"Name contains"</label>
+            <input id="catalog-filter" name="q" type="search" value=move || filter.get()/>
+            <button type="submit">"Filter"</button>
+        </form>
         {move || deploy_error.get().map(|error| view! { <ErrorNotice error/> })}
         <Suspense fallback=|| view! { <p class="muted">"Loading functions…"</p> }>
             {move || Suspend::new(async move {
@@ -36,16 +46,49 @@ pub fn CatalogPage() -> impl IntoView {
                     instances.await.unwrap_or_default().into_iter().map(|i| (i.function.clone(), i)).collect();
                 match functions.await {
                     Err(error) => view! { <ErrorNotice error/> }.into_any(),
-                    Ok(list) if list.is_empty() => view! {
+                    Ok(list) if list.total == 0 && list.filter.is_empty() => view! {
                         <section class="card empty">
                             <p>"No functions yet. Register one from Python or Node source, or from a container image."</p>
                         </section>
                     }.into_any(),
-                    Ok(list) => view! { <CatalogTable functions=list mine deploy/> }.into_any(),
+                    Ok(list) if list.total == 0 => view! {
+                        <section class="card empty"><p>"No function's name contains “" {list.filter.clone()} "”."</p></section>
+                    }.into_any(),
+                    Ok(list) => {
+                        let pager = view! { <Pager list=list.clone()/> };
+                        view! { <CatalogTable functions=list.items mine deploy/> {pager} }.into_any()
+                    }
                 }
             })}
         </Suspense>
     }
+}
+
+/// "41–50 of 1000" and links to the previous and next pages (kept filtered).
+#[component]
+fn Pager(list: FunctionListPage) -> impl IntoView {
+    let first = (list.page - 1) * list.per_page + 1;
+    let last = (first + list.items.len() as u32).saturating_sub(1);
+    let filter = if list.filter.is_empty() { String::new() } else { format!("&q={}", encode_query(&list.filter)) };
+    let link = move |page: u32| format!("/?page={page}{filter}");
+    let (previous, next) = ((list.page > 1).then(|| link(list.page - 1)), (list.page < list.last_page()).then(|| link(list.page + 1)));
+    view! {
+        <nav class="pager" aria-label="Catalog pages">
+            <span class="muted" data-testid="catalog-range">{format!("{first}–{last} of {}", list.total)}</span>
+            {previous.map(|href| view! { <A href=href attr:rel="prev">"← Previous"</A> })}
+            {next.map(|href| view! { <A href=href attr:rel="next">"Next →"</A> })}
+        </nav>
+    }
+}
+
+/// `text` as a URL query value.
+fn encode_query(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 #[component]

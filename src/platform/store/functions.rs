@@ -119,6 +119,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        self.forget_invocations();
         self.function_by_id(id).await?.ok_or(StoreError::Query(sqlx::Error::RowNotFound))
     }
 
@@ -148,6 +149,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        self.forget_invocations();
         Ok(u32::try_from(number).unwrap_or(0))
     }
 
@@ -163,6 +165,7 @@ impl Store {
         .bind(function_id)
         .execute(&self.pool)
         .await?;
+        self.forget_invocations();
         Ok(done.rows_affected() > 0)
     }
 
@@ -182,6 +185,27 @@ impl Store {
             .fetch_optional(&self.pool)
             .await?;
         Ok(row.map(Into::into))
+    }
+
+    /// One page of the functions a viewer may see (as [`Store::visible_functions`]) whose name
+    /// contains `filter`, by name, and how many there are in all.
+    pub async fn visible_functions_page(&self, viewer: Option<i64>, filter: &str, limit: u32, offset: u32) -> StoreResult<(Vec<FunctionRecord>, u32)> {
+        // LIKE's wildcards in the filter are literal characters.
+        let pattern = format!("%{}%", filter.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
+        let condition = "WHERE (?1 IS NULL OR f.owner_id = ?1 OR f.visibility = 'public') AND f.name LIKE ?2 ESCAPE '\\'";
+        let (total,): (i64,) = sqlx::query_as(&format!("SELECT COUNT(*) FROM functions f {condition}"))
+            .bind(viewer)
+            .bind(&pattern)
+            .fetch_one(&self.pool)
+            .await?;
+        let rows: Vec<FunctionRow> = sqlx::query_as(&format!("{SELECT_FUNCTION} {condition} ORDER BY f.name LIMIT ?3 OFFSET ?4"))
+            .bind(viewer)
+            .bind(&pattern)
+            .bind(i64::from(limit))
+            .bind(i64::from(offset))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok((rows.into_iter().map(Into::into).collect(), u32::try_from(total).unwrap_or(u32::MAX)))
     }
 
     /// Functions a viewer may see, by name: all of them (`None`, for admins), or the viewer's own and public ones.
@@ -242,6 +266,40 @@ impl Store {
             .bind(function_id)
             .execute(&self.pool)
             .await?;
+        self.forget_invocations();
         Ok(done.rows_affected() > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Store;
+    use crate::platform::model::{FunctionSpec, Role, Visibility};
+
+    #[tokio::test]
+    async fn a_catalog_page_counts_filters_and_hides_other_users_private_functions() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(&format!("sqlite://{}", dir.path().join("kubefn.db").display())).await.expect("open");
+        let alice = store.insert_user("alice", "hash", Role::User).await.expect("alice");
+        let bob = store.insert_user("bob", "hash", Role::User).await.expect("bob");
+        for n in 0..7 {
+            let mut spec: FunctionSpec =
+                serde_json::from_value(serde_json::json!({"name": format!("fn-{n}"), "runtime": "python", "source": "x"})).expect("spec");
+            spec.visibility = if n == 6 { Visibility::Private } else { Visibility::Public };
+            store.insert_function(alice.id, &spec).await.expect("function");
+        }
+        let odd: FunctionSpec = serde_json::from_value(serde_json::json!({"name": "per_cent", "runtime": "python", "source": "x"})).expect("spec");
+        store.insert_function(bob.id, &odd).await.expect("function");
+
+        let names = |records: &[super::FunctionRecord]| records.iter().map(|r| r.name.clone()).collect::<Vec<_>>();
+        let (first, total) = store.visible_functions_page(Some(bob.id), "", 3, 0).await.expect("page 1");
+        assert_eq!((names(&first), total), (vec!["fn-0".to_string(), "fn-1".into(), "fn-2".into()], 7), "alice's private fn-6 is not bob's");
+        let (last, _) = store.visible_functions_page(Some(bob.id), "", 3, 6).await.expect("page 3");
+        assert_eq!(names(&last), vec!["per_cent".to_string()]);
+        assert_eq!(store.visible_functions_page(None, "", 50, 0).await.expect("admin").1, 8, "admins see all");
+        assert_eq!(store.visible_functions_page(Some(alice.id), "fn-", 50, 0).await.expect("filter").1, 7);
+        // LIKE's wildcards in a filter are plain characters.
+        assert_eq!(names(&store.visible_functions_page(Some(bob.id), "_", 50, 0).await.expect("underscore").0), vec!["per_cent".to_string()]);
+        assert_eq!(store.visible_functions_page(Some(bob.id), "%", 50, 0).await.expect("percent").1, 0);
     }
 }

@@ -98,6 +98,7 @@ impl Store {
         .bind(now)
         .fetch_one(&self.pool)
         .await?;
+        self.forget_invocations();
         let record = self.instance(&stored_id).await?.ok_or(super::StoreError::Query(sqlx::Error::RowNotFound))?;
         Ok((record, stored_id == id))
     }
@@ -138,6 +139,7 @@ impl Store {
             .bind(id)
             .execute(&self.pool)
             .await?;
+        self.forget_invocations();
         Ok(())
     }
 
@@ -162,6 +164,7 @@ impl Store {
     /// Removes an instance (its usage samples and events go with it).
     pub async fn delete_instance(&self, id: &str) -> StoreResult<()> {
         sqlx::query("DELETE FROM instances WHERE id = ?").bind(id).execute(&self.pool).await?;
+        self.forget_invocations();
         Ok(())
     }
 }
@@ -229,11 +232,40 @@ pub struct InvocationRow {
     pub paused: Option<bool>,
 }
 
+/// Most rows [`InvocationCache`] keeps; past it, it starts over.
+const INVOCATION_CACHE_ROWS: usize = 10_000;
+
+/// How long a row of [`InvocationCache`] is used: what another kubefn over the same database
+/// changes (`--cron false` replicas) is seen within this time.
+const INVOCATION_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Rows of [`Store::invocation`] read since the last write to the tables they come from. The
+/// gateway asks for one on every request; the writes (a deploy, a pause, an edit) are rare, and
+/// those of this process empty the cache at once, so a request never sees them late. Writes of
+/// another process over the same database are seen once a row is [`INVOCATION_CACHE_TTL`] old.
+#[derive(Debug, Default)]
+pub(super) struct InvocationCache {
+    /// Bumped by every such write: a row read across one is not kept.
+    generation: u64,
+    rows: std::collections::HashMap<(String, String), (std::time::Instant, InvocationRow)>,
+}
+
 impl Store {
     /// The user, function, current version's invocation settings and instance behind
     /// `/fn/{user}/{function}`; `None` when the user or the function does not exist.
     pub async fn invocation(&self, user: &str, function: &str) -> StoreResult<Option<InvocationRow>> {
-        let row = sqlx::query_as(
+        let key = (user.to_string(), function.to_string());
+        let generation = {
+            let cache = self.invocations.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if let Some((read_at, row)) = cache.rows.get(&key)
+                && read_at.elapsed() < INVOCATION_CACHE_TTL
+            {
+                return Ok(Some(row.clone()));
+            }
+            cache.generation
+        };
+        let read_at = std::time::Instant::now();
+        let row: Option<InvocationRow> = sqlx::query_as(
             "SELECT u.id AS owner_id, f.id AS function_id, json_extract(v.spec, '$.timeout_s') AS timeout_s,
                     json_extract(v.spec, '$.invoke') AS invoke, i.id AS instance_id, i.paused AS paused
                FROM users u
@@ -246,6 +278,66 @@ impl Store {
         .bind(function)
         .fetch_optional(&self.pool)
         .await?;
+        // Only rows that exist are kept, so unknown names cannot grow the cache.
+        if let Some(row) = &row {
+            let mut cache = self.invocations.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if cache.generation == generation {
+                if cache.rows.len() >= INVOCATION_CACHE_ROWS {
+                    cache.rows.clear();
+                }
+                cache.rows.insert(key, (read_at, row.clone()));
+            }
+        }
         Ok(row)
+    }
+
+    /// Empties the invocation cache; called after every write to functions, their versions
+    /// or instances.
+    pub(super) fn forget_invocations(&self) {
+        let mut cache = self.invocations.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        cache.generation += 1;
+        cache.rows.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Store;
+    use crate::platform::model::{FunctionSpec, InvokeAccess, Role};
+
+    #[tokio::test]
+    async fn an_invocation_row_follows_every_write_it_depends_on() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(&format!("sqlite://{}", dir.path().join("kubefn.db").display())).await.expect("open");
+        let alice = store.insert_user("alice", "hash", Role::User).await.expect("user");
+        assert_eq!(store.invocation("alice", "hello").await.expect("row"), None, "no function yet");
+        let mut spec: FunctionSpec =
+            serde_json::from_value(serde_json::json!({"name": "hello", "runtime": "python", "source": "def handle(req):\n    return req\n"})).expect("spec");
+        let function = store.insert_function(alice.id, &spec).await.expect("function");
+        let row = store.invocation("alice", "hello").await.expect("row").expect("function row");
+        assert_eq!(row.instance_id, None);
+
+        // Each write below is seen by the very next read, though reads are cached.
+        let (instance, _) = store.upsert_instance(function.id, alice.id, 1, 1).await.expect("instance");
+        assert_eq!(store.invocation("alice", "hello").await.expect("row").expect("row").instance_id.as_deref(), Some(instance.id.as_str()));
+        store.set_instance_desired(&instance.id, 1, 1, true).await.expect("pause");
+        assert_eq!(store.invocation("alice", "hello").await.expect("row").expect("row").paused, Some(true));
+        spec.invoke.access = InvokeAccess::Public;
+        spec.timeout_s = 7;
+        store.add_version(function.id, &spec, alice.id).await.expect("version 2");
+        let row = store.invocation("alice", "hello").await.expect("row").expect("row");
+        assert_eq!(row.timeout_s, Some(7));
+        assert!(row.invoke.as_deref().is_some_and(|invoke| invoke.contains("public")), "{row:?}");
+        assert!(store.set_current_version(function.id, 1).await.expect("roll back"));
+        assert_eq!(store.invocation("alice", "hello").await.expect("row").expect("row").timeout_s, Some(60));
+        // Another kubefn over the same database: its writes are seen once the row is old enough.
+        let other = Store::open(&format!("sqlite://{}", dir.path().join("kubefn.db").display())).await.expect("second store");
+        other.set_instance_desired(&instance.id, 1, 1, false).await.expect("resume elsewhere");
+        tokio::time::sleep(super::INVOCATION_CACHE_TTL).await;
+        assert_eq!(store.invocation("alice", "hello").await.expect("row").expect("row").paused, Some(false));
+        store.delete_instance(&instance.id).await.expect("delete");
+        assert_eq!(store.invocation("alice", "hello").await.expect("row").expect("row").instance_id, None);
+        assert!(store.delete_unused_function(function.id).await.expect("unregister"));
+        assert_eq!(store.invocation("alice", "hello").await.expect("row"), None);
     }
 }

@@ -20,6 +20,7 @@ pub use users::UserRecord;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::SqlitePool;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// The schema migrations, embedded in the binary.
@@ -83,6 +84,7 @@ fn duplicate_or_query(source: sqlx::Error, what: &'static str, field: &'static s
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: SqlitePool,
+    invocations: Arc<Mutex<instances::InvocationCache>>,
 }
 
 impl Store {
@@ -109,7 +111,7 @@ impl Store {
             .connect_with(options)
             .await
             .map_err(open_error)?;
-        Ok(Store { pool })
+        Ok(Store { pool, invocations: Arc::default() })
     }
 
     /// The connection pool, for the session store and for tests.

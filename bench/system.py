@@ -1,0 +1,627 @@
+#!/usr/bin/env python3
+"""`make bench`, system part: the release server as users run it, driven over loopback.
+
+Each figure is measured with its baseline in the same run:
+  1. gateway overhead: wrk through /fn/... vs straight to the instance's node port vs through
+     nginx (keep-alive upstream) as a reference proxy, latency (1 connection) and throughput
+     (32 connections), repeated;
+  2. footprint: the server's RSS idle, then with 1,000 registered functions and 100 running
+     instances; the catalog's server-side render time with 1,000 functions against /healthz;
+  3. the wasm bundle, raw and gzipped;
+  4. seed experiment 1: a CPU-burning function under stepped load, its replicas and CPU over
+     time as the autoscaler (the HPA algorithm) acts; a plot;
+  5. seed experiment 2: response time against simultaneous requests (1 ... 256) through kubefn
+     and to a plain always-on Node server; a plot.
+Then it merges the Rust benches' JSON (local runtime, Kubernetes) from the run directory,
+writes bench/results/<stamp>.md, .json and the plots, and regenerates the README's table.
+"""
+
+import argparse
+import concurrent.futures
+import datetime
+import gzip
+import http.cookiejar
+import json
+import os
+import pathlib
+import platform
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import svgplot  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+REPEATS = 3
+LATENCY_SECONDS = 5
+LOAD_SECONDS = 5
+LOAD_CONNECTIONS = 32
+CONCURRENCY = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+CONCURRENCY_SECONDS = 3
+REGISTERED = 1000
+RUNNING = 100
+RENDER_ROUNDS = 20
+PER_PAGE = 50  # the catalog's page (FUNCTIONS_PER_PAGE)
+
+
+def log(message):
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port, seconds=30):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port} after {seconds} s")
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def children_rss_kib(pid):
+    """The resident memory of every process below `pid` (the functions' replicas)."""
+    total = 0
+    for entry in pathlib.Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                total += rss_kib(int(entry.name)) + children_rss_kib(int(entry.name))
+        except (OSError, IndexError, ValueError, RuntimeError):
+            continue
+    return total
+
+
+def median_spread(values):
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "samples": values}
+
+
+class Server:
+    """The release kubefn binary on a free port with its own data directory."""
+
+    def __init__(self, binary, site, args=()):
+        self.dir = tempfile.mkdtemp(prefix="kubefn-bench.")
+        self.port = free_port()
+        env = dict(os.environ, LEPTOS_SITE_ROOT=str(site), LEPTOS_OUTPUT_NAME="kubefn", LEPTOS_SITE_PKG_DIR="pkg")
+        low = 20000 + (self.port % 40) * 1000
+        command = [str(binary), "--listen", f"127.0.0.1:{self.port}", "--data-dir", self.dir, "--log", "warn",
+                   "--node-port-range", f"{low}-{low + 999}", "--cron", "false", *args]
+        self.process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(f"{self.dir}/server.log", "w"))
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.cookies = http.cookiejar.CookieJar()
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.cookies))
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if self.request("GET", "/healthz")[0] == 200:
+                    break
+            except OSError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"kubefn did not start; see {self.dir}/server.log")
+            time.sleep(0.1)
+
+    def request(self, method, path, body=None, raw=False):
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.base + path, data=data, method=method)
+        if data is not None:
+            request.add_header("content-type", "application/json")
+        try:
+            with self.opener.open(request, timeout=120) as response:
+                payload = response.read()
+                status = response.status
+        except urllib.error.HTTPError as error:
+            payload, status = error.read(), error.code
+        if raw:
+            return status, payload
+        try:
+            return status, json.loads(payload) if payload else None
+        except ValueError:
+            return status, payload.decode(errors="replace")
+
+    def expect(self, method, path, body=None, statuses=(200, 201, 202, 204)):
+        status, answer = self.request(method, path, body)
+        if status not in statuses:
+            raise RuntimeError(f"{method} {path}: {status} {answer}")
+        return answer
+
+    def sign_up(self, name="bench"):
+        self.expect("POST", "/api/v1/signup", {"name": name, "password": f"{name}-password"})
+
+    def register(self, spec):
+        self.expect("POST", "/api/v1/functions", spec)
+
+    def deploy(self, name):
+        return self.expect("POST", f"/api/v1/functions/{name}/deploy")["id"]
+
+    def until_ready(self, instance_id, seconds=120):
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            instance = self.expect("GET", f"/api/v1/instances/{instance_id}")
+            if instance["state"] == "Ready" and instance["replicas"]["ready"] > 0:
+                return instance
+            if instance["state"] == "Failed":
+                raise RuntimeError(f"instance {instance_id} failed: {instance['message']}")
+            time.sleep(0.05)
+        raise RuntimeError(f"instance {instance_id} not ready after {seconds} s")
+
+    def rss_kib(self):
+        return rss_kib(self.process.pid)
+
+    def stop(self):
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def node_function(name, source, **extra):
+    return {"name": name, "runtime": "node", "source": source, "invoke": {"access": "public"}, **extra}
+
+
+HELLO = "module.exports = async () => 'hello';\n"
+WAIT_5MS = "module.exports = async () => { await new Promise((done) => setTimeout(done, 5)); return 'hello'; };\n"
+PLAIN_SERVER = "require('http').createServer((q, s) => setTimeout(() => s.end('hello'), 5)).listen(Number(process.argv[1]), '127.0.0.1');"
+BURN = """import time
+
+def handle(req):
+    # Burns `req` milliseconds of this thread's CPU (10 by default).
+    end = time.thread_time() + float(req or 10) / 1000
+    while time.thread_time() < end:
+        pass
+    return 'burned'
+"""
+
+UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def wrk(url, connections, seconds):
+    """Runs wrk; its p50/p99 (ms), requests/s and errors."""
+    threads = min(2, connections)
+    output = subprocess.run(["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s", "--latency", url],
+                            capture_output=True, text=True, check=True).stdout
+    percentiles = {}
+    for percent, value, unit in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", output, re.M):
+        percentiles[percent] = float(value) * UNITS[unit]
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    errors = (int(bad.group(1)) if bad else 0) + (sum(map(int, socket_errors.groups())) if socket_errors else 0)
+    return {"p50_ms": percentiles["50"], "p99_ms": percentiles["99"], "requests_per_s": rps, "errors": errors}
+
+
+class Nginx:
+    """nginx as a reverse proxy to `upstream_port`, with keep-alive upstream connections."""
+
+    def __init__(self, upstream_port):
+        self.dir = tempfile.mkdtemp(prefix="kubefn-bench-nginx.")
+        self.port = free_port()
+        conf = f"""
+daemon off;
+worker_processes auto;
+pid {self.dir}/nginx.pid;
+error_log {self.dir}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {self.dir}/body;
+  proxy_temp_path {self.dir}/proxy;
+  fastcgi_temp_path {self.dir}/fastcgi;
+  uwsgi_temp_path {self.dir}/uwsgi;
+  scgi_temp_path {self.dir}/scgi;
+  upstream function {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{self.port};
+    location / {{ proxy_pass http://function; proxy_http_version 1.1; proxy_set_header Connection ""; }}
+  }}
+}}
+"""
+        pathlib.Path(self.dir, "nginx.conf").write_text(conf)
+        self.process = subprocess.Popen(["nginx", "-p", self.dir, "-c", f"{self.dir}/nginx.conf"], stderr=subprocess.DEVNULL)
+        wait_for_port(self.port)
+
+    def stop(self):
+        self.process.send_signal(signal.SIGQUIT)
+        self.process.wait(timeout=30)
+
+
+def nginx_version():
+    return subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip().split("/")[-1]
+
+
+def gateway_overhead(server):
+    log("gateway overhead: wrk direct / gateway / nginx")
+    # One replica throughout: the autoscaler must not change the upstream between runs.
+    server.register(node_function("hello", HELLO, scaling={"min": 1, "max": 1}))
+    instance = server.until_ready(server.deploy("hello"))
+    node_port = int(instance["urls"]["node_port"].rsplit(":", 1)[1])
+    nginx = Nginx(node_port)
+    targets = {
+        "direct": f"http://127.0.0.1:{node_port}/",
+        "gateway": f"{server.base}/fn/bench/hello/",
+        "nginx": f"http://127.0.0.1:{nginx.port}/",
+        # kubefn's HTTP stack alone (router, session and auth layers), no upstream: the part of
+        # the gateway's cost that is not the proxying.
+        "healthz": f"{server.base}/healthz",
+    }
+    runs = {name: {"latency": [], "load": []} for name in targets}
+    try:
+        for name, url in targets.items():
+            wrk(url, 4, 1)  # warm-up: connections, JIT, pools
+        for _ in range(REPEATS):
+            for name, url in targets.items():
+                runs[name]["latency"].append(wrk(url, 1, LATENCY_SECONDS))
+                runs[name]["load"].append(wrk(url, LOAD_CONNECTIONS, LOAD_SECONDS))
+    finally:
+        nginx.stop()
+    result = {}
+    for name, run in runs.items():
+        result[name] = {
+            "p50_ms": median_spread([r["p50_ms"] for r in run["latency"]]),
+            "p99_ms": median_spread([r["p99_ms"] for r in run["latency"]]),
+            "requests_per_s": median_spread([r["requests_per_s"] for r in run["load"]]),
+            "errors": sum(r["errors"] for r in run["latency"] + run["load"]),
+        }
+    server.expect("DELETE", f"/api/v1/instances/{instance['id']}")
+    return result
+
+
+def concurrency_sweep(server):
+    log("seed 2: response time against simultaneous requests")
+    server.register(node_function("wait5", WAIT_5MS, scaling={"min": 1, "max": 1}))
+    instance = server.until_ready(server.deploy("wait5"))
+    plain_port = free_port()
+    plain = subprocess.Popen(["node", "-e", PLAIN_SERVER, str(plain_port)])
+    wait_for_port(plain_port)
+    targets = {"kubefn": f"{server.base}/fn/bench/wait5/", "plain": f"http://127.0.0.1:{plain_port}/"}
+    result = {name: [] for name in targets}
+    try:
+        for name, url in targets.items():
+            wrk(url, 8, 1)
+        for connections in CONCURRENCY:
+            for name, url in targets.items():
+                figure = wrk(url, connections, CONCURRENCY_SECONDS)
+                result[name].append({"connections": connections, **figure})
+    finally:
+        plain.terminate()
+        plain.wait(timeout=10)
+    server.expect("DELETE", f"/api/v1/instances/{instance['id']}")
+    return result
+
+
+STEPS = [(30, 4), (30, 20), (30, 50), (30, 20), (60, 0)]  # (seconds, requests/s of 10 ms CPU each)
+
+
+def autoscaling(server):
+    log("seed 1: stepped load on a CPU-burning function")
+    spec = {"name": "burn", "runtime": "python", "source": BURN, "invoke": {"access": "public"},
+            "resources": {"cpu": "200m", "memory": "64Mi", "cpu_limit": "1", "memory_limit": "256Mi"},
+            "scaling": {"min": 1, "max": 6, "target_cpu_percent": 50}}
+    server.register(spec)
+    instance_id = server.deploy("burn")
+    server.until_ready(instance_id)
+    url = f"{server.base}/fn/bench/burn/"
+    started_wall = datetime.datetime.now(datetime.timezone.utc)
+    started = time.monotonic()
+    replicas = []
+    failures = [0]
+    sent = [0]
+    stop = threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            instance = server.expect("GET", f"/api/v1/instances/{instance_id}")
+            replicas.append((time.monotonic() - started, instance["replicas"]["desired"], instance["replicas"]["ready"]))
+            stop.wait(1)
+
+    def call():
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, data=b"10", method="POST"), timeout=30) as answer:
+                answer.read()
+        except OSError:
+            failures[0] += 1
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    offered = []
+    with concurrent.futures.ThreadPoolExecutor(max_workers=64) as pool:
+        step_start = 0.0
+        for seconds, rate in STEPS:
+            offered.append((step_start, rate * 10))
+            if rate:
+                for k in range(seconds * rate):
+                    at = started + step_start + k / rate
+                    delay = at - time.monotonic()
+                    if delay > 0:
+                        time.sleep(delay)
+                    pool.submit(call)
+                    sent[0] += 1
+            else:
+                time.sleep(max(0.0, started + step_start + seconds - time.monotonic()))
+            step_start += seconds
+    offered.append((step_start, 0))
+    stop.set()
+    watcher.join()
+    since = started_wall.strftime("%Y-%m-%dT%H:%M:%SZ")
+    samples = server.expect("GET", f"/api/v1/instances/{instance_id}/usage?since={since}")
+    instance = server.expect("GET", f"/api/v1/instances/{instance_id}")
+    server.expect("DELETE", f"/api/v1/instances/{instance_id}")
+
+    def seconds_of(stamp):
+        at = datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+        return (at - started_wall).total_seconds()
+
+    events = sorted((seconds_of(e["at"]), e["message"]) for e in instance["events"]
+                    if e["reason"] == "ScalingReplicaSet" and seconds_of(e["at"]) >= 0)
+    cpu = [(seconds_of(s["at"]), s["cpu_millicores"]) for s in samples if s["cpu_millicores"] is not None and seconds_of(s["at"]) >= 0]
+    return {"steps": STEPS, "sent": sent[0], "failed": failures[0], "replicas": replicas, "cpu_millicores": cpu,
+            "offered_millicores": offered, "events": events,
+            "max_replicas": max((d for _, d, _ in replicas), default=0)}
+
+
+def footprint(binary, site):
+    log("footprint: idle, then 1,000 functions and 100 instances; catalog render")
+    server = Server(binary, site)
+    try:
+        time.sleep(3)
+        idle = []
+        for _ in range(5):
+            idle.append(server.rss_kib() / 1024)
+            time.sleep(0.5)
+        server.sign_up()
+        started = time.monotonic()
+        for n in range(REGISTERED):
+            server.register({"name": f"fn-{n:04d}", "runtime": "python", "source": "def handle(req):\n    return 'x'\n",
+                             "scaling": {"min": 1, "max": 1}})
+        registering_s = time.monotonic() - started
+        ids = [server.deploy(f"fn-{n:04d}") for n in range(RUNNING)]
+        for instance_id in ids:
+            server.until_ready(instance_id, seconds=300)
+        time.sleep(5)  # a few usage samples and reconcile passes with everything running
+        loaded = []
+        for _ in range(5):
+            loaded.append(server.rss_kib() / 1024)
+            time.sleep(0.5)
+        replicas_mib = children_rss_kib(server.process.pid) / 1024
+
+        def timed(path):
+            samples = []
+            for _ in range(RENDER_ROUNDS):
+                began = time.perf_counter()
+                status, body = server.request("GET", path, raw=True)
+                samples.append((time.perf_counter() - began) * 1000)
+                if status != 200:
+                    raise RuntimeError(f"GET {path}: {status}")
+            return samples, body
+
+        health, _ = timed("/healthz")
+        catalog, page = timed("/")
+        rows = page.count(b"data-function=")
+        if rows != PER_PAGE or f"1–{PER_PAGE} of {REGISTERED}".encode() not in page:
+            raise RuntimeError(f"the catalog showed {rows} functions, not page 1 of {REGISTERED}")
+        return {
+            "idle_mib": median_spread(idle),
+            "loaded_mib": median_spread(loaded),
+            "replicas_rss_mib": replicas_mib,
+            "register_per_function_ms": registering_s / REGISTERED * 1000,
+            "catalog_ms": median_spread(catalog),
+            "healthz_ms": median_spread(health),
+            "catalog_bytes": len(page),
+        }
+    finally:
+        server.stop()
+
+
+def wasm_size(site):
+    wasm = next(pathlib.Path(site, "pkg").glob("*.wasm"))
+    raw = wasm.read_bytes()
+    return {"file": wasm.name, "raw_kib": len(raw) / 1024, "gzip_kib": len(gzip.compress(raw, 9)) / 1024}
+
+
+def plots(stamp, results, directory):
+    auto = results["autoscaling"]
+    markers = [(t, m) for t, m in auto["events"]]
+    replicas = svgplot.Chart("Seed 1: replicas as the autoscaler acts (target 50% of a 200m request)", "seconds", "replicas",
+                             [svgplot.Series("desired", [(t, d) for t, d, _ in auto["replicas"]], step=True),
+                              svgplot.Series("ready", [(t, r) for t, _, r in auto["replicas"]], step=True, dashed=True)],
+                             markers)
+    cpu = svgplot.Chart("CPU: offered by the load, and measured on the replicas", "seconds", "millicores",
+                        [svgplot.Series("offered", auto["offered_millicores"], step=True, dashed=True),
+                         svgplot.Series("measured", auto["cpu_millicores"])], markers)
+    pathlib.Path(directory, f"{stamp}-autoscaling.svg").write_text(svgplot.render([replicas, cpu]))
+    sweep = results["concurrency"]
+    p50 = svgplot.Chart("Seed 2: response time against simultaneous requests (5 ms handler)", "simultaneous requests",
+                        "ms", [svgplot.Series("kubefn p50", [(f["connections"], f["p50_ms"]) for f in sweep["kubefn"]]),
+                               svgplot.Series("plain server p50", [(f["connections"], f["p50_ms"]) for f in sweep["plain"]]),
+                               svgplot.Series("kubefn p99", [(f["connections"], f["p99_ms"]) for f in sweep["kubefn"]], dashed=True),
+                               svgplot.Series("plain server p99", [(f["connections"], f["p99_ms"]) for f in sweep["plain"]], dashed=True)],
+                        log2_x=True)
+    rps = svgplot.Chart("Throughput", "simultaneous requests", "requests/s",
+                        [svgplot.Series("kubefn", [(f["connections"], f["requests_per_s"]) for f in sweep["kubefn"]]),
+                         svgplot.Series("plain server", [(f["connections"], f["requests_per_s"]) for f in sweep["plain"]])],
+                        log2_x=True)
+    pathlib.Path(directory, f"{stamp}-concurrency.svg").write_text(svgplot.render([p50, rps]))
+
+
+def fmt_spread(figure, digits=3):
+    return f"{figure['median']:.{digits}f} ({figure['min']:.{digits}f}–{figure['max']:.{digits}f})"
+
+
+def goal(met):
+    return "met" if met else "**missed**"
+
+
+def report(stamp, results):
+    """The Markdown results and the README table."""
+    g = results["gateway"]
+    direct, gateway, nginx, healthz = g["direct"], g["gateway"], g["nginx"], g["healthz"]
+    added = gateway["p50_ms"]["median"] - direct["p50_ms"]["median"]
+    nginx_added = nginx["p50_ms"]["median"] - direct["p50_ms"]["median"]
+    ratio = gateway["requests_per_s"]["median"] / direct["requests_per_s"]["median"]
+    nginx_ratio = nginx["requests_per_s"]["median"] / direct["requests_per_s"]["median"]
+    f = results["footprint"]
+    catalog_ms = f["catalog_ms"]["median"] - f["healthz_ms"]["median"]
+    wasm = results["wasm"]
+    local = {figure["name"]: figure for figure in results.get("local_runtime", [])}
+    kube = {figure["name"]: figure for figure in results.get("kubernetes", [])}
+
+    def local_ms(name):
+        figure = local.get(name)
+        return figure["median_ms"] if figure else float("nan")
+
+    cold_pool = max(local_ms("python: cold start from zero, warm pool"), local_ms("node: cold start from zero, warm pool"))
+    deploy_pool = max(local_ms("python: deploy to first answer, warm pool"), local_ms("node: deploy to first answer, warm pool"))
+    lines = [f"# kubefn benchmarks, {stamp}", "", results["machine"], ""]
+    lines += ["## Gateway overhead (wrk, loopback, Node hello upstream)", "",
+              f"Latency: 1 connection for {LATENCY_SECONDS} s; throughput: {LOAD_CONNECTIONS} connections for {LOAD_SECONDS} s; "
+              f"{REPEATS} runs, median (min–max).", "",
+              "| path | p50 ms | p99 ms | requests/s | errors |", "|---|---:|---:|---:|---:|"]
+    for label, figure in [("direct to the node port (baseline)", direct), ("through the kubefn gateway", gateway),
+                          (f"through nginx {results['nginx']}", nginx), ("kubefn GET /healthz (its HTTP stack, no upstream)", healthz)]:
+        lines.append(f"| {label} | {fmt_spread(figure['p50_ms'])} | {fmt_spread(figure['p99_ms'])} | "
+                     f"{fmt_spread(figure['requests_per_s'], 0)} | {figure['errors']} |")
+    lines += ["", f"Added p50: gateway {added:+.3f} ms, nginx {nginx_added:+.3f} ms. "
+              f"Throughput: gateway {ratio:.2f}× direct, nginx {nginx_ratio:.2f}× direct.", ""]
+    if local:
+        lines += ["## Local runtime: deploy and cold start (15 rounds, median (min–max))", "",
+                  "| figure | median ms | min–max ms | vs baseline |", "|---|---:|---:|---:|"]
+        baselines = {}
+        for figure in results["local_runtime"]:
+            language = figure["name"].split(":")[0]
+            baselines.setdefault(language, figure["median_ms"])
+            lines.append(f"| {figure['name']} | {figure['median_ms']:.1f} | {figure['min_ms']:.1f}–{figure['max_ms']:.1f} | "
+                         f"{figure['median_ms'] / baselines[language]:.0f}× |")
+        lines.append("")
+    if kube:
+        lines += ["## Kubernetes runtime against the test control plane (kwok nodes)", "",
+                  "| figure | median ms | min–max ms |", "|---|---:|---:|"]
+        for figure in results["kubernetes"]:
+            lines.append(f"| {figure['name']} | {figure['median_ms']:.1f} | {figure['min_ms']:.1f}–{figure['max_ms']:.1f} |")
+        lines.append("")
+    lines += ["## Footprint of the kubefn process", "",
+              "| figure | value |", "|---|---:|",
+              f"| RSS idle | {fmt_spread(f['idle_mib'], 1)} MiB |",
+              f"| RSS with {REGISTERED} functions and {RUNNING} running instances | {fmt_spread(f['loaded_mib'], 1)} MiB |",
+              f"| (the {RUNNING} instances' own processes, for scale) | {f['replicas_rss_mib']:.0f} MiB |",
+              f"| catalog with {REGISTERED} functions, GET / (page 1: {PER_PAGE} rows, the count, pages) | {fmt_spread(f['catalog_ms'], 2)} ms ({f['catalog_bytes'] / 1024:.0f} KiB) |",
+              f"| baseline GET /healthz | {fmt_spread(f['healthz_ms'], 2)} ms |",
+              f"| registering a function (REST, median of {REGISTERED}) | {f['register_per_function_ms']:.1f} ms |",
+              f"| wasm bundle {wasm['file']} | {wasm['raw_kib']:.0f} KiB raw, {wasm['gzip_kib']:.0f} KiB gzipped |", ""]
+    auto = results["autoscaling"]
+    lines += ["## Seed experiment 1: autoscaling", "",
+              f"A Python function burns 10 ms of CPU per request (request 200m, target 50%, 1–6 replicas); open-loop load in steps of "
+              f"{', '.join(f'{rate} req/s for {s} s' for s, rate in auto['steps'])}; autoscaler sync 5 s, scale-down "
+              f"stabilization 30 s. {auto['sent']} requests, {auto['failed']} failed; up to {auto['max_replicas']} replicas.", "",
+              f"![replicas and CPU over time]({stamp}-autoscaling.svg)", "", "Scaling events:", ""]
+    lines += [f"- {t:.0f} s: {message}" for t, message in auto["events"]] + [""]
+    lines += ["## Seed experiment 2: response time against simultaneous requests", "",
+              "A Node handler that waits 5 ms, one replica, through the kubefn gateway; the baseline is a plain always-on Node "
+              f"server with the same handler. wrk, {CONCURRENCY_SECONDS} s per level.", "",
+              "| simultaneous | kubefn p50 | kubefn p99 | kubefn req/s | plain p50 | plain p99 | plain req/s |",
+              "|---:|---:|---:|---:|---:|---:|---:|"]
+    for k, p in zip(results["concurrency"]["kubefn"], results["concurrency"]["plain"]):
+        lines.append(f"| {k['connections']} | {k['p50_ms']:.2f} | {k['p99_ms']:.2f} | {k['requests_per_s']:.0f} | "
+                     f"{p['p50_ms']:.2f} | {p['p99_ms']:.2f} | {p['requests_per_s']:.0f} |")
+    lines += ["", f"![response time against simultaneous requests]({stamp}-concurrency.svg)", ""]
+    goals = [
+        ("gateway p50 added ≤ 0.1 ms", f"{added:+.3f} ms", added <= 0.1),
+        ("gateway p50 added no worse than nginx's", f"{added:+.3f} ms against nginx {nginx_added:+.3f} ms", added <= nginx_added),
+        ("gateway throughput ≥ 0.8× direct", f"{ratio:.2f}× (nginx {nginx_ratio:.2f}×)", ratio >= 0.8),
+        ("cold start p50 ≤ 50 ms with the warm pool", f"{cold_pool:.1f} ms (slower of Python, Node)", cold_pool <= 50),
+        ("deploy-to-answer p50 ≤ 300 ms", f"{deploy_pool:.1f} ms (warm pool, slower of Python, Node)", deploy_pool <= 300),
+        ("RSS ≤ 40 MB idle", f"{f['idle_mib']['median']:.1f} MiB", f["idle_mib"]["median"] <= 40),
+        ("RSS ≤ 150 MB loaded", f"{f['loaded_mib']['median']:.1f} MiB", f["loaded_mib"]["median"] <= 150),
+        (f"catalog render ≤ 5 ms ({REGISTERED} functions)", f"{catalog_ms:.2f} ms over /healthz", catalog_ms <= 5),
+        ("wasm ≤ 400 KB gzipped", f"{wasm['gzip_kib'] * 1.024:.0f} KB", wasm["gzip_kib"] * 1.024 <= 400),
+    ]
+    table = ["| goal | result | |", "|---|---|---|"] + [f"| {name} | {value} | {goal(ok)} |" for name, value, ok in goals]
+    lines += ["## Goals", ""] + table + [""]
+    readme = [f"Latest run: [{stamp}](bench/results/{stamp}.md), {results['machine']}", ""] + table
+    return "\n".join(lines), "\n".join(readme), goals
+
+
+def update_readme(table):
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    begin, end = "<!-- bench:begin -->", "<!-- bench:end -->"
+    if begin not in text or end not in text:
+        raise RuntimeError(f"README.md lacks the {begin} … {end} markers")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    readme.write_text(f"{head}{begin}\n{table}\n{end}{tail}")
+
+
+def versions():
+    def first_line(command):
+        try:
+            return subprocess.run(command, capture_output=True, text=True).stdout.strip().splitlines()[0]
+        except (OSError, IndexError):
+            return "?"
+    commit = first_line(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
+    return (f"{os.cpu_count()} cores, {platform.machine()}, Linux {platform.release()}; kubefn {commit}; "
+            f"{first_line(['rustc', '--version'])}; Python {platform.python_version()}; Node {first_line(['node', '--version'])}; "
+            f"wrk {' '.join(first_line(['wrk', '--version']).split()[1:2])}; nginx {nginx_version()}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--binary", default=ROOT / "target/release/kubefn")
+    parser.add_argument("--site", default=ROOT / "target/site")
+    parser.add_argument("--run", default=ROOT / "target/bench-run", help="where the Rust benches left their JSON")
+    parser.add_argument("--results", default=ROOT / "bench/results")
+    args = parser.parse_args()
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H%MZ")
+    results = {"stamp": stamp, "machine": versions(), "nginx": nginx_version()}
+    server = Server(args.binary, args.site, ["--autoscale-sync-seconds", "5", "--scale-down-stabilization-seconds", "30"])
+    try:
+        server.sign_up()
+        results["gateway"] = gateway_overhead(server)
+        results["concurrency"] = concurrency_sweep(server)
+        results["autoscaling"] = autoscaling(server)
+    finally:
+        server.stop()
+    results["footprint"] = footprint(args.binary, args.site)
+    results["wasm"] = wasm_size(args.site)
+    for name in ("local_runtime", "kubernetes"):
+        path = pathlib.Path(args.run, f"{name}.json")
+        if path.exists():
+            results[name] = json.loads(path.read_text())
+    directory = pathlib.Path(args.results)
+    directory.mkdir(parents=True, exist_ok=True)
+    plots(stamp, results, directory)
+    text, readme, goals = report(stamp, results)
+    (directory / f"{stamp}.md").write_text(text)
+    (directory / f"{stamp}.json").write_text(json.dumps(results, indent=1))
+    update_readme(readme)
+    print(text)
+    log(f"wrote {directory}/{stamp}.md, .json, -autoscaling.svg, -concurrency.svg and the README table")
+
+
+if __name__ == "__main__":
+    main()

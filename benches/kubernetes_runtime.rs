@@ -1,0 +1,98 @@
+//! `make bench`, Kubernetes part: apply-to-Running against the real test control plane (kwok
+//! nodes), kubefn's runtime against its baseline measured in the same run, a plain Deployment
+//! of one replica created with kube's client and watched until its pod is ready. Writes JSON to
+//! $KUBEFN_BENCH_DIR (default target/bench-run) for bench/system.py's report.
+
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::{Api, DeleteParams, PostParams};
+use kube::runtime::wait::await_condition;
+use kubefn::platform::model::{FunctionSpec, InstanceState};
+use kubefn::platform::runtime::kubernetes::{client, KubernetesConfig, KubernetesRuntime};
+use kubefn::platform::runtime::{InstanceSpec, Runtime};
+use std::time::{Duration, Instant};
+use test_cluster::TestCluster;
+
+#[path = "../tests/support/cluster.rs"]
+mod test_cluster;
+
+const ROUNDS: usize = 10;
+const NAMESPACE: &str = "kubefn-functions";
+
+#[derive(serde::Serialize)]
+struct Figure {
+    name: String,
+    samples_ms: Vec<f64>,
+    median_ms: f64,
+    min_ms: f64,
+    max_ms: f64,
+}
+
+fn figure(name: &str, samples: Vec<Duration>) -> Figure {
+    let mut ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+    ms.sort_by(f64::total_cmp);
+    Figure { name: name.into(), median_ms: ms[ms.len() / 2], min_ms: ms[0], max_ms: ms[ms.len() - 1], samples_ms: ms }
+}
+
+/// A plain Deployment of one python:3.12-slim replica, as a person would apply it.
+fn plain_deployment(name: &str) -> Deployment {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}},
+                 "template": {"metadata": {"labels": {"app": name}},
+                              "spec": {"containers": [{"name": "fn", "image": "python:3.12-slim", "ports": [{"containerPort": 8080}]}]}}}
+    }))
+    .expect("deployment")
+}
+
+#[tokio::main]
+async fn main() {
+    let cluster = TestCluster::start();
+    let config = KubernetesConfig { kubeconfig: Some(cluster.kubeconfig.clone()), namespace: NAMESPACE.into(), forward_ports: 47000..=47999, ..KubernetesConfig::new() };
+    let admin = client(&config).await.expect("client");
+    let deployments: Api<Deployment> = Api::namespaced(admin, NAMESPACE);
+    let runtime = KubernetesRuntime::connect(config).await.expect("runtime");
+    let spec: FunctionSpec = serde_json::from_value(serde_json::json!({
+        "name": "bench", "runtime": "python", "source": "def handle(req):\n    return 'hello'\n", "scaling": {"min": 1, "max": 1}
+    }))
+    .expect("spec");
+
+    let (mut plain, mut kubefn) = (Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        let name = format!("bench-plain-{round}");
+        let started = Instant::now();
+        deployments.create(&PostParams::default(), &plain_deployment(&name)).await.expect("create");
+        let ready = |d: Option<&Deployment>| d.and_then(|d| d.status.as_ref()?.ready_replicas).unwrap_or(0) >= 1;
+        tokio::time::timeout(Duration::from_secs(60), await_condition(deployments.clone(), &name, ready)).await.expect("ready in time").expect("watch");
+        plain.push(started.elapsed());
+        deployments.delete(&name, &DeleteParams::default()).await.expect("delete");
+
+        let id = uuid::Uuid::new_v4().to_string();
+        let instance = InstanceSpec { id: id.clone(), function: spec.name.clone(), user: "bench".into(), version: 1, spec: spec.clone(), replicas: 1, paused: false, node_port: None };
+        let started = Instant::now();
+        runtime.apply(instance).await.expect("apply");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = runtime.status(&id)
+                && status.state == InstanceState::Ready
+                && status.ready >= 1
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "kubefn's instance was not ready within 60 s");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        kubefn.push(started.elapsed());
+        runtime.delete(&id).await.expect("delete");
+    }
+    let figures = [
+        figure("plain Deployment created to ready (baseline)", plain),
+        figure("kubefn instance applied to Ready (its ConfigMap, Deployment and Service; no HPA at min = max)", kubefn),
+    ];
+    for f in &figures {
+        println!("{}: median {:.1} ms ({:.1}–{:.1})", f.name, f.median_ms, f.min_ms, f.max_ms);
+    }
+    let dir = std::env::var("KUBEFN_BENCH_DIR").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench-run").into());
+    std::fs::create_dir_all(&dir).expect("bench dir");
+    std::fs::write(format!("{dir}/kubernetes.json"), serde_json::to_string_pretty(&figures).expect("json")).expect("write");
+}

@@ -1,0 +1,73 @@
+//! The real Kubernetes control plane of k8s/testcluster (etcd, kube-apiserver, controllers,
+//! scheduler, kwok nodes, metrics-server), built (cached) and started for a test or bench
+//! binary, and stopped by its watchdog when that binary exits. kubefn's own manifests from
+//! k8s/ are applied to it.
+//!
+//! Set KUBEFN_TEST_KUBECONFIG (and KUBEFN_TEST_CLUSTER_BIN) to use a cluster that runs already
+//! (`make cluster`).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// A running control plane and the directory of its binaries (kubectl among them).
+pub struct TestCluster {
+    /// The admin's kubeconfig.
+    pub kubeconfig: PathBuf,
+    /// Where etcd, kube-apiserver, … and kubectl are.
+    pub bin: PathBuf,
+}
+
+impl TestCluster {
+    /// Builds and starts the control plane (or takes the one KUBEFN_TEST_KUBECONFIG names).
+    pub fn start() -> TestCluster {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let cluster = match std::env::var_os("KUBEFN_TEST_KUBECONFIG") {
+            Some(kubeconfig) => {
+                let bin = std::env::var_os("KUBEFN_TEST_CLUSTER_BIN").map(PathBuf::from).unwrap_or_else(|| build(root));
+                TestCluster { kubeconfig: kubeconfig.into(), bin }
+            }
+            None => {
+                let bin = build(root);
+                let dir = tempfile::Builder::new().prefix("kubefn-test-cluster.").tempdir().expect("temp dir").keep();
+                let output = Command::new(root.join("k8s/testcluster/start.sh"))
+                    .arg(&dir)
+                    .env("KUBEFN_CLUSTER_OWNER_PID", std::process::id().to_string())
+                    .output()
+                    .expect("start.sh runs");
+                assert!(
+                    output.status.success(),
+                    "the test control plane did not start (this binary needs it, also outside CI):\n{}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
+                eprintln!("{}", String::from_utf8_lossy(&output.stderr).lines().last().unwrap_or_default());
+                TestCluster { kubeconfig: dir.join("kubeconfig"), bin }
+            }
+        };
+        // kubefn's own manifests: accepted by the real apiserver, and the RBAC kubefn acts under.
+        cluster.kubectl(&["apply", "-k", &root.join("k8s").display().to_string()], None);
+        cluster
+    }
+
+    /// Runs kubectl against the cluster with `stdin`; its output (fails on an error).
+    pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let mut command = Command::new(self.bin.join("kubectl"));
+        command.arg("--kubeconfig").arg(&self.kubeconfig).args(args);
+        command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = command.spawn().expect("kubectl starts");
+        if let Some(text) = stdin {
+            child.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("write stdin");
+        }
+        drop(child.stdin.take());
+        let output = child.wait_with_output().expect("kubectl runs");
+        assert!(output.status.success(), "kubectl {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+}
+
+fn build(root: &Path) -> PathBuf {
+    let output = Command::new(root.join("k8s/testcluster/build.sh")).output().expect("build.sh runs");
+    assert!(output.status.success(), "cannot build the test control plane:\n{}", String::from_utf8_lossy(&output.stderr));
+    PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
+}
