@@ -42,8 +42,8 @@ import svgplot  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 REPEATS = 3
-LATENCY_SECONDS = 5
-LOAD_SECONDS = 5
+LATENCY_SECONDS = 3
+LOAD_SECONDS = 3
 LOAD_CONNECTIONS = 32
 CONCURRENCY = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 CONCURRENCY_SECONDS = 3
@@ -315,7 +315,7 @@ def concurrency_sweep(server):
     return result
 
 
-STEPS = [(30, 4), (30, 20), (30, 50), (30, 20), (60, 0)]  # (seconds, requests/s of 10 ms CPU each)
+STEPS = [(20, 4), (25, 20), (25, 50), (25, 20), (60, 0)]  # (seconds, requests/s of 10 ms CPU each)
 
 
 def autoscaling(server):
