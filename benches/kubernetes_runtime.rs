@@ -11,27 +11,16 @@ use kubefn::platform::runtime::kubernetes::{client, KubernetesConfig, Kubernetes
 use kubefn::platform::runtime::{InstanceSpec, Runtime};
 use std::time::{Duration, Instant};
 use test_cluster::TestCluster;
+use figures::{figure, report};
+
+#[path = "support/figures.rs"]
+mod figures;
 
 #[path = "../tests/support/cluster.rs"]
 mod test_cluster;
 
 const ROUNDS: usize = 10;
 const NAMESPACE: &str = "kubefn-functions";
-
-#[derive(serde::Serialize)]
-struct Figure {
-    name: String,
-    samples_ms: Vec<f64>,
-    median_ms: f64,
-    min_ms: f64,
-    max_ms: f64,
-}
-
-fn figure(name: &str, samples: Vec<Duration>) -> Figure {
-    let mut ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
-    ms.sort_by(f64::total_cmp);
-    Figure { name: name.into(), median_ms: ms[ms.len() / 2], min_ms: ms[0], max_ms: ms[ms.len() - 1], samples_ms: ms }
-}
 
 /// A plain Deployment of one python:3.12-slim replica, as a person would apply it.
 fn plain_deployment(name: &str) -> Deployment {
@@ -89,10 +78,5 @@ async fn main() {
         figure("plain Deployment created to ready (baseline)", plain),
         figure("kubefn instance applied to Ready (its ConfigMap, Deployment and Service; no HPA at min = max)", kubefn),
     ];
-    for f in &figures {
-        println!("{}: median {:.1} ms ({:.1}–{:.1})", f.name, f.median_ms, f.min_ms, f.max_ms);
-    }
-    let dir = std::env::var("KUBEFN_BENCH_DIR").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench-run").into());
-    std::fs::create_dir_all(&dir).expect("bench dir");
-    std::fs::write(format!("{dir}/kubernetes.json"), serde_json::to_string_pretty(&figures).expect("json")).expect("write");
+    report("kubernetes", &figures);
 }

@@ -11,6 +11,10 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use figures::{figure, report};
+
+#[path = "support/figures.rs"]
+mod figures;
 
 const ROUNDS: usize = 15;
 
@@ -61,22 +65,6 @@ fn runtime(dir: &std::path::Path, pool: usize) -> LocalRuntime {
     config.usage_period = Duration::from_millis(100);
     config.node_ports = 45000..=45999;
     LocalRuntime::new(config).expect("runtime")
-}
-
-#[derive(serde::Serialize)]
-struct Figure {
-    name: String,
-    samples_ms: Vec<f64>,
-    median_ms: f64,
-    min_ms: f64,
-    max_ms: f64,
-}
-
-fn figure(name: &str, samples: Vec<Duration>) -> Figure {
-    let mut ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
-    ms.sort_by(f64::total_cmp);
-    let median = if ms.is_empty() { f64::NAN } else { ms[ms.len() / 2] };
-    Figure { name: name.into(), median_ms: median, min_ms: ms.first().copied().unwrap_or(f64::NAN), max_ms: ms.last().copied().unwrap_or(f64::NAN), samples_ms: ms }
 }
 
 /// Deploy (apply) to the first answer, each round a new instance.
@@ -150,10 +138,5 @@ async fn main() {
     cold_runtime.shutdown().await;
     pooled_runtime.shutdown().await;
 
-    for f in &figures {
-        println!("{}: median {:.1} ms ({:.1}–{:.1})", f.name, f.median_ms, f.min_ms, f.max_ms);
-    }
-    let dir = std::env::var("KUBEFN_BENCH_DIR").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench-run").into());
-    std::fs::create_dir_all(&dir).expect("bench dir");
-    std::fs::write(format!("{dir}/local_runtime.json"), serde_json::to_string_pretty(&figures).expect("json")).expect("write");
+    report("local_runtime", &figures);
 }
