@@ -562,7 +562,9 @@ def report(stamp, results):
     ]
     table = ["| goal | result | |", "|---|---|---|"] + [f"| {name} | {value} | {goal(ok)} |" for name, value, ok in goals]
     lines += ["## Goals", ""] + table + [""]
-    readme = [f"Latest run: [{stamp}](bench/results/{stamp}.md), {results['machine']}", ""] + table
+    readme = [f"Latest run: [{stamp}](bench/results/{stamp}.md), {results['machine']}", ""] + table + [
+        "", f"Plots: [seed 1, autoscaling](bench/results/{stamp}-autoscaling.svg); "
+            f"[seed 2, response time against simultaneous requests](bench/results/{stamp}-concurrency.svg)."]
     return "\n".join(lines), "\n".join(readme), goals
 
 
