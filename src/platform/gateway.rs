@@ -324,7 +324,8 @@ impl Gateway {
         let upgrade = requested_upgrade(request.headers());
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
         prepare_upstream(request.headers_mut(), client);
-        let too_large = |error: Box<dyn std::error::Error + Send + Sync>| {
+        // A body cut at the limit is the caller's 413, anything else the instance's 502.
+        let upstream_error = |error: Box<dyn std::error::Error + Send + Sync>| {
             if over_limit(error.as_ref()) {
                 GatewayError::TooLarge { function: function.to_string(), limit: max_body_bytes }
             } else {
@@ -347,13 +348,13 @@ impl Gateway {
                 tokio::spawn(async move {
                     let _ = connection.with_upgrades().await;
                 });
-                return sender.send_request(request).await.map_err(|error| too_large(error.into()));
+                return sender.send_request(request).await.map_err(|error| upstream_error(error.into()));
             }
             let (mut parts, body) = request.into_parts();
             let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
             parts.uri = format!("http://{address}{path}").parse().map_err(|error: http::uri::InvalidUri| GatewayError::Upstream(error.into()))?;
             let body = body.map_frame(|frame| frame.map_data(|mut data| data.copy_to_bytes(data.remaining()))).boxed_unsync();
-            self.pooled_client(id, generation).request(Request::from_parts(parts, body)).await.map_err(|error| too_large(error.into()))
+            self.pooled_client(id, generation).request(Request::from_parts(parts, body)).await.map_err(|error| upstream_error(error.into()))
         };
         // The function's own timeout plus a little for a cold start; the bootstrap answers 504
         // itself at its timeout, this bounds a replica that does not answer at all.
