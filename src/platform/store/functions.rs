@@ -273,13 +273,11 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use super::super::Store;
     use crate::platform::model::{FunctionSpec, Role, Visibility};
 
     #[tokio::test]
     async fn a_catalog_page_counts_filters_and_hides_other_users_private_functions() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store = Store::open(&format!("sqlite://{}", dir.path().join("kubefn.db").display())).await.expect("open");
+        let (_dir, store) = super::super::temp_store().await;
         let alice = store.insert_user("alice", "hash", Role::User).await.expect("alice");
         let bob = store.insert_user("bob", "hash", Role::User).await.expect("bob");
         for n in 0..7 {

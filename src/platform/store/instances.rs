@@ -307,8 +307,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_invocation_row_follows_every_write_it_depends_on() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store = Store::open(&format!("sqlite://{}", dir.path().join("kubefn.db").display())).await.expect("open");
+        let (dir, store) = super::super::temp_store().await;
         let alice = store.insert_user("alice", "hash", Role::User).await.expect("user");
         assert_eq!(store.invocation("alice", "hello").await.expect("row"), None, "no function yet");
         let mut spec: FunctionSpec =

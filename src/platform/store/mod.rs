@@ -126,6 +126,15 @@ impl Store {
     }
 }
 
+/// A migrated store in a new temporary directory (kept while the directory lives), for the
+/// store modules' tests.
+#[cfg(test)]
+pub(super) async fn temp_store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Store::open(&format!("sqlite://{}", dir.path().join("kubefn.db").display())).await.expect("store");
+    (dir, store)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -89,13 +89,11 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use crate::platform::model::Role;
 
     #[tokio::test]
     async fn using_a_token_marks_it_at_most_once_a_minute() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store = Store::open(&format!("sqlite://{}", dir.path().join("t.db").display())).await.expect("store");
+        let (_dir, store) = super::super::temp_store().await;
         let user = store.insert_user("tina", "hash", Role::User).await.expect("user");
         store.insert_token(user.id, "ci", "hash-of-secret").await.expect("token");
         assert_eq!(store.tokens_of(user.id).await.expect("tokens")[0].last_used_at, None);

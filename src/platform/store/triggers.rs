@@ -224,8 +224,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_fire_is_claimed_once_and_interrupted_runs_end_failed() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store = Store::open(&format!("sqlite://{}", dir.path().join("kubefn.db").display())).await.expect("store");
+        let (_dir, store) = super::super::temp_store().await;
         let user = store.insert_user("ann", "hash", Role::User).await.expect("user");
         let spec: FunctionSpec = serde_json::from_value(serde_json::json!({"name": "f", "runtime": "python", "source": "x"})).expect("spec");
         let function = store.insert_function(user.id, &spec).await.expect("function");
