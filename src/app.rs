@@ -3,7 +3,7 @@
 use crate::api::functions::{current_user, LogIn, LogOut, SignUp};
 use crate::api::ApiError;
 use crate::platform::model::UserInfo;
-use crate::ui::{account::AccountPage, catalog::CatalogPage, function_page::FunctionPage, functions_form::{EditFunctionPage, RegisterFunctionPage}, login::LoginPage};
+use crate::ui::{account::AccountPage, admin::AdminPage, catalog::CatalogPage, function_page::FunctionPage, functions_form::{EditFunctionPage, RegisterFunctionPage}, login::LoginPage};
 use leptos::prelude::*;
 use leptos_meta::{provide_meta_context, MetaTags, Stylesheet, Title};
 use leptos_router::components::{Route, Router, Routes, A};
@@ -75,6 +75,7 @@ pub fn App() -> impl IntoView {
                     <Route path=path!("/") view=CatalogPage ssr=SsrMode::Async/>
                     <Route path=path!("/login") view=LoginPage ssr=SsrMode::Async/>
                     <Route path=path!("/account") view=AccountPage ssr=SsrMode::Async/>
+                    <Route path=path!("/admin") view=AdminPage ssr=SsrMode::Async/>
                     <Route path=path!("/functions/new") view=RegisterFunctionPage/>
                     <Route path=path!("/functions/:name") view=FunctionPage ssr=SsrMode::Async/>
                     <Route path=path!("/functions/:name/edit") view=EditFunctionPage ssr=SsrMode::Async/>
@@ -99,6 +100,7 @@ fn Header() -> impl IntoView {
                                 <A href="/">"Catalog"</A>
                                 <A href="/functions/new">"Register"</A>
                                 <A href="/account">"Account"</A>
+                                {(user.role == crate::platform::model::Role::Admin).then(|| view! { <A href="/admin">"Admin"</A> })}
                                 <span class="whoami" data-testid="whoami">
                                     {user.name.clone()}
                                     {(user.role == crate::platform::model::Role::Admin).then(|| view! { <span class="badge">"admin"</span> })}

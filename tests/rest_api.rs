@@ -1196,3 +1196,55 @@ async fn a_request_to_an_instance_at_zero_is_held_served_and_counted_as_a_cold_s
     assert!(text.contains("function_calls_total{function=\"sleepy\",user=\"alice\"} 1"), "{text}");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_admin_overview_adds_up_everyones_usage_and_is_for_admins_only() {
+    let app = TestApp::start().await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let admin = app.admin().await;
+    assert_eq!(app.call(Method::POST, "/api/v1/functions", Some(hello("hello")), As::Cookie(&alice)).await.status, StatusCode::CREATED);
+    let id = app.call(Method::POST, "/api/v1/functions/hello/deploy", None, As::Cookie(&alice)).await.body["id"].as_str().expect("id").to_string();
+    app.instance_until(&id, &alice, "ready", |i| i["state"] == "Ready").await;
+
+    let refused = app.call(Method::GET, "/api/v1/admin/usage", None, As::Cookie(&bob)).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.body);
+    assert!(refused.body["error"].as_str().is_some_and(|e| e.contains("only admins")), "{}", refused.body);
+    let bad = app.call(Method::GET, "/api/v1/admin/usage?since=yesterday", None, As::Cookie(&admin)).await;
+    assert_eq!((bad.status, bad.body["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("since")));
+
+    // Calls through the gateway, then a scale by hand: both reach the overview once sampled.
+    for _ in 0..6 {
+        let call = Request::post("/fn/alice/hello").header(header::COOKIE, alice.as_str()).body(Body::from("ada")).expect("request");
+        assert_eq!(app.send(call).await.status, StatusCode::OK);
+    }
+    let scaled = app.call(Method::POST, &format!("/api/v1/instances/{id}/scale"), Some(json!({"replicas": 2})), As::Cookie(&alice)).await;
+    assert_eq!(scaled.status, StatusCode::OK);
+    let mut overview = Value::Null;
+    for _ in 0..200 {
+        overview = app.call(Method::GET, "/api/v1/admin/usage", None, As::Cookie(&admin)).await.body;
+        let totals = &overview["totals"];
+        // The local runtime measures memory on its own cadence, so the first samples may lack it.
+        let measured = totals["memory_bytes"].as_u64().is_some_and(|m| m > 0);
+        if totals["invocations"].as_u64() >= Some(6) && overview["scaling_events"].as_array().is_some_and(|e| !e.is_empty()) && totals["replicas_ready"] == 2 && measured {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let users: Vec<&str> = overview["users"].as_array().expect("users").iter().filter_map(|u| u["name"].as_str()).collect();
+    assert_eq!(users, vec!["alice", "bob", "root"], "every user, instances or not: {overview:#}");
+    let alices = &overview["users"][0]["totals"];
+    assert_eq!(alices["invocations"], 6, "each sample counts the calls since the one before: {overview:#}");
+    assert_eq!((alices["instances"].as_u64(), alices["replicas_ready"].as_u64(), alices["errors"].as_u64()), (Some(1), Some(2), Some(0)));
+    assert!(alices["memory_bytes"].as_u64().is_some_and(|m| m > 0), "{alices}");
+    assert_eq!(overview["users"][1]["totals"]["instances"], 0);
+    assert_eq!(overview["top_functions"][0]["name"], "hello");
+    assert_eq!(overview["instances"][0]["id"], id.as_str());
+    assert_eq!(overview["health"]["runtime"], "local");
+    assert_eq!(overview["health"]["database_ok"], true);
+    assert_eq!(overview["health"]["instances_by_state"]["Ready"], 1);
+    let event = &overview["scaling_events"][0];
+    assert_eq!((event["user"].as_str(), event["function"].as_str(), event["event"]["reason"].as_str()), (Some("alice"), Some("hello"), Some("ScalingReplicaSet")));
+    assert!(overview["series"].as_array().is_some_and(|s| !s.is_empty()), "the all-instances series has points");
+    app.stop().await;
+}

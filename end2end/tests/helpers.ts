@@ -16,3 +16,24 @@ export async function signUp(page: Page, user: string, password: string) {
   await page.getByRole("button", { name: "Create account" }).click();
   await expect(page.getByTestId("whoami")).toContainText(user);
 }
+
+/** Logs in through the form. */
+export async function logIn(page: Page, user: string, password: string) {
+  await page.goto("/login");
+  await hydrated(page);
+  await page.locator("#login-name").fill(user);
+  await page.locator("#login-password").fill(password);
+  await page.locator("#login-form").getByRole("button", { name: "Log in" }).click();
+  await expect(page.getByTestId("whoami")).toContainText(user);
+}
+
+/**
+ * Saves a screenshot for the README under docs/screenshots/ (the e2e run keeps them current).
+ * Light theme unless `dark`.
+ */
+export async function screenshot(page: Page, name: string, options: { dark?: boolean; fullPage?: boolean } = {}) {
+  await page.emulateMedia({ colorScheme: options.dark ? "dark" : "light" });
+  await page.evaluate(() => window.scrollTo(0, 0));
+  await page.screenshot({ path: `../docs/screenshots/${name}.png`, fullPage: options.fullPage ?? false });
+  await page.emulateMedia({ colorScheme: "light" });
+}

@@ -32,14 +32,23 @@ test("sign up, register a Python function, see it in the catalog, edit it to ver
   await expect(row.locator(".version")).toHaveText("v1");
   await expect(row.getByRole("button", { name: "Deploy" })).toBeEnabled();
 
-  await page.goto(`/functions/${fn}/edit`);
+  // "Change scaling…" opens the edit form at its scaling inputs; "Edit (new version)" at the top.
+  await row.getByRole("link", { name: fn }).click();
+  await page.getByRole("link", { name: "Change scaling…" }).click();
+  await expect(page).toHaveURL(new RegExp(`/functions/${fn}/edit#scaling$`));
+  await expect(page.getByLabel("Max replicas")).toBeVisible();
+  await page.goto(`/functions/${fn}`);
+  await page.getByRole("link", { name: "Edit (new version)" }).click();
+  await expect(page).toHaveURL(new RegExp(`/functions/${fn}/edit$`));
   await hydrated(page);
   await page.getByLabel("Source").fill("def handle(req):\n    return 'hello again ' + req\n");
+  await page.getByLabel("Max replicas").fill("4");
   await page.getByRole("button", { name: "Save new version" }).click();
   await expect(page).toHaveURL(new RegExp(`/functions/${fn}$`));
   await expect(page.getByTestId("current-version")).toHaveText("2");
   await expect(page.getByTestId("source")).toContainText("hello again");
   await expect(page.getByTestId("versions").locator("tbody tr")).toHaveCount(2);
+  await expect(page.getByTestId("scaling")).toContainText("1–4 replicas");
 
   // Roll back to version 1 from the versions table.
   await page.getByRole("button", { name: "Make v1 current" }).click();
@@ -50,6 +59,36 @@ test("sign up, register a Python function, see it in the catalog, edit it to ver
   await expect(page.locator(`tr[data-function="${fn}"] .version`)).toHaveText("v1 (latest v2)");
   await page.goto(`/?q=${fn}-nothing-else`);
   await expect(page.getByText(`No function's name contains “${fn}-nothing-else”.`)).toBeVisible();
+
+  // Unregister, after a change of mind: the function is gone.
+  await page.goto(`/functions/${fn}`);
+  await hydrated(page);
+  await page.getByRole("button", { name: "Unregister…" }).click();
+  await page.getByRole("button", { name: "Cancel" }).click();
+  await page.getByRole("button", { name: "Unregister…" }).click();
+  await page.getByRole("button", { name: `Yes, unregister ${fn}` }).click();
+  await expect(page).toHaveURL(/\/$/);
+  expect((await page.request.get(`/api/v1/functions/${fn}`)).status()).toBe(404);
+});
+
+test("API tokens: create one on the account page, use it, revoke it", async ({ page, playwright, baseURL }) => {
+  const user = `e2e-tok-${run}`;
+  await signUp(page, user, "e2e-password-9");
+  await page.getByRole("link", { name: "Account" }).click();
+  await hydrated(page);
+  await page.getByLabel("Token name").fill("laptop");
+  await page.getByRole("button", { name: "Create token" }).click();
+  const secret = (await page.getByTestId("new-token").textContent())!;
+  expect(secret).toMatch(/^kfn_/);
+  // A client of its own, without the browser's session cookie.
+  const api = await playwright.request.newContext({ baseURL, extraHTTPHeaders: { authorization: `Bearer ${secret}` } });
+  const me = await api.get("/api/v1/me");
+  expect(await me.json()).toEqual({ name: user, role: "user" });
+  await expect(page.locator("table tbody tr", { hasText: "laptop" })).toBeVisible();
+  await page.getByRole("button", { name: "Revoke" }).click();
+  await expect(page.getByText("No tokens yet.")).toBeVisible();
+  expect((await api.get("/api/v1/me")).status()).toBe(401);
+  await api.dispose();
 });
 
 test("invalid input is shown next to its field and nothing is registered", async ({ page }) => {

@@ -3,8 +3,8 @@
 
 use super::ApiError;
 use crate::platform::model::{
-    FieldError, FunctionDetail, FunctionSpec, InvokeAccess, InvokePolicy, InvokeResult, DEFAULT_MAX_BODY_BYTES, DEFAULT_TIMEOUT_S, FunctionListPage, InstanceInfo, NewToken, Resources, Runtime, ScalingPolicy, ServiceKind,
-    ServiceSpec, TokenInfo, UserInfo, Visibility,
+    AdminOverview, FieldError, FunctionDetail, FunctionSpec, InvokeAccess, InvokePolicy, InvokeResult, DEFAULT_MAX_BODY_BYTES, DEFAULT_TIMEOUT_S, FunctionListPage, InstanceInfo, NewToken, Resources, Runtime, ScalingPolicy, ServiceKind,
+    ServiceSpec, TokenInfo, TriggerInfo, UsageReport, UserInfo, Visibility,
 };
 use leptos::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -275,6 +275,15 @@ mod ssr {
         result
     }
 
+    /// The start of a chart window of `window_s` seconds ending now, if it is one offered.
+    pub fn window_start(window_s: u32) -> Result<chrono::DateTime<chrono::Utc>, ApiError> {
+        if !super::CHART_WINDOWS_S.contains(&window_s) {
+            let offered: Vec<String> = super::CHART_WINDOWS_S.iter().map(u32::to_string).collect();
+            return Err(ApiError::invalid("window_s", format!("the window must be one of {} seconds", offered.join(", "))));
+        }
+        Ok(chrono::Utc::now() - chrono::Duration::seconds(i64::from(window_s)))
+    }
+
     /// Where leptos_axum serves server functions (the `#[server]` default).
     const SERVER_FN_PREFIX: &str = "/api/";
 }
@@ -449,19 +458,25 @@ pub async fn delete_instance(id: String) -> Result<(), ApiError> {
 
 /// Invokes the caller's instance of `function` through the gateway, as a client would.
 #[server]
-pub async fn invoke_function(function: String, method: String, path: String, body: String) -> Result<InvokeResult, ApiError> {
+pub async fn invoke_function(function: String, method: String, path: String, #[server(default)] headers: String, body: String) -> Result<InvokeResult, ApiError> {
     let result = async {
         let (platform, caller) = ssr::caller().await?;
         let method = http::Method::from_bytes(method.trim().to_ascii_uppercase().as_bytes())
             .map_err(|_| ApiError::invalid("method", format!("{method:?} is not an HTTP method")))?;
         let uri = crate::platform::gateway::upstream_uri_of(path.trim())
             .map_err(|error| ApiError::invalid("path", format!("the path cannot be sent: {error}")))?;
-        let request = http::Request::builder()
+        let mut request = http::Request::builder()
             .method(method)
             .uri(uri)
-            .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
             .body(axum::body::Body::from(body))
             .map_err(|error| ApiError::invalid("path", format!("the request cannot be built: {error}")))?;
+        let sent = request.headers_mut();
+        for (name, value) in parse_headers(&headers)? {
+            sent.append(name, value);
+        }
+        if !sent.contains_key(http::header::CONTENT_TYPE) {
+            sent.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
+        }
         let started = std::time::Instant::now();
         let user = caller.name.clone();
         let response = platform.gateway.invoke(Some(&caller), &user, &function, request, None).await?;
@@ -476,6 +491,79 @@ pub async fn invoke_function(function: String, method: String, path: String, bod
             body: String::from_utf8_lossy(&bytes).into_owned(),
             elapsed_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         })
+    };
+    ssr::with_status(result.await)
+}
+
+/// The windows the charts offer, in seconds; anything else is refused.
+pub const CHART_WINDOWS_S: [u32; 5] = [300, 900, 3600, 6 * 3600, 24 * 3600];
+
+/// The instance's usage and scaling events over the last `window_s` seconds (one of
+/// [`CHART_WINDOWS_S`]).
+#[server]
+pub async fn instance_usage(id: String, window_s: u32) -> Result<UsageReport, ApiError> {
+    let result = async {
+        let since = ssr::window_start(window_s)?;
+        let (platform, caller) = ssr::caller().await?;
+        Ok(platform.instances.usage_report(&caller, &id, since).await?)
+    };
+    ssr::with_status(result.await)
+}
+
+/// Everyone's instances and usage over the last `window_s` seconds; admins only.
+#[server]
+pub async fn admin_dashboard(window_s: u32) -> Result<AdminOverview, ApiError> {
+    let result = async {
+        let since = ssr::window_start(window_s)?;
+        let (platform, caller) = ssr::caller().await?;
+        Ok(platform.instances.overview(&caller, since).await?)
+    };
+    ssr::with_status(result.await)
+}
+
+/// The invoke panel's headers, one `Name: value` per line (blank lines ignored).
+#[cfg(feature = "ssr")]
+fn parse_headers(text: &str) -> Result<Vec<(http::HeaderName, http::HeaderValue)>, ApiError> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(number, line)| {
+            let invalid = |why: &str| ApiError::invalid("headers", format!("line {} ({line:?}) {why}; write one \"Name: value\" per line", number + 1));
+            let (name, value) = line.split_once(':').ok_or_else(|| invalid("has no colon"))?;
+            let name = http::HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| invalid("is not a valid header name"))?;
+            let value = http::HeaderValue::from_str(value.trim()).map_err(|_| invalid("has a value that cannot be sent"))?;
+            Ok((name, value))
+        })
+        .collect()
+}
+
+/// The caller's cron triggers on `function` (an admin's: everyone's).
+#[server]
+pub async fn list_triggers(function: String) -> Result<Vec<TriggerInfo>, ApiError> {
+    let result = async {
+        let (platform, caller) = ssr::caller().await?;
+        Ok(platform.triggers.list(&caller, &function, chrono::Utc::now()).await?)
+    };
+    ssr::with_status(result.await)
+}
+
+/// Adds a cron trigger on the caller's instance of `function`.
+#[server]
+pub async fn create_trigger(function: String, schedule: String, method: String, path: String, #[server(default)] body: String) -> Result<TriggerInfo, ApiError> {
+    let result = async {
+        let (platform, caller) = ssr::caller().await?;
+        let spec = crate::platform::model::TriggerSpec { schedule, method, path, body };
+        Ok(platform.triggers.create(&caller, &function, spec, chrono::Utc::now()).await?)
+    };
+    ssr::with_status(result.await)
+}
+
+/// Deletes one of the caller's triggers.
+#[server]
+pub async fn delete_trigger(id: i64) -> Result<(), ApiError> {
+    let result = async {
+        let (platform, caller) = ssr::caller().await?;
+        Ok(platform.triggers.delete(&caller, id).await?)
     };
     ssr::with_status(result.await)
 }
@@ -534,6 +622,17 @@ mod tests {
         let spec = form.into_spec().expect("parses");
         assert_eq!(spec.env.get("B").map(String::as_str), Some("two=2"));
         assert_eq!(FunctionForm::from_spec(&spec).into_spec(), Ok(spec));
+    }
+
+    #[test]
+    fn invoke_headers_are_one_per_line_and_bad_lines_are_named() {
+        let headers = parse_headers("X-Trace: abc\n\nContent-Type: application/json\n").expect("parses");
+        assert_eq!(headers.len(), 2);
+        assert_eq!((headers[0].0.as_str(), headers[0].1.to_str().ok()), ("x-trace", Some("abc")));
+        let error = parse_headers("X-Ok: 1\nno colon here").expect_err("invalid");
+        assert_eq!(error.field.as_deref(), Some("headers"));
+        assert!(error.error.contains("line 2"), "{}", error.error);
+        assert!(parse_headers("Bad Name: 1").is_err());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use super::caller::{self, AuthSession, Caller};
 use super::{ApiError, AppState};
 use crate::platform::model::{
-    AsyncStatus, FunctionDetail, FunctionSpec, FunctionSummary, InstanceInfo, NewToken, TokenInfo, TriggerInfo, TriggerSpec, UsageSample, UserInfo, VersionDetail,
+    AdminOverview, AsyncStatus, FunctionDetail, FunctionSpec, FunctionSummary, InstanceInfo, NewToken, TokenInfo, TriggerInfo, TriggerSpec, UsageSample, UserInfo, VersionDetail,
 };
 use crate::platform::Platform;
 use axum::body::Bytes;
@@ -39,6 +39,7 @@ pub fn router() -> Router<AppState> {
         .route("/instances/{id}/scale", post(scale_instance))
         .route("/instances/{id}/logs", get(instance_logs))
         .route("/instances/{id}/usage", get(instance_usage))
+        .route("/admin/usage", get(admin_usage))
         .fallback(|| async { ApiError::new(404, "no such API endpoint; see the REST API in the README") });
     Router::new()
         .nest("/api/v1", v1)
@@ -370,6 +371,19 @@ async fn instance_usage(
     })?;
     let since = query.since.unwrap_or_else(|| chrono::Utc::now() - chrono::Duration::hours(1));
     Ok(Json(platform.instances.usage(&caller, &id, since).await?))
+}
+
+/// Everyone's instances and usage since `since` (default: the last hour); admins only.
+async fn admin_usage(
+    State(platform): State<Platform>,
+    Caller(caller): Caller,
+    query: Result<axum::extract::Query<UsageQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<AdminOverview>, ApiError> {
+    let axum::extract::Query(query) = query.map_err(|rejection| {
+        ApiError::invalid("since", format!("since must be a time such as 2026-11-22T08:00:00Z: {}", rejection.body_text()))
+    })?;
+    let since = query.since.unwrap_or_else(|| chrono::Utc::now() - chrono::Duration::hours(1));
+    Ok(Json(platform.instances.overview(&caller, since).await?))
 }
 
 async fn readyz(State(platform): State<Platform>) -> Response {

@@ -5,7 +5,10 @@
 
 use crate::platform::auth::Principal;
 use crate::platform::metrics::{GatewayMetrics, InstanceLabels};
-use crate::platform::model::{FieldError, FunctionSpec, InstanceInfo, InstanceState, InstanceUrls, ReplicaCounts};
+use crate::platform::model::{
+    AdminOverview, FieldError, FunctionSpec, InstanceEvent, InstanceInfo, InstanceState, InstanceUrls, NamedUsage, PlatformHealth, ReplicaCounts, UsageReport, SCALING_REASONS,
+};
+use crate::platform::usage_report;
 use crate::platform::registry::{Registry, RegistryError};
 use crate::platform::runtime::{InstanceSpec, LogStream, Runtime, RuntimeError, RuntimeStatus};
 use crate::platform::store::{InstanceRecord, Store, StoreError};
@@ -43,6 +46,12 @@ pub enum InstanceError {
     /// The runtime cannot run this function.
     #[error("{0}")]
     Unsupported(#[source] RuntimeError),
+    /// Only admins may do this.
+    #[error("only admins may see {what}; ask an admin")]
+    AdminOnly {
+        /// What was asked for.
+        what: &'static str,
+    },
     /// The runtime failed.
     #[error("the runtime failed: {0}")]
     Runtime(#[source] RuntimeError),
@@ -75,6 +84,13 @@ struct Meters {
     calls: HashMap<String, (Instant, u64)>,
     last_downsample: Option<Instant>,
 }
+
+/// Scaling events a chart or the dashboard shows at most.
+const SCALING_EVENTS_SHOWN: u32 = 50;
+/// Functions the dashboard's "top functions" table lists.
+const TOP_FUNCTIONS_SHOWN: usize = 10;
+/// Points of the dashboard's all-instances series.
+const SERIES_POINTS: u32 = 120;
 
 /// How often old usage samples are thinned.
 const DOWNSAMPLE_EVERY: Duration = Duration::from_secs(600);
@@ -188,6 +204,63 @@ impl Instances {
     pub async fn usage(&self, caller: &Principal, id: &str, since: DateTime<Utc>) -> InstanceResult<Vec<UsageSample>> {
         let instance = self.owned(caller, id).await?;
         Ok(self.store.usage(&instance.id, since).await?)
+    }
+
+    /// The instance's usage since `since` with the scaling events in that window, for its charts.
+    pub async fn usage_report(&self, caller: &Principal, id: &str, since: DateTime<Utc>) -> InstanceResult<UsageReport> {
+        let instance = self.owned(caller, id).await?;
+        let samples = self.store.usage(&instance.id, since).await?;
+        let events = self.store.events_with_reasons(Some(&instance.id), &SCALING_REASONS, since, SCALING_EVENTS_SHOWN).await?;
+        Ok(UsageReport { since, until: Utc::now(), samples, scaling_events: events.into_iter().map(|(_, event)| event).collect() })
+    }
+
+    /// Everyone's instances and usage since `since`, for the admin dashboard; admins only.
+    pub async fn overview(&self, caller: &Principal, since: DateTime<Utc>) -> InstanceResult<AdminOverview> {
+        if !caller.is_admin() {
+            return Err(InstanceError::AdminOnly { what: "everyone's instances and usage" });
+        }
+        let until = Utc::now();
+        let database_ok = self.store.ping().await.is_ok();
+        let instances = self.list(caller).await?;
+        let samples = self.store.usage_of_all(since).await?;
+        let users = self.store.users().await?;
+        let samples_of = |instance: &InstanceInfo| samples.get(&instance.id).map_or(&[][..], Vec::as_slice);
+        let usage_where = |keep: &dyn Fn(&InstanceInfo) -> bool| usage_report::totals(instances.iter().filter(|i| keep(i)).map(|i| (i, samples_of(i))));
+
+        let users = users.iter().map(|user| NamedUsage { name: user.name.clone(), totals: usage_where(&|i| i.user == user.name) }).collect();
+        let mut function_names: Vec<&str> = instances.iter().map(|i| i.function.as_str()).collect();
+        function_names.sort_unstable();
+        function_names.dedup();
+        let mut top_functions: Vec<NamedUsage> =
+            function_names.iter().map(|name| NamedUsage { name: name.to_string(), totals: usage_where(&|i| i.function == *name) }).collect();
+        top_functions.sort_by(|a, b| b.totals.invocations.cmp(&a.totals.invocations).then_with(|| a.name.cmp(&b.name)));
+        top_functions.truncate(TOP_FUNCTIONS_SHOWN);
+
+        let by_id: HashMap<&str, &InstanceInfo> = instances.iter().map(|i| (i.id.as_str(), i)).collect();
+        let scaling_events = self
+            .store
+            .events_with_reasons(None, &SCALING_REASONS, since, SCALING_EVENTS_SHOWN)
+            .await?
+            .into_iter()
+            .filter_map(|(id, event)| by_id.get(id.as_str()).map(|i| InstanceEvent { user: i.user.clone(), function: i.function.clone(), event }))
+            .collect();
+        let mut instances_by_state = std::collections::BTreeMap::new();
+        for instance in &instances {
+            *instances_by_state.entry(instance.state.as_str().to_string()).or_insert(0) += 1;
+        }
+        let instances_unreported = u32::try_from(instances.iter().filter(|i| self.runtime.status(&i.id).is_none()).count()).unwrap_or(u32::MAX);
+        let all: Vec<&[UsageSample]> = instances.iter().map(samples_of).collect();
+        Ok(AdminOverview {
+            since,
+            until,
+            health: PlatformHealth { runtime: self.runtime.name().to_string(), database_ok, instances_by_state, instances_unreported },
+            totals: usage_where(&|_| true),
+            series: usage_report::summed_series(&all, since, until, SERIES_POINTS),
+            users,
+            top_functions,
+            scaling_events,
+            instances,
+        })
     }
 
     /// The instance's log lines (from `since` on, when given); with `follow`, new ones as they come.
@@ -305,6 +378,7 @@ impl Instances {
             requests_per_s,
             p50_ms: percentile(&finished.durations_ms, 0.50),
             p95_ms: percentile(&finished.durations_ms, 0.95),
+            invocations: finished.ended,
             errors: finished.failed,
             autoscaler_load_percent: status.autoscaler.as_ref().and_then(|a| a.load_percent()),
         };

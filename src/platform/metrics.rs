@@ -59,6 +59,8 @@ type DurationFamily = Family<InstanceLabels, Histogram, fn() -> Histogram>;
 pub struct FinishedCalls {
     /// How long each took, in milliseconds (at most [`KEPT_DURATIONS`] between two readings).
     pub durations_ms: Vec<f64>,
+    /// How many ended, all of them (`durations_ms` keeps only the first [`KEPT_DURATIONS`]).
+    pub ended: u32,
     /// How many failed (5xx from the function or the gateway).
     pub failed: u32,
 }
@@ -146,6 +148,7 @@ impl GatewayMetrics {
         if calls.durations_ms.len() < KEPT_DURATIONS {
             calls.durations_ms.push(seconds * 1000.0);
         }
+        calls.ended = calls.ended.saturating_add(1);
         calls.failed += u32::from(failed);
     }
 
@@ -254,7 +257,7 @@ mod tests {
         // The same calls feed the usage samples, each once.
         assert_eq!(metrics.calls_total(&alice), 2);
         let finished = metrics.take_finished(&alice);
-        assert_eq!((finished.durations_ms, finished.failed), (vec![2.0, 300.0], 1));
+        assert_eq!((finished.durations_ms, finished.ended, finished.failed), (vec![2.0, 300.0], 2, 1));
         assert_eq!(metrics.take_finished(&alice), FinishedCalls::default(), "taken once");
     }
 }

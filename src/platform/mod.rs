@@ -25,6 +25,8 @@ pub mod store;
 #[cfg(feature = "ssr")]
 pub mod triggers;
 #[cfg(feature = "ssr")]
+pub mod usage_report;
+#[cfg(feature = "ssr")]
 pub mod validation;
 
 #[cfg(feature = "ssr")]

@@ -2,6 +2,8 @@
 //! page and filtered by name.
 
 use super::{action_error, short_time, ErrorNotice};
+use super::addresses::InstanceAddresses;
+use super::instance_actions::{ConfirmedDelete, InstanceActions, PauseOrResume};
 use crate::api::functions::{list_functions, my_instances, DeployFunction};
 use crate::platform::model::{FunctionListPage, FunctionSummary, InstanceInfo, Visibility};
 use leptos::prelude::*;
@@ -9,6 +11,9 @@ use leptos_meta::Title;
 use leptos_router::components::A;
 use leptos_router::hooks::{use_navigate, use_query_map};
 use std::collections::HashMap;
+
+/// How often the catalog refreshes the states of the caller's instances.
+const STATE_REFRESH: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Lists the functions the user may see, a page at a time, filtered by name.
 #[component]
@@ -18,8 +23,20 @@ pub fn CatalogPage() -> impl IntoView {
     let filter = Memo::new(move |_| query.read().get("q").unwrap_or_default());
     let functions = Resource::new(move || (page.get(), filter.get()), |(page, filter)| list_functions(page, filter));
     let deploy = ServerAction::<DeployFunction>::new();
-    let instances = Resource::new(move || deploy.version().get(), |_| my_instances());
-    let deploy_error = action_error(deploy.value());
+    let actions = InstanceActions::new();
+    // The instances' states refresh by themselves (in the browser), so Deploying turns Ready
+    // without a reload.
+    let tick = RwSignal::new(0u64);
+    Effect::new(move |_| {
+        if let Ok(handle) = set_interval_with_handle(move || tick.update(|t| *t += 1), STATE_REFRESH) {
+            on_cleanup(move || handle.clear());
+        }
+    });
+    let instances = Resource::new(
+        move || (tick.get(), deploy.version().get(), actions.pause.version().get(), actions.resume.version().get(), actions.delete.version().get()),
+        |_| my_instances(),
+    );
+    let errors = [action_error(deploy.value()), action_error(actions.pause.value()), action_error(actions.resume.value()), action_error(actions.delete.value())];
     // A deployed function's page shows the new instance coming up.
     let navigate = use_navigate();
     Effect::new(move |_| {
@@ -39,7 +56,7 @@ pub fn CatalogPage() -> impl IntoView {
             <input id="catalog-filter" name="q" type="search" value=move || filter.get()/>
             <button type="submit">"Filter"</button>
         </form>
-        {move || deploy_error.get().map(|error| view! { <ErrorNotice error/> })}
+        {move || errors.iter().find_map(|e| e.get()).map(|error| view! { <ErrorNotice error/> })}
         <Suspense fallback=|| view! { <p class="muted">"Loading functions…"</p> }>
             {move || Suspend::new(async move {
                 let mine: HashMap<String, InstanceInfo> =
@@ -56,7 +73,7 @@ pub fn CatalogPage() -> impl IntoView {
                     }.into_any(),
                     Ok(list) => {
                         let pager = view! { <Pager list=list.clone()/> };
-                        view! { <CatalogTable functions=list.items mine deploy/> {pager} }.into_any()
+                        view! { <CatalogTable functions=list.items mine deploy actions/> {pager} }.into_any()
                     }
                 }
             })}
@@ -69,7 +86,7 @@ pub fn CatalogPage() -> impl IntoView {
 fn Pager(list: FunctionListPage) -> impl IntoView {
     let first = (list.page - 1) * list.per_page + 1;
     let last = (first + list.items.len() as u32).saturating_sub(1);
-    let filter = if list.filter.is_empty() { String::new() } else { format!("&q={}", encode_query(&list.filter)) };
+    let filter = if list.filter.is_empty() { String::new() } else { format!("&q={}", super::encode_uri_component(&list.filter)) };
     let link = move |page: u32| format!("/?page={page}{filter}");
     let (previous, next) = ((list.page > 1).then(|| link(list.page - 1)), (list.page < list.last_page()).then(|| link(list.page + 1)));
     view! {
@@ -81,18 +98,8 @@ fn Pager(list: FunctionListPage) -> impl IntoView {
     }
 }
 
-/// `text` as a URL query value.
-fn encode_query(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 #[component]
-fn CatalogTable(functions: Vec<FunctionSummary>, mine: HashMap<String, InstanceInfo>, deploy: ServerAction<DeployFunction>) -> impl IntoView {
+fn CatalogTable(functions: Vec<FunctionSummary>, mine: HashMap<String, InstanceInfo>, deploy: ServerAction<DeployFunction>, actions: InstanceActions) -> impl IntoView {
     view! {
         <div class="table-wrap">
             <table class="catalog" data-testid="catalog">
@@ -127,14 +134,7 @@ fn CatalogTable(functions: Vec<FunctionSummary>, mine: HashMap<String, InstanceI
                                 <td>{short_time(&f.updated_at)}</td>
                                 <td class="instance-cell">
                                     {match mine.get(&f.name) {
-                                        Some(instance) => {
-                                            let state = instance.state.as_str();
-                                            view! {
-                                                <A href=format!("/functions/{}", f.name)>
-                                                    <span class=format!("state state-{}", state.to_lowercase())>{state}</span>
-                                                </A>
-                                            }.into_any()
-                                        }
+                                        Some(instance) => view! { <InstanceCell instance=instance.clone() actions/> }.into_any(),
                                         None => {
                                             let function = f.name.clone();
                                             view! {
@@ -152,5 +152,22 @@ fn CatalogTable(functions: Vec<FunctionSummary>, mine: HashMap<String, InstanceI
                 </tbody>
             </table>
         </div>
+    }
+}
+
+/// A deployed function's row: its instance's state, Pause or Resume, Delete (confirmed) and
+/// its addresses.
+#[component]
+fn InstanceCell(instance: InstanceInfo, actions: InstanceActions) -> impl IntoView {
+    let state = instance.state.as_str();
+    view! {
+        <div class="row-actions">
+            <A href=format!("/functions/{}", instance.function)>
+                <span class=format!("state state-{}", state.to_lowercase()) data-testid="catalog-state">{state}</span>
+            </A>
+            <PauseOrResume id=instance.id.clone() paused=instance.paused actions/>
+            <ConfirmedDelete id=instance.id.clone() action=actions.delete confirm="Yes, delete"/>
+        </div>
+        <InstanceAddresses urls=instance.urls/>
     }
 }

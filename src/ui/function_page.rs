@@ -2,7 +2,8 @@
 //! and unregistering.
 
 use super::instance_panel::InstancePanel;
-use super::{action_error, short_time, ErrorNotice};
+use super::triggers::TriggersCard;
+use super::{action_error, short_time, Confirm, ErrorNotice};
 use crate::api::functions::{get_function, RollbackFunction, UnregisterFunction};
 use crate::platform::model::{FunctionDetail, Runtime};
 use leptos::prelude::*;
@@ -45,7 +46,6 @@ fn FunctionView(
     rollback: ServerAction<RollbackFunction>,
     unregister: ServerAction<UnregisterFunction>,
 ) -> impl IntoView {
-    let confirming = RwSignal::new(false);
     let rollback_error = action_error(rollback.value());
     let unregister_error = action_error(unregister.value());
     let spec = function.spec.clone();
@@ -76,13 +76,19 @@ fn FunctionView(
                     <dt>"Resources"</dt>
                     <dd>{format!("CPU {} (limit {}), memory {} (limit {})", spec.resources.cpu, spec.resources.cpu_limit, spec.resources.memory, spec.resources.memory_limit)}</dd>
                     <dt>"Scaling"</dt>
-                    <dd>{format!(
-                        "{}–{} replicas{}{}",
-                        spec.scaling.min,
-                        spec.scaling.max,
-                        spec.scaling.target_cpu_percent.map(|p| format!(", target CPU {p}%")).unwrap_or_default(),
-                        spec.scaling.scale_to_zero_after_s.map(|s| format!(", to zero after {s} s idle")).unwrap_or_default(),
-                    )}</dd>
+                    <dd data-testid="scaling">
+                        {format!(
+                            "{}–{} replicas{}{}{}{}",
+                            spec.scaling.min,
+                            spec.scaling.max,
+                            spec.scaling.target_cpu_percent.map(|p| format!(", target CPU {p}%")).unwrap_or_default(),
+                            spec.scaling.target_memory_percent.map(|p| format!(", target memory {p}%")).unwrap_or_default(),
+                            spec.scaling.target_requests_in_flight.map(|n| format!(", target {n} requests in flight")).unwrap_or_default(),
+                            spec.scaling.scale_to_zero_after_s.map(|s| format!(", to zero after {s} s idle")).unwrap_or_default(),
+                        )}
+                        " "
+                        <A href=format!("/functions/{}/edit#scaling", function.name)>"Change scaling…"</A>
+                    </dd>
                     <dt>"Service"</dt><dd>{spec.service.kind.as_str()}</dd>
                     <dt>"Environment"</dt>
                     <dd>{if spec.env.is_empty() { "none".to_string() } else { spec.env.keys().cloned().collect::<Vec<_>>().join(", ") }}</dd>
@@ -129,25 +135,22 @@ fn FunctionView(
                 </table>
             </section>
         </div>
+        <TriggersCard function=function.name.clone()/>
         <section class="card danger-zone" aria-labelledby="danger-title">
             <h2 id="danger-title">"Unregister"</h2>
             <p>"Removes the function and all its versions. Refused while instances of it exist."</p>
             {move || unregister_error.get().map(|error| view! { <ErrorNotice error/> })}
-            <Show
-                when=move || confirming.get()
-                fallback=move || view! { <button type="button" class="danger" on:click=move |_| confirming.set(true)>"Unregister…"</button> }
-            >
+            <Confirm ask="Unregister…">
                 {
                     let (name, label) = (unregister_name.clone(), confirm_label.clone());
                     view! {
                         <ActionForm action=unregister attr:class="inline">
                             <input type="hidden" name="name" value=name/>
                             <button type="submit" class="danger">{label}</button>
-                            <button type="button" on:click=move |_| confirming.set(false)>"Cancel"</button>
                         </ActionForm>
                     }
                 }
-            </Show>
+            </Confirm>
         </section>
     }
 }

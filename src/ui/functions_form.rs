@@ -132,7 +132,7 @@ fn FunctionFormView(existing: String, initial: FunctionForm) -> impl IntoView {
                     <QuantityInput id="f-memory-limit" name="memory_limit" label="Memory limit" value=initial.memory_limit.clone() error field="resources.memory_limit"/>
                 </div>
             </fieldset>
-            <fieldset>
+            <fieldset id="scaling">
                 <legend>"Scaling and service"</legend>
                 <div class="grid">
                     <QuantityInput id="f-min" name="min" label="Min replicas" value=initial.min.clone() error field="scaling.min"/>

@@ -2,8 +2,11 @@
 //! replicas and addresses, pause, resume, scale or delete it, invoke it through the gateway
 //! and watch its logs live.
 
+use super::addresses::InstanceAddresses;
+use super::usage_charts::InstanceCharts;
 use super::{action_error, short_time, ErrorNotice, FieldMessage};
-use crate::api::functions::{my_instance, DeleteInstance, DeployFunction, InvokeFunction, PauseInstance, ResumeInstance, ScaleInstance};
+use super::instance_actions::{ConfirmedDelete, InstanceActions, PauseOrResume};
+use crate::api::functions::{my_instance, DeployFunction, InvokeFunction, ScaleInstance};
 use crate::platform::model::{InstanceInfo, InstanceState, LogEntry};
 use leptos::prelude::*;
 use std::time::Duration;
@@ -15,11 +18,15 @@ const REFRESH: Duration = Duration::from_millis(1500);
 #[component]
 pub fn InstancePanel(function: String) -> impl IntoView {
     let deploy = ServerAction::<DeployFunction>::new();
-    let pause = ServerAction::<PauseInstance>::new();
-    let resume = ServerAction::<ResumeInstance>::new();
+    let actions = InstanceActions::new();
     let scale = ServerAction::<ScaleInstance>::new();
-    let delete = ServerAction::<DeleteInstance>::new();
-    let errors = [action_error(deploy.value()), action_error(pause.value()), action_error(resume.value()), action_error(scale.value()), action_error(delete.value())];
+    let errors = [
+        action_error(deploy.value()),
+        action_error(actions.pause.value()),
+        action_error(actions.resume.value()),
+        action_error(scale.value()),
+        action_error(actions.delete.value()),
+    ];
 
     // Polling (in the browser only: effects do not run on the server) shows state changes
     // such as Deploying → Ready or a crash without a reload.
@@ -36,10 +43,10 @@ pub fn InstancePanel(function: String) -> impl IntoView {
             (
                 tick.get(),
                 deploy.version().get(),
-                pause.version().get(),
-                resume.version().get(),
+                actions.pause.version().get(),
+                actions.resume.version().get(),
                 scale.version().get(),
-                delete.version().get(),
+                actions.delete.version().get(),
             )
         },
         move |_| my_instance(name.clone()),
@@ -57,13 +64,14 @@ pub fn InstancePanel(function: String) -> impl IntoView {
                         match instance.await {
                             Err(error) => view! { <ErrorNotice error/> }.into_any(),
                             Ok(None) => view! { <NotDeployed function deploy/> }.into_any(),
-                            Ok(Some(instance)) => view! { <InstanceView instance deploy pause resume scale delete/> }.into_any(),
+                            Ok(Some(instance)) => view! { <InstanceView instance deploy actions scale/> }.into_any(),
                         }
                     }
                 })}
             </Transition>
         </section>
         {move || instance_id.get().map(|_| view! { <InvokePanel function=name_for_invoke.clone()/> })}
+        {move || instance_id.get().map(|id| view! { <InstanceCharts id/> })}
         {move || instance_id.get().map(|id| view! { <LiveLogs id/> })}
     }
 }
@@ -88,6 +96,10 @@ fn InvokePanel(function: String) -> impl IntoView {
                     <label for="invoke-path">"Path"</label>
                     <input id="invoke-path" name="path" value="/" class="path"/>
                 </div>
+                <label for="invoke-headers">"Headers"</label>
+                <textarea id="invoke-headers" name="headers" rows="2" class="code" placeholder="X-Request-Id: 42" aria-describedby="invoke-headers-hint"></textarea>
+                <p class="hint" id="invoke-headers-hint">"One " <code>"Name: value"</code> " per line. Without a Content-Type the body goes as text/plain."</p>
+                <FieldMessage error field="headers"/>
                 <label for="invoke-body">"Body"</label>
                 <textarea id="invoke-body" name="body" rows="3" class="code"></textarea>
                 <FieldMessage error field="method"/>
@@ -98,9 +110,9 @@ fn InvokePanel(function: String) -> impl IntoView {
             {move || invoke.value().get().and_then(Result::ok).map(|answer| view! {
                 <p class="status-line">
                     <span class=if answer.status < 400 { "state state-ready" } else { "state state-failed" } data-testid="invoke-status">{answer.status}</span>
-                    <span class="muted">{format!("{} ms", answer.elapsed_ms)}</span>
+                    <span class="muted" data-testid="invoke-duration">{format!("{} ms", answer.elapsed_ms)}</span>
                 </p>
-                <details>
+                <details data-testid="invoke-headers">
                     <summary>"Headers"</summary>
                     <ul class="headers">
                         {answer.headers.iter().map(|(k, v)| view! { <li><code>{format!("{k}: {v}")}</code></li> }).collect_view()}
@@ -127,12 +139,9 @@ fn NotDeployed(function: String, deploy: ServerAction<DeployFunction>) -> impl I
 fn InstanceView(
     instance: InstanceInfo,
     deploy: ServerAction<DeployFunction>,
-    pause: ServerAction<PauseInstance>,
-    resume: ServerAction<ResumeInstance>,
+    actions: InstanceActions,
     scale: ServerAction<ScaleInstance>,
-    delete: ServerAction<DeleteInstance>,
 ) -> impl IntoView {
-    let confirming = RwSignal::new(false);
     let state = instance.state.as_str();
     let (toggle_id, scale_id, delete_id) = (instance.id.clone(), instance.id.clone(), instance.id.clone());
     let serving = match instance.serving_version {
@@ -140,7 +149,9 @@ fn InstanceView(
         _ => format!("v{}", instance.version),
     };
     let retry = matches!(instance.state, InstanceState::Failed);
+    let coming_up = matches!(instance.state, InstanceState::Pending | InstanceState::Deploying | InstanceState::Failed);
     view! {
+        <DeployProgress state=instance.state ready=instance.replicas.ready desired=instance.replicas.desired/>
         <p class="status-line">
             <span class=format!("state state-{}", state.to_lowercase()) data-testid="instance-state">{state}</span>
             " "
@@ -151,33 +162,14 @@ fn InstanceView(
             <dd data-testid="replicas">{format!("{} of {} ready", instance.replicas.ready, instance.replicas.desired)}</dd>
             <dt>"Version"</dt>
             <dd>{serving}</dd>
-            <dt>"Node port"</dt>
-            <dd>{match instance.urls.node_port.clone() {
-                Some(url) => view! { <a href=url.clone() data-testid="node-port">{url.clone()}</a> }.into_any(),
-                None => view! { <span class="muted">"none yet"</span> }.into_any(),
-            }}</dd>
+            <dt>"Addresses"</dt>
+            <dd><InstanceAddresses urls=instance.urls.clone()/></dd>
             {(!instance.limits.is_empty()).then(|| view! { <dt>"Limits"</dt><dd class="hint">{instance.limits.clone()}</dd> })}
             <dt>"Deployed"</dt>
             <dd>{short_time(&instance.created_at)}</dd>
         </dl>
         <div class="actions">
-            {if instance.paused {
-                let id = toggle_id;
-                view! {
-                    <ActionForm action=resume attr:class="inline">
-                        <input type="hidden" name="id" value=id/>
-                        <button type="submit" class="primary">"Resume"</button>
-                    </ActionForm>
-                }.into_any()
-            } else {
-                let id = toggle_id;
-                view! {
-                    <ActionForm action=pause attr:class="inline">
-                        <input type="hidden" name="id" value=id/>
-                        <button type="submit">"Pause"</button>
-                    </ActionForm>
-                }.into_any()
-            }}
+            <PauseOrResume id=toggle_id paused=instance.paused actions/>
             <ActionForm action=scale attr:class="inline">
                 <input type="hidden" name="id" value=scale_id/>
                 <label for="scale-replicas">"Replicas"</label>
@@ -193,21 +185,7 @@ fn InstanceView(
                     </ActionForm>
                 }
             })}
-            <Show
-                when=move || confirming.get()
-                fallback=move || view! { <button type="button" class="danger" on:click=move |_| confirming.set(true)>"Delete…"</button> }
-            >
-                {
-                    let id = delete_id.clone();
-                    view! {
-                        <ActionForm action=delete attr:class="inline">
-                            <input type="hidden" name="id" value=id/>
-                            <button type="submit" class="danger">"Yes, delete my instance"</button>
-                            <button type="button" on:click=move |_| confirming.set(false)>"Cancel"</button>
-                        </ActionForm>
-                    }
-                }
-            </Show>
+            <ConfirmedDelete id=delete_id action=actions.delete confirm="Yes, delete my instance"/>
         </div>
         {(!instance.replica_details.is_empty()).then(|| view! {
             <table class="replicas" data-testid="replica-table">
@@ -221,7 +199,7 @@ fn InstanceView(
             </table>
         })}
         {(!instance.events.is_empty()).then(|| view! {
-            <details class="events">
+            <details class="events" open=coming_up>
                 <summary>"Events (" {instance.events.len()} ")"</summary>
                 <ul>
                     {instance.events.iter().map(|e| view! {
@@ -235,22 +213,76 @@ fn InstanceView(
     }
 }
 
-/// The instance's logs, followed live over server-sent events while the page is open.
+/// Pending → Deploying → Ready as steps, the current one marked, while an instance comes up
+/// (or failed to).
+#[component]
+fn DeployProgress(state: InstanceState, ready: u32, desired: u32) -> impl IntoView {
+    let reached = match state {
+        InstanceState::Pending => 0,
+        InstanceState::Deploying | InstanceState::Failed => 1,
+        _ => return None,
+    };
+    let steps = ["Pending", "Deploying", "Ready"].into_iter().enumerate().map(|(index, step)| {
+        let class = match index.cmp(&reached) {
+            std::cmp::Ordering::Less => "done",
+            std::cmp::Ordering::Equal if state == InstanceState::Failed => "failed",
+            std::cmp::Ordering::Equal => "current",
+            std::cmp::Ordering::Greater => "todo",
+        };
+        let label = if index == 2 { format!("Ready ({ready} of {desired} replicas)") } else { step.to_string() };
+        view! { <li class=class aria-current=(class == "current").then_some("step")>{label}</li> }
+    }).collect_view();
+    Some(view! { <ol class="progress" data-testid="deploy-progress" aria-label="Deploy progress">{steps}</ol> })
+}
+
+/// The instance's logs, followed live over server-sent events while the page is open: follow
+/// on or off, a text filter, auto-scroll that can be paused, and a download of what is shown.
 #[component]
 fn LiveLogs(id: String) -> impl IntoView {
     let lines = RwSignal::new(Vec::<(u64, LogEntry)>::new());
     let live = RwSignal::new(false);
-    follow_logs(&id, lines, live);
+    let follow = RwSignal::new(true);
+    let auto_scroll = RwSignal::new(true);
+    let filter = RwSignal::new(String::new());
+    follow_logs(&id, follow, lines, live);
+    let shown = Memo::new(move |_| {
+        let needle = filter.get().to_lowercase();
+        lines.get().into_iter().filter(|(_, line)| needle.is_empty() || line.text.to_lowercase().contains(&needle) || line.replica.contains(&needle)).collect::<Vec<_>>()
+    });
+    let download = move || {
+        let text: String = shown.get().iter().map(|(_, l)| format!("{} {} {} {}\n", l.at.to_rfc3339(), l.replica, l.stream, l.text)).collect();
+        format!("data:text/plain;charset=utf-8,{}", super::encode_uri_component(&text))
+    };
+    let area = NodeRef::<leptos::html::Div>::new();
+    // Keeps the newest line in view unless the reader paused scrolling to read older ones.
+    Effect::new(move |_| {
+        shown.track();
+        if auto_scroll.get()
+            && let Some(area) = area.get()
+        {
+            area.set_scroll_top(area.scroll_height());
+        }
+    });
     view! {
         <section class="card" aria-labelledby="logs-title">
             <h2 id="logs-title">
                 "Logs "
-                <span class="muted" data-testid="logs-live">{move || if live.get() { "(live)" } else { "(connecting…)" }}</span>
+                <span class="muted" data-testid="logs-live">
+                    {move || match (follow.get(), live.get()) { (false, _) => "(not following)", (true, true) => "(live)", (true, false) => "(connecting…)" }}
+                </span>
             </h2>
-            <div class="logs" data-testid="logs" role="log" aria-live="polite" tabindex="0">
-                <For each=move || lines.get() key=|(n, _)| *n let:((_, line))>
+            <div class="log-controls">
+                <label><input type="checkbox" prop:checked=move || follow.get() on:change=move |e| follow.set(event_target_checked(&e))/> " Follow"</label>
+                <label><input type="checkbox" prop:checked=move || auto_scroll.get() on:change=move |e| auto_scroll.set(event_target_checked(&e))/> " Auto-scroll"</label>
+                <label for="logs-filter" class="sr-only">"Filter log lines"</label>
+                <input id="logs-filter" type="search" placeholder="Filter lines" prop:value=move || filter.get() on:input=move |e| filter.set(event_target_value(&e))/>
+                <span class="muted" data-testid="logs-count">{move || format!("{} of {} lines", shown.get().len(), lines.get().len())}</span>
+                <a class="button" href=download download=format!("{id}-logs.txt") data-testid="logs-download">"Download"</a>
+            </div>
+            <div class="logs" data-testid="logs" role="log" aria-live="polite" tabindex="0" node_ref=area>
+                <For each=move || shown.get() key=|(n, _)| *n let:((_, line))>
                     <div class=format!("line {}", line.stream)>
-                        <span class="replica">{line.replica.clone()}</span>
+                        <span class="replica tag">{line.replica.clone()}</span>
                         " "
                         <span class="text">{line.text.clone()}</span>
                     </div>
@@ -260,45 +292,53 @@ fn LiveLogs(id: String) -> impl IntoView {
     }
 }
 
-/// Opens an EventSource on the instance's log stream; closed when the component goes away.
+/// While `follow` is on, keeps an EventSource open on the instance's log stream (each
+/// connection starts with the backlog); turning it off or leaving the page closes it.
 #[cfg(feature = "hydrate")]
-fn follow_logs(id: &str, lines: RwSignal<Vec<(u64, LogEntry)>>, live: RwSignal<bool>) {
+fn follow_logs(id: &str, follow: RwSignal<bool>, lines: RwSignal<Vec<(u64, LogEntry)>>, live: RwSignal<bool>) {
     use send_wrapper::SendWrapper;
     use wasm_bindgen::closure::Closure;
     use wasm_bindgen::JsCast;
     /// Log lines the page keeps; older ones scroll away.
     const LOG_LINES_KEPT: usize = 500;
 
-    let Ok(source) = web_sys::EventSource::new(&format!("/api/v1/instances/{id}/logs?follow=true")) else { return };
-    let mut counter = 0u64;
-    let on_message = Closure::<dyn FnMut(web_sys::MessageEvent)>::new(move |event: web_sys::MessageEvent| {
-        let Some(data) = event.data().as_string() else { return };
-        let Ok(line) = serde_json::from_str::<LogEntry>(&data) else { return };
-        counter += 1;
-        let number = counter;
-        lines.update(|lines| {
-            lines.push((number, line));
-            if lines.len() > LOG_LINES_KEPT {
-                lines.drain(..lines.len() - LOG_LINES_KEPT);
-            }
+    let url = format!("/api/v1/instances/{id}/logs?follow=true");
+    Effect::new(move |_| {
+        if !follow.get() {
+            live.set(false);
+            return;
+        }
+        let Ok(source) = web_sys::EventSource::new(&url) else { return };
+        let mut counter = 0u64;
+        let on_message = Closure::<dyn FnMut(web_sys::MessageEvent)>::new(move |event: web_sys::MessageEvent| {
+            let Some(data) = event.data().as_string() else { return };
+            let Ok(line) = serde_json::from_str::<LogEntry>(&data) else { return };
+            counter += 1;
+            let number = counter;
+            lines.update(|lines| {
+                lines.push((number, line));
+                if lines.len() > LOG_LINES_KEPT {
+                    lines.drain(..lines.len() - LOG_LINES_KEPT);
+                }
+            });
         });
-    });
-    // Every (re)connection starts with the whole backlog, so what was shown is replaced.
-    let on_open = Closure::<dyn FnMut()>::new(move || {
-        lines.set(Vec::new());
-        live.set(true);
-    });
-    // The browser reconnects by itself after an error.
-    let on_error = Closure::<dyn FnMut()>::new(move || live.set(false));
-    source.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
-    source.set_onopen(Some(on_open.as_ref().unchecked_ref()));
-    source.set_onerror(Some(on_error.as_ref().unchecked_ref()));
-    let kept = SendWrapper::new((source, on_message, on_open, on_error));
-    on_cleanup(move || {
-        let (source, ..) = &*kept;
-        source.close();
+        // Every (re)connection starts with the whole backlog, so what was shown is replaced.
+        let on_open = Closure::<dyn FnMut()>::new(move || {
+            lines.set(Vec::new());
+            live.set(true);
+        });
+        // The browser reconnects by itself after an error.
+        let on_error = Closure::<dyn FnMut()>::new(move || live.set(false));
+        source.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
+        source.set_onopen(Some(on_open.as_ref().unchecked_ref()));
+        source.set_onerror(Some(on_error.as_ref().unchecked_ref()));
+        let kept = SendWrapper::new((source, on_message, on_open, on_error));
+        on_cleanup(move || {
+            let (source, ..) = &*kept;
+            source.close();
+        });
     });
 }
 
 #[cfg(not(feature = "hydrate"))]
-fn follow_logs(_id: &str, _lines: RwSignal<Vec<(u64, LogEntry)>>, _live: RwSignal<bool>) {}
+fn follow_logs(_id: &str, _follow: RwSignal<bool>, _lines: RwSignal<Vec<(u64, LogEntry)>>, _live: RwSignal<bool>) {}

@@ -1,11 +1,18 @@
 //! Pages (one module each) and the small components they share.
 
 pub mod account;
+pub mod addresses;
+pub mod admin;
 pub mod catalog;
+pub mod chart;
 pub mod function_page;
 pub mod functions_form;
+pub mod instance_actions;
 pub mod instance_panel;
 pub mod login;
+pub mod sortable_table;
+pub mod triggers;
+pub mod usage_charts;
 
 use crate::api::ApiError;
 use leptos::prelude::*;
@@ -57,7 +64,33 @@ pub fn FieldMessage(error: Signal<Option<ApiError>>, #[prop(into)] field: String
     }
 }
 
+/// A `danger` button labelled `ask` that, once clicked, shows `children` (the form that
+/// really does it) and Cancel instead: destructive actions take two clicks.
+#[component]
+pub fn Confirm(#[prop(into)] ask: String, children: ChildrenFn) -> impl IntoView {
+    let confirming = RwSignal::new(false);
+    view! {
+        <Show
+            when=move || confirming.get()
+            fallback=move || view! { <button type="button" class="danger" on:click=move |_| confirming.set(true)>{ask.clone()}</button> }
+        >
+            {children()}
+            <button type="button" on:click=move |_| confirming.set(false)>"Cancel"</button>
+        </Show>
+    }
+}
+
 /// Formats a time for tables: `2026-11-22 05:17 UTC`.
 pub fn short_time(time: &chrono::DateTime<chrono::Utc>) -> String {
     time.format("%Y-%m-%d %H:%M UTC").to_string()
+}
+
+/// `text` percent-encoded for a URL query value or a `data:` URL.
+pub fn encode_uri_component(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

@@ -200,6 +200,23 @@ impl Store {
         Ok(fresh.len())
     }
 
+    /// The newest `limit` events with one of `reasons` since `since`, of every instance
+    /// (`None`) or of one, newest first, each with its instance's id.
+    pub async fn events_with_reasons(&self, instance_id: Option<&str>, reasons: &[&str], since: DateTime<Utc>, limit: u32) -> StoreResult<Vec<(String, EventInfo)>> {
+        let placeholders = (0..reasons.len()).map(|n| format!("?{}", n + 3)).collect::<Vec<_>>().join(", ");
+        let sql = format!(
+            "SELECT instance_id, at, kind, reason, message FROM events
+             WHERE instance_id IS NOT NULL AND (?1 IS NULL OR instance_id = ?1) AND at >= ?2 AND reason IN ({placeholders})
+             ORDER BY at DESC, id DESC LIMIT {limit}"
+        );
+        let mut query = sqlx::query_as::<_, (String, DateTime<Utc>, String, String, String)>(&sql).bind(instance_id).bind(since);
+        for reason in reasons {
+            query = query.bind(*reason);
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        Ok(rows.into_iter().map(|(id, at, kind, reason, message)| (id, EventInfo { at, kind, reason, message })).collect())
+    }
+
     /// An instance's stored events, newest first.
     pub async fn events(&self, instance_id: &str) -> StoreResult<Vec<EventInfo>> {
         let rows: Vec<(DateTime<Utc>, String, String, String)> =

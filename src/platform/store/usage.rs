@@ -4,6 +4,7 @@
 
 use super::{Store, StoreResult};
 use crate::platform::model::UsageSample;
+use crate::platform::usage_report;
 use chrono::{DateTime, Duration, DurationRound, Utc};
 
 /// How long samples keep their full resolution.
@@ -24,6 +25,7 @@ struct UsageRow {
     p95_ms: Option<f64>,
     errors: i64,
     autoscaler_load_percent: Option<f64>,
+    invocations: i64,
 }
 
 impl From<UsageRow> for UsageSample {
@@ -37,6 +39,7 @@ impl From<UsageRow> for UsageSample {
             requests_per_s: row.requests_per_s,
             p50_ms: row.p50_ms,
             p95_ms: row.p95_ms,
+            invocations: u32::try_from(row.invocations).unwrap_or(0),
             errors: u32::try_from(row.errors).unwrap_or(0),
             autoscaler_load_percent: row.autoscaler_load_percent,
         }
@@ -57,6 +60,16 @@ impl Store {
             .fetch_all(&self.pool)
             .await?;
         Ok(rows.into_iter().map(UsageSample::from).collect())
+    }
+
+    /// Every instance's samples since `since`, by instance id (each oldest first).
+    pub async fn usage_of_all(&self, since: DateTime<Utc>) -> StoreResult<std::collections::HashMap<String, Vec<UsageSample>>> {
+        let rows: Vec<UsageRow> = sqlx::query_as("SELECT * FROM usage_samples WHERE at >= ? ORDER BY instance_id, at").bind(since).fetch_all(&self.pool).await?;
+        let mut by_instance: std::collections::HashMap<String, Vec<UsageSample>> = std::collections::HashMap::new();
+        for row in rows {
+            by_instance.entry(row.instance_id.clone()).or_default().push(row.into());
+        }
+        Ok(by_instance)
     }
 
     /// Averages full-resolution samples older than an hour into one per minute and deletes
@@ -89,7 +102,8 @@ impl Store {
                 .bind(minute + Duration::minutes(1))
                 .execute(&mut *tx)
                 .await?;
-            insert_sample(&mut *tx, &instance, &average(minute, &samples)).await?;
+            let samples: Vec<&UsageSample> = samples.iter().collect();
+            insert_sample(&mut *tx, &instance, &usage_report::average(minute, &samples)).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -101,8 +115,8 @@ async fn insert_sample(executor: impl sqlx::SqliteExecutor<'_>, instance_id: &st
     sqlx::query(
         "INSERT OR REPLACE INTO usage_samples
            (instance_id, at, replicas_desired, replicas_ready, cpu_millicores, memory_bytes, requests_per_s, p50_ms, p95_ms, errors,
-            autoscaler_load_percent)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            autoscaler_load_percent, invocations)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(instance_id)
     .bind(sample.at)
@@ -115,29 +129,10 @@ async fn insert_sample(executor: impl sqlx::SqliteExecutor<'_>, instance_id: &st
     .bind(sample.p95_ms)
     .bind(i64::from(sample.errors))
     .bind(sample.autoscaler_load_percent)
+    .bind(i64::from(sample.invocations))
     .execute(executor)
     .await?;
     Ok(())
-}
-
-/// The average of a minute's samples (replica counts: the highest; errors: the sum).
-fn average(at: DateTime<Utc>, samples: &[UsageSample]) -> UsageSample {
-    fn mean(values: impl Iterator<Item = Option<f64>>) -> Option<f64> {
-        let known: Vec<f64> = values.flatten().collect();
-        (!known.is_empty()).then(|| known.iter().sum::<f64>() / known.len() as f64)
-    }
-    UsageSample {
-        at,
-        replicas_desired: samples.iter().map(|s| s.replicas_desired).max().unwrap_or(0),
-        replicas_ready: samples.iter().map(|s| s.replicas_ready).max().unwrap_or(0),
-        cpu_millicores: mean(samples.iter().map(|s| s.cpu_millicores)),
-        memory_bytes: mean(samples.iter().map(|s| s.memory_bytes.map(|m| m as f64))).map(|m| m.round() as u64),
-        requests_per_s: mean(samples.iter().map(|s| s.requests_per_s)),
-        p50_ms: mean(samples.iter().map(|s| s.p50_ms)),
-        p95_ms: mean(samples.iter().map(|s| s.p95_ms)),
-        errors: samples.iter().map(|s| s.errors).sum(),
-        autoscaler_load_percent: mean(samples.iter().map(|s| s.autoscaler_load_percent)),
-    }
 }
 
 #[cfg(test)]
@@ -155,6 +150,7 @@ mod tests {
             requests_per_s: None,
             p50_ms: None,
             p95_ms: None,
+            invocations: 2,
             errors: 1,
             autoscaler_load_percent: Some(cpu / 10.0),
         }
@@ -185,7 +181,7 @@ mod tests {
         assert_eq!(kept[0].at, old_minute);
         assert_eq!(kept[0].cpu_millicores, Some(200.0));
         assert_eq!(kept[0].autoscaler_load_percent, Some(20.0), "the load is averaged too");
-        assert_eq!((kept[0].replicas_desired, kept[0].errors), (3, 3));
+        assert_eq!((kept[0].replicas_desired, kept[0].errors, kept[0].invocations), (3, 3, 6), "counts add up");
         assert_eq!(kept[1].cpu_millicores, Some(50.0));
 
         store.downsample_usage(now).await.expect("again");

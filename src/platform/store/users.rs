@@ -39,6 +39,12 @@ impl From<UserRow> for UserRecord {
 }
 
 impl Store {
+    /// Every user, by name.
+    pub async fn users(&self) -> StoreResult<Vec<UserRecord>> {
+        let rows: Vec<UserRow> = sqlx::query_as("SELECT id, name, role, password_hash FROM users ORDER BY name").fetch_all(&self.pool).await?;
+        Ok(rows.into_iter().map(UserRecord::from).collect())
+    }
+
     /// Adds a user; a taken name is [`StoreError::Duplicate`].
     pub async fn insert_user(&self, name: &str, password_hash: &str, role: Role) -> StoreResult<UserRecord> {
         let row: UserRow = sqlx::query_as(

@@ -1,0 +1,88 @@
+import { expect, test } from "@playwright/test";
+import { hydrated, logIn, run, screenshot, signUp } from "./helpers";
+
+// run.sh starts kubefn with this admin (KUBEFN_ADMIN).
+const ADMIN = { name: "admin", password: "admin-password" };
+
+test("an admin sees everyone's instances and usage; a plain user sees none of another's", async ({ browser }) => {
+  const owner = `e2e-own-${run}`;
+  const other = `e2e-other-${run}`;
+  const fn = `private-${run}`;
+
+  // The owner deploys a private function and calls it once.
+  const ownerPage = await (await browser.newContext()).newPage();
+  await signUp(ownerPage, owner, "e2e-password-7");
+  expect((await ownerPage.request.post("/api/v1/functions", { data: { name: fn, runtime: "python", source: "def handle(req):\n    print('secret line', flush=True)\n    return 'ok'\n" } })).status()).toBe(201);
+  const deployed = await ownerPage.request.post(`/api/v1/functions/${fn}/deploy`);
+  expect(deployed.status()).toBe(201);
+  const instanceId: string = (await deployed.json()).id;
+  await expect.poll(async () => (await ownerPage.request.post(`/fn/${owner}/${fn}`, { data: "x" })).status(), { timeout: 30_000 }).toBe(200);
+
+  // Another plain user: no Admin link, the dashboard refuses, and the owner's instance, logs
+  // and usage are not found (not even acknowledged to exist).
+  const otherPage = await (await browser.newContext()).newPage();
+  await signUp(otherPage, other, "e2e-password-8");
+  await expect(otherPage.getByRole("link", { name: "Admin" })).toHaveCount(0);
+  await otherPage.goto("/admin");
+  await expect(otherPage.getByRole("alert")).toContainText("Not allowed.");
+  await expect(otherPage.getByTestId("admin-instances")).toHaveCount(0);
+  expect((await otherPage.request.get("/api/v1/admin/usage")).status()).toBe(403);
+  for (const path of [`/api/v1/instances/${instanceId}`, `/api/v1/instances/${instanceId}/logs`, `/api/v1/instances/${instanceId}/usage`]) {
+    expect((await otherPage.request.get(path)).status(), path).toBe(404);
+  }
+  expect((await otherPage.request.get("/api/v1/instances")).ok()).toBe(true);
+  expect(await (await otherPage.request.get("/api/v1/instances")).json()).toEqual([]);
+  expect((await otherPage.request.post(`/api/v1/instances/${instanceId}/pause`)).status()).toBe(404);
+  await otherPage.goto(`/?q=${fn}`);
+  await expect(otherPage.locator(`tr[data-function="${fn}"]`)).toHaveCount(0);
+  await otherPage.goto(`/functions/${fn}`);
+  await expect(otherPage.getByRole("alert")).toContainText("Not found.");
+
+  // The admin: the link, every user, the owner's instance, its usage and health.
+  const adminPage = await (await browser.newContext()).newPage();
+  await logIn(adminPage, ADMIN.name, ADMIN.password);
+  await adminPage.getByRole("link", { name: "Admin" }).click();
+  await expect(adminPage).toHaveURL(/\/admin$/);
+  await hydrated(adminPage);
+  const instances = adminPage.getByTestId("admin-instances");
+  const ownerRow = instances.locator("tbody tr", { hasText: owner });
+  await expect(ownerRow).toContainText(fn);
+  await expect(ownerRow).toContainText("Ready");
+  await expect(ownerRow).toContainText(`/fn/${owner}/${fn}`);
+  const users = adminPage.getByTestId("admin-users");
+  await expect(users.locator("tbody tr", { hasText: owner })).toContainText("1 of 1");
+  await expect(users.locator("tbody tr", { hasText: other })).toBeVisible();
+  await expect(adminPage.getByTestId("health")).toContainText("local");
+  await expect(adminPage.getByTestId("health")).toContainText("answers");
+  await expect(adminPage.getByTestId("admin-totals")).toContainText("Instances");
+
+  // Usage reaches the dashboard once the owner's calls are sampled.
+  for (let i = 0; i < 10; i++) {
+    await ownerPage.request.post(`/fn/${owner}/${fn}`, { data: "x" });
+  }
+  await expect
+    .poll(async () => Number(await adminPage.getByTestId("admin-functions").locator("tbody tr", { hasText: fn }).locator("td").nth(5).textContent()), { timeout: 30_000 })
+    .toBeGreaterThan(0);
+  await expect(adminPage.locator('figure[data-chart="Requests"] svg')).not.toHaveAttribute("data-points", "0");
+
+  // Sortable: a header sorts its column, a second click reverses it.
+  const header = users.getByRole("columnheader", { name: "User" });
+  await header.getByRole("button").click();
+  await expect(header).toHaveAttribute("aria-sort", "ascending");
+  const ascending = await users.locator("tbody tr td:first-child").allTextContents();
+  expect(ascending).toEqual([...ascending].sort());
+  await header.getByRole("button").click();
+  await expect(header).toHaveAttribute("aria-sort", "descending");
+  expect(await users.locator("tbody tr td:first-child").allTextContents()).toEqual([...ascending].reverse());
+
+  // The admin can also read the owner's logs and usage over the API.
+  expect((await adminPage.request.get(`/api/v1/instances/${instanceId}/usage`)).status()).toBe(200);
+  // The shortest window spreads this short test's samples over the charts' width.
+  await adminPage.getByRole("button", { name: "5 min", exact: true }).click();
+  await expect(adminPage.getByRole("button", { name: "5 min", exact: true })).toHaveAttribute("aria-pressed", "true");
+  await expect(adminPage.getByTestId("admin-users").locator("tbody tr", { hasText: owner })).toBeVisible();
+  await screenshot(adminPage, "admin", { fullPage: true });
+  await screenshot(adminPage, "admin-dark", { dark: true });
+
+  expect((await ownerPage.request.delete(`/api/v1/instances/${instanceId}`)).status()).toBe(204);
+});
