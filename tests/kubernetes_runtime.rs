@@ -269,6 +269,12 @@ async fn the_hpa_scales_on_measured_cpu_and_usage_comes_from_metrics_server() {
     let busy = usage.iter().find(|u| &u.replica == pod).expect("the busy pod");
     assert!((busy.cpu_millicores.expect("cpu") - 200.0).abs() < 20.0, "{busy:?}");
     assert_eq!(busy.memory_bytes, 50 * 1024 * 1024);
+    // The admin dashboard's health checks say so too, and count the pods.
+    let health = runtime.health();
+    let metrics = health.iter().find(|c| c.name == "metrics.k8s.io").expect("a metrics check");
+    assert!(metrics.ok, "{metrics:?}");
+    let pods = health.iter().find(|c| c.name == "pods").expect("a pods check");
+    assert!(pods.detail.contains("kubefn pods ready"), "{pods:?}");
     runtime.delete(&id).await.expect("delete");
     runtime.shutdown().await;
 }

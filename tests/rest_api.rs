@@ -1243,6 +1243,8 @@ async fn the_admin_overview_adds_up_everyones_usage_and_is_for_admins_only() {
     assert_eq!(overview["health"]["runtime"], "local");
     assert_eq!(overview["health"]["database_ok"], true);
     assert_eq!(overview["health"]["instances_by_state"]["Ready"], 1);
+    let checks: Vec<&str> = overview["health"]["checks"].as_array().expect("checks").iter().filter_map(|c| c["name"].as_str()).collect();
+    assert_eq!(checks, vec!["resource limits", "warm pool"], "the local runtime's own checks");
     let event = &overview["scaling_events"][0];
     assert_eq!((event["user"].as_str(), event["function"].as_str(), event["event"]["reason"].as_str()), (Some("alice"), Some("hello"), Some("ScalingReplicaSet")));
     assert!(overview["series"].as_array().is_some_and(|s| !s.is_empty()), "the all-instances series has points");

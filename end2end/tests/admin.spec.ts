@@ -54,6 +54,7 @@ test("an admin sees everyone's instances and usage; a plain user sees none of an
   await expect(users.locator("tbody tr", { hasText: other })).toBeVisible();
   await expect(adminPage.getByTestId("health")).toContainText("local");
   await expect(adminPage.getByTestId("health")).toContainText("answers");
+  await expect(adminPage.getByTestId("health")).toContainText("warm pool");
   await expect(adminPage.getByTestId("admin-totals")).toContainText("Instances");
 
   // Usage reaches the dashboard once the owner's calls are sampled.
@@ -74,6 +75,11 @@ test("an admin sees everyone's instances and usage; a plain user sees none of an
   await header.getByRole("button").click();
   await expect(header).toHaveAttribute("aria-sort", "descending");
   expect(await users.locator("tbody tr td:first-child").allTextContents()).toEqual([...ascending].reverse());
+  // The dashboard refreshes every few seconds; the chosen order survives it.
+  const rendered = await adminPage.getByTestId("admin-everyone").getAttribute("data-until");
+  await expect(adminPage.getByTestId("admin-everyone")).not.toHaveAttribute("data-until", rendered!, { timeout: 20_000 });
+  await expect(header).toHaveAttribute("aria-sort", "descending");
+  await expect.poll(() => users.locator("tbody tr td:first-child").allTextContents()).toEqual([...ascending].reverse());
 
   // The admin can also read the owner's logs and usage over the API.
   expect((await adminPage.request.get(`/api/v1/instances/${instanceId}/usage`)).status()).toBe(200);

@@ -19,6 +19,13 @@ async function invokeFromPanel(page: Page, body: string, headers = "") {
   await page.getByRole("button", { name: "Send" }).click();
 }
 
+/** Waits for two answers of the server function the page polls at `path` (the first may be under way). */
+async function nextPolls(page: Page, path: string) {
+  for (let i = 0; i < 2; i++) {
+    await page.waitForResponse((response) => new URL(response.url()).pathname.startsWith(path) && !new URL(response.url()).pathname.startsWith(`${path}s`));
+  }
+}
+
 /** The number of points the chart titled `title` draws. */
 async function chartPoints(page: Page, title: string) {
   return Number(await page.locator(`figure[data-chart="${title}"] svg`).getAttribute("data-points"));
@@ -109,7 +116,11 @@ test("deploy from the catalog, invoke, logs, charts, scale, pause, update, roll 
   await expect(usage.getByRole("button", { name: "5 min", exact: true })).toHaveAttribute("aria-pressed", "true");
 
   // Scale by hand: the replica table, the logs' replica tags and a scaling event on the chart.
+  // The panel polls its instance, yet a number half-typed survives the polls (nothing changed).
   await instance.getByLabel("Replicas").fill("2");
+  await nextPolls(page, "/api/my_instance");
+  await expect(instance.getByLabel("Replicas")).toHaveValue("2");
+  await expect(instance.getByLabel("Replicas")).toBeFocused();
   await instance.getByRole("button", { name: "Scale" }).click();
   await expect(instance.getByTestId("replicas")).toHaveText("2 of 2 ready", { timeout: 30_000 });
   await expect(instance.getByTestId("replica-table").locator("tbody tr")).toHaveCount(2);
@@ -156,6 +167,8 @@ test("deploy from the catalog, invoke, logs, charts, scale, pause, update, roll 
   await row.getByRole("button", { name: "Cancel" }).click();
   await expect(row.getByTestId("catalog-state")).toBeVisible();
   await row.getByRole("button", { name: "Delete…" }).click();
+  // An open confirmation stays open while the catalog polls.
+  await nextPolls(page, "/api/my_instances");
   await row.getByRole("button", { name: "Yes, delete" }).click();
   await expect(row.getByRole("button", { name: "Deploy" })).toBeVisible();
   await expect(row.getByTestId("catalog-state")).toHaveCount(0);

@@ -253,7 +253,13 @@ impl Instances {
         Ok(AdminOverview {
             since,
             until,
-            health: PlatformHealth { runtime: self.runtime.name().to_string(), database_ok, instances_by_state, instances_unreported },
+            health: PlatformHealth {
+                runtime: self.runtime.name().to_string(),
+                database_ok,
+                instances_by_state,
+                instances_unreported,
+                checks: self.runtime.health(),
+            },
             totals: usage_where(&|_| true),
             series: usage_report::summed_series(&all, since, until, SERIES_POINTS),
             users,

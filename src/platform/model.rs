@@ -699,6 +699,27 @@ pub struct PlatformHealth {
     pub instances_by_state: BTreeMap<String, u32>,
     /// Recorded instances the runtime does not report on (not applied yet, or lost).
     pub instances_unreported: u32,
+    /// The runtime's own checks (the cluster's metrics API, cgroups, the warm pool, …).
+    #[serde(default)]
+    pub checks: Vec<HealthCheck>,
+}
+
+/// One thing a runtime checks about itself, for the admin dashboard.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthCheck {
+    /// What is checked ("metrics.k8s.io", "warm pool").
+    pub name: String,
+    /// Whether it is as it should be.
+    pub ok: bool,
+    /// What was found, and what to do when it is not ok.
+    pub detail: String,
+}
+
+impl HealthCheck {
+    /// A check named `name` that found `detail`.
+    pub fn new(name: &str, ok: bool, detail: impl Into<String>) -> HealthCheck {
+        HealthCheck { name: name.to_string(), ok, detail: detail.into() }
+    }
 }
 
 /// Everything the admin dashboard shows, for one window.

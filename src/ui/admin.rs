@@ -5,7 +5,7 @@
 use super::chart::{clock, Marker, Unit, WindowPicker};
 use super::sortable_table::{Column, SortValue, SortableTable};
 use super::usage_charts::UsageCharts;
-use super::ErrorNotice;
+use super::{ticks, ErrorNotice};
 use crate::api::functions::admin_dashboard;
 use crate::platform::model::{AdminOverview, InstanceInfo, NamedUsage, UsageTotals};
 use leptos::prelude::*;
@@ -19,13 +19,10 @@ const REFRESH: Duration = Duration::from_secs(5);
 #[component]
 pub fn AdminPage() -> impl IntoView {
     let window = RwSignal::new(3600u32);
-    let tick = RwSignal::new(0u64);
-    Effect::new(move |_| {
-        if let Ok(handle) = set_interval_with_handle(move || tick.update(|t| *t += 1), REFRESH) {
-            on_cleanup(move || handle.clear());
-        }
-    });
+    let tick = ticks(REFRESH);
     let overview = Resource::new(move || (tick.get(), window.get()), |(_, window_s)| admin_dashboard(window_s));
+    // Kept here, outside the dashboard that each refresh renders anew, so a chosen order stays.
+    let sorts = TableSorts { users: RwSignal::new(None), instances: RwSignal::new(None), functions: RwSignal::new(None) };
     view! {
         <Title text="Admin · kubefn"/>
         <div class="page-head">
@@ -36,15 +33,23 @@ pub fn AdminPage() -> impl IntoView {
             {move || Suspend::new(async move {
                 match overview.await {
                     Err(error) => view! { <ErrorNotice error/> }.into_any(),
-                    Ok(overview) => view! { <Dashboard overview/> }.into_any(),
+                    Ok(overview) => view! { <Dashboard overview sorts/> }.into_any(),
                 }
             })}
         </Transition>
     }
 }
 
+/// How each of the dashboard's tables is sorted.
+#[derive(Clone, Copy)]
+struct TableSorts {
+    users: RwSignal<Option<(usize, bool)>>,
+    instances: RwSignal<Option<(usize, bool)>>,
+    functions: RwSignal<Option<(usize, bool)>>,
+}
+
 #[component]
-fn Dashboard(overview: AdminOverview) -> impl IntoView {
+fn Dashboard(overview: AdminOverview, sorts: TableSorts) -> impl IntoView {
     let AdminOverview { since, until, health, instances, users, top_functions, totals, series, scaling_events } = overview;
     let markers: Vec<Marker> = Marker::of(&scaling_events.iter().map(|e| e.event.clone()).collect::<Vec<_>>());
     let states = health.instances_by_state.iter().map(|(state, count)| view! {
@@ -58,28 +63,35 @@ fn Dashboard(overview: AdminOverview) -> impl IntoView {
                 <dt>"Database"</dt>
                 <dd>{if health.database_ok { view! { <span class="state state-ready">"answers"</span> }.into_any() } else { view! { <span class="state state-failed">"does not answer"</span> }.into_any() }}</dd>
                 <dt>"Instances"</dt><dd><ul class="chips">{states}</ul></dd>
+                {health.checks.iter().map(|check| view! {
+                    <dt>{check.name.clone()}</dt>
+                    <dd>
+                        <span class=if check.ok { "state state-ready" } else { "state state-failed" }>{if check.ok { "ok" } else { "attention" }}</span>
+                        " " {check.detail.clone()}
+                    </dd>
+                }).collect_view()}
                 {(health.instances_unreported > 0).then(|| view! {
                     <dt>"Not reported"</dt>
                     <dd>{health.instances_unreported} " recorded instance(s) the runtime does not report on yet; the reconcile loop starts them."</dd>
                 })}
             </dl>
         </section>
-        <section class="card" aria-labelledby="totals-title">
+        <section class="card" aria-labelledby="totals-title" data-testid="admin-everyone" data-until=until.timestamp_millis()>
             <h2 id="totals-title">"Everyone, " {format!("{} – {} UTC", clock(since.timestamp_millis(), false), clock(until.timestamp_millis(), false))}</h2>
             <Totals totals/>
             <UsageCharts samples=series since_ms=since.timestamp_millis() until_ms=until.timestamp_millis() markers/>
         </section>
         <section class="card" aria-labelledby="users-title">
             <h2 id="users-title">"Users"</h2>
-            <SortableTable caption="Usage per user" testid="admin-users" columns=usage_columns("User") rows=users/>
+            <SortableTable caption="Usage per user" testid="admin-users" columns=usage_columns("User") rows=users sort=sorts.users/>
         </section>
         <section class="card" aria-labelledby="instances-title">
             <h2 id="instances-title">"Instances"</h2>
-            <SortableTable caption="Every instance" testid="admin-instances" columns=instance_columns() rows=instances/>
+            <SortableTable caption="Every instance" testid="admin-instances" columns=instance_columns() rows=instances sort=sorts.instances/>
         </section>
         <section class="card" aria-labelledby="top-title">
             <h2 id="top-title">"Top functions"</h2>
-            <SortableTable caption="Functions by invocations" testid="admin-functions" columns=usage_columns("Function") rows=top_functions/>
+            <SortableTable caption="Functions by invocations" testid="admin-functions" columns=usage_columns("Function") rows=top_functions sort=sorts.functions/>
         </section>
         <section class="card" aria-labelledby="scaling-title">
             <h2 id="scaling-title">"Recent scaling events"</h2>

@@ -1,7 +1,7 @@
 //! The catalog: my functions and the public ones, with what can be done to each, 50 to a
 //! page and filtered by name.
 
-use super::{action_error, short_time, ErrorNotice};
+use super::{action_error, refresh_when_changed, short_time, ErrorNotice};
 use super::addresses::InstanceAddresses;
 use super::instance_actions::{ConfirmedDelete, InstanceActions, PauseOrResume};
 use crate::api::functions::{list_functions, my_instances, DeployFunction};
@@ -24,18 +24,12 @@ pub fn CatalogPage() -> impl IntoView {
     let functions = Resource::new(move || (page.get(), filter.get()), |(page, filter)| list_functions(page, filter));
     let deploy = ServerAction::<DeployFunction>::new();
     let actions = InstanceActions::new();
-    // The instances' states refresh by themselves (in the browser), so Deploying turns Ready
-    // without a reload.
-    let tick = RwSignal::new(0u64);
-    Effect::new(move |_| {
-        if let Ok(handle) = set_interval_with_handle(move || tick.update(|t| *t += 1), STATE_REFRESH) {
-            on_cleanup(move || handle.clear());
-        }
-    });
     let instances = Resource::new(
-        move || (tick.get(), deploy.version().get(), actions.pause.version().get(), actions.resume.version().get(), actions.delete.version().get()),
+        move || (deploy.version().get(), actions.pause.version().get(), actions.resume.version().get(), actions.delete.version().get()),
         |_| my_instances(),
     );
+    // The instances' states refresh by themselves, so Deploying turns Ready without a reload.
+    refresh_when_changed(instances, STATE_REFRESH, my_instances);
     let errors = [action_error(deploy.value()), action_error(actions.pause.value()), action_error(actions.resume.value()), action_error(actions.delete.value())];
     // A deployed function's page shows the new instance coming up.
     let navigate = use_navigate();

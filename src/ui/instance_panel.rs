@@ -4,7 +4,7 @@
 
 use super::addresses::InstanceAddresses;
 use super::usage_charts::InstanceCharts;
-use super::{action_error, short_time, ErrorNotice, FieldMessage};
+use super::{action_error, refresh_when_changed, short_time, ErrorNotice, FieldMessage};
 use super::instance_actions::{ConfirmedDelete, InstanceActions, PauseOrResume};
 use crate::api::functions::{my_instance, DeployFunction, InvokeFunction, ScaleInstance};
 use crate::platform::model::{InstanceInfo, InstanceState, LogEntry};
@@ -28,20 +28,11 @@ pub fn InstancePanel(function: String) -> impl IntoView {
         action_error(actions.delete.value()),
     ];
 
-    // Polling (in the browser only: effects do not run on the server) shows state changes
-    // such as Deploying → Ready or a crash without a reload.
-    let tick = RwSignal::new(0u64);
-    Effect::new(move |_| {
-        if let Ok(handle) = set_interval_with_handle(move || tick.update(|t| *t += 1), REFRESH) {
-            on_cleanup(move || handle.clear());
-        }
-    });
     let name = function.clone();
     let name_for_invoke = function.clone();
     let instance = Resource::new(
         move || {
             (
-                tick.get(),
                 deploy.version().get(),
                 actions.pause.version().get(),
                 actions.resume.version().get(),
@@ -51,6 +42,9 @@ pub fn InstancePanel(function: String) -> impl IntoView {
         },
         move |_| my_instance(name.clone()),
     );
+    // Shows state changes such as Deploying → Ready or a crash without a reload.
+    let polled = function.clone();
+    refresh_when_changed(instance, REFRESH, move || my_instance(polled.clone()));
     let instance_id = Memo::new(move |_| instance.get().and_then(Result::ok).flatten().map(|i| i.id));
 
     view! {

@@ -80,6 +80,43 @@ pub fn Confirm(#[prop(into)] ask: String, children: ChildrenFn) -> impl IntoView
     }
 }
 
+/// Keeps `resource` current while the page is open: every `period` (in the browser only:
+/// effects do not run on the server) it calls `fetch` and writes the answer into the resource
+/// only when it differs from what is shown. Views then re-render on a real change only, so a
+/// poll cannot close an open confirmation, clear a half-typed input or take the focus away.
+pub fn refresh_when_changed<T, Fut>(resource: Resource<T>, period: std::time::Duration, fetch: impl Fn() -> Fut + Clone + 'static)
+where
+    T: Clone + PartialEq + Send + Sync + serde::Serialize + serde::de::DeserializeOwned + 'static,
+    Fut: std::future::Future<Output = T> + 'static,
+{
+    every(period, move || {
+        let answer = fetch();
+        leptos::task::spawn_local(async move {
+            let fresh = answer.await;
+            if resource.with_untracked(|shown| shown.as_ref() != Some(&fresh)) {
+                resource.set(Some(fresh));
+            }
+        });
+    });
+}
+
+/// A counter that goes up every `period` while the page is open (in the browser only), for
+/// resources that should fetch again on a clock (charts, the admin dashboard).
+pub fn ticks(period: std::time::Duration) -> ReadSignal<u64> {
+    let (count, set_count) = signal(0u64);
+    every(period, move || set_count.update(|t| *t += 1));
+    count
+}
+
+/// Runs `action` every `period` until the component goes away; effects run in the browser only.
+fn every(period: std::time::Duration, action: impl Fn() + Clone + 'static) {
+    Effect::new(move |_| {
+        if let Ok(handle) = set_interval_with_handle(action.clone(), period) {
+            on_cleanup(move || handle.clear());
+        }
+    });
+}
+
 /// Formats a time for tables: `2026-11-22 05:17 UTC`.
 pub fn short_time(time: &chrono::DateTime<chrono::Utc>) -> String {
     time.format("%Y-%m-%d %H:%M UTC").to_string()

@@ -61,9 +61,12 @@ pub fn SortableTable<T: Clone + Send + Sync + 'static>(
     columns: Vec<Column<T>>,
     /// Its rows, in their initial order.
     rows: Vec<T>,
+    /// The column it is sorted by and whether descending (`None`: the rows' own order). Pass one
+    /// that outlives the table when the page re-renders it with fresh rows, so the order stays.
+    #[prop(optional)]
+    sort: Option<RwSignal<Option<(usize, bool)>>>,
 ) -> impl IntoView {
-    // None: the order the server gave.
-    let sort = RwSignal::new(None::<(usize, bool)>);
+    let sort = sort.unwrap_or_else(|| RwSignal::new(None));
     let columns = StoredValue::new(columns);
     let rows = StoredValue::new(rows);
     let headers = columns.with_value(|columns| {

@@ -3,7 +3,7 @@
 //! draws everyone's, added up.
 
 use super::chart::{Marker, Series, TimeChart, Unit, WindowPicker};
-use super::ErrorNotice;
+use super::{ticks, ErrorNotice};
 use crate::api::functions::instance_usage;
 use crate::platform::model::UsageSample;
 use leptos::prelude::*;
@@ -40,12 +40,7 @@ pub fn UsageCharts(samples: Vec<UsageSample>, since_ms: i64, until_ms: i64, mark
 #[component]
 pub fn InstanceCharts(id: String) -> impl IntoView {
     let window = RwSignal::new(super::chart::WINDOWS[0].0);
-    let tick = RwSignal::new(0u64);
-    Effect::new(move |_| {
-        if let Ok(handle) = set_interval_with_handle(move || tick.update(|t| *t += 1), REFRESH) {
-            on_cleanup(move || handle.clear());
-        }
-    });
+    let tick = ticks(REFRESH);
     let report = Resource::new(move || (tick.get(), window.get()), move |(_, window_s)| instance_usage(id.clone(), window_s));
     view! {
         <section class="card" aria-labelledby="usage-title" data-testid="usage">

@@ -7,7 +7,7 @@ pub mod forwarding;
 pub mod kubernetes;
 pub mod local;
 
-use crate::platform::model::{EventInfo, FunctionSpec, InstanceState, LogEntry, ReplicaInfo};
+use crate::platform::model::{EventInfo, FunctionSpec, HealthCheck, InstanceState, LogEntry, ReplicaInfo};
 pub use crate::platform::autoscale::AutoscalerStatus;
 use futures::stream::BoxStream;
 use std::net::SocketAddr;
@@ -162,6 +162,9 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// CPU and memory per replica.
     fn usage(&self, id: &str) -> Result<Vec<ReplicaUsage>, RuntimeError>;
+
+    /// What the runtime knows about its own health, for the admin dashboard.
+    fn health(&self) -> Vec<HealthCheck>;
 
     /// An address that reaches a ready replica, waiting up to the runtime's hold time (and
     /// starting a replica when the instance was scaled to zero).

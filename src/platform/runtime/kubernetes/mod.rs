@@ -16,7 +16,7 @@ pub mod status;
 
 use super::forwarding::{Dial, ForwardingPort, Traffic};
 use super::{InstanceSpec, LogStream, ReplicaUsage, Runtime, RuntimeError, RuntimeStatus};
-use crate::platform::model::{FunctionSpec, InstanceState, Runtime as Language};
+use crate::platform::model::{FunctionSpec, HealthCheck, InstanceState, Runtime as Language};
 use chrono::{DateTime, Utc};
 use cluster::Cluster;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -815,6 +815,24 @@ impl Runtime for KubernetesRuntime {
 
     fn usage(&self, id: &str) -> Result<Vec<ReplicaUsage>, RuntimeError> {
         Ok(self.inner.usage.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned().unwrap_or_default())
+    }
+
+    fn health(&self) -> Vec<HealthCheck> {
+        let metrics = if self.inner.metrics_available.load(std::sync::atomic::Ordering::Relaxed) {
+            HealthCheck::new("metrics.k8s.io", true, "served: CPU and memory per pod, and CPU/memory autoscaling")
+        } else {
+            HealthCheck::new("metrics.k8s.io", false, "not served: no usage figures and no CPU/memory autoscaling (install metrics-server)")
+        };
+        let pods = self.inner.cluster.pod_store().state();
+        let ready = pods
+            .iter()
+            .filter(|p| p.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True")))
+            .count();
+        let namespaces = match &self.inner.config.user_namespace_prefix {
+            Some(prefix) => format!("one namespace per user ({prefix}<user>)"),
+            None => format!("namespace {}", self.inner.config.namespace),
+        };
+        vec![metrics, HealthCheck::new("pods", ready == pods.len(), format!("{ready} of {} kubefn pods ready; {namespaces}", pods.len()))]
     }
 
     async fn connect(&self, id: &str) -> Result<SocketAddr, RuntimeError> {

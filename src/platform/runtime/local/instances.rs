@@ -17,7 +17,7 @@ use super::warm_pool::{PoolConfig, Specialization, WarmPool};
 use crate::platform::autoscale::{Autoscaler, AutoscalerConfig, AutoscalerStatus, MetricKind, MetricSample};
 use crate::platform::model::ScalingPolicy;
 use crate::platform::validation::{parse_cpu_millis, parse_memory_bytes};
-use crate::platform::model::{EventInfo, FunctionSpec, InstanceState, LogEntry, ReplicaInfo, Runtime as Language};
+use crate::platform::model::{EventInfo, FunctionSpec, HealthCheck, InstanceState, LogEntry, ReplicaInfo, Runtime as Language};
 use crate::platform::runtime::{InstanceSpec, LogStream, ReplicaUsage, Runtime, RuntimeError, RuntimeStatus};
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
@@ -873,6 +873,31 @@ impl Runtime for LocalRuntime {
 
     fn usage(&self, id: &str) -> Result<Vec<ReplicaUsage>, RuntimeError> {
         Ok(self.slot(id)?.state.lock().unwrap_or_else(|p| p.into_inner()).usage.clone())
+    }
+
+    fn health(&self) -> Vec<HealthCheck> {
+        let limits = if self.inner.cgroup_v2 {
+            HealthCheck::new("resource limits", true, "cgroup v2: CPU and memory limits are enforced")
+        } else {
+            HealthCheck::new(
+                "resource limits",
+                false,
+                "no writable cgroup v2: memory limits are enforced by kubefn, CPU limits are not (run kubefn where it can write a cgroup v2 hierarchy, or on Kubernetes)",
+            )
+        };
+        let pool = match &self.inner.pool {
+            Some(pool) => {
+                let idle = [Language::Python, Language::Node].map(|language| pool.idle(language));
+                let size = self.inner.config.warm_pool_size;
+                HealthCheck::new(
+                    "warm pool",
+                    idle.iter().all(|n| *n > 0),
+                    format!("{} Python and {} Node processes waiting (of {size} each); an empty pool refills within seconds, cold starts meanwhile take longer", idle[0], idle[1]),
+                )
+            }
+            None => HealthCheck::new("warm pool", true, "off (--warm-pool-size 0): every cold start loads its function from scratch"),
+        };
+        vec![limits, pool]
     }
 
     async fn connect(&self, id: &str) -> Result<SocketAddr, RuntimeError> {
