@@ -38,7 +38,9 @@ test("deploy from the catalog, invoke, logs, charts, scale, pause, update, roll 
 
   // Registered over the REST API with the browser's own session.
   const registered = await page.request.post("/api/v1/functions", {
-    data: { name: fn, runtime: "python", source: greeter("hello"), visibility: "private" },
+    // No CPU target: the replica count is the user's alone (with one, the autoscaler would
+    // take a hand-set count back down at its next decision, as Kubernetes' HPA does).
+    data: { name: fn, runtime: "python", source: greeter("hello"), visibility: "private", scaling: { min: 1, max: 5, target_cpu_percent: null } },
   });
   expect(registered.status()).toBe(201);
 

@@ -1,11 +1,11 @@
 //! The caller's own instance of a function, on the function page: deploy it, see its state,
-//! replicas and addresses, pause, resume, scale or delete it, invoke it through the gateway
-//! and watch its logs live.
+//! replicas and addresses, pause, resume, scale or delete it, invoke it through the gateway,
+//! chart its usage and watch its logs live.
 
 use super::addresses::InstanceAddresses;
+use super::instance_actions::{ConfirmedDelete, InstanceActions, PauseOrResume};
 use super::usage_charts::InstanceCharts;
 use super::{action_error, refresh_when_changed, short_time, ErrorNotice, FieldMessage};
-use super::instance_actions::{ConfirmedDelete, InstanceActions, PauseOrResume};
 use crate::api::functions::{my_instance, DeployFunction, InvokeFunction, ScaleInstance};
 use crate::platform::model::{InstanceInfo, InstanceState, LogEntry};
 use leptos::prelude::*;
@@ -170,6 +170,7 @@ fn InstanceView(
                 <input id="scale-replicas" name="replicas" type="number" min="0" max="20" inputmode="numeric" value=instance.replicas.desired.to_string() class="narrow"/>
                 <button type="submit">"Scale"</button>
             </ActionForm>
+            <span class="hint">"With a CPU or memory target the autoscaler may change this count at its next decision."</span>
             {retry.then(|| {
                 let function = instance.function.clone();
                 view! {
