@@ -359,6 +359,14 @@ struct UsageQuery {
     since: Option<chrono::DateTime<chrono::Utc>>,
 }
 
+/// The start of a usage query's window: `since`, or an hour ago.
+fn usage_since(query: Result<axum::extract::Query<UsageQuery>, axum::extract::rejection::QueryRejection>) -> Result<chrono::DateTime<chrono::Utc>, ApiError> {
+    let axum::extract::Query(query) = query.map_err(|rejection| {
+        ApiError::invalid("since", format!("since must be a time such as 2026-11-22T08:00:00Z: {}", rejection.body_text()))
+    })?;
+    Ok(query.since.unwrap_or_else(|| chrono::Utc::now() - chrono::Duration::hours(1)))
+}
+
 /// The instance's usage samples since `since` (RFC 3339; default: the last hour).
 async fn instance_usage(
     State(platform): State<Platform>,
@@ -366,10 +374,7 @@ async fn instance_usage(
     Path(id): Path<String>,
     query: Result<axum::extract::Query<UsageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Vec<UsageSample>>, ApiError> {
-    let axum::extract::Query(query) = query.map_err(|rejection| {
-        ApiError::invalid("since", format!("since must be a time such as 2026-11-22T08:00:00Z: {}", rejection.body_text()))
-    })?;
-    let since = query.since.unwrap_or_else(|| chrono::Utc::now() - chrono::Duration::hours(1));
+    let since = usage_since(query)?;
     Ok(Json(platform.instances.usage(&caller, &id, since).await?))
 }
 
@@ -379,10 +384,7 @@ async fn admin_usage(
     Caller(caller): Caller,
     query: Result<axum::extract::Query<UsageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<AdminOverview>, ApiError> {
-    let axum::extract::Query(query) = query.map_err(|rejection| {
-        ApiError::invalid("since", format!("since must be a time such as 2026-11-22T08:00:00Z: {}", rejection.body_text()))
-    })?;
-    let since = query.since.unwrap_or_else(|| chrono::Utc::now() - chrono::Duration::hours(1));
+    let since = usage_since(query)?;
     Ok(Json(platform.instances.overview(&caller, since).await?))
 }
 

@@ -248,7 +248,8 @@ impl Instances {
         for instance in &instances {
             *instances_by_state.entry(instance.state.as_str().to_string()).or_insert(0) += 1;
         }
-        let instances_unreported = u32::try_from(instances.iter().filter(|i| self.runtime.status(&i.id).is_none()).count()).unwrap_or(u32::MAX);
+        let running: HashSet<String> = self.runtime.instance_ids().into_iter().collect();
+        let instances_unreported = u32::try_from(instances.iter().filter(|i| !running.contains(&i.id)).count()).unwrap_or(u32::MAX);
         let all: Vec<&[UsageSample]> = instances.iter().map(samples_of).collect();
         Ok(AdminOverview {
             since,

@@ -628,13 +628,6 @@ pub struct UsageSample {
 /// Reasons of the events that change an instance's replica count, which the charts mark.
 pub const SCALING_REASONS: [&str; 4] = ["ScalingReplicaSet", "ScaledFromZero", "ScaledToZero", "SuccessfulRescale"];
 
-impl EventInfo {
-    /// Whether this event changed the replica count (see [`SCALING_REASONS`]).
-    pub fn is_scaling(&self) -> bool {
-        SCALING_REASONS.contains(&self.reason.as_str())
-    }
-}
-
 /// One instance's usage over a window, as its charts draw it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct UsageReport {

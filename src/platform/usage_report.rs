@@ -53,28 +53,14 @@ pub fn summed_series(per_instance: &[&[UsageSample]], since: DateTime<Utc>, unti
             }
         }
         for (slot, samples) in own.iter().enumerate().filter(|(_, s)| !s.is_empty()) {
-            let mean = average(since, samples);
-            let sum = slots[slot].get_or_insert_with(|| UsageSample { at: since + width * i32::try_from(slot).unwrap_or(0), ..empty_sample() });
-            add_into(sum, &mean);
+            let point = average(since + width * i32::try_from(slot).unwrap_or(0), samples);
+            match &mut slots[slot] {
+                Some(sum) => add_into(sum, &point),
+                empty => *empty = Some(point),
+            }
         }
     }
     slots.into_iter().flatten().collect()
-}
-
-fn empty_sample() -> UsageSample {
-    UsageSample {
-        at: DateTime::<Utc>::MIN_UTC,
-        replicas_desired: 0,
-        replicas_ready: 0,
-        cpu_millicores: None,
-        memory_bytes: None,
-        requests_per_s: None,
-        p50_ms: None,
-        p95_ms: None,
-        invocations: 0,
-        errors: 0,
-        autoscaler_load_percent: None,
-    }
 }
 
 /// Samples as one point at `at`: means of the measurements, the highest replica counts, the sums
@@ -131,6 +117,22 @@ fn add_into(sum: &mut UsageSample, point: &UsageSample) {
 mod tests {
     use super::*;
     use crate::platform::model::{InstanceState, InstanceUrls, ReplicaCounts};
+
+    fn empty_sample() -> UsageSample {
+        UsageSample {
+            at: DateTime::<Utc>::MIN_UTC,
+            replicas_desired: 0,
+            replicas_ready: 0,
+            cpu_millicores: None,
+            memory_bytes: None,
+            requests_per_s: None,
+            p50_ms: None,
+            p95_ms: None,
+            invocations: 0,
+            errors: 0,
+            autoscaler_load_percent: None,
+        }
+    }
 
     fn at(seconds: i64) -> DateTime<Utc> {
         DateTime::<Utc>::from_timestamp(1_800_000_000 + seconds, 0).expect("time")

@@ -195,8 +195,7 @@ impl Cluster {
         let mut ready: Vec<String> = self
             .pods_of(id)
             .iter()
-            .filter(|p| p.metadata.deletion_timestamp.is_none())
-            .filter(|p| p.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True")))
+            .filter(|pod| status::is_ready(pod))
             .filter_map(|p| p.metadata.name.clone())
             .collect();
         ready.sort();

@@ -824,10 +824,7 @@ impl Runtime for KubernetesRuntime {
             HealthCheck::new("metrics.k8s.io", false, "not served: no usage figures and no CPU/memory autoscaling (install metrics-server)")
         };
         let pods = self.inner.cluster.pod_store().state();
-        let ready = pods
-            .iter()
-            .filter(|p| p.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True")))
-            .count();
+        let ready = pods.iter().filter(|pod| status::is_ready(pod)).count();
         let namespaces = match &self.inner.config.user_namespace_prefix {
             Some(prefix) => format!("one namespace per user ({prefix}<user>)"),
             None => format!("namespace {}", self.inner.config.namespace),

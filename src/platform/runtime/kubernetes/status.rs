@@ -44,7 +44,8 @@ pub fn version_of(labels: Option<&std::collections::BTreeMap<String, String>>) -
     labels?.get(names::VERSION)?.parse().ok()
 }
 
-fn is_ready(pod: &Pod) -> bool {
+/// Whether the pod is Ready and not on its way out.
+pub fn is_ready(pod: &Pod) -> bool {
     pod.metadata.deletion_timestamp.is_none()
         && pod
             .status
