@@ -20,7 +20,7 @@ export LEPTOS_OUTPUT_NAME := kubefn
 export LEPTOS_SITE_ROOT := target/site
 export LEPTOS_SITE_PKG_DIR := pkg
 
-.PHONY: help run build build-release test test-unit test-runtimes test-e2e test-kubernetes testcluster cluster cluster-stop bench bench-deps tools wasm-target chromium e2e-deps clean
+.PHONY: sandbox help run build build-release test test-unit test-runtimes test-e2e test-kubernetes testcluster cluster cluster-stop bench bench-deps tools wasm-target chromium e2e-deps clean
 
 # Where `make cluster` keeps the control plane it starts for a person (tests use their own).
 CLUSTER_DIR ?= $(or $(TMPDIR),/tmp)/kubefn-cluster
@@ -31,7 +31,7 @@ help:
 	@echo "make bench  measure (release build) and write bench/results/"
 	@echo "make cluster / make cluster-stop   a real Kubernetes control plane (kwok nodes) on loopback"
 
-run: tools build-release
+run: tools sandbox build-release
 	KUBEFN_DATA_DIR=$${KUBEFN_DATA_DIR:-data} ./target/release/kubefn
 
 build: tools
@@ -45,7 +45,7 @@ test: test-unit test-runtimes test-e2e
 
 # Every cargo test, the kubernetes runtime's included: its test binary starts the control plane
 # built here (cached) and stops it when it exits.
-test-unit: tools testcluster
+test-unit: tools sandbox testcluster
 	cargo test --features ssr
 
 # The kubernetes runtime's integration tests alone (they start their own control plane).
@@ -73,7 +73,7 @@ test-runtimes:
 	python3 -m unittest discover -s src/runtimes/python -p 'test_*.py' -v
 	node --test src/runtimes/node/
 
-test-e2e: build chromium e2e-deps
+test-e2e: build sandbox chromium e2e-deps
 	end2end/run.sh
 
 # Performance is measured here, never in timed tests: medians against a baseline of the same run.
@@ -81,7 +81,7 @@ test-e2e: build chromium e2e-deps
 # target/bench-run; bench/system.py drives the release server (gateway vs nginx with wrk,
 # footprint, catalog render, wasm size, both seed experiments) and writes bench/results/ and
 # the README's table.
-bench: build-release testcluster bench-deps
+bench: build-release sandbox testcluster bench-deps
 	rm -rf target/bench-run
 	KUBEFN_BENCH_DIR=target/bench-run CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
 	  cargo bench --features ssr --bench local_runtime --bench kubernetes_runtime
@@ -117,6 +117,15 @@ $(TOOLS)/node/.installed-$(BINARYEN_VERSION)-$(SASS_VERSION):
 	mkdir -p $(TOOLS)/node
 	npm install --prefix $(TOOLS)/node --no-audit --no-fund binaryen@$(BINARYEN_VERSION) sass@$(SASS_VERSION)
 	touch $@
+
+# The local runtime runs function code in bubblewrap (see the README's "Security model"); it
+# refuses to start without it unless kubefn is started with --single-user.
+sandbox:
+	@if ! command -v bwrap >/dev/null; then \
+	  echo "installing Debian's bubblewrap: the local runtime sandboxes function code with it"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap) || \
+	  { echo "cannot install bubblewrap: run as root, install it yourself, or start kubefn with --single-user (see the README)" >&2; exit 1; }; \
+	fi
 
 chromium:
 	@if [ ! -x /usr/bin/chromium ]; then \

@@ -518,6 +518,14 @@ def report(stamp, results):
             lines.append(f"| {figure['name']} | {figure['median_ms']:.1f} | {figure['min_ms']:.1f}–{figure['max_ms']:.1f} | "
                          f"{figure['median_ms'] / baselines[language]:.0f}× |")
         lines.append("")
+        lines += ["What the sandbox (bubblewrap, setpriv, a cgroup per replica) costs, same run, median ms:", "",
+                  "| figure | sandbox | no sandbox (--single-user) | difference |", "|---|---:|---:|---:|"]
+        for language in ("python", "node"):
+            for what in ("request to a running replica (baseline)", "deploy to first answer, no pool", "deploy to first answer, warm pool",
+                         "cold start from zero, no pool", "cold start from zero, warm pool"):
+                on, off = local_ms(f"{language}: {what}"), local_ms(f"{language}: {what}, no sandbox")
+                lines.append(f"| {language}: {what} | {on:.1f} | {off:.1f} | {on - off:+.1f} |")
+        lines.append("")
     if kube:
         lines += ["## Kubernetes runtime against the test control plane (kwok nodes)", "",
                   "| figure | median ms | min–max ms |", "|---|---:|---:|"]

@@ -1,6 +1,7 @@
 //! `make bench`, local runtime part: deploy-to-answer and cold starts (scale from zero to the
-//! first byte) for Python and Node hello functions, with and without the warm pool, each
-//! against a baseline measured in the same run (a request to an already-running replica).
+//! first byte) for Python and Node hello functions, with and without the warm pool, and with
+//! the sandbox (the default) against without it (single-user mode), each against a baseline
+//! measured in the same run (a request to an already-running replica).
 //! Prints the figures and writes them as JSON to $KUBEFN_BENCH_DIR (default target/bench-run)
 //! for bench/system.py's report.
 
@@ -59,9 +60,12 @@ async fn until_ready(runtime: &LocalRuntime, id: &str) -> SocketAddr {
     }
 }
 
-fn runtime(dir: &std::path::Path, pool: usize) -> LocalRuntime {
+fn runtime(dir: &std::path::Path, pool: usize, sandboxed: bool) -> LocalRuntime {
     let mut config = LocalConfig::new(dir);
     config.warm_pool_size = pool;
+    if !sandboxed {
+        config.sandbox = None;
+    }
     config.usage_period = Duration::from_millis(100);
     config.node_ports = 45000..=45999;
     LocalRuntime::new(config).expect("runtime")
@@ -122,21 +126,24 @@ async fn warm_requests(runtime: &LocalRuntime, language: Language) -> Vec<Durati
 #[tokio::main]
 async fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let cold_runtime = runtime(&dir.path().join("cold"), 0);
-    let pooled_runtime = runtime(&dir.path().join("pooled"), 1);
-    tokio::time::sleep(Duration::from_secs(2)).await;
-
     let mut figures = Vec::new();
-    for language in [Language::Python, Language::Node] {
-        let lang = language.as_str();
-        figures.push(figure(&format!("{lang}: request to a running replica (baseline)"), warm_requests(&cold_runtime, language).await));
-        figures.push(figure(&format!("{lang}: deploy to first answer, no pool"), deploy_to_answer(&cold_runtime, language).await));
-        figures.push(figure(&format!("{lang}: deploy to first answer, warm pool"), deploy_to_answer(&pooled_runtime, language).await));
-        figures.push(figure(&format!("{lang}: cold start from zero, no pool"), cold_starts(&cold_runtime, language, "nopool").await));
-        figures.push(figure(&format!("{lang}: cold start from zero, warm pool"), cold_starts(&pooled_runtime, language, "pool").await));
+    for (sandboxed, suffix) in [(true, ""), (false, ", no sandbox")] {
+        let label = if sandboxed { "sandbox" } else { "bare" };
+        let cold_runtime = runtime(&dir.path().join(format!("cold-{label}")), 0, sandboxed);
+        let pooled_runtime = runtime(&dir.path().join(format!("pooled-{label}")), 1, sandboxed);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        for language in [Language::Python, Language::Node] {
+            let lang = language.as_str();
+            let named = |what: &str| format!("{lang}: {what}{suffix}");
+            figures.push(figure(&named("request to a running replica (baseline)"), warm_requests(&cold_runtime, language).await));
+            figures.push(figure(&named("deploy to first answer, no pool"), deploy_to_answer(&cold_runtime, language).await));
+            figures.push(figure(&named("deploy to first answer, warm pool"), deploy_to_answer(&pooled_runtime, language).await));
+            figures.push(figure(&named("cold start from zero, no pool"), cold_starts(&cold_runtime, language, &format!("nopool-{label}")).await));
+            figures.push(figure(&named("cold start from zero, warm pool"), cold_starts(&pooled_runtime, language, &format!("pool-{label}")).await));
+        }
+        cold_runtime.shutdown().await;
+        pooled_runtime.shutdown().await;
     }
-    cold_runtime.shutdown().await;
-    pooled_runtime.shutdown().await;
 
     report("local_runtime", &figures);
 }

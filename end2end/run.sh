@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
 # Starts kubefn (as built by `cargo leptos build`) on a fresh database, runs the Playwright
 # suite against it in Debian's Chromium, and stops the server whatever happens.
+# kubefn runs as `make run` runs it: from a directory laid out like a fresh clone (its target/
+# is this clone's), with the README's defaults, so the relative data directory `data` too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 port="${KUBEFN_E2E_PORT:-3100}"
-data="$(mktemp -d)"
-log="$data/kubefn.log"
+root="$(mktemp -d)"
+ln -s "$PWD/target" "$root/target"
+log="$root/kubefn.log"
 server=""
 cleanup() {
   if [ -n "$server" ] && kill -0 "$server" 2>/dev/null; then
     kill "$server" && wait "$server" 2>/dev/null || true
   fi
-  rm -rf "$data"
+  rm -rf "$root"
 }
 trap cleanup EXIT
 
@@ -21,8 +24,8 @@ if [ ! -x /usr/bin/chromium ] && [ -z "${CHROMIUM:-}" ]; then
   exit 1
 fi
 
-KUBEFN_LISTEN="127.0.0.1:$port" KUBEFN_DATA_DIR="$data" KUBEFN_ADMIN="admin:admin-password" \
-  LEPTOS_SITE_ROOT=target/site ./target/debug/kubefn >"$log" 2>&1 &
+(cd "$root" && unset KUBEFN_DATA_DIR && exec env KUBEFN_LISTEN="127.0.0.1:$port" KUBEFN_ADMIN="admin:admin-password" \
+  LEPTOS_SITE_ROOT=target/site ./target/debug/kubefn) >"$log" 2>&1 &
 server=$!
 
 for _ in $(seq 1 100); do

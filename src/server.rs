@@ -12,6 +12,7 @@ use clap::Parser;
 use leptos::config::LeptosOptions;
 use leptos_axum::{generate_route_list, LeptosRoutes};
 use crate::platform::runtime::kubernetes::{Images, KubernetesConfig, KubernetesError, KubernetesRuntime};
+use crate::platform::runtime::local::sandbox::SandboxSettings;
 use crate::platform::runtime::local::{LocalConfig, LocalRuntime};
 use crate::platform::runtime::{Runtime, RuntimeError};
 use std::net::{IpAddr, SocketAddr};
@@ -85,6 +86,17 @@ pub struct Config {
     /// Warm bootstrap processes the local runtime keeps per language for fast cold starts.
     #[arg(long, env = "KUBEFN_WARM_POOL_SIZE", default_value_t = 1)]
     pub warm_pool_size: usize,
+    /// Local runtime: run function code without a sandbox, as kubefn itself. Any account's
+    /// function can then read kubefn's database and environment: only for a machine where you
+    /// are the only user (the sandbox needs root, bubblewrap and cgroups).
+    #[arg(long, env = "KUBEFN_SINGLE_USER", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub single_user: bool,
+    /// Local runtime: processes and threads one replica may have (a fork bomb stops there).
+    #[arg(long, env = "KUBEFN_PIDS_LIMIT", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(16..))]
+    pub pids_limit: u64,
+    /// Local runtime: the unprivileged user id (and group id) function code runs as.
+    #[arg(long, env = "KUBEFN_SANDBOX_UID", default_value_t = 65534, value_parser = clap::value_parser!(u32).range(1..))]
+    pub sandbox_uid: u32,
     /// Kubernetes runtime: the kubeconfig file (default: KUBECONFIG, ~/.kube/config, or in-cluster).
     #[arg(long, env = "KUBEFN_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
@@ -109,6 +121,17 @@ pub struct Config {
 }
 
 impl Config {
+    /// The same configuration with its paths made absolute against the current directory, so
+    /// nothing depends on the working directory of whatever kubefn starts (`make run` passes
+    /// the relative `data`).
+    pub fn with_absolute_paths(mut self) -> std::io::Result<Config> {
+        self.data_dir = std::path::absolute(&self.data_dir)?;
+        if let Some(kubeconfig) = &self.kubeconfig {
+            self.kubeconfig = Some(std::path::absolute(kubeconfig)?);
+        }
+        Ok(self)
+    }
+
     /// The database URL, defaulting to SQLite inside the data directory.
     pub fn database_url(&self) -> String {
         self.database_url.clone().unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("kubefn.db").display()))
@@ -228,7 +251,12 @@ pub fn kubernetes_config(config: &Config) -> KubernetesConfig {
 /// Opens the platform, starts the runtime and its reconcile loop, and builds the whole router
 /// (UI, server functions, REST API, sessions).
 pub async fn build_app(config: &Config, mut leptos_options: LeptosOptions) -> Result<Server, StartError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir { path: config.data_dir.clone(), source })?;
+    let data_dir_error = |source| StartError::DataDir { path: config.data_dir.clone(), source };
+    let config = &config.clone().with_absolute_paths().map_err(data_dir_error)?;
+    std::fs::create_dir_all(&config.data_dir).map_err(data_dir_error)?;
+    // The database, the session store and every instance's files and logs live here: kubefn's
+    // alone (function code runs as another user, and sees none of it anyway).
+    std::fs::set_permissions(&config.data_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).map_err(data_dir_error)?;
     let (runtime, shared): (StartedRuntime, Arc<dyn Runtime>) = match config.runtime {
         RuntimeKind::Local => {
             let mut local = LocalConfig::new(config.data_dir.join("runtime"));
@@ -236,6 +264,8 @@ pub async fn build_app(config: &Config, mut leptos_options: LeptosOptions) -> Re
             local.node_ports = config.node_port_range.clone();
             local.drain = Duration::from_secs(config.drain_seconds);
             local.warm_pool_size = config.warm_pool_size;
+            local.pids_limit = config.pids_limit;
+            local.sandbox = (!config.single_user).then(|| SandboxSettings { uid: config.sandbox_uid, gid: config.sandbox_uid, ..SandboxSettings::default() });
             local.autoscaler.sync_period = Duration::from_secs(config.autoscale_sync_seconds);
             local.autoscaler.scale_down_stabilization = Duration::from_secs(config.scale_down_stabilization_seconds);
             let local = LocalRuntime::new(local).map_err(|source| StartError::Runtime { runtime: "local", source })?;

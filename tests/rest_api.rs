@@ -1,177 +1,16 @@
 //! The REST API end to end through the real router: real SQLite, real sessions, real hashing.
 
+use app::*;
 use axum::body::Body;
 use axum::http::{header, HeaderMap, Method, Request, StatusCode};
 use axum::Router;
-use http_body_util::BodyExt;
-use kubefn::platform::auth::SignupPolicy;
-use clap::Parser;
-use kubefn::server::{build_app, Config, Server};
-use serde_json::{json, Value};
 use tower::ServiceExt;
+use kubefn::platform::auth::SignupPolicy;
+use serde_json::{json, Value};
 
+#[path = "support/app.rs"]
+mod app;
 mod support;
-
-const ADMIN: (&str, &str) = ("root", "root-password");
-
-struct TestApp {
-    router: Router,
-    server: Option<Server>,
-    dir: tempfile::TempDir,
-}
-
-#[derive(Clone, Copy)]
-enum As<'a> {
-    Anonymous,
-    Cookie(&'a str),
-    Bearer(&'a str),
-}
-
-struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Value,
-}
-
-impl TestApp {
-    async fn start() -> TestApp {
-        TestApp::start_with(SignupPolicy::Open).await
-    }
-
-    async fn start_with(signup: SignupPolicy) -> TestApp {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let data_dir = dir.path().display().to_string();
-        // Cron triggers run on the clock the tests move (`platform.triggers.tick`).
-        let mut args = vec!["kubefn", "--data-dir", &data_dir, "--drain-seconds", "1", "--reconcile-seconds", "1", "--log", "warn", "--cron", "false"];
-        let admin = format!("{}:{}", ADMIN.0, ADMIN.1);
-        args.extend(["--admin", &admin]);
-        if signup == SignupPolicy::Closed {
-            args.extend(["--signup", "closed"]);
-        }
-        let config = Config::try_parse_from(args).expect("configuration");
-        let options = leptos::config::get_configuration(None).expect("site options").leptos_options;
-        let server = build_app(&config, options).await.expect("app builds");
-        TestApp { router: server.router.clone(), server: Some(server), dir }
-    }
-
-    async fn call(&self, method: Method, path: &str, body: Option<Value>, who: As<'_>) -> Answer {
-        let mut request = Request::builder().method(method).uri(path);
-        match who {
-            As::Anonymous => {}
-            As::Cookie(cookie) => request = request.header(header::COOKIE, cookie),
-            As::Bearer(token) => request = request.header(header::AUTHORIZATION, format!("Bearer {token}")),
-        }
-        let request = match body {
-            Some(body) => request.header(header::CONTENT_TYPE, "application/json").body(Body::from(body.to_string())),
-            None => request.body(Body::empty()),
-        }
-        .expect("request");
-        self.send(request).await
-    }
-
-    async fn send(&self, request: Request<Body>) -> Answer {
-        let response = self.router.clone().oneshot(request).await.expect("router answers");
-        let status = response.status();
-        let headers = response.headers().clone();
-        let bytes = response.into_body().collect().await.expect("body").to_bytes();
-        let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-        Answer { status, headers, body }
-    }
-
-    /// Signs up (or logs in, for the admin) and returns the session cookie.
-    async fn session(&self, name: &str, password: &str) -> String {
-        let signup = self.call(Method::POST, "/api/v1/signup", Some(json!({"name": name, "password": password})), As::Anonymous).await;
-        let answer = if signup.status == StatusCode::CREATED {
-            signup
-        } else {
-            self.call(Method::POST, "/api/v1/login", Some(json!({"name": name, "password": password})), As::Anonymous).await
-        };
-        assert!(answer.status.is_success(), "{name} signs in: {} {}", answer.status, answer.body);
-        cookie_of(&answer.headers)
-    }
-
-    /// Polls an instance until `done` holds for it, failing with its last answer.
-    async fn instance_until(&self, id: &str, who: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
-        let mut last = Value::Null;
-        for _ in 0..400 {
-            let answer = self.call(Method::GET, &format!("/api/v1/instances/{id}"), None, As::Cookie(who)).await;
-            if answer.status == StatusCode::OK && done(&answer.body) {
-                return answer.body;
-            }
-            last = answer.body;
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-        panic!("instance {id}: timed out waiting until {what}; last answer: {last:#}");
-    }
-
-    /// Stops kubefn and starts it again over the same data directory.
-    async fn restart(mut self) -> TestApp {
-        if let Some(server) = self.server.take() {
-            server.shutdown().await;
-        }
-        let data_dir = self.dir.path().display().to_string();
-        let admin = format!("{}:{}", ADMIN.0, ADMIN.1);
-        let args = ["kubefn", "--data-dir", &data_dir, "--drain-seconds", "1", "--reconcile-seconds", "1", "--log", "warn", "--cron", "false", "--admin", &admin];
-        let config = Config::try_parse_from(args).expect("configuration");
-        let options = leptos::config::get_configuration(None).expect("site options").leptos_options;
-        let server = build_app(&config, options).await.expect("app builds again");
-        TestApp { router: server.router.clone(), server: Some(server), dir: self.dir }
-    }
-
-    /// Runs the trigger scheduler at `now` and waits for the fires it started.
-    async fn tick(&self, now: chrono::DateTime<chrono::Utc>) -> usize {
-        let fires = self.server.as_ref().expect("running").platform.triggers.tick(now).await.expect("tick");
-        let count = fires.len();
-        for fire in fires {
-            fire.await.expect("fire");
-        }
-        count
-    }
-
-    /// Stops the reconcile loop and every replica.
-    async fn stop(mut self) {
-        if let Some(server) = self.server.take() {
-            server.shutdown().await;
-        }
-    }
-
-    async fn user(&self, name: &str) -> String {
-        self.session(name, &format!("{name}-password")).await
-    }
-
-    async fn admin(&self) -> String {
-        self.session(ADMIN.0, ADMIN.1).await
-    }
-}
-
-fn cookie_of(headers: &HeaderMap) -> String {
-    let set_cookie = headers.get(header::SET_COOKIE).expect("a session cookie").to_str().expect("ascii");
-    set_cookie.split(';').next().expect("cookie pair").to_string()
-}
-
-fn hello(name: &str) -> Value {
-    json!({
-        "name": name,
-        "runtime": "python",
-        "handler": "handle",
-        "source": "def handle(req):\n    return 'hello ' + req\n",
-        "requirements": "",
-        "env": {"GREETING": "hi"},
-        "visibility": "public",
-        "resources": {"cpu": "100m", "memory": "128Mi", "cpu_limit": "500m", "memory_limit": "256Mi"},
-        "scaling": {"min": 1, "max": 5, "target_cpu_percent": 70, "target_memory_percent": null, "target_requests_in_flight": null, "scale_to_zero_after_s": null},
-        "service": {"type": "NodePort"},
-        "timeout_s": 60,
-        "invoke": {"access": "owner", "max_body_bytes": 10485760, "max_in_flight_per_replica": 0}
-    })
-}
-
-fn with(mut base: Value, pointer: &str, value: Value) -> Value {
-    let (parent, key) = pointer.rsplit_once('/').expect("pointer");
-    let target = base.pointer_mut(parent).expect("parent exists");
-    target.as_object_mut().expect("object").insert(key.to_string(), value);
-    base
-}
 
 #[tokio::test]
 async fn sign_up_log_out_and_log_in() {
@@ -1065,14 +904,15 @@ async fn async_invocations_are_queued_retried_called_back_and_survive_a_restart(
     let alice = app.user("alice").await;
     let bob = app.user("bob").await;
     // Fails its first two attempts (counted in a file named by the request), then answers.
-    let source = "import os\ndef handle(req):\n    path, payload = req.split('|', 1)\n    n = int(open(path).read()) + 1 if os.path.exists(path) else 1\n    open(path, 'w').write(str(n))\n    if n < 3:\n        raise RuntimeError('not yet')\n    return f'done {payload} after {n}'\n";
+    // The count lives in the replica's private /tmp (function code sees nothing of the host).
+    let source = "import os\ndef handle(req):\n    key, needed, payload = req.split('|', 2)\n    path = '/tmp/' + key\n    n = int(open(path).read()) + 1 if os.path.exists(path) else 1\n    open(path, 'w').write(str(n))\n    if n < int(needed):\n        raise RuntimeError('not yet')\n    return f'done {payload} after {n}'\n";
     let function = json!({"name": "later", "runtime": "python", "source": source, "invoke": {"max_body_bytes": 1000}});
     assert_eq!(app.call(Method::POST, "/api/v1/functions", Some(function), As::Cookie(&alice)).await.status, StatusCode::CREATED);
     let deployed = app.call(Method::POST, "/api/v1/functions/later/deploy", None, As::Cookie(&alice)).await;
     let instance = deployed.body["id"].as_str().expect("id").to_string();
     app.instance_until(&instance, &alice, "ready", |i| i["state"] == "Ready").await;
     let (callback_url, mut callbacks) = callback_receiver().await;
-    let counter = app.dir.path().join("attempts-1").display().to_string();
+    let counter = "attempts-1";
     let queue = |body: String, who: &str, callback: Option<&str>| {
         let mut request = Request::post("/async/fn/alice/later/x?y=1").header(header::COOKIE, who).header(header::CONTENT_TYPE, "text/plain");
         if let Some(url) = callback {
@@ -1081,7 +921,7 @@ async fn async_invocations_are_queued_retried_called_back_and_survive_a_restart(
         request.body(Body::from(body)).expect("request")
     };
 
-    let accepted = app.send(queue(format!("{counter}|payload"), &alice, Some(&callback_url))).await;
+    let accepted = app.send(queue(format!("{counter}|3|payload"), &alice, Some(&callback_url))).await;
     assert_eq!(accepted.status, StatusCode::ACCEPTED, "{}", accepted.body);
     let id = accepted.body["id"].as_str().expect("id").to_string();
     assert_eq!(accepted.headers[header::LOCATION], format!("/api/v1/async/{id}").as_str());
@@ -1109,16 +949,14 @@ async fn async_invocations_are_queued_retried_called_back_and_survive_a_restart(
 
     // Queued while the instance is paused, kept across a restart, done once it runs again.
     app.call(Method::POST, &format!("/api/v1/instances/{instance}/pause"), None, As::Cookie(&alice)).await;
-    let counter = app.dir.path().join("attempts-2").display().to_string();
-    std::fs::write(&counter, "2").expect("counter");
-    let accepted = app.send(queue(format!("{counter}|again"), &alice, None)).await;
+    let accepted = app.send(queue("attempts-2|1|again".to_string(), &alice, None)).await;
     let id = accepted.body["id"].as_str().expect("id").to_string();
     let waiting = async_until(&app, &id, &alice, "an attempt failed on the paused instance", |s| s["attempts"] == 1 && s["state"] == "queued").await;
     assert!(waiting["error"].as_str().is_some_and(|e| e.contains("Paused")), "{waiting:#}");
     let app = app.restart().await;
     app.call(Method::POST, &format!("/api/v1/instances/{instance}/resume"), None, As::Cookie(&alice)).await;
     let done = async_until(&app, &id, &alice, "succeeded after the restart", |s| s["state"] == "succeeded").await;
-    assert_eq!(done["response"], "done again after 3");
+    assert_eq!(done["response"], "done again after 1");
     app.stop().await;
 }
 
@@ -1244,7 +1082,12 @@ async fn the_admin_overview_adds_up_everyones_usage_and_is_for_admins_only() {
     assert_eq!(overview["health"]["database_ok"], true);
     assert_eq!(overview["health"]["instances_by_state"]["Ready"], 1);
     let checks: Vec<&str> = overview["health"]["checks"].as_array().expect("checks").iter().filter_map(|c| c["name"].as_str()).collect();
-    assert_eq!(checks, vec!["resource limits", "warm pool"], "the local runtime's own checks");
+    assert_eq!(checks, vec!["sandbox", "resource limits", "warm pool"], "the local runtime's own checks");
+    let sandbox = &overview["health"]["checks"][0];
+    assert_eq!(sandbox["ok"], true, "{sandbox}");
+    assert!(sandbox["detail"].as_str().is_some_and(|d| d.starts_with("sandboxed (bubblewrap)")), "{sandbox}");
+    let limits = overview["health"]["checks"][1]["detail"].as_str().unwrap_or_default();
+    assert!(limits.contains("cgroup v") && limits.contains("enforced by the kernel"), "{limits}");
     let event = &overview["scaling_events"][0];
     assert_eq!((event["user"].as_str(), event["function"].as_str(), event["event"]["reason"].as_str()), (Some("alice"), Some("hello"), Some("ScalingReplicaSet")));
     assert!(overview["series"].as_array().is_some_and(|s| !s.is_empty()), "the all-instances series has points");

@@ -317,10 +317,81 @@ fn check_code(spec: &FunctionSpec, errors: &mut Vec<FieldError>) {
     if spec.requirements.len() > MAX_REQUIREMENTS_BYTES {
         errors.push(FieldError::new("requirements", format!("requirements must be at most {} KiB", MAX_REQUIREMENTS_BYTES / 1024)));
     }
-    if spec.runtime == Runtime::Node && !spec.requirements.trim().is_empty()
-        && let Err(e) = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&spec.requirements) {
-            errors.push(FieldError::new("requirements", format!("requirements of a node function must be a package.json object: {e}")));
+    let refused = match spec.runtime {
+        Runtime::Python => check_python_requirements(&spec.requirements),
+        Runtime::Node if !spec.requirements.trim().is_empty() => check_package_json(&spec.requirements),
+        _ => Ok(()),
+    };
+    if let Err(message) = refused {
+        errors.push(FieldError::new("requirements", message));
+    }
+}
+
+/// requirements.txt may name packages from the index with versions, extras, markers and
+/// `--hash` pins, nothing else: options (`-r`, `-e`, `--index-url`, …) would point pip at
+/// files, indexes or code of the author's choosing, and so would paths and URLs.
+pub fn check_python_requirements(text: &str) -> Result<(), String> {
+    for (index, raw) in text.lines().enumerate() {
+        let number = index + 1;
+        let line = raw.split(" #").next().unwrap_or_default().trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
         }
+        if line.starts_with('-') {
+            let option = line.split([' ', '=']).next().unwrap_or(line);
+            return Err(format!(
+                "requirements line {number}: the option {option} is not allowed; list packages by name and version (indexes are kubefn's to choose)"
+            ));
+        }
+        if line.contains(['\\', '$']) {
+            return Err(format!("requirements line {number}: line continuations and variables are not allowed"));
+        }
+        // `pkg==1.0 --hash=sha256:…` pins are fine; any other trailing option is not.
+        let (requirement, options) = line.split_at(line.find(" -").unwrap_or(line.len()));
+        if let Some(option) = options.split_whitespace().find(|option| !option.starts_with("--hash=")) {
+            return Err(format!("requirements line {number}: only --hash may follow a requirement (got {option:?})"));
+        }
+        let before_markers = requirement.split(';').next().unwrap_or(requirement);
+        let requirement = before_markers.trim();
+        let name_ok = requirement.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+        if !name_ok || before_markers.contains(['/', '@', ':']) {
+            return Err(format!(
+                "requirements line {number}: {requirement:?} is not a package name with an optional version; local paths and URLs are not allowed"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// package.json must be an object whose dependencies come from the registry: `file:`,
+/// `link:`, git, GitHub shorthands, URLs and workspaces would install files or code of the
+/// author's choosing. (Install scripts never run: npm runs with `--ignore-scripts`.)
+pub fn check_package_json(text: &str) -> Result<(), String> {
+    let package: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(text).map_err(|e| format!("requirements of a node function must be a package.json object: {e}"))?;
+    if package.contains_key("workspaces") {
+        return Err("requirements: workspaces are not allowed in package.json".into());
+    }
+    for section in ["dependencies", "optionalDependencies", "peerDependencies", "devDependencies", "overrides"] {
+        let Some(entries) = package.get(section) else { continue };
+        let entries = entries.as_object().ok_or_else(|| format!("requirements: {section} must be an object of package names and versions"))?;
+        for (name, version) in entries {
+            let version = version.as_str().ok_or_else(|| format!("requirements: {section}.{name} must be a version string"))?;
+            let spec = version.trim();
+            let target = spec.strip_prefix("npm:").unwrap_or(spec);
+            let local_or_remote = ["file:", "link:", "git", "github:", "gitlab:", "bitbucket:", "gist:", "http:", "https:", ".", "/", "~/"]
+                .iter()
+                .any(|prefix| target.starts_with(prefix));
+            // `user/repo` is GitHub; a scoped alias (`npm:@scope/pkg@1`) is the registry's.
+            let shorthand = target.contains('/') && !target.starts_with('@');
+            if local_or_remote || shorthand || target.contains("://") {
+                return Err(format!(
+                    "requirements: {section}.{name} = {version:?} is not a registry version; file:, link:, git, URL and path dependencies are not allowed"
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn check_env(spec: &FunctionSpec, errors: &mut Vec<FieldError>) {
@@ -586,6 +657,55 @@ mod tests {
         assert_eq!(fields(&spec), vec!["requirements"]);
         spec.requirements = r#"{"dependencies": {"express": "^4"}}"#.into();
         assert!(fields(&spec).is_empty());
+    }
+
+    #[test]
+    fn python_requirements_name_packages_only() {
+        for good in ["", "requests==2.32.3\n# a comment\nflask>=3,<4  # web\n", "uvicorn[standard]~=0.30", "numpy; python_version >= \"3.9\"", "six==1.16.0 --hash=sha256:abc"] {
+            assert_eq!(check_python_requirements(good), Ok(()), "{good}");
+        }
+        for (bad, says) in [
+            ("-r /proc/self/environ", "the option -r"),
+            ("-c constraints.txt", "the option -c"),
+            ("-e git+https://example.com/x.git", "the option -e"),
+            ("-i https://evil.example/simple", "the option -i"),
+            ("--index-url=https://evil.example/simple", "the option --index-url"),
+            ("--extra-index-url https://evil.example/simple", "the option --extra-index-url"),
+            ("-f /srv/wheels", "the option -f"),
+            ("--find-links /srv/wheels", "the option --find-links"),
+            ("--trusted-host evil.example", "the option --trusted-host"),
+            ("requests\n./local/package", "line 2"),
+            ("/abs/path/pkg.whl", "local paths and URLs"),
+            ("pkg @ https://evil.example/pkg.tar.gz", "local paths and URLs"),
+            ("https://evil.example/pkg.tar.gz", "local paths and URLs"),
+            ("file:///etc/passwd", "local paths and URLs"),
+            ("pkg==1.0 -r other.txt", "only --hash"),
+            ("pkg==${SECRET}", "variables"),
+        ] {
+            let error = check_python_requirements(bad).expect_err(bad);
+            assert!(error.contains(says), "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn package_json_dependencies_come_from_the_registry() {
+        for good in [r#"{}"#, r#"{"dependencies": {"express": "^4.19.2", "@scope/pkg": "1.x", "alias": "npm:lodash@4"}}"#] {
+            assert_eq!(check_package_json(good), Ok(()), "{good}");
+        }
+        for bad in [
+            r#"{"dependencies": {"x": "file:../../data"}}"#,
+            r#"{"dependencies": {"x": "link:/etc"}}"#,
+            r#"{"dependencies": {"x": "git+https://example.com/x.git"}}"#,
+            r#"{"dependencies": {"x": "git://example.com/x.git"}}"#,
+            r#"{"dependencies": {"x": "github:user/repo"}}"#,
+            r#"{"dependencies": {"x": "user/repo"}}"#,
+            r#"{"dependencies": {"x": "https://evil.example/x.tgz"}}"#,
+            r#"{"optionalDependencies": {"x": "/abs/dir"}}"#,
+            r#"{"dependencies": {"x": 1}}"#,
+            r#"{"workspaces": ["packages/*"]}"#,
+        ] {
+            assert!(check_package_json(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

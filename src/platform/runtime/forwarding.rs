@@ -1,6 +1,6 @@
 //! A stable listener of kubefn's that forwards each TCP connection to one of an instance's ready
 //! replicas, round-robin, trying the next one when a replica has just gone away: the local
-//! runtime's "node ports" (replicas on loopback ports) and the kubernetes runtime's port-forwards
+//! runtime's "node ports" (replicas on Unix socket files) and the kubernetes runtime's port-forwards
 //! (pods reached through the apiserver). While no replica is ready it holds a connection for a
 //! while and signals demand (scale from zero). It counts connections, which the autoscaler, the
 //! idle check and the latency samples read.
@@ -127,6 +127,20 @@ impl Dial for TcpDial {
     }
 }
 
+/// Replicas listening on Unix socket files (the local runtime's sandboxed processes, which
+/// have no network of their own).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct UnixDial;
+
+impl Dial for UnixDial {
+    type Endpoint = std::path::PathBuf;
+    type Stream = tokio::net::UnixStream;
+
+    async fn dial(&self, endpoint: &std::path::PathBuf) -> std::io::Result<tokio::net::UnixStream> {
+        tokio::net::UnixStream::connect(endpoint).await
+    }
+}
+
 /// A listening port; dropping it stops listening and frees the port.
 #[derive(Debug)]
 pub struct ForwardingPort {
@@ -175,6 +189,11 @@ impl ForwardingPort {
     /// Forwards connections accepted by `listener`.
     pub fn serve(listener: TcpListener, endpoints: watch::Receiver<Vec<SocketAddr>>, hold: Duration) -> ForwardingPort {
         ForwardingPort::serve_shared(listener, endpoints, Arc::new(TcpDial), hold)
+    }
+
+    /// As [`ForwardingPort::serve`], reaching replicas through `dial`.
+    pub fn serve_with<D: Dial>(listener: TcpListener, endpoints: watch::Receiver<Vec<D::Endpoint>>, dial: D, hold: Duration) -> ForwardingPort {
+        ForwardingPort::serve_shared(listener, endpoints, Arc::new(dial), hold)
     }
 
     fn serve_shared<D: Dial>(listener: TcpListener, endpoints: watch::Receiver<Vec<D::Endpoint>>, dial: Arc<D>, hold: Duration) -> ForwardingPort {

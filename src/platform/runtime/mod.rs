@@ -110,6 +110,9 @@ pub enum RuntimeError {
         #[source]
         source: forwarding::ForwardingError,
     },
+    /// Function code cannot be sandboxed on this host.
+    #[error("function code cannot be sandboxed on this host; install what is missing, or start kubefn with --single-user if you are this machine's only user")]
+    Sandbox(#[source] local::sandbox::SandboxError),
     /// The cluster refused or failed an operation.
     #[error("the Kubernetes cluster could not do it")]
     Cluster(#[source] Box<kubernetes::KubernetesError>),

@@ -10,7 +10,8 @@
 // WebSocket (or other HTTP upgrade) connections, e.g. with the ws package's
 // `new WebSocketServer({ noServer: true }).handleUpgrade(req, socket, head, ...)`.
 //
-// Environment: PORT, KUBEFN_SOURCE (the module's path), KUBEFN_HANDLER (entry point; empty to
+// Environment: PORT or KUBEFN_SOCKET (a Unix socket file to listen on instead: the local
+// runtime's sandboxed replicas have no network of their own), KUBEFN_SOURCE (the module's path), KUBEFN_HANDLER (entry point; empty to
 // detect one, and the choice is logged), KUBEFN_DEPS (a node_modules directory), KUBEFN_BIND
 // (default 0.0.0.0), KUBEFN_TIMEOUT (seconds before an invocation is answered with 504,
 // default 60), KUBEFN_FUNCTION_NAME, KUBEFN_MEMORY_LIMIT. With KUBEFN_POOL=1 and no source it
@@ -20,6 +21,7 @@
 // process exit with status 3 after saying why on stderr; a handler that throws answers 500
 // with the message and the process keeps serving.
 
+const fs = require('node:fs');
 const http = require('node:http');
 const path = require('node:path');
 const crypto = require('node:crypto');
@@ -238,7 +240,7 @@ function specialize(state, body, res) {
     if (job.dir) process.chdir(job.dir);
     if (job.timeout_s) state.timeoutS = Number(job.timeout_s);
     state.loaded = loadFunction(job.source, String(job.handler || '').trim(), job.deps);
-    log(`ready on port ${process.env.PORT}`);
+    log(`ready on ${state.where}`);
     send(res, 200, { 'content-type': 'text/plain' }, 'specialized\n');
   } catch (error) {
     process.stderr.write(`kubefn: cannot load the function: ${error.message}\n`);
@@ -281,10 +283,11 @@ function serve(state) {
 
 function main() {
   const port = process.env.PORT;
+  const socketPath = process.env.KUBEFN_SOCKET;
   const source = process.env.KUBEFN_SOURCE;
   const warm = process.env.KUBEFN_POOL === '1';
-  if (!port || !(source || warm)) {
-    process.stderr.write('kubefn: PORT and KUBEFN_SOURCE (or KUBEFN_POOL=1) must be set\n');
+  if (!(port || socketPath) || !(source || warm)) {
+    process.stderr.write('kubefn: PORT (or KUBEFN_SOCKET) and KUBEFN_SOURCE (or KUBEFN_POOL=1) must be set\n');
     process.exit(LOAD_ERROR_EXIT);
   }
   const state = { loaded: null, timeoutS: Number(process.env.KUBEFN_TIMEOUT || 60) };
@@ -322,8 +325,16 @@ function main() {
       socket.destroy();
     }
   });
-  const listening = source ? `ready on port ${port}` : `warm on port ${port}, waiting for a function`;
-  server.listen(Number(port), process.env.KUBEFN_BIND || '0.0.0.0', () => log(listening));
+  const where = socketPath ? `socket ${socketPath}` : `port ${port}`;
+  state.where = where;
+  const listening = source ? `ready on ${where}` : `warm on ${where}, waiting for a function`;
+  if (socketPath) {
+    // A socket file left by an earlier process of this replica would make listen() fail.
+    fs.rmSync(socketPath, { force: true });
+    server.listen(socketPath, () => log(listening));
+  } else {
+    server.listen(Number(port), process.env.KUBEFN_BIND || '0.0.0.0', () => log(listening));
+  }
   const stop = () => {
     server.close(() => process.exit(0));
     for (const socket of upgraded) socket.destroy();

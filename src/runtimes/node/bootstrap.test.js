@@ -265,3 +265,36 @@ test('an exported upgrade(req, socket, head) takes WebSocket upgrades; without o
   t.after(() => refused.socket.destroy());
   assert.match(refused.head, /^HTTP\/1.1 501/);
 });
+
+test('serves on a Unix socket (the local runtime sandbox has no network of its own)', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kubefn-sock-'));
+  const file = path.join(dir, 'function.js');
+  fs.writeFileSync(file, 'module.exports = async (event) => `path ${event.path}`;\n');
+  const socketPath = path.join(dir, 'http.sock');
+  const env = { ...process.env, KUBEFN_SOCKET: socketPath, KUBEFN_SOURCE: file };
+  delete env.PORT;
+  const child = spawn(process.execPath, [BOOTSTRAP], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  const exited = new Promise((resolve) => child.on('exit', (code) => resolve(code)));
+  t.after(async () => {
+    if (child.exitCode === null) { child.kill('SIGTERM'); await exited; }
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  let answer;
+  for (let i = 0; i < 200 && !answer; i += 1) {
+    try {
+      answer = await new Promise((resolve, reject) => {
+        const req = http.request({ socketPath, method: 'GET', path: '/over/the/socket', agent: false }, (res) => {
+          const chunks = [];
+          res.on('data', (c) => chunks.push(c));
+          res.on('end', () => resolve({ status: res.statusCode, body: Buffer.concat(chunks).toString('utf8') }));
+        });
+        req.on('error', reject);
+        req.end();
+      });
+    } catch { await new Promise((r) => setTimeout(r, 50)); }
+  }
+  assert.equal(answer.status, 200);
+  assert.equal(answer.body, 'path /over/the/socket');
+  child.kill('SIGTERM');
+  assert.equal(await exited, 0, 'SIGTERM ends an idle replica cleanly');
+});

@@ -1,4 +1,4 @@
-"""kubefn's Python bootstrap: serves one function over HTTP on $PORT.
+"""kubefn's Python bootstrap: serves one function over HTTP on $PORT (or the socket file $KUBEFN_SOCKET).
 
 Standard library only. The same file runs as a local replica and inside a pod. It loads the
 function's source and adapts the common handler conventions so existing functions run
@@ -11,7 +11,9 @@ unchanged:
 * a WSGI ``app``                  e.g. Flask, when declared in the requirements
 
 Environment:
-  PORT                  port to listen on (required)
+  PORT                  port to listen on (this or KUBEFN_SOCKET is required)
+  KUBEFN_SOCKET         path of a Unix socket to listen on instead of a port (the local runtime's
+                        sandboxed replicas have no network of their own to listen on)
   KUBEFN_SOURCE         path of the function's source file (required)
   KUBEFN_HANDLER        entry point; empty to detect one (the choice is logged)
   KUBEFN_DEPS           directory with installed dependencies, added to sys.path (optional)
@@ -20,6 +22,9 @@ Environment:
   KUBEFN_POOL=1         start without a function (a warm pool process); POST /_/specialize with
                         {"source", "handler", "deps", "env", "dir", "timeout_s"} loads one later
   KUBEFN_FUNCTION_NAME, KUBEFN_TIMEOUT, KUBEFN_MEMORY_LIMIT   passed to the handler's context
+
+SIGTERM stops accepting connections, lets requests in flight finish (up to the timeout) and
+exits 0, at once when idle: a pod's PID 1 and a replaced local replica stop in milliseconds.
 
 Reserved paths: GET /_/ready (200 once the function is loaded) and GET /_/health.
 A function that cannot be loaded makes the process exit with status 3 after saying why on
@@ -32,6 +37,9 @@ import inspect
 import io
 import json
 import os
+import signal
+import socket
+import socketserver
 import sys
 import threading
 import traceback
@@ -304,7 +312,7 @@ class InvocationTimeout(Exception):
 def invoke(server, request):
     """Calls the function by its convention; returns (status, headers, body bytes)."""
     if server.convention == "wsgi":
-        return call_wsgi(server.target, request, server.server_address[1])
+        return call_wsgi(server.target, request, server.port_number)
     if server.convention == "req":
         return to_response(server.target(request.body_text))
     if server.convention == "event":
@@ -343,6 +351,54 @@ class FunctionServer(ThreadingHTTPServer):
         self.convention = convention
         self.target = target
         self.timeout_s = timeout_s
+        self.in_flight = 0
+        self.idle = threading.Condition()
+
+    @property
+    def port_number(self):
+        return self.server_address[1]
+
+    @property
+    def where(self):
+        return f"port {self.port_number}"
+
+    def begin_request(self):
+        with self.idle:
+            self.in_flight += 1
+
+    def end_request(self):
+        with self.idle:
+            self.in_flight -= 1
+            self.idle.notify_all()
+
+    def wait_idle(self, timeout_s):
+        """Waits until no request is being handled, at most `timeout_s` seconds."""
+        with self.idle:
+            return self.idle.wait_for(lambda: self.in_flight == 0, timeout=timeout_s)
+
+
+class UnixFunctionServer(FunctionServer):
+    """The same server on a Unix socket file."""
+
+    address_family = socket.AF_UNIX
+
+    def server_bind(self):
+        # HTTPServer.server_bind looks up a host name and a port; a socket file has neither.
+        try:
+            os.unlink(self.server_address)
+        except FileNotFoundError:
+            pass
+        socketserver.TCPServer.server_bind(self)
+        self.server_name = "localhost"
+        self.server_port = 80
+
+    @property
+    def port_number(self):
+        return 80
+
+    @property
+    def where(self):
+        return f"socket {self.server_address}"
 
 
 class FunctionHandler(BaseHTTPRequestHandler):
@@ -376,7 +432,18 @@ class FunctionHandler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
+    def address_string(self):
+        # A Unix socket's peer has no address (client_address is an empty string).
+        return self.client_address[0] if self.client_address else "local"
+
     def handle_any(self):
+        self.server.begin_request()
+        try:
+            self.serve_request()
+        finally:
+            self.server.end_request()
+
+    def serve_request(self):
         body = self.read_body()
         server = self.server
         if self.path == HEALTH_PATH or (self.path == READY_PATH and server.convention is not None):
@@ -420,7 +487,7 @@ class FunctionHandler(BaseHTTPRequestHandler):
             threading.Timer(0.05, os._exit, [LOAD_ERROR_EXIT]).start()
             return None
         server.convention, server.target = convention, target
-        log(f"ready on port {server.server_address[1]}")
+        log(f"ready on {server.where}")
         return self.send(200, {"Content-Type": "text/plain"}, b"specialized\n")
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = handle_any
@@ -428,10 +495,11 @@ class FunctionHandler(BaseHTTPRequestHandler):
 
 def main():
     port = os.environ.get("PORT")
+    socket_path = os.environ.get("KUBEFN_SOCKET")
     source = os.environ.get("KUBEFN_SOURCE")
     warm = os.environ.get("KUBEFN_POOL") == "1"
-    if not port or not (source or warm):
-        print("kubefn: PORT and KUBEFN_SOURCE (or KUBEFN_POOL=1) must be set", file=sys.stderr)
+    if not (port or socket_path) or not (source or warm):
+        print("kubefn: PORT (or KUBEFN_SOCKET) and KUBEFN_SOURCE (or KUBEFN_POOL=1) must be set", file=sys.stderr)
         return LOAD_ERROR_EXIT
     try:
         timeout_s = float(os.environ.get("KUBEFN_TIMEOUT") or 60)
@@ -445,15 +513,30 @@ def main():
         except LoadError as error:
             print(f"kubefn: cannot load the function: {error}", file=sys.stderr, flush=True)
             return LOAD_ERROR_EXIT
-    server = FunctionServer((os.environ.get("KUBEFN_BIND", "0.0.0.0"), int(port)), convention, target, timeout_s)
-    log(f"ready on port {port}" if source else f"warm on port {port}, waiting for a function")
+    if socket_path:
+        server = UnixFunctionServer(socket_path, convention, target, timeout_s)
+    else:
+        server = FunctionServer((os.environ.get("KUBEFN_BIND", "0.0.0.0"), int(port)), convention, target, timeout_s)
+    def stop(signum, frame):  # noqa: ARG001 - signal handler signature
+        # Raised on the main thread, which waits in serve_forever's select: it stops accepting
+        # at once (server.shutdown() would wait for the next poll, up to half a second).
+        raise Stopping()
+
+    signal.signal(signal.SIGTERM, stop)
+    log(f"ready on {server.where}" if source else f"warm on {server.where}, waiting for a function")
     try:
         server.serve_forever()
-    except KeyboardInterrupt:
-        pass
+    except (KeyboardInterrupt, Stopping):
+        # Requests in flight finish; idle keep-alive connections are simply closed.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        server.wait_idle(server.timeout_s)
     finally:
         server.server_close()
     return 0
+
+
+class Stopping(Exception):
+    """SIGTERM arrived: stop accepting, finish what is in flight, exit."""
 
 
 if __name__ == "__main__":

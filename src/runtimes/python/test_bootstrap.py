@@ -313,5 +313,69 @@ class BadFunctionTest(unittest.TestCase):
         self.assertIn("raised RuntimeError while loading: nope", self.failing("raise RuntimeError('nope')\n"))
 
 
+class SocketAndStopTest(unittest.TestCase):
+    """The local runtime's way: a Unix socket instead of a port, and SIGTERM while busy."""
+
+    def test_serves_on_a_unix_socket(self):
+        with tempfile.TemporaryDirectory() as run:
+            path = os.path.join(run, "function.py")
+            with open(path, "w") as f:
+                f.write("def handle(event, context):\n    return {'statusCode': 200, 'body': event.path}\n")
+            sock = os.path.join(run, "http.sock")
+            environment = dict(os.environ, KUBEFN_SOCKET=sock, KUBEFN_SOURCE=path, PYTHONUNBUFFERED="1")
+            environment.pop("PORT", None)
+            process = subprocess.Popen([sys.executable, BOOTSTRAP], env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            try:
+                answer = b""
+                for _ in range(200):
+                    try:
+                        client = socket.socket(socket.AF_UNIX)
+                        client.connect(sock)
+                        client.sendall(b"GET /over/the/socket HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                        while chunk := client.recv(4096):
+                            answer += chunk
+                        client.close()
+                        break
+                    except OSError:
+                        time.sleep(0.05)
+                self.assertTrue(answer.startswith(b"HTTP/1.1 200"), answer)
+                self.assertTrue(answer.endswith(b"/over/the/socket"), answer)
+            finally:
+                process.terminate()
+                process.wait(timeout=10)
+                process.stdout.close()
+                process.stderr.close()
+
+    def test_sigterm_finishes_the_request_in_flight_then_exits(self):
+        replica = Replica("""
+            import time
+            def handle(req):
+                time.sleep(1)
+                return 'finished ' + req
+        """).wait_ready()
+        try:
+            answers = []
+            caller = threading.Thread(target=lambda: answers.append(replica.request("POST", "/", body=b"work")))
+            caller.start()
+            time.sleep(0.3)
+            replica.process.terminate()
+            caller.join(timeout=10)
+            self.assertEqual(answers[0][0], 200)
+            self.assertEqual(answers[0][2], b"finished work")
+            self.assertEqual(replica.process.wait(timeout=10), 0)
+        finally:
+            replica.stop()
+
+    def test_sigterm_when_idle_exits_at_once(self):
+        replica = Replica("def handle(req):\n    return req\n").wait_ready()
+        try:
+            started = time.monotonic()
+            replica.process.terminate()
+            self.assertEqual(replica.process.wait(timeout=10), 0)
+            self.assertLess(time.monotonic() - started, 2)
+        finally:
+            replica.stop()
+
+
 if __name__ == "__main__":
     unittest.main()

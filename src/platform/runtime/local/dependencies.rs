@@ -1,17 +1,27 @@
 //! Declared dependencies, installed once per content and reused: requirements.txt with
-//! `pip install --target`, package.json with `npm install`. Each distinct (runtime, text) pair
-//! gets one directory under the cache, named by its SHA-256, filled in a scratch directory and
-//! renamed into place only when the install succeeded, so a crash never leaves half an install
-//! that looks finished. The install's output goes to the instance's logs, tagged `install`.
+//! `pip install --target`, package.json with `npm install --ignore-scripts`. Each distinct
+//! (runtime, text) pair gets one directory under the cache, named by its SHA-256, filled in a
+//! scratch directory and renamed into place only when the install succeeded, so a crash never
+//! leaves half an install that looks finished. The install's output goes to the instance's
+//! logs, tagged `install`.
+//!
+//! Installers run in the [sandbox](super::sandbox) like function code (a package's build step
+//! is code too), with a time limit, a clean environment and the host network (they need the
+//! registries). They see only their scratch directory; once finished it is taken back (owned by
+//! root, read-only to everyone else), so no function can change a dependency another uses.
+//! What may be declared at all is checked at registration
+//! ([`crate::platform::validation`]): no installer options, local paths or URLs.
 
+use super::cgroups::Limits;
+use super::launch::Launcher;
 use super::logs::{LogBuffer, Stream};
+use super::sandbox::{inside, Bind, Confined, Network, Program};
 use crate::platform::model::Runtime;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
-use tokio::process::Command;
+use std::time::Duration;
 
 /// The log tag of install output.
 pub const INSTALL_TAG: &str = "install";
@@ -30,6 +40,14 @@ pub enum DependencyError {
         /// Its last lines of output.
         last_output: String,
     },
+    /// The installer ran past its time limit.
+    #[error("installing the {runtime} dependencies took longer than {seconds} s and was stopped; declare fewer or smaller packages")]
+    Timeout {
+        /// `python` or `node`.
+        runtime: &'static str,
+        /// The limit.
+        seconds: u64,
+    },
     /// The installer could not be started.
     #[error("cannot run {program} to install dependencies; is it installed?")]
     Spawn {
@@ -40,7 +58,7 @@ pub enum DependencyError {
         source: std::io::Error,
     },
     /// The cache directory could not be written.
-    #[error("cannot prepare the dependency cache at {path}")]
+    #[error("cannot prepare the dependency cache (see kubefn's log for the directory)")]
     Cache {
         /// The directory.
         path: PathBuf,
@@ -50,17 +68,67 @@ pub enum DependencyError {
     },
 }
 
+/// How installers run: the interpreter, settings an admin gave kubefn (a package index, a
+/// local wheel directory) and their limits.
+#[derive(Clone, Debug)]
+pub struct InstallerSettings {
+    /// The Python interpreter whose pip installs (the one replicas run).
+    pub python: PathBuf,
+    /// npm.
+    pub npm: PathBuf,
+    /// How long one install may take.
+    pub timeout: Duration,
+    /// Extra environment for installers (e.g. `PIP_INDEX_URL`, `npm_config_registry`).
+    pub env: Vec<(String, String)>,
+    /// Directories installers may read (e.g. a `PIP_FIND_LINKS` directory).
+    pub binds: Vec<Bind>,
+    /// The limits of an installer process.
+    pub limits: Limits,
+}
+
+impl InstallerSettings {
+    /// Installer variables an admin may set in kubefn's environment: package indexes and
+    /// registries, passed to installers (local directories among them bound read-only).
+    pub const PASSED_VARIABLES: &'static [&'static str] =
+        &["PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS", "PIP_NO_INDEX", "PIP_TRUSTED_HOST", "npm_config_registry"];
+
+    /// Settings for `python`, with the admin's installer variables from kubefn's environment.
+    pub fn from_environment(python: PathBuf) -> InstallerSettings {
+        let env: Vec<(String, String)> = Self::PASSED_VARIABLES
+            .iter()
+            .filter_map(|name| std::env::var(name).ok().map(|value| (name.to_string(), value)))
+            .collect();
+        let binds = env
+            .iter()
+            .filter(|(name, _)| name == "PIP_FIND_LINKS")
+            .flat_map(|(_, value)| value.split_whitespace().map(PathBuf::from).collect::<Vec<_>>())
+            .filter(|path| path.is_absolute() && path.is_dir())
+            .map(|path| Bind::read_only(path.clone(), path))
+            .collect();
+        InstallerSettings {
+            python,
+            npm: PathBuf::from("npm"),
+            timeout: Duration::from_secs(300),
+            env,
+            binds,
+            limits: Limits { cpu_millis: None, memory_bytes: Some(1 << 30), pids: Some(512) },
+        }
+    }
+}
+
 /// The dependency cache; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct DependencyCache {
     root: PathBuf,
+    launcher: Arc<Launcher>,
+    settings: Arc<InstallerSettings>,
     in_progress: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 impl DependencyCache {
-    /// A cache under `root` (created when first needed).
-    pub fn new(root: impl Into<PathBuf>) -> DependencyCache {
-        DependencyCache { root: root.into(), in_progress: Arc::default() }
+    /// A cache under `root` (created when first needed) whose installers `launcher` confines.
+    pub fn new(root: impl Into<PathBuf>, launcher: Arc<Launcher>, settings: InstallerSettings) -> DependencyCache {
+        DependencyCache { root: root.into(), launcher, settings: Arc::new(settings), in_progress: Arc::default() }
     }
 
     /// The directory to put on the bootstrap's `KUBEFN_DEPS`, installing first if needed;
@@ -92,7 +160,17 @@ impl DependencyCache {
         }
         tokio::fs::create_dir_all(&scratch).await.map_err(cache_error(&scratch))?;
         logs.push(INSTALL_TAG, Stream::System, format!("installing {} dependencies ({key})", runtime.as_str()));
-        install(runtime, requirements, &scratch, logs).await?;
+        let installed = self.install(runtime, requirements, &scratch, logs).await;
+        // Whatever happened, nothing in the scratch directory stays writable by function code.
+        let taken_back = self.launcher.isolation().take_back(&scratch).map_err(cache_error(&scratch));
+        installed?;
+        taken_back?;
+        for leftover in [".tmp", ".npm-cache", "requirements.txt"] {
+            let path = scratch.join(leftover);
+            if path.is_dir() {
+                let _ = tokio::fs::remove_dir_all(&path).await;
+            }
+        }
         tokio::fs::write(scratch.join(DONE_MARKER), b"").await.map_err(cache_error(&scratch))?;
         tokio::fs::rename(&scratch, &dir).await.map_err(cache_error(&dir))?;
         logs.push(INSTALL_TAG, Stream::System, format!("dependencies {key} installed"));
@@ -114,51 +192,90 @@ fn deps_dir(runtime: Runtime, dir: &Path) -> PathBuf {
     }
 }
 
-async fn install(runtime: Runtime, requirements: &str, scratch: &Path, logs: &LogBuffer) -> Result<(), DependencyError> {
-    let started_at = chrono::Utc::now();
-    let mut command = match runtime {
-        Runtime::Python => {
-            let file = scratch.join("requirements.txt");
-            write_file(&file, requirements).await?;
-            let mut command = Command::new("python3");
-            command.args(["-m", "pip", "install", "--disable-pip-version-check", "--no-input", "--target"]).arg(scratch).arg("-r").arg(&file);
-            command
+impl DependencyCache {
+    /// Runs the installer in the sandbox, writing into `scratch` only.
+    async fn install(&self, runtime: Runtime, requirements: &str, scratch: &Path, logs: &LogBuffer) -> Result<(), DependencyError> {
+        let started_at = chrono::Utc::now();
+        let settings = &self.settings;
+        let isolation = self.launcher.isolation();
+        let target = Bind::writable(scratch, inside::INSTALL);
+        let seen = isolation.path(&target);
+        let (program, args, display): (&Path, Vec<String>, &str) = match runtime {
+            Runtime::Python => {
+                write_file(&scratch.join("requirements.txt"), requirements).await?;
+                let args = ["-m", "pip", "install", "--disable-pip-version-check", "--no-input", "--no-cache-dir", "--target"]
+                    .map(String::from)
+                    .into_iter()
+                    .chain([seen.display().to_string(), "-r".into(), seen.join("requirements.txt").display().to_string()])
+                    .collect();
+                (&settings.python, args, "pip")
+            }
+            Runtime::Node => {
+                write_file(&scratch.join("package.json"), requirements).await?;
+                // No package's install scripts run: dependencies are files, not programs.
+                let args = ["install", "--omit=dev", "--ignore-scripts", "--no-audit", "--no-fund", "--no-package-lock", "--cache"]
+                    .map(String::from)
+                    .into_iter()
+                    .chain([seen.join(".npm-cache").display().to_string()])
+                    .collect();
+                (&settings.npm, args, "npm")
+            }
+            Runtime::Image => return Ok(()),
+        };
+        let cache_error = |source| DependencyError::Cache { path: scratch.to_path_buf(), source };
+        let scratch_tmp = scratch.join(".tmp");
+        tokio::fs::create_dir_all(&scratch_tmp).await.map_err(cache_error)?;
+        isolation.hand_over(scratch).map_err(cache_error)?;
+        isolation.hand_over(&scratch_tmp).map_err(cache_error)?;
+        let mut env = self.launcher.environment(&settings.env);
+        // Packages unpack in the scratch directory, not in the small private /tmp.
+        env.push(("TMPDIR".into(), seen.join(".tmp").display().to_string()));
+        let mut binds = settings.binds.clone();
+        binds.push(target);
+        let cgroup = match self.launcher.cgroups() {
+            Some(cgroups) => Some(super::launch::create_cgroup(cgroups, &settings.limits).map_err(|source| DependencyError::Spawn { program: display.into(), source })?),
+            None => None,
+        };
+        let mut child = isolation
+            .command(&Confined {
+                program: Program { path: program, args: &args, env: &env, binds: &binds, workdir: &seen },
+                network: Network::Host,
+                cgroup: cgroup.as_ref(),
+            })
+            .spawn()
+            .map_err(|source| DependencyError::Spawn { program: display.into(), source })?;
+        let pipes: Vec<_> = [
+            child.stdout.take().map(|pipe| tokio::spawn(logs.clone().collect(pipe, INSTALL_TAG.into(), Stream::Stdout))),
+            child.stderr.take().map(|pipe| tokio::spawn(logs.clone().collect(pipe, INSTALL_TAG.into(), Stream::Stderr))),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let status = match tokio::time::timeout(settings.timeout, child.wait()).await {
+            Ok(status) => status.map_err(|source| DependencyError::Spawn { program: display.into(), source })?,
+            Err(_) => {
+                if let Some(group) = child.id().and_then(|pid| i32::try_from(pid).ok()) {
+                    super::supervisor::signal_group(group, libc::SIGKILL);
+                }
+                let _ = child.wait().await;
+                if let Some(cgroup) = &cgroup {
+                    cgroup.kill_all();
+                }
+                return Err(DependencyError::Timeout { runtime: runtime.as_str(), seconds: settings.timeout.as_secs() });
+            }
+        };
+        for pipe in pipes {
+            let _ = pipe.await;
         }
-        Runtime::Node => {
-            write_file(&scratch.join("package.json"), requirements).await?;
-            let mut command = Command::new("npm");
-            command.args(["install", "--omit=dev", "--no-audit", "--no-fund", "--no-package-lock"]).current_dir(scratch);
-            command
+        if status.success() {
+            return Ok(());
         }
-        Runtime::Image => return Ok(()),
-    };
-    let program = if runtime == Runtime::Python { "python3 -m pip" } else { "npm" };
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|source| DependencyError::Spawn { program: program.into(), source })?;
-    let pipes: Vec<_> = [
-        child.stdout.take().map(|pipe| tokio::spawn(logs.clone().collect(pipe, INSTALL_TAG.into(), Stream::Stdout))),
-        child.stderr.take().map(|pipe| tokio::spawn(logs.clone().collect(pipe, INSTALL_TAG.into(), Stream::Stderr))),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
-    let status = child.wait().await.map_err(|source| DependencyError::Spawn { program: program.into(), source })?;
-    for pipe in pipes {
-        let _ = pipe.await;
+        let mut last: Vec<String> = logs.tail(INSTALL_TAG, Stream::Stderr, 8, started_at);
+        if last.is_empty() {
+            last = logs.tail(INSTALL_TAG, Stream::Stdout, 8, started_at);
+        }
+        Err(DependencyError::Install { runtime: runtime.as_str(), status: status.to_string(), last_output: last.join("\n") })
     }
-    if status.success() {
-        return Ok(());
-    }
-    let mut last: Vec<String> = logs.tail(INSTALL_TAG, Stream::Stderr, 8, started_at);
-    if last.is_empty() {
-        last = logs.tail(INSTALL_TAG, Stream::Stdout, 8, started_at);
-    }
-    Err(DependencyError::Install { runtime: runtime.as_str(), status: status.to_string(), last_output: last.join("\n") })
 }
 
 async fn write_file(path: &Path, text: &str) -> Result<(), DependencyError> {
@@ -183,28 +300,46 @@ mod tests {
         path
     }
 
+    fn cache(dir: &Path, env: Vec<(String, String)>, binds: Vec<Bind>) -> DependencyCache {
+        let launcher = crate::platform::runtime::local::launch::for_tests(dir);
+        let mut settings = InstallerSettings::from_environment(PathBuf::from("python3"));
+        settings.python = PathBuf::from(String::from_utf8_lossy(&std::process::Command::new("python3").args(["-c", "import sys; print(sys.executable)"]).output().expect("python").stdout).trim());
+        settings.env = env;
+        settings.binds = binds;
+        DependencyCache::new(dir.join("cache"), launcher, settings)
+    }
+
     #[tokio::test]
     async fn python_requirements_install_once_per_content() {
         let dir = tempfile::tempdir().expect("temp");
         let wheels = dir.path().join("wheels");
         std::fs::create_dir_all(&wheels).expect("wheels dir");
         write_wheel(&wheels);
-        let requirements = format!("--no-index\n--find-links {}\nkubefngreet==1.0\n", wheels.display());
-        let cache = DependencyCache::new(dir.path().join("cache"));
+        // The admin's local wheel directory, as PIP_FIND_LINKS in kubefn's environment gives it.
+        let env = vec![("PIP_NO_INDEX".into(), "1".into()), ("PIP_FIND_LINKS".into(), wheels.display().to_string())];
+        let cache = cache(dir.path(), env, vec![Bind::read_only(&wheels, &wheels)]);
+        let requirements = "kubefngreet==1.0\n";
         let logs = LogBuffer::new(1000);
 
-        let installed = cache.ensure(Runtime::Python, &requirements, &logs).await.expect("install").expect("a directory");
+        let installed = cache.ensure(Runtime::Python, requirements, &logs).await.expect("install").expect("a directory");
         assert!(installed.join("kubefngreet/__init__.py").exists());
-        assert!(logs.snapshot().iter().any(|l| l.replica == INSTALL_TAG && l.text.contains("Successfully installed kubefngreet-1.0")));
+        assert!(logs.snapshot().iter().any(|l| l.replica == INSTALL_TAG && l.text.contains("Successfully installed kubefngreet-1.0")), "{:?}", logs.snapshot());
 
         // Twice at once and once more: one directory, reused.
-        let (a, b) = tokio::join!(cache.ensure(Runtime::Python, &requirements, &logs), cache.ensure(Runtime::Python, &requirements, &logs));
+        let (a, b) = tokio::join!(cache.ensure(Runtime::Python, requirements, &logs), cache.ensure(Runtime::Python, requirements, &logs));
         assert_eq!(a.expect("a"), Some(installed.clone()));
         assert_eq!(b.expect("b"), Some(installed.clone()));
         let reused = logs.snapshot().iter().filter(|l| l.text.contains("already installed")).count();
         assert_eq!(reused, 2);
         let entries: Vec<_> = std::fs::read_dir(dir.path().join("cache")).expect("cache").collect();
         assert_eq!(entries.len(), 1, "no scratch directories are left");
+
+        // Installed files belong to root and nobody else may write them.
+        for path in [installed.clone(), installed.join("kubefngreet/__init__.py")] {
+            let metadata = std::fs::metadata(&path).expect("metadata");
+            assert_eq!(std::os::unix::fs::MetadataExt::uid(&metadata), 0, "{}", path.display());
+            assert_eq!(std::os::unix::fs::PermissionsExt::mode(&metadata.permissions()) & 0o022, 0, "{}", path.display());
+        }
 
         // The bootstrap imports from it.
         let output = std::process::Command::new("python3")
@@ -218,12 +353,13 @@ mod tests {
     #[tokio::test]
     async fn a_failing_install_says_why_and_leaves_nothing_that_looks_installed() {
         let dir = tempfile::tempdir().expect("temp");
-        let cache = DependencyCache::new(dir.path().join("cache"));
+        let cache = cache(dir.path(), vec![("PIP_NO_INDEX".into(), "1".into())], Vec::new());
         let logs = LogBuffer::new(1000);
-        let error = cache.ensure(Runtime::Python, "--no-index\nsurely-not-a-real-package-kubefn==9.9\n", &logs).await.expect_err("fails");
+        let error = cache.ensure(Runtime::Python, "surely-not-a-real-package-kubefn==9.9\n", &logs).await.expect_err("fails");
         let message = error.to_string();
         assert!(message.contains("installing the python dependencies failed"), "{message}");
         assert!(message.contains("surely-not-a-real-package-kubefn"), "{message}");
+        assert!(!message.contains(&dir.path().display().to_string()), "no host paths: {message}");
         let finished: Vec<_> = std::fs::read_dir(dir.path().join("cache"))
             .expect("cache")
             .filter_map(Result::ok)
@@ -233,15 +369,62 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn node_package_json_installs_into_node_modules() {
+    async fn an_install_past_its_time_limit_is_stopped() {
         let dir = tempfile::tempdir().expect("temp");
-        let package = dir.path().join("greeting-lib");
-        std::fs::create_dir_all(&package).expect("package dir");
-        std::fs::write(package.join("package.json"), r#"{"name": "greeting-lib", "version": "1.0.0", "main": "index.js"}"#).expect("package.json");
+        // A registry that accepts the connection and never answers.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let index = format!("http://127.0.0.1:{}/simple", silent.local_addr().expect("addr").port());
+        let mut cache = cache(dir.path(), vec![("PIP_INDEX_URL".into(), index), ("PIP_TIMEOUT".into(), "60".into())], Vec::new());
+        Arc::make_mut(&mut cache.settings).timeout = Duration::from_secs(3);
+        let started = std::time::Instant::now();
+        let error = cache.ensure(Runtime::Python, "requests==2.32.3\n", &LogBuffer::new(100)).await.expect_err("stopped");
+        assert!(matches!(error, DependencyError::Timeout { seconds: 3, .. }), "{error}");
+        assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
+        drop(silent);
+    }
+
+    /// A one-package npm registry on loopback (npm reads package metadata and a tarball).
+    fn npm_registry(dir: &Path) -> (std::process::Child, String) {
+        let root = dir.join("registry");
+        let package = dir.join("package");
+        std::fs::create_dir_all(root.join("tarballs")).expect("registry");
+        std::fs::create_dir_all(&package).expect("package");
+        std::fs::write(package.join("package.json"), r#"{"name": "greeting-lib", "version": "1.0.0", "main": "index.js", "scripts": {"postinstall": "touch /tmp/postinstall-ran && exit 1"}}"#).expect("package.json");
         std::fs::write(package.join("index.js"), "module.exports = 'from-npm';").expect("index.js");
-        let requirements = format!(r#"{{"dependencies": {{"greeting-lib": "file:{}"}}}}"#, package.display());
-        let cache = DependencyCache::new(dir.path().join("cache"));
-        let installed = cache.ensure(Runtime::Node, &requirements, &LogBuffer::new(100)).await.expect("install").expect("dir");
+        let tarball = root.join("tarballs/greeting-lib-1.0.0.tgz");
+        let tar = std::process::Command::new("tar").arg("czf").arg(&tarball).arg("-C").arg(dir).arg("package").status().expect("tar");
+        assert!(tar.success());
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        let url = format!("http://127.0.0.1:{port}");
+        let metadata = format!(
+            r#"{{"name": "greeting-lib", "dist-tags": {{"latest": "1.0.0"}}, "versions": {{"1.0.0": {{"name": "greeting-lib", "version": "1.0.0", "main": "index.js", "scripts": {{"postinstall": "exit 1"}}, "dist": {{"tarball": "{url}/tarballs/greeting-lib-1.0.0.tgz"}}}}}}}}"#
+        );
+        std::fs::write(root.join("greeting-lib"), metadata).expect("metadata");
+        let server = std::process::Command::new("python3")
+            .args(["-m", "http.server", "--bind", "127.0.0.1", &port.to_string()])
+            .current_dir(&root)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("registry server");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        (server, url)
+    }
+
+    #[tokio::test]
+    async fn node_package_json_installs_into_node_modules_without_running_scripts() {
+        let dir = tempfile::tempdir().expect("temp");
+        let (mut registry, url) = npm_registry(dir.path());
+        let cache = cache(dir.path(), vec![("npm_config_registry".into(), url)], Vec::new());
+        let logs = LogBuffer::new(100);
+        let installed = cache.ensure(Runtime::Node, r#"{"dependencies": {"greeting-lib": "1.0.0"}}"#, &logs).await;
+        let _ = registry.kill();
+        let installed = installed.unwrap_or_else(|e| panic!("install: {e}: {:?}", logs.snapshot())).expect("dir");
         assert!(installed.ends_with("node_modules"));
         let output = std::process::Command::new("node")
             .args(["-e", "console.log(require('greeting-lib'))"])
@@ -254,7 +437,7 @@ mod tests {
     #[tokio::test]
     async fn nothing_declared_means_nothing_installed() {
         let dir = tempfile::tempdir().expect("temp");
-        let cache = DependencyCache::new(dir.path().join("cache"));
+        let cache = cache(dir.path(), Vec::new(), Vec::new());
         assert_eq!(cache.ensure(Runtime::Python, "  \n", &LogBuffer::new(10)).await.expect("ok"), None);
         assert!(!dir.path().join("cache").exists());
     }

@@ -6,19 +6,22 @@
 //! set keeps serving requests already in flight for the drain time before it is stopped. So an
 //! update never refuses a request, and a version that cannot start leaves the old one serving.
 
-use super::dependencies::DependencyCache;
+use super::cgroups::Cgroups;
+use super::dependencies::{DependencyCache, InstallerSettings};
+use super::launch::Launcher;
+use super::limits::{cgroup_limits, Enforcement};
 use super::logs::{LogBuffer, LogLine, Stream};
-use crate::platform::runtime::bootstrap;
-use crate::platform::runtime::forwarding::ForwardingPort;
+use super::sandbox::{inside, Bind, Isolation, Sandbox, SandboxSettings};
 use super::supervisor::{signal_group, LaunchSpec, ReplicaSet, ReplicaState, RestartPolicy, WarmStart};
-use crate::platform::runtime::forwarding::Traffic;
 use super::usage::{read_group, CpuMeter};
 use super::warm_pool::{PoolConfig, Specialization, WarmPool};
 use crate::platform::autoscale::{Autoscaler, AutoscalerConfig, AutoscalerStatus, MetricKind, MetricSample};
 use crate::platform::model::ScalingPolicy;
-use crate::platform::validation::{parse_cpu_millis, parse_memory_bytes};
 use crate::platform::model::{EventInfo, FunctionSpec, HealthCheck, InstanceState, LogEntry, ReplicaInfo, Runtime as Language};
+use crate::platform::runtime::bootstrap;
+use crate::platform::runtime::forwarding::{ForwardingPort, Traffic, UnixDial};
 use crate::platform::runtime::{InstanceSpec, LogStream, ReplicaUsage, Runtime, RuntimeError, RuntimeStatus};
+use crate::platform::validation::{parse_cpu_millis, parse_memory_bytes};
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, VecDeque};
@@ -61,6 +64,13 @@ pub struct LocalConfig {
     pub usage_period: Duration,
     /// Warm bootstrap processes kept per language for fast starts (0: none).
     pub warm_pool_size: usize,
+    /// The sandbox function code runs in; `None` runs it unsandboxed as kubefn (the explicit
+    /// single-user mode).
+    pub sandbox: Option<SandboxSettings>,
+    /// Processes and threads one replica may have.
+    pub pids_limit: u64,
+    /// How long one dependency install may take.
+    pub install_timeout: Duration,
 }
 
 impl LocalConfig {
@@ -80,6 +90,9 @@ impl LocalConfig {
             autoscaler: AutoscalerConfig::default(),
             usage_period: Duration::from_secs(3),
             warm_pool_size: 1,
+            sandbox: Some(SandboxSettings::default()),
+            pids_limit: 1024,
+            install_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -92,8 +105,10 @@ pub struct LocalRuntime {
 
 struct Inner {
     config: LocalConfig,
-    /// Whether a writable cgroup v2 hierarchy exists (said in each status).
-    cgroup_v2: bool,
+    /// Starts replicas, warm processes and installs confined.
+    launcher: Arc<Launcher>,
+    /// How limits are enforced here (said in each status).
+    enforcement: Enforcement,
     dependencies: DependencyCache,
     slots: Mutex<HashMap<String, Arc<Slot>>>,
     sampler: Mutex<Option<JoinHandle<()>>>,
@@ -113,7 +128,7 @@ struct Slot {
     id: String,
     logs: LogBuffer,
     /// The ready replicas of the active set, as the node port sees them.
-    endpoints: watch::Sender<Vec<SocketAddr>>,
+    endpoints: watch::Sender<Vec<PathBuf>>,
     node_address: SocketAddr,
     /// Taken (and closed) when the instance is deleted.
     node_port: Mutex<Option<ForwardingPort>>,
@@ -151,6 +166,8 @@ struct SlotState {
     autoscaler_status: Option<AutoscalerStatus>,
     /// Scaled to zero after being idle; the next connection wakes it.
     idle_at_zero: bool,
+    /// OOM kills already turned into events, per replica.
+    oom_kills_reported: HashMap<String, u64>,
 }
 
 struct Active {
@@ -211,8 +228,9 @@ impl SlotState {
 }
 
 impl LocalRuntime {
-    /// Prepares `config.root` (bootstraps, directories) and stops replica processes a previous
-    /// kubefn left running there, found by their pid files.
+    /// Prepares `config.root` (bootstraps, directories), checks that function code can be
+    /// sandboxed here (refusing to start otherwise, unless the config says single-user) and
+    /// stops replica processes a previous kubefn left running there, found by their pid files.
     pub fn new(config: LocalConfig) -> Result<LocalRuntime, RuntimeError> {
         let files = |path: &Path| {
             let path = path.to_path_buf();
@@ -229,25 +247,59 @@ impl LocalRuntime {
         stop_leftover_processes(&config.root.join("pids"), &config.root.join("bootstrap"));
         let mut config = config;
         // Shims (pyenv, nvm, asdf) cost a shell and more on every start; the interpreter's own
-        // path does not.
+        // path does not (and the sandbox binds its installation read-only).
         config.python = interpreter_path(&config.python, "import sys; print(sys.executable)");
         config.node = interpreter_path(&config.node, "console.log(process.execPath)");
-        let bootstrap_dir = config.root.join("bootstrap");
+        let isolation = match &config.sandbox {
+            Some(settings) => {
+                let sandbox = Sandbox::detect(settings.clone(), &[config.python.clone(), config.node.clone()]).map_err(RuntimeError::Sandbox)?;
+                Isolation::Sandboxed(sandbox)
+            }
+            None => Isolation::SingleUser { open_files: SandboxSettings::default().open_files },
+        };
+        let cgroups = match Cgroups::detect() {
+            Ok(cgroups) => Some(cgroups),
+            // The sandbox promises kernel-enforced limits; without cgroups it cannot keep that.
+            Err(error) if isolation.sandboxed() => return Err(RuntimeError::Sandbox(super::sandbox::SandboxError::Cgroups(error))),
+            Err(error) => {
+                tracing::warn!(error = %crate::platform::error_chain(&error), "limits are not enforced by the kernel (single-user mode)");
+                None
+            }
+        };
+        let settings = config.sandbox.clone().unwrap_or_default();
+        let enforcement = Enforcement {
+            cgroups: cgroups.as_ref().map(Cgroups::version),
+            sandboxed: isolation.sandboxed(),
+            tmp_mib: settings.tmp_bytes >> 20,
+            open_files: settings.open_files,
+            pids: config.pids_limit,
+        };
+        tracing::info!(isolation = %isolation.describe(), "local runtime");
+        let run_root = config.root.join("run");
+        let launcher = Arc::new(Launcher::new(isolation, cgroups, run_root.clone()).map_err(files(&run_root))?);
+        let bootstrap_bind = Bind::read_only(config.root.join("bootstrap"), inside::BOOTSTRAP);
+        let bootstrap_seen = launcher.path(&bootstrap_bind);
         let pool = (config.warm_pool_size > 0).then(|| {
             WarmPool::start(PoolConfig {
                 size: config.warm_pool_size,
                 commands: vec![
-                    (Language::Python, config.python.clone(), bootstrap_dir.join(bootstrap::PYTHON.file)),
-                    (Language::Node, config.node.clone(), bootstrap_dir.join(bootstrap::NODE.file)),
+                    (Language::Python, config.python.clone(), bootstrap_seen.join(bootstrap::PYTHON.file).display().to_string()),
+                    (Language::Node, config.node.clone(), bootstrap_seen.join(bootstrap::NODE.file).display().to_string()),
                 ],
-                dir: config.root.clone(),
+                launcher: launcher.clone(),
+                bootstrap: bootstrap_bind,
+                staging: config.root.join("warm"),
+                limits: super::cgroups::Limits { pids: Some(config.pids_limit), ..Default::default() },
                 pid_dir: config.root.join("pids"),
             })
         });
+        let mut installer = InstallerSettings::from_environment(config.python.clone());
+        installer.timeout = config.install_timeout;
         let inner = Arc::new(Inner {
             pool,
-            cgroup_v2: super::limits::cgroup_v2_writable(),
-            dependencies: DependencyCache::new(config.root.join("dependencies")),
+            enforcement,
+            dependencies: DependencyCache::new(config.root.join("dependencies"), launcher.clone(), installer),
+            launcher,
             config,
             slots: Mutex::default(),
             sampler: Mutex::default(),
@@ -255,6 +307,11 @@ impl LocalRuntime {
         let task = tokio::spawn(sample_periodically(Arc::downgrade(&inner)));
         *inner.sampler.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
         Ok(LocalRuntime { inner })
+    }
+
+    /// How function code is isolated here, in words.
+    pub fn isolation(&self) -> String {
+        self.inner.launcher.isolation().describe()
     }
 
     fn slot(&self, id: &str) -> Result<Arc<Slot>, RuntimeError> {
@@ -270,12 +327,12 @@ impl LocalRuntime {
         // The port it had before, if still free, else the first free one.
         let preferred = spec.node_port.filter(|port| config.node_ports.contains(port)).map(|port| port..=port);
         let node_port = match preferred {
-            Some(range) => ForwardingPort::bind_in_range(config.node_host, range, receiver.clone(), config.hold).await.ok(),
+            Some(range) => ForwardingPort::bind_in_range_with(config.node_host, range, receiver.clone(), UnixDial, config.hold).await.ok(),
             None => None,
         };
         let node_port = match node_port {
             Some(node_port) => node_port,
-            None => ForwardingPort::bind_in_range(config.node_host, config.node_ports.clone(), receiver, config.hold)
+            None => ForwardingPort::bind_in_range_with(config.node_host, config.node_ports.clone(), receiver, UnixDial, config.hold)
                 .await
                 .map_err(|source| RuntimeError::Port { id: spec.id.clone(), source })?,
         };
@@ -303,6 +360,7 @@ impl LocalRuntime {
                 last_autoscale: None,
                 autoscaler_status: None,
                 idle_at_zero: false,
+                oom_kills_reported: HashMap::new(),
             }),
         });
         let waker = tokio::spawn(wake_on_demand(traffic, Arc::downgrade(&slot)));
@@ -479,6 +537,7 @@ async fn rollout(inner: Arc<Inner>, slot: Arc<Slot>, spec: InstanceSpec, fingerp
 }
 
 /// Installs dependencies and writes the version's source; returns how to start a replica.
+/// Messages never name kubefn's own directories: they reach the function's owner.
 async fn prepare_launch(inner: &Inner, slot: &Slot, spec: &InstanceSpec) -> Result<LaunchSpec, String> {
     let function = &spec.spec;
     let deps = inner.dependencies.ensure(function.runtime, &function.requirements, &slot.logs).await.map_err(|e| crate::platform::error_chain(&e))?;
@@ -489,14 +548,28 @@ async fn prepare_launch(inner: &Inner, slot: &Slot, spec: &InstanceSpec) -> Resu
         Language::Image => return Err("image functions need the kubernetes runtime".into()),
     };
     let dir = config.root.join("instances").join(&slot.id).join(format!("v{}", spec.version));
-    let source = dir.join(file);
     let write = async {
         tokio::fs::create_dir_all(&dir).await?;
         let temporary = dir.join(format!(".{file}.tmp"));
         tokio::fs::write(&temporary, &function.source).await?;
-        tokio::fs::rename(&temporary, &source).await
+        tokio::fs::rename(&temporary, dir.join(file)).await
     };
-    write.await.map_err(|error| format!("cannot write the source to {}: {error}", dir.display()))?;
+    if let Err(error) = write.await {
+        tracing::error!(instance = %slot.id, dir = %dir.display(), %error, "cannot write a function's source");
+        return Err("kubefn cannot write the function's files (its data directory is full or not writable); an admin finds the details in kubefn's log".into());
+    }
+    let launcher = &inner.launcher;
+    let function_bind = Bind::read_only(&dir, inside::FUNCTION);
+    let bootstrap_bind = Bind::read_only(config.root.join("bootstrap"), inside::BOOTSTRAP);
+    let function_dir = launcher.path(&function_bind);
+    let mut binds = vec![bootstrap_bind.clone(), function_bind];
+    let deps_seen = deps.map(|deps| {
+        let bind = Bind::read_only(deps, inside::DEPS);
+        let seen = launcher.path(&bind);
+        binds.push(bind);
+        seen
+    });
+    let source = function_dir.join(file);
     let mut env: Vec<(String, String)> = function.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     env.extend([
         ("KUBEFN_SOURCE".to_string(), source.display().to_string()),
@@ -505,19 +578,24 @@ async fn prepare_launch(inner: &Inner, slot: &Slot, spec: &InstanceSpec) -> Resu
         ("KUBEFN_MEMORY_LIMIT".to_string(), function.resources.memory_limit.clone()),
         ("KUBEFN_TIMEOUT".to_string(), function.timeout_s.to_string()),
     ]);
-    let warm = inner.pool.clone().map(|pool| WarmStart {
+    // A warm process sees only the bootstraps and its own staging directory, so functions with
+    // dependencies start cold (their dependency directory is bound at start).
+    let warm = inner.pool.clone().filter(|_| deps_seen.is_none()).map(|pool| WarmStart {
         pool,
         language: function.runtime,
+        // `source` and `dir` are the warm process's own staging directory, filled in when one
+        // is taken.
         job: Specialization {
-            source: source.display().to_string(),
+            source: file.to_string(),
             handler: function.handler.clone().unwrap_or_default(),
-            deps: deps.as_ref().map(|d| d.display().to_string()),
+            deps: None,
             env: env.iter().cloned().collect(),
-            dir: dir.display().to_string(),
+            dir: String::new(),
             timeout_s: function.timeout_s,
         },
+        source_dir: dir.clone(),
     });
-    if let Some(deps) = deps {
+    if let Some(deps) = &deps_seen {
         env.push(("KUBEFN_DEPS".to_string(), deps.display().to_string()));
     }
     let mut args = Vec::new();
@@ -526,12 +604,15 @@ async fn prepare_launch(inner: &Inner, slot: &Slot, spec: &InstanceSpec) -> Resu
     {
         args.push(bootstrap::node_heap_limit_flag(limit));
     }
-    args.push(config.root.join("bootstrap").join(bootstrap).display().to_string());
+    args.push(launcher.path(&bootstrap_bind).join(bootstrap).display().to_string());
     Ok(LaunchSpec {
+        launcher: launcher.clone(),
         program: program.clone(),
         args,
         env,
-        dir,
+        binds,
+        dir: function_dir,
+        limits: cgroup_limits(&function.resources, config.pids_limit),
         name_prefix: format!("v{}-", spec.version),
         pid_dir: Some(config.root.join("pids")),
         warm,
@@ -539,7 +620,7 @@ async fn prepare_launch(inner: &Inner, slot: &Slot, spec: &InstanceSpec) -> Resu
 }
 
 /// Copies the ready replicas of one set to the node port until the set is replaced.
-async fn feed_endpoints(mut from: watch::Receiver<Vec<SocketAddr>>, to: watch::Sender<Vec<SocketAddr>>) {
+async fn feed_endpoints(mut from: watch::Receiver<Vec<PathBuf>>, to: watch::Sender<Vec<PathBuf>>) {
     loop {
         let ready = from.borrow_and_update().clone();
         to.send_replace(ready);
@@ -630,18 +711,41 @@ fn sample(config: &LocalConfig, slot: &Slot, now: Instant) {
     let mut usage = Vec::new();
     let mut seen = Vec::new();
     for replica in &replicas {
+        let killed = replica.total_oom_kills();
+        let reported = state.oom_kills_reported.entry(replica.name.clone()).or_default();
+        if killed > *reported {
+            *reported = killed;
+            let message = format!(
+                "{}: the kernel's OOM killer stopped a process at its memory limit of {} (OOMKilled)",
+                replica.name, state.spec.spec.resources.memory_limit
+            );
+            slot.logs.push(&replica.name, Stream::System, message.clone());
+            state.event("Warning", "OOMKilled", message);
+        }
         let Some(pid) = replica.pid else { continue };
-        let Ok(group) = read_group(pid) else { continue };
+        // The cgroup's own counters where there is one; a scan of the process group otherwise.
+        let (cpu_seconds, memory_bytes) = match &replica.cgroup {
+            Some(cgroup) => {
+                let usage = cgroup.usage();
+                (usage.cpu_seconds, usage.memory_bytes)
+            }
+            None => match read_group(pid) {
+                Ok(group) => (group.cpu_seconds, group.rss_bytes),
+                Err(_) => continue,
+            },
+        };
         let key = format!("{}:{pid}", replica.name);
-        let percent = state.cpu.percent(&key, now, group.cpu_seconds);
+        let percent = state.cpu.percent(&key, now, cpu_seconds);
         seen.push(key);
-        if let Some(limit) = memory_limit.filter(|limit| group.rss_bytes > *limit) {
-            // What the kernel's OOM killer does to a pod over its cgroup limit, done here
-            // because this machine gives kubefn no writable cgroup v2 to enforce it.
+        if replica.cgroup.is_none()
+            && let Some(limit) = memory_limit.filter(|limit| memory_bytes > *limit)
+        {
+            // What the kernel's OOM killer does to a replica over its cgroup limit, done here
+            // because this host gives kubefn no cgroups (single-user mode only).
             let message = format!(
                 "{} used {} MiB, over its memory limit of {} MiB: killed (OOMKilled)",
                 replica.name,
-                group.rss_bytes / (1024 * 1024),
+                memory_bytes / (1024 * 1024),
                 limit / (1024 * 1024)
             );
             slot.logs.push(&replica.name, Stream::System, message.clone());
@@ -651,7 +755,7 @@ fn sample(config: &LocalConfig, slot: &Slot, now: Instant) {
             }
             continue;
         }
-        usage.push(ReplicaUsage { replica: replica.name.clone(), cpu_millicores: percent.map(|p| p * 10.0), memory_bytes: group.rss_bytes });
+        usage.push(ReplicaUsage { replica: replica.name.clone(), cpu_millicores: percent.map(|p| p * 10.0), memory_bytes });
     }
     state.cpu.retain(&seen);
     state.usage = usage;
@@ -836,7 +940,7 @@ impl Runtime for LocalRuntime {
             ready,
             node_port: Some(slot.node_address),
             port_forward: None,
-            limits: super::limits::describe(&state.spec.spec.resources, state.spec.spec.timeout_s, self.inner.cgroup_v2),
+            limits: super::limits::describe(&state.spec.spec.resources, state.spec.spec.timeout_s, &self.inner.enforcement),
             replicas,
             events: state.events.iter().cloned().collect(),
             autoscaler: state.autoscaler_status.clone(),
@@ -876,14 +980,23 @@ impl Runtime for LocalRuntime {
     }
 
     fn health(&self) -> Vec<HealthCheck> {
-        let limits = if self.inner.cgroup_v2 {
-            HealthCheck::new("resource limits", true, "cgroup v2: CPU and memory limits are enforced")
+        let enforcement = &self.inner.enforcement;
+        let sandbox = if enforcement.sandboxed {
+            HealthCheck::new("sandbox", true, self.isolation())
         } else {
-            HealthCheck::new(
+            HealthCheck::new("sandbox", false, self.isolation())
+        };
+        let limits = match enforcement.cgroups {
+            Some(version) => HealthCheck::new(
+                "resource limits",
+                true,
+                format!("{}: CPU, memory and process limits are enforced by the kernel; usage comes from the cgroups' counters", version.label()),
+            ),
+            None => HealthCheck::new(
                 "resource limits",
                 false,
-                "no writable cgroup v2: memory limits are enforced by kubefn, CPU limits are not (run kubefn where it can write a cgroup v2 hierarchy, or on Kubernetes)",
-            )
+                "no writable cgroups: memory limits are enforced by kubefn, CPU and process limits are not (run kubefn as root on a host with cgroups, or on Kubernetes)",
+            ),
         };
         let pool = match &self.inner.pool {
             Some(pool) => {
@@ -897,7 +1010,7 @@ impl Runtime for LocalRuntime {
             }
             None => HealthCheck::new("warm pool", true, "off (--warm-pool-size 0): every cold start loads its function from scratch"),
         };
-        vec![limits, pool]
+        vec![sandbox, limits, pool]
     }
 
     async fn connect(&self, id: &str) -> Result<SocketAddr, RuntimeError> {

@@ -1,40 +1,57 @@
-//! Which resource limits the local runtime can enforce on this machine, said in words for the
-//! instance's status. Memory limits are enforced by kubefn itself (a replica whose resident
-//! memory exceeds its limit is killed, as the kernel's OOM killer would in a pod); CPU limits
-//! need a cgroup v2 hierarchy kubefn may write to, which it looks for but does not use yet.
+//! Which limits apply to a local replica and how, in words for the instance's status and the
+//! admin dashboard, and the function's resources as numbers for its cgroup.
 
+use super::cgroups::{CgroupVersion, Limits};
 use crate::platform::model::Resources;
-use std::path::Path;
+use crate::platform::validation::{parse_cpu_millis, parse_memory_bytes};
 
-/// Whether this process sits in a cgroup v2 hierarchy with the cpu and memory controllers
-/// whose directory it may write to (what enforcing CPU limits would need).
-pub fn cgroup_v2_writable() -> bool {
-    let root = Path::new("/sys/fs/cgroup");
-    let Ok(controllers) = std::fs::read_to_string(root.join("cgroup.controllers")) else { return false };
-    if !controllers.split_whitespace().any(|c| c == "cpu") || !controllers.split_whitespace().any(|c| c == "memory") {
-        return false;
+/// How limits are enforced on this host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Enforcement {
+    /// The cgroup interface in use, if any (without one kubefn kills replicas over their
+    /// memory limit itself and cannot limit CPU or processes).
+    pub cgroups: Option<CgroupVersion>,
+    /// Whether a sandbox caps `/tmp` and open files.
+    pub sandboxed: bool,
+    /// Size of the private `/tmp` in MiB.
+    pub tmp_mib: u64,
+    /// Open files per process.
+    pub open_files: u64,
+    /// Processes and threads per replica.
+    pub pids: u64,
+}
+
+/// A replica's cgroup limits from its function's resources.
+pub fn cgroup_limits(resources: &Resources, pids: u64) -> Limits {
+    Limits {
+        cpu_millis: parse_cpu_millis(&resources.cpu_limit),
+        memory_bytes: parse_memory_bytes(&resources.memory_limit),
+        pids: Some(pids),
     }
-    let own = std::fs::read_to_string("/proc/self/cgroup")
-        .ok()
-        .and_then(|text| text.lines().find_map(|line| line.strip_prefix("0::").map(str::to_string)))
-        .unwrap_or_default();
-    let dir = root.join(own.trim_start_matches('/'));
-    let Ok(c_path) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else { return false };
-    // SAFETY: access(2) reads the NUL-terminated path we own and touches nothing else.
-    unsafe { libc::access(c_path.as_ptr(), libc::W_OK) == 0 }
 }
 
 /// The limits of one replica as the status shows them.
-pub fn describe(resources: &Resources, timeout_s: u32, cgroup_v2: bool) -> String {
-    let cpu = if cgroup_v2 {
-        format!("CPU limit {} not enforced: the local runtime does not place replicas in cgroups yet", resources.cpu_limit)
+pub fn describe(resources: &Resources, timeout_s: u32, how: &Enforcement) -> String {
+    let mut parts = Vec::new();
+    match how.cgroups {
+        Some(version) => {
+            let by = version.label();
+            parts.push(format!("CPU limit {}: enforced by the kernel ({by} CFS quota)", resources.cpu_limit));
+            parts.push(format!("memory limit {}: enforced by the kernel ({by}; over it the OOM killer acts, OOMKilled)", resources.memory_limit));
+            parts.push(format!("{} processes and threads: enforced by the kernel ({by} pids)", how.pids));
+        }
+        None => {
+            parts.push(format!("memory limit {}: enforced by kubefn (a replica over it is killed, OOMKilled)", resources.memory_limit));
+            parts.push(format!("CPU limit {} not enforced: no writable cgroups on this host", resources.cpu_limit));
+        }
+    }
+    if how.sandboxed {
+        parts.push(format!("{} open files and a {} MiB /tmp: enforced by the sandbox", how.open_files, how.tmp_mib));
     } else {
-        format!("CPU limit {} not enforced: no writable cgroup v2 on this machine", resources.cpu_limit)
-    };
-    format!(
-        "memory limit {}: enforced by kubefn (a replica over it is killed, OOMKilled); {cpu}; invocation timeout {timeout_s} s: enforced by the bootstrap (504)",
-        resources.memory_limit
-    )
+        parts.push(format!("{} open files; no sandbox (single-user mode)", how.open_files));
+    }
+    parts.push(format!("invocation timeout {timeout_s} s: enforced by the bootstrap (504)"));
+    parts.join("; ")
 }
 
 #[cfg(test)]
@@ -43,9 +60,21 @@ mod tests {
 
     #[test]
     fn the_description_names_each_limit_and_how_it_applies() {
-        let text = describe(&Resources::default(), 30, false);
-        assert!(text.contains("memory limit 256Mi: enforced by kubefn"), "{text}");
-        assert!(text.contains("CPU limit 500m not enforced: no writable cgroup v2"), "{text}");
+        let how = Enforcement { cgroups: Some(CgroupVersion::V1), sandboxed: true, tmp_mib: 64, open_files: 1024, pids: 256 };
+        let text = describe(&Resources::default(), 30, &how);
+        assert!(text.contains("CPU limit 500m: enforced by the kernel (cgroup v1 CFS quota)"), "{text}");
+        assert!(text.contains("memory limit 256Mi: enforced by the kernel (cgroup v1;"), "{text}");
+        assert!(text.contains("256 processes and threads"), "{text}");
+        assert!(text.contains("1024 open files and a 64 MiB /tmp: enforced by the sandbox"), "{text}");
         assert!(text.contains("invocation timeout 30 s"), "{text}");
+        let bare = describe(&Resources::default(), 30, &Enforcement { cgroups: None, sandboxed: false, ..how });
+        assert!(bare.contains("CPU limit 500m not enforced"), "{bare}");
+        assert!(bare.contains("enforced by kubefn"), "{bare}");
+    }
+
+    #[test]
+    fn resources_become_cgroup_limits() {
+        let limits = cgroup_limits(&Resources::default(), 256);
+        assert_eq!(limits, Limits { cpu_millis: Some(500), memory_bytes: Some(256 << 20), pids: Some(256) });
     }
 }

@@ -1,37 +1,44 @@
-//! Supervised replica processes: start N copies of a command on free loopback ports, wait until
-//! each answers its readiness endpoint, restart crashed ones with exponential back-off, give
-//! up after repeated crashes (with the last stderr lines as the reason), and stop each one by
-//! its process group so nothing it started survives it.
+//! Supervised replica processes: start N copies of a command, each in the sandbox on a socket
+//! of its own ([`super::launch`]), wait until each answers its readiness endpoint, restart
+//! crashed ones with exponential back-off, give up after repeated crashes (with the last stderr
+//! lines as the reason), and stop each one by its process group so nothing it started survives
+//! it. A replica the kernel's OOM killer hit says so (`OOMKilled`).
 
+use super::cgroups::{Limits, ReplicaCgroup};
+use super::launch::{self, Launcher, Process};
 use super::logs::{LogBuffer, Stream};
+use super::sandbox::{Bind, Program};
 use super::warm_pool::{Specialization, WarmPool};
 use crate::platform::model::Runtime as Language;
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use crate::platform::runtime::bootstrap::READY_PATH;
 
-/// How to start one replica; each gets `PORT` and `KUBEFN_BIND=127.0.0.1` on top of `env`
-/// (and of the few variables [`clean_environment`] keeps from kubefn's own environment).
-#[derive(Clone, Debug)]
+/// How to start one replica; each gets `KUBEFN_SOCKET` on top of `env` (and of the few
+/// variables the [`Launcher`] keeps from kubefn's own environment).
+#[derive(Clone)]
 pub struct LaunchSpec {
+    /// Starts the processes (sandbox, cgroups, run directories).
+    pub launcher: Arc<Launcher>,
     /// The program (e.g. `python3`).
     pub program: PathBuf,
-    /// Its arguments (e.g. the bootstrap's path).
+    /// Its arguments (e.g. the bootstrap's path as the process sees it).
     pub args: Vec<String>,
     /// Extra environment.
     pub env: Vec<(String, String)>,
-    /// Working directory.
+    /// The directories the process sees (the function's version, its dependencies, the
+    /// bootstraps).
+    pub binds: Vec<Bind>,
+    /// Working directory, as the process sees it.
     pub dir: PathBuf,
+    /// What each replica may use.
+    pub limits: Limits,
     /// Put before each replica's name (`v2-` gives `v2-r0`), so the replicas of two versions
     /// running side by side during an update tell apart in the logs.
     pub name_prefix: String,
@@ -43,6 +50,12 @@ pub struct LaunchSpec {
     pub warm: Option<WarmStart>,
 }
 
+impl std::fmt::Debug for LaunchSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LaunchSpec").field("program", &self.program).field("args", &self.args).field("dir", &self.dir).finish_non_exhaustive()
+    }
+}
+
 /// Starting replicas from a warm pool.
 #[derive(Clone)]
 pub struct WarmStart {
@@ -52,29 +65,13 @@ pub struct WarmStart {
     pub language: Language,
     /// What to load.
     pub job: Specialization,
+    /// The version directory whose source the warm process gets a copy of.
+    pub source_dir: PathBuf,
 }
 
 impl std::fmt::Debug for WarmStart {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WarmStart").field("language", &self.language).field("job", &self.job).finish_non_exhaustive()
-    }
-}
-
-/// Variables of kubefn's own environment a replica keeps: what interpreters need to run
-/// (and to find proxies and certificates), never kubefn's secrets such as `KUBEFN_ADMIN`.
-const INHERITED_VARIABLES: &[&str] = &[
-    "PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "PYENV_ROOT", "PYENV_VERSION", "SSL_CERT_FILE", "SSL_CERT_DIR",
-    "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "CURL_CA_BUNDLE", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy",
-    "no_proxy",
-];
-
-/// Starts `command` with an empty environment plus [`INHERITED_VARIABLES`].
-pub fn clean_environment(command: &mut Command) {
-    command.env_clear();
-    for name in INHERITED_VARIABLES {
-        if let Some(value) = std::env::var_os(name) {
-            command.env(name, value);
-        }
     }
 }
 
@@ -122,22 +119,34 @@ pub enum ReplicaState {
 }
 
 /// One replica as the status shows it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct ReplicaStatus {
     /// `r0`, `r1`, …
     pub name: String,
-    /// Its loopback port (0 before the first start).
-    pub port: u16,
-    /// Its process id while running.
+    /// The socket it serves on (none before the first start).
+    pub socket: Option<PathBuf>,
+    /// Its process id while running (the sandbox's outer process).
     pub pid: Option<u32>,
     /// Its state.
     pub state: ReplicaState,
     /// How often it was restarted.
     pub restarts: u32,
+    /// Its cgroup while running, where the host has them (usage is read from it).
+    pub cgroup: Option<Arc<ReplicaCgroup>>,
+    /// Processes the OOM killer killed in its earlier runs (the current run's count is its
+    /// cgroup's).
+    pub oom_kills: u64,
+}
+
+impl ReplicaStatus {
+    /// OOM kills over all its runs so far.
+    pub fn total_oom_kills(&self) -> u64 {
+        self.oom_kills + self.cgroup.as_ref().map_or(0, |cgroup| cgroup.usage().oom_kills)
+    }
 }
 
 /// The replicas of one instance as the status shows them.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct ReplicaSetStatus {
     /// Replicas asked for.
     pub desired: u32,
@@ -167,7 +176,7 @@ struct Shared {
     spec: LaunchSpec,
     policy: RestartPolicy,
     logs: LogBuffer,
-    endpoints: watch::Sender<Vec<SocketAddr>>,
+    endpoints: watch::Sender<Vec<PathBuf>>,
     replicas: Mutex<BTreeMap<u32, Replica>>,
     next_index: Mutex<u32>,
 }
@@ -175,11 +184,11 @@ struct Shared {
 impl Shared {
     fn publish_endpoints(&self) {
         let replicas = self.replicas.lock().unwrap_or_else(|p| p.into_inner());
-        let ready: Vec<SocketAddr> = replicas
+        let ready: Vec<PathBuf> = replicas
             .values()
             .filter_map(|r| {
                 let status = r.status.lock().unwrap_or_else(|p| p.into_inner());
-                (status.state == ReplicaState::Ready).then(|| SocketAddr::from(([127, 0, 0, 1], status.port)))
+                if status.state == ReplicaState::Ready { status.socket.clone() } else { None }
             })
             .collect();
         self.endpoints.send_if_modified(|current| {
@@ -213,8 +222,8 @@ impl ReplicaSet {
         set
     }
 
-    /// The addresses of the ready replicas, updated as they come and go.
-    pub fn endpoints(&self) -> watch::Receiver<Vec<SocketAddr>> {
+    /// The sockets of the ready replicas, updated as they come and go.
+    pub fn endpoints(&self) -> watch::Receiver<Vec<PathBuf>> {
         self.shared.endpoints.subscribe()
     }
 
@@ -234,7 +243,15 @@ impl ReplicaSet {
                 *next - 1
             };
             let name = format!("{}r{index}", self.shared.spec.name_prefix);
-            let status = Arc::new(Mutex::new(ReplicaStatus { name: name.clone(), port: 0, pid: None, state: ReplicaState::Starting, restarts: 0 }));
+            let status = Arc::new(Mutex::new(ReplicaStatus {
+                name: name.clone(),
+                socket: None,
+                pid: None,
+                state: ReplicaState::Starting,
+                restarts: 0,
+                cgroup: None,
+                oom_kills: 0,
+            }));
             let (stop, stop_rx) = watch::channel(false);
             let task = tokio::spawn(supervise(self.shared.clone(), status.clone(), stop_rx));
             running.insert(index, Replica { status, stop, task });
@@ -295,30 +312,44 @@ async fn supervise(shared: Arc<Shared>, status: Arc<Mutex<ReplicaStatus>>, mut s
         let started = Instant::now();
         let started_at = chrono::Utc::now();
         let outcome = match start_process(&shared.spec, &name, &shared.logs).await {
-            Err(error) => Outcome::Ended(format!("cannot start {}: {error}", shared.spec.program.display())),
-            Ok((port, mut child)) => {
+            Err(error) => Outcome::Ended(format!("cannot start {}: {error}", program_name(&shared.spec))),
+            Ok(mut process) => {
+                // The process keeps its run directory (and socket) until this run ends.
+                let (child, socket, cgroup) = (&mut process.child, process.socket.clone(), process.cgroup.clone());
                 let group = child.id().and_then(|pid| i32::try_from(pid).ok());
                 let pid_file = shared.spec.pid_dir.as_ref().zip(child.id()).map(|(dir, pid)| dir.join(pid.to_string()));
                 if let Some(path) = &pid_file
                     && let Err(error) = std::fs::write(path, format!("{name}\n"))
                 {
-                    shared.logs.push(&name, Stream::System, format!("cannot write {}: {error}; a crash of kubefn may leave this process behind", path.display()));
+                    shared.logs.push(&name, Stream::System, format!("cannot write a pid file ({error}); a crash of kubefn may leave this process behind"));
                 }
                 set(&|s| {
-                    s.port = port;
+                    s.socket = Some(socket.clone());
                     s.pid = child.id();
+                    s.cgroup = cgroup.clone();
                     s.state = ReplicaState::Starting;
                 });
-                shared.logs.push(&name, Stream::System, format!("running as process {} on port {port}", child.id().unwrap_or_default()));
-                let outcome = run(&mut child, port, &policy, &mut stop, || set(&|s| s.state = ReplicaState::Ready)).await;
+                shared.logs.push(&name, Stream::System, format!("running as process {}", child.id().unwrap_or_default()));
+                let outcome = run(child, &socket, &policy, &mut stop, || set(&|s| s.state = ReplicaState::Ready)).await;
                 if let Some(group) = group {
-                    terminate_group(&mut child, group, policy.stop_grace).await;
+                    terminate_group(child, group, policy.stop_grace).await;
                 }
                 if let Some(path) = &pid_file {
                     let _ = std::fs::remove_file(path);
                 }
-                set(&|s| s.pid = None);
-                outcome
+                let killed = cgroup.as_ref().map_or(0, |c| c.usage().oom_kills);
+                set(&|s| {
+                    s.pid = None;
+                    s.oom_kills += killed;
+                    s.cgroup = None;
+                });
+                match outcome {
+                    Outcome::Ended(_) if killed > 0 => Outcome::Ended(format!(
+                        "OOMKilled: it reached its memory limit of {} MiB and the kernel killed it",
+                        shared.spec.limits.memory_bytes.unwrap_or_default() >> 20
+                    )),
+                    outcome => outcome,
+                }
             }
         };
         let Outcome::Ended(reason) = outcome else {
@@ -357,7 +388,7 @@ enum Outcome {
 
 /// Waits for the replica to answer its readiness endpoint (calling `on_ready` once), then for
 /// it to exit, whichever of these a stop request does not cut short.
-async fn run(child: &mut Child, port: u16, policy: &RestartPolicy, stop: &mut watch::Receiver<bool>, on_ready: impl Fn()) -> Outcome {
+async fn run(child: &mut Child, socket: &std::path::Path, policy: &RestartPolicy, stop: &mut watch::Receiver<bool>, on_ready: impl Fn()) -> Outcome {
     let exited = |status: std::io::Result<std::process::ExitStatus>| {
         Outcome::Ended(match status {
             Ok(status) => format!("exited with {status}"),
@@ -373,7 +404,7 @@ async fn run(child: &mut Child, port: u16, policy: &RestartPolicy, stop: &mut wa
             status = child.wait() => return exited(status),
             () = stopped(stop) => return Outcome::Stop,
             () = tokio::time::sleep(pause) => {
-                if probe_ready(port).await {
+                if launch::probe(socket, READY_PATH).await {
                     break;
                 }
                 if tokio::time::Instant::now() >= deadline {
@@ -397,50 +428,35 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 }
 
 /// A warm process specialized for the function when the pool has one, else a fresh process.
-async fn start_process(spec: &LaunchSpec, name: &str, logs: &LogBuffer) -> std::io::Result<(u16, Child)> {
+async fn start_process(spec: &LaunchSpec, name: &str, logs: &LogBuffer) -> std::io::Result<Process> {
     if let Some(warm) = &spec.warm
         && let Some(process) = warm.pool.take(warm.language)
     {
         logs.push(name, Stream::System, format!("loading the function into warm process {} from the pool", process.pid().unwrap_or_default()));
-        match process.specialize(&warm.job, logs, name).await {
-            Ok((child, port)) => return Ok((port, child)),
+        match process.specialize(warm, &spec.limits, logs, name).await {
+            Ok(process) => return Ok(process),
             Err(reason) => logs.push(name, Stream::System, format!("a warm process could not load the function ({reason}); starting a fresh one")),
         }
     }
-    let port = free_loopback_port()?;
-    Ok((port, spawn(spec, port, name, logs)?))
+    let program = Program { path: &spec.program, args: &spec.args, env: &spec.env, binds: &spec.binds, workdir: &spec.dir };
+    let mut process = spec.launcher.start(&program, &spec.limits)?;
+    collect_output(&mut process.child, logs, name);
+    Ok(process)
 }
 
-/// A bootstrap process on loopback `port`: a clean environment plus `PORT` and `KUBEFN_BIND`,
-/// piped output, and its own process group, so stopping it also stops whatever it started.
-pub fn bootstrap_command(program: &Path, args: &[String], dir: &Path, port: u16) -> Command {
-    let mut command = Command::new(program);
-    clean_environment(&mut command);
-    command
-        .args(args)
-        .env("PORT", port.to_string())
-        .env("KUBEFN_BIND", "127.0.0.1")
-        .env("PYTHONUNBUFFERED", "1")
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    command
-}
-
-fn spawn(spec: &LaunchSpec, port: u16, name: &str, logs: &LogBuffer) -> std::io::Result<Child> {
-    let mut command = bootstrap_command(&spec.program, &spec.args, &spec.dir, port);
-    command.envs(spec.env.iter().map(|(k, v)| (k, v)));
-    let mut child = command.spawn()?;
+/// Sends a process's stdout and stderr to `logs` as replica `name`.
+pub fn collect_output(child: &mut Child, logs: &LogBuffer, name: &str) {
     if let Some(stdout) = child.stdout.take() {
         tokio::spawn(logs.clone().collect(stdout, name.to_string(), Stream::Stdout));
     }
     if let Some(stderr) = child.stderr.take() {
         tokio::spawn(logs.clone().collect(stderr, name.to_string(), Stream::Stderr));
     }
-    Ok(child)
+}
+
+/// The interpreter's name for messages (never its host path).
+fn program_name(spec: &LaunchSpec) -> String {
+    spec.program.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_else(|| "the interpreter".into())
 }
 
 /// SIGTERM to the whole process group, SIGKILL after the grace period; also when the leader
@@ -465,34 +481,14 @@ pub fn signal_group(pgid: i32, signal: i32) {
     }
 }
 
-fn free_loopback_port() -> std::io::Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
-}
-
-/// Whether the replica on `port` answers 200 on its readiness path.
-pub async fn probe_ready(port: u16) -> bool {
-    probe_path(port, READY_PATH).await
-}
-
-/// Whether a bootstrap on `port` answers 200 to `GET path` within two seconds.
-pub async fn probe_path(port: u16, path: &str) -> bool {
-    let attempt = async {
-        let mut stream = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-        let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.ok()?;
-        // Read the whole (tiny) answer: closing early would make the replica log a reset.
-        let mut answer = Vec::new();
-        stream.read_to_end(&mut answer).await.ok()?;
-        Some(answer.starts_with(b"HTTP/1.") && answer.get(8..12) == Some(b" 200"))
-    };
-    tokio::time::timeout(Duration::from_secs(2), attempt).await.ok().flatten().unwrap_or(false)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::platform::runtime::forwarding::ForwardingPort;
+    use crate::platform::runtime::forwarding::{ForwardingPort, UnixDial};
+    use crate::platform::runtime::local::sandbox::Isolation;
+    use std::net::SocketAddr;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
 
     struct Function {
         dir: tempfile::TempDir,
@@ -505,13 +501,19 @@ mod tests {
             Function { dir }
         }
 
+        /// Unsandboxed, so the pids a function reports are the replicas' own (the sandbox has
+        /// tests of its own in tests/sandbox.rs).
         fn spec(&self) -> LaunchSpec {
             let bootstrap = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/runtimes/python/bootstrap.py");
+            let launcher = Launcher::new(Isolation::SingleUser { open_files: 1024 }, None, self.dir.path().join("run")).expect("launcher");
             LaunchSpec {
+                launcher: Arc::new(launcher),
                 program: PathBuf::from("python3"),
                 args: vec![bootstrap.display().to_string()],
                 env: vec![("KUBEFN_SOURCE".into(), self.dir.path().join("function.py").display().to_string())],
+                binds: Vec::new(),
                 dir: self.dir.path().to_path_buf(),
+                limits: Limits::default(),
                 pid_dir: None,
                 name_prefix: String::new(),
                 warm: None,
@@ -561,7 +563,12 @@ mod tests {
         let logs = LogBuffer::new(1000);
         let set = ReplicaSet::start(function.spec(), quick(), logs.clone(), 2);
         until("two replicas are ready", || (set.status().ready == 2).then_some(())).await;
-        let port = ForwardingPort::serve(tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind"), set.endpoints(), Duration::from_secs(5));
+        let port = ForwardingPort::serve_with(
+            tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind"),
+            set.endpoints(),
+            UnixDial,
+            Duration::from_secs(5),
+        );
 
         let mut pids = std::collections::BTreeSet::new();
         for _ in 0..4 {
@@ -648,7 +655,8 @@ mod tests {
         spec.program = PathBuf::from("/nonexistent/python-for-kubefn");
         let set = ReplicaSet::start(spec, quick(), LogBuffer::new(100), 1);
         let reason = until("failed", || set.status().failure().map(str::to_string)).await;
-        assert!(reason.contains("cannot start /nonexistent/python-for-kubefn"), "{reason}");
+        assert!(reason.contains("cannot start python-for-kubefn"), "{reason}");
+        assert!(!reason.contains("/nonexistent"), "no host paths in messages: {reason}");
         set.shutdown().await;
     }
 }

@@ -2,21 +2,27 @@
 //! loaded. Starting a replica takes one, tells it which function to load (`POST /_/specialize`)
 //! and adopts the process, which skips the interpreter's start-up on the cold path. The pool
 //! refills itself in the background.
+//!
+//! Warm processes run in the sandbox like any replica, with a cgroup of their own: each sees the
+//! bootstraps and an empty staging directory as its function directory. Taking one copies the
+//! function's source there and sets the function's limits on its cgroup; a function with
+//! dependencies starts cold instead, since its dependency directory is bound at start.
 
+use super::cgroups::Limits;
+use super::launch::{self, Launcher, Process};
 use super::logs::{LogBuffer, Stream};
-use super::supervisor::{bootstrap_command, probe_path};
+use super::sandbox::{inside, Bind, Program};
+use super::supervisor::WarmStart;
 use crate::platform::model::Runtime as Language;
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::process::Child;
 use tokio::sync::Notify;
 
-/// What a warm process needs to become a replica of one function.
+/// What a warm process needs to become a replica of one function (paths as it sees them).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Specialization {
     /// The function's source file.
@@ -38,10 +44,17 @@ pub struct Specialization {
 pub struct PoolConfig {
     /// Warm processes kept per language (0 turns the pool off).
     pub size: usize,
-    /// The interpreter and bootstrap script per language.
-    pub commands: Vec<(Language, PathBuf, PathBuf)>,
-    /// Working directory of idle processes.
-    pub dir: PathBuf,
+    /// The interpreter and bootstrap script (as the process sees it) per language.
+    pub commands: Vec<(Language, PathBuf, String)>,
+    /// Starts the processes.
+    pub launcher: Arc<Launcher>,
+    /// The bootstraps' directory, bound read-only.
+    pub bootstrap: Bind,
+    /// Where each warm process gets a directory that receives its function's source when it
+    /// is taken (it sees it as its function directory).
+    pub staging: PathBuf,
+    /// Limits while waiting (the function's own apply once it is taken).
+    pub limits: Limits,
     /// Where pid files go (the same place replicas keep theirs).
     pub pid_dir: PathBuf,
 }
@@ -51,8 +64,11 @@ type OutputTarget = Arc<Mutex<Option<(LogBuffer, String)>>>;
 
 /// An idle bootstrap process.
 pub struct WarmProcess {
-    child: Child,
-    port: u16,
+    process: Process,
+    /// Its staging directory on the host.
+    staging: PathBuf,
+    /// The same directory as the process sees it.
+    staging_seen: PathBuf,
     output: OutputTarget,
 }
 
@@ -66,12 +82,16 @@ struct PoolInner {
     config: PoolConfig,
     idle: Mutex<HashMap<Language, VecDeque<WarmProcess>>>,
     taken: Arc<Notify>,
+    next: AtomicU64,
 }
 
 impl WarmPool {
     /// Starts filling the pool in the background.
     pub fn start(config: PoolConfig) -> WarmPool {
-        let pool = WarmPool { inner: Arc::new(PoolInner { config, idle: Mutex::default(), taken: Arc::new(Notify::new()) }) };
+        let _ = std::fs::remove_dir_all(&config.staging);
+        let pool = WarmPool {
+            inner: Arc::new(PoolInner { config, idle: Mutex::default(), taken: Arc::new(Notify::new()), next: AtomicU64::new(0) }),
+        };
         tokio::spawn(refill(Arc::downgrade(&pool.inner)));
         pool
     }
@@ -81,7 +101,7 @@ impl WarmPool {
         let mut idle = self.inner.idle.lock().unwrap_or_else(|p| p.into_inner());
         let queue = idle.get_mut(&language)?;
         while let Some(mut process) = queue.pop_front() {
-            if process.child.try_wait().ok().flatten().is_none() {
+            if process.process.child.try_wait().ok().flatten().is_none() {
                 self.inner.taken.notify_one();
                 return Some(process);
             }
@@ -103,44 +123,59 @@ impl WarmPool {
 impl WarmProcess {
     /// Its process id.
     pub fn pid(&self) -> Option<u32> {
-        self.child.id()
+        self.process.child.id()
     }
 
-    /// Loads the function into the process and hands it over as replica `name`, its output
-    /// going to `logs` from now on. On failure the process is gone and the reason returned.
-    pub async fn specialize(mut self, job: &Specialization, logs: &LogBuffer, name: &str) -> Result<(Child, u16), String> {
-        *self.output.lock().unwrap_or_else(|p| p.into_inner()) = Some((logs.clone(), name.to_string()));
-        let body = serde_json::to_vec(job).map_err(|e| e.to_string())?;
-        match tokio::time::timeout(Duration::from_secs(30), post_specialize(self.port, &body)).await {
-            Ok(Ok(200)) => Ok((self.child, self.port)),
-            outcome => {
-                let _ = self.child.start_kill();
-                let _ = self.child.wait().await;
-                Err(match outcome {
-                    Ok(Ok(status)) => format!("it answered {status}"),
-                    Ok(Err(error)) => error.to_string(),
-                    Err(_) => "it did not answer within 30 s".to_string(),
-                })
+    /// Gives the process its function: a copy of the source in its staging directory, the
+    /// function's limits on its cgroup, then `POST /_/specialize`; it then serves as replica
+    /// `name`, its output going to `logs`. On failure the process is gone and the reason
+    /// returned.
+    pub async fn specialize(self, warm: &WarmStart, limits: &Limits, logs: &LogBuffer, name: &str) -> Result<Process, String> {
+        let WarmProcess { mut process, staging, staging_seen, output } = self;
+        *output.lock().unwrap_or_else(|p| p.into_inner()) = Some((logs.clone(), name.to_string()));
+        let outcome = async {
+            copy_files(&warm.source_dir, &staging).await.map_err(|e| format!("cannot stage the source: {e}"))?;
+            if let Some(cgroup) = &process.cgroup
+                && let Err(error) = cgroup.set_limits(limits)
+            {
+                tracing::warn!(error = %crate::platform::error_chain(&error), "cannot set a warm process's limits");
+                return Err("its limits could not be set".to_string());
+            }
+            // `warm.job.source` holds the file name; the process finds it in its staging directory.
+            let job = Specialization {
+                source: staging_seen.join(&warm.job.source).display().to_string(),
+                dir: staging_seen.display().to_string(),
+                ..warm.job.clone()
+            };
+            let body = serde_json::to_vec(&job).map_err(|e| e.to_string())?;
+            match tokio::time::timeout(Duration::from_secs(30), launch::post(&process.socket, "/_/specialize", &body)).await {
+                Ok(Ok(200)) => Ok(()),
+                Ok(Ok(status)) => Err(format!("it answered {status}")),
+                Ok(Err(error)) => Err(error.to_string()),
+                Err(_) => Err("it did not answer within 30 s".to_string()),
+            }
+        }
+        .await;
+        match outcome {
+            Ok(()) => Ok(process),
+            Err(reason) => {
+                let _ = process.child.start_kill();
+                let _ = process.child.wait().await;
+                Err(reason)
             }
         }
     }
 }
 
-async fn post_specialize(port: u16, body: &[u8]) -> std::io::Result<u16> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
-    let head = format!(
-        "POST /_/specialize HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body).await?;
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).await?;
-    answer
-        .get(9..12)
-        .and_then(|code| std::str::from_utf8(code).ok())
-        .and_then(|code| code.parse().ok())
-        .ok_or_else(|| std::io::Error::other("no HTTP status in the answer"))
+/// Copies the regular files of `from` into `to` (a version directory holds a handful).
+async fn copy_files(from: &Path, to: &Path) -> std::io::Result<()> {
+    let mut entries = tokio::fs::read_dir(from).await?;
+    while let Some(entry) = entries.next_entry().await? {
+        if entry.file_type().await?.is_file() {
+            tokio::fs::copy(entry.path(), to.join(entry.file_name())).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Keeps `size` healthy processes per language until the pool is dropped.
@@ -150,7 +185,8 @@ async fn refill(pool: Weak<PoolInner>) {
         let config = inner.config.clone();
         for (language, program, bootstrap) in &config.commands {
             while inner.idle.lock().unwrap_or_else(|p| p.into_inner()).get(language).map_or(0, VecDeque::len) < config.size {
-                match start_warm(&config, program, bootstrap).await {
+                let index = inner.next.fetch_add(1, Ordering::Relaxed);
+                match start_warm(&config, index, program, bootstrap).await {
                     Ok(process) => inner.idle.lock().unwrap_or_else(|p| p.into_inner()).entry(*language).or_default().push_back(process),
                     Err(error) => {
                         tracing::warn!(language = language.as_str(), %error, "cannot start a warm process; cold starts stay cold");
@@ -167,31 +203,43 @@ async fn refill(pool: Weak<PoolInner>) {
     }
 }
 
-async fn start_warm(config: &PoolConfig, program: &Path, bootstrap: &Path) -> std::io::Result<WarmProcess> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let mut command = bootstrap_command(program, &[bootstrap.display().to_string()], &config.dir, port);
-    command.env("KUBEFN_POOL", "1");
-    let mut child = command.spawn()?;
-    if let Some(pid) = child.id() {
+async fn start_warm(config: &PoolConfig, index: u64, program: &Path, bootstrap: &str) -> std::io::Result<WarmProcess> {
+    let staging = config.staging.join(format!("w{index}"));
+    std::fs::create_dir_all(&staging)?;
+    let function = Bind::read_only(&staging, inside::FUNCTION);
+    let workdir = config.launcher.path(&function);
+    let env = [("KUBEFN_POOL".to_string(), "1".to_string())];
+    let args = [bootstrap.to_string()];
+    let binds = [config.bootstrap.clone(), function];
+    let started = config.launcher.start(&Program { path: program, args: &args, env: &env, binds: &binds, workdir: &workdir }, &config.limits);
+    let mut process = match started {
+        Ok(process) => process,
+        Err(error) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(error);
+        }
+    };
+    // The staging directory lives as long as the process, whether it stays warm or serves.
+    process.adopt_dir(staging.clone());
+    if let Some(pid) = process.child.id() {
         let _ = std::fs::write(config.pid_dir.join(pid.to_string()), "warm\n");
     }
     let output: OutputTarget = Arc::default();
-    if let Some(stdout) = child.stdout.take() {
+    if let Some(stdout) = process.child.stdout.take() {
         tokio::spawn(route(stdout, output.clone(), Stream::Stdout));
     }
-    if let Some(stderr) = child.stderr.take() {
+    if let Some(stderr) = process.child.stderr.take() {
         tokio::spawn(route(stderr, output.clone(), Stream::Stderr));
     }
     for _ in 0..200 {
-        if let Some(status) = child.try_wait()? {
+        if let Some(status) = process.child.try_wait()? {
             return Err(std::io::Error::other(format!("the warm process exited with {status}")));
         }
-        if probe_path(port, "/_/health").await {
-            return Ok(WarmProcess { child, port, output });
+        if launch::probe(&process.socket, "/_/health").await {
+            return Ok(WarmProcess { process, staging, staging_seen: workdir, output });
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    let _ = child.start_kill();
     Err(std::io::Error::other("the warm process did not answer within 5 s"))
 }
 

@@ -1,0 +1,54 @@
+//! The README's `make run`, as a newcomer runs it: the real binary started from the repository
+//! root with no data-directory setting (so the relative default `data`), then a Python and a
+//! Node function deployed and invoked through the REST API and the gateway. Nothing else in
+//! the suite runs kubefn with a relative data directory.
+
+use process::{free_port, Server};
+use serde_json::json;
+
+#[path = "support/process.rs"]
+mod process;
+
+#[test]
+fn make_run_as_the_readme_says_deploys_and_invokes_python_and_node() {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let server = Server::start_with(free_port(), |command| {
+        command.current_dir(repo);
+    });
+    let data = repo.join("data");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&data).expect("./data exists").permissions());
+    assert_eq!(mode & 0o777, 0o700, "the data directory is kubefn's alone");
+
+    // A fresh name each run: ./data outlives the test, as it does for `make run`.
+    let user = format!("newcomer-{}", std::process::id());
+    let cookie = server.sign_up(&user);
+    let python = json!({"name": "hello-py", "runtime": "python", "source": "def handle(req):\n    return 'hello ' + req\n"});
+    let node = json!({"name": "hello-js", "runtime": "node", "source": "module.exports = async (event) => `hi ${event.body}`;\n"});
+    let broken = json!({"name": "broken-py", "runtime": "python", "source": "def handle(req)\n    return req\n"});
+    let ids: Vec<String> = [&python, &node, &broken].iter().map(|spec| server.deploy(&cookie, spec)).collect();
+
+    server.instance_in_state(&cookie, &ids[0], "Ready");
+    server.instance_in_state(&cookie, &ids[1], "Ready");
+    let answer = server.invoke(&cookie, &user, "hello-py", "newcomer");
+    assert_eq!((answer.status, answer.body.as_str()), (200, "hello newcomer"));
+    let answer = server.invoke(&cookie, &user, "hello-js", "newcomer");
+    assert_eq!((answer.status, answer.body.as_str()), (200, "hi newcomer"));
+
+    // A function that cannot start says why, without kubefn's own paths.
+    let failed = server.instance_in_state(&cookie, &ids[2], "Failed");
+    let message = failed["message"].as_str().unwrap_or_default();
+    assert!(message.contains("syntax error"), "{message}");
+    let repo_path = repo.display().to_string();
+    for instance in ids.iter().map(|id| server.request("GET", &format!("/api/v1/instances/{id}"), Some(&cookie), None).body) {
+        assert!(!instance.contains(&repo_path) && !instance.contains("/runtime/"), "host paths reach the client: {instance}");
+    }
+    let logs = server.request("GET", &format!("/api/v1/instances/{}/logs", ids[2]), Some(&cookie), None).body;
+    assert!(!logs.contains(&repo_path), "host paths reach the client through the logs: {logs}");
+
+    for name in ["hello-py", "hello-js", "broken-py"] {
+        let deleted = server.request("DELETE", &format!("/api/v1/functions/{name}/deploy"), Some(&cookie), None);
+        assert!(deleted.status < 300, "delete {name}: {} {}", deleted.status, deleted.body);
+        let unregistered = server.request("DELETE", &format!("/api/v1/functions/{name}"), Some(&cookie), None);
+        assert!(unregistered.status < 300, "unregister {name}: {} {}", unregistered.status, unregistered.body);
+    }
+}
