@@ -260,6 +260,7 @@ fn cpu_use_stays_at_the_limit() {
     spec["resources"] = json!({"cpu": "100m", "memory": "64Mi", "cpu_limit": "200m", "memory_limit": "128Mi"});
     let (cookie, id) = tenancy.attacker("mallory", spec);
     let cores = invoke_json(&tenancy, &cookie, "mallory", "burn")["cores"].as_f64().expect("cores");
+    eprintln!("measured CPU of a function limited to 200m with two busy threads: {cores:.3} cores");
     assert!((0.18..=0.22).contains(&cores), "CPU {cores:.3} cores, limit 0.2 ± 10 %");
     let instance = tenancy.server.instance_in_state(&cookie, &id, "Ready");
     let limits = instance["limits"].as_str().unwrap_or_default();

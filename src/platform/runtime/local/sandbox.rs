@@ -200,7 +200,10 @@ impl Sandbox {
         &self.settings
     }
 
-    /// bwrap's arguments for `process`.
+    /// bwrap's arguments for `process`. `--die-with-parent` ends the sandbox with kubefn (a
+    /// killed kubefn leaves no replica behind); the kernel ties it to the *thread* that started
+    /// bwrap, which is always a tokio worker here (they live as long as the runtime), never a
+    /// blocking-pool thread.
     fn arguments(&self, process: &Confined<'_>) -> Vec<String> {
         let mut args: Vec<String> = ["--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
             .map(String::from)
