@@ -613,7 +613,7 @@ async fn the_gateway_forwards_to_my_instance_only() {
     let admin = app.admin().await;
     let echo = json!({
         "name": "echo", "runtime": "python", "visibility": "public",
-        "source": "def handle(event, context):\n    body = f\"{event.method} {event.path} {sorted(event.query.items())} {event.body.decode()} xff={event.headers.get('X-Forwarded-For')} cookie={event.headers.get('Cookie')}\"\n    return {'statusCode': 201, 'body': body, 'headers': {'X-From-Function': 'yes'}}\n"
+        "source": "def handle(event, context):\n    body = f\"{event.method} {event.path} {sorted(event.query.items())} {event.body.decode()} xff={event.headers.get('X-Forwarded-For')} cookie={event.headers.get('Cookie')}\"\n    return {'statusCode': 201, 'body': body, 'headers': {'X-From-Function': 'yes', 'Set-Cookie': 'kubefn_session=planted; Path=/', 'Content-Type': 'text/html'}}\n"
     });
     assert_eq!(app.call(Method::POST, "/api/v1/functions", Some(echo), As::Cookie(&alice)).await.status, StatusCode::CREATED);
     let deployed = app.call(Method::POST, "/api/v1/functions/echo/deploy", None, As::Cookie(&alice)).await;
@@ -632,6 +632,10 @@ async fn the_gateway_forwards_to_my_instance_only() {
     let answer = app.send(invoke("/fn/alice/echo/a/b?x=1&y=2", &alice)).await;
     assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
     assert_eq!(answer.headers.get("x-from-function").and_then(|v| v.to_str().ok()), Some("yes"), "headers pass through");
+    // But a function's answer runs no script as kubefn and sets none of its cookies.
+    assert!(answer.headers.get("set-cookie").is_none(), "a function set a cookie on kubefn's site");
+    assert_eq!(answer.headers.get("content-security-policy").and_then(|v| v.to_str().ok()), Some("sandbox"));
+    assert_eq!(answer.headers.get("x-content-type-options").and_then(|v| v.to_str().ok()), Some("nosniff"));
     assert_eq!(
         answer.body,
         Value::String("PUT /a/b [('x', '1'), ('y', '2')] payload xff=10.1.2.3 cookie=None".into()),

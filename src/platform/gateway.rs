@@ -374,9 +374,11 @@ impl Gateway {
                 }
             });
             // The 101 keeps the headers that say what the connection became.
+            confine_answer(response.headers_mut());
             return Ok(response);
         }
         strip_hop_by_hop(response.headers_mut());
+        confine_answer(response.headers_mut());
         Ok(response)
     }
 }
@@ -469,6 +471,17 @@ fn serving_generation(status: &RuntimeStatus) -> u64 {
     hasher.finish()
 }
 
+/// What every answer of a function gets on its way to the client. It is served on kubefn's own
+/// origin, so it must not run script there (`Content-Security-Policy: sandbox` gives it an
+/// opaque origin: no access to kubefn's cookies, storage or same-origin API calls), must not be
+/// sniffed into another type, and must not set cookies on kubefn's site (a function could
+/// otherwise plant a session of its choosing).
+fn confine_answer(headers: &mut HeaderMap) {
+    headers.remove(http::header::SET_COOKIE);
+    headers.insert(http::header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("sandbox"));
+    headers.insert(http::header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+}
+
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Headers named in Connection are hop-by-hop too.
     let named: Vec<String> = headers
@@ -523,6 +536,20 @@ mod tests {
         assert_eq!(headers["x-forwarded-host"], "kubefn.example");
         assert_eq!(headers["x-custom"], "kept");
         assert!(!headers.contains_key("connection"), "the upstream connection is the gateway's to keep");
+    }
+
+    #[test]
+    fn a_functions_answer_cannot_script_kubefns_origin_or_set_its_cookies() {
+        let mut headers = HeaderMap::new();
+        headers.append("set-cookie", HeaderValue::from_static("kubefn_session=planted; Path=/"));
+        headers.append("set-cookie", HeaderValue::from_static("other=1"));
+        headers.insert("content-security-policy", HeaderValue::from_static("script-src *"));
+        headers.insert("content-type", HeaderValue::from_static("text/html"));
+        confine_answer(&mut headers);
+        assert!(!headers.contains_key("set-cookie"));
+        assert_eq!(headers["content-security-policy"], "sandbox", "the function's own policy cannot loosen it");
+        assert_eq!(headers["x-content-type-options"], "nosniff");
+        assert_eq!(headers["content-type"], "text/html");
     }
 
     fn serving(replicas: &[(&str, &str, u32, u32)]) -> RuntimeStatus {
