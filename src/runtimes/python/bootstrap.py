@@ -535,8 +535,10 @@ def main():
     return 0
 
 
-class Stopping(Exception):
-    """SIGTERM arrived: stop accepting, finish what is in flight, exit."""
+class Stopping(BaseException):
+    """SIGTERM arrived: stop accepting, finish what is in flight, exit. A BaseException, so
+    socketserver's `except Exception` (which prints and goes on serving) lets it through
+    wherever on the main thread the signal lands."""
 
 
 if __name__ == "__main__":

@@ -366,6 +366,30 @@ class SocketAndStopTest(unittest.TestCase):
         finally:
             replica.stop()
 
+    def test_sigterm_under_a_flood_of_connections_exits_cleanly(self):
+        # The signal lands wherever the main thread is, also while it starts a handler thread.
+        replica = Replica("def handle(req):\n    return req\n").wait_ready()
+        stop = threading.Event()
+
+        def flood():
+            while not stop.is_set():
+                try:
+                    replica.request("POST", "/", body=b"x")
+                except OSError:
+                    pass
+
+        callers = [threading.Thread(target=flood, daemon=True) for _ in range(4)]
+        try:
+            for caller in callers:
+                caller.start()
+            time.sleep(0.5)
+            replica.process.terminate()
+            self.assertEqual(replica.process.wait(timeout=10), 0)
+            self.assertNotIn("Traceback", replica.process.stderr.read())
+        finally:
+            stop.set()
+            replica.stop()
+
     def test_sigterm_when_idle_exits_at_once(self):
         replica = Replica("def handle(req):\n    return req\n").wait_ready()
         try:
