@@ -121,10 +121,10 @@ $(TOOLS)/node/.installed-$(BINARYEN_VERSION)-$(SASS_VERSION):
 # The local runtime runs function code in bubblewrap (see the README's "Security model"); it
 # refuses to start without it unless kubefn is started with --single-user.
 sandbox:
-	@if ! command -v bwrap >/dev/null; then \
+	@if [ "$${KUBEFN_SINGLE_USER:-false}" != true ] && ! command -v bwrap >/dev/null; then \
 	  echo "installing Debian's bubblewrap: the local runtime sandboxes function code with it"; \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap) || \
-	  { echo "cannot install bubblewrap: run as root, install it yourself, or start kubefn with --single-user (see the README)" >&2; exit 1; }; \
+	  { echo "cannot install bubblewrap: run as root, install it yourself, or (only on a machine where you are the only user) KUBEFN_SINGLE_USER=true make run (see the README)" >&2; exit 1; }; \
 	fi
 
 chromium:
