@@ -423,16 +423,13 @@ fn requirement_lines_cannot_leak_kubefns_environment() {
 
 #[test]
 fn the_bootstrap_test_suites_pass_inside_the_sandbox() {
+    use kubefn::platform::runtime::local::launch;
     use kubefn::platform::runtime::local::sandbox::{inside, Bind, Confined, Isolation, Network, Program, Sandbox, SandboxSettings};
     if !sandbox_available() {
         return;
     }
-    let which = |program: &str, script: &str, flag: &str| {
-        let out = std::process::Command::new(program).args([flag, script]).output().expect(program);
-        std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-    };
-    let python = which("python3", "import sys; print(sys.executable)", "-c");
-    let node = which("node", "console.log(process.execPath)", "-e");
+    let python = launch::python_executable(std::path::Path::new("python3"));
+    let node = launch::node_executable(std::path::Path::new("node"));
     let sandbox = Sandbox::detect(SandboxSettings::default(), &[python.clone(), node.clone()]).expect("sandbox");
     let isolation = Isolation::Sandboxed(sandbox);
     let runtimes = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/runtimes");

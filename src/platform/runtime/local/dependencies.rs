@@ -302,8 +302,7 @@ mod tests {
 
     fn cache(dir: &Path, env: Vec<(String, String)>, binds: Vec<Bind>) -> DependencyCache {
         let launcher = crate::platform::runtime::local::launch::for_tests(dir);
-        let mut settings = InstallerSettings::from_environment(PathBuf::from("python3"));
-        settings.python = PathBuf::from(String::from_utf8_lossy(&std::process::Command::new("python3").args(["-c", "import sys; print(sys.executable)"]).output().expect("python").stdout).trim());
+        let mut settings = InstallerSettings::from_environment(crate::platform::runtime::local::launch::python_executable(Path::new("python3")));
         settings.env = env;
         settings.binds = binds;
         DependencyCache::new(dir.join("cache"), launcher, settings)

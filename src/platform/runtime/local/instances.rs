@@ -8,7 +8,7 @@
 
 use super::cgroups::Cgroups;
 use super::dependencies::{DependencyCache, InstallerSettings};
-use super::launch::Launcher;
+use super::launch::{self, Launcher};
 use super::limits::{cgroup_limits, Enforcement};
 use super::logs::{LogBuffer, LogLine, Stream};
 use super::sandbox::{inside, Bind, Isolation, Sandbox, SandboxSettings};
@@ -246,10 +246,8 @@ impl LocalRuntime {
         }
         stop_leftover_processes(&config.root.join("pids"), &config.root.join("bootstrap"));
         let mut config = config;
-        // Shims (pyenv, nvm, asdf) cost a shell and more on every start; the interpreter's own
-        // path does not (and the sandbox binds its installation read-only).
-        config.python = interpreter_path(&config.python, "import sys; print(sys.executable)");
-        config.node = interpreter_path(&config.node, "console.log(process.execPath)");
+        config.python = launch::python_executable(&config.python);
+        config.node = launch::node_executable(&config.node);
         let isolation = match &config.sandbox {
             Some(settings) => {
                 let sandbox = Sandbox::detect(settings.clone(), &[config.python.clone(), config.node.clone()]).map_err(RuntimeError::Sandbox)?;
@@ -646,20 +644,6 @@ fn write_if_changed(path: &Path, text: &str) -> std::io::Result<()> {
     let temporary = path.with_extension("tmp");
     std::fs::write(&temporary, text)?;
     std::fs::rename(temporary, path)
-}
-
-/// The interpreter's real executable as it reports it, or `program` when it cannot say.
-fn interpreter_path(program: &Path, script: &str) -> PathBuf {
-    let flag = if program.file_name().is_some_and(|n| n.to_string_lossy().starts_with("node")) { "-e" } else { "-c" };
-    std::process::Command::new(program)
-        .args([flag, script])
-        .stderr(std::process::Stdio::null())
-        .output()
-        .ok()
-        .filter(|out| out.status.success())
-        .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
-        .filter(|path| path.is_absolute() && path.exists())
-        .unwrap_or_else(|| program.to_path_buf())
 }
 
 /// Kills the process groups named by pid files whose process still runs one of our bootstraps

@@ -136,6 +136,30 @@ impl Launcher {
     }
 }
 
+/// Python's real executable (`sys.executable`), behind shims such as pyenv's: a shim costs a
+/// shell on every start, and the sandbox binds the real installation read-only.
+pub fn python_executable(program: &Path) -> PathBuf {
+    interpreter_path(program, "-c", "import sys; print(sys.executable)")
+}
+
+/// Node's real executable (`process.execPath`), as [`python_executable`].
+pub fn node_executable(program: &Path) -> PathBuf {
+    interpreter_path(program, "-e", "console.log(process.execPath)")
+}
+
+/// The interpreter's real executable as it reports it, or `program` when it cannot say.
+fn interpreter_path(program: &Path, flag: &str, script: &str) -> PathBuf {
+    std::process::Command::new(program)
+        .args([flag, script])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+        .filter(|path| path.is_absolute() && path.exists())
+        .unwrap_or_else(|| program.to_path_buf())
+}
+
 /// A cgroup with `limits`; the reason it cannot be made goes to kubefn's log (it names host
 /// paths), the error says what failed.
 pub fn create_cgroup(cgroups: &Cgroups, limits: &Limits) -> std::io::Result<ReplicaCgroup> {
@@ -181,11 +205,7 @@ pub async fn post(socket: &Path, path: &str, body: &[u8]) -> std::io::Result<u16
 /// writable cgroups), else single-user.
 #[cfg(test)]
 pub fn for_tests(root: &Path) -> Arc<Launcher> {
-    let python = std::process::Command::new("python3")
-        .args(["-c", "import sys; print(sys.executable)"])
-        .output()
-        .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
-        .unwrap_or_else(|_| PathBuf::from("python3"));
+    let python = python_executable(Path::new("python3"));
     let isolation = match super::sandbox::Sandbox::detect(super::sandbox::SandboxSettings::default(), &[python]) {
         Ok(sandbox) => Isolation::Sandboxed(sandbox),
         Err(error) if std::env::var("CI").is_ok() => panic!("CI=true needs the sandbox: {error}"),

@@ -195,11 +195,6 @@ impl Sandbox {
         Ok(sandbox)
     }
 
-    /// The identity and limits it applies.
-    pub fn settings(&self) -> &SandboxSettings {
-        &self.settings
-    }
-
     /// bwrap's arguments for `process`. `--die-with-parent` ends the sandbox with kubefn (a
     /// killed kubefn leaves no replica behind); the kernel ties it to the *thread* that started
     /// bwrap, which is always a tokio worker here (they live as long as the runtime), never a
