@@ -161,16 +161,14 @@ impl DependencyCache {
         tokio::fs::create_dir_all(&scratch).await.map_err(cache_error(&scratch))?;
         logs.push(INSTALL_TAG, Stream::System, format!("installing {} dependencies ({key})", runtime.as_str()));
         let installed = self.install(runtime, requirements, &scratch, logs).await;
+        // The installer's temporary files and cache go first, so taking back does not walk them.
+        for leftover in [".tmp", ".npm-cache"] {
+            let _ = tokio::fs::remove_dir_all(scratch.join(leftover)).await;
+        }
         // Whatever happened, nothing in the scratch directory stays writable by function code.
         let taken_back = self.launcher.isolation().take_back(&scratch).map_err(cache_error(&scratch));
         installed?;
         taken_back?;
-        for leftover in [".tmp", ".npm-cache", "requirements.txt"] {
-            let path = scratch.join(leftover);
-            if path.is_dir() {
-                let _ = tokio::fs::remove_dir_all(&path).await;
-            }
-        }
         tokio::fs::write(scratch.join(DONE_MARKER), b"").await.map_err(cache_error(&scratch))?;
         tokio::fs::rename(&scratch, &dir).await.map_err(cache_error(&dir))?;
         logs.push(INSTALL_TAG, Stream::System, format!("dependencies {key} installed"));

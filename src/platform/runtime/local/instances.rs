@@ -695,7 +695,9 @@ fn sample(config: &LocalConfig, slot: &Slot, now: Instant) {
     let mut usage = Vec::new();
     let mut seen = Vec::new();
     for replica in &replicas {
-        let killed = replica.total_oom_kills();
+        // One reading of the cgroup's counters serves the OOM count, CPU and memory.
+        let live = replica.cgroup.as_ref().map(|cgroup| cgroup.usage());
+        let killed = replica.oom_kills + live.map_or(0, |usage| usage.oom_kills);
         let reported = state.oom_kills_reported.entry(replica.name.clone()).or_default();
         if killed > *reported {
             *reported = killed;
@@ -708,11 +710,8 @@ fn sample(config: &LocalConfig, slot: &Slot, now: Instant) {
         }
         let Some(pid) = replica.pid else { continue };
         // The cgroup's own counters where there is one; a scan of the process group otherwise.
-        let (cpu_seconds, memory_bytes) = match &replica.cgroup {
-            Some(cgroup) => {
-                let usage = cgroup.usage();
-                (usage.cpu_seconds, usage.memory_bytes)
-            }
+        let (cpu_seconds, memory_bytes) = match live {
+            Some(usage) => (usage.cpu_seconds, usage.memory_bytes),
             None => match read_group(pid) {
                 Ok(group) => (group.cpu_seconds, group.rss_bytes),
                 Err(_) => continue,

@@ -138,12 +138,6 @@ pub struct ReplicaStatus {
     pub oom_kills: u64,
 }
 
-impl ReplicaStatus {
-    /// OOM kills over all its runs so far.
-    pub fn total_oom_kills(&self) -> u64 {
-        self.oom_kills + self.cgroup.as_ref().map_or(0, |cgroup| cgroup.usage().oom_kills)
-    }
-}
 
 /// The replicas of one instance as the status shows them.
 #[derive(Clone, Debug)]
