@@ -11,10 +11,11 @@ use axum_login::AuthManagerLayerBuilder;
 use clap::Parser;
 use leptos::config::LeptosOptions;
 use leptos_axum::{generate_route_list, LeptosRoutes};
-use crate::platform::runtime::kubernetes::{Images, KubernetesConfig, KubernetesError, KubernetesRuntime};
+use crate::platform::runtime::kubernetes::{Images, KubernetesConfig, KubernetesError, KubernetesRuntime, Placement, Toleration};
 use crate::platform::runtime::local::sandbox::SandboxSettings;
 use crate::platform::runtime::local::{LocalConfig, LocalRuntime};
 use crate::platform::runtime::{Runtime, RuntimeError};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
@@ -112,6 +113,13 @@ pub struct Config {
     /// Kubernetes runtime: the image Node functions run on.
     #[arg(long, env = "KUBEFN_NODE_IMAGE", default_value = "node:22-slim")]
     pub node_image: String,
+    /// Kubernetes runtime: labels a node must carry to run functions, as `key=value,…` (a
+    /// dedicated node pool).
+    #[arg(long, env = "KUBEFN_NODE_SELECTOR", default_value = "", value_parser = |t: &str| Placement::parse_node_selector(t).map_err(|e| e.to_string()))]
+    pub node_selector: BTreeMap<String, String>,
+    /// Kubernetes runtime: taints function pods tolerate, as `key[=value][:Effect],…`.
+    #[arg(long, env = "KUBEFN_TOLERATIONS", default_value = "", value_parser = |t: &str| Placement::parse_tolerations(t).map_err(|e| e.to_string()))]
+    pub tolerations: Tolerations,
     /// Kubernetes runtime: ports kubefn's port-forwards to instances listen on, as FIRST-LAST.
     #[arg(long, env = "KUBEFN_PORT_FORWARD_RANGE", default_value = "40000-40999", value_parser = parse_port_range)]
     pub port_forward_range: RangeInclusive<u16>,
@@ -137,6 +145,9 @@ impl Config {
         self.database_url.clone().unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("kubefn.db").display()))
     }
 }
+
+/// The tolerations setting, whole: a plain `Vec` would make clap take one toleration per flag.
+type Tolerations = Vec<Toleration>;
 
 /// Parses `FIRST-LAST` (e.g. `30000-32767`).
 fn parse_port_range(text: &str) -> Result<RangeInclusive<u16>, String> {
@@ -243,6 +254,7 @@ pub fn kubernetes_config(config: &Config) -> KubernetesConfig {
         namespace: config.namespace.clone(),
         user_namespace_prefix: config.user_namespace_prefix.clone(),
         images: Images { python: config.python_image.clone(), node: config.node_image.clone() },
+        placement: Placement { node_selector: config.node_selector.clone(), tolerations: config.tolerations.clone() },
         forward_ports: config.port_forward_range.clone(),
         ..KubernetesConfig::new()
     }

@@ -1,8 +1,10 @@
-//! The kubernetes runtime against a real control plane (etcd, kube-apiserver,
-//! kube-controller-manager, kube-scheduler, kwok for nodes and pods) that this test binary
-//! builds (cached) and starts through k8s/testcluster, and that stops when the binary exits.
-//! kubefn acts as its ServiceAccount from k8s/ (impersonated), so the RBAC there is proven
-//! enough; a few things it must not do are shown refused.
+//! The kubernetes runtime against a real cluster (etcd, kube-apiserver,
+//! kube-controller-manager, kube-scheduler; a real node with containerd, runc, the kubelet and
+//! kube-proxy; kwok nodes) that this test binary builds (cached) and starts through
+//! k8s/testcluster, and that stops when the binary exits. Functions run in real pods on the
+//! real node; tests that want kwok's nodes say so ([`on_kwok`]). kubefn acts as its
+//! ServiceAccount from k8s/ (impersonated), so the RBAC there is proven enough; a few things it
+//! must not do are shown refused.
 //!
 //! Set KUBEFN_TEST_KUBECONFIG (and KUBEFN_TEST_CLUSTER_BIN) to use a cluster that runs already
 //! (`make cluster`).
@@ -10,7 +12,7 @@
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Service};
 use kube::api::{Api, ListParams};
 use kube::Client;
 use kubefn::platform::autoscale::MetricKind;
@@ -38,16 +40,24 @@ fn cluster() -> &'static TestCluster {
     CLUSTER.get_or_init(TestCluster::start)
 }
 
+/// kubefn's settings for the test cluster: pods on the real node, on the images built for it.
 fn config(forward_ports: std::ops::RangeInclusive<u16>) -> KubernetesConfig {
     KubernetesConfig {
         kubeconfig: Some(cluster().kubeconfig.clone()),
         namespace: NAMESPACE.into(),
         impersonate: Some(SERVICE_ACCOUNT.into()),
+        images: test_cluster::images(),
+        placement: test_cluster::on_real_node(),
         forward_ports,
         in_cluster: false,
         hold: Duration::from_secs(10),
         ..KubernetesConfig::new()
     }
+}
+
+/// Pods on kwok's nodes instead, which run nothing: for what needs many nodes or made-up usage.
+fn on_kwok(config: KubernetesConfig) -> KubernetesConfig {
+    KubernetesConfig { placement: test_cluster::on_kwok(), ..config }
 }
 
 /// kubefn's runtime acting as its ServiceAccount, with no objects left of `functions` (from an
@@ -124,28 +134,55 @@ async fn left_of(client: &Client, selector: &str) -> usize {
     left
 }
 
+/// The real node's InternalIP, where node ports answer.
+async fn real_node_ip(client: &Client) -> std::net::IpAddr {
+    let node = Api::<Node>::all(client.clone()).get("real-node").await.expect("the real node");
+    let addresses = node.status.and_then(|s| s.addresses).unwrap_or_default();
+    let internal = addresses.iter().find(|a| a.type_ == "InternalIP").expect("an InternalIP");
+    internal.address.parse().expect("an IP address")
+}
+
+/// Calls the function at `address` until it answers 200 (a fresh port-forward or node port can
+/// take a moment), failing after 20 s; the body.
+async fn invoke(address: std::net::SocketAddr, body: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match call(address, "POST", "/", "text/plain", body).await {
+            Ok((200, answer)) => return answer,
+            other => assert!(Instant::now() < deadline, "{address} did not answer 200: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_instance_deploys_updates_rolls_back_scales_pauses_and_is_deleted_without_leftovers() {
+async fn an_instance_deploys_updates_under_load_rolls_back_scales_pauses_and_is_deleted_on_the_real_node() {
     let runtime = runtime(41000..=41099, &["life"]).await;
     let admin = admin().await;
-    let v1 = python("life", "def handle(req):\n    return 'v1'\n");
+    let v1 = python("life", "def handle(req):\n    return 'v1 ' + req\n");
     let spec = instance(&v1, "alice", 1);
     let id = spec.id.clone();
+    let deployed = Instant::now();
     runtime.apply(spec.clone()).await.expect("apply");
     let ready = until(&runtime, &id, "v1 Ready", |s| s.state == InstanceState::Ready && s.ready == 1).await;
+    eprintln!("pod Ready {} ms after apply", deployed.elapsed().as_millis());
     assert_eq!(ready.serving_version, Some(1));
     assert_eq!(ready.replicas.len(), 1);
     assert_eq!(ready.replicas[0].state, "Ready");
-    let node_port = ready.node_port.expect("a NodePort Service gives a node address");
-    assert_eq!(node_port.ip().to_string(), "127.0.0.1", "kwok's nodes have this InternalIP");
-    assert!((30000..=32767).contains(&node_port.port()));
-    assert!(ready.port_forward.is_some());
     assert!(ready.limits.contains("limits enforced by the kubelet"), "{}", ready.limits);
-    assert!(!ready.limits.contains("usage not available"), "metrics-server serves metrics.k8s.io here: {}", ready.limits);
+
+    // The pod runs the function: through kubefn's port-forward (apiserver, kubelet, containerd)
+    // and through the NodePort Service (kube-proxy's nftables rules on the node).
+    let forward = ready.port_forward.expect("a port-forward");
+    assert_eq!(invoke(forward, "through the port-forward").await, "v1 through the port-forward");
+    let node_port = ready.node_port.expect("a NodePort Service gives a node address");
+    assert_eq!(node_port.ip(), real_node_ip(&admin).await, "the node port is on the real node's InternalIP");
+    assert!((30000..=32767).contains(&node_port.port()));
+    assert_eq!(invoke(node_port, "through the node port").await, "v1 through the node port");
 
     // What the apiserver holds reads back as built.
     let config_map = Api::<ConfigMap>::namespaced(admin.clone(), NAMESPACE).get("life-alice-v1").await.expect("ConfigMap v1");
-    assert!(config_map.data.expect("data")["function.py"].contains("'v1'"));
+    assert!(config_map.data.expect("data")["function.py"].contains("'v1 '"));
     assert_eq!(config_map.immutable, Some(true));
     let deployment = Api::<Deployment>::namespaced(admin.clone(), NAMESPACE).get("life-alice").await.expect("Deployment");
     let labels = deployment.metadata.labels.clone().expect("labels");
@@ -159,34 +196,66 @@ async fn an_instance_deploys_updates_rolls_back_scales_pauses_and_is_deleted_wit
     let service = Api::<Service>::namespaced(admin.clone(), NAMESPACE).get("life-alice").await.expect("Service");
     assert_eq!(service.spec.expect("spec").type_.as_deref(), Some("NodePort"));
 
-    // Update: a new ConfigMap, a rolling update, every pod on v2.
-    let v2 = python("life", "def handle(req):\n    return 'v2'\n");
+    // Update under load: a client calls through the port-forward for the whole rolling update;
+    // every call is answered, by v1 until v2 takes over.
+    let load = tokio::spawn(async move {
+        let (mut answers, mut failures) = (Vec::new(), Vec::new());
+        let until = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < until {
+            match call(forward, "POST", "/", "text/plain", "load").await {
+                Ok((200, body)) => {
+                    let v2 = body == "v2 load";
+                    answers.push(body);
+                    if v2 && answers.iter().rev().take(20).filter(|b| *b == "v2 load").count() == 20 {
+                        break;
+                    }
+                }
+                other => failures.push(format!("{other:?}")),
+            }
+        }
+        (answers, failures)
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let v2 = python("life", "def handle(req):\n    return 'v2 ' + req\n");
     runtime.apply(InstanceSpec { version: 2, spec: v2, ..spec.clone() }).await.expect("update");
     let updated = until(&runtime, &id, "v2 rolled out", |s| {
         s.state == InstanceState::Ready && s.serving_version == Some(2) && s.replicas.iter().all(|r| r.version == 2)
     })
     .await;
     assert_eq!(updated.ready, 1);
+    let (answers, failures) = load.await.expect("the load ran");
+    assert!(failures.is_empty(), "calls failed during the rolling update: {failures:?} ({} answered)", answers.len());
+    assert!(answers.iter().all(|a| a == "v1 load" || a == "v2 load"), "{answers:?}");
+    assert!(answers.iter().any(|a| a == "v1 load") && answers.last().map(String::as_str) == Some("v2 load"), "v1 served until v2 took over");
+    eprintln!("{} calls during the rolling update, none failed", answers.len());
     Api::<ConfigMap>::namespaced(admin.clone(), NAMESPACE).get("life-alice-v2").await.expect("ConfigMap v2");
     assert!(updated.events.iter().any(|e| e.reason == "ScalingReplicaSet"), "the rollout's events show: {:#?}", updated.events);
 
     // Rollback to v1.
     runtime.apply(spec.clone()).await.expect("rollback");
     until(&runtime, &id, "rolled back to v1", |s| s.state == InstanceState::Ready && s.serving_version == Some(1) && s.replicas.iter().all(|r| r.version == 1)).await;
+    assert_eq!(invoke(node_port, "back").await, "v1 back");
 
-    // Scale to 3.
+    // Scale to 3: the Service spreads connections over them.
     runtime.scale(&id, 3).await.expect("scale");
-    until(&runtime, &id, "3 replicas ready", |s| s.state == InstanceState::Ready && s.ready == 3 && s.desired == 3).await;
+    let scaled = until(&runtime, &id, "3 replicas ready", |s| s.state == InstanceState::Ready && s.ready == 3 && s.desired == 3).await;
+    assert_eq!(scaled.replicas.iter().filter(|r| r.state == "Ready").count(), 3);
+    assert_eq!(invoke(node_port, "three").await, "v1 three");
 
-    // Pause: no pods; resume: 3 again.
+    // Pause: no pods; resume: 3 again, answering.
     runtime.pause(&id).await.expect("pause");
     until(&runtime, &id, "paused with no pods", |s| s.state == InstanceState::Paused && s.replicas.is_empty()).await;
     runtime.resume(&id).await.expect("resume");
     until(&runtime, &id, "resumed with 3 ready", |s| s.state == InstanceState::Ready && s.ready == 3).await;
+    assert_eq!(invoke(node_port, "resumed").await, "v1 resumed");
     assert!(runtime.instance_ids().contains(&id));
 
-    // Delete: returns once nothing of the instance is left.
+    // Delete: the bootstraps stop at once on SIGTERM, so the pods are gone in seconds.
+    let deleting = Instant::now();
     runtime.delete(&id).await.expect("delete");
+    let took = deleting.elapsed();
+    eprintln!("delete of 3 real pods took {} ms", took.as_millis());
+    assert!(took < Duration::from_secs(10), "deleting took {took:?}");
     assert_eq!(left_of(&admin, &names::instance_selector_text(&id)).await, 0, "objects of the instance left after delete");
     assert!(runtime.status(&id).is_none() || runtime.status(&id).is_some_and(|s| s.replicas.is_empty()));
     runtime.delete(&id).await.expect("deleting again is fine");

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the test control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
-# kubectl, kwok; metrics-server from metrics-server/go.mod, a module of its own so its
-# dependencies never move the control plane's) from the pinned versions into a cache outside
+# kubectl, kwok; the real node's kubelet and kube-proxy; metrics-server from
+# metrics-server/go.mod, a module of its own so its dependencies never move the control plane's) from the pinned versions into a cache outside
 # the clone, and prints the directory holding the binaries. A build whose inputs are unchanged
 # is reused.
 set -euo pipefail
@@ -11,7 +11,7 @@ cache_root="${KUBEFN_TOOLS:-$HOME/.cache/kubefn-tools}/testcluster"
 key="$( (cat "$here/go.mod" "$here/go.sum" "$here/etcd/main.go" "$here/metrics-server/go.mod" "$here/metrics-server/go.sum"
          grep -v '^ *#' "$here/build.sh") | sha256sum | cut -c1-16)"
 out="$cache_root/$key/bin"
-binaries=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok metrics-server)
+binaries=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy kwok metrics-server)
 
 complete() {
   local b
@@ -44,7 +44,9 @@ go build -trimpath -ldflags "$k8s_ldflags" -o "$out.partial/" \
   k8s.io/kubernetes/cmd/kube-apiserver \
   k8s.io/kubernetes/cmd/kube-controller-manager \
   k8s.io/kubernetes/cmd/kube-scheduler \
-  k8s.io/kubernetes/cmd/kubectl >&2
+  k8s.io/kubernetes/cmd/kubectl \
+  k8s.io/kubernetes/cmd/kubelet \
+  k8s.io/kubernetes/cmd/kube-proxy >&2
 go build -trimpath -ldflags "-s -w" \
   -o "$out.partial/kwok" sigs.k8s.io/kwok/cmd/kwok >&2
 go build -trimpath -ldflags "-s -w" -o "$out.partial/etcd" ./etcd >&2

@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
-# Starts a real Kubernetes control plane on 127.0.0.1 for kubefn's tests and for people:
-# etcd, kube-apiserver (RBAC), kube-controller-manager, kube-scheduler and kwok, which plays the
-# nodes and the pod lifecycle without containers (and serves port-forward and logs through its
-# PortForward and Logs resources, and kubelet resource metrics from the pod annotations
-# `kwok.x-k8s.io/usage-cpu` / `usage-memory`), plus metrics-server serving metrics.k8s.io from
-# those through the aggregation layer. Prints the admin kubeconfig's path when /readyz answers
-# and the nodes are Ready.
+# Starts a real Kubernetes cluster on this machine for kubefn's tests and for people: etcd,
+# kube-apiserver (RBAC), kube-controller-manager and kube-scheduler; one real node (containerd,
+# runc, the bridge CNI plugin, the kubelet and kube-proxy in a network namespace of its own, see
+# node.sh) whose images images.sh builds; and kwok, which plays further nodes and the pod
+# lifecycle without containers (and serves port-forward and logs through its PortForward and
+# Logs resources, and kubelet resource metrics from the pod annotations
+# `kwok.x-k8s.io/usage-cpu` / `usage-memory`). metrics-server serves metrics.k8s.io from both
+# through the aggregation layer. Prints the admin kubeconfig's path when /readyz answers and the
+# nodes are Ready.
+#
+# kwok's nodes carry the taint kwok.x-k8s.io/node=fake:NoSchedule: only pods that tolerate it
+# (tests that ask for them) land there; everything else runs on the real node.
 #
 #   start.sh [DIR]    DIR holds certificates, data, logs and the kubeconfig (default: a new
 #                     temporary directory). Stop with stop.sh DIR.
@@ -15,6 +20,9 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 bin="$("$here/build.sh")"
+images="$("$here/images.sh")"
+# shellcheck source=node.sh
+source "$here/node.sh"
 dir="${1:-$(mktemp -d "${TMPDIR:-/tmp}/kubefn-cluster.XXXXXX")}"
 mkdir -p "$dir"
 dir="$(cd "$dir" && pwd)"
@@ -29,7 +37,7 @@ pki="$dir/pki"; mkdir -p "$pki" "$dir/logs"
 
 fail() {
   echo "start.sh: $*" >&2
-  for log in "$dir"/logs/*.log; do
+  for log in "$dir"/logs/*.log "$dir"/node/logs/*.log; do
     [[ -f "$log" ]] && { echo "--- last lines of $log" >&2; tail -n 15 "$log" >&2; }
   done
   "$here/stop.sh" "$dir" --keep >&2 || true
@@ -46,7 +54,10 @@ launch() { # name, command...: starts a component in the background, its output 
   echo "$! $name" >> "$dir/pids"
 }
 
-# --- certificates: one CA; a serving certificate for 127.0.0.1; an admin client certificate;
+# --- the real node's network namespace and veth pair: the apiserver listens on the host side.
+node_network
+
+# --- certificates: one CA; a serving certificate for the apiserver's address; an admin client certificate;
 # the service-account signing key pair.
 openssl_quiet() { openssl "$@" 2>/dev/null; }
 openssl_quiet req -x509 -newkey rsa:2048 -nodes -days 365 -subj "/CN=kubefn-test-ca" \
@@ -56,7 +67,7 @@ cat > "$pki/serving.cnf" <<CNF
 distinguished_name = dn
 [dn]
 [ext]
-subjectAltName = IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local
+subjectAltName = IP:127.0.0.1,IP:$host_ip,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local
 extendedKeyUsage = serverAuth,clientAuth
 CNF
 openssl_quiet req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver" -keyout "$pki/serving.key" -out "$pki/serving.csr"
@@ -78,7 +89,7 @@ openssl_quiet rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub"
 
 etcd_port=$(free_port); etcd_peer_port=$(free_port); api_port=$(free_port)
 cm_port=$(free_port); sched_port=$(free_port); kwok_port=$(free_port); metrics_port=$(free_port)
-server="https://127.0.0.1:$api_port"
+server="https://$host_ip:$api_port"
 
 cat > "$dir/kubeconfig" <<KC
 apiVersion: v1
@@ -118,7 +129,7 @@ launch etcd "$bin/etcd" --name kubefn-test --data-dir "$dir/etcd" \
 # --- kube-apiserver
 launch kube-apiserver "$bin/kube-apiserver" \
   --etcd-servers "http://127.0.0.1:$etcd_port" \
-  --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
+  --bind-address "$host_ip" --advertise-address "$host_ip" --secure-port "$api_port" \
   --endpoint-reconciler-type none \
   --tls-cert-file "$pki/serving.crt" --tls-private-key-file "$pki/serving.key" \
   --client-ca-file "$pki/ca.crt" \
@@ -210,6 +221,8 @@ metadata:
     kubernetes.io/os: linux
     kubernetes.io/arch: amd64
     node-role.kubernetes.io/agent: ""
+spec:
+  taints: [{key: kwok.x-k8s.io/node, value: fake, effect: NoSchedule}]
 status:
   allocatable: {cpu: "4", memory: 16Gi, pods: "110"}
   capacity: {cpu: "4", memory: 16Gi, pods: "110"}
@@ -219,6 +232,10 @@ done > "$dir/nodes.yaml"
 "$bin/kubectl" --kubeconfig "$kc" apply -f "$dir/nodes.yaml" > /dev/null || fail "cannot create the kwok nodes"
 "$bin/kubectl" --kubeconfig "$kc" wait --for condition=Ready --timeout 60s node -l type=kwok > /dev/null \
   || fail "the kwok nodes did not become Ready"
+# --- the real node
+node_started=$(date +%s.%N)
+node_start "$images"
+node_seconds="$(python3 -c "import time; print(round(time.time() - $node_started, 1))")"
 # --- metrics-server, reached by the aggregation layer through an ExternalName Service on loopback
 launch metrics-server "$bin/metrics-server" \
   --bind-address 127.0.0.1 --secure-port "$metrics_port" \
@@ -255,5 +272,5 @@ KUBECONFIG=$kc
 KUBEFN_CLUSTER_DIR=$dir
 KUBEFN_CLUSTER_BIN=$bin
 ENV
-echo "control plane ready in $(python3 -c "import time; print(round(time.time() - $started, 1))") s; kubeconfig: $kc" >&2
+echo "cluster ready in $(python3 -c "import time; print(round(time.time() - $started, 1))") s (the real node in $node_seconds s); kubeconfig: $kc" >&2
 echo "$kc"

@@ -451,7 +451,9 @@ pub async fn scale_instance(id: String, replicas: String) -> Result<InstanceInfo
 pub async fn delete_instance(id: String) -> Result<(), ApiError> {
     let result = async {
         let (platform, caller) = ssr::caller().await?;
-        Ok(platform.instances.delete(&caller, &id).await?)
+        // Replicas still stopping show as `Deleting` until they are gone.
+        platform.instances.delete(&caller, &id).await?;
+        Ok(())
     };
     ssr::with_status(result.await)
 }

@@ -5,6 +5,7 @@ use super::{ApiError, AppState};
 use crate::platform::model::{
     AdminOverview, AsyncStatus, FunctionDetail, FunctionSpec, FunctionSummary, InstanceInfo, NewToken, TokenInfo, TriggerInfo, TriggerSpec, UsageSample, UserInfo, VersionDetail,
 };
+use crate::platform::instances::Removal;
 use crate::platform::Platform;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request, State};
@@ -283,9 +284,17 @@ async fn get_async(State(platform): State<Platform>, Path(id): Path<String>, req
     Ok(Json(platform.asyncs.status(caller.as_ref(), &id).await?))
 }
 
-async fn undeploy_function(State(platform): State<Platform>, Caller(caller): Caller, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
-    platform.instances.undeploy(&caller, &name).await?;
-    Ok(StatusCode::NO_CONTENT)
+async fn undeploy_function(State(platform): State<Platform>, Caller(caller): Caller, Path(name): Path<String>) -> Result<Response, ApiError> {
+    Ok(removal_response(platform.instances.undeploy(&caller, &name).await?))
+}
+
+/// 204 when the instance is gone; 202 with the instance (state `Deleting`) while its replicas
+/// are still stopping: `GET /instances/{id}` shows the progress and answers 404 once it is gone.
+fn removal_response(removal: Removal) -> Response {
+    match removal {
+        Removal::Done => StatusCode::NO_CONTENT.into_response(),
+        Removal::Underway(instance) => (StatusCode::ACCEPTED, Json(*instance)).into_response(),
+    }
 }
 
 async fn list_instances(State(platform): State<Platform>, Caller(caller): Caller) -> Result<Json<Vec<InstanceInfo>>, ApiError> {
@@ -296,9 +305,8 @@ async fn get_instance(State(platform): State<Platform>, Caller(caller): Caller, 
     Ok(Json(platform.instances.get(&caller, &id).await?))
 }
 
-async fn delete_instance(State(platform): State<Platform>, Caller(caller): Caller, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
-    platform.instances.delete(&caller, &id).await?;
-    Ok(StatusCode::NO_CONTENT)
+async fn delete_instance(State(platform): State<Platform>, Caller(caller): Caller, Path(id): Path<String>) -> Result<Response, ApiError> {
+    Ok(removal_response(platform.instances.delete(&caller, &id).await?))
 }
 
 async fn pause_instance(State(platform): State<Platform>, Caller(caller): Caller, Path(id): Path<String>) -> Result<Json<InstanceInfo>, ApiError> {

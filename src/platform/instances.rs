@@ -55,10 +55,30 @@ pub enum InstanceError {
     /// The runtime failed.
     #[error("the runtime failed: {0}")]
     Runtime(#[source] RuntimeError),
+    /// The instance is being deleted; it can be deployed or changed again once it is gone.
+    #[error("instance {id} is being deleted; deploy the function again once the deletion has finished")]
+    BeingDeleted {
+        /// The instance's id.
+        id: String,
+    },
     /// The store failed.
     #[error("the instance store failed")]
     Store(#[from] StoreError),
 }
+
+/// How a delete request ended.
+#[derive(Debug)]
+pub enum Removal {
+    /// The instance is gone: replicas stopped, ports freed, record removed.
+    Done,
+    /// The runtime is still stopping the replicas (the instance shows state `Deleting` until
+    /// then); the deletion finishes in the background and survives a restart of kubefn.
+    Underway(Box<InstanceInfo>),
+}
+
+/// How long a delete request waits for the runtime before answering that the deletion goes on
+/// in the background: pods that take their grace period must not keep the user's request open.
+const DELETE_WAIT: Duration = Duration::from_secs(5);
 
 type InstanceResult<T> = Result<T, InstanceError>;
 
@@ -75,6 +95,9 @@ pub struct Instances {
     /// Held by every change and by a whole reconcile pass, so a pass working from a list read
     /// before a delete cannot start the deleted instance again.
     changes: Arc<tokio::sync::Mutex<()>>,
+    /// Instances whose runtime deletion is under way, so a delete request and the reconcile
+    /// loop never remove the same one twice at once.
+    removing: Arc<Mutex<HashSet<String>>>,
 }
 
 /// What the previous usage sample saw, to turn counters into rates.
@@ -105,7 +128,7 @@ impl Instances {
     /// Instances over `store`, run by `runtime`, their invocations counted in `invocations`.
     pub fn new(store: Store, registry: Registry, runtime: Arc<dyn Runtime>, invocations: Arc<GatewayMetrics>) -> Instances {
         let wake = registry.current_version_changed();
-        Instances { store, registry, runtime, invocations, wake, meters: Arc::default(), changes: Arc::default() }
+        Instances { store, registry, runtime, invocations, wake, meters: Arc::default(), changes: Arc::default(), removing: Arc::default() }
     }
 
     /// The runtime's name (`local` or `kubernetes`).
@@ -120,6 +143,11 @@ impl Instances {
         let record = self.registry.find_visible(caller, function).await?;
         let spec = self.version_spec(record.id, record.current_version, &record.name).await?;
         self.runtime.check(&spec).map_err(InstanceError::Unsupported)?;
+        if let Some(existing) = self.store.instance_of(record.id, caller.id).await?
+            && existing.state == InstanceState::Deleting
+        {
+            return Err(InstanceError::BeingDeleted { id: existing.id });
+        }
         let replicas = spec.scaling.min.max(1);
         let (instance, created) = self.store.upsert_instance(record.id, caller.id, record.current_version, replicas).await?;
         let mut instance = instance;
@@ -128,23 +156,31 @@ impl Instances {
         Ok((self.info(instance), created))
     }
 
-    /// Deletes the caller's instance of a function.
-    pub async fn undeploy(&self, caller: &Principal, function: &str) -> InstanceResult<()> {
-        let _changing = self.changes.lock().await;
-        let record = self.registry.find_visible(caller, function).await?;
-        let instance = self
-            .store
-            .instance_of(record.id, caller.id)
-            .await?
-            .ok_or_else(|| InstanceError::NotDeployed { function: function.to_string() })?;
-        self.remove(&instance).await
+    /// Deletes the caller's instance of a function (see [`Instances::delete`]).
+    pub async fn undeploy(&self, caller: &Principal, function: &str) -> InstanceResult<Removal> {
+        let instance = {
+            let _changing = self.changes.lock().await;
+            let record = self.registry.find_visible(caller, function).await?;
+            let instance = self
+                .store
+                .instance_of(record.id, caller.id)
+                .await?
+                .ok_or_else(|| InstanceError::NotDeployed { function: function.to_string() })?;
+            self.mark_deleting(instance).await?
+        };
+        self.remove_waiting(instance).await
     }
 
-    /// Deletes one instance: its replicas stop, its ports are freed, its record goes.
-    pub async fn delete(&self, caller: &Principal, id: &str) -> InstanceResult<()> {
-        let _changing = self.changes.lock().await;
-        let instance = self.owned(caller, id).await?;
-        self.remove(&instance).await
+    /// Deletes one instance: its replicas stop, its ports are freed, its record goes. Waits a
+    /// few seconds for the runtime; replicas that take longer to stop are left to finish in the
+    /// background ([`Removal::Underway`]).
+    pub async fn delete(&self, caller: &Principal, id: &str) -> InstanceResult<Removal> {
+        let instance = {
+            let _changing = self.changes.lock().await;
+            let instance = self.owned(caller, id).await?;
+            self.mark_deleting(instance).await?
+        };
+        self.remove_waiting(instance).await
     }
 
     /// The caller's instances (an admin's: everyone's).
@@ -307,7 +343,8 @@ impl Instances {
         let mut specs: HashMap<(i64, u32), FunctionSpec> = HashMap::new();
         for record in records {
             if record.state == InstanceState::Deleting {
-                self.remove(&record).await?;
+                // In the background: a slow deletion must not hold up everyone's changes.
+                self.spawn_removal(record.id.clone());
                 continue;
             }
             let key = (record.function_id, record.function_version);
@@ -341,8 +378,9 @@ impl Instances {
             }
         }
         for stray in self.runtime.instance_ids().into_iter().filter(|id| !known.contains(id)) {
-            tracing::info!(instance = %stray, "stopping an instance the store no longer has");
-            self.runtime.delete(&stray).await.map_err(InstanceError::Runtime)?;
+            if self.spawn_removal(stray.clone()).is_some() {
+                tracing::info!(instance = %stray, "stopping an instance the store no longer has");
+            }
         }
         let downsample = {
             let mut meters = self.meters.lock().unwrap_or_else(|p| p.into_inner());
@@ -417,6 +455,9 @@ impl Instances {
     async fn change(&self, caller: &Principal, id: &str, edit: impl FnOnce(&mut InstanceRecord)) -> InstanceResult<InstanceInfo> {
         let _changing = self.changes.lock().await;
         let mut instance = self.owned(caller, id).await?;
+        if instance.state == InstanceState::Deleting {
+            return Err(InstanceError::BeingDeleted { id: instance.id });
+        }
         edit(&mut instance);
         self.store.set_instance_desired(&instance.id, instance.desired_version, instance.replicas, instance.paused).await?;
         let spec = self.version_spec(instance.function_id, instance.function_version, &instance.function).await?;
@@ -424,12 +465,54 @@ impl Instances {
         Ok(self.info(instance))
     }
 
-    async fn remove(&self, instance: &InstanceRecord) -> InstanceResult<()> {
-        // Recorded first, so a crash in between finishes the deletion at the next start.
-        self.store.set_instance_state(&instance.id, InstanceState::Deleting, "").await?;
-        self.runtime.delete(&instance.id).await.map_err(InstanceError::Runtime)?;
-        self.store.delete_instance(&instance.id).await?;
-        Ok(())
+    /// Records that the instance is being deleted (under the change lock, so no reconcile pass
+    /// starts it again), so a crash before the end finishes the deletion at the next start.
+    async fn mark_deleting(&self, mut instance: InstanceRecord) -> InstanceResult<InstanceRecord> {
+        if instance.state != InstanceState::Deleting {
+            instance.state = InstanceState::Deleting;
+            instance.message = "stopping its replicas".into();
+            self.store.set_instance_state(&instance.id, instance.state, &instance.message).await?;
+        }
+        Ok(instance)
+    }
+
+    /// Removes a marked instance in the background and waits up to [`DELETE_WAIT`] for it.
+    async fn remove_waiting(&self, instance: InstanceRecord) -> InstanceResult<Removal> {
+        let Some(removal) = self.spawn_removal(instance.id.clone()) else {
+            return Ok(Removal::Underway(Box::new(self.info(instance))));
+        };
+        match tokio::time::timeout(DELETE_WAIT, removal).await {
+            Ok(Ok(result)) => result.map(|()| Removal::Done),
+            // The task panicked: the record stays `Deleting`, and the reconcile loop retries.
+            Ok(Err(join)) => {
+                tracing::error!(instance = %instance.id, error = %join, "deleting the instance stopped; the reconcile loop retries");
+                Ok(Removal::Underway(Box::new(self.info(instance))))
+            }
+            Err(_slow) => Ok(Removal::Underway(Box::new(self.info(instance)))),
+        }
+    }
+
+    /// Starts removing an instance (or, with no record, a stray the runtime still runs): the
+    /// runtime stops it, then its record goes. `None` if a removal of it is already under way.
+    /// A failure leaves the record `Deleting` with the reason, and the reconcile loop retries.
+    fn spawn_removal(&self, id: String) -> Option<tokio::task::JoinHandle<InstanceResult<()>>> {
+        if !self.removing.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone()) {
+            return None;
+        }
+        let instances = self.clone();
+        Some(tokio::spawn(async move {
+            let result = match instances.runtime.delete(&id).await {
+                Ok(()) => instances.store.delete_instance(&id).await.map_err(InstanceError::from),
+                Err(error) => {
+                    let message = format!("deleting failed and is retried: {error}");
+                    tracing::warn!(instance = %id, error = %crate::platform::error_chain(&error), "deleting the instance failed; the reconcile loop retries");
+                    let _ = instances.store.set_instance_state(&id, InstanceState::Deleting, &message).await;
+                    Err(InstanceError::Runtime(error))
+                }
+            };
+            instances.removing.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+            result
+        }))
     }
 
     async fn owned(&self, caller: &Principal, id: &str) -> InstanceResult<InstanceRecord> {
@@ -461,7 +544,7 @@ impl Instances {
         let status = self.runtime.status(&record.id);
         let gateway = format!("/fn/{}/{}", record.user, record.function);
         let (state, message) = match &status {
-            _ if record.state == InstanceState::Deleting => (InstanceState::Deleting, String::new()),
+            _ if record.state == InstanceState::Deleting => (InstanceState::Deleting, record.message.clone()),
             Some(status) => (status.state, status.message.clone()),
             // Applying failed before the runtime took it: the reason is in the store.
             None if record.state == InstanceState::Failed => (record.state, record.message.clone()),

@@ -1,11 +1,12 @@
-//! The real Kubernetes control plane of k8s/testcluster (etcd, kube-apiserver, controllers,
-//! scheduler, kwok nodes, metrics-server), built (cached) and started for a test or bench
-//! binary, and stopped by its watchdog when that binary exits. kubefn's own manifests from
+//! The real Kubernetes cluster of k8s/testcluster (etcd, kube-apiserver, controllers,
+//! scheduler, a real node, kwok nodes, metrics-server), built (cached) and started for a test
+//! or bench binary, and stopped by its watchdog when that binary exits. kubefn's own manifests from
 //! k8s/ are applied to it.
 //!
 //! Set KUBEFN_TEST_KUBECONFIG (and KUBEFN_TEST_CLUSTER_BIN) to use a cluster that runs already
 //! (`make cluster`).
 
+use kubefn::platform::runtime::kubernetes::{Images, Placement};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -70,4 +71,25 @@ fn build(root: &Path) -> PathBuf {
     let output = Command::new(root.join("k8s/testcluster/build.sh")).output().expect("build.sh runs");
     assert!(output.status.success(), "cannot build the test control plane:\n{}", String::from_utf8_lossy(&output.stderr));
     PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
+}
+
+/// The runtime images k8s/testcluster/images.sh builds and the real node has imported.
+pub fn images() -> Images {
+    Images { python: "kubefn.test/python:3.11-bookworm".into(), node: "kubefn.test/node:18-bookworm".into() }
+}
+
+/// The image function the real node has (k8s/testcluster/images/echo).
+pub const ECHO_IMAGE: &str = "kubefn.test/echo:1";
+
+/// Pods on the real node (which carries `type=real`).
+pub fn on_real_node() -> Placement {
+    Placement { node_selector: [("type".to_string(), "real".to_string())].into(), tolerations: Vec::new() }
+}
+
+/// Pods on kwok's nodes (`type=kwok`, tainted `kwok.x-k8s.io/node=fake:NoSchedule`).
+pub fn on_kwok() -> Placement {
+    Placement {
+        node_selector: [("type".to_string(), "kwok".to_string())].into(),
+        tolerations: Placement::parse_tolerations("kwok.x-k8s.io/node=fake:NoSchedule").expect("a valid toleration"),
+    }
 }

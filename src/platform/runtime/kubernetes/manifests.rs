@@ -27,6 +27,11 @@ pub const CONTAINER: &str = "function";
 /// The init container's name.
 pub const INSTALL_CONTAINER: &str = "install-dependencies";
 const CODE_DIR: &str = "/kubefn/code";
+/// How long a stopping replica keeps serving before it is sent SIGTERM. Its endpoint is removed
+/// when its deletion starts, but the port-forwards, kube-proxy and Service meshes learn that
+/// a moment later; without this pause the connections they send meanwhile would be refused in
+/// every rollout and scale-down. (Kubernetes' own advice; OpenFaaS's watchdog waits likewise.)
+const DRAIN_SECONDS: u32 = 2;
 const DEPS_DIR: &str = "/kubefn/deps";
 /// The uid source functions run as (`nobody`): the runtime images need no other.
 const NOBODY: i64 = 65534;
@@ -43,6 +48,98 @@ pub struct Images {
 impl Default for Images {
     fn default() -> Self {
         Images { python: "python:3.12-slim".into(), node: "node:22-slim".into() }
+    }
+}
+
+/// Which nodes function pods may run on, as OpenFaaS's constraints and Knative's node
+/// selectors offer: a dedicated node pool is selected by its labels and its taints tolerated.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Placement {
+    /// Labels a node must carry.
+    pub node_selector: std::collections::BTreeMap<String, String>,
+    /// Taints the pods tolerate.
+    pub tolerations: Vec<Toleration>,
+}
+
+/// One tolerated taint: `key`, `key=value` or either with `:Effect`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Toleration {
+    /// The taint's key.
+    pub key: String,
+    /// Its value; `None` tolerates any value.
+    pub value: Option<String>,
+    /// `NoSchedule`, `PreferNoSchedule` or `NoExecute`; `None` tolerates every effect.
+    pub effect: Option<String>,
+}
+
+/// A placement setting that cannot be read; the message names the setting and the form.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{setting}: {text:?} is not {form}")]
+pub struct PlacementError {
+    setting: &'static str,
+    text: String,
+    form: &'static str,
+}
+
+impl Placement {
+    /// Reads `key=value,…` labels.
+    pub fn parse_node_selector(text: &str) -> Result<std::collections::BTreeMap<String, String>, PlacementError> {
+        let wrong = || PlacementError { setting: "node selector", text: text.into(), form: "a list of key=value labels" };
+        text.split(',')
+            .map(str::trim)
+            .filter(|pair| !pair.is_empty())
+            .map(|pair| match pair.split_once('=') {
+                Some((key, value)) if !key.trim().is_empty() => Ok((key.trim().to_string(), value.trim().to_string())),
+                _ => Err(wrong()),
+            })
+            .collect()
+    }
+
+    /// Reads `key[=value][:Effect],…` tolerations.
+    pub fn parse_tolerations(text: &str) -> Result<Vec<Toleration>, PlacementError> {
+        let wrong = || PlacementError { setting: "tolerations", text: text.into(), form: "a list of key[=value][:NoSchedule|PreferNoSchedule|NoExecute]" };
+        text.split(',')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+            .map(|item| {
+                let (taint, effect) = match item.rsplit_once(':') {
+                    Some((taint, effect)) if ["NoSchedule", "PreferNoSchedule", "NoExecute"].contains(&effect) => (taint, Some(effect.to_string())),
+                    Some(_) => return Err(wrong()),
+                    None => (item, None),
+                };
+                let (key, value) = match taint.split_once('=') {
+                    Some((key, value)) => (key, Some(value.to_string())),
+                    None => (taint, None),
+                };
+                if key.is_empty() {
+                    return Err(wrong());
+                }
+                Ok(Toleration { key: key.to_string(), value, effect })
+            })
+            .collect()
+    }
+
+    fn apply_to(&self, pod: &mut Value) {
+        if !self.node_selector.is_empty() {
+            pod["nodeSelector"] = json!(self.node_selector);
+        }
+        if !self.tolerations.is_empty() {
+            let tolerations: Vec<Value> = self
+                .tolerations
+                .iter()
+                .map(|t| {
+                    let mut toleration = json!({ "key": t.key, "operator": if t.value.is_some() { "Equal" } else { "Exists" } });
+                    if let Some(value) = &t.value {
+                        toleration["value"] = json!(value);
+                    }
+                    if let Some(effect) = &t.effect {
+                        toleration["effect"] = json!(effect);
+                    }
+                    toleration
+                })
+                .collect();
+            pod["tolerations"] = json!(tolerations);
+        }
     }
 }
 
@@ -81,14 +178,14 @@ pub fn autoscaling_on(spec: &FunctionSpec) -> bool {
 
 /// Builds every object of `instance` in `namespace`. `node_port` is the Service's port from
 /// before, kept so the instance's address survives re-creation.
-pub fn build(instance: &InstanceSpec, namespace: &str, images: &Images, node_port: Option<u16>) -> Result<Manifests, ManifestError> {
+pub fn build(instance: &InstanceSpec, namespace: &str, images: &Images, placement: &Placement, node_port: Option<u16>) -> Result<Manifests, ManifestError> {
     let name = names::base_name(&instance.function, &instance.user);
     let spec = &instance.spec;
     let config_map = match bootstrap::for_language(spec.runtime) {
         Some(boot) => Some(typed("ConfigMap", config_map(instance, namespace, &name, boot))?),
         None => None,
     };
-    let deployment = typed("Deployment", deployment(instance, namespace, &name, images))?;
+    let deployment = typed("Deployment", deployment(instance, namespace, &name, images, placement))?;
     let service = typed("Service", service(instance, namespace, &name, node_port))?;
     let autoscaler = if autoscaling_on(spec) { Some(typed("HorizontalPodAutoscaler", autoscaler(instance, namespace, &name))?) } else { None };
     let fingerprint = {
@@ -128,14 +225,15 @@ fn config_map(instance: &InstanceSpec, namespace: &str, base: &str, boot: &Boots
     })
 }
 
-fn deployment(instance: &InstanceSpec, namespace: &str, base: &str, images: &Images) -> Value {
+fn deployment(instance: &InstanceSpec, namespace: &str, base: &str, images: &Images, placement: &Placement) -> Value {
     let spec = &instance.spec;
     let selector = names::instance_selector(&instance.id);
     let pod_labels = names::labels(&instance.id, &instance.function, &instance.user, Some(instance.version));
-    let pod = match bootstrap::for_language(spec.runtime) {
+    let mut pod = match bootstrap::for_language(spec.runtime) {
         Some(boot) => source_pod(instance, base, boot, images),
         None => image_pod(spec),
     };
+    placement.apply_to(&mut pod);
     let mut metadata = metadata(instance, namespace, base, Some(instance.version));
     metadata["annotations"] = json!({ names::PAUSED: instance.paused.to_string() });
     json!({
@@ -257,6 +355,7 @@ fn source_pod(instance: &InstanceSpec, base: &str, boot: &Bootstrap, images: &Im
             "envFrom": [{ "secretRef": { "name": format!("{base}-secrets"), "optional": true } }],
             "readinessProbe": probe(READY_PATH, 2, 2),
             "livenessProbe": probe(HEALTH_PATH, 10, 3),
+            "lifecycle": drain(),
             "resources": resources(spec),
             "securityContext": container_security(true),
             "volumeMounts": mounts,
@@ -267,6 +366,11 @@ fn source_pod(instance: &InstanceSpec, base: &str, boot: &Bootstrap, images: &Im
         pod["initContainers"] = json!(init);
     }
     pod
+}
+
+/// The kubelet's own sleep before SIGTERM (no program needed in the image): see [`DRAIN_SECONDS`].
+fn drain() -> Value {
+    json!({ "preStop": { "sleep": { "seconds": DRAIN_SECONDS } } })
 }
 
 fn image_pod(spec: &FunctionSpec) -> Value {
@@ -284,6 +388,7 @@ fn image_pod(spec: &FunctionSpec) -> Value {
             "env": env_list(&spec.env, vec![("PORT", port.to_string())]),
             "readinessProbe": probe(2, 2),
             "livenessProbe": probe(10, 3),
+            "lifecycle": drain(),
             "resources": resources(spec),
             "securityContext": container_security(false),
         }],
@@ -372,7 +477,7 @@ mod tests {
             self
         }
         fn build(&self) -> Manifests {
-            build(&self.0, "kubefn-functions", &Images::default(), None).expect("manifests")
+            build(&self.0, "kubefn-functions", &Images::default(), &Placement::default(), None).expect("manifests")
         }
     }
 
@@ -446,6 +551,7 @@ mod tests {
         assert_eq!(c["command"], json!(["python3", "/kubefn/code/bootstrap.py"]));
         assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/_/ready");
         assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/_/health");
+        assert_eq!(c["lifecycle"]["preStop"]["sleep"]["seconds"], 2, "a stopping replica serves until its endpoint is gone everywhere");
         assert_eq!(c["resources"]["limits"]["memory"], "256Mi");
         assert_eq!(c["resources"]["requests"]["cpu"], "100m");
         assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
@@ -513,7 +619,7 @@ mod tests {
     #[test]
     fn service_types_and_a_kept_node_port() {
         let fixture = Fixture::python();
-        let kept = build(&fixture.0, "ns", &Images::default(), Some(31234)).expect("manifests");
+        let kept = build(&fixture.0, "ns", &Images::default(), &Placement::default(), Some(31234)).expect("manifests");
         assert_eq!(json_of(&kept.service)["spec"]["ports"][0]["nodePort"], 31234);
         let external = Fixture::python()
             .with(|i| i.spec.service = ServiceSpec { kind: ServiceKind::ExternalName, external_name: Some("api.example.com".into()), port: None })
@@ -554,5 +660,44 @@ mod tests {
         assert_ne!(a.fingerprint, Fixture::python().with(|i| i.version = 3).build().fingerprint);
         assert_ne!(a.fingerprint, Fixture::python().with(|i| i.paused = true).build().fingerprint);
         assert_ne!(a.fingerprint, Fixture::python().with(|i| i.spec.resources.cpu = "200m".into()).build().fingerprint);
+    }
+
+    #[test]
+    fn placement_reads_labels_and_tolerations_and_names_what_is_wrong() {
+        let selector = Placement::parse_node_selector("pool=functions, zone = a").expect("labels");
+        assert_eq!(selector.get("pool").map(String::as_str), Some("functions"));
+        assert_eq!(selector.get("zone").map(String::as_str), Some("a"));
+        assert!(Placement::parse_node_selector("").expect("none").is_empty());
+        assert!(Placement::parse_node_selector("pool").unwrap_err().to_string().starts_with("node selector: \"pool\""));
+
+        let tolerations = Placement::parse_tolerations("dedicated=functions:NoSchedule,gpu,spot:NoExecute").expect("tolerations");
+        assert_eq!(tolerations[0], Toleration { key: "dedicated".into(), value: Some("functions".into()), effect: Some("NoSchedule".into()) });
+        assert_eq!(tolerations[1], Toleration { key: "gpu".into(), value: None, effect: None });
+        assert_eq!(tolerations[2].effect.as_deref(), Some("NoExecute"));
+        assert!(Placement::parse_tolerations("a:Sometimes").is_err());
+        assert!(Placement::parse_tolerations("=x").is_err());
+    }
+
+    #[test]
+    fn placement_reaches_every_pod_of_the_instance() {
+        let placement = Placement {
+            node_selector: [("pool".to_string(), "functions".to_string())].into(),
+            tolerations: Placement::parse_tolerations("dedicated=functions:NoSchedule,gpu").expect("tolerations"),
+        };
+        for fixture in [Fixture::python(), Fixture::python().with(|i| i.spec.image = Some("ghcr.io/example/echo:1.0".into()))] {
+            let manifests = build(&fixture.0, "ns", &Images::default(), &placement, None).expect("manifests");
+            let pod = serde_json::to_value(&manifests.deployment).expect("json")["spec"]["template"]["spec"].clone();
+            assert_eq!(pod["nodeSelector"], json!({ "pool": "functions" }));
+            assert_eq!(
+                pod["tolerations"],
+                json!([
+                    { "key": "dedicated", "operator": "Equal", "value": "functions", "effect": "NoSchedule" },
+                    { "key": "gpu", "operator": "Exists" },
+                ])
+            );
+        }
+        let plain = build(&Fixture::python().0, "ns", &Images::default(), &Placement::default(), None).expect("manifests");
+        let pod = serde_json::to_value(&plain.deployment).expect("json")["spec"]["template"]["spec"].clone();
+        assert!(pod.get("nodeSelector").is_none() && pod.get("tolerations").is_none());
     }
 }

@@ -25,7 +25,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
-pub use manifests::Images;
+pub use manifests::{Images, Placement, Toleration};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
@@ -130,6 +130,8 @@ pub struct KubernetesConfig {
     pub user_namespace_prefix: Option<String>,
     /// The runtime images per language.
     pub images: Images,
+    /// Which nodes function pods may run on.
+    pub placement: Placement,
     /// Where port-forward listeners listen.
     pub forward_host: IpAddr,
     /// The ports port-forward listeners take.
@@ -152,6 +154,7 @@ impl KubernetesConfig {
             namespace: "kubefn-functions".into(),
             user_namespace_prefix: None,
             images: Images::default(),
+            placement: Placement::default(),
             forward_host: IpAddr::from([127, 0, 0, 1]),
             forward_ports: 40000..=40999,
             hold: Duration::from_secs(30),
@@ -412,7 +415,7 @@ impl Inner {
     async fn apply(self: &Arc<Self>, spec: InstanceSpec, force: bool) -> Result<(), KubernetesError> {
         let namespace = self.namespace_of(&spec.user);
         let node_port = spec.node_port;
-        let manifests = manifests::build(&spec, &namespace, &self.config.images, node_port)?;
+        let manifests = manifests::build(&spec, &namespace, &self.config.images, &self.config.placement, node_port)?;
         let unchanged = {
             let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
             slots.get(&spec.id).is_some_and(|s| s.fingerprint == manifests.fingerprint) && self.cluster.deployment_of(&spec.id).is_some()
@@ -451,7 +454,7 @@ impl Inner {
             Ok(_) => {}
             // The node port kept from before is taken (a new cluster): let Kubernetes pick one.
             Err(kube::Error::Api(status)) if status.code == 422 && spec.node_port.is_some() => {
-                let fresh = manifests::build(&InstanceSpec { node_port: None, ..spec.clone() }, namespace, &self.config.images, None)?;
+                let fresh = manifests::build(&InstanceSpec { node_port: None, ..spec.clone() }, namespace, &self.config.images, &self.config.placement, None)?;
                 services
                     .patch(&m.name, &params, &Patch::Apply(&fresh.service))
                     .await
