@@ -1,7 +1,9 @@
-//! `make bench`, Kubernetes part: apply-to-Running against the real test control plane (kwok
-//! nodes), kubefn's runtime against its baseline measured in the same run, a plain Deployment
-//! of one replica created with kube's client and watched until its pod is ready. Writes JSON to
-//! $KUBEFN_BENCH_DIR (default target/bench-run) for bench/system.py's report.
+//! `make bench`, Kubernetes part: apply-to-Ready on the test cluster's real node (containerd,
+//! runc, kubelet), kubefn's runtime against its baseline measured in the same run: a plain
+//! Deployment of one replica of the same image, serving HTTP with a readiness probe of the same
+//! period, created with kube's client and watched until its pod is ready. Also kubefn's delete
+//! (until nothing of the instance is left). Writes JSON to $KUBEFN_BENCH_DIR (default
+//! target/bench-run) for bench/system.py's report.
 
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, DeleteParams, PostParams};
@@ -22,14 +24,20 @@ mod test_cluster;
 const ROUNDS: usize = 10;
 const NAMESPACE: &str = "kubefn-functions";
 
-/// A plain Deployment of one python:3.12-slim replica, as a person would apply it.
+/// A plain Deployment of one replica of the Python image serving HTTP, as a person would apply
+/// it, on the real node, ready when its port answers (probed every 2 s, as kubefn's pods are).
 fn plain_deployment(name: &str) -> Deployment {
     serde_json::from_value(serde_json::json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": name, "labels": {"app": name}},
         "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}},
                  "template": {"metadata": {"labels": {"app": name}},
-                              "spec": {"containers": [{"name": "fn", "image": "python:3.12-slim", "ports": [{"containerPort": 8080}]}]}}}
+                              "spec": {"nodeSelector": {"type": "real"},
+                                       "securityContext": {"runAsUser": 65534, "runAsNonRoot": true},
+                                       "containers": [{"name": "fn", "image": test_cluster::images().python,
+                                                       "command": ["python3", "-m", "http.server", "8080"],
+                                                       "ports": [{"containerPort": 8080}],
+                                                       "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 2}}]}}}
     }))
     .expect("deployment")
 }
@@ -37,7 +45,14 @@ fn plain_deployment(name: &str) -> Deployment {
 #[tokio::main]
 async fn main() {
     let cluster = TestCluster::start();
-    let config = KubernetesConfig { kubeconfig: Some(cluster.kubeconfig.clone()), namespace: NAMESPACE.into(), forward_ports: 47000..=47999, ..KubernetesConfig::new() };
+    let config = KubernetesConfig {
+        kubeconfig: Some(cluster.kubeconfig.clone()),
+        namespace: NAMESPACE.into(),
+        images: test_cluster::images(),
+        placement: test_cluster::on_real_node(),
+        forward_ports: 47000..=47999,
+        ..KubernetesConfig::new()
+    };
     let admin = client(&config).await.expect("client");
     let deployments: Api<Deployment> = Api::namespaced(admin, NAMESPACE);
     let runtime = KubernetesRuntime::connect(config).await.expect("runtime");
@@ -46,7 +61,7 @@ async fn main() {
     }))
     .expect("spec");
 
-    let (mut plain, mut kubefn) = (Vec::new(), Vec::new());
+    let (mut plain, mut kubefn, mut deletes) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..ROUNDS {
         let name = format!("bench-plain-{round}");
         let started = Instant::now();
@@ -72,11 +87,14 @@ async fn main() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         kubefn.push(started.elapsed());
+        let started = Instant::now();
         runtime.delete(&id).await.expect("delete");
+        deletes.push(started.elapsed());
     }
     let figures = [
         figure("plain Deployment created to ready (baseline)", plain),
         figure("kubefn instance applied to Ready (its ConfigMap, Deployment and Service; no HPA at min = max)", kubefn),
+        figure("kubefn instance deleted until nothing is left (a 2 s drain, then SIGTERM)", deletes),
     ];
     report("kubernetes", &figures);
 }

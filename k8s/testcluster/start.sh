@@ -167,6 +167,7 @@ launch kube-controller-manager "$bin/kube-controller-manager" \
   --horizontal-pod-autoscaler-sync-period 5s \
   --horizontal-pod-autoscaler-cpu-initialization-period 10s \
   --horizontal-pod-autoscaler-initial-readiness-delay 5s \
+  --horizontal-pod-autoscaler-downscale-stabilization 15s \
   --profiling=false
 
 # --- kube-scheduler

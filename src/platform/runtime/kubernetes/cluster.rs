@@ -261,32 +261,42 @@ impl Cluster {
         namespaces
     }
 
-    /// `node address:node port` of the instance's Service, when it has a node port.
+    /// `node address:node port` of the instance's Service, when it has a node port. The node
+    /// is one that runs a replica of the instance (a node port answers on every node that runs
+    /// kube-proxy, but not every node does, and the replica's own node always serves it).
     pub fn node_address_of(&self, id: &str) -> Option<SocketAddr> {
         let service = self.services.state().into_iter().find(|s| instance_label(s.metadata.labels.as_ref()) == Some(id))?;
         let port = service.spec.as_ref()?.ports.as_ref()?.iter().find_map(|p| p.node_port)?;
-        let address = self.node_address()?;
+        let mut hosts: Vec<String> = self.pods_of(id).iter().filter_map(|p| p.spec.as_ref()?.node_name.clone()).collect();
+        hosts.sort();
+        let address = self.node_address(&hosts)?;
         Some(SocketAddr::new(address, u16::try_from(port).ok()?))
     }
 
-    /// The address of a Ready node: external if it has one, else internal.
-    fn node_address(&self) -> Option<IpAddr> {
+    /// The address of a Ready node, the first of `preferred` that is Ready if any: external if
+    /// it has one, else internal.
+    fn node_address(&self, preferred: &[String]) -> Option<IpAddr> {
         let nodes = self.nodes.as_ref()?.state();
-        let ready = nodes.iter().filter(|n| {
-            n.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-        });
-        let mut internal = None;
-        for node in ready {
-            for address in node.status.as_ref().and_then(|s| s.addresses.as_ref()).into_iter().flatten() {
-                let Ok(ip) = address.address.parse::<IpAddr>() else { continue };
-                match address.type_.as_str() {
-                    "ExternalIP" => return Some(ip),
-                    "InternalIP" if internal.is_none() => internal = Some(ip),
-                    _ => {}
-                }
-            }
-        }
-        internal
+        let mut ready: Vec<&Node> = nodes
+            .iter()
+            .map(|n| n.as_ref())
+            .filter(|n| n.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True")))
+            .collect();
+        // Preferred nodes first, in their order; the rest after.
+        ready.sort_by_key(|n| preferred.iter().position(|p| n.metadata.name.as_ref() == Some(p)).unwrap_or(usize::MAX));
+        let address_of = |node: &Node| {
+            let addresses: Vec<(&str, IpAddr)> = node
+                .status
+                .as_ref()
+                .and_then(|s| s.addresses.as_ref())
+                .into_iter()
+                .flatten()
+                .filter_map(|a| Some((a.type_.as_str(), a.address.parse::<IpAddr>().ok()?)))
+                .collect();
+            let external = addresses.iter().find(|(kind, _)| *kind == "ExternalIP");
+            external.or_else(|| addresses.iter().find(|(kind, _)| *kind == "InternalIP")).map(|(_, ip)| *ip)
+        };
+        ready.into_iter().find_map(address_of)
     }
 
     /// Recent Events about the instance's Deployment, ReplicaSets, pods, Service and HPA, newest first.
