@@ -29,7 +29,7 @@ help:
 	@echo "make run    build and serve kubefn on http://127.0.0.1:3000"
 	@echo "make test   run every test (unit, API, migrations, browser end-to-end)"
 	@echo "make bench  measure (release build) and write bench/results/"
-	@echo "make cluster / make cluster-stop   a real Kubernetes control plane (kwok nodes) on loopback"
+	@echo "make cluster / make cluster-stop   a real Kubernetes cluster on this machine (a real node, kwok nodes)"
 
 run: tools sandbox build-release
 	KUBEFN_DATA_DIR=$${KUBEFN_DATA_DIR:-data} ./target/release/kubefn
@@ -52,17 +52,29 @@ test-unit: tools sandbox testcluster
 test-kubernetes: tools testcluster
 	cargo test --features ssr --test kubernetes_runtime
 
-# Builds etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl and kwok from the
-# versions pinned in k8s/testcluster/go.mod (about 7 minutes cold on 2 cores, then cached).
+# Builds etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok, the
+# kubelet and kube-proxy from the versions pinned in k8s/testcluster/go.mod (about 7 minutes cold
+# on 2 cores, then cached), installs what the real node runs on from Debian (containerd, runc,
+# the CNI plugins, nftables, iproute2) and builds its images with mmdebstrap (about 2 minutes
+# cold, then cached).
+NODE_PACKAGES := containerd runc containernetworking-plugins nftables iproute2 mmdebstrap
 testcluster:
 	@command -v go >/dev/null || { echo "the Kubernetes tests need Go 1.26 (https://go.dev/dl/) to build their control plane" >&2; exit 1; }
+	@missing=$$(for p in $(NODE_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || echo $$p; done); \
+	if [[ -n "$$missing" ]]; then \
+	  echo "installing the test cluster's real node from Debian: $$missing"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) || \
+	  { echo "cannot install $$missing: the Kubernetes tests run functions on a real node and need them" >&2; exit 1; }; \
+	fi
 	k8s/testcluster/build.sh
+	k8s/testcluster/images.sh
 
 cluster: testcluster
 	@k8s/testcluster/start.sh $(CLUSTER_DIR) >/dev/null
-	@echo "control plane running; kubeconfig: $(CLUSTER_DIR)/kubeconfig"
+	@echo "cluster running (a real node, 2 kwok nodes); kubeconfig: $(CLUSTER_DIR)/kubeconfig"
 	@echo "  kubectl:  $$(k8s/testcluster/build.sh)/kubectl --kubeconfig $(CLUSTER_DIR)/kubeconfig get nodes"
-	@echo "  kubefn:   KUBEFN_RUNTIME=kubernetes KUBEFN_KUBECONFIG=$(CLUSTER_DIR)/kubeconfig make run"
+	@echo "  kubefn:   KUBEFN_RUNTIME=kubernetes KUBEFN_KUBECONFIG=$(CLUSTER_DIR)/kubeconfig \\"
+	@echo "            KUBEFN_PYTHON_IMAGE=kubefn.test/python:3.11-bookworm KUBEFN_NODE_IMAGE=kubefn.test/node:18-bookworm make run"
 	@echo "  stop:     make cluster-stop"
 
 cluster-stop:
