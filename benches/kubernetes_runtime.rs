@@ -48,8 +48,7 @@ async fn main() {
     let config = KubernetesConfig {
         kubeconfig: Some(cluster.kubeconfig.clone()),
         namespace: NAMESPACE.into(),
-        images: test_cluster::images(),
-        placement: test_cluster::on_real_node(),
+        pods: test_cluster::pods(),
         forward_ports: 47000..=47999,
         ..KubernetesConfig::new()
     };

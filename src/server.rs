@@ -11,7 +11,9 @@ use axum_login::AuthManagerLayerBuilder;
 use clap::Parser;
 use leptos::config::LeptosOptions;
 use leptos_axum::{generate_route_list, LeptosRoutes};
-use crate::platform::runtime::kubernetes::{Images, KubernetesConfig, KubernetesError, KubernetesRuntime, Placement, Toleration};
+use crate::platform::runtime::kubernetes::package_egress::{self, PackageEgress};
+use crate::platform::runtime::kubernetes::{Images, KubernetesConfig, KubernetesError, KubernetesRuntime, PackageAccess, PodSettings, Placement, Toleration};
+use crate::platform::runtime::local::dependencies::InstallerSettings;
 use crate::platform::runtime::local::sandbox::SandboxSettings;
 use crate::platform::runtime::local::{LocalConfig, LocalRuntime};
 use crate::platform::runtime::{Runtime, RuntimeError};
@@ -120,6 +122,19 @@ pub struct Config {
     /// Kubernetes runtime: taints function pods tolerate, as `key[=value][:Effect],…`.
     #[arg(long, env = "KUBEFN_TOLERATIONS", default_value = "", value_parser = |t: &str| Placement::parse_tolerations(t).map_err(|e| e.to_string()))]
     pub tolerations: Tolerations,
+    /// Kubernetes runtime: serve the package egress here, an HTTPS proxy through which the
+    /// dependency installs of function pods reach the package registries and nothing else
+    /// (e.g. `0.0.0.0:3128` inside the cluster). Off by default.
+    #[arg(long, env = "KUBEFN_PACKAGE_EGRESS_LISTEN")]
+    pub package_egress_listen: Option<SocketAddr>,
+    /// Kubernetes runtime: the proxy URL dependency installs in pods use (default: the package
+    /// egress at its listen address, e.g. `http://kubefn.kubefn-system.svc:3128` in a cluster).
+    #[arg(long, env = "KUBEFN_PACKAGE_PROXY")]
+    pub package_proxy: Option<String>,
+    /// Kubernetes runtime: a PEM file of the certificate authorities dependency installs trust
+    /// (a TLS-inspecting proxy's CA); default: the runtime image's own.
+    #[arg(long, env = "KUBEFN_PACKAGE_CA_FILE")]
+    pub package_ca_file: Option<PathBuf>,
     /// Kubernetes runtime: ports kubefn's port-forwards to instances listen on, as FIRST-LAST.
     #[arg(long, env = "KUBEFN_PORT_FORWARD_RANGE", default_value = "40000-40999", value_parser = parse_port_range)]
     pub port_forward_range: RangeInclusive<u16>,
@@ -205,6 +220,18 @@ pub enum StartError {
         #[source]
         source: RuntimeError,
     },
+    /// The package CA file could not be read.
+    #[error("cannot read the package CA file {path}; check --package-ca-file")]
+    PackageCa {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The package egress could not listen.
+    #[error("cannot start the package egress")]
+    PackageEgress(#[source] package_egress::EgressError),
     /// The Kubernetes runtime could not connect or lacks a permission.
     #[error("cannot start the kubernetes runtime")]
     Kubernetes(#[source] KubernetesError),
@@ -216,7 +243,8 @@ pub enum StartError {
 /// The runtime the server started, to stop when it exits.
 enum StartedRuntime {
     Local(LocalRuntime),
-    Kubernetes(KubernetesRuntime),
+    /// With the package egress it serves, if any.
+    Kubernetes(KubernetesRuntime, Option<PackageEgress>),
 }
 
 /// The built server: its router and the runtime to stop when it exits.
@@ -242,22 +270,35 @@ impl Server {
         self.async_worker.abort();
         match self.runtime {
             StartedRuntime::Local(local) => local.shutdown().await,
-            StartedRuntime::Kubernetes(kubernetes) => kubernetes.shutdown().await,
+            StartedRuntime::Kubernetes(kubernetes, egress) => {
+                drop(egress);
+                kubernetes.shutdown().await
+            }
         }
     }
 }
 
-/// The kubernetes runtime's settings from the server's.
-pub fn kubernetes_config(config: &Config) -> KubernetesConfig {
-    KubernetesConfig {
+/// The kubernetes runtime's settings from the server's (reads the package CA file).
+pub fn kubernetes_config(config: &Config) -> Result<KubernetesConfig, StartError> {
+    let ca_bundle = match &config.package_ca_file {
+        Some(path) => Some(std::fs::read_to_string(path).map_err(|source| StartError::PackageCa { path: path.clone(), source })?),
+        None => None,
+    };
+    let proxy = config.package_proxy.clone().or_else(|| {
+        config.package_egress_listen.filter(|address| !address.ip().is_unspecified()).map(|address| format!("http://{address}"))
+    });
+    Ok(KubernetesConfig {
         kubeconfig: config.kubeconfig.clone(),
         namespace: config.namespace.clone(),
         user_namespace_prefix: config.user_namespace_prefix.clone(),
-        images: Images { python: config.python_image.clone(), node: config.node_image.clone() },
-        placement: Placement { node_selector: config.node_selector.clone(), tolerations: config.tolerations.clone() },
+        pods: PodSettings {
+            images: Images { python: config.python_image.clone(), node: config.node_image.clone() },
+            placement: Placement { node_selector: config.node_selector.clone(), tolerations: config.tolerations.clone() },
+            packages: PackageAccess { proxy, ca_bundle, env: InstallerSettings::passed_environment() },
+        },
         forward_ports: config.port_forward_range.clone(),
         ..KubernetesConfig::new()
-    }
+    })
 }
 
 /// Opens the platform, starts the runtime and its reconcile loop, and builds the whole router
@@ -284,8 +325,16 @@ pub async fn build_app(config: &Config, mut leptos_options: LeptosOptions) -> Re
             (StartedRuntime::Local(local.clone()), Arc::new(local))
         }
         RuntimeKind::Kubernetes => {
-            let kubernetes = KubernetesRuntime::connect(kubernetes_config(config)).await.map_err(StartError::Kubernetes)?;
-            (StartedRuntime::Kubernetes(kubernetes.clone()), Arc::new(kubernetes))
+            let kubernetes_config = kubernetes_config(config)?;
+            let egress = match config.package_egress_listen {
+                Some(listen) => {
+                    let hosts = package_egress::registry_hosts(&kubernetes_config.pods.packages.env);
+                    Some(PackageEgress::start(listen, hosts).await.map_err(StartError::PackageEgress)?)
+                }
+                None => None,
+            };
+            let kubernetes = KubernetesRuntime::connect(kubernetes_config).await.map_err(StartError::Kubernetes)?;
+            (StartedRuntime::Kubernetes(kubernetes.clone(), egress), Arc::new(kubernetes))
         }
     };
     let platform = Platform::open(&config.database_url(), config.signup, shared).await.map_err(StartError::Store)?;

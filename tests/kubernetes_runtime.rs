@@ -19,7 +19,7 @@ use kube::api::{Api, ListParams};
 use kube::Client;
 use kubefn::platform::autoscale::MetricKind;
 use kubefn::platform::model::{FunctionSpec, InstanceState, Runtime as Language, ScalingPolicy};
-use kubefn::platform::runtime::kubernetes::{access, client, names, KubernetesConfig, KubernetesRuntime, Placement};
+use kubefn::platform::runtime::kubernetes::{access, client, names, KubernetesConfig, KubernetesRuntime, PackageAccess, PodSettings};
 use kubefn::platform::runtime::{InstanceSpec, Runtime, RuntimeStatus};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -45,8 +45,7 @@ fn config(forward_ports: std::ops::RangeInclusive<u16>) -> KubernetesConfig {
         kubeconfig: Some(cluster().kubeconfig.clone()),
         namespace: NAMESPACE.into(),
         impersonate: Some(SERVICE_ACCOUNT.into()),
-        images: test_cluster::images(),
-        placement: test_cluster::on_real_node(),
+        pods: test_cluster::pods(),
         forward_ports,
         in_cluster: false,
         hold: Duration::from_secs(10),
@@ -56,7 +55,7 @@ fn config(forward_ports: std::ops::RangeInclusive<u16>) -> KubernetesConfig {
 
 /// Pods on kwok's nodes instead, which run nothing: for what needs many nodes or made-up usage.
 fn on_kwok(config: KubernetesConfig) -> KubernetesConfig {
-    KubernetesConfig { placement: test_cluster::on_kwok(), ..config }
+    KubernetesConfig { pods: PodSettings { placement: test_cluster::on_kwok(), ..config.pods }, ..config }
 }
 
 /// kubefn's runtime acting as its ServiceAccount, with no objects left of `functions` (from an
@@ -436,6 +435,49 @@ async fn python_node_and_image_functions_answer_through_the_port_forward_and_the
     runtime.shutdown().await;
 }
 
+/// Dependencies: the init container installs them as uid 65534 with a read-only root, through
+/// kubefn's package egress (the pod's only way out: the registries, nothing else), trusting this
+/// machine's CA bundle (its egress inspects TLS).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dependencies_install_in_the_pod_through_the_package_egress() {
+    use kubefn::platform::runtime::kubernetes::package_egress::{registry_hosts, PackageEgress};
+    use kubefn::platform::runtime::local::dependencies::InstallerSettings;
+    let installer_env = InstallerSettings::passed_environment();
+    let egress = PackageEgress::start(std::net::SocketAddr::new(cluster().host_address(), 0), registry_hosts(&installer_env)).await.expect("egress");
+    let bundle = std::env::var("SSL_CERT_FILE").unwrap_or_else(|_| "/etc/ssl/certs/ca-certificates.crt".into());
+    let mut config = config(42300..=42399);
+    config.pods.packages = PackageAccess {
+        proxy: Some(format!("http://{}", egress.address())),
+        ca_bundle: Some(std::fs::read_to_string(&bundle).expect("this machine's CA bundle")),
+        env: installer_env,
+    };
+    let runtime = KubernetesRuntime::connect(config).await.expect("connect");
+    for function in ["deps-py", "deps-js"] {
+        runtime.delete_matching(&names::function_selector_text(function)).await.expect("clean up an earlier run");
+    }
+    let py = FunctionSpec { requirements: "six==1.16.0\n".into(), ..python("deps-py", "import six\ndef handle(req):\n    return 'six ' + six.__version__\n") };
+    let js = FunctionSpec {
+        runtime: Language::Node,
+        source: "const isNumber = require('is-number');\nmodule.exports = async (event) => 'is-number says ' + isNumber(event.data);\n".into(),
+        requirements: r#"{"name": "deps-js", "dependencies": {"is-number": "7.0.0"}}"#.into(),
+        ..python("deps-js", "")
+    };
+    let specs = [instance(&py, "alice", 1), instance(&js, "alice", 1)];
+    for spec in &specs {
+        runtime.apply(spec.clone()).await.expect("apply");
+    }
+    for (spec, expected) in specs.iter().zip(["six 1.16.0", "is-number says true"]) {
+        let status = until(&runtime, &spec.id, "Ready with its dependencies", |s| s.state == InstanceState::Ready || s.state == InstanceState::Failed).await;
+        assert_eq!(status.state, InstanceState::Ready, "{status:#?}");
+        let body = if spec.function == "deps-js" { "42" } else { "x" };
+        assert_eq!(invoke(status.port_forward.expect("port-forward"), body).await, expected);
+    }
+    for spec in &specs {
+        runtime.delete(&spec.id).await.expect("delete");
+    }
+    runtime.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_instance_goes_to_zero_and_a_connection_wakes_it() {
     let config = KubernetesConfig { usage_period: Duration::from_millis(200), hold: Duration::from_secs(30), ..config(42000..=42099) };
@@ -524,7 +566,8 @@ async fn placement_sends_pods_to_the_chosen_nodes_and_an_untolerated_taint_keeps
     runtime.delete(&spec.id).await.expect("delete");
     runtime.shutdown().await;
 
-    let untolerated = KubernetesConfig { placement: Placement { tolerations: Vec::new(), ..test_cluster::on_kwok() }, ..config(42200..=42299) };
+    let mut untolerated = on_kwok(config(42200..=42299));
+    untolerated.pods.placement.tolerations.clear();
     let runtime = KubernetesRuntime::connect(untolerated).await.expect("connect");
     let spec = instance(&function, "bob", 1);
     runtime.apply(spec.clone()).await.expect("apply");

@@ -6,7 +6,7 @@
 //! Set KUBEFN_TEST_KUBECONFIG (and KUBEFN_TEST_CLUSTER_BIN) to use a cluster that runs already
 //! (`make cluster`).
 
-use kubefn::platform::runtime::kubernetes::{Images, Placement};
+use kubefn::platform::runtime::kubernetes::{Images, PodSettings, Placement};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -51,6 +51,14 @@ impl TestCluster {
         cluster
     }
 
+    /// The host's address on the real node's link (where the apiserver listens): what pods reach
+    /// of this machine.
+    pub fn host_address(&self) -> std::net::IpAddr {
+        let kubeconfig = std::fs::read_to_string(&self.kubeconfig).expect("kubeconfig");
+        let server = kubeconfig.lines().find_map(|l| l.trim().strip_prefix("server: https://")).expect("a server line");
+        server.rsplit_once(':').expect("host:port").0.parse().expect("an IP address")
+    }
+
     /// Runs kubectl against the cluster with `stdin`; its output (fails on an error).
     pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> String {
         let mut command = Command::new(self.bin.join("kubectl"));
@@ -92,4 +100,9 @@ pub fn on_kwok() -> Placement {
         node_selector: [("type".to_string(), "kwok".to_string())].into(),
         tolerations: Placement::parse_tolerations("kwok.x-k8s.io/node=fake:NoSchedule").expect("a valid toleration"),
     }
+}
+
+/// Pods on the real node, on the images built for it.
+pub fn pods() -> PodSettings {
+    PodSettings { images: images(), placement: on_real_node(), ..PodSettings::default() }
 }

@@ -51,6 +51,47 @@ impl Default for Images {
     }
 }
 
+/// What every function pod takes from kubefn's configuration.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodSettings {
+    /// The runtime images per language.
+    pub images: Images,
+    /// Which nodes function pods may run on.
+    pub placement: Placement,
+    /// How dependency installs reach the package registries.
+    pub packages: PackageAccess,
+}
+
+/// How the init container that installs a function's dependencies reaches the registries.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PackageAccess {
+    /// The proxy installs go through (`HTTPS_PROXY`), e.g. kubefn's package egress; `None`: they
+    /// connect directly, where the cluster lets pods reach the internet.
+    pub proxy: Option<String>,
+    /// A PEM bundle of the certificate authorities installs trust instead of the image's (a
+    /// TLS-inspecting proxy's CA, say). It reaches pods as the ConfigMap
+    /// [`PACKAGE_CA_CONFIG_MAP`] of their namespace.
+    pub ca_bundle: Option<String>,
+    /// Package index settings for installers (`PIP_INDEX_URL`, `npm_config_registry`, …).
+    pub env: Vec<(String, String)>,
+}
+
+/// The ConfigMap holding [`PackageAccess::ca_bundle`] in each namespace with functions.
+pub const PACKAGE_CA_CONFIG_MAP: &str = "kubefn-package-ca";
+const PACKAGE_CA_DIR: &str = "/kubefn/package-ca";
+const PACKAGE_CA_FILE: &str = "ca.pem";
+
+/// The [`PACKAGE_CA_CONFIG_MAP`] of `namespace`, when a bundle is configured.
+pub fn package_ca(namespace: &str, packages: &PackageAccess) -> Option<Value> {
+    let bundle = packages.ca_bundle.as_ref()?;
+    Some(json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": { "name": PACKAGE_CA_CONFIG_MAP, "namespace": namespace, "labels": { names::MANAGED_BY: names::MANAGER } },
+        "data": { PACKAGE_CA_FILE: bundle },
+    }))
+}
+
 /// Which nodes function pods may run on, as OpenFaaS's constraints and Knative's node
 /// selectors offer: a dedicated node pool is selected by its labels and its taints tolerated.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -178,14 +219,14 @@ pub fn autoscaling_on(spec: &FunctionSpec) -> bool {
 
 /// Builds every object of `instance` in `namespace`. `node_port` is the Service's port from
 /// before, kept so the instance's address survives re-creation.
-pub fn build(instance: &InstanceSpec, namespace: &str, images: &Images, placement: &Placement, node_port: Option<u16>) -> Result<Manifests, ManifestError> {
+pub fn build(instance: &InstanceSpec, namespace: &str, pods: &PodSettings, node_port: Option<u16>) -> Result<Manifests, ManifestError> {
     let name = names::base_name(&instance.function, &instance.user);
     let spec = &instance.spec;
     let config_map = match bootstrap::for_language(spec.runtime) {
         Some(boot) => Some(typed("ConfigMap", config_map(instance, namespace, &name, boot))?),
         None => None,
     };
-    let deployment = typed("Deployment", deployment(instance, namespace, &name, images, placement))?;
+    let deployment = typed("Deployment", deployment(instance, namespace, &name, pods))?;
     let service = typed("Service", service(instance, namespace, &name, node_port))?;
     let autoscaler = if autoscaling_on(spec) { Some(typed("HorizontalPodAutoscaler", autoscaler(instance, namespace, &name))?) } else { None };
     let fingerprint = {
@@ -225,15 +266,15 @@ fn config_map(instance: &InstanceSpec, namespace: &str, base: &str, boot: &Boots
     })
 }
 
-fn deployment(instance: &InstanceSpec, namespace: &str, base: &str, images: &Images, placement: &Placement) -> Value {
+fn deployment(instance: &InstanceSpec, namespace: &str, base: &str, pods: &PodSettings) -> Value {
     let spec = &instance.spec;
     let selector = names::instance_selector(&instance.id);
     let pod_labels = names::labels(&instance.id, &instance.function, &instance.user, Some(instance.version));
     let mut pod = match bootstrap::for_language(spec.runtime) {
-        Some(boot) => source_pod(instance, base, boot, images),
+        Some(boot) => source_pod(instance, base, boot, pods),
         None => image_pod(spec),
     };
-    placement.apply_to(&mut pod);
+    pods.placement.apply_to(&mut pod);
     let mut metadata = metadata(instance, namespace, base, Some(instance.version));
     metadata["annotations"] = json!({ names::PAUSED: instance.paused.to_string() });
     json!({
@@ -276,9 +317,9 @@ fn env_list(user: &std::collections::BTreeMap<String, String>, own: Vec<(&str, S
         .collect()
 }
 
-fn source_pod(instance: &InstanceSpec, base: &str, boot: &Bootstrap, images: &Images) -> Value {
+fn source_pod(instance: &InstanceSpec, base: &str, boot: &Bootstrap, pods: &PodSettings) -> Value {
     let spec = &instance.spec;
-    let image = if spec.runtime == Language::Node { &images.node } else { &images.python };
+    let image = if spec.runtime == Language::Node { &pods.images.node } else { &pods.images.python };
     let has_deps = !spec.requirements.trim().is_empty();
     let mut own = vec![
         ("PORT", CONTAINER_PORT.to_string()),
@@ -319,18 +360,15 @@ fn source_pod(instance: &InstanceSpec, base: &str, boot: &Bootstrap, images: &Im
                 "--target", DEPS_DIR, "-r", format!("{CODE_DIR}/requirements.txt")
             ])
         };
+        let (install_env, install_mounts) = install_access(&pods.packages, &mut volumes);
         init.push(json!({
             "name": INSTALL_CONTAINER,
             "image": image,
             "command": install,
-            "env": [{ "name": "HOME", "value": "/tmp" }, { "name": "npm_config_cache", "value": "/tmp/.npm" }],
+            "env": install_env,
             "resources": resources(spec),
             "securityContext": container_security(true),
-            "volumeMounts": [
-                { "name": "code", "mountPath": CODE_DIR, "readOnly": true },
-                { "name": "deps", "mountPath": DEPS_DIR },
-                { "name": "tmp", "mountPath": "/tmp" },
-            ],
+            "volumeMounts": install_mounts,
         }));
     }
     let probe = |path: &str, period: u32, failures: u32| {
@@ -366,6 +404,34 @@ fn source_pod(instance: &InstanceSpec, base: &str, boot: &Bootstrap, images: &Im
         pod["initContainers"] = json!(init);
     }
     pod
+}
+
+/// The dependency installer's environment and mounts: its scratch space, the registries' proxy
+/// and CA bundle (a volume added to `volumes`), and the admin's package index settings.
+fn install_access(packages: &PackageAccess, volumes: &mut Vec<Value>) -> (Vec<Value>, Vec<Value>) {
+    let mut env = vec![("HOME".to_string(), "/tmp".to_string()), ("npm_config_cache".to_string(), "/tmp/.npm".to_string())];
+    let mut mounts = vec![
+        json!({ "name": "code", "mountPath": CODE_DIR, "readOnly": true }),
+        json!({ "name": "deps", "mountPath": DEPS_DIR }),
+        json!({ "name": "tmp", "mountPath": "/tmp" }),
+    ];
+    if let Some(proxy) = &packages.proxy {
+        // pip reads the lower-case names, npm its own setting; both tunnel TLS through it.
+        for name in ["HTTPS_PROXY", "https_proxy", "npm_config_https_proxy"] {
+            env.push((name.to_string(), proxy.clone()));
+        }
+    }
+    if packages.ca_bundle.is_some() {
+        let file = format!("{PACKAGE_CA_DIR}/{PACKAGE_CA_FILE}");
+        for name in ["PIP_CERT", "npm_config_cafile", "SSL_CERT_FILE"] {
+            env.push((name.to_string(), file.clone()));
+        }
+        volumes.push(json!({ "name": "package-ca", "configMap": { "name": PACKAGE_CA_CONFIG_MAP, "optional": true } }));
+        mounts.push(json!({ "name": "package-ca", "mountPath": PACKAGE_CA_DIR, "readOnly": true }));
+    }
+    env.extend(packages.env.iter().cloned());
+    let env = env.into_iter().map(|(name, value)| json!({ "name": name, "value": value })).collect();
+    (env, mounts)
 }
 
 /// The kubelet's own sleep before SIGTERM (no program needed in the image): see [`DRAIN_SECONDS`].
@@ -477,7 +543,7 @@ mod tests {
             self
         }
         fn build(&self) -> Manifests {
-            build(&self.0, "kubefn-functions", &Images::default(), &Placement::default(), None).expect("manifests")
+            build(&self.0, "kubefn-functions", &PodSettings::default(), None).expect("manifests")
         }
     }
 
@@ -619,7 +685,7 @@ mod tests {
     #[test]
     fn service_types_and_a_kept_node_port() {
         let fixture = Fixture::python();
-        let kept = build(&fixture.0, "ns", &Images::default(), &Placement::default(), Some(31234)).expect("manifests");
+        let kept = build(&fixture.0, "ns", &PodSettings::default(), Some(31234)).expect("manifests");
         assert_eq!(json_of(&kept.service)["spec"]["ports"][0]["nodePort"], 31234);
         let external = Fixture::python()
             .with(|i| i.spec.service = ServiceSpec { kind: ServiceKind::ExternalName, external_name: Some("api.example.com".into()), port: None })
@@ -685,7 +751,7 @@ mod tests {
             tolerations: Placement::parse_tolerations("dedicated=functions:NoSchedule,gpu").expect("tolerations"),
         };
         for fixture in [Fixture::python(), Fixture::python().with(|i| i.spec.image = Some("ghcr.io/example/echo:1.0".into()))] {
-            let manifests = build(&fixture.0, "ns", &Images::default(), &placement, None).expect("manifests");
+            let manifests = build(&fixture.0, "ns", &PodSettings { placement: placement.clone(), ..PodSettings::default() }, None).expect("manifests");
             let pod = serde_json::to_value(&manifests.deployment).expect("json")["spec"]["template"]["spec"].clone();
             assert_eq!(pod["nodeSelector"], json!({ "pool": "functions" }));
             assert_eq!(
@@ -696,7 +762,7 @@ mod tests {
                 ])
             );
         }
-        let plain = build(&Fixture::python().0, "ns", &Images::default(), &Placement::default(), None).expect("manifests");
+        let plain = build(&Fixture::python().0, "ns", &PodSettings::default(), None).expect("manifests");
         let pod = serde_json::to_value(&plain.deployment).expect("json")["spec"]["template"]["spec"].clone();
         assert!(pod.get("nodeSelector").is_none() && pod.get("tolerations").is_none());
     }

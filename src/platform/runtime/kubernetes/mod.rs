@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod logs;
 pub mod manifests;
 pub mod names;
+pub mod package_egress;
 pub mod status;
 
 use super::forwarding::{Dial, ForwardingPort, Traffic};
@@ -25,7 +26,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
-pub use manifests::{Images, Placement, Toleration};
+pub use manifests::{Images, PackageAccess, PodSettings, Placement, Toleration};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
@@ -128,10 +129,8 @@ pub struct KubernetesConfig {
     pub namespace: String,
     /// With a prefix, every user's instances go to `{prefix}{user}`, created on demand.
     pub user_namespace_prefix: Option<String>,
-    /// The runtime images per language.
-    pub images: Images,
-    /// Which nodes function pods may run on.
-    pub placement: Placement,
+    /// What every function pod takes from kubefn's configuration (images, nodes, registries).
+    pub pods: PodSettings,
     /// Where port-forward listeners listen.
     pub forward_host: IpAddr,
     /// The ports port-forward listeners take.
@@ -153,8 +152,7 @@ impl KubernetesConfig {
             kubeconfig: None,
             namespace: "kubefn-functions".into(),
             user_namespace_prefix: None,
-            images: Images::default(),
-            placement: Placement::default(),
+            pods: PodSettings::default(),
             forward_host: IpAddr::from([127, 0, 0, 1]),
             forward_ports: 40000..=40999,
             hold: Duration::from_secs(30),
@@ -415,7 +413,7 @@ impl Inner {
     async fn apply(self: &Arc<Self>, spec: InstanceSpec, force: bool) -> Result<(), KubernetesError> {
         let namespace = self.namespace_of(&spec.user);
         let node_port = spec.node_port;
-        let manifests = manifests::build(&spec, &namespace, &self.config.images, &self.config.placement, node_port)?;
+        let manifests = manifests::build(&spec, &namespace, &self.config.pods, node_port)?;
         let unchanged = {
             let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
             slots.get(&spec.id).is_some_and(|s| s.fingerprint == manifests.fingerprint) && self.cluster.deployment_of(&spec.id).is_some()
@@ -436,6 +434,13 @@ impl Inner {
 
     async fn apply_objects(&self, namespace: &str, m: &manifests::Manifests, spec: &InstanceSpec) -> Result<(), KubernetesError> {
         let params = PatchParams::apply(FIELD_MANAGER).force();
+        if !spec.spec.requirements.trim().is_empty()
+            && let Some(package_ca) = manifests::package_ca(namespace, &self.config.pods.packages)
+        {
+            let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), namespace);
+            let name = manifests::PACKAGE_CA_CONFIG_MAP;
+            api.patch(name, &params, &Patch::Apply(&package_ca)).await.map_err(api_error(format!("apply ConfigMap {namespace}/{name}")))?;
+        }
         if let Some(config_map) = &m.config_map {
             let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), namespace);
             let name = names::config_map_name(&m.name, spec.version);
@@ -454,7 +459,7 @@ impl Inner {
             Ok(_) => {}
             // The node port kept from before is taken (a new cluster): let Kubernetes pick one.
             Err(kube::Error::Api(status)) if status.code == 422 && spec.node_port.is_some() => {
-                let fresh = manifests::build(&InstanceSpec { node_port: None, ..spec.clone() }, namespace, &self.config.images, &self.config.placement, None)?;
+                let fresh = manifests::build(&InstanceSpec { node_port: None, ..spec.clone() }, namespace, &self.config.pods, None)?;
                 services
                     .patch(&m.name, &params, &Patch::Apply(&fresh.service))
                     .await

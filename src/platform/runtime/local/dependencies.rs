@@ -92,12 +92,15 @@ impl InstallerSettings {
     pub const PASSED_VARIABLES: &'static [&'static str] =
         &["PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS", "PIP_NO_INDEX", "PIP_TRUSTED_HOST", "npm_config_registry"];
 
+    /// The admin's installer variables ([`Self::PASSED_VARIABLES`]) set in kubefn's environment;
+    /// the Kubernetes runtime passes them to the dependency installs of pods as well.
+    pub fn passed_environment() -> Vec<(String, String)> {
+        Self::PASSED_VARIABLES.iter().filter_map(|name| std::env::var(name).ok().map(|value| (name.to_string(), value))).collect()
+    }
+
     /// Settings for `python`, with the admin's installer variables from kubefn's environment.
     pub fn from_environment(python: PathBuf) -> InstallerSettings {
-        let env: Vec<(String, String)> = Self::PASSED_VARIABLES
-            .iter()
-            .filter_map(|name| std::env::var(name).ok().map(|value| (name.to_string(), value)))
-            .collect();
+        let env = Self::passed_environment();
         let binds = env
             .iter()
             .filter(|(name, _)| name == "PIP_FIND_LINKS")
