@@ -6,6 +6,8 @@
 #   echo.tar    kubefn.test/echo:1, an image function (images/echo)
 #   python.tar  kubefn.test/python:3.11-bookworm, Debian bookworm with python3 and pip
 #   node.tar    kubefn.test/node:18-bookworm, Debian bookworm with nodejs and npm
+#   rootfs/kubefn-base.tar  Debian bookworm with CA certificates: kubefn's own image's base
+#               (not an image itself; kubefn-image.sh adds the binary and the site)
 # The runtime images are root filesystems made by mmdebstrap from Debian's archive (about a
 # minute each); image.py wraps each as a one-layer image. Unchanged inputs reuse the cache.
 set -euo pipefail
@@ -19,6 +21,7 @@ archives=(pause echo python node)
 complete() {
   local a
   for a in "${archives[@]}"; do [[ -s "$out/$a.tar" ]] || return 1; done
+  [[ -s "$out/rootfs/kubefn-base.tar" ]]
 }
 if complete; then
   echo "$out"
@@ -50,6 +53,8 @@ runtime_image() { # name, tag, packages
 }
 runtime_image python kubefn.test/python:3.11-bookworm python3,python3-pip,ca-certificates
 runtime_image node kubefn.test/node:18-bookworm nodejs,npm,ca-certificates
+mkdir -p "$out.partial/rootfs"
+mmdebstrap --quiet --variant=apt --include=ca-certificates "${slim[@]}" bookworm "$out.partial/rootfs/kubefn-base.tar" >&2
 rm -rf "$out" && mv "$out.partial" "$out"
 echo "built in $(( $(date +%s) - start )) s" >&2
 echo "$out"

@@ -9,11 +9,14 @@
 #   10.250.N.1/30  the host side: the apiserver listens here, so the kubelet can reach it
 #   10.250.N.2/30  the node (its InternalIP; node ports answer here)
 #   10.251.N.0/24  the node's pods, on the bridge kfn0 inside the namespace (routed from the host)
+#   10.252.N.0/24  the cluster's Services (routed from the host too: kube-proxy on the node
+#                  answers for them, so a Service's ClusterIP works from this machine as well;
+#                  10.252.N.1 is the apiserver's own `kubernetes` Service)
 
 node_name=real-node
 
 # Takes a network namespace and sets up the veth pair; sets node_index, host_ip, node_ip,
-# pod_cidr and node_netns, and records them in $dir/node/network for stop.sh.
+# pod_cidr, service_cidr, api_service_ip and node_netns, and records them in $dir/node/network for stop.sh.
 node_network() {
   mkdir -p "$dir/node"
   local n
@@ -26,6 +29,7 @@ node_network() {
   [[ -n "${node_index:-}" ]] || fail "no free network namespace kubefn-node-0..199 (stale ones: ip netns list)"
   node_netns="kubefn-node-$node_index"
   host_ip="10.250.$node_index.1"; node_ip="10.250.$node_index.2"; pod_cidr="10.251.$node_index.0/24"
+  service_cidr="10.252.$node_index.0/24"; api_service_ip="10.252.$node_index.1"
   echo "$node_netns $node_index" > "$dir/node/network"
   local host_if="kfn-h$node_index" inside="nsenter --net=/run/netns/$node_netns"
   ip link add "$host_if" type veth peer name eth0 netns "$node_netns" || fail "cannot create the node's veth pair"
@@ -38,6 +42,7 @@ node_network() {
   # The node routes between its pods and the host.
   $inside sysctl -qw net.ipv4.ip_forward=1
   ip route add "$pod_cidr" via "$node_ip"
+  ip route add "$service_cidr" via "$node_ip"
 }
 
 # Writes the node's configuration and starts it; returns when the node is Ready.

@@ -67,7 +67,7 @@ cat > "$pki/serving.cnf" <<CNF
 distinguished_name = dn
 [dn]
 [ext]
-subjectAltName = IP:127.0.0.1,IP:$host_ip,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local
+subjectAltName = IP:127.0.0.1,IP:$host_ip,IP:$api_service_ip,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local
 extendedKeyUsage = serverAuth,clientAuth
 CNF
 openssl_quiet req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver" -keyout "$pki/serving.key" -out "$pki/serving.csr"
@@ -130,13 +130,12 @@ launch etcd "$bin/etcd" --name kubefn-test --data-dir "$dir/etcd" \
 launch kube-apiserver "$bin/kube-apiserver" \
   --etcd-servers "http://127.0.0.1:$etcd_port" \
   --bind-address "$host_ip" --advertise-address "$host_ip" --secure-port "$api_port" \
-  --endpoint-reconciler-type none \
   --tls-cert-file "$pki/serving.crt" --tls-private-key-file "$pki/serving.key" \
   --client-ca-file "$pki/ca.crt" \
   --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
   --service-account-issuer https://kubernetes.default.svc.cluster.local \
   --authorization-mode Node,RBAC \
-  --service-cluster-ip-range 10.96.0.0/16 --service-node-port-range 30000-32767 \
+  --service-cluster-ip-range "$service_cidr" --service-node-port-range 30000-32767 \
   --allow-privileged=true \
   --kubelet-preferred-address-types InternalIP \
   --kubelet-client-certificate "$pki/admin.crt" --kubelet-client-key "$pki/admin.key" \

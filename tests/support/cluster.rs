@@ -5,6 +5,7 @@
 //!
 //! Set KUBEFN_TEST_KUBECONFIG (and KUBEFN_TEST_CLUSTER_BIN) to use a cluster that runs already
 //! (`make cluster`).
+#![allow(dead_code)]
 
 use kubefn::platform::runtime::kubernetes::{Images, PodSettings, Placement};
 use std::io::Write;
@@ -57,6 +58,35 @@ impl TestCluster {
         let kubeconfig = std::fs::read_to_string(&self.kubeconfig).expect("kubeconfig");
         let server = kubeconfig.lines().find_map(|l| l.trim().strip_prefix("server: https://")).expect("a server line");
         server.rsplit_once(':').expect("host:port").0.parse().expect("an IP address")
+    }
+
+    /// The cluster's directory (its kubeconfig's).
+    pub fn dir(&self) -> &Path {
+        self.kubeconfig.parent().expect("the kubeconfig is in the cluster's directory")
+    }
+
+    /// Imports an image archive into the real node's containerd (no registry is reachable).
+    pub fn import_image(&self, archive: &Path) {
+        let socket = self.dir().join("node/containerd.sock");
+        let output = Command::new("ctr")
+            .args(["--address", &socket.display().to_string(), "-n", "k8s.io", "images", "import"])
+            .arg(archive)
+            .output()
+            .expect("ctr runs");
+        assert!(output.status.success(), "cannot import {}: {}", archive.display(), String::from_utf8_lossy(&output.stderr));
+    }
+
+    /// A hostPath PersistentVolume of `size` for claims with no storage class (the test cluster
+    /// has no provisioner), its directory owned by `owner`; idempotent.
+    pub fn volume(&self, name: &str, size: &str, owner: u32) {
+        let path = self.dir().join("node/volumes").join(name);
+        std::fs::create_dir_all(&path).expect("volume directory");
+        std::os::unix::fs::chown(&path, Some(owner), Some(owner)).expect("chown the volume");
+        let manifest = format!(
+            "apiVersion: v1\nkind: PersistentVolume\nmetadata: {{name: {name}}}\nspec:\n  capacity: {{storage: {size}}}\n  accessModes: [ReadWriteOnce]\n  persistentVolumeReclaimPolicy: Retain\n  storageClassName: \"\"\n  hostPath: {{path: {}, type: Directory}}\n",
+            path.display()
+        );
+        self.kubectl(&["apply", "-f", "-"], Some(&manifest));
     }
 
     /// Runs kubectl against the cluster with `stdin`; its output (fails on an error).

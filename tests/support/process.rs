@@ -4,17 +4,31 @@
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-/// A running kubefn; killed when dropped.
+/// A running kubefn; killed when dropped. Its HTTP client's methods are its own (`Deref`).
 pub struct Server {
     /// The process.
     pub child: Child,
     /// The port it listens on (127.0.0.1).
     pub port: u16,
+    client: Client,
+}
+
+/// A minimal HTTP/1.1 client for a kubefn at `address` (a child process here, or a pod).
+pub struct Client {
+    /// Where kubefn answers.
+    pub address: SocketAddr,
+}
+
+impl std::ops::Deref for Server {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.client
+    }
 }
 
 /// An HTTP answer: status, the `Set-Cookie` pair if any, body.
@@ -51,7 +65,7 @@ impl Server {
             .stderr(Stdio::null());
         configure(&mut command);
         let child = command.spawn().expect("kubefn starts");
-        let mut server = Server { child, port };
+        let mut server = Server { child, port, client: Client { address: SocketAddr::from(([127, 0, 0, 1], port)) } };
         for _ in 0..300 {
             if server.request("GET", "/readyz", None, None).status == 200 {
                 return server;
@@ -64,11 +78,19 @@ impl Server {
         panic!("kubefn did not become ready");
     }
 
+    /// SIGKILL, and wait for it.
+    pub fn kill_hard(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reaped");
+    }
+}
+
+impl Client {
     /// A minimal HTTP/1.1 exchange.
     pub fn request(&self, method: &str, path: &str, cookie: Option<&str>, json: Option<&str>) -> Answer {
         let failed = Answer { status: 0, cookie: None, body: String::new() };
-        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else { return failed };
-        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+        let Ok(mut stream) = TcpStream::connect(self.address) else { return failed };
+        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n", self.address);
         if let Some(cookie) = cookie {
             head.push_str(&format!("Cookie: {cookie}\r\n"));
         }
@@ -132,9 +154,10 @@ impl Server {
     /// Invokes `user`'s `function` through the gateway with `body`.
     pub fn invoke(&self, cookie: &str, user: &str, function: &str, body: &str) -> Answer {
         let path = format!("/fn/{user}/{function}/");
-        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else { panic!("kubefn answers") };
+        let Ok(mut stream) = TcpStream::connect(self.address) else { panic!("kubefn answers") };
         let head = format!(
-            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nCookie: {cookie}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n",
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nCookie: {cookie}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n",
+            self.address,
             body.len()
         );
         stream.write_all(head.as_bytes()).expect("write");
@@ -146,12 +169,6 @@ impl Server {
         let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
         let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_string() };
         Answer { status, cookie: None, body }
-    }
-
-    /// SIGKILL, and wait for it.
-    pub fn kill_hard(mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reaped");
     }
 }
 

@@ -76,8 +76,15 @@ impl Traffic {
         self.demand.notified().await;
     }
 
-    fn touch(&self) {
+    /// Records a request that reached the instance some other way than through a forwarding
+    /// port (kubefn inside the cluster dials the replicas itself).
+    pub fn touch(&self) {
         *self.last_activity.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    }
+
+    /// Signals that a request waits for a replica ([`Traffic::demanded`] resolves).
+    pub fn demand(&self) {
+        self.demand.notify_one();
     }
 }
 

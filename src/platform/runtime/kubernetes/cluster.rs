@@ -202,6 +202,15 @@ impl Cluster {
         ready
     }
 
+    /// The IP addresses of the instance's ready pods, sorted: kubefn inside the cluster dials
+    /// them itself (no cluster DNS or kube-proxy hop in the way).
+    pub fn ready_pod_ips(&self, id: &str) -> Vec<IpAddr> {
+        let mut ips: Vec<IpAddr> =
+            self.pods_of(id).iter().filter(|pod| status::is_ready(pod)).filter_map(|p| p.status.as_ref()?.pod_ip.as_ref()?.parse().ok()).collect();
+        ips.sort();
+        ips
+    }
+
     /// The versions the instance's pods run.
     pub fn pod_versions(&self, id: &str) -> HashSet<u32> {
         self.pods_of(id).iter().filter_map(|p| status::version_of(p.metadata.labels.as_ref())).collect()

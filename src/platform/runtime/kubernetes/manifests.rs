@@ -439,8 +439,16 @@ fn drain() -> Value {
     json!({ "preStop": { "sleep": { "seconds": DRAIN_SECONDS } } })
 }
 
+/// The port the function's container serves on: the bootstraps' own, or an image's.
+pub fn container_port(spec: &FunctionSpec) -> u16 {
+    match spec.runtime {
+        Language::Image => spec.service.port.unwrap_or(CONTAINER_PORT),
+        Language::Python | Language::Node => CONTAINER_PORT,
+    }
+}
+
 fn image_pod(spec: &FunctionSpec) -> Value {
-    let port = spec.service.port.unwrap_or(CONTAINER_PORT);
+    let port = container_port(spec);
     // An image's own HTTP paths are unknown: ready and alive mean its port accepts connections.
     let probe = |period: u32, failures: u32| json!({ "tcpSocket": { "port": "http" }, "periodSeconds": period, "failureThreshold": failures });
     json!({

@@ -17,7 +17,7 @@ pub mod status;
 
 use super::forwarding::{Dial, ForwardingPort, Traffic};
 use super::{InstanceSpec, LogStream, ReplicaUsage, Runtime, RuntimeError, RuntimeStatus};
-use crate::platform::model::{FunctionSpec, HealthCheck, InstanceState, Runtime as Language};
+use crate::platform::model::{FunctionSpec, HealthCheck, InstanceState};
 use chrono::{DateTime, Utc};
 use cluster::Cluster;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -203,7 +203,12 @@ struct Slot {
     spec: InstanceSpec,
     fingerprint: String,
     forward: Option<ForwardingPort>,
+    /// Requests to the instance (its port-forward's, or inside the cluster those kubefn dials
+    /// itself): what idleness is judged by and what wakes it from zero.
+    traffic: Option<Arc<Traffic>>,
     endpoints: watch::Sender<Vec<String>>,
+    /// Turns of the round robin over ready pods when kubefn dials them itself.
+    next_pod: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 struct Inner {
@@ -505,16 +510,26 @@ impl Inner {
                 spec: spec.clone(),
                 fingerprint: String::new(),
                 forward: None,
+                traffic: None,
                 endpoints: watch::channel(Vec::new()).0,
+                next_pod: Arc::default(),
             });
             slot.spec = spec.clone();
             slot.fingerprint = m.fingerprint.clone();
-            slot.forward.is_none() && !self.config.in_cluster && spec.spec.service.kind != crate::platform::model::ServiceKind::ExternalName
+            let served = spec.spec.service.kind != crate::platform::model::ServiceKind::ExternalName;
+            if self.config.in_cluster && served && slot.traffic.is_none() {
+                // Inside the cluster kubefn dials the pods itself (see `connect`); requests
+                // counted here wake the instance and keep it from idling to zero.
+                let traffic = Arc::new(Traffic::default());
+                slot.traffic = Some(traffic.clone());
+                tokio::spawn(wake_on_demand(traffic, Arc::downgrade(self), spec.id.clone()));
+            }
+            slot.forward.is_none() && !self.config.in_cluster && served
         };
         if !needs_forward {
             return;
         }
-        let port = if spec.spec.runtime == Language::Image { spec.spec.service.port.unwrap_or(manifests::CONTAINER_PORT) } else { manifests::CONTAINER_PORT };
+        let port = manifests::container_port(&spec.spec);
         let dial = PodDial { pods: Api::namespaced(self.client.clone(), namespace), port };
         let receiver = self.slots.lock().unwrap_or_else(|p| p.into_inner()).get(&spec.id).map(|s| s.endpoints.subscribe());
         let Some(receiver) = receiver else { return };
@@ -523,6 +538,7 @@ impl Inner {
                 let traffic = forward.traffic();
                 if let Some(slot) = self.slots.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&spec.id) {
                     slot.forward = Some(forward);
+                    slot.traffic = Some(traffic.clone());
                 }
                 tokio::spawn(wake_on_demand(traffic, Arc::downgrade(self), spec.id.clone()));
                 self.refresh_endpoints();
@@ -594,9 +610,10 @@ impl Inner {
         }
     }
 
-    /// Scales instances with `scale_to_zero_after_s` to zero once their port-forward saw no
-    /// connection for that long; the next connection wakes them ([`wake_on_demand`]). Inside
-    /// the cluster kubefn sees no traffic of its own to judge idleness by, so nothing is scaled.
+    /// Scales instances with `scale_to_zero_after_s` to zero once they saw no request for that
+    /// long (through their port-forward, or inside the cluster through kubefn's own dials); the
+    /// next request wakes them ([`wake_on_demand`]). Requests that bypass kubefn (the NodePort)
+    /// are not seen.
     async fn scale_idle_to_zero(&self) {
         let now = Instant::now();
         let idle: Vec<(String, String, String)> = self
@@ -607,7 +624,7 @@ impl Inner {
             .filter(|(_, slot)| !slot.spec.paused)
             .filter_map(|(id, slot)| {
                 let after = Duration::from_secs(slot.spec.spec.scaling.scale_to_zero_after_s?);
-                let traffic = slot.forward.as_ref()?.traffic();
+                let traffic = slot.traffic.as_ref()?;
                 (traffic.idle_for(now) >= after).then(|| (id.clone(), slot.namespace.clone(), slot.name.clone()))
             })
             .collect();
@@ -841,18 +858,37 @@ impl Runtime for KubernetesRuntime {
     }
 
     async fn connect(&self, id: &str) -> Result<SocketAddr, RuntimeError> {
-        let (namespace, name, forward) = {
+        // Outside the cluster: the instance's port-forward. Inside: a ready pod's own address,
+        // from kubefn's pod watch (the endpoints resolved by kubefn itself, so no cluster DNS or
+        // kube-proxy hop is needed), in turn; with none ready, the request waits up to the hold
+        // time while one starts.
+        let (forward, traffic, mut endpoints, next, port) = {
             let slots = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
             let slot = slots.get(id).ok_or_else(|| RuntimeError::NotFound { id: id.into() })?;
-            (slot.namespace.clone(), slot.name.clone(), slot.forward.as_ref().map(|f| f.address()))
+            let spec = &slot.spec.spec;
+            let port = manifests::container_port(spec);
+            (slot.forward.as_ref().map(|f| f.address()), slot.traffic.clone(), slot.endpoints.subscribe(), slot.next_pod.clone(), port)
         };
         if let Some(address) = forward {
             return Ok(address);
         }
-        // Inside the cluster: the Service's DNS name.
-        let host = format!("{name}.{namespace}.svc:{}", manifests::SERVICE_PORT);
-        let mut addresses = tokio::net::lookup_host(&host).await.map_err(|_| RuntimeError::NotFound { id: id.into() })?;
-        addresses.next().ok_or_else(|| RuntimeError::NotFound { id: id.into() })
+        let deadline = tokio::time::Instant::now() + self.inner.config.hold;
+        loop {
+            if let Some(traffic) = &traffic {
+                traffic.touch();
+            }
+            let ready = self.inner.cluster.ready_pod_ips(id);
+            if !ready.is_empty() {
+                let turn = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Ok(SocketAddr::new(ready[turn % ready.len()], port));
+            }
+            if let Some(traffic) = &traffic {
+                traffic.demand();
+            }
+            if tokio::time::timeout_at(deadline, endpoints.changed()).await.map_or(true, |changed| changed.is_err()) {
+                return Err(RuntimeError::NotFound { id: id.into() });
+            }
+        }
     }
 }
 
@@ -870,7 +906,7 @@ mod tests {
     fn function(scaling: ScalingPolicy) -> FunctionSpec {
         FunctionSpec {
             name: "f".into(),
-            runtime: Language::Python,
+            runtime: crate::platform::model::Runtime::Python,
             handler: None,
             source: String::new(),
             requirements: String::new(),

@@ -1,0 +1,99 @@
+//! kubefn inside the cluster, deployed the way the README says: its image built without a
+//! container engine (k8s/testcluster/kubefn-image.sh, as k8s/Dockerfile describes it),
+//! `kubectl apply -k k8s/`, its UI and API reached through its Service. It reaches instances
+//! through their pods' own addresses (no port-forward, no cluster DNS) and scales an idle one to
+//! zero and wakes it. A cluster of its own (this test binary's), so no other test's instances
+//! share its namespace.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+use test_cluster::TestCluster;
+
+#[path = "support/cluster.rs"]
+mod test_cluster;
+#[path = "support/process.rs"]
+mod process;
+
+#[test]
+fn kubefn_applied_with_kubectl_serves_deploy_invoke_and_delete_from_inside_the_cluster() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // TestCluster::start has applied k8s/ already: kubefn's Deployment waits for its image and
+    // its volume, which an operator provides.
+    let cluster = TestCluster::start();
+    let work = tempfile::tempdir().expect("dir");
+    let archive = work.path().join("kubefn.tar");
+    let built = Instant::now();
+    let output = Command::new(root.join("k8s/testcluster/kubefn-image.sh"))
+        .arg(&archive)
+        .arg(env!("CARGO_BIN_EXE_kubefn"))
+        .arg(root.join("target/site"))
+        .output()
+        .expect("kubefn-image.sh runs");
+    assert!(output.status.success(), "cannot build kubefn's image: {}", String::from_utf8_lossy(&output.stderr));
+    cluster.import_image(&archive);
+    eprintln!("kubefn's image built and imported in {} ms", built.elapsed().as_millis());
+    cluster.volume("kubefn-data", "1Gi", 65532);
+    let kubectl = |args: &[&str]| cluster.kubectl(args, None);
+    // The operator's settings: an admin, and the runtime images this cluster has.
+    kubectl(&["-n", "kubefn-system", "create", "secret", "generic", "kubefn-admin", "--from-literal=admin=root:root-password-1"]);
+    let images = test_cluster::images();
+    kubectl(&[
+        "-n", "kubefn-system", "set", "env", "deployment/kubefn",
+        &format!("KUBEFN_PYTHON_IMAGE={}", images.python), &format!("KUBEFN_NODE_IMAGE={}", images.node),
+    ]);
+    let started = Instant::now();
+    kubectl(&["-n", "kubefn-system", "rollout", "status", "deployment/kubefn", "--timeout=120s"]);
+    eprintln!("kubefn's pod Ready {} ms after its rollout began", started.elapsed().as_millis());
+
+    // Its Service, from this machine (the test cluster routes Service addresses to its node).
+    let service_ip = kubectl(&["-n", "kubefn-system", "get", "service", "kubefn", "-o", "jsonpath={.spec.clusterIP}"]);
+    let kubefn = process::Client { address: format!("{}:80", service_ip.trim()).parse().expect("the Service's address") };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while kubefn.request("GET", "/readyz", None, None).status != 200 {
+        assert!(Instant::now() < deadline, "kubefn's Service never answered");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let page = kubefn.request("GET", "/", None, None);
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("<html"), "the UI renders on the server: {}", &page.body[..page.body.len().min(300)]);
+    let admin = kubefn.request("POST", "/api/v1/login", None, Some(r#"{"name":"root","password":"root-password-1"}"#));
+    assert_eq!(admin.status, 200, "the admin from the Secret logs in: {}", admin.body);
+
+    // Deploy → invoke → Delete, as a user, with the instance reached from inside the cluster.
+    let cookie = kubefn.sign_up("inside");
+    let spec = serde_json::json!({
+        "name": "hello", "runtime": "python", "source": "def handle(req):\n    return 'hello from inside: ' + req\n",
+        "scaling": {"min": 0, "max": 1, "scale_to_zero_after_s": 10},
+    });
+    let deployed = Instant::now();
+    let id = kubefn.deploy(&cookie, &spec);
+    let ready = kubefn.instance_until(&cookie, &id, "Ready", |i| i["state"] == "Ready");
+    eprintln!("the instance was Ready {} ms after Deploy", deployed.elapsed().as_millis());
+    assert!(ready["urls"]["port_forward"].is_null(), "no port-forward inside the cluster: {ready:#}");
+    let answer = kubefn.invoke(&cookie, "inside", "hello", "hi");
+    assert_eq!((answer.status, answer.body.as_str()), (200, "hello from inside: hi"));
+
+    // Idle for 10 s: scaled to zero; the next call wakes it and is answered.
+    let zero = kubefn.instance_until(&cookie, &id, "scaled to zero", |i| i["replicas"]["desired"] == 0);
+    assert_eq!(zero["message"], "scaled to zero", "{zero:#}");
+    let woken = Instant::now();
+    let answer = kubefn.invoke(&cookie, "inside", "hello", "again");
+    assert_eq!((answer.status, answer.body.as_str()), (200, "hello from inside: again"));
+    eprintln!("a call to the instance at zero was answered after {} ms", woken.elapsed().as_millis());
+
+    let asked = Instant::now();
+    let deleted = kubefn.request("DELETE", &format!("/api/v1/instances/{id}"), Some(&cookie), None);
+    let answered = asked.elapsed();
+    assert!(deleted.status == 204 || deleted.status == 202, "{} {}", deleted.status, deleted.body);
+    assert!(answered < Duration::from_secs(10), "Delete took {answered:?}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while kubefn.request("GET", &format!("/api/v1/instances/{id}"), Some(&cookie), None).status != 404 {
+        assert!(Instant::now() < deadline, "the instance was not gone");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let gone = asked.elapsed();
+    let left = kubectl(&["-n", "kubefn-functions", "get", "deployments,pods,services,configmaps", "-l", &format!("kubefn.dev/instance={id}"), "-o", "name"]);
+    assert_eq!(left.trim(), "", "objects left after Delete");
+    eprintln!("Delete answered {} in {} ms; the instance was gone after {} ms", deleted.status, answered.as_millis(), gone.as_millis());
+}
