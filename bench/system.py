@@ -9,7 +9,8 @@ Each figure is measured with its baseline in the same run:
      instances; the catalog's server-side render time with 1,000 functions against /healthz;
   3. the wasm bundle, raw and gzipped;
   4. seed experiment 1: a CPU-burning function under stepped load, its replicas and CPU over
-     time as the autoscaler (the HPA algorithm) acts; a plot;
+     time as the autoscaler (the HPA algorithm) acts; a plot; then the same on the test
+     cluster's real node with the Kubernetes HPA on real CPU, and its plot;
   5. seed experiment 2: response time against simultaneous requests (1 ... 256) through kubefn
      and to a plain always-on Node server; a plot.
 Then it merges the Rust benches' JSON (local runtime, Kubernetes) from the run directory,
@@ -318,7 +319,7 @@ def concurrency_sweep(server):
 STEPS = [(20, 4), (25, 20), (25, 50), (25, 20), (60, 0)]  # (seconds, requests/s of 10 ms CPU each)
 
 
-def autoscaling(server):
+def autoscaling(server, scaling_reasons=("ScalingReplicaSet",)):
     log("seed 1: stepped load on a CPU-burning function")
     spec = {"name": "burn", "runtime": "python", "source": BURN, "invoke": {"access": "public"},
             "resources": {"cpu": "200m", "memory": "64Mi", "cpu_limit": "1", "memory_limit": "256Mi"},
@@ -378,11 +379,34 @@ def autoscaling(server):
         return (at - started_wall).total_seconds()
 
     events = sorted((seconds_of(e["at"]), e["message"]) for e in instance["events"]
-                    if e["reason"] == "ScalingReplicaSet" and seconds_of(e["at"]) >= 0)
+                    if e["reason"] in scaling_reasons and seconds_of(e["at"]) >= 0)
     cpu = [(seconds_of(s["at"]), s["cpu_millicores"]) for s in samples if s["cpu_millicores"] is not None and seconds_of(s["at"]) >= 0]
     return {"steps": STEPS, "sent": sent[0], "failed": failures[0], "replicas": replicas, "cpu_millicores": cpu,
             "offered_millicores": offered, "events": events,
             "max_replicas": max((d for _, d, _ in replicas), default=0)}
+
+
+def autoscaling_on_kubernetes(binary, site):
+    """Seed 1 again on the test cluster's real node (k8s/testcluster): the HPA on real CPU that
+    metrics-server reads from the kubelet, kubefn outside the cluster (the gateway reaches the
+    pods through its port-forward)."""
+    log("seed 1 on Kubernetes: starting the test cluster")
+    cluster = tempfile.mkdtemp(prefix="kubefn-bench-cluster.")
+    started = subprocess.run([str(ROOT / "k8s/testcluster/start.sh"), cluster], capture_output=True, text=True,
+                             env=dict(os.environ, KUBEFN_CLUSTER_OWNER_PID=str(os.getpid())))
+    if started.returncode != 0:
+        raise RuntimeError(f"the test cluster did not start: {started.stderr[-2000:]}")
+    server = None
+    try:
+        server = Server(binary, site, ["--runtime", "kubernetes", "--kubeconfig", started.stdout.strip(),
+                                       "--python-image", "kubefn.test/python:3.11-bookworm", "--node-selector", "type=real",
+                                       "--port-forward-range", "46000-46099"])
+        server.sign_up()
+        return autoscaling(server, ("ScalingReplicaSet", "SuccessfulRescale"))
+    finally:
+        if server is not None:
+            server.stop()
+        subprocess.run([str(ROOT / "k8s/testcluster/stop.sh"), cluster], capture_output=True)
 
 
 def footprint(binary, site):
@@ -444,17 +468,25 @@ def wasm_size(site):
     return {"file": wasm.name, "raw_kib": len(raw) / 1024, "gzip_kib": len(gzip.compress(raw, 9)) / 1024}
 
 
-def plots(stamp, results, directory):
-    auto = results["autoscaling"]
+def autoscaling_plot(auto, title):
+    """Replicas and CPU over time, the scaling events marked."""
     markers = [(t, m) for t, m in auto["events"]]
-    replicas = svgplot.Chart("Seed 1: replicas as the autoscaler acts (target 50% of a 200m request)", "seconds", "replicas",
+    replicas = svgplot.Chart(title, "seconds", "replicas",
                              [svgplot.Series("desired", [(t, d) for t, d, _ in auto["replicas"]], step=True),
                               svgplot.Series("ready", [(t, r) for t, _, r in auto["replicas"]], step=True, dashed=True)],
                              markers)
     cpu = svgplot.Chart("CPU: offered by the load, and measured on the replicas", "seconds", "millicores",
                         [svgplot.Series("offered", auto["offered_millicores"], step=True, dashed=True),
                          svgplot.Series("measured", auto["cpu_millicores"])], markers)
-    pathlib.Path(directory, f"{stamp}-autoscaling.svg").write_text(svgplot.render([replicas, cpu]))
+    return svgplot.render([replicas, cpu])
+
+
+def plots(stamp, results, directory):
+    pathlib.Path(directory, f"{stamp}-autoscaling.svg").write_text(
+        autoscaling_plot(results["autoscaling"], "Seed 1: replicas as the autoscaler acts (target 50% of a 200m request)"))
+    if "autoscaling_kubernetes" in results:
+        pathlib.Path(directory, f"{stamp}-autoscaling-kubernetes.svg").write_text(
+            autoscaling_plot(results["autoscaling_kubernetes"], "Seed 1 on Kubernetes: replicas as the HPA acts on real CPU"))
     sweep = results["concurrency"]
     p50 = svgplot.Chart("Seed 2: response time against simultaneous requests (5 ms handler)", "simultaneous requests",
                         "ms", [svgplot.Series("kubefn p50", [(f["connections"], f["p50_ms"]) for f in sweep["kubefn"]]),
@@ -548,6 +580,15 @@ def report(stamp, results):
               f"stabilization 30 s. {auto['sent']} requests, {auto['failed']} failed; up to {auto['max_replicas']} replicas.", "",
               f"![replicas and CPU over time]({stamp}-autoscaling.svg)", "", "Scaling events:", ""]
     lines += [f"- {t:.0f} s: {message}" for t, message in auto["events"]] + [""]
+    if "autoscaling_kubernetes" in results:
+        kube = results["autoscaling_kubernetes"]
+        lines += ["## Seed experiment 1 on Kubernetes: the HPA on real CPU", "",
+                  "The same function and load on the test cluster's real node (containerd, runc, kubelet): the Kubernetes HPA "
+                  "(sync 5 s, scale-down window 15 s) acting on the CPU metrics-server reads from the kubelet every 10 s; kubefn "
+                  f"outside the cluster, its gateway reaching the pods through its port-forward. {kube['sent']} requests, "
+                  f"{kube['failed']} failed; up to {kube['max_replicas']} replicas.", "",
+                  f"![replicas and CPU over time on Kubernetes]({stamp}-autoscaling-kubernetes.svg)", "", "Scaling events:", ""]
+        lines += [f"- {t:.0f} s: {message}" for t, message in kube["events"]] + [""]
     lines += ["## Seed experiment 2: response time against simultaneous requests", "",
               "A Node handler that waits 5 ms, one replica, through the kubefn gateway; the baseline is a plain always-on Node "
               f"server with the same handler. wrk, {CONCURRENCY_SECONDS} s per level.", "",
@@ -571,7 +612,8 @@ def report(stamp, results):
     table = ["| goal | result | |", "|---|---|---|"] + [f"| {name} | {value} | {goal(ok)} |" for name, value, ok in goals]
     lines += ["## Goals", ""] + table + [""]
     readme = [f"Latest run: [{stamp}](bench/results/{stamp}.md), {results['machine']}", ""] + table + [
-        "", f"Plots: [seed 1, autoscaling](bench/results/{stamp}-autoscaling.svg); "
+        "", f"Plots: [seed 1, autoscaling](bench/results/{stamp}-autoscaling.svg) "
+            f"(and [on Kubernetes](bench/results/{stamp}-autoscaling-kubernetes.svg)); "
             f"[seed 2, response time against simultaneous requests](bench/results/{stamp}-concurrency.svg)."]
     return "\n".join(lines), "\n".join(readme), goals
 
@@ -616,6 +658,7 @@ def main():
         results["autoscaling"] = autoscaling(server)
     finally:
         server.stop()
+    results["autoscaling_kubernetes"] = autoscaling_on_kubernetes(args.binary, args.site)
     results["footprint"] = footprint(args.binary, args.site)
     results["wasm"] = wasm_size(args.site)
     for name in ("local_runtime", "kubernetes"):

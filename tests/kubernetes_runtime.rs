@@ -429,8 +429,12 @@ async fn python_node_and_image_functions_answer_through_the_port_forward_and_the
         assert_eq!(all.iter().filter(|l| l.contains(&format!("{got} hi"))).count(), 1, "no line twice: {all:?}");
         assert_eq!(all.iter().filter(|l| l.contains(&format!("{got} again"))).count(), 5, "{all:?}");
     }
+    // Both bootstraps stop at once on SIGTERM as PID 1 (the pods' grace period is 35 s): each
+    // delete takes the 2 s drain and little more.
     for spec in &specs {
+        let deleting = Instant::now();
         runtime.delete(&spec.id).await.expect("delete");
+        assert!(deleting.elapsed() < Duration::from_secs(10), "deleting {} took {:?}", spec.function, deleting.elapsed());
     }
     runtime.shutdown().await;
 }

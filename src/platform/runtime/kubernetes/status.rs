@@ -218,7 +218,10 @@ pub fn plain_event(reason: &str, message: &str, object: &str) -> String {
         "Killing" => format!("{object} is being stopped: {message}"),
         "OOMKilling" | "OOMKilled" => format!("{object} ran out of memory and was killed; raise memory_limit or use less"),
         "ScalingReplicaSet" => message.to_string(),
-        "SuccessfulRescale" => format!("the autoscaler {}", message.trim_start_matches("New size: ").to_lowercase().replace("reason: ", "because ")),
+        "SuccessfulRescale" => match message.strip_prefix("New size: ").and_then(|rest| rest.split_once("; reason: ")) {
+            Some((size, reason)) => format!("the autoscaler set {size} replicas because {reason}"),
+            None => format!("the autoscaler rescaled: {message}"),
+        },
         "FailedGetResourceMetric" | "FailedComputeMetricsReplicas" => {
             format!("the autoscaler cannot read the replicas' usage yet (is metrics-server installed?): {message}")
         }
@@ -425,6 +428,11 @@ mod tests {
             "no node can take replica hello-alice-7d-x yet: 0/2 nodes are available: 2 Insufficient cpu."
         );
         assert!(plain_event("FailedGetResourceMetric", "unable to get metrics", "hpa").contains("metrics-server"));
+        assert_eq!(
+            plain_event("SuccessfulRescale", "New size: 4; reason: cpu resource utilization (percentage of request) above target", "hpa"),
+            "the autoscaler set 4 replicas because cpu resource utilization (percentage of request) above target"
+        );
+        assert_eq!(plain_event("SuccessfulRescale", "Something new", "hpa"), "the autoscaler rescaled: Something new");
     }
 
     fn hpa(status: serde_json::Value) -> HorizontalPodAutoscaler {
