@@ -13,6 +13,7 @@ use leptos::config::LeptosOptions;
 use leptos_axum::{generate_route_list, LeptosRoutes};
 use crate::platform::runtime::kubernetes::package_egress::{self, PackageEgress};
 use crate::platform::runtime::kubernetes::{Images, KubernetesConfig, KubernetesError, KubernetesRuntime, PackageAccess, PodSettings, Placement, Toleration};
+use crate::platform::outbound::OutboundPolicy;
 use crate::platform::runtime::local::dependencies::InstallerSettings;
 use crate::platform::runtime::local::sandbox::SandboxSettings;
 use crate::platform::runtime::local::{LocalConfig, LocalRuntime};
@@ -122,6 +123,11 @@ pub struct Config {
     /// Kubernetes runtime: taints function pods tolerate, as `key[=value][:Effect],…`.
     #[arg(long, env = "KUBEFN_TOLERATIONS", default_value = "", value_parser = |t: &str| Placement::parse_tolerations(t).map_err(|e| e.to_string()))]
     pub tolerations: Tolerations,
+    /// Address ranges (`CIDR,…`) that user-chosen outbound calls (async callbacks) may reach
+    /// besides public addresses; loopback, link-local and private ones are refused otherwise,
+    /// and kubefn's own port always.
+    #[arg(long, env = "KUBEFN_OUTBOUND_ALLOW", default_value = "", value_parser = |t: &str| OutboundPolicy::parse_ranges(t))]
+    pub outbound_allow: OutboundRanges,
     /// Kubernetes runtime: serve the package egress here, an HTTPS proxy through which the
     /// dependency installs of function pods reach the package registries and nothing else
     /// (e.g. `0.0.0.0:3128` inside the cluster). Off by default.
@@ -160,6 +166,9 @@ impl Config {
         self.database_url.clone().unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("kubefn.db").display()))
     }
 }
+
+/// The outbound ranges setting, whole (as [`Tolerations`]).
+type OutboundRanges = Vec<ipnet::IpNet>;
 
 /// The tolerations setting, whole: a plain `Vec` would make clap take one toleration per flag.
 type Tolerations = Vec<Toleration>;
@@ -337,7 +346,8 @@ pub async fn build_app(config: &Config, mut leptos_options: LeptosOptions) -> Re
             (StartedRuntime::Kubernetes(kubernetes.clone(), egress), Arc::new(kubernetes))
         }
     };
-    let platform = Platform::open(&config.database_url(), config.signup, shared).await.map_err(StartError::Store)?;
+    let outbound = OutboundPolicy::new(config.outbound_allow.clone(), Some(config.listen));
+    let platform = Platform::open(&config.database_url(), config.signup, shared, outbound).await.map_err(StartError::Store)?;
     if let Some(admin) = &config.admin {
         let (name, password) = admin.split_once(':').ok_or(StartError::AdminFormat)?;
         platform.accounts.ensure_admin(name, password).await.map_err(StartError::Admin)?;

@@ -582,6 +582,29 @@ async fn placement_sends_pods_to_the_chosen_nodes_and_an_untolerated_taint_keeps
     runtime.shutdown().await;
 }
 
+/// An ExternalName Service stays a Kubernetes feature: kubefn's gateway never proxies to one,
+/// so no function owner can point kubefn at an address of their choosing (a cloud's metadata
+/// endpoint, say); the refusal is immediate and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_never_proxies_to_an_external_name_service() {
+    let runtime = runtime(42400..=42499, &["alias"]).await;
+    let mut function = python("alias", "def handle(req):\n    return 'x'\n");
+    function.service.kind = kubefn::platform::model::ServiceKind::ExternalName;
+    function.service.external_name = Some("metadata.google.internal".into());
+    let spec = instance(&function, "mallory", 1);
+    runtime.apply(spec.clone()).await.expect("apply");
+    let admin = admin().await;
+    let service = Api::<Service>::namespaced(admin, NAMESPACE).get("alias-mallory").await.expect("the Service exists");
+    assert_eq!(service.spec.expect("spec").external_name.as_deref(), Some("metadata.google.internal"));
+    let asked = Instant::now();
+    let refused = runtime.connect(&spec.id).await.expect_err("no route through kubefn");
+    assert!(matches!(refused, kubefn::platform::runtime::RuntimeError::NotProxied { .. }), "{refused}");
+    assert!(refused.to_string().contains("never proxies"), "{refused}");
+    assert!(asked.elapsed() < Duration::from_secs(1), "refused at once, not after the hold time");
+    runtime.delete(&spec.id).await.expect("delete");
+    runtime.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_user_namespaces_are_created_labelled_and_a_quota_failure_is_explained() {
     let _ = cluster();

@@ -870,6 +870,38 @@ async fn cron_triggers_fire_at_their_minute_once_across_a_restart_and_record_mis
     app.stop().await;
 }
 
+/// A callback is kubefn making a request on a user's behalf: by default it never goes to
+/// loopback (kubefn's own API among others), link-local (cloud metadata), or private addresses,
+/// whatever the name; the refusal names the field and says why, and nothing is queued.
+#[tokio::test]
+async fn callbacks_to_internal_addresses_are_refused_before_anything_is_queued() {
+    let app = TestApp::start().await;
+    let alice = app.user("alice").await;
+    let function = json!({"name": "cb", "runtime": "python", "source": "def handle(req):\n    return 'x'\n"});
+    assert_eq!(app.call(Method::POST, "/api/v1/functions", Some(function), As::Cookie(&alice)).await.status, StatusCode::CREATED);
+    let deployed = app.call(Method::POST, "/api/v1/functions/cb/deploy", None, As::Cookie(&alice)).await;
+    assert_eq!(deployed.status, StatusCode::CREATED, "{}", deployed.body);
+    for (url, why) in [
+        ("http://127.0.0.1:3000/api/v1/tokens", "is kubefn itself"),
+        ("http://localhost:8080/", "a loopback address"),
+        ("http://[::1]:9000/", "a loopback address"),
+        ("http://169.254.169.254/latest/meta-data/iam/", "link-local"),
+        ("http://192.168.1.1/", "a private address"),
+        ("http://[::ffff:10.0.0.1]/", "a private address"),
+    ] {
+        let request = Request::post("/async/fn/alice/cb/").header(header::COOKIE, &alice).header("x-callback-url", url).body(Body::from("hi")).expect("request");
+        let refused = app.send(request).await;
+        assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{url}: {}", refused.body);
+        assert_eq!(refused.body["field"], "X-Callback-Url");
+        let message = refused.body["error"].as_str().unwrap_or_default();
+        assert!(message.contains(why), "{url}: {message}");
+    }
+    let store = kubefn::platform::store::Store::open(&format!("sqlite://{}", app.dir.path().join("kubefn.db").display())).await.expect("db");
+    let (queued,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM async_invocations").fetch_one(store.pool()).await.expect("count");
+    assert_eq!(queued, 0, "nothing was queued");
+    app.stop().await;
+}
+
 /// A local HTTP server that records every callback it receives.
 async fn callback_receiver() -> (String, tokio::sync::mpsc::UnboundedReceiver<(HeaderMap, String)>) {
     let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
@@ -904,7 +936,8 @@ async fn async_until(app: &TestApp, id: &str, who: &str, what: &str, done: impl 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn async_invocations_are_queued_retried_called_back_and_survive_a_restart() {
-    let app = TestApp::start().await;
+    // The callback receiver listens on loopback, which an admin must allow.
+    let app = TestApp::start_configured(SignupPolicy::Open, &["--outbound-allow", "127.0.0.0/8"]).await;
     let alice = app.user("alice").await;
     let bob = app.user("bob").await;
     // Fails its first two attempts (counted in a file named by the request), then answers.
@@ -950,6 +983,11 @@ async fn async_invocations_are_queued_retried_called_back_and_survive_a_restart(
     let bad_callback = app.send(queue("x|y".into(), &alice, Some("https://example.com/hook"))).await;
     assert_eq!(bad_callback.status, StatusCode::BAD_REQUEST);
     assert_eq!(bad_callback.body["field"], "X-Callback-Url");
+    // Outside the allowed range: cloud metadata and private networks stay out of reach.
+    for inside in ["http://169.254.169.254/latest/meta-data/", "http://10.0.0.1/hook"] {
+        let refused = app.send(queue("x|y".into(), &alice, Some(inside))).await;
+        assert_eq!((refused.status, refused.body["field"].as_str()), (StatusCode::BAD_REQUEST, Some("X-Callback-Url")), "{inside}: {}", refused.body);
+    }
 
     // Queued while the instance is paused, kept across a restart, done once it runs again.
     app.call(Method::POST, &format!("/api/v1/instances/{instance}/pause"), None, As::Cookie(&alice)).await;

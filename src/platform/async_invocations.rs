@@ -7,6 +7,7 @@
 use super::auth::Principal;
 use super::gateway::{upstream_uri_of, Gateway, GatewayError, Target};
 use super::model::{AsyncAccepted, AsyncState, AsyncStatus, FieldError};
+use super::outbound::OutboundPolicy;
 use super::store::{AsyncCall, AsyncRecord, AttemptResult, NewAsync, Store, StoreError};
 use chrono::{DateTime, Utc};
 use http_body_util::BodyExt;
@@ -51,12 +52,15 @@ pub struct AsyncInvocations {
     store: Store,
     gateway: Gateway,
     queued: Arc<Notify>,
+    /// Where callbacks may go.
+    outbound: OutboundPolicy,
 }
 
 impl AsyncInvocations {
-    /// The queue over the store, invoking through `gateway`.
-    pub fn new(store: Store, gateway: Gateway) -> AsyncInvocations {
-        AsyncInvocations { store, gateway, queued: Arc::new(Notify::new()) }
+    /// The queue over the store, invoking through `gateway`, calling back only where
+    /// `outbound` allows.
+    pub fn new(store: Store, gateway: Gateway, outbound: OutboundPolicy) -> AsyncInvocations {
+        AsyncInvocations { store, gateway, queued: Arc::new(Notify::new()), outbound }
     }
 
     /// Queues a request for `target`, which the gateway admitted for `caller`
@@ -66,7 +70,9 @@ impl AsyncInvocations {
             return Err(GatewayError::TooLarge { function: target.function.clone(), limit: target.policy.max_body_bytes }.into());
         }
         if let Some(url) = &call.callback_url {
-            check_callback_url(url).map_err(AsyncError::Invalid)?;
+            let (host, port) = check_callback_url(url).map_err(AsyncError::Invalid)?;
+            // Resolved now so the caller hears at once; resolved again when the callback is made.
+            self.outbound.resolve(&host, port).await.map_err(|error| AsyncError::Invalid(FieldError::new("X-Callback-Url", error.to_string())))?;
         }
         let id = uuid::Uuid::new_v4().to_string();
         let new = NewAsync {
@@ -139,7 +145,7 @@ impl AsyncInvocations {
         if result.state != AsyncState::Queued
             && let Some(url) = &record.call.callback_url
         {
-            let delivered = deliver(url, &record.id, &result).await;
+            let delivered = deliver(&self.outbound, url, &record.id, &result).await;
             if let Err(error) = self.store.set_callback_result(&record.id, &delivered).await {
                 tracing::error!(id = %record.id, error = %super::error_chain(&error), "cannot record a callback");
             }
@@ -236,21 +242,21 @@ pub fn attempt_result(attempts: u32, outcome: Result<Answered, NoAnswer>, now: D
     }
 }
 
-/// Checks an `X-Callback-Url`: an absolute `http://` URL.
-pub fn check_callback_url(url: &str) -> Result<(), FieldError> {
+/// Checks an `X-Callback-Url`: an absolute `http://` URL; its host and port.
+pub fn check_callback_url(url: &str) -> Result<(String, u16), FieldError> {
     let field = || FieldError::new("X-Callback-Url", format!("X-Callback-Url must be an absolute http:// URL (got {url:?})"));
     let uri: http::Uri = url.parse().map_err(|_| field())?;
-    if uri.scheme_str() != Some("http") || uri.host().is_none_or(str::is_empty) {
-        return Err(field());
+    match uri.host() {
+        Some(host) if uri.scheme_str() == Some("http") && !host.is_empty() => Ok((host.to_string(), uri.port_u16().unwrap_or(80))),
+        _ => Err(field()),
     }
-    Ok(())
 }
 
 /// POSTs the result to the callback URL (a few tries); what happened, in words.
-async fn deliver(url: &str, id: &str, result: &AttemptResult) -> String {
+async fn deliver(outbound: &OutboundPolicy, url: &str, id: &str, result: &AttemptResult) -> String {
     let mut last = String::new();
     for attempt in 1..=CALLBACK_ATTEMPTS {
-        match post_callback(url, id, result).await {
+        match post_callback(outbound, url, id, result).await {
             Ok(status) if status < 400 => return format!("delivered: {url} answered {status}"),
             Ok(status) => last = format!("{url} answered {status}"),
             Err(reason) => last = reason,
@@ -262,11 +268,13 @@ async fn deliver(url: &str, id: &str, result: &AttemptResult) -> String {
     format!("not delivered after {CALLBACK_ATTEMPTS} tries: {last}")
 }
 
-async fn post_callback(url: &str, id: &str, result: &AttemptResult) -> Result<u16, String> {
+async fn post_callback(outbound: &OutboundPolicy, url: &str, id: &str, result: &AttemptResult) -> Result<u16, String> {
     let uri: http::Uri = url.parse().map_err(|e| format!("bad URL: {e}"))?;
-    let host = uri.host().ok_or("the URL has no host")?.to_string();
-    let port = uri.port_u16().unwrap_or(80);
-    let stream = tokio::time::timeout(Duration::from_secs(10), tokio::net::TcpStream::connect((host.as_str(), port)))
+    let (host, port) = check_callback_url(url).map_err(|e| e.message)?;
+    // Only the addresses just checked are dialled: a name that changed meanwhile (DNS
+    // rebinding) cannot lead inside.
+    let addresses = outbound.resolve(&host, port).await.map_err(|e| e.to_string())?;
+    let stream = tokio::time::timeout(Duration::from_secs(10), tokio::net::TcpStream::connect(&addresses[..]))
         .await
         .map_err(|_| format!("cannot connect to {host}:{port} within 10 s"))?
         .map_err(|e| format!("cannot connect to {host}:{port}: {e}"))?;

@@ -317,6 +317,10 @@ impl Gateway {
                 self.pools.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(id);
                 GatewayError::NotRunning { state: "Pending", reason: "it is starting; try again in a moment".into() }
             }
+            RuntimeError::NotProxied { .. } => GatewayError::NotRunning {
+                state: "not served by the gateway",
+                reason: "its Service is an ExternalName, which kubefn never proxies to (it could name any host); call that name directly".into(),
+            },
             other => GatewayError::Runtime(other),
         })?;
         // A WebSocket (or other) upgrade keeps its Upgrade and Connection headers, and the

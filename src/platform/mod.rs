@@ -1,6 +1,6 @@
 //! The FaaS core, with no Leptos inside: the model, validation, the store, accounts, the
-//! registry, instances and their runtimes, the gateway and its metrics, cron triggers, async invocations, and
-//! the autoscaling algorithm. Only [`model`] compiles for the browser; everything else is server-only.
+//! registry, instances and their runtimes, the gateway and its metrics, cron triggers, async invocations
+//! and the addresses their callbacks may reach, and the autoscaling algorithm. Only [`model`] compiles for the browser; everything else is server-only.
 
 pub mod model;
 
@@ -14,6 +14,8 @@ pub mod autoscale;
 pub mod gateway;
 #[cfg(feature = "ssr")]
 pub mod metrics;
+#[cfg(feature = "ssr")]
+pub mod outbound;
 #[cfg(feature = "ssr")]
 pub mod instances;
 #[cfg(feature = "ssr")]
@@ -39,6 +41,7 @@ mod ssr {
     use super::gateway::Gateway;
     use super::instances::Instances;
     use super::metrics::GatewayMetrics;
+    use super::outbound::OutboundPolicy;
     use super::registry::Registry;
     use super::runtime::Runtime;
     use super::store::{Store, StoreError};
@@ -92,7 +95,8 @@ mod ssr {
 
     impl Platform {
         /// Opens the store at `database_url` (migrating it) and wires the services.
-        pub async fn open(database_url: &str, signup: SignupPolicy, runtime: Arc<dyn Runtime>) -> Result<Platform, StoreError> {
+        /// Callbacks go only where `outbound` allows.
+        pub async fn open(database_url: &str, signup: SignupPolicy, runtime: Arc<dyn Runtime>, outbound: OutboundPolicy) -> Result<Platform, StoreError> {
             let store = Store::open(database_url).await?;
             let registry = Registry::new(store.clone());
             let metrics = Arc::new(GatewayMetrics::new());
@@ -101,7 +105,7 @@ mod ssr {
                 accounts: Accounts::new(store.clone(), signup),
                 instances: Instances::new(store.clone(), registry.clone(), runtime, metrics),
                 triggers: Triggers::new(store.clone(), registry.clone(), gateway.clone()),
-                asyncs: AsyncInvocations::new(store.clone(), gateway.clone()),
+                asyncs: AsyncInvocations::new(store.clone(), gateway.clone(), outbound),
                 gateway,
                 registry,
                 store,

@@ -40,10 +40,16 @@ impl TestApp {
     }
 
     pub async fn start_with(signup: SignupPolicy) -> TestApp {
+        TestApp::start_configured(signup, &[]).await
+    }
+
+    /// With more command-line settings (`--outbound-allow …`, say).
+    pub async fn start_configured(signup: SignupPolicy, extra: &[&str]) -> TestApp {
         let dir = tempfile::tempdir().expect("temp dir");
         let data_dir = dir.path().display().to_string();
         // Cron triggers run on the clock the tests move (`platform.triggers.tick`).
         let mut args = vec!["kubefn", "--data-dir", &data_dir, "--drain-seconds", "1", "--reconcile-seconds", "1", "--log", "warn", "--cron", "false"];
+        args.extend(extra);
         let admin = format!("{}:{}", ADMIN.0, ADMIN.1);
         args.extend(["--admin", &admin]);
         if signup == SignupPolicy::Closed {

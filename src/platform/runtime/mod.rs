@@ -90,6 +90,13 @@ pub enum RuntimeError {
         /// The instance's id.
         id: String,
     },
+    /// The instance's Service is an ExternalName: the gateway never proxies to one, since it
+    /// would reach whatever name the function's owner chose, cloud metadata endpoints included.
+    #[error("instance {id}'s Service is an ExternalName, which kubefn's gateway never proxies to; call that name directly")]
+    NotProxied {
+        /// The instance's id.
+        id: String,
+    },
     /// The instance's files could not be written.
     #[error("cannot prepare the files of instance {id} under {path}; check that the data directory is writable")]
     Files {

@@ -866,6 +866,9 @@ impl Runtime for KubernetesRuntime {
             let slots = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
             let slot = slots.get(id).ok_or_else(|| RuntimeError::NotFound { id: id.into() })?;
             let spec = &slot.spec.spec;
+            if spec.service.kind == crate::platform::model::ServiceKind::ExternalName {
+                return Err(RuntimeError::NotProxied { id: id.into() });
+            }
             let port = manifests::container_port(spec);
             (slot.forward.as_ref().map(|f| f.address()), slot.traffic.clone(), slot.endpoints.subscribe(), slot.next_pod.clone(), port)
         };
