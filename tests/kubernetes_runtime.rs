@@ -605,6 +605,54 @@ async fn the_gateway_never_proxies_to_an_external_name_service() {
     runtime.shutdown().await;
 }
 
+/// One user's objects are never another's: names that join alike stay apart, each instance runs
+/// its own code, and an object of the name that kubefn did not make for this instance is left
+/// alone, with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_that_join_alike_stay_apart_and_nothing_is_adopted() {
+    let runtime = runtime(42500..=42599, &["image", "image-resize", "taken"]).await;
+    // User `resize-bob`'s function `image` and user `bob`'s function `image-resize`.
+    let mallory = instance(&python("image", "def handle(req):\n    return 'resize-bob'\n"), "resize-bob", 1);
+    let bob = instance(&python("image-resize", "def handle(req):\n    return 'bob'\n"), "bob", 1);
+    for spec in [&mallory, &bob] {
+        runtime.apply(spec.clone()).await.expect("apply");
+    }
+    for (spec, own) in [(&mallory, "resize-bob"), (&bob, "bob")] {
+        let status = until(&runtime, &spec.id, "Ready", |s| s.state == InstanceState::Ready && s.ready == 1).await;
+        assert_eq!(invoke(status.port_forward.expect("port-forward"), "x").await, own, "each instance runs its own code");
+    }
+    let admin = admin().await;
+    let names: Vec<String> = Api::<Deployment>::namespaced(admin.clone(), NAMESPACE)
+        .list_metadata(&ListParams::default().labels(&names::function_selector_text("image")))
+        .await
+        .expect("list")
+        .items
+        .into_iter()
+        .chain(
+            Api::<Deployment>::namespaced(admin.clone(), NAMESPACE)
+                .list_metadata(&ListParams::default().labels(&names::function_selector_text("image-resize")))
+                .await
+                .expect("list")
+                .items,
+        )
+        .filter_map(|d| d.metadata.name)
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert_ne!(names[0], names[1]);
+
+    // A ConfigMap of the name an instance would use, made by someone else: not adopted.
+    cluster().kubectl(&["-n", NAMESPACE, "create", "configmap", "taken-carol-v1", "--from-literal=function.py=def handle(req): return 'not yours'"], None);
+    let carol = instance(&python("taken", "def handle(req):\n    return 'carol'\n"), "carol", 1);
+    let refused = runtime.apply(carol.clone()).await.expect_err("the ConfigMap is someone else's");
+    let text = kubefn::platform::error_chain(&refused);
+    assert!(text.contains("ConfigMap kubefn-functions/taken-carol-v1 belongs to another instance"), "{text}");
+    cluster().kubectl(&["-n", NAMESPACE, "delete", "configmap", "taken-carol-v1"], None);
+    for spec in [&mallory, &bob, &carol] {
+        runtime.delete(&spec.id).await.expect("delete");
+    }
+    runtime.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_user_namespaces_are_created_labelled_and_a_quota_failure_is_explained() {
     let _ = cluster();

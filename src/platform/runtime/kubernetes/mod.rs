@@ -107,6 +107,16 @@ pub enum KubernetesError {
         /// How long kubefn waited.
         seconds: u64,
     },
+    /// An object kubefn would write belongs to something else: never adopted.
+    #[error("{kind} {namespace}/{name} belongs to another instance or was not made by kubefn; kubefn leaves it alone (remove it, or rename the function)")]
+    Taken {
+        /// The kind of object.
+        kind: &'static str,
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+    },
 }
 
 fn api_error(action: impl Into<String>) -> impl FnOnce(kube::Error) -> KubernetesError {
@@ -439,6 +449,15 @@ impl Inner {
 
     async fn apply_objects(&self, namespace: &str, m: &manifests::Manifests, spec: &InstanceSpec) -> Result<(), KubernetesError> {
         let params = PatchParams::apply(FIELD_MANAGER).force();
+        // Server-side apply with force would take over any object of the name: first make sure
+        // each one is this instance's, or not there.
+        let taken = |kind: &'static str, name: &str| KubernetesError::Taken { kind, namespace: namespace.to_string(), name: name.to_string() };
+        if !self.cluster.owned_or_absent::<Deployment>(namespace, &m.name, &spec.id) {
+            return Err(taken("Deployment", &m.name));
+        }
+        if !self.cluster.owned_or_absent::<Service>(namespace, &m.name, &spec.id) {
+            return Err(taken("Service", &m.name));
+        }
         if !spec.spec.requirements.trim().is_empty()
             && let Some(package_ca) = manifests::package_ca(namespace, &self.config.pods.packages)
         {
@@ -449,9 +468,14 @@ impl Inner {
         if let Some(config_map) = &m.config_map {
             let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), namespace);
             let name = names::config_map_name(&m.name, spec.version);
-            // Immutable: once there, a version's ConfigMap is left as it is.
-            if api.get_opt(&name).await.map_err(api_error(format!("read ConfigMap {namespace}/{name}")))?.is_none() {
-                api.patch(&name, &params, &Patch::Apply(config_map)).await.map_err(api_error(format!("apply ConfigMap {namespace}/{name}")))?;
+            // Immutable: once there, a version's ConfigMap is left as it is (if it is this
+            // instance's: another's would run its code with this instance's settings).
+            match api.get_opt(&name).await.map_err(api_error(format!("read ConfigMap {namespace}/{name}")))? {
+                None => {
+                    api.patch(&name, &params, &Patch::Apply(config_map)).await.map_err(api_error(format!("apply ConfigMap {namespace}/{name}")))?;
+                }
+                Some(existing) if cluster::instance_label(existing.metadata.labels.as_ref()) == Some(spec.id.as_str()) => {}
+                Some(_) => return Err(taken("ConfigMap", &name)),
             }
         }
         let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), namespace);
@@ -483,7 +507,29 @@ impl Inner {
                 Err(source) => return Err(KubernetesError::Api { action: format!("delete HorizontalPodAutoscaler {namespace}/{}", m.name), source }),
             },
         }
+        self.remove_renamed(namespace, &m.name, &spec.id).await;
         Ok(())
+    }
+
+    /// Deletes the instance's Deployments, Services and HPAs of another name than `name`: what
+    /// an older kubefn named differently (see [`names::base_name`]) goes once the new ones are
+    /// there. Best effort; the next apply tries again.
+    async fn remove_renamed(&self, namespace: &str, name: &str, id: &str) {
+        let params = ListParams::default().labels(&names::instance_selector_text(id));
+        macro_rules! sweep {
+            ($kind:ty) => {{
+                let api: Api<$kind> = Api::namespaced(self.client.clone(), namespace);
+                if let Ok(list) = api.list_metadata(&params).await {
+                    for old in list.items.into_iter().filter_map(|o| o.metadata.name).filter(|n| n != name) {
+                        tracing::info!(instance = %id, object = %old, "removing an object kubefn named differently before");
+                        let _ = api.delete(&old, &DeleteParams::background()).await;
+                    }
+                }
+            }};
+        }
+        sweep!(Deployment);
+        sweep!(Service);
+        sweep!(HorizontalPodAutoscaler);
     }
 
     /// Replicas are set through the scale subresource, never by the applied Deployment: paused

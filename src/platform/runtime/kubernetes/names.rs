@@ -1,5 +1,6 @@
-//! Names, labels and selectors of an instance's Kubernetes objects, as DESIGN.md has them:
-//! objects are named `{function}-{user}` (cut to fit, with a short hash when cut) and labelled
+//! Names, labels and selectors of an instance's Kubernetes objects: objects are named
+//! `{function}-{user}` when that cannot be read two ways, else with a short hash of the pair
+//! (see [`base_name`]), and labelled
 //! `app.kubernetes.io/managed-by=kubefn`, `kubefn.dev/function`, `kubefn.dev/user`,
 //! `kubefn.dev/version`, plus `kubefn.dev/instance` (the instance's id), which is how kubefn
 //! finds an instance's objects again and deletes them all. Pure functions, no client.
@@ -29,17 +30,21 @@ pub const NAMESPACE_USER: &str = "kubefn.dev/namespace-of";
 /// The longest base name: room for `-v{version}` on ConfigMaps within 63 characters.
 pub const MAX_BASE: usize = 47;
 
-/// The base name of an instance's objects: `{function}-{user}`, or, when longer than
-/// [`MAX_BASE`], its start and a hash of the whole, so two long names never collide.
-/// Function and user names are DNS labels starting with a letter (validated at registration),
-/// so the result is a DNS-1035 label, as Service names must be.
+/// The base name of an instance's objects: `{function}-{user}` when neither name has a dash
+/// and it fits [`MAX_BASE`]. Otherwise `{function}-{user}` (cut to fit) and a hash of the
+/// *pair*: with a dash in either name the joined form can be read two ways (user `resize-bob`'s
+/// function `image` and user `bob`'s function `image-resize` both give `image-resize-bob`), and
+/// one user's objects must never be another's. Function and user names are DNS labels starting
+/// with a letter (validated at registration), so the result is a DNS-1035 label, as Service
+/// names must be.
 pub fn base_name(function: &str, user: &str) -> String {
     let full = format!("{function}-{user}");
-    if full.len() <= MAX_BASE {
+    if full.len() <= MAX_BASE && !function.contains('-') && !user.contains('-') {
         return full;
     }
-    let hash: String = Sha256::digest(full.as_bytes()).iter().take(3).map(|b| format!("{b:02x}")).collect();
-    let keep = MAX_BASE - hash.len() - 1;
+    // '/' appears in neither name, so the hash tells every pair apart.
+    let hash: String = Sha256::digest(format!("{function}/{user}").as_bytes()).iter().take(3).map(|b| format!("{b:02x}")).collect();
+    let keep = (MAX_BASE - hash.len() - 1).min(full.len());
     let start = full[..keep].trim_end_matches('-');
     format!("{start}-{hash}")
 }
@@ -136,6 +141,18 @@ mod tests {
             assert!(is_dns1123_label(&config_map_name(name, 999_999)), "{name}");
         }
         assert_ne!(first, second);
+    }
+
+    #[test]
+    fn names_that_join_alike_stay_apart() {
+        // User `resize-bob`'s function `image` and user `bob`'s function `image-resize`.
+        let (first, second) = (base_name("image", "resize-bob"), base_name("image-resize", "bob"));
+        assert_ne!(first, second);
+        for name in [&first, &second] {
+            assert!(name.starts_with("image-resize-bob-"), "still readable: {name}");
+            assert!(is_dns1123_label(name) && name.len() <= MAX_BASE, "{name}");
+        }
+        assert_eq!(base_name("image", "resize-bob"), first, "stable");
     }
 
     #[test]
