@@ -653,6 +653,25 @@ async fn names_that_join_alike_stay_apart_and_nothing_is_adopted() {
     runtime.shutdown().await;
 }
 
+/// kubefn's namespaces enforce Pod Security "restricted" (every function pod in this suite
+/// complies, or it would not start): a privileged pod there is refused by the apiserver itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_privileged_pod_is_refused_in_the_functions_namespace() {
+    let _ = cluster();
+    let admin = admin().await;
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "escape"},
+        "spec": {"containers": [{"name": "c", "image": test_cluster::ECHO_IMAGE, "securityContext": {"privileged": true}}],
+                 "hostPID": true, "volumes": [{"name": "root", "hostPath": {"path": "/"}}]}
+    }))
+    .expect("pod");
+    let refused = Api::<Pod>::namespaced(admin, NAMESPACE).create(&kube::api::PostParams::default(), &pod).await;
+    match refused {
+        Err(kube::Error::Api(status)) => assert!(status.message.contains("violates PodSecurity \"restricted"), "{}", status.message),
+        other => panic!("a privileged pod was not refused: {other:?}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_user_namespaces_are_created_labelled_and_a_quota_failure_is_explained() {
     let _ = cluster();
@@ -670,6 +689,7 @@ async fn per_user_namespaces_are_created_labelled_and_a_quota_failure_is_explain
     let labels = namespace.metadata.labels.expect("labels");
     assert_eq!(labels[names::NAMESPACE_USER], "erin");
     assert_eq!(labels[names::MANAGED_BY], "kubefn");
+    assert_eq!(labels[names::POD_SECURITY], "restricted", "a namespace kubefn makes enforces the restricted profile");
     assert_eq!(runtime.namespace_of("erin"), "kfn-test-erin");
 
     // A quota that allows no more pods: the next version cannot create its replica.

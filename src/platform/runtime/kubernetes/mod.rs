@@ -383,7 +383,7 @@ async fn ensure_namespace(client: &Client, namespace: &str, user: Option<&str>) 
         Err(kube::Error::Api(status)) if status.code == 403 && user.is_none() => return Ok(()),
         Err(source) => return Err(KubernetesError::Namespace { namespace: namespace.into(), source }),
     }
-    let mut labels = serde_json::json!({ names::MANAGED_BY: names::MANAGER });
+    let mut labels = serde_json::json!({ names::MANAGED_BY: names::MANAGER, names::POD_SECURITY: names::POD_SECURITY_LEVEL });
     if let Some(user) = user {
         labels[names::NAMESPACE_USER] = user.into();
     }

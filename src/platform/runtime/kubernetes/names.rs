@@ -24,6 +24,12 @@ pub const INSTANCE: &str = "kubefn.dev/instance";
 pub const PAUSED: &str = "kubefn.dev/paused";
 /// Annotation on the Deployment: the desired version's fingerprint (what was applied last).
 pub const FINGERPRINT: &str = "kubefn.dev/fingerprint";
+/// The Pod Security admission label every namespace kubefn creates carries, with
+/// [`POD_SECURITY_LEVEL`]: function pods already meet the restricted profile, so anything that
+/// does not (a privileged pod, a host path) is refused there by the apiserver itself.
+pub const POD_SECURITY: &str = "pod-security.kubernetes.io/enforce";
+/// The value of [`POD_SECURITY`].
+pub const POD_SECURITY_LEVEL: &str = "restricted";
 /// The label namespaces kubefn creates for users carry (with the user's name).
 pub const NAMESPACE_USER: &str = "kubefn.dev/namespace-of";
 
