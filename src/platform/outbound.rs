@@ -84,9 +84,34 @@ impl OutboundPolicy {
         if self.allowed.iter().any(|range| range.contains(&ip)) {
             return Ok(());
         }
-        match internal_kind(ip) {
-            Some(kind) => Err(OutboundError::Internal { host: host.to_string(), address: ip, kind }),
+        match internal(ip) {
+            Some(kind) => Err(OutboundError::Internal { host: host.to_string(), address: ip, kind: kind.describe() }),
             None => Ok(()),
+        }
+    }
+}
+
+/// The kinds of address that are not a public host's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Internal {
+    /// 127/8, ::1.
+    Loopback,
+    /// Unspecified, broadcast, multicast, 0/8.
+    NotAHost,
+    /// 169.254/16, fe80::/10: where cloud metadata services answer.
+    LinkLocal,
+    /// 10/8, 172.16/12, 192.168/16, 100.64/10, fc00::/7.
+    Private,
+}
+
+impl Internal {
+    /// In words, for refusals.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Internal::Loopback => "a loopback address",
+            Internal::NotAHost => "not a host's address",
+            Internal::LinkLocal => "a link-local address (cloud metadata services live there)",
+            Internal::Private => "a private address",
         }
     }
 }
@@ -99,19 +124,19 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// What kind of internal address `ip` is, if it is one.
-fn internal_kind(ip: IpAddr) -> Option<&'static str> {
-    match ip {
+/// What kind of internal address `ip` is (IPv4-mapped forms judged as IPv4), if it is one.
+pub fn internal(ip: IpAddr) -> Option<Internal> {
+    match canonical(ip) {
         IpAddr::V4(v4) => {
             let shared = Ipv4Addr::new(100, 64, 0, 0);
             if v4.is_loopback() {
-                Some("a loopback address")
+                Some(Internal::Loopback)
             } else if v4.is_unspecified() || v4.is_broadcast() || v4.is_multicast() || v4.octets()[0] == 0 {
-                Some("not a host's address")
+                Some(Internal::NotAHost)
             } else if v4.is_link_local() {
-                Some("a link-local address (cloud metadata services live there)")
+                Some(Internal::LinkLocal)
             } else if v4.is_private() || IpNet::new(shared.into(), 10).is_ok_and(|n| n.contains(&IpAddr::V4(v4))) {
-                Some("a private address")
+                Some(Internal::Private)
             } else {
                 None
             }
@@ -119,13 +144,13 @@ fn internal_kind(ip: IpAddr) -> Option<&'static str> {
         IpAddr::V6(v6) => {
             let first = v6.segments()[0];
             if v6.is_loopback() {
-                Some("a loopback address")
+                Some(Internal::Loopback)
             } else if v6.is_unspecified() || v6.is_multicast() {
-                Some("not a host's address")
+                Some(Internal::NotAHost)
             } else if first & 0xffc0 == 0xfe80 {
-                Some("a link-local address (cloud metadata services live there)")
+                Some(Internal::LinkLocal)
             } else if first & 0xfe00 == 0xfc00 {
-                Some("a private address")
+                Some(Internal::Private)
             } else {
                 None
             }

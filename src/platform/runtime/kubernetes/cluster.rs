@@ -202,16 +202,20 @@ impl Cluster {
         ready
     }
 
-    /// Whether the `K` named `name` in `namespace` is instance `id`'s, or absent (as the watch
-    /// sees it; a just-created object of another instance is caught by the next apply).
-    pub fn owned_or_absent<K>(&self, namespace: &str, name: &str, id: &str) -> bool
-    where
-        K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-        Self: Watched<K>,
-    {
-        let store = self.store();
-        let key = reflector::ObjectRef::<K>::new(name).within(namespace);
-        store.get(&key).is_none_or(|object| instance_label(object.meta().labels.as_ref()) == Some(id))
+    /// Which of the Deployment and the Service named `name` in `namespace` belongs to something
+    /// other than instance `id`, as the watch sees them (a just-created object of another
+    /// instance is caught by the next apply); `None` when each is this instance's or absent.
+    pub fn taken_by_other(&self, namespace: &str, name: &str, id: &str) -> Option<&'static str> {
+        fn foreign<K: Resource<DynamicType = ()> + Clone>(store: &Store<K>, namespace: &str, name: &str, id: &str) -> bool {
+            store.get(&reflector::ObjectRef::new(name).within(namespace)).is_some_and(|object| instance_label(object.meta().labels.as_ref()) != Some(id))
+        }
+        if foreign(&self.deployments, namespace, name, id) {
+            Some("Deployment")
+        } else if foreign(&self.services, namespace, name, id) {
+            Some("Service")
+        } else {
+            None
+        }
     }
 
     /// The IP addresses of the instance's ready pods, sorted: kubefn inside the cluster dials
@@ -354,24 +358,6 @@ pub fn about(base: &str, kind: &str, object: &str) -> bool {
 /// The instance an object belongs to, by its [`names::INSTANCE`] label.
 pub fn instance_label(labels: Option<&BTreeMap<String, String>>) -> Option<&str> {
     labels?.get(names::INSTANCE).map(String::as_str)
-}
-
-/// The watch cache of one kind of object.
-pub trait Watched<K: Resource<DynamicType = ()> + Clone> {
-    /// Its store.
-    fn store(&self) -> Store<K>;
-}
-
-impl Watched<Deployment> for Cluster {
-    fn store(&self) -> Store<Deployment> {
-        self.deployments.clone()
-    }
-}
-
-impl Watched<Service> for Cluster {
-    fn store(&self) -> Store<Service> {
-        self.services.clone()
-    }
 }
 
 fn parse_selector(selector: &str) -> Vec<(String, String)> {

@@ -452,11 +452,8 @@ impl Inner {
         // Server-side apply with force would take over any object of the name: first make sure
         // each one is this instance's, or not there.
         let taken = |kind: &'static str, name: &str| KubernetesError::Taken { kind, namespace: namespace.to_string(), name: name.to_string() };
-        if !self.cluster.owned_or_absent::<Deployment>(namespace, &m.name, &spec.id) {
-            return Err(taken("Deployment", &m.name));
-        }
-        if !self.cluster.owned_or_absent::<Service>(namespace, &m.name, &spec.id) {
-            return Err(taken("Service", &m.name));
+        if let Some(kind) = self.cluster.taken_by_other(namespace, &m.name, &spec.id) {
+            return Err(taken(kind, &m.name));
         }
         if !spec.spec.requirements.trim().is_empty()
             && let Some(package_ca) = manifests::package_ca(namespace, &self.config.pods.packages)

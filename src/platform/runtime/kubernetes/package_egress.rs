@@ -119,12 +119,10 @@ fn parse_connect(head: &str, hosts: &[String]) -> Result<(String, u16), (u16, St
     Ok((host, port))
 }
 
-/// Addresses a tunnel never goes to, whatever a registry's name resolves to.
+/// Addresses a tunnel never goes to, whatever a registry's name resolves to: every internal
+/// kind but private ranges (an admin's package mirror may well live in one).
 fn forbidden(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => v4.is_loopback() || v4.is_link_local() || v4.is_unspecified() || v4.is_broadcast(),
-        IpAddr::V6(v6) => v6.is_loopback() || v6.is_unspecified() || (v6.segments()[0] & 0xffc0) == 0xfe80,
-    }
+    crate::platform::outbound::internal(ip).is_some_and(|kind| kind != crate::platform::outbound::Internal::Private)
 }
 
 async fn answer(client: &mut TcpStream, status: u16, text: &str) -> std::io::Result<()> {
