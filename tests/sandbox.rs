@@ -340,9 +340,15 @@ fn without_a_sandbox_kubefn_refuses_to_start_unless_single_user() {
     // kubefn as an unprivileged user cannot give function code an identity of its own.
     let data = tempfile::tempdir().expect("data dir");
     std::os::unix::fs::chown(data.path(), Some(65534), Some(65534)).expect("chown");
-    let binary = env!("CARGO_BIN_EXE_kubefn");
+    // A copy uid 65534 can reach: the checkout may sit under a directory only its owner may
+    // enter (a clone into `mktemp -d`, say).
+    let reachable = tempfile::tempdir().expect("dir");
+    std::fs::set_permissions(reachable.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let binary = reachable.path().join("kubefn");
+    std::fs::copy(env!("CARGO_BIN_EXE_kubefn"), &binary).expect("copy the binary");
     let start = |single_user: &str| {
-        let mut command = std::process::Command::new(binary);
+        let mut command = std::process::Command::new(&binary);
+        command.current_dir(reachable.path());
         std::os::unix::process::CommandExt::uid(&mut command, 65534);
         std::os::unix::process::CommandExt::gid(&mut command, 65534);
         command
