@@ -37,6 +37,7 @@ import inspect
 import io
 import json
 import os
+import selectors
 import signal
 import socket
 import socketserver
@@ -371,6 +372,19 @@ class FunctionServer(ThreadingHTTPServer):
             self.in_flight -= 1
             self.idle.notify_all()
 
+    def serve_until(self, stopping):
+        """Accepts and serves connections until `stopping` is set (serve_forever polls for
+        shutdown() only every half second; this wakes at once)."""
+        with selectors.DefaultSelector() as selector:
+            selector.register(self, selectors.EVENT_READ)
+            selector.register(stopping.read_end, selectors.EVENT_READ)
+            while not stopping.requested:
+                ready = selector.select()
+                if stopping.requested:
+                    return
+                if any(key.fileobj is self for key, _ in ready):
+                    self._handle_request_noblock()
+
     def wait_idle(self, timeout_s):
         """Waits until no request is being handled, at most `timeout_s` seconds."""
         with self.idle:
@@ -517,28 +531,42 @@ def main():
         server = UnixFunctionServer(socket_path, convention, target, timeout_s)
     else:
         server = FunctionServer((os.environ.get("KUBEFN_BIND", "0.0.0.0"), int(port)), convention, target, timeout_s)
-    def stop(signum, frame):  # noqa: ARG001 - signal handler signature
-        # Raised on the main thread, which waits in serve_forever's select: it stops accepting
-        # at once (server.shutdown() would wait for the next poll, up to half a second).
-        raise Stopping()
-
-    signal.signal(signal.SIGTERM, stop)
+    stopping = StopSignal()
+    signal.signal(signal.SIGTERM, stopping.set)
+    signal.signal(signal.SIGINT, stopping.set)
     log(f"ready on {server.where}" if source else f"warm on {server.where}, waiting for a function")
     try:
-        server.serve_forever()
-    except (KeyboardInterrupt, Stopping):
+        server.serve_until(stopping)
         # Requests in flight finish; idle keep-alive connections are simply closed.
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         server.wait_idle(server.timeout_s)
     finally:
         server.server_close()
+        stopping.close()
     return 0
 
 
-class Stopping(BaseException):
-    """SIGTERM arrived: stop accepting, finish what is in flight, exit. A BaseException, so
-    socketserver's `except Exception` (which prints and goes on serving) lets it through
-    wherever on the main thread the signal lands."""
+class StopSignal:
+    """SIGTERM (or SIGINT) arrived. The signal handler only sets a flag and writes to a pipe
+    the accept loop also waits on, so the loop stops at once. Raising from the handler instead
+    would land wherever the main thread is: between accepting a connection and starting its
+    thread, socketserver then closes a socket that thread is already reading."""
+
+    def __init__(self):
+        self.requested = False
+        self.read_end, self.write_end = os.pipe()
+        os.set_blocking(self.write_end, False)
+
+    def set(self, signum, frame):  # noqa: ARG002 - signal handler signature
+        self.requested = True
+        try:
+            os.write(self.write_end, b"x")
+        except BlockingIOError:
+            pass  # already woken
+
+    def close(self):
+        os.close(self.read_end)
+        os.close(self.write_end)
 
 
 if __name__ == "__main__":
