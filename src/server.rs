@@ -1,7 +1,7 @@
 //! The server binary's wiring: configuration, the session layer, the router and serving.
 //! Tests build the same router through [`build_app`] without binding a port.
 
-use crate::api::{gateway, rest, AppState};
+use crate::api::{gateway, origin, rest, AppState};
 use crate::app::{shell, App};
 use crate::platform::auth::{AuthError, SignupPolicy};
 use crate::platform::store::StoreError;
@@ -384,6 +384,8 @@ pub async fn build_app(config: &Config, mut leptos_options: LeptosOptions) -> Re
         .fallback(leptos_axum::file_and_error_handler::<AppState, _>(shell))
         .with_state(state)
         .layer(auth)
+        // Outside the session layer: a forged write is refused before its session is loaded.
+        .layer(axum::middleware::from_fn(origin::refuse_cross_origin_writes))
         .layer(TraceLayer::new_for_http());
     Ok(Server { router: app, platform, runtime, reconciler, scheduler, async_worker })
 }

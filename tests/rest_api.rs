@@ -369,6 +369,131 @@ async fn log_ins_are_rate_limited_per_user_name() {
     app.user("frank").await;
 }
 
+/// A request as if from this client address (the server records it for every connection).
+fn from_client(mut request: Request<Body>, client: [u8; 4]) -> Request<Body> {
+    request.extensions_mut().insert(axum::extract::ConnectInfo(std::net::SocketAddr::from((client, 40000))));
+    request
+}
+
+fn json_post(path: &str) -> axum::http::request::Builder {
+    Request::post(path).header(header::CONTENT_TYPE, "application/json")
+}
+
+#[tokio::test]
+async fn failed_log_ins_from_one_client_lock_out_only_that_client() {
+    let app = TestApp::start().await;
+    app.user("gina").await;
+    let attempt = |password: &str, client: [u8; 4]| {
+        let body = json!({"name": "gina", "password": password});
+        from_client(json_post("/api/v1/login").body(Body::from(body.to_string())).expect("request"), client)
+    };
+    let attacker = [10, 0, 0, 66];
+    for _ in 0..kubefn::platform::auth::MAX_FAILURES_PER_USER {
+        assert_eq!(app.send(attempt("guess-number", attacker)).await.status, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(app.send(attempt("gina-password", attacker)).await.status, StatusCode::TOO_MANY_REQUESTS);
+    let owner = app.send(attempt("gina-password", [10, 0, 0, 7])).await;
+    assert_eq!(owner.status, StatusCode::OK, "the named user still logs in from elsewhere: {}", owner.body);
+}
+
+#[tokio::test]
+async fn sign_ups_are_limited_per_client() {
+    let app = TestApp::start().await;
+    let sign_up = |name: String, client: [u8; 4]| {
+        let body = json!({"name": name, "password": "flood-password"});
+        from_client(json_post("/api/v1/signup").body(Body::from(body.to_string())).expect("request"), client)
+    };
+    let flooder = [10, 0, 0, 9];
+    for i in 0..kubefn::platform::auth::MAX_SIGNUPS_PER_CLIENT {
+        assert_eq!(app.send(sign_up(format!("flood{i}"), flooder)).await.status, StatusCode::CREATED, "sign-up {i}");
+    }
+    let refused = app.send(sign_up("flood-more".into(), flooder)).await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS, "{}", refused.body);
+    assert!(refused.headers.contains_key(header::RETRY_AFTER));
+    assert!(refused.body["error"].as_str().is_some_and(|e| e.contains("too many sign-ups")), "{}", refused.body);
+    let admin = app.admin().await;
+    let users = app.call(Method::GET, "/api/v1/admin/usage", None, As::Cookie(&admin)).await;
+    assert!(!users.body.to_string().contains("flood-more"), "the refused account does not exist");
+    assert_eq!(app.send(sign_up("elsewhere".into(), [10, 0, 0, 10])).await.status, StatusCode::CREATED, "other clients still sign up");
+}
+
+#[tokio::test]
+async fn log_in_and_sign_up_start_a_new_session_id() {
+    let app = TestApp::start().await;
+    let bob = app.user("bob").await;
+    app.user("alice").await;
+    // Someone who knows the session id in this browser (Bob's, or one they planted) must not
+    // become Alice when she logs in there.
+    let body = json!({"name": "alice", "password": "alice-password"});
+    let logged_in = app.send(json_post("/api/v1/login").header(header::COOKIE, &bob).body(Body::from(body.to_string())).expect("request")).await;
+    assert_eq!(logged_in.status, StatusCode::OK, "{}", logged_in.body);
+    let alice = cookie_of(&logged_in.headers);
+    assert_ne!(alice, bob, "the session id changed at log-in");
+    assert_eq!(app.call(Method::GET, "/api/v1/me", None, As::Cookie(&alice)).await.body["name"], "alice");
+    assert_eq!(app.call(Method::GET, "/api/v1/me", None, As::Cookie(&bob)).await.status, StatusCode::UNAUTHORIZED, "the old id is no one's");
+
+    let body = json!({"name": "carol", "password": "carol-password"});
+    let signed_up = app.send(json_post("/api/v1/signup").header(header::COOKIE, &alice).body(Body::from(body.to_string())).expect("request")).await;
+    assert_eq!(signed_up.status, StatusCode::CREATED, "{}", signed_up.body);
+    let carol = cookie_of(&signed_up.headers);
+    assert_ne!(carol, alice, "the session id changed at sign-up");
+    assert_eq!(app.call(Method::GET, "/api/v1/me", None, As::Cookie(&carol)).await.body["name"], "carol");
+    assert_eq!(app.call(Method::GET, "/api/v1/me", None, As::Cookie(&alice)).await.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn writes_from_another_site_or_port_are_refused_unless_they_carry_a_token() {
+    use kubefn::api::functions::{DeployFunction, LogOut};
+    use leptos::server_fn::ServerFn;
+    let app = TestApp::start().await;
+    let alice = app.user("alice").await;
+    assert_eq!(app.call(Method::POST, "/api/v1/functions", Some(hello("hello")), As::Cookie(&alice)).await.status, StatusCode::CREATED);
+    let from = |request: axum::http::request::Builder, header_name: &'static str, value: &'static str| {
+        request.header(header::COOKIE, &alice).header(header::HOST, "127.0.0.1:3000").header(header_name, value)
+    };
+    let elsewhere = [("sec-fetch-site", "same-site"), ("sec-fetch-site", "cross-site"), ("origin", "http://127.0.0.1:30001"), ("origin", "null")];
+    for (header_name, value) in elsewhere {
+        // The form a hostile page posts to a server function, and the REST calls it could try.
+        let form = from(Request::post(DeployFunction::PATH), header_name, value)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from("name=hello"))
+            .expect("request");
+        let mint = from(json_post("/api/v1/tokens"), header_name, value).body(Body::from(json!({"name": "stolen"}).to_string())).expect("request");
+        let delete = from(Request::delete("/api/v1/functions/hello"), header_name, value).body(Body::empty()).expect("request");
+        let log_out = from(Request::post(LogOut::PATH), header_name, value).body(Body::empty()).expect("request");
+        for request in [form, mint, delete, log_out] {
+            let path = request.uri().path().to_string();
+            let refused = app.send(request).await;
+            assert_eq!(refused.status, StatusCode::FORBIDDEN, "{header_name}: {value}: {path}: {}", refused.body);
+            assert!(refused.body["error"].as_str().is_some_and(|e| e.contains("another site")), "{}", refused.body);
+        }
+    }
+    assert_eq!(app.call(Method::GET, "/api/v1/instances", None, As::Cookie(&alice)).await.body, json!([]), "nothing was deployed");
+    assert_eq!(app.call(Method::GET, "/api/v1/tokens", None, As::Cookie(&alice)).await.body, json!([]), "no token was minted");
+    assert_eq!(app.call(Method::GET, "/api/v1/functions/hello", None, As::Cookie(&alice)).await.status, StatusCode::OK, "nothing was deleted");
+    assert_eq!(app.call(Method::GET, "/api/v1/me", None, As::Cookie(&alice)).await.status, StatusCode::OK, "the session survives");
+    // Logging a victim in to the attacker's account (log-in forgery) is a write too.
+    let body = json!({"name": "alice", "password": "alice-password"});
+    let forged_log_in = json_post("/api/v1/login").header("sec-fetch-site", "same-site").body(Body::from(body.to_string())).expect("request");
+    assert_eq!(app.send(forged_log_in).await.status, StatusCode::FORBIDDEN);
+
+    // kubefn's own pages, clients that are not browsers, and API tokens from anywhere still work.
+    let own = from(json_post("/api/v1/tokens"), "sec-fetch-site", "same-origin").body(Body::from(json!({"name": "mine"}).to_string())).expect("request");
+    let minted = app.send(own).await;
+    assert_eq!(minted.status, StatusCode::CREATED, "{}", minted.body);
+    let same_origin = from(json_post("/api/v1/tokens"), "origin", "http://127.0.0.1:3000").body(Body::from(json!({"name": "origin"}).to_string())).expect("request");
+    assert_eq!(app.send(same_origin).await.status, StatusCode::CREATED);
+    assert_eq!(app.call(Method::POST, "/api/v1/tokens", Some(json!({"name": "curl"})), As::Cookie(&alice)).await.status, StatusCode::CREATED);
+    let token = minted.body["token"].as_str().expect("token");
+    let scripted = Request::post("/api/v1/tokens")
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .header("sec-fetch-site", "cross-site")
+        .body(Body::from(json!({"name": "ci"}).to_string()))
+        .expect("request");
+    assert_eq!(app.send(scripted).await.status, StatusCode::CREATED);
+}
+
 #[tokio::test]
 async fn server_functions_answer_with_api_errors_and_statuses() {
     use kubefn::api::functions::ListFunctions;
@@ -657,6 +782,20 @@ async fn the_gateway_forwards_to_my_instance_only() {
     }
     let anonymous = app.send(Request::post("/fn/alice/echo").body(Body::empty()).expect("request")).await;
     assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+
+    // A page on another port or site (a function's node port, say) makes the browser attach
+    // Alice's cookie: the call is anonymous all the same, so her private function refuses it.
+    for (header_name, value) in [("sec-fetch-site", "same-site"), ("sec-fetch-site", "cross-site"), ("origin", "http://127.0.0.1:30001")] {
+        let forged = Request::post("/fn/alice/echo").header(header::COOKIE, &alice).header(header::HOST, "127.0.0.1:3000").header(header_name, value).body(Body::empty()).expect("request");
+        let refused = app.send(forged).await;
+        assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "{header_name}: {value}: {}", refused.body);
+        assert!(refused.body["error"].as_str().is_some_and(|e| e.contains("another site or port never uses the session")), "{}", refused.body);
+    }
+    let own_page = Request::post("/fn/alice/echo").header(header::COOKIE, &alice).header("sec-fetch-site", "same-origin").body(Body::empty()).expect("request");
+    assert_eq!(app.send(own_page).await.status, StatusCode::CREATED, "kubefn's own pages call with the session");
+    let token = app.call(Method::POST, "/api/v1/tokens", Some(json!({"name": "page"})), As::Cookie(&alice)).await.body["token"].as_str().expect("token").to_string();
+    let with_token = Request::post("/fn/alice/echo").header(header::AUTHORIZATION, format!("Bearer {token}")).header("sec-fetch-site", "cross-site").body(Body::empty()).expect("request");
+    assert_eq!(app.send(with_token).await.status, StatusCode::CREATED, "another site may call with an API token");
 
     app.call(Method::POST, &format!("/api/v1/instances/{id}/pause"), None, As::Cookie(&alice)).await;
     let paused = app.send(invoke("/fn/alice/echo", &alice)).await;

@@ -45,3 +45,59 @@ test("a function's page runs no script as kubefn and sets no cookie on its site,
   await adminPage.goto("/account");
   await expect(adminPage.getByTestId("whoami")).toContainText(ADMIN.name);
 });
+
+// A page on another port of kubefn's host (here a function's node port, which serves the
+// function's own HTML) is the same *site*, so the browser attaches the victim's SameSite=Lax
+// cookie to whatever it sends to kubefn. It tries a write through the REST API, a log-out, and
+// a call to the victim's private function; kubefn must honour none of them as the victim.
+test("a page on another port cannot act as the signed-in user (forged writes and function calls)", async ({ browser, baseURL }) => {
+  const attacker = `e2e-csrf-${run}`;
+  const victim = `e2e-target-${run}`;
+  const lure = `csrf-${run}`;
+  const kubefn = new URL(baseURL!).origin;
+  const attacks = [
+    `fetch("${kubefn}/api/v1/functions/idle/deploy", {method: "POST", mode: "no-cors", credentials: "include"})`,
+    `fetch("${kubefn}/fn/${victim}/counter", {method: "POST", mode: "no-cors", credentials: "include", body: "forged"})`,
+    `fetch("${kubefn}/api/v1/logout", {method: "POST", mode: "no-cors", credentials: "include"})`,
+  ];
+  const html =
+    `<!doctype html><title>lure</title><script>` +
+    `Promise.allSettled([${attacks.join(", ")}]).then(() => { document.title = "done"; });</script>`;
+  const attackerPage = await (await browser.newContext()).newPage();
+  await signUp(attackerPage, attacker, "e2e-password-9");
+  const source = `def handle(event, context):\n    return {'statusCode': 200, 'body': ${JSON.stringify(html)}, 'headers': {'Content-Type': 'text/html'}}\n`;
+  expect((await attackerPage.request.post("/api/v1/functions", { data: { name: lure, runtime: "python", source } })).status()).toBe(201);
+  const lureInstance = await (await attackerPage.request.post(`/api/v1/functions/${lure}/deploy`)).json();
+  let nodePort = "";
+  await expect
+    .poll(async () => {
+      const instance = await (await attackerPage.request.get(`/api/v1/instances/${lureInstance.id}`)).json();
+      nodePort = instance.urls?.node_port ?? "";
+      return instance.state;
+    }, { timeout: 30_000 })
+    .toBe("Ready");
+  expect(new URL(nodePort).origin).not.toBe(kubefn);
+
+  const victimContext = await browser.newContext();
+  const victimPage = await victimContext.newPage();
+  await signUp(victimPage, victim, "e2e-password-9");
+  const counter = "count = 0\ndef handle(req):\n    global count\n    count += 1\n    return str(count)\n";
+  for (const name of ["counter", "idle"]) {
+    const registered = await victimPage.request.post("/api/v1/functions", { data: { name, runtime: "python", source: counter, invoke: { access: "owner" } } });
+    expect(registered.status(), await registered.text()).toBe(201);
+  }
+  const counterInstance = await (await victimPage.request.post("/api/v1/functions/counter/deploy")).json();
+  await expect
+    .poll(async () => (await (await victimPage.request.get(`/api/v1/instances/${counterInstance.id}`)).json()).state, { timeout: 30_000 })
+    .toBe("Ready");
+
+  await victimPage.goto(nodePort);
+  await expect(victimPage).toHaveTitle("done");
+
+  const me = await victimPage.request.get("/api/v1/me");
+  expect(me.status(), "the forged log-out did not end the session").toBe(200);
+  const instances = await (await victimPage.request.get("/api/v1/instances")).json();
+  expect(instances.map((i: { function: string }) => i.function)).toEqual(["counter"]);
+  const count = await victimPage.request.post(`/fn/${victim}/counter`, { data: "mine" });
+  expect(await count.text(), "the forged call never reached the private function").toBe("1");
+});

@@ -74,15 +74,29 @@ pub async fn log_in(
         .log_in(Credentials { name, password }, client)
         .await?
         .ok_or_else(|| ApiError::new(401, "wrong user name or password"))?;
-    session.login(&user).await.map_err(|e| ApiError::internal(&e))?;
+    start_session(session, &user).await?;
     Ok(Principal::from(&user).info())
 }
 
-/// Creates an account and starts its session.
-pub async fn sign_up(platform: &Platform, session: &mut AuthSession, name: String, password: String) -> Result<UserInfo, ApiError> {
-    let user = platform.accounts.sign_up(name.trim(), &password).await?;
-    session.login(&user).await.map_err(|e| ApiError::internal(&e))?;
+/// Creates an account (rate-limited per client) and starts its session.
+pub async fn sign_up(
+    platform: &Platform,
+    session: &mut AuthSession,
+    client: Option<IpAddr>,
+    name: String,
+    password: String,
+) -> Result<UserInfo, ApiError> {
+    let user = platform.accounts.sign_up(name.trim(), &password, client).await?;
+    start_session(session, &user).await?;
     Ok(Principal::from(&user).info())
+}
+
+/// Logs `user` in under a fresh session id. axum-login cycles the id only when nobody was logged
+/// in, so a session id someone else planted (or knew from their own log-in in that browser) would
+/// otherwise become the new user's session.
+async fn start_session(session: &mut AuthSession, user: &crate::platform::store::UserRecord) -> Result<(), ApiError> {
+    session.session.cycle_id().await.map_err(|e| ApiError::internal(&e))?;
+    session.login(user).await.map_err(|e| ApiError::internal(&e))
 }
 
 /// Ends the session (a no-op when there is none).

@@ -161,9 +161,10 @@ mod ssr {
                 AuthError::Invalid(field_error) => ApiError::invalid(field_error.field.clone(), field_error.message.clone()),
                 AuthError::NameTaken { .. } => ApiError::invalid("name", error.to_string()).with_status(409),
                 AuthError::SignupClosed => ApiError::new(403, error.to_string()),
-                AuthError::RateLimited { retry_after_s } => {
+                AuthError::RateLimited { retry_after_s } | AuthError::SignupsLimited { retry_after_s } => {
                     ApiError { retry_after_s: Some(*retry_after_s), ..ApiError::new(429, error.to_string()) }
                 }
+                AuthError::HashingBusy => ApiError { retry_after_s: Some(1), ..ApiError::new(429, error.to_string()) },
                 AuthError::NoSuchToken { .. } => ApiError::new(404, error.to_string()),
                 AuthError::Hashing(_) | AuthError::Store(_) => ApiError::internal(&error),
             }

@@ -310,8 +310,8 @@ pub async fn log_in(name: String, password: String) -> Result<UserInfo, ApiError
 #[server]
 pub async fn sign_up(name: String, password: String) -> Result<UserInfo, ApiError> {
     let result = async {
-        let (platform, _, mut session) = ssr::session().await?;
-        crate::api::caller::sign_up(&platform, &mut session, name, password).await
+        let (platform, client, mut session) = ssr::session().await?;
+        crate::api::caller::sign_up(&platform, &mut session, client, name, password).await
     };
     ssr::with_status(result.await)
 }

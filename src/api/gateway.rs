@@ -4,6 +4,7 @@
 //! Prometheus.
 
 use super::caller::{client_address, principal_from_parts, Caller};
+use super::origin::{request_origin, RequestOrigin};
 use super::{ApiError, AppState};
 use crate::platform::store::AsyncCall;
 use crate::platform::gateway::{upstream_uri, GatewayError};
@@ -46,7 +47,11 @@ impl Invocation {
     async fn read(platform: &Platform, params: std::collections::HashMap<String, String>, request: Request) -> Result<Invocation, ApiError> {
         let param = |name: &str| params.get(name).cloned().unwrap_or_default();
         let (mut parts, body) = request.into_parts();
-        let caller = principal_from_parts(&mut parts, platform).await?;
+        // A call another origin makes never runs as the user whose cookie the browser attached
+        // (a page on a node port could otherwise call their private functions): it is anonymous
+        // unless it carries an API token.
+        let cross_origin = !parts.headers.contains_key(http::header::AUTHORIZATION) && request_origin(&parts.headers) == RequestOrigin::Other;
+        let caller = if cross_origin { None } else { principal_from_parts(&mut parts, platform).await? };
         parts.uri = upstream_uri(&param("path"), parts.uri.query()).map_err(|error| ApiError::new(400, format!("the path cannot be forwarded: {error}")))?;
         Ok(Invocation { user: param("user"), function: param("function"), caller, parts, body })
     }

@@ -10,6 +10,8 @@ pub mod caller;
 #[cfg(feature = "ssr")]
 pub mod gateway;
 #[cfg(feature = "ssr")]
+pub mod origin;
+#[cfg(feature = "ssr")]
 pub mod rest;
 
 pub use error::ApiError;

@@ -124,9 +124,10 @@ struct CredentialsBody {
 async fn signup(
     State(platform): State<Platform>,
     mut session: AuthSession,
+    ClientAddress(client): ClientAddress,
     JsonBody(body): JsonBody<CredentialsBody>,
 ) -> Result<(StatusCode, Json<UserInfo>), ApiError> {
-    let user = caller::sign_up(&platform, &mut session, body.name, body.password).await?;
+    let user = caller::sign_up(&platform, &mut session, client, body.name, body.password).await?;
     Ok((StatusCode::CREATED, Json(user)))
 }
 

@@ -12,12 +12,20 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-/// Failed log-ins allowed per user name within [`FAILURE_WINDOW`].
+/// Failed log-ins allowed per user name from one client within [`FAILURE_WINDOW`]. Keyed on
+/// both, so nobody can lock a named user out from elsewhere.
 pub const MAX_FAILURES_PER_USER: usize = 5;
-/// Failed log-ins allowed per client address within [`FAILURE_WINDOW`].
+/// Failed log-ins allowed per client address within [`FAILURE_WINDOW`], whatever the names.
 pub const MAX_FAILURES_PER_CLIENT: usize = 20;
 /// How long a failed log-in counts against its user name and client.
 pub const FAILURE_WINDOW: Duration = Duration::from_secs(300);
+/// Sign-ups one client address may attempt within [`SIGNUP_WINDOW`].
+pub const MAX_SIGNUPS_PER_CLIENT: usize = 20;
+/// How long a sign-up counts against its client.
+pub const SIGNUP_WINDOW: Duration = Duration::from_secs(3600);
+/// Password hashes waiting for a thread at most; more are refused with a retry hint rather
+/// than queued without bound (each one is deliberately expensive).
+pub const MAX_WAITING_HASHES: usize = 64;
 /// Prefix of every API token, so leaked tokens are recognisable by secret scanners.
 pub const TOKEN_PREFIX: &str = "kfn_";
 
@@ -109,6 +117,15 @@ pub enum AuthError {
         /// Seconds until the next attempt is accepted.
         retry_after_s: u64,
     },
+    /// Too many sign-ups from this client.
+    #[error("too many sign-ups from your address; try again in {retry_after_s} s")]
+    SignupsLimited {
+        /// Seconds until the next sign-up is accepted.
+        retry_after_s: u64,
+    },
+    /// Too many passwords are being checked at once.
+    #[error("kubefn is checking too many passwords at once; try again in a second")]
+    HashingBusy,
     /// The token does not exist or belongs to someone else.
     #[error("no API token {id} of yours exists")]
     NoSuchToken {
@@ -129,27 +146,40 @@ impl From<StoreError> for AuthError {
     }
 }
 
-/// Users and tokens, with the log-in rate limit; cheap to clone.
+/// Users and tokens, with the log-in and sign-up rate limits and the bound on password
+/// hashing; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Accounts {
     store: Store,
     signup: SignupPolicy,
-    limiter: Arc<LoginLimiter>,
+    failed_log_ins: Arc<AttemptCounter>,
+    sign_ups: Arc<AttemptCounter>,
 }
 
 impl Accounts {
     /// Accounts over `store` with the given sign-up policy.
     pub fn new(store: Store, signup: SignupPolicy) -> Accounts {
-        Accounts { store, signup, limiter: Arc::new(LoginLimiter::default()) }
+        Accounts {
+            store,
+            signup,
+            failed_log_ins: Arc::new(AttemptCounter::new(FAILURE_WINDOW)),
+            sign_ups: Arc::new(AttemptCounter::new(SIGNUP_WINDOW)),
+        }
     }
 
-    /// Creates a user account (role `user`) if sign-up is open.
-    pub async fn sign_up(&self, name: &str, password: &str) -> Result<UserRecord, AuthError> {
+    /// Creates a user account (role `user`) if sign-up is open; `client` may attempt
+    /// [`MAX_SIGNUPS_PER_CLIENT`] within [`SIGNUP_WINDOW`].
+    pub async fn sign_up(&self, name: &str, password: &str, client: Option<IpAddr>) -> Result<UserRecord, AuthError> {
         if self.signup == SignupPolicy::Closed {
             return Err(AuthError::SignupClosed);
         }
         check_name("name", name, MAX_USER_NAME).map_err(AuthError::Invalid)?;
         check_password(password).map_err(AuthError::Invalid)?;
+        let keys = [(format!("signup:{}", client_key(client)), MAX_SIGNUPS_PER_CLIENT)];
+        if let Some(wait) = self.sign_ups.blocked_for(&keys, Instant::now()) {
+            return Err(AuthError::SignupsLimited { retry_after_s: wait.as_secs().max(1) });
+        }
+        self.sign_ups.record(&keys, Instant::now());
         let hash = hash_password(password).await?;
         match self.store.insert_user(name, &hash, Role::User).await {
             Err(StoreError::Duplicate { .. }) => Err(AuthError::NameTaken { name: name.to_string() }),
@@ -170,16 +200,17 @@ impl Accounts {
     }
 
     /// Checks a log-in attempt from `client` against the rate limit and the stored hash.
-    /// `Ok(None)` is a wrong name or password; every failure counts against the name and the client.
+    /// `Ok(None)` is a wrong name or password; every failure counts against the name from this
+    /// client and against the client.
     pub async fn log_in(&self, credentials: Credentials, client: Option<IpAddr>) -> Result<Option<UserRecord>, AuthError> {
-        let keys = LoginLimiter::keys(&credentials.name, client);
-        if let Some(wait) = self.limiter.blocked_for(&keys, Instant::now()) {
+        let keys = log_in_keys(&credentials.name, client);
+        if let Some(wait) = self.failed_log_ins.blocked_for(&keys, Instant::now()) {
             return Err(AuthError::RateLimited { retry_after_s: wait.as_secs().max(1) });
         }
         let user = self.check_credentials(credentials).await?;
         match &user {
-            Some(_) => self.limiter.forget(&keys[..1]),
-            None => self.limiter.record_failure(&keys, Instant::now()),
+            Some(_) => self.failed_log_ins.forget(&keys[..1]),
+            None => self.failed_log_ins.record(&keys, Instant::now()),
         }
         Ok(user)
     }
@@ -246,16 +277,56 @@ impl axum_login::AuthnBackend for Accounts {
     }
 }
 
+/// Threads for password hashing: at most `running` hashes at once and `max_waiting` waiting for
+/// one; past that, [`AuthError::HashingBusy`] (a 429) instead of an unbounded queue, since each
+/// hash is deliberately expensive and a flood of log-ins or sign-ups would take every thread.
+#[derive(Debug)]
+struct HashingSlots {
+    running: tokio::sync::Semaphore,
+    waiting: std::sync::atomic::AtomicUsize,
+    max_waiting: usize,
+}
+
+impl HashingSlots {
+    fn new(running: usize, max_waiting: usize) -> HashingSlots {
+        HashingSlots { running: tokio::sync::Semaphore::new(running), waiting: Default::default(), max_waiting }
+    }
+
+    /// kubefn's: one hash per core, [`MAX_WAITING_HASHES`] waiting.
+    fn shared() -> &'static HashingSlots {
+        static SLOTS: OnceLock<HashingSlots> = OnceLock::new();
+        SLOTS.get_or_init(|| HashingSlots::new(std::thread::available_parallelism().map_or(2, usize::from), MAX_WAITING_HASHES))
+    }
+
+    /// Runs `work` on a blocking thread once a slot is free.
+    async fn run<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> Result<T, AuthError> {
+        use std::sync::atomic::Ordering;
+        let permit = match self.running.try_acquire() {
+            Ok(permit) => permit,
+            Err(_) => {
+                if self.waiting.fetch_add(1, Ordering::SeqCst) >= self.max_waiting {
+                    self.waiting.fetch_sub(1, Ordering::SeqCst);
+                    return Err(AuthError::HashingBusy);
+                }
+                let acquired = self.running.acquire().await;
+                self.waiting.fetch_sub(1, Ordering::SeqCst);
+                acquired.map_err(|_| AuthError::HashingBusy)?
+            }
+        };
+        let result = tokio::task::spawn_blocking(work).await.map_err(AuthError::Hashing);
+        drop(permit);
+        result
+    }
+}
+
 async fn hash_password(password: &str) -> Result<String, AuthError> {
     let password = password.to_string();
-    tokio::task::spawn_blocking(move || password_auth::generate_hash(password)).await.map_err(AuthError::Hashing)
+    HashingSlots::shared().run(move || password_auth::generate_hash(password)).await
 }
 
 async fn verify_password(password: &str, hash: &str) -> Result<bool, AuthError> {
     let (password, hash) = (password.to_string(), hash.to_string());
-    tokio::task::spawn_blocking(move || password_auth::verify_password(password, &hash).is_ok())
-        .await
-        .map_err(AuthError::Hashing)
+    HashingSlots::shared().run(move || password_auth::verify_password(password, &hash).is_ok()).await
 }
 
 async fn dummy_hash() -> Result<String, AuthError> {
@@ -275,59 +346,66 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Counts failed log-ins per user name and per client in a sliding window.
-#[derive(Debug, Default)]
-pub struct LoginLimiter {
-    failures: Mutex<HashMap<String, VecDeque<Instant>>>,
+/// The keys a log-in attempt counts against, with their limits: the user name from this client
+/// first, then the client whatever the name.
+fn log_in_keys(name: &str, client: Option<IpAddr>) -> Vec<(String, usize)> {
+    let client = client_key(client);
+    vec![(format!("login:{name}@{client}"), MAX_FAILURES_PER_USER), (format!("client:{client}"), MAX_FAILURES_PER_CLIENT)]
 }
 
-impl LoginLimiter {
-    /// The keys an attempt counts against: the user name first, then the client address.
-    fn keys(name: &str, client: Option<IpAddr>) -> Vec<String> {
-        let mut keys = vec![format!("user:{name}")];
-        if let Some(client) = client {
-            keys.push(format!("client:{client}"));
-        }
-        keys
+/// A client's address as a key; requests without one (built in-process) share `-`.
+fn client_key(client: Option<IpAddr>) -> String {
+    client.map_or_else(|| "-".to_string(), |client| client.to_string())
+}
+
+/// Counts attempts per key in a sliding window; a key is blocked once its limit of attempts is
+/// inside the window.
+#[derive(Debug)]
+pub struct AttemptCounter {
+    window: Duration,
+    attempts: Mutex<HashMap<String, VecDeque<Instant>>>,
+}
+
+impl AttemptCounter {
+    /// A counter whose attempts count for `window`.
+    pub fn new(window: Duration) -> AttemptCounter {
+        AttemptCounter { window, attempts: Mutex::default() }
     }
 
-    fn limit(key: &str) -> usize {
-        if key.starts_with("user:") { MAX_FAILURES_PER_USER } else { MAX_FAILURES_PER_CLIENT }
-    }
-
-    /// How long until an attempt on these keys is accepted, or `None` when it is now.
-    pub fn blocked_for(&self, keys: &[String], now: Instant) -> Option<Duration> {
-        let mut failures = self.failures.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    /// How long until an attempt on these keys (each with its limit) is accepted, or `None`
+    /// when it is now.
+    pub fn blocked_for(&self, keys: &[(String, usize)], now: Instant) -> Option<Duration> {
+        let mut attempts = self.attempts.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         keys.iter()
-            .filter_map(|key| {
-                let times = failures.get_mut(key)?;
-                while times.front().is_some_and(|t| now.duration_since(*t) >= FAILURE_WINDOW) {
+            .filter_map(|(key, limit)| {
+                let times = attempts.get_mut(key)?;
+                while times.front().is_some_and(|t| now.duration_since(*t) >= self.window) {
                     times.pop_front();
                 }
-                let excess = times.len().checked_sub(Self::limit(key))?;
-                // Blocked until enough of the oldest failures leave the window.
-                times.get(excess).map(|t| FAILURE_WINDOW.saturating_sub(now.duration_since(*t)))
+                let excess = times.len().checked_sub(*limit)?;
+                // Blocked until enough of the oldest attempts leave the window.
+                times.get(excess).map(|t| self.window.saturating_sub(now.duration_since(*t)))
             })
             .max()
     }
 
-    /// Counts a failed attempt against every key.
-    pub fn record_failure(&self, keys: &[String], now: Instant) {
-        let mut failures = self.failures.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        // Bound memory under a flood of distinct names: drop entries whose window has passed.
-        if failures.len() > 10_000 {
-            failures.retain(|_, times| times.back().is_some_and(|t| now.duration_since(*t) < FAILURE_WINDOW));
+    /// Counts an attempt against every key.
+    pub fn record(&self, keys: &[(String, usize)], now: Instant) {
+        let mut attempts = self.attempts.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Bound memory under a flood of distinct keys: drop entries whose window has passed.
+        if attempts.len() > 10_000 {
+            attempts.retain(|_, times| times.back().is_some_and(|t| now.duration_since(*t) < self.window));
         }
-        for key in keys {
-            failures.entry(key.clone()).or_default().push_back(now);
+        for (key, _) in keys {
+            attempts.entry(key.clone()).or_default().push_back(now);
         }
     }
 
-    /// Clears the failures of these keys after a successful log-in.
-    pub fn forget(&self, keys: &[String]) {
-        let mut failures = self.failures.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        for key in keys {
-            failures.remove(key);
+    /// Clears the attempts of these keys (a successful log-in).
+    pub fn forget(&self, keys: &[(String, usize)]) {
+        let mut attempts = self.attempts.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        for (key, _) in keys {
+            attempts.remove(key);
         }
     }
 }
@@ -338,12 +416,12 @@ mod tests {
 
     #[test]
     fn the_sixth_failure_within_the_window_is_blocked_until_the_first_expires() {
-        let limiter = LoginLimiter::default();
-        let keys = LoginLimiter::keys("alice", None);
+        let limiter = AttemptCounter::new(FAILURE_WINDOW);
+        let keys = log_in_keys("alice", None);
         let start = Instant::now();
         for i in 0..MAX_FAILURES_PER_USER {
             assert_eq!(limiter.blocked_for(&keys, start), None, "attempt {i}");
-            limiter.record_failure(&keys, start + Duration::from_secs(i as u64));
+            limiter.record(&keys, start + Duration::from_secs(i as u64));
         }
         let now = start + Duration::from_secs(10);
         assert_eq!(limiter.blocked_for(&keys, now), Some(FAILURE_WINDOW - Duration::from_secs(10)));
@@ -352,14 +430,50 @@ mod tests {
 
     #[test]
     fn clients_are_limited_across_names() {
-        let limiter = LoginLimiter::default();
+        let limiter = AttemptCounter::new(FAILURE_WINDOW);
         let client = Some(IpAddr::from([127, 0, 0, 9]));
         let now = Instant::now();
         for i in 0..MAX_FAILURES_PER_CLIENT {
-            limiter.record_failure(&LoginLimiter::keys(&format!("user{i}"), client), now);
+            limiter.record(&log_in_keys(&format!("user{i}"), client), now);
         }
-        assert!(limiter.blocked_for(&LoginLimiter::keys("someone-new", client), now).is_some());
-        assert!(limiter.blocked_for(&LoginLimiter::keys("someone-new", None), now).is_none());
+        assert!(limiter.blocked_for(&log_in_keys("someone-new", client), now).is_some());
+        assert!(limiter.blocked_for(&log_in_keys("someone-new", None), now).is_none());
+    }
+
+    #[test]
+    fn failures_against_a_name_from_one_client_do_not_lock_it_out_elsewhere() {
+        let limiter = AttemptCounter::new(FAILURE_WINDOW);
+        let (attacker, owner) = (Some(IpAddr::from([10, 0, 0, 66])), Some(IpAddr::from([10, 0, 0, 7])));
+        let now = Instant::now();
+        for _ in 0..MAX_FAILURES_PER_USER {
+            limiter.record(&log_in_keys("alice", attacker), now);
+        }
+        assert!(limiter.blocked_for(&log_in_keys("alice", attacker), now).is_some());
+        assert!(limiter.blocked_for(&log_in_keys("alice", owner), now).is_none());
+    }
+
+    #[tokio::test]
+    async fn hashes_past_the_running_and_waiting_slots_are_refused_not_queued() {
+        let slots = Arc::new(HashingSlots::new(1, 1));
+        let (release, hold) = std::sync::mpsc::channel::<()>();
+        let hold = Arc::new(Mutex::new(hold));
+        let slow = |slots: Arc<HashingSlots>, hold: Arc<Mutex<std::sync::mpsc::Receiver<()>>>| {
+            tokio::spawn(async move { slots.run(move || hold.lock().map(|h| h.recv().is_ok()).unwrap_or(false)).await })
+        };
+        let running = slow(slots.clone(), hold.clone());
+        while slots.running.available_permits() > 0 {
+            tokio::task::yield_now().await;
+        }
+        let waiting = slow(slots.clone(), hold.clone());
+        while slots.waiting.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert!(matches!(slots.run(|| true).await, Err(AuthError::HashingBusy)), "a third is refused at once");
+        release.send(()).expect("release the first");
+        release.send(()).expect("release the second");
+        assert!(running.await.expect("joined").expect("ran"));
+        assert!(waiting.await.expect("joined").expect("ran after waiting"));
+        assert!(slots.run(|| true).await.expect("free again"));
     }
 
     #[test]

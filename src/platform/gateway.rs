@@ -44,7 +44,7 @@ pub enum GatewayError {
         function: String,
     },
     /// The function may only be invoked with credentials, and there were none.
-    #[error("invoking {function} needs a kubefn session or an API token (\"Authorization: Bearer …\")")]
+    #[error("invoking {function} needs a kubefn session or an API token (\"Authorization: Bearer …\"); a call from another site or port never uses the session")]
     Unauthenticated {
         /// The function in the path.
         function: String,
