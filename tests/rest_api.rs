@@ -1274,3 +1274,23 @@ async fn the_admin_overview_adds_up_everyones_usage_and_is_for_admins_only() {
     assert!(overview["series"].as_array().is_some_and(|s| !s.is_empty()), "the all-instances series has points");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kubefn_reads_only_what_it_keeps_of_an_endless_answer() {
+    let app = TestApp::start().await;
+    let alice = app.user("alice").await;
+    // Streams forever: kubefn must stop reading where it stops keeping.
+    let source = "module.exports = (req, res) => {\n  res.writeHead(200, {'content-type': 'text/plain'});\n  const chunk = 'x'.repeat(65536);\n  const pump = () => { while (res.write(chunk)) {} res.once('drain', pump); };\n  pump();\n};\n";
+    let function = json!({"name": "endless", "runtime": "node", "source": source, "timeout_s": 600});
+    assert_eq!(app.call(Method::POST, "/api/v1/functions", Some(function), As::Cookie(&alice)).await.status, StatusCode::CREATED);
+    let deployed = app.call(Method::POST, "/api/v1/functions/endless/deploy", None, As::Cookie(&alice)).await;
+    let instance = deployed.body["id"].as_str().expect("id").to_string();
+    app.instance_until(&instance, &alice, "ready", |i| i["state"] == "Ready").await;
+    let accepted = app.send(Request::post("/async/fn/alice/endless").header(header::COOKIE, &alice).body(Body::empty()).expect("request")).await;
+    assert_eq!(accepted.status, StatusCode::ACCEPTED, "{}", accepted.body);
+    let id = accepted.body["id"].as_str().expect("id").to_string();
+    let done = async_until(&app, &id, &alice, "succeeded", |s| s["state"] == "succeeded").await;
+    assert_eq!(done["status"], 200);
+    assert_eq!(done["response"].as_str().map(str::len), Some(256 * 1024), "the first 256 KiB are kept");
+    app.stop().await;
+}

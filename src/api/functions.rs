@@ -484,13 +484,15 @@ pub async fn invoke_function(function: String, method: String, path: String, #[s
         let response = platform.gateway.invoke(Some(&caller), &user, &function, request, None).await?;
         let status = response.status().as_u16();
         let headers = response.headers().iter().map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect();
-        let bytes = axum::body::to_bytes(axum::body::Body::new(response.into_body()), 64 * 1024)
+        let answer = response
+            .into_body()
+            .read_start(64 * 1024)
             .await
-            .map_err(|error| ApiError::new(502, format!("the function's answer could not be read (or is over 64 KiB): {error}")))?;
+            .map_err(|error| ApiError::new(502, format!("the function's answer broke off: {error}")))?;
         Ok(InvokeResult {
             status,
             headers,
-            body: String::from_utf8_lossy(&bytes).into_owned(),
+            body: answer.text(),
             elapsed_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         })
     };

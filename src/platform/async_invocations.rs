@@ -10,7 +10,6 @@ use super::model::{AsyncAccepted, AsyncState, AsyncStatus, FieldError};
 use super::outbound::OutboundPolicy;
 use super::store::{AsyncCall, AsyncRecord, AttemptResult, NewAsync, Store, StoreError};
 use chrono::{DateTime, Utc};
-use http_body_util::BodyExt;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
@@ -176,8 +175,7 @@ impl AsyncInvocations {
         })?;
         let status = response.status().as_u16();
         let content_type = response.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
-        let mut body = response.into_body().collect().await.map_err(|e| NoAnswer::new(true, format!("the answer broke off: {e}")))?.to_bytes().to_vec();
-        body.truncate(RESPONSE_KEPT);
+        let body = response.into_body().read_start(RESPONSE_KEPT).await.map_err(|e| NoAnswer::new(true, format!("the answer broke off: {e}")))?.bytes;
         Ok(Answered { status, body, content_type })
     }
 }

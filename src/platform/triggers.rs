@@ -15,7 +15,6 @@ use super::store::{Store, StoreError, TriggerRecord};
 use chrono::{DateTime, Duration, Utc};
 use croner::parser::{CronParser, Seconds};
 use croner::Cron;
-use http_body_util::BodyExt;
 use std::time::Instant;
 
 /// How late a due fire may still start (a tick, a busy moment, a quick restart).
@@ -264,14 +263,8 @@ impl Triggers {
             .map_err(|e| format!("the trigger's request cannot be built: {e}"))?;
         let response = self.gateway.invoke(Some(&caller), &trigger.user, &trigger.function, request, None).await.map_err(|e| super::error_chain(&e))?;
         let status = response.status().as_u16();
-        let body = response.into_body().collect().await.map_err(|e| format!("the answer broke off: {e}"))?.to_bytes();
-        let mut answer = String::from_utf8_lossy(&body).into_owned();
-        if answer.len() > ANSWER_KEPT {
-            let cut = (0..=ANSWER_KEPT).rev().find(|i| answer.is_char_boundary(*i)).unwrap_or(0);
-            answer.truncate(cut);
-            answer.push('…');
-        }
-        Ok((status, answer))
+        let answer = response.into_body().read_start(ANSWER_KEPT).await.map_err(|e| format!("the answer broke off: {e}"))?;
+        Ok((status, answer.text()))
     }
 
     /// Ticks every second until aborted.
