@@ -139,7 +139,7 @@ impl LogBuffer {
 
     /// Copies every line of a child's pipe into the buffer until the pipe closes.
     pub async fn collect(self, pipe: impl tokio::io::AsyncRead + Unpin, replica: String, stream: Stream) {
-        let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(pipe));
+        let mut lines = BoundedLines::new(pipe);
         while let Ok(Some(line)) = lines.next_line().await {
             self.push(&replica, stream, line);
         }
@@ -175,9 +175,78 @@ impl LogBuffer {
     }
 }
 
+/// The longest line kept, in bytes; the rest of a longer line is dropped and the line says so.
+/// (Container runtimes split at the same 16 KiB, so a Kubernetes log line is no longer.)
+pub const MAX_LINE_BYTES: usize = 16 * 1024;
+
+/// Lines of a pipe, each at most [`MAX_LINE_BYTES`]: a function printing gigabytes without a
+/// newline costs kubefn 16 KiB, not all its memory (tokio's `lines()` would buffer it whole).
+pub struct BoundedLines<R> {
+    reader: tokio::io::BufReader<R>,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> BoundedLines<R> {
+    /// The lines of `pipe`.
+    pub fn new(pipe: R) -> BoundedLines<R> {
+        BoundedLines { reader: tokio::io::BufReader::new(pipe) }
+    }
+
+    /// The next line without its ending (invalid UTF-8 replaced), cut to [`MAX_LINE_BYTES`] with
+    /// a note when longer; `None` at the end of the pipe.
+    pub async fn next_line(&mut self) -> std::io::Result<Option<String>> {
+        use tokio::io::AsyncBufReadExt;
+        let mut line = Vec::new();
+        let mut dropped = 0usize;
+        loop {
+            let available = self.reader.fill_buf().await?;
+            if available.is_empty() {
+                if line.is_empty() && dropped == 0 {
+                    return Ok(None);
+                }
+                break;
+            }
+            let (chunk, found_end) = match available.iter().position(|b| *b == b'\n') {
+                Some(end) => (&available[..end], true),
+                None => (available, false),
+            };
+            let room = MAX_LINE_BYTES.saturating_sub(line.len());
+            line.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            dropped += chunk.len().saturating_sub(room);
+            let consumed = chunk.len() + usize::from(found_end);
+            self.reader.consume(consumed);
+            if found_end {
+                break;
+            }
+        }
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        let mut text = String::from_utf8_lossy(&line).into_owned();
+        if dropped > 0 {
+            text.push_str(&format!(" … [line cut: {dropped} more bytes dropped; lines are kept up to {} KiB]", MAX_LINE_BYTES / 1024));
+        }
+        Ok(Some(text))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn long_lines_are_cut_and_said_to_be() {
+        let mut input = b"short\r\n".to_vec();
+        input.extend(std::iter::repeat_n(b'x', MAX_LINE_BYTES + 5000));
+        input.extend_from_slice(b"\nnext\nno ending");
+        let mut lines = BoundedLines::new(&input[..]);
+        assert_eq!(lines.next_line().await.expect("read").as_deref(), Some("short"));
+        let long = lines.next_line().await.expect("read").expect("a line");
+        assert!(long.starts_with(&"x".repeat(MAX_LINE_BYTES)), "the start is kept");
+        assert!(long.ends_with("[line cut: 5000 more bytes dropped; lines are kept up to 16 KiB]"), "{}", &long[MAX_LINE_BYTES..]);
+        assert_eq!(lines.next_line().await.expect("read").as_deref(), Some("next"));
+        assert_eq!(lines.next_line().await.expect("read").as_deref(), Some("no ending"));
+        assert_eq!(lines.next_line().await.expect("read"), None);
+    }
 
     #[test]
     fn keeps_only_the_newest_lines() {

@@ -246,7 +246,7 @@ async fn start_warm(config: &PoolConfig, index: u64, program: &Path, bootstrap: 
 /// Copies a warm process's output to whichever replica adopted it; lines before that are
 /// dropped (they only say the process is warm).
 async fn route(pipe: impl tokio::io::AsyncRead + Unpin, target: OutputTarget, stream: Stream) {
-    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(pipe));
+    let mut lines = super::logs::BoundedLines::new(pipe);
     while let Ok(Some(line)) = lines.next_line().await {
         if let Some((logs, name)) = target.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
             logs.push(name, stream, line);
