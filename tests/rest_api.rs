@@ -1294,3 +1294,40 @@ async fn kubefn_reads_only_what_it_keeps_of_an_endless_answer() {
     assert_eq!(done["response"].as_str().map(str::len), Some(256 * 1024), "the first 256 KiB are kept");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn live_log_follows_are_bounded_per_user() {
+    use http_body_util::BodyExt;
+    use kubefn::platform::instances::MAX_FOLLOWS_PER_USER;
+    let app = TestApp::start().await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    assert_eq!(app.call(Method::POST, "/api/v1/functions", Some(hello("hello")), As::Cookie(&alice)).await.status, StatusCode::CREATED);
+    let id = app.call(Method::POST, "/api/v1/functions/hello/deploy", None, As::Cookie(&alice)).await.body["id"].as_str().expect("id").to_string();
+    app.instance_until(&id, &alice, "ready", |i| i["state"] == "Ready").await;
+    let bob_id = app.call(Method::POST, "/api/v1/functions/hello/deploy", None, As::Cookie(&bob)).await.body["id"].as_str().expect("id").to_string();
+    app.instance_until(&bob_id, &bob, "ready", |i| i["state"] == "Ready").await;
+    let follow_as = |id: &str, who: &str| {
+        let request = Request::get(format!("/api/v1/instances/{id}/logs?follow=true")).header(header::COOKIE, who).body(Body::empty()).expect("request");
+        app.router.clone().oneshot(request)
+    };
+    let follow = |who: &str| follow_as(&id, who);
+    let mut open = Vec::new();
+    for i in 0..MAX_FOLLOWS_PER_USER {
+        let response = follow(&alice).await.expect("answer");
+        assert_eq!(response.status(), StatusCode::OK, "follow {i}");
+        open.push(response);
+    }
+    let refused = follow(&alice).await.expect("answer");
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    let body = refused.into_body().collect().await.expect("body").to_bytes();
+    assert!(String::from_utf8_lossy(&body).contains(&format!("you already follow {MAX_FOLLOWS_PER_USER} live logs")), "{body:?}");
+    // Reading the logs once (no follow) is not limited, and nor is anyone else.
+    assert_eq!(app.call(Method::GET, &format!("/api/v1/instances/{id}/logs"), None, As::Cookie(&alice)).await.status, StatusCode::OK);
+    assert_eq!(follow(&bob).await.expect("answer").status(), StatusCode::NOT_FOUND, "bob only learns it is not his");
+    assert_eq!(follow_as(&bob_id, &bob).await.expect("answer").status(), StatusCode::OK, "bob's own follows are his to count");
+    // Closing one (the client goes away) frees its slot.
+    open.pop();
+    assert_eq!(follow(&alice).await.expect("answer").status(), StatusCode::OK);
+    app.stop().await;
+}

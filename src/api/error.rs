@@ -125,6 +125,7 @@ mod ssr {
                 InstanceError::NotFound { .. } | InstanceError::NotDeployed { .. } => ApiError::new(404, error.to_string()),
                 InstanceError::AdminOnly { .. } => ApiError::new(403, error.to_string()),
                 InstanceError::BeingDeleted { .. } => ApiError::new(409, error.to_string()),
+                InstanceError::TooManyFollows { .. } => ApiError { retry_after_s: Some(5), ..ApiError::new(429, error.to_string()) },
                 InstanceError::Invalid(field_error) => ApiError::invalid(field_error.field, field_error.message),
                 InstanceError::Unsupported(_) => ApiError::invalid("runtime", error.to_string()),
                 InstanceError::Runtime(_) | InstanceError::Store(_) => ApiError::internal(&error),

@@ -55,6 +55,12 @@ pub enum InstanceError {
     /// The runtime failed.
     #[error("the runtime failed: {0}")]
     Runtime(#[source] RuntimeError),
+    /// The caller already follows as many live logs as one user may.
+    #[error("you already follow {limit} live logs at once; close one (a browser tab showing logs, say) and try again")]
+    TooManyFollows {
+        /// The limit per user.
+        limit: usize,
+    },
     /// The instance is being deleted; it can be deployed or changed again once it is gone.
     #[error("instance {id} is being deleted; deploy the function again once the deletion has finished")]
     BeingDeleted {
@@ -98,6 +104,43 @@ pub struct Instances {
     /// Instances whose runtime deletion is under way, so a delete request and the reconcile
     /// loop never remove the same one twice at once.
     removing: Arc<Mutex<HashSet<String>>>,
+    /// Live log follows open per user id, bounded by [`MAX_FOLLOWS_PER_USER`].
+    follows: Arc<Mutex<HashMap<i64, usize>>>,
+}
+
+/// Live log follows one user may have open at once: each holds a connection and a watch on the
+/// runtime (on Kubernetes, a log stream per pod), so a flood of them must stop somewhere.
+pub const MAX_FOLLOWS_PER_USER: usize = 8;
+
+/// One open follow, counted against its user until the stream is dropped.
+struct FollowSlot {
+    follows: Arc<Mutex<HashMap<i64, usize>>>,
+    user: i64,
+}
+
+impl FollowSlot {
+    /// A slot for `user`, or `None` when they have [`MAX_FOLLOWS_PER_USER`] already.
+    fn take(follows: &Arc<Mutex<HashMap<i64, usize>>>, user: i64) -> Option<FollowSlot> {
+        let mut open = follows.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let count = open.entry(user).or_default();
+        if *count >= MAX_FOLLOWS_PER_USER {
+            return None;
+        }
+        *count += 1;
+        Some(FollowSlot { follows: follows.clone(), user })
+    }
+}
+
+impl Drop for FollowSlot {
+    fn drop(&mut self) {
+        let mut open = self.follows.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(count) = open.get_mut(&self.user) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.user);
+            }
+        }
+    }
 }
 
 /// What the previous usage sample saw, to turn counters into rates.
@@ -128,7 +171,7 @@ impl Instances {
     /// Instances over `store`, run by `runtime`, their invocations counted in `invocations`.
     pub fn new(store: Store, registry: Registry, runtime: Arc<dyn Runtime>, invocations: Arc<GatewayMetrics>) -> Instances {
         let wake = registry.current_version_changed();
-        Instances { store, registry, runtime, invocations, wake, meters: Arc::default(), changes: Arc::default(), removing: Arc::default() }
+        Instances { store, registry, runtime, invocations, wake, meters: Arc::default(), changes: Arc::default(), removing: Arc::default(), follows: Arc::default() }
     }
 
     /// The runtime's name (`local` or `kubernetes`).
@@ -309,8 +352,16 @@ impl Instances {
     /// The instance's log lines (from `since` on, when given); with `follow`, new ones as they come.
     pub async fn logs(&self, caller: &Principal, id: &str, follow: bool, since: Option<DateTime<Utc>>) -> InstanceResult<LogStream> {
         let instance = self.owned(caller, id).await?;
+        let slot = match follow {
+            true => Some(FollowSlot::take(&self.follows, caller.id).ok_or(InstanceError::TooManyFollows { limit: MAX_FOLLOWS_PER_USER })?),
+            false => None,
+        };
         match self.runtime.logs(&instance.id, follow, since) {
-            Ok(stream) => Ok(stream),
+            // The slot is freed when the stream is dropped (the client went away).
+            Ok(stream) => Ok(Box::pin(futures::StreamExt::map(stream, move |line| {
+                let _held = &slot;
+                line
+            }))),
             // Recorded but not (yet) running: nothing was logged.
             Err(RuntimeError::NotFound { .. }) => Ok(Box::pin(futures::stream::empty())),
             Err(error) => Err(InstanceError::Runtime(error)),
