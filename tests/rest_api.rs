@@ -1331,3 +1331,66 @@ async fn live_log_follows_are_bounded_per_user() {
     assert_eq!(follow(&alice).await.expect("answer").status(), StatusCode::OK);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_async_queue_is_bounded_per_instance_and_forgets_finished_calls_after_a_week() {
+    use kubefn::platform::async_invocations::MAX_QUEUED_PER_INSTANCE;
+    let app = TestApp::start().await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    assert_eq!(app.call(Method::POST, "/api/v1/functions", Some(hello("hello")), As::Cookie(&alice)).await.status, StatusCode::CREATED);
+    let id = app.call(Method::POST, "/api/v1/functions/hello/deploy", None, As::Cookie(&alice)).await.body["id"].as_str().expect("id").to_string();
+    app.instance_until(&id, &alice, "ready", |i| i["state"] == "Ready").await;
+    let bob_id = app.call(Method::POST, "/api/v1/functions/hello/deploy", None, As::Cookie(&bob)).await.body["id"].as_str().expect("id").to_string();
+    app.instance_until(&bob_id, &bob, "ready", |i| i["state"] == "Ready").await;
+    let queue = |user: &str, who: &str, body: &str| {
+        Request::post(format!("/async/fn/{user}/hello")).header(header::COOKIE, who).body(Body::from(body.to_string())).expect("request")
+    };
+
+    let accepted = app.send(queue("alice", &alice, "ada")).await;
+    let first = accepted.body["id"].as_str().expect("id").to_string();
+    let done = async_until(&app, &first, &alice, "succeeded", |s| s["state"] == "succeeded").await;
+    assert_eq!(done["response"], "hello ada");
+
+    // Uploads being received reserve their declared length: a flood of slow 10 MiB uploads
+    // is refused past 64 MiB instead of being buffered.
+    let ten_mib = 10 * 1024 * 1024;
+    let slow_upload = || {
+        let never_ends = futures::StreamExt::chain(futures::stream::iter([Ok::<_, std::io::Error>(axum::body::Bytes::from_static(b"x"))]), futures::stream::pending());
+        Request::post("/async/fn/alice/hello").header(header::COOKIE, &alice).header(header::CONTENT_LENGTH, ten_mib).body(Body::from_stream(never_ends)).expect("request")
+    };
+    let uploading: Vec<_> = (0..6).map(|_| tokio::spawn(app.router.clone().oneshot(slow_upload()))).collect();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let busy = app.send(queue("alice", &alice, "x")).await;
+    assert_eq!(busy.status, StatusCode::TOO_MANY_REQUESTS, "{}", busy.body);
+    assert!(busy.body["error"].as_str().is_some_and(|e| e.contains("too many queued requests at once")), "{}", busy.body);
+    for upload in uploading {
+        upload.abort();
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let back = app.send(queue("alice", &alice, "x")).await;
+    assert_eq!(back.status, StatusCode::ACCEPTED, "the room is back once they are gone: {}", back.body);
+    async_until(&app, back.body["id"].as_str().expect("id"), &alice, "succeeded", |s| s["state"] == "succeeded").await;
+
+    // Paused, the instance's calls wait; past the bound, more are refused with a 429 naming it.
+    app.call(Method::POST, &format!("/api/v1/instances/{id}/pause"), None, As::Cookie(&alice)).await;
+    app.instance_until(&id, &alice, "paused", |i| i["state"] == "Paused").await;
+    for i in 0..MAX_QUEUED_PER_INSTANCE {
+        let accepted = app.send(queue("alice", &alice, "x")).await;
+        assert_eq!(accepted.status, StatusCode::ACCEPTED, "call {i}: {}", accepted.body);
+    }
+    let refused = app.send(queue("alice", &alice, "x")).await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS, "{}", refused.body);
+    assert!(refused.body["error"].as_str().is_some_and(|e| e.contains(&format!("already holds {MAX_QUEUED_PER_INSTANCE} invocations"))), "{}", refused.body);
+    assert!(refused.headers.contains_key(header::RETRY_AFTER));
+    assert_eq!(app.send(queue("bob", &bob, "bo")).await.status, StatusCode::ACCEPTED, "another instance's queue is its own");
+
+    // A week after it finished, a call is forgotten; unfinished ones stay.
+    let asyncs = &app.server.as_ref().expect("running").platform.asyncs;
+    assert_eq!(asyncs.purge_finished(chrono::Utc::now() + chrono::Duration::days(6)).await.expect("purge"), 0);
+    assert_eq!(app.call(Method::GET, &format!("/api/v1/async/{first}"), None, As::Cookie(&alice)).await.status, StatusCode::OK);
+    assert!(asyncs.purge_finished(chrono::Utc::now() + chrono::Duration::days(8)).await.expect("purge") >= 1);
+    assert_eq!(app.call(Method::GET, &format!("/api/v1/async/{first}"), None, As::Cookie(&alice)).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(app.send(queue("alice", &alice, "x")).await.status, StatusCode::TOO_MANY_REQUESTS, "the waiting calls are all still there");
+    app.stop().await;
+}

@@ -139,6 +139,8 @@ mod ssr {
                 AsyncError::Gateway(error) => ApiError::from(error),
                 AsyncError::Invalid(field_error) => ApiError { status: 400, ..ApiError::invalid(field_error.field, field_error.message) },
                 AsyncError::NotFound { .. } => ApiError::new(404, error.to_string()),
+                AsyncError::QueueFull { .. } => ApiError { retry_after_s: Some(10), ..ApiError::new(429, error.to_string()) },
+                AsyncError::UploadsBusy => ApiError { retry_after_s: Some(1), ..ApiError::new(429, error.to_string()) },
                 AsyncError::Store(_) => ApiError::internal(&error),
             }
         }

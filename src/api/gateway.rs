@@ -64,6 +64,8 @@ async fn invoke_async(State(platform): State<Platform>, super::rest::Path(params
     // the body is then read up to the function's limit.
     let target = platform.gateway.admit(caller.as_ref(), &user, &function).await?;
     let limit = usize::try_from(target.policy.max_body_bytes).unwrap_or(usize::MAX);
+    let declared = parts.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let _room = platform.asyncs.reserve_upload(declared.unwrap_or(target.policy.max_body_bytes).min(target.policy.max_body_bytes))?;
     let body = axum::body::to_bytes(body, limit).await.map_err(|_| {
         ApiError::from(GatewayError::TooLarge { function: function.clone(), limit: target.policy.max_body_bytes })
     })?;

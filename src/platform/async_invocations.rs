@@ -24,6 +24,17 @@ const PARALLEL: usize = 16;
 const RESPONSE_KEPT: usize = 256 * 1024;
 /// Attempts to deliver a result to its callback URL.
 const CALLBACK_ATTEMPTS: u32 = 3;
+/// Unfinished invocations one instance may have queued.
+pub const MAX_QUEUED_PER_INSTANCE: u64 = 1000;
+/// Request bytes one instance's unfinished invocations may hold.
+pub const MAX_QUEUED_BYTES_PER_INSTANCE: u64 = 256 * 1024 * 1024;
+/// Request bytes all uploads being received for the queue may hold in memory at once (each
+/// reserves its declared length, or its function's body limit).
+pub const MAX_UPLOADING_BYTES: u64 = 64 * 1024 * 1024;
+/// How long a finished invocation's status and result stay readable.
+pub const RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How often finished invocations past [`RETENTION`] are deleted.
+const PURGE_EVERY: Duration = Duration::from_secs(600);
 
 /// Why an async invocation could not be queued or shown.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +45,17 @@ pub enum AsyncError {
     /// A request field is invalid.
     #[error("{}", .0.message)]
     Invalid(FieldError),
+    /// The instance's queue is full.
+    #[error("the async queue of this instance of {function} already holds {held}; wait for some to finish")]
+    QueueFull {
+        /// The function.
+        function: String,
+        /// What the queue holds: `1000 invocations` or `256 MiB of requests`.
+        held: String,
+    },
+    /// Too many request bodies are being received for the queue at once.
+    #[error("kubefn is receiving too many queued requests at once; try again in a second")]
+    UploadsBusy,
     /// No such invocation, or not the caller's.
     #[error("no async invocation {id} of yours exists")]
     NotFound {
@@ -53,13 +75,34 @@ pub struct AsyncInvocations {
     queued: Arc<Notify>,
     /// Where callbacks may go.
     outbound: OutboundPolicy,
+    /// KiB of request bodies being received, out of [`MAX_UPLOADING_BYTES`].
+    uploading: Arc<Semaphore>,
 }
+
+/// Room reserved for one request body being received ([`AsyncInvocations::reserve_upload`]);
+/// returned when dropped.
+#[derive(Debug)]
+pub struct UploadRoom(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
 
 impl AsyncInvocations {
     /// The queue over the store, invoking through `gateway`, calling back only where
     /// `outbound` allows.
     pub fn new(store: Store, gateway: Gateway, outbound: OutboundPolicy) -> AsyncInvocations {
-        AsyncInvocations { store, gateway, queued: Arc::new(Notify::new()), outbound }
+        let kib = usize::try_from(MAX_UPLOADING_BYTES / 1024).unwrap_or(usize::MAX);
+        AsyncInvocations { store, gateway, queued: Arc::new(Notify::new()), outbound, uploading: Arc::new(Semaphore::new(kib)) }
+    }
+
+    /// Reserves room for a request body of up to `bytes` (its declared length, or the function's
+    /// limit) before it is read, so a flood of large uploads is refused rather than buffered.
+    pub fn reserve_upload(&self, bytes: u64) -> Result<UploadRoom, AsyncError> {
+        let kib = u32::try_from(bytes.div_ceil(1024).clamp(1, MAX_UPLOADING_BYTES / 1024)).unwrap_or(u32::MAX);
+        self.uploading.clone().try_acquire_many_owned(kib).map(UploadRoom).map_err(|_| AsyncError::UploadsBusy)
+    }
+
+    /// Deletes invocations that finished more than [`RETENTION`] before `now`.
+    pub async fn purge_finished(&self, now: DateTime<Utc>) -> Result<u64, AsyncError> {
+        let retention = chrono::Duration::from_std(RETENTION).unwrap_or(chrono::Duration::days(7));
+        Ok(self.store.delete_finished_async(now - retention).await?)
     }
 
     /// Queues a request for `target`, which the gateway admitted for `caller`
@@ -67,6 +110,18 @@ impl AsyncInvocations {
     pub async fn enqueue(&self, caller: Option<&Principal>, target: &Target, call: AsyncCall) -> Result<AsyncAccepted, AsyncError> {
         if u64::try_from(call.body.len()).unwrap_or(u64::MAX) > target.policy.max_body_bytes {
             return Err(GatewayError::TooLarge { function: target.function.clone(), limit: target.policy.max_body_bytes }.into());
+        }
+        let (count, bytes) = self.store.unfinished_async(target.function_id, target.owner_id).await?;
+        let body_bytes = u64::try_from(call.body.len()).unwrap_or(u64::MAX);
+        let held = if count >= MAX_QUEUED_PER_INSTANCE {
+            Some(format!("{MAX_QUEUED_PER_INSTANCE} invocations"))
+        } else if bytes.saturating_add(body_bytes) > MAX_QUEUED_BYTES_PER_INSTANCE {
+            Some(format!("{} MiB of requests", MAX_QUEUED_BYTES_PER_INSTANCE / (1024 * 1024)))
+        } else {
+            None
+        };
+        if let Some(held) = held {
+            return Err(AsyncError::QueueFull { function: target.function.clone(), held });
         }
         if let Some(url) = &call.callback_url {
             let (host, port) = check_callback_url(url).map_err(AsyncError::Invalid)?;
@@ -110,7 +165,16 @@ impl AsyncInvocations {
                 Err(error) => tracing::error!(error = %super::error_chain(&error), "cannot requeue async invocations"),
             }
             let slots = Arc::new(Semaphore::new(PARALLEL));
+            let mut purged_at: Option<std::time::Instant> = None;
             loop {
+                if purged_at.is_none_or(|at| at.elapsed() >= PURGE_EVERY) {
+                    purged_at = Some(std::time::Instant::now());
+                    match this.purge_finished(Utc::now()).await {
+                        Ok(0) => {}
+                        Ok(deleted) => tracing::info!(deleted, "finished async invocations past their retention deleted"),
+                        Err(error) => tracing::error!(error = %super::error_chain(&error), "cannot delete old async invocations"),
+                    }
+                }
                 let free = u32::try_from(slots.available_permits()).unwrap_or(0);
                 let claimed = if free == 0 { Ok(Vec::new()) } else { this.store.claim_due_async(Utc::now(), free).await };
                 match claimed {

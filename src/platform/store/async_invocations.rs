@@ -143,11 +143,35 @@ impl Store {
         Ok(claimed)
     }
 
-    /// Records how an attempt ended.
+    /// How many invocations of one instance (function and user) are unfinished, and the bytes
+    /// of their request bodies.
+    pub async fn unfinished_async(&self, function_id: i64, user_id: i64) -> StoreResult<(u64, u64)> {
+        let (count, bytes): (i64, i64) = sqlx::query_as(
+            "SELECT COUNT(*), COALESCE(SUM(LENGTH(body)), 0) FROM async_invocations
+              WHERE function_id = ? AND user_id = ? AND state IN ('queued', 'running')",
+        )
+        .bind(function_id)
+        .bind(user_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((u64::try_from(count).unwrap_or(0), u64::try_from(bytes).unwrap_or(0)))
+    }
+
+    /// Deletes the invocations that finished before `before`; returns how many.
+    pub async fn delete_finished_async(&self, before: DateTime<Utc>) -> StoreResult<u64> {
+        let result = sqlx::query("DELETE FROM async_invocations WHERE state IN ('succeeded', 'failed') AND finished_at < ?")
+            .bind(before)
+            .execute(&self.pool)
+            .await?;
+        Ok(result.rows_affected())
+    }
+
+    /// Records how an attempt ended. A finished invocation's request body is dropped: no
+    /// attempt will send it again.
     pub async fn finish_attempt(&self, id: &str, result: &AttemptResult) -> StoreResult<()> {
         sqlx::query(
             "UPDATE async_invocations SET state = ?, next_attempt_at = COALESCE(?, next_attempt_at), status = ?, response = ?, response_type = ?,
-                    error = ?, finished_at = ?
+                    error = ?, finished_at = ?, body = CASE WHEN ? IN ('succeeded', 'failed') THEN X'' ELSE body END
               WHERE id = ?",
         )
         .bind(result.state.as_str())
@@ -157,6 +181,7 @@ impl Store {
         .bind(&result.response_type)
         .bind(&result.error)
         .bind(result.finished_at)
+        .bind(result.state.as_str())
         .bind(id)
         .execute(&self.pool)
         .await?;
