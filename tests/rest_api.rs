@@ -1394,3 +1394,24 @@ async fn the_async_queue_is_bounded_per_instance_and_forgets_finished_calls_afte
     assert_eq!(app.send(queue("alice", &alice, "x")).await.status, StatusCode::TOO_MANY_REQUESTS, "the waiting calls are all still there");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_public_functions_env_is_shown_only_to_its_owner_and_admins() {
+    let app = TestApp::start().await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let admin = app.admin().await;
+    let shared = with(hello("shared"), "/env", json!({"API_KEY": "alice-s3cret"}));
+    assert_eq!(app.call(Method::POST, "/api/v1/functions", Some(shared), As::Cookie(&alice)).await.status, StatusCode::CREATED);
+    for path in ["/api/v1/functions/shared", "/api/v1/functions/shared/versions/1", "/api/v1/functions"] {
+        let seen = app.call(Method::GET, path, None, As::Cookie(&bob)).await;
+        assert_eq!(seen.status, StatusCode::OK, "{path}: {}", seen.body);
+        assert!(!seen.body.to_string().contains("s3cret"), "{path} shows alice's env to bob: {}", seen.body);
+    }
+    assert_eq!(app.call(Method::GET, "/api/v1/functions/shared", None, As::Cookie(&bob)).await.body["spec"]["source"], hello("x")["source"], "the code of a public function is shared");
+    for who in [&alice, &admin] {
+        let seen = app.call(Method::GET, "/api/v1/functions/shared/versions/1", None, As::Cookie(who)).await;
+        assert_eq!(seen.body["spec"]["env"]["API_KEY"], "alice-s3cret");
+        assert_eq!(app.call(Method::GET, "/api/v1/functions/shared", None, As::Cookie(who)).await.body["spec"]["env"]["API_KEY"], "alice-s3cret");
+    }
+}

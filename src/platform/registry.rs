@@ -168,7 +168,12 @@ impl Registry {
     /// One function with its current spec and versions.
     pub async fn get(&self, caller: &Principal, name: &str) -> RegistryResult<FunctionDetail> {
         let record = self.find_visible(caller, name).await?;
-        self.detail(record).await
+        let owned = may_change(caller, &record);
+        let mut detail = self.detail(record).await?;
+        if !owned {
+            hide_env(&mut detail.spec);
+        }
+        Ok(detail)
     }
 
     /// One version of a function with its whole spec.
@@ -179,6 +184,10 @@ impl Registry {
             .version_spec(record.id, version)
             .await?
             .ok_or_else(|| RegistryError::NoSuchVersion { name: name.to_string(), version })?;
+        let mut spec = spec;
+        if !may_change(caller, &record) {
+            hide_env(&mut spec);
+        }
         Ok(VersionDetail { function: record.name, info, spec })
     }
 
@@ -192,7 +201,7 @@ impl Registry {
 
     async fn changeable(&self, caller: &Principal, name: &str, action: &'static str) -> RegistryResult<FunctionRecord> {
         let record = self.find_visible(caller, name).await?;
-        if record.owner_id != caller.id && !caller.is_admin() {
+        if !may_change(caller, &record) {
             return Err(RegistryError::Forbidden { name: record.name, owner: record.owner, action });
         }
         Ok(record)
@@ -225,7 +234,18 @@ impl Registry {
 }
 
 fn may_see(caller: &Principal, record: &FunctionRecord) -> bool {
-    record.visibility == Visibility::Public || record.owner_id == caller.id || caller.is_admin()
+    record.visibility == Visibility::Public || may_change(caller, record)
+}
+
+/// The owner and admins: who may change a function and read all of it.
+fn may_change(caller: &Principal, record: &FunctionRecord) -> bool {
+    record.owner_id == caller.id || caller.is_admin()
+}
+
+/// A public function's env is its owner's configuration (API keys, say): other users see its
+/// code and settings, never the env.
+fn hide_env(spec: &mut FunctionSpec) {
+    spec.env.clear();
 }
 
 /// Blank optional strings mean "not given", so forms and JSON agree.
