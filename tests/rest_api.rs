@@ -641,7 +641,27 @@ async fn deploy_invoke_update_pause_resume_and_delete_instances() {
     }
     assert_eq!(invoke(&updated["urls"]["node_port"], "ada").await, (200, "v2 ada".to_string()));
     assert_eq!(updated["urls"]["node_port"], ready["urls"]["node_port"], "the node port stays");
-    app.instance_until(&bob_id, &bob, "bob's instance follows", |i| i["serving_version"] == 2).await;
+    // Bob's instance of Alice's function stays where he deployed it: her new code never
+    // reaches it unless he asks (his secrets and data live there).
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let pinned = app.call(Method::GET, &format!("/api/v1/instances/{bob_id}"), None, As::Cookie(&bob)).await.body;
+    assert_eq!((pinned["version"].as_u64(), pinned["latest_version"].as_u64(), pinned["pinned"].as_bool()), (Some(1), Some(2), Some(true)), "{pinned:#}");
+    assert_eq!(pinned["serving_version"], 1);
+    let bobs_call = Request::post("/fn/bob/hello").header(header::COOKIE, bob.as_str()).body(Body::from("bo")).expect("request");
+    assert_eq!(app.send(bobs_call).await.body, Value::String("hello bo".into()), "still v1's code");
+    // Redeploying without a choice keeps it; opting in follows the owner from then on.
+    assert_eq!(app.call(Method::POST, "/api/v1/functions/hello/deploy", None, As::Cookie(&bob)).await.body["version"], 1);
+    let both = app.call(Method::POST, "/api/v1/functions/hello/deploy", Some(json!({"follow_updates": true, "version": 1})), As::Cookie(&bob)).await;
+    assert_eq!((both.status, both.body["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("version")), "{}", both.body);
+    let no_such = app.call(Method::POST, "/api/v1/functions/hello/deploy", Some(json!({"version": 9})), As::Cookie(&bob)).await;
+    assert_eq!((no_such.status, no_such.body["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("version")), "{}", no_such.body);
+    let own_pin = app.call(Method::POST, "/api/v1/functions/hello/deploy", Some(json!({"version": 1})), As::Cookie(&alice)).await;
+    assert_eq!((own_pin.status, own_pin.body["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("version")), "the owner's instance follows: {}", own_pin.body);
+    assert_eq!(app.call(Method::GET, &format!("/api/v1/instances/{id}"), None, As::Cookie(&alice)).await.body["version"], 2, "a refused choice changes nothing");
+    let follows = app.call(Method::POST, "/api/v1/functions/hello/deploy", Some(json!({"follow_updates": true})), As::Cookie(&bob)).await;
+    assert_eq!(follows.status, StatusCode::OK, "{}", follows.body);
+    assert_eq!(follows.body["pinned"], false);
+    app.instance_until(&bob_id, &bob, "bob's instance follows once he opts in", |i| i["serving_version"] == 2).await;
 
     // A rollback of the function rolls its instances back too (to a new replica set of v1).
     let rolled = app.call(Method::POST, "/api/v1/functions/hello/rollback", Some(json!({"version": 1})), As::Cookie(&alice)).await;

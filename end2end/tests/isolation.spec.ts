@@ -1,5 +1,5 @@
 import { expect, test } from "@playwright/test";
-import { logIn, run, signUp } from "./helpers";
+import { hydrated, logIn, run, signUp } from "./helpers";
 
 // run.sh starts kubefn with this admin (KUBEFN_ADMIN).
 const ADMIN = { name: "admin", password: "admin-password" };
@@ -100,4 +100,38 @@ test("a page on another port cannot act as the signed-in user (forged writes and
   expect(instances.map((i: { function: string }) => i.function)).toEqual(["counter"]);
   const count = await victimPage.request.post(`/fn/${victim}/counter`, { data: "mine" });
   expect(await count.text(), "the forged call never reached the private function").toBe("1");
+});
+
+// An owner's new version must not reach the instances other users run of their public
+// function (with those users' data and secrets) unless those users chose to follow it.
+test("another user's instance of a public function stays on its version until they follow the owner", async ({ browser }) => {
+  const owner = `e2e-owner-${run}`;
+  const user = `e2e-user-${run}`;
+  const fn = `shared-${run}`;
+  const source = (word: string) => `def handle(req):\n    return '${word} ' + req\n`;
+  const ownerPage = await (await browser.newContext()).newPage();
+  await signUp(ownerPage, owner, "e2e-password-9");
+  const spec = { name: fn, runtime: "python", visibility: "public" };
+  expect((await ownerPage.request.post("/api/v1/functions", { data: { ...spec, source: source("one") } })).status()).toBe(201);
+
+  const page = await (await browser.newContext()).newPage();
+  await signUp(page, user, "e2e-password-9");
+  await page.goto(`/functions/${fn}`);
+  await hydrated(page);
+  const instance = page.getByTestId("instance");
+  await expect(instance.getByTestId("follow-updates")).not.toBeChecked();
+  await instance.getByRole("button", { name: "Deploy" }).click();
+  await expect(instance.getByTestId("instance-state")).toHaveText("Ready", { timeout: 30_000 });
+  await expect(instance.getByTestId("version-policy")).toHaveText("stays on v1");
+
+  const updated = await ownerPage.request.put(`/api/v1/functions/${fn}`, { data: { ...spec, source: source("two") } });
+  expect(updated.status(), await updated.text()).toBe(200);
+  await expect.poll(async () => (await ownerPage.request.get(`/api/v1/functions/${fn}`)).json().then((f) => f.version)).toBe(2);
+  await page.reload();
+  await expect(instance.getByTestId("version-policy")).toHaveText(`stays on v1 (${owner} is on v2)`);
+  expect(await (await page.request.post(`/fn/${user}/${fn}`, { data: "x" })).text()).toBe("one x");
+
+  await instance.getByTestId("version-policy-change").click();
+  await expect(instance.getByTestId("version-policy")).toHaveText(`follows ${owner}'s updates`);
+  await expect.poll(async () => (await page.request.post(`/fn/${user}/${fn}`, { data: "x" })).text(), { timeout: 30_000 }).toBe("two x");
 });

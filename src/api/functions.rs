@@ -383,11 +383,16 @@ pub async fn unregister_function(name: String) -> Result<(), ApiError> {
 }
 
 /// Deploys the caller's instance of a function (again: un-pauses it, retries a failed version).
+/// For someone else's function, `follow_updates` chooses between the owner's updates (`true`)
+/// and the version the instance runs (`false`); absent, a new instance stays on the current
+/// version and an existing one keeps its choice.
 #[server]
-pub async fn deploy_function(name: String) -> Result<InstanceInfo, ApiError> {
+pub async fn deploy_function(name: String, #[server(default)] follow_updates: Option<bool>) -> Result<InstanceInfo, ApiError> {
     let result = async {
         let (platform, caller) = ssr::caller().await?;
-        Ok(platform.instances.deploy(&caller, &name).await?.0)
+        use crate::platform::instances::VersionChoice;
+        let choice = follow_updates.map(|follow| if follow { VersionChoice::FollowUpdates } else { VersionChoice::Pin(None) });
+        Ok(platform.instances.deploy(&caller, &name, choice).await?.0)
     };
     ssr::with_status(result.await)
 }

@@ -5,7 +5,7 @@ use super::{ApiError, AppState};
 use crate::platform::model::{
     AdminOverview, AsyncStatus, FunctionDetail, FunctionSpec, FunctionSummary, InstanceInfo, NewToken, TokenInfo, TriggerInfo, TriggerSpec, UsageSample, UserInfo, VersionDetail,
 };
-use crate::platform::instances::Removal;
+use crate::platform::instances::{Removal, VersionChoice};
 use crate::platform::Platform;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request, State};
@@ -241,8 +241,34 @@ async fn rollback_function(
     Ok(Json(platform.registry.rollback(&caller, &name, body.version).await?))
 }
 
-async fn deploy_function(State(platform): State<Platform>, Caller(caller): Caller, Path(name): Path<String>) -> Result<Response, ApiError> {
-    let (instance, created) = platform.instances.deploy(&caller, &name).await?;
+/// The optional body of `POST /functions/{name}/deploy`: which version an instance of someone
+/// else's function runs.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct DeployBody {
+    /// Follow the owner's updates (`true`), or stay on the version the instance runs (`false`).
+    follow_updates: Option<bool>,
+    /// Stay on this version.
+    version: Option<u32>,
+}
+
+impl DeployBody {
+    fn choice(&self) -> Result<Option<VersionChoice>, ApiError> {
+        match (self.follow_updates, self.version) {
+            (Some(true), Some(_)) => Err(ApiError::invalid("version", "give either follow_updates: true or a version to stay on, not both")),
+            (Some(true), None) => Ok(Some(VersionChoice::FollowUpdates)),
+            (_, Some(version)) => Ok(Some(VersionChoice::Pin(Some(version)))),
+            (Some(false), None) => Ok(Some(VersionChoice::Pin(None))),
+            (None, None) => Ok(None),
+        }
+    }
+}
+
+async fn deploy_function(State(platform): State<Platform>, Caller(caller): Caller, Path(name): Path<String>, request: Request) -> Result<Response, ApiError> {
+    // The body is optional: `curl -X POST …/deploy` deploys with the defaults.
+    let body = Bytes::from_request(request, &()).await.map_err(|rejection| ApiError::new(rejection.status().as_u16(), rejection.body_text()))?;
+    let body: DeployBody = if body.iter().all(u8::is_ascii_whitespace) { DeployBody::default() } else { decode_json(&body)? };
+    let (instance, created) = platform.instances.deploy(&caller, &name, body.choice()?).await?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     let mut headers = HeaderMap::new();
     if let Ok(location) = format!("/api/v1/instances/{}", instance.id).parse() {

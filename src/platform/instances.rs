@@ -72,6 +72,16 @@ pub enum InstanceError {
     Store(#[from] StoreError),
 }
 
+/// Which version a user's instance of someone else's function runs (see [`Instances::deploy`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VersionChoice {
+    /// Follow the owner's current version, updates and rollbacks included.
+    FollowUpdates,
+    /// Stay on one version: the one given, else the one the instance runs now (the current
+    /// one for a new instance).
+    Pin(Option<u32>),
+}
+
 /// How a delete request ended.
 #[derive(Debug)]
 pub enum Removal {
@@ -181,19 +191,58 @@ impl Instances {
 
     /// Deploys the caller's instance of a function they may see; deploying again keeps the
     /// instance, un-pauses it and retries a version that failed. Returns it and whether it is new.
-    pub async fn deploy(&self, caller: &Principal, function: &str) -> InstanceResult<(InstanceInfo, bool)> {
+    ///
+    /// The owner's own instance always runs the function's current version. An instance of
+    /// someone else's function stays on the version it was deployed with, unless `choice` says
+    /// to follow the owner's updates: an owner must not be able to roll new code into the
+    /// instances of users who never asked for it. `None` keeps an existing instance's choice.
+    pub async fn deploy(&self, caller: &Principal, function: &str, choice: Option<VersionChoice>) -> InstanceResult<(InstanceInfo, bool)> {
         let _changing = self.changes.lock().await;
         let record = self.registry.find_visible(caller, function).await?;
-        let spec = self.version_spec(record.id, record.current_version, &record.name).await?;
-        self.runtime.check(&spec).map_err(InstanceError::Unsupported)?;
-        if let Some(existing) = self.store.instance_of(record.id, caller.id).await?
+        let existing = self.store.instance_of(record.id, caller.id).await?;
+        if let Some(existing) = &existing
             && existing.state == InstanceState::Deleting
         {
-            return Err(InstanceError::BeingDeleted { id: existing.id });
+            return Err(InstanceError::BeingDeleted { id: existing.id.clone() });
         }
+        let own = record.owner_id == caller.id;
+        // Some(pin) to record (None inside: follow), or None to keep the existing instance's.
+        let pin: Option<Option<u32>> = match (own, choice, &existing) {
+            (true, None | Some(VersionChoice::FollowUpdates), _) => Some(None),
+            (true, Some(VersionChoice::Pin(_)), _) => {
+                return Err(InstanceError::Invalid(FieldError::new(
+                    "version",
+                    "your own instance runs your function's current version; roll the function back to run an older one",
+                )));
+            }
+            (false, Some(VersionChoice::FollowUpdates), _) => Some(None),
+            (false, Some(VersionChoice::Pin(Some(version))), _) => Some(Some(version)),
+            (false, Some(VersionChoice::Pin(None)), Some(existing)) => Some(Some(existing.function_version)),
+            (false, Some(VersionChoice::Pin(None)) | None, None) => Some(Some(record.current_version)),
+            (false, None, Some(_)) => None,
+        };
+        let version = match (pin, &existing) {
+            (Some(Some(version)), _) => version,
+            (Some(None), _) => record.current_version,
+            (None, Some(existing)) => existing.function_version,
+            (None, None) => record.current_version,
+        };
+        let spec = self.version_spec(record.id, version, &record.name).await.map_err(|error| match error {
+            InstanceError::Function(RegistryError::NoSuchVersion { .. }) => {
+                InstanceError::Invalid(FieldError::new("version", format!("{} has no version {version}; see its versions", record.name)))
+            }
+            other => other,
+        })?;
+        self.runtime.check(&spec).map_err(InstanceError::Unsupported)?;
         let replicas = spec.scaling.min.max(1);
-        let (instance, created) = self.store.upsert_instance(record.id, caller.id, record.current_version, replicas).await?;
-        let mut instance = instance;
+        let (instance, created) = self.store.upsert_instance(record.id, caller.id, version, replicas, pin.flatten()).await?;
+        let mut instance = match (created, pin) {
+            (false, Some(pin)) => {
+                self.store.set_instance_pin(&instance.id, pin).await?;
+                self.store.instance(&instance.id).await?.ok_or_else(|| InstanceError::NotFound { id: instance.id.clone() })?
+            }
+            _ => instance,
+        };
         instance.paused = false;
         self.apply(&instance, spec, true).await?;
         Ok((self.info(instance), created))
@@ -608,6 +657,8 @@ impl Instances {
             function: record.function,
             user: record.user,
             version: record.function_version,
+            latest_version: record.current_version,
+            pinned: record.pinned,
             serving_version: status.as_ref().and_then(|s| s.serving_version),
             state,
             message,

@@ -557,6 +557,13 @@ pub struct InstanceInfo {
     pub user: String,
     /// The version it should run (the function's current version).
     pub version: u32,
+    /// The function's current version (what its owner runs now).
+    #[serde(default)]
+    pub latest_version: u32,
+    /// Whether the instance stays on `version` whatever the owner changes (instances of someone
+    /// else's function, unless their user follows the owner's updates).
+    #[serde(default)]
+    pub pinned: bool,
     /// The version its ready replicas run, when they run one.
     pub serving_version: Option<u32>,
     /// Its state.

@@ -149,6 +149,8 @@ mod tests {
             function: "f".into(),
             user: "ann".into(),
             version: 1,
+            latest_version: 1,
+            pinned: false,
             serving_version: Some(1),
             state: InstanceState::Ready,
             message: String::new(),

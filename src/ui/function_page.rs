@@ -65,7 +65,7 @@ fn FunctionView(
             <strong data-testid="current-version">{current}</strong> " of " {function.latest_version}
             " · updated " {short_time(&function.updated_at)}
         </p>
-        <InstancePanel function=function.name.clone()/>
+        <InstancePanel function=function.name.clone() owner=function.owner.clone()/>
         {move || rollback_error.get().map(|error| view! { <ErrorNotice error/> })}
         <div class="two-col">
             <section class="card" aria-labelledby="spec-title">

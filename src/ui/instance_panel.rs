@@ -7,6 +7,7 @@ use super::instance_actions::{ConfirmedDelete, InstanceActions, PauseOrResume};
 use super::usage_charts::InstanceCharts;
 use super::{action_error, refresh_when_changed, short_time, ErrorNotice, FieldMessage};
 use crate::api::functions::{my_instance, DeployFunction, InvokeFunction, ScaleInstance};
+use crate::app::Session;
 use crate::platform::model::{InstanceInfo, InstanceState, LogEntry};
 use leptos::prelude::*;
 use std::time::Duration;
@@ -14,9 +15,10 @@ use std::time::Duration;
 /// How often the panel asks for the instance's state while the page is open.
 const REFRESH: Duration = Duration::from_millis(1500);
 
-/// The instance card and, once deployed, its live logs.
+/// The instance card and, once deployed, its live logs. `owner` is the function's owner: an
+/// instance of someone else's function stays on one version unless its user follows the owner.
 #[component]
-pub fn InstancePanel(function: String) -> impl IntoView {
+pub fn InstancePanel(function: String, owner: String) -> impl IntoView {
     let deploy = ServerAction::<DeployFunction>::new();
     let actions = InstanceActions::new();
     let scale = ServerAction::<ScaleInstance>::new();
@@ -54,11 +56,12 @@ pub fn InstancePanel(function: String) -> impl IntoView {
             <Transition fallback=|| view! { <p class="muted">"Loading…"</p> }>
                 {move || Suspend::new({
                     let function = function.clone();
+                    let owner = owner.clone();
                     async move {
                         match instance.await {
                             Err(error) => view! { <ErrorNotice error/> }.into_any(),
-                            Ok(None) => view! { <NotDeployed function deploy/> }.into_any(),
-                            Ok(Some(instance)) => view! { <InstanceView instance deploy actions scale/> }.into_any(),
+                            Ok(None) => view! { <NotDeployed function owner=owner.clone() deploy/> }.into_any(),
+                            Ok(Some(instance)) => view! { <InstanceView instance owner=owner.clone() deploy actions scale/> }.into_any(),
                         }
                     }
                 })}
@@ -119,12 +122,45 @@ fn InvokePanel(function: String) -> impl IntoView {
 }
 
 #[component]
-fn NotDeployed(function: String, deploy: ServerAction<DeployFunction>) -> impl IntoView {
+fn NotDeployed(function: String, owner: String, deploy: ServerAction<DeployFunction>) -> impl IntoView {
+    let session = expect_context::<Session>();
+    let owner_name = owner.clone();
+    let theirs = Memo::new(move |_| session.user.get().and_then(Result::ok).flatten().is_some_and(|me| me.name != owner_name));
     view! {
         <p>"Not deployed. Deploying starts your own copy of this function, with its own replicas and node port."</p>
         <ActionForm action=deploy attr:class="inline">
             <input type="hidden" name="name" value=function/>
+            {move || theirs.get().then(|| view! {
+                <label class="checkbox">
+                    <input type="checkbox" name="follow_updates" value="true" data-testid="follow-updates"/>
+                    {format!(" Follow {owner}'s updates")}
+                </label>
+            })}
             <button type="submit" class="primary" disabled=move || deploy.pending().get()>"Deploy"</button>
+        </ActionForm>
+        {move || theirs.get().then(|| view! {
+            <p class="hint">"Otherwise your instance stays on the version you deploy now: nobody else changes the code that runs with your data."</p>
+        })}
+    }
+}
+
+/// Which version the instance runs and why, with the button that changes it (instances of
+/// someone else's function only).
+#[component]
+fn VersionPolicy(instance: InstanceInfo, owner: String, deploy: ServerAction<DeployFunction>) -> impl IntoView {
+    let (text, follow, button) = match instance.pinned {
+        true if instance.latest_version != instance.version => {
+            (format!("stays on v{} ({owner} is on v{})", instance.version, instance.latest_version), "true", format!("Follow {owner}'s updates"))
+        }
+        true => (format!("stays on v{}", instance.version), "true", format!("Follow {owner}'s updates")),
+        false => (format!("follows {owner}'s updates"), "false", format!("Stay on v{}", instance.version)),
+    };
+    view! {
+        <span data-testid="version-policy">{text}</span>
+        <ActionForm action=deploy attr:class="inline">
+            <input type="hidden" name="name" value=instance.function.clone()/>
+            <input type="hidden" name="follow_updates" value=follow/>
+            <button type="submit" data-testid="version-policy-change">{button}</button>
         </ActionForm>
     }
 }
@@ -132,6 +168,7 @@ fn NotDeployed(function: String, deploy: ServerAction<DeployFunction>) -> impl I
 #[component]
 fn InstanceView(
     instance: InstanceInfo,
+    owner: String,
     deploy: ServerAction<DeployFunction>,
     actions: InstanceActions,
     scale: ServerAction<ScaleInstance>,
@@ -155,7 +192,10 @@ fn InstanceView(
             <dt>"Replicas"</dt>
             <dd data-testid="replicas">{format!("{} of {} ready", instance.replicas.ready, instance.replicas.desired)}</dd>
             <dt>"Version"</dt>
-            <dd>{serving}</dd>
+            <dd>
+                {serving}
+                {(instance.user != owner).then(|| view! { " · " <VersionPolicy instance=instance.clone() owner=owner.clone() deploy/> })}
+            </dd>
             <dt>"Addresses"</dt>
             <dd><InstanceAddresses urls=instance.urls.clone()/></dd>
             {(!instance.limits.is_empty()).then(|| view! { <dt>"Limits"</dt><dd class="hint">{instance.limits.clone()}</dd> })}

@@ -13,8 +13,13 @@ pub struct InstanceRecord {
     pub function_id: i64,
     /// The function's name.
     pub function: String,
-    /// The function's current version: what the instance should run.
+    /// What the instance should run: its pinned version, else the function's current one.
     pub function_version: u32,
+    /// The function's current version (its owner's latest choice).
+    pub current_version: u32,
+    /// Whether the instance stays on [`InstanceRecord::function_version`] whatever the owner
+    /// changes (`false`: it follows the current version).
+    pub pinned: bool,
     /// The user's row id.
     pub user_id: i64,
     /// The user's name.
@@ -41,6 +46,8 @@ struct InstanceRow {
     function_id: i64,
     function: String,
     function_version: i64,
+    current_version: i64,
+    pinned: bool,
     user_id: i64,
     user: String,
     desired_version: i64,
@@ -59,6 +66,8 @@ impl From<InstanceRow> for InstanceRecord {
             function_id: row.function_id,
             function: row.function,
             function_version: u32::try_from(row.function_version).unwrap_or(0),
+            current_version: u32::try_from(row.current_version).unwrap_or(0),
+            pinned: row.pinned,
             user_id: row.user_id,
             user: row.user,
             desired_version: u32::try_from(row.desired_version).unwrap_or(0),
@@ -73,19 +82,21 @@ impl From<InstanceRow> for InstanceRecord {
     }
 }
 
-const SELECT_INSTANCE: &str = "SELECT i.id, i.function_id, f.name AS function, f.current_version AS function_version,
+const SELECT_INSTANCE: &str = "SELECT i.id, i.function_id, f.name AS function, COALESCE(i.pinned_version, f.current_version) AS function_version,
+        f.current_version AS current_version, i.pinned_version IS NOT NULL AS pinned,
         i.user_id, u.name AS user, i.desired_version, i.replicas, i.paused, i.state, i.message, i.node_port, i.created_at
    FROM instances i JOIN functions f ON f.id = i.function_id JOIN users u ON u.id = i.user_id";
 
 impl Store {
-    /// The instance of (function, user), creating it (as `Pending`, with `replicas`) when there
-    /// is none; an existing one is only un-paused. Returns it and whether it was created.
-    pub async fn upsert_instance(&self, function_id: i64, user_id: i64, version: u32, replicas: u32) -> StoreResult<(InstanceRecord, bool)> {
+    /// The instance of (function, user), creating it (as `Pending`, with `replicas`, pinned to
+    /// `pinned` or following the current version) when there is none; an existing one is only
+    /// un-paused. Returns it and whether it was created.
+    pub async fn upsert_instance(&self, function_id: i64, user_id: i64, version: u32, replicas: u32, pinned: Option<u32>) -> StoreResult<(InstanceRecord, bool)> {
         let now = Utc::now();
         let id = uuid::Uuid::new_v4().to_string();
         let (stored_id,): (String,) = sqlx::query_as(
-            "INSERT INTO instances (id, function_id, user_id, desired_version, replicas, paused, state, message, created_at, updated_at)
-             VALUES (?, ?, ?, ?, ?, 0, 'Pending', '', ?, ?)
+            "INSERT INTO instances (id, function_id, user_id, desired_version, replicas, paused, state, message, created_at, updated_at, pinned_version)
+             VALUES (?, ?, ?, ?, ?, 0, 'Pending', '', ?, ?, ?)
              ON CONFLICT (function_id, user_id) DO UPDATE SET paused = 0, updated_at = excluded.updated_at
              RETURNING id",
         )
@@ -96,6 +107,7 @@ impl Store {
         .bind(i64::from(replicas))
         .bind(now)
         .bind(now)
+        .bind(pinned.map(i64::from))
         .fetch_one(&self.pool)
         .await?;
         self.forget_invocations();
@@ -127,6 +139,19 @@ impl Store {
             .fetch_all(&self.pool)
             .await?;
         Ok(rows.into_iter().map(InstanceRecord::from).collect())
+    }
+
+    /// Pins the instance to `version`, or lets it follow the function's current version (`None`).
+    pub async fn set_instance_pin(&self, id: &str, version: Option<u32>) -> StoreResult<()> {
+        sqlx::query("UPDATE instances SET pinned_version = ?, updated_at = ? WHERE id = ?")
+            .bind(version.map(i64::from))
+            .bind(Utc::now())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        // The gateway's limits are those of the version the instance runs.
+        self.forget_invocations();
+        Ok(())
     }
 
     /// Records what was handed to the runtime.
@@ -287,8 +312,8 @@ impl Store {
                     json_extract(v.spec, '$.invoke') AS invoke, i.id AS instance_id, i.paused AS paused
                FROM users u
                JOIN functions f ON f.name = ?2
-               JOIN function_versions v ON v.function_id = f.id AND v.number = f.current_version
                LEFT JOIN instances i ON i.function_id = f.id AND i.user_id = u.id
+               JOIN function_versions v ON v.function_id = f.id AND v.number = COALESCE(i.pinned_version, f.current_version)
               WHERE u.name = ?1",
         )
         .bind(user)
@@ -334,7 +359,7 @@ mod tests {
         assert_eq!(row.instance_id, None);
 
         // Each write below is seen by the very next read, though reads are cached.
-        let (instance, _) = store.upsert_instance(function.id, alice.id, 1, 1).await.expect("instance");
+        let (instance, _) = store.upsert_instance(function.id, alice.id, 1, 1, None).await.expect("instance");
         assert_eq!(store.invocation("alice", "hello").await.expect("row").expect("row").instance_id.as_deref(), Some(instance.id.as_str()));
         store.set_instance_desired(&instance.id, 1, 1, true).await.expect("pause");
         assert_eq!(store.invocation("alice", "hello").await.expect("row").expect("row").paused, Some(true));

@@ -164,7 +164,7 @@ mod tests {
         let spec: FunctionSpec = serde_json::from_value(serde_json::json!({"name": "f", "runtime": "python", "source": "x"})).expect("spec");
         assert_eq!(spec.runtime, Runtime::Python);
         let function = store.insert_function(user.id, &spec).await.expect("function");
-        let (instance, _) = store.upsert_instance(function.id, user.id, 1, 1).await.expect("instance");
+        let (instance, _) = store.upsert_instance(function.id, user.id, 1, 1, None).await.expect("instance");
 
         let now = Utc::now().duration_trunc(Duration::minutes(1)).expect("minute");
         let old_minute = now - Duration::hours(2);
