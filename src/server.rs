@@ -12,7 +12,7 @@ use clap::Parser;
 use leptos::config::LeptosOptions;
 use leptos_axum::{generate_route_list, LeptosRoutes};
 use crate::platform::runtime::kubernetes::package_egress::{self, PackageEgress};
-use crate::platform::runtime::kubernetes::{Images, KubernetesConfig, KubernetesError, KubernetesRuntime, PackageAccess, PodSettings, Placement, Toleration};
+use crate::platform::runtime::kubernetes::{Images, KubernetesConfig, KubernetesError, KubernetesRuntime, NetworkIsolation, PackageAccess, PodSettings, Placement, Toleration};
 use crate::platform::outbound::OutboundPolicy;
 use crate::platform::runtime::local::dependencies::InstallerSettings;
 use crate::platform::runtime::local::sandbox::SandboxSettings;
@@ -141,6 +141,15 @@ pub struct Config {
     /// (a TLS-inspecting proxy's CA); default: the runtime image's own.
     #[arg(long, env = "KUBEFN_PACKAGE_CA_FILE")]
     pub package_ca_file: Option<PathBuf>,
+    /// Kubernetes runtime: kubefn's own namespace, whose pods (and only they) may connect to
+    /// function pods; functions may reach only its package egress there.
+    #[arg(long, env = "KUBEFN_SYSTEM_NAMESPACE", default_value = "kubefn-system")]
+    pub system_namespace: String,
+    /// Kubernetes runtime: the cluster's pod network (`CIDR,…`). With it, clients outside it
+    /// (node-port users) may connect to function pods as well; without it, where the network
+    /// plugin enforces NetworkPolicies, only kubefn may.
+    #[arg(long, env = "KUBEFN_POD_NETWORK", default_value = "", value_parser = |t: &str| OutboundPolicy::parse_ranges(t))]
+    pub pod_network: OutboundRanges,
     /// Kubernetes runtime: ports kubefn's port-forwards to instances listen on, as FIRST-LAST.
     #[arg(long, env = "KUBEFN_PORT_FORWARD_RANGE", default_value = "40000-40999", value_parser = parse_port_range)]
     pub port_forward_range: RangeInclusive<u16>,
@@ -306,6 +315,7 @@ pub fn kubernetes_config(config: &Config) -> Result<KubernetesConfig, StartError
             packages: PackageAccess { proxy, ca_bundle, env: InstallerSettings::passed_environment() },
         },
         forward_ports: config.port_forward_range.clone(),
+        network: NetworkIsolation { system_namespace: config.system_namespace.clone(), pod_network: config.pod_network.clone() },
         ..KubernetesConfig::new()
     })
 }

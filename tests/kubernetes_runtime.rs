@@ -672,6 +672,43 @@ async fn a_privileged_pod_is_refused_in_the_functions_namespace() {
     }
 }
 
+/// The NetworkPolicy kubefn keeps where functions run, as the real apiserver stores it. (The
+/// test node's bridge plugin does not enforce policies; Calico, Cilium and the like do.)
+async fn isolation_policy_of(admin: &Client, namespace: &str) -> serde_json::Value {
+    let policy = Api::<k8s_openapi::api::networking::v1::NetworkPolicy>::namespaced(admin.clone(), namespace)
+        .get(names::ISOLATION_POLICY)
+        .await
+        .unwrap_or_else(|e| panic!("no NetworkPolicy in {namespace}: {e}"));
+    serde_json::to_value(policy.spec.expect("spec")).expect("json")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn function_pods_may_be_reached_only_by_kubefn_and_reach_only_public_addresses() {
+    let _ = cluster();
+    let admin = admin().await;
+    let mut config = config(42600..=42699);
+    config.network.pod_network = vec!["10.251.0.0/16".parse().expect("cidr"), "fd00:251::/48".parse().expect("cidr")];
+    config.pods.packages.proxy = Some("http://kubefn.kubefn-system.svc:3128".into());
+    let runtime = KubernetesRuntime::connect(config).await.expect("connect as kubefn's ServiceAccount, which may manage the policy");
+    let spec = isolation_policy_of(&admin, NAMESPACE).await;
+    assert_eq!(spec["podSelector"], serde_json::json!({}), "every pod of the namespace");
+    assert_eq!(spec["policyTypes"], serde_json::json!(["Ingress", "Egress"]));
+    let ingress = spec["ingress"].as_array().expect("ingress rules");
+    assert_eq!(ingress[0]["from"][0]["namespaceSelector"]["matchLabels"][names::NAMESPACE_NAME], "kubefn-system");
+    assert_eq!(ingress[1]["from"][0]["ipBlock"], serde_json::json!({"cidr": "0.0.0.0/0", "except": ["10.251.0.0/16"]}), "outside the pod network: node-port clients");
+    assert_eq!(ingress[1]["from"][1]["ipBlock"], serde_json::json!({"cidr": "::/0", "except": ["fd00:251::/48"]}));
+    assert_eq!(ingress.len(), 2, "no rule lets another function pod in: {ingress:#?}");
+    let egress = spec["egress"].as_array().expect("egress rules");
+    assert_eq!(egress[0]["ports"][0], serde_json::json!({"protocol": "UDP", "port": 53}), "DNS");
+    assert_eq!(egress[1]["ports"], serde_json::json!([{"protocol": "TCP", "port": 3128}]), "kubefn's namespace: the package egress only");
+    let public = &egress[2]["to"][0]["ipBlock"];
+    assert_eq!(public["cidr"], "0.0.0.0/0");
+    for internal in ["169.254.0.0/16", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "127.0.0.0/8"] {
+        assert!(public["except"].as_array().expect("except").iter().any(|e| e == internal), "{internal} (metadata, apiserver, Services, pods) is not excluded: {public}");
+    }
+    runtime.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_user_namespaces_are_created_labelled_and_a_quota_failure_is_explained() {
     let _ = cluster();
@@ -691,6 +728,7 @@ async fn per_user_namespaces_are_created_labelled_and_a_quota_failure_is_explain
     assert_eq!(labels[names::MANAGED_BY], "kubefn");
     assert_eq!(labels[names::POD_SECURITY], "restricted", "a namespace kubefn makes enforces the restricted profile");
     assert_eq!(runtime.namespace_of("erin"), "kfn-test-erin");
+    assert_eq!(isolation_policy_of(&admin, "kfn-test-erin").await["policyTypes"], serde_json::json!(["Ingress", "Egress"]), "a namespace kubefn makes is isolated too");
 
     // A quota that allows no more pods: the next version cannot create its replica.
     cluster().kubectl(&["create", "quota", "no-pods", "-n", "kfn-test-erin", "--hard=pods=1"], None);

@@ -126,6 +126,7 @@ fn canonical(ip: IpAddr) -> IpAddr {
 
 /// What kind of internal address `ip` is (IPv4-mapped forms judged as IPv4), if it is one.
 pub fn internal(ip: IpAddr) -> Option<Internal> {
+    // INTERNAL_RANGES must list the same addresses (a test checks both ends of each range).
     match canonical(ip) {
         IpAddr::V4(v4) => {
             let shared = Ipv4Addr::new(100, 64, 0, 0);
@@ -158,9 +159,42 @@ pub fn internal(ip: IpAddr) -> Option<Internal> {
     }
 }
 
+/// The ranges [`internal`] refuses, as CIDRs, for what must say them as ranges (the
+/// NetworkPolicy that keeps function pods off them).
+pub const INTERNAL_RANGES: [&str; 14] = [
+    "0.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "224.0.0.0/4",
+    "255.255.255.255/32",
+    "::/128",
+    "::1/128",
+    "fc00::/7",
+    "fe80::/10",
+    "ff00::/8",
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_internal_ranges_are_what_internal_refuses() {
+        for range in INTERNAL_RANGES {
+            let net: IpNet = range.parse().expect("a CIDR");
+            for address in [net.network(), net.broadcast()] {
+                assert!(internal(address).is_some(), "{address} in {range}");
+            }
+        }
+        for public in ["8.8.8.8", "100.128.0.1", "172.32.0.1", "2001:db8::1", "11.0.0.0"] {
+            let address: IpAddr = public.parse().expect("address");
+            assert!(internal(address).is_none() && !INTERNAL_RANGES.iter().any(|r| r.parse::<IpNet>().is_ok_and(|n| n.contains(&address))), "{public}");
+        }
+    }
 
     fn address(text: &str) -> SocketAddr {
         text.parse().expect("socket address")

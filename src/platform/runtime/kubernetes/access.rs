@@ -18,6 +18,7 @@ pub const NEEDED: &[(&str, &str, &[&str])] = &[
     ("apps", "deployments/scale", &["patch"]),
     ("apps", "replicasets", &["list"]),
     ("autoscaling", "horizontalpodautoscalers", &["get", "list", "watch", "create", "patch", "delete", "deletecollection"]),
+    ("networking.k8s.io", "networkpolicies", &["get", "create", "patch"]),
 ];
 
 /// Whether kubefn may `verb` the `resource` (`name` or `name/subresource`) of `group`.

@@ -81,6 +81,63 @@ pub const PACKAGE_CA_CONFIG_MAP: &str = "kubefn-package-ca";
 const PACKAGE_CA_DIR: &str = "/kubefn/package-ca";
 const PACKAGE_CA_FILE: &str = "ca.pem";
 
+/// Where function pods may connect and who may connect to them, for the NetworkPolicy
+/// [`names::ISOLATION_POLICY`] in every namespace with functions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetworkIsolation {
+    /// kubefn's own namespace: its pods (the gateway inside the cluster) may reach functions,
+    /// and functions may reach its package egress, nothing else there.
+    pub system_namespace: String,
+    /// The cluster's pod network. With it, clients outside it (node-port users) may connect
+    /// too; without it only kubefn may, since a rule for "everyone else" would also let other
+    /// users' pods in.
+    pub pod_network: Vec<ipnet::IpNet>,
+}
+
+impl Default for NetworkIsolation {
+    fn default() -> Self {
+        NetworkIsolation { system_namespace: "kubefn-system".into(), pod_network: Vec::new() }
+    }
+}
+
+/// The NetworkPolicy of a namespace with functions. Ingress: from kubefn's namespace, and from
+/// outside the pod network when it is known, never from another function pod. Egress: the
+/// cluster DNS, kubefn's package egress (when configured), and public addresses only: no cloud
+/// metadata (link-local), no apiserver, Service or pod address (private ranges), the same
+/// ranges the outbound policy refuses for callbacks.
+pub fn isolation_policy(namespace: &str, isolation: &NetworkIsolation, packages: &PackageAccess) -> Value {
+    let system = json!({ "namespaceSelector": { "matchLabels": { names::NAMESPACE_NAME: isolation.system_namespace } } });
+    let everywhere_but = |family_any: &str, except: Vec<String>| json!({ "ipBlock": { "cidr": family_any, "except": except } });
+    let split = |ranges: Vec<ipnet::IpNet>| -> (Vec<String>, Vec<String>) {
+        let (v4, v6): (Vec<_>, Vec<_>) = ranges.into_iter().partition(|net| matches!(net, ipnet::IpNet::V4(_)));
+        (v4.iter().map(ToString::to_string).collect(), v6.iter().map(ToString::to_string).collect())
+    };
+    let mut ingress = vec![json!({ "from": [system] })];
+    if !isolation.pod_network.is_empty() {
+        let (v4, v6) = split(isolation.pod_network.clone());
+        ingress.push(json!({ "from": [everywhere_but("0.0.0.0/0", v4), everywhere_but("::/0", v6)] }));
+    }
+    let (dns_key, dns_value) = names::DNS_POD;
+    let mut egress = vec![json!({
+        "to": [{ "namespaceSelector": {}, "podSelector": { "matchLabels": { dns_key: dns_value } } }],
+        "ports": [{ "protocol": "UDP", "port": 53 }, { "protocol": "TCP", "port": 53 }],
+    })];
+    let proxy_port = packages.proxy.as_deref().and_then(|url| url.parse::<http::Uri>().ok()).and_then(|uri| uri.port_u16());
+    if let Some(port) = proxy_port {
+        egress.push(json!({ "to": [system], "ports": [{ "protocol": "TCP", "port": port }] }));
+    }
+    let internal: Vec<ipnet::IpNet> = crate::platform::outbound::INTERNAL_RANGES.iter().filter_map(|range| range.parse().ok()).collect();
+    let (v4, v6) = split(internal);
+    // `except` must lie inside `cidr`: 0.0.0.0/0 and ::/0 hold every range of their family.
+    egress.push(json!({ "to": [everywhere_but("0.0.0.0/0", v4), everywhere_but("::/0", v6)] }));
+    json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": { "name": names::ISOLATION_POLICY, "namespace": namespace, "labels": { names::MANAGED_BY: names::MANAGER } },
+        "spec": { "podSelector": {}, "policyTypes": ["Ingress", "Egress"], "ingress": ingress, "egress": egress },
+    })
+}
+
 /// The [`PACKAGE_CA_CONFIG_MAP`] of `namespace`, when a bundle is configured.
 pub fn package_ca(namespace: &str, packages: &PackageAccess) -> Option<Value> {
     let bundle = packages.ca_bundle.as_ref()?;
@@ -513,6 +570,17 @@ fn autoscaler(instance: &InstanceSpec, namespace: &str, base: &str) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn without_the_pod_network_only_kubefn_may_connect_and_without_a_proxy_nothing_in_its_namespace_is_reachable() {
+        let policy = isolation_policy("fns", &NetworkIsolation::default(), &PackageAccess::default());
+        let ingress = policy["spec"]["ingress"].as_array().expect("ingress");
+        assert_eq!(ingress.len(), 1, "{ingress:#?}");
+        assert_eq!(ingress[0]["from"][0]["namespaceSelector"]["matchLabels"][names::NAMESPACE_NAME], "kubefn-system");
+        let egress = policy["spec"]["egress"].as_array().expect("egress");
+        assert_eq!(egress.len(), 2, "DNS and public addresses: {egress:#?}");
+        assert!(!egress.iter().any(|rule| rule.to_string().contains("kubefn-system")));
+    }
     use crate::platform::model::{Runtime as Language, ServiceSpec};
 
     /// A fluent fixture: an instance of a function, changed field by field.

@@ -23,10 +23,11 @@ use cluster::Cluster;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
-pub use manifests::{Images, PackageAccess, PodSettings, Placement, Toleration};
+pub use manifests::{Images, NetworkIsolation, PackageAccess, PodSettings, Placement, Toleration};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
@@ -153,6 +154,8 @@ pub struct KubernetesConfig {
     pub impersonate: Option<String>,
     /// How often pod usage is read from metrics.k8s.io.
     pub usage_period: Duration,
+    /// The NetworkPolicy kept in each namespace with functions.
+    pub network: NetworkIsolation,
 }
 
 impl KubernetesConfig {
@@ -169,6 +172,7 @@ impl KubernetesConfig {
             in_cluster: std::env::var_os("KUBERNETES_SERVICE_HOST").is_some(),
             impersonate: None,
             usage_period: Duration::from_secs(5),
+            network: NetworkIsolation::default(),
         }
     }
 }
@@ -283,6 +287,7 @@ impl KubernetesRuntime {
         access::check(&client, &config).await?;
         if config.user_namespace_prefix.is_none() {
             ensure_namespace(&client, &config.namespace, None).await?;
+            isolate_namespace(&client, &config, &config.namespace).await?;
         }
         let cluster = Cluster::start(client.clone(), &config).await;
         let metrics_available = cluster::metrics_served(&client).await;
@@ -394,6 +399,18 @@ async fn ensure_namespace(client: &Client, namespace: &str, user: Option<&str>) 
     Ok(())
 }
 
+/// Applies the NetworkPolicy [`names::ISOLATION_POLICY`] to `namespace` (see
+/// [`manifests::isolation_policy`]): function pods reach neither each other, nor kubefn, nor the
+/// apiserver or cloud metadata, wherever the cluster's network plugin enforces policies.
+async fn isolate_namespace(client: &Client, config: &KubernetesConfig, namespace: &str) -> Result<(), KubernetesError> {
+    let policy = manifests::isolation_policy(namespace, &config.network, &config.pods.packages);
+    let api: Api<NetworkPolicy> = Api::namespaced(client.clone(), namespace);
+    api.patch(names::ISOLATION_POLICY, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&policy))
+        .await
+        .map_err(api_error(format!("apply NetworkPolicy {namespace}/{}", names::ISOLATION_POLICY)))?;
+    Ok(())
+}
+
 impl Inner {
     fn namespace_of(&self, user: &str) -> String {
         match &self.config.user_namespace_prefix {
@@ -435,7 +452,9 @@ impl Inner {
         };
         if !unchanged || force {
             if let Some(prefix) = &self.config.user_namespace_prefix {
-                ensure_namespace(&self.client, &names::user_namespace(prefix, &spec.user), Some(&spec.user)).await?;
+                let namespace = names::user_namespace(prefix, &spec.user);
+                ensure_namespace(&self.client, &namespace, Some(&spec.user)).await?;
+                isolate_namespace(&self.client, &self.config, &namespace).await?;
             }
             self.apply_objects(&namespace, &manifests, &spec).await?;
         }

@@ -8,6 +8,12 @@
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
+/// The NetworkPolicy kubefn keeps in each namespace with functions.
+pub const ISOLATION_POLICY: &str = "kubefn-isolation";
+/// The label Kubernetes gives every namespace, its own name.
+pub const NAMESPACE_NAME: &str = "kubernetes.io/metadata.name";
+/// The label of the cluster DNS pods (CoreDNS and kube-dns alike), which function pods may ask.
+pub const DNS_POD: (&str, &str) = ("k8s-app", "kube-dns");
 /// `app.kubernetes.io/managed-by`: every object kubefn creates carries it.
 pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 /// The value of [`MANAGED_BY`].
