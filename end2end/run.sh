@@ -6,7 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-port="${KUBEFN_E2E_PORT:-3100}"
+# A free port unless one is given: a kubefn (or another suite) already on a fixed one must not
+# fail the run.
+port="${KUBEFN_E2E_PORT:-$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"
 root="$(mktemp -d)"
 ln -s "$PWD/target" "$root/target"
 log="$root/kubefn.log"
