@@ -139,7 +139,7 @@ fn NotDeployed(function: String, owner: String, deploy: ServerAction<DeployFunct
             <button type="submit" class="primary" disabled=move || deploy.pending().get()>"Deploy"</button>
         </ActionForm>
         {move || theirs.get().then(|| view! {
-            <p class="hint">"Otherwise your instance stays on the version you deploy now: nobody else changes the code that runs with your data."</p>
+            <p class="hint">"Following runs the owner's future versions with your instance's data and secrets. Otherwise your instance stays on the version you deploy now, and only you change that."</p>
         })}
     }
 }
