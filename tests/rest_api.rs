@@ -1435,3 +1435,57 @@ async fn a_public_functions_env_is_shown_only_to_its_owner_and_admins() {
         assert_eq!(app.call(Method::GET, "/api/v1/functions/shared", None, As::Cookie(who)).await.body["spec"]["env"]["API_KEY"], "alice-s3cret");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn admins_set_quotas_and_every_limit_is_refused_by_name_changing_nothing() {
+    let app = TestApp::start().await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let admin = app.admin().await;
+    let mine = app.call(Method::GET, "/api/v1/users/alice/quota", None, As::Cookie(&alice)).await;
+    assert_eq!(mine.status, StatusCode::OK, "{}", mine.body);
+    assert_eq!(mine.body["quota"]["functions"], 100, "the default");
+    assert_eq!(mine.body["used"]["functions"], 0);
+    assert_eq!(app.call(Method::GET, "/api/v1/users/alice/quota", None, As::Cookie(&bob)).await.status, StatusCode::FORBIDDEN, "another user's quota");
+    let raise = json!({"functions": 1000});
+    assert_eq!(app.call(Method::PUT, "/api/v1/users/alice/quota", Some(raise), As::Cookie(&alice)).await.status, StatusCode::FORBIDDEN, "only admins set quotas");
+    assert_eq!(app.call(Method::GET, "/api/v1/users/nobody/quota", None, As::Cookie(&admin)).await.status, StatusCode::NOT_FOUND);
+    let bad = app.call(Method::PUT, "/api/v1/users/alice/quota", Some(json!({"functions": -1})), As::Cookie(&admin)).await;
+    assert_eq!((bad.status, bad.body["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("functions")), "{}", bad.body);
+    let set = json!({"functions": 1, "versions": 3, "instances": 1, "replicas": 5, "cpu_millicores": 1000});
+    let answer = app.call(Method::PUT, "/api/v1/users/alice/quota", Some(set), As::Cookie(&admin)).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    assert_eq!(answer.body["settings"]["memory_bytes"], Value::Null, "left out: the default");
+    assert_eq!(answer.body["quota"]["memory_bytes"], 64u64 << 30);
+
+    let refused = |answer: &Answer, limit: &str| {
+        assert_eq!(answer.status, StatusCode::FORBIDDEN, "{limit}: {}", answer.body);
+        assert_eq!(answer.body["field"], format!("quota.{limit}"), "{}", answer.body);
+        assert!(answer.body["error"].as_str().is_some_and(|e| e.contains("ask an admin to raise the quota")), "{}", answer.body);
+    };
+    assert_eq!(app.call(Method::POST, "/api/v1/functions", Some(hello("one")), As::Cookie(&alice)).await.status, StatusCode::CREATED);
+    refused(&app.call(Method::POST, "/api/v1/functions", Some(hello("two")), As::Cookie(&alice)).await, "functions");
+    assert_eq!(app.call(Method::GET, "/api/v1/functions/two", None, As::Cookie(&alice)).await.status, StatusCode::NOT_FOUND, "nothing registered");
+    for _ in 0..2 {
+        assert_eq!(app.call(Method::PUT, "/api/v1/functions/one", Some(hello("one")), As::Cookie(&alice)).await.status, StatusCode::OK);
+    }
+    refused(&app.call(Method::PUT, "/api/v1/functions/one", Some(hello("one")), As::Cookie(&alice)).await, "versions");
+    assert_eq!(app.call(Method::GET, "/api/v1/functions/one", None, As::Cookie(&alice)).await.body["latest_version"], 3);
+
+    // hello: up to 5 replicas at 500m each is 2.5 cores, over 1 core.
+    refused(&app.call(Method::POST, "/api/v1/functions/one/deploy", None, As::Cookie(&alice)).await, "cpu");
+    assert_eq!(app.call(Method::GET, "/api/v1/instances", None, As::Cookie(&alice)).await.body, json!([]), "nothing deployed");
+    let more_cpu = json!({"functions": 1, "versions": 3, "instances": 1, "replicas": 5, "cpu_millicores": 4000});
+    assert_eq!(app.call(Method::PUT, "/api/v1/users/alice/quota", Some(more_cpu), As::Cookie(&admin)).await.status, StatusCode::OK);
+    let deployed = app.call(Method::POST, "/api/v1/functions/one/deploy", None, As::Cookie(&alice)).await;
+    assert_eq!(deployed.status, StatusCode::CREATED, "{}", deployed.body);
+    let id = deployed.body["id"].as_str().expect("id").to_string();
+    refused(&app.call(Method::POST, &format!("/api/v1/instances/{id}/scale"), Some(json!({"replicas": 6})), As::Cookie(&alice)).await, "replicas");
+    assert_eq!(app.call(Method::POST, "/api/v1/functions", Some(hello("bobs")), As::Cookie(&bob)).await.status, StatusCode::CREATED);
+    refused(&app.call(Method::POST, "/api/v1/functions/bobs/deploy", None, As::Cookie(&alice)).await, "instances");
+    assert_eq!(app.call(Method::POST, "/api/v1/functions/bobs/deploy", None, As::Cookie(&bob)).await.status, StatusCode::CREATED, "bob's quota is his own");
+
+    let report = app.call(Method::GET, "/api/v1/users/alice/quota", None, As::Cookie(&admin)).await.body;
+    assert_eq!(report["used"], json!({"functions": 1, "versions": 3, "instances": 1, "replicas": 5, "cpu_millicores": 2500, "memory_bytes": 5u64 * (256 << 20)}), "{report:#}");
+    app.stop().await;
+}

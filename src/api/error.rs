@@ -82,6 +82,7 @@ mod ssr {
     use crate::platform::async_invocations::AsyncError;
     use crate::platform::auth::AuthError;
     use crate::platform::instances::InstanceError;
+    use crate::platform::quotas::QuotaError;
     use crate::platform::registry::RegistryError;
     use crate::platform::triggers::TriggerError;
     use axum::response::{IntoResponse, Response};
@@ -106,15 +107,33 @@ mod ssr {
 
     impl From<RegistryError> for ApiError {
         fn from(error: RegistryError) -> Self {
+            let error = match error {
+                RegistryError::Quota(error) => return ApiError::from(error),
+                other => other,
+            };
             let field = error.field().map(str::to_string);
             let status = match &error {
                 RegistryError::Invalid(errors) => return ApiError::invalid_fields(errors.clone()),
                 RegistryError::NotFound { .. } | RegistryError::NoSuchVersion { .. } => 404,
                 RegistryError::Forbidden { .. } => 403,
                 RegistryError::NameTaken { .. } | RegistryError::InUse { .. } => 409,
-                RegistryError::Store(_) => return ApiError::internal(&error),
+                RegistryError::Quota(_) | RegistryError::Store(_) => return ApiError::internal(&error),
             };
             ApiError { field, ..ApiError::new(status, error.to_string()) }
+        }
+    }
+
+    impl From<QuotaError> for ApiError {
+        /// Over a quota is 403 (as Kubernetes answers a ResourceQuota), naming the limit as
+        /// `quota.<limit>`.
+        fn from(error: QuotaError) -> Self {
+            match &error {
+                QuotaError::Exceeded { limit, .. } => ApiError { field: Some(format!("quota.{limit}")), ..ApiError::new(403, error.to_string()) },
+                QuotaError::AdminOnly => ApiError::new(403, error.to_string()),
+                QuotaError::NoSuchUser { .. } => ApiError::new(404, error.to_string()),
+                QuotaError::Invalid(field_error) => ApiError::invalid(field_error.field.clone(), field_error.message.clone()),
+                QuotaError::Store(_) => ApiError::internal(&error),
+            }
         }
     }
 
@@ -122,6 +141,7 @@ mod ssr {
         fn from(error: InstanceError) -> Self {
             match error {
                 InstanceError::Function(error) => ApiError::from(error),
+                InstanceError::Quota(error) => ApiError::from(error),
                 InstanceError::NotFound { .. } | InstanceError::NotDeployed { .. } => ApiError::new(404, error.to_string()),
                 InstanceError::AdminOnly { .. } => ApiError::new(403, error.to_string()),
                 InstanceError::BeingDeleted { .. } => ApiError::new(409, error.to_string()),

@@ -3,7 +3,7 @@
 use super::caller::{self, AuthSession, Caller};
 use super::{ApiError, AppState};
 use crate::platform::model::{
-    AdminOverview, AsyncStatus, FunctionDetail, FunctionSpec, FunctionSummary, InstanceInfo, NewToken, TokenInfo, TriggerInfo, TriggerSpec, UsageSample, UserInfo, VersionDetail,
+    AdminOverview, AsyncStatus, FunctionDetail, FunctionSpec, FunctionSummary, InstanceInfo, NewToken, QuotaReport, QuotaSettings, TokenInfo, TriggerInfo, TriggerSpec, UsageSample, UserInfo, VersionDetail,
 };
 use crate::platform::instances::{Removal, VersionChoice};
 use crate::platform::Platform;
@@ -41,6 +41,7 @@ pub fn router() -> Router<AppState> {
         .route("/instances/{id}/logs", get(instance_logs))
         .route("/instances/{id}/usage", get(instance_usage))
         .route("/admin/usage", get(admin_usage))
+        .route("/users/{name}/quota", get(get_quota).put(set_quota))
         .fallback(|| async { ApiError::new(404, "no such API endpoint; see the REST API in the README") });
     Router::new()
         .nest("/api/v1", v1)
@@ -239,6 +240,24 @@ async fn rollback_function(
     JsonBody(body): JsonBody<RollbackBody>,
 ) -> Result<Json<FunctionDetail>, ApiError> {
     Ok(Json(platform.registry.rollback(&caller, &name, body.version).await?))
+}
+
+/// A user's quota and use: their own, or anyone's for an admin.
+async fn get_quota(State(platform): State<Platform>, Caller(caller): Caller, Path(name): Path<String>) -> Result<Json<QuotaReport>, ApiError> {
+    let user_id = platform.quotas.user_id(&caller, &name).await?;
+    let footprints: Vec<_> = platform.instances.footprints(user_id).await?.into_iter().map(|(_, f)| f).collect();
+    Ok(Json(platform.quotas.report(&caller, &name, &footprints).await?))
+}
+
+/// Sets a user's quota (admins); fields left out or `null` take kubefn's defaults.
+async fn set_quota(
+    State(platform): State<Platform>,
+    Caller(caller): Caller,
+    Path(name): Path<String>,
+    JsonBody(settings): JsonBody<QuotaSettings>,
+) -> Result<Json<QuotaReport>, ApiError> {
+    platform.quotas.set(&caller, &name, &settings).await?;
+    get_quota(State(platform), Caller(caller), Path(name)).await
 }
 
 /// The optional body of `POST /functions/{name}/deploy`: which version an instance of someone

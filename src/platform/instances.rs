@@ -9,6 +9,7 @@ use crate::platform::model::{
     AdminOverview, FieldError, FunctionSpec, InstanceEvent, InstanceInfo, InstanceState, InstanceUrls, NamedUsage, PlatformHealth, ReplicaCounts, UsageReport, SCALING_REASONS,
 };
 use crate::platform::usage_report;
+use crate::platform::quotas::{Footprint, QuotaError, Quotas};
 use crate::platform::registry::{Registry, RegistryError};
 use crate::platform::runtime::{InstanceSpec, LogStream, Runtime, RuntimeError, RuntimeStatus};
 use crate::platform::store::{InstanceRecord, Store, StoreError};
@@ -55,6 +56,9 @@ pub enum InstanceError {
     /// The runtime failed.
     #[error("the runtime failed: {0}")]
     Runtime(#[source] RuntimeError),
+    /// The user's quota allows no more.
+    #[error(transparent)]
+    Quota(#[from] QuotaError),
     /// The caller already follows as many live logs as one user may.
     #[error("you already follow {limit} live logs at once; close one (a browser tab showing logs, say) and try again")]
     TooManyFollows {
@@ -116,6 +120,7 @@ pub struct Instances {
     removing: Arc<Mutex<HashSet<String>>>,
     /// Live log follows open per user id, bounded by [`MAX_FOLLOWS_PER_USER`].
     follows: Arc<Mutex<HashMap<i64, usize>>>,
+    quotas: Quotas,
 }
 
 /// Live log follows one user may have open at once: each holds a connection and a watch on the
@@ -181,7 +186,7 @@ impl Instances {
     /// Instances over `store`, run by `runtime`, their invocations counted in `invocations`.
     pub fn new(store: Store, registry: Registry, runtime: Arc<dyn Runtime>, invocations: Arc<GatewayMetrics>) -> Instances {
         let wake = registry.current_version_changed();
-        Instances { store, registry, runtime, invocations, wake, meters: Arc::default(), changes: Arc::default(), removing: Arc::default(), follows: Arc::default() }
+        Instances { quotas: Quotas::new(store.clone()), store, registry, runtime, invocations, wake, meters: Arc::default(), changes: Arc::default(), removing: Arc::default(), follows: Arc::default() }
     }
 
     /// The runtime's name (`local` or `kubernetes`).
@@ -235,6 +240,8 @@ impl Instances {
         })?;
         self.runtime.check(&spec).map_err(InstanceError::Unsupported)?;
         let replicas = spec.scaling.min.max(1);
+        let planned = Footprint::of(&spec, existing.as_ref().map_or(replicas, |e| e.replicas));
+        self.check_quota(caller.id, existing.as_ref().map(|e| e.id.as_str()), planned).await?;
         let (instance, created) = self.store.upsert_instance(record.id, caller.id, version, replicas, pin.flatten()).await?;
         let mut instance = match (created, pin) {
             (false, Some(pin)) => {
@@ -319,6 +326,8 @@ impl Instances {
             return Err(InstanceError::Invalid(FieldError::new("replicas", format!("replicas must be between 0 and {MAX_REPLICAS}"))));
         }
         let mut instance = self.owned(caller, id).await?;
+        let spec = self.version_spec(instance.function_id, instance.function_version, &instance.function).await?;
+        self.check_quota(instance.user_id, Some(&instance.id), Footprint::of(&spec, replicas)).await?;
         instance.replicas = replicas;
         self.store.set_instance_desired(&instance.id, instance.desired_version, replicas, instance.paused).await?;
         match self.runtime.scale(&instance.id, replicas).await {
@@ -326,6 +335,27 @@ impl Instances {
             Ok(()) | Err(RuntimeError::NotFound { .. }) => Ok(self.info(instance)),
             Err(error) => Err(InstanceError::Runtime(error)),
         }
+    }
+
+    /// What each of the user's instances claims at its most ([`Footprint`]).
+    pub async fn footprints(&self, user_id: i64) -> InstanceResult<Vec<(String, Footprint)>> {
+        let mut footprints = Vec::new();
+        for instance in self.store.instances(Some(user_id)).await? {
+            if instance.state == InstanceState::Deleting {
+                continue;
+            }
+            let spec = self.version_spec(instance.function_id, instance.function_version, &instance.function).await?;
+            footprints.push((instance.id.clone(), Footprint::of(&spec, instance.replicas)));
+        }
+        Ok(footprints)
+    }
+
+    /// Refuses a change that would take the user past their quota: instance `changed` (or a new
+    /// one, when `None`) claiming `planned`, the others as they are.
+    async fn check_quota(&self, user_id: i64, changed: Option<&str>, planned: Footprint) -> InstanceResult<()> {
+        let mut after: Vec<Footprint> = self.footprints(user_id).await?.into_iter().filter(|(id, _)| Some(id.as_str()) != changed).map(|(_, f)| f).collect();
+        after.push(planned);
+        Ok(self.quotas.check_instances(user_id, &after).await?)
     }
 
     /// The instance's usage time series since `since`.

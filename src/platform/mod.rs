@@ -19,6 +19,8 @@ pub mod outbound;
 #[cfg(feature = "ssr")]
 pub mod instances;
 #[cfg(feature = "ssr")]
+pub mod quotas;
+#[cfg(feature = "ssr")]
 pub mod registry;
 #[cfg(feature = "ssr")]
 pub mod runtime;
@@ -43,6 +45,7 @@ mod ssr {
     use super::metrics::GatewayMetrics;
     use super::outbound::OutboundPolicy;
     use super::registry::Registry;
+    use super::quotas::Quotas;
     use super::runtime::Runtime;
     use super::store::{Store, StoreError};
     use super::triggers::Triggers;
@@ -91,6 +94,8 @@ mod ssr {
         pub triggers: Triggers,
         /// The async invocation queue.
         pub asyncs: AsyncInvocations,
+        /// Per-user quotas.
+        pub quotas: Quotas,
     }
 
     impl Platform {
@@ -106,6 +111,7 @@ mod ssr {
                 instances: Instances::new(store.clone(), registry.clone(), runtime, metrics),
                 triggers: Triggers::new(store.clone(), registry.clone(), gateway.clone()),
                 asyncs: AsyncInvocations::new(store.clone(), gateway.clone(), outbound),
+                quotas: Quotas::new(store.clone()),
                 gateway,
                 registry,
                 store,

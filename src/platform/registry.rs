@@ -6,6 +6,7 @@
 //! its existence does not leak through reads.
 
 use super::auth::Principal;
+use super::quotas::{QuotaError, Quotas};
 use super::model::{FieldError, FunctionDetail, FunctionListPage, FunctionSpec, FunctionSummary, VersionDetail, Visibility};
 use super::store::{FunctionRecord, Store, StoreError};
 use super::validation::check_function_spec;
@@ -56,6 +57,9 @@ pub enum RegistryError {
         /// How many instances exist.
         instances: u32,
     },
+    /// The owner's quota allows no more.
+    #[error(transparent)]
+    Quota(#[from] QuotaError),
     /// The store failed.
     #[error("the function store failed")]
     Store(#[source] StoreError),
@@ -85,13 +89,14 @@ type RegistryResult<T> = Result<T, RegistryError>;
 #[derive(Clone, Debug)]
 pub struct Registry {
     store: Store,
+    quotas: Quotas,
     changed: Arc<Notify>,
 }
 
 impl Registry {
     /// A registry over `store`.
     pub fn new(store: Store) -> Registry {
-        Registry { store, changed: Arc::default() }
+        Registry { quotas: Quotas::new(store.clone()), store, changed: Arc::default() }
     }
 
     /// Signalled whenever a function's current version changes (an edit or a rollback), so
@@ -104,6 +109,8 @@ impl Registry {
     pub async fn register(&self, caller: &Principal, spec: FunctionSpec) -> RegistryResult<FunctionDetail> {
         let spec = normalized(spec);
         invalid_unless_empty(check_function_spec(&spec))?;
+        self.quotas.check_new_function(caller.id).await?;
+        self.quotas.check_new_version(caller.id).await?;
         let record = match self.store.insert_function(caller.id, &spec).await {
             Err(StoreError::Duplicate { .. }) => return Err(RegistryError::NameTaken { name: spec.name }),
             other => other?,
@@ -122,6 +129,8 @@ impl Registry {
             )]));
         }
         invalid_unless_empty(check_function_spec(&spec))?;
+        // An admin's edit counts against the owner's quota: the versions are the owner's.
+        self.quotas.check_new_version(record.owner_id).await?;
         self.store.add_version(record.id, &spec, caller.id).await?;
         self.changed.notify_one();
         self.detail_by_name(name).await

@@ -6,6 +6,7 @@
 mod async_invocations;
 mod functions;
 mod instances;
+mod quotas;
 mod tokens;
 mod triggers;
 mod usage;
