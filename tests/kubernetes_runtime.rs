@@ -807,13 +807,16 @@ impl ServerOnCluster {
         use axum::http::{header, Request};
         use http_body_util::BodyExt;
         use tower::ServiceExt;
+        let path_is_invocation = path.starts_with("/fn/");
         let mut request = Request::builder().method(method).uri(path);
         if let Some(cookie) = cookie {
             request = request.header(header::COOKIE, cookie);
         }
         let request = match body {
             Some(body) => request.header(header::CONTENT_TYPE, "application/json").body(Body::from(body.to_string())),
-            None => request.body(Body::from("hi")),
+            // Invocations send a word; other calls without JSON send nothing.
+            None if path_is_invocation => request.body(Body::from("hi")),
+            None => request.body(Body::empty()),
         }
         .expect("request");
         let response = self.router.clone().oneshot(request).await.expect("answer");

@@ -655,6 +655,8 @@ async fn deploy_invoke_update_pause_resume_and_delete_instances() {
     assert_eq!((both.status, both.body["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("version")), "{}", both.body);
     let no_such = app.call(Method::POST, "/api/v1/functions/hello/deploy", Some(json!({"version": 9})), As::Cookie(&bob)).await;
     assert_eq!((no_such.status, no_such.body["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("version")), "{}", no_such.body);
+    let not_json = app.send(Request::post("/api/v1/functions/hello/deploy").header(header::COOKIE, bob.as_str()).body(Body::from("follow")).expect("request")).await;
+    assert_eq!(not_json.status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{}", not_json.body);
     let own_pin = app.call(Method::POST, "/api/v1/functions/hello/deploy", Some(json!({"version": 1})), As::Cookie(&alice)).await;
     assert_eq!((own_pin.status, own_pin.body["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("version")), "the owner's instance follows: {}", own_pin.body);
     assert_eq!(app.call(Method::GET, &format!("/api/v1/instances/{id}"), None, As::Cookie(&alice)).await.body["version"], 2, "a refused choice changes nothing");

@@ -76,6 +76,9 @@ test("API tokens: create one on the account page, use it, revoke it", async ({ p
   await signUp(page, user, "e2e-password-9");
   await page.getByRole("link", { name: "Account" }).click();
   await hydrated(page);
+  // The quota, with what this user uses of it: nothing yet, of the default.
+  await expect(page.getByTestId("quota").getByRole("row", { name: /^Functions/ }).locator("td")).toHaveText(["0", "100"]);
+  await expect(page.getByTestId("quota").getByRole("row", { name: /^CPU/ }).locator("td")).toHaveText(["0 cores", "32 cores"]);
   await page.getByLabel("Token name").fill("laptop");
   await page.getByRole("button", { name: "Create token" }).click();
   const secret = (await page.getByTestId("new-token").textContent())!;
@@ -84,7 +87,7 @@ test("API tokens: create one on the account page, use it, revoke it", async ({ p
   const api = await playwright.request.newContext({ baseURL, extraHTTPHeaders: { authorization: `Bearer ${secret}` } });
   const me = await api.get("/api/v1/me");
   expect(await me.json()).toEqual({ name: user, role: "user" });
-  await expect(page.locator("table tbody tr", { hasText: "laptop" })).toBeVisible();
+  await expect(page.locator("table:not([data-testid=quota]) tbody tr", { hasText: "laptop" })).toBeVisible();
   await page.getByRole("button", { name: "Revoke" }).click();
   await expect(page.getByText("No tokens yet.")).toBeVisible();
   expect((await api.get("/api/v1/me")).status()).toBe(401);

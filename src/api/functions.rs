@@ -4,7 +4,7 @@
 use super::ApiError;
 use crate::platform::model::{
     AdminOverview, FieldError, FunctionDetail, FunctionSpec, InvokeAccess, InvokePolicy, InvokeResult, DEFAULT_MAX_BODY_BYTES, DEFAULT_TIMEOUT_S, FunctionListPage, InstanceInfo, NewToken, Resources, Runtime, ScalingPolicy, ServiceKind,
-    ServiceSpec, TokenInfo, TriggerInfo, UsageReport, UserInfo, Visibility,
+    QuotaReport, ServiceSpec, TokenInfo, TriggerInfo, UsageReport, UserInfo, Visibility,
 };
 use leptos::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -573,6 +573,16 @@ pub async fn delete_trigger(id: i64) -> Result<(), ApiError> {
     let result = async {
         let (platform, caller) = ssr::caller().await?;
         Ok(platform.triggers.delete(&caller, id).await?)
+    };
+    ssr::with_status(result.await)
+}
+
+/// The caller's quota and what they use of it.
+#[server]
+pub async fn my_quota() -> Result<QuotaReport, ApiError> {
+    let result = async {
+        let (platform, caller) = ssr::caller().await?;
+        Ok(platform.instances.quota_report(&caller, &caller.name).await?)
     };
     ssr::with_status(result.await)
 }

@@ -56,12 +56,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
-        let is_json = request
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json")));
-        if !is_json {
+        if !is_json(request.headers()) {
             return Err(ApiError::new(415, "send the body as JSON with \"Content-Type: application/json\""));
         }
         let bytes = Bytes::from_request(request, state)
@@ -69,6 +64,14 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
             .map_err(|rejection| ApiError::new(rejection.status().as_u16(), rejection.body_text()))?;
         decode_json(&bytes).map(JsonBody)
     }
+}
+
+/// Whether the request says its body is JSON.
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json")))
 }
 
 /// Decodes JSON, turning serde's errors into a 400 (not JSON) or a 422 naming the field.
@@ -244,9 +247,7 @@ async fn rollback_function(
 
 /// A user's quota and use: their own, or anyone's for an admin.
 async fn get_quota(State(platform): State<Platform>, Caller(caller): Caller, Path(name): Path<String>) -> Result<Json<QuotaReport>, ApiError> {
-    let user_id = platform.quotas.user_id(&caller, &name).await?;
-    let footprints: Vec<_> = platform.instances.footprints(user_id).await?.into_iter().map(|(_, f)| f).collect();
-    Ok(Json(platform.quotas.report(&caller, &name, &footprints).await?))
+    Ok(Json(platform.instances.quota_report(&caller, &name).await?))
 }
 
 /// Sets a user's quota (admins); fields left out or `null` take kubefn's defaults.
@@ -285,8 +286,13 @@ impl DeployBody {
 
 async fn deploy_function(State(platform): State<Platform>, Caller(caller): Caller, Path(name): Path<String>, request: Request) -> Result<Response, ApiError> {
     // The body is optional: `curl -X POST …/deploy` deploys with the defaults.
+    let is_json = is_json(request.headers());
     let body = Bytes::from_request(request, &()).await.map_err(|rejection| ApiError::new(rejection.status().as_u16(), rejection.body_text()))?;
-    let body: DeployBody = if body.iter().all(u8::is_ascii_whitespace) { DeployBody::default() } else { decode_json(&body)? };
+    let body: DeployBody = match (body.iter().all(u8::is_ascii_whitespace), is_json) {
+        (true, _) => DeployBody::default(),
+        (false, true) => decode_json(&body)?,
+        (false, false) => return Err(ApiError::new(415, "send deploy options as JSON with \"Content-Type: application/json\", or no body")),
+    };
     let (instance, created) = platform.instances.deploy(&caller, &name, body.choice()?).await?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     let mut headers = HeaderMap::new();

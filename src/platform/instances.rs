@@ -6,7 +6,7 @@
 use crate::platform::auth::Principal;
 use crate::platform::metrics::{GatewayMetrics, InstanceLabels};
 use crate::platform::model::{
-    AdminOverview, FieldError, FunctionSpec, InstanceEvent, InstanceInfo, InstanceState, InstanceUrls, NamedUsage, PlatformHealth, ReplicaCounts, UsageReport, SCALING_REASONS,
+    AdminOverview, FieldError, FunctionSpec, QuotaReport, InstanceEvent, InstanceInfo, InstanceState, InstanceUrls, NamedUsage, PlatformHealth, ReplicaCounts, UsageReport, SCALING_REASONS,
 };
 use crate::platform::usage_report;
 use crate::platform::quotas::{Footprint, QuotaError, Quotas};
@@ -348,6 +348,13 @@ impl Instances {
             footprints.push((instance.id.clone(), Footprint::of(&spec, instance.replicas)));
         }
         Ok(footprints)
+    }
+
+    /// The quota and use of user `name`: the caller's own, or anyone's for an admin.
+    pub async fn quota_report(&self, caller: &Principal, name: &str) -> InstanceResult<QuotaReport> {
+        let user_id = self.quotas.user_id(caller, name).await?;
+        let footprints: Vec<Footprint> = self.footprints(user_id).await?.into_iter().map(|(_, f)| f).collect();
+        Ok(self.quotas.report(caller, name, &footprints).await?)
     }
 
     /// Refuses a change that would take the user past their quota: instance `changed` (or a new

@@ -1,11 +1,12 @@
-//! The account page: API tokens for the REST API.
+//! The account page: the user's quota and API tokens for the REST API.
 
 use super::{action_error, short_time, ErrorNotice, FieldMessage};
-use crate::api::functions::{list_tokens, CreateToken, RevokeToken};
+use crate::api::functions::{list_tokens, my_quota, CreateToken, RevokeToken};
+use crate::platform::model::QuotaReport;
 use leptos::prelude::*;
 use leptos_meta::Title;
 
-/// `/account`: create, list and revoke API tokens.
+/// `/account`: the quota, and create, list and revoke API tokens.
 #[component]
 pub fn AccountPage() -> impl IntoView {
     let create = ServerAction::<CreateToken>::new();
@@ -15,6 +16,7 @@ pub fn AccountPage() -> impl IntoView {
     view! {
         <Title text="Account · kubefn"/>
         <h1>"Account"</h1>
+        <QuotaCard/>
         <section class="card" aria-labelledby="tokens-title">
             <h2 id="tokens-title">"API tokens"</h2>
             <p>"Use a token with the REST API: " <code>"curl -H 'Authorization: Bearer kfn_…' http://127.0.0.1:3000/api/v1/functions"</code></p>
@@ -59,5 +61,48 @@ pub fn AccountPage() -> impl IntoView {
                 })}
             </Transition>
         </section>
+    }
+}
+
+/// What the user may have and what they have, limit by limit.
+#[component]
+fn QuotaCard() -> impl IntoView {
+    let report = Resource::new(|| (), |_| my_quota());
+    view! {
+        <section class="card" aria-labelledby="quota-title">
+            <h2 id="quota-title">"Quota"</h2>
+            <p class="hint">"Set by an admin. Instances count at their most: every replica their autoscaler may start, at the CPU and memory limits."</p>
+            <Transition fallback=|| view! { <p class="muted">"Loading…"</p> }>
+                {move || Suspend::new(async move {
+                    match report.await {
+                        Err(error) => view! { <ErrorNotice error/> }.into_any(),
+                        Ok(report) => view! { <QuotaTable report/> }.into_any(),
+                    }
+                })}
+            </Transition>
+        </section>
+    }
+}
+
+#[component]
+fn QuotaTable(report: QuotaReport) -> impl IntoView {
+    let (used, quota) = (report.used, report.quota);
+    let gib = |bytes: u64| format!("{:.1} GiB", bytes as f64 / f64::from(1u32 << 30));
+    let cores = |millis: u64| format!("{} cores", millis as f64 / 1000.0);
+    let rows = [
+        ("Functions", used.functions.to_string(), quota.functions.to_string()),
+        ("Versions", used.versions.to_string(), quota.versions.to_string()),
+        ("Instances", used.instances.to_string(), quota.instances.to_string()),
+        ("Replicas", used.replicas.to_string(), quota.replicas.to_string()),
+        ("CPU", cores(used.cpu_millicores), cores(quota.cpu_millicores)),
+        ("Memory", gib(used.memory_bytes), gib(quota.memory_bytes)),
+    ];
+    view! {
+        <table data-testid="quota">
+            <thead><tr><th scope="col">"Limit"</th><th scope="col">"Used"</th><th scope="col">"Quota"</th></tr></thead>
+            <tbody>
+                {rows.into_iter().map(|(name, used, quota)| view! { <tr><th scope="row">{name}</th><td>{used}</td><td>{quota}</td></tr> }).collect_view()}
+            </tbody>
+        </table>
     }
 }
