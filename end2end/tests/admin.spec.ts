@@ -92,3 +92,31 @@ test("an admin sees everyone's instances and usage; a plain user sees none of an
 
   expect((await ownerPage.request.delete(`/api/v1/instances/${instanceId}`)).status()).toBe(204);
 });
+
+test("an admin sets a user's quota on the dashboard, and the user's next function past it is refused by name", async ({ browser }) => {
+  const user = `e2e-quota-${run}`;
+  const userPage = await (await browser.newContext()).newPage();
+  await signUp(userPage, user, "e2e-password-7");
+
+  const adminPage = await (await browser.newContext()).newPage();
+  await logIn(adminPage, ADMIN.name, ADMIN.password);
+  await adminPage.goto("/admin");
+  await hydrated(adminPage);
+  const editor = adminPage.getByTestId("quota-editor");
+  await editor.getByLabel("User").fill(user);
+  await editor.getByLabel("Functions").fill("1");
+  await editor.getByLabel("CPU").fill("lots");
+  await editor.getByRole("button", { name: "Save quota" }).click();
+  await expect(editor.locator("#error-cpu")).toContainText("cpu must be a quantity such as 8 or 500m");
+  await editor.getByLabel("CPU").fill("2");
+  await editor.getByRole("button", { name: "Save quota" }).click();
+  await expect(editor.getByRole("status")).toContainText(`Saved. ${user}'s quota and use:`);
+  await expect(editor.getByTestId("quota").getByRole("row", { name: /^Functions/ }).locator("td")).toHaveText(["0", "1"]);
+  await expect(editor.getByTestId("quota").getByRole("row", { name: /^CPU/ }).locator("td")).toHaveText(["0 cores", "2 cores"]);
+
+  const first = await userPage.request.post("/api/v1/functions", { data: { name: `q1-${run}`, runtime: "python", source: "def handle(req):\n    return req\n" } });
+  expect(first.status(), await first.text()).toBe(201);
+  const second = await userPage.request.post("/api/v1/functions", { data: { name: `q2-${run}`, runtime: "python", source: "def handle(req):\n    return req\n" } });
+  expect(second.status()).toBe(403);
+  expect((await second.json()).field).toBe("quota.functions");
+});

@@ -587,6 +587,51 @@ pub async fn my_quota() -> Result<QuotaReport, ApiError> {
     ssr::with_status(result.await)
 }
 
+/// Sets user `name`'s quota (admins). Each field empty for kubefn's default; `cpu` and `memory`
+/// as Kubernetes quantities (`8`, `500m`; `16Gi`).
+#[server]
+pub async fn set_user_quota(
+    name: String,
+    functions: String,
+    versions: String,
+    instances: String,
+    replicas: String,
+    cpu: String,
+    memory: String,
+) -> Result<QuotaReport, ApiError> {
+    let result = async {
+        use crate::platform::model::QuotaSettings;
+        use crate::platform::validation::{parse_cpu_millis, parse_memory_bytes};
+        let (platform, caller) = ssr::caller().await?;
+        let count = |field: &str, text: &str| -> Result<Option<u32>, ApiError> {
+            let text = text.trim();
+            if text.is_empty() {
+                return Ok(None);
+            }
+            text.parse().map(Some).map_err(|_| ApiError::invalid(field, format!("{field} must be a whole number, or empty for the default")))
+        };
+        let quantity = |field: &str, text: &str, parse: fn(&str) -> Option<u64>, example: &str| -> Result<Option<u64>, ApiError> {
+            let text = text.trim();
+            if text.is_empty() {
+                return Ok(None);
+            }
+            parse(text).map(Some).ok_or_else(|| ApiError::invalid(field, format!("{field} must be a quantity such as {example}, or empty for the default")))
+        };
+        let settings = QuotaSettings {
+            functions: count("functions", &functions)?,
+            versions: count("versions", &versions)?,
+            instances: count("instances", &instances)?,
+            replicas: count("replicas", &replicas)?,
+            cpu_millicores: quantity("cpu", &cpu, parse_cpu_millis, "8 or 500m")?,
+            memory_bytes: quantity("memory", &memory, parse_memory_bytes, "16Gi")?,
+        };
+        let name = name.trim();
+        platform.quotas.set(&caller, name, &settings).await?;
+        Ok(platform.instances.quota_report(&caller, name).await?)
+    };
+    ssr::with_status(result.await)
+}
+
 /// The caller's API tokens.
 #[server]
 pub async fn list_tokens() -> Result<Vec<TokenInfo>, ApiError> {

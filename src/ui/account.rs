@@ -84,8 +84,9 @@ fn QuotaCard() -> impl IntoView {
     }
 }
 
+/// One user's quota, limit by limit: used and allowed.
 #[component]
-fn QuotaTable(report: QuotaReport) -> impl IntoView {
+pub fn QuotaTable(report: QuotaReport) -> impl IntoView {
     let (used, quota) = (report.used, report.quota);
     let gib = |bytes: u64| format!("{:.1} GiB", bytes as f64 / f64::from(1u32 << 30));
     let cores = |millis: u64| format!("{} cores", millis as f64 / 1000.0);

@@ -5,8 +5,9 @@
 use super::chart::{clock, Marker, Unit, WindowPicker};
 use super::sortable_table::{Column, SortValue, SortableTable};
 use super::usage_charts::UsageCharts;
-use super::{ticks, ErrorNotice};
-use crate::api::functions::admin_dashboard;
+use super::account::QuotaTable;
+use super::{action_error, ticks, ErrorNotice, FieldMessage};
+use crate::api::functions::{admin_dashboard, SetUserQuota};
 use crate::platform::model::{AdminOverview, InstanceInfo, NamedUsage, UsageTotals};
 use leptos::prelude::*;
 use leptos_meta::Title;
@@ -37,6 +38,49 @@ pub fn AdminPage() -> impl IntoView {
                 }
             })}
         </Transition>
+        <QuotaEditor/>
+    }
+}
+
+/// Sets one user's quota (outside the dashboard, which each refresh renders anew, so what an
+/// admin types stays).
+#[component]
+fn QuotaEditor() -> impl IntoView {
+    let save = ServerAction::<SetUserQuota>::new();
+    let error = action_error(save.value());
+    let fields = [
+        ("functions", "Functions", "100"),
+        ("versions", "Versions", "2000"),
+        ("instances", "Instances", "50"),
+        ("replicas", "Replicas", "100"),
+        ("cpu", "CPU", "32 (cores) or 500m"),
+        ("memory", "Memory", "64Gi"),
+    ];
+    view! {
+        <section class="card" aria-labelledby="quota-edit-title" data-testid="quota-editor">
+            <h2 id="quota-edit-title">"Set a user's quota"</h2>
+            <p class="hint">"Empty fields take kubefn's default (shown as the placeholder). Lowering a quota takes nothing away: it refuses the user's next addition past it. Instances count at their most replicas, at their limits."</p>
+            <ActionForm action=save attr:class="quota-form">
+                <label for="quota-name">"User"</label>
+                <input id="quota-name" name="name" required autocomplete="off"/>
+                <FieldMessage error field="name"/>
+                <div class="quota-fields">
+                    {fields.into_iter().map(|(field, label, placeholder)| view! {
+                        <div>
+                            <label for=format!("quota-{field}")>{label}</label>
+                            <input id=format!("quota-{field}") name=field placeholder=placeholder inputmode=if matches!(field, "cpu" | "memory") { "text" } else { "numeric" }/>
+                            <FieldMessage error field=field/>
+                        </div>
+                    }).collect_view()}
+                </div>
+                <button type="submit" class="primary" disabled=move || save.pending().get()>"Save quota"</button>
+            </ActionForm>
+            {move || error.get().filter(|e| e.field.is_none()).map(|error| view! { <ErrorNotice error/> })}
+            {move || save.value().get().and_then(Result::ok).map(|report| view! {
+                <p role="status">{format!("Saved. {}'s quota and use:", report.user)}</p>
+                <QuotaTable report/>
+            })}
+        </section>
     }
 }
 
