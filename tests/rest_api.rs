@@ -1317,18 +1317,29 @@ async fn kubefn_reads_only_what_it_keeps_of_an_endless_answer() {
     app.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn live_log_follows_are_bounded_per_user() {
-    use http_body_util::BodyExt;
-    use kubefn::platform::instances::MAX_FOLLOWS_PER_USER;
+/// Alice's public `hello`, and an instance of it Ready for her and for Bob: their cookies and
+/// the two instance ids.
+async fn alice_and_bob_each_running_hello() -> (TestApp, String, String, String, String) {
     let app = TestApp::start().await;
     let alice = app.user("alice").await;
     let bob = app.user("bob").await;
     assert_eq!(app.call(Method::POST, "/api/v1/functions", Some(hello("hello")), As::Cookie(&alice)).await.status, StatusCode::CREATED);
-    let id = app.call(Method::POST, "/api/v1/functions/hello/deploy", None, As::Cookie(&alice)).await.body["id"].as_str().expect("id").to_string();
-    app.instance_until(&id, &alice, "ready", |i| i["state"] == "Ready").await;
-    let bob_id = app.call(Method::POST, "/api/v1/functions/hello/deploy", None, As::Cookie(&bob)).await.body["id"].as_str().expect("id").to_string();
-    app.instance_until(&bob_id, &bob, "ready", |i| i["state"] == "Ready").await;
+    let mut ids = Vec::new();
+    for who in [&alice, &bob] {
+        let id = app.call(Method::POST, "/api/v1/functions/hello/deploy", None, As::Cookie(who)).await.body["id"].as_str().expect("id").to_string();
+        app.instance_until(&id, who, "ready", |i| i["state"] == "Ready").await;
+        ids.push(id);
+    }
+    let bob_id = ids.pop().expect("bob's");
+    let id = ids.pop().expect("alice's");
+    (app, alice, bob, id, bob_id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn live_log_follows_are_bounded_per_user() {
+    use http_body_util::BodyExt;
+    use kubefn::platform::instances::MAX_FOLLOWS_PER_USER;
+    let (app, alice, bob, id, bob_id) = alice_and_bob_each_running_hello().await;
     let follow_as = |id: &str, who: &str| {
         let request = Request::get(format!("/api/v1/instances/{id}/logs?follow=true")).header(header::COOKIE, who).body(Body::empty()).expect("request");
         app.router.clone().oneshot(request)
@@ -1357,14 +1368,7 @@ async fn live_log_follows_are_bounded_per_user() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_async_queue_is_bounded_per_instance_and_forgets_finished_calls_after_a_week() {
     use kubefn::platform::async_invocations::MAX_QUEUED_PER_INSTANCE;
-    let app = TestApp::start().await;
-    let alice = app.user("alice").await;
-    let bob = app.user("bob").await;
-    assert_eq!(app.call(Method::POST, "/api/v1/functions", Some(hello("hello")), As::Cookie(&alice)).await.status, StatusCode::CREATED);
-    let id = app.call(Method::POST, "/api/v1/functions/hello/deploy", None, As::Cookie(&alice)).await.body["id"].as_str().expect("id").to_string();
-    app.instance_until(&id, &alice, "ready", |i| i["state"] == "Ready").await;
-    let bob_id = app.call(Method::POST, "/api/v1/functions/hello/deploy", None, As::Cookie(&bob)).await.body["id"].as_str().expect("id").to_string();
-    app.instance_until(&bob_id, &bob, "ready", |i| i["state"] == "Ready").await;
+    let (app, alice, bob, id, _) = alice_and_bob_each_running_hello().await;
     let queue = |user: &str, who: &str, body: &str| {
         Request::post(format!("/async/fn/{user}/hello")).header(header::COOKIE, who).body(Body::from(body.to_string())).expect("request")
     };
