@@ -101,6 +101,7 @@ fn instance(function: &FunctionSpec, user: &str, version: u32) -> InstanceSpec {
         replicas: 1,
         paused: false,
         node_port: None,
+        user_quota: None,
     }
 }
 
@@ -737,6 +738,78 @@ async fn per_user_namespaces_are_created_labelled_and_a_quota_failure_is_explain
     let failed = until(&runtime, &spec.id, "quota failure", |s| s.state == InstanceState::Failed).await;
     assert!(failed.message.contains("quota is used up"), "{}", failed.message);
     assert!(failed.message.ends_with("version 1 keeps serving"), "{}", failed.message);
+    runtime.delete(&spec.id).await.expect("delete");
+    runtime.shutdown().await;
+}
+
+/// Per-user namespaces under k8s/per-user-namespaces' RBAC, as a ServiceAccount of their own
+/// (so the shared-namespace tests keep k8s/'s narrower rights): cluster-wide kubefn only reads,
+/// makes namespaces and binds one role; it writes only in the namespaces it made, each with a
+/// NetworkPolicy, a LimitRange and a ResourceQuota from the user's quota.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_user_namespaces_get_their_rights_by_role_binding_and_a_quota_of_the_users() {
+    let _ = cluster();
+    let admin = admin().await;
+    let account = "kubefn-per-user";
+    let manifest = format!(
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: {account}\n  namespace: kubefn-system\n---\n{}",
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/k8s/per-user-namespaces/cluster-rbac.yaml"))
+            .expect("the overlay's RBAC")
+            .replace("  name: kubefn\n  namespace: kubefn-system", &format!("  name: {account}\n  namespace: kubefn-system"))
+    );
+    cluster().kubectl(&["apply", "-f", "-"], Some(&manifest));
+    let config = KubernetesConfig {
+        impersonate: Some(format!("system:serviceaccount:kubefn-system:{account}")),
+        service_account: account.into(),
+        user_namespace_prefix: Some("kfn-rbac-".into()),
+        ..config(42700..=42799)
+    };
+    let runtime = KubernetesRuntime::connect(config.clone()).await.expect("the overlay's cluster-wide rights pass the start-up check");
+    runtime.delete_matching(&names::function_selector_text("scoped")).await.expect("clean up an earlier run");
+    let quota = kubefn::platform::model::Quota { replicas: 3, cpu_millicores: 1500, memory_bytes: 1 << 30, instances: 2, ..kubefn::platform::model::Quota::DEFAULT };
+    let spec = InstanceSpec { user_quota: Some(quota), ..instance(&python("scoped", "def handle(req):\n    return 'scoped'\n"), "ivy", 1) };
+    runtime.apply(spec.clone()).await.expect("apply in ivy's namespace, through the binding kubefn makes there");
+    until(&runtime, &spec.id, "Ready in kfn-rbac-ivy", |s| s.state == InstanceState::Ready).await;
+
+    let namespace = "kfn-rbac-ivy";
+    let binding = Api::<k8s_openapi::api::rbac::v1::RoleBinding>::namespaced(admin.clone(), namespace).get(names::USER_NAMESPACE_OBJECTS).await.expect("RoleBinding");
+    assert_eq!(binding.role_ref.name, names::USER_NAMESPACE_ROLE);
+    let hard = Api::<k8s_openapi::api::core::v1::ResourceQuota>::namespaced(admin.clone(), namespace)
+        .get(names::USER_NAMESPACE_OBJECTS)
+        .await
+        .expect("ResourceQuota")
+        .spec
+        .and_then(|s| s.hard)
+        .expect("hard limits");
+    assert_eq!(hard["pods"].0, "6", "twice the replicas, for rolling updates");
+    assert_eq!(hard["limits.cpu"].0, "3");
+    assert_eq!(hard["count/deployments.apps"].0, "2");
+    Api::<k8s_openapi::api::core::v1::LimitRange>::namespaced(admin.clone(), namespace).get(names::USER_NAMESPACE_OBJECTS).await.expect("LimitRange");
+    assert_eq!(isolation_policy_of(&admin, namespace).await["policyTypes"], serde_json::json!(["Ingress", "Egress"]));
+
+    // No more than that: writes only where kubefn made a namespace, and no other role to grant.
+    let scoped = client(&config).await.expect("impersonating client");
+    assert!(access::may(&scoped, "create", "apps", "deployments", Some(namespace)).await);
+    for (verb, group, resource, where_) in [
+        ("create", "apps", "deployments", Some("default")),
+        ("create", "apps", "deployments", None),
+        ("delete", "", "pods", Some("kube-system")),
+        ("get", "", "secrets", Some(namespace)),
+        ("create", "", "pods/exec", Some(namespace)),
+        ("escalate", "rbac.authorization.k8s.io", "clusterroles", None),
+    ] {
+        assert!(!access::may(&scoped, verb, group, resource, where_).await, "{verb} {resource} in {where_:?} was allowed");
+    }
+    let grab: k8s_openapi::api::rbac::v1::RoleBinding = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "grab"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+        "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": "kubefn-system"}],
+    }))
+    .expect("binding");
+    match Api::<k8s_openapi::api::rbac::v1::RoleBinding>::namespaced(scoped, namespace).create(&kube::api::PostParams::default(), &grab).await {
+        Err(kube::Error::Api(status)) => assert_eq!(status.code, 403, "{}", status.message),
+        other => panic!("kubefn granted itself cluster-admin in {namespace}: {other:?}"),
+    }
     runtime.delete(&spec.id).await.expect("delete");
     runtime.shutdown().await;
 }

@@ -84,7 +84,7 @@ fn function(name: &str, language: Language, handler: Option<&str>, source: &str)
 }
 
 fn instance(id: &str, version: u32, spec: FunctionSpec, replicas: u32) -> InstanceSpec {
-    InstanceSpec { id: id.into(), function: spec.name.clone(), user: "alice".into(), version, spec, replicas, paused: false, node_port: None }
+    InstanceSpec { id: id.into(), function: spec.name.clone(), user: "alice".into(), version, spec, replicas, paused: false, node_port: None, user_quota: None }
 }
 
 async fn post(address: SocketAddr, body: &str) -> (u16, String) {

@@ -578,6 +578,7 @@ impl Instances {
             replicas: instance.replicas,
             paused: instance.paused,
             node_port: instance.node_port,
+            user_quota: Some(self.quotas.quota_of(instance.user_id).await?),
         };
         if instance.desired_version != version {
             self.store.set_instance_desired(&instance.id, version, instance.replicas, instance.paused).await?;

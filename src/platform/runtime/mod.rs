@@ -31,6 +31,9 @@ pub struct InstanceSpec {
     pub paused: bool,
     /// The node port it had before (kept when still free), so its address survives restarts.
     pub node_port: Option<u16>,
+    /// Its user's quota, for runtimes that give each user a namespace to bound (a
+    /// ResourceQuota there); `None`: no namespace quota.
+    pub user_quota: Option<crate::platform::model::Quota>,
 }
 
 /// What one instance is, as a runtime sees it.

@@ -2,7 +2,7 @@
 //! apiserver's own answer, whatever the authorizer), so a missing permission is reported by
 //! verb and resource before anything is deployed rather than as a failure later.
 
-use super::{KubernetesConfig, KubernetesError};
+use super::{names, KubernetesConfig, KubernetesError};
 use k8s_openapi::api::authorization::v1::{ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec};
 use kube::api::{Api, PostParams};
 use kube::Client;
@@ -21,12 +21,26 @@ pub const NEEDED: &[(&str, &str, &[&str])] = &[
     ("networking.k8s.io", "networkpolicies", &["get", "create", "patch"]),
 ];
 
+/// What kubefn needs cluster-wide with per-user namespaces: its watchers read its labelled
+/// objects in every namespace, it makes the namespaces, and it binds [`names::USER_NAMESPACE_ROLE`]
+/// in each (with `bind` on that ClusterRole alone); every write right comes from that binding.
+pub const NEEDED_PER_USER: &[(&str, &str, &[&str])] = &[
+    ("", "pods", &["get", "list", "watch"]),
+    ("", "services", &["get", "list", "watch"]),
+    ("", "events", &["list", "watch"]),
+    ("", "namespaces", &["get", "create", "patch"]),
+    ("apps", "deployments", &["get", "list", "watch"]),
+    ("apps", "replicasets", &["list"]),
+    ("autoscaling", "horizontalpodautoscalers", &["get", "list", "watch"]),
+    ("rbac.authorization.k8s.io", "rolebindings", &["get", "create", "patch"]),
+];
+
 /// Whether kubefn may `verb` the `resource` (`name` or `name/subresource`) of `group`.
 pub async fn may(client: &Client, verb: &str, group: &str, resource: &str, namespace: Option<&str>) -> bool {
-    allowed(client, verb, group, resource, namespace).await.unwrap_or(false)
+    allowed(client, verb, group, resource, namespace, None).await.unwrap_or(false)
 }
 
-async fn allowed(client: &Client, verb: &str, group: &str, resource: &str, namespace: Option<&str>) -> Result<bool, kube::Error> {
+async fn allowed(client: &Client, verb: &str, group: &str, resource: &str, namespace: Option<&str>, name: Option<&str>) -> Result<bool, kube::Error> {
     let (resource, subresource) = match resource.split_once('/') {
         Some((resource, sub)) => (resource, Some(sub.to_string())),
         None => (resource, None),
@@ -39,6 +53,7 @@ async fn allowed(client: &Client, verb: &str, group: &str, resource: &str, names
                 resource: Some(resource.into()),
                 subresource,
                 namespace: namespace.map(str::to_string),
+                name: name.map(str::to_string),
                 ..Default::default()
             }),
             ..Default::default()
@@ -52,27 +67,32 @@ async fn allowed(client: &Client, verb: &str, group: &str, resource: &str, names
 
 /// Checks every permission kubefn needs with this configuration.
 pub async fn check(client: &Client, config: &KubernetesConfig) -> Result<(), KubernetesError> {
-    // Per-user namespaces are created on demand, so kubefn needs its rights in all of them.
-    let namespace = if config.user_namespace_prefix.is_some() { None } else { Some(config.namespace.as_str()) };
+    let review = |verb: &str, group: &str, resource: &str, namespace: Option<&str>, name: Option<&str>| {
+        let (verb, group, resource) = (verb.to_string(), group.to_string(), resource.to_string());
+        let (namespace, name) = (namespace.map(str::to_string), name.map(str::to_string));
+        async move {
+            let ok = allowed(client, &verb, &group, &resource, namespace.as_deref(), name.as_deref())
+                .await
+                .map_err(|source| KubernetesError::Api { action: "review kubefn's permissions (SelfSubjectAccessReview)".into(), source })?;
+            if ok { Ok(()) } else { Err(forbidden(&verb, &group, &resource, namespace.as_deref())) }
+        }
+    };
+    if config.user_namespace_prefix.is_some() {
+        for (group, resource, verbs) in NEEDED_PER_USER {
+            for verb in *verbs {
+                review(verb, group, resource, None, None).await?;
+            }
+        }
+        return review("bind", "rbac.authorization.k8s.io", "clusterroles", None, Some(names::USER_NAMESPACE_ROLE)).await;
+    }
+    let namespace = Some(config.namespace.as_str());
     let mut needed: Vec<(&str, &str, Vec<&str>)> = NEEDED.iter().map(|(g, r, v)| (*g, *r, v.to_vec())).collect();
     if !config.in_cluster {
         needed.push(("", "pods/portforward", vec!["create"]));
     }
     for (group, resource, verbs) in &needed {
         for verb in verbs {
-            let ok = allowed(client, verb, group, resource, namespace)
-                .await
-                .map_err(|source| KubernetesError::Api { action: "review kubefn's permissions (SelfSubjectAccessReview)".into(), source })?;
-            if !ok {
-                return Err(forbidden(verb, group, resource, namespace));
-            }
-        }
-    }
-    if config.user_namespace_prefix.is_some() {
-        for verb in ["get", "create", "patch"] {
-            if !may(client, verb, "", "namespaces", None).await {
-                return Err(forbidden(verb, "", "namespaces", None));
-            }
+            review(verb, group, resource, namespace, None).await?;
         }
     }
     Ok(())

@@ -138,6 +138,53 @@ pub fn isolation_policy(namespace: &str, isolation: &NetworkIsolation, packages:
     })
 }
 
+/// The RoleBinding that gives kubefn (`service_account` as `namespace/name`) its rights in a
+/// user namespace: the ClusterRole [`names::USER_NAMESPACE_ROLE`], bound there only.
+pub fn user_namespace_binding(namespace: &str, service_account: (&str, &str)) -> Value {
+    json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": { "name": names::USER_NAMESPACE_OBJECTS, "namespace": namespace, "labels": { names::MANAGED_BY: names::MANAGER } },
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": names::USER_NAMESPACE_ROLE },
+        "subjects": [{ "kind": "ServiceAccount", "namespace": service_account.0, "name": service_account.1 }],
+    })
+}
+
+/// The ResourceQuota of a user namespace: the user's kubefn quota, doubled for the pods and
+/// limits a rolling update runs side by side. kubefn refuses changes past the quota itself
+/// first; this is the cluster's own backstop, whatever creates pods there.
+pub fn user_namespace_quota(namespace: &str, quota: &crate::platform::model::Quota) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "ResourceQuota",
+        "metadata": { "name": names::USER_NAMESPACE_OBJECTS, "namespace": namespace, "labels": { names::MANAGED_BY: names::MANAGER } },
+        "spec": { "hard": {
+            "pods": (u64::from(quota.replicas) * 2).to_string(),
+            "limits.cpu": format!("{}m", quota.cpu_millicores.saturating_mul(2)),
+            "limits.memory": quota.memory_bytes.saturating_mul(2).to_string(),
+            "count/deployments.apps": quota.instances.to_string(),
+            "services": quota.instances.to_string(),
+        } },
+    })
+}
+
+/// The LimitRange of a user namespace: kubefn's default resources for a container that names
+/// none (every container kubefn makes names its own), so the ResourceQuota on limits never
+/// refuses one for lacking them.
+pub fn user_namespace_limits(namespace: &str) -> Value {
+    let defaults = crate::platform::model::Resources::default();
+    json!({
+        "apiVersion": "v1",
+        "kind": "LimitRange",
+        "metadata": { "name": names::USER_NAMESPACE_OBJECTS, "namespace": namespace, "labels": { names::MANAGED_BY: names::MANAGER } },
+        "spec": { "limits": [{
+            "type": "Container",
+            "default": { "cpu": defaults.cpu_limit, "memory": defaults.memory_limit },
+            "defaultRequest": { "cpu": defaults.cpu, "memory": defaults.memory },
+        }] },
+    })
+}
+
 /// The [`PACKAGE_CA_CONFIG_MAP`] of `namespace`, when a bundle is configured.
 pub fn package_ca(namespace: &str, packages: &PackageAccess) -> Option<Value> {
     let bundle = packages.ca_bundle.as_ref()?;
@@ -612,6 +659,7 @@ mod tests {
                 replicas: 1,
                 paused: false,
                 node_port: None,
+                user_quota: None,
             })
         }
         fn with(mut self, change: impl FnOnce(&mut InstanceSpec)) -> Fixture {

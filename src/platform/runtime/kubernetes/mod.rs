@@ -22,7 +22,9 @@ use chrono::{DateTime, Utc};
 use cluster::Cluster;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, LimitRange, Namespace, Pod, ResourceQuota, Service};
+use k8s_openapi::api::rbac::v1::RoleBinding;
+use crate::platform::model::Quota;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -156,6 +158,9 @@ pub struct KubernetesConfig {
     pub usage_period: Duration,
     /// The NetworkPolicy kept in each namespace with functions.
     pub network: NetworkIsolation,
+    /// kubefn's ServiceAccount (in [`NetworkIsolation::system_namespace`]), which the RoleBinding
+    /// in each user namespace names.
+    pub service_account: String,
 }
 
 impl KubernetesConfig {
@@ -173,6 +178,7 @@ impl KubernetesConfig {
             impersonate: None,
             usage_period: Duration::from_secs(5),
             network: NetworkIsolation::default(),
+            service_account: "kubefn".into(),
         }
     }
 }
@@ -235,6 +241,8 @@ struct Inner {
     /// When metrics.k8s.io was last looked for.
     metrics_probed: Mutex<Instant>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// User namespaces made ready (binding, policy, limits), with the quota last applied there.
+    user_namespaces: Mutex<HashMap<String, Option<Quota>>>,
 }
 
 /// The kubernetes runtime (cheap to clone; clones share everything).
@@ -300,6 +308,7 @@ impl KubernetesRuntime {
             metrics_available: std::sync::atomic::AtomicBool::new(metrics_available),
             metrics_probed: Mutex::new(Instant::now()),
             tasks: Mutex::new(Vec::new()),
+            user_namespaces: Mutex::new(HashMap::new()),
         });
         let runtime = KubernetesRuntime { inner };
         runtime.spawn_background();
@@ -412,6 +421,49 @@ async fn isolate_namespace(client: &Client, config: &KubernetesConfig, namespace
 }
 
 impl Inner {
+    /// Makes `user`'s namespace ready, once (and again when their quota changes): the namespace,
+    /// the RoleBinding that gives kubefn its rights there and only there, the NetworkPolicy, a
+    /// LimitRange and a ResourceQuota from the user's kubefn quota.
+    async fn prepare_user_namespace(&self, namespace: &str, user: &str, quota: Option<Quota>) -> Result<(), KubernetesError> {
+        if self.user_namespaces.lock().unwrap_or_else(|p| p.into_inner()).get(namespace) == Some(&quota) {
+            return Ok(());
+        }
+        ensure_namespace(&self.client, namespace, Some(user)).await?;
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        let objects = names::USER_NAMESPACE_OBJECTS;
+        let binding = manifests::user_namespace_binding(namespace, (&self.config.network.system_namespace, &self.config.service_account));
+        Api::<RoleBinding>::namespaced(self.client.clone(), namespace)
+            .patch(objects, &params, &Patch::Apply(&binding))
+            .await
+            .map_err(api_error(format!("apply RoleBinding {namespace}/{objects}")))?;
+        // The apiserver's authorizer sees a new binding within moments: wait for it rather than
+        // fail the first objects with 403.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !access::may(&self.client, "patch", "networking.k8s.io", "networkpolicies", Some(namespace)).await {
+            if Instant::now() > deadline {
+                return Err(KubernetesError::Forbidden {
+                    verb: "patch".into(),
+                    resource: "networkpolicies.networking.k8s.io".into(),
+                    where_: format!(" in namespace {namespace} (is the ClusterRole {} of k8s/per-user-namespaces/ applied?)", names::USER_NAMESPACE_ROLE),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        isolate_namespace(&self.client, &self.config, namespace).await?;
+        Api::<LimitRange>::namespaced(self.client.clone(), namespace)
+            .patch(objects, &params, &Patch::Apply(&manifests::user_namespace_limits(namespace)))
+            .await
+            .map_err(api_error(format!("apply LimitRange {namespace}/{objects}")))?;
+        if let Some(quota) = &quota {
+            Api::<ResourceQuota>::namespaced(self.client.clone(), namespace)
+                .patch(objects, &params, &Patch::Apply(&manifests::user_namespace_quota(namespace, quota)))
+                .await
+                .map_err(api_error(format!("apply ResourceQuota {namespace}/{objects}")))?;
+        }
+        self.user_namespaces.lock().unwrap_or_else(|p| p.into_inner()).insert(namespace.to_string(), quota);
+        Ok(())
+    }
+
     fn namespace_of(&self, user: &str) -> String {
         match &self.config.user_namespace_prefix {
             Some(prefix) => names::user_namespace(prefix, user),
@@ -450,12 +502,10 @@ impl Inner {
             let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
             slots.get(&spec.id).is_some_and(|s| s.fingerprint == manifests.fingerprint) && self.cluster.deployment_of(&spec.id).is_some()
         };
+        if self.config.user_namespace_prefix.is_some() {
+            self.prepare_user_namespace(&namespace, &spec.user, spec.user_quota).await?;
+        }
         if !unchanged || force {
-            if let Some(prefix) = &self.config.user_namespace_prefix {
-                let namespace = names::user_namespace(prefix, &spec.user);
-                ensure_namespace(&self.client, &namespace, Some(&spec.user)).await?;
-                isolate_namespace(&self.client, &self.config, &namespace).await?;
-            }
             self.apply_objects(&namespace, &manifests, &spec).await?;
         }
         self.ensure_slot(&spec, &namespace, &manifests).await;

@@ -8,6 +8,11 @@
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
+/// The ClusterRole (shipped in `k8s/per-user-namespaces/`) kubefn binds in each user namespace it
+/// makes: its rights on instance objects there and nowhere else.
+pub const USER_NAMESPACE_ROLE: &str = "kubefn-user-namespace";
+/// The RoleBinding, ResourceQuota and LimitRange kubefn keeps in each user namespace.
+pub const USER_NAMESPACE_OBJECTS: &str = "kubefn";
 /// The NetworkPolicy kubefn keeps in each namespace with functions.
 pub const ISOLATION_POLICY: &str = "kubefn-isolation";
 /// The label Kubernetes gives every namespace, its own name.
