@@ -107,33 +107,34 @@ mod ssr {
 
     impl From<RegistryError> for ApiError {
         fn from(error: RegistryError) -> Self {
-            let error = match error {
-                RegistryError::Quota(error) => return ApiError::from(error),
-                other => other,
-            };
             let field = error.field().map(str::to_string);
             let status = match &error {
                 RegistryError::Invalid(errors) => return ApiError::invalid_fields(errors.clone()),
                 RegistryError::NotFound { .. } | RegistryError::NoSuchVersion { .. } => 404,
                 RegistryError::Forbidden { .. } => 403,
                 RegistryError::NameTaken { .. } | RegistryError::InUse { .. } => 409,
-                RegistryError::Quota(_) | RegistryError::Store(_) => return ApiError::internal(&error),
+                RegistryError::Quota(quota) => return quota_error(quota),
+                RegistryError::Store(_) => return ApiError::internal(&error),
             };
             ApiError { field, ..ApiError::new(status, error.to_string()) }
         }
     }
 
     impl From<QuotaError> for ApiError {
-        /// Over a quota is 403 (as Kubernetes answers a ResourceQuota), naming the limit as
-        /// `quota.<limit>`.
         fn from(error: QuotaError) -> Self {
-            match &error {
-                QuotaError::Exceeded { limit, .. } => ApiError { field: Some(format!("quota.{limit}")), ..ApiError::new(403, error.to_string()) },
-                QuotaError::AdminOnly => ApiError::new(403, error.to_string()),
-                QuotaError::NoSuchUser { .. } => ApiError::new(404, error.to_string()),
-                QuotaError::Invalid(field_error) => ApiError::invalid(field_error.field.clone(), field_error.message.clone()),
-                QuotaError::Store(_) => ApiError::internal(&error),
-            }
+            quota_error(&error)
+        }
+    }
+
+    /// Over a quota is 403 (as Kubernetes answers a ResourceQuota), naming the limit as
+    /// `quota.<limit>`.
+    fn quota_error(error: &QuotaError) -> ApiError {
+        match error {
+            QuotaError::Exceeded { limit, .. } => ApiError { field: Some(format!("quota.{limit}")), ..ApiError::new(403, error.to_string()) },
+            QuotaError::AdminOnly => ApiError::new(403, error.to_string()),
+            QuotaError::NoSuchUser { .. } => ApiError::new(404, error.to_string()),
+            QuotaError::Invalid(field_error) => ApiError::invalid(field_error.field.clone(), field_error.message.clone()),
+            QuotaError::Store(_) => ApiError::internal(error),
         }
     }
 

@@ -4,7 +4,7 @@
 //! Prometheus.
 
 use super::caller::{client_address, principal_from_parts, Caller};
-use super::origin::{request_origin, RequestOrigin};
+use super::origin::session_untrusted;
 use super::{ApiError, AppState};
 use crate::platform::store::AsyncCall;
 use crate::platform::gateway::{upstream_uri, GatewayError};
@@ -50,8 +50,7 @@ impl Invocation {
         // A call another origin makes never runs as the user whose cookie the browser attached
         // (a page on a node port could otherwise call their private functions): it is anonymous
         // unless it carries an API token.
-        let cross_origin = !parts.headers.contains_key(http::header::AUTHORIZATION) && request_origin(&parts.headers) == RequestOrigin::Other;
-        let caller = if cross_origin { None } else { principal_from_parts(&mut parts, platform).await? };
+        let caller = if session_untrusted(&parts.headers) { None } else { principal_from_parts(&mut parts, platform).await? };
         parts.uri = upstream_uri(&param("path"), parts.uri.query()).map_err(|error| ApiError::new(400, format!("the path cannot be forwarded: {error}")))?;
         Ok(Invocation { user: param("user"), function: param("function"), caller, parts, body })
     }

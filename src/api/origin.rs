@@ -9,7 +9,7 @@
 //!   an API token, which another page cannot attach without a CORS preflight kubefn never
 //!   grants ([`refuse_cross_origin_writes`]);
 //! - never lets the session authenticate an invocation another origin makes (the gateway asks
-//!   [`request_origin`]): such a call is anonymous, so private functions refuse it.
+//!   [`session_untrusted`]): such a call is anonymous, so private functions refuse it.
 
 use super::ApiError;
 use axum::extract::Request;
@@ -62,9 +62,15 @@ fn is_invocation(path: &str) -> bool {
     path.starts_with("/fn/") || path.starts_with("/async/fn/")
 }
 
+/// Whether the session cookie must not vouch for this request: a browser says another origin
+/// made it, and it carries no API token (which another page could not have attached).
+pub fn session_untrusted(headers: &HeaderMap) -> bool {
+    !headers.contains_key(AUTHORIZATION) && request_origin(headers) == RequestOrigin::Other
+}
+
 /// Whether a request must be refused as a cross-origin write.
 pub fn is_forged_write(method: &Method, path: &str, headers: &HeaderMap) -> bool {
-    is_write(method) && !is_invocation(path) && !headers.contains_key(AUTHORIZATION) && request_origin(headers) == RequestOrigin::Other
+    is_write(method) && !is_invocation(path) && session_untrusted(headers)
 }
 
 /// The router layer: answers 403 to a write another origin makes without an API token, before

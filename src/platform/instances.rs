@@ -6,7 +6,7 @@
 use crate::platform::auth::Principal;
 use crate::platform::metrics::{GatewayMetrics, InstanceLabels};
 use crate::platform::model::{
-    AdminOverview, FieldError, FunctionSpec, QuotaReport, InstanceEvent, InstanceInfo, InstanceState, InstanceUrls, NamedUsage, PlatformHealth, ReplicaCounts, UsageReport, SCALING_REASONS,
+    AdminOverview, FieldError, FunctionSpec, Quota, QuotaReport, InstanceEvent, InstanceInfo, InstanceState, InstanceUrls, NamedUsage, PlatformHealth, ReplicaCounts, UsageReport, SCALING_REASONS,
 };
 use crate::platform::usage_report;
 use crate::platform::quotas::{Footprint, QuotaError, Quotas};
@@ -251,7 +251,8 @@ impl Instances {
             _ => instance,
         };
         instance.paused = false;
-        self.apply(&instance, spec, true).await?;
+        let quota = self.quotas.quota_of(caller.id).await?;
+        self.apply(&instance, spec, quota, true).await?;
         Ok((self.info(instance), created))
     }
 
@@ -337,30 +338,30 @@ impl Instances {
         }
     }
 
-    /// What each of the user's instances claims at its most ([`Footprint`]).
-    pub async fn footprints(&self, user_id: i64) -> InstanceResult<Vec<(String, Footprint)>> {
+    /// What each of the user's instances but `except` claims at its most ([`Footprint`]).
+    async fn footprints(&self, user_id: i64, except: Option<&str>) -> InstanceResult<Vec<Footprint>> {
         let mut footprints = Vec::new();
         for instance in self.store.instances(Some(user_id)).await? {
-            if instance.state == InstanceState::Deleting {
+            if instance.state == InstanceState::Deleting || Some(instance.id.as_str()) == except {
                 continue;
             }
             let spec = self.version_spec(instance.function_id, instance.function_version, &instance.function).await?;
-            footprints.push((instance.id.clone(), Footprint::of(&spec, instance.replicas)));
+            footprints.push(Footprint::of(&spec, instance.replicas));
         }
         Ok(footprints)
     }
 
     /// The quota and use of user `name`: the caller's own, or anyone's for an admin.
     pub async fn quota_report(&self, caller: &Principal, name: &str) -> InstanceResult<QuotaReport> {
-        let user_id = self.quotas.user_id(caller, name).await?;
-        let footprints: Vec<Footprint> = self.footprints(user_id).await?.into_iter().map(|(_, f)| f).collect();
-        Ok(self.quotas.report(caller, name, &footprints).await?)
+        let user = self.quotas.user(caller, name).await?;
+        let footprints = self.footprints(user.id, None).await?;
+        Ok(self.quotas.report(&user, &footprints).await?)
     }
 
     /// Refuses a change that would take the user past their quota: instance `changed` (or a new
     /// one, when `None`) claiming `planned`, the others as they are.
     async fn check_quota(&self, user_id: i64, changed: Option<&str>, planned: Footprint) -> InstanceResult<()> {
-        let mut after: Vec<Footprint> = self.footprints(user_id).await?.into_iter().filter(|(id, _)| Some(id.as_str()) != changed).map(|(_, f)| f).collect();
+        let mut after = self.footprints(user_id, changed).await?;
         after.push(planned);
         Ok(self.quotas.check_instances(user_id, &after).await?)
     }
@@ -478,6 +479,7 @@ impl Instances {
         let records = self.store.instances(None).await?;
         let known: HashSet<String> = records.iter().map(|r| r.id.clone()).collect();
         let mut specs: HashMap<(i64, u32), FunctionSpec> = HashMap::new();
+        let mut user_quotas: HashMap<i64, Quota> = HashMap::new();
         for record in records {
             if record.state == InstanceState::Deleting {
                 // In the background: a slow deletion must not hold up everyone's changes.
@@ -493,7 +495,15 @@ impl Instances {
                     spec
                 }
             };
-            if let Err(error) = self.apply(&record, spec, false).await {
+            let quota = match user_quotas.get(&record.user_id) {
+                Some(quota) => *quota,
+                None => {
+                    let quota = self.quotas.quota_of(record.user_id).await?;
+                    user_quotas.insert(record.user_id, quota);
+                    quota
+                }
+            };
+            if let Err(error) = self.apply(&record, spec, quota, false).await {
                 let message = error.to_string();
                 tracing::warn!(instance = %record.id, %message, "cannot apply the instance");
                 self.store.set_instance_state(&record.id, InstanceState::Failed, &message).await?;
@@ -567,7 +577,9 @@ impl Instances {
         Ok(self.store.insert_usage(id, &sample).await?)
     }
 
-    async fn apply(&self, instance: &InstanceRecord, spec: FunctionSpec, retry_failed: bool) -> InstanceResult<()> {
+    /// Hands the instance to the runtime with `spec` and its user's `quota` (read once per
+    /// user by a reconcile pass, not once per instance).
+    async fn apply(&self, instance: &InstanceRecord, spec: FunctionSpec, quota: Quota, retry_failed: bool) -> InstanceResult<()> {
         let version = instance.function_version;
         let desired = InstanceSpec {
             id: instance.id.clone(),
@@ -578,7 +590,7 @@ impl Instances {
             replicas: instance.replicas,
             paused: instance.paused,
             node_port: instance.node_port,
-            user_quota: Some(self.quotas.quota_of(instance.user_id).await?),
+            user_quota: Some(quota),
         };
         if instance.desired_version != version {
             self.store.set_instance_desired(&instance.id, version, instance.replicas, instance.paused).await?;
@@ -599,7 +611,8 @@ impl Instances {
         edit(&mut instance);
         self.store.set_instance_desired(&instance.id, instance.desired_version, instance.replicas, instance.paused).await?;
         let spec = self.version_spec(instance.function_id, instance.function_version, &instance.function).await?;
-        self.apply(&instance, spec, false).await?;
+        let quota = self.quotas.quota_of(instance.user_id).await?;
+        self.apply(&instance, spec, quota, false).await?;
         Ok(self.info(instance))
     }
 

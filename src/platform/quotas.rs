@@ -9,7 +9,7 @@
 
 use super::auth::Principal;
 use super::model::{FieldError, FunctionSpec, Quota, QuotaReport, QuotaSettings};
-use super::store::{Store, StoreError};
+use super::store::{Store, StoreError, UserRecord};
 use super::validation::{parse_cpu_millis, parse_memory_bytes};
 
 /// Why a quota check or change failed.
@@ -83,11 +83,12 @@ impl Quotas {
         Ok(Quota::from_settings(&self.store.quota_settings(user_id).await?))
     }
 
-    /// Refuses a new function past the owner's quota.
+    /// Refuses a new function (and so its first version) past the owner's quota.
     pub async fn check_new_function(&self, owner_id: i64) -> Result<(), QuotaError> {
         let quota = self.quota_of(owner_id).await?;
-        let (functions, _) = self.store.owned_counts(owner_id).await?;
-        self.within(owner_id, "functions", u64::from(functions) + 1, u64::from(quota.functions), plain).await
+        let (functions, versions) = self.store.owned_counts(owner_id).await?;
+        self.within(owner_id, "functions", u64::from(functions) + 1, u64::from(quota.functions), plain).await?;
+        self.within(owner_id, "versions", u64::from(versions) + 1, u64::from(quota.versions), plain).await
     }
 
     /// Refuses a new version past the owner's quota.
@@ -107,14 +108,12 @@ impl Quotas {
         self.within(user_id, "memory", total.memory_bytes, quota.memory_bytes, gibibytes).await
     }
 
-    /// A user's quota and use (`instances`: their instances' footprints): their own, or anyone's
-    /// for an admin.
-    pub async fn report(&self, caller: &Principal, name: &str, instances: &[Footprint]) -> Result<QuotaReport, QuotaError> {
-        let user = self.user(caller, name).await?;
+    /// `user`'s quota and use (`instances`: their instances' footprints).
+    pub async fn report(&self, user: &UserRecord, instances: &[Footprint]) -> Result<QuotaReport, QuotaError> {
         let settings = self.store.quota_settings(user.id).await?;
         let (functions, versions) = self.store.owned_counts(user.id).await?;
         let used = Quota { functions, versions, ..total(instances) };
-        Ok(QuotaReport { user: user.name, quota: Quota::from_settings(&settings), settings, used })
+        Ok(QuotaReport { user: user.name.clone(), quota: Quota::from_settings(&settings), settings, used })
     }
 
     /// Sets a user's quota (admins only). Lowering it below what the user has is allowed: it
@@ -133,12 +132,8 @@ impl Quotas {
         Ok(self.store.set_quota_settings(user.id, settings).await?)
     }
 
-    /// The user `name`, if the caller may see their quota.
-    pub async fn user_id(&self, caller: &Principal, name: &str) -> Result<i64, QuotaError> {
-        Ok(self.user(caller, name).await?.id)
-    }
-
-    async fn user(&self, caller: &Principal, name: &str) -> Result<super::store::UserRecord, QuotaError> {
+    /// The user `name`, if the caller may see their quota (their own, or anyone's for an admin).
+    pub async fn user(&self, caller: &Principal, name: &str) -> Result<UserRecord, QuotaError> {
         if caller.name != name && !caller.is_admin() {
             return Err(QuotaError::AdminOnly);
         }

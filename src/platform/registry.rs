@@ -110,7 +110,6 @@ impl Registry {
         let spec = normalized(spec);
         invalid_unless_empty(check_function_spec(&spec))?;
         self.quotas.check_new_function(caller.id).await?;
-        self.quotas.check_new_version(caller.id).await?;
         let record = match self.store.insert_function(caller.id, &spec).await {
             Err(StoreError::Duplicate { .. }) => return Err(RegistryError::NameTaken { name: spec.name }),
             other => other?,
