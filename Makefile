@@ -54,10 +54,11 @@ test-kubernetes: tools testcluster
 
 # Builds etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok, the
 # kubelet and kube-proxy from the versions pinned in k8s/testcluster/go.mod (about 7 minutes cold
-# on 2 cores, then cached), installs what the real node runs on from Debian (containerd, runc,
-# the CNI plugins, nftables, iproute2) and builds its images with mmdebstrap (about 2 minutes
-# cold, then cached).
-NODE_PACKAGES := containerd runc containernetworking-plugins nftables iproute2 mmdebstrap
+# on 2 cores, then cached) and kube-router (its network policy controller; about a minute cold),
+# installs what the real node runs on from Debian (containerd, runc, the CNI plugins, nftables,
+# iptables, ipset, iproute2) and builds its images with mmdebstrap (about 2 minutes cold, then
+# cached).
+NODE_PACKAGES := containerd runc containernetworking-plugins nftables iptables ipset iproute2 mmdebstrap
 testcluster:
 	@command -v go >/dev/null || { echo "the Kubernetes tests need Go 1.26 (https://go.dev/dl/) to build their control plane" >&2; exit 1; }
 	@missing=$$(for p in $(NODE_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || echo $$p; done); \
@@ -67,6 +68,7 @@ testcluster:
 	  { echo "cannot install $$missing: the Kubernetes tests run functions on a real node and need them" >&2; exit 1; }; \
 	fi
 	k8s/testcluster/build.sh
+	k8s/testcluster/build-kube-router.sh
 	k8s/testcluster/images.sh
 
 cluster: testcluster

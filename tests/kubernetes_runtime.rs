@@ -19,7 +19,7 @@ use kube::api::{Api, ListParams};
 use kube::Client;
 use kubefn::platform::autoscale::MetricKind;
 use kubefn::platform::model::{FunctionSpec, InstanceState, Runtime as Language, ScalingPolicy};
-use kubefn::platform::runtime::kubernetes::{access, client, names, KubernetesConfig, KubernetesRuntime, PackageAccess, PodSettings};
+use kubefn::platform::runtime::kubernetes::{access, client, names, KubernetesConfig, KubernetesRuntime, NetworkIsolation, PackageAccess, PodSettings};
 use kubefn::platform::runtime::{InstanceSpec, Runtime, RuntimeStatus};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -39,7 +39,12 @@ fn cluster() -> &'static TestCluster {
     CLUSTER.get_or_init(TestCluster::start)
 }
 
-/// kubefn's settings for the test cluster: pods on the real node, on the images built for it.
+/// The test clusters' pod networks (10.251.N.0/24 each, see k8s/testcluster/node.sh).
+const POD_NETWORK: &str = "10.251.0.0/16";
+
+/// kubefn's settings for the test cluster: pods on the real node, on the images built for it,
+/// and the pod network named as the README tells operators to (the node runs kube-router's
+/// policy controller, so node-port clients need it).
 fn config(forward_ports: std::ops::RangeInclusive<u16>) -> KubernetesConfig {
     KubernetesConfig {
         kubeconfig: Some(cluster().kubeconfig.clone()),
@@ -49,6 +54,7 @@ fn config(forward_ports: std::ops::RangeInclusive<u16>) -> KubernetesConfig {
         forward_ports,
         in_cluster: false,
         hold: Duration::from_secs(10),
+        network: NetworkIsolation { pod_network: vec![POD_NETWORK.parse().expect("cidr")], ..NetworkIsolation::default() },
         ..KubernetesConfig::new()
     }
 }
@@ -450,7 +456,9 @@ async fn dependencies_install_in_the_pod_through_the_package_egress() {
     let installer_env = InstallerSettings::passed_environment();
     let egress = PackageEgress::start(std::net::SocketAddr::new(cluster().host_address(), 0), registry_hosts(&installer_env)).await.expect("egress");
     let bundle = std::env::var("SSL_CERT_FILE").unwrap_or_else(|_| "/etc/ssl/certs/ca-certificates.crt".into());
-    let mut config = config(42300..=42399);
+    // In a namespace of its own: the policy there lets its pods reach this egress, at this
+    // machine's address, and no other test's kubefn applies a policy without it.
+    let mut config = KubernetesConfig { namespace: "kubefn-deps".into(), impersonate: None, ..config(42300..=42399) };
     config.pods.packages = PackageAccess {
         proxy: Some(format!("http://{}", egress.address())),
         ca_bundle: Some(std::fs::read_to_string(&bundle).expect("this machine's CA bundle")),
@@ -673,8 +681,7 @@ async fn a_privileged_pod_is_refused_in_the_functions_namespace() {
     }
 }
 
-/// The NetworkPolicy kubefn keeps where functions run, as the real apiserver stores it. (The
-/// test node's bridge plugin does not enforce policies; Calico, Cilium and the like do.)
+/// The NetworkPolicy kubefn keeps where functions run, as the real apiserver stores it.
 async fn isolation_policy_of(admin: &Client, namespace: &str) -> serde_json::Value {
     let policy = Api::<k8s_openapi::api::networking::v1::NetworkPolicy>::namespaced(admin.clone(), namespace)
         .get(names::ISOLATION_POLICY)
@@ -683,20 +690,50 @@ async fn isolation_policy_of(admin: &Client, namespace: &str) -> serde_json::Val
     serde_json::to_value(policy.spec.expect("spec")).expect("json")
 }
 
+/// What a function pod reaches at `target` (`ip:port`), asked through `probe`, the port-forward
+/// of a function that tries a TCP connection: "open", or "closed: " and why.
+async fn reaches(probe: std::net::SocketAddr, target: std::net::SocketAddr) -> String {
+    invoke(probe, &target.to_string()).await
+}
+
+/// Polls `reaches` until its answer starts with `expected` (kube-router applies a changed
+/// policy within a second or two), failing after 30 s with the last answer.
+async fn until_reaches(probe: std::net::SocketAddr, target: std::net::SocketAddr, expected: &str, why: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer = reaches(probe, target).await;
+        if answer.starts_with(expected) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{why}: a function pod reaching {target} got {answer:?}, not {expected:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The policy as stored, and as enforced: the real node runs kube-router's policy controller
+/// (see k8s/testcluster/node.sh), so packets are really dropped. Mallory's function cannot open a
+/// connection to Bob's pod or to the apiserver, while this machine (outside the pod network, as
+/// node-port clients are) still reaches Bob's pod. Without the policy Mallory's pod reaches both,
+/// so it is the policy that stops her; a kubefn that starts again puts it back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn function_pods_may_be_reached_only_by_kubefn_and_reach_only_public_addresses() {
-    let _ = cluster();
+    // In a namespace of this test's own, as the admin: each kubefn applies the policy of its
+    // own settings when it starts, and taking it away for the control touches no other test.
+    // (That kubefn's ServiceAccount may manage the policy is checked with its other rights.)
     let admin = admin().await;
-    let mut config = config(42600..=42699);
-    config.network.pod_network = vec!["10.251.0.0/16".parse().expect("cidr"), "fd00:251::/48".parse().expect("cidr")];
+    let mut config = KubernetesConfig { namespace: "kubefn-netpol".into(), impersonate: None, ..config(42600..=42699) };
+    config.network.pod_network.push("fd00:251::/48".parse().expect("cidr"));
     config.pods.packages.proxy = Some("http://kubefn.kubefn-system.svc:3128".into());
-    let runtime = KubernetesRuntime::connect(config).await.expect("connect as kubefn's ServiceAccount, which may manage the policy");
-    let spec = isolation_policy_of(&admin, NAMESPACE).await;
+    let runtime = KubernetesRuntime::connect(config.clone()).await.expect("connect");
+    for function in ["np-probe", "np-target"] {
+        runtime.delete_matching(&names::function_selector_text(function)).await.expect("clean up an earlier run");
+    }
+    let spec = isolation_policy_of(&admin, &config.namespace).await;
     assert_eq!(spec["podSelector"], serde_json::json!({}), "every pod of the namespace");
     assert_eq!(spec["policyTypes"], serde_json::json!(["Ingress", "Egress"]));
     let ingress = spec["ingress"].as_array().expect("ingress rules");
     assert_eq!(ingress[0]["from"][0]["namespaceSelector"]["matchLabels"][names::NAMESPACE_NAME], "kubefn-system");
-    assert_eq!(ingress[1]["from"][0]["ipBlock"], serde_json::json!({"cidr": "0.0.0.0/0", "except": ["10.251.0.0/16"]}), "outside the pod network: node-port clients");
+    assert_eq!(ingress[1]["from"][0]["ipBlock"], serde_json::json!({"cidr": "0.0.0.0/0", "except": [POD_NETWORK]}), "outside the pod network: node-port clients");
     assert_eq!(ingress[1]["from"][1]["ipBlock"], serde_json::json!({"cidr": "::/0", "except": ["fd00:251::/48"]}));
     assert_eq!(ingress.len(), 2, "no rule lets another function pod in: {ingress:#?}");
     let egress = spec["egress"].as_array().expect("egress rules");
@@ -706,6 +743,42 @@ async fn function_pods_may_be_reached_only_by_kubefn_and_reach_only_public_addre
     assert_eq!(public["cidr"], "0.0.0.0/0");
     for internal in ["169.254.0.0/16", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "127.0.0.0/8"] {
         assert!(public["except"].as_array().expect("except").iter().any(|e| e == internal), "{internal} (metadata, apiserver, Services, pods) is not excluded: {public}");
+    }
+
+    // Enforced: Mallory's function tries connections; Bob's answers.
+    let probe = python(
+        "np-probe",
+        "import socket\ndef handle(req):\n    host, port = req.rsplit(':', 1)\n    try:\n        socket.create_connection((host, int(port)), timeout=2).close()\n        return 'open'\n    except OSError as e:\n        return 'closed: ' + repr(e)\n",
+    );
+    let mallory = instance(&probe, "mallory", 1);
+    let bob = instance(&python("np-target", "def handle(req):\n    return 'bob'\n"), "bob", 1);
+    for spec in [&mallory, &bob] {
+        runtime.apply(spec.clone()).await.expect("apply");
+    }
+    let probe = until(&runtime, &mallory.id, "Ready", |s| s.state == InstanceState::Ready && s.ready == 1).await.port_forward.expect("port-forward");
+    let target_pod = until(&runtime, &bob.id, "Ready", |s| s.state == InstanceState::Ready && s.ready == 1).await.replicas[0].name.clone();
+    let pod = Api::<Pod>::namespaced(admin.clone(), &config.namespace).get(&target_pod).await.expect("Bob's pod");
+    let pod_ip: std::net::IpAddr = pod.status.and_then(|s| s.pod_ip).expect("a pod IP").parse().expect("an IP address");
+    let bobs_pod = std::net::SocketAddr::new(pod_ip, kubefn::platform::runtime::kubernetes::manifests::CONTAINER_PORT);
+    let server = std::fs::read_to_string(&cluster().kubeconfig).expect("kubeconfig");
+    let api_port: u16 = server.lines().find_map(|l| l.trim().strip_prefix("server: https://")).and_then(|a| a.rsplit_once(':')).and_then(|(_, p)| p.parse().ok()).expect("the apiserver's port");
+    let apiserver = std::net::SocketAddr::new(cluster().host_address(), api_port);
+
+    assert_eq!(invoke(bobs_pod, "x").await, "bob", "this machine, outside the pod network, reaches Bob's pod");
+    until_reaches(probe, bobs_pod, "closed", "another user's pod").await;
+    until_reaches(probe, apiserver, "closed", "the apiserver").await;
+
+    // The control: without the policy the same pod reaches both, so the policy is what stops it.
+    cluster().kubectl(&["-n", &config.namespace, "delete", "networkpolicy", names::ISOLATION_POLICY], None);
+    until_reaches(probe, bobs_pod, "open", "with no policy, another user's pod").await;
+    until_reaches(probe, apiserver, "open", "with no policy, the apiserver").await;
+    // kubefn puts it back when it starts.
+    let restarted = KubernetesRuntime::connect(config).await.expect("connect again");
+    until_reaches(probe, bobs_pod, "closed", "after kubefn starts again, another user's pod").await;
+    until_reaches(probe, apiserver, "closed", "after kubefn starts again, the apiserver").await;
+    restarted.shutdown().await;
+    for spec in [&mallory, &bob] {
+        runtime.delete(&spec.id).await.expect("delete");
     }
     runtime.shutdown().await;
 }

@@ -1,5 +1,6 @@
-# The test cluster's real node: containerd, runc, the bridge CNI plugin, the kubelet and
-# kube-proxy (nftables), in a network namespace of the cluster's own joined to the host by a
+# The test cluster's real node: containerd, runc, the bridge CNI plugin, the kubelet,
+# kube-proxy (nftables) and kube-router's network policy controller (iptables and ipset; the
+# bridge plugin enforces no NetworkPolicy), in a network namespace of the cluster's own joined to the host by a
 # veth pair, and in a private mount namespace, so that pod sandboxes, shim sockets and volume
 # mounts never touch the host's /run. Sourced by start.sh and stop.sh; the functions use
 # start.sh's variables ($dir, $pki, $bin, $here) and its `launch` and `fail`.
@@ -137,7 +138,7 @@ conntrack: {maxPerCore: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}
 YAML
 
   launch node nsenter --net="/run/netns/$node_netns" -- \
-    unshare --mount --propagation private -- bash "$here/node.sh" inside "$dir" "$bin" "$images"
+    unshare --mount --propagation private -- bash "$here/node.sh" inside "$dir" "$bin" "$images" "$kube_router" "$service_cidr"
   local ready=""
   for _ in $(seq 1 900); do
     if "$bin/kubectl" --kubeconfig "$dir/kubeconfig" get node "$node_name" \
@@ -153,7 +154,7 @@ YAML
 # Inside the node's namespaces: private /run directories, then containerd (with the images
 # imported), the kubelet and kube-proxy; each recorded in $dir/pids for stop.sh.
 node_inside() {
-  local dir="$1" bin="$2" images="$3" node="$1/node"
+  local dir="$1" bin="$2" images="$3" kube_router="$4" service_cidr="$5" node="$1/node"
   local node_name node_ip
   node_name=real-node
   node_ip="$(ip -4 -o addr show eth0 | awk '{print $4}' | cut -d/ -f1)"
@@ -174,6 +175,19 @@ node_inside() {
   echo "$! kubelet" >> "$dir/pids"
   "$bin/kube-proxy" --config "$node/kube-proxy.yaml" > "$node/logs/kube-proxy.log" 2>&1 &
   echo "$! kube-proxy" >> "$dir/pids"
+  # Only the firewall: pods keep the bridge plugin's network and kube-proxy's Services. It
+  # exits if its Node does not exist yet, so it starts once the kubelet has registered it.
+  (
+    for _ in $(seq 1 900); do
+      "$bin/kubectl" --kubeconfig "$dir/kubeconfig" get node "$node_name" > /dev/null 2>&1 && break
+      sleep 0.1
+    done
+    exec "$kube_router" --run-firewall=true --run-router=false --run-service-proxy=false --enable-cni=false \
+      --kubeconfig "$dir/kubeconfig" --hostname-override "$node_name" \
+      --service-cluster-ip-range "$service_cidr" --service-node-port-range 30000-32767 \
+      --health-port 0 --metrics-port 0
+  ) > "$node/logs/kube-router.log" 2>&1 &
+  echo "$! kube-router" >> "$dir/pids"
   wait
 }
 

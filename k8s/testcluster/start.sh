@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Starts a real Kubernetes cluster on this machine for kubefn's tests and for people: etcd,
 # kube-apiserver (RBAC), kube-controller-manager and kube-scheduler; one real node (containerd,
-# runc, the bridge CNI plugin, the kubelet and kube-proxy in a network namespace of its own, see
+# runc, the bridge CNI plugin, the kubelet, kube-proxy and kube-router's network policy controller
+# in a network namespace of its own, see
 # node.sh) whose images images.sh builds; and kwok, which plays further nodes and the pod
 # lifecycle without containers (and serves port-forward and logs through its PortForward and
 # Logs resources, and kubelet resource metrics from the pod annotations
@@ -21,6 +22,7 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 bin="$("$here/build.sh")"
 images="$("$here/images.sh")"
+kube_router="$("$here/build-kube-router.sh")"
 # shellcheck source=node.sh
 source "$here/node.sh"
 dir="${1:-$(mktemp -d "${TMPDIR:-/tmp}/kubefn-cluster.XXXXXX")}"

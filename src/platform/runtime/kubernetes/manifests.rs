@@ -102,7 +102,8 @@ impl Default for NetworkIsolation {
 
 /// The NetworkPolicy of a namespace with functions. Ingress: from kubefn's namespace, and from
 /// outside the pod network when it is known, never from another function pod. Egress: the
-/// cluster DNS, kubefn's package egress (when configured), and public addresses only: no cloud
+/// cluster DNS, kubefn's package egress (when configured: in kubefn's namespace, or at its
+/// address when that is an IP address), and public addresses only: no cloud
 /// metadata (link-local), no apiserver, Service or pod address (private ranges), the same
 /// ranges the outbound policy refuses for callbacks.
 pub fn isolation_policy(namespace: &str, isolation: &NetworkIsolation, packages: &PackageAccess) -> Value {
@@ -122,9 +123,16 @@ pub fn isolation_policy(namespace: &str, isolation: &NetworkIsolation, packages:
         "to": [{ "namespaceSelector": {}, "podSelector": { "matchLabels": { dns_key: dns_value } } }],
         "ports": [{ "protocol": "UDP", "port": 53 }, { "protocol": "TCP", "port": 53 }],
     })];
-    let proxy_port = packages.proxy.as_deref().and_then(|url| url.parse::<http::Uri>().ok()).and_then(|uri| uri.port_u16());
-    if let Some(port) = proxy_port {
-        egress.push(json!({ "to": [system], "ports": [{ "protocol": "TCP", "port": port }] }));
+    let proxy = packages.proxy.as_deref().and_then(|url| url.parse::<http::Uri>().ok());
+    if let Some(port) = proxy.as_ref().and_then(http::Uri::port_u16) {
+        let mut to = vec![system];
+        // A kubefn outside the cluster names its egress by address: a namespace selector matches
+        // only pods, so that one address is let through too (on this port only).
+        let address = proxy.as_ref().and_then(http::Uri::host).and_then(|host| host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().ok());
+        if let Some(address) = address {
+            to.push(json!({ "ipBlock": { "cidr": ipnet::IpNet::from(address).to_string() } }));
+        }
+        egress.push(json!({ "to": to, "ports": [{ "protocol": "TCP", "port": port }] }));
     }
     let internal: Vec<ipnet::IpNet> = crate::platform::outbound::INTERNAL_RANGES.iter().filter_map(|range| range.parse().ok()).collect();
     let (v4, v6) = split(internal);
@@ -627,6 +635,21 @@ mod tests {
         let egress = policy["spec"]["egress"].as_array().expect("egress");
         assert_eq!(egress.len(), 2, "DNS and public addresses: {egress:#?}");
         assert!(!egress.iter().any(|rule| rule.to_string().contains("kubefn-system")));
+    }
+
+    #[test]
+    fn a_package_egress_at_an_address_is_let_through_on_its_port_alone() {
+        let at = |proxy: &str| {
+            let packages = PackageAccess { proxy: Some(proxy.into()), ..PackageAccess::default() };
+            isolation_policy("fns", &NetworkIsolation::default(), &packages)["spec"]["egress"][1].clone()
+        };
+        let outside = at("http://10.250.3.1:41234");
+        assert_eq!(outside["ports"], json!([{ "protocol": "TCP", "port": 41234 }]));
+        assert_eq!(outside["to"][0]["namespaceSelector"]["matchLabels"][names::NAMESPACE_NAME], "kubefn-system");
+        assert_eq!(outside["to"][1], json!({ "ipBlock": { "cidr": "10.250.3.1/32" } }));
+        assert_eq!(at("http://[fd00::7]:3128")["to"][1], json!({ "ipBlock": { "cidr": "fd00::7/128" } }));
+        let inside = at("http://kubefn.kubefn-system.svc:3128");
+        assert_eq!(inside["to"].as_array().map(Vec::len), Some(1), "a name is kubefn's namespace alone: {inside}");
     }
     use crate::platform::model::{Runtime as Language, ServiceSpec};
 
