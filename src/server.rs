@@ -3,6 +3,7 @@
 
 use crate::api::{gateway, origin, rest, AppState};
 use crate::app::{shell, App};
+use crate::platform::async_spool::{AsyncSpool, SpoolError};
 use crate::platform::auth::{AuthError, SignupPolicy};
 use crate::platform::store::StoreError;
 use crate::platform::Platform;
@@ -205,6 +206,9 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    /// The async queue's spool directory could not be made.
+    #[error("cannot prepare the async spool in the data directory")]
+    Spool(#[source] SpoolError),
     /// The database failed to open or migrate.
     #[error("the database is not usable")]
     Store(#[source] StoreError),
@@ -357,7 +361,8 @@ pub async fn build_app(config: &Config, mut leptos_options: LeptosOptions) -> Re
         }
     };
     let outbound = OutboundPolicy::new(config.outbound_allow.clone(), Some(config.listen));
-    let platform = Platform::open(&config.database_url(), config.signup, shared, outbound).await.map_err(StartError::Store)?;
+    let spool = AsyncSpool::open(config.data_dir.join("async-bodies")).map_err(StartError::Spool)?;
+    let platform = Platform::open(&config.database_url(), spool, config.signup, shared, outbound).await.map_err(StartError::Store)?;
     if let Some(admin) = &config.admin {
         let (name, password) = admin.split_once(':').ok_or(StartError::AdminFormat)?;
         platform.accounts.ensure_admin(name, password).await.map_err(StartError::Admin)?;

@@ -1,6 +1,6 @@
 //! The real `kubefn` binary is killed with SIGKILL and started again on the same data
-//! directory: users, sessions, functions and deployed instances are all still there, and the
-//! replica processes the killed one left are stopped and replaced.
+//! directory: users, sessions, functions, deployed instances and queued async calls are all
+//! still there, and the replica processes the killed one left are stopped and replaced.
 
 use process::{alive, free_port, processes_under, Server};
 use std::io::{Read, Write};
@@ -29,6 +29,52 @@ fn nothing_is_lost_when_kubefn_is_killed() {
     assert_eq!(detail["version"], 2);
     assert_eq!(detail["versions"].as_array().map(Vec::len), Some(2));
     assert_eq!(detail["spec"]["source"], "def handle(req):\n    return 'v2'\n");
+}
+
+/// An async call answered 202 is on disk: killed while its instance is paused, kubefn runs it
+/// with its whole body once it is back, and keeps no body after.
+#[test]
+fn queued_async_calls_survive_a_kill() {
+    let data = tempfile::tempdir().expect("data dir");
+    let port = free_port();
+    let first = Server::start(data.path(), port);
+    let cookie = first.sign_up("kim");
+    let spec = serde_json::json!({"name": "keeper", "runtime": "python", "source": "def handle(req):\n    return str(len(req)) + ' ' + req[:8]\n"});
+    let id = first.deploy(&cookie, &spec);
+    first.instance_in_state(&cookie, &id, "Ready");
+    let pause = first.request("POST", &format!("/api/v1/instances/{id}/pause"), Some(&cookie), None);
+    assert!((200..300).contains(&pause.status), "pause: {}", pause.body);
+    first.instance_in_state(&cookie, &id, "Paused");
+    let bodies: Vec<String> = (0..3).map(|i| format!("call-{i}:{}", "x".repeat(300_000))).collect();
+    let calls: Vec<String> = bodies
+        .iter()
+        .map(|body| {
+            let queued = first.request("POST", "/async/fn/kim/keeper", Some(&cookie), Some(body));
+            assert_eq!(queued.status, 202, "{}", queued.body);
+            queued.json()["id"].as_str().expect("id").to_string()
+        })
+        .collect();
+    let spool = data.path().join("async-bodies");
+    for (call, body) in calls.iter().zip(&bodies) {
+        assert_eq!(std::fs::read(spool.join(call)).expect("the body is on disk"), body.as_bytes());
+    }
+    first.kill_hard();
+
+    let second = Server::start(data.path(), port);
+    let resume = second.request("POST", &format!("/api/v1/instances/{id}/resume"), Some(&cookie), None);
+    assert!((200..300).contains(&resume.status), "resume: {}", resume.body);
+    for (i, call) in calls.iter().enumerate() {
+        let mut last = serde_json::Value::Null;
+        for _ in 0..600 {
+            last = second.request("GET", &format!("/api/v1/async/{call}"), Some(&cookie), None).json();
+            if last["state"] == "succeeded" {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(last["response"], format!("300007 call-{i}:x"), "{last:#}");
+    }
+    assert_eq!(std::fs::read_dir(&spool).expect("the spool").count(), 0, "finished calls keep no body");
 }
 
 fn invoke(node_port: &serde_json::Value) -> String {

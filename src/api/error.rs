@@ -162,7 +162,8 @@ mod ssr {
                 AsyncError::NotFound { .. } => ApiError::new(404, error.to_string()),
                 AsyncError::QueueFull { .. } => ApiError { retry_after_s: Some(10), ..ApiError::new(429, error.to_string()) },
                 AsyncError::UploadsBusy => ApiError { retry_after_s: Some(1), ..ApiError::new(429, error.to_string()) },
-                AsyncError::Store(_) => ApiError::internal(&error),
+                AsyncError::BodyBroken(_) => ApiError::new(400, error.to_string()),
+                AsyncError::Store(_) | AsyncError::Spool(_) => ApiError::internal(&error),
             }
         }
     }

@@ -60,23 +60,18 @@ impl Invocation {
 async fn invoke_async(State(platform): State<Platform>, super::rest::Path(params): InvocationPath, request: Request) -> Result<Response, ApiError> {
     let Invocation { user, function, caller, parts, body } = Invocation::read(&platform, params, request).await?;
     // Admission (policy, instance) comes first so a refused caller never uploads a body;
-    // the body is then read up to the function's limit.
+    // the body then streams to the spool, up to the function's limit.
     let target = platform.gateway.admit(caller.as_ref(), &user, &function).await?;
-    let limit = usize::try_from(target.policy.max_body_bytes).unwrap_or(usize::MAX);
     let declared = parts.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     let _room = platform.asyncs.reserve_upload(declared.unwrap_or(target.policy.max_body_bytes).min(target.policy.max_body_bytes))?;
-    let body = axum::body::to_bytes(body, limit).await.map_err(|_| {
-        ApiError::from(GatewayError::TooLarge { function: function.clone(), limit: target.policy.max_body_bytes })
-    })?;
     let header = |name: http::header::HeaderName| parts.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
     let call = AsyncCall {
         method: parts.method.to_string(),
         path: parts.uri.to_string(),
         content_type: header(http::header::CONTENT_TYPE),
-        body: body.to_vec(),
         callback_url: header(http::header::HeaderName::from_static("x-callback-url")),
     };
-    let accepted = platform.asyncs.enqueue(caller.as_ref(), &target, call).await?;
+    let accepted = platform.asyncs.enqueue(caller.as_ref(), &target, call, body.into_data_stream()).await?;
     let location = accepted.status_url.clone();
     Ok((http::StatusCode::ACCEPTED, [(http::header::LOCATION, location)], axum::Json(accepted)).into_response())
 }

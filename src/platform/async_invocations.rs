@@ -1,15 +1,19 @@
 //! Async invocations: `POST /async/fn/{user}/{function}/…` is admitted like a normal call
-//! (same invoke policy and body limit), stored, and answered 202 with an id at once. A worker
+//! (same invoke policy and body limit), stored (the body streamed to the spool on disk, see
+//! [`super::async_spool`]), and answered 202 with an id at once. A worker
 //! invokes it through the gateway as the caller, retrying with exponential back-off while the
 //! instance is unavailable or answers 5xx/429, records the result and, when the request had
 //! an `X-Callback-Url`, POSTs the result there.
 
+use super::async_spool::{AsyncSpool, SpoolError};
 use super::auth::Principal;
 use super::gateway::{upstream_uri_of, Gateway, GatewayError, Target};
 use super::model::{AsyncAccepted, AsyncState, AsyncStatus, FieldError};
 use super::outbound::OutboundPolicy;
 use super::store::{AsyncCall, AsyncRecord, AttemptResult, NewAsync, Store, StoreError};
 use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
+use http_body_util::BodyExt;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
@@ -28,8 +32,8 @@ const CALLBACK_ATTEMPTS: u32 = 3;
 pub const MAX_QUEUED_PER_INSTANCE: u64 = 1000;
 /// Request bytes one instance's unfinished invocations may hold.
 pub const MAX_QUEUED_BYTES_PER_INSTANCE: u64 = 256 * 1024 * 1024;
-/// Request bytes all uploads being received for the queue may hold in memory at once (each
-/// reserves its declared length, or its function's body limit).
+/// Request bytes all uploads being received for the queue may reserve at once (each reserves its
+/// declared length, or its function's body limit): what a flood of slow uploads can hold open.
 pub const MAX_UPLOADING_BYTES: u64 = 64 * 1024 * 1024;
 /// How long a finished invocation's status and result stay readable.
 pub const RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -62,6 +66,12 @@ pub enum AsyncError {
         /// The id asked for.
         id: String,
     },
+    /// The request body did not arrive whole.
+    #[error("the request body broke off before it was received; send it again")]
+    BodyBroken(#[source] SpoolError),
+    /// The spool on disk failed.
+    #[error("the async queue cannot keep the request")]
+    Spool(#[source] SpoolError),
     /// The store failed.
     #[error("the async queue failed")]
     Store(#[from] StoreError),
@@ -77,6 +87,8 @@ pub struct AsyncInvocations {
     outbound: OutboundPolicy,
     /// KiB of request bodies being received, out of [`MAX_UPLOADING_BYTES`].
     uploading: Arc<Semaphore>,
+    /// Where the queued requests' bodies are.
+    spool: AsyncSpool,
 }
 
 /// Room reserved for one request body being received ([`AsyncInvocations::reserve_upload`]);
@@ -85,11 +97,11 @@ pub struct AsyncInvocations {
 pub struct UploadRoom(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
 
 impl AsyncInvocations {
-    /// The queue over the store, invoking through `gateway`, calling back only where
-    /// `outbound` allows.
-    pub fn new(store: Store, gateway: Gateway, outbound: OutboundPolicy) -> AsyncInvocations {
+    /// The queue over the store, its bodies in `spool`, invoking through `gateway`, calling
+    /// back only where `outbound` allows.
+    pub fn new(store: Store, spool: AsyncSpool, gateway: Gateway, outbound: OutboundPolicy) -> AsyncInvocations {
         let kib = usize::try_from(MAX_UPLOADING_BYTES / 1024).unwrap_or(usize::MAX);
-        AsyncInvocations { store, gateway, queued: Arc::new(Notify::new()), outbound, uploading: Arc::new(Semaphore::new(kib)) }
+        AsyncInvocations { store, gateway, queued: Arc::new(Notify::new()), outbound, uploading: Arc::new(Semaphore::new(kib)), spool }
     }
 
     /// Reserves room for a request body of up to `bytes` (its declared length, or the function's
@@ -106,37 +118,45 @@ impl AsyncInvocations {
     }
 
     /// Queues a request for `target`, which the gateway admitted for `caller`
-    /// ([`Gateway::admit`]).
-    pub async fn enqueue(&self, caller: Option<&Principal>, target: &Target, call: AsyncCall) -> Result<AsyncAccepted, AsyncError> {
-        if u64::try_from(call.body.len()).unwrap_or(u64::MAX) > target.policy.max_body_bytes {
-            return Err(GatewayError::TooLarge { function: target.function.clone(), limit: target.policy.max_body_bytes }.into());
-        }
-        let (count, bytes) = self.store.unfinished_async(target.function_id, target.owner_id).await?;
-        let body_bytes = u64::try_from(call.body.len()).unwrap_or(u64::MAX);
-        let held = if count >= MAX_QUEUED_PER_INSTANCE {
-            Some(format!("{MAX_QUEUED_PER_INSTANCE} invocations"))
-        } else if bytes.saturating_add(body_bytes) > MAX_QUEUED_BYTES_PER_INSTANCE {
-            Some(format!("{} MiB of requests", MAX_QUEUED_BYTES_PER_INSTANCE / (1024 * 1024)))
-        } else {
-            None
-        };
-        if let Some(held) = held {
-            return Err(AsyncError::QueueFull { function: target.function.clone(), held });
-        }
+    /// ([`Gateway::admit`]), streaming `body` to the spool as it arrives: up to the function's
+    /// body limit, and the room left in the instance's queue.
+    pub async fn enqueue<S, E>(&self, caller: Option<&Principal>, target: &Target, call: AsyncCall, body: S) -> Result<AsyncAccepted, AsyncError>
+    where
+        S: futures::Stream<Item = Result<hyper::body::Bytes, E>> + Send,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         if let Some(url) = &call.callback_url {
             let (host, port) = check_callback_url(url).map_err(AsyncError::Invalid)?;
             // Resolved now so the caller hears at once; resolved again when the callback is made.
             self.outbound.resolve(&host, port).await.map_err(|error| AsyncError::Invalid(FieldError::new("X-Callback-Url", error.to_string())))?;
         }
+        let (count, bytes) = self.store.unfinished_async(target.function_id, target.owner_id).await?;
+        let queue_full = |held: String| AsyncError::QueueFull { function: target.function.clone(), held };
+        let bytes_held = || queue_full(format!("{} MiB of requests", MAX_QUEUED_BYTES_PER_INSTANCE / (1024 * 1024)));
+        if count >= MAX_QUEUED_PER_INSTANCE {
+            return Err(queue_full(format!("{MAX_QUEUED_PER_INSTANCE} invocations")));
+        }
+        let room = MAX_QUEUED_BYTES_PER_INSTANCE.saturating_sub(bytes);
+        let limit = target.policy.max_body_bytes.min(room);
         let id = uuid::Uuid::new_v4().to_string();
+        let body_bytes = self.spool.receive(&id, body, limit).await.map_err(|error| match error {
+            SpoolError::TooLarge { .. } if limit < target.policy.max_body_bytes => bytes_held(),
+            SpoolError::TooLarge { .. } => GatewayError::TooLarge { function: target.function.clone(), limit: target.policy.max_body_bytes }.into(),
+            SpoolError::Broken(_) => AsyncError::BodyBroken(error),
+            SpoolError::Io { .. } => AsyncError::Spool(error),
+        })?;
         let new = NewAsync {
             id: id.clone(),
             function_id: target.function_id,
             user_id: target.owner_id,
             caller_id: caller.map(|c| c.id),
             call,
+            body_bytes,
         };
-        self.store.insert_async(&new, Utc::now()).await?;
+        if let Err(error) = self.store.insert_async(&new, Utc::now()).await {
+            self.spool.remove(&id).await;
+            return Err(error.into());
+        }
         self.queued.notify_one();
         Ok(AsyncAccepted { status_url: format!("/api/v1/async/{id}"), id })
     }
@@ -163,6 +183,9 @@ impl AsyncInvocations {
                 Ok(0) => {}
                 Ok(requeued) => tracing::warn!(requeued, "async invocations cut short by a stop of kubefn are queued again"),
                 Err(error) => tracing::error!(error = %super::error_chain(&error), "cannot requeue async invocations"),
+            }
+            if let Err(error) = this.sweep_spool().await {
+                tracing::error!(error = %super::error_chain(&error), "cannot clear the async spool of bodies nobody waits for");
             }
             let slots = Arc::new(Semaphore::new(PARALLEL));
             let mut purged_at: Option<std::time::Instant> = None;
@@ -196,6 +219,18 @@ impl AsyncInvocations {
         })
     }
 
+    /// Deletes the spooled bodies no unfinished invocation names: those of a kubefn that
+    /// stopped between keeping a body and queueing its invocation, or before deleting a
+    /// finished one's. Runs before the worker's first claim; how many.
+    pub async fn sweep_spool(&self) -> Result<usize, AsyncError> {
+        let unfinished = self.store.unfinished_spooled_async().await?;
+        let deleted = self.spool.sweep(&unfinished).await.map_err(AsyncError::Spool)?;
+        if deleted > 0 {
+            tracing::info!(deleted, "async request bodies that no queued invocation needs were deleted");
+        }
+        Ok(deleted)
+    }
+
     /// One attempt: invoke, then record the result (and deliver it when final).
     async fn attempt(&self, record: AsyncRecord) {
         let attempts = u32::try_from(record.attempts).unwrap_or(u32::MAX);
@@ -204,6 +239,9 @@ impl AsyncInvocations {
         if let Err(error) = self.store.finish_attempt(&record.id, &result).await {
             tracing::error!(id = %record.id, error = %super::error_chain(&error), "cannot record an async attempt");
             return;
+        }
+        if result.state != AsyncState::Queued {
+            self.spool.remove(&record.id).await;
         }
         if result.state != AsyncState::Queued
             && let Some(url) = &record.call.callback_url
@@ -231,7 +269,15 @@ impl AsyncInvocations {
         if let Some(content_type) = &record.call.content_type {
             request = request.header(http::header::CONTENT_TYPE, content_type.as_str());
         }
-        let request = request.body(http_body_util::Full::new(hyper::body::Bytes::from(record.call.body.clone()))).map_err(|e| NoAnswer::new(false, format!("the request cannot be built: {e}")))?;
+        // Read from the spool as it is sent, never whole; a body queued before bodies moved
+        // there is still inline.
+        let body: http_body_util::combinators::BoxBody<hyper::body::Bytes, std::io::Error> = if record.body_spooled {
+            let chunks = self.spool.body(&record.id).await.map_err(|e| NoAnswer::new(false, format!("the queued request body is gone: {}", super::error_chain(&e))))?;
+            http_body_util::StreamBody::new(chunks.map_ok(hyper::body::Frame::data)).boxed()
+        } else {
+            http_body_util::Full::new(hyper::body::Bytes::from(record.inline_body.clone())).map_err(|never| match never {}).boxed()
+        };
+        let request = request.body(body).map_err(|e| NoAnswer::new(false, format!("the request cannot be built: {e}")))?;
         let response = self.gateway.invoke(caller.as_ref(), &record.user, &record.function, request, None).await.map_err(|error| {
             // Unavailable, overloaded or broken on the way: worth another try; refusals are not.
             let retryable = matches!(error.status(), 429 | 500 | 502 | 503 | 504);

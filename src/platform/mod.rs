@@ -7,6 +7,8 @@ pub mod model;
 #[cfg(feature = "ssr")]
 pub mod async_invocations;
 #[cfg(feature = "ssr")]
+pub mod async_spool;
+#[cfg(feature = "ssr")]
 pub mod auth;
 #[cfg(feature = "ssr")]
 pub mod autoscale;
@@ -39,6 +41,7 @@ pub use ssr::{error_chain, Platform};
 #[cfg(feature = "ssr")]
 mod ssr {
     use super::async_invocations::AsyncInvocations;
+    use super::async_spool::AsyncSpool;
     use super::auth::{Accounts, SignupPolicy};
     use super::gateway::Gateway;
     use super::instances::Instances;
@@ -99,9 +102,9 @@ mod ssr {
     }
 
     impl Platform {
-        /// Opens the store at `database_url` (migrating it) and wires the services.
-        /// Callbacks go only where `outbound` allows.
-        pub async fn open(database_url: &str, signup: SignupPolicy, runtime: Arc<dyn Runtime>, outbound: OutboundPolicy) -> Result<Platform, StoreError> {
+        /// Opens the store at `database_url` (migrating it) and wires the services, the async
+        /// queue's bodies in `spool`. Callbacks go only where `outbound` allows.
+        pub async fn open(database_url: &str, spool: AsyncSpool, signup: SignupPolicy, runtime: Arc<dyn Runtime>, outbound: OutboundPolicy) -> Result<Platform, StoreError> {
             let store = Store::open(database_url).await?;
             let registry = Registry::new(store.clone());
             let metrics = Arc::new(GatewayMetrics::new());
@@ -110,7 +113,7 @@ mod ssr {
                 accounts: Accounts::new(store.clone(), signup),
                 instances: Instances::new(store.clone(), registry.clone(), runtime, metrics),
                 triggers: Triggers::new(store.clone(), registry.clone(), gateway.clone()),
-                asyncs: AsyncInvocations::new(store.clone(), gateway.clone(), outbound),
+                asyncs: AsyncInvocations::new(store.clone(), spool, gateway.clone(), outbound),
                 quotas: Quotas::new(store.clone()),
                 gateway,
                 registry,

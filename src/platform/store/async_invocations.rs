@@ -15,8 +15,6 @@ pub struct AsyncCall {
     pub path: String,
     /// The request's Content-Type.
     pub content_type: Option<String>,
-    /// The request body.
-    pub body: Vec<u8>,
     /// Where to send the result (the `X-Callback-Url` header).
     pub callback_url: Option<String>,
 }
@@ -34,6 +32,8 @@ pub struct NewAsync {
     pub caller_id: Option<i64>,
     /// The request.
     pub call: AsyncCall,
+    /// The length of its body, which is in the spool ([`crate::platform::async_spool`]).
+    pub body_bytes: u64,
 }
 
 /// A queued invocation with what the worker needs.
@@ -50,6 +50,12 @@ pub struct AsyncRecord {
     /// The request.
     #[sqlx(flatten)]
     pub call: AsyncCall,
+    /// Whether the body is in the spool; if not (queued before bodies moved there), it is
+    /// [`AsyncRecord::inline_body`].
+    pub body_spooled: bool,
+    /// The body of an invocation queued before bodies moved to the spool; empty otherwise.
+    #[sqlx(rename = "body")]
+    pub inline_body: Vec<u8>,
     /// Attempts made, this one included once claimed.
     pub attempts: i64,
 }
@@ -93,16 +99,16 @@ struct StatusRow {
 }
 
 const SELECT_RECORD: &str = "SELECT a.id, f.name AS function, u.name AS user, a.caller_id, a.method, a.path, a.content_type, a.body,
-        a.callback_url, a.attempts
+        a.body_spooled, a.callback_url, a.attempts
    FROM async_invocations a JOIN functions f ON f.id = a.function_id JOIN users u ON u.id = a.user_id";
 
 impl Store {
     /// Queues an invocation, due now.
     pub async fn insert_async(&self, new: &NewAsync, now: DateTime<Utc>) -> StoreResult<()> {
         sqlx::query(
-            "INSERT INTO async_invocations (id, function_id, user_id, caller_id, method, path, content_type, body, callback_url, state,
-                                            next_attempt_at, created_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
+            "INSERT INTO async_invocations (id, function_id, user_id, caller_id, method, path, content_type, body, body_bytes, body_spooled,
+                                            callback_url, state, next_attempt_at, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, X'', ?, 1, ?, 'queued', ?, ?)",
         )
         .bind(&new.id)
         .bind(new.function_id)
@@ -111,7 +117,7 @@ impl Store {
         .bind(&new.call.method)
         .bind(&new.call.path)
         .bind(&new.call.content_type)
-        .bind(&new.call.body)
+        .bind(i64::try_from(new.body_bytes).unwrap_or(i64::MAX))
         .bind(&new.call.callback_url)
         .bind(now)
         .bind(now)
@@ -147,7 +153,7 @@ impl Store {
     /// of their request bodies.
     pub async fn unfinished_async(&self, function_id: i64, user_id: i64) -> StoreResult<(u64, u64)> {
         let (count, bytes): (i64, i64) = sqlx::query_as(
-            "SELECT COUNT(*), COALESCE(SUM(LENGTH(body)), 0) FROM async_invocations
+            "SELECT COUNT(*), COALESCE(SUM(body_bytes), 0) FROM async_invocations
               WHERE function_id = ? AND user_id = ? AND state IN ('queued', 'running')",
         )
         .bind(function_id)
@@ -155,6 +161,14 @@ impl Store {
         .fetch_one(&self.pool)
         .await?;
         Ok((u64::try_from(count).unwrap_or(0), u64::try_from(bytes).unwrap_or(0)))
+    }
+
+    /// The ids of every unfinished invocation whose body is in the spool: the files to keep.
+    pub async fn unfinished_spooled_async(&self) -> StoreResult<std::collections::HashSet<String>> {
+        let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM async_invocations WHERE body_spooled = 1 AND state IN ('queued', 'running')")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(ids.into_iter().collect())
     }
 
     /// Deletes the invocations that finished before `before`; returns how many.
