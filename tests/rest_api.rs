@@ -1429,6 +1429,46 @@ async fn the_async_queue_is_bounded_per_instance_and_forgets_finished_calls_afte
     app.stop().await;
 }
 
+/// An owner's new version reaches an instance that follows their updates only within the
+/// follower's own quota: raising `scaling.max` cannot run up someone else's use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_owner_cannot_take_a_follower_past_their_quota() {
+    let app = TestApp::start().await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let admin = app.admin().await;
+    assert_eq!(app.call(Method::POST, "/api/v1/functions", Some(hello("shared")), As::Cookie(&alice)).await.status, StatusCode::CREATED);
+    let five = json!({"replicas": 5});
+    assert_eq!(app.call(Method::PUT, "/api/v1/users/bob/quota", Some(five), As::Cookie(&admin)).await.status, StatusCode::OK);
+    let deployed = app.call(Method::POST, "/api/v1/functions/shared/deploy", Some(json!({"follow_updates": true})), As::Cookie(&bob)).await;
+    assert_eq!(deployed.status, StatusCode::CREATED, "{}", deployed.body);
+    let id = deployed.body["id"].as_str().expect("id").to_string();
+    app.instance_until(&id, &bob, "ready", |i| i["state"] == "Ready").await;
+
+    let bigger = with(with(hello("shared"), "/scaling/max", json!(50)), "/source", json!("def handle(req):\n    return 'v2 ' + req\n"));
+    assert_eq!(app.call(Method::PUT, "/api/v1/functions/shared", Some(bigger), As::Cookie(&alice)).await.status, StatusCode::OK, "her own quota allows it");
+    let held = app.instance_until(&id, &bob, "bob's instance stops following", |i| i["pinned"] == true).await;
+    assert_eq!((held["version"].as_u64(), held["latest_version"].as_u64()), (Some(1), Some(2)), "{held:#}");
+    let events = held["events"].as_array().expect("events");
+    let warning = events.iter().find(|e| e["reason"] == "OverQuota").unwrap_or_else(|| panic!("no OverQuota event: {events:#?}"));
+    assert!(warning["message"].as_str().is_some_and(|m| m.contains("stays on v1: v2 would make 50 replicas, over your quota of 5")), "{warning}");
+    let call = || Request::post("/fn/bob/shared").header(header::COOKIE, bob.as_str()).body(Body::from("bo")).expect("request");
+    assert_eq!(app.send(call()).await.body, Value::String("hello bo".into()), "still v1's code");
+    let report = app.call(Method::GET, "/api/v1/users/bob/quota", None, As::Cookie(&bob)).await.body;
+    assert_eq!(report["used"]["replicas"], 5, "counted at the version it runs: {report:#}");
+
+    // Following again is checked like any deploy; with room, it follows.
+    let again = app.call(Method::POST, "/api/v1/functions/shared/deploy", Some(json!({"follow_updates": true})), As::Cookie(&bob)).await;
+    assert_eq!((again.status, again.body["field"].as_str()), (StatusCode::FORBIDDEN, Some("quota.replicas")), "{}", again.body);
+    let more = json!({"replicas": 100});
+    assert_eq!(app.call(Method::PUT, "/api/v1/users/bob/quota", Some(more), As::Cookie(&admin)).await.status, StatusCode::OK);
+    let again = app.call(Method::POST, "/api/v1/functions/shared/deploy", Some(json!({"follow_updates": true})), As::Cookie(&bob)).await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.body);
+    app.instance_until(&id, &bob, "v2 serves bob", |i| i["serving_version"] == 2 && i["state"] == "Ready").await;
+    assert_eq!(app.send(call()).await.body, Value::String("v2 bo".into()));
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn a_public_functions_env_is_shown_only_to_its_owner_and_admins() {
     let app = TestApp::start().await;

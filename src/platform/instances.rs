@@ -6,7 +6,7 @@
 use crate::platform::auth::Principal;
 use crate::platform::metrics::{GatewayMetrics, InstanceLabels};
 use crate::platform::model::{
-    AdminOverview, FieldError, FunctionSpec, Quota, QuotaReport, InstanceEvent, InstanceInfo, InstanceState, InstanceUrls, NamedUsage, PlatformHealth, ReplicaCounts, UsageReport, SCALING_REASONS,
+    AdminOverview, EventInfo, FieldError, FunctionSpec, Quota, QuotaReport, InstanceEvent, InstanceInfo, InstanceState, InstanceUrls, NamedUsage, PlatformHealth, ReplicaCounts, UsageReport, SCALING_REASONS,
 };
 use crate::platform::usage_report;
 use crate::platform::quotas::{Footprint, QuotaError, Quotas};
@@ -503,6 +503,7 @@ impl Instances {
                     quota
                 }
             };
+            let (record, spec) = self.follow_within_quota(record, spec).await?;
             if let Err(error) = self.apply(&record, spec, quota, false).await {
                 let message = error.to_string();
                 tracing::warn!(instance = %record.id, %message, "cannot apply the instance");
@@ -575,6 +576,44 @@ impl Instances {
             autoscaler_load_percent: status.autoscaler.as_ref().and_then(|a| a.load_percent()),
         };
         Ok(self.store.insert_usage(id, &sample).await?)
+    }
+
+    /// An instance that follows someone else's function moves to the owner's new version only
+    /// within its own user's quota: an owner raising `scaling.max` or the limits must not run up
+    /// their followers' use. Past the quota, the instance stops following and stays on the
+    /// version it runs, with a Warning event that says why; its user may follow again (a deploy
+    /// with `follow_updates`, checked against the quota) once there is room.
+    async fn follow_within_quota(&self, record: InstanceRecord, spec: FunctionSpec) -> InstanceResult<(InstanceRecord, FunctionSpec)> {
+        let moving = !record.pinned && record.desired_version != 0 && record.desired_version != record.function_version;
+        if !moving {
+            return Ok((record, spec));
+        }
+        let refusal = match self.check_quota(record.user_id, Some(&record.id), Footprint::of(&spec, record.replicas)).await {
+            Ok(()) => return Ok((record, spec)),
+            Err(InstanceError::Quota(refusal @ QuotaError::Exceeded { .. })) => refusal,
+            Err(other) => return Err(other),
+        };
+        let owner = self.store.function_by_id(record.function_id).await?.map(|f| f.owner_id);
+        if owner == Some(record.user_id) {
+            // The owner's own change was checked when they made it.
+            return Ok((record, spec));
+        }
+        let (stay, new) = (record.desired_version, record.function_version);
+        self.store.set_instance_pin(&record.id, Some(stay)).await?;
+        let why = match &refusal {
+            QuotaError::Exceeded { limit, quota, would_be, .. } => format!("v{new} would make {would_be} {limit}, over your quota of {quota}"),
+            other => other.to_string(),
+        };
+        let event = EventInfo {
+            at: Utc::now(),
+            kind: "Warning".into(),
+            reason: "OverQuota".into(),
+            message: format!("stopped following {}'s updates and stays on v{stay}: {why}; follow again once there is room", record.function),
+        };
+        self.store.record_events(&record.id, &[event]).await?;
+        tracing::warn!(instance = %record.id, stay, new, "an instance stops following its function's updates: over its user's quota");
+        let spec = self.version_spec(record.function_id, stay, &record.function).await?;
+        Ok((InstanceRecord { function_version: stay, pinned: true, ..record }, spec))
     }
 
     /// Hands the instance to the runtime with `spec` and its user's `quota` (read once per
