@@ -44,9 +44,11 @@ build-release: tools
 test: test-unit test-runtimes test-e2e
 
 # Every cargo test, the kubernetes runtime's included: its test binary starts the control plane
-# built here (cached) and stops it when it exits.
+# built here (cached) and stops it when it exits. The benches are compiled too (not run), so
+# `make bench` never finds them broken.
 test-unit: tools sandbox testcluster
 	cargo test --features ssr
+	cargo test --features ssr --benches --no-run
 
 # The kubernetes runtime's integration tests alone (they start their own control plane).
 test-kubernetes: tools testcluster

@@ -71,7 +71,7 @@ async fn main() {
         deployments.delete(&name, &DeleteParams::default()).await.expect("delete");
 
         let id = uuid::Uuid::new_v4().to_string();
-        let instance = InstanceSpec { id: id.clone(), function: spec.name.clone(), user: "bench".into(), version: 1, spec: spec.clone(), replicas: 1, paused: false, node_port: None };
+        let instance = InstanceSpec { id: id.clone(), function: spec.name.clone(), user: "bench".into(), version: 1, spec: spec.clone(), replicas: 1, paused: false, node_port: None, user_quota: None };
         let started = Instant::now();
         runtime.apply(instance).await.expect("apply");
         let deadline = Instant::now() + Duration::from_secs(60);

@@ -31,7 +31,7 @@ fn hello(language: Language, idle_after: Option<u64>) -> FunctionSpec {
 }
 
 fn instance(id: String, spec: FunctionSpec) -> InstanceSpec {
-    InstanceSpec { id, function: spec.name.clone(), user: "bench".into(), version: 1, spec, replicas: 1, paused: false, node_port: None }
+    InstanceSpec { id, function: spec.name.clone(), user: "bench".into(), version: 1, spec, replicas: 1, paused: false, node_port: None, user_quota: None }
 }
 
 /// Time to the first byte of the answer to one request on a new connection.
