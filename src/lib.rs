@@ -1,7 +1,7 @@
 //! kubefn: Functions-as-a-Service on Kubernetes with a server-rendered Leptos UI.
 //!
 //! The crate builds twice: with `ssr` as the server (platform, REST API, rendering) and with
-//! `hydrate` as the browser bundle (pages only). See DESIGN.md for the layout.
+//! `hydrate` as the browser bundle (pages only). See docs/ARCHITECTURE.md for the layout.
 
 #![recursion_limit = "256"]
 

@@ -1,4 +1,4 @@
-//! The JSON REST API under `/api/v1` (see DESIGN.md), plus `/healthz` and `/readyz`.
+//! The JSON REST API under `/api/v1` (listed in the README), plus `/healthz` and `/readyz`.
 
 use super::caller::{self, AuthSession, Caller};
 use super::{ApiError, AppState};

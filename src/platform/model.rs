@@ -453,7 +453,7 @@ impl FieldError {
     }
 }
 
-/// Where an instance is in its life, as DESIGN.md names the states.
+/// Where an instance is in its life.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum InstanceState {
     /// Recorded, not yet handed to the runtime.

@@ -1,4 +1,4 @@
-//! Where instances run: the [`Runtime`] trait of DESIGN.md, which both runtimes implement, and
+//! Where instances run: the [`Runtime`] trait (docs/ARCHITECTURE.md), which both runtimes implement, and
 //! the types it speaks. The store holds what should run; a runtime holds what does run; the
 //! reconcile loop in [`crate::platform::instances`] makes the second follow the first.
 
