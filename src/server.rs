@@ -1,6 +1,7 @@
 //! The server binary's wiring: configuration, the session layer, the router and serving.
 //! Tests build the same router through [`build_app`] without binding a port.
 
+use crate::api::session::SessionBackend;
 use crate::api::{gateway, origin, rest, AppState};
 use crate::app::{shell, App};
 use crate::platform::async_spool::{AsyncSpool, SpoolError};
@@ -377,7 +378,7 @@ pub async fn build_app(config: &Config, mut leptos_options: LeptosOptions) -> Re
         .with_same_site(SameSite::Lax)
         .with_secure(config.secure_cookies)
         .with_expiry(Expiry::OnInactivity(time::Duration::days(7)));
-    let auth = AuthManagerLayerBuilder::new(platform.accounts.clone(), sessions).build();
+    let auth = AuthManagerLayerBuilder::new(SessionBackend(platform.accounts.clone()), sessions).build();
 
     if leptos_options.output_name.is_empty() {
         // Only a server built without cargo-leptos (e.g. `cargo test`) lacks the bundle name.

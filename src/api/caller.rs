@@ -2,7 +2,8 @@
 //! and for server functions; plus log-in, sign-up and log-out, which both front ends share.
 
 use super::ApiError;
-use crate::platform::auth::{Accounts, Credentials, Principal};
+use super::session::{SessionBackend, SessionUser};
+use crate::platform::auth::{Credentials, Principal};
 use crate::platform::model::UserInfo;
 use crate::platform::Platform;
 use axum::extract::{ConnectInfo, FromRef, FromRequestParts};
@@ -11,7 +12,7 @@ use http::request::Parts;
 use std::net::{IpAddr, SocketAddr};
 
 /// The session layer's view of the caller.
-pub type AuthSession = axum_login::AuthSession<Accounts>;
+pub type AuthSession = axum_login::AuthSession<SessionBackend>;
 
 /// The authenticated caller; rejects with 401 when there is none.
 #[derive(Clone, Debug)]
@@ -46,7 +47,7 @@ pub async fn principal_from_parts(parts: &mut Parts, platform: &Platform) -> Res
         };
     }
     let session = session_from_parts(parts).await?;
-    Ok(session.user.as_ref().map(Principal::from))
+    Ok(session.user.as_ref().map(|user| Principal::from(&user.0)))
 }
 
 /// The session of the request (the session layers must be installed).
@@ -96,7 +97,7 @@ pub async fn sign_up(
 /// otherwise become the new user's session.
 async fn start_session(session: &mut AuthSession, user: &crate::platform::store::UserRecord) -> Result<(), ApiError> {
     session.session.cycle_id().await.map_err(|e| ApiError::internal(&e))?;
-    session.login(user).await.map_err(|e| ApiError::internal(&e))
+    session.login(&SessionUser(user.clone())).await.map_err(|e| ApiError::internal(&e))
 }
 
 /// Ends the session (a no-op when there is none).

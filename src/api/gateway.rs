@@ -97,9 +97,23 @@ async fn invoke(State(platform): State<Platform>, super::rest::Path(params): Inv
     Ok(response.map(Body::new).into_response())
 }
 
+/// The HTTP status a caller gets for a gateway refusal or failure.
+fn status_of(error: &GatewayError) -> u16 {
+    match error {
+        GatewayError::Unauthenticated { .. } => 401,
+        GatewayError::NoInstance { .. } => 404,
+        GatewayError::TooLarge { .. } => 413,
+        GatewayError::TooBusy { .. } => 429,
+        GatewayError::NotRunning { .. } => 503,
+        GatewayError::Timeout { .. } => 504,
+        GatewayError::Upstream(_) | GatewayError::Connect(_) => 502,
+        GatewayError::Runtime(_) | GatewayError::Store(_) => 500,
+    }
+}
+
 impl From<GatewayError> for ApiError {
     fn from(error: GatewayError) -> Self {
-        match error.status() {
+        match status_of(&error) {
             500 => ApiError::internal(&error),
             status => {
                 let retry_after_s = match &error {

@@ -13,6 +13,8 @@ pub mod gateway;
 pub mod origin;
 #[cfg(feature = "ssr")]
 pub mod rest;
+#[cfg(feature = "ssr")]
+pub mod session;
 
 pub use error::ApiError;
 

@@ -280,8 +280,7 @@ impl AsyncInvocations {
         let request = request.body(body).map_err(|e| NoAnswer::new(false, format!("the request cannot be built: {e}")))?;
         let response = self.gateway.invoke(caller.as_ref(), &record.user, &record.function, request, None).await.map_err(|error| {
             // Unavailable, overloaded or broken on the way: worth another try; refusals are not.
-            let retryable = matches!(error.status(), 429 | 500 | 502 | 503 | 504);
-            NoAnswer::new(retryable, super::error_chain(&error))
+            NoAnswer::new(error.is_transient(), super::error_chain(&error))
         })?;
         let status = response.status().as_u16();
         let content_type = response.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);

@@ -1,7 +1,8 @@
 //! Users, passwords, API tokens, roles and the log-in rate limit.
 //!
-//! [`Accounts`] is the axum-login backend (session log-in) and also answers API tokens, so
-//! the REST API and the pages resolve the same [`Principal`].
+//! [`Accounts`] backs the session layer (the API layer adapts it to axum-login, see
+//! `api/session.rs`) and also answers API tokens, so the REST API and the pages resolve the
+//! same [`Principal`].
 
 use super::model::{FieldError, NewToken, Role, TokenInfo, UserInfo};
 use super::store::{Store, StoreError, UserRecord};
@@ -55,19 +56,6 @@ impl Principal {
 impl From<&UserRecord> for Principal {
     fn from(user: &UserRecord) -> Self {
         Principal { id: user.id, name: user.name.clone(), role: user.role }
-    }
-}
-
-impl axum_login::AuthUser for UserRecord {
-    type Id = i64;
-
-    fn id(&self) -> i64 {
-        self.id
-    }
-
-    /// Sessions are bound to the password hash, so changing a password ends every other session.
-    fn session_auth_hash(&self) -> &[u8] {
-        self.password_hash.as_bytes()
     }
 }
 
@@ -215,7 +203,9 @@ impl Accounts {
         Ok(user)
     }
 
-    async fn check_credentials(&self, credentials: Credentials) -> Result<Option<UserRecord>, AuthError> {
+    /// The user whose credentials these are, without the rate limits of [`Accounts::log_in`]
+    /// (which knows the client): only for checks that follow one.
+    pub async fn check_credentials(&self, credentials: Credentials) -> Result<Option<UserRecord>, AuthError> {
         let user = self.store.user_by_name(&credentials.name).await?;
         // Unknown names are checked against a dummy hash so timing does not reveal which names exist.
         let hash = match &user {
@@ -224,6 +214,11 @@ impl Accounts {
         };
         let matches = verify_password(&credentials.password, &hash).await?;
         Ok(user.filter(|_| matches))
+    }
+
+    /// The user with this id, if there still is one (a session names its user by id).
+    pub async fn user_by_id(&self, id: i64) -> Result<Option<UserRecord>, AuthError> {
+        Ok(self.store.user_by_id(id).await?)
     }
 
     /// The user behind an API token secret, if the token exists.
@@ -259,21 +254,6 @@ impl Accounts {
         } else {
             Err(AuthError::NoSuchToken { id })
         }
-    }
-}
-
-impl axum_login::AuthnBackend for Accounts {
-    type User = UserRecord;
-    type Credentials = Credentials;
-    type Error = AuthError;
-
-    /// Plain credential check; rate limiting happens in [`Accounts::log_in`], which knows the client.
-    async fn authenticate(&self, credentials: Credentials) -> Result<Option<UserRecord>, AuthError> {
-        self.check_credentials(credentials).await
-    }
-
-    async fn get_user(&self, id: &i64) -> Result<Option<UserRecord>, AuthError> {
-        Ok(self.store.user_by_id(*id).await?)
     }
 }
 

@@ -94,18 +94,11 @@ pub enum GatewayError {
 }
 
 impl GatewayError {
-    /// The HTTP status the caller gets.
-    pub fn status(&self) -> u16 {
-        match self {
-            GatewayError::Unauthenticated { .. } => 401,
-            GatewayError::NoInstance { .. } => 404,
-            GatewayError::TooLarge { .. } => 413,
-            GatewayError::TooBusy { .. } => 429,
-            GatewayError::NotRunning { .. } => 503,
-            GatewayError::Timeout { .. } => 504,
-            GatewayError::Upstream(_) | GatewayError::Connect(_) => 502,
-            GatewayError::Runtime(_) | GatewayError::Store(_) => 500,
-        }
+    /// Whether the same call may succeed later: the instance is unavailable, overloaded, slow
+    /// or broken on the way, rather than the call refused (no instance, no credentials, a body
+    /// over the limit). The async worker retries these.
+    pub fn is_transient(&self) -> bool {
+        !matches!(self, GatewayError::NoInstance { .. } | GatewayError::Unauthenticated { .. } | GatewayError::TooLarge { .. })
     }
 }
 
