@@ -5,7 +5,7 @@
 //! Prints the figures and writes them as JSON to $KUBEFN_BENCH_DIR (default target/bench-run)
 //! for bench/system.py's report.
 
-use kubefn::platform::model::{FunctionSpec, InstanceState, Runtime as Language, ScalingPolicy};
+use kubefn::platform::model::{FunctionSpec, InstanceState, Language, ScalingPolicy};
 use kubefn::platform::runtime::local::{LocalConfig, LocalRuntime};
 use kubefn::platform::runtime::{InstanceSpec, Runtime};
 use std::net::SocketAddr;

@@ -18,7 +18,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Service};
 use kube::api::{Api, ListParams};
 use kube::Client;
 use kubefn::platform::autoscale::MetricKind;
-use kubefn::platform::model::{FunctionSpec, InstanceState, Runtime as Language, ScalingPolicy};
+use kubefn::platform::model::{FunctionSpec, InstanceState, Language, ScalingPolicy};
 use kubefn::platform::runtime::kubernetes::{access, client, names, KubernetesConfig, KubernetesRuntime, NetworkIsolation, PackageAccess, PodSettings};
 use kubefn::platform::runtime::{InstanceSpec, Runtime, RuntimeStatus};
 use std::sync::OnceLock;

@@ -4,7 +4,7 @@
 
 use futures::StreamExt;
 use kubefn::platform::autoscale::AutoscalerConfig;
-use kubefn::platform::model::{FunctionSpec, InstanceState, Runtime as Language, ScalingPolicy};
+use kubefn::platform::model::{FunctionSpec, InstanceState, Language, ScalingPolicy};
 use kubefn::platform::runtime::local::supervisor::RestartPolicy;
 use kubefn::platform::runtime::local::{LocalConfig, LocalRuntime};
 use kubefn::platform::runtime::{InstanceSpec, Runtime, RuntimeStatus};

@@ -3,7 +3,7 @@
 
 use super::ApiError;
 use crate::platform::model::{
-    AdminOverview, FieldError, FunctionDetail, FunctionSpec, InvokeAccess, InvokePolicy, InvokeResult, DEFAULT_MAX_BODY_BYTES, DEFAULT_TIMEOUT_S, FunctionListPage, InstanceInfo, NewToken, Resources, Runtime, ScalingPolicy, ServiceKind,
+    AdminOverview, FieldError, FunctionDetail, FunctionSpec, InvokeAccess, InvokePolicy, InvokeResult, DEFAULT_MAX_BODY_BYTES, DEFAULT_TIMEOUT_S, FunctionListPage, InstanceInfo, NewToken, Resources, Language, ScalingPolicy, ServiceKind,
     QuotaReport, ServiceSpec, TokenInfo, TriggerInfo, UsageReport, UserInfo, Visibility,
 };
 use leptos::prelude::*;
@@ -117,7 +117,7 @@ impl FunctionForm {
     pub fn blank() -> FunctionForm {
         let mut form = FunctionForm::from_spec(&FunctionSpec {
             name: String::new(),
-            runtime: Runtime::Python,
+            runtime: Language::Python,
             handler: Some("handle".into()),
             source: "def handle(req):\n    return \"Hello, \" + (req or \"world\")\n".into(),
             requirements: String::new(),
@@ -138,9 +138,9 @@ impl FunctionForm {
     /// Semantic checks (ranges, quantities) are the platform's validation, not this.
     pub fn into_spec(self) -> Result<FunctionSpec, Vec<FieldError>> {
         let mut errors = Vec::new();
-        let runtime = Runtime::parse(self.runtime.trim()).unwrap_or_else(|| {
+        let runtime = Language::parse(self.runtime.trim()).unwrap_or_else(|| {
             errors.push(FieldError::new("runtime", "runtime must be python, node or image"));
-            Runtime::Python
+            Language::Python
         });
         let visibility = match self.visibility.trim() {
             "" => Visibility::Private,
@@ -200,9 +200,9 @@ impl FunctionForm {
             name: self.name.trim().to_string(),
             runtime,
             handler: Some(self.handler.trim().to_string()).filter(|h| !h.is_empty()),
-            source: if runtime == Runtime::Image { String::new() } else { self.source },
-            requirements: if runtime == Runtime::Image { String::new() } else { self.requirements },
-            image: if runtime == Runtime::Image { Some(self.image.trim().to_string()).filter(|i| !i.is_empty()) } else { None },
+            source: if runtime == Language::Image { String::new() } else { self.source },
+            requirements: if runtime == Language::Image { String::new() } else { self.requirements },
+            image: if runtime == Language::Image { Some(self.image.trim().to_string()).filter(|i| !i.is_empty()) } else { None },
             env,
             visibility,
             resources: Resources {
@@ -671,7 +671,7 @@ mod tests {
         let mut form = FunctionForm::blank();
         form.name = "hello".into();
         let spec = form.into_spec().expect("parses");
-        assert_eq!(spec.runtime, Runtime::Python);
+        assert_eq!(spec.runtime, Language::Python);
         assert_eq!(spec.resources, Resources::default());
         assert_eq!(spec.scaling, ScalingPolicy::default());
     }

@@ -7,10 +7,12 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// What a function's code runs on.
+/// What a function's code is: Python or Node source (run by that language's bootstrap), or a
+/// container image. On the wire and in forms the field is still called `runtime`; not to be
+/// confused with the runtime backends of [`crate::platform::runtime`] (where instances run).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Runtime {
+pub enum Language {
     /// Python source run by the Python bootstrap.
     #[default]
     Python,
@@ -20,22 +22,22 @@ pub enum Runtime {
     Image,
 }
 
-impl Runtime {
-    /// Every runtime, in the order the UI offers them.
-    pub const ALL: [Runtime; 3] = [Runtime::Python, Runtime::Node, Runtime::Image];
+impl Language {
+    /// Every language, in the order the UI offers them.
+    pub const ALL: [Language; 3] = [Language::Python, Language::Node, Language::Image];
 
     /// The name used in JSON, forms and the database.
     pub fn as_str(self) -> &'static str {
         match self {
-            Runtime::Python => "python",
-            Runtime::Node => "node",
-            Runtime::Image => "image",
+            Language::Python => "python",
+            Language::Node => "node",
+            Language::Image => "image",
         }
     }
 
     /// Parses the name used in JSON, forms and the database.
-    pub fn parse(text: &str) -> Option<Runtime> {
-        Runtime::ALL.into_iter().find(|r| r.as_str() == text)
+    pub fn parse(text: &str) -> Option<Language> {
+        Language::ALL.into_iter().find(|r| r.as_str() == text)
     }
 }
 
@@ -185,7 +187,7 @@ pub struct FunctionSpec {
     /// DNS-1123 label, at most 40 characters, unique across kubefn.
     pub name: String,
     /// What the code runs on.
-    pub runtime: Runtime,
+    pub runtime: Language,
     /// The entry point; `null` lets the bootstrap detect one.
     #[serde(default)]
     pub handler: Option<String>,
@@ -331,8 +333,8 @@ pub struct FunctionSummary {
     pub name: String,
     /// Who registered it.
     pub owner: String,
-    /// Runtime of the current version.
-    pub runtime: Runtime,
+    /// Language of the current version.
+    pub runtime: Language,
     /// Who may see it.
     pub visibility: Visibility,
     /// The version deployments use (moved by edits and rollbacks).
@@ -374,8 +376,8 @@ pub struct VersionInfo {
     pub created_by: String,
     /// When.
     pub created_at: DateTime<Utc>,
-    /// Runtime of this version.
-    pub runtime: Runtime,
+    /// Language of this version.
+    pub runtime: Language,
     /// Size of the source in bytes.
     pub source_bytes: usize,
 }

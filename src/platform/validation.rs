@@ -3,7 +3,7 @@
 //! Each check names the offending field so the API can answer with `{"error", "field"}` and
 //! the form can mark the input. Nothing here touches the store.
 
-use super::model::{FieldError, FunctionSpec, Runtime, ServiceKind};
+use super::model::{FieldError, FunctionSpec, Language, ServiceKind};
 
 /// Longest function name: leaves room in 63-character Kubernetes names for `-{user}` and a hash.
 pub const MAX_FUNCTION_NAME: usize = 40;
@@ -278,7 +278,7 @@ fn check_code(spec: &FunctionSpec, errors: &mut Vec<FieldError>) {
             ));
         }
     match spec.runtime {
-        Runtime::Python | Runtime::Node => {
+        Language::Python | Language::Node => {
             if spec.source.trim().is_empty() {
                 errors.push(FieldError::new("source", format!("source is required for a {} function", spec.runtime.as_str())));
             } else if spec.source.len() > MAX_SOURCE_BYTES {
@@ -294,7 +294,7 @@ fn check_code(spec: &FunctionSpec, errors: &mut Vec<FieldError>) {
                 errors.push(FieldError::new("service.port", "service.port is only for image functions; source functions listen on the bootstrap's port"));
             }
         }
-        Runtime::Image => {
+        Language::Image => {
             match &spec.image {
                 None => errors.push(FieldError::new("image", "image is required for a function with runtime \"image\"")),
                 Some(image) if !is_image_reference(image) => errors.push(FieldError::new(
@@ -318,8 +318,8 @@ fn check_code(spec: &FunctionSpec, errors: &mut Vec<FieldError>) {
         errors.push(FieldError::new("requirements", format!("requirements must be at most {} KiB", MAX_REQUIREMENTS_BYTES / 1024)));
     }
     let refused = match spec.runtime {
-        Runtime::Python => check_python_requirements(&spec.requirements),
-        Runtime::Node if !spec.requirements.trim().is_empty() => check_package_json(&spec.requirements),
+        Language::Python => check_python_requirements(&spec.requirements),
+        Language::Node if !spec.requirements.trim().is_empty() => check_package_json(&spec.requirements),
         _ => Ok(()),
     };
     if let Err(message) = refused {
@@ -493,7 +493,7 @@ mod tests {
     fn python(name: &str) -> FunctionSpec {
         FunctionSpec {
             name: name.into(),
-            runtime: Runtime::Python,
+            runtime: Language::Python,
             handler: Some("handle".into()),
             source: "def handle(req):\n    return req\n".into(),
             requirements: String::new(),
@@ -588,7 +588,7 @@ mod tests {
     #[test]
     fn image_functions_need_an_image_and_no_source() {
         let mut spec = python("img");
-        spec.runtime = Runtime::Image;
+        spec.runtime = Language::Image;
         assert_eq!(fields(&spec), vec!["image", "source"]);
         spec.source.clear();
         spec.image = Some("nginx:1.27".into());
@@ -651,7 +651,7 @@ mod tests {
     #[test]
     fn node_requirements_must_be_a_package_json_object() {
         let mut spec = python("f");
-        spec.runtime = Runtime::Node;
+        spec.runtime = Language::Node;
         spec.source = "module.exports = async () => 'hi'".into();
         spec.requirements = "express==4".into();
         assert_eq!(fields(&spec), vec!["requirements"]);

@@ -5,7 +5,7 @@ use super::instance_panel::InstancePanel;
 use super::triggers::TriggersCard;
 use super::{action_error, short_time, Confirm, ErrorNotice};
 use crate::api::functions::{get_function, RollbackFunction, UnregisterFunction};
-use crate::platform::model::{FunctionDetail, Runtime};
+use crate::platform::model::{FunctionDetail, Language};
 use leptos::prelude::*;
 use leptos_meta::Title;
 use leptos_router::components::A;
@@ -72,7 +72,7 @@ fn FunctionView(
                 <h2 id="spec-title">"Current version"</h2>
                 <dl class="facts">
                     <dt>"Handler"</dt><dd>{spec.handler.clone().unwrap_or_else(|| "detected at start".into())}</dd>
-                    {(spec.runtime == Runtime::Image).then(|| view! { <dt>"Image"</dt><dd><code>{spec.image.clone().unwrap_or_default()}</code></dd> })}
+                    {(spec.runtime == Language::Image).then(|| view! { <dt>"Image"</dt><dd><code>{spec.image.clone().unwrap_or_default()}</code></dd> })}
                     <dt>"Resources"</dt>
                     <dd>{format!("CPU {} (limit {}), memory {} (limit {})", spec.resources.cpu, spec.resources.cpu_limit, spec.resources.memory, spec.resources.memory_limit)}</dd>
                     <dt>"Scaling"</dt>

@@ -3,7 +3,7 @@
 use super::{action_error, ErrorNotice, FieldMessage};
 use crate::api::functions::{get_function, FunctionForm, SaveFunction};
 use crate::api::ApiError;
-use crate::platform::model::{InvokeAccess, Runtime, ServiceKind};
+use crate::platform::model::{InvokeAccess, Language, ServiceKind};
 use leptos::prelude::*;
 use leptos_meta::Title;
 use leptos_router::hooks::{use_navigate, use_params_map};
@@ -46,7 +46,7 @@ pub fn EditFunctionPage() -> impl IntoView {
 fn FunctionFormView(existing: String, initial: FunctionForm) -> impl IntoView {
     let save = ServerAction::<SaveFunction>::new();
     let error = action_error(save.value());
-    let runtime = RwSignal::new(Runtime::parse(&initial.runtime).unwrap_or_default());
+    let runtime = RwSignal::new(Language::parse(&initial.runtime).unwrap_or_default());
     let navigate = use_navigate();
     Effect::new(move |_| {
         if let Some(Ok(function)) = save.value().get() {
@@ -77,8 +77,8 @@ fn FunctionFormView(existing: String, initial: FunctionForm) -> impl IntoView {
                 <div class="field">
                     <label for="f-runtime">"Runtime"</label>
                     <select id="f-runtime" name="form[runtime]"
-                        on:change=move |ev| runtime.set(Runtime::parse(&event_target_value(&ev)).unwrap_or_default())>
-                        {Runtime::ALL.into_iter().map(|r| view! {
+                        on:change=move |ev| runtime.set(Language::parse(&event_target_value(&ev)).unwrap_or_default())>
+                        {Language::ALL.into_iter().map(|r| view! {
                             <option value=r.as_str() selected=r.as_str() == initial.runtime>{r.as_str()}</option>
                         }).collect_view()}
                     </select>
@@ -99,17 +99,17 @@ fn FunctionFormView(existing: String, initial: FunctionForm) -> impl IntoView {
                     <FieldMessage error field="visibility"/>
                 </div>
             </div>
-            <div class="field" class:hidden=move || runtime.get() != Runtime::Image>
+            <div class="field" class:hidden=move || runtime.get() != Language::Image>
                 <label for="f-image">"Image"</label>
                 <input id="f-image" name="form[image]" value=initial.image.clone() placeholder="registry.example.com/team/app:1.0" spellcheck="false"/>
                 <FieldMessage error field="image"/>
             </div>
-            <div class="field" class:hidden=move || runtime.get() == Runtime::Image>
+            <div class="field" class:hidden=move || runtime.get() == Language::Image>
                 <label for="f-source">"Source"</label>
                 <textarea id="f-source" name="form[source]" class="code" rows="14" spellcheck="false">{initial.source.clone()}</textarea>
                 <FieldMessage error field="source"/>
             </div>
-            <div class="field" class:hidden=move || runtime.get() == Runtime::Image>
+            <div class="field" class:hidden=move || runtime.get() == Language::Image>
                 <label for="f-requirements">"Dependencies"</label>
                 <textarea id="f-requirements" name="form[requirements]" class="code" rows="4" spellcheck="false"
                     placeholder="requirements.txt (Python) or package.json (Node)">{initial.requirements.clone()}</textarea>

@@ -2,7 +2,7 @@
 //! run the very same files: the local runtime writes them to its data directory, the kubernetes
 //! runtime puts them in each version's ConfigMap.
 
-use crate::platform::model::Runtime as Language;
+use crate::platform::model::Language;
 
 /// The path a bootstrap answers 200 on once the function is loaded (the readiness probe).
 pub const READY_PATH: &str = "/_/ready";

@@ -1,7 +1,7 @@
 //! Functions and their immutable, numbered versions.
 
 use super::{duplicate_or_query, Store, StoreError, StoreResult};
-use crate::platform::model::{FunctionSpec, Runtime, VersionInfo, Visibility};
+use crate::platform::model::{FunctionSpec, Language, VersionInfo, Visibility};
 use chrono::{DateTime, Utc};
 
 /// A function row joined with its owner's name.
@@ -17,8 +17,8 @@ pub struct FunctionRecord {
     pub owner: String,
     /// Who may see it.
     pub visibility: Visibility,
-    /// Runtime of the current version.
-    pub runtime: Runtime,
+    /// Language of the current version.
+    pub runtime: Language,
     /// The version deployments use.
     pub current_version: u32,
     /// The newest version.
@@ -52,7 +52,7 @@ impl From<FunctionRow> for FunctionRecord {
             owner: row.owner,
             // The CHECK constraint admits only known values; unknown ones fall back to the safe side.
             visibility: Visibility::parse(&row.visibility).unwrap_or(Visibility::Private),
-            runtime: Runtime::parse(&row.runtime).unwrap_or_default(),
+            runtime: Language::parse(&row.runtime).unwrap_or_default(),
             current_version: u32::try_from(row.current_version).unwrap_or(0),
             latest_version: u32::try_from(row.latest_version).unwrap_or(0),
             created_at: row.created_at,

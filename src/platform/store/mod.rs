@@ -179,7 +179,7 @@ mod tests {
         let user = old.insert_user("alice", "hash", crate::platform::model::Role::User).await.expect("user");
         let spec = crate::platform::model::FunctionSpec {
             name: "hello".into(),
-            runtime: crate::platform::model::Runtime::Python,
+            runtime: crate::platform::model::Language::Python,
             handler: None,
             source: "def handle(req):\n    return req\n".into(),
             requirements: String::new(),

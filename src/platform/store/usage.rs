@@ -138,7 +138,7 @@ async fn insert_sample(executor: impl sqlx::SqliteExecutor<'_>, instance_id: &st
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::platform::model::{FunctionSpec, Role, Runtime};
+    use crate::platform::model::{FunctionSpec, Role, Language};
 
     fn sample(at: DateTime<Utc>, cpu: f64, ready: u32) -> UsageSample {
         UsageSample {
@@ -162,7 +162,7 @@ mod tests {
         let store = Store::open(&format!("sqlite://{}", dir.path().join("kubefn.db").display())).await.expect("store");
         let user = store.insert_user("ann", "hash", Role::User).await.expect("user");
         let spec: FunctionSpec = serde_json::from_value(serde_json::json!({"name": "f", "runtime": "python", "source": "x"})).expect("spec");
-        assert_eq!(spec.runtime, Runtime::Python);
+        assert_eq!(spec.runtime, Language::Python);
         let function = store.insert_function(user.id, &spec).await.expect("function");
         let (instance, _) = store.upsert_instance(function.id, user.id, 1, 1, None).await.expect("instance");
 

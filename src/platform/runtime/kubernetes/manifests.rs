@@ -8,7 +8,7 @@
 //! re-applying the Deployment never undoes a scaling decision.
 
 use super::names;
-use crate::platform::model::{FunctionSpec, Runtime as Language, ServiceKind};
+use crate::platform::model::{FunctionSpec, Language, ServiceKind};
 use crate::platform::runtime::bootstrap::{self, Bootstrap, HEALTH_PATH, READY_PATH};
 use crate::platform::runtime::InstanceSpec;
 use crate::platform::validation::parse_memory_bytes;
@@ -651,7 +651,7 @@ mod tests {
         let inside = at("http://kubefn.kubefn-system.svc:3128");
         assert_eq!(inside["to"].as_array().map(Vec::len), Some(1), "a name is kubefn's namespace alone: {inside}");
     }
-    use crate::platform::model::{Runtime as Language, ServiceSpec};
+    use crate::platform::model::{Language, ServiceSpec};
 
     /// A fluent fixture: an instance of a function, changed field by field.
     struct Fixture(InstanceSpec);

@@ -1021,7 +1021,7 @@ mod tests {
     fn function(scaling: ScalingPolicy) -> FunctionSpec {
         FunctionSpec {
             name: "f".into(),
-            runtime: crate::platform::model::Runtime::Python,
+            runtime: crate::platform::model::Language::Python,
             handler: None,
             source: String::new(),
             requirements: String::new(),

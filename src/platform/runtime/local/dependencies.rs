@@ -16,7 +16,7 @@ use super::cgroups::Limits;
 use super::launch::Launcher;
 use super::logs::{LogBuffer, Stream};
 use super::sandbox::{inside, Bind, Confined, Network, Program};
-use crate::platform::model::Runtime;
+use crate::platform::model::Language;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -136,8 +136,8 @@ impl DependencyCache {
 
     /// The directory to put on the bootstrap's `KUBEFN_DEPS`, installing first if needed;
     /// `None` when nothing is declared or the runtime takes no dependencies.
-    pub async fn ensure(&self, runtime: Runtime, requirements: &str, logs: &LogBuffer) -> Result<Option<PathBuf>, DependencyError> {
-        if requirements.trim().is_empty() || runtime == Runtime::Image {
+    pub async fn ensure(&self, runtime: Language, requirements: &str, logs: &LogBuffer) -> Result<Option<PathBuf>, DependencyError> {
+        if requirements.trim().is_empty() || runtime == Language::Image {
             return Ok(None);
         }
         let key = cache_key(runtime, requirements);
@@ -180,29 +180,29 @@ impl DependencyCache {
 }
 
 /// `python-<hash>` / `node-<hash>`: the same text installs once, whichever function declares it.
-fn cache_key(runtime: Runtime, requirements: &str) -> String {
+fn cache_key(runtime: Language, requirements: &str) -> String {
     let digest = Sha256::digest(format!("{}\0{requirements}", runtime.as_str()).as_bytes());
     let hex: String = digest.iter().take(12).map(|b| format!("{b:02x}")).collect();
     format!("{}-{hex}", runtime.as_str())
 }
 
-fn deps_dir(runtime: Runtime, dir: &Path) -> PathBuf {
+fn deps_dir(runtime: Language, dir: &Path) -> PathBuf {
     match runtime {
-        Runtime::Node => dir.join("node_modules"),
-        Runtime::Python | Runtime::Image => dir.to_path_buf(),
+        Language::Node => dir.join("node_modules"),
+        Language::Python | Language::Image => dir.to_path_buf(),
     }
 }
 
 impl DependencyCache {
     /// Runs the installer in the sandbox, writing into `scratch` only.
-    async fn install(&self, runtime: Runtime, requirements: &str, scratch: &Path, logs: &LogBuffer) -> Result<(), DependencyError> {
+    async fn install(&self, runtime: Language, requirements: &str, scratch: &Path, logs: &LogBuffer) -> Result<(), DependencyError> {
         let started_at = chrono::Utc::now();
         let settings = &self.settings;
         let isolation = self.launcher.isolation();
         let target = Bind::writable(scratch, inside::INSTALL);
         let seen = isolation.path(&target);
         let (program, args, display): (&Path, Vec<String>, &str) = match runtime {
-            Runtime::Python => {
+            Language::Python => {
                 write_file(&scratch.join("requirements.txt"), requirements).await?;
                 let args = ["-m", "pip", "install", "--disable-pip-version-check", "--no-input", "--no-cache-dir", "--target"]
                     .map(String::from)
@@ -211,7 +211,7 @@ impl DependencyCache {
                     .collect();
                 (&settings.python, args, "pip")
             }
-            Runtime::Node => {
+            Language::Node => {
                 write_file(&scratch.join("package.json"), requirements).await?;
                 // No package's install scripts run: dependencies are files, not programs.
                 let args = ["install", "--omit=dev", "--ignore-scripts", "--no-audit", "--no-fund", "--no-package-lock", "--cache"]
@@ -221,7 +221,7 @@ impl DependencyCache {
                     .collect();
                 (&settings.npm, args, "npm")
             }
-            Runtime::Image => return Ok(()),
+            Language::Image => return Ok(()),
         };
         let cache_error = |source| DependencyError::Cache { path: scratch.to_path_buf(), source };
         let scratch_tmp = scratch.join(".tmp");
@@ -321,12 +321,12 @@ mod tests {
         let requirements = "kubefngreet==1.0\n";
         let logs = LogBuffer::new(1000);
 
-        let installed = cache.ensure(Runtime::Python, requirements, &logs).await.expect("install").expect("a directory");
+        let installed = cache.ensure(Language::Python, requirements, &logs).await.expect("install").expect("a directory");
         assert!(installed.join("kubefngreet/__init__.py").exists());
         assert!(logs.snapshot().iter().any(|l| l.replica == INSTALL_TAG && l.text.contains("Successfully installed kubefngreet-1.0")), "{:?}", logs.snapshot());
 
         // Twice at once and once more: one directory, reused.
-        let (a, b) = tokio::join!(cache.ensure(Runtime::Python, requirements, &logs), cache.ensure(Runtime::Python, requirements, &logs));
+        let (a, b) = tokio::join!(cache.ensure(Language::Python, requirements, &logs), cache.ensure(Language::Python, requirements, &logs));
         assert_eq!(a.expect("a"), Some(installed.clone()));
         assert_eq!(b.expect("b"), Some(installed.clone()));
         let reused = logs.snapshot().iter().filter(|l| l.text.contains("already installed")).count();
@@ -355,7 +355,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp");
         let cache = cache(dir.path(), vec![("PIP_NO_INDEX".into(), "1".into())], Vec::new());
         let logs = LogBuffer::new(1000);
-        let error = cache.ensure(Runtime::Python, "surely-not-a-real-package-kubefn==9.9\n", &logs).await.expect_err("fails");
+        let error = cache.ensure(Language::Python, "surely-not-a-real-package-kubefn==9.9\n", &logs).await.expect_err("fails");
         let message = error.to_string();
         assert!(message.contains("installing the python dependencies failed"), "{message}");
         assert!(message.contains("surely-not-a-real-package-kubefn"), "{message}");
@@ -377,7 +377,7 @@ mod tests {
         let mut cache = cache(dir.path(), vec![("PIP_INDEX_URL".into(), index), ("PIP_TIMEOUT".into(), "60".into())], Vec::new());
         Arc::make_mut(&mut cache.settings).timeout = Duration::from_secs(3);
         let started = std::time::Instant::now();
-        let error = cache.ensure(Runtime::Python, "requests==2.32.3\n", &LogBuffer::new(100)).await.expect_err("stopped");
+        let error = cache.ensure(Language::Python, "requests==2.32.3\n", &LogBuffer::new(100)).await.expect_err("stopped");
         assert!(matches!(error, DependencyError::Timeout { seconds: 3, .. }), "{error}");
         assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
         drop(silent);
@@ -422,7 +422,7 @@ mod tests {
         let (mut registry, url) = npm_registry(dir.path());
         let cache = cache(dir.path(), vec![("npm_config_registry".into(), url)], Vec::new());
         let logs = LogBuffer::new(100);
-        let installed = cache.ensure(Runtime::Node, r#"{"dependencies": {"greeting-lib": "1.0.0"}}"#, &logs).await;
+        let installed = cache.ensure(Language::Node, r#"{"dependencies": {"greeting-lib": "1.0.0"}}"#, &logs).await;
         let _ = registry.kill();
         let installed = installed.unwrap_or_else(|e| panic!("install: {e}: {:?}", logs.snapshot())).expect("dir");
         assert!(installed.ends_with("node_modules"));
@@ -438,16 +438,16 @@ mod tests {
     async fn nothing_declared_means_nothing_installed() {
         let dir = tempfile::tempdir().expect("temp");
         let cache = cache(dir.path(), Vec::new(), Vec::new());
-        assert_eq!(cache.ensure(Runtime::Python, "  \n", &LogBuffer::new(10)).await.expect("ok"), None);
+        assert_eq!(cache.ensure(Language::Python, "  \n", &LogBuffer::new(10)).await.expect("ok"), None);
         assert!(!dir.path().join("cache").exists());
     }
 
     #[test]
     fn keys_depend_on_runtime_and_content() {
-        assert_eq!(cache_key(Runtime::Python, "a"), cache_key(Runtime::Python, "a"));
-        assert_ne!(cache_key(Runtime::Python, "a"), cache_key(Runtime::Python, "b"));
-        assert_ne!(cache_key(Runtime::Python, "a"), cache_key(Runtime::Node, "a"));
-        assert!(cache_key(Runtime::Node, "x").starts_with("node-"));
+        assert_eq!(cache_key(Language::Python, "a"), cache_key(Language::Python, "a"));
+        assert_ne!(cache_key(Language::Python, "a"), cache_key(Language::Python, "b"));
+        assert_ne!(cache_key(Language::Python, "a"), cache_key(Language::Node, "a"));
+        assert!(cache_key(Language::Node, "x").starts_with("node-"));
     }
 
     /// Just enough of the zip format (stored, no compression) to write a wheel.

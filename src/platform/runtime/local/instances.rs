@@ -17,7 +17,7 @@ use super::usage::{read_group, CpuMeter};
 use super::warm_pool::{PoolConfig, Specialization, WarmPool};
 use crate::platform::autoscale::{Autoscaler, AutoscalerConfig, AutoscalerStatus, MetricKind, MetricSample};
 use crate::platform::model::ScalingPolicy;
-use crate::platform::model::{EventInfo, FunctionSpec, HealthCheck, InstanceState, LogEntry, ReplicaInfo, Runtime as Language};
+use crate::platform::model::{EventInfo, FunctionSpec, HealthCheck, InstanceState, LogEntry, ReplicaInfo, Language};
 use crate::platform::runtime::bootstrap;
 use crate::platform::runtime::forwarding::{ForwardingPort, Traffic, UnixDial};
 use crate::platform::runtime::{InstanceSpec, LogStream, ReplicaUsage, Runtime, RuntimeError, RuntimeStatus};

@@ -9,7 +9,7 @@ use super::launch::{self, Launcher, Process};
 use super::logs::{LogBuffer, Stream};
 use super::sandbox::{Bind, Program};
 use super::warm_pool::{Specialization, WarmPool};
-use crate::platform::model::Runtime as Language;
+use crate::platform::model::Language;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};

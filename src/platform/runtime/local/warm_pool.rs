@@ -13,7 +13,7 @@ use super::launch::{self, Launcher, Process};
 use super::logs::{LogBuffer, Stream};
 use super::sandbox::{inside, Bind, Program};
 use super::supervisor::WarmStart;
-use crate::platform::model::Runtime as Language;
+use crate::platform::model::Language;
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
