@@ -10,7 +10,7 @@ use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::wait::await_condition;
 use kubefn::platform::model::{FunctionSpec, InstanceState};
 use kubefn::platform::runtime::kubernetes::{client, KubernetesConfig, KubernetesRuntime};
-use kubefn::platform::runtime::{InstanceSpec, Runtime};
+use kubefn::platform::runtime::{ApplyMode, InstanceSpec, Runtime};
 use std::time::{Duration, Instant};
 use test_cluster::TestCluster;
 use figures::{figure, report};
@@ -73,7 +73,7 @@ async fn main() {
         let id = uuid::Uuid::new_v4().to_string();
         let instance = InstanceSpec { id: id.clone(), function: spec.name.clone(), user: "bench".into(), version: 1, spec: spec.clone(), replicas: 1, paused: false, node_port: None, user_quota: None };
         let started = Instant::now();
-        runtime.apply(instance).await.expect("apply");
+        runtime.apply(instance, ApplyMode::Reconcile).await.expect("apply");
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = runtime.status(&id)

@@ -7,7 +7,7 @@
 
 use kubefn::platform::model::{FunctionSpec, InstanceState, Language, ScalingPolicy};
 use kubefn::platform::runtime::local::{LocalConfig, LocalRuntime};
-use kubefn::platform::runtime::{InstanceSpec, Runtime};
+use kubefn::platform::runtime::{ApplyMode, InstanceSpec, Runtime};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -77,7 +77,7 @@ async fn deploy_to_answer(runtime: &LocalRuntime, language: Language) -> Vec<Dur
     for round in 0..ROUNDS {
         let id = format!("deploy-{}-{round}", language.as_str());
         let started = Instant::now();
-        runtime.apply(instance(id.clone(), hello(language, None))).await.expect("apply");
+        runtime.apply(instance(id.clone(), hello(language, None)), ApplyMode::Reconcile).await.expect("apply");
         let address = until_ready(runtime, &id).await;
         first_byte(address).await.expect("answer");
         samples.push(started.elapsed());
@@ -91,7 +91,7 @@ async fn deploy_to_answer(runtime: &LocalRuntime, language: Language) -> Vec<Dur
 /// Scale from zero to the first byte: the instance idles to zero, then one request.
 async fn cold_starts(runtime: &LocalRuntime, language: Language, label: &str) -> Vec<Duration> {
     let id = format!("cold-{}-{label}", language.as_str());
-    runtime.apply(instance(id.clone(), hello(language, Some(1)))).await.expect("apply");
+    runtime.apply(instance(id.clone(), hello(language, Some(1))), ApplyMode::Reconcile).await.expect("apply");
     let address = until_ready(runtime, &id).await;
     let mut samples = Vec::new();
     for _ in 0..ROUNDS {
@@ -113,7 +113,7 @@ async fn cold_starts(runtime: &LocalRuntime, language: Language, label: &str) ->
 /// The baseline: a request to a replica that is already running.
 async fn warm_requests(runtime: &LocalRuntime, language: Language) -> Vec<Duration> {
     let id = format!("hot-{}", language.as_str());
-    runtime.apply(instance(id.clone(), hello(language, None))).await.expect("apply");
+    runtime.apply(instance(id.clone(), hello(language, None)), ApplyMode::Reconcile).await.expect("apply");
     let address = until_ready(runtime, &id).await;
     let mut samples = Vec::new();
     for _ in 0..ROUNDS * 4 {

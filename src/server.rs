@@ -263,20 +263,15 @@ pub enum StartError {
     Serve(#[source] std::io::Error),
 }
 
-/// The runtime the server started, to stop when it exits.
-enum StartedRuntime {
-    Local(LocalRuntime),
-    /// With the package egress it serves, if any.
-    Kubernetes(KubernetesRuntime, Option<PackageEgress>),
-}
-
 /// The built server: its router and the runtime to stop when it exits.
 pub struct Server {
     /// The UI, server functions, REST API and health endpoints.
     pub router: Router,
     /// The platform behind the router (tests drive the trigger clock through it).
     pub platform: Platform,
-    runtime: StartedRuntime,
+    runtime: Arc<dyn Runtime>,
+    /// The Kubernetes runtime's package egress, when kubefn serves one.
+    egress: Option<PackageEgress>,
     reconciler: tokio::task::JoinHandle<()>,
     scheduler: Option<tokio::task::JoinHandle<()>>,
     async_worker: tokio::task::JoinHandle<()>,
@@ -291,13 +286,8 @@ impl Server {
             scheduler.abort();
         }
         self.async_worker.abort();
-        match self.runtime {
-            StartedRuntime::Local(local) => local.shutdown().await,
-            StartedRuntime::Kubernetes(kubernetes, egress) => {
-                drop(egress);
-                kubernetes.shutdown().await
-            }
-        }
+        drop(self.egress);
+        self.runtime.shutdown().await;
     }
 }
 
@@ -334,7 +324,7 @@ pub async fn build_app(config: &Config, mut leptos_options: LeptosOptions) -> Re
     // The database, the session store and every instance's files and logs live here: kubefn's
     // alone (function code runs as another user, and sees none of it anyway).
     std::fs::set_permissions(&config.data_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).map_err(data_dir_error)?;
-    let (runtime, shared): (StartedRuntime, Arc<dyn Runtime>) = match config.runtime {
+    let (runtime, egress): (Arc<dyn Runtime>, Option<PackageEgress>) = match config.runtime {
         RuntimeKind::Local => {
             let mut local = LocalConfig::new(config.data_dir.join("runtime"));
             local.node_host = config.node_host;
@@ -346,7 +336,7 @@ pub async fn build_app(config: &Config, mut leptos_options: LeptosOptions) -> Re
             local.autoscaler.sync_period = Duration::from_secs(config.autoscale_sync_seconds);
             local.autoscaler.scale_down_stabilization = Duration::from_secs(config.scale_down_stabilization_seconds);
             let local = LocalRuntime::new(local).map_err(|source| StartError::Runtime { runtime: "local", source })?;
-            (StartedRuntime::Local(local.clone()), Arc::new(local))
+            (Arc::new(local), None)
         }
         RuntimeKind::Kubernetes => {
             let kubernetes_config = kubernetes_config(config)?;
@@ -358,12 +348,12 @@ pub async fn build_app(config: &Config, mut leptos_options: LeptosOptions) -> Re
                 None => None,
             };
             let kubernetes = KubernetesRuntime::connect(kubernetes_config).await.map_err(StartError::Kubernetes)?;
-            (StartedRuntime::Kubernetes(kubernetes.clone(), egress), Arc::new(kubernetes))
+            (Arc::new(kubernetes), egress)
         }
     };
     let outbound = OutboundPolicy::new(config.outbound_allow.clone(), Some(config.listen));
     let spool = AsyncSpool::open(config.data_dir.join("async-bodies")).map_err(StartError::Spool)?;
-    let platform = Platform::open(&config.database_url(), spool, config.signup, shared, outbound).await.map_err(StartError::Store)?;
+    let platform = Platform::open(&config.database_url(), spool, config.signup, runtime.clone(), outbound).await.map_err(StartError::Store)?;
     if let Some(admin) = &config.admin {
         let (name, password) = admin.split_once(':').ok_or(StartError::AdminFormat)?;
         platform.accounts.ensure_admin(name, password).await.map_err(StartError::Admin)?;
@@ -403,7 +393,7 @@ pub async fn build_app(config: &Config, mut leptos_options: LeptosOptions) -> Re
         // Outside the session layer: a forged write is refused before its session is loaded.
         .layer(axum::middleware::from_fn(origin::refuse_cross_origin_writes))
         .layer(TraceLayer::new_for_http());
-    Ok(Server { router: app, platform, runtime, reconciler, scheduler, async_worker })
+    Ok(Server { router: app, platform, runtime, egress, reconciler, scheduler, async_worker })
 }
 
 /// Serves until Ctrl-C or SIGTERM.

@@ -20,7 +20,7 @@ use kube::Client;
 use kubefn::platform::autoscale::MetricKind;
 use kubefn::platform::model::{FunctionSpec, InstanceState, Language, ScalingPolicy};
 use kubefn::platform::runtime::kubernetes::{access, client, names, KubernetesConfig, KubernetesRuntime, NetworkIsolation, PackageAccess, PodSettings};
-use kubefn::platform::runtime::{InstanceSpec, Runtime, RuntimeStatus};
+use kubefn::platform::runtime::{ApplyMode, InstanceSpec, Runtime, RuntimeStatus};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use support::call;
@@ -173,7 +173,7 @@ async fn an_instance_deploys_updates_under_load_rolls_back_scales_pauses_and_is_
     let spec = instance(&v1, "alice", 1);
     let id = spec.id.clone();
     let deployed = Instant::now();
-    runtime.apply(spec.clone()).await.expect("apply");
+    runtime.apply(spec.clone(), ApplyMode::Reconcile).await.expect("apply");
     let ready = until(&runtime, &id, "v1 Ready", |s| s.state == InstanceState::Ready && s.ready == 1).await;
     eprintln!("pod Ready {} ms after apply", deployed.elapsed().as_millis());
     assert_eq!(ready.serving_version, Some(1));
@@ -227,7 +227,7 @@ async fn an_instance_deploys_updates_under_load_rolls_back_scales_pauses_and_is_
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
     let v2 = python("life", "def handle(req):\n    return 'v2 ' + req\n");
-    runtime.apply(InstanceSpec { version: 2, spec: v2, ..spec.clone() }).await.expect("update");
+    runtime.apply(InstanceSpec { version: 2, spec: v2, ..spec.clone() }, ApplyMode::Reconcile).await.expect("update");
     let updated = until(&runtime, &id, "v2 rolled out", |s| {
         s.state == InstanceState::Ready && s.serving_version == Some(2) && s.replicas.iter().all(|r| r.version == 2)
     })
@@ -242,20 +242,20 @@ async fn an_instance_deploys_updates_under_load_rolls_back_scales_pauses_and_is_
     assert!(updated.events.iter().any(|e| e.reason == "ScalingReplicaSet"), "the rollout's events show: {:#?}", updated.events);
 
     // Rollback to v1.
-    runtime.apply(spec.clone()).await.expect("rollback");
+    runtime.apply(spec.clone(), ApplyMode::Reconcile).await.expect("rollback");
     until(&runtime, &id, "rolled back to v1", |s| s.state == InstanceState::Ready && s.serving_version == Some(1) && s.replicas.iter().all(|r| r.version == 1)).await;
     assert_eq!(invoke(node_port, "back").await, "v1 back");
 
     // Scale to 3: the Service spreads connections over them.
-    runtime.scale(&id, 3).await.expect("scale");
+    runtime.apply(InstanceSpec { replicas: 3, ..spec.clone() }, ApplyMode::SetReplicas).await.expect("scale");
     let scaled = until(&runtime, &id, "3 replicas ready", |s| s.state == InstanceState::Ready && s.ready == 3 && s.desired == 3).await;
     assert_eq!(scaled.replicas.iter().filter(|r| r.state == "Ready").count(), 3);
     assert_eq!(invoke(node_port, "three").await, "v1 three");
 
     // Pause: no pods; resume: 3 again, answering.
-    runtime.pause(&id).await.expect("pause");
+    runtime.apply(InstanceSpec { replicas: 3, paused: true, ..spec.clone() }, ApplyMode::Reconcile).await.expect("pause");
     until(&runtime, &id, "paused with no pods", |s| s.state == InstanceState::Paused && s.replicas.is_empty()).await;
-    runtime.resume(&id).await.expect("resume");
+    runtime.apply(InstanceSpec { replicas: 3, ..spec.clone() }, ApplyMode::Reconcile).await.expect("resume");
     until(&runtime, &id, "resumed with 3 ready", |s| s.state == InstanceState::Ready && s.ready == 3).await;
     assert_eq!(invoke(node_port, "resumed").await, "v1 resumed");
     assert!(runtime.instance_ids().contains(&id));
@@ -280,7 +280,7 @@ async fn autoscaled_instances_get_a_valid_hpa_that_pause_suspends() {
     function.scaling = ScalingPolicy { min: 2, max: 5, target_cpu_percent: Some(60), target_memory_percent: Some(80), ..ScalingPolicy::default() };
     let spec = instance(&function, "alice", 1);
     let id = spec.id.clone();
-    runtime.apply(spec.clone()).await.expect("apply");
+    runtime.apply(spec.clone(), ApplyMode::Reconcile).await.expect("apply");
     until(&runtime, &id, "2 replicas (the HPA's min)", |s| s.state == InstanceState::Ready && s.ready == 2).await;
     let hpa = Api::<HorizontalPodAutoscaler>::namespaced(admin.clone(), NAMESPACE).get("hpa-alice").await.expect("the HPA exists");
     let hpa_spec = hpa.spec;
@@ -289,17 +289,17 @@ async fn autoscaled_instances_get_a_valid_hpa_that_pause_suspends() {
     let metrics: Vec<String> = hpa_spec.metrics.expect("metrics").iter().filter_map(|m| m.resource.as_ref().map(|r| r.name.clone())).collect();
     assert_eq!(metrics, ["cpu", "memory"]);
 
-    runtime.pause(&id).await.expect("pause");
+    runtime.apply(InstanceSpec { paused: true, ..spec.clone() }, ApplyMode::Reconcile).await.expect("pause");
     until(&runtime, &id, "paused", |s| s.state == InstanceState::Paused && s.replicas.is_empty()).await;
     Api::<HorizontalPodAutoscaler>::namespaced(admin.clone(), NAMESPACE).get("hpa-alice").await.expect("the HPA stays, suspended by zero replicas");
-    runtime.resume(&id).await.expect("resume");
+    runtime.apply(spec.clone(), ApplyMode::Reconcile).await.expect("resume");
     until(&runtime, &id, "resumed at min", |s| s.state == InstanceState::Ready && s.ready == 2).await;
 
     // Autoscaling off: the HPA goes, the count is the instance's.
     let mut fixed = function.clone();
     fixed.scaling.target_cpu_percent = None;
     fixed.scaling.target_memory_percent = None;
-    runtime.apply(InstanceSpec { version: 2, spec: fixed, replicas: 1, ..spec }).await.expect("apply without autoscaling");
+    runtime.apply(InstanceSpec { version: 2, spec: fixed, replicas: 1, ..spec }, ApplyMode::Reconcile).await.expect("apply without autoscaling");
     until(&runtime, &id, "one replica of v2", |s| s.state == InstanceState::Ready && s.ready == 1 && s.serving_version == Some(2)).await;
     assert!(Api::<HorizontalPodAutoscaler>::namespaced(admin.clone(), NAMESPACE).get_opt("hpa-alice").await.expect("get").is_none());
     runtime.delete(&id).await.expect("delete");
@@ -333,7 +333,7 @@ async fn the_hpa_scales_out_on_real_cpu_and_back_and_usage_comes_from_metrics_se
     function.scaling = ScalingPolicy { min: 1, max: 3, target_cpu_percent: Some(50), ..ScalingPolicy::default() };
     let spec = instance(&function, "alice", 1);
     let id = spec.id.clone();
-    runtime.apply(spec).await.expect("apply");
+    runtime.apply(spec, ApplyMode::Reconcile).await.expect("apply");
     let ready = until(&runtime, &id, "1 replica (the HPA's min)", |s| s.state == InstanceState::Ready && s.ready == 1).await;
     assert!(!ready.limits.contains("usage not available"), "{}", ready.limits);
     let pod = ready.replicas[0].name.clone();
@@ -410,7 +410,7 @@ async fn python_node_and_image_functions_answer_through_the_port_forward_and_the
     let image = FunctionSpec { runtime: Language::Image, image: Some(test_cluster::ECHO_IMAGE.into()), source: String::new(), ..python("pf-image", "") };
     let specs: Vec<InstanceSpec> = [&py, &js, &image].into_iter().map(|f| instance(f, "alice", 1)).collect();
     for spec in &specs {
-        runtime.apply(spec.clone()).await.expect("apply");
+        runtime.apply(spec.clone(), ApplyMode::Reconcile).await.expect("apply");
     }
     for (spec, (got, answer)) in specs.iter().zip([("python got", "from python: "), ("node got", "from node: "), ("", "echo POST / ")]) {
         let status = until(&runtime, &spec.id, "Ready", |s| s.state == InstanceState::Ready && s.ready == 1).await;
@@ -477,7 +477,7 @@ async fn dependencies_install_in_the_pod_through_the_package_egress() {
     };
     let specs = [instance(&py, "alice", 1), instance(&js, "alice", 1)];
     for spec in &specs {
-        runtime.apply(spec.clone()).await.expect("apply");
+        runtime.apply(spec.clone(), ApplyMode::Reconcile).await.expect("apply");
     }
     for (spec, expected) in specs.iter().zip(["six 1.16.0", "is-number says true"]) {
         let status = until(&runtime, &spec.id, "Ready with its dependencies", |s| s.state == InstanceState::Ready || s.state == InstanceState::Failed).await;
@@ -500,11 +500,11 @@ async fn an_idle_instance_goes_to_zero_and_a_connection_wakes_it() {
     function.scaling = ScalingPolicy { min: 0, max: 1, target_cpu_percent: None, scale_to_zero_after_s: Some(1), ..ScalingPolicy::default() };
     let spec = instance(&function, "alice", 1);
     let id = spec.id.clone();
-    runtime.apply(spec.clone()).await.expect("apply");
+    runtime.apply(spec.clone(), ApplyMode::Reconcile).await.expect("apply");
     let zero = until(&runtime, &id, "scaled to zero after 1 s idle", |s| s.desired == 0 && s.replicas.is_empty() && s.state == InstanceState::Ready).await;
     assert_eq!((zero.state, zero.message.as_str()), (InstanceState::Ready, "scaled to zero"));
     // The reconcile loop's next apply (with the stored count, 1) keeps it at zero.
-    runtime.apply(spec.clone()).await.expect("re-apply");
+    runtime.apply(spec.clone(), ApplyMode::Reconcile).await.expect("re-apply");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(runtime.status(&id).expect("status").desired, 0);
     // A connection arrives: it is held while the instance wakes, then answered by the new pod.
@@ -528,7 +528,7 @@ async fn a_function_or_a_user_is_deleted_by_label_and_nothing_is_left() {
     let b = instance(&shared, "dave", 1);
     let c = instance(&other, "carol", 1);
     for spec in [&a, &b, &c] {
-        runtime.apply(spec.clone()).await.expect("apply");
+        runtime.apply(spec.clone(), ApplyMode::Reconcile).await.expect("apply");
     }
     for spec in [&a, &b, &c] {
         until(&runtime, &spec.id, "Ready", |s| s.state == InstanceState::Ready).await;
@@ -549,7 +549,7 @@ async fn a_replica_no_node_can_take_waits_with_the_reason_in_plain_words() {
     function.resources.cpu_limit = "64".into();
     let spec = instance(&function, "alice", 1);
     let id = spec.id.clone();
-    runtime.apply(spec).await.expect("apply");
+    runtime.apply(spec, ApplyMode::Reconcile).await.expect("apply");
     let status = until(&runtime, &id, "unschedulable", |s| s.events.iter().any(|e| e.reason == "FailedScheduling")).await;
     assert_eq!(status.state, InstanceState::Deploying);
     assert!(status.message.starts_with("waiting for a node"), "{}", status.message);
@@ -569,7 +569,7 @@ async fn placement_sends_pods_to_the_chosen_nodes_and_an_untolerated_taint_keeps
     let mut function = python("placed", "def handle(req):\n    return 'x'\n");
     function.scaling = ScalingPolicy { min: 4, max: 4, target_cpu_percent: None, ..ScalingPolicy::default() };
     let spec = InstanceSpec { replicas: 4, ..instance(&function, "alice", 1) };
-    runtime.apply(spec.clone()).await.expect("apply");
+    runtime.apply(spec.clone(), ApplyMode::Reconcile).await.expect("apply");
     until(&runtime, &spec.id, "4 replicas on kwok's nodes", |s| s.state == InstanceState::Ready && s.ready == 4).await;
     let admin = admin().await;
     let pods = Api::<Pod>::namespaced(admin.clone(), NAMESPACE).list(&ListParams::default().labels(&names::instance_selector_text(&spec.id))).await.expect("pods");
@@ -583,7 +583,7 @@ async fn placement_sends_pods_to_the_chosen_nodes_and_an_untolerated_taint_keeps
     untolerated.pods.placement.tolerations.clear();
     let runtime = KubernetesRuntime::connect(untolerated).await.expect("connect");
     let spec = instance(&function, "bob", 1);
-    runtime.apply(spec.clone()).await.expect("apply");
+    runtime.apply(spec.clone(), ApplyMode::Reconcile).await.expect("apply");
     let status = until(&runtime, &spec.id, "unschedulable", |s| s.events.iter().any(|e| e.reason == "FailedScheduling")).await;
     let event = status.events.iter().find(|e| e.reason == "FailedScheduling").expect("event");
     assert!(event.message.contains("untolerated taint"), "{}", event.message);
@@ -601,7 +601,7 @@ async fn the_gateway_never_proxies_to_an_external_name_service() {
     function.service.kind = kubefn::platform::model::ServiceKind::ExternalName;
     function.service.external_name = Some("metadata.google.internal".into());
     let spec = instance(&function, "mallory", 1);
-    runtime.apply(spec.clone()).await.expect("apply");
+    runtime.apply(spec.clone(), ApplyMode::Reconcile).await.expect("apply");
     let admin = admin().await;
     let service = Api::<Service>::namespaced(admin, NAMESPACE).get("alias-mallory").await.expect("the Service exists");
     assert_eq!(service.spec.expect("spec").external_name.as_deref(), Some("metadata.google.internal"));
@@ -624,7 +624,7 @@ async fn names_that_join_alike_stay_apart_and_nothing_is_adopted() {
     let mallory = instance(&python("image", "def handle(req):\n    return 'resize-bob'\n"), "resize-bob", 1);
     let bob = instance(&python("image-resize", "def handle(req):\n    return 'bob'\n"), "bob", 1);
     for spec in [&mallory, &bob] {
-        runtime.apply(spec.clone()).await.expect("apply");
+        runtime.apply(spec.clone(), ApplyMode::Reconcile).await.expect("apply");
     }
     for (spec, own) in [(&mallory, "resize-bob"), (&bob, "bob")] {
         let status = until(&runtime, &spec.id, "Ready", |s| s.state == InstanceState::Ready && s.ready == 1).await;
@@ -652,7 +652,7 @@ async fn names_that_join_alike_stay_apart_and_nothing_is_adopted() {
     // A ConfigMap of the name an instance would use, made by someone else: not adopted.
     cluster().kubectl(&["-n", NAMESPACE, "create", "configmap", "taken-carol-v1", "--from-literal=function.py=def handle(req): return 'not yours'"], None);
     let carol = instance(&python("taken", "def handle(req):\n    return 'carol'\n"), "carol", 1);
-    let refused = runtime.apply(carol.clone()).await.expect_err("the ConfigMap is someone else's");
+    let refused = runtime.apply(carol.clone(), ApplyMode::Reconcile).await.expect_err("the ConfigMap is someone else's");
     let text = kubefn::platform::error_chain(&refused);
     assert!(text.contains("ConfigMap kubefn-functions/taken-carol-v1 belongs to another instance"), "{text}");
     cluster().kubectl(&["-n", NAMESPACE, "delete", "configmap", "taken-carol-v1"], None);
@@ -753,7 +753,7 @@ async fn function_pods_may_be_reached_only_by_kubefn_and_reach_only_public_addre
     let mallory = instance(&probe, "mallory", 1);
     let bob = instance(&python("np-target", "def handle(req):\n    return 'bob'\n"), "bob", 1);
     for spec in [&mallory, &bob] {
-        runtime.apply(spec.clone()).await.expect("apply");
+        runtime.apply(spec.clone(), ApplyMode::Reconcile).await.expect("apply");
     }
     let probe = until(&runtime, &mallory.id, "Ready", |s| s.state == InstanceState::Ready && s.ready == 1).await.port_forward.expect("port-forward");
     let target_pod = until(&runtime, &bob.id, "Ready", |s| s.state == InstanceState::Ready && s.ready == 1).await.replicas[0].name.clone();
@@ -794,7 +794,7 @@ async fn per_user_namespaces_are_created_labelled_and_a_quota_failure_is_explain
     let _ = cluster().kubectl(&["delete", "quota", "no-pods", "-n", "kfn-test-erin", "--ignore-not-found"], None);
     let function = python("quota", "def handle(req):\n    return 'x'\n");
     let spec = instance(&function, "erin", 1);
-    runtime.apply(spec.clone()).await.expect("apply in erin's namespace");
+    runtime.apply(spec.clone(), ApplyMode::Reconcile).await.expect("apply in erin's namespace");
     until(&runtime, &spec.id, "Ready in kfn-test-erin", |s| s.state == InstanceState::Ready).await;
     let namespace = Api::<k8s_openapi::api::core::v1::Namespace>::all(admin.clone()).get("kfn-test-erin").await.expect("namespace");
     let labels = namespace.metadata.labels.expect("labels");
@@ -807,7 +807,7 @@ async fn per_user_namespaces_are_created_labelled_and_a_quota_failure_is_explain
     // A quota that allows no more pods: the next version cannot create its replica.
     cluster().kubectl(&["create", "quota", "no-pods", "-n", "kfn-test-erin", "--hard=pods=1"], None);
     let v2 = python("quota", "def handle(req):\n    return 'v2'\n");
-    runtime.apply(InstanceSpec { version: 2, spec: v2, ..spec.clone() }).await.expect("apply v2");
+    runtime.apply(InstanceSpec { version: 2, spec: v2, ..spec.clone() }, ApplyMode::Reconcile).await.expect("apply v2");
     let failed = until(&runtime, &spec.id, "quota failure", |s| s.state == InstanceState::Failed).await;
     assert!(failed.message.contains("quota is used up"), "{}", failed.message);
     assert!(failed.message.ends_with("version 1 keeps serving"), "{}", failed.message);
@@ -841,7 +841,7 @@ async fn per_user_namespaces_get_their_rights_by_role_binding_and_a_quota_of_the
     runtime.delete_matching(&names::function_selector_text("scoped")).await.expect("clean up an earlier run");
     let quota = kubefn::platform::model::Quota { replicas: 3, cpu_millicores: 1500, memory_bytes: 1 << 30, instances: 2, ..kubefn::platform::model::Quota::DEFAULT };
     let spec = InstanceSpec { user_quota: Some(quota), ..instance(&python("scoped", "def handle(req):\n    return 'scoped'\n"), "ivy", 1) };
-    runtime.apply(spec.clone()).await.expect("apply in ivy's namespace, through the binding kubefn makes there");
+    runtime.apply(spec.clone(), ApplyMode::Reconcile).await.expect("apply in ivy's namespace, through the binding kubefn makes there");
     until(&runtime, &spec.id, "Ready in kfn-rbac-ivy", |s| s.state == InstanceState::Ready).await;
 
     let namespace = "kfn-rbac-ivy";

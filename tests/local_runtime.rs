@@ -7,7 +7,7 @@ use kubefn::platform::autoscale::AutoscalerConfig;
 use kubefn::platform::model::{FunctionSpec, InstanceState, Language, ScalingPolicy};
 use kubefn::platform::runtime::local::supervisor::RestartPolicy;
 use kubefn::platform::runtime::local::{LocalConfig, LocalRuntime};
-use kubefn::platform::runtime::{InstanceSpec, Runtime, RuntimeStatus};
+use kubefn::platform::runtime::{ApplyMode, InstanceSpec, Runtime, RuntimeStatus};
 use std::net::SocketAddr;
 use std::time::Duration;
 use support::call;
@@ -171,7 +171,7 @@ async fn every_handler_convention_of_both_languages_answers() {
         ),
     ];
     for (index, (spec, ..)) in cases.iter().enumerate() {
-        harness.runtime.apply(instance(&format!("conv-{index}"), 1, spec.clone(), 1)).await.expect("apply");
+        harness.runtime.apply(instance(&format!("conv-{index}"), 1, spec.clone(), 1), ApplyMode::Reconcile).await.expect("apply");
     }
     for (index, (spec, content_type, body, (status, expected))) in cases.iter().enumerate() {
         let address = harness.ready(&format!("conv-{index}")).await;
@@ -185,7 +185,7 @@ async fn every_handler_convention_of_both_languages_answers() {
 async fn an_update_under_load_fails_no_request() {
     let harness = Harness::new();
     let version = |n: u32| function("versioned", Language::Python, None, &format!("def handle(req):\n    return 'v{n}'\n"));
-    harness.runtime.apply(instance("update", 1, version(1), 2)).await.expect("apply v1");
+    harness.runtime.apply(instance("update", 1, version(1), 2), ApplyMode::Reconcile).await.expect("apply v1");
     let address = harness.ready("update").await;
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -201,7 +201,7 @@ async fn an_update_under_load_fails_no_request() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    harness.runtime.apply(instance("update", 2, version(2), 2)).await.expect("apply v2");
+    harness.runtime.apply(instance("update", 2, version(2), 2), ApplyMode::Reconcile).await.expect("apply v2");
     let status = harness.until("update", "version 2 serves and the old replicas are gone", |s| {
         s.serving_version == Some(2) && s.replicas.iter().all(|r| r.version == 2)
     })
@@ -226,7 +226,7 @@ async fn an_update_under_load_fails_no_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_functions_fail_with_their_reason_while_others_keep_serving() {
     let harness = Harness::new();
-    harness.runtime.apply(instance("good", 1, function("good", Language::Python, None, "def handle(req):\n    return 'fine'\n"), 1)).await.expect("apply");
+    harness.runtime.apply(instance("good", 1, function("good", Language::Python, None, "def handle(req):\n    return 'fine'\n"), 1), ApplyMode::Reconcile).await.expect("apply");
     let good = harness.ready("good").await;
 
     let mut failing_deps = function("deps", Language::Python, None, "def handle(req):\n    return req\n");
@@ -239,7 +239,7 @@ async fn bad_functions_fail_with_their_reason_while_others_keep_serving() {
         (failing_deps, "installing the python dependencies failed"),
     ];
     for (spec, _) in &cases {
-        harness.runtime.apply(instance(&spec.name, 1, spec.clone(), 1)).await.expect("apply");
+        harness.runtime.apply(instance(&spec.name, 1, spec.clone(), 1), ApplyMode::Reconcile).await.expect("apply");
     }
     for (spec, reason) in &cases {
         let status = harness.until(&spec.name, "failed", |s| s.state == InstanceState::Failed).await;
@@ -252,14 +252,14 @@ async fn bad_functions_fail_with_their_reason_while_others_keep_serving() {
 
     // A failed version is not retried by a plain apply (the reconcile loop), only on redeploy.
     let (exits, _) = &cases[2];
-    harness.runtime.apply(instance("exits", 1, exits.clone(), 1)).await.expect("apply again");
+    harness.runtime.apply(instance("exits", 1, exits.clone(), 1), ApplyMode::Reconcile).await.expect("apply again");
     assert_eq!(harness.runtime.status("exits").expect("status").state, InstanceState::Failed);
-    harness.runtime.redeploy(instance("exits", 1, exits.clone(), 1)).await.expect("redeploy");
+    harness.runtime.apply(instance("exits", 1, exits.clone(), 1), ApplyMode::Retry).await.expect("redeploy");
     assert_eq!(harness.runtime.status("exits").expect("status").state, InstanceState::Deploying);
     harness.until("exits", "failed again", |s| s.state == InstanceState::Failed).await;
 
     // A fixed version replaces a failed one.
-    harness.runtime.apply(instance("syntax", 2, function("syntax", Language::Python, None, "def handle(req):\n    return 'fixed'\n"), 1)).await.expect("apply");
+    harness.runtime.apply(instance("syntax", 2, function("syntax", Language::Python, None, "def handle(req):\n    return 'fixed'\n"), 1), ApplyMode::Reconcile).await.expect("apply");
     let fixed = harness.ready("syntax").await;
     assert_eq!(post(fixed, "").await, (200, "fixed".to_string()));
     harness.runtime.shutdown().await;
@@ -268,9 +268,9 @@ async fn bad_functions_fail_with_their_reason_while_others_keep_serving() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_failed_update_leaves_the_old_version_serving() {
     let harness = Harness::new();
-    harness.runtime.apply(instance("keep", 1, function("keep", Language::Python, None, "def handle(req):\n    return 'v1'\n"), 1)).await.expect("apply");
+    harness.runtime.apply(instance("keep", 1, function("keep", Language::Python, None, "def handle(req):\n    return 'v1'\n"), 1), ApplyMode::Reconcile).await.expect("apply");
     let address = harness.ready("keep").await;
-    harness.runtime.apply(instance("keep", 2, function("keep", Language::Python, None, "def handle(req)\n"), 1)).await.expect("apply");
+    harness.runtime.apply(instance("keep", 2, function("keep", Language::Python, None, "def handle(req)\n"), 1), ApplyMode::Reconcile).await.expect("apply");
     let status = harness.until("keep", "the update failed", |s| s.state == InstanceState::Failed).await;
     assert!(status.message.contains("version 1 keeps serving"), "{}", status.message);
     assert_eq!(status.serving_version, Some(1));
@@ -284,12 +284,13 @@ async fn pause_resume_scale_logs_and_delete() {
     let marker = format!("kubefn-test-marker-{}", std::process::id());
     let mut spec = function("lifecycle", Language::Python, None, "import os, uuid\nTOKEN = uuid.uuid4().hex\nprint('loaded', os.getpid(), flush=True)\ndef handle(req):\n    print('handled', req, flush=True)\n    return TOKEN\n");
     spec.env.insert("TEST_MARKER".into(), marker.clone());
-    harness.runtime.apply(instance("life", 1, spec.clone(), 1)).await.expect("apply");
+    harness.runtime.apply(instance("life", 1, spec.clone(), 1), ApplyMode::Reconcile).await.expect("apply");
     let address = harness.ready("life").await;
     let mut follow = harness.runtime.logs("life", true, None).expect("logs");
 
     // Scaling up: a second replica joins the node port and the followed logs.
-    harness.runtime.scale("life", 2).await.expect("scale");
+    let life = instance("life", 1, spec.clone(), 1);
+    harness.runtime.apply(InstanceSpec { replicas: 2, ..life.clone() }, ApplyMode::SetReplicas).await.expect("scale");
     harness.until("life", "two ready", |s| s.ready == 2 && s.state == InstanceState::Ready).await;
     let mut pids = std::collections::BTreeSet::new();
     for _ in 0..6 {
@@ -306,7 +307,7 @@ async fn pause_resume_scale_logs_and_delete() {
     assert!(seen.iter().all(|l| ["v1-r0", "v1-r1", "install", "kubefn"].contains(&l.replica.as_str())), "{seen:#?}");
 
     // Pause: no process, the node port stays; resume: it answers again on the same port.
-    harness.runtime.pause("life").await.expect("pause");
+    harness.runtime.apply(InstanceSpec { replicas: 2, paused: true, ..life.clone() }, ApplyMode::Reconcile).await.expect("pause");
     let paused = harness.until("life", "paused with no replicas", |s| s.state == InstanceState::Paused && s.replicas.is_empty()).await;
     assert_eq!(paused.node_port, Some(address));
     for _ in 0..100 {
@@ -315,7 +316,7 @@ async fn pause_resume_scale_logs_and_delete() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    harness.runtime.resume("life").await.expect("resume");
+    harness.runtime.apply(InstanceSpec { replicas: 2, ..life.clone() }, ApplyMode::Reconcile).await.expect("resume");
     assert_eq!(harness.ready("life").await, address);
     assert_eq!(post(address, "again").await.0, 200);
 
@@ -355,7 +356,7 @@ async fn a_new_runtime_stops_the_processes_a_killed_one_left() {
         let tokio = tokio::runtime::Runtime::new().expect("tokio");
         tokio.block_on(async {
             let runtime = LocalRuntime::new(first).expect("runtime");
-            runtime.apply(instance("left", 1, spec, 1)).await.expect("apply");
+            runtime.apply(instance("left", 1, spec, 1), ApplyMode::Reconcile).await.expect("apply");
             for _ in 0..400 {
                 if runtime.status("left").is_some_and(|s| s.state == InstanceState::Ready) {
                     break;
@@ -390,7 +391,7 @@ async fn cpu_load_scales_out_and_quiet_scales_back_in() {
         "import time\ndef handle(req):\n    end = time.process_time() + 0.02\n    while time.process_time() < end:\n        pass\n    return 'burnt'\n",
     );
     spec.scaling = ScalingPolicy { min: 1, max: 3, target_cpu_percent: Some(50), ..ScalingPolicy::default() };
-    harness.runtime.apply(instance("burn", 1, spec, 1)).await.expect("apply");
+    harness.runtime.apply(instance("burn", 1, spec, 1), ApplyMode::Reconcile).await.expect("apply");
     let address = harness.ready("burn").await;
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -424,7 +425,7 @@ async fn an_idle_instance_goes_to_zero_and_a_request_brings_it_back() {
     let harness = Harness::new();
     let mut spec = function("sleepy", Language::Node, None, "module.exports = async (event) => 'awake ' + event.data;\n");
     spec.scaling = ScalingPolicy { min: 0, max: 2, target_cpu_percent: None, scale_to_zero_after_s: Some(1), ..ScalingPolicy::default() };
-    harness.runtime.apply(instance("sleepy", 1, spec, 1)).await.expect("apply");
+    harness.runtime.apply(instance("sleepy", 1, spec, 1), ApplyMode::Reconcile).await.expect("apply");
     let address = harness.ready("sleepy").await;
     assert_eq!(post(address, "once").await, (200, "awake once".to_string()));
 
@@ -452,7 +453,7 @@ async fn a_replica_over_its_memory_limit_is_killed_and_restarted_and_slow_calls_
     spec.resources.memory = "32Mi".into();
     spec.resources.memory_limit = "96Mi".into();
     spec.timeout_s = 1;
-    harness.runtime.apply(instance("hungry", 1, spec, 1)).await.expect("apply");
+    harness.runtime.apply(instance("hungry", 1, spec, 1), ApplyMode::Reconcile).await.expect("apply");
     let address = harness.ready("hungry").await;
     let status = harness.runtime.status("hungry").expect("status");
     assert!(status.limits.contains("memory limit 96Mi: enforced by the kernel"), "{}", status.limits);
@@ -490,8 +491,8 @@ fn probe(name: &str, language: Language) -> FunctionSpec {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replicas_see_their_own_environment_and_nothing_of_kubefns() {
     let harness = Harness::new();
-    harness.runtime.apply(instance("env-py", 3, probe("env-py", Language::Python), 1)).await.expect("apply");
-    harness.runtime.apply(instance("env-js", 3, probe("env-js", Language::Node), 1)).await.expect("apply");
+    harness.runtime.apply(instance("env-py", 3, probe("env-py", Language::Python), 1), ApplyMode::Reconcile).await.expect("apply");
+    harness.runtime.apply(instance("env-js", 3, probe("env-js", Language::Node), 1), ApplyMode::Reconcile).await.expect("apply");
     // The sandbox shows each replica its version's files as /kubefn/function.
     assert_eq!(post(harness.ready("env-py").await, "").await, (200, "hej function leaked=[]".to_string()));
     assert_eq!(post(harness.ready("env-js").await, "").await, (200, "hej function leaked=[]".to_string()));
@@ -504,7 +505,7 @@ async fn replicas_start_from_the_warm_pool_and_behave_as_cold_ones() {
     // Let the pool fill before deploying.
     tokio::time::sleep(Duration::from_secs(2)).await;
     for (id, language) in [("warm-py", Language::Python), ("warm-js", Language::Node)] {
-        harness.runtime.apply(instance(id, 3, probe(id, language), 1)).await.expect("apply");
+        harness.runtime.apply(instance(id, 3, probe(id, language), 1), ApplyMode::Reconcile).await.expect("apply");
         let address = harness.ready(id).await;
         assert_eq!(post(address, "").await, (200, "hej function leaked=[]".to_string()), "{id}");
         let logs: Vec<kubefn::platform::model::LogEntry> = harness.runtime.logs(id, false, None).expect("logs").collect().await;
@@ -514,7 +515,7 @@ async fn replicas_start_from_the_warm_pool_and_behave_as_cold_ones() {
     }
 
     // A function that cannot load in a warm process fails as a cold one would.
-    harness.runtime.apply(instance("warm-bad", 1, function("warm-bad", Language::Python, None, "def handle(req)\n"), 1)).await.expect("apply");
+    harness.runtime.apply(instance("warm-bad", 1, function("warm-bad", Language::Python, None, "def handle(req)\n"), 1), ApplyMode::Reconcile).await.expect("apply");
     let status = harness.until("warm-bad", "failed", |s| s.state == InstanceState::Failed).await;
     assert!(status.message.contains("syntax error"), "{}", status.message);
     harness.runtime.shutdown().await;
@@ -524,7 +525,7 @@ async fn replicas_start_from_the_warm_pool_and_behave_as_cold_ones() {
 async fn a_function_that_hangs_while_loading_fails_with_the_reason() {
     let harness = Harness::with(|config| config.restart.ready_timeout = Duration::from_secs(1));
     let spec = function("stuck", Language::Python, None, "import time\nprint('loading forever', flush=True)\ntime.sleep(3600)\ndef handle(req):\n    return req\n");
-    harness.runtime.apply(instance("stuck", 1, spec, 1)).await.expect("apply");
+    harness.runtime.apply(instance("stuck", 1, spec, 1), ApplyMode::Reconcile).await.expect("apply");
     let status = harness.until("stuck", "failed", |s| s.state == InstanceState::Failed).await;
     assert!(status.message.contains("not ready after 1 s"), "{}", status.message);
     let logs: Vec<String> = harness.runtime.logs("stuck", false, None).expect("logs").map(|l| l.text).collect().await;

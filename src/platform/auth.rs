@@ -10,7 +10,8 @@ use super::validation::{check_name, check_password, MAX_USER_NAME};
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, OnceLock};
+use parking_lot::Mutex;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Failed log-ins allowed per user name from one client within [`FAILURE_WINDOW`]. Keyed on
@@ -355,7 +356,7 @@ impl AttemptCounter {
     /// How long until an attempt on these keys (each with its limit) is accepted, or `None`
     /// when it is now.
     pub fn blocked_for(&self, keys: &[(String, usize)], now: Instant) -> Option<Duration> {
-        let mut attempts = self.attempts.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut attempts = self.attempts.lock();
         keys.iter()
             .filter_map(|(key, limit)| {
                 let times = attempts.get_mut(key)?;
@@ -371,7 +372,7 @@ impl AttemptCounter {
 
     /// Counts an attempt against every key.
     pub fn record(&self, keys: &[(String, usize)], now: Instant) {
-        let mut attempts = self.attempts.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut attempts = self.attempts.lock();
         // Bound memory under a flood of distinct keys: drop entries whose window has passed.
         if attempts.len() > 10_000 {
             attempts.retain(|_, times| times.back().is_some_and(|t| now.duration_since(*t) < self.window));
@@ -383,7 +384,7 @@ impl AttemptCounter {
 
     /// Clears the attempts of these keys (a successful log-in).
     pub fn forget(&self, keys: &[(String, usize)]) {
-        let mut attempts = self.attempts.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut attempts = self.attempts.lock();
         for (key, _) in keys {
             attempts.remove(key);
         }
@@ -438,7 +439,7 @@ mod tests {
         let (release, hold) = std::sync::mpsc::channel::<()>();
         let hold = Arc::new(Mutex::new(hold));
         let slow = |slots: Arc<HashingSlots>, hold: Arc<Mutex<std::sync::mpsc::Receiver<()>>>| {
-            tokio::spawn(async move { slots.run(move || hold.lock().map(|h| h.recv().is_ok()).unwrap_or(false)).await })
+            tokio::spawn(async move { slots.run(move || hold.lock().recv().is_ok()).await })
         };
         let running = slow(slots.clone(), hold.clone());
         while slots.running.available_permits() > 0 {

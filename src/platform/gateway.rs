@@ -27,7 +27,8 @@ use hyper_util::rt::TokioExecutor;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use parking_lot::Mutex;
+use std::sync::Arc;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -227,7 +228,7 @@ impl Gateway {
     /// one while they are the same, else a new one (the old pool's connections close once
     /// their requests are answered).
     fn pooled_client(&self, id: &str, generation: u64) -> Client<HttpConnector, UpstreamBody> {
-        let mut pools = self.pools.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut pools = self.pools.lock();
         match pools.get(id) {
             Some(pool) if pool.generation == generation => pool.client.clone(),
             _ => {
@@ -347,7 +348,7 @@ impl Gateway {
         let address = self.runtime.connect(id).await.map_err(|error| match error {
             RuntimeError::NotFound { .. } => {
                 // Not (or no longer) in the runtime: nothing to pool for it.
-                self.pools.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(id);
+                self.pools.lock().remove(id);
                 GatewayError::NotRunning { state: "Pending", reason: "it is starting; try again in a moment".into() }
             }
             RuntimeError::NotProxied { .. } => GatewayError::NotRunning {

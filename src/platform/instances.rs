@@ -11,12 +11,13 @@ use crate::platform::model::{
 use crate::platform::usage_report;
 use crate::platform::quotas::{Footprint, QuotaError, Quotas};
 use crate::platform::registry::{Registry, RegistryError};
-use crate::platform::runtime::{InstanceSpec, LogStream, Runtime, RuntimeError, RuntimeStatus};
+use crate::platform::runtime::{ApplyMode, InstanceSpec, LogStream, Runtime, RuntimeError, RuntimeStatus};
 use crate::platform::store::{InstanceRecord, Store, StoreError};
 use std::collections::{HashMap, HashSet};
 use crate::platform::model::UsageSample;
 use chrono::{DateTime, Utc};
-use std::sync::{Arc, Mutex};
+use parking_lot::Mutex;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
@@ -136,7 +137,7 @@ struct FollowSlot {
 impl FollowSlot {
     /// A slot for `user`, or `None` when they have [`MAX_FOLLOWS_PER_USER`] already.
     fn take(follows: &Arc<Mutex<HashMap<i64, usize>>>, user: i64) -> Option<FollowSlot> {
-        let mut open = follows.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut open = follows.lock();
         let count = open.entry(user).or_default();
         if *count >= MAX_FOLLOWS_PER_USER {
             return None;
@@ -148,7 +149,7 @@ impl FollowSlot {
 
 impl Drop for FollowSlot {
     fn drop(&mut self) {
-        let mut open = self.follows.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut open = self.follows.lock();
         if let Some(count) = open.get_mut(&self.user) {
             *count -= 1;
             if *count == 0 {
@@ -252,7 +253,7 @@ impl Instances {
         };
         instance.paused = false;
         let quota = self.quotas.quota_of(caller.id).await?;
-        self.apply(&instance, spec, quota, true).await?;
+        self.apply(&instance, spec, quota, ApplyMode::Retry).await?;
         Ok((self.info(instance), created))
     }
 
@@ -331,11 +332,9 @@ impl Instances {
         self.check_quota(instance.user_id, Some(&instance.id), Footprint::of(&spec, replicas)).await?;
         instance.replicas = replicas;
         self.store.set_instance_desired(&instance.id, instance.desired_version, replicas, instance.paused).await?;
-        match self.runtime.scale(&instance.id, replicas).await {
-            // Not running here yet: the reconcile loop starts it with the stored count.
-            Ok(()) | Err(RuntimeError::NotFound { .. }) => Ok(self.info(instance)),
-            Err(error) => Err(InstanceError::Runtime(error)),
-        }
+        let quota = self.quotas.quota_of(instance.user_id).await?;
+        self.apply(&instance, spec, quota, ApplyMode::SetReplicas).await?;
+        Ok(self.info(instance))
     }
 
     /// What each of the user's instances but `except` claims at its most ([`Footprint`]).
@@ -504,7 +503,7 @@ impl Instances {
                 }
             };
             let (record, spec) = self.follow_within_quota(record, spec).await?;
-            if let Err(error) = self.apply(&record, spec, quota, false).await {
+            if let Err(error) = self.apply(&record, spec, quota, ApplyMode::Reconcile).await {
                 let message = error.to_string();
                 tracing::warn!(instance = %record.id, %message, "cannot apply the instance");
                 self.store.set_instance_state(&record.id, InstanceState::Failed, &message).await?;
@@ -531,7 +530,7 @@ impl Instances {
             }
         }
         let downsample = {
-            let mut meters = self.meters.lock().unwrap_or_else(|p| p.into_inner());
+            let mut meters = self.meters.lock();
             meters.calls.retain(|id, _| known.contains(id));
             let due = meters.last_downsample.is_none_or(|last| last.elapsed() >= DOWNSAMPLE_EVERY);
             if due {
@@ -552,7 +551,7 @@ impl Instances {
         let calls = self.invocations.calls_total(&labels);
         let now = Instant::now();
         let requests_per_s = {
-            let mut meters = self.meters.lock().unwrap_or_else(|p| p.into_inner());
+            let mut meters = self.meters.lock();
             let previous = meters.calls.insert(id.to_string(), (now, calls));
             previous.and_then(|(at, total)| {
                 let seconds = now.saturating_duration_since(at).as_secs_f64();
@@ -599,7 +598,6 @@ impl Instances {
             return Ok((record, spec));
         }
         let (stay, new) = (record.desired_version, record.function_version);
-        self.store.set_instance_pin(&record.id, Some(stay)).await?;
         let why = match &refusal {
             QuotaError::Exceeded { limit, quota, would_be, .. } => format!("v{new} would make {would_be} {limit}, over your quota of {quota}"),
             other => other.to_string(),
@@ -610,7 +608,9 @@ impl Instances {
             reason: "OverQuota".into(),
             message: format!("stopped following {}'s updates and stays on v{stay}: {why}; follow again once there is room", record.function),
         };
+        // The event first: whoever sees the instance pinned also sees why.
         self.store.record_events(&record.id, &[event]).await?;
+        self.store.set_instance_pin(&record.id, Some(stay)).await?;
         tracing::warn!(instance = %record.id, stay, new, "an instance stops following its function's updates: over its user's quota");
         let spec = self.version_spec(record.function_id, stay, &record.function).await?;
         Ok((InstanceRecord { function_version: stay, pinned: true, ..record }, spec))
@@ -618,7 +618,7 @@ impl Instances {
 
     /// Hands the instance to the runtime with `spec` and its user's `quota` (read once per
     /// user by a reconcile pass, not once per instance).
-    async fn apply(&self, instance: &InstanceRecord, spec: FunctionSpec, quota: Quota, retry_failed: bool) -> InstanceResult<()> {
+    async fn apply(&self, instance: &InstanceRecord, spec: FunctionSpec, quota: Quota, mode: ApplyMode) -> InstanceResult<()> {
         let version = instance.function_version;
         let desired = InstanceSpec {
             id: instance.id.clone(),
@@ -634,8 +634,7 @@ impl Instances {
         if instance.desired_version != version {
             self.store.set_instance_desired(&instance.id, version, instance.replicas, instance.paused).await?;
         }
-        let applied = if retry_failed { self.runtime.redeploy(desired).await } else { self.runtime.apply(desired).await };
-        applied.map_err(|error| match error {
+        self.runtime.apply(desired, mode).await.map_err(|error| match error {
             RuntimeError::Unsupported { .. } => InstanceError::Unsupported(error),
             other => InstanceError::Runtime(other),
         })
@@ -651,7 +650,7 @@ impl Instances {
         self.store.set_instance_desired(&instance.id, instance.desired_version, instance.replicas, instance.paused).await?;
         let spec = self.version_spec(instance.function_id, instance.function_version, &instance.function).await?;
         let quota = self.quotas.quota_of(instance.user_id).await?;
-        self.apply(&instance, spec, quota, false).await?;
+        self.apply(&instance, spec, quota, ApplyMode::Reconcile).await?;
         Ok(self.info(instance))
     }
 
@@ -686,7 +685,7 @@ impl Instances {
     /// runtime stops it, then its record goes. `None` if a removal of it is already under way.
     /// A failure leaves the record `Deleting` with the reason, and the reconcile loop retries.
     fn spawn_removal(&self, id: String) -> Option<tokio::task::JoinHandle<InstanceResult<()>>> {
-        if !self.removing.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone()) {
+        if !self.removing.lock().insert(id.clone()) {
             return None;
         }
         let instances = self.clone();
@@ -700,7 +699,7 @@ impl Instances {
                     Err(InstanceError::Runtime(error))
                 }
             };
-            instances.removing.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+            instances.removing.lock().remove(&id);
             result
         }))
     }

@@ -13,7 +13,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::collections::HashMap;
-use std::sync::Mutex;
+use parking_lot::Mutex;
 
 /// Upper bounds of the duration histogram's buckets, in seconds: Prometheus' defaults with
 /// finer steps below 5 ms, where a warm function answers.
@@ -143,7 +143,7 @@ impl GatewayMetrics {
         if failed {
             self.failures.get_or_create(labels).inc();
         }
-        let mut finished = self.finished.lock().unwrap_or_else(|p| p.into_inner());
+        let mut finished = self.finished.lock();
         let calls = finished.entry(labels.clone()).or_default();
         if calls.durations_ms.len() < KEPT_DURATIONS {
             calls.durations_ms.push(seconds * 1000.0);
@@ -154,7 +154,7 @@ impl GatewayMetrics {
 
     /// The instance's invocations that ended since the previous call.
     pub fn take_finished(&self, labels: &InstanceLabels) -> FinishedCalls {
-        self.finished.lock().unwrap_or_else(|p| p.into_inner()).remove(labels).unwrap_or_default()
+        self.finished.lock().remove(labels).unwrap_or_default()
     }
 
     /// Invocations of the instance so far (since kubefn started).

@@ -47,8 +47,13 @@ impl TestApp {
     pub async fn start_configured(signup: SignupPolicy, extra: &[&str]) -> TestApp {
         let dir = tempfile::tempdir().expect("temp dir");
         let data_dir = dir.path().display().to_string();
+        // Each app its own block of node ports: the apps of one test binary run side by side,
+        // and a port one frees (a test checks it is) must not go to another's next instance.
+        static APPS: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+        let block = 30_100 + (APPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 50) * 50;
+        let node_ports = format!("{block}-{}", block + 49);
         // Cron triggers run on the clock the tests move (`platform.triggers.tick`).
-        let mut args = vec!["kubefn", "--data-dir", &data_dir, "--drain-seconds", "1", "--reconcile-seconds", "1", "--log", "warn", "--cron", "false"];
+        let mut args = vec!["kubefn", "--data-dir", &data_dir, "--node-port-range", &node_ports, "--drain-seconds", "1", "--reconcile-seconds", "1", "--log", "warn", "--cron", "false"];
         args.extend(extra);
         let admin = format!("{}:{}", ADMIN.0, ADMIN.1);
         args.extend(["--admin", &admin]);

@@ -9,7 +9,8 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use parking_lot::Mutex;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -68,7 +69,7 @@ impl Traffic {
         if self.open() > 0 {
             return Duration::ZERO;
         }
-        now.saturating_duration_since(*self.last_activity.lock().unwrap_or_else(|p| p.into_inner()))
+        now.saturating_duration_since(*self.last_activity.lock())
     }
 
     /// Resolves when a connection arrives while no replica is ready.
@@ -79,7 +80,7 @@ impl Traffic {
     /// Records a request that reached the instance some other way than through a forwarding
     /// port (kubefn inside the cluster dials the replicas itself).
     pub fn touch(&self) {
-        *self.last_activity.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        *self.last_activity.lock() = Instant::now();
     }
 
     /// Signals that a request waits for a replica ([`Traffic::demanded`] resolves).

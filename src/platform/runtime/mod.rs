@@ -131,8 +131,22 @@ pub enum RuntimeError {
 /// A running instance's log lines: the recent ones first, then (when following) each new one.
 pub type LogStream = BoxStream<'static, LogEntry>;
 
+/// How [`Runtime::apply`] treats what already runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApplyMode {
+    /// Make it match (the reconcile loop, pause and resume): a version whose rollout failed
+    /// stays failed, and an autoscaled instance keeps its autoscaler's count.
+    Reconcile,
+    /// As [`ApplyMode::Reconcile`], and a version whose rollout failed is tried again (a user
+    /// clicking Deploy again).
+    Retry,
+    /// The replica count was set by hand: it replaces the autoscaler's.
+    SetReplicas,
+}
+
 /// Where instances run. Every method is keyed by the instance's id; `apply` is idempotent and
-/// returns once the change is under way (its progress shows in [`Runtime::status`]).
+/// returns once the change is under way (its progress shows in [`Runtime::status`]). Pausing,
+/// resuming and scaling are an `apply` of the changed spec.
 #[async_trait::async_trait]
 pub trait Runtime: Send + Sync + 'static {
     /// `local` or `kubernetes`.
@@ -142,25 +156,12 @@ pub trait Runtime: Send + Sync + 'static {
     fn check(&self, spec: &FunctionSpec) -> Result<(), RuntimeError>;
 
     /// Creates or updates the instance to match `spec`: starts it, rolls it to a new version
-    /// without failed requests, or only scales it, whatever differs.
-    async fn apply(&self, spec: InstanceSpec) -> Result<(), RuntimeError>;
-
-    /// As [`Runtime::apply`], but a version whose rollout failed is tried again (a user
-    /// clicking Deploy again), where `apply` leaves it failed (the reconcile loop).
-    async fn redeploy(&self, spec: InstanceSpec) -> Result<(), RuntimeError>;
+    /// without failed requests, pauses, resumes or only scales it, whatever differs.
+    async fn apply(&self, spec: InstanceSpec, mode: ApplyMode) -> Result<(), RuntimeError>;
 
     /// Stops every replica and frees the instance's ports; returns when nothing of it is left.
     /// Deleting an unknown instance succeeds.
     async fn delete(&self, id: &str) -> Result<(), RuntimeError>;
-
-    /// Stops every replica but keeps the instance (its node port, logs and configuration).
-    async fn pause(&self, id: &str) -> Result<(), RuntimeError>;
-
-    /// Starts the replicas of a paused instance again.
-    async fn resume(&self, id: &str) -> Result<(), RuntimeError>;
-
-    /// Sets the number of replicas.
-    async fn scale(&self, id: &str, replicas: u32) -> Result<(), RuntimeError>;
 
     /// The instance as it runs, or `None` when it does not run here.
     fn status(&self, id: &str) -> Option<RuntimeStatus>;
@@ -182,5 +183,9 @@ pub trait Runtime: Send + Sync + 'static {
     /// An address that reaches a ready replica, waiting up to the runtime's hold time (and
     /// starting a replica when the instance was scaled to zero).
     async fn connect(&self, id: &str) -> Result<SocketAddr, RuntimeError>;
+
+    /// Stops the runtime's own work when kubefn stops: local replica processes (they come back
+    /// at the next start), or the cluster's watchers and port-forwards (instances keep running).
+    async fn shutdown(&self);
 }
 

@@ -298,7 +298,7 @@ impl Store {
     pub async fn invocation(&self, user: &str, function: &str) -> StoreResult<Option<InvocationRow>> {
         let key = (user.to_string(), function.to_string());
         let generation = {
-            let cache = self.invocations.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let cache = self.invocations.lock();
             if let Some((read_at, row)) = cache.rows.get(&key)
                 && read_at.elapsed() < INVOCATION_CACHE_TTL
             {
@@ -322,7 +322,7 @@ impl Store {
         .await?;
         // Only rows that exist are kept, so unknown names cannot grow the cache.
         if let Some(row) = &row {
-            let mut cache = self.invocations.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut cache = self.invocations.lock();
             if cache.generation == generation {
                 if cache.rows.len() >= INVOCATION_CACHE_ROWS {
                     cache.rows.clear();
@@ -336,7 +336,7 @@ impl Store {
     /// Empties the invocation cache; called after every write to functions, their versions
     /// or instances.
     pub(super) fn forget_invocations(&self) {
-        let mut cache = self.invocations.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut cache = self.invocations.lock();
         cache.generation += 1;
         cache.rows.clear();
     }

@@ -16,7 +16,7 @@ pub mod package_egress;
 pub mod status;
 
 use super::forwarding::{Dial, ForwardingPort, Traffic};
-use super::{InstanceSpec, LogStream, ReplicaUsage, Runtime, RuntimeError, RuntimeStatus};
+use super::{ApplyMode, InstanceSpec, LogStream, ReplicaUsage, Runtime, RuntimeError, RuntimeStatus};
 use crate::platform::model::{FunctionSpec, HealthCheck, InstanceState};
 use chrono::{DateTime, Utc};
 use cluster::Cluster;
@@ -34,7 +34,8 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use parking_lot::Mutex;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
@@ -337,17 +338,17 @@ impl KubernetesRuntime {
                 tokio::time::sleep(period).await;
             }
         });
-        self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner()).extend([endpoints, usage]);
+        self.inner.tasks.lock().extend([endpoints, usage]);
     }
 
     /// Stops the watchers and listeners; what runs in the cluster keeps running.
     pub async fn shutdown(&self) {
-        for task in self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+        for task in self.inner.tasks.lock().drain(..) {
             task.abort();
         }
         self.inner.cluster.stop();
         let forwards: Vec<ForwardingPort> =
-            self.inner.slots.lock().unwrap_or_else(|p| p.into_inner()).values_mut().filter_map(|s| s.forward.take()).collect();
+            self.inner.slots.lock().values_mut().filter_map(|s| s.forward.take()).collect();
         for forward in forwards {
             forward.close().await;
         }
@@ -378,7 +379,7 @@ impl KubernetesRuntime {
         for namespace in &namespaces {
             self.inner.wait_gone(namespace, selector, selector).await?;
         }
-        let mut slots = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slots = self.inner.slots.lock();
         for id in ids {
             slots.remove(&id);
         }
@@ -425,7 +426,7 @@ impl Inner {
     /// the RoleBinding that gives kubefn its rights there and only there, the NetworkPolicy, a
     /// LimitRange and a ResourceQuota from the user's kubefn quota.
     async fn prepare_user_namespace(&self, namespace: &str, user: &str, quota: Option<Quota>) -> Result<(), KubernetesError> {
-        if self.user_namespaces.lock().unwrap_or_else(|p| p.into_inner()).get(namespace) == Some(&quota) {
+        if self.user_namespaces.lock().get(namespace) == Some(&quota) {
             return Ok(());
         }
         ensure_namespace(&self.client, namespace, Some(user)).await?;
@@ -460,7 +461,7 @@ impl Inner {
                 .await
                 .map_err(api_error(format!("apply ResourceQuota {namespace}/{objects}")))?;
         }
-        self.user_namespaces.lock().unwrap_or_else(|p| p.into_inner()).insert(namespace.to_string(), quota);
+        self.user_namespaces.lock().insert(namespace.to_string(), quota);
         Ok(())
     }
 
@@ -473,7 +474,7 @@ impl Inner {
 
     /// Where `id` lives: from the slot, or (after a restart) from the watched Deployment.
     fn locate(&self, id: &str) -> Option<(String, String)> {
-        if let Some(slot) = self.slots.lock().unwrap_or_else(|p| p.into_inner()).get(id) {
+        if let Some(slot) = self.slots.lock().get(id) {
             return Some((slot.namespace.clone(), slot.name.clone()));
         }
         let deployment = self.cluster.deployment_of(id)?;
@@ -481,7 +482,7 @@ impl Inner {
     }
 
     fn refresh_endpoints(&self) {
-        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let slots = self.slots.lock();
         for (id, slot) in slots.iter() {
             let ready = self.cluster.ready_pods(id);
             slot.endpoints.send_if_modified(|current| {
@@ -499,7 +500,7 @@ impl Inner {
         let node_port = spec.node_port;
         let manifests = manifests::build(&spec, &namespace, &self.config.pods, node_port)?;
         let unchanged = {
-            let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            let slots = self.slots.lock();
             slots.get(&spec.id).is_some_and(|s| s.fingerprint == manifests.fingerprint) && self.cluster.deployment_of(&spec.id).is_some()
         };
         if self.config.user_namespace_prefix.is_some() {
@@ -615,7 +616,7 @@ impl Inner {
 
     async fn ensure_slot(self: &Arc<Self>, spec: &InstanceSpec, namespace: &str, m: &manifests::Manifests) {
         let needs_forward = {
-            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            let mut slots = self.slots.lock();
             let slot = slots.entry(spec.id.clone()).or_insert_with(|| Slot {
                 namespace: namespace.to_string(),
                 name: m.name.clone(),
@@ -643,12 +644,12 @@ impl Inner {
         }
         let port = manifests::container_port(&spec.spec);
         let dial = PodDial { pods: Api::namespaced(self.client.clone(), namespace), port };
-        let receiver = self.slots.lock().unwrap_or_else(|p| p.into_inner()).get(&spec.id).map(|s| s.endpoints.subscribe());
+        let receiver = self.slots.lock().get(&spec.id).map(|s| s.endpoints.subscribe());
         let Some(receiver) = receiver else { return };
         match ForwardingPort::bind_in_range_with(self.config.forward_host, self.config.forward_ports.clone(), receiver, dial, self.config.hold).await {
             Ok(forward) => {
                 let traffic = forward.traffic();
-                if let Some(slot) = self.slots.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&spec.id) {
+                if let Some(slot) = self.slots.lock().get_mut(&spec.id) {
                     slot.forward = Some(forward);
                     slot.traffic = Some(traffic.clone());
                 }
@@ -731,7 +732,6 @@ impl Inner {
         let idle: Vec<(String, String, String)> = self
             .slots
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .iter()
             .filter(|(_, slot)| !slot.spec.paused)
             .filter_map(|(id, slot)| {
@@ -757,7 +757,7 @@ impl Inner {
         if !self.metrics_available.load(std::sync::atomic::Ordering::Relaxed) {
             // metrics-server may be installed after kubefn started: look again now and then.
             let probe_due = {
-                let mut last = self.metrics_probed.lock().unwrap_or_else(|p| p.into_inner());
+                let mut last = self.metrics_probed.lock();
                 let due = last.elapsed() >= METRICS_PROBE_PERIOD;
                 if due {
                     *last = Instant::now();
@@ -784,7 +784,7 @@ impl Inner {
                 Err(error) => tracing::debug!(%namespace, %error, "cannot read pod metrics"),
             }
         }
-        *self.usage.lock().unwrap_or_else(|p| p.into_inner()) = usage;
+        *self.usage.lock() = usage;
     }
 }
 
@@ -813,7 +813,7 @@ async fn wake_on_demand(traffic: Arc<Traffic>, inner: std::sync::Weak<Inner>, id
     loop {
         traffic.demanded().await;
         let Some(inner) = inner.upgrade() else { return };
-        let slot = inner.slots.lock().unwrap_or_else(|p| p.into_inner()).get(&id).map(|s| (s.namespace.clone(), s.name.clone(), s.spec.clone()));
+        let slot = inner.slots.lock().get(&id).map(|s| (s.namespace.clone(), s.name.clone(), s.spec.clone()));
         let Some((namespace, name, spec)) = slot else { return };
         let at_zero = inner.cluster.deployment_of(&id).and_then(|d| d.spec.and_then(|s| s.replicas)) == Some(0);
         if at_zero && !spec.paused {
@@ -838,21 +838,25 @@ impl Runtime for KubernetesRuntime {
         Ok(())
     }
 
-    async fn apply(&self, spec: InstanceSpec) -> Result<(), RuntimeError> {
-        Ok(self.inner.apply(spec, false).await?)
-    }
-
-    async fn redeploy(&self, spec: InstanceSpec) -> Result<(), RuntimeError> {
-        let id = spec.id.clone();
-        self.inner.apply(spec, true).await?;
-        // Pods stuck in back-off restart at once rather than after the back-off.
-        if let Some((namespace, _)) = self.inner.locate(&id) {
-            let api: Api<Pod> = Api::namespaced(self.inner.client.clone(), &namespace);
-            for pod in self.inner.cluster.stuck_pods(&id) {
-                let _ = api.delete(&pod, &DeleteParams::default()).await;
+    async fn apply(&self, spec: InstanceSpec, mode: ApplyMode) -> Result<(), RuntimeError> {
+        match mode {
+            // The Deployment's scale alone: no other object changes, and the HPA (if any) takes
+            // over from the count it is given.
+            ApplyMode::SetReplicas if self.inner.locate(&spec.id).is_some() => self.set_replicas(&spec).await,
+            ApplyMode::SetReplicas | ApplyMode::Reconcile => Ok(self.inner.apply(spec, false).await?),
+            ApplyMode::Retry => {
+                let id = spec.id.clone();
+                self.inner.apply(spec, true).await?;
+                // Pods stuck in back-off restart at once rather than after the back-off.
+                if let Some((namespace, _)) = self.inner.locate(&id) {
+                    let api: Api<Pod> = Api::namespaced(self.inner.client.clone(), &namespace);
+                    for pod in self.inner.cluster.stuck_pods(&id) {
+                        let _ = api.delete(&pod, &DeleteParams::default()).await;
+                    }
+                }
+                Ok(())
             }
         }
-        Ok(())
     }
 
     async fn delete(&self, id: &str) -> Result<(), RuntimeError> {
@@ -862,36 +866,11 @@ impl Runtime for KubernetesRuntime {
         };
         let selector = names::instance_selector_text(id);
         self.inner.delete_in(&namespace, &selector).await?;
-        let forward = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner()).remove(id).and_then(|mut s| s.forward.take());
+        let forward = self.inner.slots.lock().remove(id).and_then(|mut s| s.forward.take());
         if let Some(forward) = forward {
             forward.close().await;
         }
         self.inner.wait_gone(&namespace, &selector, id).await?;
-        Ok(())
-    }
-
-    async fn pause(&self, id: &str) -> Result<(), RuntimeError> {
-        let spec = self.slot_spec(id)?;
-        self.apply(InstanceSpec { paused: true, ..spec }).await
-    }
-
-    async fn resume(&self, id: &str) -> Result<(), RuntimeError> {
-        let spec = self.slot_spec(id)?;
-        self.apply(InstanceSpec { paused: false, ..spec }).await
-    }
-
-    async fn scale(&self, id: &str, replicas: u32) -> Result<(), RuntimeError> {
-        let spec = self.slot_spec(id)?;
-        let (namespace, name) = self.inner.locate(id).ok_or_else(|| RuntimeError::NotFound { id: id.into() })?;
-        if let Some(slot) = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner()).get_mut(id) {
-            slot.spec.replicas = replicas;
-        }
-        let api: Api<Deployment> = Api::namespaced(self.inner.client.clone(), &namespace);
-        let wanted = if spec.paused { 0 } else { replicas };
-        api.patch_scale(&name, &PatchParams::default(), &Patch::Merge(&serde_json::json!({ "spec": { "replicas": wanted } })))
-            .await
-            .map_err(api_error(format!("scale Deployment {namespace}/{name} to {wanted}")))
-            .map_err(RuntimeError::from)?;
         Ok(())
     }
 
@@ -900,7 +879,7 @@ impl Runtime for KubernetesRuntime {
         let pods = self.inner.cluster.pods_of(id);
         let pod_refs: Vec<&Pod> = pods.iter().map(|p| p.as_ref()).collect();
         let mut observed = status::observe(&deployment, &pod_refs);
-        let slots = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let slots = self.inner.slots.lock();
         let slot = slots.get(id);
         if let Some(slot) = slot
             && slot.spec.paused
@@ -951,7 +930,7 @@ impl Runtime for KubernetesRuntime {
     }
 
     fn usage(&self, id: &str) -> Result<Vec<ReplicaUsage>, RuntimeError> {
-        Ok(self.inner.usage.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned().unwrap_or_default())
+        Ok(self.inner.usage.lock().get(id).cloned().unwrap_or_default())
     }
 
     fn health(&self) -> Vec<HealthCheck> {
@@ -975,7 +954,7 @@ impl Runtime for KubernetesRuntime {
         // kube-proxy hop is needed), in turn; with none ready, the request waits up to the hold
         // time while one starts.
         let (forward, traffic, mut endpoints, next, port) = {
-            let slots = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
+            let slots = self.inner.slots.lock();
             let slot = slots.get(id).ok_or_else(|| RuntimeError::NotFound { id: id.into() })?;
             let spec = &slot.spec.spec;
             if spec.service.kind == crate::platform::model::ServiceKind::ExternalName {
@@ -1005,11 +984,28 @@ impl Runtime for KubernetesRuntime {
             }
         }
     }
+
+    async fn shutdown(&self) {
+        KubernetesRuntime::shutdown(self).await;
+    }
 }
 
 impl KubernetesRuntime {
-    fn slot_spec(&self, id: &str) -> Result<InstanceSpec, RuntimeError> {
-        self.inner.slots.lock().unwrap_or_else(|p| p.into_inner()).get(id).map(|s| s.spec.clone()).ok_or_else(|| RuntimeError::NotFound { id: id.into() })
+    /// Sets the Deployment's replicas to `spec`'s (none while paused) through its scale
+    /// subresource, and remembers the count.
+    async fn set_replicas(&self, spec: &InstanceSpec) -> Result<(), RuntimeError> {
+        let id = spec.id.as_str();
+        let (namespace, name) = self.inner.locate(id).ok_or_else(|| RuntimeError::NotFound { id: id.into() })?;
+        if let Some(slot) = self.inner.slots.lock().get_mut(id) {
+            slot.spec.replicas = spec.replicas;
+        }
+        let api: Api<Deployment> = Api::namespaced(self.inner.client.clone(), &namespace);
+        let wanted = if spec.paused { 0 } else { spec.replicas };
+        api.patch_scale(&name, &PatchParams::default(), &Patch::Merge(&serde_json::json!({ "spec": { "replicas": wanted } })))
+            .await
+            .map_err(api_error(format!("scale Deployment {namespace}/{name} to {wanted}")))
+            .map_err(RuntimeError::from)?;
+        Ok(())
     }
 }
 

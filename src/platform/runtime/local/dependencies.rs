@@ -20,7 +20,8 @@ use crate::platform::model::Language;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use parking_lot::Mutex;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The log tag of install output.
@@ -145,7 +146,7 @@ impl DependencyCache {
         let deps = deps_dir(runtime, &dir);
         // One install per key at a time; others wait and then find it done.
         let lock = {
-            let mut in_progress = self.in_progress.lock().unwrap_or_else(|p| p.into_inner());
+            let mut in_progress = self.in_progress.lock();
             in_progress.entry(key.clone()).or_default().clone()
         };
         let _guard = lock.lock().await;

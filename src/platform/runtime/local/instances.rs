@@ -20,7 +20,7 @@ use crate::platform::model::ScalingPolicy;
 use crate::platform::model::{EventInfo, FunctionSpec, HealthCheck, InstanceState, LogEntry, ReplicaInfo, Language};
 use crate::platform::runtime::bootstrap;
 use crate::platform::runtime::forwarding::{ForwardingPort, Traffic, UnixDial};
-use crate::platform::runtime::{InstanceSpec, LogStream, ReplicaUsage, Runtime, RuntimeError, RuntimeStatus};
+use crate::platform::runtime::{ApplyMode, InstanceSpec, LogStream, ReplicaUsage, Runtime, RuntimeError, RuntimeStatus};
 use crate::platform::validation::{parse_cpu_millis, parse_memory_bytes};
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
@@ -28,7 +28,8 @@ use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, Weak};
+use parking_lot::Mutex;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
@@ -117,7 +118,7 @@ struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        if let Some(task) = self.sampler.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(task) = self.sampler.lock().take() {
             task.abort();
         }
     }
@@ -140,7 +141,7 @@ struct Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        if let Some(task) = self.waker.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(task) = self.waker.lock().take() {
             task.abort();
         }
     }
@@ -201,7 +202,7 @@ impl SlotState {
             active.set.scale(wanted);
         }
         if let Some(rollout) = &self.rollout
-            && let Some(set) = rollout.set.lock().unwrap_or_else(|p| p.into_inner()).as_ref()
+            && let Some(set) = rollout.set.lock().as_ref()
         {
             set.scale(wanted);
         }
@@ -303,7 +304,7 @@ impl LocalRuntime {
             sampler: Mutex::default(),
         });
         let task = tokio::spawn(sample_periodically(Arc::downgrade(&inner)));
-        *inner.sampler.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
+        *inner.sampler.lock() = Some(task);
         Ok(LocalRuntime { inner })
     }
 
@@ -313,7 +314,7 @@ impl LocalRuntime {
     }
 
     fn slot(&self, id: &str) -> Result<Arc<Slot>, RuntimeError> {
-        self.inner.slots.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned().ok_or_else(|| RuntimeError::NotFound { id: id.to_string() })
+        self.inner.slots.lock().get(id).cloned().ok_or_else(|| RuntimeError::NotFound { id: id.to_string() })
     }
 
     async fn open_slot(&self, spec: &InstanceSpec) -> Result<Arc<Slot>, RuntimeError> {
@@ -362,8 +363,8 @@ impl LocalRuntime {
             }),
         });
         let waker = tokio::spawn(wake_on_demand(traffic, Arc::downgrade(&slot)));
-        *slot.waker.lock().unwrap_or_else(|p| p.into_inner()) = Some(waker);
-        let mut slots = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
+        *slot.waker.lock() = Some(waker);
+        let mut slots = self.inner.slots.lock();
         // Two applies may race to open the same slot; the first one inserted wins.
         Ok(slots.entry(spec.id.clone()).or_insert(slot).clone())
     }
@@ -375,7 +376,7 @@ impl LocalRuntime {
         self.check(&spec.spec)?;
         let slot = self.open_slot(&spec).await?;
         let fingerprint = fingerprint(&spec);
-        let mut state = slot.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = slot.state.lock();
         let was_paused = state.spec.paused;
         let old_replicas = state.spec.replicas;
         let started = !state.fingerprint.is_empty();
@@ -410,7 +411,7 @@ impl LocalRuntime {
         if let Some(previous) = state.rollout.take() {
             // Superseded: its set (if it got one) stops in the background.
             previous.task.abort();
-            if let Some(set) = previous.set.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            if let Some(set) = previous.set.lock().take() {
                 tokio::spawn(async move { set.shutdown().await });
             }
         }
@@ -435,22 +436,22 @@ impl LocalRuntime {
     }
 
     async fn delete_slot(&self, id: &str, remove_files: bool) -> Result<(), RuntimeError> {
-        let Some(slot) = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner()).remove(id) else { return Ok(()) };
+        let Some(slot) = self.inner.slots.lock().remove(id) else { return Ok(()) };
         let (active, rollout, mut sets) = {
-            let mut state = slot.state.lock().unwrap_or_else(|p| p.into_inner());
+            let mut state = slot.state.lock();
             (state.active.take(), state.rollout.take(), std::mem::take(&mut state.draining))
         };
         if let Some(Rollout { task, set, .. }) = rollout {
             task.abort();
             let _ = task.await;
-            sets.extend(set.lock().unwrap_or_else(|p| p.into_inner()).take());
+            sets.extend(set.lock().take());
         }
         sets.extend(active.map(|a| a.set.clone()));
         for set in sets {
             set.shutdown().await;
         }
         let _ = slot.endpoints.send_replace(Vec::new());
-        let node_port = slot.node_port.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let node_port = slot.node_port.lock().take();
         if let Some(node_port) = node_port {
             node_port.close().await;
         }
@@ -475,7 +476,7 @@ impl LocalRuntime {
 async fn rollout(inner: Arc<Inner>, slot: Arc<Slot>, spec: InstanceSpec, fingerprint: String, pending: Arc<Mutex<Option<Arc<ReplicaSet>>>>) {
     let version = spec.version;
     let fail = |reason: String| {
-        let mut state = slot.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = slot.state.lock();
         if state.fingerprint != fingerprint {
             return;
         }
@@ -490,9 +491,9 @@ async fn rollout(inner: Arc<Inner>, slot: Arc<Slot>, spec: InstanceSpec, fingerp
         Err(reason) => return fail(reason),
     };
     let set = {
-        let state = slot.state.lock().unwrap_or_else(|p| p.into_inner());
+        let state = slot.state.lock();
         let set = Arc::new(ReplicaSet::start(launch, inner.config.restart.clone(), slot.logs.clone(), state.replicas_wanted()));
-        *pending.lock().unwrap_or_else(|p| p.into_inner()) = Some(set.clone());
+        *pending.lock() = Some(set.clone());
         set
     };
     let mut ready_changes = set.endpoints();
@@ -500,7 +501,7 @@ async fn rollout(inner: Arc<Inner>, slot: Arc<Slot>, spec: InstanceSpec, fingerp
         let status = set.status();
         if let Some(reason) = status.failure() {
             let reason = reason.to_string();
-            pending.lock().unwrap_or_else(|p| p.into_inner()).take();
+            pending.lock().take();
             set.shutdown().await;
             return fail(reason);
         }
@@ -511,12 +512,12 @@ async fn rollout(inner: Arc<Inner>, slot: Arc<Slot>, spec: InstanceSpec, fingerp
         let _ = tokio::time::timeout(Duration::from_millis(50), ready_changes.changed()).await;
     }
     let old = {
-        let mut state = slot.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = slot.state.lock();
         if state.fingerprint != fingerprint {
             // Superseded while starting; the newer rollout stops this set.
             return;
         }
-        pending.lock().unwrap_or_else(|p| p.into_inner()).take();
+        pending.lock().take();
         let feed = tokio::spawn(feed_endpoints(set.endpoints(), slot.endpoints.clone()));
         let old = state.active.replace(Active { version, set: set.clone(), feed }).map(|old| old.set.clone());
         state.draining.extend(old.clone());
@@ -530,7 +531,7 @@ async fn rollout(inner: Arc<Inner>, slot: Arc<Slot>, spec: InstanceSpec, fingerp
     if let Some(old) = old {
         tokio::time::sleep(inner.config.drain).await;
         old.shutdown().await;
-        slot.state.lock().unwrap_or_else(|p| p.into_inner()).draining.retain(|set| !Arc::ptr_eq(set, &old));
+        slot.state.lock().draining.retain(|set| !Arc::ptr_eq(set, &old));
     }
 }
 
@@ -676,7 +677,7 @@ async fn sample_periodically(inner: Weak<Inner>) {
     loop {
         let Some(runtime) = inner.upgrade() else { return };
         let period = runtime.config.usage_period;
-        let slots: Vec<Arc<Slot>> = runtime.slots.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        let slots: Vec<Arc<Slot>> = runtime.slots.lock().values().cloned().collect();
         let now = Instant::now();
         for slot in slots {
             sample(&runtime.config, &slot, now);
@@ -687,7 +688,7 @@ async fn sample_periodically(inner: Weak<Inner>) {
 }
 
 fn sample(config: &LocalConfig, slot: &Slot, now: Instant) {
-    let mut state = slot.state.lock().unwrap_or_else(|p| p.into_inner());
+    let mut state = slot.state.lock();
     let Some(active) = &state.active else { return };
     let set = active.set.clone();
     let replicas = set.status().replicas;
@@ -807,7 +808,7 @@ async fn wake_on_demand(traffic: Arc<Traffic>, slot: Weak<Slot>) {
     loop {
         traffic.demanded().await;
         let Some(slot) = slot.upgrade() else { return };
-        slot.state.lock().unwrap_or_else(|p| p.into_inner()).wake("a connection arrived");
+        slot.state.lock().wake("a connection arrived");
     }
 }
 
@@ -832,46 +833,24 @@ impl Runtime for LocalRuntime {
         }
     }
 
-    async fn apply(&self, spec: InstanceSpec) -> Result<(), RuntimeError> {
-        self.apply_spec(spec, false, false).await
-    }
-
-    async fn redeploy(&self, spec: InstanceSpec) -> Result<(), RuntimeError> {
-        self.apply_spec(spec, true, false).await
+    async fn apply(&self, spec: InstanceSpec, mode: ApplyMode) -> Result<(), RuntimeError> {
+        self.apply_spec(spec, mode == ApplyMode::Retry, mode == ApplyMode::SetReplicas).await
     }
 
     async fn delete(&self, id: &str) -> Result<(), RuntimeError> {
         self.delete_slot(id, true).await
     }
 
-    async fn pause(&self, id: &str) -> Result<(), RuntimeError> {
-        let mut spec = self.slot(id)?.state.lock().unwrap_or_else(|p| p.into_inner()).spec.clone();
-        spec.paused = true;
-        self.apply_spec(spec, false, false).await
-    }
-
-    async fn resume(&self, id: &str) -> Result<(), RuntimeError> {
-        let mut spec = self.slot(id)?.state.lock().unwrap_or_else(|p| p.into_inner()).spec.clone();
-        spec.paused = false;
-        self.apply_spec(spec, false, false).await
-    }
-
-    async fn scale(&self, id: &str, replicas: u32) -> Result<(), RuntimeError> {
-        let mut spec = self.slot(id)?.state.lock().unwrap_or_else(|p| p.into_inner()).spec.clone();
-        spec.replicas = replicas;
-        self.apply_spec(spec, false, true).await
-    }
-
     fn status(&self, id: &str) -> Option<RuntimeStatus> {
         let slot = self.slot(id).ok()?;
-        let state = slot.state.lock().unwrap_or_else(|p| p.into_inner());
+        let state = slot.state.lock();
         let wanted = state.replicas_wanted();
         let mut replicas = Vec::new();
         let mut failed_replica = None;
         let mut ready = 0;
         let mut sets: Vec<(u32, Arc<ReplicaSet>)> = state.active.iter().map(|a| (a.version, a.set.clone())).collect();
         if let Some(rollout) = &state.rollout {
-            sets.extend(rollout.set.lock().unwrap_or_else(|p| p.into_inner()).clone().map(|set| (state.spec.version, set)));
+            sets.extend(rollout.set.lock().clone().map(|set| (state.spec.version, set)));
         }
         for (version, set) in &sets {
             let status = set.status();
@@ -931,7 +910,7 @@ impl Runtime for LocalRuntime {
     }
 
     fn instance_ids(&self) -> Vec<String> {
-        self.inner.slots.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect()
+        self.inner.slots.lock().keys().cloned().collect()
     }
 
     fn logs(&self, id: &str, follow: bool, since: Option<DateTime<Utc>>) -> Result<LogStream, RuntimeError> {
@@ -959,7 +938,7 @@ impl Runtime for LocalRuntime {
     }
 
     fn usage(&self, id: &str) -> Result<Vec<ReplicaUsage>, RuntimeError> {
-        Ok(self.slot(id)?.state.lock().unwrap_or_else(|p| p.into_inner()).usage.clone())
+        Ok(self.slot(id)?.state.lock().usage.clone())
     }
 
     fn health(&self) -> Vec<HealthCheck> {
@@ -998,7 +977,11 @@ impl Runtime for LocalRuntime {
 
     async fn connect(&self, id: &str) -> Result<SocketAddr, RuntimeError> {
         let slot = self.slot(id)?;
-        slot.state.lock().unwrap_or_else(|p| p.into_inner()).wake("a request arrived");
+        slot.state.lock().wake("a request arrived");
         Ok(slot.node_address)
+    }
+
+    async fn shutdown(&self) {
+        LocalRuntime::shutdown(self).await;
     }
 }

@@ -5,7 +5,8 @@ use chrono::{DateTime, Utc};
 use std::collections::VecDeque;
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use parking_lot::Mutex;
+use std::sync::Arc;
 use tokio::sync::broadcast;
 
 /// Which pipe a line came from.
@@ -112,7 +113,7 @@ impl LogBuffer {
     pub fn with_file(capacity: usize, path: PathBuf, max_bytes: u64) -> LogBuffer {
         let mut buffer = LogBuffer::new(capacity);
         if let Ok(text) = std::fs::read_to_string(&path) {
-            let mut lines = buffer.lines.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut lines = buffer.lines.lock();
             let earlier: Vec<LogLine> = text.lines().filter_map(parse_line).collect();
             lines.extend(earlier.into_iter().rev().take(buffer.capacity).rev());
         }
@@ -124,14 +125,14 @@ impl LogBuffer {
     pub fn push(&self, replica: &str, stream: Stream, text: impl Into<String>) {
         let line = LogLine { at: Utc::now(), replica: replica.to_string(), stream, text: text.into() };
         {
-            let mut lines = self.lines.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut lines = self.lines.lock();
             if lines.len() == self.capacity {
                 lines.pop_front();
             }
             lines.push_back(line.clone());
         }
         if let Some(file) = &self.file {
-            file.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).append(&line);
+            file.lock().append(&line);
         }
         // No followers is fine: the line is in the ring.
         let _ = self.live.send(line);
@@ -147,13 +148,13 @@ impl LogBuffer {
 
     /// The buffered lines, oldest first.
     pub fn snapshot(&self) -> Vec<LogLine> {
-        self.lines.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).iter().cloned().collect()
+        self.lines.lock().iter().cloned().collect()
     }
 
     /// The last `count` lines of one stream of one replica written at or after `since` (the
     /// output of its latest run, for failure reasons).
     pub fn tail(&self, replica: &str, stream: Stream, count: usize, since: DateTime<Utc>) -> Vec<String> {
-        let lines = self.lines.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let lines = self.lines.lock();
         let mut tail: Vec<String> = lines
             .iter()
             .rev()
@@ -169,7 +170,7 @@ impl LogBuffer {
     /// The buffered lines and a receiver of every later line, taken together so none is lost
     /// or seen twice between the two.
     pub fn follow(&self) -> (Vec<LogLine>, broadcast::Receiver<LogLine>) {
-        let lines = self.lines.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let lines = self.lines.lock();
         let receiver = self.live.subscribe();
         (lines.iter().cloned().collect(), receiver)
     }

@@ -12,7 +12,8 @@ use super::warm_pool::{Specialization, WarmPool};
 use crate::platform::model::Language;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use parking_lot::Mutex;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::process::Child;
 use tokio::sync::watch;
@@ -177,11 +178,11 @@ struct Shared {
 
 impl Shared {
     fn publish_endpoints(&self) {
-        let replicas = self.replicas.lock().unwrap_or_else(|p| p.into_inner());
+        let replicas = self.replicas.lock();
         let ready: Vec<PathBuf> = replicas
             .values()
             .filter_map(|r| {
-                let status = r.status.lock().unwrap_or_else(|p| p.into_inner());
+                let status = r.status.lock();
                 if status.state == ReplicaState::Ready { status.socket.clone() } else { None }
             })
             .collect();
@@ -224,7 +225,7 @@ impl ReplicaSet {
     /// Starts or stops replicas (newest first) until `replicas` run. Stopping happens in the
     /// background; [`ReplicaSet::shutdown`] waits for it.
     pub fn scale(&self, replicas: u32) {
-        let mut running = self.shared.replicas.lock().unwrap_or_else(|p| p.into_inner());
+        let mut running = self.shared.replicas.lock();
         while running.len() > replicas as usize {
             if let Some((_, replica)) = running.pop_last() {
                 let _ = replica.stop.send(true);
@@ -232,7 +233,7 @@ impl ReplicaSet {
         }
         while running.len() < replicas as usize {
             let index = {
-                let mut next = self.shared.next_index.lock().unwrap_or_else(|p| p.into_inner());
+                let mut next = self.shared.next_index.lock();
                 *next += 1;
                 *next - 1
             };
@@ -256,9 +257,9 @@ impl ReplicaSet {
 
     /// A snapshot of the replicas.
     pub fn status(&self) -> ReplicaSetStatus {
-        let running = self.shared.replicas.lock().unwrap_or_else(|p| p.into_inner());
+        let running = self.shared.replicas.lock();
         let replicas: Vec<ReplicaStatus> =
-            running.values().map(|r| r.status.lock().unwrap_or_else(|p| p.into_inner()).clone()).collect();
+            running.values().map(|r| r.status.lock().clone()).collect();
         ReplicaSetStatus {
             desired: u32::try_from(running.len()).unwrap_or(u32::MAX),
             ready: u32::try_from(replicas.iter().filter(|r| r.state == ReplicaState::Ready).count()).unwrap_or(u32::MAX),
@@ -270,7 +271,7 @@ impl ReplicaSet {
     /// starts replicas again.
     pub async fn shutdown(&self) {
         let replicas: Vec<Replica> = {
-            let mut running = self.shared.replicas.lock().unwrap_or_else(|p| p.into_inner());
+            let mut running = self.shared.replicas.lock();
             std::mem::take(&mut *running).into_values().collect()
         };
         for replica in &replicas {
@@ -286,7 +287,7 @@ impl ReplicaSet {
 impl Drop for ReplicaSet {
     /// A set dropped without [`ReplicaSet::shutdown`] still stops its replicas (in the background).
     fn drop(&mut self) {
-        let running = self.shared.replicas.lock().unwrap_or_else(|p| p.into_inner());
+        let running = self.shared.replicas.lock();
         for replica in running.values() {
             let _ = replica.stop.send(true);
         }
@@ -295,11 +296,11 @@ impl Drop for ReplicaSet {
 
 /// Runs one replica until told to stop: start, probe, wait, restart with back-off.
 async fn supervise(shared: Arc<Shared>, status: Arc<Mutex<ReplicaStatus>>, mut stop: watch::Receiver<bool>) {
-    let name = status.lock().unwrap_or_else(|p| p.into_inner()).name.clone();
+    let name = status.lock().name.clone();
     let policy = shared.policy.clone();
     let mut consecutive_crashes = 0u32;
     let set = |update: &dyn Fn(&mut ReplicaStatus)| {
-        update(&mut status.lock().unwrap_or_else(|p| p.into_inner()));
+        update(&mut status.lock());
         shared.publish_endpoints();
     };
     loop {

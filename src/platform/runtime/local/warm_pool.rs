@@ -18,7 +18,8 @@ use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use parking_lot::Mutex;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::Notify;
 
@@ -98,7 +99,7 @@ impl WarmPool {
 
     /// A live warm process for `language`, if one is waiting.
     pub fn take(&self, language: Language) -> Option<WarmProcess> {
-        let mut idle = self.inner.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = self.inner.idle.lock();
         let queue = idle.get_mut(&language)?;
         while let Some(mut process) = queue.pop_front() {
             if process.process.child.try_wait().ok().flatten().is_none() {
@@ -111,12 +112,12 @@ impl WarmPool {
 
     /// Stops every idle process (kubefn shutting down).
     pub fn clear(&self) {
-        self.inner.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.inner.idle.lock().clear();
     }
 
     /// How many warm processes wait for `language`.
     pub fn idle(&self, language: Language) -> usize {
-        self.inner.idle.lock().unwrap_or_else(|p| p.into_inner()).get(&language).map_or(0, VecDeque::len)
+        self.inner.idle.lock().get(&language).map_or(0, VecDeque::len)
     }
 }
 
@@ -132,7 +133,7 @@ impl WarmProcess {
     /// returned.
     pub async fn specialize(self, warm: &WarmStart, limits: &Limits, logs: &LogBuffer, name: &str) -> Result<Process, String> {
         let WarmProcess { mut process, staging, staging_seen, output } = self;
-        *output.lock().unwrap_or_else(|p| p.into_inner()) = Some((logs.clone(), name.to_string()));
+        *output.lock() = Some((logs.clone(), name.to_string()));
         let outcome = async {
             copy_files(&warm.source_dir, &staging).await.map_err(|e| format!("cannot stage the source: {e}"))?;
             if let Some(cgroup) = &process.cgroup
@@ -184,10 +185,10 @@ async fn refill(pool: Weak<PoolInner>) {
         let Some(inner) = pool.upgrade() else { return };
         let config = inner.config.clone();
         for (language, program, bootstrap) in &config.commands {
-            while inner.idle.lock().unwrap_or_else(|p| p.into_inner()).get(language).map_or(0, VecDeque::len) < config.size {
+            while inner.idle.lock().get(language).map_or(0, VecDeque::len) < config.size {
                 let index = inner.next.fetch_add(1, Ordering::Relaxed);
                 match start_warm(&config, index, program, bootstrap).await {
-                    Ok(process) => inner.idle.lock().unwrap_or_else(|p| p.into_inner()).entry(*language).or_default().push_back(process),
+                    Ok(process) => inner.idle.lock().entry(*language).or_default().push_back(process),
                     Err(error) => {
                         tracing::warn!(language = language.as_str(), %error, "cannot start a warm process; cold starts stay cold");
                         break;
@@ -248,7 +249,7 @@ async fn start_warm(config: &PoolConfig, index: u64, program: &Path, bootstrap: 
 async fn route(pipe: impl tokio::io::AsyncRead + Unpin, target: OutputTarget, stream: Stream) {
     let mut lines = super::logs::BoundedLines::new(pipe);
     while let Ok(Some(line)) = lines.next_line().await {
-        if let Some((logs, name)) = target.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        if let Some((logs, name)) = target.lock().as_ref() {
             logs.push(name, stream, line);
         }
     }
