@@ -5,15 +5,15 @@
 //! (until nothing of the instance is left). Writes JSON to $KUBEFN_BENCH_DIR (default
 //! target/bench-run) for bench/system.py's report.
 
+use figures::{figure, report};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::wait::await_condition;
 use kubefn::platform::model::{FunctionSpec, InstanceState};
-use kubefn::platform::runtime::kubernetes::{client, KubernetesConfig, KubernetesRuntime};
+use kubefn::platform::runtime::kubernetes::{KubernetesConfig, KubernetesRuntime, client};
 use kubefn::platform::runtime::{ApplyMode, InstanceSpec, Runtime};
 use std::time::{Duration, Instant};
 use test_cluster::TestCluster;
-use figures::{figure, report};
 
 #[path = "support/figures.rs"]
 mod figures;
@@ -66,12 +66,25 @@ async fn main() {
         let started = Instant::now();
         deployments.create(&PostParams::default(), &plain_deployment(&name)).await.expect("create");
         let ready = |d: Option<&Deployment>| d.and_then(|d| d.status.as_ref()?.ready_replicas).unwrap_or(0) >= 1;
-        tokio::time::timeout(Duration::from_secs(60), await_condition(deployments.clone(), &name, ready)).await.expect("ready in time").expect("watch");
+        tokio::time::timeout(Duration::from_secs(60), await_condition(deployments.clone(), &name, ready))
+            .await
+            .expect("ready in time")
+            .expect("watch");
         plain.push(started.elapsed());
         deployments.delete(&name, &DeleteParams::default()).await.expect("delete");
 
         let id = uuid::Uuid::new_v4().to_string();
-        let instance = InstanceSpec { id: id.clone(), function: spec.name.clone(), user: "bench".into(), version: 1, spec: spec.clone(), replicas: 1, paused: false, node_port: None, user_quota: None };
+        let instance = InstanceSpec {
+            id: id.clone(),
+            function: spec.name.clone(),
+            user: "bench".into(),
+            version: 1,
+            spec: spec.clone(),
+            replicas: 1,
+            paused: false,
+            node_port: None,
+            user_quota: None,
+        };
         let started = Instant::now();
         runtime.apply(instance, ApplyMode::Reconcile).await.expect("apply");
         let deadline = Instant::now() + Duration::from_secs(60);

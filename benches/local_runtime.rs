@@ -5,6 +5,7 @@
 //! Prints the figures and writes them as JSON to $KUBEFN_BENCH_DIR (default target/bench-run)
 //! for bench/system.py's report.
 
+use figures::{figure, report};
 use kubefn::platform::model::{FunctionSpec, InstanceState, Language, ScalingPolicy};
 use kubefn::platform::runtime::local::{LocalConfig, LocalRuntime};
 use kubefn::platform::runtime::{ApplyMode, InstanceSpec, Runtime};
@@ -12,7 +13,6 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use figures::{figure, report};
 
 #[path = "support/figures.rs"]
 mod figures;
@@ -25,13 +25,30 @@ fn hello(language: Language, idle_after: Option<u64>) -> FunctionSpec {
         _ => "module.exports = async () => 'hello';\n",
     };
     let mut spec: FunctionSpec =
-        serde_json::from_value(serde_json::json!({"name": "bench", "runtime": language.as_str(), "source": source})).expect("spec");
-    spec.scaling = ScalingPolicy { min: u32::from(idle_after.is_none()), max: 1, target_cpu_percent: None, scale_to_zero_after_s: idle_after, ..ScalingPolicy::default() };
+        serde_json::from_value(serde_json::json!({"name": "bench", "runtime": language.as_str(), "source": source}))
+            .expect("spec");
+    spec.scaling = ScalingPolicy {
+        min: u32::from(idle_after.is_none()),
+        max: 1,
+        target_cpu_percent: None,
+        scale_to_zero_after_s: idle_after,
+        ..ScalingPolicy::default()
+    };
     spec
 }
 
 fn instance(id: String, spec: FunctionSpec) -> InstanceSpec {
-    InstanceSpec { id, function: spec.name.clone(), user: "bench".into(), version: 1, spec, replicas: 1, paused: false, node_port: None, user_quota: None }
+    InstanceSpec {
+        id,
+        function: spec.name.clone(),
+        user: "bench".into(),
+        version: 1,
+        spec,
+        replicas: 1,
+        paused: false,
+        node_port: None,
+        user_quota: None,
+    }
 }
 
 /// Time to the first byte of the answer to one request on a new connection.
@@ -135,11 +152,26 @@ async fn main() {
         for language in [Language::Python, Language::Node] {
             let lang = language.as_str();
             let named = |what: &str| format!("{lang}: {what}{suffix}");
-            figures.push(figure(&named("request to a running replica (baseline)"), warm_requests(&cold_runtime, language).await));
-            figures.push(figure(&named("deploy to first answer, no pool"), deploy_to_answer(&cold_runtime, language).await));
-            figures.push(figure(&named("deploy to first answer, warm pool"), deploy_to_answer(&pooled_runtime, language).await));
-            figures.push(figure(&named("cold start from zero, no pool"), cold_starts(&cold_runtime, language, &format!("nopool-{label}")).await));
-            figures.push(figure(&named("cold start from zero, warm pool"), cold_starts(&pooled_runtime, language, &format!("pool-{label}")).await));
+            figures.push(figure(
+                &named("request to a running replica (baseline)"),
+                warm_requests(&cold_runtime, language).await,
+            ));
+            figures.push(figure(
+                &named("deploy to first answer, no pool"),
+                deploy_to_answer(&cold_runtime, language).await,
+            ));
+            figures.push(figure(
+                &named("deploy to first answer, warm pool"),
+                deploy_to_answer(&pooled_runtime, language).await,
+            ));
+            figures.push(figure(
+                &named("cold start from zero, no pool"),
+                cold_starts(&cold_runtime, language, &format!("nopool-{label}")).await,
+            ));
+            figures.push(figure(
+                &named("cold start from zero, warm pool"),
+                cold_starts(&pooled_runtime, language, &format!("pool-{label}")).await,
+            ));
         }
         cold_runtime.shutdown().await;
         pooled_runtime.shutdown().await;

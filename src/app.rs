@@ -1,13 +1,20 @@
 //! The HTML shell, the router and the session state every page shares.
 
-use crate::api::functions::{current_user, LogIn, LogOut, SignUp};
 use crate::api::ApiError;
+use crate::api::functions::{LogIn, LogOut, SignUp, current_user};
 use crate::platform::model::UserInfo;
-use crate::ui::{account::AccountPage, admin::AdminPage, catalog::CatalogPage, function_page::FunctionPage, functions_form::{EditFunctionPage, RegisterFunctionPage}, login::LoginPage};
+use crate::ui::{
+    account::AccountPage,
+    admin::AdminPage,
+    catalog::CatalogPage,
+    function_page::FunctionPage,
+    functions_form::{EditFunctionPage, RegisterFunctionPage},
+    login::LoginPage,
+};
 use leptos::prelude::*;
-use leptos_meta::{provide_meta_context, MetaTags, Stylesheet, Title};
-use leptos_router::components::{Route, Router, Routes, A};
-use leptos_router::{path, SsrMode};
+use leptos_meta::{MetaTags, Stylesheet, Title, provide_meta_context};
+use leptos_router::components::{A, Route, Router, Routes};
+use leptos_router::{SsrMode, path};
 
 /// The document around the app, rendered on the server only.
 pub fn shell(options: LeptosOptions) -> impl IntoView {

@@ -4,7 +4,7 @@
 #![recursion_limit = "256"]
 
 use clap::Parser;
-use kubefn::server::{serve, Config};
+use kubefn::server::{Config, serve};
 use std::process::ExitCode;
 
 #[tokio::main]

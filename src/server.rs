@@ -2,24 +2,27 @@
 //! Tests build the same router through [`build_app`] without binding a port.
 
 use crate::api::session::SessionBackend;
-use crate::api::{gateway, origin, rest, AppState};
-use crate::app::{shell, App};
+use crate::api::{AppState, gateway, origin, rest};
+use crate::app::{App, shell};
+use crate::platform::Platform;
 use crate::platform::async_spool::{AsyncSpool, SpoolError};
 use crate::platform::auth::{AuthError, SignupPolicy};
-use crate::platform::store::StoreError;
-use crate::platform::Platform;
-use axum::Router;
-use axum_login::AuthManagerLayerBuilder;
-use clap::Parser;
-use leptos::config::LeptosOptions;
-use leptos_axum::{generate_route_list, LeptosRoutes};
-use crate::platform::runtime::kubernetes::package_egress::{self, PackageEgress};
-use crate::platform::runtime::kubernetes::{Images, KubernetesConfig, KubernetesError, KubernetesRuntime, NetworkIsolation, PackageAccess, PodSettings, Placement, Toleration};
 use crate::platform::outbound::OutboundPolicy;
+use crate::platform::runtime::kubernetes::package_egress::{self, PackageEgress};
+use crate::platform::runtime::kubernetes::{
+    Images, KubernetesConfig, KubernetesError, KubernetesRuntime, NetworkIsolation, PackageAccess, Placement,
+    PodSettings, Toleration,
+};
 use crate::platform::runtime::local::dependencies::InstallerSettings;
 use crate::platform::runtime::local::sandbox::SandboxSettings;
 use crate::platform::runtime::local::{LocalConfig, LocalRuntime};
 use crate::platform::runtime::{Runtime, RuntimeError};
+use crate::platform::store::StoreError;
+use axum::Router;
+use axum_login::AuthManagerLayerBuilder;
+use clap::Parser;
+use leptos::config::LeptosOptions;
+use leptos_axum::{LeptosRoutes, generate_route_list};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
@@ -294,11 +297,16 @@ impl Server {
 /// The kubernetes runtime's settings from the server's (reads the package CA file).
 pub fn kubernetes_config(config: &Config) -> Result<KubernetesConfig, StartError> {
     let ca_bundle = match &config.package_ca_file {
-        Some(path) => Some(std::fs::read_to_string(path).map_err(|source| StartError::PackageCa { path: path.clone(), source })?),
+        Some(path) => {
+            Some(std::fs::read_to_string(path).map_err(|source| StartError::PackageCa { path: path.clone(), source })?)
+        }
         None => None,
     };
     let proxy = config.package_proxy.clone().or_else(|| {
-        config.package_egress_listen.filter(|address| !address.ip().is_unspecified()).map(|address| format!("http://{address}"))
+        config
+            .package_egress_listen
+            .filter(|address| !address.ip().is_unspecified())
+            .map(|address| format!("http://{address}"))
     });
     Ok(KubernetesConfig {
         kubeconfig: config.kubeconfig.clone(),
@@ -306,11 +314,17 @@ pub fn kubernetes_config(config: &Config) -> Result<KubernetesConfig, StartError
         user_namespace_prefix: config.user_namespace_prefix.clone(),
         pods: PodSettings {
             images: Images { python: config.python_image.clone(), node: config.node_image.clone() },
-            placement: Placement { node_selector: config.node_selector.clone(), tolerations: config.tolerations.clone() },
+            placement: Placement {
+                node_selector: config.node_selector.clone(),
+                tolerations: config.tolerations.clone(),
+            },
             packages: PackageAccess { proxy, ca_bundle, env: InstallerSettings::passed_environment() },
         },
         forward_ports: config.port_forward_range.clone(),
-        network: NetworkIsolation { system_namespace: config.system_namespace.clone(), pod_network: config.pod_network.clone() },
+        network: NetworkIsolation {
+            system_namespace: config.system_namespace.clone(),
+            pod_network: config.pod_network.clone(),
+        },
         ..KubernetesConfig::new()
     })
 }
@@ -323,7 +337,8 @@ pub async fn build_app(config: &Config, mut leptos_options: LeptosOptions) -> Re
     std::fs::create_dir_all(&config.data_dir).map_err(data_dir_error)?;
     // The database, the session store and every instance's files and logs live here: kubefn's
     // alone (function code runs as another user, and sees none of it anyway).
-    std::fs::set_permissions(&config.data_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).map_err(data_dir_error)?;
+    std::fs::set_permissions(&config.data_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .map_err(data_dir_error)?;
     let (runtime, egress): (Arc<dyn Runtime>, Option<PackageEgress>) = match config.runtime {
         RuntimeKind::Local => {
             let mut local = LocalConfig::new(config.data_dir.join("runtime"));
@@ -332,7 +347,11 @@ pub async fn build_app(config: &Config, mut leptos_options: LeptosOptions) -> Re
             local.drain = Duration::from_secs(config.drain_seconds);
             local.warm_pool_size = config.warm_pool_size;
             local.pids_limit = config.pids_limit;
-            local.sandbox = (!config.single_user).then(|| SandboxSettings { uid: config.sandbox_uid, gid: config.sandbox_uid, ..SandboxSettings::default() });
+            local.sandbox = (!config.single_user).then(|| SandboxSettings {
+                uid: config.sandbox_uid,
+                gid: config.sandbox_uid,
+                ..SandboxSettings::default()
+            });
             local.autoscaler.sync_period = Duration::from_secs(config.autoscale_sync_seconds);
             local.autoscaler.scale_down_stabilization = Duration::from_secs(config.scale_down_stabilization_seconds);
             let local = LocalRuntime::new(local).map_err(|source| StartError::Runtime { runtime: "local", source })?;
@@ -353,7 +372,9 @@ pub async fn build_app(config: &Config, mut leptos_options: LeptosOptions) -> Re
     };
     let outbound = OutboundPolicy::new(config.outbound_allow.clone(), Some(config.listen));
     let spool = AsyncSpool::open(config.data_dir.join("async-bodies")).map_err(StartError::Spool)?;
-    let platform = Platform::open(&config.database_url(), spool, config.signup, runtime.clone(), outbound).await.map_err(StartError::Store)?;
+    let platform = Platform::open(&config.database_url(), spool, config.signup, runtime.clone(), outbound)
+        .await
+        .map_err(StartError::Store)?;
     if let Some(admin) = &config.admin {
         let (name, password) = admin.split_once(':').ok_or(StartError::AdminFormat)?;
         platform.accounts.ensure_admin(name, password).await.map_err(StartError::Admin)?;
@@ -400,8 +421,9 @@ pub async fn build_app(config: &Config, mut leptos_options: LeptosOptions) -> Re
 pub async fn serve(config: Config) -> Result<(), StartError> {
     let leptos_options = leptos::config::get_configuration(None).map_err(StartError::Site)?.leptos_options;
     let server = build_app(&config, leptos_options).await?;
-    let listener =
-        tokio::net::TcpListener::bind(config.listen).await.map_err(|source| StartError::Bind { address: config.listen, source })?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Bind { address: config.listen, source })?;
     tracing::info!(address = %config.listen, runtime = ?config.runtime, "kubefn serving on http://{}", config.listen);
     let served = axum::serve(listener, server.router.clone().into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(shutdown_signal())

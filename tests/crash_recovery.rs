@@ -2,7 +2,7 @@
 //! directory: users, sessions, functions, deployed instances and queued async calls are all
 //! still there, and the replica processes the killed one left are stopped and replaced.
 
-use process::{alive, free_port, processes_under, Server};
+use process::{Server, alive, free_port, processes_under};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
@@ -144,5 +144,9 @@ fn deployed_instances_come_back_after_kubefn_is_killed() {
     let mut second = second;
     second.child.wait().expect("kubefn exits");
     assert!(replicas.iter().all(|pid| !alive(*pid)));
-    assert_eq!(processes_under(data.path()), Vec::<u32>::new(), "no replica or warm process is left after a graceful stop");
+    assert_eq!(
+        processes_under(data.path()),
+        Vec::<u32>::new(),
+        "no replica or warm process is left after a graceful stop"
+    );
 }

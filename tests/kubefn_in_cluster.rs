@@ -10,10 +10,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 use test_cluster::TestCluster;
 
-#[path = "support/cluster.rs"]
-mod test_cluster;
 #[path = "support/process.rs"]
 mod process;
+#[path = "support/cluster.rs"]
+mod test_cluster;
 
 #[test]
 fn kubefn_applied_with_kubectl_serves_deploy_invoke_and_delete_from_inside_the_cluster() {
@@ -36,11 +36,24 @@ fn kubefn_applied_with_kubectl_serves_deploy_invoke_and_delete_from_inside_the_c
     cluster.volume("kubefn-data", "1Gi", 65532);
     let kubectl = |args: &[&str]| cluster.kubectl(args, None);
     // The operator's settings: an admin, and the runtime images this cluster has.
-    kubectl(&["-n", "kubefn-system", "create", "secret", "generic", "kubefn-admin", "--from-literal=admin=root:root-password-1"]);
+    kubectl(&[
+        "-n",
+        "kubefn-system",
+        "create",
+        "secret",
+        "generic",
+        "kubefn-admin",
+        "--from-literal=admin=root:root-password-1",
+    ]);
     let images = test_cluster::images();
     kubectl(&[
-        "-n", "kubefn-system", "set", "env", "deployment/kubefn",
-        &format!("KUBEFN_PYTHON_IMAGE={}", images.python), &format!("KUBEFN_NODE_IMAGE={}", images.node),
+        "-n",
+        "kubefn-system",
+        "set",
+        "env",
+        "deployment/kubefn",
+        &format!("KUBEFN_PYTHON_IMAGE={}", images.python),
+        &format!("KUBEFN_NODE_IMAGE={}", images.node),
     ]);
     let started = Instant::now();
     kubectl(&["-n", "kubefn-system", "rollout", "status", "deployment/kubefn", "--timeout=120s"]);
@@ -48,7 +61,8 @@ fn kubefn_applied_with_kubectl_serves_deploy_invoke_and_delete_from_inside_the_c
 
     // Its Service, from this machine (the test cluster routes Service addresses to its node).
     let service_ip = kubectl(&["-n", "kubefn-system", "get", "service", "kubefn", "-o", "jsonpath={.spec.clusterIP}"]);
-    let kubefn = process::Client { address: format!("{}:80", service_ip.trim()).parse().expect("the Service's address") };
+    let kubefn =
+        process::Client { address: format!("{}:80", service_ip.trim()).parse().expect("the Service's address") };
     let deadline = Instant::now() + Duration::from_secs(30);
     while kubefn.request("GET", "/readyz", None, None).status != 200 {
         assert!(Instant::now() < deadline, "kubefn's Service never answered");
@@ -76,7 +90,9 @@ fn kubefn_applied_with_kubectl_serves_deploy_invoke_and_delete_from_inside_the_c
 
     // Idle for 10 s: scaled to zero; the next call wakes it and is answered.
     // (The count reaches 0 a moment before the pod is gone and the status says why.)
-    let zero = kubefn.instance_until(&cookie, &id, "scaled to zero", |i| i["replicas"]["desired"] == 0 && i["message"] == "scaled to zero");
+    let zero = kubefn.instance_until(&cookie, &id, "scaled to zero", |i| {
+        i["replicas"]["desired"] == 0 && i["message"] == "scaled to zero"
+    });
     assert_eq!(zero["state"], "Ready", "an instance at zero is Ready to wake: {zero:#}");
     let woken = Instant::now();
     let answer = kubefn.invoke(&cookie, "inside", "hello", "again");
@@ -94,7 +110,21 @@ fn kubefn_applied_with_kubectl_serves_deploy_invoke_and_delete_from_inside_the_c
         std::thread::sleep(Duration::from_millis(200));
     }
     let gone = asked.elapsed();
-    let left = kubectl(&["-n", "kubefn-functions", "get", "deployments,pods,services,configmaps", "-l", &format!("kubefn.dev/instance={id}"), "-o", "name"]);
+    let left = kubectl(&[
+        "-n",
+        "kubefn-functions",
+        "get",
+        "deployments,pods,services,configmaps",
+        "-l",
+        &format!("kubefn.dev/instance={id}"),
+        "-o",
+        "name",
+    ]);
     assert_eq!(left.trim(), "", "objects left after Delete");
-    eprintln!("Delete answered {} in {} ms; the instance was gone after {} ms", deleted.status, answered.as_millis(), gone.as_millis());
+    eprintln!(
+        "Delete answered {} in {} ms; the instance was gone after {} ms",
+        deleted.status,
+        answered.as_millis(),
+        gone.as_millis()
+    );
 }

@@ -9,18 +9,20 @@
 //! Set KUBEFN_TEST_KUBECONFIG (and KUBEFN_TEST_CLUSTER_BIN) to use a cluster that runs already
 //! (`make cluster`).
 
-use futures::StreamExt;
 use axum::http::{Method, StatusCode};
+use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use serde_json::{json, Value};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Service};
-use kube::api::{Api, ListParams};
 use kube::Client;
+use kube::api::{Api, ListParams};
 use kubefn::platform::autoscale::MetricKind;
 use kubefn::platform::model::{FunctionSpec, InstanceState, Language, ScalingPolicy};
-use kubefn::platform::runtime::kubernetes::{access, client, names, KubernetesConfig, KubernetesRuntime, NetworkIsolation, PackageAccess, PodSettings};
+use kubefn::platform::runtime::kubernetes::{
+    KubernetesConfig, KubernetesRuntime, NetworkIsolation, PackageAccess, PodSettings, access, client, names,
+};
 use kubefn::platform::runtime::{ApplyMode, InstanceSpec, Runtime, RuntimeStatus};
+use serde_json::{Value, json};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use support::call;
@@ -54,7 +56,10 @@ fn config(forward_ports: std::ops::RangeInclusive<u16>) -> KubernetesConfig {
         forward_ports,
         in_cluster: false,
         hold: Duration::from_secs(10),
-        network: NetworkIsolation { pod_network: vec![POD_NETWORK.parse().expect("cidr")], ..NetworkIsolation::default() },
+        network: NetworkIsolation {
+            pod_network: vec![POD_NETWORK.parse().expect("cidr")],
+            ..NetworkIsolation::default()
+        },
         ..KubernetesConfig::new()
     }
 }
@@ -67,7 +72,9 @@ fn on_kwok(config: KubernetesConfig) -> KubernetesConfig {
 /// kubefn's runtime acting as its ServiceAccount, with no objects left of `functions` (from an
 /// earlier run against the same cluster).
 async fn runtime(forward_ports: std::ops::RangeInclusive<u16>, functions: &[&str]) -> KubernetesRuntime {
-    let runtime = KubernetesRuntime::connect(config(forward_ports)).await.expect("the runtime connects as kubefn's ServiceAccount");
+    let runtime = KubernetesRuntime::connect(config(forward_ports))
+        .await
+        .expect("the runtime connects as kubefn's ServiceAccount");
     for function in functions {
         runtime.delete_matching(&names::function_selector_text(function)).await.expect("clean up an earlier run");
     }
@@ -112,7 +119,12 @@ fn instance(function: &FunctionSpec, user: &str, version: u32) -> InstanceSpec {
 }
 
 /// Polls the runtime's status until `done` holds (or fails the test, showing the last status).
-async fn until(runtime: &KubernetesRuntime, id: &str, what: &str, done: impl Fn(&RuntimeStatus) -> bool) -> RuntimeStatus {
+async fn until(
+    runtime: &KubernetesRuntime,
+    id: &str,
+    what: &str,
+    done: impl Fn(&RuntimeStatus) -> bool,
+) -> RuntimeStatus {
     // Long enough for metrics-server's two scrapes and an HPA sync (about 30 s here).
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
@@ -135,12 +147,29 @@ async fn left_of(client: &Client, selector: &str) -> usize {
 async fn left_of_in(client: &Client, namespace: &str, selector: &str) -> usize {
     let params = ListParams::default().labels(selector);
     let mut left = 0;
-    left += Api::<Deployment>::namespaced(client.clone(), namespace).list_metadata(&params).await.expect("list").items.len();
-    left += Api::<k8s_openapi::api::apps::v1::ReplicaSet>::namespaced(client.clone(), namespace).list_metadata(&params).await.expect("list").items.len();
+    left += Api::<Deployment>::namespaced(client.clone(), namespace)
+        .list_metadata(&params)
+        .await
+        .expect("list")
+        .items
+        .len();
+    left += Api::<k8s_openapi::api::apps::v1::ReplicaSet>::namespaced(client.clone(), namespace)
+        .list_metadata(&params)
+        .await
+        .expect("list")
+        .items
+        .len();
     left += Api::<Pod>::namespaced(client.clone(), namespace).list_metadata(&params).await.expect("list").items.len();
-    left += Api::<Service>::namespaced(client.clone(), namespace).list_metadata(&params).await.expect("list").items.len();
-    left += Api::<ConfigMap>::namespaced(client.clone(), namespace).list_metadata(&params).await.expect("list").items.len();
-    left += Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), namespace).list_metadata(&params).await.expect("list").items.len();
+    left +=
+        Api::<Service>::namespaced(client.clone(), namespace).list_metadata(&params).await.expect("list").items.len();
+    left +=
+        Api::<ConfigMap>::namespaced(client.clone(), namespace).list_metadata(&params).await.expect("list").items.len();
+    left += Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), namespace)
+        .list_metadata(&params)
+        .await
+        .expect("list")
+        .items
+        .len();
     left
 }
 
@@ -191,10 +220,12 @@ async fn an_instance_deploys_updates_under_load_rolls_back_scales_pauses_and_is_
     assert_eq!(invoke(node_port, "through the node port").await, "v1 through the node port");
 
     // What the apiserver holds reads back as built.
-    let config_map = Api::<ConfigMap>::namespaced(admin.clone(), NAMESPACE).get("life-alice-v1").await.expect("ConfigMap v1");
+    let config_map =
+        Api::<ConfigMap>::namespaced(admin.clone(), NAMESPACE).get("life-alice-v1").await.expect("ConfigMap v1");
     assert!(config_map.data.expect("data")["function.py"].contains("'v1 '"));
     assert_eq!(config_map.immutable, Some(true));
-    let deployment = Api::<Deployment>::namespaced(admin.clone(), NAMESPACE).get("life-alice").await.expect("Deployment");
+    let deployment =
+        Api::<Deployment>::namespaced(admin.clone(), NAMESPACE).get("life-alice").await.expect("Deployment");
     let labels = deployment.metadata.labels.clone().expect("labels");
     assert_eq!(labels[names::MANAGED_BY], "kubefn");
     assert_eq!(labels[names::USER], "alice");
@@ -202,7 +233,10 @@ async fn an_instance_deploys_updates_under_load_rolls_back_scales_pauses_and_is_
     let pod_spec = deployment.spec.expect("spec").template.spec.expect("pod spec");
     assert_eq!(pod_spec.security_context.expect("security").run_as_non_root, Some(true));
     let container = &pod_spec.containers[0];
-    assert_eq!(container.readiness_probe.as_ref().and_then(|p| p.http_get.as_ref()).and_then(|h| h.path.clone()).as_deref(), Some("/_/ready"));
+    assert_eq!(
+        container.readiness_probe.as_ref().and_then(|p| p.http_get.as_ref()).and_then(|h| h.path.clone()).as_deref(),
+        Some("/_/ready")
+    );
     let service = Api::<Service>::namespaced(admin.clone(), NAMESPACE).get("life-alice").await.expect("Service");
     assert_eq!(service.spec.expect("spec").type_.as_deref(), Some("NodePort"));
 
@@ -236,24 +270,39 @@ async fn an_instance_deploys_updates_under_load_rolls_back_scales_pauses_and_is_
     let (answers, failures) = load.await.expect("the load ran");
     assert!(failures.is_empty(), "calls failed during the rolling update: {failures:?} ({} answered)", answers.len());
     assert!(answers.iter().all(|a| a == "v1 load" || a == "v2 load"), "{answers:?}");
-    assert!(answers.iter().any(|a| a == "v1 load") && answers.last().map(String::as_str) == Some("v2 load"), "v1 served until v2 took over");
+    assert!(
+        answers.iter().any(|a| a == "v1 load") && answers.last().map(String::as_str) == Some("v2 load"),
+        "v1 served until v2 took over"
+    );
     eprintln!("{} calls during the rolling update, none failed", answers.len());
     Api::<ConfigMap>::namespaced(admin.clone(), NAMESPACE).get("life-alice-v2").await.expect("ConfigMap v2");
-    assert!(updated.events.iter().any(|e| e.reason == "ScalingReplicaSet"), "the rollout's events show: {:#?}", updated.events);
+    assert!(
+        updated.events.iter().any(|e| e.reason == "ScalingReplicaSet"),
+        "the rollout's events show: {:#?}",
+        updated.events
+    );
 
     // Rollback to v1.
     runtime.apply(spec.clone(), ApplyMode::Reconcile).await.expect("rollback");
-    until(&runtime, &id, "rolled back to v1", |s| s.state == InstanceState::Ready && s.serving_version == Some(1) && s.replicas.iter().all(|r| r.version == 1)).await;
+    until(&runtime, &id, "rolled back to v1", |s| {
+        s.state == InstanceState::Ready && s.serving_version == Some(1) && s.replicas.iter().all(|r| r.version == 1)
+    })
+    .await;
     assert_eq!(invoke(node_port, "back").await, "v1 back");
 
     // Scale to 3: the Service spreads connections over them.
     runtime.apply(InstanceSpec { replicas: 3, ..spec.clone() }, ApplyMode::SetReplicas).await.expect("scale");
-    let scaled = until(&runtime, &id, "3 replicas ready", |s| s.state == InstanceState::Ready && s.ready == 3 && s.desired == 3).await;
+    let scaled =
+        until(&runtime, &id, "3 replicas ready", |s| s.state == InstanceState::Ready && s.ready == 3 && s.desired == 3)
+            .await;
     assert_eq!(scaled.replicas.iter().filter(|r| r.state == "Ready").count(), 3);
     assert_eq!(invoke(node_port, "three").await, "v1 three");
 
     // Pause: no pods; resume: 3 again, answering.
-    runtime.apply(InstanceSpec { replicas: 3, paused: true, ..spec.clone() }, ApplyMode::Reconcile).await.expect("pause");
+    runtime
+        .apply(InstanceSpec { replicas: 3, paused: true, ..spec.clone() }, ApplyMode::Reconcile)
+        .await
+        .expect("pause");
     until(&runtime, &id, "paused with no pods", |s| s.state == InstanceState::Paused && s.replicas.is_empty()).await;
     runtime.apply(InstanceSpec { replicas: 3, ..spec.clone() }, ApplyMode::Reconcile).await.expect("resume");
     until(&runtime, &id, "resumed with 3 ready", |s| s.state == InstanceState::Ready && s.ready == 3).await;
@@ -266,7 +315,11 @@ async fn an_instance_deploys_updates_under_load_rolls_back_scales_pauses_and_is_
     let took = deleting.elapsed();
     eprintln!("delete of 3 real pods took {} ms", took.as_millis());
     assert!(took < Duration::from_secs(10), "deleting took {took:?}");
-    assert_eq!(left_of(&admin, &names::instance_selector_text(&id)).await, 0, "objects of the instance left after delete");
+    assert_eq!(
+        left_of(&admin, &names::instance_selector_text(&id)).await,
+        0,
+        "objects of the instance left after delete"
+    );
     assert!(runtime.status(&id).is_none() || runtime.status(&id).is_some_and(|s| s.replicas.is_empty()));
     runtime.delete(&id).await.expect("deleting again is fine");
     runtime.shutdown().await;
@@ -277,21 +330,34 @@ async fn autoscaled_instances_get_a_valid_hpa_that_pause_suspends() {
     let runtime = runtime(41100..=41199, &["hpa"]).await;
     let admin = admin().await;
     let mut function = python("hpa", "def handle(req):\n    return 'ok'\n");
-    function.scaling = ScalingPolicy { min: 2, max: 5, target_cpu_percent: Some(60), target_memory_percent: Some(80), ..ScalingPolicy::default() };
+    function.scaling = ScalingPolicy {
+        min: 2,
+        max: 5,
+        target_cpu_percent: Some(60),
+        target_memory_percent: Some(80),
+        ..ScalingPolicy::default()
+    };
     let spec = instance(&function, "alice", 1);
     let id = spec.id.clone();
     runtime.apply(spec.clone(), ApplyMode::Reconcile).await.expect("apply");
     until(&runtime, &id, "2 replicas (the HPA's min)", |s| s.state == InstanceState::Ready && s.ready == 2).await;
-    let hpa = Api::<HorizontalPodAutoscaler>::namespaced(admin.clone(), NAMESPACE).get("hpa-alice").await.expect("the HPA exists");
+    let hpa = Api::<HorizontalPodAutoscaler>::namespaced(admin.clone(), NAMESPACE)
+        .get("hpa-alice")
+        .await
+        .expect("the HPA exists");
     let hpa_spec = hpa.spec;
     assert_eq!((hpa_spec.min_replicas, hpa_spec.max_replicas), (Some(2), 5));
     assert_eq!(hpa_spec.scale_target_ref.name, "hpa-alice");
-    let metrics: Vec<String> = hpa_spec.metrics.expect("metrics").iter().filter_map(|m| m.resource.as_ref().map(|r| r.name.clone())).collect();
+    let metrics: Vec<String> =
+        hpa_spec.metrics.expect("metrics").iter().filter_map(|m| m.resource.as_ref().map(|r| r.name.clone())).collect();
     assert_eq!(metrics, ["cpu", "memory"]);
 
     runtime.apply(InstanceSpec { paused: true, ..spec.clone() }, ApplyMode::Reconcile).await.expect("pause");
     until(&runtime, &id, "paused", |s| s.state == InstanceState::Paused && s.replicas.is_empty()).await;
-    Api::<HorizontalPodAutoscaler>::namespaced(admin.clone(), NAMESPACE).get("hpa-alice").await.expect("the HPA stays, suspended by zero replicas");
+    Api::<HorizontalPodAutoscaler>::namespaced(admin.clone(), NAMESPACE)
+        .get("hpa-alice")
+        .await
+        .expect("the HPA stays, suspended by zero replicas");
     runtime.apply(spec.clone(), ApplyMode::Reconcile).await.expect("resume");
     until(&runtime, &id, "resumed at min", |s| s.state == InstanceState::Ready && s.ready == 2).await;
 
@@ -299,9 +365,21 @@ async fn autoscaled_instances_get_a_valid_hpa_that_pause_suspends() {
     let mut fixed = function.clone();
     fixed.scaling.target_cpu_percent = None;
     fixed.scaling.target_memory_percent = None;
-    runtime.apply(InstanceSpec { version: 2, spec: fixed, replicas: 1, ..spec }, ApplyMode::Reconcile).await.expect("apply without autoscaling");
-    until(&runtime, &id, "one replica of v2", |s| s.state == InstanceState::Ready && s.ready == 1 && s.serving_version == Some(2)).await;
-    assert!(Api::<HorizontalPodAutoscaler>::namespaced(admin.clone(), NAMESPACE).get_opt("hpa-alice").await.expect("get").is_none());
+    runtime
+        .apply(InstanceSpec { version: 2, spec: fixed, replicas: 1, ..spec }, ApplyMode::Reconcile)
+        .await
+        .expect("apply without autoscaling");
+    until(&runtime, &id, "one replica of v2", |s| {
+        s.state == InstanceState::Ready && s.ready == 1 && s.serving_version == Some(2)
+    })
+    .await;
+    assert!(
+        Api::<HorizontalPodAutoscaler>::namespaced(admin.clone(), NAMESPACE)
+            .get_opt("hpa-alice")
+            .await
+            .expect("get")
+            .is_none()
+    );
     runtime.delete(&id).await.expect("delete");
     runtime.shutdown().await;
 }
@@ -334,7 +412,8 @@ async fn the_hpa_scales_out_on_real_cpu_and_back_and_usage_comes_from_metrics_se
     let spec = instance(&function, "alice", 1);
     let id = spec.id.clone();
     runtime.apply(spec, ApplyMode::Reconcile).await.expect("apply");
-    let ready = until(&runtime, &id, "1 replica (the HPA's min)", |s| s.state == InstanceState::Ready && s.ready == 1).await;
+    let ready =
+        until(&runtime, &id, "1 replica (the HPA's min)", |s| s.state == InstanceState::Ready && s.ready == 1).await;
     assert!(!ready.limits.contains("usage not available"), "{}", ready.limits);
     let pod = ready.replicas[0].name.clone();
     let address = runtime.connect(&id).await.expect("connect");
@@ -345,12 +424,15 @@ async fn the_hpa_scales_out_on_real_cpu_and_back_and_usage_comes_from_metrics_se
     // (cAdvisor), metrics-server serves it.
     let loaded = Instant::now();
     let stop = load(address, 4);
-    let wants = until(&runtime, &id, "the HPA to ask for 3", |s| s.autoscaler.as_ref().is_some_and(|a| a.desired == 3)).await;
+    let wants =
+        until(&runtime, &id, "the HPA to ask for 3", |s| s.autoscaler.as_ref().is_some_and(|a| a.desired == 3)).await;
     let autoscaler = wants.autoscaler.expect("autoscaler status");
     let cpu = autoscaler.metrics.iter().find(|m| m.kind == MetricKind::CpuUtilization).expect("the CPU metric");
     assert_eq!(cpu.target, 50.0);
     assert!(cpu.current.is_some_and(|c| c >= 100.0), "the HPA measured the load: {autoscaler:?}");
-    let scaled = until(&runtime, &id, "3 replicas ready", |s| s.state == InstanceState::Ready && s.ready == 3 && s.desired == 3).await;
+    let scaled =
+        until(&runtime, &id, "3 replicas ready", |s| s.state == InstanceState::Ready && s.ready == 3 && s.desired == 3)
+            .await;
     eprintln!("the HPA scaled out to 3 ready replicas {} ms after the load started", loaded.elapsed().as_millis());
     assert!(
         scaled.events.iter().any(|e| e.reason == "SuccessfulRescale" && e.message.starts_with("the autoscaler")),
@@ -370,7 +452,10 @@ async fn the_hpa_scales_out_on_real_cpu_and_back_and_usage_comes_from_metrics_se
     };
     let busy = usage.iter().find(|u| u.replica == pod).expect("the busy pod");
     assert!(busy.cpu_millicores.expect("cpu") <= 600.0, "no more than its 500m limit (and a margin): {busy:?}");
-    assert!(busy.memory_bytes > 4 * 1024 * 1024 && busy.memory_bytes < 256 * 1024 * 1024, "a Python process's memory: {busy:?}");
+    assert!(
+        busy.memory_bytes > 4 * 1024 * 1024 && busy.memory_bytes < 256 * 1024 * 1024,
+        "a Python process's memory: {busy:?}"
+    );
     // The admin dashboard's health checks say so too, and count the pods.
     let health = runtime.health();
     let metrics = health.iter().find(|c| c.name == "metrics.k8s.io").expect("a metrics check");
@@ -388,10 +473,16 @@ async fn the_hpa_scales_out_on_real_cpu_and_back_and_usage_comes_from_metrics_se
 }
 
 /// Follows the instance's logs until a line containing `text` arrives (20 s at most).
-async fn next_line_with(follow: &mut kubefn::platform::runtime::LogStream, text: &str) -> kubefn::platform::model::LogEntry {
+async fn next_line_with(
+    follow: &mut kubefn::platform::runtime::LogStream,
+    text: &str,
+) -> kubefn::platform::model::LogEntry {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let line = tokio::time::timeout_at(deadline, follow.next()).await.unwrap_or_else(|_| panic!("no log line with {text:?} in time")).expect("a line");
+        let line = tokio::time::timeout_at(deadline, follow.next())
+            .await
+            .unwrap_or_else(|_| panic!("no log line with {text:?} in time"))
+            .expect("a line");
         if line.text.contains(text) {
             return line;
         }
@@ -401,25 +492,39 @@ async fn next_line_with(follow: &mut kubefn::platform::runtime::LogStream, text:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_node_and_image_functions_answer_through_the_port_forward_and_their_logs_follow() {
     let runtime = runtime(41200..=41299, &["pf-py", "pf-js", "pf-image"]).await;
-    let py = python("pf-py", "def handle(req):\n    print('python got', req, flush=True)\n    return 'from python: ' + req\n");
+    let py = python(
+        "pf-py",
+        "def handle(req):\n    print('python got', req, flush=True)\n    return 'from python: ' + req\n",
+    );
     let js = FunctionSpec {
         runtime: Language::Node,
         source: "module.exports = async (event) => { console.log('node got ' + event.data); return 'from node: ' + event.data; };\n".into(),
         ..python("pf-js", "")
     };
-    let image = FunctionSpec { runtime: Language::Image, image: Some(test_cluster::ECHO_IMAGE.into()), source: String::new(), ..python("pf-image", "") };
+    let image = FunctionSpec {
+        runtime: Language::Image,
+        image: Some(test_cluster::ECHO_IMAGE.into()),
+        source: String::new(),
+        ..python("pf-image", "")
+    };
     let specs: Vec<InstanceSpec> = [&py, &js, &image].into_iter().map(|f| instance(f, "alice", 1)).collect();
     for spec in &specs {
         runtime.apply(spec.clone(), ApplyMode::Reconcile).await.expect("apply");
     }
-    for (spec, (got, answer)) in specs.iter().zip([("python got", "from python: "), ("node got", "from node: "), ("", "echo POST / ")]) {
+    for (spec, (got, answer)) in
+        specs.iter().zip([("python got", "from python: "), ("node got", "from node: "), ("", "echo POST / ")])
+    {
         let status = until(&runtime, &spec.id, "Ready", |s| s.state == InstanceState::Ready && s.ready == 1).await;
         let pod = status.replicas[0].name.clone();
         let address = runtime.connect(&spec.id).await.expect("connect");
         assert_eq!(Some(address), status.port_forward);
         assert_eq!(invoke(address, "hi").await, format!("{answer}hi"), "{}", spec.function);
         for _ in 0..5 {
-            assert_eq!(call(address, "POST", "/", "text/plain", "again").await.expect("call").0, 200, "each connection re-resolves a pod");
+            assert_eq!(
+                call(address, "POST", "/", "text/plain", "again").await.expect("call").0,
+                200,
+                "each connection re-resolves a pod"
+            );
         }
         if got.is_empty() {
             continue; // the echo image logs nothing
@@ -441,7 +546,12 @@ async fn python_node_and_image_functions_answer_through_the_port_forward_and_the
     for spec in &specs {
         let deleting = Instant::now();
         runtime.delete(&spec.id).await.expect("delete");
-        assert!(deleting.elapsed() < Duration::from_secs(10), "deleting {} took {:?}", spec.function, deleting.elapsed());
+        assert!(
+            deleting.elapsed() < Duration::from_secs(10),
+            "deleting {} took {:?}",
+            spec.function,
+            deleting.elapsed()
+        );
     }
     runtime.shutdown().await;
 }
@@ -451,10 +561,13 @@ async fn python_node_and_image_functions_answer_through_the_port_forward_and_the
 /// machine's CA bundle (its egress inspects TLS).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dependencies_install_in_the_pod_through_the_package_egress() {
-    use kubefn::platform::runtime::kubernetes::package_egress::{registry_hosts, PackageEgress};
+    use kubefn::platform::runtime::kubernetes::package_egress::{PackageEgress, registry_hosts};
     use kubefn::platform::runtime::local::dependencies::InstallerSettings;
     let installer_env = InstallerSettings::passed_environment();
-    let egress = PackageEgress::start(std::net::SocketAddr::new(cluster().host_address(), 0), registry_hosts(&installer_env)).await.expect("egress");
+    let egress =
+        PackageEgress::start(std::net::SocketAddr::new(cluster().host_address(), 0), registry_hosts(&installer_env))
+            .await
+            .expect("egress");
     let bundle = std::env::var("SSL_CERT_FILE").unwrap_or_else(|_| "/etc/ssl/certs/ca-certificates.crt".into());
     // In a namespace of its own: the policy there lets its pods reach this egress, at this
     // machine's address, and no other test's kubefn applies a policy without it.
@@ -468,7 +581,10 @@ async fn dependencies_install_in_the_pod_through_the_package_egress() {
     for function in ["deps-py", "deps-js"] {
         runtime.delete_matching(&names::function_selector_text(function)).await.expect("clean up an earlier run");
     }
-    let py = FunctionSpec { requirements: "six==1.16.0\n".into(), ..python("deps-py", "import six\ndef handle(req):\n    return 'six ' + six.__version__\n") };
+    let py = FunctionSpec {
+        requirements: "six==1.16.0\n".into(),
+        ..python("deps-py", "import six\ndef handle(req):\n    return 'six ' + six.__version__\n")
+    };
     let js = FunctionSpec {
         runtime: Language::Node,
         source: "const isNumber = require('is-number');\nmodule.exports = async (event) => 'is-number says ' + isNumber(event.data);\n".into(),
@@ -480,7 +596,10 @@ async fn dependencies_install_in_the_pod_through_the_package_egress() {
         runtime.apply(spec.clone(), ApplyMode::Reconcile).await.expect("apply");
     }
     for (spec, expected) in specs.iter().zip(["six 1.16.0", "is-number says true"]) {
-        let status = until(&runtime, &spec.id, "Ready with its dependencies", |s| s.state == InstanceState::Ready || s.state == InstanceState::Failed).await;
+        let status = until(&runtime, &spec.id, "Ready with its dependencies", |s| {
+            s.state == InstanceState::Ready || s.state == InstanceState::Failed
+        })
+        .await;
         assert_eq!(status.state, InstanceState::Ready, "{status:#?}");
         let body = if spec.function == "deps-js" { "42" } else { "x" };
         assert_eq!(invoke(status.port_forward.expect("port-forward"), body).await, expected);
@@ -493,15 +612,28 @@ async fn dependencies_install_in_the_pod_through_the_package_egress() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_instance_goes_to_zero_and_a_connection_wakes_it() {
-    let config = KubernetesConfig { usage_period: Duration::from_millis(200), hold: Duration::from_secs(30), ..config(42000..=42099) };
+    let config = KubernetesConfig {
+        usage_period: Duration::from_millis(200),
+        hold: Duration::from_secs(30),
+        ..config(42000..=42099)
+    };
     let runtime = KubernetesRuntime::connect(config).await.expect("connect");
     runtime.delete_matching(&names::function_selector_text("idle")).await.expect("clean up an earlier run");
     let mut function = python("idle", "def handle(req):\n    return 'x'\n");
-    function.scaling = ScalingPolicy { min: 0, max: 1, target_cpu_percent: None, scale_to_zero_after_s: Some(1), ..ScalingPolicy::default() };
+    function.scaling = ScalingPolicy {
+        min: 0,
+        max: 1,
+        target_cpu_percent: None,
+        scale_to_zero_after_s: Some(1),
+        ..ScalingPolicy::default()
+    };
     let spec = instance(&function, "alice", 1);
     let id = spec.id.clone();
     runtime.apply(spec.clone(), ApplyMode::Reconcile).await.expect("apply");
-    let zero = until(&runtime, &id, "scaled to zero after 1 s idle", |s| s.desired == 0 && s.replicas.is_empty() && s.state == InstanceState::Ready).await;
+    let zero = until(&runtime, &id, "scaled to zero after 1 s idle", |s| {
+        s.desired == 0 && s.replicas.is_empty() && s.state == InstanceState::Ready
+    })
+    .await;
     assert_eq!((zero.state, zero.message.as_str()), (InstanceState::Ready, "scaled to zero"));
     // The reconcile loop's next apply (with the stored count, 1) keeps it at zero.
     runtime.apply(spec.clone(), ApplyMode::Reconcile).await.expect("re-apply");
@@ -550,7 +682,8 @@ async fn a_replica_no_node_can_take_waits_with_the_reason_in_plain_words() {
     let spec = instance(&function, "alice", 1);
     let id = spec.id.clone();
     runtime.apply(spec, ApplyMode::Reconcile).await.expect("apply");
-    let status = until(&runtime, &id, "unschedulable", |s| s.events.iter().any(|e| e.reason == "FailedScheduling")).await;
+    let status =
+        until(&runtime, &id, "unschedulable", |s| s.events.iter().any(|e| e.reason == "FailedScheduling")).await;
     assert_eq!(status.state, InstanceState::Deploying);
     assert!(status.message.starts_with("waiting for a node"), "{}", status.message);
     let event = status.events.iter().find(|e| e.reason == "FailedScheduling").expect("event");
@@ -572,7 +705,10 @@ async fn placement_sends_pods_to_the_chosen_nodes_and_an_untolerated_taint_keeps
     runtime.apply(spec.clone(), ApplyMode::Reconcile).await.expect("apply");
     until(&runtime, &spec.id, "4 replicas on kwok's nodes", |s| s.state == InstanceState::Ready && s.ready == 4).await;
     let admin = admin().await;
-    let pods = Api::<Pod>::namespaced(admin.clone(), NAMESPACE).list(&ListParams::default().labels(&names::instance_selector_text(&spec.id))).await.expect("pods");
+    let pods = Api::<Pod>::namespaced(admin.clone(), NAMESPACE)
+        .list(&ListParams::default().labels(&names::instance_selector_text(&spec.id)))
+        .await
+        .expect("pods");
     let nodes: Vec<String> = pods.items.iter().filter_map(|p| p.spec.as_ref()?.node_name.clone()).collect();
     assert_eq!(nodes.len(), 4);
     assert!(nodes.iter().all(|n| n.starts_with("kwok-node-")), "{nodes:?}");
@@ -584,7 +720,8 @@ async fn placement_sends_pods_to_the_chosen_nodes_and_an_untolerated_taint_keeps
     let runtime = KubernetesRuntime::connect(untolerated).await.expect("connect");
     let spec = instance(&function, "bob", 1);
     runtime.apply(spec.clone(), ApplyMode::Reconcile).await.expect("apply");
-    let status = until(&runtime, &spec.id, "unschedulable", |s| s.events.iter().any(|e| e.reason == "FailedScheduling")).await;
+    let status =
+        until(&runtime, &spec.id, "unschedulable", |s| s.events.iter().any(|e| e.reason == "FailedScheduling")).await;
     let event = status.events.iter().find(|e| e.reason == "FailedScheduling").expect("event");
     assert!(event.message.contains("untolerated taint"), "{}", event.message);
     runtime.delete(&spec.id).await.expect("delete");
@@ -628,7 +765,11 @@ async fn names_that_join_alike_stay_apart_and_nothing_is_adopted() {
     }
     for (spec, own) in [(&mallory, "resize-bob"), (&bob, "bob")] {
         let status = until(&runtime, &spec.id, "Ready", |s| s.state == InstanceState::Ready && s.ready == 1).await;
-        assert_eq!(invoke(status.port_forward.expect("port-forward"), "x").await, own, "each instance runs its own code");
+        assert_eq!(
+            invoke(status.port_forward.expect("port-forward"), "x").await,
+            own,
+            "each instance runs its own code"
+        );
     }
     let admin = admin().await;
     let names: Vec<String> = Api::<Deployment>::namespaced(admin.clone(), NAMESPACE)
@@ -650,9 +791,20 @@ async fn names_that_join_alike_stay_apart_and_nothing_is_adopted() {
     assert_ne!(names[0], names[1]);
 
     // A ConfigMap of the name an instance would use, made by someone else: not adopted.
-    cluster().kubectl(&["-n", NAMESPACE, "create", "configmap", "taken-carol-v1", "--from-literal=function.py=def handle(req): return 'not yours'"], None);
+    cluster().kubectl(
+        &[
+            "-n",
+            NAMESPACE,
+            "create",
+            "configmap",
+            "taken-carol-v1",
+            "--from-literal=function.py=def handle(req): return 'not yours'",
+        ],
+        None,
+    );
     let carol = instance(&python("taken", "def handle(req):\n    return 'carol'\n"), "carol", 1);
-    let refused = runtime.apply(carol.clone(), ApplyMode::Reconcile).await.expect_err("the ConfigMap is someone else's");
+    let refused =
+        runtime.apply(carol.clone(), ApplyMode::Reconcile).await.expect_err("the ConfigMap is someone else's");
     let text = kubefn::platform::error_chain(&refused);
     assert!(text.contains("ConfigMap kubefn-functions/taken-carol-v1 belongs to another instance"), "{text}");
     cluster().kubectl(&["-n", NAMESPACE, "delete", "configmap", "taken-carol-v1"], None);
@@ -676,7 +828,9 @@ async fn a_privileged_pod_is_refused_in_the_functions_namespace() {
     .expect("pod");
     let refused = Api::<Pod>::namespaced(admin, NAMESPACE).create(&kube::api::PostParams::default(), &pod).await;
     match refused {
-        Err(kube::Error::Api(status)) => assert!(status.message.contains("violates PodSecurity \"restricted"), "{}", status.message),
+        Err(kube::Error::Api(status)) => {
+            assert!(status.message.contains("violates PodSecurity \"restricted"), "{}", status.message)
+        }
         other => panic!("a privileged pod was not refused: {other:?}"),
     }
 }
@@ -733,16 +887,27 @@ async fn function_pods_may_be_reached_only_by_kubefn_and_reach_only_public_addre
     assert_eq!(spec["policyTypes"], serde_json::json!(["Ingress", "Egress"]));
     let ingress = spec["ingress"].as_array().expect("ingress rules");
     assert_eq!(ingress[0]["from"][0]["namespaceSelector"]["matchLabels"][names::NAMESPACE_NAME], "kubefn-system");
-    assert_eq!(ingress[1]["from"][0]["ipBlock"], serde_json::json!({"cidr": "0.0.0.0/0", "except": [POD_NETWORK]}), "outside the pod network: node-port clients");
+    assert_eq!(
+        ingress[1]["from"][0]["ipBlock"],
+        serde_json::json!({"cidr": "0.0.0.0/0", "except": [POD_NETWORK]}),
+        "outside the pod network: node-port clients"
+    );
     assert_eq!(ingress[1]["from"][1]["ipBlock"], serde_json::json!({"cidr": "::/0", "except": ["fd00:251::/48"]}));
     assert_eq!(ingress.len(), 2, "no rule lets another function pod in: {ingress:#?}");
     let egress = spec["egress"].as_array().expect("egress rules");
     assert_eq!(egress[0]["ports"][0], serde_json::json!({"protocol": "UDP", "port": 53}), "DNS");
-    assert_eq!(egress[1]["ports"], serde_json::json!([{"protocol": "TCP", "port": 3128}]), "kubefn's namespace: the package egress only");
+    assert_eq!(
+        egress[1]["ports"],
+        serde_json::json!([{"protocol": "TCP", "port": 3128}]),
+        "kubefn's namespace: the package egress only"
+    );
     let public = &egress[2]["to"][0]["ipBlock"];
     assert_eq!(public["cidr"], "0.0.0.0/0");
     for internal in ["169.254.0.0/16", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "127.0.0.0/8"] {
-        assert!(public["except"].as_array().expect("except").iter().any(|e| e == internal), "{internal} (metadata, apiserver, Services, pods) is not excluded: {public}");
+        assert!(
+            public["except"].as_array().expect("except").iter().any(|e| e == internal),
+            "{internal} (metadata, apiserver, Services, pods) is not excluded: {public}"
+        );
     }
 
     // Enforced: Mallory's function tries connections; Bob's answers.
@@ -755,13 +920,24 @@ async fn function_pods_may_be_reached_only_by_kubefn_and_reach_only_public_addre
     for spec in [&mallory, &bob] {
         runtime.apply(spec.clone(), ApplyMode::Reconcile).await.expect("apply");
     }
-    let probe = until(&runtime, &mallory.id, "Ready", |s| s.state == InstanceState::Ready && s.ready == 1).await.port_forward.expect("port-forward");
-    let target_pod = until(&runtime, &bob.id, "Ready", |s| s.state == InstanceState::Ready && s.ready == 1).await.replicas[0].name.clone();
+    let probe = until(&runtime, &mallory.id, "Ready", |s| s.state == InstanceState::Ready && s.ready == 1)
+        .await
+        .port_forward
+        .expect("port-forward");
+    let target_pod =
+        until(&runtime, &bob.id, "Ready", |s| s.state == InstanceState::Ready && s.ready == 1).await.replicas[0]
+            .name
+            .clone();
     let pod = Api::<Pod>::namespaced(admin.clone(), &config.namespace).get(&target_pod).await.expect("Bob's pod");
     let pod_ip: std::net::IpAddr = pod.status.and_then(|s| s.pod_ip).expect("a pod IP").parse().expect("an IP address");
     let bobs_pod = std::net::SocketAddr::new(pod_ip, kubefn::platform::runtime::kubernetes::manifests::CONTAINER_PORT);
     let server = std::fs::read_to_string(&cluster().kubeconfig).expect("kubeconfig");
-    let api_port: u16 = server.lines().find_map(|l| l.trim().strip_prefix("server: https://")).and_then(|a| a.rsplit_once(':')).and_then(|(_, p)| p.parse().ok()).expect("the apiserver's port");
+    let api_port: u16 = server
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: https://"))
+        .and_then(|a| a.rsplit_once(':'))
+        .and_then(|(_, p)| p.parse().ok())
+        .expect("the apiserver's port");
     let apiserver = std::net::SocketAddr::new(cluster().host_address(), api_port);
 
     assert_eq!(invoke(bobs_pod, "x").await, "bob", "this machine, outside the pod network, reaches Bob's pod");
@@ -788,7 +964,11 @@ async fn per_user_namespaces_are_created_labelled_and_a_quota_failure_is_explain
     let _ = cluster();
     let admin = admin().await;
     // Per-user namespaces need cluster-wide rights (k8s/per-user-namespaces); acting as admin here.
-    let config = KubernetesConfig { impersonate: None, user_namespace_prefix: Some("kfn-test-".into()), ..config(41500..=41599) };
+    let config = KubernetesConfig {
+        impersonate: None,
+        user_namespace_prefix: Some("kfn-test-".into()),
+        ..config(41500..=41599)
+    };
     let runtime = KubernetesRuntime::connect(config).await.expect("connect");
     runtime.delete_matching(&names::function_selector_text("quota")).await.expect("clean up an earlier run");
     let _ = cluster().kubectl(&["delete", "quota", "no-pods", "-n", "kfn-test-erin", "--ignore-not-found"], None);
@@ -796,13 +976,18 @@ async fn per_user_namespaces_are_created_labelled_and_a_quota_failure_is_explain
     let spec = instance(&function, "erin", 1);
     runtime.apply(spec.clone(), ApplyMode::Reconcile).await.expect("apply in erin's namespace");
     until(&runtime, &spec.id, "Ready in kfn-test-erin", |s| s.state == InstanceState::Ready).await;
-    let namespace = Api::<k8s_openapi::api::core::v1::Namespace>::all(admin.clone()).get("kfn-test-erin").await.expect("namespace");
+    let namespace =
+        Api::<k8s_openapi::api::core::v1::Namespace>::all(admin.clone()).get("kfn-test-erin").await.expect("namespace");
     let labels = namespace.metadata.labels.expect("labels");
     assert_eq!(labels[names::NAMESPACE_USER], "erin");
     assert_eq!(labels[names::MANAGED_BY], "kubefn");
     assert_eq!(labels[names::POD_SECURITY], "restricted", "a namespace kubefn makes enforces the restricted profile");
     assert_eq!(runtime.namespace_of("erin"), "kfn-test-erin");
-    assert_eq!(isolation_policy_of(&admin, "kfn-test-erin").await["policyTypes"], serde_json::json!(["Ingress", "Egress"]), "a namespace kubefn makes is isolated too");
+    assert_eq!(
+        isolation_policy_of(&admin, "kfn-test-erin").await["policyTypes"],
+        serde_json::json!(["Ingress", "Egress"]),
+        "a namespace kubefn makes is isolated too"
+    );
 
     // A quota that allows no more pods: the next version cannot create its replica.
     cluster().kubectl(&["create", "quota", "no-pods", "-n", "kfn-test-erin", "--hard=pods=1"], None);
@@ -828,7 +1013,10 @@ async fn per_user_namespaces_get_their_rights_by_role_binding_and_a_quota_of_the
         "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: {account}\n  namespace: kubefn-system\n---\n{}",
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/k8s/per-user-namespaces/cluster-rbac.yaml"))
             .expect("the overlay's RBAC")
-            .replace("  name: kubefn\n  namespace: kubefn-system", &format!("  name: {account}\n  namespace: kubefn-system"))
+            .replace(
+                "  name: kubefn\n  namespace: kubefn-system",
+                &format!("  name: {account}\n  namespace: kubefn-system")
+            )
     );
     cluster().kubectl(&["apply", "-f", "-"], Some(&manifest));
     let config = KubernetesConfig {
@@ -837,15 +1025,32 @@ async fn per_user_namespaces_get_their_rights_by_role_binding_and_a_quota_of_the
         user_namespace_prefix: Some("kfn-rbac-".into()),
         ..config(42700..=42799)
     };
-    let runtime = KubernetesRuntime::connect(config.clone()).await.expect("the overlay's cluster-wide rights pass the start-up check");
+    let runtime = KubernetesRuntime::connect(config.clone())
+        .await
+        .expect("the overlay's cluster-wide rights pass the start-up check");
     runtime.delete_matching(&names::function_selector_text("scoped")).await.expect("clean up an earlier run");
-    let quota = kubefn::platform::model::Quota { replicas: 3, cpu_millicores: 1500, memory_bytes: 1 << 30, instances: 2, ..kubefn::platform::model::Quota::DEFAULT };
-    let spec = InstanceSpec { user_quota: Some(quota), ..instance(&python("scoped", "def handle(req):\n    return 'scoped'\n"), "ivy", 1) };
-    runtime.apply(spec.clone(), ApplyMode::Reconcile).await.expect("apply in ivy's namespace, through the binding kubefn makes there");
+    let quota = kubefn::platform::model::Quota {
+        replicas: 3,
+        cpu_millicores: 1500,
+        memory_bytes: 1 << 30,
+        instances: 2,
+        ..kubefn::platform::model::Quota::DEFAULT
+    };
+    let spec = InstanceSpec {
+        user_quota: Some(quota),
+        ..instance(&python("scoped", "def handle(req):\n    return 'scoped'\n"), "ivy", 1)
+    };
+    runtime
+        .apply(spec.clone(), ApplyMode::Reconcile)
+        .await
+        .expect("apply in ivy's namespace, through the binding kubefn makes there");
     until(&runtime, &spec.id, "Ready in kfn-rbac-ivy", |s| s.state == InstanceState::Ready).await;
 
     let namespace = "kfn-rbac-ivy";
-    let binding = Api::<k8s_openapi::api::rbac::v1::RoleBinding>::namespaced(admin.clone(), namespace).get(names::USER_NAMESPACE_OBJECTS).await.expect("RoleBinding");
+    let binding = Api::<k8s_openapi::api::rbac::v1::RoleBinding>::namespaced(admin.clone(), namespace)
+        .get(names::USER_NAMESPACE_OBJECTS)
+        .await
+        .expect("RoleBinding");
     assert_eq!(binding.role_ref.name, names::USER_NAMESPACE_ROLE);
     let hard = Api::<k8s_openapi::api::core::v1::ResourceQuota>::namespaced(admin.clone(), namespace)
         .get(names::USER_NAMESPACE_OBJECTS)
@@ -857,7 +1062,10 @@ async fn per_user_namespaces_get_their_rights_by_role_binding_and_a_quota_of_the
     assert_eq!(hard["pods"].0, "6", "twice the replicas, for rolling updates");
     assert_eq!(hard["limits.cpu"].0, "3");
     assert_eq!(hard["count/deployments.apps"].0, "2");
-    Api::<k8s_openapi::api::core::v1::LimitRange>::namespaced(admin.clone(), namespace).get(names::USER_NAMESPACE_OBJECTS).await.expect("LimitRange");
+    Api::<k8s_openapi::api::core::v1::LimitRange>::namespaced(admin.clone(), namespace)
+        .get(names::USER_NAMESPACE_OBJECTS)
+        .await
+        .expect("LimitRange");
     assert_eq!(isolation_policy_of(&admin, namespace).await["policyTypes"], serde_json::json!(["Ingress", "Egress"]));
 
     // No more than that: writes only where kubefn made a namespace, and no other role to grant.
@@ -871,7 +1079,10 @@ async fn per_user_namespaces_get_their_rights_by_role_binding_and_a_quota_of_the
         ("create", "", "pods/exec", Some(namespace)),
         ("escalate", "rbac.authorization.k8s.io", "clusterroles", None),
     ] {
-        assert!(!access::may(&scoped, verb, group, resource, where_).await, "{verb} {resource} in {where_:?} was allowed");
+        assert!(
+            !access::may(&scoped, verb, group, resource, where_).await,
+            "{verb} {resource} in {where_:?} was allowed"
+        );
     }
     let grab: k8s_openapi::api::rbac::v1::RoleBinding = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "grab"},
@@ -879,7 +1090,10 @@ async fn per_user_namespaces_get_their_rights_by_role_binding_and_a_quota_of_the
         "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": "kubefn-system"}],
     }))
     .expect("binding");
-    match Api::<k8s_openapi::api::rbac::v1::RoleBinding>::namespaced(scoped, namespace).create(&kube::api::PostParams::default(), &grab).await {
+    match Api::<k8s_openapi::api::rbac::v1::RoleBinding>::namespaced(scoped, namespace)
+        .create(&kube::api::PostParams::default(), &grab)
+        .await
+    {
         Err(kube::Error::Api(status)) => assert_eq!(status.code, 403, "{}", status.message),
         other => panic!("kubefn granted itself cluster-admin in {namespace}: {other:?}"),
     }
@@ -904,7 +1118,10 @@ async fn kubefns_service_account_may_do_what_it_needs_and_no_more() {
         ("create", "", "pods/exec", Some(NAMESPACE)),
     ];
     for (verb, group, resource, namespace) in refused {
-        assert!(!access::may(&client, verb, group, resource, namespace).await, "kubefn must not {verb} {resource} in {namespace:?}");
+        assert!(
+            !access::may(&client, verb, group, resource, namespace).await,
+            "kubefn must not {verb} {resource} in {namespace:?}"
+        );
     }
     // An API call outside its namespace is refused by the apiserver itself.
     let outside = Api::<ConfigMap>::namespaced(client.clone(), "default").list(&ListParams::default()).await;
@@ -930,13 +1147,30 @@ impl ServerOnCluster {
         let data_dir = dir.path().display().to_string();
         let kubeconfig = cluster.kubeconfig.display().to_string();
         let config = kubefn::server::Config::try_parse_from([
-            "kubefn", "--data-dir", &data_dir, "--runtime", "kubernetes", "--kubeconfig", &kubeconfig,
-            "--user-namespace-prefix", "kfn-srv-", "--port-forward-range", forward_ports, "--reconcile-seconds", "1", "--log", "warn",
-            "--python-image", &test_cluster::images().python, "--node-selector", "type=real",
+            "kubefn",
+            "--data-dir",
+            &data_dir,
+            "--runtime",
+            "kubernetes",
+            "--kubeconfig",
+            &kubeconfig,
+            "--user-namespace-prefix",
+            "kfn-srv-",
+            "--port-forward-range",
+            forward_ports,
+            "--reconcile-seconds",
+            "1",
+            "--log",
+            "warn",
+            "--python-image",
+            &test_cluster::images().python,
+            "--node-selector",
+            "type=real",
         ])
         .expect("configuration");
         let options = leptos::config::get_configuration(None).expect("site options").leptos_options;
-        let server = kubefn::server::build_app(&config, options).await.expect("the server starts on the kubernetes runtime");
+        let server =
+            kubefn::server::build_app(&config, options).await.expect("the server starts on the kubernetes runtime");
         let router = server.router.clone();
         let mut this = ServerOnCluster { server, router, user: user.clone(), cookie: String::new(), _dir: dir };
         let signup = serde_json::json!({"name": user, "password": "a-long-password"});
@@ -948,9 +1182,15 @@ impl ServerOnCluster {
 
     /// One request (a JSON body, or `hi`); the status, the body (JSON if it is) and the
     /// session cookie set, if any.
-    async fn send(&self, method: Method, path: String, body: Option<Value>, cookie: Option<String>) -> (StatusCode, Value, Option<String>) {
+    async fn send(
+        &self,
+        method: Method,
+        path: String,
+        body: Option<Value>,
+        cookie: Option<String>,
+    ) -> (StatusCode, Value, Option<String>) {
         use axum::body::Body;
-        use axum::http::{header, Request};
+        use axum::http::{Request, header};
         use http_body_util::BodyExt;
         use tower::ServiceExt;
         let path_is_invocation = path.starts_with("/fn/");
@@ -967,9 +1207,15 @@ impl ServerOnCluster {
         .expect("request");
         let response = self.router.clone().oneshot(request).await.expect("answer");
         let status = response.status();
-        let cookie = response.headers().get(header::SET_COOKIE).and_then(|v| v.to_str().ok()).and_then(|v| v.split(';').next()).map(str::to_string);
+        let cookie = response
+            .headers()
+            .get(header::SET_COOKIE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .map(str::to_string);
         let bytes = response.into_body().collect().await.expect("body").to_bytes();
-        let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        let body = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
         (status, body, cookie)
     }
 
@@ -977,7 +1223,8 @@ impl ServerOnCluster {
     async fn until_ready(&self, id: &str) -> Value {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let (_, body, _) = self.send(Method::GET, format!("/api/v1/instances/{id}"), None, Some(self.cookie.clone())).await;
+            let (_, body, _) =
+                self.send(Method::GET, format!("/api/v1/instances/{id}"), None, Some(self.cookie.clone())).await;
             if body["state"] == "Ready" && body["urls"]["port_forward"].is_string() {
                 return body;
             }
@@ -1008,7 +1255,10 @@ async fn the_server_deploys_and_invokes_through_the_gateway_on_the_kubernetes_ru
     let id = body["id"].as_str().expect("id").to_string();
     let ready = server.until_ready(&id).await;
     let node_ip = real_node_ip(&admin().await).await;
-    assert!(ready["urls"]["node_port"].as_str().is_some_and(|u| u.starts_with(&format!("http://{node_ip}:3"))), "{ready:#}");
+    assert!(
+        ready["urls"]["node_port"].as_str().is_some_and(|u| u.starts_with(&format!("http://{node_ip}:3"))),
+        "{ready:#}"
+    );
     assert_eq!(ready["replicas"]["ready"], 1);
 
     let (status, answer, _) = send(Method::POST, format!("/fn/{user}/gw/"), None, Some(cookie.clone())).await;
@@ -1019,14 +1269,16 @@ async fn the_server_deploys_and_invokes_through_the_gateway_on_the_kubernetes_ru
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let stopped = futures::FutureExt::shared(stopped);
     for _ in 0..4 {
-        let (router, path, cookie, stopped) = (router.clone(), format!("/fn/{user}/gw/"), cookie.clone(), stopped.clone());
+        let (router, path, cookie, stopped) =
+            (router.clone(), format!("/fn/{user}/gw/"), cookie.clone(), stopped.clone());
         tokio::spawn(async move {
             use axum::body::Body;
-            use axum::http::{header, Request};
+            use axum::http::{Request, header};
             use tower::ServiceExt;
             let calls = async {
                 loop {
-                    let request = Request::post(&path).header(header::COOKIE, &cookie).body(Body::from("load")).expect("request");
+                    let request =
+                        Request::post(&path).header(header::COOKIE, &cookie).body(Body::from("load")).expect("request");
                     let Ok(response) = router.clone().oneshot(request).await;
                     let _ = http_body_util::BodyExt::collect(response.into_body()).await;
                 }
@@ -1036,7 +1288,8 @@ async fn the_server_deploys_and_invokes_through_the_gateway_on_the_kubernetes_ru
     }
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        let (status, samples, _) = send(Method::GET, format!("/api/v1/instances/{id}/usage"), None, Some(cookie.clone())).await;
+        let (status, samples, _) =
+            send(Method::GET, format!("/api/v1/instances/{id}/usage"), None, Some(cookie.clone())).await;
         assert_eq!(status, StatusCode::OK, "{samples}");
         let samples = samples.as_array().cloned().unwrap_or_default();
         let loaded = samples.iter().any(|s| s["cpu_millicores"].as_f64().is_some_and(|c| c >= 100.0));
@@ -1045,7 +1298,11 @@ async fn the_server_deploys_and_invokes_through_the_gateway_on_the_kubernetes_ru
         if loaded && hpa_load && scaled {
             break;
         }
-        assert!(Instant::now() < deadline, "the usage series never showed the load and the scale-up: {:#}", Value::Array(samples));
+        assert!(
+            Instant::now() < deadline,
+            "the usage series never showed the load and the scale-up: {:#}",
+            Value::Array(samples)
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
@@ -1054,7 +1311,8 @@ async fn the_server_deploys_and_invokes_through_the_gateway_on_the_kubernetes_ru
     // Undeploy answers within seconds: 204 once the pods are gone, or 202 with the instance
     // `Deleting` while they stop; either way nothing is left soon after.
     let deleting = Instant::now();
-    let (status, body, _) = send(Method::DELETE, "/api/v1/functions/gw/deploy".into(), None, Some(cookie.clone())).await;
+    let (status, body, _) =
+        send(Method::DELETE, "/api/v1/functions/gw/deploy".into(), None, Some(cookie.clone())).await;
     assert!(deleting.elapsed() < Duration::from_secs(10), "undeploy took {:?}", deleting.elapsed());
     match status {
         StatusCode::NO_CONTENT => {}
@@ -1074,7 +1332,9 @@ async fn the_server_deploys_and_invokes_through_the_gateway_on_the_kubernetes_ru
     }
     // The record goes with the objects (at once after a 204; after a 202 once the background
     // deletion has finished).
-    while send(Method::GET, format!("/api/v1/instances/{id}"), None, Some(cookie.clone())).await.0 != StatusCode::NOT_FOUND {
+    while send(Method::GET, format!("/api/v1/instances/{id}"), None, Some(cookie.clone())).await.0
+        != StatusCode::NOT_FOUND
+    {
         assert!(Instant::now() < deadline, "the instance's record stayed after its objects went");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -1092,7 +1352,8 @@ async fn a_slow_deletion_answers_202_shows_progress_and_finishes_in_the_backgrou
     let function = json!({"name": "stubborn", "runtime": "python", "source": stubborn, "timeout_s": 10, "scaling": {"min": 1, "max": 1}});
     let (status, body, _) = server.send(Method::POST, "/api/v1/functions".into(), Some(function), cookie.clone()).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    let (status, body, _) = server.send(Method::POST, "/api/v1/functions/stubborn/deploy".into(), None, cookie.clone()).await;
+    let (status, body, _) =
+        server.send(Method::POST, "/api/v1/functions/stubborn/deploy".into(), None, cookie.clone()).await;
     assert!(status.is_success(), "{body}");
     let id = body["id"].as_str().expect("id").to_string();
     server.until_ready(&id).await;
@@ -1108,7 +1369,8 @@ async fn a_slow_deletion_answers_202_shows_progress_and_finishes_in_the_backgrou
     // Meanwhile: the instance shows its progress, and changes are refused with the reason.
     let (status, shown, _) = server.send(Method::GET, format!("/api/v1/instances/{id}"), None, cookie.clone()).await;
     assert_eq!((status, shown["state"].as_str()), (StatusCode::OK, Some("Deleting")), "{shown}");
-    let (status, refused, _) = server.send(Method::POST, "/api/v1/functions/stubborn/deploy".into(), None, cookie.clone()).await;
+    let (status, refused, _) =
+        server.send(Method::POST, "/api/v1/functions/stubborn/deploy".into(), None, cookie.clone()).await;
     assert_eq!(status, StatusCode::CONFLICT, "{refused}");
     assert!(refused["error"].as_str().is_some_and(|e| e.contains("is being deleted")), "{refused}");
     let (status, _, _) = server.send(Method::POST, format!("/api/v1/instances/{id}/pause"), None, cookie.clone()).await;
@@ -1116,15 +1378,22 @@ async fn a_slow_deletion_answers_202_shows_progress_and_finishes_in_the_backgrou
 
     // The kubelet kills the replica when its grace period (timeout + 5 s) ends; then it is gone.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while server.send(Method::GET, format!("/api/v1/instances/{id}"), None, cookie.clone()).await.0 != StatusCode::NOT_FOUND {
+    while server.send(Method::GET, format!("/api/v1/instances/{id}"), None, cookie.clone()).await.0
+        != StatusCode::NOT_FOUND
+    {
         assert!(Instant::now() < deadline, "the deletion never finished");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    eprintln!("Delete answered 202 in {} ms; the stubborn pod was gone after {} ms", answered.as_millis(), asked.elapsed().as_millis());
+    eprintln!(
+        "Delete answered 202 in {} ms; the stubborn pod was gone after {} ms",
+        answered.as_millis(),
+        asked.elapsed().as_millis()
+    );
     assert!(asked.elapsed() > Duration::from_secs(10), "the replica ignored SIGTERM, so its grace period had to pass");
     let admin = admin().await;
     assert_eq!(left_of_in(&admin, &format!("kfn-srv-{}", server.user), &names::instance_selector_text(&id)).await, 0);
-    let (status, body, _) = server.send(Method::POST, "/api/v1/functions/stubborn/deploy".into(), None, cookie.clone()).await;
+    let (status, body, _) =
+        server.send(Method::POST, "/api/v1/functions/stubborn/deploy".into(), None, cookie.clone()).await;
     assert!(status.is_success(), "deployable again once gone: {body}");
     let id = body["id"].as_str().expect("id").to_string();
     let (status, _, _) = server.send(Method::DELETE, format!("/api/v1/instances/{id}"), None, cookie.clone()).await;
@@ -1135,8 +1404,10 @@ async fn a_slow_deletion_answers_202_shows_progress_and_finishes_in_the_backgrou
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_up_names_a_missing_permission_and_a_cluster_that_does_not_answer() {
     let _ = cluster();
-    let nobody = KubernetesConfig { impersonate: Some("system:serviceaccount:default:nobody".into()), ..config(41900..=41949) };
-    let error = KubernetesRuntime::connect(nobody).await.expect_err("an account without rights cannot start the runtime");
+    let nobody =
+        KubernetesConfig { impersonate: Some("system:serviceaccount:default:nobody".into()), ..config(41900..=41949) };
+    let error =
+        KubernetesRuntime::connect(nobody).await.expect_err("an account without rights cannot start the runtime");
     let text = kubefn::platform::error_chain(&error);
     assert!(text.contains("kubefn may not get configmaps in namespace kubefn-functions; apply k8s/"), "{text}");
 

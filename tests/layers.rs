@@ -5,7 +5,8 @@
 use std::path::{Path, PathBuf};
 
 /// Crates the core must not name (as `crate::` paths or `use` roots).
-const WEB_FRAMEWORKS: [&str; 8] = ["axum", "axum_login", "tower_sessions", "tower_http", "leptos", "leptos_axum", "leptos_router", "leptos_meta"];
+const WEB_FRAMEWORKS: [&str; 8] =
+    ["axum", "axum_login", "tower_sessions", "tower_http", "leptos", "leptos_axum", "leptos_router", "leptos_meta"];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).expect("read the source directory") {
@@ -25,7 +26,9 @@ fn names_crate(line: &str, name: &str) -> bool {
         let before = code[..at].chars().next_back();
         let after = &code[at + name.len()..];
         let starts_path = before.is_none_or(|c| !(c.is_alphanumeric() || c == '_' || c == ':'));
-        starts_path && (after.starts_with("::") || (code.trim_start().starts_with("use ") && (after.starts_with(';') || after.starts_with(" as"))))
+        starts_path
+            && (after.starts_with("::")
+                || (code.trim_start().starts_with("use ") && (after.starts_with(';') || after.starts_with(" as"))))
     })
 }
 
@@ -46,7 +49,11 @@ fn the_core_names_no_web_framework() {
             }
         }
     }
-    assert!(found.is_empty(), "the core must not depend on a web framework (move this to src/api/):\n{}", found.join("\n"));
+    assert!(
+        found.is_empty(),
+        "the core must not depend on a web framework (move this to src/api/):\n{}",
+        found.join("\n")
+    );
 }
 
 #[test]

@@ -71,7 +71,8 @@ impl Harness {
     }
 
     async fn ready(&self, id: &str) -> SocketAddr {
-        let status = self.until(id, "ready", |s| s.state == InstanceState::Ready || s.state == InstanceState::Failed).await;
+        let status =
+            self.until(id, "ready", |s| s.state == InstanceState::Ready || s.state == InstanceState::Failed).await;
         assert_eq!(status.state, InstanceState::Ready, "{status:#?}");
         status.node_port.expect("a node port")
     }
@@ -84,7 +85,17 @@ fn function(name: &str, language: Language, handler: Option<&str>, source: &str)
 }
 
 fn instance(id: &str, version: u32, spec: FunctionSpec, replicas: u32) -> InstanceSpec {
-    InstanceSpec { id: id.into(), function: spec.name.clone(), user: "alice".into(), version, spec, replicas, paused: false, node_port: None, user_quota: None }
+    InstanceSpec {
+        id: id.into(),
+        function: spec.name.clone(),
+        user: "alice".into(),
+        version,
+        spec,
+        replicas,
+        paused: false,
+        node_port: None,
+        user_quota: None,
+    }
 }
 
 async fn post(address: SocketAddr, body: &str) -> (u16, String) {
@@ -119,7 +130,12 @@ async fn every_handler_convention_of_both_languages_answers() {
             (200, "hello ada"),
         ),
         (
-            function("kubeless-python", Language::Python, Some("handler"), "def handler(event, context):\n    return {'got': event['data'], 'fn': context['function-name']}\n"),
+            function(
+                "kubeless-python",
+                Language::Python,
+                Some("handler"),
+                "def handler(event, context):\n    return {'got': event['data'], 'fn': context['function-name']}\n",
+            ),
             "application/json",
             "{\"x\": 1}",
             (200, "{\"got\": {\"x\": 1}, \"fn\": \"kubeless-python\"}"),
@@ -147,7 +163,12 @@ async fn every_handler_convention_of_both_languages_answers() {
             (200, "wsgi works"),
         ),
         (
-            function("node-default", Language::Node, None, "module.exports = async (event, context) => `node ${event.data} from ${context['function-name']}`;\n"),
+            function(
+                "node-default",
+                Language::Node,
+                None,
+                "module.exports = async (event, context) => `node ${event.data} from ${context['function-name']}`;\n",
+            ),
             "text/plain",
             "hi",
             (200, "node hi from node-default"),
@@ -164,14 +185,23 @@ async fn every_handler_convention_of_both_languages_answers() {
             (202, "named bob"),
         ),
         (
-            function("node-express", Language::Node, None, "module.exports = (req, res) => { res.status(200).send('express ' + req.body); };\n"),
+            function(
+                "node-express",
+                Language::Node,
+                None,
+                "module.exports = (req, res) => { res.status(200).send('express ' + req.body); };\n",
+            ),
             "text/plain",
             "style",
             (200, "express style"),
         ),
     ];
     for (index, (spec, ..)) in cases.iter().enumerate() {
-        harness.runtime.apply(instance(&format!("conv-{index}"), 1, spec.clone(), 1), ApplyMode::Reconcile).await.expect("apply");
+        harness
+            .runtime
+            .apply(instance(&format!("conv-{index}"), 1, spec.clone(), 1), ApplyMode::Reconcile)
+            .await
+            .expect("apply");
     }
     for (index, (spec, content_type, body, (status, expected))) in cases.iter().enumerate() {
         let address = harness.ready(&format!("conv-{index}")).await;
@@ -184,7 +214,8 @@ async fn every_handler_convention_of_both_languages_answers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_update_under_load_fails_no_request() {
     let harness = Harness::new();
-    let version = |n: u32| function("versioned", Language::Python, None, &format!("def handle(req):\n    return 'v{n}'\n"));
+    let version =
+        |n: u32| function("versioned", Language::Python, None, &format!("def handle(req):\n    return 'v{n}'\n"));
     harness.runtime.apply(instance("update", 1, version(1), 2), ApplyMode::Reconcile).await.expect("apply v1");
     let address = harness.ready("update").await;
 
@@ -202,10 +233,11 @@ async fn an_update_under_load_fails_no_request() {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     harness.runtime.apply(instance("update", 2, version(2), 2), ApplyMode::Reconcile).await.expect("apply v2");
-    let status = harness.until("update", "version 2 serves and the old replicas are gone", |s| {
-        s.serving_version == Some(2) && s.replicas.iter().all(|r| r.version == 2)
-    })
-    .await;
+    let status = harness
+        .until("update", "version 2 serves and the old replicas are gone", |s| {
+            s.serving_version == Some(2) && s.replicas.iter().all(|r| r.version == 2)
+        })
+        .await;
     assert_eq!(status.state, InstanceState::Ready);
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -215,18 +247,36 @@ async fn an_update_under_load_fails_no_request() {
         answers.extend(client.await.expect("client"));
     }
     let failures: Vec<_> = answers.iter().filter(|a| !matches!(a, Ok((200, _)))).collect();
-    assert!(failures.is_empty(), "{} of {} requests failed: {:?}", failures.len(), answers.len(), &failures[..failures.len().min(5)]);
-    let bodies: std::collections::BTreeSet<&str> = answers.iter().filter_map(|a| a.as_ref().ok()).map(|(_, b)| b.as_str()).collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failures.len(),
+        answers.len(),
+        &failures[..failures.len().min(5)]
+    );
+    let bodies: std::collections::BTreeSet<&str> =
+        answers.iter().filter_map(|a| a.as_ref().ok()).map(|(_, b)| b.as_str()).collect();
     assert_eq!(bodies, ["v1", "v2"].into_iter().collect(), "both versions answered, nothing else");
     assert!(answers.len() > 50, "the load was real: {} requests", answers.len());
-    assert!(status.events.iter().any(|e| e.reason == "Deployed" && e.message.contains("version 2")), "{:?}", status.events);
+    assert!(
+        status.events.iter().any(|e| e.reason == "Deployed" && e.message.contains("version 2")),
+        "{:?}",
+        status.events
+    );
     harness.runtime.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_functions_fail_with_their_reason_while_others_keep_serving() {
     let harness = Harness::new();
-    harness.runtime.apply(instance("good", 1, function("good", Language::Python, None, "def handle(req):\n    return 'fine'\n"), 1), ApplyMode::Reconcile).await.expect("apply");
+    harness
+        .runtime
+        .apply(
+            instance("good", 1, function("good", Language::Python, None, "def handle(req):\n    return 'fine'\n"), 1),
+            ApplyMode::Reconcile,
+        )
+        .await
+        .expect("apply");
     let good = harness.ready("good").await;
 
     let mut failing_deps = function("deps", Language::Python, None, "def handle(req):\n    return req\n");
@@ -244,8 +294,14 @@ async fn bad_functions_fail_with_their_reason_while_others_keep_serving() {
     for (spec, reason) in &cases {
         let status = harness.until(&spec.name, "failed", |s| s.state == InstanceState::Failed).await;
         assert!(status.message.contains(reason), "{}: {:?} lacks {reason:?}", spec.name, status.message);
-        assert!(status.events.iter().any(|e| e.kind == "Warning" && e.reason == "RolloutFailed"), "{}: {:?}", spec.name, status.events);
-        let logs: Vec<String> = harness.runtime.logs(&spec.name, false, None).expect("logs").map(|l| l.text).collect().await;
+        assert!(
+            status.events.iter().any(|e| e.kind == "Warning" && e.reason == "RolloutFailed"),
+            "{}: {:?}",
+            spec.name,
+            status.events
+        );
+        let logs: Vec<String> =
+            harness.runtime.logs(&spec.name, false, None).expect("logs").map(|l| l.text).collect().await;
         assert!(logs.iter().any(|l| l.contains(reason)), "{}: the logs say why too: {logs:#?}", spec.name);
     }
     assert_eq!(post(good, "").await, (200, "fine".to_string()), "kubefn keeps serving the good function");
@@ -259,7 +315,19 @@ async fn bad_functions_fail_with_their_reason_while_others_keep_serving() {
     harness.until("exits", "failed again", |s| s.state == InstanceState::Failed).await;
 
     // A fixed version replaces a failed one.
-    harness.runtime.apply(instance("syntax", 2, function("syntax", Language::Python, None, "def handle(req):\n    return 'fixed'\n"), 1), ApplyMode::Reconcile).await.expect("apply");
+    harness
+        .runtime
+        .apply(
+            instance(
+                "syntax",
+                2,
+                function("syntax", Language::Python, None, "def handle(req):\n    return 'fixed'\n"),
+                1,
+            ),
+            ApplyMode::Reconcile,
+        )
+        .await
+        .expect("apply");
     let fixed = harness.ready("syntax").await;
     assert_eq!(post(fixed, "").await, (200, "fixed".to_string()));
     harness.runtime.shutdown().await;
@@ -268,9 +336,23 @@ async fn bad_functions_fail_with_their_reason_while_others_keep_serving() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_failed_update_leaves_the_old_version_serving() {
     let harness = Harness::new();
-    harness.runtime.apply(instance("keep", 1, function("keep", Language::Python, None, "def handle(req):\n    return 'v1'\n"), 1), ApplyMode::Reconcile).await.expect("apply");
+    harness
+        .runtime
+        .apply(
+            instance("keep", 1, function("keep", Language::Python, None, "def handle(req):\n    return 'v1'\n"), 1),
+            ApplyMode::Reconcile,
+        )
+        .await
+        .expect("apply");
     let address = harness.ready("keep").await;
-    harness.runtime.apply(instance("keep", 2, function("keep", Language::Python, None, "def handle(req)\n"), 1), ApplyMode::Reconcile).await.expect("apply");
+    harness
+        .runtime
+        .apply(
+            instance("keep", 2, function("keep", Language::Python, None, "def handle(req)\n"), 1),
+            ApplyMode::Reconcile,
+        )
+        .await
+        .expect("apply");
     let status = harness.until("keep", "the update failed", |s| s.state == InstanceState::Failed).await;
     assert!(status.message.contains("version 1 keeps serving"), "{}", status.message);
     assert_eq!(status.serving_version, Some(1));
@@ -282,7 +364,12 @@ async fn a_failed_update_leaves_the_old_version_serving() {
 async fn pause_resume_scale_logs_and_delete() {
     let harness = Harness::new();
     let marker = format!("kubefn-test-marker-{}", std::process::id());
-    let mut spec = function("lifecycle", Language::Python, None, "import os, uuid\nTOKEN = uuid.uuid4().hex\nprint('loaded', os.getpid(), flush=True)\ndef handle(req):\n    print('handled', req, flush=True)\n    return TOKEN\n");
+    let mut spec = function(
+        "lifecycle",
+        Language::Python,
+        None,
+        "import os, uuid\nTOKEN = uuid.uuid4().hex\nprint('loaded', os.getpid(), flush=True)\ndef handle(req):\n    print('handled', req, flush=True)\n    return TOKEN\n",
+    );
     spec.env.insert("TEST_MARKER".into(), marker.clone());
     harness.runtime.apply(instance("life", 1, spec.clone(), 1), ApplyMode::Reconcile).await.expect("apply");
     let address = harness.ready("life").await;
@@ -298,17 +385,27 @@ async fn pause_resume_scale_logs_and_delete() {
     }
     assert_eq!(pids.len(), 2, "both replicas answer through the node port: {pids:?}");
     let mut seen = Vec::new();
-    while !(seen.iter().any(|l: &kubefn::platform::model::LogEntry| l.replica == "v1-r1" && l.stream == "stdout" && l.text.starts_with("loaded"))
-        && seen.iter().any(|l| l.text == "handled ping"))
+    while !(seen.iter().any(|l: &kubefn::platform::model::LogEntry| {
+        l.replica == "v1-r1" && l.stream == "stdout" && l.text.starts_with("loaded")
+    }) && seen.iter().any(|l| l.text == "handled ping"))
     {
-        let line = tokio::time::timeout(Duration::from_secs(10), follow.next()).await.expect("a log line in time").expect("the stream goes on");
+        let line = tokio::time::timeout(Duration::from_secs(10), follow.next())
+            .await
+            .expect("a log line in time")
+            .expect("the stream goes on");
         seen.push(line);
     }
     assert!(seen.iter().all(|l| ["v1-r0", "v1-r1", "install", "kubefn"].contains(&l.replica.as_str())), "{seen:#?}");
 
     // Pause: no process, the node port stays; resume: it answers again on the same port.
-    harness.runtime.apply(InstanceSpec { replicas: 2, paused: true, ..life.clone() }, ApplyMode::Reconcile).await.expect("pause");
-    let paused = harness.until("life", "paused with no replicas", |s| s.state == InstanceState::Paused && s.replicas.is_empty()).await;
+    harness
+        .runtime
+        .apply(InstanceSpec { replicas: 2, paused: true, ..life.clone() }, ApplyMode::Reconcile)
+        .await
+        .expect("pause");
+    let paused = harness
+        .until("life", "paused with no replicas", |s| s.state == InstanceState::Paused && s.replicas.is_empty())
+        .await;
     assert_eq!(paused.node_port, Some(address));
     for _ in 0..100 {
         if bootstrap_pids(&marker).is_empty() {
@@ -406,7 +503,11 @@ async fn cpu_load_scales_out_and_quiet_scales_back_in() {
     }
     let scaled = harness.until("burn", "scaled out to 3 ready replicas", |s| s.desired == 3 && s.ready == 3).await;
     let event = scaled.events.iter().find(|e| e.reason == "ScalingReplicaSet").expect("a scaling event");
-    assert!(event.message.contains("autoscaled from 1 to") && event.message.contains("CPU utilization"), "{}", event.message);
+    assert!(
+        event.message.contains("autoscaled from 1 to") && event.message.contains("CPU utilization"),
+        "{}",
+        event.message
+    );
     let usage = harness.runtime.usage("burn").expect("usage");
     assert!(usage.iter().any(|u| u.cpu_millicores.is_some_and(|m| m > 50.0)), "usage shows the load: {usage:?}");
     assert!(usage.iter().all(|u| u.memory_bytes > 1024 * 1024), "usage shows memory: {usage:?}");
@@ -416,15 +517,26 @@ async fn cpu_load_scales_out_and_quiet_scales_back_in() {
         task.await.expect("load");
     }
     let quiet = harness.until("burn", "scaled back in to 1", |s| s.desired == 1 && s.ready == 1).await;
-    assert!(quiet.events.iter().any(|e| e.message.starts_with("autoscaled from") && e.message.contains("to 1 replica")), "{:#?}", quiet.events);
+    assert!(
+        quiet.events.iter().any(|e| e.message.starts_with("autoscaled from") && e.message.contains("to 1 replica")),
+        "{:#?}",
+        quiet.events
+    );
     harness.runtime.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_idle_instance_goes_to_zero_and_a_request_brings_it_back() {
     let harness = Harness::new();
-    let mut spec = function("sleepy", Language::Node, None, "module.exports = async (event) => 'awake ' + event.data;\n");
-    spec.scaling = ScalingPolicy { min: 0, max: 2, target_cpu_percent: None, scale_to_zero_after_s: Some(1), ..ScalingPolicy::default() };
+    let mut spec =
+        function("sleepy", Language::Node, None, "module.exports = async (event) => 'awake ' + event.data;\n");
+    spec.scaling = ScalingPolicy {
+        min: 0,
+        max: 2,
+        target_cpu_percent: None,
+        scale_to_zero_after_s: Some(1),
+        ..ScalingPolicy::default()
+    };
     harness.runtime.apply(instance("sleepy", 1, spec, 1), ApplyMode::Reconcile).await.expect("apply");
     let address = harness.ready("sleepy").await;
     assert_eq!(post(address, "once").await, (200, "awake once".to_string()));
@@ -466,12 +578,18 @@ async fn a_replica_over_its_memory_limit_is_killed_and_restarted_and_slow_calls_
 
     // The replica may be killed before it answers: either way the kill is what counts.
     let _ = call(address, "POST", "/", "text/plain", "eat").await;
-    let killed = harness.until("hungry", "killed for memory and restarted", |s| {
-        s.events.iter().any(|e| e.reason == "OOMKilled") && s.replicas.first().is_some_and(|r| r.restarts >= 1 && r.state == "Ready")
-    })
-    .await;
+    let killed = harness
+        .until("hungry", "killed for memory and restarted", |s| {
+            s.events.iter().any(|e| e.reason == "OOMKilled")
+                && s.replicas.first().is_some_and(|r| r.restarts >= 1 && r.state == "Ready")
+        })
+        .await;
     let event = killed.events.iter().find(|e| e.reason == "OOMKilled").expect("event");
-    assert!(event.message.contains("OOM killer") && event.message.contains("memory limit of 96Mi"), "{}", event.message);
+    assert!(
+        event.message.contains("OOM killer") && event.message.contains("memory limit of 96Mi"),
+        "{}",
+        event.message
+    );
     assert_eq!(post(address, "light").await, (200, "ok".to_string()), "the restarted replica serves");
     harness.runtime.shutdown().await;
 }
@@ -491,8 +609,16 @@ fn probe(name: &str, language: Language) -> FunctionSpec {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replicas_see_their_own_environment_and_nothing_of_kubefns() {
     let harness = Harness::new();
-    harness.runtime.apply(instance("env-py", 3, probe("env-py", Language::Python), 1), ApplyMode::Reconcile).await.expect("apply");
-    harness.runtime.apply(instance("env-js", 3, probe("env-js", Language::Node), 1), ApplyMode::Reconcile).await.expect("apply");
+    harness
+        .runtime
+        .apply(instance("env-py", 3, probe("env-py", Language::Python), 1), ApplyMode::Reconcile)
+        .await
+        .expect("apply");
+    harness
+        .runtime
+        .apply(instance("env-js", 3, probe("env-js", Language::Node), 1), ApplyMode::Reconcile)
+        .await
+        .expect("apply");
     // The sandbox shows each replica its version's files as /kubefn/function.
     assert_eq!(post(harness.ready("env-py").await, "").await, (200, "hej function leaked=[]".to_string()));
     assert_eq!(post(harness.ready("env-js").await, "").await, (200, "hej function leaked=[]".to_string()));
@@ -508,14 +634,31 @@ async fn replicas_start_from_the_warm_pool_and_behave_as_cold_ones() {
         harness.runtime.apply(instance(id, 3, probe(id, language), 1), ApplyMode::Reconcile).await.expect("apply");
         let address = harness.ready(id).await;
         assert_eq!(post(address, "").await, (200, "hej function leaked=[]".to_string()), "{id}");
-        let logs: Vec<kubefn::platform::model::LogEntry> = harness.runtime.logs(id, false, None).expect("logs").collect().await;
-        assert!(logs.iter().any(|l| l.replica == "v3-r0" && l.text.starts_with("loading the function into warm process")), "{id}: {logs:#?}");
-        assert!(logs.iter().any(|l| l.replica == "v3-r0" && l.text.contains("detected")), "{id}: the warm process's output reaches the instance: {logs:#?}");
-        assert!(logs.iter().any(|l| l.replica == "v3-r0" && l.text.starts_with("kubefn: ready on socket /kubefn/run/")), "{id}: {logs:#?}");
+        let logs: Vec<kubefn::platform::model::LogEntry> =
+            harness.runtime.logs(id, false, None).expect("logs").collect().await;
+        assert!(
+            logs.iter().any(|l| l.replica == "v3-r0" && l.text.starts_with("loading the function into warm process")),
+            "{id}: {logs:#?}"
+        );
+        assert!(
+            logs.iter().any(|l| l.replica == "v3-r0" && l.text.contains("detected")),
+            "{id}: the warm process's output reaches the instance: {logs:#?}"
+        );
+        assert!(
+            logs.iter().any(|l| l.replica == "v3-r0" && l.text.starts_with("kubefn: ready on socket /kubefn/run/")),
+            "{id}: {logs:#?}"
+        );
     }
 
     // A function that cannot load in a warm process fails as a cold one would.
-    harness.runtime.apply(instance("warm-bad", 1, function("warm-bad", Language::Python, None, "def handle(req)\n"), 1), ApplyMode::Reconcile).await.expect("apply");
+    harness
+        .runtime
+        .apply(
+            instance("warm-bad", 1, function("warm-bad", Language::Python, None, "def handle(req)\n"), 1),
+            ApplyMode::Reconcile,
+        )
+        .await
+        .expect("apply");
     let status = harness.until("warm-bad", "failed", |s| s.state == InstanceState::Failed).await;
     assert!(status.message.contains("syntax error"), "{}", status.message);
     harness.runtime.shutdown().await;
@@ -524,11 +667,19 @@ async fn replicas_start_from_the_warm_pool_and_behave_as_cold_ones() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_function_that_hangs_while_loading_fails_with_the_reason() {
     let harness = Harness::with(|config| config.restart.ready_timeout = Duration::from_secs(1));
-    let spec = function("stuck", Language::Python, None, "import time\nprint('loading forever', flush=True)\ntime.sleep(3600)\ndef handle(req):\n    return req\n");
+    let spec = function(
+        "stuck",
+        Language::Python,
+        None,
+        "import time\nprint('loading forever', flush=True)\ntime.sleep(3600)\ndef handle(req):\n    return req\n",
+    );
     harness.runtime.apply(instance("stuck", 1, spec, 1), ApplyMode::Reconcile).await.expect("apply");
     let status = harness.until("stuck", "failed", |s| s.state == InstanceState::Failed).await;
     assert!(status.message.contains("not ready after 1 s"), "{}", status.message);
     let logs: Vec<String> = harness.runtime.logs("stuck", false, None).expect("logs").map(|l| l.text).collect().await;
-    assert!(logs.iter().any(|l| l == "loading forever") && logs.iter().any(|l| l.contains("not ready after 1 s")), "{logs:#?}");
+    assert!(
+        logs.iter().any(|l| l == "loading forever") && logs.iter().any(|l| l.contains("not ready after 1 s")),
+        "{logs:#?}"
+    );
     harness.runtime.shutdown().await;
 }

@@ -3,7 +3,7 @@
 //! Node function deployed and invoked through the REST API and the gateway. Nothing else in
 //! the suite runs kubefn with a relative data directory.
 
-use process::{free_port, Server};
+use process::{Server, free_port};
 use serde_json::json;
 
 #[path = "support/process.rs"]
@@ -22,7 +22,8 @@ fn make_run_as_the_readme_says_deploys_and_invokes_python_and_node() {
     // A fresh name each run: ./data outlives the test, as it does for `make run`.
     let user = format!("newcomer-{}", std::process::id());
     let cookie = server.sign_up(&user);
-    let python = json!({"name": "hello-py", "runtime": "python", "source": "def handle(req):\n    return 'hello ' + req\n"});
+    let python =
+        json!({"name": "hello-py", "runtime": "python", "source": "def handle(req):\n    return 'hello ' + req\n"});
     let node = json!({"name": "hello-js", "runtime": "node", "source": "module.exports = async (event) => `hi ${event.body}`;\n"});
     let broken = json!({"name": "broken-py", "runtime": "python", "source": "def handle(req)\n    return req\n"});
     let ids: Vec<String> = [&python, &node, &broken].iter().map(|spec| server.deploy(&cookie, spec)).collect();
@@ -39,8 +40,13 @@ fn make_run_as_the_readme_says_deploys_and_invokes_python_and_node() {
     let message = failed["message"].as_str().unwrap_or_default();
     assert!(message.contains("syntax error"), "{message}");
     let repo_path = repo.display().to_string();
-    for instance in ids.iter().map(|id| server.request("GET", &format!("/api/v1/instances/{id}"), Some(&cookie), None).body) {
-        assert!(!instance.contains(&repo_path) && !instance.contains("/runtime/"), "host paths reach the client: {instance}");
+    for instance in
+        ids.iter().map(|id| server.request("GET", &format!("/api/v1/instances/{id}"), Some(&cookie), None).body)
+    {
+        assert!(
+            !instance.contains(&repo_path) && !instance.contains("/runtime/"),
+            "host paths reach the client: {instance}"
+        );
     }
     let logs = server.request("GET", &format!("/api/v1/instances/{}/logs", ids[2]), Some(&cookie), None).body;
     assert!(!logs.contains(&repo_path), "host paths reach the client through the logs: {logs}");

@@ -1,12 +1,12 @@
 //! The REST API end to end through the real router: real SQLite, real sessions, real hashing.
 
 use app::*;
-use axum::body::Body;
-use axum::http::{header, HeaderMap, Method, Request, StatusCode};
 use axum::Router;
-use tower::ServiceExt;
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, Request, StatusCode, header};
 use kubefn::platform::auth::SignupPolicy;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
+use tower::ServiceExt;
 
 #[path = "support/app.rs"]
 mod app;
@@ -15,7 +15,14 @@ mod support;
 #[tokio::test]
 async fn sign_up_log_out_and_log_in() {
     let app = TestApp::start().await;
-    let signup = app.call(Method::POST, "/api/v1/signup", Some(json!({"name": "alice", "password": "alice-password"})), As::Anonymous).await;
+    let signup = app
+        .call(
+            Method::POST,
+            "/api/v1/signup",
+            Some(json!({"name": "alice", "password": "alice-password"})),
+            As::Anonymous,
+        )
+        .await;
     assert_eq!(signup.status, StatusCode::CREATED);
     assert_eq!(signup.body, json!({"name": "alice", "role": "user"}));
     let set_cookie = signup.headers.get(header::SET_COOKIE).expect("cookie").to_str().expect("ascii").to_string();
@@ -30,19 +37,42 @@ async fn sign_up_log_out_and_log_in() {
     assert_eq!(logout.status, StatusCode::NO_CONTENT);
     assert_eq!(app.call(Method::GET, "/api/v1/me", None, As::Cookie(&cookie)).await.status, StatusCode::UNAUTHORIZED);
 
-    let wrong = app.call(Method::POST, "/api/v1/login", Some(json!({"name": "alice", "password": "not-her-password"})), As::Anonymous).await;
+    let wrong = app
+        .call(
+            Method::POST,
+            "/api/v1/login",
+            Some(json!({"name": "alice", "password": "not-her-password"})),
+            As::Anonymous,
+        )
+        .await;
     assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
     assert_eq!(wrong.body["error"], "wrong user name or password");
-    let unknown = app.call(Method::POST, "/api/v1/login", Some(json!({"name": "nobody", "password": "whatever-pw"})), As::Anonymous).await;
+    let unknown = app
+        .call(Method::POST, "/api/v1/login", Some(json!({"name": "nobody", "password": "whatever-pw"})), As::Anonymous)
+        .await;
     assert_eq!(unknown.status, StatusCode::UNAUTHORIZED);
     assert_eq!(unknown.body, wrong.body, "unknown names and wrong passwords look the same");
 
-    let login = app.call(Method::POST, "/api/v1/login", Some(json!({"name": "alice", "password": "alice-password"})), As::Anonymous).await;
+    let login = app
+        .call(
+            Method::POST,
+            "/api/v1/login",
+            Some(json!({"name": "alice", "password": "alice-password"})),
+            As::Anonymous,
+        )
+        .await;
     assert_eq!(login.status, StatusCode::OK);
     let cookie = cookie_of(&login.headers);
     assert_eq!(app.call(Method::GET, "/api/v1/me", None, As::Cookie(&cookie)).await.status, StatusCode::OK);
 
-    let taken = app.call(Method::POST, "/api/v1/signup", Some(json!({"name": "alice", "password": "another-password"})), As::Anonymous).await;
+    let taken = app
+        .call(
+            Method::POST,
+            "/api/v1/signup",
+            Some(json!({"name": "alice", "password": "another-password"})),
+            As::Anonymous,
+        )
+        .await;
     assert_eq!(taken.status, StatusCode::CONFLICT);
     assert_eq!(taken.body["field"], "name");
 }
@@ -62,14 +92,18 @@ async fn bad_sign_ups_name_the_field() {
         assert_eq!(answer.body["field"], field, "{body}: {}", answer.body);
     }
     // Nothing was created: carol cannot log in.
-    let login = app.call(Method::POST, "/api/v1/login", Some(json!({"name": "carol", "password": "long-enough"})), As::Anonymous).await;
+    let login = app
+        .call(Method::POST, "/api/v1/login", Some(json!({"name": "carol", "password": "long-enough"})), As::Anonymous)
+        .await;
     assert_eq!(login.status, StatusCode::UNAUTHORIZED);
 }
 
 #[tokio::test]
 async fn closed_sign_up_is_refused_but_the_admin_exists() {
     let app = TestApp::start_with(SignupPolicy::Closed).await;
-    let answer = app.call(Method::POST, "/api/v1/signup", Some(json!({"name": "dave", "password": "dave-password"})), As::Anonymous).await;
+    let answer = app
+        .call(Method::POST, "/api/v1/signup", Some(json!({"name": "dave", "password": "dave-password"})), As::Anonymous)
+        .await;
     assert_eq!(answer.status, StatusCode::FORBIDDEN);
     assert!(answer.body["error"].as_str().expect("message").contains("sign-up is closed"));
     let admin = app.admin().await;
@@ -100,7 +134,11 @@ async fn everything_but_health_needs_a_session_or_token() {
     ] {
         let answer = app.call(method.clone(), path, body, As::Anonymous).await;
         assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{method} {path}");
-        assert!(answer.body["error"].as_str().is_some_and(|e| e.contains("log in")), "{method} {path}: {}", answer.body);
+        assert!(
+            answer.body["error"].as_str().is_some_and(|e| e.contains("log in")),
+            "{method} {path}: {}",
+            answer.body
+        );
     }
     assert_eq!(app.call(Method::GET, "/healthz", None, As::Anonymous).await.status, StatusCode::OK);
     assert_eq!(app.call(Method::GET, "/readyz", None, As::Anonymous).await.status, StatusCode::OK);
@@ -127,14 +165,21 @@ async fn register_edit_roll_back_and_unregister() {
     assert_eq!(updated.body["version"], 2);
     assert_eq!(updated.body["latest_version"], 2);
     assert_eq!(updated.body["spec"]["source"], edited["source"]);
-    let numbers: Vec<u64> = updated.body["versions"].as_array().expect("versions").iter().map(|v| v["number"].as_u64().expect("n")).collect();
+    let numbers: Vec<u64> = updated.body["versions"]
+        .as_array()
+        .expect("versions")
+        .iter()
+        .map(|v| v["number"].as_u64().expect("n"))
+        .collect();
     assert_eq!(numbers, vec![2, 1]);
 
     let v1 = app.call(Method::GET, "/api/v1/functions/hello/versions/1", None, As::Cookie(&alice)).await;
     assert_eq!(v1.status, StatusCode::OK);
     assert_eq!(v1.body["spec"], hello("hello"), "version 1 is immutable");
 
-    let rolled = app.call(Method::POST, "/api/v1/functions/hello/rollback", Some(json!({"version": 1})), As::Cookie(&alice)).await;
+    let rolled = app
+        .call(Method::POST, "/api/v1/functions/hello/rollback", Some(json!({"version": 1})), As::Cookie(&alice))
+        .await;
     assert_eq!(rolled.status, StatusCode::OK, "{}", rolled.body);
     assert_eq!(rolled.body["version"], 1);
     assert_eq!(rolled.body["latest_version"], 2);
@@ -144,7 +189,9 @@ async fn register_edit_roll_back_and_unregister() {
     assert_eq!(not_a_number.status, StatusCode::BAD_REQUEST);
     assert!(not_a_number.body["error"].as_str().is_some_and(|e| e.contains("path")), "{}", not_a_number.body);
 
-    let missing_version = app.call(Method::POST, "/api/v1/functions/hello/rollback", Some(json!({"version": 9})), As::Cookie(&alice)).await;
+    let missing_version = app
+        .call(Method::POST, "/api/v1/functions/hello/rollback", Some(json!({"version": 9})), As::Cookie(&alice))
+        .await;
     assert_eq!(missing_version.status, StatusCode::NOT_FOUND);
     assert_eq!(missing_version.body["field"], "version");
 
@@ -163,9 +210,15 @@ async fn register_edit_roll_back_and_unregister() {
 
     let deleted = app.call(Method::DELETE, "/api/v1/functions/hello", None, As::Cookie(&alice)).await;
     assert_eq!(deleted.status, StatusCode::NO_CONTENT);
-    assert_eq!(app.call(Method::GET, "/api/v1/functions/hello", None, As::Cookie(&alice)).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        app.call(Method::GET, "/api/v1/functions/hello", None, As::Cookie(&alice)).await.status,
+        StatusCode::NOT_FOUND
+    );
     // The name is free again.
-    assert_eq!(app.call(Method::POST, "/api/v1/functions", Some(hello("hello")), As::Cookie(&alice)).await.status, StatusCode::CREATED);
+    assert_eq!(
+        app.call(Method::POST, "/api/v1/functions", Some(hello("hello")), As::Cookie(&alice)).await.status,
+        StatusCode::CREATED
+    );
 }
 
 #[tokio::test]
@@ -205,7 +258,14 @@ async fn every_invalid_field_is_named_and_nothing_is_stored() {
         (with(hello("x"), "/service/type", json!("Ingress")), "service.type"),
         (with(hello("x"), "/service/type", json!("ExternalName")), "service.external_name"),
         (with(with(hello("x"), "/runtime", json!("image")), "/source", json!("")), "image"),
-        (with(with(with(hello("x"), "/runtime", json!("image")), "/source", json!("")), "/image", json!("Not An Image")), "image"),
+        (
+            with(
+                with(with(hello("x"), "/runtime", json!("image")), "/source", json!("")),
+                "/image",
+                json!("Not An Image"),
+            ),
+            "image",
+        ),
         (with(hello("x"), "/image", json!("nginx:1.27")), "image"),
     ];
     for (body, field) in cases {
@@ -215,9 +275,18 @@ async fn every_invalid_field_is_named_and_nothing_is_stored() {
         assert_eq!(answer.body["field"], field, "{}", answer.body);
         assert!(answer.body["error"].as_str().is_some_and(|e| !e.is_empty()), "{}", answer.body);
     }
-    let missing_nested = app.call(Method::POST, "/api/v1/functions", Some(with(hello("x"), "/service", json!({"port": 80}))), As::Cookie(&alice)).await;
+    let missing_nested = app
+        .call(
+            Method::POST,
+            "/api/v1/functions",
+            Some(with(hello("x"), "/service", json!({"port": 80}))),
+            As::Cookie(&alice),
+        )
+        .await;
     assert_eq!(missing_nested.body["field"], "service.port", "{}", missing_nested.body);
-    let missing = app.call(Method::POST, "/api/v1/functions", Some(json!({"runtime": "python", "source": "x"})), As::Cookie(&alice)).await;
+    let missing = app
+        .call(Method::POST, "/api/v1/functions", Some(json!({"runtime": "python", "source": "x"})), As::Cookie(&alice))
+        .await;
     assert_eq!((missing.status, missing.body["field"].clone()), (StatusCode::UNPROCESSABLE_ENTITY, json!("name")));
 
     let not_json = app
@@ -231,7 +300,12 @@ async fn every_invalid_field_is_named_and_nothing_is_stored() {
         .await;
     assert_eq!(not_json.status, StatusCode::BAD_REQUEST);
     let form = app
-        .send(Request::post("/api/v1/functions").header(header::COOKIE, &alice).body(Body::from("name=x")).expect("request"))
+        .send(
+            Request::post("/api/v1/functions")
+                .header(header::COOKIE, &alice)
+                .body(Body::from("name=x"))
+                .expect("request"),
+        )
         .await;
     assert_eq!(form.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
 
@@ -239,8 +313,18 @@ async fn every_invalid_field_is_named_and_nothing_is_stored() {
     assert_eq!(list.body, json!([]), "nothing was stored");
 
     // An invalid edit leaves the function at its version.
-    assert_eq!(app.call(Method::POST, "/api/v1/functions", Some(hello("kept")), As::Cookie(&alice)).await.status, StatusCode::CREATED);
-    let bad_edit = app.call(Method::PUT, "/api/v1/functions/kept", Some(with(hello("kept"), "/scaling/min", json!(9))), As::Cookie(&alice)).await;
+    assert_eq!(
+        app.call(Method::POST, "/api/v1/functions", Some(hello("kept")), As::Cookie(&alice)).await.status,
+        StatusCode::CREATED
+    );
+    let bad_edit = app
+        .call(
+            Method::PUT,
+            "/api/v1/functions/kept",
+            Some(with(hello("kept"), "/scaling/min", json!(9))),
+            As::Cookie(&alice),
+        )
+        .await;
     assert_eq!(bad_edit.body["field"], "scaling.min");
     let renamed = app.call(Method::PUT, "/api/v1/functions/kept", Some(hello("other")), As::Cookie(&alice)).await;
     assert_eq!((renamed.status, renamed.body["field"].clone()), (StatusCode::UNPROCESSABLE_ENTITY, json!("name")));
@@ -255,8 +339,14 @@ async fn users_cannot_see_or_change_each_others_functions_but_admins_can() {
     let bob = app.user("bob").await;
     let admin = app.admin().await;
     let private = with(hello("alices-secret"), "/visibility", json!("private"));
-    assert_eq!(app.call(Method::POST, "/api/v1/functions", Some(private.clone()), As::Cookie(&alice)).await.status, StatusCode::CREATED);
-    assert_eq!(app.call(Method::POST, "/api/v1/functions", Some(hello("alices-public")), As::Cookie(&alice)).await.status, StatusCode::CREATED);
+    assert_eq!(
+        app.call(Method::POST, "/api/v1/functions", Some(private.clone()), As::Cookie(&alice)).await.status,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        app.call(Method::POST, "/api/v1/functions", Some(hello("alices-public")), As::Cookie(&alice)).await.status,
+        StatusCode::CREATED
+    );
 
     let names = |body: &Value| -> Vec<String> {
         body.as_array().expect("list").iter().map(|f| f["name"].as_str().expect("name").to_string()).collect()
@@ -265,18 +355,41 @@ async fn users_cannot_see_or_change_each_others_functions_but_admins_can() {
     assert_eq!(names(&bobs_list.body), vec!["alices-public"]);
     let secret = app.call(Method::GET, "/api/v1/functions/alices-secret", None, As::Cookie(&bob)).await;
     assert_eq!(secret.status, StatusCode::NOT_FOUND);
-    assert_eq!(app.call(Method::GET, "/api/v1/functions/alices-secret/versions/1", None, As::Cookie(&bob)).await.status, StatusCode::NOT_FOUND);
-    assert_eq!(app.call(Method::PUT, "/api/v1/functions/alices-secret", Some(private.clone()), As::Cookie(&bob)).await.status, StatusCode::NOT_FOUND);
-    assert_eq!(app.call(Method::DELETE, "/api/v1/functions/alices-secret", None, As::Cookie(&bob)).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        app.call(Method::GET, "/api/v1/functions/alices-secret/versions/1", None, As::Cookie(&bob)).await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        app.call(Method::PUT, "/api/v1/functions/alices-secret", Some(private.clone()), As::Cookie(&bob)).await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        app.call(Method::DELETE, "/api/v1/functions/alices-secret", None, As::Cookie(&bob)).await.status,
+        StatusCode::NOT_FOUND
+    );
 
     // The public one can be read but not changed.
-    assert_eq!(app.call(Method::GET, "/api/v1/functions/alices-public", None, As::Cookie(&bob)).await.status, StatusCode::OK);
-    let edit = app.call(Method::PUT, "/api/v1/functions/alices-public", Some(hello("alices-public")), As::Cookie(&bob)).await;
+    assert_eq!(
+        app.call(Method::GET, "/api/v1/functions/alices-public", None, As::Cookie(&bob)).await.status,
+        StatusCode::OK
+    );
+    let edit =
+        app.call(Method::PUT, "/api/v1/functions/alices-public", Some(hello("alices-public")), As::Cookie(&bob)).await;
     assert_eq!(edit.status, StatusCode::FORBIDDEN);
     assert!(edit.body["error"].as_str().expect("message").contains("owner (alice)"));
-    assert_eq!(app.call(Method::DELETE, "/api/v1/functions/alices-public", None, As::Cookie(&bob)).await.status, StatusCode::FORBIDDEN);
     assert_eq!(
-        app.call(Method::POST, "/api/v1/functions/alices-public/rollback", Some(json!({"version": 1})), As::Cookie(&bob)).await.status,
+        app.call(Method::DELETE, "/api/v1/functions/alices-public", None, As::Cookie(&bob)).await.status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        app.call(
+            Method::POST,
+            "/api/v1/functions/alices-public/rollback",
+            Some(json!({"version": 1})),
+            As::Cookie(&bob)
+        )
+        .await
+        .status,
         StatusCode::FORBIDDEN
     );
     let still = app.call(Method::GET, "/api/v1/functions/alices-public", None, As::Cookie(&alice)).await;
@@ -285,22 +398,34 @@ async fn users_cannot_see_or_change_each_others_functions_but_admins_can() {
     // Admins see and manage everything.
     let admins_list = app.call(Method::GET, "/api/v1/functions", None, As::Cookie(&admin)).await;
     assert_eq!(names(&admins_list.body), vec!["alices-public", "alices-secret"]);
-    assert_eq!(app.call(Method::GET, "/api/v1/functions/alices-secret", None, As::Cookie(&admin)).await.status, StatusCode::OK);
+    assert_eq!(
+        app.call(Method::GET, "/api/v1/functions/alices-secret", None, As::Cookie(&admin)).await.status,
+        StatusCode::OK
+    );
     let admin_edit = app.call(Method::PUT, "/api/v1/functions/alices-secret", Some(private), As::Cookie(&admin)).await;
     assert_eq!(admin_edit.status, StatusCode::OK);
     assert_eq!(admin_edit.body["versions"][0]["created_by"], "root");
     assert_eq!(admin_edit.body["owner"], "alice");
-    assert_eq!(app.call(Method::DELETE, "/api/v1/functions/alices-secret", None, As::Cookie(&admin)).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        app.call(Method::DELETE, "/api/v1/functions/alices-secret", None, As::Cookie(&admin)).await.status,
+        StatusCode::NO_CONTENT
+    );
 }
 
 #[tokio::test]
 async fn unregistering_is_refused_while_instances_exist() {
     let app = TestApp::start().await;
     let alice = app.user("alice").await;
-    assert_eq!(app.call(Method::POST, "/api/v1/functions", Some(hello("busy")), As::Cookie(&alice)).await.status, StatusCode::CREATED);
+    assert_eq!(
+        app.call(Method::POST, "/api/v1/functions", Some(hello("busy")), As::Cookie(&alice)).await.status,
+        StatusCode::CREATED
+    );
 
     // An instance as the runtimes will record it, written straight into the same database.
-    let store = kubefn::platform::store::Store::open(&format!("sqlite://{}", app.dir.path().join("kubefn.db").display())).await.expect("db");
+    let store =
+        kubefn::platform::store::Store::open(&format!("sqlite://{}", app.dir.path().join("kubefn.db").display()))
+            .await
+            .expect("db");
     sqlx::query(
         "INSERT INTO instances (id, function_id, user_id, desired_version, replicas, state, created_at, updated_at)
          SELECT 'i-1', f.id, f.owner_id, 1, 1, 'Ready', '2026-01-01T00:00:00Z', '2026-01-01T00:00:00Z' FROM functions f WHERE f.name = 'busy'",
@@ -315,7 +440,10 @@ async fn unregistering_is_refused_while_instances_exist() {
     assert_eq!(app.call(Method::GET, "/api/v1/functions/busy", None, As::Cookie(&alice)).await.status, StatusCode::OK);
 
     sqlx::query("DELETE FROM instances").execute(store.pool()).await.expect("cleanup");
-    assert_eq!(app.call(Method::DELETE, "/api/v1/functions/busy", None, As::Cookie(&alice)).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        app.call(Method::DELETE, "/api/v1/functions/busy", None, As::Cookie(&alice)).await.status,
+        StatusCode::NO_CONTENT
+    );
 }
 
 #[tokio::test]
@@ -340,16 +468,33 @@ async fn api_tokens_authenticate_until_revoked() {
     assert!(listed.body[0]["last_used_at"].is_string());
     assert!(listed.body[0].get("token").is_none(), "the secret is shown only once");
 
-    assert_eq!(app.call(Method::GET, "/api/v1/me", None, As::Bearer("kfn_wrong")).await.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(app.call(Method::GET, "/api/v1/me", None, As::Bearer("not-even-a-token")).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        app.call(Method::GET, "/api/v1/me", None, As::Bearer("kfn_wrong")).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        app.call(Method::GET, "/api/v1/me", None, As::Bearer("not-even-a-token")).await.status,
+        StatusCode::UNAUTHORIZED
+    );
     let basic = app
-        .send(Request::get("/api/v1/me").header(header::AUTHORIZATION, "Basic YWxpY2U6eA==").body(Body::empty()).expect("request"))
+        .send(
+            Request::get("/api/v1/me")
+                .header(header::AUTHORIZATION, "Basic YWxpY2U6eA==")
+                .body(Body::empty())
+                .expect("request"),
+        )
         .await;
     assert_eq!(basic.status, StatusCode::UNAUTHORIZED);
 
     // Bob cannot revoke Alice's token.
-    assert_eq!(app.call(Method::DELETE, &format!("/api/v1/tokens/{id}"), None, As::Cookie(&bob)).await.status, StatusCode::NOT_FOUND);
-    assert_eq!(app.call(Method::DELETE, &format!("/api/v1/tokens/{id}"), None, As::Cookie(&alice)).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        app.call(Method::DELETE, &format!("/api/v1/tokens/{id}"), None, As::Cookie(&bob)).await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        app.call(Method::DELETE, &format!("/api/v1/tokens/{id}"), None, As::Cookie(&alice)).await.status,
+        StatusCode::NO_CONTENT
+    );
     assert_eq!(app.call(Method::GET, "/api/v1/me", None, As::Bearer(&token)).await.status, StatusCode::UNAUTHORIZED);
 }
 
@@ -358,12 +503,28 @@ async fn log_ins_are_rate_limited_per_user_name() {
     let app = TestApp::start().await;
     app.user("erin").await;
     for attempt in 0..kubefn::platform::auth::MAX_FAILURES_PER_USER {
-        let wrong = app.call(Method::POST, "/api/v1/login", Some(json!({"name": "erin", "password": "guess-number"})), As::Anonymous).await;
+        let wrong = app
+            .call(
+                Method::POST,
+                "/api/v1/login",
+                Some(json!({"name": "erin", "password": "guess-number"})),
+                As::Anonymous,
+            )
+            .await;
         assert_eq!(wrong.status, StatusCode::UNAUTHORIZED, "attempt {attempt}");
     }
-    let blocked = app.call(Method::POST, "/api/v1/login", Some(json!({"name": "erin", "password": "erin-password"})), As::Anonymous).await;
+    let blocked = app
+        .call(Method::POST, "/api/v1/login", Some(json!({"name": "erin", "password": "erin-password"})), As::Anonymous)
+        .await;
     assert_eq!(blocked.status, StatusCode::TOO_MANY_REQUESTS, "even the right password waits");
-    let retry_after: u64 = blocked.headers.get(header::RETRY_AFTER).expect("Retry-After").to_str().expect("ascii").parse().expect("seconds");
+    let retry_after: u64 = blocked
+        .headers
+        .get(header::RETRY_AFTER)
+        .expect("Retry-After")
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("seconds");
     assert!((1..=300).contains(&retry_after), "{retry_after}");
     // Other users are unaffected.
     app.user("frank").await;
@@ -414,7 +575,11 @@ async fn sign_ups_are_limited_per_client() {
     let admin = app.admin().await;
     let users = app.call(Method::GET, "/api/v1/admin/usage", None, As::Cookie(&admin)).await;
     assert!(!users.body.to_string().contains("flood-more"), "the refused account does not exist");
-    assert_eq!(app.send(sign_up("elsewhere".into(), [10, 0, 0, 10])).await.status, StatusCode::CREATED, "other clients still sign up");
+    assert_eq!(
+        app.send(sign_up("elsewhere".into(), [10, 0, 0, 10])).await.status,
+        StatusCode::CREATED,
+        "other clients still sign up"
+    );
 }
 
 #[tokio::test]
@@ -425,15 +590,33 @@ async fn log_in_and_sign_up_start_a_new_session_id() {
     // Someone who knows the session id in this browser (Bob's, or one they planted) must not
     // become Alice when she logs in there.
     let body = json!({"name": "alice", "password": "alice-password"});
-    let logged_in = app.send(json_post("/api/v1/login").header(header::COOKIE, &bob).body(Body::from(body.to_string())).expect("request")).await;
+    let logged_in = app
+        .send(
+            json_post("/api/v1/login")
+                .header(header::COOKIE, &bob)
+                .body(Body::from(body.to_string()))
+                .expect("request"),
+        )
+        .await;
     assert_eq!(logged_in.status, StatusCode::OK, "{}", logged_in.body);
     let alice = cookie_of(&logged_in.headers);
     assert_ne!(alice, bob, "the session id changed at log-in");
     assert_eq!(app.call(Method::GET, "/api/v1/me", None, As::Cookie(&alice)).await.body["name"], "alice");
-    assert_eq!(app.call(Method::GET, "/api/v1/me", None, As::Cookie(&bob)).await.status, StatusCode::UNAUTHORIZED, "the old id is no one's");
+    assert_eq!(
+        app.call(Method::GET, "/api/v1/me", None, As::Cookie(&bob)).await.status,
+        StatusCode::UNAUTHORIZED,
+        "the old id is no one's"
+    );
 
     let body = json!({"name": "carol", "password": "carol-password"});
-    let signed_up = app.send(json_post("/api/v1/signup").header(header::COOKIE, &alice).body(Body::from(body.to_string())).expect("request")).await;
+    let signed_up = app
+        .send(
+            json_post("/api/v1/signup")
+                .header(header::COOKIE, &alice)
+                .body(Body::from(body.to_string()))
+                .expect("request"),
+        )
+        .await;
     assert_eq!(signed_up.status, StatusCode::CREATED, "{}", signed_up.body);
     let carol = cookie_of(&signed_up.headers);
     assert_ne!(carol, alice, "the session id changed at sign-up");
@@ -447,19 +630,30 @@ async fn writes_from_another_site_or_port_are_refused_unless_they_carry_a_token(
     use leptos::server_fn::ServerFn;
     let app = TestApp::start().await;
     let alice = app.user("alice").await;
-    assert_eq!(app.call(Method::POST, "/api/v1/functions", Some(hello("hello")), As::Cookie(&alice)).await.status, StatusCode::CREATED);
+    assert_eq!(
+        app.call(Method::POST, "/api/v1/functions", Some(hello("hello")), As::Cookie(&alice)).await.status,
+        StatusCode::CREATED
+    );
     let from = |request: axum::http::request::Builder, header_name: &'static str, value: &'static str| {
         request.header(header::COOKIE, &alice).header(header::HOST, "127.0.0.1:3000").header(header_name, value)
     };
-    let elsewhere = [("sec-fetch-site", "same-site"), ("sec-fetch-site", "cross-site"), ("origin", "http://127.0.0.1:30001"), ("origin", "null")];
+    let elsewhere = [
+        ("sec-fetch-site", "same-site"),
+        ("sec-fetch-site", "cross-site"),
+        ("origin", "http://127.0.0.1:30001"),
+        ("origin", "null"),
+    ];
     for (header_name, value) in elsewhere {
         // The form a hostile page posts to a server function, and the REST calls it could try.
         let form = from(Request::post(DeployFunction::PATH), header_name, value)
             .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
             .body(Body::from("name=hello"))
             .expect("request");
-        let mint = from(json_post("/api/v1/tokens"), header_name, value).body(Body::from(json!({"name": "stolen"}).to_string())).expect("request");
-        let delete = from(Request::delete("/api/v1/functions/hello"), header_name, value).body(Body::empty()).expect("request");
+        let mint = from(json_post("/api/v1/tokens"), header_name, value)
+            .body(Body::from(json!({"name": "stolen"}).to_string()))
+            .expect("request");
+        let delete =
+            from(Request::delete("/api/v1/functions/hello"), header_name, value).body(Body::empty()).expect("request");
         let log_out = from(Request::post(LogOut::PATH), header_name, value).body(Body::empty()).expect("request");
         for request in [form, mint, delete, log_out] {
             let path = request.uri().path().to_string();
@@ -468,22 +662,48 @@ async fn writes_from_another_site_or_port_are_refused_unless_they_carry_a_token(
             assert!(refused.body["error"].as_str().is_some_and(|e| e.contains("another site")), "{}", refused.body);
         }
     }
-    assert_eq!(app.call(Method::GET, "/api/v1/instances", None, As::Cookie(&alice)).await.body, json!([]), "nothing was deployed");
-    assert_eq!(app.call(Method::GET, "/api/v1/tokens", None, As::Cookie(&alice)).await.body, json!([]), "no token was minted");
-    assert_eq!(app.call(Method::GET, "/api/v1/functions/hello", None, As::Cookie(&alice)).await.status, StatusCode::OK, "nothing was deleted");
-    assert_eq!(app.call(Method::GET, "/api/v1/me", None, As::Cookie(&alice)).await.status, StatusCode::OK, "the session survives");
+    assert_eq!(
+        app.call(Method::GET, "/api/v1/instances", None, As::Cookie(&alice)).await.body,
+        json!([]),
+        "nothing was deployed"
+    );
+    assert_eq!(
+        app.call(Method::GET, "/api/v1/tokens", None, As::Cookie(&alice)).await.body,
+        json!([]),
+        "no token was minted"
+    );
+    assert_eq!(
+        app.call(Method::GET, "/api/v1/functions/hello", None, As::Cookie(&alice)).await.status,
+        StatusCode::OK,
+        "nothing was deleted"
+    );
+    assert_eq!(
+        app.call(Method::GET, "/api/v1/me", None, As::Cookie(&alice)).await.status,
+        StatusCode::OK,
+        "the session survives"
+    );
     // Logging a victim in to the attacker's account (log-in forgery) is a write too.
     let body = json!({"name": "alice", "password": "alice-password"});
-    let forged_log_in = json_post("/api/v1/login").header("sec-fetch-site", "same-site").body(Body::from(body.to_string())).expect("request");
+    let forged_log_in = json_post("/api/v1/login")
+        .header("sec-fetch-site", "same-site")
+        .body(Body::from(body.to_string()))
+        .expect("request");
     assert_eq!(app.send(forged_log_in).await.status, StatusCode::FORBIDDEN);
 
     // kubefn's own pages, clients that are not browsers, and API tokens from anywhere still work.
-    let own = from(json_post("/api/v1/tokens"), "sec-fetch-site", "same-origin").body(Body::from(json!({"name": "mine"}).to_string())).expect("request");
+    let own = from(json_post("/api/v1/tokens"), "sec-fetch-site", "same-origin")
+        .body(Body::from(json!({"name": "mine"}).to_string()))
+        .expect("request");
     let minted = app.send(own).await;
     assert_eq!(minted.status, StatusCode::CREATED, "{}", minted.body);
-    let same_origin = from(json_post("/api/v1/tokens"), "origin", "http://127.0.0.1:3000").body(Body::from(json!({"name": "origin"}).to_string())).expect("request");
+    let same_origin = from(json_post("/api/v1/tokens"), "origin", "http://127.0.0.1:3000")
+        .body(Body::from(json!({"name": "origin"}).to_string()))
+        .expect("request");
     assert_eq!(app.send(same_origin).await.status, StatusCode::CREATED);
-    assert_eq!(app.call(Method::POST, "/api/v1/tokens", Some(json!({"name": "curl"})), As::Cookie(&alice)).await.status, StatusCode::CREATED);
+    assert_eq!(
+        app.call(Method::POST, "/api/v1/tokens", Some(json!({"name": "curl"})), As::Cookie(&alice)).await.status,
+        StatusCode::CREATED
+    );
     let token = minted.body["token"].as_str().expect("token");
     let scripted = Request::post("/api/v1/tokens")
         .header(header::AUTHORIZATION, format!("Bearer {token}"))
@@ -536,7 +756,9 @@ async fn pages_render_on_the_server() {
 
     // Without a session, protected pages redirect on the server (no JavaScript needed).
     for page in ["/", "/account", "/functions/anything"] {
-        let anonymous = app.send(Request::get(page).header(header::ACCEPT, "text/html").body(Body::empty()).expect("request")).await;
+        let anonymous = app
+            .send(Request::get(page).header(header::ACCEPT, "text/html").body(Body::empty()).expect("request"))
+            .await;
         assert!(anonymous.status.is_redirection(), "{page}: {}", anonymous.status);
         assert_eq!(anonymous.headers.get(header::LOCATION).and_then(|v| v.to_str().ok()), Some("/login"), "{page}");
     }
@@ -544,24 +766,38 @@ async fn pages_render_on_the_server() {
     let alice = app.user("alice").await;
     // With one, the log-in page sends them on to the catalog.
     let logged_in = app
-        .send(Request::get("/login").header(header::COOKIE, &alice).header(header::ACCEPT, "text/html").body(Body::empty()).expect("request"))
+        .send(
+            Request::get("/login")
+                .header(header::COOKIE, &alice)
+                .header(header::ACCEPT, "text/html")
+                .body(Body::empty())
+                .expect("request"),
+        )
         .await;
     assert!(logged_in.status.is_redirection(), "{}", logged_in.status);
     assert_eq!(logged_in.headers.get(header::LOCATION).and_then(|v| v.to_str().ok()), Some("/"));
     app.call(Method::POST, "/api/v1/functions", Some(hello("rendered")), As::Cookie(&alice)).await;
-    let catalog = app.send(Request::get("/").header(header::COOKIE, &alice).body(Body::empty()).expect("request")).await;
+    let catalog =
+        app.send(Request::get("/").header(header::COOKIE, &alice).body(Body::empty()).expect("request")).await;
     let html = catalog.body.as_str().expect("html");
     assert!(html.contains("rendered") && html.contains(">Deploy</button>"), "{html}");
 
     // A function page renders its instance card on the server too.
-    let page = app.send(Request::get("/functions/rendered").header(header::COOKIE, &alice).body(Body::empty()).expect("request")).await;
+    let page = app
+        .send(Request::get("/functions/rendered").header(header::COOKIE, &alice).body(Body::empty()).expect("request"))
+        .await;
     let html = page.body.as_str().expect("html");
     assert!(html.contains("Your instance") && html.contains("Not deployed"), "{html}");
 }
 
 /// POSTs `body` to an instance's node port (as `http://host:port`) and returns (status, body).
 async fn invoke(node_port: &Value, body: &str) -> (u16, String) {
-    let address = node_port.as_str().and_then(|url| url.strip_prefix("http://")).expect("a node port URL").parse().expect("an address");
+    let address = node_port
+        .as_str()
+        .and_then(|url| url.strip_prefix("http://"))
+        .expect("a node port URL")
+        .parse()
+        .expect("an address");
     support::call(address, "POST", "/", "text/plain", body).await.expect("the function answers")
 }
 
@@ -571,12 +807,18 @@ async fn deploy_invoke_update_pause_resume_and_delete_instances() {
     let alice = app.user("alice").await;
     let bob = app.user("bob").await;
     let admin = app.admin().await;
-    assert_eq!(app.call(Method::POST, "/api/v1/functions", Some(hello("hello")), As::Cookie(&alice)).await.status, StatusCode::CREATED);
+    assert_eq!(
+        app.call(Method::POST, "/api/v1/functions", Some(hello("hello")), As::Cookie(&alice)).await.status,
+        StatusCode::CREATED
+    );
 
     let deployed = app.call(Method::POST, "/api/v1/functions/hello/deploy", None, As::Cookie(&alice)).await;
     assert_eq!(deployed.status, StatusCode::CREATED, "{}", deployed.body);
     let id = deployed.body["id"].as_str().expect("id").to_string();
-    assert_eq!(deployed.headers.get(header::LOCATION).and_then(|v| v.to_str().ok()), Some(format!("/api/v1/instances/{id}").as_str()));
+    assert_eq!(
+        deployed.headers.get(header::LOCATION).and_then(|v| v.to_str().ok()),
+        Some(format!("/api/v1/instances/{id}").as_str())
+    );
     assert_eq!(deployed.body["user"], "alice");
     assert_eq!(deployed.body["function"], "hello");
     assert_eq!(deployed.body["version"], 1);
@@ -613,31 +855,59 @@ async fn deploy_invoke_update_pause_resume_and_delete_instances() {
     assert_eq!(everyone.body.as_array().map(Vec::len), Some(2), "admins see every instance");
 
     // Bad input changes nothing.
-    let too_many = app.call(Method::POST, &format!("/api/v1/instances/{id}/scale"), Some(json!({"replicas": 99})), As::Cookie(&alice)).await;
+    let too_many = app
+        .call(Method::POST, &format!("/api/v1/instances/{id}/scale"), Some(json!({"replicas": 99})), As::Cookie(&alice))
+        .await;
     assert_eq!(too_many.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(too_many.body["field"], "replicas");
-    let not_a_number = app.call(Method::POST, &format!("/api/v1/instances/{id}/scale"), Some(json!({"replicas": "two"})), As::Cookie(&alice)).await;
+    let not_a_number = app
+        .call(
+            Method::POST,
+            &format!("/api/v1/instances/{id}/scale"),
+            Some(json!({"replicas": "two"})),
+            As::Cookie(&alice),
+        )
+        .await;
     assert_eq!(not_a_number.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(not_a_number.body["field"], "replicas");
-    assert_eq!(app.call(Method::GET, &format!("/api/v1/instances/{id}"), None, As::Cookie(&alice)).await.body["replicas"]["desired"], 1);
+    assert_eq!(
+        app.call(Method::GET, &format!("/api/v1/instances/{id}"), None, As::Cookie(&alice)).await.body["replicas"]["desired"],
+        1
+    );
 
-    let scaled = app.call(Method::POST, &format!("/api/v1/instances/{id}/scale"), Some(json!({"replicas": 2})), As::Cookie(&alice)).await;
+    let scaled = app
+        .call(Method::POST, &format!("/api/v1/instances/{id}/scale"), Some(json!({"replicas": 2})), As::Cookie(&alice))
+        .await;
     assert_eq!(scaled.status, StatusCode::OK, "{}", scaled.body);
     app.instance_until(&id, &alice, "two replicas ready", |i| i["replicas"] == json!({"desired": 2, "ready": 2})).await;
 
     // The gateway keeps its upstream connections alive (these fill its pool) ...
-    let through_gateway = || Request::post("/fn/alice/hello").header(header::COOKIE, alice.as_str()).body(Body::from("ada")).expect("request");
+    let through_gateway = || {
+        Request::post("/fn/alice/hello")
+            .header(header::COOKIE, alice.as_str())
+            .body(Body::from("ada"))
+            .expect("request")
+    };
     for _ in 0..4 {
         assert_eq!(app.send(through_gateway()).await.body, Value::String("hello ada".into()));
     }
     // A new version rolls out to every instance of the function.
     let edited = with(hello("hello"), "/source", json!("def handle(req):\n    return 'v2 ' + req\n"));
-    assert_eq!(app.call(Method::PUT, "/api/v1/functions/hello", Some(edited), As::Cookie(&alice)).await.status, StatusCode::OK);
-    let updated = app.instance_until(&id, &alice, "version 2 serves", |i| i["serving_version"] == 2 && i["state"] == "Ready").await;
+    assert_eq!(
+        app.call(Method::PUT, "/api/v1/functions/hello", Some(edited), As::Cookie(&alice)).await.status,
+        StatusCode::OK
+    );
+    let updated = app
+        .instance_until(&id, &alice, "version 2 serves", |i| i["serving_version"] == 2 && i["state"] == "Ready")
+        .await;
     assert_eq!(updated["version"], 2);
     // ... yet once v2 serves, no call through it reaches a v1 replica that is draining.
     for _ in 0..4 {
-        assert_eq!(app.send(through_gateway()).await.body, Value::String("v2 ada".into()), "a pooled connection outlived the rollout");
+        assert_eq!(
+            app.send(through_gateway()).await.body,
+            Value::String("v2 ada".into()),
+            "a pooled connection outlived the rollout"
+        );
     }
     assert_eq!(invoke(&updated["urls"]["node_port"], "ada").await, (200, "v2 ada".to_string()));
     assert_eq!(updated["urls"]["node_port"], ready["urls"]["node_port"], "the node port stays");
@@ -645,32 +915,83 @@ async fn deploy_invoke_update_pause_resume_and_delete_instances() {
     // reaches it unless he asks (his secrets and data live there).
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     let pinned = app.call(Method::GET, &format!("/api/v1/instances/{bob_id}"), None, As::Cookie(&bob)).await.body;
-    assert_eq!((pinned["version"].as_u64(), pinned["latest_version"].as_u64(), pinned["pinned"].as_bool()), (Some(1), Some(2), Some(true)), "{pinned:#}");
+    assert_eq!(
+        (pinned["version"].as_u64(), pinned["latest_version"].as_u64(), pinned["pinned"].as_bool()),
+        (Some(1), Some(2), Some(true)),
+        "{pinned:#}"
+    );
     assert_eq!(pinned["serving_version"], 1);
-    let bobs_call = Request::post("/fn/bob/hello").header(header::COOKIE, bob.as_str()).body(Body::from("bo")).expect("request");
+    let bobs_call =
+        Request::post("/fn/bob/hello").header(header::COOKIE, bob.as_str()).body(Body::from("bo")).expect("request");
     assert_eq!(app.send(bobs_call).await.body, Value::String("hello bo".into()), "still v1's code");
     // Redeploying without a choice keeps it; opting in follows the owner from then on.
-    assert_eq!(app.call(Method::POST, "/api/v1/functions/hello/deploy", None, As::Cookie(&bob)).await.body["version"], 1);
-    let both = app.call(Method::POST, "/api/v1/functions/hello/deploy", Some(json!({"follow_updates": true, "version": 1})), As::Cookie(&bob)).await;
-    assert_eq!((both.status, both.body["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("version")), "{}", both.body);
-    let no_such = app.call(Method::POST, "/api/v1/functions/hello/deploy", Some(json!({"version": 9})), As::Cookie(&bob)).await;
-    assert_eq!((no_such.status, no_such.body["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("version")), "{}", no_such.body);
-    let not_json = app.send(Request::post("/api/v1/functions/hello/deploy").header(header::COOKIE, bob.as_str()).body(Body::from("follow")).expect("request")).await;
+    assert_eq!(
+        app.call(Method::POST, "/api/v1/functions/hello/deploy", None, As::Cookie(&bob)).await.body["version"],
+        1
+    );
+    let both = app
+        .call(
+            Method::POST,
+            "/api/v1/functions/hello/deploy",
+            Some(json!({"follow_updates": true, "version": 1})),
+            As::Cookie(&bob),
+        )
+        .await;
+    assert_eq!(
+        (both.status, both.body["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("version")),
+        "{}",
+        both.body
+    );
+    let no_such =
+        app.call(Method::POST, "/api/v1/functions/hello/deploy", Some(json!({"version": 9})), As::Cookie(&bob)).await;
+    assert_eq!(
+        (no_such.status, no_such.body["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("version")),
+        "{}",
+        no_such.body
+    );
+    let not_json = app
+        .send(
+            Request::post("/api/v1/functions/hello/deploy")
+                .header(header::COOKIE, bob.as_str())
+                .body(Body::from("follow"))
+                .expect("request"),
+        )
+        .await;
     assert_eq!(not_json.status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{}", not_json.body);
-    let own_pin = app.call(Method::POST, "/api/v1/functions/hello/deploy", Some(json!({"version": 1})), As::Cookie(&alice)).await;
-    assert_eq!((own_pin.status, own_pin.body["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("version")), "the owner's instance follows: {}", own_pin.body);
-    assert_eq!(app.call(Method::GET, &format!("/api/v1/instances/{id}"), None, As::Cookie(&alice)).await.body["version"], 2, "a refused choice changes nothing");
-    let follows = app.call(Method::POST, "/api/v1/functions/hello/deploy", Some(json!({"follow_updates": true})), As::Cookie(&bob)).await;
+    let own_pin =
+        app.call(Method::POST, "/api/v1/functions/hello/deploy", Some(json!({"version": 1})), As::Cookie(&alice)).await;
+    assert_eq!(
+        (own_pin.status, own_pin.body["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("version")),
+        "the owner's instance follows: {}",
+        own_pin.body
+    );
+    assert_eq!(
+        app.call(Method::GET, &format!("/api/v1/instances/{id}"), None, As::Cookie(&alice)).await.body["version"],
+        2,
+        "a refused choice changes nothing"
+    );
+    let follows = app
+        .call(Method::POST, "/api/v1/functions/hello/deploy", Some(json!({"follow_updates": true})), As::Cookie(&bob))
+        .await;
     assert_eq!(follows.status, StatusCode::OK, "{}", follows.body);
     assert_eq!(follows.body["pinned"], false);
     app.instance_until(&bob_id, &bob, "bob's instance follows once he opts in", |i| i["serving_version"] == 2).await;
 
     // A rollback of the function rolls its instances back too (to a new replica set of v1).
-    let rolled = app.call(Method::POST, "/api/v1/functions/hello/rollback", Some(json!({"version": 1})), As::Cookie(&alice)).await;
+    let rolled = app
+        .call(Method::POST, "/api/v1/functions/hello/rollback", Some(json!({"version": 1})), As::Cookie(&alice))
+        .await;
     assert_eq!(rolled.status, StatusCode::OK);
-    let back = app.instance_until(&id, &alice, "version 1 serves again", |i| i["serving_version"] == 1 && i["state"] == "Ready").await;
+    let back = app
+        .instance_until(&id, &alice, "version 1 serves again", |i| i["serving_version"] == 1 && i["state"] == "Ready")
+        .await;
     assert_eq!(invoke(&back["urls"]["node_port"], "ada").await, (200, "hello ada".to_string()));
-    let forward = app.call(Method::POST, "/api/v1/functions/hello/rollback", Some(json!({"version": 2})), As::Cookie(&alice)).await;
+    let forward = app
+        .call(Method::POST, "/api/v1/functions/hello/rollback", Some(json!({"version": 2})), As::Cookie(&alice))
+        .await;
     assert_eq!(forward.status, StatusCode::OK);
     app.instance_until(&id, &alice, "version 2 again", |i| i["serving_version"] == 2 && i["state"] == "Ready").await;
 
@@ -680,19 +1001,31 @@ async fn deploy_invoke_update_pause_resume_and_delete_instances() {
     app.instance_until(&id, &alice, "paused", |i| i["state"] == "Paused" && i["replicas"]["ready"] == 0).await;
     let resumed = app.call(Method::POST, &format!("/api/v1/instances/{id}/resume"), None, As::Cookie(&alice)).await;
     assert_eq!(resumed.status, StatusCode::OK);
-    app.instance_until(&id, &alice, "resumed with its two replicas", |i| i["state"] == "Ready" && i["replicas"]["ready"] == 2).await;
+    app.instance_until(&id, &alice, "resumed with its two replicas", |i| {
+        i["state"] == "Ready" && i["replicas"]["ready"] == 2
+    })
+    .await;
 
     let logs = app.call(Method::GET, &format!("/api/v1/instances/{id}/logs"), None, As::Cookie(&alice)).await;
     assert_eq!(logs.status, StatusCode::OK);
     assert_eq!(logs.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()), Some("text/event-stream"));
     let text = logs.body.as_str().expect("event stream text");
     assert!(!text.contains("Traceback"), "readiness probes and requests leave no errors behind: {text}");
-    let future = app.call(Method::GET, &format!("/api/v1/instances/{id}/logs?since=2999-01-01T00:00:00Z"), None, As::Cookie(&alice)).await;
+    let future = app
+        .call(Method::GET, &format!("/api/v1/instances/{id}/logs?since=2999-01-01T00:00:00Z"), None, As::Cookie(&alice))
+        .await;
     assert_eq!(future.body, Value::String(String::new()), "since filters the lines");
     let bad = app.call(Method::GET, &format!("/api/v1/instances/{id}/logs?since=soon"), None, As::Cookie(&alice)).await;
     assert_eq!((bad.status, bad.body["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("since")));
-    let lines: Vec<Value> = text.lines().filter_map(|l| l.strip_prefix("data: ")).map(|d| serde_json::from_str(d).expect("JSON per event")).collect();
-    assert!(lines.iter().any(|l| l["replica"] == "v2-r0" && l["stream"] == "system" && l["text"] == "stopped"), "{text}");
+    let lines: Vec<Value> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| serde_json::from_str(d).expect("JSON per event"))
+        .collect();
+    assert!(
+        lines.iter().any(|l| l["replica"] == "v2-r0" && l["stream"] == "system" && l["text"] == "stopped"),
+        "{text}"
+    );
 
     // The reconcile loop (every second here) records usage samples; requests, latency and
     // errors are the gateway's.
@@ -710,29 +1043,57 @@ async fn deploy_invoke_update_pause_resume_and_delete_instances() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    assert!(samples.as_array().is_some_and(|s| s.iter().any(|s| s["replicas_ready"] == 2)), "usage samples: {samples:#}");
+    assert!(
+        samples.as_array().is_some_and(|s| s.iter().any(|s| s["replicas_ready"] == 2)),
+        "usage samples: {samples:#}"
+    );
     assert!(
         samples.as_array().is_some_and(|s| s.iter().any(|s| s["p50_ms"].as_f64().is_some_and(|ms| ms > 0.0))),
         "the invocations' latency is sampled: {samples:#}"
     );
-    let bad_since = app.call(Method::GET, &format!("/api/v1/instances/{id}/usage?since=yesterday"), None, As::Cookie(&alice)).await;
+    let bad_since =
+        app.call(Method::GET, &format!("/api/v1/instances/{id}/usage?since=yesterday"), None, As::Cookie(&alice)).await;
     assert_eq!((bad_since.status, bad_since.body["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("since")));
-    let future = app.call(Method::GET, &format!("/api/v1/instances/{id}/usage?since=2999-01-01T00:00:00Z"), None, As::Cookie(&alice)).await;
+    let future = app
+        .call(
+            Method::GET,
+            &format!("/api/v1/instances/{id}/usage?since=2999-01-01T00:00:00Z"),
+            None,
+            As::Cookie(&alice),
+        )
+        .await;
     assert_eq!(future.body, json!([]));
-    assert_eq!(app.call(Method::GET, &format!("/api/v1/instances/{id}/usage"), None, As::Cookie(&bob)).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        app.call(Method::GET, &format!("/api/v1/instances/{id}/usage"), None, As::Cookie(&bob)).await.status,
+        StatusCode::NOT_FOUND
+    );
 
     let busy = app.call(Method::DELETE, "/api/v1/functions/hello", None, As::Cookie(&alice)).await;
     assert_eq!(busy.status, StatusCode::CONFLICT, "unregistering waits for the instances");
 
     let undeployed = app.call(Method::DELETE, "/api/v1/functions/hello/deploy", None, As::Cookie(&alice)).await;
     assert_eq!(undeployed.status, StatusCode::NO_CONTENT);
-    assert_eq!(app.call(Method::GET, &format!("/api/v1/instances/{id}"), None, As::Cookie(&alice)).await.status, StatusCode::NOT_FOUND);
-    let address: std::net::SocketAddr = ready["urls"]["node_port"].as_str().and_then(|u| u.strip_prefix("http://")).expect("url").parse().expect("address");
+    assert_eq!(
+        app.call(Method::GET, &format!("/api/v1/instances/{id}"), None, As::Cookie(&alice)).await.status,
+        StatusCode::NOT_FOUND
+    );
+    let address: std::net::SocketAddr = ready["urls"]["node_port"]
+        .as_str()
+        .and_then(|u| u.strip_prefix("http://"))
+        .expect("url")
+        .parse()
+        .expect("address");
     std::net::TcpListener::bind(address).expect("alice's node port is free again");
     let gone = app.call(Method::DELETE, "/api/v1/functions/hello/deploy", None, As::Cookie(&alice)).await;
     assert_eq!(gone.status, StatusCode::NOT_FOUND);
-    assert_eq!(app.call(Method::DELETE, &format!("/api/v1/instances/{bob_id}"), None, As::Cookie(&bob)).await.status, StatusCode::NO_CONTENT);
-    assert_eq!(app.call(Method::DELETE, "/api/v1/functions/hello", None, As::Cookie(&alice)).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        app.call(Method::DELETE, &format!("/api/v1/instances/{bob_id}"), None, As::Cookie(&bob)).await.status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        app.call(Method::DELETE, "/api/v1/functions/hello", None, As::Cookie(&alice)).await.status,
+        StatusCode::NO_CONTENT
+    );
     app.stop().await;
 }
 
@@ -741,12 +1102,19 @@ async fn deploys_the_local_runtime_cannot_run_are_refused() {
     let app = TestApp::start().await;
     let alice = app.user("alice").await;
     let image = json!({"name": "boxed", "runtime": "image", "image": "nginx:1.27"});
-    assert_eq!(app.call(Method::POST, "/api/v1/functions", Some(image), As::Cookie(&alice)).await.status, StatusCode::CREATED);
+    assert_eq!(
+        app.call(Method::POST, "/api/v1/functions", Some(image), As::Cookie(&alice)).await.status,
+        StatusCode::CREATED
+    );
     let refused = app.call(Method::POST, "/api/v1/functions/boxed/deploy", None, As::Cookie(&alice)).await;
     assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", refused.body);
     assert_eq!(refused.body["field"], "runtime");
     assert!(refused.body["error"].as_str().is_some_and(|e| e.contains("--runtime kubernetes")), "{}", refused.body);
-    assert_eq!(app.call(Method::GET, "/api/v1/instances", None, As::Cookie(&alice)).await.body, json!([]), "nothing was recorded");
+    assert_eq!(
+        app.call(Method::GET, "/api/v1/instances", None, As::Cookie(&alice)).await.body,
+        json!([]),
+        "nothing was recorded"
+    );
     let missing = app.call(Method::POST, "/api/v1/functions/nothing/deploy", None, As::Cookie(&alice)).await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
     app.stop().await;
@@ -762,7 +1130,10 @@ async fn the_gateway_forwards_to_my_instance_only() {
         "name": "echo", "runtime": "python", "visibility": "public",
         "source": "def handle(event, context):\n    body = f\"{event.method} {event.path} {sorted(event.query.items())} {event.body.decode()} xff={event.headers.get('X-Forwarded-For')} cookie={event.headers.get('Cookie')}\"\n    return {'statusCode': 201, 'body': body, 'headers': {'X-From-Function': 'yes', 'Set-Cookie': 'kubefn_session=planted; Path=/', 'Content-Type': 'text/html'}}\n"
     });
-    assert_eq!(app.call(Method::POST, "/api/v1/functions", Some(echo), As::Cookie(&alice)).await.status, StatusCode::CREATED);
+    assert_eq!(
+        app.call(Method::POST, "/api/v1/functions", Some(echo), As::Cookie(&alice)).await.status,
+        StatusCode::CREATED
+    );
     let deployed = app.call(Method::POST, "/api/v1/functions/echo/deploy", None, As::Cookie(&alice)).await;
     let id = deployed.body["id"].as_str().expect("id").to_string();
     app.instance_until(&id, &alice, "ready", |i| i["state"] == "Ready").await;
@@ -778,7 +1149,11 @@ async fn the_gateway_forwards_to_my_instance_only() {
     };
     let answer = app.send(invoke("/fn/alice/echo/a/b?x=1&y=2", &alice)).await;
     assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
-    assert_eq!(answer.headers.get("x-from-function").and_then(|v| v.to_str().ok()), Some("yes"), "headers pass through");
+    assert_eq!(
+        answer.headers.get("x-from-function").and_then(|v| v.to_str().ok()),
+        Some("yes"),
+        "headers pass through"
+    );
     // But a function's answer runs no script as kubefn and sets none of its cookies.
     assert!(answer.headers.get("set-cookie").is_none(), "a function set a cookie on kubefn's site");
     assert_eq!(answer.headers.get("content-security-policy").and_then(|v| v.to_str().ok()), Some("sandbox"));
@@ -788,8 +1163,15 @@ async fn the_gateway_forwards_to_my_instance_only() {
         Value::String("PUT /a/b [('x', '1'), ('y', '2')] payload xff=10.1.2.3 cookie=None".into()),
         "method, path, query and body reach the function; kubefn's cookie does not"
     );
-    assert_eq!(app.send(invoke("/fn/alice/echo", &alice)).await.body, Value::String("PUT / [] payload xff=10.1.2.3 cookie=None".into()));
-    assert_eq!(app.send(invoke("/fn/alice/echo/", &alice)).await.body, Value::String("PUT / [] payload xff=10.1.2.3 cookie=None".into()), "a trailing slash is the root too");
+    assert_eq!(
+        app.send(invoke("/fn/alice/echo", &alice)).await.body,
+        Value::String("PUT / [] payload xff=10.1.2.3 cookie=None".into())
+    );
+    assert_eq!(
+        app.send(invoke("/fn/alice/echo/", &alice)).await.body,
+        Value::String("PUT / [] payload xff=10.1.2.3 cookie=None".into()),
+        "a trailing slash is the root too"
+    );
     assert_eq!(app.send(invoke("/fn/alice/echo/x", &admin)).await.status, StatusCode::CREATED, "admins may invoke");
 
     for (path, who, status) in [
@@ -807,22 +1189,49 @@ async fn the_gateway_forwards_to_my_instance_only() {
 
     // A page on another port or site (a function's node port, say) makes the browser attach
     // Alice's cookie: the call is anonymous all the same, so her private function refuses it.
-    for (header_name, value) in [("sec-fetch-site", "same-site"), ("sec-fetch-site", "cross-site"), ("origin", "http://127.0.0.1:30001")] {
-        let forged = Request::post("/fn/alice/echo").header(header::COOKIE, &alice).header(header::HOST, "127.0.0.1:3000").header(header_name, value).body(Body::empty()).expect("request");
+    for (header_name, value) in
+        [("sec-fetch-site", "same-site"), ("sec-fetch-site", "cross-site"), ("origin", "http://127.0.0.1:30001")]
+    {
+        let forged = Request::post("/fn/alice/echo")
+            .header(header::COOKIE, &alice)
+            .header(header::HOST, "127.0.0.1:3000")
+            .header(header_name, value)
+            .body(Body::empty())
+            .expect("request");
         let refused = app.send(forged).await;
         assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "{header_name}: {value}: {}", refused.body);
-        assert!(refused.body["error"].as_str().is_some_and(|e| e.contains("another site or port never uses the session")), "{}", refused.body);
+        assert!(
+            refused.body["error"].as_str().is_some_and(|e| e.contains("another site or port never uses the session")),
+            "{}",
+            refused.body
+        );
     }
-    let own_page = Request::post("/fn/alice/echo").header(header::COOKIE, &alice).header("sec-fetch-site", "same-origin").body(Body::empty()).expect("request");
+    let own_page = Request::post("/fn/alice/echo")
+        .header(header::COOKIE, &alice)
+        .header("sec-fetch-site", "same-origin")
+        .body(Body::empty())
+        .expect("request");
     assert_eq!(app.send(own_page).await.status, StatusCode::CREATED, "kubefn's own pages call with the session");
-    let token = app.call(Method::POST, "/api/v1/tokens", Some(json!({"name": "page"})), As::Cookie(&alice)).await.body["token"].as_str().expect("token").to_string();
-    let with_token = Request::post("/fn/alice/echo").header(header::AUTHORIZATION, format!("Bearer {token}")).header("sec-fetch-site", "cross-site").body(Body::empty()).expect("request");
+    let token = app.call(Method::POST, "/api/v1/tokens", Some(json!({"name": "page"})), As::Cookie(&alice)).await.body
+        ["token"]
+        .as_str()
+        .expect("token")
+        .to_string();
+    let with_token = Request::post("/fn/alice/echo")
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .header("sec-fetch-site", "cross-site")
+        .body(Body::empty())
+        .expect("request");
     assert_eq!(app.send(with_token).await.status, StatusCode::CREATED, "another site may call with an API token");
 
     app.call(Method::POST, &format!("/api/v1/instances/{id}/pause"), None, As::Cookie(&alice)).await;
     let paused = app.send(invoke("/fn/alice/echo", &alice)).await;
     assert_eq!(paused.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert!(paused.body["error"].as_str().is_some_and(|e| e.contains("Paused") && e.contains("resume")), "{}", paused.body);
+    assert!(
+        paused.body["error"].as_str().is_some_and(|e| e.contains("Paused") && e.contains("resume")),
+        "{}",
+        paused.body
+    );
     app.stop().await;
 }
 
@@ -851,19 +1260,38 @@ async fn the_gateway_applies_each_functions_invoke_policy_and_counts_every_call(
     // Bodies over the limit: refused by their declared length, or cut while they stream.
     let too_large = app.send(post(Body::from("x".repeat(2000)))).await;
     assert_eq!(too_large.status, StatusCode::PAYLOAD_TOO_LARGE);
-    assert!(too_large.body["error"].as_str().is_some_and(|e| e.contains("1000 bytes") && e.contains("invoke.max_body_bytes")), "{}", too_large.body);
-    let chunks = futures::stream::iter((0..20).map(|_| Ok::<_, std::io::Error>(axum::body::Bytes::from("y".repeat(100)))));
+    assert!(
+        too_large.body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("1000 bytes") && e.contains("invoke.max_body_bytes")),
+        "{}",
+        too_large.body
+    );
+    let chunks =
+        futures::stream::iter((0..20).map(|_| Ok::<_, std::io::Error>(axum::body::Bytes::from("y".repeat(100)))));
     let streamed = app.send(post(Body::from_stream(chunks))).await;
     assert_eq!(streamed.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", streamed.body);
 
     // One request in flight per replica: a second one meanwhile gets 429 with Retry-After.
     let slow = {
         let router = app.router.clone();
-        tokio::spawn(async move { router.oneshot(Request::post("/fn/alice/gate").body(Body::from("sleep")).expect("request")).await.expect("answer").status() })
+        tokio::spawn(async move {
+            router
+                .oneshot(Request::post("/fn/alice/gate").body(Body::from("sleep")).expect("request"))
+                .await
+                .expect("answer")
+                .status()
+        })
     };
     let mut busy = false;
     for _ in 0..100 {
-        if app.call(Method::GET, "/metrics", None, As::Cookie(&admin)).await.body.as_str().is_some_and(|t| t.contains("function_requests_in_flight{function=\"gate\",user=\"alice\"} 1")) {
+        if app
+            .call(Method::GET, "/metrics", None, As::Cookie(&admin))
+            .await
+            .body
+            .as_str()
+            .is_some_and(|t| t.contains("function_requests_in_flight{function=\"gate\",user=\"alice\"} 1"))
+        {
             busy = true;
             break;
         }
@@ -873,7 +1301,11 @@ async fn the_gateway_applies_each_functions_invoke_policy_and_counts_every_call(
     let refused = app.send(post(Body::from("hi"))).await;
     assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS, "{}", refused.body);
     assert_eq!(refused.headers.get(header::RETRY_AFTER).and_then(|v| v.to_str().ok()), Some("1"));
-    assert!(refused.body["error"].as_str().is_some_and(|e| e.contains("invoke.max_in_flight_per_replica")), "{}", refused.body);
+    assert!(
+        refused.body["error"].as_str().is_some_and(|e| e.contains("invoke.max_in_flight_per_replica")),
+        "{}",
+        refused.body
+    );
     assert_eq!(slow.await.expect("slow request"), StatusCode::OK);
 
     // A handler exception is a 500 and a failure; the replica keeps serving.
@@ -898,11 +1330,19 @@ async fn the_gateway_applies_each_functions_invoke_policy_and_counts_every_call(
     ] {
         assert!(text.contains(line), "{line} missing from\n{text}");
     }
-    assert!(text.contains("function_duration_seconds_sum{function=\"gate\",user=\"alice\"} 1."), "the slow call took 1.5 s: {text}");
-    assert_eq!(app.call(Method::GET, "/metrics", None, As::Cookie(&alice)).await.status, StatusCode::FORBIDDEN, "users see no one else's figures");
+    assert!(
+        text.contains("function_duration_seconds_sum{function=\"gate\",user=\"alice\"} 1."),
+        "the slow call took 1.5 s: {text}"
+    );
+    assert_eq!(
+        app.call(Method::GET, "/metrics", None, As::Cookie(&alice)).await.status,
+        StatusCode::FORBIDDEN,
+        "users see no one else's figures"
+    );
 
     // Bodies stream both ways: a chunked request under the limit, a 3 MB answer.
-    let chunks = futures::stream::iter((0..5).map(|_| Ok::<_, std::io::Error>(axum::body::Bytes::from("y".repeat(100)))));
+    let chunks =
+        futures::stream::iter((0..5).map(|_| Ok::<_, std::io::Error>(axum::body::Bytes::from("y".repeat(100)))));
     let streamed = app.send(post(Body::from_stream(chunks))).await;
     assert_eq!((streamed.status, streamed.body), (StatusCode::OK, Value::String(format!("got {}", "y".repeat(500)))));
     let big = app.send(post(Body::from("big"))).await;
@@ -912,26 +1352,60 @@ async fn the_gateway_applies_each_functions_invoke_policy_and_counts_every_call(
 
     // Token: any account may invoke, with a session or an API token; anonymous callers may not.
     spec["invoke"]["access"] = json!("token");
-    assert_eq!(app.call(Method::PUT, "/api/v1/functions/gate", Some(spec.clone()), As::Cookie(&alice)).await.status, StatusCode::OK);
+    assert_eq!(
+        app.call(Method::PUT, "/api/v1/functions/gate", Some(spec.clone()), As::Cookie(&alice)).await.status,
+        StatusCode::OK
+    );
     let anonymous = app.send(post(Body::from("hi"))).await;
     assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
     assert!(anonymous.body["error"].as_str().is_some_and(|e| e.contains("API token")), "{}", anonymous.body);
-    let token = app.call(Method::POST, "/api/v1/tokens", Some(json!({"name": "caller"})), As::Cookie(&bob)).await.body["token"].as_str().expect("token").to_string();
-    let with_token = app.send(Request::post("/fn/alice/gate").header(header::AUTHORIZATION, format!("Bearer {token}")).body(Body::from("hi")).expect("request")).await;
+    let token = app.call(Method::POST, "/api/v1/tokens", Some(json!({"name": "caller"})), As::Cookie(&bob)).await.body
+        ["token"]
+        .as_str()
+        .expect("token")
+        .to_string();
+    let with_token = app
+        .send(
+            Request::post("/fn/alice/gate")
+                .header(header::AUTHORIZATION, format!("Bearer {token}"))
+                .body(Body::from("hi"))
+                .expect("request"),
+        )
+        .await;
     assert_eq!(with_token.status, StatusCode::OK, "{}", with_token.body);
-    let wrong_token = app.send(Request::post("/fn/alice/gate").header(header::AUTHORIZATION, "Bearer kfn_nope").body(Body::from("hi")).expect("request")).await;
+    let wrong_token = app
+        .send(
+            Request::post("/fn/alice/gate")
+                .header(header::AUTHORIZATION, "Bearer kfn_nope")
+                .body(Body::from("hi"))
+                .expect("request"),
+        )
+        .await;
     assert_eq!(wrong_token.status, StatusCode::UNAUTHORIZED);
 
     // Owner (the default): bob no longer gets in.
     spec["invoke"]["access"] = json!("owner");
-    assert_eq!(app.call(Method::PUT, "/api/v1/functions/gate", Some(spec.clone()), As::Cookie(&alice)).await.status, StatusCode::OK);
-    let bob_call = app.send(Request::post("/fn/alice/gate").header(header::AUTHORIZATION, format!("Bearer {token}")).body(Body::from("hi")).expect("request")).await;
+    assert_eq!(
+        app.call(Method::PUT, "/api/v1/functions/gate", Some(spec.clone()), As::Cookie(&alice)).await.status,
+        StatusCode::OK
+    );
+    let bob_call = app
+        .send(
+            Request::post("/fn/alice/gate")
+                .header(header::AUTHORIZATION, format!("Bearer {token}"))
+                .body(Body::from("hi"))
+                .expect("request"),
+        )
+        .await;
     assert_eq!(bob_call.status, StatusCode::NOT_FOUND);
 
     // Past the function's timeout: 504, saying so.
     spec["invoke"]["access"] = json!("public");
     spec["timeout_s"] = json!(1);
-    assert_eq!(app.call(Method::PUT, "/api/v1/functions/gate", Some(spec.clone()), As::Cookie(&alice)).await.status, StatusCode::OK);
+    assert_eq!(
+        app.call(Method::PUT, "/api/v1/functions/gate", Some(spec.clone()), As::Cookie(&alice)).await.status,
+        StatusCode::OK
+    );
     app.instance_until(&id, &alice, "version 4 serving", |i| i["serving_version"] == 4 && i["state"] == "Ready").await;
     let slow = app.send(post(Body::from("sleep"))).await;
     assert_eq!(slow.status, StatusCode::GATEWAY_TIMEOUT, "{}", slow.body);
@@ -945,13 +1419,23 @@ async fn the_gateway_applies_each_functions_invoke_policy_and_counts_every_call(
     spec["invoke"] = json!({"access": "everyone"});
     let invalid = app.call(Method::PUT, "/api/v1/functions/gate", Some(spec), As::Cookie(&alice)).await;
     assert!(invalid.status.is_client_error(), "{}", invalid.body);
-    assert!(invalid.body["error"].as_str().is_some_and(|e| e.contains("invoke.access") || e.contains("everyone")), "{}", invalid.body);
-    assert_eq!(app.call(Method::GET, "/api/v1/functions/gate", None, As::Cookie(&alice)).await.body["latest_version"], 4);
+    assert!(
+        invalid.body["error"].as_str().is_some_and(|e| e.contains("invoke.access") || e.contains("everyone")),
+        "{}",
+        invalid.body
+    );
+    assert_eq!(
+        app.call(Method::GET, "/api/v1/functions/gate", None, As::Cookie(&alice)).await.body["latest_version"],
+        4
+    );
     app.stop().await;
 }
 
 async fn trigger_runs(app: &TestApp, id: i64, who: &str) -> Vec<Value> {
-    app.call(Method::GET, &format!("/api/v1/triggers/{id}"), None, As::Cookie(who)).await.body["runs"].as_array().cloned().unwrap_or_default()
+    app.call(Method::GET, &format!("/api/v1/triggers/{id}"), None, As::Cookie(who)).await.body["runs"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -961,7 +1445,10 @@ async fn cron_triggers_fire_at_their_minute_once_across_a_restart_and_record_mis
     let alice = app.user("alice").await;
     let bob = app.user("bob").await;
     let tick = json!({"name": "tick", "runtime": "python", "source": "def handle(req):\n    return 'ticked ' + req\n"});
-    assert_eq!(app.call(Method::POST, "/api/v1/functions", Some(tick), As::Cookie(&alice)).await.status, StatusCode::CREATED);
+    assert_eq!(
+        app.call(Method::POST, "/api/v1/functions", Some(tick), As::Cookie(&alice)).await.status,
+        StatusCode::CREATED
+    );
     let deployed = app.call(Method::POST, "/api/v1/functions/tick/deploy", None, As::Cookie(&alice)).await;
     let instance = deployed.body["id"].as_str().expect("id").to_string();
     app.instance_until(&instance, &alice, "ready", |i| i["state"] == "Ready").await;
@@ -974,22 +1461,41 @@ async fn cron_triggers_fire_at_their_minute_once_across_a_restart_and_record_mis
         (json!({"schedule": "* * * * *", "path": "no-slash"}), "path"),
         (json!({"schedule": "* * * * *", "when": "now"}), "when"),
     ] {
-        let refused = app.call(Method::POST, "/api/v1/functions/tick/triggers", Some(body.clone()), As::Cookie(&alice)).await;
+        let refused =
+            app.call(Method::POST, "/api/v1/functions/tick/triggers", Some(body.clone()), As::Cookie(&alice)).await;
         assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {}", refused.body);
         assert_eq!(refused.body["field"], field, "{}", refused.body);
     }
-    assert_eq!(app.call(Method::GET, "/api/v1/functions/tick/triggers", None, As::Cookie(&alice)).await.body, json!([]));
-    let private = app.call(Method::POST, "/api/v1/functions/tick/triggers", Some(json!({"schedule": "* * * * *"})), As::Cookie(&bob)).await;
+    assert_eq!(
+        app.call(Method::GET, "/api/v1/functions/tick/triggers", None, As::Cookie(&alice)).await.body,
+        json!([])
+    );
+    let private = app
+        .call(Method::POST, "/api/v1/functions/tick/triggers", Some(json!({"schedule": "* * * * *"})), As::Cookie(&bob))
+        .await;
     assert_eq!(private.status, StatusCode::NOT_FOUND, "bob cannot see alice's private function");
 
-    let created = app.call(Method::POST, "/api/v1/functions/tick/triggers", Some(json!({"schedule": "* * * * *", "body": "by cron", "method": "put"})), As::Cookie(&alice)).await;
+    let created = app
+        .call(
+            Method::POST,
+            "/api/v1/functions/tick/triggers",
+            Some(json!({"schedule": "* * * * *", "body": "by cron", "method": "put"})),
+            As::Cookie(&alice),
+        )
+        .await;
     assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
-    assert_eq!((created.body["method"].clone(), created.body["path"].clone(), created.body["user"].clone()), (json!("PUT"), json!("/"), json!("alice")));
+    assert_eq!(
+        (created.body["method"].clone(), created.body["path"].clone(), created.body["user"].clone()),
+        (json!("PUT"), json!("/"), json!("alice"))
+    );
     let id = created.body["id"].as_i64().expect("id");
     let created_at: DateTime<Utc> = serde_json::from_value(created.body["created_at"].clone()).expect("created_at");
     let first = created_at.duration_trunc(Duration::minutes(1)).expect("minute") + Duration::minutes(1);
     assert_eq!(created.body["next_fire_at"], json!(first), "the next minute");
-    assert_eq!(app.call(Method::GET, &format!("/api/v1/triggers/{id}"), None, As::Cookie(&bob)).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        app.call(Method::GET, &format!("/api/v1/triggers/{id}"), None, As::Cookie(&bob)).await.status,
+        StatusCode::NOT_FOUND
+    );
 
     assert_eq!(app.tick(first - Duration::seconds(1)).await, 0, "not before its minute");
     assert_eq!(app.tick(first + Duration::seconds(2)).await, 1, "at its minute");
@@ -1013,7 +1519,10 @@ async fn cron_triggers_fire_at_their_minute_once_across_a_restart_and_record_mis
     assert_eq!(app.tick(first + Duration::seconds(5 * 60 + 30)).await, 1);
     let all = trigger_runs(&app, id, &alice).await;
     assert_eq!(all.len(), 4, "{all:#?}");
-    assert_eq!((all[0]["outcome"].clone(), all[0]["scheduled_for"].clone()), (json!("ok"), json!(first + Duration::minutes(5))));
+    assert_eq!(
+        (all[0]["outcome"].clone(), all[0]["scheduled_for"].clone()),
+        (json!("ok"), json!(first + Duration::minutes(5)))
+    );
     assert_eq!(all[1]["outcome"], "skipped");
     assert_eq!(all[1]["scheduled_for"], json!(first + Duration::minutes(2)));
     assert!(all[1]["message"].as_str().is_some_and(|m| m.starts_with("3 fire(s)")), "{}", all[1]["message"]);
@@ -1023,10 +1532,19 @@ async fn cron_triggers_fire_at_their_minute_once_across_a_restart_and_record_mis
     // The invocations went through the gateway and were counted there.
     let admin = app.admin().await;
     let metrics = app.call(Method::GET, "/metrics", None, As::Cookie(&admin)).await.body;
-    assert!(metrics.as_str().is_some_and(|m| m.contains("function_calls_total{function=\"tick\",user=\"alice\"} 2")), "since the restart: {metrics}");
+    assert!(
+        metrics.as_str().is_some_and(|m| m.contains("function_calls_total{function=\"tick\",user=\"alice\"} 2")),
+        "since the restart: {metrics}"
+    );
 
-    assert_eq!(app.call(Method::DELETE, &format!("/api/v1/triggers/{id}"), None, As::Cookie(&alice)).await.status, StatusCode::NO_CONTENT);
-    assert_eq!(app.call(Method::GET, &format!("/api/v1/triggers/{id}"), None, As::Cookie(&alice)).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        app.call(Method::DELETE, &format!("/api/v1/triggers/{id}"), None, As::Cookie(&alice)).await.status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        app.call(Method::GET, &format!("/api/v1/triggers/{id}"), None, As::Cookie(&alice)).await.status,
+        StatusCode::NOT_FOUND
+    );
     assert_eq!(app.tick(first + Duration::minutes(7)).await, 0, "a deleted trigger never fires");
     app.stop().await;
 }
@@ -1039,7 +1557,10 @@ async fn callbacks_to_internal_addresses_are_refused_before_anything_is_queued()
     let app = TestApp::start().await;
     let alice = app.user("alice").await;
     let function = json!({"name": "cb", "runtime": "python", "source": "def handle(req):\n    return 'x'\n"});
-    assert_eq!(app.call(Method::POST, "/api/v1/functions", Some(function), As::Cookie(&alice)).await.status, StatusCode::CREATED);
+    assert_eq!(
+        app.call(Method::POST, "/api/v1/functions", Some(function), As::Cookie(&alice)).await.status,
+        StatusCode::CREATED
+    );
     let deployed = app.call(Method::POST, "/api/v1/functions/cb/deploy", None, As::Cookie(&alice)).await;
     assert_eq!(deployed.status, StatusCode::CREATED, "{}", deployed.body);
     for (url, why) in [
@@ -1050,15 +1571,23 @@ async fn callbacks_to_internal_addresses_are_refused_before_anything_is_queued()
         ("http://192.168.1.1/", "a private address"),
         ("http://[::ffff:10.0.0.1]/", "a private address"),
     ] {
-        let request = Request::post("/async/fn/alice/cb/").header(header::COOKIE, &alice).header("x-callback-url", url).body(Body::from("hi")).expect("request");
+        let request = Request::post("/async/fn/alice/cb/")
+            .header(header::COOKIE, &alice)
+            .header("x-callback-url", url)
+            .body(Body::from("hi"))
+            .expect("request");
         let refused = app.send(request).await;
         assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{url}: {}", refused.body);
         assert_eq!(refused.body["field"], "X-Callback-Url");
         let message = refused.body["error"].as_str().unwrap_or_default();
         assert!(message.contains(why), "{url}: {message}");
     }
-    let store = kubefn::platform::store::Store::open(&format!("sqlite://{}", app.dir.path().join("kubefn.db").display())).await.expect("db");
-    let (queued,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM async_invocations").fetch_one(store.pool()).await.expect("count");
+    let store =
+        kubefn::platform::store::Store::open(&format!("sqlite://{}", app.dir.path().join("kubefn.db").display()))
+            .await
+            .expect("db");
+    let (queued,): (i64,) =
+        sqlx::query_as("SELECT COUNT(*) FROM async_invocations").fetch_one(store.pool()).await.expect("count");
     assert_eq!(queued, 0, "nothing was queued");
     app.stop().await;
 }
@@ -1105,14 +1634,19 @@ async fn async_invocations_are_queued_retried_called_back_and_survive_a_restart(
     // The count lives in the replica's private /tmp (function code sees nothing of the host).
     let source = "import os\ndef handle(req):\n    key, needed, payload = req.split('|', 2)\n    path = '/tmp/' + key\n    n = int(open(path).read()) + 1 if os.path.exists(path) else 1\n    open(path, 'w').write(str(n))\n    if n < int(needed):\n        raise RuntimeError('not yet')\n    return f'done {payload} after {n}'\n";
     let function = json!({"name": "later", "runtime": "python", "source": source, "invoke": {"max_body_bytes": 1000}});
-    assert_eq!(app.call(Method::POST, "/api/v1/functions", Some(function), As::Cookie(&alice)).await.status, StatusCode::CREATED);
+    assert_eq!(
+        app.call(Method::POST, "/api/v1/functions", Some(function), As::Cookie(&alice)).await.status,
+        StatusCode::CREATED
+    );
     let deployed = app.call(Method::POST, "/api/v1/functions/later/deploy", None, As::Cookie(&alice)).await;
     let instance = deployed.body["id"].as_str().expect("id").to_string();
     app.instance_until(&instance, &alice, "ready", |i| i["state"] == "Ready").await;
     let (callback_url, mut callbacks) = callback_receiver().await;
     let counter = "attempts-1";
     let queue = |body: String, who: &str, callback: Option<&str>| {
-        let mut request = Request::post("/async/fn/alice/later/x?y=1").header(header::COOKIE, who).header(header::CONTENT_TYPE, "text/plain");
+        let mut request = Request::post("/async/fn/alice/later/x?y=1")
+            .header(header::COOKIE, who)
+            .header(header::CONTENT_TYPE, "text/plain");
         if let Some(url) = callback {
             request = request.header("x-callback-url", url);
         }
@@ -1127,7 +1661,10 @@ async fn async_invocations_are_queued_retried_called_back_and_survive_a_restart(
     assert_eq!(done["attempts"], 3, "two failures retried: {done:#}");
     assert_eq!(done["status"], 200);
     assert_eq!(done["response"], "done payload after 3");
-    let (headers, body) = tokio::time::timeout(std::time::Duration::from_secs(10), callbacks.recv()).await.expect("a callback").expect("callback");
+    let (headers, body) = tokio::time::timeout(std::time::Duration::from_secs(10), callbacks.recv())
+        .await
+        .expect("a callback")
+        .expect("callback");
     assert_eq!(body, "done payload after 3");
     assert_eq!(headers["x-kubefn-async-id"], id.as_str());
     assert_eq!(headers["x-kubefn-function-status"], "200");
@@ -1136,10 +1673,19 @@ async fn async_invocations_are_queued_retried_called_back_and_survive_a_restart(
     assert!(recorded["callback_result"].as_str().is_some_and(|r| r.starts_with("delivered")), "{recorded:#}");
 
     // Only alice (and admins) see it; the refusals are those of the gateway.
-    assert_eq!(app.call(Method::GET, &format!("/api/v1/async/{id}"), None, As::Cookie(&bob)).await.status, StatusCode::NOT_FOUND);
-    assert_eq!(app.call(Method::GET, &format!("/api/v1/async/{id}"), None, As::Anonymous).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        app.call(Method::GET, &format!("/api/v1/async/{id}"), None, As::Cookie(&bob)).await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        app.call(Method::GET, &format!("/api/v1/async/{id}"), None, As::Anonymous).await.status,
+        StatusCode::NOT_FOUND
+    );
     assert_eq!(app.send(queue("x|y".into(), &bob, None)).await.status, StatusCode::NOT_FOUND);
-    assert_eq!(app.send(Request::post("/async/fn/alice/later").body(Body::from("x|y")).expect("request")).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        app.send(Request::post("/async/fn/alice/later").body(Body::from("x|y")).expect("request")).await.status,
+        StatusCode::UNAUTHORIZED
+    );
     assert_eq!(app.send(queue("x".repeat(2000), &alice, None)).await.status, StatusCode::PAYLOAD_TOO_LARGE);
     let bad_callback = app.send(queue("x|y".into(), &alice, Some("https://example.com/hook"))).await;
     assert_eq!(bad_callback.status, StatusCode::BAD_REQUEST);
@@ -1147,14 +1693,22 @@ async fn async_invocations_are_queued_retried_called_back_and_survive_a_restart(
     // Outside the allowed range: cloud metadata and private networks stay out of reach.
     for inside in ["http://169.254.169.254/latest/meta-data/", "http://10.0.0.1/hook"] {
         let refused = app.send(queue("x|y".into(), &alice, Some(inside))).await;
-        assert_eq!((refused.status, refused.body["field"].as_str()), (StatusCode::BAD_REQUEST, Some("X-Callback-Url")), "{inside}: {}", refused.body);
+        assert_eq!(
+            (refused.status, refused.body["field"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("X-Callback-Url")),
+            "{inside}: {}",
+            refused.body
+        );
     }
 
     // Queued while the instance is paused, kept across a restart, done once it runs again.
     app.call(Method::POST, &format!("/api/v1/instances/{instance}/pause"), None, As::Cookie(&alice)).await;
     let accepted = app.send(queue("attempts-2|1|again".to_string(), &alice, None)).await;
     let id = accepted.body["id"].as_str().expect("id").to_string();
-    let waiting = async_until(&app, &id, &alice, "an attempt failed on the paused instance", |s| s["attempts"] == 1 && s["state"] == "queued").await;
+    let waiting = async_until(&app, &id, &alice, "an attempt failed on the paused instance", |s| {
+        s["attempts"] == 1 && s["state"] == "queued"
+    })
+    .await;
     assert!(waiting["error"].as_str().is_some_and(|e| e.contains("Paused")), "{waiting:#}");
     let app = app.restart().await;
     app.call(Method::POST, &format!("/api/v1/instances/{instance}/resume"), None, As::Cookie(&alice)).await;
@@ -1170,7 +1724,10 @@ async fn websocket_upgrades_pass_through_the_gateway() {
     let alice = app.user("alice").await;
     let source = "const crypto = require('crypto');\nmodule.exports = {\n  handle: async () => 'plain',\n  upgrade(req, socket) {\n    const accept = crypto.createHash('sha1').update(req.headers['sec-websocket-key'] + '258EAFA5-E914-47DA-95CA-C5AB0DC85B11').digest('base64');\n    socket.write('HTTP/1.1 101 Switching Protocols\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\nSec-WebSocket-Accept: ' + accept + '\\r\\n\\r\\n');\n    socket.on('data', (d) => socket.write('echo:' + d));\n  },\n};\n";
     let function = json!({"name": "chat", "runtime": "node", "source": source});
-    assert_eq!(app.call(Method::POST, "/api/v1/functions", Some(function), As::Cookie(&alice)).await.status, StatusCode::CREATED);
+    assert_eq!(
+        app.call(Method::POST, "/api/v1/functions", Some(function), As::Cookie(&alice)).await.status,
+        StatusCode::CREATED
+    );
     let deployed = app.call(Method::POST, "/api/v1/functions/chat/deploy", None, As::Cookie(&alice)).await;
     let instance = deployed.body["id"].as_str().expect("id").to_string();
     app.instance_until(&instance, &alice, "ready", |i| i["state"] == "Ready").await;
@@ -1190,7 +1747,12 @@ async fn websocket_upgrades_pass_through_the_gateway() {
         let mut head = Vec::new();
         let mut byte = [0u8; 1];
         while !head.ends_with(b"\r\n\r\n") {
-            assert_eq!(stream.read(&mut byte).await.expect("read"), 1, "closed early: {}", String::from_utf8_lossy(&head));
+            assert_eq!(
+                stream.read(&mut byte).await.expect("read"),
+                1,
+                "closed early: {}",
+                String::from_utf8_lossy(&head)
+            );
             head.push(byte[0]);
         }
         String::from_utf8_lossy(&head).into_owned()
@@ -1230,7 +1792,11 @@ async fn a_request_to_an_instance_at_zero_is_held_served_and_counted_as_a_cold_s
     app.instance_until(&id, &alice, "scaled to zero while idle", |i| i["replicas"]["ready"] == 0).await;
 
     let answer = app.call(Method::POST, "/fn/alice/sleepy", None, As::Cookie(&alice)).await;
-    assert_eq!((answer.status, answer.body), (StatusCode::OK, Value::String("awake".into())), "held until a replica started");
+    assert_eq!(
+        (answer.status, answer.body),
+        (StatusCode::OK, Value::String("awake".into())),
+        "held until a replica started"
+    );
     let metrics = app.call(Method::GET, "/metrics", None, As::Cookie(&admin)).await.body;
     let text = metrics.as_str().expect("text");
     assert!(text.contains("function_cold_starts_total{function=\"sleepy\",user=\"alice\"} 1"), "{text}");
@@ -1244,8 +1810,14 @@ async fn the_admin_overview_adds_up_everyones_usage_and_is_for_admins_only() {
     let alice = app.user("alice").await;
     let bob = app.user("bob").await;
     let admin = app.admin().await;
-    assert_eq!(app.call(Method::POST, "/api/v1/functions", Some(hello("hello")), As::Cookie(&alice)).await.status, StatusCode::CREATED);
-    let id = app.call(Method::POST, "/api/v1/functions/hello/deploy", None, As::Cookie(&alice)).await.body["id"].as_str().expect("id").to_string();
+    assert_eq!(
+        app.call(Method::POST, "/api/v1/functions", Some(hello("hello")), As::Cookie(&alice)).await.status,
+        StatusCode::CREATED
+    );
+    let id = app.call(Method::POST, "/api/v1/functions/hello/deploy", None, As::Cookie(&alice)).await.body["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
     app.instance_until(&id, &alice, "ready", |i| i["state"] == "Ready").await;
 
     let refused = app.call(Method::GET, "/api/v1/admin/usage", None, As::Cookie(&bob)).await;
@@ -1256,10 +1828,15 @@ async fn the_admin_overview_adds_up_everyones_usage_and_is_for_admins_only() {
 
     // Calls through the gateway, then a scale by hand: both reach the overview once sampled.
     for _ in 0..6 {
-        let call = Request::post("/fn/alice/hello").header(header::COOKIE, alice.as_str()).body(Body::from("ada")).expect("request");
+        let call = Request::post("/fn/alice/hello")
+            .header(header::COOKIE, alice.as_str())
+            .body(Body::from("ada"))
+            .expect("request");
         assert_eq!(app.send(call).await.status, StatusCode::OK);
     }
-    let scaled = app.call(Method::POST, &format!("/api/v1/instances/{id}/scale"), Some(json!({"replicas": 2})), As::Cookie(&alice)).await;
+    let scaled = app
+        .call(Method::POST, &format!("/api/v1/instances/{id}/scale"), Some(json!({"replicas": 2})), As::Cookie(&alice))
+        .await;
     assert_eq!(scaled.status, StatusCode::OK);
     let mut overview = Value::Null;
     for _ in 0..200 {
@@ -1267,16 +1844,24 @@ async fn the_admin_overview_adds_up_everyones_usage_and_is_for_admins_only() {
         let totals = &overview["totals"];
         // The local runtime measures memory on its own cadence, so the first samples may lack it.
         let measured = totals["memory_bytes"].as_u64().is_some_and(|m| m > 0);
-        if totals["invocations"].as_u64() >= Some(6) && overview["scaling_events"].as_array().is_some_and(|e| !e.is_empty()) && totals["replicas_ready"] == 2 && measured {
+        if totals["invocations"].as_u64() >= Some(6)
+            && overview["scaling_events"].as_array().is_some_and(|e| !e.is_empty())
+            && totals["replicas_ready"] == 2
+            && measured
+        {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    let users: Vec<&str> = overview["users"].as_array().expect("users").iter().filter_map(|u| u["name"].as_str()).collect();
+    let users: Vec<&str> =
+        overview["users"].as_array().expect("users").iter().filter_map(|u| u["name"].as_str()).collect();
     assert_eq!(users, vec!["alice", "bob", "root"], "every user, instances or not: {overview:#}");
     let alices = &overview["users"][0]["totals"];
     assert_eq!(alices["invocations"], 6, "each sample counts the calls since the one before: {overview:#}");
-    assert_eq!((alices["instances"].as_u64(), alices["replicas_ready"].as_u64(), alices["errors"].as_u64()), (Some(1), Some(2), Some(0)));
+    assert_eq!(
+        (alices["instances"].as_u64(), alices["replicas_ready"].as_u64(), alices["errors"].as_u64()),
+        (Some(1), Some(2), Some(0))
+    );
     assert!(alices["memory_bytes"].as_u64().is_some_and(|m| m > 0), "{alices}");
     assert_eq!(overview["users"][1]["totals"]["instances"], 0);
     assert_eq!(overview["top_functions"][0]["name"], "hello");
@@ -1284,7 +1869,8 @@ async fn the_admin_overview_adds_up_everyones_usage_and_is_for_admins_only() {
     assert_eq!(overview["health"]["runtime"], "local");
     assert_eq!(overview["health"]["database_ok"], true);
     assert_eq!(overview["health"]["instances_by_state"]["Ready"], 1);
-    let checks: Vec<&str> = overview["health"]["checks"].as_array().expect("checks").iter().filter_map(|c| c["name"].as_str()).collect();
+    let checks: Vec<&str> =
+        overview["health"]["checks"].as_array().expect("checks").iter().filter_map(|c| c["name"].as_str()).collect();
     assert_eq!(checks, vec!["sandbox", "resource limits", "warm pool"], "the local runtime's own checks");
     let sandbox = &overview["health"]["checks"][0];
     assert_eq!(sandbox["ok"], true, "{sandbox}");
@@ -1292,7 +1878,10 @@ async fn the_admin_overview_adds_up_everyones_usage_and_is_for_admins_only() {
     let limits = overview["health"]["checks"][1]["detail"].as_str().unwrap_or_default();
     assert!(limits.contains("cgroup v") && limits.contains("enforced by the kernel"), "{limits}");
     let event = &overview["scaling_events"][0];
-    assert_eq!((event["user"].as_str(), event["function"].as_str(), event["event"]["reason"].as_str()), (Some("alice"), Some("hello"), Some("ScalingReplicaSet")));
+    assert_eq!(
+        (event["user"].as_str(), event["function"].as_str(), event["event"]["reason"].as_str()),
+        (Some("alice"), Some("hello"), Some("ScalingReplicaSet"))
+    );
     assert!(overview["series"].as_array().is_some_and(|s| !s.is_empty()), "the all-instances series has points");
     app.stop().await;
 }
@@ -1304,11 +1893,21 @@ async fn kubefn_reads_only_what_it_keeps_of_an_endless_answer() {
     // Streams forever: kubefn must stop reading where it stops keeping.
     let source = "module.exports = (req, res) => {\n  res.writeHead(200, {'content-type': 'text/plain'});\n  const chunk = 'x'.repeat(65536);\n  const pump = () => { while (res.write(chunk)) {} res.once('drain', pump); };\n  pump();\n};\n";
     let function = json!({"name": "endless", "runtime": "node", "source": source, "timeout_s": 600});
-    assert_eq!(app.call(Method::POST, "/api/v1/functions", Some(function), As::Cookie(&alice)).await.status, StatusCode::CREATED);
+    assert_eq!(
+        app.call(Method::POST, "/api/v1/functions", Some(function), As::Cookie(&alice)).await.status,
+        StatusCode::CREATED
+    );
     let deployed = app.call(Method::POST, "/api/v1/functions/endless/deploy", None, As::Cookie(&alice)).await;
     let instance = deployed.body["id"].as_str().expect("id").to_string();
     app.instance_until(&instance, &alice, "ready", |i| i["state"] == "Ready").await;
-    let accepted = app.send(Request::post("/async/fn/alice/endless").header(header::COOKIE, &alice).body(Body::empty()).expect("request")).await;
+    let accepted = app
+        .send(
+            Request::post("/async/fn/alice/endless")
+                .header(header::COOKIE, &alice)
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await;
     assert_eq!(accepted.status, StatusCode::ACCEPTED, "{}", accepted.body);
     let id = accepted.body["id"].as_str().expect("id").to_string();
     let done = async_until(&app, &id, &alice, "succeeded", |s| s["state"] == "succeeded").await;
@@ -1323,10 +1922,16 @@ async fn alice_and_bob_each_running_hello() -> (TestApp, String, String, String,
     let app = TestApp::start().await;
     let alice = app.user("alice").await;
     let bob = app.user("bob").await;
-    assert_eq!(app.call(Method::POST, "/api/v1/functions", Some(hello("hello")), As::Cookie(&alice)).await.status, StatusCode::CREATED);
+    assert_eq!(
+        app.call(Method::POST, "/api/v1/functions", Some(hello("hello")), As::Cookie(&alice)).await.status,
+        StatusCode::CREATED
+    );
     let mut ids = Vec::new();
     for who in [&alice, &bob] {
-        let id = app.call(Method::POST, "/api/v1/functions/hello/deploy", None, As::Cookie(who)).await.body["id"].as_str().expect("id").to_string();
+        let id = app.call(Method::POST, "/api/v1/functions/hello/deploy", None, As::Cookie(who)).await.body["id"]
+            .as_str()
+            .expect("id")
+            .to_string();
         app.instance_until(&id, who, "ready", |i| i["state"] == "Ready").await;
         ids.push(id);
     }
@@ -1341,7 +1946,10 @@ async fn live_log_follows_are_bounded_per_user() {
     use kubefn::platform::instances::MAX_FOLLOWS_PER_USER;
     let (app, alice, bob, id, bob_id) = alice_and_bob_each_running_hello().await;
     let follow_as = |id: &str, who: &str| {
-        let request = Request::get(format!("/api/v1/instances/{id}/logs?follow=true")).header(header::COOKIE, who).body(Body::empty()).expect("request");
+        let request = Request::get(format!("/api/v1/instances/{id}/logs?follow=true"))
+            .header(header::COOKIE, who)
+            .body(Body::empty())
+            .expect("request");
         app.router.clone().oneshot(request)
     };
     let follow = |who: &str| follow_as(&id, who);
@@ -1354,11 +1962,21 @@ async fn live_log_follows_are_bounded_per_user() {
     let refused = follow(&alice).await.expect("answer");
     assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
     let body = refused.into_body().collect().await.expect("body").to_bytes();
-    assert!(String::from_utf8_lossy(&body).contains(&format!("you already follow {MAX_FOLLOWS_PER_USER} live logs")), "{body:?}");
+    assert!(
+        String::from_utf8_lossy(&body).contains(&format!("you already follow {MAX_FOLLOWS_PER_USER} live logs")),
+        "{body:?}"
+    );
     // Reading the logs once (no follow) is not limited, and nor is anyone else.
-    assert_eq!(app.call(Method::GET, &format!("/api/v1/instances/{id}/logs"), None, As::Cookie(&alice)).await.status, StatusCode::OK);
+    assert_eq!(
+        app.call(Method::GET, &format!("/api/v1/instances/{id}/logs"), None, As::Cookie(&alice)).await.status,
+        StatusCode::OK
+    );
     assert_eq!(follow(&bob).await.expect("answer").status(), StatusCode::NOT_FOUND, "bob only learns it is not his");
-    assert_eq!(follow_as(&bob_id, &bob).await.expect("answer").status(), StatusCode::OK, "bob's own follows are his to count");
+    assert_eq!(
+        follow_as(&bob_id, &bob).await.expect("answer").status(),
+        StatusCode::OK,
+        "bob's own follows are his to count"
+    );
     // Closing one (the client goes away) frees its slot.
     open.pop();
     assert_eq!(follow(&alice).await.expect("answer").status(), StatusCode::OK);
@@ -1370,7 +1988,10 @@ async fn the_async_queue_is_bounded_per_instance_and_forgets_finished_calls_afte
     use kubefn::platform::async_invocations::MAX_QUEUED_PER_INSTANCE;
     let (app, alice, bob, id, _) = alice_and_bob_each_running_hello().await;
     let queue = |user: &str, who: &str, body: &str| {
-        Request::post(format!("/async/fn/{user}/hello")).header(header::COOKIE, who).body(Body::from(body.to_string())).expect("request")
+        Request::post(format!("/async/fn/{user}/hello"))
+            .header(header::COOKIE, who)
+            .body(Body::from(body.to_string()))
+            .expect("request")
     };
 
     let accepted = app.send(queue("alice", &alice, "ada")).await;
@@ -1382,14 +2003,25 @@ async fn the_async_queue_is_bounded_per_instance_and_forgets_finished_calls_afte
     // is refused past 64 MiB instead of being buffered.
     let ten_mib = 10 * 1024 * 1024;
     let slow_upload = || {
-        let never_ends = futures::StreamExt::chain(futures::stream::iter([Ok::<_, std::io::Error>(axum::body::Bytes::from_static(b"x"))]), futures::stream::pending());
-        Request::post("/async/fn/alice/hello").header(header::COOKIE, &alice).header(header::CONTENT_LENGTH, ten_mib).body(Body::from_stream(never_ends)).expect("request")
+        let never_ends = futures::StreamExt::chain(
+            futures::stream::iter([Ok::<_, std::io::Error>(axum::body::Bytes::from_static(b"x"))]),
+            futures::stream::pending(),
+        );
+        Request::post("/async/fn/alice/hello")
+            .header(header::COOKIE, &alice)
+            .header(header::CONTENT_LENGTH, ten_mib)
+            .body(Body::from_stream(never_ends))
+            .expect("request")
     };
     let uploading: Vec<_> = (0..6).map(|_| tokio::spawn(app.router.clone().oneshot(slow_upload()))).collect();
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let busy = app.send(queue("alice", &alice, "x")).await;
     assert_eq!(busy.status, StatusCode::TOO_MANY_REQUESTS, "{}", busy.body);
-    assert!(busy.body["error"].as_str().is_some_and(|e| e.contains("too many queued requests at once")), "{}", busy.body);
+    assert!(
+        busy.body["error"].as_str().is_some_and(|e| e.contains("too many queued requests at once")),
+        "{}",
+        busy.body
+    );
     for upload in uploading {
         upload.abort();
     }
@@ -1407,7 +2039,13 @@ async fn the_async_queue_is_bounded_per_instance_and_forgets_finished_calls_afte
     }
     let refused = app.send(queue("alice", &alice, "x")).await;
     assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS, "{}", refused.body);
-    assert!(refused.body["error"].as_str().is_some_and(|e| e.contains(&format!("already holds {MAX_QUEUED_PER_INSTANCE} invocations"))), "{}", refused.body);
+    assert!(
+        refused.body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains(&format!("already holds {MAX_QUEUED_PER_INSTANCE} invocations"))),
+        "{}",
+        refused.body
+    );
     assert!(refused.headers.contains_key(header::RETRY_AFTER));
     // Their bodies wait on disk, one file each, not in memory or the database; a file no
     // queued call names (a kubefn killed between keeping a body and queueing it) is swept.
@@ -1426,14 +2064,28 @@ async fn the_async_queue_is_bounded_per_instance_and_forgets_finished_calls_afte
     let asyncs = &app.server.as_ref().expect("running").platform.asyncs;
     assert_eq!(asyncs.sweep_spool().await.expect("sweep"), 1);
     assert_eq!(spooled(), waiting);
-    assert_eq!(app.send(queue("bob", &bob, "bo")).await.status, StatusCode::ACCEPTED, "another instance's queue is its own");
+    assert_eq!(
+        app.send(queue("bob", &bob, "bo")).await.status,
+        StatusCode::ACCEPTED,
+        "another instance's queue is its own"
+    );
 
     // A week after it finished, a call is forgotten; unfinished ones stay.
     assert_eq!(asyncs.purge_finished(chrono::Utc::now() + chrono::Duration::days(6)).await.expect("purge"), 0);
-    assert_eq!(app.call(Method::GET, &format!("/api/v1/async/{first}"), None, As::Cookie(&alice)).await.status, StatusCode::OK);
+    assert_eq!(
+        app.call(Method::GET, &format!("/api/v1/async/{first}"), None, As::Cookie(&alice)).await.status,
+        StatusCode::OK
+    );
     assert!(asyncs.purge_finished(chrono::Utc::now() + chrono::Duration::days(8)).await.expect("purge") >= 1);
-    assert_eq!(app.call(Method::GET, &format!("/api/v1/async/{first}"), None, As::Cookie(&alice)).await.status, StatusCode::NOT_FOUND);
-    assert_eq!(app.send(queue("alice", &alice, "x")).await.status, StatusCode::TOO_MANY_REQUESTS, "the waiting calls are all still there");
+    assert_eq!(
+        app.call(Method::GET, &format!("/api/v1/async/{first}"), None, As::Cookie(&alice)).await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        app.send(queue("alice", &alice, "x")).await.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "the waiting calls are all still there"
+    );
     app.stop().await;
 }
 
@@ -1445,32 +2097,68 @@ async fn an_owner_cannot_take_a_follower_past_their_quota() {
     let alice = app.user("alice").await;
     let bob = app.user("bob").await;
     let admin = app.admin().await;
-    assert_eq!(app.call(Method::POST, "/api/v1/functions", Some(hello("shared")), As::Cookie(&alice)).await.status, StatusCode::CREATED);
+    assert_eq!(
+        app.call(Method::POST, "/api/v1/functions", Some(hello("shared")), As::Cookie(&alice)).await.status,
+        StatusCode::CREATED
+    );
     let five = json!({"replicas": 5});
-    assert_eq!(app.call(Method::PUT, "/api/v1/users/bob/quota", Some(five), As::Cookie(&admin)).await.status, StatusCode::OK);
-    let deployed = app.call(Method::POST, "/api/v1/functions/shared/deploy", Some(json!({"follow_updates": true})), As::Cookie(&bob)).await;
+    assert_eq!(
+        app.call(Method::PUT, "/api/v1/users/bob/quota", Some(five), As::Cookie(&admin)).await.status,
+        StatusCode::OK
+    );
+    let deployed = app
+        .call(Method::POST, "/api/v1/functions/shared/deploy", Some(json!({"follow_updates": true})), As::Cookie(&bob))
+        .await;
     assert_eq!(deployed.status, StatusCode::CREATED, "{}", deployed.body);
     let id = deployed.body["id"].as_str().expect("id").to_string();
     app.instance_until(&id, &bob, "ready", |i| i["state"] == "Ready").await;
 
-    let bigger = with(with(hello("shared"), "/scaling/max", json!(50)), "/source", json!("def handle(req):\n    return 'v2 ' + req\n"));
-    assert_eq!(app.call(Method::PUT, "/api/v1/functions/shared", Some(bigger), As::Cookie(&alice)).await.status, StatusCode::OK, "her own quota allows it");
+    let bigger = with(
+        with(hello("shared"), "/scaling/max", json!(50)),
+        "/source",
+        json!("def handle(req):\n    return 'v2 ' + req\n"),
+    );
+    assert_eq!(
+        app.call(Method::PUT, "/api/v1/functions/shared", Some(bigger), As::Cookie(&alice)).await.status,
+        StatusCode::OK,
+        "her own quota allows it"
+    );
     let held = app.instance_until(&id, &bob, "bob's instance stops following", |i| i["pinned"] == true).await;
     assert_eq!((held["version"].as_u64(), held["latest_version"].as_u64()), (Some(1), Some(2)), "{held:#}");
     let events = held["events"].as_array().expect("events");
-    let warning = events.iter().find(|e| e["reason"] == "OverQuota").unwrap_or_else(|| panic!("no OverQuota event: {events:#?}"));
-    assert!(warning["message"].as_str().is_some_and(|m| m.contains("stays on v1: v2 would make 50 replicas, over your quota of 5")), "{warning}");
-    let call = || Request::post("/fn/bob/shared").header(header::COOKIE, bob.as_str()).body(Body::from("bo")).expect("request");
+    let warning =
+        events.iter().find(|e| e["reason"] == "OverQuota").unwrap_or_else(|| panic!("no OverQuota event: {events:#?}"));
+    assert!(
+        warning["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("stays on v1: v2 would make 50 replicas, over your quota of 5")),
+        "{warning}"
+    );
+    let call = || {
+        Request::post("/fn/bob/shared").header(header::COOKIE, bob.as_str()).body(Body::from("bo")).expect("request")
+    };
     assert_eq!(app.send(call()).await.body, Value::String("hello bo".into()), "still v1's code");
     let report = app.call(Method::GET, "/api/v1/users/bob/quota", None, As::Cookie(&bob)).await.body;
     assert_eq!(report["used"]["replicas"], 5, "counted at the version it runs: {report:#}");
 
     // Following again is checked like any deploy; with room, it follows.
-    let again = app.call(Method::POST, "/api/v1/functions/shared/deploy", Some(json!({"follow_updates": true})), As::Cookie(&bob)).await;
-    assert_eq!((again.status, again.body["field"].as_str()), (StatusCode::FORBIDDEN, Some("quota.replicas")), "{}", again.body);
+    let again = app
+        .call(Method::POST, "/api/v1/functions/shared/deploy", Some(json!({"follow_updates": true})), As::Cookie(&bob))
+        .await;
+    assert_eq!(
+        (again.status, again.body["field"].as_str()),
+        (StatusCode::FORBIDDEN, Some("quota.replicas")),
+        "{}",
+        again.body
+    );
     let more = json!({"replicas": 100});
-    assert_eq!(app.call(Method::PUT, "/api/v1/users/bob/quota", Some(more), As::Cookie(&admin)).await.status, StatusCode::OK);
-    let again = app.call(Method::POST, "/api/v1/functions/shared/deploy", Some(json!({"follow_updates": true})), As::Cookie(&bob)).await;
+    assert_eq!(
+        app.call(Method::PUT, "/api/v1/users/bob/quota", Some(more), As::Cookie(&admin)).await.status,
+        StatusCode::OK
+    );
+    let again = app
+        .call(Method::POST, "/api/v1/functions/shared/deploy", Some(json!({"follow_updates": true})), As::Cookie(&bob))
+        .await;
     assert_eq!(again.status, StatusCode::OK, "{}", again.body);
     app.instance_until(&id, &bob, "v2 serves bob", |i| i["serving_version"] == 2 && i["state"] == "Ready").await;
     assert_eq!(app.send(call()).await.body, Value::String("v2 bo".into()));
@@ -1484,17 +2172,27 @@ async fn a_public_functions_env_is_shown_only_to_its_owner_and_admins() {
     let bob = app.user("bob").await;
     let admin = app.admin().await;
     let shared = with(hello("shared"), "/env", json!({"API_KEY": "alice-s3cret"}));
-    assert_eq!(app.call(Method::POST, "/api/v1/functions", Some(shared), As::Cookie(&alice)).await.status, StatusCode::CREATED);
+    assert_eq!(
+        app.call(Method::POST, "/api/v1/functions", Some(shared), As::Cookie(&alice)).await.status,
+        StatusCode::CREATED
+    );
     for path in ["/api/v1/functions/shared", "/api/v1/functions/shared/versions/1", "/api/v1/functions"] {
         let seen = app.call(Method::GET, path, None, As::Cookie(&bob)).await;
         assert_eq!(seen.status, StatusCode::OK, "{path}: {}", seen.body);
         assert!(!seen.body.to_string().contains("s3cret"), "{path} shows alice's env to bob: {}", seen.body);
     }
-    assert_eq!(app.call(Method::GET, "/api/v1/functions/shared", None, As::Cookie(&bob)).await.body["spec"]["source"], hello("x")["source"], "the code of a public function is shared");
+    assert_eq!(
+        app.call(Method::GET, "/api/v1/functions/shared", None, As::Cookie(&bob)).await.body["spec"]["source"],
+        hello("x")["source"],
+        "the code of a public function is shared"
+    );
     for who in [&alice, &admin] {
         let seen = app.call(Method::GET, "/api/v1/functions/shared/versions/1", None, As::Cookie(who)).await;
         assert_eq!(seen.body["spec"]["env"]["API_KEY"], "alice-s3cret");
-        assert_eq!(app.call(Method::GET, "/api/v1/functions/shared", None, As::Cookie(who)).await.body["spec"]["env"]["API_KEY"], "alice-s3cret");
+        assert_eq!(
+            app.call(Method::GET, "/api/v1/functions/shared", None, As::Cookie(who)).await.body["spec"]["env"]["API_KEY"],
+            "alice-s3cret"
+        );
     }
 }
 
@@ -1508,12 +2206,29 @@ async fn admins_set_quotas_and_every_limit_is_refused_by_name_changing_nothing()
     assert_eq!(mine.status, StatusCode::OK, "{}", mine.body);
     assert_eq!(mine.body["quota"]["functions"], 100, "the default");
     assert_eq!(mine.body["used"]["functions"], 0);
-    assert_eq!(app.call(Method::GET, "/api/v1/users/alice/quota", None, As::Cookie(&bob)).await.status, StatusCode::FORBIDDEN, "another user's quota");
+    assert_eq!(
+        app.call(Method::GET, "/api/v1/users/alice/quota", None, As::Cookie(&bob)).await.status,
+        StatusCode::FORBIDDEN,
+        "another user's quota"
+    );
     let raise = json!({"functions": 1000});
-    assert_eq!(app.call(Method::PUT, "/api/v1/users/alice/quota", Some(raise), As::Cookie(&alice)).await.status, StatusCode::FORBIDDEN, "only admins set quotas");
-    assert_eq!(app.call(Method::GET, "/api/v1/users/nobody/quota", None, As::Cookie(&admin)).await.status, StatusCode::NOT_FOUND);
-    let bad = app.call(Method::PUT, "/api/v1/users/alice/quota", Some(json!({"functions": -1})), As::Cookie(&admin)).await;
-    assert_eq!((bad.status, bad.body["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("functions")), "{}", bad.body);
+    assert_eq!(
+        app.call(Method::PUT, "/api/v1/users/alice/quota", Some(raise), As::Cookie(&alice)).await.status,
+        StatusCode::FORBIDDEN,
+        "only admins set quotas"
+    );
+    assert_eq!(
+        app.call(Method::GET, "/api/v1/users/nobody/quota", None, As::Cookie(&admin)).await.status,
+        StatusCode::NOT_FOUND
+    );
+    let bad =
+        app.call(Method::PUT, "/api/v1/users/alice/quota", Some(json!({"functions": -1})), As::Cookie(&admin)).await;
+    assert_eq!(
+        (bad.status, bad.body["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("functions")),
+        "{}",
+        bad.body
+    );
     let set = json!({"functions": 1, "versions": 3, "instances": 1, "replicas": 5, "cpu_millicores": 1000});
     let answer = app.call(Method::PUT, "/api/v1/users/alice/quota", Some(set), As::Cookie(&admin)).await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
@@ -1523,31 +2238,75 @@ async fn admins_set_quotas_and_every_limit_is_refused_by_name_changing_nothing()
     let refused = |answer: &Answer, limit: &str| {
         assert_eq!(answer.status, StatusCode::FORBIDDEN, "{limit}: {}", answer.body);
         assert_eq!(answer.body["field"], format!("quota.{limit}"), "{}", answer.body);
-        assert!(answer.body["error"].as_str().is_some_and(|e| e.contains("ask an admin to raise the quota")), "{}", answer.body);
+        assert!(
+            answer.body["error"].as_str().is_some_and(|e| e.contains("ask an admin to raise the quota")),
+            "{}",
+            answer.body
+        );
     };
-    assert_eq!(app.call(Method::POST, "/api/v1/functions", Some(hello("one")), As::Cookie(&alice)).await.status, StatusCode::CREATED);
+    assert_eq!(
+        app.call(Method::POST, "/api/v1/functions", Some(hello("one")), As::Cookie(&alice)).await.status,
+        StatusCode::CREATED
+    );
     refused(&app.call(Method::POST, "/api/v1/functions", Some(hello("two")), As::Cookie(&alice)).await, "functions");
-    assert_eq!(app.call(Method::GET, "/api/v1/functions/two", None, As::Cookie(&alice)).await.status, StatusCode::NOT_FOUND, "nothing registered");
+    assert_eq!(
+        app.call(Method::GET, "/api/v1/functions/two", None, As::Cookie(&alice)).await.status,
+        StatusCode::NOT_FOUND,
+        "nothing registered"
+    );
     for _ in 0..2 {
-        assert_eq!(app.call(Method::PUT, "/api/v1/functions/one", Some(hello("one")), As::Cookie(&alice)).await.status, StatusCode::OK);
+        assert_eq!(
+            app.call(Method::PUT, "/api/v1/functions/one", Some(hello("one")), As::Cookie(&alice)).await.status,
+            StatusCode::OK
+        );
     }
     refused(&app.call(Method::PUT, "/api/v1/functions/one", Some(hello("one")), As::Cookie(&alice)).await, "versions");
-    assert_eq!(app.call(Method::GET, "/api/v1/functions/one", None, As::Cookie(&alice)).await.body["latest_version"], 3);
+    assert_eq!(
+        app.call(Method::GET, "/api/v1/functions/one", None, As::Cookie(&alice)).await.body["latest_version"],
+        3
+    );
 
     // hello: up to 5 replicas at 500m each is 2.5 cores, over 1 core.
     refused(&app.call(Method::POST, "/api/v1/functions/one/deploy", None, As::Cookie(&alice)).await, "cpu");
-    assert_eq!(app.call(Method::GET, "/api/v1/instances", None, As::Cookie(&alice)).await.body, json!([]), "nothing deployed");
+    assert_eq!(
+        app.call(Method::GET, "/api/v1/instances", None, As::Cookie(&alice)).await.body,
+        json!([]),
+        "nothing deployed"
+    );
     let more_cpu = json!({"functions": 1, "versions": 3, "instances": 1, "replicas": 5, "cpu_millicores": 4000});
-    assert_eq!(app.call(Method::PUT, "/api/v1/users/alice/quota", Some(more_cpu), As::Cookie(&admin)).await.status, StatusCode::OK);
+    assert_eq!(
+        app.call(Method::PUT, "/api/v1/users/alice/quota", Some(more_cpu), As::Cookie(&admin)).await.status,
+        StatusCode::OK
+    );
     let deployed = app.call(Method::POST, "/api/v1/functions/one/deploy", None, As::Cookie(&alice)).await;
     assert_eq!(deployed.status, StatusCode::CREATED, "{}", deployed.body);
     let id = deployed.body["id"].as_str().expect("id").to_string();
-    refused(&app.call(Method::POST, &format!("/api/v1/instances/{id}/scale"), Some(json!({"replicas": 6})), As::Cookie(&alice)).await, "replicas");
-    assert_eq!(app.call(Method::POST, "/api/v1/functions", Some(hello("bobs")), As::Cookie(&bob)).await.status, StatusCode::CREATED);
+    refused(
+        &app.call(
+            Method::POST,
+            &format!("/api/v1/instances/{id}/scale"),
+            Some(json!({"replicas": 6})),
+            As::Cookie(&alice),
+        )
+        .await,
+        "replicas",
+    );
+    assert_eq!(
+        app.call(Method::POST, "/api/v1/functions", Some(hello("bobs")), As::Cookie(&bob)).await.status,
+        StatusCode::CREATED
+    );
     refused(&app.call(Method::POST, "/api/v1/functions/bobs/deploy", None, As::Cookie(&alice)).await, "instances");
-    assert_eq!(app.call(Method::POST, "/api/v1/functions/bobs/deploy", None, As::Cookie(&bob)).await.status, StatusCode::CREATED, "bob's quota is his own");
+    assert_eq!(
+        app.call(Method::POST, "/api/v1/functions/bobs/deploy", None, As::Cookie(&bob)).await.status,
+        StatusCode::CREATED,
+        "bob's quota is his own"
+    );
 
     let report = app.call(Method::GET, "/api/v1/users/alice/quota", None, As::Cookie(&admin)).await.body;
-    assert_eq!(report["used"], json!({"functions": 1, "versions": 3, "instances": 1, "replicas": 5, "cpu_millicores": 2500, "memory_bytes": 5u64 * (256 << 20)}), "{report:#}");
+    assert_eq!(
+        report["used"],
+        json!({"functions": 1, "versions": 3, "instances": 1, "replicas": 5, "cpu_millicores": 2500, "memory_bytes": 5u64 * (256 << 20)}),
+        "{report:#}"
+    );
     app.stop().await;
 }

@@ -4,8 +4,8 @@
 //! setpriv, cgroups) is what stops them; these tests need root, bwrap and writable cgroups,
 //! and fail under CI=true without them.
 
-use process::{free_port, Server};
-use serde_json::{json, Value};
+use process::{Server, free_port};
+use serde_json::{Value, json};
 use std::time::Duration;
 
 #[path = "support/process.rs"]
@@ -42,7 +42,10 @@ impl Tenancy {
     /// A user with a well-behaved function deployed and answering.
     fn bystander(&self) -> (String, String) {
         let cookie = self.server.sign_up("bystander");
-        let id = self.server.deploy(&cookie, &json!({"name": "echo", "runtime": "python", "source": "def handle(req):\n    return 'echo ' + req\n"}));
+        let id = self.server.deploy(
+            &cookie,
+            &json!({"name": "echo", "runtime": "python", "source": "def handle(req):\n    return 'echo ' + req\n"}),
+        );
         self.server.instance_in_state(&cookie, &id, "Ready");
         self.assert_bystander_answers(&cookie);
         (cookie, id)
@@ -50,7 +53,11 @@ impl Tenancy {
 
     fn assert_bystander_answers(&self, cookie: &str) {
         let answer = self.server.invoke(cookie, "bystander", "echo", "still here");
-        assert_eq!((answer.status, answer.body.as_str()), (200, "echo still here"), "the well-behaved function keeps answering");
+        assert_eq!(
+            (answer.status, answer.body.as_str()),
+            (200, "echo still here"),
+            "the well-behaved function keeps answering"
+        );
         assert_eq!(self.server.request("GET", "/healthz", None, None).status, 200, "kubefn keeps answering");
     }
 
@@ -71,10 +78,14 @@ impl Tenancy {
 fn sandbox_available() -> bool {
     let root = unsafe { libc::geteuid() } == 0;
     let bwrap = std::path::Path::new("/usr/bin/bwrap").exists();
-    let cgroups = std::path::Path::new("/sys/fs/cgroup/cpu").exists() || std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let cgroups = std::path::Path::new("/sys/fs/cgroup/cpu").exists()
+        || std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
     let available = root && bwrap && cgroups;
     if !available {
-        assert!(std::env::var("CI").is_err(), "CI=true: the sandbox tests need root, /usr/bin/bwrap (Debian's bubblewrap) and cgroups");
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI=true: the sandbox tests need root, /usr/bin/bwrap (Debian's bubblewrap) and cgroups"
+        );
         eprintln!("skipped: the sandbox needs root, bwrap and cgroups");
     }
     available
@@ -285,7 +296,11 @@ fn memory_past_the_limit_is_killed_by_the_kernel_and_reported() {
     let instance = tenancy.server.instance_until(&cookie, &id, "an OOMKilled event", |instance| {
         instance["events"].as_array().is_some_and(|events| events.iter().any(|e| e["reason"] == "OOMKilled"))
     });
-    let event = instance["events"].as_array().and_then(|events| events.iter().find(|e| e["reason"] == "OOMKilled")).cloned().unwrap_or_default();
+    let event = instance["events"]
+        .as_array()
+        .and_then(|events| events.iter().find(|e| e["reason"] == "OOMKilled"))
+        .cloned()
+        .unwrap_or_default();
     assert!(event["message"].as_str().unwrap_or_default().contains("96Mi"), "{event}");
     // The replica is restarted and serves again.
     tenancy.server.instance_in_state(&cookie, &id, "Ready");
@@ -365,7 +380,10 @@ fn without_a_sandbox_kubefn_refuses_to_start_unless_single_user() {
     let refused = start("false").output().expect("kubefn runs");
     let said = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success(), "{said}");
-    assert!(said.contains("cannot be sandboxed") && said.contains("--single-user") && said.contains("not root"), "{said}");
+    assert!(
+        said.contains("cannot be sandboxed") && said.contains("--single-user") && said.contains("not root"),
+        "{said}"
+    );
 
     let mut single = start("true").spawn().expect("kubefn runs");
     std::thread::sleep(Duration::from_secs(3));
@@ -414,13 +432,22 @@ fn kubefn_and_other_instances_are_unreachable_from_a_function() {
 fn requirement_lines_cannot_leak_kubefns_environment() {
     let Some(tenancy) = Tenancy::start(&[]) else { return };
     let cookie = tenancy.server.sign_up("mallory");
-    for requirements in ["-r /proc/self/environ\n", "requests\n-c /proc/1/environ\n", "--index-url http://127.0.0.1:1/\n", "x @ file:///proc/self/environ\n"] {
+    for requirements in [
+        "-r /proc/self/environ\n",
+        "requests\n-c /proc/1/environ\n",
+        "--index-url http://127.0.0.1:1/\n",
+        "x @ file:///proc/self/environ\n",
+    ] {
         let spec = json!({"name": "leak", "runtime": "python", "source": "def handle(req):\n    return req\n", "requirements": requirements});
         let answer = tenancy.server.request("POST", "/api/v1/functions", Some(&cookie), Some(&spec.to_string()));
         assert_eq!(answer.status, 422, "{requirements}: {}", answer.body);
         assert_eq!(answer.json()["field"], "requirements", "{}", answer.body);
         assert!(!answer.body.contains(SECRET));
-        assert_eq!(tenancy.server.request("GET", "/api/v1/functions/leak", Some(&cookie), None).status, 404, "nothing was stored");
+        assert_eq!(
+            tenancy.server.request("GET", "/api/v1/functions/leak", Some(&cookie), None).status,
+            404,
+            "nothing was stored"
+        );
     }
     let node = json!({"name": "leak", "runtime": "node", "source": "module.exports = async () => 1;", "requirements": r#"{"dependencies": {"x": "file:/proc/self"}}"#});
     let answer = tenancy.server.request("POST", "/api/v1/functions", Some(&cookie), Some(&node.to_string()));
@@ -430,7 +457,9 @@ fn requirement_lines_cannot_leak_kubefns_environment() {
 #[test]
 fn the_bootstrap_test_suites_pass_inside_the_sandbox() {
     use kubefn::platform::runtime::local::launch;
-    use kubefn::platform::runtime::local::sandbox::{inside, Bind, Confined, Isolation, Network, Program, Sandbox, SandboxSettings};
+    use kubefn::platform::runtime::local::sandbox::{
+        Bind, Confined, Isolation, Network, Program, Sandbox, SandboxSettings, inside,
+    };
     if !sandbox_available() {
         return;
     }
@@ -439,20 +468,36 @@ fn the_bootstrap_test_suites_pass_inside_the_sandbox() {
     let sandbox = Sandbox::detect(SandboxSettings::default(), &[python.clone(), node.clone()]).expect("sandbox");
     let isolation = Isolation::Sandboxed(sandbox);
     let runtimes = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/runtimes");
-    let env = vec![("PATH".to_string(), "/usr/local/bin:/usr/bin:/bin".to_string()), ("HOME".to_string(), "/tmp".to_string())];
+    let env = vec![
+        ("PATH".to_string(), "/usr/local/bin:/usr/bin:/bin".to_string()),
+        ("HOME".to_string(), "/tmp".to_string()),
+    ];
     let suites: [(&std::path::Path, Vec<String>, &str); 2] = [
-        (&python, ["-m", "unittest", "discover", "-s", inside::FUNCTION, "-p", "test_*.py"].map(String::from).to_vec(), "python"),
+        (
+            &python,
+            ["-m", "unittest", "discover", "-s", inside::FUNCTION, "-p", "test_*.py"].map(String::from).to_vec(),
+            "python",
+        ),
         (&node, ["--test", inside::FUNCTION].map(String::from).to_vec(), "node"),
     ];
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio");
     for (program, args, language) in suites {
         let binds = [Bind::read_only(runtimes.join(language), inside::FUNCTION)];
         let mut command = isolation.command(&Confined {
-            program: Program { path: program, args: &args, env: &env, binds: &binds, workdir: std::path::Path::new(inside::FUNCTION) },
+            program: Program {
+                path: program,
+                args: &args,
+                env: &env,
+                binds: &binds,
+                workdir: std::path::Path::new(inside::FUNCTION),
+            },
             network: Network::None,
             cgroup: None,
         });
-        let output = runtime.block_on(async { tokio::time::timeout(Duration::from_secs(180), command.output()).await }).expect("in time").expect("runs");
+        let output = runtime
+            .block_on(async { tokio::time::timeout(Duration::from_secs(180), command.output()).await })
+            .expect("in time")
+            .expect("runs");
         let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
         assert!(output.status.success(), "the {language} bootstrap suite inside the sandbox:\n{text}");
     }

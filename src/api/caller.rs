@@ -3,9 +3,9 @@
 
 use super::ApiError;
 use super::session::{SessionBackend, SessionUser};
+use crate::platform::Platform;
 use crate::platform::auth::{Credentials, Principal};
 use crate::platform::model::UserInfo;
-use crate::platform::Platform;
 use axum::extract::{ConnectInfo, FromRef, FromRequestParts};
 use http::header::AUTHORIZATION;
 use http::request::Parts;

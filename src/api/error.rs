@@ -66,11 +66,17 @@ impl FromServerFnError for ApiError {
 
     fn from_server_fn_error(value: ServerFnErrorErr) -> Self {
         match value {
-            ServerFnErrorErr::Request(_) => ApiError::new(503, "cannot reach the kubefn server; check your connection and retry"),
-            ServerFnErrorErr::Args(message) | ServerFnErrorErr::MissingArg(message) | ServerFnErrorErr::Deserialization(message) => {
+            ServerFnErrorErr::Request(_) => {
+                ApiError::new(503, "cannot reach the kubefn server; check your connection and retry")
+            }
+            ServerFnErrorErr::Args(message)
+            | ServerFnErrorErr::MissingArg(message)
+            | ServerFnErrorErr::Deserialization(message) => {
                 ApiError::new(400, format!("the request is malformed: {message}"))
             }
-            ServerFnErrorErr::UnsupportedRequestMethod(method) => ApiError::new(405, format!("method {method} is not supported here")),
+            ServerFnErrorErr::UnsupportedRequestMethod(method) => {
+                ApiError::new(405, format!("method {method} is not supported here"))
+            }
             other => ApiError::new(500, format!("the request failed: {other}")),
         }
     }
@@ -85,9 +91,9 @@ mod ssr {
     use crate::platform::quotas::QuotaError;
     use crate::platform::registry::RegistryError;
     use crate::platform::triggers::TriggerError;
-    use axum::response::{IntoResponse, Response};
     use axum::Json;
-    use http::{header, HeaderValue, StatusCode};
+    use axum::response::{IntoResponse, Response};
+    use http::{HeaderValue, StatusCode, header};
 
     impl ApiError {
         /// The status as an HTTP status code.
@@ -101,7 +107,10 @@ mod ssr {
             let reference = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
             let chain = crate::platform::error_chain(error);
             tracing::error!(reference = %reference, error = %chain, "internal error");
-            ApiError::new(500, format!("kubefn hit an internal error (ref {reference}); the server log has the details"))
+            ApiError::new(
+                500,
+                format!("kubefn hit an internal error (ref {reference}); the server log has the details"),
+            )
         }
     }
 
@@ -130,10 +139,14 @@ mod ssr {
     /// `quota.<limit>`.
     fn quota_error(error: &QuotaError) -> ApiError {
         match error {
-            QuotaError::Exceeded { limit, .. } => ApiError { field: Some(format!("quota.{limit}")), ..ApiError::new(403, error.to_string()) },
+            QuotaError::Exceeded { limit, .. } => {
+                ApiError { field: Some(format!("quota.{limit}")), ..ApiError::new(403, error.to_string()) }
+            }
             QuotaError::AdminOnly => ApiError::new(403, error.to_string()),
             QuotaError::NoSuchUser { .. } => ApiError::new(404, error.to_string()),
-            QuotaError::Invalid(field_error) => ApiError::invalid(field_error.field.clone(), field_error.message.clone()),
+            QuotaError::Invalid(field_error) => {
+                ApiError::invalid(field_error.field.clone(), field_error.message.clone())
+            }
             QuotaError::Store(_) => ApiError::internal(error),
         }
     }
@@ -143,10 +156,14 @@ mod ssr {
             match error {
                 InstanceError::Function(error) => ApiError::from(error),
                 InstanceError::Quota(error) => ApiError::from(error),
-                InstanceError::NotFound { .. } | InstanceError::NotDeployed { .. } => ApiError::new(404, error.to_string()),
+                InstanceError::NotFound { .. } | InstanceError::NotDeployed { .. } => {
+                    ApiError::new(404, error.to_string())
+                }
                 InstanceError::AdminOnly { .. } => ApiError::new(403, error.to_string()),
                 InstanceError::BeingDeleted { .. } => ApiError::new(409, error.to_string()),
-                InstanceError::TooManyFollows { .. } => ApiError { retry_after_s: Some(5), ..ApiError::new(429, error.to_string()) },
+                InstanceError::TooManyFollows { .. } => {
+                    ApiError { retry_after_s: Some(5), ..ApiError::new(429, error.to_string()) }
+                }
                 InstanceError::Invalid(field_error) => ApiError::invalid(field_error.field, field_error.message),
                 InstanceError::Unsupported(_) => ApiError::invalid("runtime", error.to_string()),
                 InstanceError::Runtime(_) | InstanceError::Store(_) => ApiError::internal(&error),
@@ -158,9 +175,13 @@ mod ssr {
         fn from(error: AsyncError) -> Self {
             match error {
                 AsyncError::Gateway(error) => ApiError::from(error),
-                AsyncError::Invalid(field_error) => ApiError { status: 400, ..ApiError::invalid(field_error.field, field_error.message) },
+                AsyncError::Invalid(field_error) => {
+                    ApiError { status: 400, ..ApiError::invalid(field_error.field, field_error.message) }
+                }
                 AsyncError::NotFound { .. } => ApiError::new(404, error.to_string()),
-                AsyncError::QueueFull { .. } => ApiError { retry_after_s: Some(10), ..ApiError::new(429, error.to_string()) },
+                AsyncError::QueueFull { .. } => {
+                    ApiError { retry_after_s: Some(10), ..ApiError::new(429, error.to_string()) }
+                }
                 AsyncError::UploadsBusy => ApiError { retry_after_s: Some(1), ..ApiError::new(429, error.to_string()) },
                 AsyncError::BodyBroken(_) => ApiError::new(400, error.to_string()),
                 AsyncError::Store(_) | AsyncError::Spool(_) => ApiError::internal(&error),
@@ -183,7 +204,9 @@ mod ssr {
     impl From<AuthError> for ApiError {
         fn from(error: AuthError) -> Self {
             match &error {
-                AuthError::Invalid(field_error) => ApiError::invalid(field_error.field.clone(), field_error.message.clone()),
+                AuthError::Invalid(field_error) => {
+                    ApiError::invalid(field_error.field.clone(), field_error.message.clone())
+                }
                 AuthError::NameTaken { .. } => ApiError::invalid("name", error.to_string()).with_status(409),
                 AuthError::SignupClosed => ApiError::new(403, error.to_string()),
                 AuthError::RateLimited { retry_after_s } | AuthError::SignupsLimited { retry_after_s } => {
@@ -206,9 +229,10 @@ mod ssr {
         fn into_response(self) -> Response {
             let mut response = (self.status_code(), Json(&self)).into_response();
             if let Some(seconds) = self.retry_after_s
-                && let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
-                    response.headers_mut().insert(header::RETRY_AFTER, value);
-                }
+                && let Ok(value) = HeaderValue::from_str(&seconds.to_string())
+            {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
             response
         }
     }

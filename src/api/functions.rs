@@ -3,8 +3,9 @@
 
 use super::ApiError;
 use crate::platform::model::{
-    AdminOverview, FieldError, FunctionDetail, FunctionSpec, InvokeAccess, InvokePolicy, InvokeResult, DEFAULT_MAX_BODY_BYTES, DEFAULT_TIMEOUT_S, FunctionListPage, InstanceInfo, NewToken, Resources, Language, ScalingPolicy, ServiceKind,
-    QuotaReport, ServiceSpec, TokenInfo, TriggerInfo, UsageReport, UserInfo, Visibility,
+    AdminOverview, DEFAULT_MAX_BODY_BYTES, DEFAULT_TIMEOUT_S, FieldError, FunctionDetail, FunctionListPage,
+    FunctionSpec, InstanceInfo, InvokeAccess, InvokePolicy, InvokeResult, Language, NewToken, QuotaReport, Resources,
+    ScalingPolicy, ServiceKind, ServiceSpec, TokenInfo, TriggerInfo, UsageReport, UserInfo, Visibility,
 };
 use leptos::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -152,7 +153,10 @@ impl FunctionForm {
         let kind = match self.service_type.trim() {
             "" => ServiceKind::NodePort,
             text => ServiceKind::parse(text).unwrap_or_else(|| {
-                errors.push(FieldError::new("service.type", "service type must be NodePort, ClusterIP, LoadBalancer or ExternalName"));
+                errors.push(FieldError::new(
+                    "service.type",
+                    "service type must be NodePort, ClusterIP, LoadBalancer or ExternalName",
+                ));
                 ServiceKind::NodePort
             }),
         };
@@ -173,7 +177,10 @@ impl FunctionForm {
                 Some((name, value)) => {
                     env.insert(name.trim().to_string(), value.to_string());
                 }
-                None => errors.push(FieldError::new("env", format!("env line {} must look like NAME=value (got {line:?})", index + 1))),
+                None => errors.push(FieldError::new(
+                    "env",
+                    format!("env line {} must look like NAME=value (got {line:?})", index + 1),
+                )),
             }
         }
         let mut number = |field: &str, text: &str| -> Option<u64> {
@@ -181,7 +188,11 @@ impl FunctionForm {
             if text.is_empty() {
                 return None;
             }
-            text.parse::<u64>().map_err(|_| errors.push(FieldError::new(field, format!("{field} must be a whole number (got {text:?})")))).ok()
+            text.parse::<u64>()
+                .map_err(|_| {
+                    errors.push(FieldError::new(field, format!("{field} must be a whole number (got {text:?})")))
+                })
+                .ok()
         };
         let min = number("scaling.min", &self.min);
         let max = number("scaling.max", &self.max);
@@ -193,8 +204,10 @@ impl FunctionForm {
         let max_body = number("invoke.max_body_bytes", &self.max_body_bytes);
         let max_in_flight = number("invoke.max_in_flight_per_replica", &self.max_in_flight_per_replica);
         let defaults = ScalingPolicy::default();
-        let to_u32 = |value: Option<u64>, fallback: u32| value.map_or(fallback, |v| u32::try_from(v).unwrap_or(u32::MAX));
-        let or_default = |text: String, fallback: String| if text.trim().is_empty() { fallback } else { text.trim().to_string() };
+        let to_u32 =
+            |value: Option<u64>, fallback: u32| value.map_or(fallback, |v| u32::try_from(v).unwrap_or(u32::MAX));
+        let or_default =
+            |text: String, fallback: String| if text.trim().is_empty() { fallback } else { text.trim().to_string() };
         let default_resources = Resources::default();
         let spec = FunctionSpec {
             name: self.name.trim().to_string(),
@@ -202,7 +215,11 @@ impl FunctionForm {
             handler: Some(self.handler.trim().to_string()).filter(|h| !h.is_empty()),
             source: if runtime == Language::Image { String::new() } else { self.source },
             requirements: if runtime == Language::Image { String::new() } else { self.requirements },
-            image: if runtime == Language::Image { Some(self.image.trim().to_string()).filter(|i| !i.is_empty()) } else { None },
+            image: if runtime == Language::Image {
+                Some(self.image.trim().to_string()).filter(|i| !i.is_empty())
+            } else {
+                None
+            },
             env,
             visibility,
             resources: Resources {
@@ -234,18 +251,20 @@ impl FunctionForm {
 #[cfg(feature = "ssr")]
 mod ssr {
     use super::ApiError;
-    use crate::api::caller::{principal_from_parts, session_from_parts, AuthSession};
     use crate::api::AppState;
-    use crate::platform::auth::Principal;
+    use crate::api::caller::{AuthSession, principal_from_parts, session_from_parts};
     use crate::platform::Platform;
+    use crate::platform::auth::Principal;
     use http::request::Parts;
     use leptos::prelude::*;
     use leptos_axum::ResponseOptions;
 
     /// The platform and the request parts, from the context leptos_axum provides.
     pub fn request() -> Result<(Platform, Parts), ApiError> {
-        let state = use_context::<AppState>().ok_or_else(|| ApiError::new(500, "server functions are not wired to the platform"))?;
-        let parts = use_context::<Parts>().ok_or_else(|| ApiError::new(500, "server functions are missing the request"))?;
+        let state = use_context::<AppState>()
+            .ok_or_else(|| ApiError::new(500, "server functions are not wired to the platform"))?;
+        let parts =
+            use_context::<Parts>().ok_or_else(|| ApiError::new(500, "server functions are missing the request"))?;
         Ok((state.platform.clone(), parts))
     }
 
@@ -268,7 +287,8 @@ mod ssr {
     /// when the server function was called over HTTP: while a page renders, the function runs
     /// in-process and the page decides its own status (e.g. a redirect to /login).
     pub fn with_status<T>(result: Result<T, ApiError>) -> Result<T, ApiError> {
-        let called_over_http = use_context::<Parts>().is_some_and(|parts| parts.uri.path().starts_with(SERVER_FN_PREFIX));
+        let called_over_http =
+            use_context::<Parts>().is_some_and(|parts| parts.uri.path().starts_with(SERVER_FN_PREFIX));
         if let (Err(error), Some(response), true) = (&result, use_context::<ResponseOptions>(), called_over_http) {
             response.set_status(error.status_code());
         }
@@ -279,7 +299,10 @@ mod ssr {
     pub fn window_start(window_s: u32) -> Result<chrono::DateTime<chrono::Utc>, ApiError> {
         if !super::CHART_WINDOWS_S.contains(&window_s) {
             let offered: Vec<String> = super::CHART_WINDOWS_S.iter().map(u32::to_string).collect();
-            return Err(ApiError::invalid("window_s", format!("the window must be one of {} seconds", offered.join(", "))));
+            return Err(ApiError::invalid(
+                "window_s",
+                format!("the window must be one of {} seconds", offered.join(", ")),
+            ));
         }
         Ok(chrono::Utc::now() - chrono::Duration::seconds(i64::from(window_s)))
     }
@@ -387,11 +410,15 @@ pub async fn unregister_function(name: String) -> Result<(), ApiError> {
 /// and the version the instance runs (`false`); absent, a new instance stays on the current
 /// version and an existing one keeps its choice.
 #[server]
-pub async fn deploy_function(name: String, #[server(default)] follow_updates: Option<bool>) -> Result<InstanceInfo, ApiError> {
+pub async fn deploy_function(
+    name: String,
+    #[server(default)] follow_updates: Option<bool>,
+) -> Result<InstanceInfo, ApiError> {
     let result = async {
         let (platform, caller) = ssr::caller().await?;
         use crate::platform::instances::VersionChoice;
-        let choice = follow_updates.map(|follow| if follow { VersionChoice::FollowUpdates } else { VersionChoice::Pin(None) });
+        let choice =
+            follow_updates.map(|follow| if follow { VersionChoice::FollowUpdates } else { VersionChoice::Pin(None) });
         Ok(platform.instances.deploy(&caller, &name, choice).await?.0)
     };
     ssr::with_status(result.await)
@@ -442,10 +469,9 @@ pub async fn resume_instance(id: String) -> Result<InstanceInfo, ApiError> {
 pub async fn scale_instance(id: String, replicas: String) -> Result<InstanceInfo, ApiError> {
     let result = async {
         let (platform, caller) = ssr::caller().await?;
-        let replicas = replicas
-            .trim()
-            .parse::<u32>()
-            .map_err(|_| ApiError::invalid("replicas", format!("replicas must be a whole number, not {:?}", replicas.trim())))?;
+        let replicas = replicas.trim().parse::<u32>().map_err(|_| {
+            ApiError::invalid("replicas", format!("replicas must be a whole number, not {:?}", replicas.trim()))
+        })?;
         Ok(platform.instances.scale(&caller, &id, replicas).await?)
     };
     ssr::with_status(result.await)
@@ -465,7 +491,13 @@ pub async fn delete_instance(id: String) -> Result<(), ApiError> {
 
 /// Invokes the caller's instance of `function` through the gateway, as a client would.
 #[server]
-pub async fn invoke_function(function: String, method: String, path: String, #[server(default)] headers: String, body: String) -> Result<InvokeResult, ApiError> {
+pub async fn invoke_function(
+    function: String,
+    method: String,
+    path: String,
+    #[server(default)] headers: String,
+    body: String,
+) -> Result<InvokeResult, ApiError> {
     let result = async {
         let (platform, caller) = ssr::caller().await?;
         let method = http::Method::from_bytes(method.trim().to_ascii_uppercase().as_bytes())
@@ -488,7 +520,11 @@ pub async fn invoke_function(function: String, method: String, path: String, #[s
         let user = caller.name.clone();
         let response = platform.gateway.invoke(Some(&caller), &user, &function, request, None).await?;
         let status = response.status().as_u16();
-        let headers = response.headers().iter().map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect();
+        let headers = response
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .collect();
         let answer = response
             .into_body()
             .read_start(64 * 1024)
@@ -537,10 +573,17 @@ fn parse_headers(text: &str) -> Result<Vec<(http::HeaderName, http::HeaderValue)
         .enumerate()
         .filter(|(_, line)| !line.trim().is_empty())
         .map(|(number, line)| {
-            let invalid = |why: &str| ApiError::invalid("headers", format!("line {} ({line:?}) {why}; write one \"Name: value\" per line", number + 1));
+            let invalid = |why: &str| {
+                ApiError::invalid(
+                    "headers",
+                    format!("line {} ({line:?}) {why}; write one \"Name: value\" per line", number + 1),
+                )
+            };
             let (name, value) = line.split_once(':').ok_or_else(|| invalid("has no colon"))?;
-            let name = http::HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| invalid("is not a valid header name"))?;
-            let value = http::HeaderValue::from_str(value.trim()).map_err(|_| invalid("has a value that cannot be sent"))?;
+            let name = http::HeaderName::from_bytes(name.trim().as_bytes())
+                .map_err(|_| invalid("is not a valid header name"))?;
+            let value =
+                http::HeaderValue::from_str(value.trim()).map_err(|_| invalid("has a value that cannot be sent"))?;
             Ok((name, value))
         })
         .collect()
@@ -558,7 +601,13 @@ pub async fn list_triggers(function: String) -> Result<Vec<TriggerInfo>, ApiErro
 
 /// Adds a cron trigger on the caller's instance of `function`.
 #[server]
-pub async fn create_trigger(function: String, schedule: String, method: String, path: String, #[server(default)] body: String) -> Result<TriggerInfo, ApiError> {
+pub async fn create_trigger(
+    function: String,
+    schedule: String,
+    method: String,
+    path: String,
+    #[server(default)] body: String,
+) -> Result<TriggerInfo, ApiError> {
     let result = async {
         let (platform, caller) = ssr::caller().await?;
         let spec = crate::platform::model::TriggerSpec { schedule, method, path, body };
@@ -608,15 +657,23 @@ pub async fn set_user_quota(
             if text.is_empty() {
                 return Ok(None);
             }
-            text.parse().map(Some).map_err(|_| ApiError::invalid(field, format!("{field} must be a whole number, or empty for the default")))
+            text.parse().map(Some).map_err(|_| {
+                ApiError::invalid(field, format!("{field} must be a whole number, or empty for the default"))
+            })
         };
-        let quantity = |field: &str, text: &str, parse: fn(&str) -> Option<u64>, example: &str| -> Result<Option<u64>, ApiError> {
-            let text = text.trim();
-            if text.is_empty() {
-                return Ok(None);
-            }
-            parse(text).map(Some).ok_or_else(|| ApiError::invalid(field, format!("{field} must be a quantity such as {example}, or empty for the default")))
-        };
+        let quantity =
+            |field: &str, text: &str, parse: fn(&str) -> Option<u64>, example: &str| -> Result<Option<u64>, ApiError> {
+                let text = text.trim();
+                if text.is_empty() {
+                    return Ok(None);
+                }
+                parse(text).map(Some).ok_or_else(|| {
+                    ApiError::invalid(
+                        field,
+                        format!("{field} must be a quantity such as {example}, or empty for the default"),
+                    )
+                })
+            };
         let settings = QuotaSettings {
             functions: count("functions", &functions)?,
             versions: count("versions", &versions)?,

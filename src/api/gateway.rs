@@ -3,18 +3,18 @@
 //! not); `ANY /async/fn/…` to queue an invocation; `GET /metrics` for admins and their
 //! Prometheus.
 
-use super::caller::{client_address, principal_from_parts, Caller};
+use super::caller::{Caller, client_address, principal_from_parts};
 use super::origin::session_untrusted;
 use super::{ApiError, AppState};
-use crate::platform::store::AsyncCall;
-use crate::platform::gateway::{upstream_uri, GatewayError};
-use crate::platform::metrics::{InstanceLabels, CONTENT_TYPE};
 use crate::platform::Platform;
+use crate::platform::gateway::{GatewayError, upstream_uri};
+use crate::platform::metrics::{CONTENT_TYPE, InstanceLabels};
+use crate::platform::store::AsyncCall;
+use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
-use axum::Router;
 
 /// The invocation routes.
 pub fn router() -> Router<AppState> {
@@ -44,27 +44,44 @@ struct Invocation {
 }
 
 impl Invocation {
-    async fn read(platform: &Platform, params: std::collections::HashMap<String, String>, request: Request) -> Result<Invocation, ApiError> {
+    async fn read(
+        platform: &Platform,
+        params: std::collections::HashMap<String, String>,
+        request: Request,
+    ) -> Result<Invocation, ApiError> {
         let param = |name: &str| params.get(name).cloned().unwrap_or_default();
         let (mut parts, body) = request.into_parts();
         // A call another origin makes never runs as the user whose cookie the browser attached
         // (a page on a node port could otherwise call their private functions): it is anonymous
         // unless it carries an API token.
-        let caller = if session_untrusted(&parts.headers) { None } else { principal_from_parts(&mut parts, platform).await? };
-        parts.uri = upstream_uri(&param("path"), parts.uri.query()).map_err(|error| ApiError::new(400, format!("the path cannot be forwarded: {error}")))?;
+        let caller =
+            if session_untrusted(&parts.headers) { None } else { principal_from_parts(&mut parts, platform).await? };
+        parts.uri = upstream_uri(&param("path"), parts.uri.query())
+            .map_err(|error| ApiError::new(400, format!("the path cannot be forwarded: {error}")))?;
         Ok(Invocation { user: param("user"), function: param("function"), caller, parts, body })
     }
 }
 
 /// Queues the request and answers 202 with its id and where to look for the result.
-async fn invoke_async(State(platform): State<Platform>, super::rest::Path(params): InvocationPath, request: Request) -> Result<Response, ApiError> {
+async fn invoke_async(
+    State(platform): State<Platform>,
+    super::rest::Path(params): InvocationPath,
+    request: Request,
+) -> Result<Response, ApiError> {
     let Invocation { user, function, caller, parts, body } = Invocation::read(&platform, params, request).await?;
     // Admission (policy, instance) comes first so a refused caller never uploads a body;
     // the body then streams to the spool, up to the function's limit.
     let target = platform.gateway.admit(caller.as_ref(), &user, &function).await?;
-    let declared = parts.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    let _room = platform.asyncs.reserve_upload(declared.unwrap_or(target.policy.max_body_bytes).min(target.policy.max_body_bytes))?;
-    let header = |name: http::header::HeaderName| parts.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let declared = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let _room = platform
+        .asyncs
+        .reserve_upload(declared.unwrap_or(target.policy.max_body_bytes).min(target.policy.max_body_bytes))?;
+    let header =
+        |name: http::header::HeaderName| parts.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
     let call = AsyncCall {
         method: parts.method.to_string(),
         path: parts.uri.to_string(),
@@ -84,12 +101,18 @@ async fn metrics(State(platform): State<Platform>, Caller(caller): Caller) -> Re
     }
     let instances = platform.instances.list(&caller).await?;
     let gateway_metrics = platform.gateway.metrics();
-    gateway_metrics.set_replicas(instances.iter().map(|i| (InstanceLabels::new(&i.function, &i.user), i.replicas.desired, i.replicas.ready)));
+    gateway_metrics.set_replicas(
+        instances.iter().map(|i| (InstanceLabels::new(&i.function, &i.user), i.replicas.desired, i.replicas.ready)),
+    );
     let text = gateway_metrics.encode().map_err(|error| ApiError::internal(&error))?;
     Ok(([(http::header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response())
 }
 
-async fn invoke(State(platform): State<Platform>, super::rest::Path(params): InvocationPath, request: Request) -> Result<Response, ApiError> {
+async fn invoke(
+    State(platform): State<Platform>,
+    super::rest::Path(params): InvocationPath,
+    request: Request,
+) -> Result<Response, ApiError> {
     let Invocation { user, function, caller, parts, body } = Invocation::read(&platform, params, request).await?;
     let client = client_address(&parts);
     let forwarded = Request::from_parts(parts, body);

@@ -42,7 +42,8 @@ pub fn request_origin(headers: &HeaderMap) -> RequestOrigin {
         return RequestOrigin::Unstated;
     };
     // `Origin: null` comes from sandboxed frames, data: URLs and redirects across origins.
-    let origin_authority = origin.to_str().ok().and_then(|text| text.parse::<http::Uri>().ok()).and_then(|uri| uri.authority().cloned());
+    let origin_authority =
+        origin.to_str().ok().and_then(|text| text.parse::<http::Uri>().ok()).and_then(|uri| uri.authority().cloned());
     let host = headers.get(HOST).and_then(|v| v.to_str().ok());
     match (origin_authority, host) {
         (Some(authority), Some(host)) if authority.as_str().eq_ignore_ascii_case(host.trim()) => RequestOrigin::Own,
@@ -92,7 +93,10 @@ mod tests {
     use super::*;
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        pairs.iter().map(|(name, value)| (http::header::HeaderName::from_static(name), http::HeaderValue::from_static(value))).collect()
+        pairs
+            .iter()
+            .map(|(name, value)| (http::header::HeaderName::from_static(name), http::HeaderValue::from_static(value)))
+            .collect()
     }
 
     #[test]
@@ -100,15 +104,31 @@ mod tests {
         assert_eq!(request_origin(&headers(&[("sec-fetch-site", "same-origin")])), RequestOrigin::Own);
         assert_eq!(request_origin(&headers(&[("sec-fetch-site", "none")])), RequestOrigin::Own);
         // Another port of the same host is the same site, and still another origin.
-        assert_eq!(request_origin(&headers(&[("sec-fetch-site", "same-site"), ("origin", "http://127.0.0.1:3000"), ("host", "127.0.0.1:3000")])), RequestOrigin::Other);
+        assert_eq!(
+            request_origin(&headers(&[
+                ("sec-fetch-site", "same-site"),
+                ("origin", "http://127.0.0.1:3000"),
+                ("host", "127.0.0.1:3000")
+            ])),
+            RequestOrigin::Other
+        );
         assert_eq!(request_origin(&headers(&[("sec-fetch-site", "cross-site")])), RequestOrigin::Other);
     }
 
     #[test]
     fn origin_is_compared_with_host_otherwise() {
-        assert_eq!(request_origin(&headers(&[("origin", "http://127.0.0.1:3000"), ("host", "127.0.0.1:3000")])), RequestOrigin::Own);
-        assert_eq!(request_origin(&headers(&[("origin", "https://kubefn.example.com"), ("host", "KUBEFN.example.com")])), RequestOrigin::Own);
-        assert_eq!(request_origin(&headers(&[("origin", "http://127.0.0.1:30001"), ("host", "127.0.0.1:3000")])), RequestOrigin::Other);
+        assert_eq!(
+            request_origin(&headers(&[("origin", "http://127.0.0.1:3000"), ("host", "127.0.0.1:3000")])),
+            RequestOrigin::Own
+        );
+        assert_eq!(
+            request_origin(&headers(&[("origin", "https://kubefn.example.com"), ("host", "KUBEFN.example.com")])),
+            RequestOrigin::Own
+        );
+        assert_eq!(
+            request_origin(&headers(&[("origin", "http://127.0.0.1:30001"), ("host", "127.0.0.1:3000")])),
+            RequestOrigin::Other
+        );
         assert_eq!(request_origin(&headers(&[("origin", "null"), ("host", "127.0.0.1:3000")])), RequestOrigin::Other);
         assert_eq!(request_origin(&headers(&[("origin", "http://127.0.0.1:3000")])), RequestOrigin::Other);
         assert_eq!(request_origin(&headers(&[("host", "127.0.0.1:3000")])), RequestOrigin::Unstated);

@@ -2,19 +2,20 @@
 
 use super::caller::{self, AuthSession, Caller};
 use super::{ApiError, AppState};
-use crate::platform::model::{
-    AdminOverview, AsyncStatus, FunctionDetail, FunctionSpec, FunctionSummary, InstanceInfo, NewToken, QuotaReport, QuotaSettings, TokenInfo, TriggerInfo, TriggerSpec, UsageSample, UserInfo, VersionDetail,
-};
-use crate::platform::instances::{Removal, VersionChoice};
 use crate::platform::Platform;
+use crate::platform::instances::{Removal, VersionChoice};
+use crate::platform::model::{
+    AdminOverview, AsyncStatus, FunctionDetail, FunctionSpec, FunctionSummary, InstanceInfo, NewToken, QuotaReport,
+    QuotaSettings, TokenInfo, TriggerInfo, TriggerSpec, UsageSample, UserInfo, VersionDetail,
+};
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::de::DeserializeOwned;
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 
 /// The REST routes and the health endpoints.
 pub fn router() -> Router<AppState> {
@@ -43,10 +44,7 @@ pub fn router() -> Router<AppState> {
         .route("/admin/usage", get(admin_usage))
         .route("/users/{name}/quota", get(get_quota).put(set_quota))
         .fallback(|| async { ApiError::new(404, "no such API endpoint; see the REST API in the README") });
-    Router::new()
-        .nest("/api/v1", v1)
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
+    Router::new().nest("/api/v1", v1).route("/healthz", get(|| async { "ok" })).route("/readyz", get(readyz))
 }
 
 /// A JSON body whose decoding errors name the field (`resources.cpu`) and say what was expected.
@@ -178,16 +176,26 @@ async fn create_token(
     Ok((StatusCode::CREATED, Json(platform.accounts.create_token(&caller, &body.name).await?)))
 }
 
-async fn list_tokens(State(platform): State<Platform>, Caller(caller): Caller) -> Result<Json<Vec<TokenInfo>>, ApiError> {
+async fn list_tokens(
+    State(platform): State<Platform>,
+    Caller(caller): Caller,
+) -> Result<Json<Vec<TokenInfo>>, ApiError> {
     Ok(Json(platform.accounts.tokens(&caller).await?))
 }
 
-async fn revoke_token(State(platform): State<Platform>, Caller(caller): Caller, Path(id): Path<i64>) -> Result<StatusCode, ApiError> {
+async fn revoke_token(
+    State(platform): State<Platform>,
+    Caller(caller): Caller,
+    Path(id): Path<i64>,
+) -> Result<StatusCode, ApiError> {
     platform.accounts.revoke_token(&caller, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn list_functions(State(platform): State<Platform>, Caller(caller): Caller) -> Result<Json<Vec<FunctionSummary>>, ApiError> {
+async fn list_functions(
+    State(platform): State<Platform>,
+    Caller(caller): Caller,
+) -> Result<Json<Vec<FunctionSummary>>, ApiError> {
     Ok(Json(platform.registry.list(&caller).await?))
 }
 
@@ -204,7 +212,11 @@ async fn register_function(
     Ok((StatusCode::CREATED, headers, Json(detail)).into_response())
 }
 
-async fn get_function(State(platform): State<Platform>, Caller(caller): Caller, Path(name): Path<String>) -> Result<Json<FunctionDetail>, ApiError> {
+async fn get_function(
+    State(platform): State<Platform>,
+    Caller(caller): Caller,
+    Path(name): Path<String>,
+) -> Result<Json<FunctionDetail>, ApiError> {
     Ok(Json(platform.registry.get(&caller, &name).await?))
 }
 
@@ -217,7 +229,11 @@ async fn update_function(
     Ok(Json(platform.registry.update(&caller, &name, spec).await?))
 }
 
-async fn unregister_function(State(platform): State<Platform>, Caller(caller): Caller, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+async fn unregister_function(
+    State(platform): State<Platform>,
+    Caller(caller): Caller,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
     platform.registry.unregister(&caller, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -246,7 +262,11 @@ async fn rollback_function(
 }
 
 /// A user's quota and use: their own, or anyone's for an admin.
-async fn get_quota(State(platform): State<Platform>, Caller(caller): Caller, Path(name): Path<String>) -> Result<Json<QuotaReport>, ApiError> {
+async fn get_quota(
+    State(platform): State<Platform>,
+    Caller(caller): Caller,
+    Path(name): Path<String>,
+) -> Result<Json<QuotaReport>, ApiError> {
     Ok(Json(platform.instances.quota_report(&caller, &name).await?))
 }
 
@@ -275,7 +295,9 @@ struct DeployBody {
 impl DeployBody {
     fn choice(&self) -> Result<Option<VersionChoice>, ApiError> {
         match (self.follow_updates, self.version) {
-            (Some(true), Some(_)) => Err(ApiError::invalid("version", "give either follow_updates: true or a version to stay on, not both")),
+            (Some(true), Some(_)) => {
+                Err(ApiError::invalid("version", "give either follow_updates: true or a version to stay on, not both"))
+            }
             (Some(true), None) => Ok(Some(VersionChoice::FollowUpdates)),
             (_, Some(version)) => Ok(Some(VersionChoice::Pin(Some(version)))),
             (Some(false), None) => Ok(Some(VersionChoice::Pin(None))),
@@ -284,14 +306,26 @@ impl DeployBody {
     }
 }
 
-async fn deploy_function(State(platform): State<Platform>, Caller(caller): Caller, Path(name): Path<String>, request: Request) -> Result<Response, ApiError> {
+async fn deploy_function(
+    State(platform): State<Platform>,
+    Caller(caller): Caller,
+    Path(name): Path<String>,
+    request: Request,
+) -> Result<Response, ApiError> {
     // The body is optional: `curl -X POST …/deploy` deploys with the defaults.
     let is_json = is_json(request.headers());
-    let body = Bytes::from_request(request, &()).await.map_err(|rejection| ApiError::new(rejection.status().as_u16(), rejection.body_text()))?;
+    let body = Bytes::from_request(request, &())
+        .await
+        .map_err(|rejection| ApiError::new(rejection.status().as_u16(), rejection.body_text()))?;
     let body: DeployBody = match (body.iter().all(u8::is_ascii_whitespace), is_json) {
         (true, _) => DeployBody::default(),
         (false, true) => decode_json(&body)?,
-        (false, false) => return Err(ApiError::new(415, "send deploy options as JSON with \"Content-Type: application/json\", or no body")),
+        (false, false) => {
+            return Err(ApiError::new(
+                415,
+                "send deploy options as JSON with \"Content-Type: application/json\", or no body",
+            ));
+        }
     };
     let (instance, created) = platform.instances.deploy(&caller, &name, body.choice()?).await?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
@@ -302,7 +336,11 @@ async fn deploy_function(State(platform): State<Platform>, Caller(caller): Calle
     Ok((status, headers, Json(instance)).into_response())
 }
 
-async fn list_triggers(State(platform): State<Platform>, Caller(caller): Caller, Path(name): Path<String>) -> Result<Json<Vec<TriggerInfo>>, ApiError> {
+async fn list_triggers(
+    State(platform): State<Platform>,
+    Caller(caller): Caller,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<TriggerInfo>>, ApiError> {
     Ok(Json(platform.triggers.list(&caller, &name, chrono::Utc::now()).await?))
 }
 
@@ -320,23 +358,39 @@ async fn create_trigger(
     Ok((StatusCode::CREATED, headers, Json(trigger)).into_response())
 }
 
-async fn get_trigger(State(platform): State<Platform>, Caller(caller): Caller, Path(id): Path<i64>) -> Result<Json<TriggerInfo>, ApiError> {
+async fn get_trigger(
+    State(platform): State<Platform>,
+    Caller(caller): Caller,
+    Path(id): Path<i64>,
+) -> Result<Json<TriggerInfo>, ApiError> {
     Ok(Json(platform.triggers.get(&caller, id, chrono::Utc::now()).await?))
 }
 
-async fn delete_trigger(State(platform): State<Platform>, Caller(caller): Caller, Path(id): Path<i64>) -> Result<StatusCode, ApiError> {
+async fn delete_trigger(
+    State(platform): State<Platform>,
+    Caller(caller): Caller,
+    Path(id): Path<i64>,
+) -> Result<StatusCode, ApiError> {
     platform.triggers.delete(&caller, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// An async invocation's state and result; anonymous callers may look at anonymous calls.
-async fn get_async(State(platform): State<Platform>, Path(id): Path<String>, request: Request) -> Result<Json<AsyncStatus>, ApiError> {
+async fn get_async(
+    State(platform): State<Platform>,
+    Path(id): Path<String>,
+    request: Request,
+) -> Result<Json<AsyncStatus>, ApiError> {
     let (mut parts, _) = request.into_parts();
     let caller = caller::principal_from_parts(&mut parts, &platform).await?;
     Ok(Json(platform.asyncs.status(caller.as_ref(), &id).await?))
 }
 
-async fn undeploy_function(State(platform): State<Platform>, Caller(caller): Caller, Path(name): Path<String>) -> Result<Response, ApiError> {
+async fn undeploy_function(
+    State(platform): State<Platform>,
+    Caller(caller): Caller,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
     Ok(removal_response(platform.instances.undeploy(&caller, &name).await?))
 }
 
@@ -349,23 +403,42 @@ fn removal_response(removal: Removal) -> Response {
     }
 }
 
-async fn list_instances(State(platform): State<Platform>, Caller(caller): Caller) -> Result<Json<Vec<InstanceInfo>>, ApiError> {
+async fn list_instances(
+    State(platform): State<Platform>,
+    Caller(caller): Caller,
+) -> Result<Json<Vec<InstanceInfo>>, ApiError> {
     Ok(Json(platform.instances.list(&caller).await?))
 }
 
-async fn get_instance(State(platform): State<Platform>, Caller(caller): Caller, Path(id): Path<String>) -> Result<Json<InstanceInfo>, ApiError> {
+async fn get_instance(
+    State(platform): State<Platform>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<InstanceInfo>, ApiError> {
     Ok(Json(platform.instances.get(&caller, &id).await?))
 }
 
-async fn delete_instance(State(platform): State<Platform>, Caller(caller): Caller, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn delete_instance(
+    State(platform): State<Platform>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     Ok(removal_response(platform.instances.delete(&caller, &id).await?))
 }
 
-async fn pause_instance(State(platform): State<Platform>, Caller(caller): Caller, Path(id): Path<String>) -> Result<Json<InstanceInfo>, ApiError> {
+async fn pause_instance(
+    State(platform): State<Platform>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<InstanceInfo>, ApiError> {
     Ok(Json(platform.instances.pause(&caller, &id).await?))
 }
 
-async fn resume_instance(State(platform): State<Platform>, Caller(caller): Caller, Path(id): Path<String>) -> Result<Json<InstanceInfo>, ApiError> {
+async fn resume_instance(
+    State(platform): State<Platform>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<InstanceInfo>, ApiError> {
     Ok(Json(platform.instances.resume(&caller, &id).await?))
 }
 
@@ -404,11 +477,18 @@ async fn instance_logs(
     let axum::extract::Query(query) = query.map_err(|rejection| {
         let text = rejection.body_text();
         let field = if text.contains("since") { "since" } else { "follow" };
-        ApiError::invalid(field, format!("follow must be true or false and since a time such as 2026-11-22T08:00:00Z: {text}"))
+        ApiError::invalid(
+            field,
+            format!("follow must be true or false and since a time such as 2026-11-22T08:00:00Z: {text}"),
+        )
     })?;
     let lines = platform.instances.logs(&caller, &id, query.follow, query.since).await?;
     let events = futures::StreamExt::map(lines, |line| {
-        Ok::<_, std::convert::Infallible>(axum::response::sse::Event::default().json_data(&line).unwrap_or_else(|_| axum::response::sse::Event::default().data(line.text)))
+        Ok::<_, std::convert::Infallible>(
+            axum::response::sse::Event::default()
+                .json_data(&line)
+                .unwrap_or_else(|_| axum::response::sse::Event::default().data(line.text)),
+        )
     });
     Ok(axum::response::sse::Sse::new(events).keep_alive(axum::response::sse::KeepAlive::default()).into_response())
 }
@@ -420,9 +500,14 @@ struct UsageQuery {
 }
 
 /// The start of a usage query's window: `since`, or an hour ago.
-fn usage_since(query: Result<axum::extract::Query<UsageQuery>, axum::extract::rejection::QueryRejection>) -> Result<chrono::DateTime<chrono::Utc>, ApiError> {
+fn usage_since(
+    query: Result<axum::extract::Query<UsageQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<chrono::DateTime<chrono::Utc>, ApiError> {
     let axum::extract::Query(query) = query.map_err(|rejection| {
-        ApiError::invalid("since", format!("since must be a time such as 2026-11-22T08:00:00Z: {}", rejection.body_text()))
+        ApiError::invalid(
+            "since",
+            format!("since must be a time such as 2026-11-22T08:00:00Z: {}", rejection.body_text()),
+        )
     })?;
     Ok(query.since.unwrap_or_else(|| chrono::Utc::now() - chrono::Duration::hours(1)))
 }

@@ -7,7 +7,7 @@
 
 use super::async_spool::{AsyncSpool, SpoolError};
 use super::auth::Principal;
-use super::gateway::{upstream_uri_of, Gateway, GatewayError, Target};
+use super::gateway::{Gateway, GatewayError, Target, upstream_uri_of};
 use super::model::{AsyncAccepted, AsyncState, AsyncStatus, FieldError};
 use super::outbound::OutboundPolicy;
 use super::store::{AsyncCall, AsyncRecord, AttemptResult, NewAsync, Store, StoreError};
@@ -101,7 +101,14 @@ impl AsyncInvocations {
     /// back only where `outbound` allows.
     pub fn new(store: Store, spool: AsyncSpool, gateway: Gateway, outbound: OutboundPolicy) -> AsyncInvocations {
         let kib = usize::try_from(MAX_UPLOADING_BYTES / 1024).unwrap_or(usize::MAX);
-        AsyncInvocations { store, gateway, queued: Arc::new(Notify::new()), outbound, uploading: Arc::new(Semaphore::new(kib)), spool }
+        AsyncInvocations {
+            store,
+            gateway,
+            queued: Arc::new(Notify::new()),
+            outbound,
+            uploading: Arc::new(Semaphore::new(kib)),
+            spool,
+        }
     }
 
     /// Reserves room for a request body of up to `bytes` (its declared length, or the function's
@@ -120,7 +127,13 @@ impl AsyncInvocations {
     /// Queues a request for `target`, which the gateway admitted for `caller`
     /// ([`Gateway::admit`]), streaming `body` to the spool as it arrives: up to the function's
     /// body limit, and the room left in the instance's queue.
-    pub async fn enqueue<S, E>(&self, caller: Option<&Principal>, target: &Target, call: AsyncCall, body: S) -> Result<AsyncAccepted, AsyncError>
+    pub async fn enqueue<S, E>(
+        &self,
+        caller: Option<&Principal>,
+        target: &Target,
+        call: AsyncCall,
+        body: S,
+    ) -> Result<AsyncAccepted, AsyncError>
     where
         S: futures::Stream<Item = Result<hyper::body::Bytes, E>> + Send,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -128,7 +141,10 @@ impl AsyncInvocations {
         if let Some(url) = &call.callback_url {
             let (host, port) = check_callback_url(url).map_err(AsyncError::Invalid)?;
             // Resolved now so the caller hears at once; resolved again when the callback is made.
-            self.outbound.resolve(&host, port).await.map_err(|error| AsyncError::Invalid(FieldError::new("X-Callback-Url", error.to_string())))?;
+            self.outbound
+                .resolve(&host, port)
+                .await
+                .map_err(|error| AsyncError::Invalid(FieldError::new("X-Callback-Url", error.to_string())))?;
         }
         let (count, bytes) = self.store.unfinished_async(target.function_id, target.owner_id).await?;
         let queue_full = |held: String| AsyncError::QueueFull { function: target.function.clone(), held };
@@ -141,7 +157,9 @@ impl AsyncInvocations {
         let id = uuid::Uuid::new_v4().to_string();
         let body_bytes = self.spool.receive(&id, body, limit).await.map_err(|error| match error {
             SpoolError::TooLarge { .. } if limit < target.policy.max_body_bytes => bytes_held(),
-            SpoolError::TooLarge { .. } => GatewayError::TooLarge { function: target.function.clone(), limit: target.policy.max_body_bytes }.into(),
+            SpoolError::TooLarge { .. } => {
+                GatewayError::TooLarge { function: target.function.clone(), limit: target.policy.max_body_bytes }.into()
+            }
             SpoolError::Broken(_) => AsyncError::BodyBroken(error),
             SpoolError::Io { .. } => AsyncError::Spool(error),
         })?;
@@ -181,7 +199,9 @@ impl AsyncInvocations {
         tokio::spawn(async move {
             match this.store.requeue_interrupted_async(Utc::now()).await {
                 Ok(0) => {}
-                Ok(requeued) => tracing::warn!(requeued, "async invocations cut short by a stop of kubefn are queued again"),
+                Ok(requeued) => {
+                    tracing::warn!(requeued, "async invocations cut short by a stop of kubefn are queued again")
+                }
                 Err(error) => tracing::error!(error = %super::error_chain(&error), "cannot requeue async invocations"),
             }
             if let Err(error) = this.sweep_spool().await {
@@ -194,12 +214,17 @@ impl AsyncInvocations {
                     purged_at = Some(std::time::Instant::now());
                     match this.purge_finished(Utc::now()).await {
                         Ok(0) => {}
-                        Ok(deleted) => tracing::info!(deleted, "finished async invocations past their retention deleted"),
-                        Err(error) => tracing::error!(error = %super::error_chain(&error), "cannot delete old async invocations"),
+                        Ok(deleted) => {
+                            tracing::info!(deleted, "finished async invocations past their retention deleted")
+                        }
+                        Err(error) => {
+                            tracing::error!(error = %super::error_chain(&error), "cannot delete old async invocations")
+                        }
                     }
                 }
                 let free = u32::try_from(slots.available_permits()).unwrap_or(0);
-                let claimed = if free == 0 { Ok(Vec::new()) } else { this.store.claim_due_async(Utc::now(), free).await };
+                let claimed =
+                    if free == 0 { Ok(Vec::new()) } else { this.store.claim_due_async(Utc::now(), free).await };
                 match claimed {
                     Ok(records) => {
                         for record in records {
@@ -264,27 +289,45 @@ impl AsyncInvocations {
             },
             None => None,
         };
-        let uri = upstream_uri_of(&record.call.path).map_err(|e| NoAnswer::new(false, format!("the path cannot be sent: {e}")))?;
-        let mut request = http::Request::builder().method(record.call.method.as_str()).uri(uri).header("x-kubefn-async-id", record.id.as_str());
+        let uri = upstream_uri_of(&record.call.path)
+            .map_err(|e| NoAnswer::new(false, format!("the path cannot be sent: {e}")))?;
+        let mut request = http::Request::builder()
+            .method(record.call.method.as_str())
+            .uri(uri)
+            .header("x-kubefn-async-id", record.id.as_str());
         if let Some(content_type) = &record.call.content_type {
             request = request.header(http::header::CONTENT_TYPE, content_type.as_str());
         }
         // Read from the spool as it is sent, never whole; a body queued before bodies moved
         // there is still inline.
         let body: http_body_util::combinators::BoxBody<hyper::body::Bytes, std::io::Error> = if record.body_spooled {
-            let chunks = self.spool.body(&record.id).await.map_err(|e| NoAnswer::new(false, format!("the queued request body is gone: {}", super::error_chain(&e))))?;
+            let chunks = self.spool.body(&record.id).await.map_err(|e| {
+                NoAnswer::new(false, format!("the queued request body is gone: {}", super::error_chain(&e)))
+            })?;
             http_body_util::StreamBody::new(chunks.map_ok(hyper::body::Frame::data)).boxed()
         } else {
-            http_body_util::Full::new(hyper::body::Bytes::from(record.inline_body.clone())).map_err(|never| match never {}).boxed()
+            http_body_util::Full::new(hyper::body::Bytes::from(record.inline_body.clone()))
+                .map_err(|never| match never {})
+                .boxed()
         };
-        let request = request.body(body).map_err(|e| NoAnswer::new(false, format!("the request cannot be built: {e}")))?;
-        let response = self.gateway.invoke(caller.as_ref(), &record.user, &record.function, request, None).await.map_err(|error| {
-            // Unavailable, overloaded or broken on the way: worth another try; refusals are not.
-            NoAnswer::new(error.is_transient(), super::error_chain(&error))
-        })?;
+        let request =
+            request.body(body).map_err(|e| NoAnswer::new(false, format!("the request cannot be built: {e}")))?;
+        let response =
+            self.gateway.invoke(caller.as_ref(), &record.user, &record.function, request, None).await.map_err(
+                |error| {
+                    // Unavailable, overloaded or broken on the way: worth another try; refusals are not.
+                    NoAnswer::new(error.is_transient(), super::error_chain(&error))
+                },
+            )?;
         let status = response.status().as_u16();
-        let content_type = response.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
-        let body = response.into_body().read_start(RESPONSE_KEPT).await.map_err(|e| NoAnswer::new(true, format!("the answer broke off: {e}")))?.bytes;
+        let content_type =
+            response.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let body = response
+            .into_body()
+            .read_start(RESPONSE_KEPT)
+            .await
+            .map_err(|e| NoAnswer::new(true, format!("the answer broke off: {e}")))?
+            .bytes;
         Ok(Answered { status, body, content_type })
     }
 }
@@ -326,7 +369,11 @@ pub fn attempt_result(attempts: u32, outcome: Result<Answered, NoAnswer>, now: D
     };
     let (status, response, response_type, retryable, error) = match outcome {
         Ok(Answered { status, body, content_type }) => {
-            let error = if status < 400 { String::new() } else { format!("attempt {attempts}: the function answered {status}") };
+            let error = if status < 400 {
+                String::new()
+            } else {
+                format!("attempt {attempts}: the function answered {status}")
+            };
             (Some(status), Some(body), content_type, status >= 500 || status == 429, error)
         }
         Err(NoAnswer { retryable, reason }) => (None, None, None, retryable, format!("attempt {attempts}: {reason}")),
@@ -351,10 +398,13 @@ pub fn attempt_result(attempts: u32, outcome: Result<Answered, NoAnswer>, now: D
 
 /// Checks an `X-Callback-Url`: an absolute `http://` URL; its host and port.
 pub fn check_callback_url(url: &str) -> Result<(String, u16), FieldError> {
-    let field = || FieldError::new("X-Callback-Url", format!("X-Callback-Url must be an absolute http:// URL (got {url:?})"));
+    let field =
+        || FieldError::new("X-Callback-Url", format!("X-Callback-Url must be an absolute http:// URL (got {url:?})"));
     let uri: http::Uri = url.parse().map_err(|_| field())?;
     match uri.host() {
-        Some(host) if uri.scheme_str() == Some("http") && !host.is_empty() => Ok((host.to_string(), uri.port_u16().unwrap_or(80))),
+        Some(host) if uri.scheme_str() == Some("http") && !host.is_empty() => {
+            Ok((host.to_string(), uri.port_u16().unwrap_or(80)))
+        }
         _ => Err(field()),
     }
 }
@@ -385,7 +435,8 @@ async fn post_callback(outbound: &OutboundPolicy, url: &str, id: &str, result: &
         .await
         .map_err(|_| format!("cannot connect to {host}:{port} within 10 s"))?
         .map_err(|e| format!("cannot connect to {host}:{port}: {e}"))?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
     tokio::spawn(async move {
         let _ = connection.await;
     });
@@ -421,7 +472,8 @@ mod tests {
     #[test]
     fn failures_worth_retrying_are_retried_with_doubling_waits_until_the_last_attempt() {
         let now = Utc::now();
-        let answered = |status: u16| Ok(Answered { status, body: b"body".to_vec(), content_type: Some("text/plain".into()) });
+        let answered =
+            |status: u16| Ok(Answered { status, body: b"body".to_vec(), content_type: Some("text/plain".into()) });
         let ok = attempt_result(1, answered(200), now);
         assert_eq!((ok.state, ok.status, ok.finished_at), (AsyncState::Succeeded, Some(200), Some(now)));
         let crashed = attempt_result(1, answered(500), now);
@@ -429,11 +481,18 @@ mod tests {
         assert_eq!(crashed.next_attempt_at, Some(now + chrono::Duration::seconds(1)));
         assert_eq!(attempt_result(3, answered(429), now).next_attempt_at, Some(now + chrono::Duration::seconds(4)));
         let unavailable = attempt_result(2, Err(NoAnswer::new(true, "the instance is Paused")), now);
-        assert_eq!((unavailable.state, unavailable.next_attempt_at), (AsyncState::Queued, Some(now + chrono::Duration::seconds(2))));
+        assert_eq!(
+            (unavailable.state, unavailable.next_attempt_at),
+            (AsyncState::Queued, Some(now + chrono::Duration::seconds(2)))
+        );
         assert!(unavailable.error.contains("attempt 2: the instance is Paused"));
         assert_eq!(attempt_result(MAX_ATTEMPTS, answered(503), now).state, AsyncState::Failed, "the last attempt");
         let refused = attempt_result(1, answered(400), now);
-        assert_eq!((refused.state, refused.next_attempt_at), (AsyncState::Failed, None), "a 4xx will not change by retrying");
+        assert_eq!(
+            (refused.state, refused.next_attempt_at),
+            (AsyncState::Failed, None),
+            "a 4xx will not change by retrying"
+        );
         assert_eq!(attempt_result(1, Err(NoAnswer::new(false, "gone")), now).state, AsyncState::Failed);
     }
 

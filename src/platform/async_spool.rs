@@ -5,8 +5,8 @@
 //! Files that no unfinished invocation names (a crash between the write and the insert) are
 //! swept when the worker starts.
 
-use hyper::body::Bytes;
 use futures::{Stream, StreamExt};
+use hyper::body::Bytes;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -71,16 +71,25 @@ impl AsyncSpool {
     {
         let partial = Partial(self.dir.join(format!("{id}{PARTIAL}")));
         let bytes = write_at_most(&partial.0, body, limit).await?;
-        tokio::fs::rename(&partial.0, self.path(id))
-            .await
-            .map_err(|source| SpoolError::Io { action: "keep the async request body", path: self.path(id), source })?;
+        tokio::fs::rename(&partial.0, self.path(id)).await.map_err(|source| SpoolError::Io {
+            action: "keep the async request body",
+            path: self.path(id),
+            source,
+        })?;
         Ok(bytes)
     }
 
     /// Invocation `id`'s body, as a stream of chunks read from disk.
-    pub async fn body(&self, id: &str) -> Result<impl Stream<Item = Result<Bytes, std::io::Error>> + Send + use<>, SpoolError> {
+    pub async fn body(
+        &self,
+        id: &str,
+    ) -> Result<impl Stream<Item = Result<Bytes, std::io::Error>> + Send + use<>, SpoolError> {
         let path = self.path(id);
-        let file = tokio::fs::File::open(&path).await.map_err(|source| SpoolError::Io { action: "read the async request body", path, source })?;
+        let file = tokio::fs::File::open(&path).await.map_err(|source| SpoolError::Io {
+            action: "read the async request body",
+            path,
+            source,
+        })?;
         Ok(futures::stream::try_unfold(file, |mut file| async move {
             let mut chunk = vec![0; CHUNK];
             let read = file.read(&mut chunk).await?;
@@ -129,7 +138,13 @@ where
     E: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let io = |action| move |source| SpoolError::Io { action, path: path.to_path_buf(), source };
-    let mut file = tokio::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).await.map_err(io("create"))?;
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .await
+        .map_err(io("create"))?;
     let mut written: u64 = 0;
     let mut body = std::pin::pin!(body);
     while let Some(chunk) = body.next().await {
@@ -184,8 +199,10 @@ mod tests {
         assert!(matches!(refused, SpoolError::TooLarge { limit: 5 }), "{refused}");
         let broken = futures::stream::iter([Ok(Bytes::from_static(b"part")), Err(std::io::Error::other("reset"))]);
         assert!(matches!(spool.receive("broken", broken, 100).await, Err(SpoolError::Broken(_))));
-        let never_ends = futures::stream::iter([Ok::<_, std::io::Error>(Bytes::from_static(b"part"))]).chain(futures::stream::pending());
-        let cut = tokio::time::timeout(std::time::Duration::from_millis(50), spool.receive("cut", never_ends, 100)).await;
+        let never_ends = futures::stream::iter([Ok::<_, std::io::Error>(Bytes::from_static(b"part"))])
+            .chain(futures::stream::pending());
+        let cut =
+            tokio::time::timeout(std::time::Duration::from_millis(50), spool.receive("cut", never_ends, 100)).await;
         assert!(cut.is_err(), "the client went away half-way");
         assert_eq!(std::fs::read_dir(dir.path()).expect("list").count(), 0, "no file, partial or whole, is left");
     }

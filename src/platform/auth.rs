@@ -6,11 +6,11 @@
 
 use super::model::{FieldError, NewToken, Role, TokenInfo, UserInfo};
 use super::store::{Store, StoreError, UserRecord};
-use super::validation::{check_name, check_password, MAX_USER_NAME};
+use super::validation::{MAX_USER_NAME, check_name, check_password};
+use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
-use parking_lot::Mutex;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -181,9 +181,11 @@ impl Accounts {
         check_name("name", name, MAX_USER_NAME).map_err(AuthError::Invalid)?;
         check_password(password).map_err(AuthError::Invalid)?;
         if let Some(existing) = self.store.user_by_name(name).await?
-            && existing.role == Role::Admin && verify_password(password, &existing.password_hash).await? {
-                return Ok(existing);
-            }
+            && existing.role == Role::Admin
+            && verify_password(password, &existing.password_hash).await?
+        {
+            return Ok(existing);
+        }
         let hash = hash_password(password).await?;
         Ok(self.store.upsert_user(name, &hash, Role::Admin).await?)
     }
@@ -191,7 +193,11 @@ impl Accounts {
     /// Checks a log-in attempt from `client` against the rate limit and the stored hash.
     /// `Ok(None)` is a wrong name or password; every failure counts against the name from this
     /// client and against the client.
-    pub async fn log_in(&self, credentials: Credentials, client: Option<IpAddr>) -> Result<Option<UserRecord>, AuthError> {
+    pub async fn log_in(
+        &self,
+        credentials: Credentials,
+        client: Option<IpAddr>,
+    ) -> Result<Option<UserRecord>, AuthError> {
         let keys = log_in_keys(&credentials.name, client);
         if let Some(wait) = self.failed_log_ins.blocked_for(&keys, Instant::now()) {
             return Err(AuthError::RateLimited { retry_after_s: wait.as_secs().max(1) });
@@ -234,10 +240,14 @@ impl Accounts {
     pub async fn create_token(&self, owner: &Principal, name: &str) -> Result<NewToken, AuthError> {
         let name = name.trim();
         if name.is_empty() || name.len() > 100 {
-            return Err(AuthError::Invalid(FieldError::new("name", "name must be 1 to 100 characters, e.g. \"ci\" or \"laptop\"")));
+            return Err(AuthError::Invalid(FieldError::new(
+                "name",
+                "name must be 1 to 100 characters, e.g. \"ci\" or \"laptop\"",
+            )));
         }
         let mut random = [0u8; 32];
-        getrandom::fill(&mut random).map_err(|e| AuthError::Invalid(FieldError::new("name", format!("no randomness available: {e}"))))?;
+        getrandom::fill(&mut random)
+            .map_err(|e| AuthError::Invalid(FieldError::new("name", format!("no randomness available: {e}"))))?;
         let secret = format!("{TOKEN_PREFIX}{}", hex(&random));
         let info = self.store.insert_token(owner.id, name, &token_hash(&secret)).await?;
         Ok(NewToken { info, token: secret })
@@ -250,11 +260,7 @@ impl Accounts {
 
     /// Revokes one of the caller's tokens.
     pub async fn revoke_token(&self, owner: &Principal, id: i64) -> Result<(), AuthError> {
-        if self.store.delete_token(owner.id, id).await? {
-            Ok(())
-        } else {
-            Err(AuthError::NoSuchToken { id })
-        }
+        if self.store.delete_token(owner.id, id).await? { Ok(()) } else { Err(AuthError::NoSuchToken { id }) }
     }
 }
 
@@ -276,7 +282,9 @@ impl HashingSlots {
     /// kubefn's: one hash per core, [`MAX_WAITING_HASHES`] waiting.
     fn shared() -> &'static HashingSlots {
         static SLOTS: OnceLock<HashingSlots> = OnceLock::new();
-        SLOTS.get_or_init(|| HashingSlots::new(std::thread::available_parallelism().map_or(2, usize::from), MAX_WAITING_HASHES))
+        SLOTS.get_or_init(|| {
+            HashingSlots::new(std::thread::available_parallelism().map_or(2, usize::from), MAX_WAITING_HASHES)
+        })
     }
 
     /// Runs `work` on a blocking thread once a slot is free.
@@ -331,7 +339,10 @@ fn hex(bytes: &[u8]) -> String {
 /// first, then the client whatever the name.
 fn log_in_keys(name: &str, client: Option<IpAddr>) -> Vec<(String, usize)> {
     let client = client_key(client);
-    vec![(format!("login:{name}@{client}"), MAX_FAILURES_PER_USER), (format!("client:{client}"), MAX_FAILURES_PER_CLIENT)]
+    vec![
+        (format!("login:{name}@{client}"), MAX_FAILURES_PER_USER),
+        (format!("client:{client}"), MAX_FAILURES_PER_CLIENT),
+    ]
 }
 
 /// A client's address as a key; requests without one (built in-process) share `-`.

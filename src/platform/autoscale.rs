@@ -199,7 +199,10 @@ impl Autoscaler {
             let start = current.saturating_sub(added).max(1);
             let limit = (start * 2).max(start + 4);
             if desired > limit {
-                reason = format!("{reason}; limited to {limit} this period (at most double or +4 per {} s)", self.config.scale_up_period.as_secs());
+                reason = format!(
+                    "{reason}; limited to {limit} this period (at most double or +4 per {} s)",
+                    self.config.scale_up_period.as_secs()
+                );
                 desired = limit.max(current);
             }
             if desired > current {
@@ -260,7 +263,10 @@ mod tests {
             "wants 3 replica(s) (runs 1): CPU utilization 200 against target 50, memory utilization 40 against target 80, \
              requests in flight not measured yet (target 10)"
         );
-        assert_eq!(AutoscalerStatus { current: 1, desired: 1, metrics: vec![cpu(50.0, &[]).reading()] }.load_percent(), None);
+        assert_eq!(
+            AutoscalerStatus { current: 1, desired: 1, metrics: vec![cpu(50.0, &[]).reading()] }.load_percent(),
+            None
+        );
     }
 
     #[test]
@@ -283,7 +289,8 @@ mod tests {
     #[test]
     fn the_largest_metric_proposal_wins() {
         let mut hpa = Autoscaler::new(AutoscalerConfig::default());
-        let in_flight = MetricSample { kind: MetricKind::RequestsInFlight, target: 10.0, per_replica: vec![30.0, 30.0] };
+        let in_flight =
+            MetricSample { kind: MetricKind::RequestsInFlight, target: 10.0, per_replica: vec![30.0, 30.0] };
         let decision = hpa.decide(Instant::now(), 2, 1, 20, &[cpu(70.0, &[140.0, 140.0]), in_flight]);
         assert_eq!(decision.desired, 6);
         assert!(decision.reason.contains("requests in flight"));

@@ -21,15 +21,15 @@ use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response, Uri};
 use http_body_util::BodyExt;
 use hyper::body::{Buf, Bytes, Incoming};
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
-use parking_lot::Mutex;
-use std::sync::Arc;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -45,7 +45,9 @@ pub enum GatewayError {
         function: String,
     },
     /// The function may only be invoked with credentials, and there were none.
-    #[error("invoking {function} needs a kubefn session or an API token (\"Authorization: Bearer …\"); a call from another site or port never uses the session")]
+    #[error(
+        "invoking {function} needs a kubefn session or an API token (\"Authorization: Bearer …\"); a call from another site or port never uses the session"
+    )]
     Unauthenticated {
         /// The function in the path.
         function: String,
@@ -59,7 +61,9 @@ pub enum GatewayError {
         limit: u64,
     },
     /// The instance serves its most requests at once.
-    #[error("the instance is serving its limit of {limit} requests at once; retry in {retry_after_s} s, or raise invoke.max_in_flight_per_replica")]
+    #[error(
+        "the instance is serving its limit of {limit} requests at once; retry in {retry_after_s} s, or raise invoke.max_in_flight_per_replica"
+    )]
     TooBusy {
         /// The instance's limit now (per replica × ready replicas).
         limit: u64,
@@ -99,12 +103,24 @@ impl GatewayError {
     /// or broken on the way, rather than the call refused (no instance, no credentials, a body
     /// over the limit). The async worker retries these.
     pub fn is_transient(&self) -> bool {
-        !matches!(self, GatewayError::NoInstance { .. } | GatewayError::Unauthenticated { .. } | GatewayError::TooLarge { .. })
+        !matches!(
+            self,
+            GatewayError::NoInstance { .. } | GatewayError::Unauthenticated { .. } | GatewayError::TooLarge { .. }
+        )
     }
 }
 
 /// Headers that describe one hop, not the request (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&str; 8] = ["connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade"];
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
 
 /// The invocation proxy; cheap to clone.
 #[derive(Clone)]
@@ -164,7 +180,10 @@ impl hyper::body::Body for Answer {
     type Data = hyper::body::Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
         Pin::new(&mut self.body).poll_frame(cx)
     }
 
@@ -251,14 +270,18 @@ impl Gateway {
     pub async fn admit(&self, caller: Option<&Principal>, user: &str, function: &str) -> Result<Target, GatewayError> {
         let no_instance = || GatewayError::NoInstance { user: user.to_string(), function: function.to_string() };
         let row = self.store.invocation(user, function).await?.ok_or_else(no_instance)?;
-        let policy: InvokePolicy = row.invoke.as_deref().and_then(|json| serde_json::from_str(json).ok()).unwrap_or_default();
-        let timeout_s = row.timeout_s.and_then(|t| u32::try_from(t).ok()).unwrap_or(crate::platform::model::DEFAULT_TIMEOUT_S);
+        let policy: InvokePolicy =
+            row.invoke.as_deref().and_then(|json| serde_json::from_str(json).ok()).unwrap_or_default();
+        let timeout_s =
+            row.timeout_s.and_then(|t| u32::try_from(t).ok()).unwrap_or(crate::platform::model::DEFAULT_TIMEOUT_S);
         match (policy.access, caller) {
             (InvokeAccess::Public, _) => {}
             (_, None) => return Err(GatewayError::Unauthenticated { function: function.to_string() }),
             (InvokeAccess::Token, Some(_)) => {}
             // Another user learns nothing, not even that the instance exists.
-            (InvokeAccess::Owner, Some(caller)) if row.owner_id != caller.id && !caller.is_admin() => return Err(no_instance()),
+            (InvokeAccess::Owner, Some(caller)) if row.owner_id != caller.id && !caller.is_admin() => {
+                return Err(no_instance());
+            }
             (InvokeAccess::Owner, Some(_)) => {}
         }
         let instance_id = row.instance_id.ok_or_else(no_instance)?;
@@ -291,7 +314,11 @@ impl Gateway {
     {
         let Target { instance_id, paused, timeout_s, policy, .. } = self.admit(caller, user, function).await?;
         let labels = InstanceLabels::new(function, user);
-        let declared_length = request.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        let declared_length = request
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
         if declared_length.is_some_and(|length| length > policy.max_body_bytes) {
             self.metrics.rejected(&labels, Rejection::TooLarge);
             return Err(GatewayError::TooLarge { function: function.to_string(), limit: policy.max_body_bytes });
@@ -317,7 +344,8 @@ impl Gateway {
             self.metrics.cold_start(&labels);
         }
         let started = Instant::now();
-        let answer = self.forward(&instance_id, generation, request, client, timeout_s, policy.max_body_bytes, function).await;
+        let answer =
+            self.forward(&instance_id, generation, request, client, timeout_s, policy.max_body_bytes, function).await;
         let failed = answer.as_ref().map_or(true, |response| response.status().is_server_error());
         let counted = !matches!(answer, Err(GatewayError::TooLarge { .. }));
         if counted {
@@ -371,7 +399,8 @@ impl Gateway {
             }
         };
         // A body without a length (chunked) is cut at the limit as it streams.
-        let request = request.map(|body| http_body_util::Limited::new(body, usize::try_from(max_body_bytes).unwrap_or(usize::MAX)));
+        let request = request
+            .map(|body| http_body_util::Limited::new(body, usize::try_from(max_body_bytes).unwrap_or(usize::MAX)));
         let forward = async {
             if let Some(protocol) = upgrade {
                 let mut request = request;
@@ -379,9 +408,10 @@ impl Gateway {
                 request.headers_mut().insert(http::header::UPGRADE, protocol);
                 let stream = tokio::net::TcpStream::connect(address).await.map_err(GatewayError::Connect)?;
                 let _ = stream.set_nodelay(true);
-                let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                    .await
-                    .map_err(|error| GatewayError::Upstream(error.into()))?;
+                let (mut sender, connection) =
+                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                        .await
+                        .map_err(|error| GatewayError::Upstream(error.into()))?;
                 // Drives the connection until the upgrade ends.
                 tokio::spawn(async move {
                     let _ = connection.with_upgrades().await;
@@ -390,14 +420,21 @@ impl Gateway {
             }
             let (mut parts, body) = request.into_parts();
             let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-            parts.uri = format!("http://{address}{path}").parse().map_err(|error: http::uri::InvalidUri| GatewayError::Upstream(error.into()))?;
-            let body = body.map_frame(|frame| frame.map_data(|mut data| data.copy_to_bytes(data.remaining()))).boxed_unsync();
-            self.pooled_client(id, generation).request(Request::from_parts(parts, body)).await.map_err(|error| upstream_error(error.into()))
+            parts.uri = format!("http://{address}{path}")
+                .parse()
+                .map_err(|error: http::uri::InvalidUri| GatewayError::Upstream(error.into()))?;
+            let body =
+                body.map_frame(|frame| frame.map_data(|mut data| data.copy_to_bytes(data.remaining()))).boxed_unsync();
+            self.pooled_client(id, generation)
+                .request(Request::from_parts(parts, body))
+                .await
+                .map_err(|error| upstream_error(error.into()))
         };
         // The function's own timeout plus a little for a cold start; the bootstrap answers 504
         // itself at its timeout, this bounds a replica that does not answer at all.
         let limit = Duration::from_secs(u64::from(timeout_s) + 5);
-        let mut response = tokio::time::timeout(limit, forward).await.map_err(|_| GatewayError::Timeout { seconds: timeout_s })??;
+        let mut response =
+            tokio::time::timeout(limit, forward).await.map_err(|_| GatewayError::Timeout { seconds: timeout_s })??;
         if response.status() == http::StatusCode::SWITCHING_PROTOCOLS
             && let Some(client_upgrade) = client_upgrade
         {
@@ -405,10 +442,13 @@ impl Gateway {
             tokio::spawn(async move {
                 match (client_upgrade.await, upstream_upgrade.await) {
                     (Ok(client), Ok(upstream)) => {
-                        let (mut client, mut upstream) = (hyper_util::rt::TokioIo::new(client), hyper_util::rt::TokioIo::new(upstream));
+                        let (mut client, mut upstream) =
+                            (hyper_util::rt::TokioIo::new(client), hyper_util::rt::TokioIo::new(upstream));
                         let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
                     }
-                    (Err(error), _) | (_, Err(error)) => tracing::debug!(%error, "an upgraded connection could not be joined"),
+                    (Err(error), _) | (_, Err(error)) => {
+                        tracing::debug!(%error, "an upgraded connection could not be joined")
+                    }
                 }
             });
             // The 101 keeps the headers that say what the connection became.

@@ -5,18 +5,19 @@
 
 use crate::platform::auth::Principal;
 use crate::platform::metrics::{GatewayMetrics, InstanceLabels};
+use crate::platform::model::UsageSample;
 use crate::platform::model::{
-    AdminOverview, EventInfo, FieldError, FunctionSpec, Quota, QuotaReport, InstanceEvent, InstanceInfo, InstanceState, InstanceUrls, NamedUsage, PlatformHealth, ReplicaCounts, UsageReport, SCALING_REASONS,
+    AdminOverview, EventInfo, FieldError, FunctionSpec, InstanceEvent, InstanceInfo, InstanceState, InstanceUrls,
+    NamedUsage, PlatformHealth, Quota, QuotaReport, ReplicaCounts, SCALING_REASONS, UsageReport,
 };
-use crate::platform::usage_report;
 use crate::platform::quotas::{Footprint, QuotaError, Quotas};
 use crate::platform::registry::{Registry, RegistryError};
 use crate::platform::runtime::{ApplyMode, InstanceSpec, LogStream, Runtime, RuntimeError, RuntimeStatus};
 use crate::platform::store::{InstanceRecord, Store, StoreError};
-use std::collections::{HashMap, HashSet};
-use crate::platform::model::UsageSample;
+use crate::platform::usage_report;
 use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -185,9 +186,25 @@ impl std::fmt::Debug for Instances {
 
 impl Instances {
     /// Instances over `store`, run by `runtime`, their invocations counted in `invocations`.
-    pub fn new(store: Store, registry: Registry, runtime: Arc<dyn Runtime>, invocations: Arc<GatewayMetrics>) -> Instances {
+    pub fn new(
+        store: Store,
+        registry: Registry,
+        runtime: Arc<dyn Runtime>,
+        invocations: Arc<GatewayMetrics>,
+    ) -> Instances {
         let wake = registry.current_version_changed();
-        Instances { quotas: Quotas::new(store.clone()), store, registry, runtime, invocations, wake, meters: Arc::default(), changes: Arc::default(), removing: Arc::default(), follows: Arc::default() }
+        Instances {
+            quotas: Quotas::new(store.clone()),
+            store,
+            registry,
+            runtime,
+            invocations,
+            wake,
+            meters: Arc::default(),
+            changes: Arc::default(),
+            removing: Arc::default(),
+            follows: Arc::default(),
+        }
     }
 
     /// The runtime's name (`local` or `kubernetes`).
@@ -202,7 +219,12 @@ impl Instances {
     /// someone else's function stays on the version it was deployed with, unless `choice` says
     /// to follow the owner's updates: an owner must not be able to roll new code into the
     /// instances of users who never asked for it. `None` keeps an existing instance's choice.
-    pub async fn deploy(&self, caller: &Principal, function: &str, choice: Option<VersionChoice>) -> InstanceResult<(InstanceInfo, bool)> {
+    pub async fn deploy(
+        &self,
+        caller: &Principal,
+        function: &str,
+        choice: Option<VersionChoice>,
+    ) -> InstanceResult<(InstanceInfo, bool)> {
         let _changing = self.changes.lock().await;
         let record = self.registry.find_visible(caller, function).await?;
         let existing = self.store.instance_of(record.id, caller.id).await?;
@@ -234,20 +256,25 @@ impl Instances {
             (None, None) => record.current_version,
         };
         let spec = self.version_spec(record.id, version, &record.name).await.map_err(|error| match error {
-            InstanceError::Function(RegistryError::NoSuchVersion { .. }) => {
-                InstanceError::Invalid(FieldError::new("version", format!("{} has no version {version}; see its versions", record.name)))
-            }
+            InstanceError::Function(RegistryError::NoSuchVersion { .. }) => InstanceError::Invalid(FieldError::new(
+                "version",
+                format!("{} has no version {version}; see its versions", record.name),
+            )),
             other => other,
         })?;
         self.runtime.check(&spec).map_err(InstanceError::Unsupported)?;
         let replicas = spec.scaling.min.max(1);
         let planned = Footprint::of(&spec, existing.as_ref().map_or(replicas, |e| e.replicas));
         self.check_quota(caller.id, existing.as_ref().map(|e| e.id.as_str()), planned).await?;
-        let (instance, created) = self.store.upsert_instance(record.id, caller.id, version, replicas, pin.flatten()).await?;
+        let (instance, created) =
+            self.store.upsert_instance(record.id, caller.id, version, replicas, pin.flatten()).await?;
         let mut instance = match (created, pin) {
             (false, Some(pin)) => {
                 self.store.set_instance_pin(&instance.id, pin).await?;
-                self.store.instance(&instance.id).await?.ok_or_else(|| InstanceError::NotFound { id: instance.id.clone() })?
+                self.store
+                    .instance(&instance.id)
+                    .await?
+                    .ok_or_else(|| InstanceError::NotFound { id: instance.id.clone() })?
             }
             _ => instance,
         };
@@ -325,7 +352,10 @@ impl Instances {
     pub async fn scale(&self, caller: &Principal, id: &str, replicas: u32) -> InstanceResult<InstanceInfo> {
         let _changing = self.changes.lock().await;
         if replicas > MAX_REPLICAS {
-            return Err(InstanceError::Invalid(FieldError::new("replicas", format!("replicas must be between 0 and {MAX_REPLICAS}"))));
+            return Err(InstanceError::Invalid(FieldError::new(
+                "replicas",
+                format!("replicas must be between 0 and {MAX_REPLICAS}"),
+            )));
         }
         let mut instance = self.owned(caller, id).await?;
         let spec = self.version_spec(instance.function_id, instance.function_version, &instance.function).await?;
@@ -372,11 +402,22 @@ impl Instances {
     }
 
     /// The instance's usage since `since` with the scaling events in that window, for its charts.
-    pub async fn usage_report(&self, caller: &Principal, id: &str, since: DateTime<Utc>) -> InstanceResult<UsageReport> {
+    pub async fn usage_report(
+        &self,
+        caller: &Principal,
+        id: &str,
+        since: DateTime<Utc>,
+    ) -> InstanceResult<UsageReport> {
         let instance = self.owned(caller, id).await?;
         let samples = self.store.usage(&instance.id, since).await?;
-        let events = self.store.events_with_reasons(Some(&instance.id), &SCALING_REASONS, since, SCALING_EVENTS_SHOWN).await?;
-        Ok(UsageReport { since, until: Utc::now(), samples, scaling_events: events.into_iter().map(|(_, event)| event).collect() })
+        let events =
+            self.store.events_with_reasons(Some(&instance.id), &SCALING_REASONS, since, SCALING_EVENTS_SHOWN).await?;
+        Ok(UsageReport {
+            since,
+            until: Utc::now(),
+            samples,
+            scaling_events: events.into_iter().map(|(_, event)| event).collect(),
+        })
     }
 
     /// Everyone's instances and usage since `since`, for the admin dashboard; admins only.
@@ -390,14 +431,21 @@ impl Instances {
         let samples = self.store.usage_of_all(since).await?;
         let users = self.store.users().await?;
         let samples_of = |instance: &InstanceInfo| samples.get(&instance.id).map_or(&[][..], Vec::as_slice);
-        let usage_where = |keep: &dyn Fn(&InstanceInfo) -> bool| usage_report::totals(instances.iter().filter(|i| keep(i)).map(|i| (i, samples_of(i))));
+        let usage_where = |keep: &dyn Fn(&InstanceInfo) -> bool| {
+            usage_report::totals(instances.iter().filter(|i| keep(i)).map(|i| (i, samples_of(i))))
+        };
 
-        let users = users.iter().map(|user| NamedUsage { name: user.name.clone(), totals: usage_where(&|i| i.user == user.name) }).collect();
+        let users = users
+            .iter()
+            .map(|user| NamedUsage { name: user.name.clone(), totals: usage_where(&|i| i.user == user.name) })
+            .collect();
         let mut function_names: Vec<&str> = instances.iter().map(|i| i.function.as_str()).collect();
         function_names.sort_unstable();
         function_names.dedup();
-        let mut top_functions: Vec<NamedUsage> =
-            function_names.iter().map(|name| NamedUsage { name: name.to_string(), totals: usage_where(&|i| i.function == *name) }).collect();
+        let mut top_functions: Vec<NamedUsage> = function_names
+            .iter()
+            .map(|name| NamedUsage { name: name.to_string(), totals: usage_where(&|i| i.function == *name) })
+            .collect();
         top_functions.sort_by(|a, b| b.totals.invocations.cmp(&a.totals.invocations).then_with(|| a.name.cmp(&b.name)));
         top_functions.truncate(TOP_FUNCTIONS_SHOWN);
 
@@ -407,14 +455,21 @@ impl Instances {
             .events_with_reasons(None, &SCALING_REASONS, since, SCALING_EVENTS_SHOWN)
             .await?
             .into_iter()
-            .filter_map(|(id, event)| by_id.get(id.as_str()).map(|i| InstanceEvent { user: i.user.clone(), function: i.function.clone(), event }))
+            .filter_map(|(id, event)| {
+                by_id.get(id.as_str()).map(|i| InstanceEvent {
+                    user: i.user.clone(),
+                    function: i.function.clone(),
+                    event,
+                })
+            })
             .collect();
         let mut instances_by_state = std::collections::BTreeMap::new();
         for instance in &instances {
             *instances_by_state.entry(instance.state.as_str().to_string()).or_insert(0) += 1;
         }
         let running: HashSet<String> = self.runtime.instance_ids().into_iter().collect();
-        let instances_unreported = u32::try_from(instances.iter().filter(|i| !running.contains(&i.id)).count()).unwrap_or(u32::MAX);
+        let instances_unreported =
+            u32::try_from(instances.iter().filter(|i| !running.contains(&i.id)).count()).unwrap_or(u32::MAX);
         let all: Vec<&[UsageSample]> = instances.iter().map(samples_of).collect();
         Ok(AdminOverview {
             since,
@@ -436,10 +491,19 @@ impl Instances {
     }
 
     /// The instance's log lines (from `since` on, when given); with `follow`, new ones as they come.
-    pub async fn logs(&self, caller: &Principal, id: &str, follow: bool, since: Option<DateTime<Utc>>) -> InstanceResult<LogStream> {
+    pub async fn logs(
+        &self,
+        caller: &Principal,
+        id: &str,
+        follow: bool,
+        since: Option<DateTime<Utc>>,
+    ) -> InstanceResult<LogStream> {
         let instance = self.owned(caller, id).await?;
         let slot = match follow {
-            true => Some(FollowSlot::take(&self.follows, caller.id).ok_or(InstanceError::TooManyFollows { limit: MAX_FOLLOWS_PER_USER })?),
+            true => Some(
+                FollowSlot::take(&self.follows, caller.id)
+                    .ok_or(InstanceError::TooManyFollows { limit: MAX_FOLLOWS_PER_USER })?,
+            ),
             false => None,
         };
         match self.runtime.logs(&instance.id, follow, since) {
@@ -582,16 +646,21 @@ impl Instances {
     /// their followers' use. Past the quota, the instance stops following and stays on the
     /// version it runs, with a Warning event that says why; its user may follow again (a deploy
     /// with `follow_updates`, checked against the quota) once there is room.
-    async fn follow_within_quota(&self, record: InstanceRecord, spec: FunctionSpec) -> InstanceResult<(InstanceRecord, FunctionSpec)> {
+    async fn follow_within_quota(
+        &self,
+        record: InstanceRecord,
+        spec: FunctionSpec,
+    ) -> InstanceResult<(InstanceRecord, FunctionSpec)> {
         let moving = !record.pinned && record.desired_version != 0 && record.desired_version != record.function_version;
         if !moving {
             return Ok((record, spec));
         }
-        let refusal = match self.check_quota(record.user_id, Some(&record.id), Footprint::of(&spec, record.replicas)).await {
-            Ok(()) => return Ok((record, spec)),
-            Err(InstanceError::Quota(refusal @ QuotaError::Exceeded { .. })) => refusal,
-            Err(other) => return Err(other),
-        };
+        let refusal =
+            match self.check_quota(record.user_id, Some(&record.id), Footprint::of(&spec, record.replicas)).await {
+                Ok(()) => return Ok((record, spec)),
+                Err(InstanceError::Quota(refusal @ QuotaError::Exceeded { .. })) => refusal,
+                Err(other) => return Err(other),
+            };
         let owner = self.store.function_by_id(record.function_id).await?.map(|f| f.owner_id);
         if owner == Some(record.user_id) {
             // The owner's own change was checked when they made it.
@@ -599,14 +668,19 @@ impl Instances {
         }
         let (stay, new) = (record.desired_version, record.function_version);
         let why = match &refusal {
-            QuotaError::Exceeded { limit, quota, would_be, .. } => format!("v{new} would make {would_be} {limit}, over your quota of {quota}"),
+            QuotaError::Exceeded { limit, quota, would_be, .. } => {
+                format!("v{new} would make {would_be} {limit}, over your quota of {quota}")
+            }
             other => other.to_string(),
         };
         let event = EventInfo {
             at: Utc::now(),
             kind: "Warning".into(),
             reason: "OverQuota".into(),
-            message: format!("stopped following {}'s updates and stays on v{stay}: {why}; follow again once there is room", record.function),
+            message: format!(
+                "stopped following {}'s updates and stays on v{stay}: {why}; follow again once there is room",
+                record.function
+            ),
         };
         // The event first: whoever sees the instance pinned also sees why.
         self.store.record_events(&record.id, &[event]).await?;
@@ -618,7 +692,13 @@ impl Instances {
 
     /// Hands the instance to the runtime with `spec` and its user's `quota` (read once per
     /// user by a reconcile pass, not once per instance).
-    async fn apply(&self, instance: &InstanceRecord, spec: FunctionSpec, quota: Quota, mode: ApplyMode) -> InstanceResult<()> {
+    async fn apply(
+        &self,
+        instance: &InstanceRecord,
+        spec: FunctionSpec,
+        quota: Quota,
+        mode: ApplyMode,
+    ) -> InstanceResult<()> {
         let version = instance.function_version;
         let desired = InstanceSpec {
             id: instance.id.clone(),
@@ -640,14 +720,21 @@ impl Instances {
         })
     }
 
-    async fn change(&self, caller: &Principal, id: &str, edit: impl FnOnce(&mut InstanceRecord)) -> InstanceResult<InstanceInfo> {
+    async fn change(
+        &self,
+        caller: &Principal,
+        id: &str,
+        edit: impl FnOnce(&mut InstanceRecord),
+    ) -> InstanceResult<InstanceInfo> {
         let _changing = self.changes.lock().await;
         let mut instance = self.owned(caller, id).await?;
         if instance.state == InstanceState::Deleting {
             return Err(InstanceError::BeingDeleted { id: instance.id });
         }
         edit(&mut instance);
-        self.store.set_instance_desired(&instance.id, instance.desired_version, instance.replicas, instance.paused).await?;
+        self.store
+            .set_instance_desired(&instance.id, instance.desired_version, instance.replicas, instance.paused)
+            .await?;
         let spec = self.version_spec(instance.function_id, instance.function_version, &instance.function).await?;
         let quota = self.quotas.quota_of(instance.user_id).await?;
         self.apply(&instance, spec, quota, ApplyMode::Reconcile).await?;

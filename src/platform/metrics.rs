@@ -6,6 +6,7 @@
 //! The in-flight gauge of an instance is also what the gateway admits requests against, so
 //! the figure Prometheus sees is the figure the limit uses.
 
+use parking_lot::Mutex;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -13,11 +14,11 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::collections::HashMap;
-use parking_lot::Mutex;
 
 /// Upper bounds of the duration histogram's buckets, in seconds: Prometheus' defaults with
 /// finer steps below 5 ms, where a warm function answers.
-const DURATION_BUCKETS: [f64; 14] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+const DURATION_BUCKETS: [f64; 14] =
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 /// Which instance a figure is about.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -102,11 +103,31 @@ impl GatewayMetrics {
         let replicas_desired = Family::<InstanceLabels, Gauge>::default();
         let replicas_ready = Family::<InstanceLabels, Gauge>::default();
         // Counters get their `_total` suffix from the encoder.
-        registry.register("function_calls", "Invocations that reached an instance (answered by the function or failed on the way)", calls.clone());
-        registry.register("function_failures", "Invocations answered with a 5xx status, by the function or by the gateway", failures.clone());
-        registry.register("function_duration_seconds", "Time from the request to the function's response headers", duration.clone());
-        registry.register("function_cold_starts", "Invocations that waited for a replica to start (scale from zero)", cold_starts.clone());
-        registry.register("function_rejections", "Requests turned away before the function: too_large (413), too_busy (429)", rejections.clone());
+        registry.register(
+            "function_calls",
+            "Invocations that reached an instance (answered by the function or failed on the way)",
+            calls.clone(),
+        );
+        registry.register(
+            "function_failures",
+            "Invocations answered with a 5xx status, by the function or by the gateway",
+            failures.clone(),
+        );
+        registry.register(
+            "function_duration_seconds",
+            "Time from the request to the function's response headers",
+            duration.clone(),
+        );
+        registry.register(
+            "function_cold_starts",
+            "Invocations that waited for a replica to start (scale from zero)",
+            cold_starts.clone(),
+        );
+        registry.register(
+            "function_rejections",
+            "Requests turned away before the function: too_large (413), too_busy (429)",
+            rejections.clone(),
+        );
         registry.register("function_requests_in_flight", "Invocations being served now", in_flight.clone());
         registry.register("function_replicas_desired", "Replicas the instance asks for", replicas_desired.clone());
         registry.register("function_replicas_ready", "Replicas ready to serve", replicas_ready.clone());
@@ -173,7 +194,9 @@ impl GatewayMetrics {
             Rejection::TooLarge => "too_large",
             Rejection::TooBusy => "too_busy",
         };
-        self.rejections.get_or_create(&RejectionLabels { function: labels.function.clone(), user: labels.user.clone(), reason }).inc();
+        self.rejections
+            .get_or_create(&RejectionLabels { function: labels.function.clone(), user: labels.user.clone(), reason })
+            .inc();
     }
 
     /// Sets the replica gauges to the instances that exist now (others disappear).
@@ -223,7 +246,12 @@ mod tests {
         assert!(metrics.admit(&InstanceLabels::new("echo", "bob"), 2).is_some(), "another instance has its own count");
         drop(first);
         let third = metrics.admit(&alice, 2).expect("room again");
-        assert!(metrics.encode().expect("encode").contains("function_requests_in_flight{function=\"echo\",user=\"alice\"} 2"));
+        assert!(
+            metrics
+                .encode()
+                .expect("encode")
+                .contains("function_requests_in_flight{function=\"echo\",user=\"alice\"} 2")
+        );
         drop((second, third));
         let unlimited: Vec<InFlight> = (0..100).filter_map(|_| metrics.admit(&alice, 0)).collect();
         assert_eq!(unlimited.len(), 100);
@@ -252,7 +280,10 @@ mod tests {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }
         metrics.set_replicas([]);
-        assert!(!metrics.encode().expect("encode").contains("function_replicas_ready{"), "a deleted instance's gauges go");
+        assert!(
+            !metrics.encode().expect("encode").contains("function_replicas_ready{"),
+            "a deleted instance's gauges go"
+        );
 
         // The same calls feed the usage samples, each once.
         assert_eq!(metrics.calls_total(&alice), 2);

@@ -15,11 +15,11 @@ pub mod autoscale;
 #[cfg(feature = "ssr")]
 pub mod gateway;
 #[cfg(feature = "ssr")]
+pub mod instances;
+#[cfg(feature = "ssr")]
 pub mod metrics;
 #[cfg(feature = "ssr")]
 pub mod outbound;
-#[cfg(feature = "ssr")]
-pub mod instances;
 #[cfg(feature = "ssr")]
 pub mod quotas;
 #[cfg(feature = "ssr")]
@@ -36,7 +36,7 @@ pub mod usage_report;
 pub mod validation;
 
 #[cfg(feature = "ssr")]
-pub use ssr::{error_chain, Platform};
+pub use ssr::{Platform, error_chain};
 
 #[cfg(feature = "ssr")]
 mod ssr {
@@ -47,8 +47,8 @@ mod ssr {
     use super::instances::Instances;
     use super::metrics::GatewayMetrics;
     use super::outbound::OutboundPolicy;
-    use super::registry::Registry;
     use super::quotas::Quotas;
+    use super::registry::Registry;
     use super::runtime::Runtime;
     use super::store::{Store, StoreError};
     use super::triggers::Triggers;
@@ -104,7 +104,13 @@ mod ssr {
     impl Platform {
         /// Opens the store at `database_url` (migrating it) and wires the services, the async
         /// queue's bodies in `spool`. Callbacks go only where `outbound` allows.
-        pub async fn open(database_url: &str, spool: AsyncSpool, signup: SignupPolicy, runtime: Arc<dyn Runtime>, outbound: OutboundPolicy) -> Result<Platform, StoreError> {
+        pub async fn open(
+            database_url: &str,
+            spool: AsyncSpool,
+            signup: SignupPolicy,
+            runtime: Arc<dyn Runtime>,
+            outbound: OutboundPolicy,
+        ) -> Result<Platform, StoreError> {
             let store = Store::open(database_url).await?;
             let registry = Registry::new(store.clone());
             let metrics = Arc::new(GatewayMetrics::new());

@@ -83,12 +83,8 @@ pub enum ServiceKind {
 
 impl ServiceKind {
     /// Every kind, in the order the UI offers them.
-    pub const ALL: [ServiceKind; 4] = [
-        ServiceKind::NodePort,
-        ServiceKind::ClusterIP,
-        ServiceKind::LoadBalancer,
-        ServiceKind::ExternalName,
-    ];
+    pub const ALL: [ServiceKind; 4] =
+        [ServiceKind::NodePort, ServiceKind::ClusterIP, ServiceKind::LoadBalancer, ServiceKind::ExternalName];
 
     /// The Kubernetes name of the Service type.
     pub fn as_str(self) -> &'static str {
@@ -137,12 +133,7 @@ pub struct Resources {
 
 impl Default for Resources {
     fn default() -> Self {
-        Resources {
-            cpu: "100m".into(),
-            memory: "128Mi".into(),
-            cpu_limit: "500m".into(),
-            memory_limit: "256Mi".into(),
-        }
+        Resources { cpu: "100m".into(), memory: "128Mi".into(), cpu_limit: "500m".into(), memory_limit: "256Mi".into() }
     }
 }
 
@@ -280,7 +271,11 @@ fn default_max_body_bytes() -> u64 {
 
 impl Default for InvokePolicy {
     fn default() -> Self {
-        InvokePolicy { access: InvokeAccess::Owner, max_body_bytes: DEFAULT_MAX_BODY_BYTES, max_in_flight_per_replica: 0 }
+        InvokePolicy {
+            access: InvokeAccess::Owner,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_in_flight_per_replica: 0,
+        }
     }
 }
 
@@ -835,7 +830,9 @@ impl RunOutcome {
 
     /// Parses the name used in JSON and the database.
     pub fn parse(text: &str) -> Option<RunOutcome> {
-        [RunOutcome::Running, RunOutcome::Ok, RunOutcome::Failed, RunOutcome::Skipped].into_iter().find(|o| o.as_str() == text)
+        [RunOutcome::Running, RunOutcome::Ok, RunOutcome::Failed, RunOutcome::Skipped]
+            .into_iter()
+            .find(|o| o.as_str() == text)
     }
 }
 
@@ -892,7 +889,9 @@ impl AsyncState {
 
     /// Parses the name used in JSON and the database.
     pub fn parse(text: &str) -> Option<AsyncState> {
-        [AsyncState::Queued, AsyncState::Running, AsyncState::Succeeded, AsyncState::Failed].into_iter().find(|s| s.as_str() == text)
+        [AsyncState::Queued, AsyncState::Running, AsyncState::Succeeded, AsyncState::Failed]
+            .into_iter()
+            .find(|s| s.as_str() == text)
     }
 }
 
@@ -973,7 +972,14 @@ pub struct Quota {
 impl Quota {
     /// What every user may have until an admin says otherwise: room for real work on one
     /// account, not for one account to take a shared machine.
-    pub const DEFAULT: Quota = Quota { functions: 100, versions: 2000, instances: 50, replicas: 100, cpu_millicores: 32_000, memory_bytes: 64 << 30 };
+    pub const DEFAULT: Quota = Quota {
+        functions: 100,
+        versions: 2000,
+        instances: 50,
+        replicas: 100,
+        cpu_millicores: 32_000,
+        memory_bytes: 64 << 30,
+    };
 
     /// The settings with kubefn's defaults where they are silent.
     pub fn from_settings(settings: &QuotaSettings) -> Quota {

@@ -17,7 +17,9 @@ pub enum OutboundError {
         host: String,
     },
     /// The name resolves to an address kubefn does not call.
-    #[error("{host} resolves to {address}, {kind}; kubefn calls only public addresses (an admin can allow a range with --outbound-allow)")]
+    #[error(
+        "{host} resolves to {address}, {kind}; kubefn calls only public addresses (an admin can allow a range with --outbound-allow)"
+    )]
     Internal {
         /// The host asked for.
         host: String,
@@ -54,7 +56,9 @@ impl OutboundPolicy {
         text.split(',')
             .map(str::trim)
             .filter(|range| !range.is_empty())
-            .map(|range| range.parse::<IpNet>().map_err(|_| format!("{range:?} is not an address range such as 10.20.0.0/16")))
+            .map(|range| {
+                range.parse::<IpNet>().map_err(|_| format!("{range:?} is not an address range such as 10.20.0.0/16"))
+            })
             .collect()
     }
 
@@ -62,10 +66,11 @@ impl OutboundPolicy {
     /// name has must pass: a name that also points inside is refused whole).
     pub async fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, OutboundError> {
         let unresolvable = || OutboundError::Unresolvable { host: host.to_string() };
-        let addresses: Vec<SocketAddr> = tokio::net::lookup_host((host.trim_start_matches('[').trim_end_matches(']'), port))
-            .await
-            .map_err(|_| unresolvable())?
-            .collect();
+        let addresses: Vec<SocketAddr> =
+            tokio::net::lookup_host((host.trim_start_matches('[').trim_end_matches(']'), port))
+                .await
+                .map_err(|_| unresolvable())?
+                .collect();
         if addresses.is_empty() {
             return Err(unresolvable());
         }
@@ -192,7 +197,11 @@ mod tests {
         }
         for public in ["8.8.8.8", "100.128.0.1", "172.32.0.1", "2001:db8::1", "11.0.0.0"] {
             let address: IpAddr = public.parse().expect("address");
-            assert!(internal(address).is_none() && !INTERNAL_RANGES.iter().any(|r| r.parse::<IpNet>().is_ok_and(|n| n.contains(&address))), "{public}");
+            assert!(
+                internal(address).is_none()
+                    && !INTERNAL_RANGES.iter().any(|r| r.parse::<IpNet>().is_ok_and(|n| n.contains(&address))),
+                "{public}"
+            );
         }
     }
 
@@ -203,7 +212,19 @@ mod tests {
     #[test]
     fn internal_addresses_are_refused_and_public_ones_pass() {
         let policy = OutboundPolicy::default();
-        for refused in ["127.0.0.1:80", "169.254.169.254:80", "10.1.2.3:80", "172.16.0.1:80", "192.168.1.1:80", "100.64.0.1:80", "0.0.0.0:80", "[::1]:80", "[fe80::1]:80", "[fd00::1]:80", "[::ffff:127.0.0.1]:80"] {
+        for refused in [
+            "127.0.0.1:80",
+            "169.254.169.254:80",
+            "10.1.2.3:80",
+            "172.16.0.1:80",
+            "192.168.1.1:80",
+            "100.64.0.1:80",
+            "0.0.0.0:80",
+            "[::1]:80",
+            "[fe80::1]:80",
+            "[fd00::1]:80",
+            "[::ffff:127.0.0.1]:80",
+        ] {
             let error = policy.check("h", address(refused)).expect_err(refused);
             assert!(matches!(error, OutboundError::Internal { .. }), "{refused}: {error}");
             assert!(error.to_string().contains("--outbound-allow"), "{error}");
@@ -211,7 +232,9 @@ mod tests {
         for public in ["93.184.215.14:80", "203.0.113.80:443", "[2606:4700::1111]:80"] {
             assert_eq!(policy.check("h", address(public)), Ok(()), "{public}");
         }
-        assert!(policy.check("h", address("169.254.169.254:80")).expect_err("metadata").to_string().contains("metadata"));
+        assert!(
+            policy.check("h", address("169.254.169.254:80")).expect_err("metadata").to_string().contains("metadata")
+        );
     }
 
     #[test]
@@ -221,7 +244,10 @@ mod tests {
         assert_eq!(policy.check("h", address("127.0.0.1:9000")), Ok(()));
         assert_eq!(policy.check("h", address("10.20.3.4:80")), Ok(()));
         assert!(policy.check("h", address("10.21.0.1:80")).is_err());
-        assert_eq!(policy.check("h", address("127.0.0.1:3000")), Err(OutboundError::Itself { host: "h".into(), port: 3000 }));
+        assert_eq!(
+            policy.check("h", address("127.0.0.1:3000")),
+            Err(OutboundError::Itself { host: "h".into(), port: 3000 })
+        );
         assert!(policy.check("h", address("93.184.215.14:3000")).is_ok(), "another host's port 3000 is not kubefn");
         assert!(OutboundPolicy::parse_ranges("10.0.0.0/33").unwrap_err().contains("10.0.0.0/33"));
         assert!(OutboundPolicy::parse_ranges("").expect("none").is_empty());

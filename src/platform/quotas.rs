@@ -16,7 +16,9 @@ use super::validation::{parse_cpu_millis, parse_memory_bytes};
 #[derive(Debug, thiserror::Error)]
 pub enum QuotaError {
     /// The change would take the user past a limit.
-    #[error("this would make {would_be} {limit} for {user}, over the quota of {quota}; delete something first, or ask an admin to raise the quota")]
+    #[error(
+        "this would make {would_be} {limit} for {user}, over the quota of {quota}; delete something first, or ask an admin to raise the quota"
+    )]
     Exceeded {
         /// The user whose quota it is.
         user: String,
@@ -62,7 +64,11 @@ impl Footprint {
         let replicas = replicas.max(spec.scaling.max).max(spec.scaling.min);
         let cpu = parse_cpu_millis(&spec.resources.cpu_limit).unwrap_or(0);
         let memory = parse_memory_bytes(&spec.resources.memory_limit).unwrap_or(0);
-        Footprint { replicas, cpu_millicores: cpu.saturating_mul(u64::from(replicas)), memory_bytes: memory.saturating_mul(u64::from(replicas)) }
+        Footprint {
+            replicas,
+            cpu_millicores: cpu.saturating_mul(u64::from(replicas)),
+            memory_bytes: memory.saturating_mul(u64::from(replicas)),
+        }
     }
 }
 
@@ -140,7 +146,14 @@ impl Quotas {
         self.store.user_by_name(name).await?.ok_or_else(|| QuotaError::NoSuchUser { name: name.to_string() })
     }
 
-    async fn within(&self, user_id: i64, limit: &'static str, would_be: u64, quota: u64, words: fn(u64) -> String) -> Result<(), QuotaError> {
+    async fn within(
+        &self,
+        user_id: i64,
+        limit: &'static str,
+        would_be: u64,
+        quota: u64,
+        words: fn(u64) -> String,
+    ) -> Result<(), QuotaError> {
         if would_be <= quota {
             return Ok(());
         }
@@ -151,12 +164,15 @@ impl Quotas {
 
 /// The instances together, as a [`Quota`] of use (functions and versions left at zero).
 fn total(instances: &[Footprint]) -> Quota {
-    instances.iter().fold(Quota { instances: u32::try_from(instances.len()).unwrap_or(u32::MAX), ..Quota::default() }, |sum, f| Quota {
-        replicas: sum.replicas.saturating_add(f.replicas),
-        cpu_millicores: sum.cpu_millicores.saturating_add(f.cpu_millicores),
-        memory_bytes: sum.memory_bytes.saturating_add(f.memory_bytes),
-        ..sum
-    })
+    instances.iter().fold(
+        Quota { instances: u32::try_from(instances.len()).unwrap_or(u32::MAX), ..Quota::default() },
+        |sum, f| Quota {
+            replicas: sum.replicas.saturating_add(f.replicas),
+            cpu_millicores: sum.cpu_millicores.saturating_add(f.cpu_millicores),
+            memory_bytes: sum.memory_bytes.saturating_add(f.memory_bytes),
+            ..sum
+        },
+    )
 }
 
 fn plain(value: u64) -> String {
@@ -177,12 +193,16 @@ mod tests {
 
     #[test]
     fn an_instance_counts_at_its_most_replicas_and_its_limits() {
-        let mut spec: FunctionSpec = serde_json::from_value(serde_json::json!({"name": "f", "runtime": "python"})).expect("spec");
+        let mut spec: FunctionSpec =
+            serde_json::from_value(serde_json::json!({"name": "f", "runtime": "python"})).expect("spec");
         spec.scaling.min = 1;
         spec.scaling.max = 4;
         spec.resources.cpu_limit = "500m".into();
         spec.resources.memory_limit = "256Mi".into();
-        assert_eq!(Footprint::of(&spec, 1), Footprint { replicas: 4, cpu_millicores: 2000, memory_bytes: 4 * 256 << 20 });
+        assert_eq!(
+            Footprint::of(&spec, 1),
+            Footprint { replicas: 4, cpu_millicores: 2000, memory_bytes: 4 * 256 << 20 }
+        );
         assert_eq!(Footprint::of(&spec, 6).replicas, 6, "scaled by hand past the maximum");
         let sum = total(&[Footprint::of(&spec, 1), Footprint::of(&spec, 6)]);
         assert_eq!((sum.instances, sum.replicas, sum.cpu_millicores), (2, 10, 5000));

@@ -6,8 +6,10 @@
 //! its existence does not leak through reads.
 
 use super::auth::Principal;
+use super::model::{
+    FieldError, FunctionDetail, FunctionListPage, FunctionSpec, FunctionSummary, VersionDetail, Visibility,
+};
 use super::quotas::{QuotaError, Quotas};
-use super::model::{FieldError, FunctionDetail, FunctionListPage, FunctionSpec, FunctionSummary, VersionDetail, Visibility};
 use super::store::{FunctionRecord, Store, StoreError};
 use super::validation::check_function_spec;
 use std::sync::Arc;
@@ -170,7 +172,13 @@ impl Registry {
         let page = page.max(1);
         let offset = (page - 1).saturating_mul(FUNCTIONS_PER_PAGE);
         let (records, total) = self.store.visible_functions_page(viewer, filter, FUNCTIONS_PER_PAGE, offset).await?;
-        Ok(FunctionListPage { items: records.into_iter().map(summary).collect(), total, page, per_page: FUNCTIONS_PER_PAGE, filter: filter.to_string() })
+        Ok(FunctionListPage {
+            items: records.into_iter().map(summary).collect(),
+            total,
+            page,
+            per_page: FUNCTIONS_PER_PAGE,
+            filter: filter.to_string(),
+        })
     }
 
     /// One function with its current spec and versions.
@@ -216,17 +224,19 @@ impl Registry {
     }
 
     async fn detail_by_name(&self, name: &str) -> RegistryResult<FunctionDetail> {
-        let record = self.store.function_by_name(name).await?.ok_or_else(|| RegistryError::NotFound { name: name.to_string() })?;
+        let record = self
+            .store
+            .function_by_name(name)
+            .await?
+            .ok_or_else(|| RegistryError::NotFound { name: name.to_string() })?;
         self.detail(record).await
     }
 
     async fn detail(&self, record: FunctionRecord) -> RegistryResult<FunctionDetail> {
         let versions = self.store.versions(record.id).await?;
-        let (_, spec) = self
-            .store
-            .version_spec(record.id, record.current_version)
-            .await?
-            .ok_or_else(|| RegistryError::NoSuchVersion { name: record.name.clone(), version: record.current_version })?;
+        let (_, spec) = self.store.version_spec(record.id, record.current_version).await?.ok_or_else(|| {
+            RegistryError::NoSuchVersion { name: record.name.clone(), version: record.current_version }
+        })?;
         Ok(FunctionDetail {
             name: record.name,
             owner: record.owner,

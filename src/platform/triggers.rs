@@ -8,13 +8,13 @@
 //! latest one still fires if it is less than [`GRACE`] late.
 
 use super::auth::Principal;
-use super::gateway::{upstream_uri_of, Gateway};
+use super::gateway::{Gateway, upstream_uri_of};
 use super::model::{FieldError, RunOutcome, TriggerInfo, TriggerRun, TriggerSpec};
 use super::registry::{Registry, RegistryError};
 use super::store::{Store, StoreError, TriggerRecord};
 use chrono::{DateTime, Duration, Utc};
-use croner::parser::{CronParser, Seconds};
 use croner::Cron;
+use croner::parser::{CronParser, Seconds};
 use std::time::Instant;
 
 /// How late a due fire may still start (a tick, a busy moment, a quick restart).
@@ -60,7 +60,10 @@ pub type TriggerResult<T> = Result<T, TriggerError>;
 /// Parses a standard 5-field cron schedule (or `@hourly`, `@daily`, …).
 pub fn parse_schedule(schedule: &str) -> Result<Cron, FieldError> {
     CronParser::builder().seconds(Seconds::Disallowed).build().parse(schedule.trim()).map_err(|error| {
-        FieldError::new("schedule", format!("schedule must be 5 cron fields (minute hour day month weekday), e.g. \"*/5 * * * *\": {error}"))
+        FieldError::new(
+            "schedule",
+            format!("schedule must be 5 cron fields (minute hour day month weekday), e.g. \"*/5 * * * *\": {error}"),
+        )
     })
 }
 
@@ -138,7 +141,13 @@ impl Triggers {
 
     /// Creates a trigger on the caller's instance of `function` (which need not exist yet:
     /// fires before it does are recorded as failed, saying so).
-    pub async fn create(&self, caller: &Principal, function: &str, spec: TriggerSpec, now: DateTime<Utc>) -> TriggerResult<TriggerInfo> {
+    pub async fn create(
+        &self,
+        caller: &Principal,
+        function: &str,
+        spec: TriggerSpec,
+        now: DateTime<Utc>,
+    ) -> TriggerResult<TriggerInfo> {
         let spec = checked(spec)?;
         let record = self.registry.find_visible(caller, function).await?;
         if self.store.trigger_count(record.id, caller.id).await? >= MAX_TRIGGERS_PER_FUNCTION {
@@ -149,7 +158,12 @@ impl Triggers {
     }
 
     /// The caller's triggers on `function` (an admin's view: everyone's).
-    pub async fn list(&self, caller: &Principal, function: &str, now: DateTime<Utc>) -> TriggerResult<Vec<TriggerInfo>> {
+    pub async fn list(
+        &self,
+        caller: &Principal,
+        function: &str,
+        now: DateTime<Utc>,
+    ) -> TriggerResult<Vec<TriggerInfo>> {
         let record = self.registry.find_visible(caller, function).await?;
         let user = if caller.is_admin() { None } else { Some(caller.id) };
         let mut infos = Vec::new();
@@ -181,7 +195,8 @@ impl Triggers {
 
     async fn info(&self, trigger: TriggerRecord, now: DateTime<Utc>) -> TriggerResult<TriggerInfo> {
         let runs = self.store.runs(trigger.id, RUNS_SHOWN).await?;
-        let next_fire_at = parse_schedule(&trigger.spec.schedule).ok().and_then(|cron| cron.find_next_occurrence(&now, false).ok());
+        let next_fire_at =
+            parse_schedule(&trigger.spec.schedule).ok().and_then(|cron| cron.find_next_occurrence(&now, false).ok());
         Ok(TriggerInfo {
             id: trigger.id,
             function: trigger.function,
@@ -216,12 +231,28 @@ impl Triggers {
             }
             if let Some((count, first, last)) = due.missed {
                 let more = if count >= MISSED_COUNTED { "or more " } else { "" };
-                let message = format!("{count} {more}fire(s) from {first} to {last} were due while kubefn was not running; skipped");
-                let run = TriggerRun { scheduled_for: first, outcome: RunOutcome::Skipped, status: None, duration_ms: None, message, finished_at: Some(now) };
+                let message = format!(
+                    "{count} {more}fire(s) from {first} to {last} were due while kubefn was not running; skipped"
+                );
+                let run = TriggerRun {
+                    scheduled_for: first,
+                    outcome: RunOutcome::Skipped,
+                    status: None,
+                    duration_ms: None,
+                    message,
+                    finished_at: Some(now),
+                };
                 self.store.insert_run(trigger.id, &run).await?;
             }
             if let Some(at) = due.fire {
-                let run = TriggerRun { scheduled_for: at, outcome: RunOutcome::Running, status: None, duration_ms: None, message: String::new(), finished_at: None };
+                let run = TriggerRun {
+                    scheduled_for: at,
+                    outcome: RunOutcome::Running,
+                    status: None,
+                    duration_ms: None,
+                    message: String::new(),
+                    finished_at: None,
+                };
                 let run_id = self.store.insert_run(trigger.id, &run).await?;
                 let this = self.clone();
                 started.push(tokio::spawn(async move { this.fire(trigger, at, run_id).await }));
@@ -233,7 +264,9 @@ impl Triggers {
     async fn fire(&self, trigger: TriggerRecord, at: DateTime<Utc>, run_id: i64) {
         let started = Instant::now();
         let (outcome, status, message) = match self.invoke(&trigger).await {
-            Ok((status, answer)) => (if status < 400 { RunOutcome::Ok } else { RunOutcome::Failed }, Some(status), answer),
+            Ok((status, answer)) => {
+                (if status < 400 { RunOutcome::Ok } else { RunOutcome::Failed }, Some(status), answer)
+            }
             Err(reason) => (RunOutcome::Failed, None, reason),
         };
         let run = TriggerRun {
@@ -251,7 +284,12 @@ impl Triggers {
 
     /// Invokes the trigger's instance as its user; the status and the start of the answer.
     async fn invoke(&self, trigger: &TriggerRecord) -> Result<(u16, String), String> {
-        let user = self.store.user_by_id(trigger.user_id).await.map_err(|e| super::error_chain(&e))?.ok_or("the trigger's user no longer exists")?;
+        let user = self
+            .store
+            .user_by_id(trigger.user_id)
+            .await
+            .map_err(|e| super::error_chain(&e))?
+            .ok_or("the trigger's user no longer exists")?;
         let caller = Principal::from(&user);
         let uri = upstream_uri_of(&trigger.spec.path).map_err(|e| format!("the trigger's path cannot be sent: {e}"))?;
         let request = http::Request::builder()
@@ -261,9 +299,14 @@ impl Triggers {
             .header("x-kubefn-trigger", trigger.id.to_string())
             .body(http_body_util::Full::new(hyper::body::Bytes::from(trigger.spec.body.clone())))
             .map_err(|e| format!("the trigger's request cannot be built: {e}"))?;
-        let response = self.gateway.invoke(Some(&caller), &trigger.user, &trigger.function, request, None).await.map_err(|e| super::error_chain(&e))?;
+        let response = self
+            .gateway
+            .invoke(Some(&caller), &trigger.user, &trigger.function, request, None)
+            .await
+            .map_err(|e| super::error_chain(&e))?;
         let status = response.status().as_u16();
-        let answer = response.into_body().read_start(ANSWER_KEPT).await.map_err(|e| format!("the answer broke off: {e}"))?;
+        let answer =
+            response.into_body().read_start(ANSWER_KEPT).await.map_err(|e| format!("the answer broke off: {e}"))?;
         Ok((status, answer.text()))
     }
 
@@ -292,13 +335,25 @@ fn checked(mut spec: TriggerSpec) -> TriggerResult<TriggerSpec> {
     spec.schedule = spec.schedule.trim().to_string();
     spec.method = spec.method.trim().to_ascii_uppercase();
     if !["GET", "POST", "PUT", "PATCH", "DELETE"].contains(&spec.method.as_str()) {
-        return Err(TriggerError::Invalid(FieldError::new("method", format!("method must be GET, POST, PUT, PATCH or DELETE (got {:?})", spec.method))));
+        return Err(TriggerError::Invalid(FieldError::new(
+            "method",
+            format!("method must be GET, POST, PUT, PATCH or DELETE (got {:?})", spec.method),
+        )));
     }
-    if !spec.path.starts_with('/') || spec.path.len() > 2048 || spec.path.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(TriggerError::Invalid(FieldError::new("path", "path must start with / and hold no spaces (at most 2048 characters), e.g. /report?full=1")));
+    if !spec.path.starts_with('/')
+        || spec.path.len() > 2048
+        || spec.path.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(TriggerError::Invalid(FieldError::new(
+            "path",
+            "path must start with / and hold no spaces (at most 2048 characters), e.g. /report?full=1",
+        )));
     }
     if upstream_uri_of(&spec.path).is_err() {
-        return Err(TriggerError::Invalid(FieldError::new("path", format!("path {:?} is not a valid URL path", spec.path))));
+        return Err(TriggerError::Invalid(FieldError::new(
+            "path",
+            format!("path {:?} is not a valid URL path", spec.path),
+        )));
     }
     if spec.body.len() > 64 * 1024 {
         return Err(TriggerError::Invalid(FieldError::new("body", "body must be at most 64 KiB")));
@@ -328,9 +383,17 @@ mod tests {
     #[test]
     fn a_due_minute_fires_once_and_not_before() {
         let every_minute = parse_schedule("* * * * *").expect("cron");
-        assert_eq!(due(&every_minute, at(12, 0, 10), at(12, 0, 50)), Due { fire: None, missed: None }, "12:01 is not due yet");
+        assert_eq!(
+            due(&every_minute, at(12, 0, 10), at(12, 0, 50)),
+            Due { fire: None, missed: None },
+            "12:01 is not due yet"
+        );
         assert_eq!(due(&every_minute, at(12, 0, 10), at(12, 1, 0)).fire, Some(at(12, 1, 0)), "due at the minute");
-        assert_eq!(due(&every_minute, at(12, 1, 0), at(12, 1, 30)), Due { fire: None, missed: None }, "handled already");
+        assert_eq!(
+            due(&every_minute, at(12, 1, 0), at(12, 1, 30)),
+            Due { fire: None, missed: None },
+            "handled already"
+        );
         let quarter = parse_schedule("15 * * * *").expect("cron");
         assert_eq!(due(&quarter, at(12, 0, 0), at(12, 14, 59)).fire, None);
         assert_eq!(due(&quarter, at(12, 0, 0), at(12, 15, 20)).fire, Some(at(12, 15, 0)));
@@ -351,12 +414,22 @@ mod tests {
         // A week down on a per-minute schedule is counted up to the cap.
         let week = due(&every_minute, at(0, 0, 0), at(0, 0, 0) + Duration::days(7));
         assert_eq!(week.fire, Some(at(0, 0, 0) + Duration::days(7)));
-        assert!(week.missed.is_some_and(|(count, first, last)| count == MISSED_COUNTED && first == at(0, 1, 0) && last == at(23, 59, 0) + Duration::days(6)), "{week:?}");
+        assert!(
+            week.missed.is_some_and(|(count, first, last)| count == MISSED_COUNTED
+                && first == at(0, 1, 0)
+                && last == at(23, 59, 0) + Duration::days(6)),
+            "{week:?}"
+        );
     }
 
     #[test]
     fn bad_fields_are_named() {
-        let spec = |method: &str, path: &str| TriggerSpec { schedule: "* * * * *".into(), method: method.into(), path: path.into(), body: String::new() };
+        let spec = |method: &str, path: &str| TriggerSpec {
+            schedule: "* * * * *".into(),
+            method: method.into(),
+            path: path.into(),
+            body: String::new(),
+        };
         assert!(matches!(checked(spec("post", "/x?y=1")), Ok(s) if s.method == "POST"));
         assert!(matches!(checked(spec("BREW", "/")), Err(TriggerError::Invalid(e)) if e.field == "method"));
         assert!(matches!(checked(spec("GET", "x")), Err(TriggerError::Invalid(e)) if e.field == "path"));

@@ -34,7 +34,12 @@ pub fn totals<'a>(instances: impl IntoIterator<Item = (&'a InstanceInfo, &'a [Us
 /// each instance's samples are [`average`]d, then the instances are added (latencies and the
 /// autoscaler's load are not additive, so the sum keeps the highest). A slice
 /// where no instance has a sample is left out, so the chart shows a gap rather than a zero.
-pub fn summed_series(per_instance: &[&[UsageSample]], since: DateTime<Utc>, until: DateTime<Utc>, buckets: u32) -> Vec<UsageSample> {
+pub fn summed_series(
+    per_instance: &[&[UsageSample]],
+    since: DateTime<Utc>,
+    until: DateTime<Utc>,
+    buckets: u32,
+) -> Vec<UsageSample> {
     let buckets = buckets.max(1);
     let width = ((until - since) / i32::try_from(buckets).unwrap_or(i32::MAX)).max(Duration::milliseconds(1));
     let slot_of = |at: DateTime<Utc>| -> Option<usize> {
@@ -140,7 +145,17 @@ mod tests {
 
     fn sample(seconds: i64, rate: Option<f64>, cpu: f64, errors: u32) -> UsageSample {
         let invocations = rate.map_or(0, |r| (r * 5.0) as u32);
-        UsageSample { at: at(seconds), replicas_desired: 2, replicas_ready: 1, cpu_millicores: Some(cpu), memory_bytes: Some(1000), requests_per_s: rate, invocations, errors, ..empty_sample() }
+        UsageSample {
+            at: at(seconds),
+            replicas_desired: 2,
+            replicas_ready: 1,
+            cpu_millicores: Some(cpu),
+            memory_bytes: Some(1000),
+            requests_per_s: rate,
+            invocations,
+            errors,
+            ..empty_sample()
+        }
     }
 
     fn instance(ready: u32) -> InstanceInfo {

@@ -79,11 +79,8 @@ pub fn parse_cpu_millis(text: &str) -> Option<u64> {
         return None;
     }
     let whole = if whole.is_empty() { 0 } else { parse_plain_digits(whole)? };
-    let fraction_millis = if fraction.is_empty() {
-        0
-    } else {
-        parse_plain_digits(fraction)? * 10u64.pow(3 - fraction.len() as u32)
-    };
+    let fraction_millis =
+        if fraction.is_empty() { 0 } else { parse_plain_digits(fraction)? * 10u64.pow(3 - fraction.len() as u32) };
     whole.checked_mul(1000)?.checked_add(fraction_millis)
 }
 
@@ -241,12 +238,18 @@ pub fn check_function_spec(spec: &FunctionSpec) -> Vec<FieldError> {
     check_scaling(spec, &mut errors);
     check_service(spec, &mut errors);
     if !(1..=MAX_TIMEOUT_S).contains(&spec.timeout_s) {
-        errors.push(FieldError::new("timeout_s", format!("timeout_s must be between 1 and {MAX_TIMEOUT_S} seconds (got {})", spec.timeout_s)));
+        errors.push(FieldError::new(
+            "timeout_s",
+            format!("timeout_s must be between 1 and {MAX_TIMEOUT_S} seconds (got {})", spec.timeout_s),
+        ));
     }
     if !(1..=MAX_BODY_BYTES).contains(&spec.invoke.max_body_bytes) {
         errors.push(FieldError::new(
             "invoke.max_body_bytes",
-            format!("invoke.max_body_bytes must be between 1 and {MAX_BODY_BYTES} (1 GiB) (got {})", spec.invoke.max_body_bytes),
+            format!(
+                "invoke.max_body_bytes must be between 1 and {MAX_BODY_BYTES} (1 GiB) (got {})",
+                spec.invoke.max_body_bytes
+            ),
         ));
     }
     if spec.invoke.max_in_flight_per_replica > MAX_IN_FLIGHT_PER_REPLICA {
@@ -271,32 +274,48 @@ pub const MAX_TIMEOUT_S: u32 = 900;
 
 fn check_code(spec: &FunctionSpec, errors: &mut Vec<FieldError>) {
     if let Some(handler) = &spec.handler
-        && !is_handler_name(handler) {
-            errors.push(FieldError::new(
+        && !is_handler_name(handler)
+    {
+        errors.push(FieldError::new(
                 "handler",
                 format!("handler must be an identifier such as handle or main.handler (got {handler:?}); leave it empty to detect one"),
             ));
-        }
+    }
     match spec.runtime {
         Language::Python | Language::Node => {
             if spec.source.trim().is_empty() {
-                errors.push(FieldError::new("source", format!("source is required for a {} function", spec.runtime.as_str())));
+                errors.push(FieldError::new(
+                    "source",
+                    format!("source is required for a {} function", spec.runtime.as_str()),
+                ));
             } else if spec.source.len() > MAX_SOURCE_BYTES {
                 errors.push(FieldError::new(
                     "source",
-                    format!("source must be at most {} KiB (got {} KiB)", MAX_SOURCE_BYTES / 1024, spec.source.len().div_ceil(1024)),
+                    format!(
+                        "source must be at most {} KiB (got {} KiB)",
+                        MAX_SOURCE_BYTES / 1024,
+                        spec.source.len().div_ceil(1024)
+                    ),
                 ));
             }
             if spec.image.is_some() {
-                errors.push(FieldError::new("image", "image is only for functions with runtime \"image\"; remove it or change the runtime"));
+                errors.push(FieldError::new(
+                    "image",
+                    "image is only for functions with runtime \"image\"; remove it or change the runtime",
+                ));
             }
             if spec.service.port.is_some() {
-                errors.push(FieldError::new("service.port", "service.port is only for image functions; source functions listen on the bootstrap's port"));
+                errors.push(FieldError::new(
+                    "service.port",
+                    "service.port is only for image functions; source functions listen on the bootstrap's port",
+                ));
             }
         }
         Language::Image => {
             match &spec.image {
-                None => errors.push(FieldError::new("image", "image is required for a function with runtime \"image\"")),
+                None => {
+                    errors.push(FieldError::new("image", "image is required for a function with runtime \"image\""))
+                }
                 Some(image) if !is_image_reference(image) => errors.push(FieldError::new(
                     "image",
                     format!("image must be a reference such as registry.example.com/team/app:1.2 (got {image:?})"),
@@ -304,10 +323,16 @@ fn check_code(spec: &FunctionSpec, errors: &mut Vec<FieldError>) {
                 Some(_) => {}
             }
             if !spec.source.is_empty() {
-                errors.push(FieldError::new("source", "source must be empty for an image function; the image carries the code"));
+                errors.push(FieldError::new(
+                    "source",
+                    "source must be empty for an image function; the image carries the code",
+                ));
             }
             if !spec.requirements.is_empty() {
-                errors.push(FieldError::new("requirements", "requirements must be empty for an image function; the image carries its dependencies"));
+                errors.push(FieldError::new(
+                    "requirements",
+                    "requirements must be empty for an image function; the image carries its dependencies",
+                ));
             }
             if spec.service.port == Some(0) {
                 errors.push(FieldError::new("service.port", "service.port must be between 1 and 65535"));
@@ -315,7 +340,10 @@ fn check_code(spec: &FunctionSpec, errors: &mut Vec<FieldError>) {
         }
     }
     if spec.requirements.len() > MAX_REQUIREMENTS_BYTES {
-        errors.push(FieldError::new("requirements", format!("requirements must be at most {} KiB", MAX_REQUIREMENTS_BYTES / 1024)));
+        errors.push(FieldError::new(
+            "requirements",
+            format!("requirements must be at most {} KiB", MAX_REQUIREMENTS_BYTES / 1024),
+        ));
     }
     let refused = match spec.runtime {
         Language::Python => check_python_requirements(&spec.requirements),
@@ -367,21 +395,37 @@ pub fn check_python_requirements(text: &str) -> Result<(), String> {
 /// `link:`, git, GitHub shorthands, URLs and workspaces would install files or code of the
 /// author's choosing. (Install scripts never run: npm runs with `--ignore-scripts`.)
 pub fn check_package_json(text: &str) -> Result<(), String> {
-    let package: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_str(text).map_err(|e| format!("requirements of a node function must be a package.json object: {e}"))?;
+    let package: serde_json::Map<String, serde_json::Value> = serde_json::from_str(text)
+        .map_err(|e| format!("requirements of a node function must be a package.json object: {e}"))?;
     if package.contains_key("workspaces") {
         return Err("requirements: workspaces are not allowed in package.json".into());
     }
     for section in ["dependencies", "optionalDependencies", "peerDependencies", "devDependencies", "overrides"] {
         let Some(entries) = package.get(section) else { continue };
-        let entries = entries.as_object().ok_or_else(|| format!("requirements: {section} must be an object of package names and versions"))?;
+        let entries = entries
+            .as_object()
+            .ok_or_else(|| format!("requirements: {section} must be an object of package names and versions"))?;
         for (name, version) in entries {
-            let version = version.as_str().ok_or_else(|| format!("requirements: {section}.{name} must be a version string"))?;
+            let version =
+                version.as_str().ok_or_else(|| format!("requirements: {section}.{name} must be a version string"))?;
             let spec = version.trim();
             let target = spec.strip_prefix("npm:").unwrap_or(spec);
-            let local_or_remote = ["file:", "link:", "git", "github:", "gitlab:", "bitbucket:", "gist:", "http:", "https:", ".", "/", "~/"]
-                .iter()
-                .any(|prefix| target.starts_with(prefix));
+            let local_or_remote = [
+                "file:",
+                "link:",
+                "git",
+                "github:",
+                "gitlab:",
+                "bitbucket:",
+                "gist:",
+                "http:",
+                "https:",
+                ".",
+                "/",
+                "~/",
+            ]
+            .iter()
+            .any(|prefix| target.starts_with(prefix));
             // `user/repo` is GitHub; a scoped alias (`npm:@scope/pkg@1`) is the registry's.
             let shorthand = target.contains('/') && !target.starts_with('@');
             if local_or_remote || shorthand || target.contains("://") {
@@ -396,16 +440,30 @@ pub fn check_package_json(text: &str) -> Result<(), String> {
 
 fn check_env(spec: &FunctionSpec, errors: &mut Vec<FieldError>) {
     if spec.env.len() > MAX_ENV_VARS {
-        errors.push(FieldError::new("env", format!("env may hold at most {MAX_ENV_VARS} variables (got {})", spec.env.len())));
+        errors.push(FieldError::new(
+            "env",
+            format!("env may hold at most {MAX_ENV_VARS} variables (got {})", spec.env.len()),
+        ));
     }
     for (name, value) in &spec.env {
         let field = format!("env.{name}");
         if !is_env_name(name) {
-            errors.push(FieldError::new(field, format!("environment variable name {name:?} must be letters, digits and '_', not starting with a digit")));
+            errors.push(FieldError::new(
+                field,
+                format!(
+                    "environment variable name {name:?} must be letters, digits and '_', not starting with a digit"
+                ),
+            ));
         } else if RESERVED_ENV.contains(&name.as_str()) || name.starts_with(RESERVED_ENV_PREFIX) {
-            errors.push(FieldError::new(field, format!("environment variable {name} is set by kubefn itself and cannot be overridden")));
+            errors.push(FieldError::new(
+                field,
+                format!("environment variable {name} is set by kubefn itself and cannot be overridden"),
+            ));
         } else if value.len() > MAX_ENV_VALUE_BYTES {
-            errors.push(FieldError::new(field, format!("environment variable {name} must be at most {} KiB", MAX_ENV_VALUE_BYTES / 1024)));
+            errors.push(FieldError::new(
+                field,
+                format!("environment variable {name} must be at most {} KiB", MAX_ENV_VALUE_BYTES / 1024),
+            ));
         }
     }
 }
@@ -415,43 +473,67 @@ fn check_resources(spec: &FunctionSpec, errors: &mut Vec<FieldError>) {
     let cpu = [("resources.cpu", &r.cpu), ("resources.cpu_limit", &r.cpu_limit)].map(|(field, text)| {
         let parsed = parse_cpu_millis(text).filter(|m| *m > 0);
         if parsed.is_none() {
-            errors.push(FieldError::new(field, format!("{field} must be a CPU quantity above zero such as 100m or 0.5 (got {text:?})")));
+            errors.push(FieldError::new(
+                field,
+                format!("{field} must be a CPU quantity above zero such as 100m or 0.5 (got {text:?})"),
+            ));
         }
         parsed
     });
     if let [Some(request), Some(limit)] = cpu
-        && request > limit {
-            errors.push(FieldError::new("resources.cpu", format!("resources.cpu ({}) must not exceed resources.cpu_limit ({})", r.cpu, r.cpu_limit)));
-        }
+        && request > limit
+    {
+        errors.push(FieldError::new(
+            "resources.cpu",
+            format!("resources.cpu ({}) must not exceed resources.cpu_limit ({})", r.cpu, r.cpu_limit),
+        ));
+    }
     let memory = [("resources.memory", &r.memory), ("resources.memory_limit", &r.memory_limit)].map(|(field, text)| {
         let parsed = parse_memory_bytes(text).filter(|b| *b >= 4 << 20);
         if parsed.is_none() {
-            errors.push(FieldError::new(field, format!("{field} must be a memory quantity of at least 4Mi such as 128Mi or 1Gi (got {text:?})")));
+            errors.push(FieldError::new(
+                field,
+                format!("{field} must be a memory quantity of at least 4Mi such as 128Mi or 1Gi (got {text:?})"),
+            ));
         }
         parsed
     });
     if let [Some(request), Some(limit)] = memory
-        && request > limit {
-            errors.push(FieldError::new(
-                "resources.memory",
-                format!("resources.memory ({}) must not exceed resources.memory_limit ({})", r.memory, r.memory_limit),
-            ));
-        }
+        && request > limit
+    {
+        errors.push(FieldError::new(
+            "resources.memory",
+            format!("resources.memory ({}) must not exceed resources.memory_limit ({})", r.memory, r.memory_limit),
+        ));
+    }
 }
 
 fn check_scaling(spec: &FunctionSpec, errors: &mut Vec<FieldError>) {
     let s = &spec.scaling;
     if s.max == 0 || s.max > MAX_REPLICAS {
-        errors.push(FieldError::new("scaling.max", format!("scaling.max must be between 1 and {MAX_REPLICAS} (got {})", s.max)));
+        errors.push(FieldError::new(
+            "scaling.max",
+            format!("scaling.max must be between 1 and {MAX_REPLICAS} (got {})", s.max),
+        ));
     }
     if s.min > s.max {
-        errors.push(FieldError::new("scaling.min", format!("scaling.min ({}) must not exceed scaling.max ({})", s.min, s.max)));
+        errors.push(FieldError::new(
+            "scaling.min",
+            format!("scaling.min ({}) must not exceed scaling.max ({})", s.min, s.max),
+        ));
     }
-    for (field, target) in [("scaling.target_cpu_percent", s.target_cpu_percent), ("scaling.target_memory_percent", s.target_memory_percent)] {
+    for (field, target) in [
+        ("scaling.target_cpu_percent", s.target_cpu_percent),
+        ("scaling.target_memory_percent", s.target_memory_percent),
+    ] {
         if let Some(percent) = target
-            && (percent == 0 || percent > 1000) {
-                errors.push(FieldError::new(field, format!("{field} must be between 1 and 1000 percent of the request (got {percent})")));
-            }
+            && (percent == 0 || percent > 1000)
+        {
+            errors.push(FieldError::new(
+                field,
+                format!("{field} must be between 1 and 1000 percent of the request (got {percent})"),
+            ));
+        }
     }
     if let Some(target) = s.target_requests_in_flight
         && !(1..=10_000).contains(&target)
@@ -463,7 +545,10 @@ fn check_scaling(spec: &FunctionSpec, errors: &mut Vec<FieldError>) {
     }
     if let Some(idle) = s.scale_to_zero_after_s {
         if !(10..=7 * 24 * 3600).contains(&idle) {
-            errors.push(FieldError::new("scaling.scale_to_zero_after_s", format!("scaling.scale_to_zero_after_s must be between 10 and 604800 seconds (got {idle})")));
+            errors.push(FieldError::new(
+                "scaling.scale_to_zero_after_s",
+                format!("scaling.scale_to_zero_after_s must be between 10 and 604800 seconds (got {idle})"),
+            ));
         }
         if s.min > 0 {
             errors.push(FieldError::new("scaling.min", "scaling.min must be 0 when scale_to_zero_after_s is set"));
@@ -473,14 +558,19 @@ fn check_scaling(spec: &FunctionSpec, errors: &mut Vec<FieldError>) {
 
 fn check_service(spec: &FunctionSpec, errors: &mut Vec<FieldError>) {
     match (spec.service.kind, &spec.service.external_name) {
-        (ServiceKind::ExternalName, None) => {
-            errors.push(FieldError::new("service.external_name", "service.external_name is required for an ExternalName service"))
-        }
-        (ServiceKind::ExternalName, Some(name)) if !is_dns_name(name) => {
-            errors.push(FieldError::new("service.external_name", format!("service.external_name must be a DNS name such as api.example.com (got {name:?})")))
-        }
+        (ServiceKind::ExternalName, None) => errors.push(FieldError::new(
+            "service.external_name",
+            "service.external_name is required for an ExternalName service",
+        )),
+        (ServiceKind::ExternalName, Some(name)) if !is_dns_name(name) => errors.push(FieldError::new(
+            "service.external_name",
+            format!("service.external_name must be a DNS name such as api.example.com (got {name:?})"),
+        )),
         (ServiceKind::ExternalName, Some(_)) => {}
-        (_, Some(_)) => errors.push(FieldError::new("service.external_name", "service.external_name is only for the ExternalName service type")),
+        (_, Some(_)) => errors.push(FieldError::new(
+            "service.external_name",
+            "service.external_name is only for the ExternalName service type",
+        )),
         (_, None) => {}
     }
 }
@@ -580,7 +670,20 @@ mod tests {
         ] {
             assert!(is_image_reference(good), "{good}");
         }
-        for bad in ["", "UPPER", "app:", "app::1", "a b", "/app", "app/", "host:port/app", "host:/app", "app@sha256:short", "-app", "app:-tag"] {
+        for bad in [
+            "",
+            "UPPER",
+            "app:",
+            "app::1",
+            "a b",
+            "/app",
+            "app/",
+            "host:port/app",
+            "host:/app",
+            "app@sha256:short",
+            "-app",
+            "app:-tag",
+        ] {
             assert!(!is_image_reference(bad), "{bad}");
         }
     }
@@ -661,7 +764,13 @@ mod tests {
 
     #[test]
     fn python_requirements_name_packages_only() {
-        for good in ["", "requests==2.32.3\n# a comment\nflask>=3,<4  # web\n", "uvicorn[standard]~=0.30", "numpy; python_version >= \"3.9\"", "six==1.16.0 --hash=sha256:abc"] {
+        for good in [
+            "",
+            "requests==2.32.3\n# a comment\nflask>=3,<4  # web\n",
+            "uvicorn[standard]~=0.30",
+            "numpy; python_version >= \"3.9\"",
+            "six==1.16.0 --hash=sha256:abc",
+        ] {
             assert_eq!(check_python_requirements(good), Ok(()), "{good}");
         }
         for (bad, says) in [
@@ -689,7 +798,9 @@ mod tests {
 
     #[test]
     fn package_json_dependencies_come_from_the_registry() {
-        for good in [r#"{}"#, r#"{"dependencies": {"express": "^4.19.2", "@scope/pkg": "1.x", "alias": "npm:lodash@4"}}"#] {
+        for good in
+            [r#"{}"#, r#"{"dependencies": {"express": "^4.19.2", "@scope/pkg": "1.x", "alias": "npm:lodash@4"}}"#]
+        {
             assert_eq!(check_package_json(good), Ok(()), "{good}");
         }
         for bad in [

@@ -1,7 +1,7 @@
 //! The account page: the user's quota and API tokens for the REST API.
 
-use super::{action_error, short_time, ErrorNotice, FieldMessage};
-use crate::api::functions::{list_tokens, my_quota, CreateToken, RevokeToken};
+use super::{ErrorNotice, FieldMessage, action_error, short_time};
+use crate::api::functions::{CreateToken, RevokeToken, list_tokens, my_quota};
 use crate::platform::model::QuotaReport;
 use leptos::prelude::*;
 use leptos_meta::Title;

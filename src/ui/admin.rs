@@ -2,12 +2,12 @@
 //! and the runtime's health. The server refuses it to anyone but admins (403), so hiding the
 //! link from other users is a courtesy, not the protection.
 
-use super::chart::{clock, Marker, Unit, WindowPicker};
+use super::account::QuotaTable;
+use super::chart::{Marker, Unit, WindowPicker, clock};
 use super::sortable_table::{Column, SortValue, SortableTable};
 use super::usage_charts::UsageCharts;
-use super::account::QuotaTable;
-use super::{action_error, ticks, ErrorNotice, FieldMessage};
-use crate::api::functions::{admin_dashboard, SetUserQuota};
+use super::{ErrorNotice, FieldMessage, action_error, ticks};
+use crate::api::functions::{SetUserQuota, admin_dashboard};
 use crate::platform::model::{AdminOverview, InstanceInfo, NamedUsage, UsageTotals};
 use leptos::prelude::*;
 use leptos_meta::Title;
@@ -23,7 +23,8 @@ pub fn AdminPage() -> impl IntoView {
     let tick = ticks(REFRESH);
     let overview = Resource::new(move || (tick.get(), window.get()), |(_, window_s)| admin_dashboard(window_s));
     // Kept here, outside the dashboard that each refresh renders anew, so a chosen order stays.
-    let sorts = TableSorts { users: RwSignal::new(None), instances: RwSignal::new(None), functions: RwSignal::new(None) };
+    let sorts =
+        TableSorts { users: RwSignal::new(None), instances: RwSignal::new(None), functions: RwSignal::new(None) };
     view! {
         <Title text="Admin · kubefn"/>
         <div class="page-head">
@@ -94,11 +95,18 @@ struct TableSorts {
 
 #[component]
 fn Dashboard(overview: AdminOverview, sorts: TableSorts) -> impl IntoView {
-    let AdminOverview { since, until, health, instances, users, top_functions, totals, series, scaling_events } = overview;
+    let AdminOverview { since, until, health, instances, users, top_functions, totals, series, scaling_events } =
+        overview;
     let markers: Vec<Marker> = Marker::of(&scaling_events.iter().map(|e| e.event.clone()).collect::<Vec<_>>());
-    let states = health.instances_by_state.iter().map(|(state, count)| view! {
-        <li><span class=format!("state state-{}", state.to_lowercase())>{state.clone()}</span> " " {*count}</li>
-    }).collect_view();
+    let states = health
+        .instances_by_state
+        .iter()
+        .map(|(state, count)| {
+            view! {
+                <li><span class=format!("state state-{}", state.to_lowercase())>{state.clone()}</span> " " {*count}</li>
+            }
+        })
+        .collect_view();
     view! {
         <section class="card" aria-labelledby="health-title" data-testid="health">
             <h2 id="health-title">"Health"</h2>
@@ -177,14 +185,36 @@ fn Totals(totals: UsageTotals) -> impl IntoView {
 fn usage_columns(first: &'static str) -> Vec<Column<NamedUsage>> {
     vec![
         Column::new(first, |u: &NamedUsage| SortValue::Text(u.name.clone()), |u| u.name.clone()),
-        Column::new("Instances", |u: &NamedUsage| SortValue::Number(f64::from(u.totals.instances)), |u| u.totals.instances.to_string()),
-        Column::new("Replicas", |u: &NamedUsage| SortValue::Number(f64::from(u.totals.replicas_ready)), |u| {
-            format!("{} of {}", u.totals.replicas_ready, u.totals.replicas_desired)
-        }),
-        Column::new("CPU now", |u: &NamedUsage| SortValue::Number(u.totals.cpu_millicores), |u| Unit::Millicores.format(u.totals.cpu_millicores)),
-        Column::new("Memory now", |u: &NamedUsage| SortValue::Number(u.totals.memory_bytes as f64), |u| Unit::Bytes.format(u.totals.memory_bytes as f64)),
-        Column::new("Invocations", |u: &NamedUsage| SortValue::Number(u.totals.invocations as f64), |u| u.totals.invocations.to_string()),
-        Column::new("Errors", |u: &NamedUsage| SortValue::Number(u.totals.errors as f64), |u| u.totals.errors.to_string()),
+        Column::new(
+            "Instances",
+            |u: &NamedUsage| SortValue::Number(f64::from(u.totals.instances)),
+            |u| u.totals.instances.to_string(),
+        ),
+        Column::new(
+            "Replicas",
+            |u: &NamedUsage| SortValue::Number(f64::from(u.totals.replicas_ready)),
+            |u| format!("{} of {}", u.totals.replicas_ready, u.totals.replicas_desired),
+        ),
+        Column::new(
+            "CPU now",
+            |u: &NamedUsage| SortValue::Number(u.totals.cpu_millicores),
+            |u| Unit::Millicores.format(u.totals.cpu_millicores),
+        ),
+        Column::new(
+            "Memory now",
+            |u: &NamedUsage| SortValue::Number(u.totals.memory_bytes as f64),
+            |u| Unit::Bytes.format(u.totals.memory_bytes as f64),
+        ),
+        Column::new(
+            "Invocations",
+            |u: &NamedUsage| SortValue::Number(u.totals.invocations as f64),
+            |u| u.totals.invocations.to_string(),
+        ),
+        Column::new(
+            "Errors",
+            |u: &NamedUsage| SortValue::Number(u.totals.errors as f64),
+            |u| u.totals.errors.to_string(),
+        ),
     ]
 }
 
@@ -192,13 +222,23 @@ fn instance_columns() -> Vec<Column<InstanceInfo>> {
     vec![
         Column::new("User", |i: &InstanceInfo| SortValue::Text(i.user.clone()), |i| i.user.clone()),
         Column::new("Function", |i: &InstanceInfo| SortValue::Text(i.function.clone()), |i| i.function.clone()),
-        Column::new("State", |i: &InstanceInfo| SortValue::Text(i.state.as_str().into()), |i| {
-            if i.paused { format!("{} (paused)", i.state.as_str()) } else { i.state.as_str().to_string() }
-        }),
-        Column::new("Version", |i: &InstanceInfo| SortValue::Number(f64::from(i.version)), |i| format!("v{}", i.version)),
-        Column::new("Replicas", |i: &InstanceInfo| SortValue::Number(f64::from(i.replicas.ready)), |i| {
-            format!("{} of {}", i.replicas.ready, i.replicas.desired)
-        }),
+        Column::new(
+            "State",
+            |i: &InstanceInfo| SortValue::Text(i.state.as_str().into()),
+            |i| {
+                if i.paused { format!("{} (paused)", i.state.as_str()) } else { i.state.as_str().to_string() }
+            },
+        ),
+        Column::new(
+            "Version",
+            |i: &InstanceInfo| SortValue::Number(f64::from(i.version)),
+            |i| format!("v{}", i.version),
+        ),
+        Column::new(
+            "Replicas",
+            |i: &InstanceInfo| SortValue::Number(f64::from(i.replicas.ready)),
+            |i| format!("{} of {}", i.replicas.ready, i.replicas.desired),
+        ),
         Column::new("Gateway", |i: &InstanceInfo| SortValue::Text(i.urls.gateway.clone()), |i| i.urls.gateway.clone()),
     ]
 }

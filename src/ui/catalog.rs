@@ -1,10 +1,10 @@
 //! The catalog: my functions and the public ones, with what can be done to each, 50 to a
 //! page and filtered by name.
 
-use super::{action_error, refresh_when_changed, short_time, ErrorNotice};
 use super::addresses::InstanceAddresses;
 use super::instance_actions::{ConfirmedDelete, InstanceActions, PauseOrResume};
-use crate::api::functions::{list_functions, my_instances, DeployFunction};
+use super::{ErrorNotice, action_error, refresh_when_changed, short_time};
+use crate::api::functions::{DeployFunction, list_functions, my_instances};
 use crate::platform::model::{FunctionListPage, FunctionSummary, InstanceInfo, Visibility};
 use leptos::prelude::*;
 use leptos_meta::Title;
@@ -25,12 +25,24 @@ pub fn CatalogPage() -> impl IntoView {
     let deploy = ServerAction::<DeployFunction>::new();
     let actions = InstanceActions::new();
     let instances = Resource::new(
-        move || (deploy.version().get(), actions.pause.version().get(), actions.resume.version().get(), actions.delete.version().get()),
+        move || {
+            (
+                deploy.version().get(),
+                actions.pause.version().get(),
+                actions.resume.version().get(),
+                actions.delete.version().get(),
+            )
+        },
         |_| my_instances(),
     );
     // The instances' states refresh by themselves, so Deploying turns Ready without a reload.
     refresh_when_changed(instances, STATE_REFRESH, my_instances);
-    let errors = [action_error(deploy.value()), action_error(actions.pause.value()), action_error(actions.resume.value()), action_error(actions.delete.value())];
+    let errors = [
+        action_error(deploy.value()),
+        action_error(actions.pause.value()),
+        action_error(actions.resume.value()),
+        action_error(actions.delete.value()),
+    ];
     // A deployed function's page shows the new instance coming up.
     let navigate = use_navigate();
     Effect::new(move |_| {
@@ -80,9 +92,14 @@ pub fn CatalogPage() -> impl IntoView {
 fn Pager(list: FunctionListPage) -> impl IntoView {
     let first = (list.page - 1) * list.per_page + 1;
     let last = (first + list.items.len() as u32).saturating_sub(1);
-    let filter = if list.filter.is_empty() { String::new() } else { format!("&q={}", super::encode_uri_component(&list.filter)) };
+    let filter = if list.filter.is_empty() {
+        String::new()
+    } else {
+        format!("&q={}", super::encode_uri_component(&list.filter))
+    };
     let link = move |page: u32| format!("/?page={page}{filter}");
-    let (previous, next) = ((list.page > 1).then(|| link(list.page - 1)), (list.page < list.last_page()).then(|| link(list.page + 1)));
+    let (previous, next) =
+        ((list.page > 1).then(|| link(list.page - 1)), (list.page < list.last_page()).then(|| link(list.page + 1)));
     view! {
         <nav class="pager" aria-label="Catalog pages">
             <span class="muted" data-testid="catalog-range">{format!("{first}–{last} of {}", list.total)}</span>
@@ -93,7 +110,12 @@ fn Pager(list: FunctionListPage) -> impl IntoView {
 }
 
 #[component]
-fn CatalogTable(functions: Vec<FunctionSummary>, mine: HashMap<String, InstanceInfo>, deploy: ServerAction<DeployFunction>, actions: InstanceActions) -> impl IntoView {
+fn CatalogTable(
+    functions: Vec<FunctionSummary>,
+    mine: HashMap<String, InstanceInfo>,
+    deploy: ServerAction<DeployFunction>,
+    actions: InstanceActions,
+) -> impl IntoView {
     view! {
         <div class="table-wrap">
             <table class="catalog" data-testid="catalog">

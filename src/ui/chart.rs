@@ -6,7 +6,8 @@ use crate::platform::model::{EventInfo, UsageSample};
 use leptos::prelude::*;
 
 /// The windows the charts offer, with their labels.
-pub const WINDOWS: [(u32, &str); 5] = [(300, "5 min"), (900, "15 min"), (3600, "1 h"), (6 * 3600, "6 h"), (24 * 3600, "24 h")];
+pub const WINDOWS: [(u32, &str); 5] =
+    [(300, "5 min"), (900, "15 min"), (3600, "1 h"), (6 * 3600, "6 h"), (24 * 3600, "24 h")];
 
 /// What a chart's values measure, which decides how its axis labels read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,7 +60,11 @@ pub fn nice_ceiling(value: f64) -> f64 {
         return 1.0;
     }
     let magnitude = 10f64.powf(value.log10().floor());
-    [1.0, 2.0, 5.0, 10.0].into_iter().map(|step| step * magnitude).find(|top| *top >= value * 0.999_999).unwrap_or(10.0 * magnitude)
+    [1.0, 2.0, 5.0, 10.0]
+        .into_iter()
+        .map(|step| step * magnitude)
+        .find(|top| *top >= value * 0.999_999)
+        .unwrap_or(10.0 * magnitude)
 }
 
 /// A time as `HH:MM` (or `HH:MM:SS` when `seconds`), in UTC: the pages state times in UTC.
@@ -82,7 +87,12 @@ pub struct Series {
 
 impl Series {
     /// A line taken from usage samples by `value`.
-    pub fn of(samples: &[UsageSample], label: &'static str, class: &'static str, value: impl Fn(&UsageSample) -> Option<f64>) -> Series {
+    pub fn of(
+        samples: &[UsageSample],
+        label: &'static str,
+        class: &'static str,
+        value: impl Fn(&UsageSample) -> Option<f64>,
+    ) -> Series {
         Series { label, class, points: samples.iter().map(|s| (s.at.timestamp_millis(), value(s))).collect() }
     }
 
@@ -103,7 +113,13 @@ pub struct Marker {
 impl Marker {
     /// Marks for events.
     pub fn of(events: &[EventInfo]) -> Vec<Marker> {
-        events.iter().map(|e| Marker { at_ms: e.at.timestamp_millis(), label: format!("{} {}", clock(e.at.timestamp_millis(), true), e.message) }).collect()
+        events
+            .iter()
+            .map(|e| Marker {
+                at_ms: e.at.timestamp_millis(),
+                label: format!("{} {}", clock(e.at.timestamp_millis(), true), e.message),
+            })
+            .collect()
     }
 }
 
@@ -149,35 +165,57 @@ pub fn TimeChart(
             <text class="axis" x=LEFT - 6.0 y=y(value) + 4.0 text-anchor="end">{unit.format(value)}</text>
         }
     });
-    let time_ticks = (0..=2).map(|n| {
-        let at = since_ms + (until_ms - since_ms) * n / 2;
-        let anchor = match n { 0 => "start", 2 => "end", _ => "middle" };
-        view! { <text class="axis" x=x(at) y=HEIGHT - 6.0 text-anchor=anchor>{clock(at, with_seconds)}</text> }
-    }).collect_view();
-    let marks = markers.iter().filter(|m| (since_ms..=until_ms).contains(&m.at_ms)).map(|m| {
-        view! {
-            <line class="marker" x1=x(m.at_ms) x2=x(m.at_ms) y1=TOP y2=HEIGHT - BOTTOM>
-                <title>{m.label.clone()}</title>
-            </line>
-        }
-    }).collect_view();
-    let lines = series.iter().map(|s| {
-        let mut path = String::new();
-        let mut pen_down = false;
-        for (at, value) in &s.points {
-            match value {
-                Some(value) => {
-                    path.push_str(&format!("{}{:.1},{:.1} ", if pen_down { "L" } else { "M" }, x(*at), y(*value)));
-                    pen_down = true;
-                }
-                None => pen_down = false,
+    let time_ticks = (0..=2)
+        .map(|n| {
+            let at = since_ms + (until_ms - since_ms) * n / 2;
+            let anchor = match n {
+                0 => "start",
+                2 => "end",
+                _ => "middle",
+            };
+            view! { <text class="axis" x=x(at) y=HEIGHT - 6.0 text-anchor=anchor>{clock(at, with_seconds)}</text> }
+        })
+        .collect_view();
+    let marks = markers
+        .iter()
+        .filter(|m| (since_ms..=until_ms).contains(&m.at_ms))
+        .map(|m| {
+            view! {
+                <line class="marker" x1=x(m.at_ms) x2=x(m.at_ms) y1=TOP y2=HEIGHT - BOTTOM>
+                    <title>{m.label.clone()}</title>
+                </line>
             }
-        }
-        // A lone point has no line to draw, so each point also gets a dot.
-        let dots = s.points.iter().filter_map(|(at, v)| v.map(|v| (x(*at), y(v)))).map(|(cx, cy)| view! { <circle cx=cx cy=cy r="1.8"/> }).collect_view();
-        view! { <g class=format!("series {}", s.class)><path d=path/>{dots}</g> }
-    }).collect_view();
-    let summary = series.iter().map(|s| format!("{}: {}", s.label, s.latest().map_or("no data".into(), |v| unit.format(v)))).collect::<Vec<_>>().join(", ");
+        })
+        .collect_view();
+    let lines = series
+        .iter()
+        .map(|s| {
+            let mut path = String::new();
+            let mut pen_down = false;
+            for (at, value) in &s.points {
+                match value {
+                    Some(value) => {
+                        path.push_str(&format!("{}{:.1},{:.1} ", if pen_down { "L" } else { "M" }, x(*at), y(*value)));
+                        pen_down = true;
+                    }
+                    None => pen_down = false,
+                }
+            }
+            // A lone point has no line to draw, so each point also gets a dot.
+            let dots = s
+                .points
+                .iter()
+                .filter_map(|(at, v)| v.map(|v| (x(*at), y(v))))
+                .map(|(cx, cy)| view! { <circle cx=cx cy=cy r="1.8"/> })
+                .collect_view();
+            view! { <g class=format!("series {}", s.class)><path d=path/>{dots}</g> }
+        })
+        .collect_view();
+    let summary = series
+        .iter()
+        .map(|s| format!("{}: {}", s.label, s.latest().map_or("no data".into(), |v| unit.format(v))))
+        .collect::<Vec<_>>()
+        .join(", ");
     let legend = series.iter().map(|s| {
         let latest = s.latest().map_or("–".to_string(), |v| unit.format(v));
         view! { <li class=s.class><span class="swatch" aria-hidden="true"></span>{s.label} " " <strong>{latest}</strong></li> }

@@ -3,8 +3,8 @@
 
 use super::instance_panel::InstancePanel;
 use super::triggers::TriggersCard;
-use super::{action_error, short_time, Confirm, ErrorNotice};
-use crate::api::functions::{get_function, RollbackFunction, UnregisterFunction};
+use super::{Confirm, ErrorNotice, action_error, short_time};
+use crate::api::functions::{RollbackFunction, UnregisterFunction, get_function};
 use crate::platform::model::{FunctionDetail, Language};
 use leptos::prelude::*;
 use leptos_meta::Title;

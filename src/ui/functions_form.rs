@@ -1,8 +1,8 @@
 //! Register a function, or edit one (which records a new immutable version).
 
-use super::{action_error, ErrorNotice, FieldMessage};
-use crate::api::functions::{get_function, FunctionForm, SaveFunction};
+use super::{ErrorNotice, FieldMessage, action_error};
 use crate::api::ApiError;
+use crate::api::functions::{FunctionForm, SaveFunction, get_function};
 use crate::platform::model::{InvokeAccess, Language, ServiceKind};
 use leptos::prelude::*;
 use leptos_meta::Title;

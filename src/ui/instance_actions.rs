@@ -1,7 +1,7 @@
 //! The buttons that change an instance, shared by the catalog rows and the instance panel.
 
-use crate::api::functions::{DeleteInstance, PauseInstance, ResumeInstance};
 use super::Confirm;
+use crate::api::functions::{DeleteInstance, PauseInstance, ResumeInstance};
 use leptos::prelude::*;
 
 /// The actions a page offers on instances; their versions tell the page to reload them.

@@ -5,8 +5,8 @@
 use super::addresses::InstanceAddresses;
 use super::instance_actions::{ConfirmedDelete, InstanceActions, PauseOrResume};
 use super::usage_charts::InstanceCharts;
-use super::{action_error, refresh_when_changed, short_time, ErrorNotice, FieldMessage};
-use crate::api::functions::{my_instance, DeployFunction, InvokeFunction, ScaleInstance};
+use super::{ErrorNotice, FieldMessage, action_error, refresh_when_changed, short_time};
+use crate::api::functions::{DeployFunction, InvokeFunction, ScaleInstance, my_instance};
 use crate::app::Session;
 use crate::platform::model::{InstanceInfo, InstanceState, LogEntry};
 use leptos::prelude::*;
@@ -125,7 +125,8 @@ fn InvokePanel(function: String) -> impl IntoView {
 fn NotDeployed(function: String, owner: String, deploy: ServerAction<DeployFunction>) -> impl IntoView {
     let session = expect_context::<Session>();
     let owner_name = owner.clone();
-    let theirs = Memo::new(move |_| session.user.get().and_then(Result::ok).flatten().is_some_and(|me| me.name != owner_name));
+    let theirs =
+        Memo::new(move |_| session.user.get().and_then(Result::ok).flatten().is_some_and(|me| me.name != owner_name));
     view! {
         <p>"Not deployed. Deploying starts your own copy of this function, with its own replicas and node port."</p>
         <ActionForm action=deploy attr:class="inline">
@@ -149,9 +150,11 @@ fn NotDeployed(function: String, owner: String, deploy: ServerAction<DeployFunct
 #[component]
 fn VersionPolicy(instance: InstanceInfo, owner: String, deploy: ServerAction<DeployFunction>) -> impl IntoView {
     let (text, follow, button) = match instance.pinned {
-        true if instance.latest_version != instance.version => {
-            (format!("stays on v{} ({owner} is on v{})", instance.version, instance.latest_version), "true", format!("Follow {owner}'s updates"))
-        }
+        true if instance.latest_version != instance.version => (
+            format!("stays on v{} ({owner} is on v{})", instance.version, instance.latest_version),
+            "true",
+            format!("Follow {owner}'s updates"),
+        ),
         true => (format!("stays on v{}", instance.version), "true", format!("Follow {owner}'s updates")),
         false => (format!("follows {owner}'s updates"), "false", format!("Stay on v{}", instance.version)),
     };
@@ -257,16 +260,20 @@ fn DeployProgress(state: InstanceState, ready: u32, desired: u32) -> impl IntoVi
         InstanceState::Deploying | InstanceState::Failed => 1,
         _ => return None,
     };
-    let steps = ["Pending", "Deploying", "Ready"].into_iter().enumerate().map(|(index, step)| {
-        let class = match index.cmp(&reached) {
-            std::cmp::Ordering::Less => "done",
-            std::cmp::Ordering::Equal if state == InstanceState::Failed => "failed",
-            std::cmp::Ordering::Equal => "current",
-            std::cmp::Ordering::Greater => "todo",
-        };
-        let label = if index == 2 { format!("Ready ({ready} of {desired} replicas)") } else { step.to_string() };
-        view! { <li class=class aria-current=(class == "current").then_some("step")>{label}</li> }
-    }).collect_view();
+    let steps = ["Pending", "Deploying", "Ready"]
+        .into_iter()
+        .enumerate()
+        .map(|(index, step)| {
+            let class = match index.cmp(&reached) {
+                std::cmp::Ordering::Less => "done",
+                std::cmp::Ordering::Equal if state == InstanceState::Failed => "failed",
+                std::cmp::Ordering::Equal => "current",
+                std::cmp::Ordering::Greater => "todo",
+            };
+            let label = if index == 2 { format!("Ready ({ready} of {desired} replicas)") } else { step.to_string() };
+            view! { <li class=class aria-current=(class == "current").then_some("step")>{label}</li> }
+        })
+        .collect_view();
     Some(view! { <ol class="progress" data-testid="deploy-progress" aria-label="Deploy progress">{steps}</ol> })
 }
 
@@ -282,10 +289,20 @@ fn LiveLogs(id: String) -> impl IntoView {
     follow_logs(&id, follow, lines, live);
     let shown = Memo::new(move |_| {
         let needle = filter.get().to_lowercase();
-        lines.get().into_iter().filter(|(_, line)| needle.is_empty() || line.text.to_lowercase().contains(&needle) || line.replica.contains(&needle)).collect::<Vec<_>>()
+        lines
+            .get()
+            .into_iter()
+            .filter(|(_, line)| {
+                needle.is_empty() || line.text.to_lowercase().contains(&needle) || line.replica.contains(&needle)
+            })
+            .collect::<Vec<_>>()
     });
     let download = move || {
-        let text: String = shown.get().iter().map(|(_, l)| format!("{} {} {} {}\n", l.at.to_rfc3339(), l.replica, l.stream, l.text)).collect();
+        let text: String = shown
+            .get()
+            .iter()
+            .map(|(_, l)| format!("{} {} {} {}\n", l.at.to_rfc3339(), l.replica, l.stream, l.text))
+            .collect();
         format!("data:text/plain;charset=utf-8,{}", super::encode_uri_component(&text))
     };
     let area = NodeRef::<leptos::html::Div>::new();
@@ -332,8 +349,8 @@ fn LiveLogs(id: String) -> impl IntoView {
 #[cfg(feature = "hydrate")]
 fn follow_logs(id: &str, follow: RwSignal<bool>, lines: RwSignal<Vec<(u64, LogEntry)>>, live: RwSignal<bool>) {
     use send_wrapper::SendWrapper;
-    use wasm_bindgen::closure::Closure;
     use wasm_bindgen::JsCast;
+    use wasm_bindgen::closure::Closure;
     /// Log lines the page keeps; older ones scroll away.
     const LOG_LINES_KEPT: usize = 500;
 

@@ -84,8 +84,11 @@ pub fn Confirm(#[prop(into)] ask: String, children: ChildrenFn) -> impl IntoView
 /// effects do not run on the server) it calls `fetch` and writes the answer into the resource
 /// only when it differs from what is shown. Views then re-render on a real change only, so a
 /// poll cannot close an open confirmation, clear a half-typed input or take the focus away.
-pub fn refresh_when_changed<T, Fut>(resource: Resource<T>, period: std::time::Duration, fetch: impl Fn() -> Fut + Clone + 'static)
-where
+pub fn refresh_when_changed<T, Fut>(
+    resource: Resource<T>,
+    period: std::time::Duration,
+    fetch: impl Fn() -> Fut + Clone + 'static,
+) where
     T: Clone + PartialEq + Send + Sync + serde::Serialize + serde::de::DeserializeOwned + 'static,
     Fut: std::future::Future<Output = T> + 'static,
 {

@@ -89,13 +89,16 @@ pub fn SortableTable<T: Clone + Send + Sync + 'static>(
     });
     let body = move || {
         let shown = match sort.get() {
-            Some((by, descending)) => columns.with_value(|columns| rows.with_value(|rows| sorted(rows, columns, by, descending))),
+            Some((by, descending)) => {
+                columns.with_value(|columns| rows.with_value(|rows| sorted(rows, columns, by, descending)))
+            }
             None => rows.get_value(),
         };
         shown
             .iter()
             .map(|row| {
-                let cells = columns.with_value(|columns| columns.iter().map(|c| view! { <td>{(c.cell)(row)}</td> }).collect_view());
+                let cells = columns
+                    .with_value(|columns| columns.iter().map(|c| view! { <td>{(c.cell)(row)}</td> }).collect_view());
                 view! { <tr>{cells}</tr> }
             })
             .collect_view()

@@ -1,8 +1,8 @@
 //! Cron triggers on the function page: the caller's schedules on their instance, each with
 //! its next fire time and latest runs; add one, delete one.
 
-use super::{action_error, short_time, Confirm, ErrorNotice, FieldMessage};
-use crate::api::functions::{list_triggers, CreateTrigger, DeleteTrigger};
+use super::{Confirm, ErrorNotice, FieldMessage, action_error, short_time};
+use crate::api::functions::{CreateTrigger, DeleteTrigger, list_triggers};
 use crate::platform::model::TriggerInfo;
 use leptos::prelude::*;
 
@@ -14,7 +14,8 @@ pub fn TriggersCard(function: String) -> impl IntoView {
     let create_error = action_error(create.value());
     let delete_error = action_error(delete.value());
     let name = function.clone();
-    let triggers = Resource::new(move || (create.version().get(), delete.version().get()), move |_| list_triggers(name.clone()));
+    let triggers =
+        Resource::new(move || (create.version().get(), delete.version().get()), move |_| list_triggers(name.clone()));
     view! {
         <section class="card" aria-labelledby="triggers-title" data-testid="triggers">
             <h2 id="triggers-title">"Cron triggers"</h2>

@@ -3,7 +3,7 @@
 //! draws everyone's, added up.
 
 use super::chart::{Marker, Series, TimeChart, Unit, WindowPicker};
-use super::{ticks, ErrorNotice};
+use super::{ErrorNotice, ticks};
 use crate::api::functions::instance_usage;
 use crate::platform::model::UsageSample;
 use leptos::prelude::*;
@@ -17,10 +17,14 @@ const REFRESH: Duration = Duration::from_secs(3);
 pub fn UsageCharts(samples: Vec<UsageSample>, since_ms: i64, until_ms: i64, markers: Vec<Marker>) -> impl IntoView {
     let line = |label, class, value: fn(&UsageSample) -> Option<f64>| Series::of(&samples, label, class, value);
     let charts = [
-        ("Replicas", Unit::Count, vec![
-            line("desired", "series-a", |s| Some(f64::from(s.replicas_desired))),
-            line("ready", "series-b", |s| Some(f64::from(s.replicas_ready))),
-        ]),
+        (
+            "Replicas",
+            Unit::Count,
+            vec![
+                line("desired", "series-a", |s| Some(f64::from(s.replicas_desired))),
+                line("ready", "series-b", |s| Some(f64::from(s.replicas_ready))),
+            ],
+        ),
         ("CPU", Unit::Millicores, vec![line("all replicas", "series-a", |s| s.cpu_millicores)]),
         ("Memory", Unit::Bytes, vec![line("all replicas", "series-a", |s| s.memory_bytes.map(|m| m as f64))]),
         ("Requests", Unit::PerSecond, vec![line("through the gateway", "series-a", |s| s.requests_per_s)]),
@@ -41,7 +45,8 @@ pub fn UsageCharts(samples: Vec<UsageSample>, since_ms: i64, until_ms: i64, mark
 pub fn InstanceCharts(id: String) -> impl IntoView {
     let window = RwSignal::new(super::chart::WINDOWS[0].0);
     let tick = ticks(REFRESH);
-    let report = Resource::new(move || (tick.get(), window.get()), move |(_, window_s)| instance_usage(id.clone(), window_s));
+    let report =
+        Resource::new(move || (tick.get(), window.get()), move |(_, window_s)| instance_usage(id.clone(), window_s));
     view! {
         <section class="card" aria-labelledby="usage-title" data-testid="usage">
             <div class="card-head">

@@ -3,14 +3,14 @@
 //! through it, and the JSON fixtures the tests share.
 #![allow(dead_code)]
 
-use axum::body::Body;
-use axum::http::{header, HeaderMap, Method, Request, StatusCode};
 use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, Request, StatusCode, header};
+use clap::Parser;
 use http_body_util::BodyExt;
 use kubefn::platform::auth::SignupPolicy;
-use clap::Parser;
-use kubefn::server::{build_app, Config, Server};
-use serde_json::{json, Value};
+use kubefn::server::{Config, Server, build_app};
+use serde_json::{Value, json};
 use tower::ServiceExt;
 
 pub const ADMIN: (&str, &str) = ("root", "root-password");
@@ -53,7 +53,21 @@ impl TestApp {
         let block = 30_100 + (APPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 50) * 50;
         let node_ports = format!("{block}-{}", block + 49);
         // Cron triggers run on the clock the tests move (`platform.triggers.tick`).
-        let mut args = vec!["kubefn", "--data-dir", &data_dir, "--node-port-range", &node_ports, "--drain-seconds", "1", "--reconcile-seconds", "1", "--log", "warn", "--cron", "false"];
+        let mut args = vec![
+            "kubefn",
+            "--data-dir",
+            &data_dir,
+            "--node-port-range",
+            &node_ports,
+            "--drain-seconds",
+            "1",
+            "--reconcile-seconds",
+            "1",
+            "--log",
+            "warn",
+            "--cron",
+            "false",
+        ];
         args.extend(extra);
         let admin = format!("{}:{}", ADMIN.0, ADMIN.1);
         args.extend(["--admin", &admin]);
@@ -86,17 +100,21 @@ impl TestApp {
         let status = response.status();
         let headers = response.headers().clone();
         let bytes = response.into_body().collect().await.expect("body").to_bytes();
-        let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        let body = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
         Answer { status, headers, body }
     }
 
     /// Signs up (or logs in, for the admin) and returns the session cookie.
     pub async fn session(&self, name: &str, password: &str) -> String {
-        let signup = self.call(Method::POST, "/api/v1/signup", Some(json!({"name": name, "password": password})), As::Anonymous).await;
+        let signup = self
+            .call(Method::POST, "/api/v1/signup", Some(json!({"name": name, "password": password})), As::Anonymous)
+            .await;
         let answer = if signup.status == StatusCode::CREATED {
             signup
         } else {
-            self.call(Method::POST, "/api/v1/login", Some(json!({"name": name, "password": password})), As::Anonymous).await
+            self.call(Method::POST, "/api/v1/login", Some(json!({"name": name, "password": password})), As::Anonymous)
+                .await
         };
         assert!(answer.status.is_success(), "{name} signs in: {} {}", answer.status, answer.body);
         cookie_of(&answer.headers)
@@ -123,7 +141,21 @@ impl TestApp {
         }
         let data_dir = self.dir.path().display().to_string();
         let admin = format!("{}:{}", ADMIN.0, ADMIN.1);
-        let args = ["kubefn", "--data-dir", &data_dir, "--drain-seconds", "1", "--reconcile-seconds", "1", "--log", "warn", "--cron", "false", "--admin", &admin];
+        let args = [
+            "kubefn",
+            "--data-dir",
+            &data_dir,
+            "--drain-seconds",
+            "1",
+            "--reconcile-seconds",
+            "1",
+            "--log",
+            "warn",
+            "--cron",
+            "false",
+            "--admin",
+            &admin,
+        ];
         let config = Config::try_parse_from(args).expect("configuration");
         let options = leptos::config::get_configuration(None).expect("site options").leptos_options;
         let server = build_app(&config, options).await.expect("app builds again");
@@ -184,4 +216,3 @@ pub fn with(mut base: Value, pointer: &str, value: Value) -> Value {
     target.as_object_mut().expect("object").insert(key.to_string(), value);
     base
 }
-

@@ -7,7 +7,7 @@
 //! (`make cluster`).
 #![allow(dead_code)]
 
-use kubefn::platform::runtime::kubernetes::{Images, PodSettings, Placement};
+use kubefn::platform::runtime::kubernetes::{Images, Placement, PodSettings};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -73,7 +73,12 @@ impl TestCluster {
             .arg(archive)
             .output()
             .expect("ctr runs");
-        assert!(output.status.success(), "cannot import {}: {}", archive.display(), String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "cannot import {}: {}",
+            archive.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
 
     /// A hostPath PersistentVolume of `size` for claims with no storage class (the test cluster
@@ -107,7 +112,11 @@ impl TestCluster {
 
 fn build(root: &Path) -> PathBuf {
     let output = Command::new(root.join("k8s/testcluster/build.sh")).output().expect("build.sh runs");
-    assert!(output.status.success(), "cannot build the test control plane:\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "cannot build the test control plane:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
 }
 

@@ -7,7 +7,13 @@ use tokio::net::TcpStream;
 /// One HTTP/1.0 request on a fresh connection (so no chunking). The answer ends at its
 /// Content-Length or at EOF: a port-forward through the apiserver does not pass the pod's
 /// close on, so a client relying on EOF alone would wait forever there.
-pub async fn call(address: SocketAddr, method: &str, path: &str, content_type: &str, body: &str) -> std::io::Result<(u16, String)> {
+pub async fn call(
+    address: SocketAddr,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &str,
+) -> std::io::Result<(u16, String)> {
     let mut stream = TcpStream::connect(address).await?;
     let request = format!(
         "{method} {path} HTTP/1.0\r\nHost: test\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
@@ -27,8 +33,13 @@ pub async fn call(address: SocketAddr, method: &str, path: &str, content_type: &
         }
     }
     let answer = String::from_utf8_lossy(&answer).into_owned();
-    let (head, body) = answer.split_once("\r\n\r\n").ok_or_else(|| std::io::Error::other(format!("no HTTP answer: {answer:?}")))?;
-    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| std::io::Error::other(format!("bad status line: {head:?}")))?;
+    let (head, body) =
+        answer.split_once("\r\n\r\n").ok_or_else(|| std::io::Error::other(format!("no HTTP answer: {answer:?}")))?;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line: {head:?}")))?;
     Ok((status, body.to_string()))
 }
 
@@ -36,6 +47,7 @@ pub async fn call(address: SocketAddr, method: &str, path: &str, content_type: &
 fn complete(answer: &[u8]) -> bool {
     let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") else { return false };
     let head = String::from_utf8_lossy(&answer[..end]).to_ascii_lowercase();
-    let length = head.lines().find_map(|line| line.strip_prefix("content-length:").and_then(|v| v.trim().parse::<usize>().ok()));
+    let length =
+        head.lines().find_map(|line| line.strip_prefix("content-length:").and_then(|v| v.trim().parse::<usize>().ok()));
     length.is_some_and(|length| answer.len() >= end + 4 + length)
 }

@@ -111,13 +111,22 @@ impl Client {
             .find_map(|l| l.strip_prefix("set-cookie: ").or_else(|| l.strip_prefix("Set-Cookie: ")))
             .and_then(|v| v.split(';').next())
             .map(str::to_string);
-        let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_string() };
+        let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+            dechunk(body)
+        } else {
+            body.to_string()
+        };
         Answer { status, cookie, body }
     }
 
     /// Signs up `name` and returns the session cookie.
     pub fn sign_up(&self, name: &str) -> String {
-        let answer = self.request("POST", "/api/v1/signup", None, Some(&format!(r#"{{"name":"{name}","password":"{name}-password"}}"#)));
+        let answer = self.request(
+            "POST",
+            "/api/v1/signup",
+            None,
+            Some(&format!(r#"{{"name":"{name}","password":"{name}-password"}}"#)),
+        );
         assert_eq!(answer.status, 201, "sign-up of {name}: {}", answer.body);
         answer.cookie.expect("a session cookie")
     }
@@ -133,7 +142,13 @@ impl Client {
     }
 
     /// Polls an instance until `done` holds, returning its JSON.
-    pub fn instance_until(&self, cookie: &str, id: &str, what: &str, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    pub fn instance_until(
+        &self,
+        cookie: &str,
+        id: &str,
+        what: &str,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
         let mut last = serde_json::Value::Null;
         for _ in 0..600 {
             let answer = self.request("GET", &format!("/api/v1/instances/{id}"), Some(cookie), None);
@@ -167,7 +182,11 @@ impl Client {
         let answer = String::from_utf8_lossy(&answer).into_owned();
         let status = answer.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
         let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
-        let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_string() };
+        let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+            dechunk(body)
+        } else {
+            body.to_string()
+        };
         Answer { status, cookie: None, body }
     }
 }
@@ -224,6 +243,10 @@ pub fn processes_under(dir: &Path) -> Vec<u32> {
         .expect("/proc")
         .flatten()
         .filter_map(|entry| entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
-        .filter(|pid| String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default()).contains(&marker) && alive(*pid))
+        .filter(|pid| {
+            String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default())
+                .contains(&marker)
+                && alive(*pid)
+        })
         .collect()
 }

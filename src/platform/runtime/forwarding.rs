@@ -5,16 +5,16 @@
 //! while and signals demand (scale from zero). It counts connections, which the autoscaler, the
 //! idle check and the latency samples read.
 
+use parking_lot::Mutex;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use parking_lot::Mutex;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Notify};
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 /// Why a node port could not be opened.
@@ -50,11 +50,7 @@ pub struct Traffic {
 
 impl Default for Traffic {
     fn default() -> Self {
-        Traffic {
-            open: AtomicUsize::new(0),
-            last_activity: Mutex::new(Instant::now()),
-            demand: Notify::new(),
-        }
+        Traffic { open: AtomicUsize::new(0), last_activity: Mutex::new(Instant::now()), demand: Notify::new() }
     }
 }
 
@@ -200,11 +196,21 @@ impl ForwardingPort {
     }
 
     /// As [`ForwardingPort::serve`], reaching replicas through `dial`.
-    pub fn serve_with<D: Dial>(listener: TcpListener, endpoints: watch::Receiver<Vec<D::Endpoint>>, dial: D, hold: Duration) -> ForwardingPort {
+    pub fn serve_with<D: Dial>(
+        listener: TcpListener,
+        endpoints: watch::Receiver<Vec<D::Endpoint>>,
+        dial: D,
+        hold: Duration,
+    ) -> ForwardingPort {
         ForwardingPort::serve_shared(listener, endpoints, Arc::new(dial), hold)
     }
 
-    fn serve_shared<D: Dial>(listener: TcpListener, endpoints: watch::Receiver<Vec<D::Endpoint>>, dial: Arc<D>, hold: Duration) -> ForwardingPort {
+    fn serve_shared<D: Dial>(
+        listener: TcpListener,
+        endpoints: watch::Receiver<Vec<D::Endpoint>>,
+        dial: Arc<D>,
+        hold: Duration,
+    ) -> ForwardingPort {
         // The listener's own address cannot be unknown once bound; fall back to unspecified just in case.
         let address = listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let next = Arc::new(AtomicUsize::new(0));
@@ -318,7 +324,8 @@ mod tests {
                 tokio::spawn(async move {
                     let mut buffer = [0u8; 64];
                     let n = socket.read(&mut buffer).await.unwrap_or(0);
-                    let _ = socket.write_all(format!("{tag}:{}", String::from_utf8_lossy(&buffer[..n])).as_bytes()).await;
+                    let _ =
+                        socket.write_all(format!("{tag}:{}", String::from_utf8_lossy(&buffer[..n])).as_bytes()).await;
                 });
             }
         });
@@ -339,7 +346,8 @@ mod tests {
         let b = echo_server("b").await;
         let dead = TcpListener::bind("127.0.0.1:0").await.expect("bind").local_addr().expect("addr");
         let (_tx, rx) = watch::channel(vec![a, dead, b]);
-        let port = ForwardingPort::serve(TcpListener::bind("127.0.0.1:0").await.expect("bind"), rx, Duration::from_secs(1));
+        let port =
+            ForwardingPort::serve(TcpListener::bind("127.0.0.1:0").await.expect("bind"), rx, Duration::from_secs(1));
         let mut seen = Vec::new();
         for _ in 0..3 {
             seen.push(ask(port.address(), "hi").await);
@@ -351,7 +359,8 @@ mod tests {
     #[tokio::test]
     async fn holds_connections_until_a_replica_is_ready() {
         let (tx, rx) = watch::channel(Vec::new());
-        let port = ForwardingPort::serve(TcpListener::bind("127.0.0.1:0").await.expect("bind"), rx, Duration::from_secs(10));
+        let port =
+            ForwardingPort::serve(TcpListener::bind("127.0.0.1:0").await.expect("bind"), rx, Duration::from_secs(10));
         let waiting = tokio::spawn(ask(port.address(), "early"));
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(!waiting.is_finished());
@@ -362,7 +371,8 @@ mod tests {
     #[tokio::test]
     async fn counts_connections_and_signals_demand_while_no_replica_is_ready() {
         let (tx, rx) = watch::channel(Vec::new());
-        let port = ForwardingPort::serve(TcpListener::bind("127.0.0.1:0").await.expect("bind"), rx, Duration::from_secs(10));
+        let port =
+            ForwardingPort::serve(TcpListener::bind("127.0.0.1:0").await.expect("bind"), rx, Duration::from_secs(10));
         let traffic = port.traffic();
         let demanded = tokio::spawn({
             let traffic = traffic.clone();
@@ -388,7 +398,8 @@ mod tests {
     #[tokio::test]
     async fn a_connection_no_replica_takes_in_time_is_closed_and_counted() {
         let (_tx, rx) = watch::channel(Vec::new());
-        let port = ForwardingPort::serve(TcpListener::bind("127.0.0.1:0").await.expect("bind"), rx, Duration::from_millis(50));
+        let port =
+            ForwardingPort::serve(TcpListener::bind("127.0.0.1:0").await.expect("bind"), rx, Duration::from_millis(50));
         let mut client = TcpStream::connect(port.address()).await.expect("connect");
         let mut answer = Vec::new();
         let _ = client.read_to_end(&mut answer).await;
@@ -408,14 +419,18 @@ mod tests {
         let first = taken.local_addr().expect("addr").port();
         let (_tx, rx) = watch::channel(Vec::new());
         let range = first..=first.saturating_add(20);
-        let port = ForwardingPort::bind_in_range([127, 0, 0, 1].into(), range.clone(), rx.clone(), Duration::from_secs(1)).await.expect("bind");
+        let port =
+            ForwardingPort::bind_in_range([127, 0, 0, 1].into(), range.clone(), rx.clone(), Duration::from_secs(1))
+                .await
+                .expect("bind");
         assert_ne!(port.address().port(), first);
         let freed = port.address();
         drop(port);
         tokio::task::yield_now().await;
         tokio::time::sleep(Duration::from_millis(50)).await;
         TcpListener::bind(freed).await.expect("the node port's port is free again");
-        let exhausted = ForwardingPort::bind_in_range([127, 0, 0, 1].into(), first..=first, rx, Duration::from_secs(1)).await;
+        let exhausted =
+            ForwardingPort::bind_in_range([127, 0, 0, 1].into(), first..=first, rx, Duration::from_secs(1)).await;
         assert!(matches!(exhausted, Err(ForwardingError::RangeExhausted { .. })));
     }
 }

@@ -7,8 +7,8 @@ pub mod forwarding;
 pub mod kubernetes;
 pub mod local;
 
-use crate::platform::model::{EventInfo, FunctionSpec, HealthCheck, InstanceState, LogEntry, ReplicaInfo};
 pub use crate::platform::autoscale::AutoscalerStatus;
+use crate::platform::model::{EventInfo, FunctionSpec, HealthCheck, InstanceState, LogEntry, ReplicaInfo};
 use futures::stream::BoxStream;
 use std::net::SocketAddr;
 
@@ -95,7 +95,9 @@ pub enum RuntimeError {
     },
     /// The instance's Service is an ExternalName: the gateway never proxies to one, since it
     /// would reach whatever name the function's owner chose, cloud metadata endpoints included.
-    #[error("instance {id}'s Service is an ExternalName, which kubefn's gateway never proxies to; call that name directly")]
+    #[error(
+        "instance {id}'s Service is an ExternalName, which kubefn's gateway never proxies to; call that name directly"
+    )]
     NotProxied {
         /// The instance's id.
         id: String,
@@ -121,7 +123,9 @@ pub enum RuntimeError {
         source: forwarding::ForwardingError,
     },
     /// Function code cannot be sandboxed on this host.
-    #[error("function code cannot be sandboxed on this host; install what is missing, or start kubefn with --single-user if you are this machine's only user")]
+    #[error(
+        "function code cannot be sandboxed on this host; install what is missing, or start kubefn with --single-user if you are this machine's only user"
+    )]
     Sandbox(#[source] local::sandbox::SandboxError),
     /// The cluster refused or failed an operation.
     #[error("the Kubernetes cluster could not do it")]
@@ -172,7 +176,12 @@ pub trait Runtime: Send + Sync + 'static {
     /// The instance's log lines (those from `since` on, when given), tagged with replica; with
     /// `follow`, new lines as they come (including those of replicas started later) until the
     /// instance is deleted.
-    fn logs(&self, id: &str, follow: bool, since: Option<chrono::DateTime<chrono::Utc>>) -> Result<LogStream, RuntimeError>;
+    fn logs(
+        &self,
+        id: &str,
+        follow: bool,
+        since: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<LogStream, RuntimeError>;
 
     /// CPU and memory per replica.
     fn usage(&self, id: &str) -> Result<Vec<ReplicaUsage>, RuntimeError>;
@@ -188,4 +197,3 @@ pub trait Runtime: Send + Sync + 'static {
     /// at the next start), or the cluster's watchers and port-forwards (instances keep running).
     async fn shutdown(&self);
 }
-

@@ -98,7 +98,8 @@ struct StatusRow {
     finished_at: Option<DateTime<Utc>>,
 }
 
-const SELECT_RECORD: &str = "SELECT a.id, f.name AS function, u.name AS user, a.caller_id, a.method, a.path, a.content_type, a.body,
+const SELECT_RECORD: &str =
+    "SELECT a.id, f.name AS function, u.name AS user, a.caller_id, a.method, a.path, a.content_type, a.body,
         a.body_spooled, a.callback_url, a.attempts
    FROM async_invocations a JOIN functions f ON f.id = a.function_id JOIN users u ON u.id = a.user_id";
 
@@ -141,7 +142,10 @@ impl Store {
                 .await?
                 .rows_affected();
             if moved == 1
-                && let Some(record) = sqlx::query_as::<_, AsyncRecord>(&format!("{SELECT_RECORD} WHERE a.id = ?")).bind(&id).fetch_optional(&self.pool).await?
+                && let Some(record) = sqlx::query_as::<_, AsyncRecord>(&format!("{SELECT_RECORD} WHERE a.id = ?"))
+                    .bind(&id)
+                    .fetch_optional(&self.pool)
+                    .await?
             {
                 claimed.push(record);
             }
@@ -165,18 +169,21 @@ impl Store {
 
     /// The ids of every unfinished invocation whose body is in the spool: the files to keep.
     pub async fn unfinished_spooled_async(&self) -> StoreResult<std::collections::HashSet<String>> {
-        let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM async_invocations WHERE body_spooled = 1 AND state IN ('queued', 'running')")
-            .fetch_all(&self.pool)
-            .await?;
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM async_invocations WHERE body_spooled = 1 AND state IN ('queued', 'running')",
+        )
+        .fetch_all(&self.pool)
+        .await?;
         Ok(ids.into_iter().collect())
     }
 
     /// Deletes the invocations that finished before `before`; returns how many.
     pub async fn delete_finished_async(&self, before: DateTime<Utc>) -> StoreResult<u64> {
-        let result = sqlx::query("DELETE FROM async_invocations WHERE state IN ('succeeded', 'failed') AND finished_at < ?")
-            .bind(before)
-            .execute(&self.pool)
-            .await?;
+        let result =
+            sqlx::query("DELETE FROM async_invocations WHERE state IN ('succeeded', 'failed') AND finished_at < ?")
+                .bind(before)
+                .execute(&self.pool)
+                .await?;
         Ok(result.rows_affected())
     }
 
@@ -204,7 +211,11 @@ impl Store {
 
     /// Records how delivering the result to the callback URL went.
     pub async fn set_callback_result(&self, id: &str, result: &str) -> StoreResult<()> {
-        sqlx::query("UPDATE async_invocations SET callback_result = ? WHERE id = ?").bind(result).bind(id).execute(&self.pool).await?;
+        sqlx::query("UPDATE async_invocations SET callback_result = ? WHERE id = ?")
+            .bind(result)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 

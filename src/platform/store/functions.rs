@@ -1,6 +1,6 @@
 //! Functions and their immutable, numbered versions.
 
-use super::{duplicate_or_query, Store, StoreError, StoreResult};
+use super::{Store, StoreError, StoreResult, duplicate_or_query};
 use crate::platform::model::{FunctionSpec, Language, VersionInfo, Visibility};
 use chrono::{DateTime, Utc};
 
@@ -75,8 +75,8 @@ struct VersionRow {
 
 impl VersionRow {
     fn decode(self) -> StoreResult<(VersionInfo, FunctionSpec)> {
-        let spec: FunctionSpec =
-            serde_json::from_str(&self.spec).map_err(|source| StoreError::Corrupt { what: "function version", source })?;
+        let spec: FunctionSpec = serde_json::from_str(&self.spec)
+            .map_err(|source| StoreError::Corrupt { what: "function version", source })?;
         let info = VersionInfo {
             number: u32::try_from(self.number).unwrap_or(0),
             created_by: self.created_by,
@@ -111,13 +111,15 @@ impl Store {
         .fetch_one(&mut *tx)
         .await
         .map_err(|e| duplicate_or_query(e, "function", "name"))?;
-        sqlx::query("INSERT INTO function_versions (function_id, number, spec, created_by, created_at) VALUES (?, 1, ?, ?, ?)")
-            .bind(id)
-            .bind(&encoded)
-            .bind(owner_id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO function_versions (function_id, number, spec, created_by, created_at) VALUES (?, 1, ?, ?, ?)",
+        )
+        .bind(id)
+        .bind(&encoded)
+        .bind(owner_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         self.forget_invocations();
         self.function_by_id(id).await?.ok_or(StoreError::Query(sqlx::Error::RowNotFound))
@@ -140,14 +142,16 @@ impl Store {
         .bind(function_id)
         .fetch_one(&mut *tx)
         .await?;
-        sqlx::query("INSERT INTO function_versions (function_id, number, spec, created_by, created_at) VALUES (?, ?, ?, ?, ?)")
-            .bind(function_id)
-            .bind(number)
-            .bind(&encoded)
-            .bind(created_by)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO function_versions (function_id, number, spec, created_by, created_at) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(function_id)
+        .bind(number)
+        .bind(&encoded)
+        .bind(created_by)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         self.forget_invocations();
         Ok(u32::try_from(number).unwrap_or(0))
@@ -171,10 +175,8 @@ impl Store {
 
     /// The function with this id, if any.
     pub async fn function_by_id(&self, id: i64) -> StoreResult<Option<FunctionRecord>> {
-        let row: Option<FunctionRow> = sqlx::query_as(&format!("{SELECT_FUNCTION} WHERE f.id = ?"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row: Option<FunctionRow> =
+            sqlx::query_as(&format!("{SELECT_FUNCTION} WHERE f.id = ?")).bind(id).fetch_optional(&self.pool).await?;
         Ok(row.map(Into::into))
     }
 
@@ -189,22 +191,30 @@ impl Store {
 
     /// One page of the functions a viewer may see (as [`Store::visible_functions`]) whose name
     /// contains `filter`, by name, and how many there are in all.
-    pub async fn visible_functions_page(&self, viewer: Option<i64>, filter: &str, limit: u32, offset: u32) -> StoreResult<(Vec<FunctionRecord>, u32)> {
+    pub async fn visible_functions_page(
+        &self,
+        viewer: Option<i64>,
+        filter: &str,
+        limit: u32,
+        offset: u32,
+    ) -> StoreResult<(Vec<FunctionRecord>, u32)> {
         // LIKE's wildcards in the filter are literal characters.
         let pattern = format!("%{}%", filter.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
-        let condition = "WHERE (?1 IS NULL OR f.owner_id = ?1 OR f.visibility = 'public') AND f.name LIKE ?2 ESCAPE '\\'";
+        let condition =
+            "WHERE (?1 IS NULL OR f.owner_id = ?1 OR f.visibility = 'public') AND f.name LIKE ?2 ESCAPE '\\'";
         let (total,): (i64,) = sqlx::query_as(&format!("SELECT COUNT(*) FROM functions f {condition}"))
             .bind(viewer)
             .bind(&pattern)
             .fetch_one(&self.pool)
             .await?;
-        let rows: Vec<FunctionRow> = sqlx::query_as(&format!("{SELECT_FUNCTION} {condition} ORDER BY f.name LIMIT ?3 OFFSET ?4"))
-            .bind(viewer)
-            .bind(&pattern)
-            .bind(i64::from(limit))
-            .bind(i64::from(offset))
-            .fetch_all(&self.pool)
-            .await?;
+        let rows: Vec<FunctionRow> =
+            sqlx::query_as(&format!("{SELECT_FUNCTION} {condition} ORDER BY f.name LIMIT ?3 OFFSET ?4"))
+                .bind(viewer)
+                .bind(&pattern)
+                .bind(i64::from(limit))
+                .bind(i64::from(offset))
+                .fetch_all(&self.pool)
+                .await?;
         Ok((rows.into_iter().map(Into::into).collect(), u32::try_from(total).unwrap_or(u32::MAX)))
     }
 
@@ -213,10 +223,12 @@ impl Store {
         let rows: Vec<FunctionRow> = match viewer {
             None => sqlx::query_as(&format!("{SELECT_FUNCTION} ORDER BY f.name")).fetch_all(&self.pool).await?,
             Some(user_id) => {
-                sqlx::query_as(&format!("{SELECT_FUNCTION} WHERE f.owner_id = ? OR f.visibility = 'public' ORDER BY f.name"))
-                    .bind(user_id)
-                    .fetch_all(&self.pool)
-                    .await?
+                sqlx::query_as(&format!(
+                    "{SELECT_FUNCTION} WHERE f.owner_id = ? OR f.visibility = 'public' ORDER BY f.name"
+                ))
+                .bind(user_id)
+                .fetch_all(&self.pool)
+                .await?
             }
         };
         Ok(rows.into_iter().map(Into::into).collect())
@@ -236,7 +248,11 @@ impl Store {
     }
 
     /// One version with its spec, if it exists.
-    pub async fn version_spec(&self, function_id: i64, number: u32) -> StoreResult<Option<(VersionInfo, FunctionSpec)>> {
+    pub async fn version_spec(
+        &self,
+        function_id: i64,
+        number: u32,
+    ) -> StoreResult<Option<(VersionInfo, FunctionSpec)>> {
         let row: Option<VersionRow> = sqlx::query_as(
             "SELECT v.number, v.spec, u.name AS created_by, v.created_at
                FROM function_versions v JOIN users u ON u.id = v.created_by
@@ -262,10 +278,12 @@ impl Store {
     /// the delete are one statement, so a deploy racing the unregister cannot orphan an instance.
     /// Returns false when instances were found and nothing was deleted.
     pub async fn delete_unused_function(&self, function_id: i64) -> StoreResult<bool> {
-        let done = sqlx::query("DELETE FROM functions WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM instances WHERE function_id = ?1)")
-            .bind(function_id)
-            .execute(&self.pool)
-            .await?;
+        let done = sqlx::query(
+            "DELETE FROM functions WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM instances WHERE function_id = ?1)",
+        )
+        .bind(function_id)
+        .execute(&self.pool)
+        .await?;
         self.forget_invocations();
         Ok(done.rows_affected() > 0)
     }
@@ -281,23 +299,34 @@ mod tests {
         let alice = store.insert_user("alice", "hash", Role::User).await.expect("alice");
         let bob = store.insert_user("bob", "hash", Role::User).await.expect("bob");
         for n in 0..7 {
-            let mut spec: FunctionSpec =
-                serde_json::from_value(serde_json::json!({"name": format!("fn-{n}"), "runtime": "python", "source": "x"})).expect("spec");
+            let mut spec: FunctionSpec = serde_json::from_value(
+                serde_json::json!({"name": format!("fn-{n}"), "runtime": "python", "source": "x"}),
+            )
+            .expect("spec");
             spec.visibility = if n == 6 { Visibility::Private } else { Visibility::Public };
             store.insert_function(alice.id, &spec).await.expect("function");
         }
-        let odd: FunctionSpec = serde_json::from_value(serde_json::json!({"name": "per_cent", "runtime": "python", "source": "x"})).expect("spec");
+        let odd: FunctionSpec =
+            serde_json::from_value(serde_json::json!({"name": "per_cent", "runtime": "python", "source": "x"}))
+                .expect("spec");
         store.insert_function(bob.id, &odd).await.expect("function");
 
         let names = |records: &[super::FunctionRecord]| records.iter().map(|r| r.name.clone()).collect::<Vec<_>>();
         let (first, total) = store.visible_functions_page(Some(bob.id), "", 3, 0).await.expect("page 1");
-        assert_eq!((names(&first), total), (vec!["fn-0".to_string(), "fn-1".into(), "fn-2".into()], 7), "alice's private fn-6 is not bob's");
+        assert_eq!(
+            (names(&first), total),
+            (vec!["fn-0".to_string(), "fn-1".into(), "fn-2".into()], 7),
+            "alice's private fn-6 is not bob's"
+        );
         let (last, _) = store.visible_functions_page(Some(bob.id), "", 3, 6).await.expect("page 3");
         assert_eq!(names(&last), vec!["per_cent".to_string()]);
         assert_eq!(store.visible_functions_page(None, "", 50, 0).await.expect("admin").1, 8, "admins see all");
         assert_eq!(store.visible_functions_page(Some(alice.id), "fn-", 50, 0).await.expect("filter").1, 7);
         // LIKE's wildcards in a filter are plain characters.
-        assert_eq!(names(&store.visible_functions_page(Some(bob.id), "_", 50, 0).await.expect("underscore").0), vec!["per_cent".to_string()]);
+        assert_eq!(
+            names(&store.visible_functions_page(Some(bob.id), "_", 50, 0).await.expect("underscore").0),
+            vec!["per_cent".to_string()]
+        );
         assert_eq!(store.visible_functions_page(Some(bob.id), "%", 50, 0).await.expect("percent").1, 0);
     }
 }

@@ -91,7 +91,14 @@ impl Store {
     /// The instance of (function, user), creating it (as `Pending`, with `replicas`, pinned to
     /// `pinned` or following the current version) when there is none; an existing one is only
     /// un-paused. Returns it and whether it was created.
-    pub async fn upsert_instance(&self, function_id: i64, user_id: i64, version: u32, replicas: u32, pinned: Option<u32>) -> StoreResult<(InstanceRecord, bool)> {
+    pub async fn upsert_instance(
+        &self,
+        function_id: i64,
+        user_id: i64,
+        version: u32,
+        replicas: u32,
+        pinned: Option<u32>,
+    ) -> StoreResult<(InstanceRecord, bool)> {
         let now = Utc::now();
         let id = uuid::Uuid::new_v4().to_string();
         let (stored_id,): (String,) = sqlx::query_as(
@@ -124,20 +131,22 @@ impl Store {
 
     /// The instance of (function, user), if any.
     pub async fn instance_of(&self, function_id: i64, user_id: i64) -> StoreResult<Option<InstanceRecord>> {
-        let row: Option<InstanceRow> = sqlx::query_as(&format!("{SELECT_INSTANCE} WHERE i.function_id = ? AND i.user_id = ?"))
-            .bind(function_id)
-            .bind(user_id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row: Option<InstanceRow> =
+            sqlx::query_as(&format!("{SELECT_INSTANCE} WHERE i.function_id = ? AND i.user_id = ?"))
+                .bind(function_id)
+                .bind(user_id)
+                .fetch_optional(&self.pool)
+                .await?;
         Ok(row.map(InstanceRecord::from))
     }
 
     /// Every instance of one user, or of everyone when `user_id` is `None`, by function and user.
     pub async fn instances(&self, user_id: Option<i64>) -> StoreResult<Vec<InstanceRecord>> {
-        let rows: Vec<InstanceRow> = sqlx::query_as(&format!("{SELECT_INSTANCE} WHERE ?1 IS NULL OR i.user_id = ?1 ORDER BY f.name, u.name"))
-            .bind(user_id)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows: Vec<InstanceRow> =
+            sqlx::query_as(&format!("{SELECT_INSTANCE} WHERE ?1 IS NULL OR i.user_id = ?1 ORDER BY f.name, u.name"))
+                .bind(user_id)
+                .fetch_all(&self.pool)
+                .await?;
         Ok(rows.into_iter().map(InstanceRecord::from).collect())
     }
 
@@ -182,7 +191,11 @@ impl Store {
 
     /// Records the node port the runtime gave the instance.
     pub async fn set_instance_node_port(&self, id: &str, port: u16) -> StoreResult<()> {
-        sqlx::query("UPDATE instances SET node_port = ? WHERE id = ?").bind(i64::from(port)).bind(id).execute(&self.pool).await?;
+        sqlx::query("UPDATE instances SET node_port = ? WHERE id = ?")
+            .bind(i64::from(port))
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -227,28 +240,39 @@ impl Store {
 
     /// The newest `limit` events with one of `reasons` since `since`, of every instance
     /// (`None`) or of one, newest first, each with its instance's id.
-    pub async fn events_with_reasons(&self, instance_id: Option<&str>, reasons: &[&str], since: DateTime<Utc>, limit: u32) -> StoreResult<Vec<(String, EventInfo)>> {
+    pub async fn events_with_reasons(
+        &self,
+        instance_id: Option<&str>,
+        reasons: &[&str],
+        since: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<(String, EventInfo)>> {
         let placeholders = (0..reasons.len()).map(|n| format!("?{}", n + 3)).collect::<Vec<_>>().join(", ");
         let sql = format!(
             "SELECT instance_id, at, kind, reason, message FROM events
              WHERE instance_id IS NOT NULL AND (?1 IS NULL OR instance_id = ?1) AND at >= ?2 AND reason IN ({placeholders})
              ORDER BY at DESC, id DESC LIMIT {limit}"
         );
-        let mut query = sqlx::query_as::<_, (String, DateTime<Utc>, String, String, String)>(&sql).bind(instance_id).bind(since);
+        let mut query =
+            sqlx::query_as::<_, (String, DateTime<Utc>, String, String, String)>(&sql).bind(instance_id).bind(since);
         for reason in reasons {
             query = query.bind(*reason);
         }
         let rows = query.fetch_all(&self.pool).await?;
-        Ok(rows.into_iter().map(|(id, at, kind, reason, message)| (id, EventInfo { at, kind, reason, message })).collect())
+        Ok(rows
+            .into_iter()
+            .map(|(id, at, kind, reason, message)| (id, EventInfo { at, kind, reason, message }))
+            .collect())
     }
 
     /// An instance's stored events, newest first.
     pub async fn events(&self, instance_id: &str) -> StoreResult<Vec<EventInfo>> {
-        let rows: Vec<(DateTime<Utc>, String, String, String)> =
-            sqlx::query_as("SELECT at, kind, reason, message FROM events WHERE instance_id = ? ORDER BY at DESC, id DESC")
-                .bind(instance_id)
-                .fetch_all(&self.pool)
-                .await?;
+        let rows: Vec<(DateTime<Utc>, String, String, String)> = sqlx::query_as(
+            "SELECT at, kind, reason, message FROM events WHERE instance_id = ? ORDER BY at DESC, id DESC",
+        )
+        .bind(instance_id)
+        .fetch_all(&self.pool)
+        .await?;
         Ok(rows.into_iter().map(|(at, kind, reason, message)| EventInfo { at, kind, reason, message }).collect())
     }
 }
@@ -352,15 +376,20 @@ mod tests {
         let (dir, store) = super::super::temp_store().await;
         let alice = store.insert_user("alice", "hash", Role::User).await.expect("user");
         assert_eq!(store.invocation("alice", "hello").await.expect("row"), None, "no function yet");
-        let mut spec: FunctionSpec =
-            serde_json::from_value(serde_json::json!({"name": "hello", "runtime": "python", "source": "def handle(req):\n    return req\n"})).expect("spec");
+        let mut spec: FunctionSpec = serde_json::from_value(
+            serde_json::json!({"name": "hello", "runtime": "python", "source": "def handle(req):\n    return req\n"}),
+        )
+        .expect("spec");
         let function = store.insert_function(alice.id, &spec).await.expect("function");
         let row = store.invocation("alice", "hello").await.expect("row").expect("function row");
         assert_eq!(row.instance_id, None);
 
         // Each write below is seen by the very next read, though reads are cached.
         let (instance, _) = store.upsert_instance(function.id, alice.id, 1, 1, None).await.expect("instance");
-        assert_eq!(store.invocation("alice", "hello").await.expect("row").expect("row").instance_id.as_deref(), Some(instance.id.as_str()));
+        assert_eq!(
+            store.invocation("alice", "hello").await.expect("row").expect("row").instance_id.as_deref(),
+            Some(instance.id.as_str())
+        );
         store.set_instance_desired(&instance.id, 1, 1, true).await.expect("pause");
         assert_eq!(store.invocation("alice", "hello").await.expect("row").expect("row").paused, Some(true));
         spec.invoke.access = InvokeAccess::Public;
@@ -372,7 +401,8 @@ mod tests {
         assert!(store.set_current_version(function.id, 1).await.expect("roll back"));
         assert_eq!(store.invocation("alice", "hello").await.expect("row").expect("row").timeout_s, Some(60));
         // Another kubefn over the same database: its writes are seen once the row is old enough.
-        let other = Store::open(&format!("sqlite://{}", dir.path().join("kubefn.db").display())).await.expect("second store");
+        let other =
+            Store::open(&format!("sqlite://{}", dir.path().join("kubefn.db").display())).await.expect("second store");
         other.set_instance_desired(&instance.id, 1, 1, false).await.expect("resume elsewhere");
         tokio::time::sleep(super::INVOCATION_CACHE_TTL).await;
         assert_eq!(store.invocation("alice", "hello").await.expect("row").expect("row").paused, Some(false));

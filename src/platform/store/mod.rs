@@ -18,10 +18,10 @@ pub use instances::{InstanceRecord, InvocationRow};
 pub use triggers::TriggerRecord;
 pub use users::UserRecord;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::SqlitePool;
-use std::str::FromStr;
 use parking_lot::Mutex;
+use sqlx::SqlitePool;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -108,11 +108,7 @@ impl Store {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(5));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            .connect_with(options)
-            .await
-            .map_err(open_error)?;
+        let pool = SqlitePoolOptions::new().max_connections(8).connect_with(options).await.map_err(open_error)?;
         Ok(Store { pool, invocations: Arc::default() })
     }
 
@@ -153,9 +149,23 @@ mod tests {
         let (_dir, url) = temp_db();
         let store = Store::open(&url).await.expect("open");
         let tables: Vec<(String,)> =
-            sqlx::query_as("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name").fetch_all(store.pool()).await.expect("tables");
+            sqlx::query_as("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+                .fetch_all(store.pool())
+                .await
+                .expect("tables");
         let names: Vec<&str> = tables.iter().map(|t| t.0.as_str()).collect();
-        for wanted in ["api_tokens", "async_invocations", "events", "function_versions", "functions", "instances", "trigger_runs", "triggers", "usage_samples", "users"] {
+        for wanted in [
+            "api_tokens",
+            "async_invocations",
+            "events",
+            "function_versions",
+            "functions",
+            "instances",
+            "trigger_runs",
+            "triggers",
+            "usage_samples",
+            "users",
+        ] {
             assert!(names.contains(&wanted), "{wanted} missing from {names:?}");
         }
         // Opening again is a no-op, not an error.
@@ -168,10 +178,7 @@ mod tests {
     async fn upgrades_a_database_made_by_the_previous_migration_set() {
         let (_dir, url) = temp_db();
         let old = Store::open_unmigrated(&url).await.expect("open");
-        let mut previous = Migrator {
-            migrations: MIGRATOR.migrations.clone(),
-            ..Migrator::DEFAULT
-        };
+        let mut previous = Migrator { migrations: MIGRATOR.migrations.clone(), ..Migrator::DEFAULT };
         let mut migrations = previous.migrations.to_vec();
         let newest = migrations.pop().expect("at least one migration");
         previous.migrations = migrations.into();
@@ -197,7 +204,10 @@ mod tests {
         old.pool().close().await;
 
         let upgraded = Store::open(&url).await.expect("upgrade");
-        let applied: Vec<(i64,)> = sqlx::query_as("SELECT version FROM _sqlx_migrations ORDER BY version").fetch_all(upgraded.pool()).await.expect("applied");
+        let applied: Vec<(i64,)> = sqlx::query_as("SELECT version FROM _sqlx_migrations ORDER BY version")
+            .fetch_all(upgraded.pool())
+            .await
+            .expect("applied");
         assert_eq!(applied.last().map(|v| v.0), Some(newest.version));
         let function = upgraded.function_by_name("hello").await.expect("query").expect("kept");
         assert_eq!(function.owner, "alice");

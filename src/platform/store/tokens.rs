@@ -1,7 +1,7 @@
 //! API tokens: only a SHA-256 of each secret is stored.
 
 use super::users::{UserRecord, UserRow};
-use super::{duplicate_or_query, Store, StoreResult};
+use super::{Store, StoreResult, duplicate_or_query};
 use crate::platform::model::TokenInfo;
 use chrono::{DateTime, Utc};
 
@@ -81,7 +81,11 @@ impl Store {
         let Some(row) = row else { return Ok(None) };
         let now = Utc::now();
         if row.last_used_at.is_none_or(|at| now - at >= chrono::Duration::seconds(LAST_USED_RESOLUTION_S)) {
-            sqlx::query("UPDATE api_tokens SET last_used_at = ? WHERE id = ?").bind(now).bind(row.token_id).execute(&self.pool).await?;
+            sqlx::query("UPDATE api_tokens SET last_used_at = ? WHERE id = ?")
+                .bind(now)
+                .bind(row.token_id)
+                .execute(&self.pool)
+                .await?;
         }
         Ok(Some(row.owner.into()))
     }
@@ -98,10 +102,17 @@ mod tests {
         store.insert_token(user.id, "ci", "hash-of-secret").await.expect("token");
         assert_eq!(store.tokens_of(user.id).await.expect("tokens")[0].last_used_at, None);
 
-        assert_eq!(store.user_by_token_hash("hash-of-secret").await.expect("lookup").map(|u| u.name), Some("tina".into()));
+        assert_eq!(
+            store.user_by_token_hash("hash-of-secret").await.expect("lookup").map(|u| u.name),
+            Some("tina".into())
+        );
         let first = store.tokens_of(user.id).await.expect("tokens")[0].last_used_at.expect("marked");
         store.user_by_token_hash("hash-of-secret").await.expect("lookup");
-        assert_eq!(store.tokens_of(user.id).await.expect("tokens")[0].last_used_at, Some(first), "not rewritten within a minute");
+        assert_eq!(
+            store.tokens_of(user.id).await.expect("tokens")[0].last_used_at,
+            Some(first),
+            "not rewritten within a minute"
+        );
         assert_eq!(store.user_by_token_hash("unknown").await.expect("lookup"), None);
     }
 }

@@ -83,13 +83,20 @@ impl From<RunRow> for TriggerRun {
     }
 }
 
-const SELECT_TRIGGERS: &str = "SELECT t.id, t.function_id, f.name AS function, t.user_id, u.name AS user, t.schedule, t.method, t.path,
+const SELECT_TRIGGERS: &str =
+    "SELECT t.id, t.function_id, f.name AS function, t.user_id, u.name AS user, t.schedule, t.method, t.path,
         t.body, t.last_fire_at, t.created_at
    FROM triggers t JOIN functions f ON f.id = t.function_id JOIN users u ON u.id = t.user_id";
 
 impl Store {
     /// Stores a new enabled cron trigger.
-    pub async fn insert_trigger(&self, function_id: i64, user_id: i64, spec: &TriggerSpec, now: DateTime<Utc>) -> StoreResult<i64> {
+    pub async fn insert_trigger(
+        &self,
+        function_id: i64,
+        user_id: i64,
+        spec: &TriggerSpec,
+        now: DateTime<Utc>,
+    ) -> StoreResult<i64> {
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO triggers (function_id, user_id, kind, schedule, method, path, body, enabled, created_at)
              VALUES (?, ?, 'cron', ?, ?, ?, ?, 1, ?) RETURNING id",
@@ -108,24 +115,29 @@ impl Store {
 
     /// One trigger.
     pub async fn trigger(&self, id: i64) -> StoreResult<Option<TriggerRecord>> {
-        let row: Option<TriggerRow> = sqlx::query_as(&format!("{SELECT_TRIGGERS} WHERE t.id = ?")).bind(id).fetch_optional(&self.pool).await?;
+        let row: Option<TriggerRow> =
+            sqlx::query_as(&format!("{SELECT_TRIGGERS} WHERE t.id = ?")).bind(id).fetch_optional(&self.pool).await?;
         Ok(row.map(TriggerRecord::from))
     }
 
     /// The triggers of a function, of one user or (`None`) of everyone, oldest first.
     pub async fn triggers_of(&self, function_id: i64, user_id: Option<i64>) -> StoreResult<Vec<TriggerRecord>> {
-        let rows: Vec<TriggerRow> = sqlx::query_as(&format!("{SELECT_TRIGGERS} WHERE t.function_id = ? AND (? IS NULL OR t.user_id = ?) ORDER BY t.id"))
-            .bind(function_id)
-            .bind(user_id)
-            .bind(user_id)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows: Vec<TriggerRow> = sqlx::query_as(&format!(
+            "{SELECT_TRIGGERS} WHERE t.function_id = ? AND (? IS NULL OR t.user_id = ?) ORDER BY t.id"
+        ))
+        .bind(function_id)
+        .bind(user_id)
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await?;
         Ok(rows.into_iter().map(TriggerRecord::from).collect())
     }
 
     /// Every enabled trigger.
     pub async fn enabled_triggers(&self) -> StoreResult<Vec<TriggerRecord>> {
-        let rows: Vec<TriggerRow> = sqlx::query_as(&format!("{SELECT_TRIGGERS} WHERE t.enabled = 1 ORDER BY t.id")).fetch_all(&self.pool).await?;
+        let rows: Vec<TriggerRow> = sqlx::query_as(&format!("{SELECT_TRIGGERS} WHERE t.enabled = 1 ORDER BY t.id"))
+            .fetch_all(&self.pool)
+            .await?;
         Ok(rows.into_iter().map(TriggerRecord::from).collect())
     }
 
@@ -172,7 +184,11 @@ impl Store {
         .bind(run.finished_at)
         .fetch_one(&mut *tx)
         .await?;
-        sqlx::query("DELETE FROM trigger_runs WHERE trigger_id = ? AND id <= ?").bind(trigger_id).bind(id - RUNS_KEPT).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM trigger_runs WHERE trigger_id = ? AND id <= ?")
+            .bind(trigger_id)
+            .bind(id - RUNS_KEPT)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(id)
     }
@@ -226,19 +242,34 @@ mod tests {
     async fn a_fire_is_claimed_once_and_interrupted_runs_end_failed() {
         let (_dir, store) = super::super::temp_store().await;
         let user = store.insert_user("ann", "hash", Role::User).await.expect("user");
-        let spec: FunctionSpec = serde_json::from_value(serde_json::json!({"name": "f", "runtime": "python", "source": "x"})).expect("spec");
+        let spec: FunctionSpec =
+            serde_json::from_value(serde_json::json!({"name": "f", "runtime": "python", "source": "x"})).expect("spec");
         let function = store.insert_function(user.id, &spec).await.expect("function");
         let now = Utc::now();
-        let trigger = TriggerSpec { schedule: "* * * * *".into(), method: "POST".into(), path: "/".into(), body: String::new() };
+        let trigger =
+            TriggerSpec { schedule: "* * * * *".into(), method: "POST".into(), path: "/".into(), body: String::new() };
         let id = store.insert_trigger(function.id, user.id, &trigger, now).await.expect("trigger");
 
         let minute = now + Duration::minutes(1);
         assert!(store.claim_fire(id, None, minute).await.expect("claim"));
-        assert!(!store.claim_fire(id, None, minute).await.expect("claim"), "a second scheduler that read the old value loses");
+        assert!(
+            !store.claim_fire(id, None, minute).await.expect("claim"),
+            "a second scheduler that read the old value loses"
+        );
         assert!(store.claim_fire(id, Some(minute), minute + Duration::minutes(1)).await.expect("claim"));
-        assert_eq!(store.trigger(id).await.expect("read").expect("trigger").last_fire_at, Some(minute + Duration::minutes(1)));
+        assert_eq!(
+            store.trigger(id).await.expect("read").expect("trigger").last_fire_at,
+            Some(minute + Duration::minutes(1))
+        );
 
-        let running = TriggerRun { scheduled_for: minute, outcome: RunOutcome::Running, status: None, duration_ms: None, message: String::new(), finished_at: None };
+        let running = TriggerRun {
+            scheduled_for: minute,
+            outcome: RunOutcome::Running,
+            status: None,
+            duration_ms: None,
+            message: String::new(),
+            finished_at: None,
+        };
         store.insert_run(id, &running).await.expect("run");
         assert_eq!(store.fail_interrupted_runs(now).await.expect("recover"), 1);
         let runs = store.runs(id, 10).await.expect("runs");

@@ -54,17 +54,24 @@ impl Store {
 
     /// An instance's samples since `since`, oldest first.
     pub async fn usage(&self, instance_id: &str, since: DateTime<Utc>) -> StoreResult<Vec<UsageSample>> {
-        let rows: Vec<UsageRow> = sqlx::query_as("SELECT * FROM usage_samples WHERE instance_id = ? AND at >= ? ORDER BY at")
-            .bind(instance_id)
-            .bind(since)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows: Vec<UsageRow> =
+            sqlx::query_as("SELECT * FROM usage_samples WHERE instance_id = ? AND at >= ? ORDER BY at")
+                .bind(instance_id)
+                .bind(since)
+                .fetch_all(&self.pool)
+                .await?;
         Ok(rows.into_iter().map(UsageSample::from).collect())
     }
 
     /// Every instance's samples since `since`, by instance id (each oldest first).
-    pub async fn usage_of_all(&self, since: DateTime<Utc>) -> StoreResult<std::collections::HashMap<String, Vec<UsageSample>>> {
-        let rows: Vec<UsageRow> = sqlx::query_as("SELECT * FROM usage_samples WHERE at >= ? ORDER BY instance_id, at").bind(since).fetch_all(&self.pool).await?;
+    pub async fn usage_of_all(
+        &self,
+        since: DateTime<Utc>,
+    ) -> StoreResult<std::collections::HashMap<String, Vec<UsageSample>>> {
+        let rows: Vec<UsageRow> = sqlx::query_as("SELECT * FROM usage_samples WHERE at >= ? ORDER BY instance_id, at")
+            .bind(since)
+            .fetch_all(&self.pool)
+            .await?;
         let mut by_instance: std::collections::HashMap<String, Vec<UsageSample>> = std::collections::HashMap::new();
         for row in rows {
             by_instance.entry(row.instance_id.clone()).or_default().push(row.into());
@@ -111,7 +118,11 @@ impl Store {
 }
 
 /// Inserts (or replaces) one sample.
-async fn insert_sample(executor: impl sqlx::SqliteExecutor<'_>, instance_id: &str, sample: &UsageSample) -> StoreResult<()> {
+async fn insert_sample(
+    executor: impl sqlx::SqliteExecutor<'_>,
+    instance_id: &str,
+    sample: &UsageSample,
+) -> StoreResult<()> {
     sqlx::query(
         "INSERT OR REPLACE INTO usage_samples
            (instance_id, at, replicas_desired, replicas_ready, cpu_millicores, memory_bytes, requests_per_s, p50_ms, p95_ms, errors,
@@ -138,7 +149,7 @@ async fn insert_sample(executor: impl sqlx::SqliteExecutor<'_>, instance_id: &st
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::platform::model::{FunctionSpec, Role, Language};
+    use crate::platform::model::{FunctionSpec, Language, Role};
 
     fn sample(at: DateTime<Utc>, cpu: f64, ready: u32) -> UsageSample {
         UsageSample {
@@ -161,7 +172,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = Store::open(&format!("sqlite://{}", dir.path().join("kubefn.db").display())).await.expect("store");
         let user = store.insert_user("ann", "hash", Role::User).await.expect("user");
-        let spec: FunctionSpec = serde_json::from_value(serde_json::json!({"name": "f", "runtime": "python", "source": "x"})).expect("spec");
+        let spec: FunctionSpec =
+            serde_json::from_value(serde_json::json!({"name": "f", "runtime": "python", "source": "x"})).expect("spec");
         assert_eq!(spec.runtime, Language::Python);
         let function = store.insert_function(user.id, &spec).await.expect("function");
         let (instance, _) = store.upsert_instance(function.id, user.id, 1, 1, None).await.expect("instance");
@@ -169,11 +181,17 @@ mod tests {
         let now = Utc::now().duration_trunc(Duration::minutes(1)).expect("minute");
         let old_minute = now - Duration::hours(2);
         for (offset, cpu, ready) in [(5, 100.0, 1), (25, 200.0, 3), (45, 300.0, 2)] {
-            store.insert_usage(&instance.id, &sample(old_minute + Duration::seconds(offset), cpu, ready)).await.expect("insert");
+            store
+                .insert_usage(&instance.id, &sample(old_minute + Duration::seconds(offset), cpu, ready))
+                .await
+                .expect("insert");
         }
         store.insert_usage(&instance.id, &sample(now - Duration::days(8), 1.0, 1)).await.expect("ancient");
         store.insert_usage(&instance.id, &sample(now - Duration::minutes(5), 50.0, 1)).await.expect("recent");
-        store.insert_usage(&instance.id, &sample(now - Duration::minutes(5) + Duration::seconds(5), 60.0, 1)).await.expect("recent");
+        store
+            .insert_usage(&instance.id, &sample(now - Duration::minutes(5) + Duration::seconds(5), 60.0, 1))
+            .await
+            .expect("recent");
 
         store.downsample_usage(now).await.expect("downsample");
         let kept = store.usage(&instance.id, now - Duration::days(30)).await.expect("read");
@@ -185,6 +203,10 @@ mod tests {
         assert_eq!(kept[1].cpu_millicores, Some(50.0));
 
         store.downsample_usage(now).await.expect("again");
-        assert_eq!(store.usage(&instance.id, now - Duration::days(30)).await.expect("read"), kept, "downsampling twice changes nothing");
+        assert_eq!(
+            store.usage(&instance.id, now - Duration::days(30)).await.expect("read"),
+            kept,
+            "downsampling twice changes nothing"
+        );
     }
 }

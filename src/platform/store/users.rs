@@ -1,6 +1,6 @@
 //! Users and their password hashes.
 
-use super::{duplicate_or_query, Store, StoreResult};
+use super::{Store, StoreResult, duplicate_or_query};
 use crate::platform::model::Role;
 use chrono::Utc;
 
@@ -41,7 +41,9 @@ impl From<UserRow> for UserRecord {
 impl Store {
     /// Every user, by name.
     pub async fn users(&self) -> StoreResult<Vec<UserRecord>> {
-        let rows: Vec<UserRow> = sqlx::query_as("SELECT id, name, role, password_hash FROM users ORDER BY name").fetch_all(&self.pool).await?;
+        let rows: Vec<UserRow> = sqlx::query_as("SELECT id, name, role, password_hash FROM users ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
         Ok(rows.into_iter().map(UserRecord::from).collect())
     }
 
@@ -94,4 +96,3 @@ impl Store {
         Ok(row.map(Into::into))
     }
 }
-

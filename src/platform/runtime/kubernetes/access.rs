@@ -2,10 +2,10 @@
 //! apiserver's own answer, whatever the authorizer), so a missing permission is reported by
 //! verb and resource before anything is deployed rather than as a failure later.
 
-use super::{names, KubernetesConfig, KubernetesError};
+use super::{KubernetesConfig, KubernetesError, names};
 use k8s_openapi::api::authorization::v1::{ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec};
-use kube::api::{Api, PostParams};
 use kube::Client;
+use kube::api::{Api, PostParams};
 
 /// `(group, resource, verbs)` kubefn needs where instances live.
 pub const NEEDED: &[(&str, &str, &[&str])] = &[
@@ -17,7 +17,11 @@ pub const NEEDED: &[(&str, &str, &[&str])] = &[
     ("apps", "deployments", &["get", "list", "watch", "create", "patch", "delete", "deletecollection"]),
     ("apps", "deployments/scale", &["patch"]),
     ("apps", "replicasets", &["list"]),
-    ("autoscaling", "horizontalpodautoscalers", &["get", "list", "watch", "create", "patch", "delete", "deletecollection"]),
+    (
+        "autoscaling",
+        "horizontalpodautoscalers",
+        &["get", "list", "watch", "create", "patch", "delete", "deletecollection"],
+    ),
     ("networking.k8s.io", "networkpolicies", &["get", "create", "patch"]),
 ];
 
@@ -40,7 +44,14 @@ pub async fn may(client: &Client, verb: &str, group: &str, resource: &str, names
     allowed(client, verb, group, resource, namespace, None).await.unwrap_or(false)
 }
 
-async fn allowed(client: &Client, verb: &str, group: &str, resource: &str, namespace: Option<&str>, name: Option<&str>) -> Result<bool, kube::Error> {
+async fn allowed(
+    client: &Client,
+    verb: &str,
+    group: &str,
+    resource: &str,
+    namespace: Option<&str>,
+    name: Option<&str>,
+) -> Result<bool, kube::Error> {
     let (resource, subresource) = match resource.split_once('/') {
         Some((resource, sub)) => (resource, Some(sub.to_string())),
         None => (resource, None),
@@ -71,9 +82,12 @@ pub async fn check(client: &Client, config: &KubernetesConfig) -> Result<(), Kub
         let (verb, group, resource) = (verb.to_string(), group.to_string(), resource.to_string());
         let (namespace, name) = (namespace.map(str::to_string), name.map(str::to_string));
         async move {
-            let ok = allowed(client, &verb, &group, &resource, namespace.as_deref(), name.as_deref())
-                .await
-                .map_err(|source| KubernetesError::Api { action: "review kubefn's permissions (SelfSubjectAccessReview)".into(), source })?;
+            let ok = allowed(client, &verb, &group, &resource, namespace.as_deref(), name.as_deref()).await.map_err(
+                |source| KubernetesError::Api {
+                    action: "review kubefn's permissions (SelfSubjectAccessReview)".into(),
+                    source,
+                },
+            )?;
             if ok { Ok(()) } else { Err(forbidden(&verb, &group, &resource, namespace.as_deref())) }
         }
     };
@@ -83,7 +97,8 @@ pub async fn check(client: &Client, config: &KubernetesConfig) -> Result<(), Kub
                 review(verb, group, resource, None, None).await?;
             }
         }
-        return review("bind", "rbac.authorization.k8s.io", "clusterroles", None, Some(names::USER_NAMESPACE_ROLE)).await;
+        return review("bind", "rbac.authorization.k8s.io", "clusterroles", None, Some(names::USER_NAMESPACE_ROLE))
+            .await;
     }
     let namespace = Some(config.namespace.as_str());
     let mut needed: Vec<(&str, &str, Vec<&str>)> = NEEDED.iter().map(|(g, r, v)| (*g, *r, v.to_vec())).collect();

@@ -3,23 +3,23 @@
 //! addresses are read from memory rather than listed per request (as kube-rs' version-rs
 //! serves a store). Watches use streaming lists when the apiserver supports them.
 
-use super::{names, status, KubernetesConfig};
+use super::{KubernetesConfig, names, status};
 use crate::platform::model::EventInfo;
 use crate::platform::runtime::ReplicaUsage;
 use futures::StreamExt;
+use k8s_metrics::v1beta1::PodMetrics;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Node, Pod, Service};
-use k8s_metrics::v1beta1::PodMetrics;
 use kube::api::{Api, ListParams, WatchEvent, WatchParams};
 use kube::runtime::reflector::{self, Store};
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource};
+use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Debug;
 use std::net::{IpAddr, SocketAddr};
-use parking_lot::Mutex;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -69,7 +69,11 @@ impl Scope {
     }
 }
 
-fn spawn_reflector<K>(api: Api<K>, config: watcher::Config, changes: Option<watch::Sender<u64>>) -> (Store<K>, JoinHandle<()>)
+fn spawn_reflector<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    changes: Option<watch::Sender<u64>>,
+) -> (Store<K>, JoinHandle<()>)
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
@@ -85,7 +89,9 @@ where
                         changes.send_modify(|n| *n = n.wrapping_add(1));
                     }
                 }
-                Err(error) => tracing::debug!(%error, kind = %K::kind(&Default::default()), "watch interrupted; retrying"),
+                Err(error) => {
+                    tracing::debug!(%error, kind = %K::kind(&Default::default()), "watch interrupted; retrying")
+                }
             }
         }
     });
@@ -128,12 +134,28 @@ impl Cluster {
         }
         let managed = Some(names::managed_selector_text());
         let (pod_sender, pod_changes) = watch::channel(0);
-        let (deployments, t1) = spawn_reflector(scoped::<Deployment>(&client, per_user, &config.namespace), watch_config(managed.clone()), Some(pod_sender.clone()));
-        let (pods, t2) = spawn_reflector(scoped::<Pod>(&client, per_user, &config.namespace), watch_config(managed.clone()), Some(pod_sender));
-        let (services, t3) = spawn_reflector(scoped::<Service>(&client, per_user, &config.namespace), watch_config(managed.clone()), None);
-        let (events, t4) = spawn_reflector(scoped::<Event>(&client, per_user, &config.namespace), watch_config(None), None);
-        let (autoscalers, t6) =
-            spawn_reflector(scoped::<HorizontalPodAutoscaler>(&client, per_user, &config.namespace), watch_config(managed), None);
+        let (deployments, t1) = spawn_reflector(
+            scoped::<Deployment>(&client, per_user, &config.namespace),
+            watch_config(managed.clone()),
+            Some(pod_sender.clone()),
+        );
+        let (pods, t2) = spawn_reflector(
+            scoped::<Pod>(&client, per_user, &config.namespace),
+            watch_config(managed.clone()),
+            Some(pod_sender),
+        );
+        let (services, t3) = spawn_reflector(
+            scoped::<Service>(&client, per_user, &config.namespace),
+            watch_config(managed.clone()),
+            None,
+        );
+        let (events, t4) =
+            spawn_reflector(scoped::<Event>(&client, per_user, &config.namespace), watch_config(None), None);
+        let (autoscalers, t6) = spawn_reflector(
+            scoped::<HorizontalPodAutoscaler>(&client, per_user, &config.namespace),
+            watch_config(managed),
+            None,
+        );
         let mut tasks = vec![t1, t2, t3, t4, t6];
         let nodes = if super::access::may(&client, "list", "", "nodes", None).await {
             let (nodes, t5) = spawn_reflector(Api::<Node>::all(client.clone()), watch_config(None), None);
@@ -156,7 +178,17 @@ impl Cluster {
         if tokio::time::timeout(Duration::from_secs(30), wait).await.is_err() {
             tracing::warn!("the cluster's objects were not all listed within 30 s; statuses fill in as they arrive");
         }
-        Cluster { deployments, pods, services, autoscalers, events, nodes, pod_changes, tasks: Mutex::new(tasks), scope: Scope::of(config) }
+        Cluster {
+            deployments,
+            pods,
+            services,
+            autoscalers,
+            events,
+            nodes,
+            pod_changes,
+            tasks: Mutex::new(tasks),
+            scope: Scope::of(config),
+        }
     }
 
     /// Stops every watcher.
@@ -178,7 +210,11 @@ impl Cluster {
 
     /// The instance's Deployment.
     pub fn deployment_of(&self, id: &str) -> Option<Deployment> {
-        self.deployments.state().into_iter().find(|d| instance_label(d.metadata.labels.as_ref()) == Some(id)).map(|d| (*d).clone())
+        self.deployments
+            .state()
+            .into_iter()
+            .find(|d| instance_label(d.metadata.labels.as_ref()) == Some(id))
+            .map(|d| (*d).clone())
     }
 
     /// The instance's HPA, when it has one.
@@ -207,8 +243,15 @@ impl Cluster {
     /// other than instance `id`, as the watch sees them (a just-created object of another
     /// instance is caught by the next apply); `None` when each is this instance's or absent.
     pub fn taken_by_other(&self, namespace: &str, name: &str, id: &str) -> Option<&'static str> {
-        fn foreign<K: Resource<DynamicType = ()> + Clone>(store: &Store<K>, namespace: &str, name: &str, id: &str) -> bool {
-            store.get(&reflector::ObjectRef::new(name).within(namespace)).is_some_and(|object| instance_label(object.meta().labels.as_ref()) != Some(id))
+        fn foreign<K: Resource<DynamicType = ()> + Clone>(
+            store: &Store<K>,
+            namespace: &str,
+            name: &str,
+            id: &str,
+        ) -> bool {
+            store
+                .get(&reflector::ObjectRef::new(name).within(namespace))
+                .is_some_and(|object| instance_label(object.meta().labels.as_ref()) != Some(id))
         }
         if foreign(&self.deployments, namespace, name, id) {
             Some("Deployment")
@@ -222,8 +265,12 @@ impl Cluster {
     /// The IP addresses of the instance's ready pods, sorted: kubefn inside the cluster dials
     /// them itself (no cluster DNS or kube-proxy hop in the way).
     pub fn ready_pod_ips(&self, id: &str) -> Vec<IpAddr> {
-        let mut ips: Vec<IpAddr> =
-            self.pods_of(id).iter().filter(|pod| status::is_ready(pod)).filter_map(|p| p.status.as_ref()?.pod_ip.as_ref()?.parse().ok()).collect();
+        let mut ips: Vec<IpAddr> = self
+            .pods_of(id)
+            .iter()
+            .filter(|pod| status::is_ready(pod))
+            .filter_map(|p| p.status.as_ref()?.pod_ip.as_ref()?.parse().ok())
+            .collect();
         ips.sort();
         ips
     }
@@ -253,7 +300,13 @@ impl Cluster {
     pub fn instances_matching(&self, selector: &str) -> Vec<String> {
         let wanted = parse_selector(selector);
         let mut ids: HashSet<String> = HashSet::new();
-        for labels in self.deployments.state().iter().map(|d| d.metadata.labels.clone()).chain(self.services.state().iter().map(|s| s.metadata.labels.clone())) {
+        for labels in self
+            .deployments
+            .state()
+            .iter()
+            .map(|d| d.metadata.labels.clone())
+            .chain(self.services.state().iter().map(|s| s.metadata.labels.clone()))
+        {
             if matches(labels.as_ref(), &wanted)
                 && let Some(id) = instance_label(labels.as_ref())
             {
@@ -291,9 +344,11 @@ impl Cluster {
     /// is one that runs a replica of the instance (a node port answers on every node that runs
     /// kube-proxy, but not every node does, and the replica's own node always serves it).
     pub fn node_address_of(&self, id: &str) -> Option<SocketAddr> {
-        let service = self.services.state().into_iter().find(|s| instance_label(s.metadata.labels.as_ref()) == Some(id))?;
+        let service =
+            self.services.state().into_iter().find(|s| instance_label(s.metadata.labels.as_ref()) == Some(id))?;
         let port = service.spec.as_ref()?.ports.as_ref()?.iter().find_map(|p| p.node_port)?;
-        let mut hosts: Vec<String> = self.pods_of(id).iter().filter_map(|p| p.spec.as_ref()?.node_name.clone()).collect();
+        let mut hosts: Vec<String> =
+            self.pods_of(id).iter().filter_map(|p| p.spec.as_ref()?.node_name.clone()).collect();
         hosts.sort();
         let address = self.node_address(&hosts)?;
         Some(SocketAddr::new(address, u16::try_from(port).ok()?))
@@ -306,7 +361,12 @@ impl Cluster {
         let mut ready: Vec<&Node> = nodes
             .iter()
             .map(|n| n.as_ref())
-            .filter(|n| n.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True")))
+            .filter(|n| {
+                n.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            })
             .collect();
         // Preferred nodes first, in their order; the rest after.
         ready.sort_by_key(|n| preferred.iter().position(|p| n.metadata.name.as_ref() == Some(p)).unwrap_or(usize::MAX));
@@ -328,13 +388,21 @@ impl Cluster {
     /// Recent Events about the instance's Deployment, ReplicaSets, pods, Service and HPA, newest first.
     pub fn events_of(&self, id: &str) -> Vec<EventInfo> {
         let Some(deployment) = self.deployment_of(id) else { return Vec::new() };
-        let (Some(namespace), Some(name)) = (deployment.metadata.namespace, deployment.metadata.name) else { return Vec::new() };
+        let (Some(namespace), Some(name)) = (deployment.metadata.namespace, deployment.metadata.name) else {
+            return Vec::new();
+        };
         let mut events: Vec<EventInfo> = self
             .events
             .state()
             .iter()
             .filter(|e| e.involved_object.namespace.as_deref() == Some(namespace.as_str()))
-            .filter(|e| about(&name, e.involved_object.kind.as_deref().unwrap_or(""), e.involved_object.name.as_deref().unwrap_or("")))
+            .filter(|e| {
+                about(
+                    &name,
+                    e.involved_object.kind.as_deref().unwrap_or(""),
+                    e.involved_object.name.as_deref().unwrap_or(""),
+                )
+            })
             .map(|e| status::event_info(e))
             .collect();
         events.sort_by_key(|e| std::cmp::Reverse(e.at));
@@ -362,7 +430,11 @@ pub fn instance_label(labels: Option<&BTreeMap<String, String>>) -> Option<&str>
 }
 
 fn parse_selector(selector: &str) -> Vec<(String, String)> {
-    selector.split(',').filter_map(|pair| pair.split_once('=')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect()
+    selector
+        .split(',')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect()
 }
 
 fn matches(labels: Option<&BTreeMap<String, String>>, wanted: &[(String, String)]) -> bool {
@@ -393,10 +465,18 @@ pub async fn pod_metrics(client: &Client, namespace: &str) -> Result<Vec<PodUsag
 /// One pod's usage from its PodMetrics: the sum over its containers.
 pub fn pod_usage(metrics: &PodMetrics) -> PodUsage {
     let cpu: f64 = metrics.containers.iter().filter_map(|c| parse_cpu_millicores(&c.usage.cpu.0)).sum();
-    let memory: u64 = metrics.containers.iter().filter_map(|c| crate::platform::validation::parse_memory_bytes(&c.usage.memory.0)).sum();
+    let memory: u64 = metrics
+        .containers
+        .iter()
+        .filter_map(|c| crate::platform::validation::parse_memory_bytes(&c.usage.memory.0))
+        .sum();
     PodUsage {
         instance: metrics.metadata.labels.as_ref().and_then(|l| l.get(names::INSTANCE)).cloned(),
-        usage: ReplicaUsage { replica: metrics.metadata.name.clone().unwrap_or_default(), cpu_millicores: Some(cpu), memory_bytes: memory },
+        usage: ReplicaUsage {
+            replica: metrics.metadata.name.clone().unwrap_or_default(),
+            cpu_millicores: Some(cpu),
+            memory_bytes: memory,
+        },
     }
 }
 

@@ -65,14 +65,24 @@ fn pods_of(store: &Store<Pod>, namespace: &str, instance: &str) -> Vec<String> {
         .state()
         .iter()
         .filter(|p| p.metadata.namespace.as_deref() == Some(namespace))
-        .filter(|p| p.metadata.labels.as_ref().and_then(|l| l.get(super::names::INSTANCE)).is_some_and(|i| i == instance))
+        .filter(|p| {
+            p.metadata.labels.as_ref().and_then(|l| l.get(super::names::INSTANCE)).is_some_and(|i| i == instance)
+        })
         .filter_map(|p| p.metadata.name.clone())
         .collect()
 }
 
 /// Sends `instance`'s lines to `sender` (from `since` on); with `follow`, keeps going, joining
 /// new pods as the store shows them, until the receiver is dropped.
-pub async fn run(api: Api<Pod>, store: Store<Pod>, namespace: String, instance: String, follow: bool, since: Option<DateTime<Utc>>, sender: mpsc::Sender<LogEntry>) {
+pub async fn run(
+    api: Api<Pod>,
+    store: Store<Pod>,
+    namespace: String,
+    instance: String,
+    follow: bool,
+    since: Option<DateTime<Utc>>,
+    sender: mpsc::Sender<LogEntry>,
+) {
     if !follow {
         let mut lines = Vec::new();
         for pod in pods_of(&store, &namespace, &instance) {
@@ -93,7 +103,14 @@ pub async fn run(api: Api<Pod>, store: Store<Pod>, namespace: String, instance: 
         for pod in pods_of(&store, &namespace, &instance) {
             if followed.insert(pod.clone()) {
                 for container in [INSTALL_CONTAINER, CONTAINER] {
-                    tokio::spawn(follow_container(api.clone(), store.clone(), pod.clone(), container, since, sender.clone()));
+                    tokio::spawn(follow_container(
+                        api.clone(),
+                        store.clone(),
+                        pod.clone(),
+                        container,
+                        since,
+                        sender.clone(),
+                    ));
                 }
             }
         }
@@ -109,28 +126,57 @@ fn tag(pod: &str, container: &str) -> String {
 }
 
 async fn fetch(api: &Api<Pod>, pod: &str, container: &str, since: Option<DateTime<Utc>>) -> Vec<LogEntry> {
-    let params = LogParams { container: Some(container.into()), timestamps: true, since_time: since.and_then(super::to_timestamp), ..LogParams::default() };
+    let params = LogParams {
+        container: Some(container.into()),
+        timestamps: true,
+        since_time: since.and_then(super::to_timestamp),
+        ..LogParams::default()
+    };
     let Ok(text) = api.logs(pod, &params).await else { return Vec::new() };
     let mut cursor = Cursor::since(since);
     let mut same = (None, 0);
     text.lines().filter_map(|line| entry(&mut cursor, &mut same, pod, container, line)).collect()
 }
 
-fn entry(cursor: &mut Cursor, same: &mut (Option<DateTime<Utc>>, usize), pod: &str, container: &str, line: &str) -> Option<LogEntry> {
+fn entry(
+    cursor: &mut Cursor,
+    same: &mut (Option<DateTime<Utc>>, usize),
+    pod: &str,
+    container: &str,
+    line: &str,
+) -> Option<LogEntry> {
     let (at, text) = parse_line(line)?;
     if same.0 == Some(at) {
         same.1 += 1;
     } else {
         *same = (Some(at), 1);
     }
-    cursor.admit(at, same.1).then(|| LogEntry { at, replica: tag(pod, container), stream: "stdout".into(), text: text.to_string() })
+    cursor.admit(at, same.1).then(|| LogEntry {
+        at,
+        replica: tag(pod, container),
+        stream: "stdout".into(),
+        text: text.to_string(),
+    })
 }
 
 /// Follows one container until its pod is gone or nobody listens, reconnecting after each EOF.
-async fn follow_container(api: Api<Pod>, store: Store<Pod>, pod: String, container: &'static str, since: Option<DateTime<Utc>>, sender: mpsc::Sender<LogEntry>) {
+async fn follow_container(
+    api: Api<Pod>,
+    store: Store<Pod>,
+    pod: String,
+    container: &'static str,
+    since: Option<DateTime<Utc>>,
+    sender: mpsc::Sender<LogEntry>,
+) {
     let mut cursor = Cursor::since(since);
     loop {
-        let params = LogParams { container: Some(container.into()), follow: true, timestamps: true, since_time: cursor.reconnect_from().and_then(super::to_timestamp), ..LogParams::default() };
+        let params = LogParams {
+            container: Some(container.into()),
+            follow: true,
+            timestamps: true,
+            since_time: cursor.reconnect_from().and_then(super::to_timestamp),
+            ..LogParams::default()
+        };
         if let Ok(stream) = api.log_stream(&pod, &params).await {
             let mut lines = stream.lines();
             let mut same = (None, 0);
@@ -150,7 +196,10 @@ async fn follow_container(api: Api<Pod>, store: Store<Pod>, pod: String, contain
                 }
             }
         }
-        let gone = !store.state().iter().any(|p| p.metadata.name.as_deref() == Some(pod.as_str()) && p.metadata.deletion_timestamp.is_none());
+        let gone = !store
+            .state()
+            .iter()
+            .any(|p| p.metadata.name.as_deref() == Some(pod.as_str()) && p.metadata.deletion_timestamp.is_none());
         if gone || sender.is_closed() {
             return;
         }

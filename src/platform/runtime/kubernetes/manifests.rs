@@ -9,13 +9,13 @@
 
 use super::names;
 use crate::platform::model::{FunctionSpec, Language, ServiceKind};
-use crate::platform::runtime::bootstrap::{self, Bootstrap, HEALTH_PATH, READY_PATH};
 use crate::platform::runtime::InstanceSpec;
+use crate::platform::runtime::bootstrap::{self, Bootstrap, HEALTH_PATH, READY_PATH};
 use crate::platform::validation::parse_memory_bytes;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 /// The port the bootstrap listens on in the pod.
@@ -107,8 +107,10 @@ impl Default for NetworkIsolation {
 /// metadata (link-local), no apiserver, Service or pod address (private ranges), the same
 /// ranges the outbound policy refuses for callbacks.
 pub fn isolation_policy(namespace: &str, isolation: &NetworkIsolation, packages: &PackageAccess) -> Value {
-    let system = json!({ "namespaceSelector": { "matchLabels": { names::NAMESPACE_NAME: isolation.system_namespace } } });
-    let everywhere_but = |family_any: &str, except: Vec<String>| json!({ "ipBlock": { "cidr": family_any, "except": except } });
+    let system =
+        json!({ "namespaceSelector": { "matchLabels": { names::NAMESPACE_NAME: isolation.system_namespace } } });
+    let everywhere_but =
+        |family_any: &str, except: Vec<String>| json!({ "ipBlock": { "cidr": family_any, "except": except } });
     let split = |ranges: Vec<ipnet::IpNet>| -> (Vec<String>, Vec<String>) {
         let (v4, v6): (Vec<_>, Vec<_>) = ranges.into_iter().partition(|net| matches!(net, ipnet::IpNet::V4(_)));
         (v4.iter().map(ToString::to_string).collect(), v6.iter().map(ToString::to_string).collect())
@@ -128,13 +130,17 @@ pub fn isolation_policy(namespace: &str, isolation: &NetworkIsolation, packages:
         let mut to = vec![system];
         // A kubefn outside the cluster names its egress by address: a namespace selector matches
         // only pods, so that one address is let through too (on this port only).
-        let address = proxy.as_ref().and_then(http::Uri::host).and_then(|host| host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().ok());
+        let address = proxy
+            .as_ref()
+            .and_then(http::Uri::host)
+            .and_then(|host| host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().ok());
         if let Some(address) = address {
             to.push(json!({ "ipBlock": { "cidr": ipnet::IpNet::from(address).to_string() } }));
         }
         egress.push(json!({ "to": to, "ports": [{ "protocol": "TCP", "port": port }] }));
     }
-    let internal: Vec<ipnet::IpNet> = crate::platform::outbound::INTERNAL_RANGES.iter().filter_map(|range| range.parse().ok()).collect();
+    let internal: Vec<ipnet::IpNet> =
+        crate::platform::outbound::INTERNAL_RANGES.iter().filter_map(|range| range.parse().ok()).collect();
     let (v4, v6) = split(internal);
     // `except` must lie inside `cidr`: 0.0.0.0/0 and ::/0 hold every range of their family.
     egress.push(json!({ "to": [everywhere_but("0.0.0.0/0", v4), everywhere_but("::/0", v6)] }));
@@ -237,7 +243,8 @@ pub struct PlacementError {
 impl Placement {
     /// Reads `key=value,…` labels.
     pub fn parse_node_selector(text: &str) -> Result<std::collections::BTreeMap<String, String>, PlacementError> {
-        let wrong = || PlacementError { setting: "node selector", text: text.into(), form: "a list of key=value labels" };
+        let wrong =
+            || PlacementError { setting: "node selector", text: text.into(), form: "a list of key=value labels" };
         text.split(',')
             .map(str::trim)
             .filter(|pair| !pair.is_empty())
@@ -250,13 +257,19 @@ impl Placement {
 
     /// Reads `key[=value][:Effect],…` tolerations.
     pub fn parse_tolerations(text: &str) -> Result<Vec<Toleration>, PlacementError> {
-        let wrong = || PlacementError { setting: "tolerations", text: text.into(), form: "a list of key[=value][:NoSchedule|PreferNoSchedule|NoExecute]" };
+        let wrong = || PlacementError {
+            setting: "tolerations",
+            text: text.into(),
+            form: "a list of key[=value][:NoSchedule|PreferNoSchedule|NoExecute]",
+        };
         text.split(',')
             .map(str::trim)
             .filter(|item| !item.is_empty())
             .map(|item| {
                 let (taint, effect) = match item.rsplit_once(':') {
-                    Some((taint, effect)) if ["NoSchedule", "PreferNoSchedule", "NoExecute"].contains(&effect) => (taint, Some(effect.to_string())),
+                    Some((taint, effect)) if ["NoSchedule", "PreferNoSchedule", "NoExecute"].contains(&effect) => {
+                        (taint, Some(effect.to_string()))
+                    }
                     Some(_) => return Err(wrong()),
                     None => (item, None),
                 };
@@ -281,7 +294,8 @@ impl Placement {
                 .tolerations
                 .iter()
                 .map(|t| {
-                    let mut toleration = json!({ "key": t.key, "operator": if t.value.is_some() { "Equal" } else { "Exists" } });
+                    let mut toleration =
+                        json!({ "key": t.key, "operator": if t.value.is_some() { "Equal" } else { "Exists" } });
                     if let Some(value) = &t.value {
                         toleration["value"] = json!(value);
                     }
@@ -331,7 +345,12 @@ pub fn autoscaling_on(spec: &FunctionSpec) -> bool {
 
 /// Builds every object of `instance` in `namespace`. `node_port` is the Service's port from
 /// before, kept so the instance's address survives re-creation.
-pub fn build(instance: &InstanceSpec, namespace: &str, pods: &PodSettings, node_port: Option<u16>) -> Result<Manifests, ManifestError> {
+pub fn build(
+    instance: &InstanceSpec,
+    namespace: &str,
+    pods: &PodSettings,
+    node_port: Option<u16>,
+) -> Result<Manifests, ManifestError> {
     let name = names::base_name(&instance.function, &instance.user);
     let spec = &instance.spec;
     let config_map = match bootstrap::for_language(spec.runtime) {
@@ -340,9 +359,14 @@ pub fn build(instance: &InstanceSpec, namespace: &str, pods: &PodSettings, node_
     };
     let deployment = typed("Deployment", deployment(instance, namespace, &name, pods))?;
     let service = typed("Service", service(instance, namespace, &name, node_port))?;
-    let autoscaler = if autoscaling_on(spec) { Some(typed("HorizontalPodAutoscaler", autoscaler(instance, namespace, &name))?) } else { None };
+    let autoscaler = if autoscaling_on(spec) {
+        Some(typed("HorizontalPodAutoscaler", autoscaler(instance, namespace, &name))?)
+    } else {
+        None
+    };
     let fingerprint = {
-        let text = serde_json::to_string(&(&config_map, &deployment, &service, &autoscaler)).map_err(|source| ManifestError { kind: "fingerprint", source })?;
+        let text = serde_json::to_string(&(&config_map, &deployment, &service, &autoscaler))
+            .map_err(|source| ManifestError { kind: "fingerprint", source })?;
         Sha256::digest(text.as_bytes()).iter().take(12).map(|b| format!("{b:02x}")).collect()
     };
     Ok(Manifests { name, config_map, deployment, service, autoscaler, fingerprint })
@@ -445,7 +469,8 @@ fn source_pod(instance: &InstanceSpec, base: &str, boot: &Bootstrap, pods: &PodS
         ("HOME", "/tmp".into()),
     ];
     if has_deps {
-        let deps = if spec.runtime == Language::Node { format!("{DEPS_DIR}/node_modules") } else { DEPS_DIR.to_string() };
+        let deps =
+            if spec.runtime == Language::Node { format!("{DEPS_DIR}/node_modules") } else { DEPS_DIR.to_string() };
         own.push(("KUBEFN_DEPS", deps));
     }
     let mut command = vec![boot.interpreter.to_string()];
@@ -455,7 +480,10 @@ fn source_pod(instance: &InstanceSpec, base: &str, boot: &Bootstrap, pods: &PodS
         command.push(bootstrap::node_heap_limit_flag(limit));
     }
     command.push(format!("{CODE_DIR}/{}", boot.file));
-    let mut mounts = vec![json!({ "name": "code", "mountPath": CODE_DIR, "readOnly": true }), json!({ "name": "tmp", "mountPath": "/tmp" })];
+    let mut mounts = vec![
+        json!({ "name": "code", "mountPath": CODE_DIR, "readOnly": true }),
+        json!({ "name": "tmp", "mountPath": "/tmp" }),
+    ];
     let mut volumes = vec![
         json!({ "name": "code", "configMap": { "name": names::config_map_name(base, instance.version), "defaultMode": 0o444 } }),
         json!({ "name": "tmp", "emptyDir": { "sizeLimit": "256Mi" } }),
@@ -465,11 +493,26 @@ fn source_pod(instance: &InstanceSpec, base: &str, boot: &Bootstrap, pods: &PodS
         mounts.push(json!({ "name": "deps", "mountPath": DEPS_DIR, "readOnly": true }));
         volumes.push(json!({ "name": "deps", "emptyDir": {} }));
         let install = if spec.runtime == Language::Node {
-            json!(["sh", "-c", format!("cp {CODE_DIR}/package.json {DEPS_DIR}/ && cd {DEPS_DIR} && npm install --omit=dev --no-audit --no-fund --no-update-notifier")])
+            json!([
+                "sh",
+                "-c",
+                format!(
+                    "cp {CODE_DIR}/package.json {DEPS_DIR}/ && cd {DEPS_DIR} && npm install --omit=dev --no-audit --no-fund --no-update-notifier"
+                )
+            ])
         } else {
             json!([
-                "python3", "-m", "pip", "install", "--no-cache-dir", "--disable-pip-version-check", "--no-input",
-                "--target", DEPS_DIR, "-r", format!("{CODE_DIR}/requirements.txt")
+                "python3",
+                "-m",
+                "pip",
+                "install",
+                "--no-cache-dir",
+                "--disable-pip-version-check",
+                "--no-input",
+                "--target",
+                DEPS_DIR,
+                "-r",
+                format!("{CODE_DIR}/requirements.txt")
             ])
         };
         let (install_env, install_mounts) = install_access(&pods.packages, &mut volumes);
@@ -483,9 +526,7 @@ fn source_pod(instance: &InstanceSpec, base: &str, boot: &Bootstrap, pods: &PodS
             "volumeMounts": install_mounts,
         }));
     }
-    let probe = |path: &str, period: u32, failures: u32| {
-        json!({ "httpGet": { "path": path, "port": "http" }, "periodSeconds": period, "timeoutSeconds": 2, "failureThreshold": failures })
-    };
+    let probe = |path: &str, period: u32, failures: u32| json!({ "httpGet": { "path": path, "port": "http" }, "periodSeconds": period, "timeoutSeconds": 2, "failureThreshold": failures });
     let mut pod = json!({
         "automountServiceAccountToken": false,
         "enableServiceLinks": false,
@@ -521,7 +562,8 @@ fn source_pod(instance: &InstanceSpec, base: &str, boot: &Bootstrap, pods: &PodS
 /// The dependency installer's environment and mounts: its scratch space, the registries' proxy
 /// and CA bundle (a volume added to `volumes`), and the admin's package index settings.
 fn install_access(packages: &PackageAccess, volumes: &mut Vec<Value>) -> (Vec<Value>, Vec<Value>) {
-    let mut env = vec![("HOME".to_string(), "/tmp".to_string()), ("npm_config_cache".to_string(), "/tmp/.npm".to_string())];
+    let mut env =
+        vec![("HOME".to_string(), "/tmp".to_string()), ("npm_config_cache".to_string(), "/tmp/.npm".to_string())];
     let mut mounts = vec![
         json!({ "name": "code", "mountPath": CODE_DIR, "readOnly": true }),
         json!({ "name": "deps", "mountPath": DEPS_DIR }),
@@ -602,9 +644,7 @@ fn service(instance: &InstanceSpec, namespace: &str, base: &str, node_port: Opti
 fn autoscaler(instance: &InstanceSpec, namespace: &str, base: &str) -> Value {
     let scaling = &instance.spec.scaling;
     let min = scaling.min.max(1);
-    let metric = |resource: &str, percent: u32| {
-        json!({ "type": "Resource", "resource": { "name": resource, "target": { "type": "Utilization", "averageUtilization": percent } } })
-    };
+    let metric = |resource: &str, percent: u32| json!({ "type": "Resource", "resource": { "name": resource, "target": { "type": "Utilization", "averageUtilization": percent } } });
     let metrics: Vec<Value> = [("cpu", scaling.target_cpu_percent), ("memory", scaling.target_memory_percent)]
         .into_iter()
         .filter_map(|(resource, target)| target.map(|percent| metric(resource, percent)))
@@ -764,7 +804,10 @@ mod tests {
         assert_eq!(c["command"], json!(["python3", "/kubefn/code/bootstrap.py"]));
         assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/_/ready");
         assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/_/health");
-        assert_eq!(c["lifecycle"]["preStop"]["sleep"]["seconds"], 2, "a stopping replica serves until its endpoint is gone everywhere");
+        assert_eq!(
+            c["lifecycle"]["preStop"]["sleep"]["seconds"], 2,
+            "a stopping replica serves until its endpoint is gone everywhere"
+        );
         assert_eq!(c["resources"]["limits"]["memory"], "256Mi");
         assert_eq!(c["resources"]["requests"]["cpu"], "100m");
         assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
@@ -791,7 +834,13 @@ mod tests {
         assert!(init["command"].as_array().expect("command").iter().any(|a| a == "--target"));
         assert_eq!(init["volumeMounts"][1]["mountPath"], "/kubefn/deps");
         let main = &pod["containers"][0];
-        assert!(main["env"].as_array().expect("env").iter().any(|e| e["name"] == "KUBEFN_DEPS" && e["value"] == "/kubefn/deps"));
+        assert!(
+            main["env"]
+                .as_array()
+                .expect("env")
+                .iter()
+                .any(|e| e["name"] == "KUBEFN_DEPS" && e["value"] == "/kubefn/deps")
+        );
         assert_eq!(m.config_map.expect("cm").data.expect("data")["requirements.txt"], "requests==2.32.3\n");
 
         let node = Fixture::python()
@@ -806,7 +855,12 @@ mod tests {
         assert_eq!(main["image"], "node:22-slim");
         assert_eq!(main["command"], json!(["node", "--max-old-space-size=192", "/kubefn/code/bootstrap.js"]));
         assert!(main["env"].as_array().expect("env").iter().any(|e| e["value"] == "/kubefn/deps/node_modules"));
-        assert!(d["spec"]["template"]["spec"]["initContainers"][0]["command"][2].as_str().expect("sh -c").contains("npm install"));
+        assert!(
+            d["spec"]["template"]["spec"]["initContainers"][0]["command"][2]
+                .as_str()
+                .expect("sh -c")
+                .contains("npm install")
+        );
     }
 
     #[test]
@@ -835,7 +889,13 @@ mod tests {
         let kept = build(&fixture.0, "ns", &PodSettings::default(), Some(31234)).expect("manifests");
         assert_eq!(json_of(&kept.service)["spec"]["ports"][0]["nodePort"], 31234);
         let external = Fixture::python()
-            .with(|i| i.spec.service = ServiceSpec { kind: ServiceKind::ExternalName, external_name: Some("api.example.com".into()), port: None })
+            .with(|i| {
+                i.spec.service = ServiceSpec {
+                    kind: ServiceKind::ExternalName,
+                    external_name: Some("api.example.com".into()),
+                    port: None,
+                }
+            })
             .build();
         let service = json_of(&external.service);
         assert_eq!(service["spec"]["externalName"], "api.example.com");
@@ -883,8 +943,12 @@ mod tests {
         assert!(Placement::parse_node_selector("").expect("none").is_empty());
         assert!(Placement::parse_node_selector("pool").unwrap_err().to_string().starts_with("node selector: \"pool\""));
 
-        let tolerations = Placement::parse_tolerations("dedicated=functions:NoSchedule,gpu,spot:NoExecute").expect("tolerations");
-        assert_eq!(tolerations[0], Toleration { key: "dedicated".into(), value: Some("functions".into()), effect: Some("NoSchedule".into()) });
+        let tolerations =
+            Placement::parse_tolerations("dedicated=functions:NoSchedule,gpu,spot:NoExecute").expect("tolerations");
+        assert_eq!(
+            tolerations[0],
+            Toleration { key: "dedicated".into(), value: Some("functions".into()), effect: Some("NoSchedule".into()) }
+        );
         assert_eq!(tolerations[1], Toleration { key: "gpu".into(), value: None, effect: None });
         assert_eq!(tolerations[2].effect.as_deref(), Some("NoExecute"));
         assert!(Placement::parse_tolerations("a:Sometimes").is_err());
@@ -897,8 +961,12 @@ mod tests {
             node_selector: [("pool".to_string(), "functions".to_string())].into(),
             tolerations: Placement::parse_tolerations("dedicated=functions:NoSchedule,gpu").expect("tolerations"),
         };
-        for fixture in [Fixture::python(), Fixture::python().with(|i| i.spec.image = Some("ghcr.io/example/echo:1.0".into()))] {
-            let manifests = build(&fixture.0, "ns", &PodSettings { placement: placement.clone(), ..PodSettings::default() }, None).expect("manifests");
+        for fixture in
+            [Fixture::python(), Fixture::python().with(|i| i.spec.image = Some("ghcr.io/example/echo:1.0".into()))]
+        {
+            let manifests =
+                build(&fixture.0, "ns", &PodSettings { placement: placement.clone(), ..PodSettings::default() }, None)
+                    .expect("manifests");
             let pod = serde_json::to_value(&manifests.deployment).expect("json")["spec"]["template"]["spec"].clone();
             assert_eq!(pod["nodeSelector"], json!({ "pool": "functions" }));
             assert_eq!(

@@ -17,24 +17,24 @@ pub mod status;
 
 use super::forwarding::{Dial, ForwardingPort, Traffic};
 use super::{ApplyMode, InstanceSpec, LogStream, ReplicaUsage, Runtime, RuntimeError, RuntimeStatus};
+use crate::platform::model::Quota;
 use crate::platform::model::{FunctionSpec, HealthCheck, InstanceState};
 use chrono::{DateTime, Utc};
 use cluster::Cluster;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, LimitRange, Namespace, Pod, ResourceQuota, Service};
-use k8s_openapi::api::rbac::v1::RoleBinding;
-use crate::platform::model::Quota;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
-pub use manifests::{Images, NetworkIsolation, PackageAccess, PodSettings, Placement, Toleration};
+pub use manifests::{Images, NetworkIsolation, PackageAccess, Placement, PodSettings, Toleration};
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
-use parking_lot::Mutex;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -112,7 +112,9 @@ pub enum KubernetesError {
         seconds: u64,
     },
     /// An object kubefn would write belongs to something else: never adopted.
-    #[error("{kind} {namespace}/{name} belongs to another instance or was not made by kubefn; kubefn leaves it alone (remove it, or rename the function)")]
+    #[error(
+        "{kind} {namespace}/{name} belongs to another instance or was not made by kubefn; kubefn leaves it alone (remove it, or rename the function)"
+    )]
     Taken {
         /// The kind of object.
         kind: &'static str,
@@ -267,7 +269,8 @@ pub async fn client(config: &KubernetesConfig) -> Result<Client, KubernetesError
 async fn kube_config(config: &KubernetesConfig) -> Result<Config, KubernetesError> {
     let mut kube_config = match &config.kubeconfig {
         Some(path) => {
-            let file = Kubeconfig::read_from(path).map_err(|source| KubernetesError::Kubeconfig { path: path.clone(), source })?;
+            let file = Kubeconfig::read_from(path)
+                .map_err(|source| KubernetesError::Kubeconfig { path: path.clone(), source })?;
             Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
                 .await
                 .map_err(|source| KubernetesError::Kubeconfig { path: path.clone(), source })?
@@ -398,7 +401,8 @@ async fn ensure_namespace(client: &Client, namespace: &str, user: Option<&str>) 
         Err(kube::Error::Api(status)) if status.code == 403 && user.is_none() => return Ok(()),
         Err(source) => return Err(KubernetesError::Namespace { namespace: namespace.into(), source }),
     }
-    let mut labels = serde_json::json!({ names::MANAGED_BY: names::MANAGER, names::POD_SECURITY: names::POD_SECURITY_LEVEL });
+    let mut labels =
+        serde_json::json!({ names::MANAGED_BY: names::MANAGER, names::POD_SECURITY: names::POD_SECURITY_LEVEL });
     if let Some(user) = user {
         labels[names::NAMESPACE_USER] = user.into();
     }
@@ -425,14 +429,22 @@ impl Inner {
     /// Makes `user`'s namespace ready, once (and again when their quota changes): the namespace,
     /// the RoleBinding that gives kubefn its rights there and only there, the NetworkPolicy, a
     /// LimitRange and a ResourceQuota from the user's kubefn quota.
-    async fn prepare_user_namespace(&self, namespace: &str, user: &str, quota: Option<Quota>) -> Result<(), KubernetesError> {
+    async fn prepare_user_namespace(
+        &self,
+        namespace: &str,
+        user: &str,
+        quota: Option<Quota>,
+    ) -> Result<(), KubernetesError> {
         if self.user_namespaces.lock().get(namespace) == Some(&quota) {
             return Ok(());
         }
         ensure_namespace(&self.client, namespace, Some(user)).await?;
         let params = PatchParams::apply(FIELD_MANAGER).force();
         let objects = names::USER_NAMESPACE_OBJECTS;
-        let binding = manifests::user_namespace_binding(namespace, (&self.config.network.system_namespace, &self.config.service_account));
+        let binding = manifests::user_namespace_binding(
+            namespace,
+            (&self.config.network.system_namespace, &self.config.service_account),
+        );
         Api::<RoleBinding>::namespaced(self.client.clone(), namespace)
             .patch(objects, &params, &Patch::Apply(&binding))
             .await
@@ -445,7 +457,10 @@ impl Inner {
                 return Err(KubernetesError::Forbidden {
                     verb: "patch".into(),
                     resource: "networkpolicies.networking.k8s.io".into(),
-                    where_: format!(" in namespace {namespace} (is the ClusterRole {} of k8s/per-user-namespaces/ applied?)", names::USER_NAMESPACE_ROLE),
+                    where_: format!(
+                        " in namespace {namespace} (is the ClusterRole {} of k8s/per-user-namespaces/ applied?)",
+                        names::USER_NAMESPACE_ROLE
+                    ),
                 });
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -501,7 +516,8 @@ impl Inner {
         let manifests = manifests::build(&spec, &namespace, &self.config.pods, node_port)?;
         let unchanged = {
             let slots = self.slots.lock();
-            slots.get(&spec.id).is_some_and(|s| s.fingerprint == manifests.fingerprint) && self.cluster.deployment_of(&spec.id).is_some()
+            slots.get(&spec.id).is_some_and(|s| s.fingerprint == manifests.fingerprint)
+                && self.cluster.deployment_of(&spec.id).is_some()
         };
         if self.config.user_namespace_prefix.is_some() {
             self.prepare_user_namespace(&namespace, &spec.user, spec.user_quota).await?;
@@ -517,11 +533,20 @@ impl Inner {
         Ok(())
     }
 
-    async fn apply_objects(&self, namespace: &str, m: &manifests::Manifests, spec: &InstanceSpec) -> Result<(), KubernetesError> {
+    async fn apply_objects(
+        &self,
+        namespace: &str,
+        m: &manifests::Manifests,
+        spec: &InstanceSpec,
+    ) -> Result<(), KubernetesError> {
         let params = PatchParams::apply(FIELD_MANAGER).force();
         // Server-side apply with force would take over any object of the name: first make sure
         // each one is this instance's, or not there.
-        let taken = |kind: &'static str, name: &str| KubernetesError::Taken { kind, namespace: namespace.to_string(), name: name.to_string() };
+        let taken = |kind: &'static str, name: &str| KubernetesError::Taken {
+            kind,
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        };
         if let Some(kind) = self.cluster.taken_by_other(namespace, &m.name, &spec.id) {
             return Err(taken(kind, &m.name));
         }
@@ -530,7 +555,9 @@ impl Inner {
         {
             let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), namespace);
             let name = manifests::PACKAGE_CA_CONFIG_MAP;
-            api.patch(name, &params, &Patch::Apply(&package_ca)).await.map_err(api_error(format!("apply ConfigMap {namespace}/{name}")))?;
+            api.patch(name, &params, &Patch::Apply(&package_ca))
+                .await
+                .map_err(api_error(format!("apply ConfigMap {namespace}/{name}")))?;
         }
         if let Some(config_map) = &m.config_map {
             let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), namespace);
@@ -539,9 +566,12 @@ impl Inner {
             // instance's: another's would run its code with this instance's settings).
             match api.get_opt(&name).await.map_err(api_error(format!("read ConfigMap {namespace}/{name}")))? {
                 None => {
-                    api.patch(&name, &params, &Patch::Apply(config_map)).await.map_err(api_error(format!("apply ConfigMap {namespace}/{name}")))?;
+                    api.patch(&name, &params, &Patch::Apply(config_map))
+                        .await
+                        .map_err(api_error(format!("apply ConfigMap {namespace}/{name}")))?;
                 }
-                Some(existing) if cluster::instance_label(existing.metadata.labels.as_ref()) == Some(spec.id.as_str()) => {}
+                Some(existing)
+                    if cluster::instance_label(existing.metadata.labels.as_ref()) == Some(spec.id.as_str()) => {}
                 Some(_) => return Err(taken("ConfigMap", &name)),
             }
         }
@@ -555,23 +585,38 @@ impl Inner {
             Ok(_) => {}
             // The node port kept from before is taken (a new cluster): let Kubernetes pick one.
             Err(kube::Error::Api(status)) if status.code == 422 && spec.node_port.is_some() => {
-                let fresh = manifests::build(&InstanceSpec { node_port: None, ..spec.clone() }, namespace, &self.config.pods, None)?;
+                let fresh = manifests::build(
+                    &InstanceSpec { node_port: None, ..spec.clone() },
+                    namespace,
+                    &self.config.pods,
+                    None,
+                )?;
                 services
                     .patch(&m.name, &params, &Patch::Apply(&fresh.service))
                     .await
                     .map_err(api_error(format!("apply Service {namespace}/{}", m.name)))?;
             }
-            Err(source) => return Err(KubernetesError::Api { action: format!("apply Service {namespace}/{}", m.name), source }),
+            Err(source) => {
+                return Err(KubernetesError::Api { action: format!("apply Service {namespace}/{}", m.name), source });
+            }
         }
         let autoscalers: Api<HorizontalPodAutoscaler> = Api::namespaced(self.client.clone(), namespace);
         match &m.autoscaler {
             Some(hpa) => {
-                autoscalers.patch(&m.name, &params, &Patch::Apply(hpa)).await.map_err(api_error(format!("apply HorizontalPodAutoscaler {namespace}/{}", m.name)))?;
+                autoscalers
+                    .patch(&m.name, &params, &Patch::Apply(hpa))
+                    .await
+                    .map_err(api_error(format!("apply HorizontalPodAutoscaler {namespace}/{}", m.name)))?;
             }
             None => match autoscalers.delete(&m.name, &DeleteParams::default()).await {
                 Ok(_) => {}
                 Err(kube::Error::Api(status)) if status.code == 404 => {}
-                Err(source) => return Err(KubernetesError::Api { action: format!("delete HorizontalPodAutoscaler {namespace}/{}", m.name), source }),
+                Err(source) => {
+                    return Err(KubernetesError::Api {
+                        action: format!("delete HorizontalPodAutoscaler {namespace}/{}", m.name),
+                        source,
+                    });
+                }
             },
         }
         self.remove_renamed(namespace, &m.name, &spec.id).await;
@@ -646,7 +691,15 @@ impl Inner {
         let dial = PodDial { pods: Api::namespaced(self.client.clone(), namespace), port };
         let receiver = self.slots.lock().get(&spec.id).map(|s| s.endpoints.subscribe());
         let Some(receiver) = receiver else { return };
-        match ForwardingPort::bind_in_range_with(self.config.forward_host, self.config.forward_ports.clone(), receiver, dial, self.config.hold).await {
+        match ForwardingPort::bind_in_range_with(
+            self.config.forward_host,
+            self.config.forward_ports.clone(),
+            receiver,
+            dial,
+            self.config.hold,
+        )
+        .await
+        {
             Ok(forward) => {
                 let traffic = forward.traffic();
                 if let Some(slot) = self.slots.lock().get_mut(&spec.id) {
@@ -656,14 +709,18 @@ impl Inner {
                 tokio::spawn(wake_on_demand(traffic, Arc::downgrade(self), spec.id.clone()));
                 self.refresh_endpoints();
             }
-            Err(error) => tracing::warn!(instance = %spec.id, error = %crate::platform::error_chain(&error), "no port-forward for the instance"),
+            Err(error) => {
+                tracing::warn!(instance = %spec.id, error = %crate::platform::error_chain(&error), "no port-forward for the instance")
+            }
         }
     }
 
     /// Deletes the ConfigMaps of versions neither desired nor run by a pod.
     async fn prune_config_maps(&self, namespace: &str, spec: &InstanceSpec) {
         let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), namespace);
-        let Ok(list) = api.list(&ListParams::default().labels(&names::instance_selector_text(&spec.id))).await else { return };
+        let Ok(list) = api.list(&ListParams::default().labels(&names::instance_selector_text(&spec.id))).await else {
+            return;
+        };
         let running = self.cluster.pod_versions(&spec.id);
         for config_map in list {
             let version = status::version_of(config_map.metadata.labels.as_ref());
@@ -681,7 +738,9 @@ impl Inner {
         macro_rules! sweep {
             ($kind:ty, $what:literal) => {{
                 let api: Api<$kind> = Api::namespaced(self.client.clone(), namespace);
-                api.delete_collection(&background, &params).await.map_err(api_error(format!("delete the {} of {selector} in {namespace}", $what)))?;
+                api.delete_collection(&background, &params)
+                    .await
+                    .map_err(api_error(format!("delete the {} of {selector} in {namespace}", $what)))?;
             }};
         }
         sweep!(HorizontalPodAutoscaler, "HorizontalPodAutoscalers");
@@ -704,7 +763,12 @@ impl Inner {
             macro_rules! count {
                 ($kind:ty) => {{
                     let api: Api<$kind> = Api::namespaced(self.client.clone(), namespace);
-                    left += api.list_metadata(&params).await.map_err(api_error(format!("list what is left of {selector}")))?.items.len();
+                    left += api
+                        .list_metadata(&params)
+                        .await
+                        .map_err(api_error(format!("list what is left of {selector}")))?
+                        .items
+                        .len();
                 }};
             }
             count!(Deployment);
@@ -741,7 +805,8 @@ impl Inner {
             })
             .collect();
         for (id, namespace, name) in idle {
-            let running = self.cluster.deployment_of(&id).and_then(|d| d.spec.and_then(|s| s.replicas)).is_some_and(|r| r > 0);
+            let running =
+                self.cluster.deployment_of(&id).and_then(|d| d.spec.and_then(|s| s.replicas)).is_some_and(|r| r > 0);
             if !running {
                 continue;
             }
@@ -889,7 +954,12 @@ impl Runtime for KubernetesRuntime {
             observed.message = "pausing".into();
         }
         let port_forward = slot.and_then(|s| s.forward.as_ref()).map(|f| f.address());
-        let spec = deployment.spec.as_ref().and_then(|s| s.template.spec.as_ref()).and_then(|p| p.containers.first()).and_then(|c| c.resources.clone());
+        let spec = deployment
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .and_then(|p| p.containers.first())
+            .and_then(|c| c.resources.clone());
         let limits = match spec.and_then(|r| r.limits) {
             Some(limits) => {
                 let text: Vec<String> = limits.iter().map(|(k, v)| format!("{k} {}", v.0)).collect();
@@ -926,7 +996,9 @@ impl Runtime for KubernetesRuntime {
         let (sender, receiver) = tokio::sync::mpsc::channel(256);
         let api: Api<Pod> = Api::namespaced(self.inner.client.clone(), &namespace);
         tokio::spawn(logs::run(api, self.inner.cluster.pod_store(), namespace, id.to_string(), follow, since, sender));
-        Ok(Box::pin(futures::stream::unfold(receiver, |mut receiver| async move { receiver.recv().await.map(|line| (line, receiver)) })))
+        Ok(Box::pin(futures::stream::unfold(receiver, |mut receiver| async move {
+            receiver.recv().await.map(|line| (line, receiver))
+        })))
     }
 
     fn usage(&self, id: &str) -> Result<Vec<ReplicaUsage>, RuntimeError> {
@@ -937,7 +1009,11 @@ impl Runtime for KubernetesRuntime {
         let metrics = if self.inner.metrics_available.load(std::sync::atomic::Ordering::Relaxed) {
             HealthCheck::new("metrics.k8s.io", true, "served: CPU and memory per pod, and CPU/memory autoscaling")
         } else {
-            HealthCheck::new("metrics.k8s.io", false, "not served: no usage figures and no CPU/memory autoscaling (install metrics-server)")
+            HealthCheck::new(
+                "metrics.k8s.io",
+                false,
+                "not served: no usage figures and no CPU/memory autoscaling (install metrics-server)",
+            )
         };
         let pods = self.inner.cluster.pod_store().state();
         let ready = pods.iter().filter(|pod| status::is_ready(pod)).count();
@@ -945,7 +1021,14 @@ impl Runtime for KubernetesRuntime {
             Some(prefix) => format!("one namespace per user ({prefix}<user>)"),
             None => format!("namespace {}", self.inner.config.namespace),
         };
-        vec![metrics, HealthCheck::new("pods", ready == pods.len(), format!("{ready} of {} kubefn pods ready; {namespaces}", pods.len()))]
+        vec![
+            metrics,
+            HealthCheck::new(
+                "pods",
+                ready == pods.len(),
+                format!("{ready} of {} kubefn pods ready; {namespaces}", pods.len()),
+            ),
+        ]
     }
 
     async fn connect(&self, id: &str) -> Result<SocketAddr, RuntimeError> {
@@ -961,7 +1044,13 @@ impl Runtime for KubernetesRuntime {
                 return Err(RuntimeError::NotProxied { id: id.into() });
             }
             let port = manifests::container_port(spec);
-            (slot.forward.as_ref().map(|f| f.address()), slot.traffic.clone(), slot.endpoints.subscribe(), slot.next_pod.clone(), port)
+            (
+                slot.forward.as_ref().map(|f| f.address()),
+                slot.traffic.clone(),
+                slot.endpoints.subscribe(),
+                slot.next_pod.clone(),
+                port,
+            )
         };
         if let Some(address) = forward {
             return Ok(address);
@@ -1001,10 +1090,14 @@ impl KubernetesRuntime {
         }
         let api: Api<Deployment> = Api::namespaced(self.inner.client.clone(), &namespace);
         let wanted = if spec.paused { 0 } else { spec.replicas };
-        api.patch_scale(&name, &PatchParams::default(), &Patch::Merge(&serde_json::json!({ "spec": { "replicas": wanted } })))
-            .await
-            .map_err(api_error(format!("scale Deployment {namespace}/{name} to {wanted}")))
-            .map_err(RuntimeError::from)?;
+        api.patch_scale(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(&serde_json::json!({ "spec": { "replicas": wanted } })),
+        )
+        .await
+        .map_err(api_error(format!("scale Deployment {namespace}/{name} to {wanted}")))
+        .map_err(RuntimeError::from)?;
         Ok(())
     }
 }
@@ -1043,7 +1136,13 @@ mod tests {
         assert_eq!(replicas_to_set(&scaled, false, 1, Some(0)), Some(2), "resume wakes at least min");
         assert_eq!(replicas_to_set(&scaled, false, 1, None), Some(2), "a new Deployment starts at min");
         assert_eq!(replicas_to_set(&scaled, true, 4, Some(4)), Some(0), "pause suspends the HPA by zero replicas");
-        let idle = function(ScalingPolicy { min: 0, max: 1, target_cpu_percent: None, scale_to_zero_after_s: Some(60), ..Default::default() });
+        let idle = function(ScalingPolicy {
+            min: 0,
+            max: 1,
+            target_cpu_percent: None,
+            scale_to_zero_after_s: Some(60),
+            ..Default::default()
+        });
         assert_eq!(replicas_to_set(&idle, false, 1, Some(0)), None, "idle at zero until a request wakes it");
         assert_eq!(replicas_to_set(&idle, false, 1, None), Some(1), "a new instance starts");
     }

@@ -60,7 +60,8 @@ pub fn base_name(function: &str, user: &str) -> String {
         return full;
     }
     // '/' appears in neither name, so the hash tells every pair apart.
-    let hash: String = Sha256::digest(format!("{function}/{user}").as_bytes()).iter().take(3).map(|b| format!("{b:02x}")).collect();
+    let hash: String =
+        Sha256::digest(format!("{function}/{user}").as_bytes()).iter().take(3).map(|b| format!("{b:02x}")).collect();
     let keep = (MAX_BASE - hash.len() - 1).min(full.len());
     let start = full[..keep].trim_end_matches('-');
     format!("{start}-{hash}")

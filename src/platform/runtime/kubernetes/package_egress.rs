@@ -114,7 +114,10 @@ fn parse_connect(head: &str, hosts: &[String]) -> Result<(String, u16), (u16, St
     let port: u16 = port.parse().map_err(|_| (400, format!("{target:?} is not host:port")))?;
     let host = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
     if port != 443 || !hosts.iter().any(|allowed| *allowed == host) {
-        return Err((403, format!("kubefn's package egress reaches only {} on port 443, not {target}", hosts.join(", "))));
+        return Err((
+            403,
+            format!("kubefn's package egress reaches only {} on port 443, not {target}", hosts.join(", ")),
+        ));
     }
     Ok((host, port))
 }
@@ -132,7 +135,10 @@ async fn answer(client: &mut TcpStream, status: u16, text: &str) -> std::io::Res
         405 => "Method Not Allowed",
         _ => "Bad Gateway",
     };
-    let response = format!("HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}", text.len());
+    let response = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
+        text.len()
+    );
     client.write_all(response.as_bytes()).await
 }
 
@@ -159,7 +165,8 @@ async fn tunnel(mut client: TcpStream, hosts: &[String]) -> Result<(), String> {
         }
     };
     let connect = async {
-        let addresses: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port)).await?.filter(|a| !forbidden(a.ip())).collect();
+        let addresses: Vec<SocketAddr> =
+            tokio::net::lookup_host((host.as_str(), port)).await?.filter(|a| !forbidden(a.ip())).collect();
         let mut last = std::io::Error::other(format!("{host} resolves to no address the egress may reach"));
         for address in addresses {
             match TcpStream::connect(address).await {
@@ -203,7 +210,10 @@ mod tests {
             ("PIP_TRUSTED_HOST".to_string(), "ignored.example.com".to_string()),
         ];
         let hosts = registry_hosts(&env);
-        assert!(hosts.contains(&"pypi.example.com".to_string()) && hosts.contains(&"npm.example.com".to_string()), "{hosts:?}");
+        assert!(
+            hosts.contains(&"pypi.example.com".to_string()) && hosts.contains(&"npm.example.com".to_string()),
+            "{hosts:?}"
+        );
         assert!(hosts.contains(&"pypi.org".to_string()));
         assert!(!hosts.iter().any(|h| h.contains("ignored") || h.contains("secret")), "{hosts:?}");
     }
@@ -211,14 +221,28 @@ mod tests {
     #[test]
     fn only_connect_to_an_allowed_registry_on_443_passes() {
         let hosts = hosts();
-        assert_eq!(parse_connect("CONNECT pypi.org:443 HTTP/1.1\r\nHost: pypi.org:443\r\n\r\n", &hosts), Ok(("pypi.org".into(), 443)));
-        assert_eq!(parse_connect("CONNECT Registry.NPMJS.org:443 HTTP/1.1\r\n\r\n", &hosts), Ok(("registry.npmjs.org".into(), 443)));
-        for refused in ["CONNECT 169.254.169.254:443 HTTP/1.1", "CONNECT pypi.org:80 HTTP/1.1", "CONNECT pypi.org.evil.example:443 HTTP/1.1", "CONNECT kubefn.kubefn-system.svc:3000 HTTP/1.1"] {
+        assert_eq!(
+            parse_connect("CONNECT pypi.org:443 HTTP/1.1\r\nHost: pypi.org:443\r\n\r\n", &hosts),
+            Ok(("pypi.org".into(), 443))
+        );
+        assert_eq!(
+            parse_connect("CONNECT Registry.NPMJS.org:443 HTTP/1.1\r\n\r\n", &hosts),
+            Ok(("registry.npmjs.org".into(), 443))
+        );
+        for refused in [
+            "CONNECT 169.254.169.254:443 HTTP/1.1",
+            "CONNECT pypi.org:80 HTTP/1.1",
+            "CONNECT pypi.org.evil.example:443 HTTP/1.1",
+            "CONNECT kubefn.kubefn-system.svc:3000 HTTP/1.1",
+        ] {
             let (status, text) = parse_connect(refused, &hosts).expect_err(refused);
             assert_eq!(status, 403, "{refused}");
             assert!(text.contains("reaches only"), "{text}");
         }
-        assert_eq!(parse_connect("GET http://169.254.169.254/latest/meta-data HTTP/1.1", &hosts).map_err(|e| e.0), Err(405));
+        assert_eq!(
+            parse_connect("GET http://169.254.169.254/latest/meta-data HTTP/1.1", &hosts).map_err(|e| e.0),
+            Err(405)
+        );
         assert_eq!(parse_connect("CONNECT pypi.org HTTP/1.1", &hosts).map_err(|e| e.0), Err(400));
     }
 
@@ -246,7 +270,9 @@ mod tests {
     #[tokio::test]
     async fn an_allowed_name_that_resolves_to_loopback_is_still_refused() {
         // "localhost" allowed by mistake: the resolved address decides, and loopback is never reached.
-        let egress = PackageEgress::start(SocketAddr::from(([127, 0, 0, 1], 0)), vec!["localhost".into()]).await.expect("egress");
+        let egress = PackageEgress::start(SocketAddr::from(([127, 0, 0, 1], 0)), vec!["localhost".into()])
+            .await
+            .expect("egress");
         let mut client = TcpStream::connect(egress.address()).await.expect("connect");
         client.write_all(b"CONNECT localhost:443 HTTP/1.1\r\n\r\n").await.expect("write");
         let mut answer = String::new();

@@ -4,9 +4,9 @@
 //! what happened and what to do.
 
 use super::names;
+use crate::platform::autoscale::{AutoscalerStatus, MetricKind, MetricReading};
 use crate::platform::model::{EventInfo, InstanceState, ReplicaInfo};
 use chrono::Utc;
-use crate::platform::autoscale::{AutoscalerStatus, MetricKind, MetricReading};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{Event, Pod};
@@ -70,7 +70,10 @@ pub fn stuck(pod: &Pod) -> Option<String> {
         if let Some(waiting) = init.state.as_ref().and_then(|s| s.waiting.as_ref())
             && STUCK_REASONS.contains(&waiting.reason.as_deref().unwrap_or(""))
         {
-            return Some(format!("installing the declared dependencies: {}", plain_waiting(waiting.reason.as_deref(), waiting.message.as_deref())));
+            return Some(format!(
+                "installing the declared dependencies: {}",
+                plain_waiting(waiting.reason.as_deref(), waiting.message.as_deref())
+            ));
         }
     }
     for container in status.container_statuses.iter().flatten() {
@@ -86,11 +89,17 @@ pub fn stuck(pod: &Pod) -> Option<String> {
 fn plain_waiting(reason: Option<&str>, message: Option<&str>) -> String {
     let detail = message.filter(|m| !m.is_empty()).map(|m| format!(" ({m})")).unwrap_or_default();
     match reason.unwrap_or("") {
-        "CrashLoopBackOff" => format!("the function keeps crashing, Kubernetes backs off before each restart{detail}; see the logs"),
-        "ImagePullBackOff" | "ErrImagePull" => format!("the image cannot be pulled{detail}; check its name and that the cluster may pull it"),
+        "CrashLoopBackOff" => {
+            format!("the function keeps crashing, Kubernetes backs off before each restart{detail}; see the logs")
+        }
+        "ImagePullBackOff" | "ErrImagePull" => {
+            format!("the image cannot be pulled{detail}; check its name and that the cluster may pull it")
+        }
         "InvalidImageName" => format!("the image name is invalid{detail}"),
         "CreateContainerConfigError" | "CreateContainerError" | "RunContainerError" => {
-            format!("the container cannot be created{detail}; check its configuration (a missing Secret, a non-root image)")
+            format!(
+                "the container cannot be created{detail}; check its configuration (a missing Secret, a non-root image)"
+            )
         }
         other => format!("{other}{detail}"),
     }
@@ -104,8 +113,13 @@ fn pod_state(pod: &Pod) -> String {
         return "Ready".into();
     }
     let status = pod.status.as_ref();
-    let waiting = status
-        .and_then(|s| s.init_container_statuses.iter().flatten().chain(s.container_statuses.iter().flatten()).find_map(|c| c.state.as_ref()?.waiting.as_ref()?.reason.clone()));
+    let waiting = status.and_then(|s| {
+        s.init_container_statuses
+            .iter()
+            .flatten()
+            .chain(s.container_statuses.iter().flatten())
+            .find_map(|c| c.state.as_ref()?.waiting.as_ref()?.reason.clone())
+    });
     if let Some(reason) = waiting {
         return reason;
     }
@@ -123,13 +137,16 @@ fn restarts(pod: &Pod) -> u32 {
 /// Derives the instance's status from its Deployment and pods.
 pub fn observe(deployment: &Deployment, pods: &[&Pod]) -> Observed {
     let desired_version = version_of(deployment.metadata.labels.as_ref()).unwrap_or(0);
-    let paused = deployment.metadata.annotations.as_ref().and_then(|a| a.get(names::PAUSED)).is_some_and(|v| v == "true");
+    let paused =
+        deployment.metadata.annotations.as_ref().and_then(|a| a.get(names::PAUSED)).is_some_and(|v| v == "true");
     let spec_replicas = deployment.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1).max(0) as u32;
     let status = deployment.status.clone().unwrap_or_default();
     let live: Vec<&Pod> = pods.iter().copied().filter(|p| p.metadata.deletion_timestamp.is_none()).collect();
     let ready_pods: Vec<&Pod> = live.iter().copied().filter(|p| is_ready(p)).collect();
-    let new_ready = ready_pods.iter().filter(|p| version_of(p.metadata.labels.as_ref()) == Some(desired_version)).count() as u32;
-    let old_live = live.iter().filter(|p| version_of(p.metadata.labels.as_ref()) != Some(desired_version)).count() as u32;
+    let new_ready =
+        ready_pods.iter().filter(|p| version_of(p.metadata.labels.as_ref()) == Some(desired_version)).count() as u32;
+    let old_live =
+        live.iter().filter(|p| version_of(p.metadata.labels.as_ref()) != Some(desired_version)).count() as u32;
     let serving_version = if new_ready > 0 {
         Some(desired_version)
     } else {
@@ -146,7 +163,14 @@ pub fn observe(deployment: &Deployment, pods: &[&Pod]) -> Observed {
         .collect();
     replicas.sort_by(|a, b| a.name.cmp(&b.name));
     let ready = ready_pods.len() as u32;
-    let observed = |state, message: String| Observed { state, message, serving_version, desired: spec_replicas, ready, replicas: replicas.clone() };
+    let observed = |state, message: String| Observed {
+        state,
+        message,
+        serving_version,
+        desired: spec_replicas,
+        ready,
+        replicas: replicas.clone(),
+    };
     let keeps_serving = match serving_version {
         Some(old) if old != desired_version => format!("; version {old} keeps serving"),
         _ => String::new(),
@@ -156,21 +180,41 @@ pub fn observe(deployment: &Deployment, pods: &[&Pod]) -> Observed {
         return observed(InstanceState::Paused, "paused: no replicas run; resume to start them again".into());
     }
     if spec_replicas == 0 {
-        let (state, message) = if live.is_empty() { (InstanceState::Ready, "scaled to zero") } else { (InstanceState::Deploying, "scaling to zero") };
+        let (state, message) = if live.is_empty() {
+            (InstanceState::Ready, "scaled to zero")
+        } else {
+            (InstanceState::Deploying, "scaling to zero")
+        };
         return observed(state, message.into());
     }
     let new_pods = live.iter().filter(|p| version_of(p.metadata.labels.as_ref()) == Some(desired_version));
     if let Some(reason) = new_pods.clone().find_map(|p| stuck(p)) {
-        return observed(InstanceState::Failed, format!("version {desired_version} cannot start: {reason}{keeps_serving}"));
+        return observed(
+            InstanceState::Failed,
+            format!("version {desired_version} cannot start: {reason}{keeps_serving}"),
+        );
     }
     for condition in status.conditions.iter().flatten() {
-        if condition.type_ == "Progressing" && condition.status == "False" && condition.reason.as_deref() == Some("ProgressDeadlineExceeded") {
-            return observed(InstanceState::Failed, format!("version {desired_version} did not become ready in time{keeps_serving}"));
+        if condition.type_ == "Progressing"
+            && condition.status == "False"
+            && condition.reason.as_deref() == Some("ProgressDeadlineExceeded")
+        {
+            return observed(
+                InstanceState::Failed,
+                format!("version {desired_version} did not become ready in time{keeps_serving}"),
+            );
         }
         if condition.type_ == "ReplicaFailure" && condition.status == "True" {
             let message = condition.message.clone().unwrap_or_default();
-            let hint = if message.contains("exceeded quota") { "; the namespace's quota is used up, free some or raise it" } else { "" };
-            return observed(InstanceState::Failed, format!("Kubernetes cannot create replicas: {message}{hint}{keeps_serving}"));
+            let hint = if message.contains("exceeded quota") {
+                "; the namespace's quota is used up, free some or raise it"
+            } else {
+                ""
+            };
+            return observed(
+                InstanceState::Failed,
+                format!("Kubernetes cannot create replicas: {message}{hint}{keeps_serving}"),
+            );
         }
     }
     let generation_seen = status.observed_generation.unwrap_or(0) >= deployment.metadata.generation.unwrap_or(0);
@@ -179,7 +223,10 @@ pub fn observe(deployment: &Deployment, pods: &[&Pod]) -> Observed {
         return observed(InstanceState::Ready, String::new());
     }
     let unscheduled = new_pods.clone().any(|p| {
-        p.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == "PodScheduled" && c.status == "False"))
+        p.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "PodScheduled" && c.status == "False"))
     });
     let waiting = if unscheduled {
         "waiting for a node with room for a replica (see the events)".to_string()
@@ -202,26 +249,41 @@ pub fn event_info(event: &Event) -> EventInfo {
     let reason = event.reason.clone().unwrap_or_default();
     let message = event.message.clone().unwrap_or_default();
     let object = event.involved_object.name.clone().unwrap_or_default();
-    EventInfo { at, kind: event.type_.clone().unwrap_or_else(|| "Normal".into()), message: plain_event(&reason, &message, &object), reason }
+    EventInfo {
+        at,
+        kind: event.type_.clone().unwrap_or_else(|| "Normal".into()),
+        message: plain_event(&reason, &message, &object),
+        reason,
+    }
 }
 
 /// Kubernetes' event messages, said so that someone who never used kubectl understands them.
 pub fn plain_event(reason: &str, message: &str, object: &str) -> String {
     match reason {
         "FailedScheduling" => format!("no node can take replica {object} yet: {message}"),
-        "BackOff" if message.contains("pulling image") => format!("the image of {object} cannot be pulled; retrying with back-off ({message})"),
+        "BackOff" if message.contains("pulling image") => {
+            format!("the image of {object} cannot be pulled; retrying with back-off ({message})")
+        }
         "BackOff" => format!("{object} keeps crashing; Kubernetes waits longer before each restart ({message})"),
-        "Failed" if message.contains("pull") || message.contains("image") => format!("the image of {object} cannot be pulled: {message}"),
-        "FailedCreate" if message.contains("exceeded quota") => format!("a replica cannot be created, the namespace's quota is used up: {message}"),
+        "Failed" if message.contains("pull") || message.contains("image") => {
+            format!("the image of {object} cannot be pulled: {message}")
+        }
+        "FailedCreate" if message.contains("exceeded quota") => {
+            format!("a replica cannot be created, the namespace's quota is used up: {message}")
+        }
         "FailedCreate" => format!("a replica cannot be created: {message}"),
         "Unhealthy" => format!("{object} failed a health check: {message}"),
         "Killing" => format!("{object} is being stopped: {message}"),
-        "OOMKilling" | "OOMKilled" => format!("{object} ran out of memory and was killed; raise memory_limit or use less"),
+        "OOMKilling" | "OOMKilled" => {
+            format!("{object} ran out of memory and was killed; raise memory_limit or use less")
+        }
         "ScalingReplicaSet" => message.to_string(),
-        "SuccessfulRescale" => match message.strip_prefix("New size: ").and_then(|rest| rest.split_once("; reason: ")) {
-            Some((size, reason)) => format!("the autoscaler set {size} replicas because {reason}"),
-            None => format!("the autoscaler rescaled: {message}"),
-        },
+        "SuccessfulRescale" => {
+            match message.strip_prefix("New size: ").and_then(|rest| rest.split_once("; reason: ")) {
+                Some((size, reason)) => format!("the autoscaler set {size} replicas because {reason}"),
+                None => format!("the autoscaler rescaled: {message}"),
+            }
+        }
         "FailedGetResourceMetric" | "FailedComputeMetricsReplicas" => {
             format!("the autoscaler cannot read the replicas' usage yet (is metrics-server installed?): {message}")
         }
@@ -236,7 +298,13 @@ pub fn autoscaler(hpa: &HorizontalPodAutoscaler) -> Option<AutoscalerStatus> {
     // The controller fills conditions on its first sync; before that the status says nothing.
     let status = hpa.status.as_ref().filter(|s| s.conditions.as_ref().is_some_and(|c| !c.is_empty()))?;
     let current_of = |resource: &str| {
-        status.current_metrics.iter().flatten().filter_map(|m| m.resource.as_ref()).find(|r| r.name == resource).and_then(|r| r.current.average_utilization)
+        status
+            .current_metrics
+            .iter()
+            .flatten()
+            .filter_map(|m| m.resource.as_ref())
+            .find(|r| r.name == resource)
+            .and_then(|r| r.current.average_utilization)
     };
     let metrics = hpa
         .spec
@@ -265,7 +333,9 @@ pub fn autoscaler(hpa: &HorizontalPodAutoscaler) -> Option<AutoscalerStatus> {
 mod tests {
     use super::*;
     use k8s_openapi::api::apps::v1::{DeploymentCondition, DeploymentSpec, DeploymentStatus};
-    use k8s_openapi::api::core::v1::{ContainerState, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus, PodCondition, PodStatus};
+    use k8s_openapi::api::core::v1::{
+        ContainerState, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus, PodCondition, PodStatus,
+    };
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
     use std::collections::BTreeMap;
 
@@ -279,7 +349,11 @@ mod tests {
                 ..Default::default()
             },
             spec: Some(DeploymentSpec { replicas: Some(replicas), ..Default::default() }),
-            status: Some(DeploymentStatus { observed_generation: Some(2), updated_replicas: Some(updated), ..Default::default() }),
+            status: Some(DeploymentStatus {
+                observed_generation: Some(2),
+                updated_replicas: Some(updated),
+                ..Default::default()
+            }),
         }
     }
 
@@ -300,7 +374,8 @@ mod tests {
         fn ready(mut self) -> PodFixture {
             let status = self.0.status.get_or_insert_with(Default::default);
             status.phase = Some("Running".into());
-            status.conditions = Some(vec![PodCondition { type_: "Ready".into(), status: "True".into(), ..Default::default() }]);
+            status.conditions =
+                Some(vec![PodCondition { type_: "Ready".into(), status: "True".into(), ..Default::default() }]);
             self
         }
         fn waiting(mut self, reason: &str) -> PodFixture {
@@ -309,7 +384,10 @@ mod tests {
                 name: "function".into(),
                 restart_count: 4,
                 state: Some(ContainerState {
-                    waiting: Some(ContainerStateWaiting { reason: Some(reason.into()), message: Some("back-off 40s".into()) }),
+                    waiting: Some(ContainerStateWaiting {
+                        reason: Some(reason.into()),
+                        message: Some("back-off 40s".into()),
+                    }),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -318,14 +396,18 @@ mod tests {
         }
         fn unschedulable(mut self) -> PodFixture {
             let status = self.0.status.get_or_insert_with(Default::default);
-            status.conditions = Some(vec![PodCondition { type_: "PodScheduled".into(), status: "False".into(), ..Default::default() }]);
+            status.conditions =
+                Some(vec![PodCondition { type_: "PodScheduled".into(), status: "False".into(), ..Default::default() }]);
             self
         }
         fn failed_install(mut self) -> PodFixture {
             let status = self.0.status.get_or_insert_with(Default::default);
             status.init_container_statuses = Some(vec![ContainerStatus {
                 name: "install-dependencies".into(),
-                state: Some(ContainerState { terminated: Some(ContainerStateTerminated { exit_code: 1, ..Default::default() }), ..Default::default() }),
+                state: Some(ContainerState {
+                    terminated: Some(ContainerStateTerminated { exit_code: 1, ..Default::default() }),
+                    ..Default::default()
+                }),
                 ..Default::default()
             }]);
             self
@@ -343,29 +425,42 @@ mod tests {
 
     #[test]
     fn all_replicas_of_the_version_ready_is_ready() {
-        let o = observe_pods(&deployment(2, 2, 2, false), &[PodFixture::new("a", 2).ready(), PodFixture::new("b", 2).ready()]);
+        let o = observe_pods(
+            &deployment(2, 2, 2, false),
+            &[PodFixture::new("a", 2).ready(), PodFixture::new("b", 2).ready()],
+        );
         assert_eq!((o.state, o.desired, o.ready, o.serving_version), (InstanceState::Ready, 2, 2, Some(2)));
         assert_eq!(o.replicas.iter().map(|r| r.state.as_str()).collect::<Vec<_>>(), ["Ready", "Ready"]);
     }
 
     #[test]
     fn a_rollout_under_way_is_deploying_and_the_old_version_serves() {
-        let o = observe_pods(&deployment(3, 1, 1, false), &[PodFixture::new("old", 2).ready(), PodFixture::new("new", 3)]);
+        let o =
+            observe_pods(&deployment(3, 1, 1, false), &[PodFixture::new("old", 2).ready(), PodFixture::new("new", 3)]);
         assert_eq!(o.state, InstanceState::Deploying);
         assert_eq!(o.serving_version, Some(2));
         assert_eq!(o.message, "0 of 1 replica(s) of version 3 ready; version 2 keeps serving");
         // The new one is ready but the old one is still there: not yet Ready.
-        let o = observe_pods(&deployment(3, 1, 1, false), &[PodFixture::new("old", 2).ready(), PodFixture::new("new", 3).ready()]);
+        let o = observe_pods(
+            &deployment(3, 1, 1, false),
+            &[PodFixture::new("old", 2).ready(), PodFixture::new("new", 3).ready()],
+        );
         assert_eq!((o.state, o.serving_version), (InstanceState::Deploying, Some(3)));
         // Once the old pod is terminating it no longer counts.
-        let o = observe_pods(&deployment(3, 1, 1, false), &[PodFixture::new("old", 2).ready().terminating(), PodFixture::new("new", 3).ready()]);
+        let o = observe_pods(
+            &deployment(3, 1, 1, false),
+            &[PodFixture::new("old", 2).ready().terminating(), PodFixture::new("new", 3).ready()],
+        );
         assert_eq!(o.state, InstanceState::Ready);
         assert_eq!(o.replicas[1].state, "Terminating");
     }
 
     #[test]
     fn a_crashing_version_fails_with_plain_words_while_the_old_one_keeps_serving() {
-        let o = observe_pods(&deployment(3, 1, 1, false), &[PodFixture::new("old", 2).ready(), PodFixture::new("new", 3).waiting("CrashLoopBackOff")]);
+        let o = observe_pods(
+            &deployment(3, 1, 1, false),
+            &[PodFixture::new("old", 2).ready(), PodFixture::new("new", 3).waiting("CrashLoopBackOff")],
+        );
         assert_eq!(o.state, InstanceState::Failed);
         assert!(o.message.starts_with("version 3 cannot start: the function keeps crashing"), "{}", o.message);
         assert!(o.message.ends_with("; version 2 keeps serving"), "{}", o.message);
@@ -409,7 +504,11 @@ mod tests {
         assert_eq!((o.state, o.message.as_str()), (InstanceState::Ready, "scaled to zero"));
         let mut unseen = deployment(1, 0, 0, false);
         unseen.metadata.generation = Some(9);
-        assert_eq!(observe_pods(&unseen, &[]).state, InstanceState::Ready, "zero is zero even before the controller caught up");
+        assert_eq!(
+            observe_pods(&unseen, &[]).state,
+            InstanceState::Ready,
+            "zero is zero even before the controller caught up"
+        );
         let o = observe_pods(&deployment(1, 0, 0, false), &[PodFixture::new("going", 1).ready()]);
         assert_eq!((o.state, o.message.as_str()), (InstanceState::Deploying, "scaling to zero"));
     }
@@ -429,7 +528,11 @@ mod tests {
         );
         assert!(plain_event("FailedGetResourceMetric", "unable to get metrics", "hpa").contains("metrics-server"));
         assert_eq!(
-            plain_event("SuccessfulRescale", "New size: 4; reason: cpu resource utilization (percentage of request) above target", "hpa"),
+            plain_event(
+                "SuccessfulRescale",
+                "New size: 4; reason: cpu resource utilization (percentage of request) above target",
+                "hpa"
+            ),
             "the autoscaler set 4 replicas because cpu resource utilization (percentage of request) above target"
         );
         assert_eq!(plain_event("SuccessfulRescale", "Something new", "hpa"), "the autoscaler rescaled: Something new");

@@ -46,7 +46,9 @@ impl CgroupVersion {
 pub enum CgroupError {
     /// Neither a writable cgroup v2 hierarchy with cpu, memory and pids nor v1 hierarchies of
     /// those controllers were found.
-    #[error("no writable cgroup hierarchy with the cpu, memory and pids controllers ({detail}); run kubefn as root on a host with cgroups, or on Kubernetes")]
+    #[error(
+        "no writable cgroup hierarchy with the cpu, memory and pids controllers ({detail}); run kubefn as root on a host with cgroups, or on Kubernetes"
+    )]
     Unavailable {
         /// What was looked at and found missing.
         detail: String,
@@ -303,7 +305,9 @@ fn cpu_quota_us(millis: u64) -> u64 {
 pub fn usage_from_files(version: CgroupVersion, read: &dyn Fn(&str) -> String) -> Usage {
     let number = |text: String| text.trim().parse::<u64>().unwrap_or(0);
     let field = |text: &str, name: &str| {
-        text.lines().find_map(|line| line.strip_prefix(name).and_then(|rest| rest.trim().parse::<u64>().ok())).unwrap_or(0)
+        text.lines()
+            .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.trim().parse::<u64>().ok()))
+            .unwrap_or(0)
     };
     match version {
         CgroupVersion::V1 => {
@@ -378,9 +382,11 @@ pub fn parse_membership(text: &str) -> Vec<(Vec<String>, String)> {
 
 fn prepare_v2(mounts: &[Mount], own: &[(Vec<String>, String)], pid: u32) -> Result<Vec<Base>, String> {
     let mount = mounts.iter().find(|m| m.version == CgroupVersion::V2).ok_or("no cgroup2 mount")?;
-    let own_path = own.iter().find(|(c, _)| c.is_empty()).map(|(_, p)| p.clone()).ok_or("kubefn is in no cgroup v2 group")?;
+    let own_path =
+        own.iter().find(|(c, _)| c.is_empty()).map(|(_, p)| p.clone()).ok_or("kubefn is in no cgroup v2 group")?;
     let own_dir = mount.point.join(own_path.trim_start_matches('/'));
-    let available = std::fs::read_to_string(own_dir.join("cgroup.controllers")).map_err(|e| format!("{}: {e}", own_dir.display()))?;
+    let available = std::fs::read_to_string(own_dir.join("cgroup.controllers"))
+        .map_err(|e| format!("{}: {e}", own_dir.display()))?;
     let needed = ["cpu", "memory", "pids"];
     if let Some(missing) = needed.iter().find(|c| !available.split_whitespace().any(|a| a == **c)) {
         return Err(format!("the {missing} controller is not available to kubefn's cgroup"));
@@ -391,13 +397,16 @@ fn prepare_v2(mounts: &[Mount], own: &[(Vec<String>, String)], pid: u32) -> Resu
     if std::fs::write(own_dir.join("cgroup.subtree_control"), enable).is_err() {
         let leaf = own_dir.join(format!("kubefn-server-{pid}"));
         std::fs::create_dir_all(&leaf).map_err(|e| format!("{}: {e}", leaf.display()))?;
-        std::fs::write(leaf.join("cgroup.procs"), pid.to_string()).map_err(|e| format!("cannot move kubefn into {}: {e}", leaf.display()))?;
-        std::fs::write(own_dir.join("cgroup.subtree_control"), enable).map_err(|e| format!("cannot enable controllers in {}: {e}", own_dir.display()))?;
+        std::fs::write(leaf.join("cgroup.procs"), pid.to_string())
+            .map_err(|e| format!("cannot move kubefn into {}: {e}", leaf.display()))?;
+        std::fs::write(own_dir.join("cgroup.subtree_control"), enable)
+            .map_err(|e| format!("cannot enable controllers in {}: {e}", own_dir.display()))?;
     }
     remove_stale(&own_dir);
     let dir = own_dir.join(format!("kubefn-{pid}"));
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    std::fs::write(dir.join("cgroup.subtree_control"), enable).map_err(|e| format!("cannot enable controllers in {}: {e}", dir.display()))?;
+    std::fs::write(dir.join("cgroup.subtree_control"), enable)
+        .map_err(|e| format!("cannot enable controllers in {}: {e}", dir.display()))?;
     Ok(vec![Base { dir, controllers: needed.iter().map(|c| c.to_string()).collect() }])
 }
 
@@ -411,7 +420,11 @@ fn prepare_v1(mounts: &[Mount], own: &[(Vec<String>, String)], pid: u32) -> Resu
             .iter()
             .find(|m| m.version == CgroupVersion::V1 && m.controllers.iter().any(|c| c == controller))
             .ok_or_else(|| format!("no cgroup v1 mount carries the {controller} controller"))?;
-        let own_path = own.iter().find(|(c, _)| c.iter().any(|c| c == controller)).map(|(_, p)| p.clone()).unwrap_or_else(|| "/".into());
+        let own_path = own
+            .iter()
+            .find(|(c, _)| c.iter().any(|c| c == controller))
+            .map(|(_, p)| p.clone())
+            .unwrap_or_else(|| "/".into());
         let own_dir = mount.point.join(own_path.trim_start_matches('/'));
         remove_stale(&own_dir);
         let dir = own_dir.join(format!("kubefn-{pid}"));
@@ -427,7 +440,10 @@ fn remove_stale(own_dir: &Path) {
     let Ok(entries) = std::fs::read_dir(own_dir) else { return };
     for entry in entries.flatten() {
         let name = entry.file_name();
-        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("kubefn-")).and_then(|p| p.parse::<u32>().ok()) else { continue };
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("kubefn-")).and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
         if Path::new(&format!("/proc/{pid}")).exists() {
             continue;
         }
@@ -456,7 +472,10 @@ mod tests {
 35 25 0:31 / /proc rw - proc proc rw";
         let mounts = parse_mountinfo(text);
         assert_eq!(mounts.len(), 5);
-        assert_eq!(mounts[0], Mount { point: "/sys/fs/cgroup/cpu".into(), version: CgroupVersion::V1, controllers: vec!["cpu".into()] });
+        assert_eq!(
+            mounts[0],
+            Mount { point: "/sys/fs/cgroup/cpu".into(), version: CgroupVersion::V1, controllers: vec!["cpu".into()] }
+        );
         assert!(mounts[3].controllers.is_empty(), "net_cls is not one kubefn needs");
         assert_eq!(mounts[4].version, CgroupVersion::V2);
     }
@@ -491,7 +510,10 @@ mod tests {
                 ("pids.max", "128".to_string()),
             ]
         );
-        assert_eq!(limit_writes(CgroupVersion::V2, &Limits { cpu_millis: Some(1), ..Limits::default() }), vec![("cpu.max", "1000 100000".to_string())]);
+        assert_eq!(
+            limit_writes(CgroupVersion::V2, &Limits { cpu_millis: Some(1), ..Limits::default() }),
+            vec![("cpu.max", "1000 100000".to_string())]
+        );
         assert!(limit_writes(CgroupVersion::V1, &Limits::default()).is_empty());
     }
 
@@ -504,7 +526,10 @@ mod tests {
             "memory.oom_control" => "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n".to_string(),
             _ => String::new(),
         };
-        assert_eq!(usage_from_files(CgroupVersion::V1, &v1), Usage { cpu_seconds: 2.5, memory_bytes: 9 << 20, oom_kills: 2 });
+        assert_eq!(
+            usage_from_files(CgroupVersion::V1, &v1),
+            Usage { cpu_seconds: 2.5, memory_bytes: 9 << 20, oom_kills: 2 }
+        );
         let v2 = |name: &str| match name {
             "cpu.stat" => "usage_usec 1500000\nuser_usec 1\n".to_string(),
             "memory.current" => "4194304".to_string(),
@@ -512,7 +537,10 @@ mod tests {
             "memory.events" => "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n".to_string(),
             _ => String::new(),
         };
-        assert_eq!(usage_from_files(CgroupVersion::V2, &v2), Usage { cpu_seconds: 1.5, memory_bytes: 2 << 20, oom_kills: 1 });
+        assert_eq!(
+            usage_from_files(CgroupVersion::V2, &v2),
+            Usage { cpu_seconds: 1.5, memory_bytes: 2 << 20, oom_kills: 1 }
+        );
     }
 
     #[test]
@@ -534,7 +562,10 @@ mod tests {
         let cgroup = cgroups.create(&limits).expect("cgroup");
         let files = cgroup.procs_files();
         let mut command = std::process::Command::new("python3");
-        command.args(["-c", "import time\nend = time.time() + 1\nwhile time.time() < end: pass\nb = bytearray(64 << 20)\n"]);
+        command.args([
+            "-c",
+            "import time\nend = time.time() + 1\nwhile time.time() < end: pass\nb = bytearray(64 << 20)\n",
+        ]);
         // SAFETY: join only makes system calls.
         unsafe {
             std::os::unix::process::CommandExt::pre_exec(&mut command, move || join(&files));

@@ -15,12 +15,12 @@
 use super::cgroups::Limits;
 use super::launch::Launcher;
 use super::logs::{LogBuffer, Stream};
-use super::sandbox::{inside, Bind, Confined, Network, Program};
+use super::sandbox::{Bind, Confined, Network, Program, inside};
 use crate::platform::model::Language;
+use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use parking_lot::Mutex;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,7 +32,9 @@ const DONE_MARKER: &str = ".kubefn-installed";
 #[derive(Debug, thiserror::Error)]
 pub enum DependencyError {
     /// The installer ran and failed.
-    #[error("installing the {runtime} dependencies failed ({status}); fix the requirements. Last output:\n{last_output}")]
+    #[error(
+        "installing the {runtime} dependencies failed ({status}); fix the requirements. Last output:\n{last_output}"
+    )]
     Install {
         /// `python` or `node`.
         runtime: &'static str,
@@ -42,7 +44,9 @@ pub enum DependencyError {
         last_output: String,
     },
     /// The installer ran past its time limit.
-    #[error("installing the {runtime} dependencies took longer than {seconds} s and was stopped; declare fewer or smaller packages")]
+    #[error(
+        "installing the {runtime} dependencies took longer than {seconds} s and was stopped; declare fewer or smaller packages"
+    )]
     Timeout {
         /// `python` or `node`.
         runtime: &'static str,
@@ -90,13 +94,22 @@ pub struct InstallerSettings {
 impl InstallerSettings {
     /// Installer variables an admin may set in kubefn's environment: package indexes and
     /// registries, passed to installers (local directories among them bound read-only).
-    pub const PASSED_VARIABLES: &'static [&'static str] =
-        &["PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS", "PIP_NO_INDEX", "PIP_TRUSTED_HOST", "npm_config_registry"];
+    pub const PASSED_VARIABLES: &'static [&'static str] = &[
+        "PIP_INDEX_URL",
+        "PIP_EXTRA_INDEX_URL",
+        "PIP_FIND_LINKS",
+        "PIP_NO_INDEX",
+        "PIP_TRUSTED_HOST",
+        "npm_config_registry",
+    ];
 
     /// The admin's installer variables ([`Self::PASSED_VARIABLES`]) set in kubefn's environment;
     /// the Kubernetes runtime passes them to the dependency installs of pods as well.
     pub fn passed_environment() -> Vec<(String, String)> {
-        Self::PASSED_VARIABLES.iter().filter_map(|name| std::env::var(name).ok().map(|value| (name.to_string(), value))).collect()
+        Self::PASSED_VARIABLES
+            .iter()
+            .filter_map(|name| std::env::var(name).ok().map(|value| (name.to_string(), value)))
+            .collect()
     }
 
     /// Settings for `python`, with the admin's installer variables from kubefn's environment.
@@ -137,7 +150,12 @@ impl DependencyCache {
 
     /// The directory to put on the bootstrap's `KUBEFN_DEPS`, installing first if needed;
     /// `None` when nothing is declared or the runtime takes no dependencies.
-    pub async fn ensure(&self, runtime: Language, requirements: &str, logs: &LogBuffer) -> Result<Option<PathBuf>, DependencyError> {
+    pub async fn ensure(
+        &self,
+        runtime: Language,
+        requirements: &str,
+        logs: &LogBuffer,
+    ) -> Result<Option<PathBuf>, DependencyError> {
         if requirements.trim().is_empty() || runtime == Language::Image {
             return Ok(None);
         }
@@ -196,7 +214,13 @@ fn deps_dir(runtime: Language, dir: &Path) -> PathBuf {
 
 impl DependencyCache {
     /// Runs the installer in the sandbox, writing into `scratch` only.
-    async fn install(&self, runtime: Language, requirements: &str, scratch: &Path, logs: &LogBuffer) -> Result<(), DependencyError> {
+    async fn install(
+        &self,
+        runtime: Language,
+        requirements: &str,
+        scratch: &Path,
+        logs: &LogBuffer,
+    ) -> Result<(), DependencyError> {
         let started_at = chrono::Utc::now();
         let settings = &self.settings;
         let isolation = self.launcher.isolation();
@@ -205,21 +229,34 @@ impl DependencyCache {
         let (program, args, display): (&Path, Vec<String>, &str) = match runtime {
             Language::Python => {
                 write_file(&scratch.join("requirements.txt"), requirements).await?;
-                let args = ["-m", "pip", "install", "--disable-pip-version-check", "--no-input", "--no-cache-dir", "--target"]
-                    .map(String::from)
-                    .into_iter()
-                    .chain([seen.display().to_string(), "-r".into(), seen.join("requirements.txt").display().to_string()])
-                    .collect();
+                let args =
+                    ["-m", "pip", "install", "--disable-pip-version-check", "--no-input", "--no-cache-dir", "--target"]
+                        .map(String::from)
+                        .into_iter()
+                        .chain([
+                            seen.display().to_string(),
+                            "-r".into(),
+                            seen.join("requirements.txt").display().to_string(),
+                        ])
+                        .collect();
                 (&settings.python, args, "pip")
             }
             Language::Node => {
                 write_file(&scratch.join("package.json"), requirements).await?;
                 // No package's install scripts run: dependencies are files, not programs.
-                let args = ["install", "--omit=dev", "--ignore-scripts", "--no-audit", "--no-fund", "--no-package-lock", "--cache"]
-                    .map(String::from)
-                    .into_iter()
-                    .chain([seen.join(".npm-cache").display().to_string()])
-                    .collect();
+                let args = [
+                    "install",
+                    "--omit=dev",
+                    "--ignore-scripts",
+                    "--no-audit",
+                    "--no-fund",
+                    "--no-package-lock",
+                    "--cache",
+                ]
+                .map(String::from)
+                .into_iter()
+                .chain([seen.join(".npm-cache").display().to_string()])
+                .collect();
                 (&settings.npm, args, "npm")
             }
             Language::Image => return Ok(()),
@@ -235,7 +272,10 @@ impl DependencyCache {
         let mut binds = settings.binds.clone();
         binds.push(target);
         let cgroup = match self.launcher.cgroups() {
-            Some(cgroups) => Some(super::launch::create_cgroup(cgroups, &settings.limits).map_err(|source| DependencyError::Spawn { program: display.into(), source })?),
+            Some(cgroups) => Some(
+                super::launch::create_cgroup(cgroups, &settings.limits)
+                    .map_err(|source| DependencyError::Spawn { program: display.into(), source })?,
+            ),
             None => None,
         };
         let mut child = isolation
@@ -247,8 +287,14 @@ impl DependencyCache {
             .spawn()
             .map_err(|source| DependencyError::Spawn { program: display.into(), source })?;
         let pipes: Vec<_> = [
-            child.stdout.take().map(|pipe| tokio::spawn(logs.clone().collect(pipe, INSTALL_TAG.into(), Stream::Stdout))),
-            child.stderr.take().map(|pipe| tokio::spawn(logs.clone().collect(pipe, INSTALL_TAG.into(), Stream::Stderr))),
+            child
+                .stdout
+                .take()
+                .map(|pipe| tokio::spawn(logs.clone().collect(pipe, INSTALL_TAG.into(), Stream::Stdout))),
+            child
+                .stderr
+                .take()
+                .map(|pipe| tokio::spawn(logs.clone().collect(pipe, INSTALL_TAG.into(), Stream::Stderr))),
         ]
         .into_iter()
         .flatten()
@@ -263,7 +309,10 @@ impl DependencyCache {
                 if let Some(cgroup) = &cgroup {
                     cgroup.kill_all();
                 }
-                return Err(DependencyError::Timeout { runtime: runtime.as_str(), seconds: settings.timeout.as_secs() });
+                return Err(DependencyError::Timeout {
+                    runtime: runtime.as_str(),
+                    seconds: settings.timeout.as_secs(),
+                });
             }
         };
         for pipe in pipes {
@@ -276,7 +325,11 @@ impl DependencyCache {
         if last.is_empty() {
             last = logs.tail(INSTALL_TAG, Stream::Stdout, 8, started_at);
         }
-        Err(DependencyError::Install { runtime: runtime.as_str(), status: status.to_string(), last_output: last.join("\n") })
+        Err(DependencyError::Install {
+            runtime: runtime.as_str(),
+            status: status.to_string(),
+            last_output: last.join("\n"),
+        })
     }
 }
 
@@ -296,7 +349,10 @@ mod tests {
         let mut zip = ZipWriter::new(file);
         zip.add("kubefngreet/__init__.py", "WORD = 'from-a-wheel'\n");
         zip.add("kubefngreet-1.0.dist-info/METADATA", "Metadata-Version: 2.1\nName: kubefngreet\nVersion: 1.0\n");
-        zip.add("kubefngreet-1.0.dist-info/WHEEL", "Wheel-Version: 1.0\nGenerator: kubefn-test\nRoot-Is-Purelib: true\nTag: py3-none-any\n");
+        zip.add(
+            "kubefngreet-1.0.dist-info/WHEEL",
+            "Wheel-Version: 1.0\nGenerator: kubefn-test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        );
         zip.add("kubefngreet-1.0.dist-info/RECORD", "");
         zip.finish();
         path
@@ -304,7 +360,9 @@ mod tests {
 
     fn cache(dir: &Path, env: Vec<(String, String)>, binds: Vec<Bind>) -> DependencyCache {
         let launcher = crate::platform::runtime::local::launch::for_tests(dir);
-        let mut settings = InstallerSettings::from_environment(crate::platform::runtime::local::launch::python_executable(Path::new("python3")));
+        let mut settings = InstallerSettings::from_environment(
+            crate::platform::runtime::local::launch::python_executable(Path::new("python3")),
+        );
         settings.env = env;
         settings.binds = binds;
         DependencyCache::new(dir.join("cache"), launcher, settings)
@@ -322,12 +380,22 @@ mod tests {
         let requirements = "kubefngreet==1.0\n";
         let logs = LogBuffer::new(1000);
 
-        let installed = cache.ensure(Language::Python, requirements, &logs).await.expect("install").expect("a directory");
+        let installed =
+            cache.ensure(Language::Python, requirements, &logs).await.expect("install").expect("a directory");
         assert!(installed.join("kubefngreet/__init__.py").exists());
-        assert!(logs.snapshot().iter().any(|l| l.replica == INSTALL_TAG && l.text.contains("Successfully installed kubefngreet-1.0")), "{:?}", logs.snapshot());
+        assert!(
+            logs.snapshot()
+                .iter()
+                .any(|l| l.replica == INSTALL_TAG && l.text.contains("Successfully installed kubefngreet-1.0")),
+            "{:?}",
+            logs.snapshot()
+        );
 
         // Twice at once and once more: one directory, reused.
-        let (a, b) = tokio::join!(cache.ensure(Language::Python, requirements, &logs), cache.ensure(Language::Python, requirements, &logs));
+        let (a, b) = tokio::join!(
+            cache.ensure(Language::Python, requirements, &logs),
+            cache.ensure(Language::Python, requirements, &logs)
+        );
         assert_eq!(a.expect("a"), Some(installed.clone()));
         assert_eq!(b.expect("b"), Some(installed.clone()));
         let reused = logs.snapshot().iter().filter(|l| l.text.contains("already installed")).count();
@@ -339,7 +407,12 @@ mod tests {
         for path in [installed.clone(), installed.join("kubefngreet/__init__.py")] {
             let metadata = std::fs::metadata(&path).expect("metadata");
             assert_eq!(std::os::unix::fs::MetadataExt::uid(&metadata), 0, "{}", path.display());
-            assert_eq!(std::os::unix::fs::PermissionsExt::mode(&metadata.permissions()) & 0o022, 0, "{}", path.display());
+            assert_eq!(
+                std::os::unix::fs::PermissionsExt::mode(&metadata.permissions()) & 0o022,
+                0,
+                "{}",
+                path.display()
+            );
         }
 
         // The bootstrap imports from it.
@@ -356,7 +429,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp");
         let cache = cache(dir.path(), vec![("PIP_NO_INDEX".into(), "1".into())], Vec::new());
         let logs = LogBuffer::new(1000);
-        let error = cache.ensure(Language::Python, "surely-not-a-real-package-kubefn==9.9\n", &logs).await.expect_err("fails");
+        let error =
+            cache.ensure(Language::Python, "surely-not-a-real-package-kubefn==9.9\n", &logs).await.expect_err("fails");
         let message = error.to_string();
         assert!(message.contains("installing the python dependencies failed"), "{message}");
         assert!(message.contains("surely-not-a-real-package-kubefn"), "{message}");
@@ -375,10 +449,12 @@ mod tests {
         // A registry that accepts the connection and never answers.
         let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let index = format!("http://127.0.0.1:{}/simple", silent.local_addr().expect("addr").port());
-        let mut cache = cache(dir.path(), vec![("PIP_INDEX_URL".into(), index), ("PIP_TIMEOUT".into(), "60".into())], Vec::new());
+        let mut cache =
+            cache(dir.path(), vec![("PIP_INDEX_URL".into(), index), ("PIP_TIMEOUT".into(), "60".into())], Vec::new());
         Arc::make_mut(&mut cache.settings).timeout = Duration::from_secs(3);
         let started = std::time::Instant::now();
-        let error = cache.ensure(Language::Python, "requests==2.32.3\n", &LogBuffer::new(100)).await.expect_err("stopped");
+        let error =
+            cache.ensure(Language::Python, "requests==2.32.3\n", &LogBuffer::new(100)).await.expect_err("stopped");
         assert!(matches!(error, DependencyError::Timeout { seconds: 3, .. }), "{error}");
         assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
         drop(silent);
@@ -393,7 +469,14 @@ mod tests {
         std::fs::write(package.join("package.json"), r#"{"name": "greeting-lib", "version": "1.0.0", "main": "index.js", "scripts": {"postinstall": "touch /tmp/postinstall-ran && exit 1"}}"#).expect("package.json");
         std::fs::write(package.join("index.js"), "module.exports = 'from-npm';").expect("index.js");
         let tarball = root.join("tarballs/greeting-lib-1.0.0.tgz");
-        let tar = std::process::Command::new("tar").arg("czf").arg(&tarball).arg("-C").arg(dir).arg("package").status().expect("tar");
+        let tar = std::process::Command::new("tar")
+            .arg("czf")
+            .arg(&tarball)
+            .arg("-C")
+            .arg(dir)
+            .arg("package")
+            .status()
+            .expect("tar");
         assert!(tar.success());
         let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
         let url = format!("http://127.0.0.1:{port}");

@@ -9,26 +9,28 @@
 use super::cgroups::Cgroups;
 use super::dependencies::{DependencyCache, InstallerSettings};
 use super::launch::{self, Launcher};
-use super::limits::{cgroup_limits, Enforcement};
+use super::limits::{Enforcement, cgroup_limits};
 use super::logs::{LogBuffer, LogLine, Stream};
-use super::sandbox::{inside, Bind, Isolation, Sandbox, SandboxSettings};
-use super::supervisor::{signal_group, LaunchSpec, ReplicaSet, ReplicaState, RestartPolicy, WarmStart};
-use super::usage::{read_group, CpuMeter};
+use super::sandbox::{Bind, Isolation, Sandbox, SandboxSettings, inside};
+use super::supervisor::{LaunchSpec, ReplicaSet, ReplicaState, RestartPolicy, WarmStart, signal_group};
+use super::usage::{CpuMeter, read_group};
 use super::warm_pool::{PoolConfig, Specialization, WarmPool};
 use crate::platform::autoscale::{Autoscaler, AutoscalerConfig, AutoscalerStatus, MetricKind, MetricSample};
 use crate::platform::model::ScalingPolicy;
-use crate::platform::model::{EventInfo, FunctionSpec, HealthCheck, InstanceState, LogEntry, ReplicaInfo, Language};
+use crate::platform::model::{EventInfo, FunctionSpec, HealthCheck, InstanceState, Language, LogEntry, ReplicaInfo};
 use crate::platform::runtime::bootstrap;
 use crate::platform::runtime::forwarding::{ForwardingPort, Traffic, UnixDial};
-use crate::platform::runtime::{ApplyMode, InstanceSpec, LogStream, ReplicaUsage, Runtime, RuntimeError, RuntimeStatus};
+use crate::platform::runtime::{
+    ApplyMode, InstanceSpec, LogStream, ReplicaUsage, Runtime, RuntimeError, RuntimeStatus,
+};
 use crate::platform::validation::{parse_cpu_millis, parse_memory_bytes};
 use chrono::{DateTime, Utc};
+use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
-use parking_lot::Mutex;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, watch};
@@ -241,7 +243,9 @@ impl LocalRuntime {
             let path = config.root.join(dir);
             std::fs::create_dir_all(&path).map_err(files(&path))?;
         }
-        for (name, text) in [(bootstrap::PYTHON.file, bootstrap::PYTHON.source), (bootstrap::NODE.file, bootstrap::NODE.source)] {
+        for (name, text) in
+            [(bootstrap::PYTHON.file, bootstrap::PYTHON.source), (bootstrap::NODE.file, bootstrap::NODE.source)]
+        {
             let path = config.root.join("bootstrap").join(name);
             write_if_changed(&path, text).map_err(files(&path))?;
         }
@@ -251,7 +255,8 @@ impl LocalRuntime {
         config.node = launch::node_executable(&config.node);
         let isolation = match &config.sandbox {
             Some(settings) => {
-                let sandbox = Sandbox::detect(settings.clone(), &[config.python.clone(), config.node.clone()]).map_err(RuntimeError::Sandbox)?;
+                let sandbox = Sandbox::detect(settings.clone(), &[config.python.clone(), config.node.clone()])
+                    .map_err(RuntimeError::Sandbox)?;
                 Isolation::Sandboxed(sandbox)
             }
             None => Isolation::SingleUser { open_files: SandboxSettings::default().open_files },
@@ -259,7 +264,9 @@ impl LocalRuntime {
         let cgroups = match Cgroups::detect() {
             Ok(cgroups) => Some(cgroups),
             // The sandbox promises kernel-enforced limits; without cgroups it cannot keep that.
-            Err(error) if isolation.sandboxed() => return Err(RuntimeError::Sandbox(super::sandbox::SandboxError::Cgroups(error))),
+            Err(error) if isolation.sandboxed() => {
+                return Err(RuntimeError::Sandbox(super::sandbox::SandboxError::Cgroups(error)));
+            }
             Err(error) => {
                 tracing::warn!(error = %crate::platform::error_chain(&error), "limits are not enforced by the kernel (single-user mode)");
                 None
@@ -282,8 +289,16 @@ impl LocalRuntime {
             WarmPool::start(PoolConfig {
                 size: config.warm_pool_size,
                 commands: vec![
-                    (Language::Python, config.python.clone(), bootstrap_seen.join(bootstrap::PYTHON.file).display().to_string()),
-                    (Language::Node, config.node.clone(), bootstrap_seen.join(bootstrap::NODE.file).display().to_string()),
+                    (
+                        Language::Python,
+                        config.python.clone(),
+                        bootstrap_seen.join(bootstrap::PYTHON.file).display().to_string(),
+                    ),
+                    (
+                        Language::Node,
+                        config.node.clone(),
+                        bootstrap_seen.join(bootstrap::NODE.file).display().to_string(),
+                    ),
                 ],
                 launcher: launcher.clone(),
                 bootstrap: bootstrap_bind,
@@ -326,16 +341,30 @@ impl LocalRuntime {
         // The port it had before, if still free, else the first free one.
         let preferred = spec.node_port.filter(|port| config.node_ports.contains(port)).map(|port| port..=port);
         let node_port = match preferred {
-            Some(range) => ForwardingPort::bind_in_range_with(config.node_host, range, receiver.clone(), UnixDial, config.hold).await.ok(),
+            Some(range) => {
+                ForwardingPort::bind_in_range_with(config.node_host, range, receiver.clone(), UnixDial, config.hold)
+                    .await
+                    .ok()
+            }
             None => None,
         };
         let node_port = match node_port {
             Some(node_port) => node_port,
-            None => ForwardingPort::bind_in_range_with(config.node_host, config.node_ports.clone(), receiver, UnixDial, config.hold)
-                .await
-                .map_err(|source| RuntimeError::Port { id: spec.id.clone(), source })?,
+            None => ForwardingPort::bind_in_range_with(
+                config.node_host,
+                config.node_ports.clone(),
+                receiver,
+                UnixDial,
+                config.hold,
+            )
+            .await
+            .map_err(|source| RuntimeError::Port { id: spec.id.clone(), source })?,
         };
-        let logs = LogBuffer::with_file(config.log_lines, config.root.join("logs").join(format!("{}.log", spec.id)), config.log_file_bytes);
+        let logs = LogBuffer::with_file(
+            config.log_lines,
+            config.root.join("logs").join(format!("{}.log", spec.id)),
+            config.log_file_bytes,
+        );
         let traffic = node_port.traffic();
         let slot = Arc::new(Slot {
             id: spec.id.clone(),
@@ -372,7 +401,12 @@ impl LocalRuntime {
     /// Applies `spec`. With `retry_failed`, a version whose rollout failed is tried again. An
     /// autoscaled instance keeps the autoscaler's replica count (within the policy) unless
     /// `manual_replicas` says the replicas were set by hand.
-    async fn apply_spec(&self, mut spec: InstanceSpec, retry_failed: bool, manual_replicas: bool) -> Result<(), RuntimeError> {
+    async fn apply_spec(
+        &self,
+        mut spec: InstanceSpec,
+        retry_failed: bool,
+        manual_replicas: bool,
+    ) -> Result<(), RuntimeError> {
         self.check(&spec.spec)?;
         let slot = self.open_slot(&spec).await?;
         let fingerprint = fingerprint(&spec);
@@ -401,7 +435,11 @@ impl LocalRuntime {
             };
             state.event("Normal", reason, message);
         } else if old_replicas != spec.replicas {
-            state.event("Normal", "ScalingReplicaSet", format!("scaled from {old_replicas} to {} replica(s) by hand", spec.replicas));
+            state.event(
+                "Normal",
+                "ScalingReplicaSet",
+                format!("scaled from {old_replicas} to {} replica(s) by hand", spec.replicas),
+            );
         }
         state.scale_sets();
         Ok(())
@@ -421,7 +459,13 @@ impl LocalRuntime {
         let wanted = state.replicas_wanted();
         state.event("Normal", "Deploying", format!("deploying version {version} with {wanted} replica(s)"));
         let set = Arc::new(Mutex::new(None));
-        let task = tokio::spawn(rollout(self.inner.clone(), slot.clone(), state.spec.clone(), fingerprint.clone(), set.clone()));
+        let task = tokio::spawn(rollout(
+            self.inner.clone(),
+            slot.clone(),
+            state.spec.clone(),
+            fingerprint.clone(),
+            set.clone(),
+        ));
         state.rollout = Some(Rollout { fingerprint, set, task });
     }
 
@@ -473,7 +517,13 @@ impl LocalRuntime {
 
 /// Starts the replicas of a new version next to the serving ones and switches over once all
 /// are ready; records the failure and leaves the serving ones alone when they cannot start.
-async fn rollout(inner: Arc<Inner>, slot: Arc<Slot>, spec: InstanceSpec, fingerprint: String, pending: Arc<Mutex<Option<Arc<ReplicaSet>>>>) {
+async fn rollout(
+    inner: Arc<Inner>,
+    slot: Arc<Slot>,
+    spec: InstanceSpec,
+    fingerprint: String,
+    pending: Arc<Mutex<Option<Arc<ReplicaSet>>>>,
+) {
     let version = spec.version;
     let fail = |reason: String| {
         let mut state = slot.state.lock();
@@ -492,7 +542,12 @@ async fn rollout(inner: Arc<Inner>, slot: Arc<Slot>, spec: InstanceSpec, fingerp
     };
     let set = {
         let state = slot.state.lock();
-        let set = Arc::new(ReplicaSet::start(launch, inner.config.restart.clone(), slot.logs.clone(), state.replicas_wanted()));
+        let set = Arc::new(ReplicaSet::start(
+            launch,
+            inner.config.restart.clone(),
+            slot.logs.clone(),
+            state.replicas_wanted(),
+        ));
         *pending.lock() = Some(set.clone());
         set
     };
@@ -539,7 +594,11 @@ async fn rollout(inner: Arc<Inner>, slot: Arc<Slot>, spec: InstanceSpec, fingerp
 /// Messages never name kubefn's own directories: they reach the function's owner.
 async fn prepare_launch(inner: &Inner, slot: &Slot, spec: &InstanceSpec) -> Result<LaunchSpec, String> {
     let function = &spec.spec;
-    let deps = inner.dependencies.ensure(function.runtime, &function.requirements, &slot.logs).await.map_err(|e| crate::platform::error_chain(&e))?;
+    let deps = inner
+        .dependencies
+        .ensure(function.runtime, &function.requirements, &slot.logs)
+        .await
+        .map_err(|e| crate::platform::error_chain(&e))?;
     let config = &inner.config;
     let (program, bootstrap, file) = match function.runtime {
         Language::Python => (&config.python, bootstrap::PYTHON.file, bootstrap::PYTHON.function_file),
@@ -668,7 +727,9 @@ fn stop_leftover_processes(pid_dir: &Path, bootstrap_dir: &Path) {
 /// Whether the autoscaler owns the replica count: a range to move in and a metric to follow.
 fn autoscaled(policy: &ScalingPolicy) -> bool {
     policy.max > policy.min.max(1)
-        && (policy.target_cpu_percent.is_some() || policy.target_memory_percent.is_some() || policy.target_requests_in_flight.is_some())
+        && (policy.target_cpu_percent.is_some()
+            || policy.target_memory_percent.is_some()
+            || policy.target_requests_in_flight.is_some())
 }
 
 /// Reads usage, enforces memory limits, runs the autoscaler and the idle check, every
@@ -739,12 +800,17 @@ fn sample(config: &LocalConfig, slot: &Slot, now: Instant) {
             }
             continue;
         }
-        usage.push(ReplicaUsage { replica: replica.name.clone(), cpu_millicores: percent.map(|p| p * 10.0), memory_bytes });
+        usage.push(ReplicaUsage {
+            replica: replica.name.clone(),
+            cpu_millicores: percent.map(|p| p * 10.0),
+            memory_bytes,
+        });
     }
     state.cpu.retain(&seen);
     state.usage = usage;
     idle_check(slot, &mut state, now);
-    let due = state.last_autoscale.is_none_or(|last| now.saturating_duration_since(last) >= config.autoscaler.sync_period);
+    let due =
+        state.last_autoscale.is_none_or(|last| now.saturating_duration_since(last) >= config.autoscaler.sync_period);
     if due {
         state.last_autoscale = Some(now);
         autoscale(slot, &mut state, now);
@@ -777,13 +843,22 @@ fn autoscale(slot: &Slot, state: &mut SlotState, now: Instant) {
     }
     let resources = &state.spec.spec.resources;
     let mut metrics = Vec::new();
-    if let (Some(target), Some(request)) = (policy.target_cpu_percent, parse_cpu_millis(&resources.cpu).filter(|r| *r > 0)) {
-        let values: Vec<f64> = state.usage.iter().filter_map(|u| u.cpu_millicores).map(|m| m / request as f64 * 100.0).collect();
+    if let (Some(target), Some(request)) =
+        (policy.target_cpu_percent, parse_cpu_millis(&resources.cpu).filter(|r| *r > 0))
+    {
+        let values: Vec<f64> =
+            state.usage.iter().filter_map(|u| u.cpu_millicores).map(|m| m / request as f64 * 100.0).collect();
         metrics.push(MetricSample { kind: MetricKind::CpuUtilization, target: f64::from(target), per_replica: values });
     }
-    if let (Some(target), Some(request)) = (policy.target_memory_percent, parse_memory_bytes(&resources.memory).filter(|r| *r > 0)) {
+    if let (Some(target), Some(request)) =
+        (policy.target_memory_percent, parse_memory_bytes(&resources.memory).filter(|r| *r > 0))
+    {
         let values: Vec<f64> = state.usage.iter().map(|u| u.memory_bytes as f64 / request as f64 * 100.0).collect();
-        metrics.push(MetricSample { kind: MetricKind::MemoryUtilization, target: f64::from(target), per_replica: values });
+        metrics.push(MetricSample {
+            kind: MetricKind::MemoryUtilization,
+            target: f64::from(target),
+            per_replica: values,
+        });
     }
     let current = state.spec.replicas;
     if let Some(target) = policy.target_requests_in_flight {
@@ -791,14 +866,25 @@ fn autoscale(slot: &Slot, state: &mut SlotState, now: Instant) {
         // the gateway sends them) the two are the same.
         let ready = state.active.as_ref().map_or(0, |a| a.set.status().ready).max(1);
         let per_replica = slot.traffic.open() as f64 / f64::from(ready);
-        metrics.push(MetricSample { kind: MetricKind::RequestsInFlight, target: f64::from(target), per_replica: vec![per_replica; ready as usize] });
+        metrics.push(MetricSample {
+            kind: MetricKind::RequestsInFlight,
+            target: f64::from(target),
+            per_replica: vec![per_replica; ready as usize],
+        });
     }
     let decision = state.autoscaler.decide(now, current, policy.min, policy.max, &metrics);
-    state.autoscaler_status =
-        Some(AutoscalerStatus { current, desired: decision.desired, metrics: metrics.iter().map(MetricSample::reading).collect() });
+    state.autoscaler_status = Some(AutoscalerStatus {
+        current,
+        desired: decision.desired,
+        metrics: metrics.iter().map(MetricSample::reading).collect(),
+    });
     if decision.desired != current {
         state.spec.replicas = decision.desired;
-        state.event("Normal", "ScalingReplicaSet", format!("autoscaled from {current} to {} replica(s): {}", decision.desired, decision.reason));
+        state.event(
+            "Normal",
+            "ScalingReplicaSet",
+            format!("autoscaled from {current} to {} replica(s): {}", decision.desired, decision.reason),
+        );
         state.scale_sets();
     }
 }
@@ -858,17 +944,19 @@ impl Runtime for LocalRuntime {
                 ready = status.ready;
                 failed_replica = failed_replica.or(status.failure().map(str::to_string));
             }
-            replicas.extend(status.replicas.into_iter().map(|r| ReplicaInfo {
-                name: r.name,
-                state: match r.state {
-                    ReplicaState::Starting => "Starting",
-                    ReplicaState::Ready => "Ready",
-                    ReplicaState::BackingOff => "BackingOff",
-                    ReplicaState::Failed(_) => "Failed",
+            replicas.extend(status.replicas.into_iter().map(|r| {
+                ReplicaInfo {
+                    name: r.name,
+                    state: match r.state {
+                        ReplicaState::Starting => "Starting",
+                        ReplicaState::Ready => "Ready",
+                        ReplicaState::BackingOff => "BackingOff",
+                        ReplicaState::Failed(_) => "Failed",
+                    }
+                    .to_string(),
+                    version: *version,
+                    restarts: r.restarts,
                 }
-                .to_string(),
-                version: *version,
-                restarts: r.restarts,
             }));
         }
         let serving_version = state.active.as_ref().filter(|_| ready > 0).map(|a| a.version);
@@ -902,7 +990,11 @@ impl Runtime for LocalRuntime {
             ready,
             node_port: Some(slot.node_address),
             port_forward: None,
-            limits: super::limits::describe(&state.spec.spec.resources, state.spec.spec.timeout_s, &self.inner.enforcement),
+            limits: super::limits::describe(
+                &state.spec.spec.resources,
+                state.spec.spec.timeout_s,
+                &self.inner.enforcement,
+            ),
             replicas,
             events: state.events.iter().cloned().collect(),
             autoscaler: state.autoscaler_status.clone(),
@@ -917,7 +1009,9 @@ impl Runtime for LocalRuntime {
         let slot = self.slot(id)?;
         let (backlog, live) = slot.logs.follow();
         drop(slot);
-        let backlog = futures::stream::iter(backlog.into_iter().filter(move |line| since.is_none_or(|since| line.at >= since)).map(entry));
+        let backlog = futures::stream::iter(
+            backlog.into_iter().filter(move |line| since.is_none_or(|since| line.at >= since)).map(entry),
+        );
         if !follow {
             return Ok(Box::pin(backlog));
         }
@@ -952,7 +1046,10 @@ impl Runtime for LocalRuntime {
             Some(version) => HealthCheck::new(
                 "resource limits",
                 true,
-                format!("{}: CPU, memory and process limits are enforced by the kernel; usage comes from the cgroups' counters", version.label()),
+                format!(
+                    "{}: CPU, memory and process limits are enforced by the kernel; usage comes from the cgroups' counters",
+                    version.label()
+                ),
             ),
             None => HealthCheck::new(
                 "resource limits",
@@ -967,10 +1064,17 @@ impl Runtime for LocalRuntime {
                 HealthCheck::new(
                     "warm pool",
                     idle.iter().all(|n| *n > 0),
-                    format!("{} Python and {} Node processes waiting (of {size} each); an empty pool refills within seconds, cold starts meanwhile take longer", idle[0], idle[1]),
+                    format!(
+                        "{} Python and {} Node processes waiting (of {size} each); an empty pool refills within seconds, cold starts meanwhile take longer",
+                        idle[0], idle[1]
+                    ),
                 )
             }
-            None => HealthCheck::new("warm pool", true, "off (--warm-pool-size 0): every cold start loads its function from scratch"),
+            None => HealthCheck::new(
+                "warm pool",
+                true,
+                "off (--warm-pool-size 0): every cold start loads its function from scratch",
+            ),
         };
         vec![sandbox, limits, pool]
     }

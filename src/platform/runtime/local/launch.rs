@@ -4,10 +4,10 @@
 //! with an environment made from scratch (nothing of kubefn's own but what interpreters need).
 
 use super::cgroups::{Cgroups, Limits, ReplicaCgroup};
-use super::sandbox::{inside, Bind, Confined, Isolation, Network, Program};
+use super::sandbox::{Bind, Confined, Isolation, Network, Program, inside};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
@@ -21,8 +21,24 @@ const SOCKET_PATH_MAX: usize = 107;
 /// Variables of kubefn's own environment a process keeps: what interpreters need to run (and to
 /// find proxies and certificates), never kubefn's secrets such as `KUBEFN_ADMIN`.
 const INHERITED_VARIABLES: &[&str] = &[
-    "PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "PYENV_ROOT", "PYENV_VERSION", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE",
-    "NODE_EXTRA_CA_CERTS", "CURL_CA_BUNDLE", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
+    "PATH",
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TZ",
+    "PYENV_ROOT",
+    "PYENV_VERSION",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "REQUESTS_CA_BUNDLE",
+    "NODE_EXTRA_CA_CERTS",
+    "CURL_CA_BUNDLE",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
 ];
 
 /// Starts confined processes; shared by a runtime's replica sets, warm pool and installer.
@@ -99,8 +115,10 @@ impl Launcher {
     /// A fresh environment: the interpreter essentials from kubefn's own, `HOME` and `TMPDIR`
     /// in the private `/tmp`, then `extra`.
     pub fn environment(&self, extra: &[(String, String)]) -> Vec<(String, String)> {
-        let mut env: Vec<(String, String)> =
-            INHERITED_VARIABLES.iter().filter_map(|name| std::env::var(name).ok().map(|value| (name.to_string(), value))).collect();
+        let mut env: Vec<(String, String)> = INHERITED_VARIABLES
+            .iter()
+            .filter_map(|name| std::env::var(name).ok().map(|value| (name.to_string(), value)))
+            .collect();
         if self.isolation.sandboxed() {
             env.extend([("HOME".to_string(), "/tmp".to_string()), ("TMPDIR".to_string(), "/tmp".to_string())]);
         } else if let Ok(home) = std::env::var("HOME") {
@@ -130,7 +148,11 @@ impl Launcher {
         let mut env = program.env.to_vec();
         env.push(("KUBEFN_SOCKET".to_string(), socket_seen.display().to_string()));
         let env = self.environment(&env);
-        let confined = Confined { program: Program { env: &env, binds: &binds, ..*program }, network: Network::None, cgroup: cgroup.as_deref() };
+        let confined = Confined {
+            program: Program { env: &env, binds: &binds, ..*program },
+            network: Network::None,
+            cgroup: cgroup.as_deref(),
+        };
         let child = self.isolation.command(&confined).spawn()?;
         Ok(Process { child, socket: run_host.join(SOCKET_FILE), cgroup, dirs: vec![run_dir] })
     }

@@ -37,11 +37,17 @@ pub fn describe(resources: &Resources, timeout_s: u32, how: &Enforcement) -> Str
         Some(version) => {
             let by = version.label();
             parts.push(format!("CPU limit {}: enforced by the kernel ({by} CFS quota)", resources.cpu_limit));
-            parts.push(format!("memory limit {}: enforced by the kernel ({by}; over it the OOM killer acts, OOMKilled)", resources.memory_limit));
+            parts.push(format!(
+                "memory limit {}: enforced by the kernel ({by}; over it the OOM killer acts, OOMKilled)",
+                resources.memory_limit
+            ));
             parts.push(format!("{} processes and threads: enforced by the kernel ({by} pids)", how.pids));
         }
         None => {
-            parts.push(format!("memory limit {}: enforced by kubefn (a replica over it is killed, OOMKilled)", resources.memory_limit));
+            parts.push(format!(
+                "memory limit {}: enforced by kubefn (a replica over it is killed, OOMKilled)",
+                resources.memory_limit
+            ));
             parts.push(format!("CPU limit {} not enforced: no writable cgroups on this host", resources.cpu_limit));
         }
     }
@@ -60,7 +66,8 @@ mod tests {
 
     #[test]
     fn the_description_names_each_limit_and_how_it_applies() {
-        let how = Enforcement { cgroups: Some(CgroupVersion::V1), sandboxed: true, tmp_mib: 64, open_files: 1024, pids: 256 };
+        let how =
+            Enforcement { cgroups: Some(CgroupVersion::V1), sandboxed: true, tmp_mib: 64, open_files: 1024, pids: 256 };
         let text = describe(&Resources::default(), 30, &how);
         assert!(text.contains("CPU limit 500m: enforced by the kernel (cgroup v1 CFS quota)"), "{text}");
         assert!(text.contains("memory limit 256Mi: enforced by the kernel (cgroup v1;"), "{text}");

@@ -2,10 +2,10 @@
 //! optionally copied to a file on disk that is rotated when it grows past a size.
 
 use chrono::{DateTime, Utc};
+use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::io::Write;
 use std::path::PathBuf;
-use parking_lot::Mutex;
 use std::sync::Arc;
 use tokio::sync::broadcast;
 
@@ -104,7 +104,12 @@ impl LogBuffer {
     /// A buffer keeping the last `capacity` lines.
     pub fn new(capacity: usize) -> LogBuffer {
         let (live, _) = broadcast::channel(1024);
-        LogBuffer { lines: Arc::new(Mutex::new(VecDeque::with_capacity(capacity.min(4096)))), capacity: capacity.max(1), live, file: None }
+        LogBuffer {
+            lines: Arc::new(Mutex::new(VecDeque::with_capacity(capacity.min(4096)))),
+            capacity: capacity.max(1),
+            live,
+            file: None,
+        }
     }
 
     /// A buffer keeping the last `capacity` lines in memory and every line in the file at
@@ -224,7 +229,10 @@ impl<R: tokio::io::AsyncRead + Unpin> BoundedLines<R> {
         }
         let mut text = String::from_utf8_lossy(&line).into_owned();
         if dropped > 0 {
-            text.push_str(&format!(" … [line cut: {dropped} more bytes dropped; lines are kept up to {} KiB]", MAX_LINE_BYTES / 1024));
+            text.push_str(&format!(
+                " … [line cut: {dropped} more bytes dropped; lines are kept up to {} KiB]",
+                MAX_LINE_BYTES / 1024
+            ));
         }
         Ok(Some(text))
     }
@@ -243,7 +251,11 @@ mod tests {
         assert_eq!(lines.next_line().await.expect("read").as_deref(), Some("short"));
         let long = lines.next_line().await.expect("read").expect("a line");
         assert!(long.starts_with(&"x".repeat(MAX_LINE_BYTES)), "the start is kept");
-        assert!(long.ends_with("[line cut: 5000 more bytes dropped; lines are kept up to 16 KiB]"), "{}", &long[MAX_LINE_BYTES..]);
+        assert!(
+            long.ends_with("[line cut: 5000 more bytes dropped; lines are kept up to 16 KiB]"),
+            "{}",
+            &long[MAX_LINE_BYTES..]
+        );
         assert_eq!(lines.next_line().await.expect("read").as_deref(), Some("next"));
         assert_eq!(lines.next_line().await.expect("read").as_deref(), Some("no ending"));
         assert_eq!(lines.next_line().await.expect("read"), None);

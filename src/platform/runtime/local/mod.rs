@@ -15,9 +15,9 @@ pub mod limits;
 pub mod logs;
 pub mod sandbox;
 
+mod instances;
 pub mod supervisor;
 pub mod usage;
 pub mod warm_pool;
-mod instances;
 
 pub use instances::{LocalConfig, LocalRuntime};

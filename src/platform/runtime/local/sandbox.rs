@@ -173,7 +173,8 @@ impl Sandbox {
             return Err(SandboxError::NotRoot { uid });
         }
         let bwrap = find_program("bwrap").ok_or(SandboxError::Missing { program: "bwrap", package: "bubblewrap" })?;
-        let setpriv = find_program("setpriv").ok_or(SandboxError::Missing { program: "setpriv", package: "util-linux" })?;
+        let setpriv =
+            find_program("setpriv").ok_or(SandboxError::Missing { program: "setpriv", package: "util-linux" })?;
         let mut system: Vec<PathBuf> = interpreters.iter().filter_map(|program| install_prefix(program)).collect();
         system.sort();
         system.dedup();
@@ -200,9 +201,10 @@ impl Sandbox {
     /// bwrap, which is always a tokio worker here (they live as long as the runtime), never a
     /// blocking-pool thread.
     fn arguments(&self, process: &Confined<'_>) -> Vec<String> {
-        let mut args: Vec<String> = ["--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
-            .map(String::from)
-            .to_vec();
+        let mut args: Vec<String> =
+            ["--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
+                .map(String::from)
+                .to_vec();
         if process.network == Network::None {
             args.push("--unshare-net".into());
         }
@@ -213,7 +215,9 @@ impl Sandbox {
             // user: make each one first, open to all (it holds nothing but the mount).
             let ancestors: Vec<&Path> = inside.ancestors().skip(1).filter(|a| a.parent().is_some()).collect();
             for ancestor in ancestors.into_iter().rev() {
-                if !made.contains(&ancestor.to_path_buf()) && !["/tmp", "/usr", "/etc"].iter().any(|top| Path::new(top) == ancestor) {
+                if !made.contains(&ancestor.to_path_buf())
+                    && !["/tmp", "/usr", "/etc"].iter().any(|top| Path::new(top) == ancestor)
+                {
                     made.push(ancestor.to_path_buf());
                     args.extend(["--perms".into(), "0755".into(), "--dir".into(), ancestor.display().to_string()]);
                 }
@@ -229,8 +233,12 @@ impl Sandbox {
         for top in ["bin", "sbin", "lib", "lib32", "lib64", "libx32"] {
             let host = Path::new("/").join(top);
             match std::fs::read_link(&host) {
-                Ok(target) => args.extend(["--symlink".into(), target.display().to_string(), host.display().to_string()]),
-                Err(_) if host.is_dir() => args.extend(["--ro-bind".into(), host.display().to_string(), host.display().to_string()]),
+                Ok(target) => {
+                    args.extend(["--symlink".into(), target.display().to_string(), host.display().to_string()])
+                }
+                Err(_) if host.is_dir() => {
+                    args.extend(["--ro-bind".into(), host.display().to_string(), host.display().to_string()])
+                }
                 Err(_) => {}
             }
         }
@@ -417,7 +425,10 @@ mod tests {
 
     #[test]
     fn replicas_get_no_network_and_only_their_binds() {
-        let binds = [Bind::read_only("/data/runtime/instances/i/v1", inside::FUNCTION), Bind::writable("/data/runtime/run/p1", inside::RUN)];
+        let binds = [
+            Bind::read_only("/data/runtime/instances/i/v1", inside::FUNCTION),
+            Bind::writable("/data/runtime/run/p1", inside::RUN),
+        ];
         let args = sandbox().arguments(&Confined {
             program: Program {
                 path: Path::new("/usr/bin/python3"),
@@ -435,16 +446,28 @@ mod tests {
         assert!(text.contains("--ro-bind /data/runtime/instances/i/v1 /kubefn/function"), "{text}");
         assert!(text.contains("--bind /data/runtime/run/p1 /kubefn/run"), "{text}");
         assert!(text.contains("--ro-bind /opt/python /opt/python"), "{text}");
-        assert!(text.contains("--size 67108864 --tmpfs /tmp --perms 0755 --dir /kubefn --ro-bind"), "binds come after /tmp: {text}");
+        assert!(
+            text.contains("--size 67108864 --tmpfs /tmp --perms 0755 --dir /kubefn --ro-bind"),
+            "binds come after /tmp: {text}"
+        );
         assert_eq!(text.matches("--dir /kubefn ").count(), 1, "{text}");
         assert!(text.contains("--reuid=65534 --regid=65534 --clear-groups --inh-caps=-all --bounding-set=-all --no-new-privs -- /usr/bin/python3 /kubefn/bootstrap/bootstrap.py"), "{text}");
-        assert!(!text.contains("/data/kubefn.db") && !text.contains(" /data "), "kubefn's data directory is never bound whole: {text}");
+        assert!(
+            !text.contains("/data/kubefn.db") && !text.contains(" /data "),
+            "kubefn's data directory is never bound whole: {text}"
+        );
     }
 
     #[test]
     fn installs_share_the_host_network() {
         let args = sandbox().arguments(&Confined {
-            program: Program { path: Path::new("/usr/bin/npm"), args: &[], env: &[], binds: &[], workdir: Path::new(inside::INSTALL) },
+            program: Program {
+                path: Path::new("/usr/bin/npm"),
+                args: &[],
+                env: &[],
+                binds: &[],
+                workdir: Path::new(inside::INSTALL),
+            },
             network: Network::Host,
             cgroup: None,
         });
@@ -457,7 +480,10 @@ mod tests {
         let bin = dir.path().join("versions/3.11/bin");
         std::fs::create_dir_all(&bin).expect("bin");
         std::fs::write(bin.join("python3"), "").expect("file");
-        assert_eq!(install_prefix(&bin.join("python3")), Some(std::fs::canonicalize(dir.path().join("versions/3.11")).expect("real")));
+        assert_eq!(
+            install_prefix(&bin.join("python3")),
+            Some(std::fs::canonicalize(dir.path().join("versions/3.11")).expect("real"))
+        );
         assert_eq!(install_prefix(Path::new("/usr/bin/env")), None);
     }
 

@@ -10,9 +10,9 @@ use super::logs::{LogBuffer, Stream};
 use super::sandbox::{Bind, Program};
 use super::warm_pool::{Specialization, WarmPool};
 use crate::platform::model::Language;
+use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use parking_lot::Mutex;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::process::Child;
@@ -53,7 +53,11 @@ pub struct LaunchSpec {
 
 impl std::fmt::Debug for LaunchSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LaunchSpec").field("program", &self.program).field("args", &self.args).field("dir", &self.dir).finish_non_exhaustive()
+        f.debug_struct("LaunchSpec")
+            .field("program", &self.program)
+            .field("args", &self.args)
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
     }
 }
 
@@ -138,7 +142,6 @@ pub struct ReplicaStatus {
     /// cgroup's).
     pub oom_kills: u64,
 }
-
 
 /// The replicas of one instance as the status shows them.
 #[derive(Clone, Debug)]
@@ -258,11 +261,11 @@ impl ReplicaSet {
     /// A snapshot of the replicas.
     pub fn status(&self) -> ReplicaSetStatus {
         let running = self.shared.replicas.lock();
-        let replicas: Vec<ReplicaStatus> =
-            running.values().map(|r| r.status.lock().clone()).collect();
+        let replicas: Vec<ReplicaStatus> = running.values().map(|r| r.status.lock().clone()).collect();
         ReplicaSetStatus {
             desired: u32::try_from(running.len()).unwrap_or(u32::MAX),
-            ready: u32::try_from(replicas.iter().filter(|r| r.state == ReplicaState::Ready).count()).unwrap_or(u32::MAX),
+            ready: u32::try_from(replicas.iter().filter(|r| r.state == ReplicaState::Ready).count())
+                .unwrap_or(u32::MAX),
             replicas,
         }
     }
@@ -316,7 +319,11 @@ async fn supervise(shared: Arc<Shared>, status: Arc<Mutex<ReplicaStatus>>, mut s
                 if let Some(path) = &pid_file
                     && let Err(error) = std::fs::write(path, format!("{name}\n"))
                 {
-                    shared.logs.push(&name, Stream::System, format!("cannot write a pid file ({error}); a crash of kubefn may leave this process behind"));
+                    shared.logs.push(
+                        &name,
+                        Stream::System,
+                        format!("cannot write a pid file ({error}); a crash of kubefn may leave this process behind"),
+                    );
                 }
                 set(&|s| {
                     s.socket = Some(socket.clone());
@@ -324,7 +331,11 @@ async fn supervise(shared: Arc<Shared>, status: Arc<Mutex<ReplicaStatus>>, mut s
                     s.cgroup = cgroup.clone();
                     s.state = ReplicaState::Starting;
                 });
-                shared.logs.push(&name, Stream::System, format!("running as process {}", child.id().unwrap_or_default()));
+                shared.logs.push(
+                    &name,
+                    Stream::System,
+                    format!("running as process {}", child.id().unwrap_or_default()),
+                );
                 let outcome = run(child, &socket, &policy, &mut stop, || set(&|s| s.state = ReplicaState::Ready)).await;
                 if let Some(group) = group {
                     terminate_group(child, group, policy.stop_grace).await;
@@ -359,11 +370,16 @@ async fn supervise(shared: Arc<Shared>, status: Arc<Mutex<ReplicaStatus>>, mut s
         if consecutive_crashes >= policy.crashes_before_failed {
             let last = shared.logs.tail(&name, Stream::Stderr, 10, started_at).join("\n");
             let message = if last.is_empty() { reason } else { format!("{reason}; last output:\n{last}") };
-            shared.logs.push(&name, Stream::System, format!("crashed {consecutive_crashes} times in a row; not restarting"));
+            shared.logs.push(
+                &name,
+                Stream::System,
+                format!("crashed {consecutive_crashes} times in a row; not restarting"),
+            );
             set(&|s| s.state = ReplicaState::Failed(message.clone()));
             return;
         }
-        let backoff = policy.initial_backoff.saturating_mul(2u32.saturating_pow(consecutive_crashes - 1)).min(policy.max_backoff);
+        let backoff =
+            policy.initial_backoff.saturating_mul(2u32.saturating_pow(consecutive_crashes - 1)).min(policy.max_backoff);
         shared.logs.push(&name, Stream::System, format!("restarting in {} ms", backoff.as_millis()));
         set(&|s| s.state = ReplicaState::BackingOff);
         tokio::select! {
@@ -383,7 +399,13 @@ enum Outcome {
 
 /// Waits for the replica to answer its readiness endpoint (calling `on_ready` once), then for
 /// it to exit, whichever of these a stop request does not cut short.
-async fn run(child: &mut Child, socket: &std::path::Path, policy: &RestartPolicy, stop: &mut watch::Receiver<bool>, on_ready: impl Fn()) -> Outcome {
+async fn run(
+    child: &mut Child,
+    socket: &std::path::Path,
+    policy: &RestartPolicy,
+    stop: &mut watch::Receiver<bool>,
+    on_ready: impl Fn(),
+) -> Outcome {
     let exited = |status: std::io::Result<std::process::ExitStatus>| {
         Outcome::Ended(match status {
             Ok(status) => format!("exited with {status}"),
@@ -427,13 +449,22 @@ async fn start_process(spec: &LaunchSpec, name: &str, logs: &LogBuffer) -> std::
     if let Some(warm) = &spec.warm
         && let Some(process) = warm.pool.take(warm.language)
     {
-        logs.push(name, Stream::System, format!("loading the function into warm process {} from the pool", process.pid().unwrap_or_default()));
+        logs.push(
+            name,
+            Stream::System,
+            format!("loading the function into warm process {} from the pool", process.pid().unwrap_or_default()),
+        );
         match process.specialize(warm, &spec.limits, logs, name).await {
             Ok(process) => return Ok(process),
-            Err(reason) => logs.push(name, Stream::System, format!("a warm process could not load the function ({reason}); starting a fresh one")),
+            Err(reason) => logs.push(
+                name,
+                Stream::System,
+                format!("a warm process could not load the function ({reason}); starting a fresh one"),
+            ),
         }
     }
-    let program = Program { path: &spec.program, args: &spec.args, env: &spec.env, binds: &spec.binds, workdir: &spec.dir };
+    let program =
+        Program { path: &spec.program, args: &spec.args, env: &spec.env, binds: &spec.binds, workdir: &spec.dir };
     let mut process = spec.launcher.start(&program, &spec.limits)?;
     collect_output(&mut process.child, logs, name);
     Ok(process)
@@ -500,7 +531,8 @@ mod tests {
         /// tests of its own in tests/sandbox.rs).
         fn spec(&self) -> LaunchSpec {
             let bootstrap = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/runtimes/python/bootstrap.py");
-            let launcher = Launcher::new(Isolation::SingleUser { open_files: 1024 }, None, self.dir.path().join("run")).expect("launcher");
+            let launcher = Launcher::new(Isolation::SingleUser { open_files: 1024 }, None, self.dir.path().join("run"))
+                .expect("launcher");
             LaunchSpec {
                 launcher: Arc::new(launcher),
                 program: PathBuf::from("python3"),
@@ -550,7 +582,8 @@ mod tests {
         std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| !stat.contains(") Z "))
     }
 
-    const PID_FUNCTION: &str = "import os\nprint('loaded', flush=True)\ndef handle(req):\n    return str(os.getpid())\n";
+    const PID_FUNCTION: &str =
+        "import os\nprint('loaded', flush=True)\ndef handle(req):\n    return str(os.getpid())\n";
 
     #[tokio::test]
     async fn replicas_start_become_ready_and_share_the_node_port() {
@@ -575,7 +608,10 @@ mod tests {
 
         let lines = logs.snapshot();
         for replica in ["r0", "r1"] {
-            assert!(lines.iter().any(|l| l.replica == replica && l.stream == Stream::Stdout && l.text == "loaded"), "{replica}: {lines:?}");
+            assert!(
+                lines.iter().any(|l| l.replica == replica && l.stream == Stream::Stdout && l.text == "loaded"),
+                "{replica}: {lines:?}"
+            );
         }
         set.shutdown().await;
     }
@@ -632,7 +668,10 @@ mod tests {
 
         set.scale(1);
         until("one replica left", || (set.status().desired == 1).then_some(())).await;
-        until("the stopped replica's process is gone", || (!alive(replica_pids[1]) && !alive(grandchildren[1])).then_some(())).await;
+        until("the stopped replica's process is gone", || {
+            (!alive(replica_pids[1]) && !alive(grandchildren[1])).then_some(())
+        })
+        .await;
         until("endpoints shrink", || (endpoints.borrow_and_update().len() == 1).then_some(())).await;
         assert!(alive(replica_pids[0]));
 

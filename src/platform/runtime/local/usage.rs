@@ -57,12 +57,7 @@ pub fn parse_stat(text: &str) -> Option<Stat> {
     let fields: Vec<&str> = after.split_whitespace().collect();
     // `after` starts at field 3 (state), so field N is at index N - 3.
     let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<u64>().ok());
-    Some(Stat {
-        pgrp: u32::try_from(field(5)?).ok()?,
-        utime: field(14)?,
-        stime: field(15)?,
-        rss_pages: field(24)?,
-    })
+    Some(Stat { pgrp: u32::try_from(field(5)?).ok()?, utime: field(14)?, stime: field(15)?, rss_pages: field(24)? })
 }
 
 /// Turns cumulative CPU seconds into percent of one core between readings, per key.
@@ -138,7 +133,8 @@ mod tests {
             .spawn()
             .expect("python");
         let mut line = String::new();
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(leader.stdout.take().expect("stdout")), &mut line).expect("ready line");
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(leader.stdout.take().expect("stdout")), &mut line)
+            .expect("ready line");
         let usage = read_group(leader.id()).expect("usage");
         // SAFETY: signals the test's own process group.
         unsafe {

@@ -11,14 +11,14 @@
 use super::cgroups::Limits;
 use super::launch::{self, Launcher, Process};
 use super::logs::{LogBuffer, Stream};
-use super::sandbox::{inside, Bind, Program};
+use super::sandbox::{Bind, Program, inside};
 use super::supervisor::WarmStart;
 use crate::platform::model::Language;
+use parking_lot::Mutex;
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use parking_lot::Mutex;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -91,7 +91,12 @@ impl WarmPool {
     pub fn start(config: PoolConfig) -> WarmPool {
         let _ = std::fs::remove_dir_all(&config.staging);
         let pool = WarmPool {
-            inner: Arc::new(PoolInner { config, idle: Mutex::default(), taken: Arc::new(Notify::new()), next: AtomicU64::new(0) }),
+            inner: Arc::new(PoolInner {
+                config,
+                idle: Mutex::default(),
+                taken: Arc::new(Notify::new()),
+                next: AtomicU64::new(0),
+            }),
         };
         tokio::spawn(refill(Arc::downgrade(&pool.inner)));
         pool
@@ -131,7 +136,13 @@ impl WarmProcess {
     /// function's limits on its cgroup, then `POST /_/specialize`; it then serves as replica
     /// `name`, its output going to `logs`. On failure the process is gone and the reason
     /// returned.
-    pub async fn specialize(self, warm: &WarmStart, limits: &Limits, logs: &LogBuffer, name: &str) -> Result<Process, String> {
+    pub async fn specialize(
+        self,
+        warm: &WarmStart,
+        limits: &Limits,
+        logs: &LogBuffer,
+        name: &str,
+    ) -> Result<Process, String> {
         let WarmProcess { mut process, staging, staging_seen, output } = self;
         *output.lock() = Some((logs.clone(), name.to_string()));
         let outcome = async {
@@ -149,7 +160,9 @@ impl WarmProcess {
                 ..warm.job.clone()
             };
             let body = serde_json::to_vec(&job).map_err(|e| e.to_string())?;
-            match tokio::time::timeout(Duration::from_secs(30), launch::post(&process.socket, "/_/specialize", &body)).await {
+            match tokio::time::timeout(Duration::from_secs(30), launch::post(&process.socket, "/_/specialize", &body))
+                .await
+            {
                 Ok(Ok(200)) => Ok(()),
                 Ok(Ok(status)) => Err(format!("it answered {status}")),
                 Ok(Err(error)) => Err(error.to_string()),
@@ -212,7 +225,9 @@ async fn start_warm(config: &PoolConfig, index: u64, program: &Path, bootstrap: 
     let env = [("KUBEFN_POOL".to_string(), "1".to_string())];
     let args = [bootstrap.to_string()];
     let binds = [config.bootstrap.clone(), function];
-    let started = config.launcher.start(&Program { path: program, args: &args, env: &env, binds: &binds, workdir: &workdir }, &config.limits);
+    let started = config
+        .launcher
+        .start(&Program { path: program, args: &args, env: &env, binds: &binds, workdir: &workdir }, &config.limits);
     let mut process = match started {
         Ok(process) => process,
         Err(error) => {
