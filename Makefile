@@ -20,7 +20,7 @@ export LEPTOS_OUTPUT_NAME := kubefn
 export LEPTOS_SITE_ROOT := target/site
 export LEPTOS_SITE_PKG_DIR := pkg
 
-.PHONY: sandbox help run build build-release test test-unit test-runtimes test-e2e test-kubernetes testcluster cluster cluster-stop bench bench-deps tools wasm-target chromium e2e-deps clean
+.PHONY: sandbox help run build build-release test test-unit test-runtimes test-e2e test-kubernetes testcluster lint-tools cluster cluster-stop bench bench-deps tools wasm-target chromium e2e-deps clean
 
 # Where `make cluster` keeps the control plane it starts for a person (tests use their own).
 CLUSTER_DIR ?= $(or $(TMPDIR),/tmp)/kubefn-cluster
@@ -46,7 +46,9 @@ test: test-unit test-runtimes test-e2e
 # Every cargo test, the kubernetes runtime's included: its test binary starts the control plane
 # built here (cached) and stops it when it exits. The benches are compiled too (not run), so
 # `make bench` never finds them broken.
-test-unit: tools sandbox testcluster
+test-unit: tools lint-tools sandbox testcluster
+	cargo fmt --check
+	cargo clippy --features ssr --all-targets -- -D warnings
 	cargo test --features ssr
 	cargo test --features ssr --benches --no-run
 
@@ -111,6 +113,12 @@ bench-deps:
 	fi
 
 tools: wasm-target $(TOOLS)/bin/cargo-leptos $(TOOLS)/bin/wasm-bindgen $(TOOLS)/node/.installed-$(BINARYEN_VERSION)-$(SASS_VERSION)
+
+# rustfmt and clippy: `make test` checks the style and the lints before it runs a test.
+lint-tools:
+	@for component in rustfmt clippy; do \
+	  rustup component list --installed 2>/dev/null | grep -q "^$$component" || rustup component add $$component; \
+	done
 
 wasm-target:
 	@if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown; then \

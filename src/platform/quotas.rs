@@ -201,7 +201,7 @@ mod tests {
         spec.resources.memory_limit = "256Mi".into();
         assert_eq!(
             Footprint::of(&spec, 1),
-            Footprint { replicas: 4, cpu_millicores: 2000, memory_bytes: 4 * 256 << 20 }
+            Footprint { replicas: 4, cpu_millicores: 2000, memory_bytes: (4 * 256) << 20 }
         );
         assert_eq!(Footprint::of(&spec, 6).replicas, 6, "scaled by hand past the maximum");
         let sum = total(&[Footprint::of(&spec, 1), Footprint::of(&spec, 6)]);

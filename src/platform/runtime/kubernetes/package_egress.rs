@@ -113,7 +113,7 @@ fn parse_connect(head: &str, hosts: &[String]) -> Result<(String, u16), (u16, St
     let (host, port) = target.rsplit_once(':').ok_or((400, format!("{target:?} is not host:port")))?;
     let port: u16 = port.parse().map_err(|_| (400, format!("{target:?} is not host:port")))?;
     let host = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
-    if port != 443 || !hosts.iter().any(|allowed| *allowed == host) {
+    if port != 443 || !hosts.contains(&host) {
         return Err((
             403,
             format!("kubefn's package egress reaches only {} on port 443, not {target}", hosts.join(", ")),
