@@ -1,8 +1,6 @@
 //! The HTML shell, the router and the session state every page shares.
 
-use crate::api::ApiError;
 use crate::api::functions::{LogIn, LogOut, SignUp, current_user};
-use crate::platform::model::UserInfo;
 use crate::ui::{
     account::AccountPage,
     admin::AdminPage,
@@ -10,6 +8,7 @@ use crate::ui::{
     function_page::FunctionPage,
     functions_form::{EditFunctionPage, RegisterFunctionPage},
     login::LoginPage,
+    session::Session,
 };
 use leptos::prelude::*;
 use leptos_meta::{MetaTags, Stylesheet, Title, provide_meta_context};
@@ -35,19 +34,6 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
             </body>
         </html>
     }
-}
-
-/// The signed-in user and the actions that change it, shared by every page through context.
-#[derive(Clone, Copy)]
-pub struct Session {
-    /// The current user (`None` when logged out), refetched after log-in, sign-up and log-out.
-    pub user: Resource<Result<Option<UserInfo>, ApiError>>,
-    /// Log-in.
-    pub log_in: ServerAction<LogIn>,
-    /// Sign-up.
-    pub sign_up: ServerAction<SignUp>,
-    /// Log-out.
-    pub log_out: ServerAction<LogOut>,
 }
 
 /// The application: header, routes.

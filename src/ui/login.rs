@@ -1,8 +1,8 @@
 //! Log in or sign up. A visitor who is already signed in goes straight to the catalog, which
 //! is also how a successful form (with or without JavaScript) lands there.
 
+use super::session::Session;
 use super::{FieldMessage, action_error};
-use crate::app::Session;
 use leptos::prelude::*;
 use leptos_meta::Title;
 use leptos_router::components::Redirect;

@@ -10,6 +10,7 @@ pub mod functions_form;
 pub mod instance_actions;
 pub mod instance_panel;
 pub mod login;
+pub mod session;
 pub mod sortable_table;
 pub mod triggers;
 pub mod usage_charts;

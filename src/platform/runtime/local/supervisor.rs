@@ -8,8 +8,7 @@ use super::cgroups::{Limits, ReplicaCgroup};
 use super::launch::{self, Launcher, Process};
 use super::logs::{LogBuffer, Stream};
 use super::sandbox::{Bind, Program};
-use super::warm_pool::{Specialization, WarmPool};
-use crate::platform::model::Language;
+use super::warm_pool::WarmStart;
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -58,25 +57,6 @@ impl std::fmt::Debug for LaunchSpec {
             .field("args", &self.args)
             .field("dir", &self.dir)
             .finish_non_exhaustive()
-    }
-}
-
-/// Starting replicas from a warm pool.
-#[derive(Clone)]
-pub struct WarmStart {
-    /// The pool.
-    pub pool: WarmPool,
-    /// The function's language.
-    pub language: Language,
-    /// What to load.
-    pub job: Specialization,
-    /// The version directory whose source the warm process gets a copy of.
-    pub source_dir: PathBuf,
-}
-
-impl std::fmt::Debug for WarmStart {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WarmStart").field("language", &self.language).field("job", &self.job).finish_non_exhaustive()
     }
 }
 

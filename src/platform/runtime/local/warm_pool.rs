@@ -12,7 +12,6 @@ use super::cgroups::Limits;
 use super::launch::{self, Launcher, Process};
 use super::logs::{LogBuffer, Stream};
 use super::sandbox::{Bind, Program, inside};
-use super::supervisor::WarmStart;
 use crate::platform::model::Language;
 use parking_lot::Mutex;
 use serde::Serialize;
@@ -267,5 +266,23 @@ async fn route(pipe: impl tokio::io::AsyncRead + Unpin, target: OutputTarget, st
         if let Some((logs, name)) = target.lock().as_ref() {
             logs.push(name, stream, line);
         }
+    }
+}
+/// Starting replicas from a warm pool.
+#[derive(Clone)]
+pub struct WarmStart {
+    /// The pool.
+    pub pool: WarmPool,
+    /// The function's language.
+    pub language: Language,
+    /// What to load.
+    pub job: Specialization,
+    /// The version directory whose source the warm process gets a copy of.
+    pub source_dir: PathBuf,
+}
+
+impl std::fmt::Debug for WarmStart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WarmStart").field("language", &self.language).field("job", &self.job).finish_non_exhaustive()
     }
 }
