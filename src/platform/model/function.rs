@@ -1,0 +1,375 @@
+//! Functions: what one is (language, code, resources, scaling, how it is reached and invoked),
+//! its immutable versions, and the catalog.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// What a function's code is: Python or Node source (run by that language's bootstrap), or a
+/// container image. On the wire and in forms the field is still called `runtime`; not to be
+/// confused with the runtime backends of [`crate::platform::runtime`] (where instances run).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Language {
+    /// Python source run by the Python bootstrap.
+    #[default]
+    Python,
+    /// Node source run by the Node bootstrap.
+    Node,
+    /// A container image that serves HTTP itself.
+    Image,
+}
+
+impl Language {
+    /// Every language, in the order the UI offers them.
+    pub const ALL: [Language; 3] = [Language::Python, Language::Node, Language::Image];
+
+    /// The name used in JSON, forms and the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Language::Python => "python",
+            Language::Node => "node",
+            Language::Image => "image",
+        }
+    }
+
+    /// Parses the name used in JSON, forms and the database.
+    pub fn parse(text: &str) -> Option<Language> {
+        Language::ALL.into_iter().find(|r| r.as_str() == text)
+    }
+}
+
+/// Who may see and deploy a function besides its owner (admins always may).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Visibility {
+    /// Listed for and deployable by every user.
+    Public,
+    /// Only the owner and admins see it.
+    #[default]
+    Private,
+}
+
+impl Visibility {
+    /// The name used in JSON, forms and the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Visibility::Public => "public",
+            Visibility::Private => "private",
+        }
+    }
+
+    /// Parses the name used in JSON, forms and the database.
+    pub fn parse(text: &str) -> Option<Visibility> {
+        [Visibility::Public, Visibility::Private].into_iter().find(|v| v.as_str() == text)
+    }
+}
+
+/// How an instance is exposed, named as the Kubernetes Service types.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ServiceKind {
+    /// A port on every node (the default: reachable without an ingress).
+    #[default]
+    NodePort,
+    /// Reachable inside the cluster only.
+    ClusterIP,
+    /// A cloud load balancer.
+    LoadBalancer,
+    /// A DNS alias to `external_name`.
+    ExternalName,
+}
+
+impl ServiceKind {
+    /// Every kind, in the order the UI offers them.
+    pub const ALL: [ServiceKind; 4] =
+        [ServiceKind::NodePort, ServiceKind::ClusterIP, ServiceKind::LoadBalancer, ServiceKind::ExternalName];
+
+    /// The Kubernetes name of the Service type.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceKind::NodePort => "NodePort",
+            ServiceKind::ClusterIP => "ClusterIP",
+            ServiceKind::LoadBalancer => "LoadBalancer",
+            ServiceKind::ExternalName => "ExternalName",
+        }
+    }
+
+    /// Parses the Kubernetes name of the Service type.
+    pub fn parse(text: &str) -> Option<ServiceKind> {
+        ServiceKind::ALL.into_iter().find(|k| k.as_str() == text)
+    }
+}
+
+/// How an instance is reached.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    /// The Service type.
+    #[serde(rename = "type", default)]
+    pub kind: ServiceKind,
+    /// The DNS name an `ExternalName` service points to; only with that type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_name: Option<String>,
+    /// The port the container listens on; only for image functions (source functions use the bootstrap's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+}
+
+/// Resource requests and limits, as Kubernetes quantities (`100m`, `128Mi`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Resources {
+    /// CPU requested per replica.
+    pub cpu: String,
+    /// Memory requested per replica.
+    pub memory: String,
+    /// CPU a replica may use at most.
+    pub cpu_limit: String,
+    /// Memory a replica may use at most before it is killed.
+    pub memory_limit: String,
+}
+
+impl Default for Resources {
+    fn default() -> Self {
+        Resources { cpu: "100m".into(), memory: "128Mi".into(), cpu_limit: "500m".into(), memory_limit: "256Mi".into() }
+    }
+}
+
+/// How many replicas an instance runs and when the autoscaler changes that.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScalingPolicy {
+    /// Fewest replicas while the instance is running.
+    pub min: u32,
+    /// Most replicas the autoscaler may start.
+    pub max: u32,
+    /// Average CPU use (percent of the request) the autoscaler aims for; `null` turns CPU scaling off.
+    pub target_cpu_percent: Option<u32>,
+    /// Average memory use (percent of the request) the autoscaler aims for; `null` turns memory scaling off.
+    pub target_memory_percent: Option<u32>,
+    /// Average requests in flight per replica the autoscaler aims for; `null` turns it off.
+    pub target_requests_in_flight: Option<u32>,
+    /// Seconds without requests after which the instance goes to zero replicas; `null` never.
+    pub scale_to_zero_after_s: Option<u64>,
+}
+
+impl Default for ScalingPolicy {
+    fn default() -> Self {
+        ScalingPolicy {
+            min: 1,
+            max: 5,
+            target_cpu_percent: Some(70),
+            target_memory_percent: None,
+            target_requests_in_flight: None,
+            scale_to_zero_after_s: None,
+        }
+    }
+}
+
+/// A function as registered: the body of `POST /api/v1/functions` and `PUT /api/v1/functions/{name}`.
+///
+/// Every field but `name` and `runtime` has a default. Each registration or edit stores the
+/// whole spec as a new immutable version; `visibility` applies to the function as a whole.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionSpec {
+    /// DNS-1123 label, at most 40 characters, unique across kubefn.
+    pub name: String,
+    /// What the code runs on.
+    pub runtime: Language,
+    /// The entry point; `null` lets the bootstrap detect one.
+    #[serde(default)]
+    pub handler: Option<String>,
+    /// The source code (Python or Node); empty for image functions.
+    #[serde(default)]
+    pub source: String,
+    /// Declared dependencies: requirements.txt for Python, package.json for Node.
+    #[serde(default)]
+    pub requirements: String,
+    /// The container image, for image functions only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Environment variables given to every replica.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Who may see and deploy the function.
+    #[serde(default)]
+    pub visibility: Visibility,
+    /// Requests and limits per replica.
+    #[serde(default)]
+    pub resources: Resources,
+    /// Replica bounds and autoscaling targets.
+    #[serde(default)]
+    pub scaling: ScalingPolicy,
+    /// How instances are exposed.
+    #[serde(default)]
+    pub service: ServiceSpec,
+    /// Seconds one invocation may take before it is answered with 504.
+    #[serde(default = "default_timeout_s")]
+    pub timeout_s: u32,
+    /// Who may invoke its instances through the gateway, and how much they may send.
+    #[serde(default)]
+    pub invoke: InvokePolicy,
+}
+
+/// Who may invoke an instance through the gateway (`/fn/{user}/{function}/…`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InvokeAccess {
+    /// The instance's user and admins (a session or their API token).
+    #[default]
+    Owner,
+    /// Anyone with a kubefn account: a session or an API token of any user.
+    Token,
+    /// Anyone, without credentials.
+    Public,
+}
+
+impl InvokeAccess {
+    /// Every choice, in the order forms show them.
+    pub const ALL: [InvokeAccess; 3] = [InvokeAccess::Owner, InvokeAccess::Token, InvokeAccess::Public];
+
+    /// The name used in JSON and forms.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InvokeAccess::Owner => "owner",
+            InvokeAccess::Token => "token",
+            InvokeAccess::Public => "public",
+        }
+    }
+
+    /// Parses the name used in JSON and forms.
+    pub fn parse(text: &str) -> Option<InvokeAccess> {
+        InvokeAccess::ALL.into_iter().find(|a| a.as_str() == text)
+    }
+}
+
+/// How the gateway admits invocations of a function's instances.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InvokePolicy {
+    /// Who may invoke.
+    #[serde(default)]
+    pub access: InvokeAccess,
+    /// The largest request body accepted, in bytes; larger ones get 413.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: u64,
+    /// Requests one ready replica serves at once; more get 429 with Retry-After. 0 = no limit
+    /// (as OpenFaaS' `max_inflight`).
+    #[serde(default)]
+    pub max_in_flight_per_replica: u32,
+}
+
+/// The request body limit when none is given.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
+
+fn default_max_body_bytes() -> u64 {
+    DEFAULT_MAX_BODY_BYTES
+}
+
+impl Default for InvokePolicy {
+    fn default() -> Self {
+        InvokePolicy {
+            access: InvokeAccess::Owner,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_in_flight_per_replica: 0,
+        }
+    }
+}
+
+/// The invocation timeout when none is given, as OpenFaaS' default.
+pub const DEFAULT_TIMEOUT_S: u32 = 60;
+
+fn default_timeout_s() -> u32 {
+    DEFAULT_TIMEOUT_S
+}
+
+/// One line of the catalog.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionSummary {
+    /// The function's unique name.
+    pub name: String,
+    /// Who registered it.
+    pub owner: String,
+    /// Language of the current version.
+    pub runtime: Language,
+    /// Who may see it.
+    pub visibility: Visibility,
+    /// The version deployments use (moved by edits and rollbacks).
+    pub version: u32,
+    /// The newest version registered.
+    pub latest_version: u32,
+    /// When the function last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One page of the catalog.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionListPage {
+    /// The functions on this page, by name.
+    pub items: Vec<FunctionSummary>,
+    /// How many functions match in all.
+    pub total: u32,
+    /// This page's number, from 1.
+    pub page: u32,
+    /// Functions per page.
+    pub per_page: u32,
+    /// The text names were filtered by (empty: none).
+    pub filter: String,
+}
+
+impl FunctionListPage {
+    /// The number of the last page (1 when nothing matches).
+    pub fn last_page(&self) -> u32 {
+        self.total.div_ceil(self.per_page.max(1)).max(1)
+    }
+}
+
+/// One immutable version of a function, without its source.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionInfo {
+    /// 1, 2, 3, … in registration order.
+    pub number: u32,
+    /// Who registered this version.
+    pub created_by: String,
+    /// When.
+    pub created_at: DateTime<Utc>,
+    /// Language of this version.
+    pub runtime: Language,
+    /// Size of the source in bytes.
+    pub source_bytes: usize,
+}
+
+/// A function with its current spec and its versions: `GET /api/v1/functions/{name}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionDetail {
+    /// The function's unique name.
+    pub name: String,
+    /// Who registered it.
+    pub owner: String,
+    /// Who may see it.
+    pub visibility: Visibility,
+    /// The version deployments use.
+    pub version: u32,
+    /// The newest version registered.
+    pub latest_version: u32,
+    /// When it was first registered.
+    pub created_at: DateTime<Utc>,
+    /// When it last changed.
+    pub updated_at: DateTime<Utc>,
+    /// The spec of `version`.
+    pub spec: FunctionSpec,
+    /// Every version, newest first.
+    pub versions: Vec<VersionInfo>,
+}
+
+/// One version with its whole spec: `GET /api/v1/functions/{name}/versions/{n}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionDetail {
+    /// The function's name.
+    pub function: String,
+    /// Metadata of the version.
+    pub info: VersionInfo,
+    /// Its spec as registered.
+    pub spec: FunctionSpec,
+}
