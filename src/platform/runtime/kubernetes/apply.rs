@@ -1,0 +1,287 @@
+//! Applying an instance's objects by server-side apply, keeping its slot, and deleting them.
+
+use super::*;
+
+impl Inner {
+    pub(super) async fn apply(self: &Arc<Self>, spec: InstanceSpec, force: bool) -> Result<(), KubernetesError> {
+        let namespace = self.namespace_of(&spec.user);
+        let node_port = spec.node_port;
+        let manifests = manifests::build(&spec, &namespace, &self.config.pods, node_port)?;
+        let unchanged = {
+            let slots = self.slots.lock();
+            slots.get(&spec.id).is_some_and(|s| s.fingerprint == manifests.fingerprint)
+                && self.cluster.deployment_of(&spec.id).is_some()
+        };
+        if self.config.user_namespace_prefix.is_some() {
+            self.prepare_user_namespace(&namespace, &spec.user, spec.user_quota).await?;
+        }
+        if !unchanged || force {
+            self.apply_objects(&namespace, &manifests, &spec).await?;
+        }
+        self.ensure_slot(&spec, &namespace, &manifests).await;
+        self.set_replicas(&namespace, &manifests.name, &spec).await?;
+        if !unchanged {
+            self.prune_config_maps(&namespace, &spec).await;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn apply_objects(
+        &self,
+        namespace: &str,
+        m: &manifests::Manifests,
+        spec: &InstanceSpec,
+    ) -> Result<(), KubernetesError> {
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        // Server-side apply with force would take over any object of the name: first make sure
+        // each one is this instance's, or not there.
+        let taken = |kind: &'static str, name: &str| KubernetesError::Taken {
+            kind,
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        };
+        if let Some(kind) = self.cluster.taken_by_other(namespace, &m.name, &spec.id) {
+            return Err(taken(kind, &m.name));
+        }
+        if !spec.spec.requirements.trim().is_empty()
+            && let Some(package_ca) = manifests::package_ca(namespace, &self.config.pods.packages)
+        {
+            let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), namespace);
+            let name = manifests::PACKAGE_CA_CONFIG_MAP;
+            api.patch(name, &params, &Patch::Apply(&package_ca))
+                .await
+                .map_err(api_error(format!("apply ConfigMap {namespace}/{name}")))?;
+        }
+        if let Some(config_map) = &m.config_map {
+            let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), namespace);
+            let name = names::config_map_name(&m.name, spec.version);
+            // Immutable: once there, a version's ConfigMap is left as it is (if it is this
+            // instance's: another's would run its code with this instance's settings).
+            match api.get_opt(&name).await.map_err(api_error(format!("read ConfigMap {namespace}/{name}")))? {
+                None => {
+                    api.patch(&name, &params, &Patch::Apply(config_map))
+                        .await
+                        .map_err(api_error(format!("apply ConfigMap {namespace}/{name}")))?;
+                }
+                Some(existing)
+                    if cluster::instance_label(existing.metadata.labels.as_ref()) == Some(spec.id.as_str()) => {}
+                Some(_) => return Err(taken("ConfigMap", &name)),
+            }
+        }
+        let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), namespace);
+        deployments
+            .patch(&m.name, &params, &Patch::Apply(&m.deployment))
+            .await
+            .map_err(api_error(format!("apply Deployment {namespace}/{}", m.name)))?;
+        let services: Api<Service> = Api::namespaced(self.client.clone(), namespace);
+        match services.patch(&m.name, &params, &Patch::Apply(&m.service)).await {
+            Ok(_) => {}
+            // The node port kept from before is taken (a new cluster): let Kubernetes pick one.
+            Err(kube::Error::Api(status)) if status.code == 422 && spec.node_port.is_some() => {
+                let fresh = manifests::build(
+                    &InstanceSpec { node_port: None, ..spec.clone() },
+                    namespace,
+                    &self.config.pods,
+                    None,
+                )?;
+                services
+                    .patch(&m.name, &params, &Patch::Apply(&fresh.service))
+                    .await
+                    .map_err(api_error(format!("apply Service {namespace}/{}", m.name)))?;
+            }
+            Err(source) => {
+                return Err(KubernetesError::Api { action: format!("apply Service {namespace}/{}", m.name), source });
+            }
+        }
+        let autoscalers: Api<HorizontalPodAutoscaler> = Api::namespaced(self.client.clone(), namespace);
+        match &m.autoscaler {
+            Some(hpa) => {
+                autoscalers
+                    .patch(&m.name, &params, &Patch::Apply(hpa))
+                    .await
+                    .map_err(api_error(format!("apply HorizontalPodAutoscaler {namespace}/{}", m.name)))?;
+            }
+            None => match autoscalers.delete(&m.name, &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(status)) if status.code == 404 => {}
+                Err(source) => {
+                    return Err(KubernetesError::Api {
+                        action: format!("delete HorizontalPodAutoscaler {namespace}/{}", m.name),
+                        source,
+                    });
+                }
+            },
+        }
+        self.remove_renamed(namespace, &m.name, &spec.id).await;
+        Ok(())
+    }
+
+    /// Deletes the instance's Deployments, Services and HPAs of another name than `name`: what
+    /// an older kubefn named differently (see [`names::base_name`]) goes once the new ones are
+    /// there. Best effort; the next apply tries again.
+    pub(super) async fn remove_renamed(&self, namespace: &str, name: &str, id: &str) {
+        let params = ListParams::default().labels(&names::instance_selector_text(id));
+        macro_rules! sweep {
+            ($kind:ty) => {{
+                let api: Api<$kind> = Api::namespaced(self.client.clone(), namespace);
+                if let Ok(list) = api.list_metadata(&params).await {
+                    for old in list.items.into_iter().filter_map(|o| o.metadata.name).filter(|n| n != name) {
+                        tracing::info!(instance = %id, object = %old, "removing an object kubefn named differently before");
+                        let _ = api.delete(&old, &DeleteParams::background()).await;
+                    }
+                }
+            }};
+        }
+        sweep!(Deployment);
+        sweep!(Service);
+        sweep!(HorizontalPodAutoscaler);
+    }
+
+    /// Replicas are set through the scale subresource, never by the applied Deployment: paused
+    /// means 0 (which also suspends the HPA); with an HPA only a Deployment at zero is woken.
+    pub(super) async fn set_replicas(
+        &self,
+        namespace: &str,
+        name: &str,
+        spec: &InstanceSpec,
+    ) -> Result<(), KubernetesError> {
+        let current = self.cluster.deployment_of(&spec.id).and_then(|d| d.spec.and_then(|s| s.replicas));
+        let wanted = replicas_to_set(&spec.spec, spec.paused, spec.replicas, current);
+        if let Some(wanted) = wanted {
+            let api: Api<Deployment> = Api::namespaced(self.client.clone(), namespace);
+            let patch = serde_json::json!({ "spec": { "replicas": wanted } });
+            api.patch_scale(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map_err(api_error(format!("scale Deployment {namespace}/{name} to {wanted}")))?;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn ensure_slot(self: &Arc<Self>, spec: &InstanceSpec, namespace: &str, m: &manifests::Manifests) {
+        let needs_forward = {
+            let mut slots = self.slots.lock();
+            let slot = slots.entry(spec.id.clone()).or_insert_with(|| Slot {
+                namespace: namespace.to_string(),
+                name: m.name.clone(),
+                spec: spec.clone(),
+                fingerprint: String::new(),
+                forward: None,
+                traffic: None,
+                endpoints: watch::channel(Vec::new()).0,
+                next_pod: Arc::default(),
+            });
+            slot.spec = spec.clone();
+            slot.fingerprint = m.fingerprint.clone();
+            let served = spec.spec.service.kind != crate::platform::model::ServiceKind::ExternalName;
+            if self.config.in_cluster && served && slot.traffic.is_none() {
+                // Inside the cluster kubefn dials the pods itself (see `connect`); requests
+                // counted here wake the instance and keep it from idling to zero.
+                let traffic = Arc::new(Traffic::default());
+                slot.traffic = Some(traffic.clone());
+                tokio::spawn(wake_on_demand(traffic, Arc::downgrade(self), spec.id.clone()));
+            }
+            slot.forward.is_none() && !self.config.in_cluster && served
+        };
+        if !needs_forward {
+            return;
+        }
+        let port = manifests::container_port(&spec.spec);
+        let dial = PodDial { pods: Api::namespaced(self.client.clone(), namespace), port };
+        let receiver = self.slots.lock().get(&spec.id).map(|s| s.endpoints.subscribe());
+        let Some(receiver) = receiver else { return };
+        match ForwardingPort::bind_in_range_with(
+            self.config.forward_host,
+            self.config.forward_ports.clone(),
+            receiver,
+            dial,
+            self.config.hold,
+        )
+        .await
+        {
+            Ok(forward) => {
+                let traffic = forward.traffic();
+                if let Some(slot) = self.slots.lock().get_mut(&spec.id) {
+                    slot.forward = Some(forward);
+                    slot.traffic = Some(traffic.clone());
+                }
+                tokio::spawn(wake_on_demand(traffic, Arc::downgrade(self), spec.id.clone()));
+                self.refresh_endpoints();
+            }
+            Err(error) => {
+                tracing::warn!(instance = %spec.id, error = %crate::platform::error_chain(&error), "no port-forward for the instance")
+            }
+        }
+    }
+
+    /// Deletes the ConfigMaps of versions neither desired nor run by a pod.
+    pub(super) async fn prune_config_maps(&self, namespace: &str, spec: &InstanceSpec) {
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), namespace);
+        let Ok(list) = api.list(&ListParams::default().labels(&names::instance_selector_text(&spec.id))).await else {
+            return;
+        };
+        let running = self.cluster.pod_versions(&spec.id);
+        for config_map in list {
+            let version = status::version_of(config_map.metadata.labels.as_ref());
+            if version.is_some_and(|v| v != spec.version && !running.contains(&v))
+                && let Some(name) = config_map.metadata.name
+            {
+                let _ = api.delete(&name, &DeleteParams::default()).await;
+            }
+        }
+    }
+
+    pub(super) async fn delete_in(&self, namespace: &str, selector: &str) -> Result<(), KubernetesError> {
+        let params = ListParams::default().labels(selector);
+        let background = DeleteParams::background();
+        macro_rules! sweep {
+            ($kind:ty, $what:literal) => {{
+                let api: Api<$kind> = Api::namespaced(self.client.clone(), namespace);
+                api.delete_collection(&background, &params)
+                    .await
+                    .map_err(api_error(format!("delete the {} of {selector} in {namespace}", $what)))?;
+            }};
+        }
+        sweep!(HorizontalPodAutoscaler, "HorizontalPodAutoscalers");
+        sweep!(Deployment, "Deployments");
+        sweep!(Service, "Services");
+        sweep!(ConfigMap, "ConfigMaps");
+        // Pods are removed by their ReplicaSet's garbage collection; deleting them directly as
+        // well makes a delete quick even where the garbage collector is slow.
+        sweep!(Pod, "Pods");
+        Ok(())
+    }
+
+    /// Waits until nothing matching `selector` is left in `namespace` (ReplicaSets included).
+    pub(super) async fn wait_gone(&self, namespace: &str, selector: &str, id: &str) -> Result<(), KubernetesError> {
+        const WAIT: Duration = Duration::from_secs(60);
+        let started = Instant::now();
+        let params = ListParams::default().labels(selector).limit(1);
+        loop {
+            let mut left = 0;
+            macro_rules! count {
+                ($kind:ty) => {{
+                    let api: Api<$kind> = Api::namespaced(self.client.clone(), namespace);
+                    left += api
+                        .list_metadata(&params)
+                        .await
+                        .map_err(api_error(format!("list what is left of {selector}")))?
+                        .items
+                        .len();
+                }};
+            }
+            count!(Deployment);
+            count!(k8s_openapi::api::apps::v1::ReplicaSet);
+            count!(Pod);
+            count!(Service);
+            count!(ConfigMap);
+            count!(HorizontalPodAutoscaler);
+            if left == 0 {
+                return Ok(());
+            }
+            if started.elapsed() > WAIT {
+                return Err(KubernetesError::NotGone { id: id.into(), seconds: WAIT.as_secs() });
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
