@@ -3,6 +3,7 @@
 //! [`rest`]; the server functions the pages call live in [`functions`].
 
 pub mod error;
+pub mod forms;
 pub mod functions;
 
 #[cfg(feature = "ssr")]
