@@ -15,10 +15,25 @@ use tower::ServiceExt;
 
 pub const ADMIN: (&str, &str) = ("root", "root-password");
 
+/// kubefn over `dir`, with its node ports in `node_ports` and `extra` settings; cron triggers
+/// run on the clock the tests move (`platform.triggers.tick`).
+async fn launch(dir: &tempfile::TempDir, node_ports: &str, extra: &[&str]) -> Server {
+    let data_dir = dir.path().display().to_string();
+    let admin = format!("{}:{}", ADMIN.0, ADMIN.1);
+    let mut args = vec!["kubefn", "--data-dir", &data_dir, "--node-port-range", node_ports, "--admin", &admin];
+    args.extend(["--drain-seconds", "1", "--reconcile-seconds", "1", "--log", "warn", "--cron", "false"]);
+    args.extend(extra);
+    let config = Config::try_parse_from(args).expect("configuration");
+    let options = leptos::config::get_configuration(None).expect("site options").leptos_options;
+    build_app(&config, options).await.expect("app builds")
+}
+
 pub struct TestApp {
     pub router: Router,
     pub server: Option<Server>,
     pub dir: tempfile::TempDir,
+    /// The app's own block of node ports (`FIRST-LAST`), kept across restarts.
+    node_ports: String,
 }
 
 #[derive(Clone, Copy)]
@@ -46,38 +61,17 @@ impl TestApp {
     /// With more command-line settings (`--outbound-allow …`, say).
     pub async fn start_configured(signup: SignupPolicy, extra: &[&str]) -> TestApp {
         let dir = tempfile::tempdir().expect("temp dir");
-        let data_dir = dir.path().display().to_string();
         // Each app its own block of node ports: the apps of one test binary run side by side,
         // and a port one frees (a test checks it is) must not go to another's next instance.
         static APPS: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
         let block = 30_100 + (APPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 50) * 50;
         let node_ports = format!("{block}-{}", block + 49);
-        // Cron triggers run on the clock the tests move (`platform.triggers.tick`).
-        let mut args = vec![
-            "kubefn",
-            "--data-dir",
-            &data_dir,
-            "--node-port-range",
-            &node_ports,
-            "--drain-seconds",
-            "1",
-            "--reconcile-seconds",
-            "1",
-            "--log",
-            "warn",
-            "--cron",
-            "false",
-        ];
-        args.extend(extra);
-        let admin = format!("{}:{}", ADMIN.0, ADMIN.1);
-        args.extend(["--admin", &admin]);
+        let mut extra = extra.to_vec();
         if signup == SignupPolicy::Closed {
-            args.extend(["--signup", "closed"]);
+            extra.extend(["--signup", "closed"]);
         }
-        let config = Config::try_parse_from(args).expect("configuration");
-        let options = leptos::config::get_configuration(None).expect("site options").leptos_options;
-        let server = build_app(&config, options).await.expect("app builds");
-        TestApp { router: server.router.clone(), server: Some(server), dir }
+        let server = launch(&dir, &node_ports, &extra).await;
+        TestApp { router: server.router.clone(), server: Some(server), dir, node_ports }
     }
 
     pub async fn call(&self, method: Method, path: &str, body: Option<Value>, who: As<'_>) -> Answer {
@@ -139,27 +133,8 @@ impl TestApp {
         if let Some(server) = self.server.take() {
             server.shutdown().await;
         }
-        let data_dir = self.dir.path().display().to_string();
-        let admin = format!("{}:{}", ADMIN.0, ADMIN.1);
-        let args = [
-            "kubefn",
-            "--data-dir",
-            &data_dir,
-            "--drain-seconds",
-            "1",
-            "--reconcile-seconds",
-            "1",
-            "--log",
-            "warn",
-            "--cron",
-            "false",
-            "--admin",
-            &admin,
-        ];
-        let config = Config::try_parse_from(args).expect("configuration");
-        let options = leptos::config::get_configuration(None).expect("site options").leptos_options;
-        let server = build_app(&config, options).await.expect("app builds again");
-        TestApp { router: server.router.clone(), server: Some(server), dir: self.dir }
+        let server = launch(&self.dir, &self.node_ports, &[]).await;
+        TestApp { router: server.router.clone(), server: Some(server), dir: self.dir, node_ports: self.node_ports }
     }
 
     /// Runs the trigger scheduler at `now` and waits for the fires it started.
