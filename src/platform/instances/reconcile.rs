@@ -1,0 +1,199 @@
+//! The reconcile loop: the runtime made to follow the store, usage recorded, followers kept
+//! within their quota.
+
+use super::*;
+
+impl Instances {
+    /// Runs the reconcile loop: once now, then every `period` and whenever a function's current version changes.
+    pub fn spawn_reconciler(&self, period: Duration) -> tokio::task::JoinHandle<()> {
+        let instances = self.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Err(error) = instances.reconcile().await {
+                    tracing::warn!(error = %crate::platform::error_chain(&error), "reconciling instances failed; trying again");
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(period) => {}
+                    () = instances.wake.notified() => {}
+                }
+            }
+        })
+    }
+
+    /// One pass: every recorded instance is applied (new versions roll out, lost ones start
+    /// again), finished deletions are completed, instances the store does not know are
+    /// stopped, and the state each runtime reports is recorded.
+    pub async fn reconcile(&self) -> InstanceResult<()> {
+        let _changing = self.changes.lock().await;
+        let records = self.store.instances(None).await?;
+        let known: HashSet<String> = records.iter().map(|r| r.id.clone()).collect();
+        let mut specs: HashMap<(i64, u32), FunctionSpec> = HashMap::new();
+        let mut user_quotas: HashMap<i64, Quota> = HashMap::new();
+        for record in records {
+            if record.state == InstanceState::Deleting {
+                // In the background: a slow deletion must not hold up everyone's changes.
+                self.spawn_removal(record.id.clone());
+                continue;
+            }
+            let key = (record.function_id, record.function_version);
+            let spec = match specs.get(&key) {
+                Some(spec) => spec.clone(),
+                None => {
+                    let spec = self.version_spec(record.function_id, record.function_version, &record.function).await?;
+                    specs.insert(key, spec.clone());
+                    spec
+                }
+            };
+            let quota = match user_quotas.get(&record.user_id) {
+                Some(quota) => *quota,
+                None => {
+                    let quota = self.quotas.quota_of(record.user_id).await?;
+                    user_quotas.insert(record.user_id, quota);
+                    quota
+                }
+            };
+            let (record, spec) = self.follow_within_quota(record, spec).await?;
+            if let Err(error) = self.apply(&record, spec, quota, ApplyMode::Reconcile).await {
+                let message = error.to_string();
+                tracing::warn!(instance = %record.id, %message, "cannot apply the instance");
+                self.store.set_instance_state(&record.id, InstanceState::Failed, &message).await?;
+                continue;
+            }
+            if let Some(status) = self.runtime.status(&record.id) {
+                self.store.set_instance_state(&record.id, status.state, &status.message).await?;
+                let port = status.node_port.map(|address| address.port());
+                if let Some(port) = port.filter(|port| record.node_port != Some(*port)) {
+                    self.store.set_instance_node_port(&record.id, port).await?;
+                }
+                // The autoscaler's count, so a restart resumes from it (zero while idle is
+                // the runtime's business: the next request wakes it).
+                if !record.paused && status.desired > 0 && status.desired != record.replicas {
+                    self.store.set_instance_desired(&record.id, record.function_version, status.desired, false).await?;
+                }
+                self.record_usage(&record, &status).await?;
+                self.store.record_events(&record.id, &status.events).await?;
+            }
+        }
+        for stray in self.runtime.instance_ids().into_iter().filter(|id| !known.contains(id)) {
+            if self.spawn_removal(stray.clone()).is_some() {
+                tracing::info!(instance = %stray, "stopping an instance the store no longer has");
+            }
+        }
+        let downsample = {
+            let mut meters = self.meters.lock();
+            meters.calls.retain(|id, _| known.contains(id));
+            let due = meters.last_downsample.is_none_or(|last| last.elapsed() >= DOWNSAMPLE_EVERY);
+            if due {
+                meters.last_downsample = Some(Instant::now());
+            }
+            due
+        };
+        if downsample {
+            self.store.downsample_usage(Utc::now()).await?;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn record_usage(&self, record: &InstanceRecord, status: &RuntimeStatus) -> InstanceResult<()> {
+        let id = record.id.as_str();
+        let usage = self.runtime.usage(id).unwrap_or_default();
+        let labels = InstanceLabels::new(&record.function, &record.user);
+        let calls = self.invocations.calls_total(&labels);
+        let now = Instant::now();
+        let requests_per_s = {
+            let mut meters = self.meters.lock();
+            let previous = meters.calls.insert(id.to_string(), (now, calls));
+            previous.and_then(|(at, total)| {
+                let seconds = now.saturating_duration_since(at).as_secs_f64();
+                (seconds > 0.0 && calls >= total).then(|| (calls - total) as f64 / seconds)
+            })
+        };
+        let mut finished = self.invocations.take_finished(&labels);
+        finished.durations_ms.sort_by(f64::total_cmp);
+        let cpu: Vec<f64> = usage.iter().filter_map(|u| u.cpu_millicores).collect();
+        let sample = UsageSample {
+            at: Utc::now(),
+            replicas_desired: status.desired,
+            replicas_ready: status.ready,
+            cpu_millicores: (!cpu.is_empty()).then(|| cpu.iter().sum()),
+            memory_bytes: (!usage.is_empty()).then(|| usage.iter().map(|u| u.memory_bytes).sum()),
+            requests_per_s,
+            p50_ms: percentile(&finished.durations_ms, 0.50),
+            p95_ms: percentile(&finished.durations_ms, 0.95),
+            invocations: finished.ended,
+            errors: finished.failed,
+            autoscaler_load_percent: status.autoscaler.as_ref().and_then(|a| a.load_percent()),
+        };
+        Ok(self.store.insert_usage(id, &sample).await?)
+    }
+
+    /// An instance that follows someone else's function moves to the owner's new version only
+    /// within its own user's quota: an owner raising `scaling.max` or the limits must not run up
+    /// their followers' use. Past the quota, the instance stops following and stays on the
+    /// version it runs, with a Warning event that says why; its user may follow again (a deploy
+    /// with `follow_updates`, checked against the quota) once there is room.
+    pub(super) async fn follow_within_quota(
+        &self,
+        record: InstanceRecord,
+        spec: FunctionSpec,
+    ) -> InstanceResult<(InstanceRecord, FunctionSpec)> {
+        let moving = !record.pinned && record.desired_version != 0 && record.desired_version != record.function_version;
+        if !moving {
+            return Ok((record, spec));
+        }
+        let refusal =
+            match self.check_quota(record.user_id, Some(&record.id), Footprint::of(&spec, record.replicas)).await {
+                Ok(()) => return Ok((record, spec)),
+                Err(InstanceError::Quota(refusal @ QuotaError::Exceeded { .. })) => refusal,
+                Err(other) => return Err(other),
+            };
+        let owner = self.store.function_by_id(record.function_id).await?.map(|f| f.owner_id);
+        if owner == Some(record.user_id) {
+            // The owner's own change was checked when they made it.
+            return Ok((record, spec));
+        }
+        let (stay, new) = (record.desired_version, record.function_version);
+        let why = match &refusal {
+            QuotaError::Exceeded { limit, quota, would_be, .. } => {
+                format!("v{new} would make {would_be} {limit}, over your quota of {quota}")
+            }
+            other => other.to_string(),
+        };
+        let event = EventInfo {
+            at: Utc::now(),
+            kind: "Warning".into(),
+            reason: "OverQuota".into(),
+            message: format!(
+                "stopped following {}'s updates and stays on v{stay}: {why}; follow again once there is room",
+                record.function
+            ),
+        };
+        // The event first: whoever sees the instance pinned also sees why.
+        self.store.record_events(&record.id, &[event]).await?;
+        self.store.set_instance_pin(&record.id, Some(stay)).await?;
+        tracing::warn!(instance = %record.id, stay, new, "an instance stops following its function's updates: over its user's quota");
+        let spec = self.version_spec(record.function_id, stay, &record.function).await?;
+        Ok((InstanceRecord { function_version: stay, pinned: true, ..record }, spec))
+    }
+}
+
+/// The `q` quantile of sorted values (nearest rank), `None` when there are none.
+fn percentile(sorted: &[f64], q: f64) -> Option<f64> {
+    let last = sorted.len().checked_sub(1)?;
+    let rank = ((sorted.len() as f64 * q).ceil() as usize).saturating_sub(1).min(last);
+    sorted.get(rank).copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percentile;
+
+    #[test]
+    fn percentiles_by_nearest_rank() {
+        let values: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&values, 0.50), Some(50.0));
+        assert_eq!(percentile(&values, 0.95), Some(95.0));
+        assert_eq!(percentile(&[7.0], 0.95), Some(7.0));
+        assert_eq!(percentile(&[], 0.5), None);
+    }
+}
