@@ -253,3 +253,20 @@ fn the_cycle_check_reads_use_groups_and_super() {
     }
     assert!(!paths.iter().any(|p| p.starts_with("app")), "test modules are left out: {paths:?}");
 }
+
+/// Longest a source file may be; unit tests live in a `tests.rs` beside a module's `mod.rs`
+/// when they would take it past this.
+const MAX_FILE_LINES: usize = 500;
+
+#[test]
+fn no_source_file_is_over_500_lines() {
+    let over: Vec<String> = modules()
+        .into_iter()
+        .filter(|(_, file)| !file.ends_with("tests.rs"))
+        .filter_map(|(_, file)| {
+            let lines = std::fs::read_to_string(&file).expect("read a source file").lines().count();
+            (lines > MAX_FILE_LINES).then(|| format!("{} ({lines} lines)", file.display()))
+        })
+        .collect();
+    assert!(over.is_empty(), "split these along their seams (docs/ARCHITECTURE.md):\n{}", over.join("\n"));
+}

@@ -169,73 +169,6 @@ pub struct Target {
     pub policy: InvokePolicy,
 }
 
-/// A function's answer on its way back; keeps the invocation counted as in flight until the
-/// body is sent (or dropped).
-pub struct Answer {
-    body: Incoming,
-    _in_flight: InFlight,
-}
-
-impl hyper::body::Body for Answer {
-    type Data = hyper::body::Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.body.size_hint()
-    }
-}
-
-impl Answer {
-    /// Reads the answer's first `keep` bytes and no more (the rest is never buffered: the
-    /// connection is dropped), and whether there was more. Whatever kubefn keeps of an answer
-    /// (a trigger run, a queued call's result, the invoke panel) is read this way, so a function
-    /// streaming gigabytes costs kubefn `keep` bytes.
-    pub async fn read_start(mut self, keep: usize) -> Result<AnswerStart, hyper::Error> {
-        let mut bytes = Vec::new();
-        while let Some(frame) = self.frame().await {
-            let Ok(data) = frame?.into_data() else { continue };
-            let room = keep - bytes.len();
-            if data.len() > room {
-                bytes.extend_from_slice(&data[..room]);
-                return Ok(AnswerStart { bytes, cut: true });
-            }
-            bytes.extend_from_slice(&data);
-        }
-        Ok(AnswerStart { bytes, cut: false })
-    }
-}
-
-/// The start of a function's answer, as [`Answer::read_start`] read it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AnswerStart {
-    /// At most the bytes asked for.
-    pub bytes: Vec<u8>,
-    /// Whether the answer went on past them.
-    pub cut: bool,
-}
-
-impl AnswerStart {
-    /// The bytes as text (invalid UTF-8 replaced), ending in `…` when the answer was cut.
-    pub fn text(&self) -> String {
-        let mut text = String::from_utf8_lossy(&self.bytes).into_owned();
-        if self.cut {
-            text.push('…');
-        }
-        text
-    }
-}
-
 impl Gateway {
     /// A gateway over the store's instances, reaching them through `runtime`, counting in
     /// `metrics`.
@@ -507,38 +440,6 @@ pub fn upstream_uri_of(path_and_query: &str) -> Result<Uri, http::uri::InvalidUr
     }
 }
 
-/// The protocol a request asks to upgrade to (`Connection: upgrade` with `Upgrade: …`).
-fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
-    let asks = headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.split(',').any(|token| token.trim().eq_ignore_ascii_case("upgrade")));
-    if asks { headers.get(http::header::UPGRADE).cloned() } else { None }
-}
-
-fn prepare_upstream(headers: &mut HeaderMap, client: Option<IpAddr>) {
-    let host = headers.get(http::header::HOST).cloned();
-    strip_hop_by_hop(headers);
-    // Credentials for kubefn are not the function's business.
-    headers.remove(http::header::COOKIE);
-    headers.remove(http::header::AUTHORIZATION);
-    if let Some(client) = client {
-        let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            Some(earlier) => format!("{earlier}, {client}"),
-            None => client.to_string(),
-        };
-        if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
-            headers.insert(HeaderName::from_static("x-forwarded-for"), value);
-        }
-    }
-    if let Some(host) = host {
-        headers.insert(HeaderName::from_static("x-forwarded-host"), host);
-    }
-    headers.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static("http"));
-    headers.insert(http::header::HOST, HeaderValue::from_static("function"));
-}
-
 /// Identifies the replicas serving an instance (name, version and restarts of each ready
 /// one): when it changes, pooled connections may reach replicas on their way out.
 fn serving_generation(status: &RuntimeStatus) -> u64 {
@@ -549,125 +450,11 @@ fn serving_generation(status: &RuntimeStatus) -> u64 {
     hasher.finish()
 }
 
-/// What every answer of a function gets on its way to the client. It is served on kubefn's own
-/// origin, so it must not run script there (`Content-Security-Policy: sandbox` gives it an
-/// opaque origin: no access to kubefn's cookies, storage or same-origin API calls), must not be
-/// sniffed into another type, and must not set cookies on kubefn's site (a function could
-/// otherwise plant a session of its choosing).
-fn confine_answer(headers: &mut HeaderMap) {
-    headers.remove(http::header::SET_COOKIE);
-    headers.insert(http::header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("sandbox"));
-    headers.insert(http::header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-}
+mod answer;
+mod headers;
 
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Headers named in Connection are hop-by-hop too.
-    let named: Vec<String> = headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(',').map(|name| name.trim().to_ascii_lowercase()))
-        .collect();
-    for name in HOP_BY_HOP.iter().map(|n| n.to_string()).chain(named) {
-        headers.remove(name.as_str());
-    }
-}
+pub use answer::{Answer, AnswerStart};
+use headers::{confine_answer, prepare_upstream, requested_upgrade, strip_hop_by_hop};
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_limit_grows_with_ready_replicas_and_the_wait_for_a_cold_start_is_bounded() {
-        assert_eq!(admission_limit(0, 3), 0, "no limit");
-        assert_eq!(admission_limit(5, 3), 15);
-        assert_eq!(admission_limit(5, 0), 5, "as many as the first replica takes");
-        assert_eq!(admission_limit(0, 0), COLD_START_QUEUE, "a cold start never queues without bound");
-        assert_eq!(admission_limit(5000, 0), COLD_START_QUEUE);
-    }
-
-    #[test]
-    fn the_upstream_uri_keeps_the_rest_of_the_path_and_the_query() {
-        assert_eq!(upstream_uri("", None).expect("uri"), "/");
-        assert_eq!(upstream_uri("/a/b", Some("x=1&y=2")).expect("uri"), "/a/b?x=1&y=2");
-        assert_eq!(upstream_uri("a", None).expect("uri"), "/a");
-        assert_eq!(upstream_uri_of("/report?full=1").expect("uri"), "/report?full=1");
-        assert_eq!(upstream_uri_of("report").expect("uri"), "/report");
-    }
-
-    #[test]
-    fn hop_by_hop_headers_and_kubefn_credentials_stay_behind() {
-        let mut headers = HeaderMap::new();
-        headers.insert("connection", HeaderValue::from_static("keep-alive, x-private"));
-        headers.insert("x-private", HeaderValue::from_static("secret"));
-        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        headers.insert("cookie", HeaderValue::from_static("kubefn_session=abc"));
-        headers.insert("authorization", HeaderValue::from_static("Bearer kfn_x"));
-        headers.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
-        headers.insert("host", HeaderValue::from_static("kubefn.example"));
-        headers.insert("x-custom", HeaderValue::from_static("kept"));
-        prepare_upstream(&mut headers, Some(IpAddr::from([127, 0, 0, 1])));
-        for gone in ["x-private", "keep-alive", "cookie", "authorization"] {
-            assert!(!headers.contains_key(gone), "{gone} was forwarded");
-        }
-        assert_eq!(headers["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
-        assert_eq!(headers["x-forwarded-host"], "kubefn.example");
-        assert_eq!(headers["x-custom"], "kept");
-        assert!(!headers.contains_key("connection"), "the upstream connection is the gateway's to keep");
-    }
-
-    #[test]
-    fn a_functions_answer_cannot_script_kubefns_origin_or_set_its_cookies() {
-        let mut headers = HeaderMap::new();
-        headers.append("set-cookie", HeaderValue::from_static("kubefn_session=planted; Path=/"));
-        headers.append("set-cookie", HeaderValue::from_static("other=1"));
-        headers.insert("content-security-policy", HeaderValue::from_static("script-src *"));
-        headers.insert("content-type", HeaderValue::from_static("text/html"));
-        confine_answer(&mut headers);
-        assert!(!headers.contains_key("set-cookie"));
-        assert_eq!(headers["content-security-policy"], "sandbox", "the function's own policy cannot loosen it");
-        assert_eq!(headers["x-content-type-options"], "nosniff");
-        assert_eq!(headers["content-type"], "text/html");
-    }
-
-    fn serving(replicas: &[(&str, &str, u32, u32)]) -> RuntimeStatus {
-        RuntimeStatus {
-            state: InstanceState::Ready,
-            message: String::new(),
-            serving_version: Some(1),
-            desired: replicas.len() as u32,
-            ready: 0,
-            node_port: None,
-            port_forward: None,
-            limits: String::new(),
-            replicas: replicas
-                .iter()
-                .map(|(name, state, version, restarts)| crate::platform::model::ReplicaInfo {
-                    name: name.to_string(),
-                    state: state.to_string(),
-                    version: *version,
-                    restarts: *restarts,
-                })
-                .collect(),
-            events: Vec::new(),
-            autoscaler: None,
-        }
-    }
-
-    #[test]
-    fn pooled_connections_are_dropped_when_the_serving_replicas_change() {
-        let one = serving_generation(&serving(&[("v1-r0", "Ready", 1, 0)]));
-        // A replica still starting serves nothing yet: the pool stays.
-        assert_eq!(one, serving_generation(&serving(&[("v1-r0", "Ready", 1, 0), ("v1-r1", "Starting", 1, 0)])));
-        // A scale-out, a restart and a rollout each make a new pool.
-        let changed = [
-            serving(&[("v1-r0", "Ready", 1, 0), ("v1-r1", "Ready", 1, 0)]),
-            serving(&[("v1-r0", "Ready", 1, 1)]),
-            serving(&[("v1-r0", "Ready", 1, 0), ("v2-r0", "Ready", 2, 0)]),
-            serving(&[("v2-r0", "Ready", 2, 0)]),
-        ];
-        for status in &changed {
-            assert_ne!(one, serving_generation(status), "{:?}", status.replicas);
-        }
-    }
-}
+mod tests;

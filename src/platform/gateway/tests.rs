@@ -1,0 +1,97 @@
+//! Unit tests of the parent module.
+
+use super::*;
+
+#[test]
+fn the_limit_grows_with_ready_replicas_and_the_wait_for_a_cold_start_is_bounded() {
+    assert_eq!(admission_limit(0, 3), 0, "no limit");
+    assert_eq!(admission_limit(5, 3), 15);
+    assert_eq!(admission_limit(5, 0), 5, "as many as the first replica takes");
+    assert_eq!(admission_limit(0, 0), COLD_START_QUEUE, "a cold start never queues without bound");
+    assert_eq!(admission_limit(5000, 0), COLD_START_QUEUE);
+}
+
+#[test]
+fn the_upstream_uri_keeps_the_rest_of_the_path_and_the_query() {
+    assert_eq!(upstream_uri("", None).expect("uri"), "/");
+    assert_eq!(upstream_uri("/a/b", Some("x=1&y=2")).expect("uri"), "/a/b?x=1&y=2");
+    assert_eq!(upstream_uri("a", None).expect("uri"), "/a");
+    assert_eq!(upstream_uri_of("/report?full=1").expect("uri"), "/report?full=1");
+    assert_eq!(upstream_uri_of("report").expect("uri"), "/report");
+}
+
+#[test]
+fn hop_by_hop_headers_and_kubefn_credentials_stay_behind() {
+    let mut headers = HeaderMap::new();
+    headers.insert("connection", HeaderValue::from_static("keep-alive, x-private"));
+    headers.insert("x-private", HeaderValue::from_static("secret"));
+    headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+    headers.insert("cookie", HeaderValue::from_static("kubefn_session=abc"));
+    headers.insert("authorization", HeaderValue::from_static("Bearer kfn_x"));
+    headers.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+    headers.insert("host", HeaderValue::from_static("kubefn.example"));
+    headers.insert("x-custom", HeaderValue::from_static("kept"));
+    prepare_upstream(&mut headers, Some(IpAddr::from([127, 0, 0, 1])));
+    for gone in ["x-private", "keep-alive", "cookie", "authorization"] {
+        assert!(!headers.contains_key(gone), "{gone} was forwarded");
+    }
+    assert_eq!(headers["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
+    assert_eq!(headers["x-forwarded-host"], "kubefn.example");
+    assert_eq!(headers["x-custom"], "kept");
+    assert!(!headers.contains_key("connection"), "the upstream connection is the gateway's to keep");
+}
+
+#[test]
+fn a_functions_answer_cannot_script_kubefns_origin_or_set_its_cookies() {
+    let mut headers = HeaderMap::new();
+    headers.append("set-cookie", HeaderValue::from_static("kubefn_session=planted; Path=/"));
+    headers.append("set-cookie", HeaderValue::from_static("other=1"));
+    headers.insert("content-security-policy", HeaderValue::from_static("script-src *"));
+    headers.insert("content-type", HeaderValue::from_static("text/html"));
+    confine_answer(&mut headers);
+    assert!(!headers.contains_key("set-cookie"));
+    assert_eq!(headers["content-security-policy"], "sandbox", "the function's own policy cannot loosen it");
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    assert_eq!(headers["content-type"], "text/html");
+}
+
+fn serving(replicas: &[(&str, &str, u32, u32)]) -> RuntimeStatus {
+    RuntimeStatus {
+        state: InstanceState::Ready,
+        message: String::new(),
+        serving_version: Some(1),
+        desired: replicas.len() as u32,
+        ready: 0,
+        node_port: None,
+        port_forward: None,
+        limits: String::new(),
+        replicas: replicas
+            .iter()
+            .map(|(name, state, version, restarts)| crate::platform::model::ReplicaInfo {
+                name: name.to_string(),
+                state: state.to_string(),
+                version: *version,
+                restarts: *restarts,
+            })
+            .collect(),
+        events: Vec::new(),
+        autoscaler: None,
+    }
+}
+
+#[test]
+fn pooled_connections_are_dropped_when_the_serving_replicas_change() {
+    let one = serving_generation(&serving(&[("v1-r0", "Ready", 1, 0)]));
+    // A replica still starting serves nothing yet: the pool stays.
+    assert_eq!(one, serving_generation(&serving(&[("v1-r0", "Ready", 1, 0), ("v1-r1", "Starting", 1, 0)])));
+    // A scale-out, a restart and a rollout each make a new pool.
+    let changed = [
+        serving(&[("v1-r0", "Ready", 1, 0), ("v1-r1", "Ready", 1, 0)]),
+        serving(&[("v1-r0", "Ready", 1, 1)]),
+        serving(&[("v1-r0", "Ready", 1, 0), ("v2-r0", "Ready", 2, 0)]),
+        serving(&[("v2-r0", "Ready", 2, 0)]),
+    ];
+    for status in &changed {
+        assert_ne!(one, serving_generation(status), "{:?}", status.replicas);
+    }
+}
