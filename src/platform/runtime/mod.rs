@@ -122,14 +122,17 @@ pub enum RuntimeError {
         #[source]
         source: forwarding::ForwardingError,
     },
-    /// Function code cannot be sandboxed on this host.
-    #[error(
-        "function code cannot be sandboxed on this host; install what is missing, or start kubefn with --single-user if you are this machine's only user"
-    )]
-    Sandbox(#[source] local::sandbox::SandboxError),
-    /// The cluster refused or failed an operation.
-    #[error("the Kubernetes cluster could not do it")]
-    Cluster(#[source] Box<kubernetes::KubernetesError>),
+    /// The backend failed in its own terms: the cluster refused or failed an operation, or
+    /// function code cannot be sandboxed on this host. The core needs no more than that, so it
+    /// names neither backend's error type.
+    #[error("{what}")]
+    Backend {
+        /// What failed and what to do, in words for the user.
+        what: &'static str,
+        /// The backend's own error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 /// A running instance's log lines: the recent ones first, then (when following) each new one.

@@ -89,6 +89,6 @@ pub(super) fn api_error(action: impl Into<String>) -> impl FnOnce(kube::Error) -
 
 impl From<KubernetesError> for RuntimeError {
     fn from(error: KubernetesError) -> RuntimeError {
-        RuntimeError::Cluster(Box::new(error))
+        RuntimeError::Backend { what: "the Kubernetes cluster could not do it", source: Box::new(error) }
     }
 }

@@ -204,7 +204,7 @@ impl LocalRuntime {
         let isolation = match &config.sandbox {
             Some(settings) => {
                 let sandbox = Sandbox::detect(settings.clone(), &[config.python.clone(), config.node.clone()])
-                    .map_err(RuntimeError::Sandbox)?;
+                    .map_err(unsandboxable)?;
                 Isolation::Sandboxed(sandbox)
             }
             None => Isolation::SingleUser { open_files: SandboxSettings::default().open_files },
@@ -213,7 +213,7 @@ impl LocalRuntime {
             Ok(cgroups) => Some(cgroups),
             // The sandbox promises kernel-enforced limits; without cgroups it cannot keep that.
             Err(error) if isolation.sandboxed() => {
-                return Err(RuntimeError::Sandbox(super::sandbox::SandboxError::Cgroups(error)));
+                return Err(unsandboxable(super::sandbox::SandboxError::Cgroups(error)));
             }
             Err(error) => {
                 tracing::warn!(error = %crate::platform::error_chain(&error), "limits are not enforced by the kernel (single-user mode)");
@@ -478,5 +478,13 @@ fn stop_leftover_processes(pid_dir: &Path, bootstrap_dir: &Path) {
             }
         }
         let _ = std::fs::remove_file(&path);
+    }
+}
+
+/// The runtime's error when function code cannot be sandboxed on this host.
+fn unsandboxable(source: super::sandbox::SandboxError) -> RuntimeError {
+    RuntimeError::Backend {
+        what: "function code cannot be sandboxed on this host; install what is missing, or start kubefn with --single-user if you are this machine's only user",
+        source: Box::new(source),
     }
 }
