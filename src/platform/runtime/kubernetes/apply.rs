@@ -148,12 +148,24 @@ impl Inner {
         let current = self.cluster.deployment_of(&spec.id).and_then(|d| d.spec.and_then(|s| s.replicas));
         let wanted = replicas_to_set(&spec.spec, spec.paused, spec.replicas, current);
         if let Some(wanted) = wanted {
-            let api: Api<Deployment> = Api::namespaced(self.client.clone(), namespace);
-            let patch = serde_json::json!({ "spec": { "replicas": wanted } });
-            api.patch_scale(name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-                .map_err(api_error(format!("scale Deployment {namespace}/{name} to {wanted}")))?;
+            self.scale_deployment(namespace, name, wanted).await?;
         }
+        Ok(())
+    }
+
+    /// Writes a Deployment's replica count through its scale subresource (nothing else of it
+    /// changes, and an HPA takes over from there).
+    pub(super) async fn scale_deployment(
+        &self,
+        namespace: &str,
+        name: &str,
+        replicas: i32,
+    ) -> Result<(), KubernetesError> {
+        let api: Api<Deployment> = Api::namespaced(self.client.clone(), namespace);
+        let patch = serde_json::json!({ "spec": { "replicas": replicas } });
+        api.patch_scale(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(api_error(format!("scale Deployment {namespace}/{name} to {replicas}")))?;
         Ok(())
     }
 

@@ -27,9 +27,7 @@ impl Inner {
             if !running {
                 continue;
             }
-            let api: Api<Deployment> = Api::namespaced(self.client.clone(), &namespace);
-            let zero = serde_json::json!({ "spec": { "replicas": 0 } });
-            if let Err(error) = api.patch_scale(&name, &PatchParams::default(), &Patch::Merge(&zero)).await {
+            if let Err(error) = self.scale_deployment(&namespace, &name, 0).await {
                 tracing::warn!(instance = %id, %error, "cannot scale the idle instance to zero");
             }
         }
@@ -100,9 +98,8 @@ pub(super) async fn wake_on_demand(traffic: Arc<Traffic>, inner: std::sync::Weak
         let at_zero = inner.cluster.deployment_of(&id).and_then(|d| d.spec.and_then(|s| s.replicas)) == Some(0);
         if at_zero && !spec.paused {
             let replicas = spec.replicas.clamp(spec.spec.scaling.min.max(1), spec.spec.scaling.max.max(1));
-            let api: Api<Deployment> = Api::namespaced(inner.client.clone(), &namespace);
-            let wake = serde_json::json!({ "spec": { "replicas": replicas } });
-            if let Err(error) = api.patch_scale(&name, &PatchParams::default(), &Patch::Merge(&wake)).await {
+            let replicas = i32::try_from(replicas).unwrap_or(i32::MAX);
+            if let Err(error) = inner.scale_deployment(&namespace, &name, replicas).await {
                 tracing::warn!(instance = %id, %error, "cannot wake the instance");
             }
         }

@@ -198,16 +198,8 @@ impl KubernetesRuntime {
         if let Some(slot) = self.inner.slots.lock().get_mut(id) {
             slot.spec.replicas = spec.replicas;
         }
-        let api: Api<Deployment> = Api::namespaced(self.inner.client.clone(), &namespace);
-        let wanted = if spec.paused { 0 } else { spec.replicas };
-        api.patch_scale(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(&serde_json::json!({ "spec": { "replicas": wanted } })),
-        )
-        .await
-        .map_err(api_error(format!("scale Deployment {namespace}/{name} to {wanted}")))
-        .map_err(RuntimeError::from)?;
+        let wanted = if spec.paused { 0 } else { i32::try_from(spec.replicas).unwrap_or(i32::MAX) };
+        self.inner.scale_deployment(&namespace, &name, wanted).await?;
         Ok(())
     }
 }
