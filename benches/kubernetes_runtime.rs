@@ -9,7 +9,7 @@ use figures::{figure, report};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::wait::await_condition;
-use kubefn::platform::model::{FunctionSpec, InstanceState};
+use kubefn::platform::model::{FunctionSpec, InstanceState, Language, ScalingPolicy};
 use kubefn::platform::runtime::kubernetes::{KubernetesConfig, KubernetesRuntime, client};
 use kubefn::platform::runtime::{ApplyMode, InstanceSpec, Runtime};
 use std::time::{Duration, Instant};
@@ -55,10 +55,10 @@ async fn main() {
     let admin = client(&config).await.expect("client");
     let deployments: Api<Deployment> = Api::namespaced(admin, NAMESPACE);
     let runtime = KubernetesRuntime::connect(config).await.expect("runtime");
-    let spec: FunctionSpec = serde_json::from_value(serde_json::json!({
-        "name": "bench", "runtime": "python", "source": "def handle(req):\n    return 'hello'\n", "scaling": {"min": 1, "max": 1}
-    }))
-    .expect("spec");
+    let spec = FunctionSpec {
+        scaling: ScalingPolicy { min: 1, max: 1, ..ScalingPolicy::default() },
+        ..FunctionSpec::new("bench", Language::Python, "def handle(req):\n    return 'hello'\n")
+    };
 
     let (mut plain, mut kubefn, mut deletes) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..ROUNDS {
@@ -74,17 +74,7 @@ async fn main() {
         deployments.delete(&name, &DeleteParams::default()).await.expect("delete");
 
         let id = uuid::Uuid::new_v4().to_string();
-        let instance = InstanceSpec {
-            id: id.clone(),
-            function: spec.name.clone(),
-            user: "bench".into(),
-            version: 1,
-            spec: spec.clone(),
-            replicas: 1,
-            paused: false,
-            node_port: None,
-            user_quota: None,
-        };
+        let instance = InstanceSpec::new(id.clone(), "bench", 1, spec.clone());
         let started = Instant::now();
         runtime.apply(instance, ApplyMode::Reconcile).await.expect("apply");
         let deadline = Instant::now() + Duration::from_secs(60);

@@ -6,7 +6,7 @@
 //! for bench/system.py's report.
 
 use figures::{figure, report};
-use kubefn::platform::model::{FunctionSpec, InstanceState, Language, ScalingPolicy};
+use kubefn::platform::model::{FunctionSpec, InstanceState, Language, Named, ScalingPolicy};
 use kubefn::platform::runtime::local::{LocalConfig, LocalRuntime};
 use kubefn::platform::runtime::{ApplyMode, InstanceSpec, Runtime};
 use std::net::SocketAddr;
@@ -24,31 +24,18 @@ fn hello(language: Language, idle_after: Option<u64>) -> FunctionSpec {
         Language::Python => "def handle(req):\n    return 'hello'\n",
         _ => "module.exports = async () => 'hello';\n",
     };
-    let mut spec: FunctionSpec =
-        serde_json::from_value(serde_json::json!({"name": "bench", "runtime": language.as_str(), "source": source}))
-            .expect("spec");
-    spec.scaling = ScalingPolicy {
+    let scaling = ScalingPolicy {
         min: u32::from(idle_after.is_none()),
         max: 1,
         target_cpu_percent: None,
         scale_to_zero_after_s: idle_after,
         ..ScalingPolicy::default()
     };
-    spec
+    FunctionSpec { scaling, ..FunctionSpec::new("bench", language, source) }
 }
 
 fn instance(id: String, spec: FunctionSpec) -> InstanceSpec {
-    InstanceSpec {
-        id,
-        function: spec.name.clone(),
-        user: "bench".into(),
-        version: 1,
-        spec,
-        replicas: 1,
-        paused: false,
-        node_port: None,
-        user_quota: None,
-    }
+    InstanceSpec::new(id, "bench", 1, spec)
 }
 
 /// Time to the first byte of the answer to one request on a new connection.

@@ -88,34 +88,14 @@ async fn admin() -> Client {
 
 fn python(name: &str, source: &str) -> FunctionSpec {
     FunctionSpec {
-        name: name.into(),
-        runtime: Language::Python,
-        handler: None,
-        source: source.into(),
-        requirements: String::new(),
-        image: None,
-        env: Default::default(),
-        visibility: Default::default(),
-        resources: Default::default(),
         scaling: ScalingPolicy { min: 1, max: 1, target_cpu_percent: None, ..ScalingPolicy::default() },
-        service: Default::default(),
         timeout_s: 30,
-        invoke: Default::default(),
+        ..FunctionSpec::new(name, Language::Python, source)
     }
 }
 
 fn instance(function: &FunctionSpec, user: &str, version: u32) -> InstanceSpec {
-    InstanceSpec {
-        id: uuid::Uuid::new_v4().to_string(),
-        function: function.name.clone(),
-        user: user.into(),
-        version,
-        spec: function.clone(),
-        replicas: 1,
-        paused: false,
-        node_port: None,
-        user_quota: None,
-    }
+    InstanceSpec::new(uuid::Uuid::new_v4().to_string(), user, version, function.clone())
 }
 
 /// Polls the runtime's status until `done` holds (or fails the test, showing the last status).

@@ -80,22 +80,11 @@ impl Harness {
 
 /// A function spec with every default but its name, language, handler and source.
 fn function(name: &str, language: Language, handler: Option<&str>, source: &str) -> FunctionSpec {
-    let spec = serde_json::json!({"name": name, "runtime": language.as_str(), "handler": handler, "source": source});
-    serde_json::from_value(spec).expect("a valid spec")
+    FunctionSpec { handler: handler.map(str::to_string), ..FunctionSpec::new(name, language, source) }
 }
 
 fn instance(id: &str, version: u32, spec: FunctionSpec, replicas: u32) -> InstanceSpec {
-    InstanceSpec {
-        id: id.into(),
-        function: spec.name.clone(),
-        user: "alice".into(),
-        version,
-        spec,
-        replicas,
-        paused: false,
-        node_port: None,
-        user_quota: None,
-    }
+    InstanceSpec { replicas, ..InstanceSpec::new(id, "alice", version, spec) }
 }
 
 async fn post(address: SocketAddr, body: &str) -> (u16, String) {

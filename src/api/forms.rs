@@ -1,6 +1,7 @@
 //! The register/edit form as the pages submit it (every input is text), and its parsing into a
 //! [`FunctionSpec`] with every invalid field named.
 
+use crate::platform::model::Named;
 use crate::platform::model::{
     DEFAULT_MAX_BODY_BYTES, DEFAULT_TIMEOUT_S, FieldError, FunctionSpec, InvokeAccess, InvokePolicy, Language,
     Resources, ScalingPolicy, ServiceKind, ServiceSpec, Visibility,
@@ -113,23 +114,11 @@ impl FunctionForm {
 
     /// The defaults a new function starts from.
     pub fn blank() -> FunctionForm {
-        let mut form = FunctionForm::from_spec(&FunctionSpec {
-            name: String::new(),
-            runtime: Language::Python,
+        FunctionForm::from_spec(&FunctionSpec {
             handler: Some("handle".into()),
-            source: "def handle(req):\n    return \"Hello, \" + (req or \"world\")\n".into(),
-            requirements: String::new(),
-            image: None,
-            env: BTreeMap::new(),
             visibility: Visibility::Private,
-            resources: Resources::default(),
-            scaling: ScalingPolicy::default(),
-            service: ServiceSpec::default(),
-            timeout_s: DEFAULT_TIMEOUT_S,
-            invoke: Default::default(),
-        });
-        form.name.clear();
-        form
+            ..FunctionSpec::new("", Language::Python, "def handle(req):\n    return \"Hello, \" + (req or \"world\")\n")
+        })
     }
 
     /// Parses the text inputs into a spec, naming every input that is not understood.

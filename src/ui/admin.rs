@@ -8,6 +8,7 @@ use super::sortable_table::{Column, SortValue, SortableTable};
 use super::usage_charts::UsageCharts;
 use super::{ErrorNotice, FieldMessage, action_error, ticks};
 use crate::api::functions::{SetUserQuota, admin_dashboard};
+use crate::platform::model::Named;
 use crate::platform::model::{AdminOverview, InstanceInfo, NamedUsage, UsageTotals};
 use leptos::prelude::*;
 use leptos_meta::Title;

@@ -5,6 +5,7 @@ use super::addresses::InstanceAddresses;
 use super::instance_actions::{ConfirmedDelete, InstanceActions, PauseOrResume};
 use super::{ErrorNotice, action_error, refresh_when_changed, short_time};
 use crate::api::functions::{DeployFunction, list_functions, my_instances};
+use crate::platform::model::Named;
 use crate::platform::model::{FunctionListPage, FunctionSummary, InstanceInfo, Visibility};
 use leptos::prelude::*;
 use leptos_meta::Title;

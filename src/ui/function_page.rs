@@ -5,6 +5,7 @@ use super::instance_panel::InstancePanel;
 use super::triggers::TriggersCard;
 use super::{Confirm, ErrorNotice, action_error, short_time};
 use crate::api::functions::{RollbackFunction, UnregisterFunction, get_function};
+use crate::platform::model::Named;
 use crate::platform::model::{FunctionDetail, Language};
 use leptos::prelude::*;
 use leptos_meta::Title;

@@ -3,6 +3,7 @@
 use super::{ErrorNotice, FieldMessage, action_error};
 use crate::api::ApiError;
 use crate::api::functions::{FunctionForm, SaveFunction, get_function};
+use crate::platform::model::Named;
 use crate::platform::model::{InvokeAccess, Language, ServiceKind};
 use leptos::prelude::*;
 use leptos_meta::Title;
@@ -78,7 +79,7 @@ fn FunctionFormView(existing: String, initial: FunctionForm) -> impl IntoView {
                     <label for="f-runtime">"Runtime"</label>
                     <select id="f-runtime" name="form[runtime]"
                         on:change=move |ev| runtime.set(Language::parse(&event_target_value(&ev)).unwrap_or_default())>
-                        {Language::ALL.into_iter().map(|r| view! {
+                        {Language::ALL.iter().copied().map(|r| view! {
                             <option value=r.as_str() selected=r.as_str() == initial.runtime>{r.as_str()}</option>
                         }).collect_view()}
                     </select>
@@ -145,7 +146,7 @@ fn FunctionFormView(existing: String, initial: FunctionForm) -> impl IntoView {
                     <div class="field">
                         <label for="f-service">"Service type"</label>
                         <select id="f-service" name="form[service_type]">
-                            {ServiceKind::ALL.into_iter().filter(|k| *k != ServiceKind::ExternalName).map(|k| view! {
+                            {ServiceKind::ALL.iter().copied().filter(|k| *k != ServiceKind::ExternalName).map(|k| view! {
                                 <option value=k.as_str() selected=k.as_str() == initial.service_type>{k.as_str()}</option>
                             }).collect_view()}
                         </select>
@@ -159,7 +160,7 @@ fn FunctionFormView(existing: String, initial: FunctionForm) -> impl IntoView {
                     <div class="field">
                         <label for="f-invoke-access">"Who may invoke"</label>
                         <select id="f-invoke-access" name="form[invoke_access]">
-                            {InvokeAccess::ALL.into_iter().map(|a| view! {
+                            {InvokeAccess::ALL.iter().copied().map(|a| view! {
                                 <option value=a.as_str() selected=a.as_str() == initial.invoke_access>{match a {
                                     InvokeAccess::Owner => "the instance's user",
                                     InvokeAccess::Token => "any kubefn user (session or API token)",

@@ -8,6 +8,7 @@ use super::session::Session;
 use super::usage_charts::InstanceCharts;
 use super::{ErrorNotice, FieldMessage, action_error, refresh_when_changed, short_time};
 use crate::api::functions::{DeployFunction, InvokeFunction, ScaleInstance, my_instance};
+use crate::platform::model::Named;
 use crate::platform::model::{InstanceInfo, InstanceState, LogEntry};
 use leptos::prelude::*;
 use std::time::Duration;

@@ -3,6 +3,7 @@
 
 use super::{Confirm, ErrorNotice, FieldMessage, action_error, short_time};
 use crate::api::functions::{CreateTrigger, DeleteTrigger, list_triggers};
+use crate::platform::model::Named;
 use crate::platform::model::TriggerInfo;
 use leptos::prelude::*;
 

@@ -11,6 +11,7 @@ use super::gateway::{Gateway, GatewayError, Target, upstream_uri_of};
 use super::model::{AsyncAccepted, AsyncState, AsyncStatus, FieldError};
 use super::outbound::OutboundPolicy;
 use super::store::{AsyncCall, AsyncRecord, AttemptResult, NewAsync, Store, StoreError};
+use crate::platform::model::Named;
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use http_body_util::BodyExt;

@@ -1,6 +1,7 @@
 //! What the API reads of instances: usage series and reports, the admin overview, and logs.
 
 use super::*;
+use crate::platform::model::Named;
 
 impl Instances {
     /// The instance's usage time series since `since`.

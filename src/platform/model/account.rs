@@ -4,29 +4,17 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 /// A user's role.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, strum::IntoStaticStr, strum::VariantArray,
+)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum Role {
     /// Sees own and public functions and own instances.
     #[default]
     User,
     /// Sees and manages everything.
     Admin,
-}
-
-impl Role {
-    /// The name used in JSON and the database.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::User => "user",
-            Role::Admin => "admin",
-        }
-    }
-
-    /// Parses the name used in JSON and the database.
-    pub fn parse(text: &str) -> Option<Role> {
-        [Role::User, Role::Admin].into_iter().find(|r| r.as_str() == text)
-    }
 }
 
 /// The signed-in user as the pages and the API show them.

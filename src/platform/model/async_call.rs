@@ -13,8 +13,9 @@ pub struct AsyncAccepted {
 }
 
 /// Where an async invocation is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr, strum::VariantArray)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum AsyncState {
     /// Waiting for its (next) attempt.
     Queued,
@@ -24,25 +25,6 @@ pub enum AsyncState {
     Succeeded,
     /// It answered 4xx (not retried), or every attempt failed.
     Failed,
-}
-
-impl AsyncState {
-    /// The name used in JSON and the database.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AsyncState::Queued => "queued",
-            AsyncState::Running => "running",
-            AsyncState::Succeeded => "succeeded",
-            AsyncState::Failed => "failed",
-        }
-    }
-
-    /// Parses the name used in JSON and the database.
-    pub fn parse(text: &str) -> Option<AsyncState> {
-        [AsyncState::Queued, AsyncState::Running, AsyncState::Succeeded, AsyncState::Failed]
-            .into_iter()
-            .find(|s| s.as_str() == text)
-    }
 }
 
 /// An async invocation as `GET /api/v1/async/{id}` shows it.

@@ -8,8 +8,11 @@ use std::collections::BTreeMap;
 /// What a function's code is: Python or Node source (run by that language's bootstrap), or a
 /// container image. On the wire and in forms the field is still called `runtime`; not to be
 /// confused with the runtime backends of [`crate::platform::runtime`] (where instances run).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, strum::IntoStaticStr, strum::VariantArray,
+)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum Language {
     /// Python source run by the Python bootstrap.
     #[default]
@@ -20,28 +23,12 @@ pub enum Language {
     Image,
 }
 
-impl Language {
-    /// Every language, in the order the UI offers them.
-    pub const ALL: [Language; 3] = [Language::Python, Language::Node, Language::Image];
-
-    /// The name used in JSON, forms and the database.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Language::Python => "python",
-            Language::Node => "node",
-            Language::Image => "image",
-        }
-    }
-
-    /// Parses the name used in JSON, forms and the database.
-    pub fn parse(text: &str) -> Option<Language> {
-        Language::ALL.into_iter().find(|r| r.as_str() == text)
-    }
-}
-
 /// Who may see and deploy a function besides its owner (admins always may).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, strum::IntoStaticStr, strum::VariantArray,
+)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum Visibility {
     /// Listed for and deployable by every user.
     Public,
@@ -50,23 +37,10 @@ pub enum Visibility {
     Private,
 }
 
-impl Visibility {
-    /// The name used in JSON, forms and the database.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Visibility::Public => "public",
-            Visibility::Private => "private",
-        }
-    }
-
-    /// Parses the name used in JSON, forms and the database.
-    pub fn parse(text: &str) -> Option<Visibility> {
-        [Visibility::Public, Visibility::Private].into_iter().find(|v| v.as_str() == text)
-    }
-}
-
 /// How an instance is exposed, named as the Kubernetes Service types.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, strum::IntoStaticStr, strum::VariantArray,
+)]
 pub enum ServiceKind {
     /// A port on every node (the default: reachable without an ingress).
     #[default]
@@ -77,27 +51,6 @@ pub enum ServiceKind {
     LoadBalancer,
     /// A DNS alias to `external_name`.
     ExternalName,
-}
-
-impl ServiceKind {
-    /// Every kind, in the order the UI offers them.
-    pub const ALL: [ServiceKind; 4] =
-        [ServiceKind::NodePort, ServiceKind::ClusterIP, ServiceKind::LoadBalancer, ServiceKind::ExternalName];
-
-    /// The Kubernetes name of the Service type.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ServiceKind::NodePort => "NodePort",
-            ServiceKind::ClusterIP => "ClusterIP",
-            ServiceKind::LoadBalancer => "LoadBalancer",
-            ServiceKind::ExternalName => "ExternalName",
-        }
-    }
-
-    /// Parses the Kubernetes name of the Service type.
-    pub fn parse(text: &str) -> Option<ServiceKind> {
-        ServiceKind::ALL.into_iter().find(|k| k.as_str() == text)
-    }
 }
 
 /// How an instance is reached.
@@ -212,9 +165,36 @@ pub struct FunctionSpec {
     pub invoke: InvokePolicy,
 }
 
+impl FunctionSpec {
+    /// A spec of `name` on `runtime` running `source`, with every other field at the default a
+    /// registration gets when it leaves that field out (the serde defaults above; a unit test
+    /// holds the two together). Change fields with struct update syntax:
+    /// `FunctionSpec { timeout_s: 5, ..FunctionSpec::new("hello", Language::Python, source) }`.
+    pub fn new(name: impl Into<String>, runtime: Language, source: impl Into<String>) -> FunctionSpec {
+        FunctionSpec {
+            name: name.into(),
+            runtime,
+            handler: None,
+            source: source.into(),
+            requirements: String::new(),
+            image: None,
+            env: BTreeMap::new(),
+            visibility: Visibility::default(),
+            resources: Resources::default(),
+            scaling: ScalingPolicy::default(),
+            service: ServiceSpec::default(),
+            timeout_s: default_timeout_s(),
+            invoke: InvokePolicy::default(),
+        }
+    }
+}
+
 /// Who may invoke an instance through the gateway (`/fn/{user}/{function}/…`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, strum::IntoStaticStr, strum::VariantArray,
+)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum InvokeAccess {
     /// The instance's user and admins (a session or their API token).
     #[default]
@@ -223,25 +203,6 @@ pub enum InvokeAccess {
     Token,
     /// Anyone, without credentials.
     Public,
-}
-
-impl InvokeAccess {
-    /// Every choice, in the order forms show them.
-    pub const ALL: [InvokeAccess; 3] = [InvokeAccess::Owner, InvokeAccess::Token, InvokeAccess::Public];
-
-    /// The name used in JSON and forms.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            InvokeAccess::Owner => "owner",
-            InvokeAccess::Token => "token",
-            InvokeAccess::Public => "public",
-        }
-    }
-
-    /// Parses the name used in JSON and forms.
-    pub fn parse(text: &str) -> Option<InvokeAccess> {
-        InvokeAccess::ALL.into_iter().find(|a| a.as_str() == text)
-    }
 }
 
 /// How the gateway admits invocations of a function's instances.

@@ -4,7 +4,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 /// Where an instance is in its life.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, strum::IntoStaticStr, strum::VariantArray,
+)]
 pub enum InstanceState {
     /// Recorded, not yet handed to the runtime.
     #[default]
@@ -19,35 +21,6 @@ pub enum InstanceState {
     Failed,
     /// Being removed.
     Deleting,
-}
-
-impl InstanceState {
-    /// Every state.
-    pub const ALL: [InstanceState; 6] = [
-        InstanceState::Pending,
-        InstanceState::Deploying,
-        InstanceState::Ready,
-        InstanceState::Paused,
-        InstanceState::Failed,
-        InstanceState::Deleting,
-    ];
-
-    /// The stored and displayed name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            InstanceState::Pending => "Pending",
-            InstanceState::Deploying => "Deploying",
-            InstanceState::Ready => "Ready",
-            InstanceState::Paused => "Paused",
-            InstanceState::Failed => "Failed",
-            InstanceState::Deleting => "Deleting",
-        }
-    }
-
-    /// The state named `text`, if any.
-    pub fn parse(text: &str) -> Option<InstanceState> {
-        InstanceState::ALL.into_iter().find(|s| s.as_str() == text)
-    }
 }
 
 /// Desired and ready replica counts.

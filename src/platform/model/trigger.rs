@@ -52,8 +52,9 @@ pub struct TriggerInfo {
 }
 
 /// How one run of a trigger went.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr, strum::VariantArray)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum RunOutcome {
     /// Invoking now.
     Running,
@@ -63,25 +64,6 @@ pub enum RunOutcome {
     Failed,
     /// Due while kubefn was not running: not fired (recorded so nobody wonders).
     Skipped,
-}
-
-impl RunOutcome {
-    /// The name used in JSON and the database.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RunOutcome::Running => "running",
-            RunOutcome::Ok => "ok",
-            RunOutcome::Failed => "failed",
-            RunOutcome::Skipped => "skipped",
-        }
-    }
-
-    /// Parses the name used in JSON and the database.
-    pub fn parse(text: &str) -> Option<RunOutcome> {
-        [RunOutcome::Running, RunOutcome::Ok, RunOutcome::Failed, RunOutcome::Skipped]
-            .into_iter()
-            .find(|o| o.as_str() == text)
-    }
 }
 
 /// One run of a trigger.

@@ -6,6 +6,7 @@ pub mod bootstrap;
 pub mod forwarding;
 pub mod kubernetes;
 pub mod local;
+pub mod scale_to_zero;
 
 pub use crate::platform::autoscale::AutoscalerStatus;
 use crate::platform::model::{EventInfo, FunctionSpec, HealthCheck, InstanceState, LogEntry, ReplicaInfo};
@@ -34,6 +35,24 @@ pub struct InstanceSpec {
     /// Its user's quota, for runtimes that give each user a namespace to bound (a
     /// ResourceQuota there); `None`: no namespace quota.
     pub user_quota: Option<crate::platform::model::Quota>,
+}
+
+impl InstanceSpec {
+    /// `user`'s instance `id` of `spec` at `version`: one replica, not paused, with no node
+    /// port from before and no namespace quota. Change fields with struct update syntax.
+    pub fn new(id: impl Into<String>, user: impl Into<String>, version: u32, spec: FunctionSpec) -> InstanceSpec {
+        InstanceSpec {
+            id: id.into(),
+            function: spec.name.clone(),
+            user: user.into(),
+            version,
+            spec,
+            replicas: 1,
+            paused: false,
+            node_port: None,
+            user_quota: None,
+        }
+    }
 }
 
 /// What one instance is, as a runtime sees it.

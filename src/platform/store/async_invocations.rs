@@ -3,6 +3,7 @@
 //! kubefn go back to `queued` at start (delivery is at least once).
 
 use super::{Store, StoreResult};
+use crate::platform::model::Named;
 use crate::platform::model::{AsyncState, AsyncStatus};
 use chrono::{DateTime, Utc};
 

@@ -1,6 +1,7 @@
 //! Functions and their immutable, numbered versions.
 
 use super::{Store, StoreError, StoreResult, duplicate_or_query};
+use crate::platform::model::Named;
 use crate::platform::model::{FunctionSpec, Language, VersionInfo, Visibility};
 use chrono::{DateTime, Utc};
 

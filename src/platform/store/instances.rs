@@ -1,6 +1,7 @@
 //! Instances: what each user asked to run. The runtime's view of them is reconciled to this.
 
 use super::{Store, StoreResult};
+use crate::platform::model::Named;
 use crate::platform::model::{EventInfo, InstanceState};
 use chrono::{DateTime, Utc};
 

@@ -185,21 +185,11 @@ mod tests {
         previous.run(old.pool()).await.expect("previous migrations");
 
         let user = old.insert_user("alice", "hash", crate::platform::model::Role::User).await.expect("user");
-        let spec = crate::platform::model::FunctionSpec {
-            name: "hello".into(),
-            runtime: crate::platform::model::Language::Python,
-            handler: None,
-            source: "def handle(req):\n    return req\n".into(),
-            requirements: String::new(),
-            image: None,
-            env: Default::default(),
-            visibility: Default::default(),
-            resources: Default::default(),
-            scaling: Default::default(),
-            service: Default::default(),
-            timeout_s: 60,
-            invoke: Default::default(),
-        };
+        let spec = crate::platform::model::FunctionSpec::new(
+            "hello",
+            crate::platform::model::Language::Python,
+            "def handle(req):\n    return req\n",
+        );
         old.insert_function(user.id, &spec).await.expect("function");
         old.pool().close().await;
 

@@ -3,6 +3,7 @@
 //! fire the same minute twice.
 
 use super::{Store, StoreResult};
+use crate::platform::model::Named;
 use crate::platform::model::{RunOutcome, TriggerRun, TriggerSpec};
 use chrono::{DateTime, Utc};
 

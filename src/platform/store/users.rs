@@ -1,6 +1,7 @@
 //! Users and their password hashes.
 
 use super::{Store, StoreResult, duplicate_or_query};
+use crate::platform::model::Named;
 use crate::platform::model::Role;
 use chrono::Utc;
 

@@ -4,6 +4,7 @@
 //! the form can mark the input. Nothing here touches the store.
 
 use super::model::{FieldError, FunctionSpec, Language, ServiceKind};
+use crate::platform::model::Named;
 
 /// Longest function name: leaves room in 63-character Kubernetes names for `-{user}` and a hash.
 pub const MAX_FUNCTION_NAME: usize = 40;

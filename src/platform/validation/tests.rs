@@ -1,23 +1,13 @@
 //! Unit tests of the parent module.
 
 use super::*;
-use crate::platform::model::{Resources, ScalingPolicy, ServiceSpec, Visibility};
+use crate::platform::model::Visibility;
 
 fn python(name: &str) -> FunctionSpec {
     FunctionSpec {
-        name: name.into(),
-        runtime: Language::Python,
         handler: Some("handle".into()),
-        source: "def handle(req):\n    return req\n".into(),
-        requirements: String::new(),
-        image: None,
-        env: Default::default(),
         visibility: Visibility::Public,
-        resources: Resources::default(),
-        scaling: ScalingPolicy::default(),
-        service: ServiceSpec::default(),
-        timeout_s: 60,
-        invoke: Default::default(),
+        ..FunctionSpec::new(name, Language::Python, "def handle(req):\n    return req\n")
     }
 }
 

@@ -190,7 +190,7 @@ impl Inner {
                 // counted here wake the instance and keep it from idling to zero.
                 let traffic = Arc::new(Traffic::default());
                 slot.traffic = Some(traffic.clone());
-                tokio::spawn(wake_on_demand(traffic, Arc::downgrade(self), spec.id.clone()));
+                self.wake_on_demand(traffic, spec.id.clone());
             }
             slot.forward.is_none() && !self.config.in_cluster && served
         };
@@ -216,7 +216,7 @@ impl Inner {
                     slot.forward = Some(forward);
                     slot.traffic = Some(traffic.clone());
                 }
-                tokio::spawn(wake_on_demand(traffic, Arc::downgrade(self), spec.id.clone()));
+                self.wake_on_demand(traffic, spec.id.clone());
                 self.refresh_endpoints();
             }
             Err(error) => {

@@ -1,12 +1,14 @@
-//! What runs in the background for instances: scale to zero when idle and back on demand,
-//! and usage samples from metrics.k8s.io.
+//! What runs in the background for instances: scale to zero when idle and back on demand (the
+//! policy of [`crate::platform::runtime::scale_to_zero`], carried out on Deployments), and usage
+//! samples from metrics.k8s.io.
 
 use super::*;
+use crate::platform::runtime::scale_to_zero::{idle_past_limit, replicas_on_wake, wake_on_demand};
 
 impl Inner {
     /// Scales instances with `scale_to_zero_after_s` to zero once they saw no request for that
     /// long (through their port-forward, or inside the cluster through kubefn's own dials); the
-    /// next request wakes them ([`wake_on_demand`]). Requests that bypass kubefn (the NodePort)
+    /// next request wakes them ([`Inner::wake`]). Requests that bypass kubefn (the NodePort)
     /// are not seen.
     pub(super) async fn scale_idle_to_zero(&self) {
         let now = Instant::now();
@@ -14,11 +16,9 @@ impl Inner {
             .slots
             .lock()
             .iter()
-            .filter(|(_, slot)| !slot.spec.paused)
             .filter_map(|(id, slot)| {
-                let after = Duration::from_secs(slot.spec.spec.scaling.scale_to_zero_after_s?);
-                let traffic = slot.traffic.as_ref()?;
-                (traffic.idle_for(now) >= after).then(|| (id.clone(), slot.namespace.clone(), slot.name.clone()))
+                idle_past_limit(&slot.spec, slot.traffic.as_ref()?, now)?;
+                Some((id.clone(), slot.namespace.clone(), slot.name.clone()))
             })
             .collect();
         for (id, namespace, name) in idle {
@@ -88,20 +88,30 @@ pub fn replicas_to_set(function: &FunctionSpec, paused: bool, replicas: u32, cur
     (current != Some(wanted)).then_some(wanted)
 }
 
-/// Scales a Deployment left at zero back up when a connection arrives (scale from zero).
-pub(super) async fn wake_on_demand(traffic: Arc<Traffic>, inner: std::sync::Weak<Inner>, id: String) {
-    loop {
-        traffic.demanded().await;
-        let Some(inner) = inner.upgrade() else { return };
-        let slot = inner.slots.lock().get(&id).map(|s| (s.namespace.clone(), s.name.clone(), s.spec.clone()));
+impl Inner {
+    /// Scales instance `id`'s Deployment back up if it was left at zero and is not paused
+    /// (scale from zero, for a request that found no ready pod).
+    async fn wake(&self, id: &str) {
+        let slot = self.slots.lock().get(id).map(|s| (s.namespace.clone(), s.name.clone(), s.spec.clone()));
         let Some((namespace, name, spec)) = slot else { return };
-        let at_zero = inner.cluster.deployment_of(&id).and_then(|d| d.spec.and_then(|s| s.replicas)) == Some(0);
+        let at_zero = self.cluster.deployment_of(id).and_then(|d| d.spec.and_then(|s| s.replicas)) == Some(0);
         if at_zero && !spec.paused {
-            let replicas = spec.replicas.clamp(spec.spec.scaling.min.max(1), spec.spec.scaling.max.max(1));
-            let replicas = i32::try_from(replicas).unwrap_or(i32::MAX);
-            if let Err(error) = inner.scale_deployment(&namespace, &name, replicas).await {
+            let replicas = i32::try_from(replicas_on_wake(&spec)).unwrap_or(i32::MAX);
+            if let Err(error) = self.scale_deployment(&namespace, &name, replicas).await {
                 tracing::warn!(instance = %id, %error, "cannot wake the instance");
             }
         }
+    }
+
+    /// Wakes instance `id` whenever `traffic` sees a request find no ready pod, until the
+    /// instance or the runtime is gone.
+    pub(super) fn wake_on_demand(self: &Arc<Self>, traffic: Arc<Traffic>, id: String) {
+        let inner = Arc::downgrade(self);
+        tokio::spawn(wake_on_demand(traffic, move || {
+            let inner = inner.upgrade()?;
+            let present = inner.slots.lock().contains_key(&id);
+            let id = id.clone();
+            present.then_some(async move { inner.wake(&id).await })
+        }));
     }
 }

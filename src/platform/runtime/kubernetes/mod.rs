@@ -32,7 +32,6 @@ use super::{ApplyMode, InstanceSpec, LogStream, ReplicaUsage, Runtime, RuntimeEr
 use crate::platform::model::Quota;
 use crate::platform::model::{FunctionSpec, HealthCheck, InstanceState};
 pub use background::replicas_to_set;
-use background::wake_on_demand;
 use chrono::{DateTime, Utc};
 use cluster::Cluster;
 use config::kube_config;
@@ -276,21 +275,7 @@ mod tests {
     use crate::platform::model::ScalingPolicy;
 
     fn function(scaling: ScalingPolicy) -> FunctionSpec {
-        FunctionSpec {
-            name: "f".into(),
-            runtime: crate::platform::model::Language::Python,
-            handler: None,
-            source: String::new(),
-            requirements: String::new(),
-            image: None,
-            env: Default::default(),
-            visibility: Default::default(),
-            resources: Default::default(),
-            scaling,
-            service: Default::default(),
-            timeout_s: 60,
-            invoke: Default::default(),
-        }
+        FunctionSpec { scaling, ..FunctionSpec::new("f", crate::platform::model::Language::Python, "") }
     }
 
     #[test]

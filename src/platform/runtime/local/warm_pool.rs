@@ -13,6 +13,7 @@ use super::launch::{self, Launcher, Process};
 use super::logs::{LogBuffer, Stream};
 use super::sandbox::{Bind, Program, inside};
 use crate::platform::model::Language;
+use crate::platform::model::Named;
 use parking_lot::Mutex;
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};

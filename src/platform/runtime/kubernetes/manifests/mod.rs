@@ -8,6 +8,7 @@
 //! re-applying the Deployment never undoes a scaling decision.
 
 use super::names;
+use crate::platform::model::Named;
 use crate::platform::model::{FunctionSpec, Language, ServiceKind};
 use crate::platform::runtime::InstanceSpec;
 use crate::platform::runtime::bootstrap::{self, Bootstrap, HEALTH_PATH, READY_PATH};

@@ -35,31 +35,10 @@ struct Fixture(InstanceSpec);
 impl Fixture {
     fn python() -> Fixture {
         let spec = FunctionSpec {
-            name: "hello".into(),
-            runtime: Language::Python,
-            handler: None,
-            source: "def handle(req):\n    return 'hi'\n".into(),
-            requirements: String::new(),
-            image: None,
             env: [("GREETING".to_string(), "hi".to_string())].into(),
-            visibility: Default::default(),
-            resources: Default::default(),
-            scaling: Default::default(),
-            service: Default::default(),
-            timeout_s: 60,
-            invoke: Default::default(),
+            ..FunctionSpec::new("hello", Language::Python, "def handle(req):\n    return 'hi'\n")
         };
-        Fixture(InstanceSpec {
-            id: "3f2c1d7e-8a9b-4c5d-9e0f-112233445566".into(),
-            function: "hello".into(),
-            user: "alice".into(),
-            version: 2,
-            spec,
-            replicas: 1,
-            paused: false,
-            node_port: None,
-            user_quota: None,
-        })
+        Fixture(InstanceSpec::new("3f2c1d7e-8a9b-4c5d-9e0f-112233445566", "alice", 2, spec))
     }
     fn with(mut self, change: impl FnOnce(&mut InstanceSpec)) -> Fixture {
         change(&mut self.0);

@@ -17,6 +17,7 @@ use super::launch::Launcher;
 use super::logs::{LogBuffer, Stream};
 use super::sandbox::{Bind, Confined, Network, Program, inside};
 use crate::platform::model::Language;
+use crate::platform::model::Named;
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;

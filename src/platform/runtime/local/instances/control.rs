@@ -2,6 +2,7 @@
 //! idle check that scales to zero, and waking on demand.
 
 use super::*;
+use crate::platform::runtime::scale_to_zero::{self, idle_past_limit};
 
 /// Whether the autoscaler owns the replica count: a range to move in and a metric to follow.
 pub(super) fn autoscaled(policy: &ScalingPolicy) -> bool {
@@ -96,14 +97,13 @@ pub(super) fn sample(config: &LocalConfig, slot: &Slot, now: Instant) {
     }
 }
 
-/// Scales an idle instance to zero after its policy's idle time.
+/// Scales an idle instance to zero after its policy's idle time (not while it rolls out or has
+/// yet to start).
 pub(super) fn idle_check(slot: &Slot, state: &mut SlotState, now: Instant) {
-    let Some(after) = state.spec.spec.scaling.scale_to_zero_after_s else { return };
-    if state.idle_at_zero || state.spec.paused || state.rollout.is_some() || state.active.is_none() {
+    if state.idle_at_zero || state.rollout.is_some() || state.active.is_none() {
         return;
     }
-    let idle = slot.traffic.idle_for(now);
-    if idle >= Duration::from_secs(after) {
+    if let Some(idle) = idle_past_limit(&state.spec, &slot.traffic, now) {
         state.idle_at_zero = true;
         state.event("Normal", "ScaledToZero", format!("no request for {} s: scaled to zero", idle.as_secs()));
         state.scale_sets();
@@ -168,13 +168,15 @@ pub(super) fn autoscale(slot: &Slot, state: &mut SlotState, now: Instant) {
     }
 }
 
-/// Waits for connections that find no ready replica and wakes the instance for them.
+/// Wakes the slot's instance whenever a connection finds no ready replica, until the slot is
+/// gone.
 pub(super) async fn wake_on_demand(traffic: Arc<Traffic>, slot: Weak<Slot>) {
-    loop {
-        traffic.demanded().await;
-        let Some(slot) = slot.upgrade() else { return };
+    scale_to_zero::wake_on_demand(traffic, move || {
+        let slot = slot.upgrade()?;
         slot.state.lock().wake("a connection arrived");
-    }
+        Some(std::future::ready(()))
+    })
+    .await;
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ use crate::platform::model::ScalingPolicy;
 use crate::platform::model::{EventInfo, FunctionSpec, HealthCheck, InstanceState, Language, LogEntry, ReplicaInfo};
 use crate::platform::runtime::bootstrap;
 use crate::platform::runtime::forwarding::{ForwardingPort, Traffic, UnixDial};
+use crate::platform::runtime::scale_to_zero::replicas_on_wake;
 use crate::platform::runtime::{
     ApplyMode, InstanceSpec, LogStream, ReplicaUsage, Runtime, RuntimeError, RuntimeStatus,
 };
@@ -162,7 +163,7 @@ impl SlotState {
     fn wake(&mut self, why: &str) {
         if self.idle_at_zero && !self.spec.paused {
             self.idle_at_zero = false;
-            self.spec.replicas = self.spec.replicas.max(1);
+            self.spec.replicas = replicas_on_wake(&self.spec);
             let replicas = self.spec.replicas;
             self.event("Normal", "ScaledFromZero", format!("{why}: starting {replicas} replica(s)"));
             self.scale_sets();

@@ -199,20 +199,8 @@ mod tests {
     use super::*;
 
     fn spec(version: u32) -> InstanceSpec {
-        InstanceSpec {
-            id: "i".into(),
-            function: "f".into(),
-            user: "u".into(),
-            version,
-            spec: serde_json::from_value(
-                serde_json::json!({"name": "f", "runtime": "python", "source": "def handle(req):\n    return req\n"}),
-            )
-            .expect("a spec"),
-            replicas: 1,
-            paused: false,
-            node_port: None,
-            user_quota: None,
-        }
+        let function = FunctionSpec::new("f", Language::Python, "def handle(req):\n    return req\n");
+        InstanceSpec::new("i", "u", version, function)
     }
 
     #[test]
