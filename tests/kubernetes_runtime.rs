@@ -21,7 +21,7 @@ use kubefn::platform::model::{FunctionSpec, InstanceState, Language, ScalingPoli
 use kubefn::platform::runtime::kubernetes::{
     KubernetesConfig, KubernetesRuntime, NetworkIsolation, PackageAccess, PodSettings, access, client, names,
 };
-use kubefn::platform::runtime::{ApplyMode, InstanceSpec, Runtime, RuntimeStatus};
+use kubefn::platform::runtime::{ApplyMode, Endpoint, InstanceSpec, Runtime, RuntimeStatus};
 use serde_json::{Value, json};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -96,6 +96,16 @@ fn python(name: &str, source: &str) -> FunctionSpec {
 
 fn instance(function: &FunctionSpec, user: &str, version: u32) -> InstanceSpec {
     InstanceSpec::new(uuid::Uuid::new_v4().to_string(), user, version, function.clone())
+}
+
+/// The port-forward the runtime routes instance `id` through: outside the cluster, the one
+/// endpoint it offers the gateway.
+async fn port_forward(runtime: &KubernetesRuntime, id: &str) -> std::net::SocketAddr {
+    let route = runtime.connect(id).await.expect("connect");
+    match route.replicas.as_slice() {
+        [Endpoint::Tcp(address)] => *address,
+        other => panic!("expected the port-forward alone, got {other:?}"),
+    }
 }
 
 /// Polls the runtime's status until `done` holds (or fails the test, showing the last status).
@@ -396,7 +406,7 @@ async fn the_hpa_scales_out_on_real_cpu_and_back_and_usage_comes_from_metrics_se
         until(&runtime, &id, "1 replica (the HPA's min)", |s| s.state == InstanceState::Ready && s.ready == 1).await;
     assert!(!ready.limits.contains("usage not available"), "{}", ready.limits);
     let pod = ready.replicas[0].name.clone();
-    let address = runtime.connect(&id).await.expect("connect");
+    let address = port_forward(&runtime, &id).await;
     assert_eq!(invoke(address, "once").await, "burned");
 
     // Four callers keep the pod busy: it uses up to its 500m limit, many times the 50 % of its
@@ -496,7 +506,7 @@ async fn python_node_and_image_functions_answer_through_the_port_forward_and_the
     {
         let status = until(&runtime, &spec.id, "Ready", |s| s.state == InstanceState::Ready && s.ready == 1).await;
         let pod = status.replicas[0].name.clone();
-        let address = runtime.connect(&spec.id).await.expect("connect");
+        let address = port_forward(&runtime, &spec.id).await;
         assert_eq!(Some(address), status.port_forward);
         assert_eq!(invoke(address, "hi").await, format!("{answer}hi"), "{}", spec.function);
         for _ in 0..5 {
@@ -620,7 +630,7 @@ async fn an_idle_instance_goes_to_zero_and_a_connection_wakes_it() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(runtime.status(&id).expect("status").desired, 0);
     // A connection arrives: it is held while the instance wakes, then answered by the new pod.
-    let address = runtime.connect(&id).await.expect("connect");
+    let address = port_forward(&runtime, &id).await;
     let woken = Instant::now();
     let answer = tokio::time::timeout(Duration::from_secs(30), call(address, "POST", "/", "text/plain", "")).await;
     assert!(matches!(&answer, Ok(Ok((200, body))) if body == "x"), "the waking call is answered: {answer:?}");

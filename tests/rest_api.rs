@@ -1120,6 +1120,63 @@ async fn deploys_the_local_runtime_cannot_run_are_refused() {
     app.stop().await;
 }
 
+/// The gateway dials each ready replica itself and sends a request to the one with the fewest
+/// outstanding: while one replica works on a slow call, every other call goes to the idle one
+/// (round robin would have sent half of them to the busy replica, which serves them too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_gateway_sends_each_call_to_the_least_busy_replica() {
+    let app = TestApp::start().await;
+    let alice = app.user("alice").await;
+    let spec = json!({
+        "name": "who", "runtime": "python",
+        "scaling": {"min": 2, "max": 2, "target_cpu_percent": null},
+        "source": "import time, uuid\nME = uuid.uuid4().hex\ndef handle(req):\n    if req == 'slow':\n        time.sleep(3)\n    return ME\n"
+    });
+    assert_eq!(
+        app.call(Method::POST, "/api/v1/functions", Some(spec), As::Cookie(&alice)).await.status,
+        StatusCode::CREATED
+    );
+    let deployed = app.call(Method::POST, "/api/v1/functions/who/deploy", None, As::Cookie(&alice)).await;
+    let id = deployed.body["id"].as_str().expect("id").to_string();
+    app.call(Method::POST, &format!("/api/v1/instances/{id}/scale"), Some(json!({"replicas": 2})), As::Cookie(&alice))
+        .await;
+    app.instance_until(&id, &alice, "two replicas ready", |i| i["replicas"] == json!({"desired": 2, "ready": 2})).await;
+    let invoke = |body: &'static str| {
+        Request::builder()
+            .method(Method::POST)
+            .uri("/fn/alice/who")
+            .header(header::COOKIE, alice.as_str())
+            .body(Body::from(body))
+            .expect("request")
+    };
+    // Both replicas answer at all (the pool reaches each).
+    let mut everyone = std::collections::HashSet::new();
+    for _ in 0..6 {
+        everyone.insert(app.send(invoke("fast")).await.body);
+    }
+    assert_eq!(everyone.len(), 2, "both replicas serve: {everyone:?}");
+
+    let slow = app.send(invoke("slow"));
+    let fast = async {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let mut answers = Vec::new();
+        for _ in 0..6 {
+            let answer = app.send(invoke("fast")).await;
+            assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+            answers.push(answer.body);
+        }
+        answers
+    };
+    let (slow, fast) = tokio::join!(slow, fast);
+    assert_eq!(slow.status, StatusCode::OK, "{}", slow.body);
+    assert!(
+        fast.iter().all(|replica| *replica != slow.body),
+        "a call went to the replica busy with the slow one: slow {} fast {fast:?}",
+        slow.body
+    );
+    app.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_gateway_forwards_to_my_instance_only() {
     let app = TestApp::start().await;

@@ -8,6 +8,8 @@ use super::*;
 pub struct Answer {
     pub(super) body: Incoming,
     pub(super) _in_flight: InFlight,
+    /// Counts the request on its replica (and the instance's traffic) until the answer ends.
+    pub(super) _outstanding: Option<Outstanding>,
 }
 
 impl hyper::body::Body for Answer {

@@ -1,12 +1,13 @@
-//! The gateway's invocation path: `/fn/{user}/{function}/{*path}` reaches that user's instance
-//! through the runtime's connector. Upstream connections are kept alive and reused, which
-//! saves a connection (two, with the runtime's node port) per request; because a reused
-//! connection stays with the replica it first reached, an instance's pool is dropped whenever
-//! the set of replicas serving it changes (a rollout, a scale-out, a restart), so new replicas
-//! get requests at once and old ones only finish what they have. A request to an instance
-//! scaled to zero waits while a replica starts (a cold start). Upgrades (WebSocket) get a
-//! connection of their own: after the instance's 101 the two connections are joined byte for
-//! byte.
+//! The gateway's invocation path: `/fn/{user}/{function}/{*path}` reaches that user's instance.
+//! The runtime says which replicas are ready ([`Runtime::connect`]); the gateway dials them
+//! itself (a local replica's Unix socket, a pod's address; no relay in between, except kubefn's
+//! port-forward from outside a cluster), keeps a keep-alive pool per replica and sends each
+//! request to the replica with the fewest requests outstanding (`upstream.rs`). The pools are
+//! dropped whenever the set of replicas serving the instance changes (a rollout, a scale-out, a
+//! restart), so new replicas get requests at once and old ones only finish what they have. A
+//! request to an instance scaled to zero waits while a replica starts (a cold start). Upgrades
+//! (WebSocket) get a connection of their own: after the instance's 101 the two connections are
+//! joined byte for byte.
 //!
 //! Each function's [`InvokePolicy`] decides who may invoke (owner, any account, anyone), the
 //! largest body (413) and the requests in flight per ready replica (429 with Retry-After);
@@ -15,14 +16,13 @@
 use crate::platform::auth::Principal;
 use crate::platform::metrics::{GatewayMetrics, InFlight, InstanceLabels, Rejection};
 use crate::platform::model::{InstanceState, InvokeAccess, InvokePolicy};
-use crate::platform::runtime::{Runtime, RuntimeError, RuntimeStatus};
+use crate::platform::runtime::{Route, Runtime, RuntimeError, RuntimeStatus};
 use crate::platform::store::{Store, StoreError};
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response, Uri};
 use http_body_util::BodyExt;
 use hyper::body::{Buf, Bytes, Incoming};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -128,21 +128,11 @@ pub struct Gateway {
     store: Store,
     runtime: Arc<dyn Runtime>,
     metrics: Arc<GatewayMetrics>,
-    pools: Arc<Mutex<HashMap<String, UpstreamPool>>>,
+    pools: Arc<Mutex<HashMap<String, InstancePools>>>,
 }
 
 /// The body sent upstream: the caller's, cut at the function's limit.
 type UpstreamBody = http_body_util::combinators::UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
-
-/// Keep-alive connections to one instance, valid while the same replicas serve it.
-struct UpstreamPool {
-    /// [`serving_generation`] when the pool was made.
-    generation: u64,
-    client: Client<HttpConnector, UpstreamBody>,
-}
-
-/// Idle upstream connections are closed after this long (the bootstraps keep them longer).
-const POOL_IDLE: Duration = Duration::from_secs(30);
 
 impl std::fmt::Debug for Gateway {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -176,21 +166,14 @@ impl Gateway {
         Gateway { store, runtime, metrics, pools: Arc::default() }
     }
 
-    /// A client whose connections reach the replicas serving instance `id` now: the pooled
-    /// one while they are the same, else a new one (the old pool's connections close once
-    /// their requests are answered).
-    fn pooled_client(&self, id: &str, generation: u64) -> Client<HttpConnector, UpstreamBody> {
+    /// The replica of instance `id` that `route` offers with the fewest requests outstanding,
+    /// and its pool (see [`InstancePools::choose`]).
+    fn choose(&self, id: &str, generation: u64, route: Route) -> Option<Chosen> {
         let mut pools = self.pools.lock();
-        match pools.get(id) {
-            Some(pool) if pool.generation == generation => pool.client.clone(),
-            _ => {
-                let mut connector = HttpConnector::new();
-                connector.set_nodelay(true);
-                let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(POOL_IDLE).build(connector);
-                pools.insert(id.to_string(), UpstreamPool { generation, client: client.clone() });
-                client
-            }
+        if let Some(pools) = pools.get_mut(id) {
+            return pools.choose(generation, route);
         }
+        pools.entry(id.to_string()).or_default().choose(generation, route)
     }
 
     /// The invocation metrics.
@@ -279,15 +262,15 @@ impl Gateway {
         let started = Instant::now();
         let answer =
             self.forward(&instance_id, generation, request, client, timeout_s, policy.max_body_bytes, function).await;
-        let failed = answer.as_ref().map_or(true, |response| response.status().is_server_error());
+        let failed = answer.as_ref().map_or(true, |(response, _)| response.status().is_server_error());
         let counted = !matches!(answer, Err(GatewayError::TooLarge { .. }));
         if counted {
             self.metrics.called(&labels, started.elapsed().as_secs_f64(), failed);
         } else {
             self.metrics.rejected(&labels, Rejection::TooLarge);
         }
-        let response = answer?;
-        Ok(response.map(|body| Answer { body, _in_flight: in_flight }))
+        let (response, outstanding) = answer?;
+        Ok(response.map(|body| Answer { body, _in_flight: in_flight, _outstanding: outstanding }))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -300,17 +283,19 @@ impl Gateway {
         timeout_s: u32,
         max_body_bytes: u64,
         function: &str,
-    ) -> Result<Response<Incoming>, GatewayError>
+    ) -> Result<(Response<Incoming>, Option<Outstanding>), GatewayError>
     where
         B: hyper::body::Body + Send + 'static,
         B::Data: Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let address = self.runtime.connect(id).await.map_err(|error| match error {
+        let not_ready =
+            || GatewayError::NotRunning { state: "Pending", reason: "it is starting; try again in a moment".into() };
+        let route = self.runtime.connect(id).await.map_err(|error| match error {
             RuntimeError::NotFound { .. } => {
                 // Not (or no longer) in the runtime: nothing to pool for it.
                 self.pools.lock().remove(id);
-                GatewayError::NotRunning { state: "Pending", reason: "it is starting; try again in a moment".into() }
+                not_ready()
             }
             RuntimeError::NotProxied { .. } => GatewayError::NotRunning {
                 state: "not served by the gateway",
@@ -318,6 +303,8 @@ impl Gateway {
             },
             other => GatewayError::Runtime(other),
         })?;
+        let Chosen { endpoint, client: pooled, outstanding } =
+            self.choose(id, generation, route).ok_or_else(not_ready)?;
         // A WebSocket (or other) upgrade keeps its Upgrade and Connection headers, and the
         // client's connection, once upgraded, is joined to the instance's.
         let upgrade = requested_upgrade(request.headers());
@@ -339,8 +326,7 @@ impl Gateway {
                 let mut request = request;
                 request.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("upgrade"));
                 request.headers_mut().insert(http::header::UPGRADE, protocol);
-                let stream = tokio::net::TcpStream::connect(address).await.map_err(GatewayError::Connect)?;
-                let _ = stream.set_nodelay(true);
+                let stream = ReplicaStream::connect(&endpoint).await.map_err(GatewayError::Connect)?;
                 let (mut sender, connection) =
                     hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
                         .await
@@ -352,16 +338,18 @@ impl Gateway {
                 return sender.send_request(request).await.map_err(|error| upstream_error(error.into()));
             }
             let (mut parts, body) = request.into_parts();
-            let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-            parts.uri = format!("http://{address}{path}")
-                .parse()
-                .map_err(|error: http::uri::InvalidUri| GatewayError::Upstream(error.into()))?;
+            // The connector dials the chosen replica whatever the authority says; the Host
+            // header is already `function` (see `prepare_upstream`).
+            let mut uri = std::mem::take(&mut parts.uri).into_parts();
+            uri.scheme = Some(http::uri::Scheme::HTTP);
+            uri.authority = Some(http::uri::Authority::from_static("function"));
+            if uri.path_and_query.is_none() {
+                uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+            }
+            parts.uri = Uri::from_parts(uri).map_err(|error| GatewayError::Upstream(error.into()))?;
             let body =
                 body.map_frame(|frame| frame.map_data(|mut data| data.copy_to_bytes(data.remaining()))).boxed_unsync();
-            self.pooled_client(id, generation)
-                .request(Request::from_parts(parts, body))
-                .await
-                .map_err(|error| upstream_error(error.into()))
+            pooled.request(Request::from_parts(parts, body)).await.map_err(|error| upstream_error(error.into()))
         };
         // The function's own timeout plus a little for a cold start; the bootstrap answers 504
         // itself at its timeout, this bounds a replica that does not answer at all.
@@ -373,6 +361,8 @@ impl Gateway {
         {
             let upstream_upgrade = hyper::upgrade::on(&mut response);
             tokio::spawn(async move {
+                // The joined connection counts as outstanding on its replica while it lasts.
+                let _outstanding = outstanding;
                 match (client_upgrade.await, upstream_upgrade.await) {
                     (Ok(client), Ok(upstream)) => {
                         let (mut client, mut upstream) =
@@ -386,11 +376,11 @@ impl Gateway {
             });
             // The 101 keeps the headers that say what the connection became.
             confine_answer(response.headers_mut());
-            return Ok(response);
+            return Ok((response, None));
         }
         strip_hop_by_hop(response.headers_mut());
         confine_answer(response.headers_mut());
-        Ok(response)
+        Ok((response, Some(outstanding)))
     }
 }
 
@@ -452,9 +442,11 @@ fn serving_generation(status: &RuntimeStatus) -> u64 {
 
 mod answer;
 mod headers;
+mod upstream;
 
 pub use answer::{Answer, AnswerStart};
 use headers::{confine_answer, prepare_upstream, requested_upgrade, strip_hop_by_hop};
+use upstream::{Chosen, InstancePools, Outstanding, ReplicaStream};
 
 #[cfg(test)]
 mod tests;

@@ -85,21 +85,24 @@ impl Traffic {
     }
 }
 
-/// Counts one connection as open until dropped. (How long invocations take is the gateway's
-/// to measure: it sees requests, not connections.)
-struct OpenConnection {
+/// Counts one connection (through a forwarding port) or one request (the gateway dialing a
+/// replica itself) as open until dropped, so the instance is not idle meanwhile and the
+/// autoscaler sees it in flight. (How long invocations take is the gateway's to measure.)
+#[derive(Debug)]
+pub struct OpenTraffic {
     traffic: Arc<Traffic>,
 }
 
-impl OpenConnection {
-    fn new(traffic: Arc<Traffic>) -> OpenConnection {
+impl OpenTraffic {
+    /// Counts one more open connection or request on `traffic`.
+    pub fn new(traffic: Arc<Traffic>) -> OpenTraffic {
         traffic.open.fetch_add(1, Ordering::Relaxed);
         traffic.touch();
-        OpenConnection { traffic }
+        OpenTraffic { traffic }
     }
 }
 
-impl Drop for OpenConnection {
+impl Drop for OpenTraffic {
     fn drop(&mut self) {
         self.traffic.open.fetch_sub(1, Ordering::Relaxed);
         self.traffic.touch();
@@ -219,7 +222,7 @@ impl ForwardingPort {
         let task = tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else { continue };
-                let connection = OpenConnection::new(counted.clone());
+                let connection = OpenTraffic::new(counted.clone());
                 let endpoints = endpoints.clone();
                 let next = next.clone();
                 let dial = dial.clone();
@@ -252,7 +255,7 @@ async fn forward<D: Dial>(
     dial: &D,
     next: Arc<AtomicUsize>,
     hold: Duration,
-    connection: OpenConnection,
+    connection: OpenTraffic,
 ) {
     let _ = client.set_nodelay(true);
     let deadline = tokio::time::Instant::now() + hold;

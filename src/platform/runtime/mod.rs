@@ -55,6 +55,27 @@ impl InstanceSpec {
     }
 }
 
+/// Where one ready replica listens.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    /// A TCP address: a pod's own address inside the cluster, or kubefn's port-forward to the
+    /// instance from outside it.
+    Tcp(SocketAddr),
+    /// A Unix socket file: a local replica, which has no network of its own.
+    Unix(std::path::PathBuf),
+}
+
+/// How the gateway reaches an instance, from [`Runtime::connect`].
+#[derive(Debug)]
+pub struct Route {
+    /// Its ready replicas (at least one), for the gateway to balance over; or the one
+    /// port-forward that balances itself.
+    pub replicas: Vec<Endpoint>,
+    /// Counts the request as open on the instance's traffic until dropped (idle detection,
+    /// requests in flight); `None` where the endpoint counts connections itself.
+    pub in_flight: Option<forwarding::OpenTraffic>,
+}
+
 /// What one instance is, as a runtime sees it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RuntimeStatus {
@@ -211,9 +232,10 @@ pub trait Runtime: Send + Sync + 'static {
     /// What the runtime knows about its own health, for the admin dashboard.
     fn health(&self) -> Vec<HealthCheck>;
 
-    /// An address that reaches a ready replica, waiting up to the runtime's hold time (and
-    /// starting a replica when the instance was scaled to zero).
-    async fn connect(&self, id: &str) -> Result<SocketAddr, RuntimeError>;
+    /// How to reach the instance's ready replicas now, waiting up to the runtime's hold time
+    /// for one (and starting a replica when the instance was scaled to zero). Errs with
+    /// `NotFound` when none became ready in that time.
+    async fn connect(&self, id: &str) -> Result<Route, RuntimeError>;
 
     /// Stops the runtime's own work when kubefn stops: local replica processes (they come back
     /// at the next start), or the cluster's watchers and port-forwards (instances keep running).

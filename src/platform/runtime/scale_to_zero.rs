@@ -9,6 +9,7 @@ use super::forwarding::Traffic;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::watch;
 
 /// How long `instance` has been idle, once that is at least its policy's
 /// `scale_to_zero_after_s`; `None` while it is busy, paused, or never scales to zero.
@@ -40,6 +41,32 @@ where
         traffic.demanded().await;
         let Some(woken) = wake() else { return };
         woken.await;
+    }
+}
+
+/// Waits until `ready()` lists a replica and returns them; checks again at each change that
+/// `changes` signals, for at most `hold`, raising demand on `traffic` meanwhile (which wakes an
+/// instance at zero). `None` when none became ready in time. A request that finds an instance
+/// at zero is held here, not failed.
+pub async fn hold_until_ready<T, Changes>(
+    mut changes: watch::Receiver<Changes>,
+    traffic: Option<&Traffic>,
+    hold: Duration,
+    mut ready: impl FnMut() -> Vec<T>,
+) -> Option<Vec<T>> {
+    let deadline = tokio::time::Instant::now() + hold;
+    loop {
+        changes.borrow_and_update();
+        let replicas = ready();
+        if !replicas.is_empty() {
+            return Some(replicas);
+        }
+        if let Some(traffic) = traffic {
+            traffic.demand();
+        }
+        if tokio::time::timeout_at(deadline, changes.changed()).await.map_or(true, |changed| changed.is_err()) {
+            return None;
+        }
     }
 }
 
@@ -101,5 +128,28 @@ mod tests {
         }
         traffic.demand();
         tokio::time::timeout(Duration::from_secs(5), task).await.expect("the loop ends").expect("no panic");
+    }
+
+    #[tokio::test]
+    async fn a_request_is_held_until_a_replica_is_ready_and_demands_one_meanwhile() {
+        let traffic = Arc::new(Traffic::default());
+        let (ready, changes) = watch::channel(Vec::<u8>::new());
+        let demanded = tokio::spawn({
+            let traffic = traffic.clone();
+            async move { traffic.demanded().await }
+        });
+        let held = tokio::spawn({
+            let traffic = traffic.clone();
+            let ready = ready.subscribe();
+            async move {
+                hold_until_ready(changes, Some(&traffic), Duration::from_secs(30), || ready.borrow().clone()).await
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(5), demanded).await.expect("demand raised").expect("no panic");
+        ready.send_replace(vec![7]);
+        assert_eq!(held.await.expect("no panic"), Some(vec![7]));
+        let (_kept, changes) = watch::channel(());
+        let none = hold_until_ready(changes, None, Duration::from_millis(20), Vec::<u8>::new).await;
+        assert_eq!(none, None, "nothing ready within the hold time");
     }
 }

@@ -180,7 +180,6 @@ impl Inner {
                 forward: None,
                 traffic: None,
                 endpoints: watch::channel(Vec::new()).0,
-                next_pod: Arc::default(),
             });
             slot.spec = spec.clone();
             slot.fingerprint = m.fingerprint.clone();

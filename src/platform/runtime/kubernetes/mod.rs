@@ -101,8 +101,6 @@ struct Slot {
     /// itself): what idleness is judged by and what wakes it from zero.
     traffic: Option<Arc<Traffic>>,
     endpoints: watch::Sender<Vec<String>>,
-    /// Turns of the round robin over ready pods when kubefn dials them itself.
-    next_pod: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 struct Inner {

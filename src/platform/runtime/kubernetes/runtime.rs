@@ -1,6 +1,9 @@
 //! The [`Runtime`] trait over the cluster.
 
 use super::*;
+use crate::platform::runtime::forwarding::OpenTraffic;
+use crate::platform::runtime::scale_to_zero::hold_until_ready;
+use crate::platform::runtime::{Endpoint, Route};
 
 #[async_trait::async_trait]
 impl Runtime for KubernetesRuntime {
@@ -141,12 +144,12 @@ impl Runtime for KubernetesRuntime {
         ]
     }
 
-    async fn connect(&self, id: &str) -> Result<SocketAddr, RuntimeError> {
-        // Outside the cluster: the instance's port-forward. Inside: a ready pod's own address,
-        // from kubefn's pod watch (the endpoints resolved by kubefn itself, so no cluster DNS or
-        // kube-proxy hop is needed), in turn; with none ready, the request waits up to the hold
-        // time while one starts.
-        let (forward, traffic, mut endpoints, next, port) = {
+    async fn connect(&self, id: &str) -> Result<Route, RuntimeError> {
+        // Outside the cluster: the instance's port-forward, which balances and counts itself.
+        // Inside: the ready pods' own addresses, from kubefn's pod watch (the endpoints resolved
+        // by kubefn itself, so no cluster DNS or kube-proxy hop is needed), for the gateway to
+        // balance over; with none ready, the request waits up to the hold time while one starts.
+        let (forward, traffic, endpoints, port) = {
             let slots = self.inner.slots.lock();
             let slot = slots.get(id).ok_or_else(|| RuntimeError::NotFound { id: id.into() })?;
             let spec = &slot.spec.spec;
@@ -154,34 +157,17 @@ impl Runtime for KubernetesRuntime {
                 return Err(RuntimeError::NotProxied { id: id.into() });
             }
             let port = manifests::container_port(spec);
-            (
-                slot.forward.as_ref().map(|f| f.address()),
-                slot.traffic.clone(),
-                slot.endpoints.subscribe(),
-                slot.next_pod.clone(),
-                port,
-            )
+            (slot.forward.as_ref().map(|f| f.address()), slot.traffic.clone(), slot.endpoints.subscribe(), port)
         };
         if let Some(address) = forward {
-            return Ok(address);
+            return Ok(Route { replicas: vec![Endpoint::Tcp(address)], in_flight: None });
         }
-        let deadline = tokio::time::Instant::now() + self.inner.config.hold;
-        loop {
-            if let Some(traffic) = &traffic {
-                traffic.touch();
-            }
-            let ready = self.inner.cluster.ready_pod_ips(id);
-            if !ready.is_empty() {
-                let turn = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                return Ok(SocketAddr::new(ready[turn % ready.len()], port));
-            }
-            if let Some(traffic) = &traffic {
-                traffic.demand();
-            }
-            if tokio::time::timeout_at(deadline, endpoints.changed()).await.map_or(true, |changed| changed.is_err()) {
-                return Err(RuntimeError::NotFound { id: id.into() });
-            }
-        }
+        let in_flight = traffic.clone().map(OpenTraffic::new);
+        let ready = || self.inner.cluster.ready_pod_ips(id);
+        let pods = hold_until_ready(endpoints, traffic.as_deref(), self.inner.config.hold, ready)
+            .await
+            .ok_or_else(|| RuntimeError::NotFound { id: id.into() })?;
+        Ok(Route { replicas: pods.into_iter().map(|ip| Endpoint::Tcp(SocketAddr::new(ip, port))).collect(), in_flight })
     }
 
     async fn shutdown(&self) {

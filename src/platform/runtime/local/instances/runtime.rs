@@ -1,6 +1,9 @@
 //! The [`Runtime`] trait over the local runtime's slots.
 
 use super::*;
+use crate::platform::runtime::forwarding::OpenTraffic;
+use crate::platform::runtime::scale_to_zero::hold_until_ready;
+use crate::platform::runtime::{Endpoint, Route};
 
 fn entry(line: LogLine) -> LogEntry {
     LogEntry { at: line.at, replica: line.replica, stream: line.stream.as_str().to_string(), text: line.text }
@@ -183,10 +186,17 @@ impl Runtime for LocalRuntime {
         vec![sandbox, limits, pool]
     }
 
-    async fn connect(&self, id: &str) -> Result<SocketAddr, RuntimeError> {
+    async fn connect(&self, id: &str) -> Result<Route, RuntimeError> {
+        // The gateway dials the replicas' sockets itself (no hop through the node port), so
+        // the request is counted on the instance's traffic here.
         let slot = self.slot(id)?;
+        let in_flight = OpenTraffic::new(slot.traffic.clone());
         slot.state.lock().wake("a request arrived");
-        Ok(slot.node_address)
+        let ready = || slot.endpoints.borrow().clone();
+        let replicas = hold_until_ready(slot.endpoints.subscribe(), Some(&slot.traffic), self.inner.config.hold, ready)
+            .await
+            .ok_or_else(|| RuntimeError::NotFound { id: id.to_string() })?;
+        Ok(Route { replicas: replicas.into_iter().map(Endpoint::Unix).collect(), in_flight: Some(in_flight) })
     }
 
     async fn shutdown(&self) {
