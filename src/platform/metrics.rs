@@ -6,6 +6,7 @@
 //! The in-flight gauge of an instance is also what the gateway admits requests against, so
 //! the figure Prometheus sees is the figure the limit uses.
 
+use crate::platform::latency::LatencyHistogram;
 use parking_lot::Mutex;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -58,16 +59,13 @@ type DurationFamily = Family<InstanceLabels, Histogram, fn() -> Histogram>;
 /// (the usage samples behind the charts take their latency and errors from here).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct FinishedCalls {
-    /// How long each took, in milliseconds (at most [`KEPT_DURATIONS`] between two readings).
-    pub durations_ms: Vec<f64>,
-    /// How many ended, all of them (`durations_ms` keeps only the first [`KEPT_DURATIONS`]).
+    /// How long they took, in milliseconds, as a histogram (a fixed size whatever the traffic).
+    pub latency: LatencyHistogram,
+    /// How many ended.
     pub ended: u32,
     /// How many failed (5xx from the function or the gateway).
     pub failed: u32,
 }
-
-/// Durations kept between two readings; more are still counted in the totals.
-pub const KEPT_DURATIONS: usize = 10_000;
 
 /// Every gateway metric; cheap to share (the families are reference-counted inside).
 #[derive(Debug)]
@@ -165,10 +163,11 @@ impl GatewayMetrics {
             self.failures.get_or_create(labels).inc();
         }
         let mut finished = self.finished.lock();
-        let calls = finished.entry(labels.clone()).or_default();
-        if calls.durations_ms.len() < KEPT_DURATIONS {
-            calls.durations_ms.push(seconds * 1000.0);
-        }
+        let calls = match finished.get_mut(labels) {
+            Some(calls) => calls,
+            None => finished.entry(labels.clone()).or_default(),
+        };
+        calls.latency.record(seconds * 1000.0);
         calls.ended = calls.ended.saturating_add(1);
         calls.failed += u32::from(failed);
     }
@@ -288,7 +287,8 @@ mod tests {
         // The same calls feed the usage samples, each once.
         assert_eq!(metrics.calls_total(&alice), 2);
         let finished = metrics.take_finished(&alice);
-        assert_eq!((finished.durations_ms, finished.ended, finished.failed), (vec![2.0, 300.0], 2, 1));
+        assert_eq!((finished.latency.count(), finished.ended, finished.failed), (2, 2, 1));
+        assert_eq!(finished.latency.quantile(1.0), Some(300.0));
         assert_eq!(metrics.take_finished(&alice), FinishedCalls::default(), "taken once");
     }
 }

@@ -17,6 +17,8 @@ pub mod gateway;
 #[cfg(feature = "ssr")]
 pub mod instances;
 #[cfg(feature = "ssr")]
+pub mod latency;
+#[cfg(feature = "ssr")]
 pub mod metrics;
 #[cfg(feature = "ssr")]
 pub mod outbound;

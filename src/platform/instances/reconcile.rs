@@ -108,8 +108,7 @@ impl Instances {
                 (seconds > 0.0 && calls >= total).then(|| (calls - total) as f64 / seconds)
             })
         };
-        let mut finished = self.invocations.take_finished(&labels);
-        finished.durations_ms.sort_by(f64::total_cmp);
+        let finished = self.invocations.take_finished(&labels);
         let cpu: Vec<f64> = usage.iter().filter_map(|u| u.cpu_millicores).collect();
         let sample = UsageSample {
             at: Utc::now(),
@@ -118,8 +117,8 @@ impl Instances {
             cpu_millicores: (!cpu.is_empty()).then(|| cpu.iter().sum()),
             memory_bytes: (!usage.is_empty()).then(|| usage.iter().map(|u| u.memory_bytes).sum()),
             requests_per_s,
-            p50_ms: percentile(&finished.durations_ms, 0.50),
-            p95_ms: percentile(&finished.durations_ms, 0.95),
+            p50_ms: finished.latency.quantile(0.50),
+            p95_ms: finished.latency.quantile(0.95),
             invocations: finished.ended,
             errors: finished.failed,
             autoscaler_load_percent: status.autoscaler.as_ref().and_then(|a| a.load_percent()),
@@ -174,26 +173,5 @@ impl Instances {
         tracing::warn!(instance = %record.id, stay, new, "an instance stops following its function's updates: over its user's quota");
         let spec = self.version_spec(record.function_id, stay, &record.function).await?;
         Ok((InstanceRecord { function_version: stay, pinned: true, ..record }, spec))
-    }
-}
-
-/// The `q` quantile of sorted values (nearest rank), `None` when there are none.
-fn percentile(sorted: &[f64], q: f64) -> Option<f64> {
-    let last = sorted.len().checked_sub(1)?;
-    let rank = ((sorted.len() as f64 * q).ceil() as usize).saturating_sub(1).min(last);
-    sorted.get(rank).copied()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::percentile;
-
-    #[test]
-    fn percentiles_by_nearest_rank() {
-        let values: Vec<f64> = (1..=100).map(f64::from).collect();
-        assert_eq!(percentile(&values, 0.50), Some(50.0));
-        assert_eq!(percentile(&values, 0.95), Some(95.0));
-        assert_eq!(percentile(&[7.0], 0.95), Some(7.0));
-        assert_eq!(percentile(&[], 0.5), None);
     }
 }
