@@ -16,7 +16,7 @@
 use crate::platform::auth::Principal;
 use crate::platform::metrics::{GatewayMetrics, InFlight, InstanceLabels, Rejection};
 use crate::platform::model::{InstanceState, InvokeAccess, InvokePolicy};
-use crate::platform::runtime::{Route, Runtime, RuntimeError, RuntimeStatus};
+use crate::platform::runtime::{Route, Runtime, RuntimeError};
 use crate::platform::store::{Store, StoreError};
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response, Uri};
@@ -26,7 +26,6 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -168,12 +167,12 @@ impl Gateway {
 
     /// The replica of instance `id` that `route` offers with the fewest requests outstanding,
     /// and its pool (see [`InstancePools::choose`]).
-    fn choose(&self, id: &str, generation: u64, route: Route) -> Option<Chosen> {
+    fn choose(&self, id: &str, route: Route) -> Option<Chosen> {
         let mut pools = self.pools.lock();
         if let Some(pools) = pools.get_mut(id) {
-            return pools.choose(generation, route);
+            return pools.choose(route);
         }
-        pools.entry(id.to_string()).or_default().choose(generation, route)
+        pools.entry(id.to_string()).or_default().choose(route)
     }
 
     /// The invocation metrics.
@@ -242,15 +241,14 @@ impl Gateway {
         if paused {
             return Err(GatewayError::NotRunning { state: "Paused", reason: "resume it to invoke it".into() });
         }
-        let status = self.runtime.status(&instance_id);
-        let generation = status.as_ref().map_or(0, serving_generation);
-        if let Some(status) = &status
+        let ready = self.runtime.ready_replicas(&instance_id).unwrap_or(0);
+        if ready == 0
+            && let Some(status) = self.runtime.status(&instance_id)
             && status.state == InstanceState::Failed
             && status.serving_version.is_none()
         {
-            return Err(GatewayError::NotRunning { state: "Failed", reason: status.message.clone() });
+            return Err(GatewayError::NotRunning { state: "Failed", reason: status.message });
         }
-        let ready = status.as_ref().map_or(0, |s| s.ready);
         let limit = admission_limit(policy.max_in_flight_per_replica, ready);
         let Some(in_flight) = self.metrics.admit(&labels, limit) else {
             self.metrics.rejected(&labels, Rejection::TooBusy);
@@ -260,8 +258,7 @@ impl Gateway {
             self.metrics.cold_start(&labels);
         }
         let started = Instant::now();
-        let answer =
-            self.forward(&instance_id, generation, request, client, timeout_s, policy.max_body_bytes, function).await;
+        let answer = self.forward(&instance_id, request, client, timeout_s, policy.max_body_bytes, function).await;
         let failed = answer.as_ref().map_or(true, |(response, _)| response.status().is_server_error());
         let counted = !matches!(answer, Err(GatewayError::TooLarge { .. }));
         if counted {
@@ -277,7 +274,6 @@ impl Gateway {
     async fn forward<B>(
         &self,
         id: &str,
-        generation: u64,
         mut request: Request<B>,
         client: Option<IpAddr>,
         timeout_s: u32,
@@ -303,8 +299,7 @@ impl Gateway {
             },
             other => GatewayError::Runtime(other),
         })?;
-        let Chosen { endpoint, client: pooled, outstanding } =
-            self.choose(id, generation, route).ok_or_else(not_ready)?;
+        let Chosen { endpoint, client: pooled, outstanding } = self.choose(id, route).ok_or_else(not_ready)?;
         // A WebSocket (or other) upgrade keeps its Upgrade and Connection headers, and the
         // client's connection, once upgraded, is joined to the instance's.
         let upgrade = requested_upgrade(request.headers());
@@ -428,16 +423,6 @@ pub fn upstream_uri_of(path_and_query: &str) -> Result<Uri, http::uri::InvalidUr
         Some((path, query)) => upstream_uri(path, Some(query)),
         None => upstream_uri(path_and_query, None),
     }
-}
-
-/// Identifies the replicas serving an instance (name, version and restarts of each ready
-/// one): when it changes, pooled connections may reach replicas on their way out.
-fn serving_generation(status: &RuntimeStatus) -> u64 {
-    let mut hasher = std::hash::DefaultHasher::new();
-    for replica in status.replicas.iter().filter(|r| r.state == "Ready") {
-        (&replica.name, replica.version, replica.restarts).hash(&mut hasher);
-    }
-    hasher.finish()
 }
 
 mod answer;

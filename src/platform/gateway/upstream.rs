@@ -97,11 +97,12 @@ struct ReplicaPool {
     outstanding: Arc<AtomicUsize>,
 }
 
-/// The pools of one instance's replicas, valid while the same replicas serve it.
+/// The pools of one instance's replicas, each kept while its replica is ready. A replica's
+/// endpoint is its own: a local replica's socket file is new with each process, a pod's
+/// address is the pod's; so a restarted or replaced replica gets a new pool, and pooled
+/// connections never reach a replica on its way out.
 #[derive(Default)]
 pub(super) struct InstancePools {
-    /// [`serving_generation`] when the pools were made.
-    generation: u64,
     replicas: HashMap<Endpoint, ReplicaPool>,
     /// Where the search for the least busy replica starts, in turn, so ties spread out.
     turn: usize,
@@ -129,13 +130,9 @@ pub(super) struct Chosen {
 
 impl InstancePools {
     /// The replica of `route` with the fewest requests outstanding (the first in turn among
-    /// equals), with its pool; pools of replicas no longer in the route are dropped, and all
-    /// of them when the serving generation changed. `None` for an empty route.
-    pub(super) fn choose(&mut self, generation: u64, route: Route) -> Option<Chosen> {
-        if self.generation != generation {
-            self.replicas.clear();
-            self.generation = generation;
-        }
+    /// equals), with its pool; pools of replicas no longer in the route are dropped. `None`
+    /// for an empty route.
+    pub(super) fn choose(&mut self, route: Route) -> Option<Chosen> {
         if self.replicas.len() != route.replicas.len() || !route.replicas.iter().all(|r| self.replicas.contains_key(r))
         {
             self.replicas.retain(|endpoint, _| route.replicas.contains(endpoint));
@@ -187,16 +184,16 @@ mod tests {
     #[tokio::test]
     async fn requests_go_to_the_replica_with_the_fewest_outstanding() {
         let mut pools = InstancePools::default();
-        let first = pools.choose(1, route(&[1, 2, 3])).expect("a replica");
-        let second = pools.choose(1, route(&[1, 2, 3])).expect("a replica");
-        let third = pools.choose(1, route(&[1, 2, 3])).expect("a replica");
+        let first = pools.choose(route(&[1, 2, 3])).expect("a replica");
+        let second = pools.choose(route(&[1, 2, 3])).expect("a replica");
+        let third = pools.choose(route(&[1, 2, 3])).expect("a replica");
         let mut busy = [port(&first), port(&second), port(&third)];
         busy.sort_unstable();
         assert_eq!(busy, [1, 2, 3], "three requests in flight spread over three replicas");
         let freed = port(&second);
         drop(second);
         for _ in 0..3 {
-            let next = pools.choose(1, route(&[1, 2, 3])).expect("a replica");
+            let next = pools.choose(route(&[1, 2, 3])).expect("a replica");
             assert_eq!(port(&next), freed, "the one idle replica is chosen while the others are busy");
         }
     }
@@ -205,13 +202,17 @@ mod tests {
     async fn equals_take_turns_and_gone_replicas_lose_their_pools() {
         let mut pools = InstancePools::default();
         let turns: std::collections::HashSet<u16> =
-            (0..4).map(|_| port(&pools.choose(1, route(&[1, 2])).expect("a replica"))).collect();
+            (0..4).map(|_| port(&pools.choose(route(&[1, 2])).expect("a replica"))).collect();
         assert_eq!(turns.len(), 2, "idle replicas take turns");
-        let only = pools.choose(1, route(&[2])).expect("a replica");
+        let only = pools.choose(route(&[2])).expect("a replica");
         assert_eq!(port(&only), 2);
         assert_eq!(pools.replicas.len(), 1, "the pool of the replica that left is dropped");
-        let _ = pools.choose(2, route(&[2])).expect("a replica");
-        assert_eq!(pools.generation, 2, "a new generation starts new pools");
-        assert!(pools.choose(2, route(&[])).is_none(), "no replica, no choice");
+        let _ = pools.choose(route(&[3])).expect("a replica");
+        assert!(
+            pools.replicas.contains_key(&route(&[3]).replicas[0]),
+            "a new replica (a restart, a rollout) gets a new pool"
+        );
+        assert_eq!(pools.replicas.len(), 1, "and the pool of the one it replaced goes");
+        assert!(pools.choose(route(&[])).is_none(), "no replica, no choice");
     }
 }

@@ -213,6 +213,10 @@ pub trait Runtime: Send + Sync + 'static {
     /// The instance as it runs, or `None` when it does not run here.
     fn status(&self, id: &str) -> Option<RuntimeStatus>;
 
+    /// How many of the instance's replicas are ready now; `None` for an instance it does not
+    /// run. Cheap: the gateway asks on every request (to admit it and to see a cold start).
+    fn ready_replicas(&self, id: &str) -> Option<u32>;
+
     /// The ids of every instance this runtime runs (the reconcile loop removes strays).
     fn instance_ids(&self) -> Vec<String>;
 

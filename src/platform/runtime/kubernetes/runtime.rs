@@ -52,6 +52,12 @@ impl Runtime for KubernetesRuntime {
         Ok(())
     }
 
+    fn ready_replicas(&self, id: &str) -> Option<u32> {
+        // The slot's endpoints are its ready pods, kept by the pod watch.
+        let ready = self.inner.slots.lock().get(id)?.endpoints.borrow().len();
+        Some(u32::try_from(ready).unwrap_or(u32::MAX))
+    }
+
     fn status(&self, id: &str) -> Option<RuntimeStatus> {
         let deployment = self.inner.cluster.deployment_of(id)?;
         let pods = self.inner.cluster.pods_of(id);

@@ -59,10 +59,24 @@ pub struct Process {
     pub socket: PathBuf,
     /// Its cgroup, where the host has them.
     pub cgroup: Option<Arc<ReplicaCgroup>>,
+    /// The tasks copying its stdout and stderr into the logs; they end once the pipes close,
+    /// which may be a moment after the process itself ended.
+    pub output: Vec<tokio::task::JoinHandle<()>>,
     dirs: Vec<RunDir>,
 }
 
+/// How long the output of an ended process may take to reach the logs: its pipes close when
+/// the last process holding them (a grandchild, too) has gone.
+const OUTPUT_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl Process {
+    /// Waits (at most [`OUTPUT_DRAIN`]) until everything the ended process wrote is in the
+    /// logs, so a failure's reason can quote its last lines.
+    pub async fn drain_output(&mut self) {
+        let tasks = std::mem::take(&mut self.output);
+        let _ = tokio::time::timeout(OUTPUT_DRAIN, futures::future::join_all(tasks)).await;
+    }
+
     /// Removes `dir` (and what is in it) together with the process's run directory.
     pub fn adopt_dir(&mut self, dir: PathBuf) {
         self.dirs.push(RunDir(dir));
@@ -154,7 +168,7 @@ impl Launcher {
             cgroup: cgroup.as_deref(),
         };
         let child = self.isolation.command(&confined).spawn()?;
-        Ok(Process { child, socket: run_host.join(SOCKET_FILE), cgroup, dirs: vec![run_dir] })
+        Ok(Process { child, socket: run_host.join(SOCKET_FILE), cgroup, output: Vec::new(), dirs: vec![run_dir] })
     }
 }
 

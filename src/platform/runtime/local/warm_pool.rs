@@ -242,10 +242,10 @@ async fn start_warm(config: &PoolConfig, index: u64, program: &Path, bootstrap: 
     }
     let output: OutputTarget = Arc::default();
     if let Some(stdout) = process.child.stdout.take() {
-        tokio::spawn(route(stdout, output.clone(), Stream::Stdout));
+        process.output.push(tokio::spawn(route(stdout, output.clone(), Stream::Stdout)));
     }
     if let Some(stderr) = process.child.stderr.take() {
-        tokio::spawn(route(stderr, output.clone(), Stream::Stderr));
+        process.output.push(tokio::spawn(route(stderr, output.clone(), Stream::Stderr)));
     }
     for _ in 0..200 {
         if let Some(status) = process.child.try_wait()? {

@@ -34,6 +34,12 @@ impl Runtime for LocalRuntime {
         self.delete_slot(id, true).await
     }
 
+    fn ready_replicas(&self, id: &str) -> Option<u32> {
+        let slot = self.slot(id).ok()?;
+        let ready = slot.endpoints.borrow().len();
+        Some(u32::try_from(ready).unwrap_or(u32::MAX))
+    }
+
     fn status(&self, id: &str) -> Option<RuntimeStatus> {
         let slot = self.slot(id).ok()?;
         let state = slot.state.lock();

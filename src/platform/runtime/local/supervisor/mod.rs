@@ -320,6 +320,8 @@ async fn supervise(shared: Arc<Shared>, status: Arc<Mutex<ReplicaStatus>>, mut s
                 if let Some(group) = group {
                     terminate_group(child, group, policy.stop_grace).await;
                 }
+                // The reason below quotes the last lines it wrote: let them arrive first.
+                process.drain_output().await;
                 if let Some(path) = &pid_file {
                     let _ = std::fs::remove_file(path);
                 }
@@ -446,17 +448,17 @@ async fn start_process(spec: &LaunchSpec, name: &str, logs: &LogBuffer) -> std::
     let program =
         Program { path: &spec.program, args: &spec.args, env: &spec.env, binds: &spec.binds, workdir: &spec.dir };
     let mut process = spec.launcher.start(&program, &spec.limits)?;
-    collect_output(&mut process.child, logs, name);
+    collect_output(&mut process, logs, name);
     Ok(process)
 }
 
 /// Sends a process's stdout and stderr to `logs` as replica `name`.
-pub fn collect_output(child: &mut Child, logs: &LogBuffer, name: &str) {
-    if let Some(stdout) = child.stdout.take() {
-        tokio::spawn(logs.clone().collect(stdout, name.to_string(), Stream::Stdout));
+pub fn collect_output(process: &mut Process, logs: &LogBuffer, name: &str) {
+    if let Some(stdout) = process.child.stdout.take() {
+        process.output.push(tokio::spawn(logs.clone().collect(stdout, name.to_string(), Stream::Stdout)));
     }
-    if let Some(stderr) = child.stderr.take() {
-        tokio::spawn(logs.clone().collect(stderr, name.to_string(), Stream::Stderr));
+    if let Some(stderr) = process.child.stderr.take() {
+        process.output.push(tokio::spawn(logs.clone().collect(stderr, name.to_string(), Stream::Stderr)));
     }
 }
 
