@@ -284,6 +284,7 @@ error_log {self.dir}/error.log warn;
 events {{ worker_connections 4096; }}
 http {{
   access_log off;
+  client_max_body_size 8m;
   client_body_temp_path {self.dir}/body;
   proxy_temp_path {self.dir}/proxy;
   fastcgi_temp_path {self.dir}/fastcgi;

@@ -170,8 +170,9 @@ impl Inner {
     }
 
     pub(super) async fn ensure_slot(self: &Arc<Self>, spec: &InstanceSpec, namespace: &str, m: &manifests::Manifests) {
-        let needs_forward = {
+        let (fresh, needs_forward) = {
             let mut slots = self.slots.lock();
+            let fresh = !slots.contains_key(&spec.id);
             let slot = slots.entry(spec.id.clone()).or_insert_with(|| Slot {
                 namespace: namespace.to_string(),
                 name: m.name.clone(),
@@ -191,8 +192,13 @@ impl Inner {
                 slot.traffic = Some(traffic.clone());
                 self.wake_on_demand(traffic, spec.id.clone());
             }
-            slot.forward.is_none() && !self.config.in_cluster && served
+            (fresh, slot.forward.is_none() && !self.config.in_cluster && served)
         };
+        if fresh {
+            // Pods that were ready before the slot existed (kubefn restarted) changed no pod
+            // since: read them now rather than at the next pod change.
+            self.refresh_endpoints();
+        }
         if !needs_forward {
             return;
         }

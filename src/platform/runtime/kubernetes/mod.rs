@@ -33,7 +33,7 @@ use crate::platform::model::Quota;
 use crate::platform::model::{FunctionSpec, HealthCheck, InstanceState};
 pub use background::replicas_to_set;
 use chrono::{DateTime, Utc};
-use cluster::Cluster;
+use cluster::{Cluster, ReadyPod};
 use config::kube_config;
 pub use config::{KubernetesConfig, client};
 pub use error::KubernetesError;
@@ -80,11 +80,11 @@ struct PodDial {
 }
 
 impl Dial for PodDial {
-    type Endpoint = String;
+    type Endpoint = ReadyPod;
     type Stream = tokio::io::DuplexStream;
 
-    async fn dial(&self, pod: &String) -> std::io::Result<tokio::io::DuplexStream> {
-        let mut forwarder = self.pods.portforward(pod, &[self.port]).await.map_err(std::io::Error::other)?;
+    async fn dial(&self, pod: &ReadyPod) -> std::io::Result<tokio::io::DuplexStream> {
+        let mut forwarder = self.pods.portforward(&pod.name, &[self.port]).await.map_err(std::io::Error::other)?;
         // The forwarder's task lives on while the stream is open; the stream is all we need.
         forwarder.take_stream(self.port).ok_or_else(|| std::io::Error::other("the port-forward gave no stream"))
     }
@@ -100,7 +100,8 @@ struct Slot {
     /// Requests to the instance (its port-forward's, or inside the cluster those kubefn dials
     /// itself): what idleness is judged by and what wakes it from zero.
     traffic: Option<Arc<Traffic>>,
-    endpoints: watch::Sender<Vec<String>>,
+    /// Its ready pods, kept by the pod watch.
+    endpoints: watch::Sender<Vec<ReadyPod>>,
 }
 
 struct Inner {
@@ -252,10 +253,12 @@ impl Inner {
         Some((deployment.metadata.namespace.clone()?, deployment.metadata.name.clone()?))
     }
 
+    /// Sets every slot's ready pods from the pod watch (one pass over the pods).
     fn refresh_endpoints(&self) {
+        let mut by_instance = self.cluster.ready_pods_by_instance();
         let slots = self.slots.lock();
         for (id, slot) in slots.iter() {
-            let ready = self.cluster.ready_pods(id);
+            let ready = by_instance.remove(id).unwrap_or_default();
             slot.endpoints.send_if_modified(|current| {
                 let changed = *current != ready;
                 if changed {

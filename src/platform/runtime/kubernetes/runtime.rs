@@ -169,11 +169,14 @@ impl Runtime for KubernetesRuntime {
             return Ok(Route { replicas: vec![Endpoint::Tcp(address)], in_flight: None });
         }
         let in_flight = traffic.clone().map(OpenTraffic::new);
-        let ready = || self.inner.cluster.ready_pod_ips(id);
-        let pods = hold_until_ready(endpoints, traffic.as_deref(), self.inner.config.hold, ready)
+        let pods = endpoints.clone();
+        let ready = || -> Vec<Endpoint> {
+            pods.borrow().iter().filter_map(|pod| Some(Endpoint::Tcp(SocketAddr::new(pod.ip?, port)))).collect()
+        };
+        let replicas = hold_until_ready(endpoints, traffic.as_deref(), self.inner.config.hold, ready)
             .await
             .ok_or_else(|| RuntimeError::NotFound { id: id.into() })?;
-        Ok(Route { replicas: pods.into_iter().map(|ip| Endpoint::Tcp(SocketAddr::new(ip, port))).collect(), in_flight })
+        Ok(Route { replicas, in_flight })
     }
 
     async fn shutdown(&self) {

@@ -17,7 +17,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource};
 use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Debug;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -110,6 +110,16 @@ pub async fn streaming_lists_served(client: &Client, namespace: &str) -> bool {
         // An empty namespace may send only the closing bookmark; an answer with no error is support.
         Ok(None) | Err(_) => true,
     }
+}
+
+/// A ready pod of an instance: its name (what a port-forward dials) and its address (what
+/// kubefn inside the cluster dials).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ReadyPod {
+    /// The pod's name.
+    pub name: String,
+    /// The pod's IP address, once it has one.
+    pub ip: Option<IpAddr>,
 }
 
 impl Cluster {
@@ -227,15 +237,22 @@ impl Cluster {
         self.pods.state().into_iter().filter(|p| instance_label(p.metadata.labels.as_ref()) == Some(id)).collect()
     }
 
-    /// The names of the instance's ready pods, sorted (the port-forward's endpoints).
-    pub fn ready_pods(&self, id: &str) -> Vec<String> {
-        let mut ready: Vec<String> = self
-            .pods_of(id)
-            .iter()
-            .filter(|pod| status::is_ready(pod))
-            .filter_map(|p| p.metadata.name.clone())
-            .collect();
-        ready.sort();
+    /// Every instance's ready pods, each sorted, in one pass over the pod watch (kept in each
+    /// instance's slot whenever a pod changes, so no request scans the pods).
+    pub fn ready_pods_by_instance(&self) -> HashMap<String, Vec<ReadyPod>> {
+        let mut ready: HashMap<String, Vec<ReadyPod>> = HashMap::new();
+        for pod in self.pods.state() {
+            let Some(id) = instance_label(pod.metadata.labels.as_ref()) else { continue };
+            if !status::is_ready(&pod) {
+                continue;
+            }
+            let Some(name) = pod.metadata.name.clone() else { continue };
+            let ip = pod.status.as_ref().and_then(|s| s.pod_ip.as_ref()).and_then(|ip| ip.parse().ok());
+            ready.entry(id.to_string()).or_default().push(ReadyPod { name, ip });
+        }
+        for pods in ready.values_mut() {
+            pods.sort();
+        }
         ready
     }
 
@@ -260,19 +277,6 @@ impl Cluster {
         } else {
             None
         }
-    }
-
-    /// The IP addresses of the instance's ready pods, sorted: kubefn inside the cluster dials
-    /// them itself (no cluster DNS or kube-proxy hop in the way).
-    pub fn ready_pod_ips(&self, id: &str) -> Vec<IpAddr> {
-        let mut ips: Vec<IpAddr> = self
-            .pods_of(id)
-            .iter()
-            .filter(|pod| status::is_ready(pod))
-            .filter_map(|p| p.status.as_ref()?.pod_ip.as_ref()?.parse().ok())
-            .collect();
-        ips.sort();
-        ips
     }
 
     /// The versions the instance's pods run.
