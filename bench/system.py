@@ -285,6 +285,7 @@ events {{ worker_connections 4096; }}
 http {{
   access_log off;
   client_max_body_size 8m;
+  client_body_buffer_size 2m;
   client_body_temp_path {self.dir}/body;
   proxy_temp_path {self.dir}/proxy;
   fastcgi_temp_path {self.dir}/fastcgi;
@@ -319,7 +320,9 @@ SCENARIOS = [("latency", 1, 0), ("32 connections", 32, 0), ("256 connections", 2
 def gateway_overhead(server):
     log("gateway overhead: wrk replica / gateway / nginx / node port")
     # One replica throughout: the autoscaler must not change the upstream between runs.
+    # The replica may use as much CPU as the baseline process (no limit there): two cores here.
     server.register(node_function("hello", HELLO, scaling={"min": 1, "max": 1},
+                                  resources={"cpu": "1", "memory": "128Mi", "cpu_limit": "2", "memory_limit": "256Mi"},
                                   invoke={"access": "public", "max_body_bytes": 8 << 20}))
     instance = server.until_ready(server.deploy("hello"))
     node_port = int(instance["urls"]["node_port"].rsplit(":", 1)[1])
