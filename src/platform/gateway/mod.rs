@@ -2,10 +2,11 @@
 //! The runtime says which replicas are ready ([`Runtime::connect`]); the gateway dials them
 //! itself (a local replica's Unix socket, a pod's address; no relay in between, except kubefn's
 //! port-forward from outside a cluster), keeps a keep-alive pool per replica and sends each
-//! request to the replica with the fewest requests outstanding (`upstream.rs`). The pools are
-//! dropped whenever the set of replicas serving the instance changes (a rollout, a scale-out, a
-//! restart), so new replicas get requests at once and old ones only finish what they have. A
-//! request to an instance scaled to zero waits while a replica starts (a cold start). Upgrades
+//! request to the replica with the fewest requests outstanding (`upstream.rs`). A replica's pool
+//! goes when the replica stops being ready, and a new or restarted replica has an endpoint of
+//! its own, so after a rollout, a scale-out or a restart new replicas get requests at once and
+//! old ones only finish what they have. A request to an instance scaled to zero waits while a
+//! replica starts (a cold start). Upgrades
 //! (WebSocket) get a connection of their own: after the instance's 101 the two connections are
 //! joined byte for byte.
 //!
