@@ -4,7 +4,7 @@
 //! setpriv, cgroups) is what stops them; these tests need root, bwrap and writable cgroups,
 //! and fail under CI=true without them.
 
-use process::{Server, free_port};
+use process::{Server, free_port, processes_under};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -390,6 +390,20 @@ fn without_a_sandbox_kubefn_refuses_to_start_unless_single_user() {
     let still_running = single.try_wait().expect("wait").is_none();
     let _ = single.kill();
     let output = single.wait_with_output().expect("output");
+    // Without a sandbox nothing ends its warm processes with it (the next start on this data
+    // directory would, from their pid files); this test starts no next one, so it stops them.
+    for _ in 0..50 {
+        let left = processes_under(data.path());
+        if left.is_empty() {
+            break;
+        }
+        for pid in left {
+            // SAFETY: kill(2) on a process this test's kubefn started; it touches no memory.
+            unsafe { libc::kill(i32::try_from(pid).expect("pid"), libc::SIGKILL) };
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(processes_under(data.path()), Vec::<u32>::new(), "the test leaves nothing running");
     assert!(still_running, "--single-user starts without the sandbox: {}", String::from_utf8_lossy(&output.stderr));
 }
 
