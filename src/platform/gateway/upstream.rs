@@ -4,7 +4,7 @@
 //! replica, except kubefn's port-forward from outside a cluster, which is one endpoint.
 
 use super::*;
-use crate::platform::runtime::forwarding::OpenTraffic;
+use crate::platform::runtime::forwarding::{Dial, OpenTraffic, TcpDial, UnixDial};
 use crate::platform::runtime::{Endpoint, Route};
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -20,16 +20,11 @@ pub(super) enum ReplicaStream {
 }
 
 impl ReplicaStream {
-    /// Connects to `endpoint` (without Nagle's delay on TCP: requests are small and
-    /// latency-bound).
+    /// Connects to `endpoint`, as the forwarding ports dial replicas.
     pub(super) async fn connect(endpoint: &Endpoint) -> std::io::Result<ReplicaStream> {
         match endpoint {
-            Endpoint::Tcp(address) => {
-                let stream = tokio::net::TcpStream::connect(address).await?;
-                let _ = stream.set_nodelay(true);
-                Ok(ReplicaStream::Tcp(stream))
-            }
-            Endpoint::Unix(path) => Ok(ReplicaStream::Unix(tokio::net::UnixStream::connect(path).await?)),
+            Endpoint::Tcp(address) => Ok(ReplicaStream::Tcp(TcpDial.dial(address).await?)),
+            Endpoint::Unix(path) => Ok(ReplicaStream::Unix(UnixDial.dial(path).await?)),
         }
     }
 }

@@ -194,12 +194,13 @@ impl Runtime for LocalRuntime {
 
     async fn connect(&self, id: &str) -> Result<Route, RuntimeError> {
         // The gateway dials the replicas' sockets itself (no hop through the node port), so
-        // the request is counted on the instance's traffic here.
+        // the request is counted on the instance's traffic here. The wake is done here too, so
+        // the hold raises no demand for the wake-on-demand loop to repeat it.
         let slot = self.slot(id)?;
         let in_flight = OpenTraffic::new(slot.traffic.clone());
         slot.state.lock().wake("a request arrived");
         let ready = || slot.endpoints.borrow().clone();
-        let replicas = hold_until_ready(slot.endpoints.subscribe(), Some(&slot.traffic), self.inner.config.hold, ready)
+        let replicas = hold_until_ready(slot.endpoints.subscribe(), None, self.inner.config.hold, ready)
             .await
             .ok_or_else(|| RuntimeError::NotFound { id: id.to_string() })?;
         Ok(Route { replicas: replicas.into_iter().map(Endpoint::Unix).collect(), in_flight: Some(in_flight) })
