@@ -9,6 +9,8 @@ Each figure is measured with its baseline in the same run:
      request bodies on 32; kubefn's CPU time per thousand requests; repeated;
   2. footprint: the server's RSS idle, then with 1,000 registered functions and 100 running
      instances; the catalog's server-side render time with 1,000 functions against /healthz;
+     how cost grows: the catalog's render and RSS at 100, 1,000 and 10,000 functions, and
+     RSS and a log line's latency with 10, 100 and 1,000 live-log followers;
   3. the wasm bundle, raw and gzipped;
   4. seed experiment 1: a CPU-burning function under stepped load, its replicas and CPU over
      time as the autoscaler (the HPA algorithm) acts; a plot; then the same on the test
@@ -20,9 +22,11 @@ writes bench/results/<stamp>.md, .json and the plots, and regenerates the README
 """
 
 import argparse
+import asyncio
 import concurrent.futures
 import datetime
 import gzip
+import http.client
 import http.cookiejar
 import json
 import os
@@ -51,6 +55,13 @@ LOAD_CONNECTIONS = 32
 CONCURRENCY = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 CONCURRENCY_SECONDS = 3
 REGISTERED = 1000
+CATALOG_SCALES = (100, 1000, 10000)  # how the catalog's render grows: 1×, 10×, 100×
+FOLLOWER_SCALES = (10, 100, 1000)  # live-log followers
+FOLLOWS_PER_USER = 8  # MAX_FOLLOWS_PER_USER in src/platform/instances/mod.rs
+LOG_ROUNDS = 10
+KUBE_SCALES = (10, 100, 1000)  # instances of the Kubernetes runtime on kwok nodes
+RECONCILE_WINDOW_S = 15  # reconcile passes averaged over this many seconds at each scale
+LOG_MARK = re.compile(rb"kubefn-mark-(\d+)-")
 RUNNING = 100
 RENDER_ROUNDS = 20
 PER_PAGE = 50  # the catalog's page (FUNCTIONS_PER_PAGE)
@@ -114,7 +125,9 @@ class Server:
         low = 20000 + (self.port % 40) * 1000
         command = [str(binary), "--listen", f"127.0.0.1:{self.port}", "--data-dir", self.dir, "--log", "warn",
                    "--node-port-range", f"{low}-{low + 999}", "--cron", "false", "--admin", "bench-admin:bench-admin-password", *args]
-        self.process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(f"{self.dir}/server.log", "w"))
+        # kubefn logs to stdout; its errors' details (an internal error's ref) are read there.
+        self.process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=open(f"{self.dir}/server.log", "w"),
+                                        stderr=subprocess.STDOUT)
         self.base = f"http://127.0.0.1:{self.port}"
         self.cookies = http.cookiejar.CookieJar()
         self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.cookies))
@@ -488,8 +501,93 @@ def autoscaling_on_kubernetes(binary, site):
         subprocess.run([str(ROOT / "k8s/testcluster/stop.sh"), cluster], capture_output=True)
 
 
+def reconcile_totals(server):
+    """The reconcile loop's passes so far: (seconds in all, how many), from /metrics (admins)."""
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+    login = urllib.request.Request(server.base + "/api/v1/login", method="POST", headers={"content-type": "application/json"},
+                                   data=json.dumps({"name": "bench-admin", "password": "bench-admin-password"}).encode())
+    opener.open(login, timeout=60).read()
+    text = opener.open(server.base + "/metrics", timeout=60).read().decode()
+    figures = dict(line.rsplit(" ", 1) for line in text.splitlines() if line.startswith("reconcile_pass_seconds_"))
+    return float(figures["reconcile_pass_seconds_sum"]), int(figures["reconcile_pass_seconds_count"])
+
+
+def kubernetes_growth(binary, site):
+    """How kubefn with the Kubernetes runtime grows with 10, 100 and 1,000 instances: its RSS
+    (the watch caches of pods, Deployments and Events included) and the reconcile pass, on the
+    test control plane's kwok nodes (no process runs in their pods, so only kubefn and the
+    apiserver do work)."""
+    log(f"Kubernetes runtime growth: {', '.join(f'{n:,}' for n in KUBE_SCALES)} instances on kwok nodes")
+    cluster = tempfile.mkdtemp(prefix="kubefn-bench-cluster.")
+    pods_per_node = 110
+    env = dict(os.environ, KUBEFN_CLUSTER_OWNER_PID=str(os.getpid()),
+               KUBEFN_CLUSTER_NODES=str(-(-max(KUBE_SCALES) // (pods_per_node - 10))),
+               KUBEFN_CLUSTER_NODE_SIZE=f"64 1Ti {pods_per_node}")
+    started = subprocess.run([str(ROOT / "k8s/testcluster/start.sh"), cluster], capture_output=True, text=True, env=env)
+    if started.returncode != 0:
+        raise RuntimeError(f"the test cluster did not start: {started.stderr[-2000:]}")
+    server = None
+    try:
+        server = Server(binary, site, ["--runtime", "kubernetes", "--kubeconfig", started.stdout.strip(),
+                                       "--python-image", "kubefn.test/python:3.11-bookworm", "--node-selector", "type=kwok",
+                                       "--tolerations", "kwok.x-k8s.io/node=fake:NoSchedule",
+                                       "--port-forward-range", "41000-42999"])
+        server.sign_up()
+        server.raise_quota()
+        ids, results = [], []
+        for scale in KUBE_SCALES:
+            began, previous = time.monotonic(), len(ids)
+            for n in range(previous, scale):
+                server.register({"name": f"k-{n:04d}", "runtime": "python", "source": "def handle(req):\n    return 'x'\n",
+                                 "scaling": {"min": 1, "max": 1}})
+                ids.append(server.deploy(f"k-{n:04d}"))
+            added = scale - previous
+            for instance_id in ids[previous:]:
+                server.until_ready(instance_id, seconds=900)
+            ready_s = time.monotonic() - began
+            time.sleep(5)
+            seconds_before, passes_before = reconcile_totals(server)
+            rss = []
+            for _ in range(RECONCILE_WINDOW_S):
+                rss.append(server.rss_kib() / 1024)
+                time.sleep(1)
+            seconds_after, passes_after = reconcile_totals(server)
+            passes = passes_after - passes_before
+            results.append({"instances": scale, "rss_mib": statistics.median(rss), "passes": passes,
+                            "reconcile_ms": (seconds_after - seconds_before) / max(passes, 1) * 1000,
+                            "deploy_to_ready_s": ready_s, "added": added})
+            log(f"  {scale} instances: RSS {results[-1]['rss_mib']:.1f} MiB, reconcile pass {results[-1]['reconcile_ms']:.1f} ms, "
+                f"{added} more Ready in {ready_s:.0f} s")
+        return results
+    finally:
+        if server is not None:
+            server.stop()
+        subprocess.run([str(ROOT / "k8s/testcluster/stop.sh"), cluster], capture_output=True)
+
+
+def timed_get(server, path, rounds=RENDER_ROUNDS):
+    """`rounds` GETs of `path`: their times in ms and the last body."""
+    samples = []
+    for _ in range(rounds):
+        began = time.perf_counter()
+        status, body = server.request("GET", path, raw=True)
+        samples.append((time.perf_counter() - began) * 1000)
+        if status != 200:
+            raise RuntimeError(f"GET {path}: {status}")
+    return samples, body
+
+
+def catalog_render(server, registered):
+    """The catalog's first page with `registered` functions: GET / times (ms) and its size."""
+    catalog, page = timed_get(server, "/")
+    rows = page.count(b"data-function=")
+    if rows != PER_PAGE or f"1–{PER_PAGE} of {registered}".encode() not in page.replace(b",", b""):
+        raise RuntimeError(f"the catalog showed {rows} functions, not page 1 of {registered}")
+    return catalog, page
+
+
 def footprint(binary, site):
-    log("footprint: idle, then 1,000 functions and 100 instances; catalog render")
+    log(f"footprint: idle, then {', '.join(f'{n:,}' for n in CATALOG_SCALES)} functions and {RUNNING} instances; catalog render")
     server = Server(binary, site)
     try:
         time.sleep(3)
@@ -499,12 +597,26 @@ def footprint(binary, site):
             time.sleep(0.5)
         server.sign_up()
         server.raise_quota()
-        started = time.monotonic()
-        for n in range(REGISTERED):
-            server.register({"name": f"fn-{n:04d}", "runtime": "python", "source": "def handle(req):\n    return 'x'\n",
-                             "scaling": {"min": 1, "max": 1}})
-        registering_s = time.monotonic() - started
-        ids = [server.deploy(f"fn-{n:04d}") for n in range(RUNNING)]
+        registered, registering_s, growth = 0, 0.0, []
+
+        def register_up_to(count):
+            nonlocal registered, registering_s
+            started = time.monotonic()
+            for n in range(registered, count):
+                server.register({"name": f"fn-{n:05d}", "runtime": "python", "source": "def handle(req):\n    return 'x'\n",
+                                 "scaling": {"min": 1, "max": 1}})
+            registering_s += time.monotonic() - started
+            registered = count
+            health, _ = timed_get(server, "/healthz")
+            catalog, _ = catalog_render(server, count)
+            growth.append({"functions": count, "catalog_ms": statistics.median(catalog) - statistics.median(health),
+                           "rss_mib": server.rss_kib() / 1024})
+
+        for count in CATALOG_SCALES:
+            if count <= REGISTERED:
+                register_up_to(count)
+        register_per_function_ms = registering_s / registered * 1000
+        ids = [server.deploy(f"fn-{n:05d}") for n in range(RUNNING)]
         for instance_id in ids:
             server.until_ready(instance_id, seconds=300)
         time.sleep(5)  # a few usage samples and reconcile passes with everything running
@@ -513,33 +625,141 @@ def footprint(binary, site):
             loaded.append(server.rss_kib() / 1024)
             time.sleep(0.5)
         replicas_mib = children_rss_kib(server.process.pid) / 1024
-
-        def timed(path):
-            samples = []
-            for _ in range(RENDER_ROUNDS):
-                began = time.perf_counter()
-                status, body = server.request("GET", path, raw=True)
-                samples.append((time.perf_counter() - began) * 1000)
-                if status != 200:
-                    raise RuntimeError(f"GET {path}: {status}")
-            return samples, body
-
-        health, _ = timed("/healthz")
-        catalog, page = timed("/")
-        rows = page.count(b"data-function=")
-        if rows != PER_PAGE or f"1–{PER_PAGE} of {REGISTERED}".encode() not in page:
-            raise RuntimeError(f"the catalog showed {rows} functions, not page 1 of {REGISTERED}")
+        health, _ = timed_get(server, "/healthz")
+        catalog, page = catalog_render(server, REGISTERED)
+        for count in CATALOG_SCALES:
+            if count > REGISTERED:
+                register_up_to(count)
         return {
             "idle_mib": median_spread(idle),
             "loaded_mib": median_spread(loaded),
             "replicas_rss_mib": replicas_mib,
-            "register_per_function_ms": registering_s / REGISTERED * 1000,
+            "register_per_function_ms": register_per_function_ms,
             "catalog_ms": median_spread(catalog),
             "healthz_ms": median_spread(health),
             "catalog_bytes": len(page),
+            "catalog_growth": growth,
         }
     finally:
         server.stop()
+
+
+def session_cookie(server, name, n):
+    """Signs `name` up on `server` and returns its session cookie (`name=value`). Each user signs
+    up from a loopback address of its own (127.0.x.y, the `n`th), as distinct clients would:
+    kubefn limits sign-ups per client address."""
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60,
+                                            source_address=(f"127.0.{1 + n // 250}.{2 + n % 250}", 0))
+    try:
+        connection.request("POST", "/api/v1/signup", json.dumps({"name": name, "password": f"{name}-password"}),
+                           {"content-type": "application/json"})
+        response = connection.getresponse()
+        response.read()
+        if response.status != 201:
+            raise RuntimeError(f"signing up {name}: {response.status}")
+        return response.getheader("set-cookie").split(";", 1)[0]
+    finally:
+        connection.close()
+
+
+def as_user(server, cookie, method, path, body=None):
+    """One request as the user of session `cookie`: JSON for a dict body, bytes as they are."""
+    headers = {"cookie": cookie}
+    if isinstance(body, dict):
+        body, headers["content-type"] = json.dumps(body).encode(), "application/json"
+    request = urllib.request.Request(server.base + path, data=body, method=method, headers=headers)
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return response.read()
+
+
+async def follow_logs(port, cookie, instance_id, arrivals, opened):
+    """Follows one instance's live log over SSE and stamps when each marked line arrives."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write((f"GET /api/v1/instances/{instance_id}/logs?follow=true HTTP/1.1\r\nHost: bench\r\n"
+                  f"Cookie: {cookie}\r\nAccept: text/event-stream\r\n\r\n").encode())
+    await writer.drain()
+    head = await reader.readuntil(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 200"):
+        raise RuntimeError(f"following {instance_id}: {head.splitlines()[0].decode()}")
+    opened.release()
+    tail, seen = b"", set()
+    try:
+        while True:
+            chunk = await reader.read(65536)
+            if not chunk:
+                return
+            now = time.perf_counter()
+            text = tail + chunk
+            for mark in map(int, LOG_MARK.findall(text)):
+                if mark not in seen:  # a line may carry its mark twice, or come again in the carried-over tail
+                    seen.add(mark)
+                    arrivals.append((mark, now))
+            tail = text[-32:]
+    finally:
+        writer.close()
+
+
+def log_followers(binary, site):
+    """kubefn's RSS and the latency of a log line with 10, 100 and 1,000 live followers: users
+    of MAX_FOLLOWS_PER_USER followers each, one instance per user; each round, one instance
+    per user prints a marked line (invoked through the gateway) and every follower of it
+    stamps its arrival."""
+    log(f"log followers: {', '.join(f'{n:,}' for n in FOLLOWER_SCALES)}")
+    server = Server(binary, site)
+    users = -(-max(FOLLOWER_SCALES) // FOLLOWS_PER_USER)
+    try:
+        sessions, instances = [], []
+        source = "def handle(req):\n    print('kubefn-mark-' + req + '-', flush=True)\n    return 'ok'\n"
+        for n in range(users):
+            cookie = session_cookie(server, f"follower{n:03d}", n)
+            # Function names are one namespace for everyone (the catalog's).
+            as_user(server, cookie, "POST", "/api/v1/functions", {"name": f"talker{n:03d}", "runtime": "python", "source": source})
+            sessions.append((f"follower{n:03d}", cookie))
+            instances.append(json.loads(as_user(server, cookie, "POST", f"/api/v1/functions/talker{n:03d}/deploy"))["id"])
+        server.expect("POST", "/api/v1/login", {"name": "bench-admin", "password": "bench-admin-password"})
+        for instance_id in instances:
+            server.until_ready(instance_id, seconds=300)
+        results = []
+        for scale in FOLLOWER_SCALES:
+            results.append(asyncio.run(followers_at(server, sessions, instances, scale)))
+            log(f"  {scale} followers: RSS {results[-1]['rss_mib']:.1f} MiB, line p50 {results[-1]['line_p50_ms']:.1f} ms")
+        return results
+    finally:
+        server.stop()
+
+
+async def followers_at(server, sessions, instances, scale):
+    arrivals, opened = [], asyncio.Semaphore(0)
+    followers, followed = [], []
+    for k in range(scale):
+        user = k // FOLLOWS_PER_USER
+        followed.append(user)
+        followers.append(asyncio.create_task(follow_logs(server.port, sessions[user][1], instances[user], arrivals, opened)))
+    for _ in range(scale):
+        await asyncio.wait_for(opened.acquire(), 60)
+    await asyncio.sleep(2)
+    rss = server.rss_kib() / 1024
+    talkers = sorted(set(followed))
+    sent = {}
+    loop = asyncio.get_running_loop()
+    phase = FOLLOWER_SCALES.index(scale)  # marks of earlier phases come back in each log's backlog
+    for mark in range(LOG_ROUNDS):
+        for user in talkers:
+            key = (phase * LOG_ROUNDS + mark) * 10_000 + user
+            sent[key] = time.perf_counter()
+            name, cookie = sessions[user]
+            await loop.run_in_executor(None, as_user, server, cookie, "POST", f"/fn/{name}/talker{user:03d}", str(key).encode())
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(2)
+    for task in followers:
+        task.cancel()
+    await asyncio.gather(*followers, return_exceptions=True)
+    latencies = sorted((at - sent[key]) * 1000 for key, at in arrivals if key in sent)
+    expected = LOG_ROUNDS * scale
+    if len(latencies) < expected:
+        raise RuntimeError(f"{scale} followers received {len(latencies)} of {expected} marked lines")
+    return {"followers": scale, "rss_mib": rss, "line_p50_ms": statistics.median(latencies),
+            "line_p99_ms": latencies[int(len(latencies) * 0.99) - 1], "lines": len(latencies)}
 
 
 def wasm_size(site):
@@ -627,6 +847,25 @@ def gateway_section(g, nginx_version_text):
     return lines
 
 
+def growth_section(catalog, followers, kube):
+    """How the catalog's render, live-log following and the Kubernetes runtime's cost grow at
+    1×, 10× and 100×."""
+    lines = ["## How cost grows", "",
+             "Each load at 1×, 10× and 100×, in one kubefn process (the local runtime, then the Kubernetes runtime on kwok "
+             "nodes).", "",
+             "| load | kubefn RSS MiB | figure |", "|---|---:|---|"]
+    lines += [f"| {c['functions']:,} registered functions | {c['rss_mib']:.1f} | catalog render {c['catalog_ms']:.2f} ms over /healthz |"
+              for c in catalog]
+    lines += [f"| {c['followers']:,} live-log followers | {c['rss_mib']:.1f} | a printed line reaches each follower p50 "
+              f"{c['line_p50_ms']:.1f} ms, p99 {c['line_p99_ms']:.1f} ms after the call that prints it was sent "
+              f"({c['lines']:,} deliveries) |" for c in followers]
+    lines += [f"| {k['instances']:,} Kubernetes instances | {k['rss_mib']:.1f} | reconcile pass {k['reconcile_ms']:.1f} ms "
+              f"(mean of {k['passes']}); the {k['added']:,} new ones Ready in {k['deploy_to_ready_s']:.0f} s |" for k in kube]
+    lines += ["", "The Kubernetes rows' RSS includes the watch caches (pods, Deployments, Events); kwok runs no process in the "
+              "pods.", ""]
+    return lines
+
+
 def report(stamp, results):
     """The Markdown results and the README table."""
     g = results["gateway"]
@@ -678,6 +917,7 @@ def report(stamp, results):
               f"| baseline GET /healthz | {fmt_spread(f['healthz_ms'], 2)} ms |",
               f"| registering a function (REST, median of {REGISTERED}) | {f['register_per_function_ms']:.1f} ms |",
               f"| wasm bundle {wasm['file']} | {wasm['raw_kib']:.0f} KiB raw, {wasm['gzip_kib']:.0f} KiB gzipped |", ""]
+    lines += growth_section(f.get("catalog_growth", []), results.get("log_followers", []), results.get("kubernetes_growth", []))
     auto = results["autoscaling"]
     lines += ["## Seed experiment 1: autoscaling", "",
               f"A Python function burns 10 ms of CPU per request (request 200m, target 50%, 1–6 replicas); open-loop load in steps of "
@@ -759,7 +999,15 @@ def main():
     parser.add_argument("--results", default=ROOT / "bench/results")
     parser.add_argument("--gateway-only", action="store_true",
                         help="measure the gateway overhead alone and print its table (no report, README untouched)")
+    parser.add_argument("--growth-only", action="store_true",
+                        help="measure how the catalog and log following grow alone and print the table (README untouched)")
     args = parser.parse_args()
+    if args.growth_only:
+        kube = kubernetes_growth(args.binary, args.site)
+        followers = log_followers(args.binary, args.site)
+        growth = footprint(args.binary, args.site)["catalog_growth"]
+        print("\n".join(growth_section(growth, followers, kube)))
+        return
     if args.gateway_only:
         server = Server(args.binary, args.site)
         try:
@@ -780,6 +1028,8 @@ def main():
         server.stop()
     results["autoscaling_kubernetes"] = autoscaling_on_kubernetes(args.binary, args.site)
     results["footprint"] = footprint(args.binary, args.site)
+    results["log_followers"] = log_followers(args.binary, args.site)
+    results["kubernetes_growth"] = kubernetes_growth(args.binary, args.site)
     results["wasm"] = wasm_size(args.site)
     for name in ("local_runtime", "kubernetes"):
         path = pathlib.Path(args.run, f"{name}.json")

@@ -961,7 +961,10 @@ async fn per_user_namespaces_are_created_labelled_and_a_quota_failure_is_explain
     };
     let runtime = KubernetesRuntime::connect(config).await.expect("connect");
     runtime.delete_matching(&names::function_selector_text("quota")).await.expect("clean up an earlier run");
-    let _ = cluster().kubectl(&["delete", "quota", "no-pods", "-n", "kfn-test-erin", "--ignore-not-found"], None);
+    runtime.delete_matching(&names::function_selector_text("quota-two")).await.expect("clean up an earlier run");
+    for quota in ["no-pods", "no-services"] {
+        let _ = cluster().kubectl(&["delete", "quota", quota, "-n", "kfn-test-erin", "--ignore-not-found"], None);
+    }
     let function = python("quota", "def handle(req):\n    return 'x'\n");
     let spec = instance(&function, "erin", 1);
     runtime.apply(spec.clone(), ApplyMode::Reconcile).await.expect("apply in erin's namespace");
@@ -986,6 +989,16 @@ async fn per_user_namespaces_are_created_labelled_and_a_quota_failure_is_explain
     let failed = until(&runtime, &spec.id, "quota failure", |s| s.state == InstanceState::Failed).await;
     assert!(failed.message.contains("quota is used up"), "{}", failed.message);
     assert!(failed.message.ends_with("version 1 keeps serving"), "{}", failed.message);
+
+    // A quota that allows no more Services: the apiserver refuses the next instance's, and the
+    // error carries the apiserver's own words, which tell an admin what to change.
+    cluster().kubectl(&["create", "quota", "no-services", "-n", "kfn-test-erin", "--hard=services=1"], None);
+    let other = instance(&python("quota-two", "def handle(req):\n    return 'x'\n"), "erin", 1);
+    let refused = runtime.apply(other.clone(), ApplyMode::Reconcile).await.expect_err("no Service allowed");
+    let words = refused.to_string();
+    assert!(words.starts_with("the cluster refused to "), "{words}");
+    assert!(words.contains("exceeded quota: no-services"), "{words}");
+    runtime.delete(&other.id).await.expect("delete the refused instance");
     runtime.delete(&spec.id).await.expect("delete");
     runtime.shutdown().await;
 }

@@ -58,3 +58,29 @@ fn make_run_as_the_readme_says_deploys_and_invokes_python_and_node() {
         assert!(unregistered.status < 300, "unregister {name}: {} {}", unregistered.status, unregistered.body);
     }
 }
+
+/// Started as distributions start a program (a soft limit of 1,024 open files), kubefn raises
+/// its own soft limit to the hard one: each gateway connection, replica socket and live-log
+/// follower is an open file, and 1,000 followers alone would pass 1,024.
+#[test]
+fn kubefn_lifts_its_open_files_limit_to_the_hard_limit() {
+    use std::os::unix::process::CommandExt;
+    let data = tempfile::tempdir().expect("data dir");
+    let server = Server::start_with(free_port(), |command| {
+        command.env("KUBEFN_DATA_DIR", data.path());
+        // SAFETY: setrlimit only changes the child about to exec kubefn.
+        unsafe {
+            command.pre_exec(|| {
+                let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+                libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+                limit.rlim_cur = limit.rlim_max.min(1024);
+                libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+                Ok(())
+            });
+        }
+    });
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", server.child.id())).expect("limits");
+    let open_files = limits.lines().find(|line| line.starts_with("Max open files")).expect("open files line");
+    let numbers: Vec<&str> = open_files.split_whitespace().skip(3).take(2).collect();
+    assert_eq!(numbers[0], numbers[1], "soft limit raised to the hard one: {open_files}");
+}

@@ -1174,6 +1174,27 @@ async fn the_gateway_sends_each_call_to_the_least_busy_replica() {
         "a call went to the replica busy with the slow one: slow {} fast {fast:?}",
         slow.body
     );
+
+    // A deleted instance's pools go once another instance is first called, even if nobody
+    // calls the deleted one again.
+    let gateway = &app.server.as_ref().expect("server").platform.gateway;
+    assert_eq!(gateway.pooled_instances(), 1);
+    let deleted = app.call(Method::DELETE, "/api/v1/functions/who/deploy", None, As::Cookie(&alice)).await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT, "{}", deleted.body);
+    let spec = json!({"name": "next", "runtime": "python", "source": "def handle(req):\n    return 'next'\n"});
+    app.call(Method::POST, "/api/v1/functions", Some(spec), As::Cookie(&alice)).await;
+    let id = app.call(Method::POST, "/api/v1/functions/next/deploy", None, As::Cookie(&alice)).await.body["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    app.instance_until(&id, &alice, "ready", |i| i["state"] == "Ready").await;
+    let next = Request::builder()
+        .uri("/fn/alice/next")
+        .header(header::COOKIE, alice.as_str())
+        .body(Body::empty())
+        .expect("request");
+    assert_eq!(app.send(next).await.body, "next");
+    assert_eq!(gateway.pooled_instances(), 1, "the deleted instance's pools are gone");
     app.stop().await;
 }
 
@@ -1387,6 +1408,11 @@ async fn the_gateway_applies_each_functions_invoke_policy_and_counts_every_call(
     ] {
         assert!(text.contains(line), "{line} missing from\n{text}");
     }
+    // The reconcile loop (every second here) has timed its passes.
+    assert!(
+        text.lines().any(|line| line.starts_with("reconcile_pass_seconds_count ") && !line.ends_with(" 0")),
+        "reconcile passes counted: {text}"
+    );
     assert!(
         text.contains("function_duration_seconds_sum{function=\"gate\",user=\"alice\"} 1."),
         "the slow call took 1.5 s: {text}"

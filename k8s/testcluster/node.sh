@@ -30,7 +30,9 @@ node_network() {
   [[ -n "${node_index:-}" ]] || fail "no free network namespace kubefn-node-0..199 (stale ones: ip netns list)"
   node_netns="kubefn-node-$node_index"
   host_ip="10.250.$node_index.1"; node_ip="10.250.$node_index.2"; pod_cidr="10.251.$node_index.0/24"
-  service_cidr="10.252.$node_index.0/24"; api_service_ip="10.252.$node_index.1"
+  # A /20 of Service addresses (4,094): a /24 ran out at 253 instances, each with a Service.
+  local services="10.$((64 + node_index / 16)).$(((node_index % 16) * 16))"
+  service_cidr="$services.0/20"; api_service_ip="$services.1"
   echo "$node_netns $node_index" > "$dir/node/network"
   local host_if="kfn-h$node_index" inside="nsenter --net=/run/netns/$node_netns"
   ip link add "$host_if" type veth peer name eth0 netns "$node_netns" || fail "cannot create the node's veth pair"

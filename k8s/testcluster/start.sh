@@ -17,6 +17,8 @@
 #                     temporary directory). Stop with stop.sh DIR.
 # Environment:
 #   KUBEFN_CLUSTER_NODES      how many kwok nodes (default 2)
+#   KUBEFN_CLUSTER_NODE_SIZE  each kwok node's cpu, memory and pods (default "4 16Gi 110"; make
+#                             bench's 1,000 instances use larger nodes)
 #   KUBEFN_CLUSTER_OWNER_PID  stop the cluster when this process ends (the test harness's pid)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -34,6 +36,7 @@ if [[ -s "$dir/pids" ]]; then
 fi
 started=$(date +%s.%N)
 nodes="${KUBEFN_CLUSTER_NODES:-2}"
+read -r node_cpu node_memory node_pods <<< "${KUBEFN_CLUSTER_NODE_SIZE:-4 16Gi 110}"
 pki="$dir/pki"; mkdir -p "$pki" "$dir/logs"
 : > "$dir/pids"
 
@@ -226,8 +229,8 @@ metadata:
 spec:
   taints: [{key: kwok.x-k8s.io/node, value: fake, effect: NoSchedule}]
 status:
-  allocatable: {cpu: "4", memory: 16Gi, pods: "110"}
-  capacity: {cpu: "4", memory: 16Gi, pods: "110"}
+  allocatable: {cpu: "$node_cpu", memory: $node_memory, pods: "$node_pods"}
+  capacity: {cpu: "$node_cpu", memory: $node_memory, pods: "$node_pods"}
 ---
 NODE
 done > "$dir/nodes.yaml"

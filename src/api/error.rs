@@ -90,6 +90,7 @@ mod ssr {
     use crate::platform::instances::InstanceError;
     use crate::platform::quotas::QuotaError;
     use crate::platform::registry::RegistryError;
+    use crate::platform::runtime::RuntimeError;
     use crate::platform::triggers::TriggerError;
     use axum::Json;
     use axum::response::{IntoResponse, Response};
@@ -166,6 +167,12 @@ mod ssr {
                 }
                 InstanceError::Invalid(field_error) => ApiError::invalid(field_error.field, field_error.message),
                 InstanceError::Unsupported(_) => ApiError::invalid("runtime", error.to_string()),
+                // The backend's refusal and a full port range are the cluster's or the host's
+                // capacity, told in words for users; other runtime failures (files on the host)
+                // stay internal.
+                InstanceError::Runtime(RuntimeError::Backend { .. } | RuntimeError::Port { .. }) => {
+                    ApiError { retry_after_s: Some(10), ..ApiError::new(503, error.to_string()) }
+                }
                 InstanceError::Runtime(_) | InstanceError::Store(_) => ApiError::internal(&error),
             }
         }
@@ -235,5 +242,32 @@ mod ssr {
             }
             response
         }
+    }
+}
+
+#[cfg(all(test, feature = "ssr"))]
+mod tests {
+    use super::ApiError;
+    use crate::platform::instances::InstanceError;
+    use crate::platform::runtime::RuntimeError;
+
+    #[test]
+    fn a_runtime_refusal_is_a_503_in_the_backends_words_and_a_host_failure_stays_internal() {
+        let refusal = InstanceError::Runtime(RuntimeError::Backend {
+            what: "the cluster refused to apply Service f/x: exceeded quota: no-services".into(),
+            source: "quota".into(),
+        });
+        let answer = ApiError::from(refusal);
+        assert_eq!((answer.status, answer.retry_after_s), (503, Some(10)));
+        assert!(answer.error.contains("exceeded quota: no-services"), "{}", answer.error);
+
+        let host = InstanceError::Runtime(RuntimeError::Files {
+            id: "i".into(),
+            path: "/srv/kubefn/data/runtime/i".into(),
+            source: std::io::Error::other("disk full"),
+        });
+        let answer = ApiError::from(host);
+        assert_eq!(answer.status, 500);
+        assert!(!answer.error.contains("/srv"), "no host path in {}", answer.error);
     }
 }

@@ -1,7 +1,7 @@
 //! The gateway's Prometheus metrics, served on `/metrics` in the OpenMetrics text format:
 //! Kubeless' `function_calls_total`, `function_failures_total` and
 //! `function_duration_seconds`, plus cold starts, rejections, requests in flight and replica
-//! gauges, all labelled by function and user.
+//! gauges, all labelled by function and user; and how long the reconcile loop's passes take.
 //!
 //! The in-flight gauge of an instance is also what the gateway admits requests against, so
 //! the figure Prometheus sees is the figure the limit uses.
@@ -55,6 +55,10 @@ struct RejectionLabels {
 
 type DurationFamily = Family<InstanceLabels, Histogram, fn() -> Histogram>;
 
+/// Upper bounds of the reconcile pass histogram's buckets, in seconds: a pass over a few
+/// instances takes milliseconds, one over thousands on a busy apiserver seconds.
+const RECONCILE_BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+
 /// The invocations of an instance that ended since the last [`GatewayMetrics::take_finished`]
 /// (the usage samples behind the charts take their latency and errors from here).
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -79,6 +83,7 @@ pub struct GatewayMetrics {
     in_flight: Family<InstanceLabels, Gauge>,
     replicas_desired: Family<InstanceLabels, Gauge>,
     replicas_ready: Family<InstanceLabels, Gauge>,
+    reconcile_passes: Histogram,
     finished: Mutex<HashMap<InstanceLabels, FinishedCalls>>,
 }
 
@@ -129,6 +134,12 @@ impl GatewayMetrics {
         registry.register("function_requests_in_flight", "Invocations being served now", in_flight.clone());
         registry.register("function_replicas_desired", "Replicas the instance asks for", replicas_desired.clone());
         registry.register("function_replicas_ready", "Replicas ready to serve", replicas_ready.clone());
+        let reconcile_passes = Histogram::new(RECONCILE_BUCKETS);
+        registry.register(
+            "reconcile_pass_seconds",
+            "How long a pass of the reconcile loop over every instance took",
+            reconcile_passes.clone(),
+        );
         GatewayMetrics {
             registry,
             calls,
@@ -139,6 +150,7 @@ impl GatewayMetrics {
             in_flight,
             replicas_desired,
             replicas_ready,
+            reconcile_passes,
             finished: Mutex::default(),
         }
     }
@@ -180,6 +192,11 @@ impl GatewayMetrics {
     /// Invocations of the instance so far (since kubefn started).
     pub fn calls_total(&self, labels: &InstanceLabels) -> u64 {
         self.calls.get_or_create(labels).get()
+    }
+
+    /// Records a pass of the reconcile loop that took `seconds`.
+    pub fn reconciled(&self, seconds: f64) {
+        self.reconcile_passes.observe(seconds);
     }
 
     /// Records an invocation that had to wait for a replica to start.

@@ -173,7 +173,17 @@ impl Gateway {
         if let Some(pools) = pools.get_mut(id) {
             return pools.choose(route);
         }
+        // A first request to an instance (rare next to the requests that find its pools) also
+        // drops the pools of instances the runtime no longer runs: a deleted instance that is
+        // never called again would otherwise keep its entry for as long as kubefn runs.
+        pools.retain(|known, _| self.runtime.ready_replicas(known).is_some());
         pools.entry(id.to_string()).or_default().choose(route)
+    }
+
+    /// How many instances the gateway keeps replica pools for: the ones called since kubefn
+    /// started, less those pruned once the runtime no longer ran them.
+    pub fn pooled_instances(&self) -> usize {
+        self.pools.lock().len()
     }
 
     /// The invocation metrics.

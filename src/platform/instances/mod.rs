@@ -60,8 +60,8 @@ pub enum InstanceError {
         /// What was asked for.
         what: &'static str,
     },
-    /// The runtime failed.
-    #[error("the runtime failed: {0}")]
+    /// The runtime failed or refused; the instance stays recorded and is retried.
+    #[error("the runtime could not apply it: {0}; the instance is saved, kubefn keeps trying, and its state shows why")]
     Runtime(#[source] RuntimeError),
     /// The user's quota allows no more.
     #[error(transparent)]
@@ -285,7 +285,14 @@ impl Instances {
         };
         instance.paused = false;
         let quota = self.quotas.quota_of(caller.id).await?;
-        self.apply(&instance, spec, quota, ApplyMode::Retry).await?;
+        if let Err(error) = self.apply(&instance, spec, quota, ApplyMode::Retry).await {
+            // The instance is recorded and the reconcile loop retries it; until then its state
+            // says why it does not run, as the reconcile loop's own failures do.
+            if let InstanceError::Runtime(refusal) = &error {
+                self.store.set_instance_state(&instance.id, InstanceState::Failed, &refusal.to_string()).await?;
+            }
+            return Err(error);
+        }
         Ok((self.info(instance), created))
     }
 

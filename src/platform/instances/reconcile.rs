@@ -9,7 +9,10 @@ impl Instances {
         let instances = self.clone();
         tokio::spawn(async move {
             loop {
-                if let Err(error) = instances.reconcile().await {
+                let started = std::time::Instant::now();
+                let passed = instances.reconcile().await;
+                instances.invocations.reconciled(started.elapsed().as_secs_f64());
+                if let Err(error) = passed {
                     tracing::warn!(error = %crate::platform::error_chain(&error), "reconciling instances failed; trying again");
                 }
                 tokio::select! {

@@ -167,8 +167,9 @@ pub enum RuntimeError {
     /// names neither backend's error type.
     #[error("{what}")]
     Backend {
-        /// What failed and what to do, in words for the user.
-        what: &'static str,
+        /// What failed and what to do, in words for the user (never a host path or a
+        /// credential: the instance's owner reads it).
+        what: String,
         /// The backend's own error.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,

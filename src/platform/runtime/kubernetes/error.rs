@@ -88,7 +88,20 @@ pub(super) fn api_error(action: impl Into<String>) -> impl FnOnce(kube::Error) -
 }
 
 impl From<KubernetesError> for RuntimeError {
+    /// The words the instance's owner reads: when the apiserver refused a request, its own
+    /// message (a full Service address range, a ResourceQuota, an admission webhook's reason),
+    /// which says what an admin must change; otherwise no more than that the cluster failed,
+    /// since a transport error would name the apiserver's address.
     fn from(error: KubernetesError) -> RuntimeError {
-        RuntimeError::Backend { what: "the Kubernetes cluster could not do it", source: Box::new(error) }
+        let what = match &error {
+            KubernetesError::Api { action, source: kube::Error::Api(status) } => {
+                format!("the cluster refused to {action}: {}", status.message)
+            }
+            KubernetesError::Taken { .. } | KubernetesError::NotGone { .. } | KubernetesError::Forbidden { .. } => {
+                error.to_string()
+            }
+            _ => "the Kubernetes cluster could not do it; kubefn retries, and its log has the details".to_string(),
+        };
+        RuntimeError::Backend { what, source: Box::new(error) }
     }
 }

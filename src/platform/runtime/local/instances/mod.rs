@@ -485,7 +485,7 @@ fn stop_leftover_processes(pid_dir: &Path, bootstrap_dir: &Path) {
 /// The runtime's error when function code cannot be sandboxed on this host.
 fn unsandboxable(source: super::sandbox::SandboxError) -> RuntimeError {
     RuntimeError::Backend {
-        what: "function code cannot be sandboxed on this host; install what is missing, or start kubefn with --single-user if you are this machine's only user",
+        what: "function code cannot be sandboxed on this host; install what is missing, or start kubefn with --single-user if you are this machine's only user".into(),
         source: Box::new(source),
     }
 }
