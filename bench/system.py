@@ -903,7 +903,7 @@ def report(stamp, results):
                 lines.append(f"| {language}: {what} | {on:.1f} | {off:.1f} | {on - off:+.1f} |")
         lines.append("")
     if kube:
-        lines += ["## Kubernetes runtime against the test control plane (kwok nodes)", "",
+        lines += ["## Kubernetes runtime against the test control plane (its real node: containerd, runc, kubelet)", "",
                   "| figure | median ms | min–max ms |", "|---|---:|---:|"]
         for figure in results["kubernetes"]:
             lines.append(f"| {figure['name']} | {figure['median_ms']:.1f} | {figure['min_ms']:.1f}–{figure['max_ms']:.1f} |")

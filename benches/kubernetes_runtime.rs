@@ -26,6 +26,8 @@ const NAMESPACE: &str = "kubefn-functions";
 
 /// A plain Deployment of one replica of the Python image serving HTTP, as a person would apply
 /// it, on the real node, ready when its port answers (probed every 2 s, as kubefn's pods are).
+/// Its security context meets Pod Security `restricted`, which the functions' namespace
+/// enforces; without it the ReplicaSet may not create the pod at all.
 fn plain_deployment(name: &str) -> Deployment {
     serde_json::from_value(serde_json::json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
@@ -33,8 +35,11 @@ fn plain_deployment(name: &str) -> Deployment {
         "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}},
                  "template": {"metadata": {"labels": {"app": name}},
                               "spec": {"nodeSelector": {"type": "real"},
-                                       "securityContext": {"runAsUser": 65534, "runAsNonRoot": true},
+                                       "securityContext": {"runAsUser": 65534, "runAsNonRoot": true,
+                                                           "seccompProfile": {"type": "RuntimeDefault"}},
                                        "containers": [{"name": "fn", "image": test_cluster::images().python,
+                                                       "securityContext": {"allowPrivilegeEscalation": false,
+                                                                           "capabilities": {"drop": ["ALL"]}},
                                                        "command": ["python3", "-m", "http.server", "8080"],
                                                        "ports": [{"containerPort": 8080}],
                                                        "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 2}}]}}}

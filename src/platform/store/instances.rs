@@ -217,6 +217,11 @@ impl Store {
             .fetch_one(&self.pool)
             .await?;
         let fresh: Vec<&EventInfo> = events.iter().filter(|e| newest.is_none_or(|newest| e.at > newest)).collect();
+        // Nothing new, nothing to trim: no write, which the reconcile loop would otherwise make
+        // for every instance on every pass.
+        if fresh.is_empty() {
+            return Ok(0);
+        }
         let mut tx = self.pool.begin().await?;
         // Oldest first, so ids follow time.
         for event in fresh.iter().rev() {
