@@ -12,8 +12,25 @@ use std::process::ExitCode;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+/// mimalloc's `mi_option_purge_delay` (mimalloc.h; the sys crate names no constant for it).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+fn main() -> ExitCode {
+    // Freed memory goes back to the system at once rather than after mimalloc's default second:
+    // a burst (the admin's argon2 hash at start-up takes 19 MiB, a large upload) otherwise
+    // stays in kubefn's RSS until mimalloc next looks (idle RSS 48 -> 25 MiB measured).
+    // SAFETY: mi_option_set only stores an option's value, here before any other thread runs.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime.block_on(run()),
+        Err(error) => {
+            eprintln!("kubefn: cannot start the async runtime: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> ExitCode {
     let config = Config::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log).unwrap_or_else(|error| {
         eprintln!("kubefn: --log {:?} is not a valid filter ({error}); using \"info\"", config.log);
