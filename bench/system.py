@@ -24,6 +24,7 @@ writes bench/results/<stamp>.md, .json and the plots, and regenerates the README
 import argparse
 import asyncio
 import concurrent.futures
+import contextlib
 import datetime
 import gzip
 import http.client
@@ -478,27 +479,36 @@ def autoscaling(server, scaling_reasons=("ScalingReplicaSet",)):
             "max_replicas": max((d for _, d, _ in replicas), default=0)}
 
 
-def autoscaling_on_kubernetes(binary, site):
-    """Seed 1 again on the test cluster's real node (k8s/testcluster): the HPA on real CPU that
-    metrics-server reads from the kubelet, kubefn outside the cluster (the gateway reaches the
-    pods through its port-forward)."""
-    log("seed 1 on Kubernetes: starting the test cluster")
+@contextlib.contextmanager
+def kubefn_on_test_cluster(binary, site, placement, forward_ports, **cluster_settings):
+    """The test cluster (k8s/testcluster, its settings as KUBEFN_CLUSTER_* variables) started
+    for this run, and a release kubefn with the Kubernetes runtime on it, its pods placed by
+    `placement` (kubefn's flags), signed up; both stopped on leaving."""
     cluster = tempfile.mkdtemp(prefix="kubefn-bench-cluster.")
-    started = subprocess.run([str(ROOT / "k8s/testcluster/start.sh"), cluster], capture_output=True, text=True,
-                             env=dict(os.environ, KUBEFN_CLUSTER_OWNER_PID=str(os.getpid())))
+    env = dict(os.environ, KUBEFN_CLUSTER_OWNER_PID=str(os.getpid()), **cluster_settings)
+    started = subprocess.run([str(ROOT / "k8s/testcluster/start.sh"), cluster], capture_output=True, text=True, env=env)
     if started.returncode != 0:
         raise RuntimeError(f"the test cluster did not start: {started.stderr[-2000:]}")
     server = None
     try:
         server = Server(binary, site, ["--runtime", "kubernetes", "--kubeconfig", started.stdout.strip(),
-                                       "--python-image", "kubefn.test/python:3.11-bookworm", "--node-selector", "type=real",
-                                       "--port-forward-range", "46000-46099"])
+                                       "--python-image", "kubefn.test/python:3.11-bookworm", *placement,
+                                       "--port-forward-range", forward_ports])
         server.sign_up()
-        return autoscaling(server, ("ScalingReplicaSet", "SuccessfulRescale"))
+        yield server
     finally:
         if server is not None:
             server.stop()
         subprocess.run([str(ROOT / "k8s/testcluster/stop.sh"), cluster], capture_output=True)
+
+
+def autoscaling_on_kubernetes(binary, site):
+    """Seed 1 again on the test cluster's real node (k8s/testcluster): the HPA on real CPU that
+    metrics-server reads from the kubelet, kubefn outside the cluster (the gateway reaches the
+    pods through its port-forward)."""
+    log("seed 1 on Kubernetes: starting the test cluster")
+    with kubefn_on_test_cluster(binary, site, ["--node-selector", "type=real"], "46000-46099") as server:
+        return autoscaling(server, ("ScalingReplicaSet", "SuccessfulRescale"))
 
 
 def reconcile_totals(server):
@@ -518,21 +528,11 @@ def kubernetes_growth(binary, site):
     test control plane's kwok nodes (no process runs in their pods, so only kubefn and the
     apiserver do work)."""
     log(f"Kubernetes runtime growth: {', '.join(f'{n:,}' for n in KUBE_SCALES)} instances on kwok nodes")
-    cluster = tempfile.mkdtemp(prefix="kubefn-bench-cluster.")
     pods_per_node = 110
-    env = dict(os.environ, KUBEFN_CLUSTER_OWNER_PID=str(os.getpid()),
-               KUBEFN_CLUSTER_NODES=str(-(-max(KUBE_SCALES) // (pods_per_node - 10))),
-               KUBEFN_CLUSTER_NODE_SIZE=f"64 1Ti {pods_per_node}")
-    started = subprocess.run([str(ROOT / "k8s/testcluster/start.sh"), cluster], capture_output=True, text=True, env=env)
-    if started.returncode != 0:
-        raise RuntimeError(f"the test cluster did not start: {started.stderr[-2000:]}")
-    server = None
-    try:
-        server = Server(binary, site, ["--runtime", "kubernetes", "--kubeconfig", started.stdout.strip(),
-                                       "--python-image", "kubefn.test/python:3.11-bookworm", "--node-selector", "type=kwok",
-                                       "--tolerations", "kwok.x-k8s.io/node=fake:NoSchedule",
-                                       "--port-forward-range", "41000-42999"])
-        server.sign_up()
+    on_kwok = ["--node-selector", "type=kwok", "--tolerations", "kwok.x-k8s.io/node=fake:NoSchedule"]
+    with kubefn_on_test_cluster(binary, site, on_kwok, "41000-42999",
+                                KUBEFN_CLUSTER_NODES=str(-(-max(KUBE_SCALES) // (pods_per_node - 10))),
+                                KUBEFN_CLUSTER_NODE_SIZE=f"64 1Ti {pods_per_node}") as server:
         server.raise_quota()
         ids, results = [], []
         for scale in KUBE_SCALES:
@@ -559,10 +559,6 @@ def kubernetes_growth(binary, site):
             log(f"  {scale} instances: RSS {results[-1]['rss_mib']:.1f} MiB, reconcile pass {results[-1]['reconcile_ms']:.1f} ms, "
                 f"{added} more Ready in {ready_s:.0f} s")
         return results
-    finally:
-        if server is not None:
-            server.stop()
-        subprocess.run([str(ROOT / "k8s/testcluster/stop.sh"), cluster], capture_output=True)
 
 
 def timed_get(server, path, rounds=RENDER_ROUNDS):

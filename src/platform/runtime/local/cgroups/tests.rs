@@ -113,6 +113,8 @@ fn a_replica_cgroup_limits_and_counts_a_real_process() {
     let usage = cgroup.usage();
     assert!(!status.success(), "64 MiB in a 32 MiB cgroup is killed");
     assert!(usage.oom_kills >= 1, "{usage:?}");
-    // One second of a busy loop at 200m is about 0.2 CPU seconds.
-    assert!(usage.cpu_seconds > 0.1 && usage.cpu_seconds < 0.4, "{usage:?}");
+    // One second of a busy loop at 200m is about 0.2 CPU seconds; unlimited it would be over
+    // 1. Python's start and the reclaim before the OOM kill are charged too, and on a loaded
+    // machine they took it to 0.41 s (CI), so the bound is the limit's effect, not its figure.
+    assert!(usage.cpu_seconds > 0.1 && usage.cpu_seconds < 0.7, "{usage:?}");
 }
