@@ -489,12 +489,17 @@ def kubefn_on_test_cluster(binary, site, placement, forward_ports, **cluster_set
     started = subprocess.run([str(ROOT / "k8s/testcluster/start.sh"), cluster], capture_output=True, text=True, env=env)
     if started.returncode != 0:
         raise RuntimeError(f"the test cluster did not start: {started.stderr[-2000:]}")
+    # start.sh's last words: "cluster ready in S s (the real node in N s, its … M MiB resident); …"
+    figures = re.search(r"ready in ([\d.]+) s \(the real node in ([\d.]+) s, .* (\d+) MiB resident\)", started.stderr)
+    if figures is None:
+        raise RuntimeError(f"start.sh did not report its start time and node memory: {started.stderr[-500:]}")
     server = None
     try:
         server = Server(binary, site, ["--runtime", "kubernetes", "--kubeconfig", started.stdout.strip(),
                                        "--python-image", "kubefn.test/python:3.11-bookworm", *placement,
                                        "--port-forward-range", forward_ports])
         server.sign_up()
+        server.cluster_start = {"cluster_s": float(figures[1]), "node_s": float(figures[2]), "node_mib": int(figures[3])}
         yield server
     finally:
         if server is not None:
@@ -508,7 +513,7 @@ def autoscaling_on_kubernetes(binary, site):
     pods through its port-forward)."""
     log("seed 1 on Kubernetes: starting the test cluster")
     with kubefn_on_test_cluster(binary, site, ["--node-selector", "type=real"], "46000-46099") as server:
-        return autoscaling(server, ("ScalingReplicaSet", "SuccessfulRescale"))
+        return dict(autoscaling(server, ("ScalingReplicaSet", "SuccessfulRescale")), **server.cluster_start)
 
 
 def reconcile_totals(server):
@@ -926,7 +931,9 @@ def report(stamp, results):
         lines += ["## Seed experiment 1 on Kubernetes: the HPA on real CPU", "",
                   "The same function and load on the test cluster's real node (containerd, runc, kubelet): the Kubernetes HPA "
                   "(sync 5 s, scale-down window 15 s) acting on the CPU metrics-server reads from the kubelet every 10 s; kubefn "
-                  f"outside the cluster, its gateway reaching the pods through its port-forward. {kube['sent']} requests, "
+                  f"outside the cluster, its gateway reaching the pods through its port-forward. The cluster was ready in "
+                  f"{kube['cluster_s']:.1f} s, its real node in {kube['node_s']:.1f} s; the node's kubelet, containerd, kube-proxy "
+                  f"and kube-router took {kube['node_mib']} MiB resident before any pod ran. {kube['sent']} requests, "
                   f"{kube['failed']} failed; up to {kube['max_replicas']} replicas.", "",
                   f"![replicas and CPU over time on Kubernetes]({stamp}-autoscaling-kubernetes.svg)", "", "Scaling events:", ""]
         lines += [f"- {t:.0f} s: {message}" for t, message in kube["events"]] + [""]
