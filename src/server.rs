@@ -384,7 +384,7 @@ pub async fn build_app(config: &Config, mut leptos_options: LeptosOptions) -> Re
     let session_store = SqliteStore::new(platform.store.pool().clone());
     session_store.migrate().await.map_err(StartError::Sessions)?;
     let sessions = SessionManagerLayer::new(session_store)
-        .with_name("kubefn_session")
+        .with_name(crate::api::caller::SESSION_COOKIE)
         .with_http_only(true)
         .with_same_site(SameSite::Lax)
         .with_secure(config.secure_cookies)
@@ -409,10 +409,11 @@ pub async fn build_app(config: &Config, mut leptos_options: LeptosOptions) -> Re
             move || shell(options.clone())
         })
         .fallback(leptos_axum::file_and_error_handler::<AppState, _>(shell))
-        .with_state(state)
+        .with_state(state.clone())
         .layer(auth)
         // Outside the session layer: a forged write is refused before its session is loaded.
-        .layer(axum::middleware::from_fn(origin::refuse_cross_origin_writes))
+        .layer(axum::middleware::from_fn(origin::refuse_cross_origin_writes));
+    let app = gateway::past_the_session_layers(app, gateway::invocation_routes().with_state(state))
         .layer(TraceLayer::new_for_http());
     Ok(Server { router: app, platform, runtime, egress, reconciler, scheduler, async_worker })
 }

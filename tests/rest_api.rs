@@ -1334,6 +1334,13 @@ async fn the_gateway_applies_each_functions_invoke_policy_and_counts_every_call(
     // Public: no credentials needed.
     let answer = app.send(post(Body::from("hi"))).await;
     assert_eq!((answer.status, answer.body), (StatusCode::OK, Value::String("got hi".into())));
+    // Calls without the session cookie skip the session layers; a `/fn/` path that names no
+    // function is still the app's own page, with or without a session.
+    for who in [As::Anonymous, As::Cookie(&alice)] {
+        let page = app.call(Method::GET, "/fn/alice", None, who).await;
+        assert_eq!(page.status, StatusCode::NOT_FOUND);
+        assert!(page.body.as_str().is_some_and(|html| html.contains("<html")), "{}", page.body);
+    }
 
     // Bodies over the limit: refused by their declared length, or cut while they stream.
     let too_large = app.send(post(Body::from("x".repeat(2000)))).await;

@@ -14,6 +14,21 @@ use std::net::{IpAddr, SocketAddr};
 /// The session layer's view of the caller.
 pub type AuthSession = axum_login::AuthSession<SessionBackend>;
 
+/// The name of kubefn's session cookie.
+pub const SESSION_COOKIE: &str = "kubefn_session";
+
+/// Whether the request carries kubefn's session cookie: without it no session can name a user,
+/// so the session layers have nothing to load (invocations skip them, see
+/// [`super::gateway::past_the_session_layers`]).
+pub fn carries_session_cookie(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .any(|pair| pair.trim_start().split_once('=').is_some_and(|(name, _)| name.trim() == SESSION_COOKIE))
+}
+
 /// The authenticated caller; rejects with 401 when there is none.
 #[derive(Clone, Debug)]
 pub struct Caller(pub Principal);
@@ -104,4 +119,28 @@ async fn start_session(session: &mut AuthSession, user: &crate::platform::store:
 pub async fn log_out(session: &mut AuthSession) -> Result<(), ApiError> {
     session.logout().await.map_err(|e| ApiError::internal(&e))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::carries_session_cookie;
+    use http::{HeaderMap, HeaderValue};
+
+    fn cookies(values: &[&'static str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for value in values {
+            headers.append(http::header::COOKIE, HeaderValue::from_static(value));
+        }
+        headers
+    }
+
+    #[test]
+    fn only_kubefns_own_cookie_counts_as_a_session() {
+        assert!(carries_session_cookie(&cookies(&["kubefn_session=abc"])));
+        assert!(carries_session_cookie(&cookies(&["theme=dark; kubefn_session=abc"])));
+        assert!(carries_session_cookie(&cookies(&["theme=dark", "kubefn_session=abc"])));
+        assert!(!carries_session_cookie(&cookies(&[])));
+        assert!(!carries_session_cookie(&cookies(&["not_kubefn_session=abc; kubefn_session_x=1"])));
+        assert!(!carries_session_cookie(&cookies(&["theme=kubefn_session=abc"])));
+    }
 }

@@ -252,7 +252,8 @@ mod tests {
     use crate::platform::runtime::RuntimeError;
 
     #[test]
-    fn a_runtime_refusal_is_a_503_in_the_backends_words_and_a_host_failure_stays_internal() {
+    fn a_runtime_refusal_is_a_503_in_the_backends_words_and_a_host_failure_stays_internal_in_the_answer_and_the_state()
+    {
         let refusal = InstanceError::Runtime(RuntimeError::Backend {
             what: "the cluster refused to apply Service f/x: exceeded quota: no-services".into(),
             source: "quota".into(),
@@ -266,6 +267,9 @@ mod tests {
             path: "/srv/kubefn/data/runtime/i".into(),
             source: std::io::Error::other("disk full"),
         });
+        let InstanceError::Runtime(failure) = &host else { unreachable!() };
+        let state_message = failure.owner_message();
+        assert!(!state_message.contains("/srv") && state_message.contains("instance i"), "{state_message}");
         let answer = ApiError::from(host);
         assert_eq!(answer.status, 500);
         assert!(!answer.error.contains("/srv"), "no host path in {}", answer.error);

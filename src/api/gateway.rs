@@ -3,7 +3,7 @@
 //! not); `ANY /async/fn/…` to queue an invocation; `GET /metrics` for admins and their
 //! Prometheus.
 
-use super::caller::{Caller, client_address, principal_from_parts};
+use super::caller::{Caller, carries_session_cookie, client_address, principal_from_parts};
 use super::origin::session_untrusted;
 use super::{ApiError, AppState};
 use crate::platform::Platform;
@@ -16,14 +16,35 @@ use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 
-/// The invocation routes.
-pub fn router() -> Router<AppState> {
+/// The synchronous invocation routes, `/fn/{user}/{function}[/{*path}]`.
+pub fn invocation_routes() -> Router<AppState> {
     // `{*path}` matches no empty path, so `/fn/u/f/` (the function's root, as curl users type
     // it) needs a route of its own.
     Router::new()
         .route("/fn/{user}/{function}", any(invoke))
         .route("/fn/{user}/{function}/", any(invoke))
         .route("/fn/{user}/{function}/{*path}", any(invoke))
+}
+
+/// `app` (every route, behind the session layers), except that an invocation without kubefn's
+/// session cookie goes to `invocations` ([`invocation_routes`] without those layers). Such a
+/// call is anonymous or carries an API token, so a session has nothing to add, and skipping
+/// the session and log-in layers is a large part of the gateway's own cost per call. The
+/// cross-origin guard has nothing to do either: invocations are exempt from it. A `/fn/` path
+/// that no invocation route matches still gets `app`'s answer.
+pub fn past_the_session_layers(app: Router, invocations: Router) -> Router {
+    let invocations = invocations.fallback_service(app.clone());
+    let split = tower::service_fn(move |request: Request| {
+        let sessionless = request.uri().path().starts_with("/fn/") && !carries_session_cookie(request.headers());
+        let mut router = if sessionless { invocations.clone() } else { app.clone() };
+        tower::Service::call(&mut router, request)
+    });
+    Router::new().fallback_service(split)
+}
+
+/// The invocation routes (behind the session layers), queued invocations and `/metrics`.
+pub fn router() -> Router<AppState> {
+    invocation_routes()
         .route("/async/fn/{user}/{function}", any(invoke_async))
         .route("/async/fn/{user}/{function}/", any(invoke_async))
         .route("/async/fn/{user}/{function}/{*path}", any(invoke_async))
@@ -54,8 +75,15 @@ impl Invocation {
         // A call another origin makes never runs as the user whose cookie the browser attached
         // (a page on a node port could otherwise call their private functions): it is anonymous
         // unless it carries an API token.
-        let caller =
-            if session_untrusted(&parts.headers) { None } else { principal_from_parts(&mut parts, platform).await? };
+        // Without a token or the session cookie there is nobody to find (and, on the path past
+        // the session layers, no session layer to ask).
+        let credentials =
+            parts.headers.contains_key(http::header::AUTHORIZATION) || carries_session_cookie(&parts.headers);
+        let caller = if session_untrusted(&parts.headers) || !credentials {
+            None
+        } else {
+            principal_from_parts(&mut parts, platform).await?
+        };
         parts.uri = upstream_uri(&param("path"), parts.uri.query())
             .map_err(|error| ApiError::new(400, format!("the path cannot be forwarded: {error}")))?;
         Ok(Invocation { user: param("user"), function: param("function"), caller, parts, body })

@@ -289,7 +289,8 @@ impl Instances {
             // The instance is recorded and the reconcile loop retries it; until then its state
             // says why it does not run, as the reconcile loop's own failures do.
             if let InstanceError::Runtime(refusal) = &error {
-                self.store.set_instance_state(&instance.id, InstanceState::Failed, &refusal.to_string()).await?;
+                tracing::warn!(instance = %instance.id, error = %refusal, "cannot apply the instance");
+                self.store.set_instance_state(&instance.id, InstanceState::Failed, &refusal.owner_message()).await?;
             }
             return Err(error);
         }

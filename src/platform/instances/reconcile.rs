@@ -58,11 +58,11 @@ impl Instances {
             let (record, spec) = self.follow_within_quota(record, spec).await?;
             if let Err(error) = self.apply(&record, spec, quota, ApplyMode::Reconcile).await {
                 // The state itself is the "state shows why": only the runtime's words go in it.
+                tracing::warn!(instance = %record.id, %error, "cannot apply the instance");
                 let message = match &error {
-                    InstanceError::Runtime(refusal) => refusal.to_string(),
+                    InstanceError::Runtime(refusal) => refusal.owner_message(),
                     other => other.to_string(),
                 };
-                tracing::warn!(instance = %record.id, %message, "cannot apply the instance");
                 self.store.set_instance_state(&record.id, InstanceState::Failed, &message).await?;
                 continue;
             }

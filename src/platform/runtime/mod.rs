@@ -176,6 +176,20 @@ pub enum RuntimeError {
     },
 }
 
+impl RuntimeError {
+    /// The failure in words the instance's owner may read (its stored state shows them): the
+    /// message itself, except that a host failure names no host path, which is kubefn's own
+    /// business and goes to kubefn's log instead.
+    pub fn owner_message(&self) -> String {
+        match self {
+            RuntimeError::Files { id, .. } => format!(
+                "cannot prepare the files of instance {id} on kubefn's host; kubefn keeps trying, and an admin can see why in kubefn's log"
+            ),
+            other => other.to_string(),
+        }
+    }
+}
+
 /// A running instance's log lines: the recent ones first, then (when following) each new one.
 pub type LogStream = BoxStream<'static, LogEntry>;
 
