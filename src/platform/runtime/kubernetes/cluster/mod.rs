@@ -5,13 +5,11 @@
 
 use super::{KubernetesConfig, names, status};
 use crate::platform::model::EventInfo;
-use crate::platform::runtime::ReplicaUsage;
 use futures::StreamExt;
-use k8s_metrics::v1beta1::PodMetrics;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Node, Pod, Service};
-use kube::api::{Api, ListParams, WatchEvent, WatchParams};
+use kube::api::{Api, WatchEvent, WatchParams};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource};
@@ -21,6 +19,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Debug;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -30,11 +29,12 @@ const EVENTS_SHOWN: usize = 30;
 
 /// The watched objects.
 pub struct Cluster {
-    deployments: Store<Deployment>,
-    pods: Store<Pod>,
+    deployments: Grouped<Deployment>,
+    pods: Grouped<Pod>,
     services: Store<Service>,
-    autoscalers: Store<HorizontalPodAutoscaler>,
-    events: Store<Event>,
+    autoscalers: Grouped<HorizontalPodAutoscaler>,
+    /// Grouped by `{namespace}/{the name of the instance's objects}` ([`owner_base`]).
+    events: Grouped<Event>,
     nodes: Option<Store<Node>>,
     pod_changes: watch::Receiver<u64>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -69,22 +69,28 @@ impl Scope {
     }
 }
 
+/// A watcher and its store: the store, its change count (one more per applied event) and the
+/// task; `changes` (when given) ticks too.
 fn spawn_reflector<K>(
     api: Api<K>,
     config: watcher::Config,
     changes: Option<watch::Sender<u64>>,
-) -> (Store<K>, JoinHandle<()>)
+) -> (Store<K>, Arc<AtomicU64>, JoinHandle<()>)
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
     let (store, writer) = reflector::store();
     let stream = reflector::reflector(writer, watcher(api, config).default_backoff());
+    let applied = Arc::new(AtomicU64::new(0));
+    let counted = applied.clone();
     let task = tokio::spawn(async move {
         futures::pin_mut!(stream);
         while let Some(event) = stream.next().await {
             match event {
                 Ok(_) => {
+                    // The reflector has applied the event to the store by now.
+                    counted.fetch_add(1, Ordering::Release);
                     if let Some(changes) = &changes {
                         changes.send_modify(|n| *n = n.wrapping_add(1));
                     }
@@ -95,7 +101,7 @@ where
             }
         }
     });
-    (store, task)
+    (store, applied, task)
 }
 
 /// Whether the apiserver serves streaming lists (`sendInitialEvents`): it needs the WatchList
@@ -144,31 +150,31 @@ impl Cluster {
         }
         let managed = Some(names::managed_selector_text());
         let (pod_sender, pod_changes) = watch::channel(0);
-        let (deployments, t1) = spawn_reflector(
+        let (deployments, deployment_changes, t1) = spawn_reflector(
             scoped::<Deployment>(&client, per_user, &config.namespace),
             watch_config(managed.clone()),
             Some(pod_sender.clone()),
         );
-        let (pods, t2) = spawn_reflector(
+        let (pods, pod_count, t2) = spawn_reflector(
             scoped::<Pod>(&client, per_user, &config.namespace),
             watch_config(managed.clone()),
             Some(pod_sender),
         );
-        let (services, t3) = spawn_reflector(
+        let (services, _, t3) = spawn_reflector(
             scoped::<Service>(&client, per_user, &config.namespace),
             watch_config(managed.clone()),
             None,
         );
-        let (events, t4) =
+        let (events, event_changes, t4) =
             spawn_reflector(scoped::<Event>(&client, per_user, &config.namespace), watch_config(None), None);
-        let (autoscalers, t6) = spawn_reflector(
+        let (autoscalers, autoscaler_changes, t6) = spawn_reflector(
             scoped::<HorizontalPodAutoscaler>(&client, per_user, &config.namespace),
             watch_config(managed),
             None,
         );
         let mut tasks = vec![t1, t2, t3, t4, t6];
         let nodes = if super::access::may(&client, "list", "", "nodes", None).await {
-            let (nodes, t5) = spawn_reflector(Api::<Node>::all(client.clone()), watch_config(None), None);
+            let (nodes, _, t5) = spawn_reflector(Api::<Node>::all(client.clone()), watch_config(None), None);
             tasks.push(t5);
             Some(nodes)
         } else {
@@ -189,11 +195,11 @@ impl Cluster {
             tracing::warn!("the cluster's objects were not all listed within 30 s; statuses fill in as they arrive");
         }
         Cluster {
-            deployments,
-            pods,
+            deployments: Grouped::new(deployments, deployment_changes, instance_of::<Deployment>),
+            pods: Grouped::new(pods, pod_count, instance_of::<Pod>),
             services,
-            autoscalers,
-            events,
+            autoscalers: Grouped::new(autoscalers, autoscaler_changes, instance_of::<HorizontalPodAutoscaler>),
+            events: Grouped::new(events, event_changes, event_group),
             nodes,
             pod_changes,
             tasks: Mutex::new(tasks),
@@ -215,33 +221,29 @@ impl Cluster {
 
     /// The pod store (log follows read which pods exist).
     pub fn pod_store(&self) -> Store<Pod> {
-        self.pods.clone()
+        self.pods.store().clone()
     }
 
     /// The instance's Deployment.
     pub fn deployment_of(&self, id: &str) -> Option<Deployment> {
-        self.deployments
-            .state()
-            .into_iter()
-            .find(|d| instance_label(d.metadata.labels.as_ref()) == Some(id))
-            .map(|d| (*d).clone())
+        self.deployments.of(id).first().map(|d| (**d).clone())
     }
 
     /// The instance's HPA, when it has one.
     pub fn autoscaler_of(&self, id: &str) -> Option<Arc<HorizontalPodAutoscaler>> {
-        self.autoscalers.state().into_iter().find(|h| instance_label(h.metadata.labels.as_ref()) == Some(id))
+        self.autoscalers.of(id).into_iter().next()
     }
 
     /// The instance's pods.
     pub fn pods_of(&self, id: &str) -> Vec<Arc<Pod>> {
-        self.pods.state().into_iter().filter(|p| instance_label(p.metadata.labels.as_ref()) == Some(id)).collect()
+        self.pods.of(id)
     }
 
     /// Every instance's ready pods, each sorted, in one pass over the pod watch (kept in each
     /// instance's slot whenever a pod changes, so no request scans the pods).
     pub fn ready_pods_by_instance(&self) -> HashMap<String, Vec<ReadyPod>> {
         let mut ready: HashMap<String, Vec<ReadyPod>> = HashMap::new();
-        for pod in self.pods.state() {
+        for pod in self.pods.store().state() {
             let Some(id) = instance_label(pod.metadata.labels.as_ref()) else { continue };
             if !status::is_ready(&pod) {
                 continue;
@@ -270,7 +272,7 @@ impl Cluster {
                 .get(&reflector::ObjectRef::new(name).within(namespace))
                 .is_some_and(|object| instance_label(object.meta().labels.as_ref()) != Some(id))
         }
-        if foreign(&self.deployments, namespace, name, id) {
+        if foreign(self.deployments.store(), namespace, name, id) {
             Some("Deployment")
         } else if foreign(&self.services, namespace, name, id) {
             Some("Service")
@@ -293,6 +295,7 @@ impl Cluster {
     /// same cluster keeps its own).
     pub fn instance_ids(&self) -> Vec<String> {
         self.deployments
+            .store()
             .state()
             .iter()
             .filter(|d| d.metadata.namespace.as_deref().is_some_and(|n| self.scope.owns(n)))
@@ -306,6 +309,7 @@ impl Cluster {
         let mut ids: HashSet<String> = HashSet::new();
         for labels in self
             .deployments
+            .store()
             .state()
             .iter()
             .map(|d| d.metadata.labels.clone())
@@ -326,10 +330,11 @@ impl Cluster {
         let mut namespaces: HashSet<String> = HashSet::new();
         let metas = self
             .deployments
+            .store()
             .state()
             .iter()
             .map(|d| d.metadata.clone())
-            .chain(self.pods.state().iter().map(|p| p.metadata.clone()))
+            .chain(self.pods.store().state().iter().map(|p| p.metadata.clone()))
             .chain(self.services.state().iter().map(|s| s.metadata.clone()))
             .collect::<Vec<_>>();
         for meta in metas {
@@ -395,37 +400,37 @@ impl Cluster {
         let (Some(namespace), Some(name)) = (deployment.metadata.namespace, deployment.metadata.name) else {
             return Vec::new();
         };
-        let mut events: Vec<EventInfo> = self
-            .events
-            .state()
-            .iter()
-            .filter(|e| e.involved_object.namespace.as_deref() == Some(namespace.as_str()))
-            .filter(|e| {
-                about(
-                    &name,
-                    e.involved_object.kind.as_deref().unwrap_or(""),
-                    e.involved_object.name.as_deref().unwrap_or(""),
-                )
-            })
-            .map(|e| status::event_info(e))
-            .collect();
+        let mut events: Vec<EventInfo> =
+            self.events.of(&format!("{namespace}/{name}")).iter().map(|e| status::event_info(e)).collect();
         events.sort_by_key(|e| std::cmp::Reverse(e.at));
         events.truncate(EVENTS_SHOWN);
         events
     }
 }
 
-/// Whether an object of `kind` named `object` belongs to the instance whose objects are `base`:
-/// the Deployment, Service and HPA carry the name; a ReplicaSet adds `-{hash}`; a pod adds
-/// `-{hash}-{suffix}`.
-pub fn about(base: &str, kind: &str, object: &str) -> bool {
-    let strip = |text: &str| text.rsplit_once('-').map(|(start, _)| start.to_string());
+/// The name of the instance objects an object of `kind` named `object` belongs to: the
+/// Deployment, Service and HPA carry the name; a ReplicaSet adds `-{hash}`; a pod adds
+/// `-{hash}-{suffix}`. `None` for kinds an instance does not own.
+fn owner_base<'a>(kind: &str, object: &'a str) -> Option<&'a str> {
+    let strip = |text: &'a str| text.rsplit_once('-').map(|(start, _)| start);
     match kind {
-        "Deployment" | "Service" | "HorizontalPodAutoscaler" => object == base,
-        "ReplicaSet" => strip(object).as_deref() == Some(base),
-        "Pod" => strip(object).and_then(|rs| strip(&rs)).as_deref() == Some(base),
-        _ => false,
+        "Deployment" | "Service" | "HorizontalPodAutoscaler" => Some(object),
+        "ReplicaSet" => strip(object),
+        "Pod" => strip(object).and_then(strip),
+        _ => None,
     }
+}
+
+/// The group of an object in [`Cluster`]'s stores: the instance its label names.
+fn instance_of<K: Resource>(object: &K) -> Option<String> {
+    instance_label(object.meta().labels.as_ref()).map(str::to_string)
+}
+
+/// The group of an Event in [`Cluster`]'s store: `{namespace}/{the instance objects' name}`.
+fn event_group(event: &Event) -> Option<String> {
+    let object = &event.involved_object;
+    let base = owner_base(object.kind.as_deref()?, object.name.as_deref()?)?;
+    Some(format!("{}/{base}", object.namespace.as_deref()?))
 }
 
 /// The instance an object belongs to, by its [`names::INSTANCE`] label.
@@ -445,55 +450,10 @@ fn matches(labels: Option<&BTreeMap<String, String>>, wanted: &[(String, String)
     wanted.iter().all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
 }
 
-/// Whether the cluster serves metrics.k8s.io (metrics-server or an equivalent).
-pub async fn metrics_served(client: &Client) -> bool {
-    client.list_api_groups().await.is_ok_and(|groups| groups.groups.iter().any(|g| g.name == "metrics.k8s.io"))
-}
-
-/// One pod's usage, with the instance it belongs to.
-#[derive(Clone, Debug, PartialEq)]
-pub struct PodUsage {
-    /// The instance, from the pod's labels.
-    pub instance: Option<String>,
-    /// Its CPU and memory.
-    pub usage: ReplicaUsage,
-}
-
-/// The usage of kubefn's pods in `namespace`, from metrics.k8s.io's PodMetrics.
-pub async fn pod_metrics(client: &Client, namespace: &str) -> Result<Vec<PodUsage>, kube::Error> {
-    let api: Api<PodMetrics> = Api::namespaced(client.clone(), namespace);
-    let list = api.list(&ListParams::default().labels(&names::managed_selector_text())).await?;
-    Ok(list.items.iter().map(pod_usage).collect())
-}
-
-/// One pod's usage from its PodMetrics: the sum over its containers.
-pub fn pod_usage(metrics: &PodMetrics) -> PodUsage {
-    let cpu: f64 = metrics.containers.iter().filter_map(|c| parse_cpu_millicores(&c.usage.cpu.0)).sum();
-    let memory: u64 = metrics
-        .containers
-        .iter()
-        .filter_map(|c| crate::platform::validation::parse_memory_bytes(&c.usage.memory.0))
-        .sum();
-    PodUsage {
-        instance: metrics.metadata.labels.as_ref().and_then(|l| l.get(names::INSTANCE)).cloned(),
-        usage: ReplicaUsage {
-            replica: metrics.metadata.name.clone().unwrap_or_default(),
-            cpu_millicores: Some(cpu),
-            memory_bytes: memory,
-        },
-    }
-}
-
-/// A CPU quantity (`250m`, `12345678n`, `1`, `1500u`) in millicores.
-pub fn parse_cpu_millicores(text: &str) -> Option<f64> {
-    let (number, scale) = match text.chars().last()? {
-        'n' => (&text[..text.len() - 1], 1e-6),
-        'u' => (&text[..text.len() - 1], 1e-3),
-        'm' => (&text[..text.len() - 1], 1.0),
-        _ => (text, 1000.0),
-    };
-    number.parse::<f64>().ok().map(|n| n * scale)
-}
-
+mod grouped;
 #[cfg(test)]
 mod tests;
+mod usage;
+
+use grouped::Grouped;
+pub use usage::{PodUsage, metrics_served, parse_cpu_millicores, pod_metrics, pod_usage};

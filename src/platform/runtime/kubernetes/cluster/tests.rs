@@ -1,16 +1,32 @@
 //! Unit tests of the parent module.
 
 use super::*;
+use k8s_metrics::v1beta1::PodMetrics;
 
 #[test]
-fn events_are_matched_to_the_instance_by_object_name() {
-    assert!(about("hello-alice", "Deployment", "hello-alice"));
-    assert!(about("hello-alice", "ReplicaSet", "hello-alice-7d9f8c6b5"));
-    assert!(about("hello-alice", "Pod", "hello-alice-7d9f8c6b5-x2k4p"));
-    assert!(about("hello-alice", "HorizontalPodAutoscaler", "hello-alice"));
-    assert!(!about("hello-alice", "Pod", "hello-alice-bob-7d9f8c6b5-x2k4p"), "another instance's pod");
-    assert!(!about("hello-alice", "Deployment", "hello-alice-bob"));
-    assert!(!about("hello", "ReplicaSet", "hello-alice-7d9f8c6b5"));
+fn events_are_grouped_by_namespace_and_the_instance_objects_name() {
+    let event = |kind: &str, name: &str| Event {
+        involved_object: k8s_openapi::api::core::v1::ObjectReference {
+            kind: Some(kind.into()),
+            name: Some(name.into()),
+            namespace: Some("fns".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    for (kind, name) in [
+        ("Deployment", "hello-alice"),
+        ("ReplicaSet", "hello-alice-7d9f8c6b5"),
+        ("Pod", "hello-alice-7d9f8c6b5-x2k4p"),
+        ("HorizontalPodAutoscaler", "hello-alice"),
+        ("Service", "hello-alice"),
+    ] {
+        assert_eq!(event_group(&event(kind, name)).as_deref(), Some("fns/hello-alice"), "{kind} {name}");
+    }
+    assert_eq!(event_group(&event("Pod", "hello-alice-bob-7d9f8c6b5-x2k4p")).as_deref(), Some("fns/hello-alice-bob"));
+    assert_eq!(event_group(&event("Deployment", "hello-alice-bob")).as_deref(), Some("fns/hello-alice-bob"));
+    assert_eq!(event_group(&event("ReplicaSet", "hello-alice-7d9f8c6b5")).as_deref(), Some("fns/hello-alice"));
+    assert_eq!(event_group(&event("Node", "node-1")), None, "not an instance's object");
 }
 
 #[test]
