@@ -46,10 +46,14 @@ impl Answer {
 }
 
 impl Server {
-    /// kubefn over `data` on `port`.
+    /// kubefn over `data` on `port`, with node ports of its own: the tests of one binary run
+    /// at once, and a node port a killed kubefn freed would otherwise go to another test's
+    /// instance before the restarted kubefn takes it back. The range follows from `port`, so a
+    /// restart on the same port gets the same one.
     pub fn start(data: &Path, port: u16) -> Server {
+        let first = 20_000 + (port % 600) * 20;
         Server::start_with(port, |command| {
-            command.env("KUBEFN_DATA_DIR", data);
+            command.env("KUBEFN_DATA_DIR", data).env("KUBEFN_NODE_PORT_RANGE", format!("{first}-{}", first + 19));
         })
     }
 
