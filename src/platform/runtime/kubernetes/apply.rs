@@ -145,7 +145,7 @@ impl Inner {
         name: &str,
         spec: &InstanceSpec,
     ) -> Result<(), KubernetesError> {
-        let current = self.cluster.deployment_of(&spec.id).and_then(|d| d.spec.and_then(|s| s.replicas));
+        let current = self.cluster.deployment_of(&spec.id).and_then(|d| d.spec.as_ref().and_then(|s| s.replicas));
         let wanted = replicas_to_set(&spec.spec, spec.paused, spec.replicas, current);
         if let Some(wanted) = wanted {
             self.scale_deployment(namespace, name, wanted).await?;

@@ -22,8 +22,11 @@ impl Inner {
             })
             .collect();
         for (id, namespace, name) in idle {
-            let running =
-                self.cluster.deployment_of(&id).and_then(|d| d.spec.and_then(|s| s.replicas)).is_some_and(|r| r > 0);
+            let running = self
+                .cluster
+                .deployment_of(&id)
+                .and_then(|d| d.spec.as_ref().and_then(|s| s.replicas))
+                .is_some_and(|r| r > 0);
             if !running {
                 continue;
             }
@@ -94,7 +97,7 @@ impl Inner {
     async fn wake(&self, id: &str) {
         let slot = self.slots.lock().get(id).map(|s| (s.namespace.clone(), s.name.clone(), s.spec.clone()));
         let Some((namespace, name, spec)) = slot else { return };
-        let at_zero = self.cluster.deployment_of(id).and_then(|d| d.spec.and_then(|s| s.replicas)) == Some(0);
+        let at_zero = self.cluster.deployment_of(id).and_then(|d| d.spec.as_ref().and_then(|s| s.replicas)) == Some(0);
         if at_zero && !spec.paused {
             let replicas = i32::try_from(replicas_on_wake(&spec)).unwrap_or(i32::MAX);
             if let Err(error) = self.scale_deployment(&namespace, &name, replicas).await {

@@ -150,12 +150,12 @@ impl Cluster {
         }
         let managed = Some(names::managed_selector_text());
         let (pod_sender, pod_changes) = watch::channel(0);
-        let (deployments, deployment_changes, t1) = spawn_reflector(
+        let (deployments, deployments_applied, t1) = spawn_reflector(
             scoped::<Deployment>(&client, per_user, &config.namespace),
             watch_config(managed.clone()),
             Some(pod_sender.clone()),
         );
-        let (pods, pod_count, t2) = spawn_reflector(
+        let (pods, pods_applied, t2) = spawn_reflector(
             scoped::<Pod>(&client, per_user, &config.namespace),
             watch_config(managed.clone()),
             Some(pod_sender),
@@ -165,9 +165,9 @@ impl Cluster {
             watch_config(managed.clone()),
             None,
         );
-        let (events, event_changes, t4) =
+        let (events, events_applied, t4) =
             spawn_reflector(scoped::<Event>(&client, per_user, &config.namespace), watch_config(None), None);
-        let (autoscalers, autoscaler_changes, t6) = spawn_reflector(
+        let (autoscalers, autoscalers_applied, t6) = spawn_reflector(
             scoped::<HorizontalPodAutoscaler>(&client, per_user, &config.namespace),
             watch_config(managed),
             None,
@@ -195,11 +195,11 @@ impl Cluster {
             tracing::warn!("the cluster's objects were not all listed within 30 s; statuses fill in as they arrive");
         }
         Cluster {
-            deployments: Grouped::new(deployments, deployment_changes, instance_of::<Deployment>),
-            pods: Grouped::new(pods, pod_count, instance_of::<Pod>),
+            deployments: Grouped::new(deployments, deployments_applied, instance_of::<Deployment>),
+            pods: Grouped::new(pods, pods_applied, instance_of::<Pod>),
             services,
-            autoscalers: Grouped::new(autoscalers, autoscaler_changes, instance_of::<HorizontalPodAutoscaler>),
-            events: Grouped::new(events, event_changes, event_group),
+            autoscalers: Grouped::new(autoscalers, autoscalers_applied, instance_of::<HorizontalPodAutoscaler>),
+            events: Grouped::new(events, events_applied, event_group),
             nodes,
             pod_changes,
             tasks: Mutex::new(tasks),
@@ -224,9 +224,9 @@ impl Cluster {
         self.pods.store().clone()
     }
 
-    /// The instance's Deployment.
-    pub fn deployment_of(&self, id: &str) -> Option<Deployment> {
-        self.deployments.of(id).first().map(|d| (**d).clone())
+    /// The instance's Deployment (shared with the watch's store, not copied).
+    pub fn deployment_of(&self, id: &str) -> Option<Arc<Deployment>> {
+        self.deployments.of(id).into_iter().next()
     }
 
     /// The instance's HPA, when it has one.
@@ -397,7 +397,7 @@ impl Cluster {
     /// Recent Events about the instance's Deployment, ReplicaSets, pods, Service and HPA, newest first.
     pub fn events_of(&self, id: &str) -> Vec<EventInfo> {
         let Some(deployment) = self.deployment_of(id) else { return Vec::new() };
-        let (Some(namespace), Some(name)) = (deployment.metadata.namespace, deployment.metadata.name) else {
+        let (Some(namespace), Some(name)) = (&deployment.metadata.namespace, &deployment.metadata.name) else {
             return Vec::new();
         };
         let mut events: Vec<EventInfo> =
