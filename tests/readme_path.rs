@@ -34,6 +34,13 @@ fn make_run_as_the_readme_says_deploys_and_invokes_python_and_node() {
     assert_eq!((answer.status, answer.body.as_str()), (200, "hello newcomer"));
     let answer = server.invoke(&cookie, &user, "hello-js", "newcomer");
     assert_eq!((answer.status, answer.body.as_str()), (200, "hi newcomer"));
+    // Large bodies arrive intact through the gateway's vectored writes to the replica's socket.
+    for length in [1 << 20, 5 << 20] {
+        let body: String = (0..length).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+        let answer = server.invoke(&cookie, &user, "hello-js", &body);
+        assert_eq!(answer.status, 200, "a body of {length} bytes");
+        assert!(answer.body == format!("hi {body}"), "a body of {length} bytes arrives intact");
+    }
 
     // A function that cannot start says why, without kubefn's own paths.
     let failed = server.instance_in_state(&cookie, &ids[2], "Failed");

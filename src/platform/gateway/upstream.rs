@@ -46,6 +46,27 @@ impl AsyncWrite for ReplicaStream {
         }
     }
 
+    /// Vectored writes, which both sockets support: without them hyper copies every body chunk
+    /// into its own buffer before writing it (a 1 MiB body cost 10% of kubefn's CPU in that
+    /// copy alone); with them it hands the kernel the head and the chunks in one `writev`.
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            ReplicaStream::Tcp(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
+            ReplicaStream::Unix(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            ReplicaStream::Tcp(stream) => stream.is_write_vectored(),
+            ReplicaStream::Unix(stream) => stream.is_write_vectored(),
+        }
+    }
+
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             ReplicaStream::Tcp(stream) => Pin::new(stream).poll_flush(cx),

@@ -32,6 +32,8 @@ impl Instances {
         let known: HashSet<String> = records.iter().map(|r| r.id.clone()).collect();
         let mut specs: HashMap<(i64, u32), FunctionSpec> = HashMap::new();
         let mut user_quotas: HashMap<i64, Quota> = HashMap::new();
+        // Written together after the loop: one transaction per pass, not one per instance.
+        let mut samples = Vec::with_capacity(records.len());
         for record in records {
             if record.state == InstanceState::Deleting {
                 // In the background: a slow deletion must not hold up everyone's changes.
@@ -67,7 +69,10 @@ impl Instances {
                 continue;
             }
             if let Some(status) = self.runtime.status(&record.id) {
-                self.store.set_instance_state(&record.id, status.state, &status.message).await?;
+                // Most passes change nothing: no round trip to the database for those.
+                if (record.state, record.message.as_str()) != (status.state, status.message.as_str()) {
+                    self.store.set_instance_state(&record.id, status.state, &status.message).await?;
+                }
                 let port = status.node_port.map(|address| address.port());
                 if let Some(port) = port.filter(|port| record.node_port != Some(*port)) {
                     self.store.set_instance_node_port(&record.id, port).await?;
@@ -77,10 +82,11 @@ impl Instances {
                 if !record.paused && status.desired > 0 && status.desired != record.replicas {
                     self.store.set_instance_desired(&record.id, record.function_version, status.desired, false).await?;
                 }
-                self.record_usage(&record, &status).await?;
+                samples.push((record.id.clone(), self.usage_sample(&record, &status)));
                 self.store.record_events(&record.id, &status.events).await?;
             }
         }
+        self.store.insert_usage(&samples).await?;
         for stray in self.runtime.instance_ids().into_iter().filter(|id| !known.contains(id)) {
             if self.spawn_removal(stray.clone()).is_some() {
                 tracing::info!(instance = %stray, "stopping an instance the store no longer has");
@@ -101,7 +107,9 @@ impl Instances {
         Ok(())
     }
 
-    pub(super) async fn record_usage(&self, record: &InstanceRecord, status: &RuntimeStatus) -> InstanceResult<()> {
+    /// The instance's usage sample for this pass: the runtime's figures and the gateway's calls
+    /// since the last one.
+    fn usage_sample(&self, record: &InstanceRecord, status: &RuntimeStatus) -> UsageSample {
         let id = record.id.as_str();
         let usage = self.runtime.usage(id).unwrap_or_default();
         let labels = InstanceLabels::new(&record.function, &record.user);
@@ -117,7 +125,7 @@ impl Instances {
         };
         let finished = self.invocations.take_finished(&labels);
         let cpu: Vec<f64> = usage.iter().filter_map(|u| u.cpu_millicores).collect();
-        let sample = UsageSample {
+        UsageSample {
             at: Utc::now(),
             replicas_desired: status.desired,
             replicas_ready: status.ready,
@@ -129,8 +137,7 @@ impl Instances {
             invocations: finished.ended,
             errors: finished.failed,
             autoscaler_load_percent: status.autoscaler.as_ref().and_then(|a| a.load_percent()),
-        };
-        Ok(self.store.insert_usage(id, &sample).await?)
+        }
     }
 
     /// An instance that follows someone else's function moves to the owner's new version only

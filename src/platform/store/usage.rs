@@ -47,9 +47,19 @@ impl From<UsageRow> for UsageSample {
 }
 
 impl Store {
-    /// Records one sample of an instance.
-    pub async fn insert_usage(&self, instance_id: &str, sample: &UsageSample) -> StoreResult<()> {
-        insert_sample(&self.pool, instance_id, sample).await
+    /// Records samples, each of the instance it names, in one transaction: the reconcile pass
+    /// records one per instance, and a commit per instance made the pass's writes grow with
+    /// every instance.
+    pub async fn insert_usage(&self, samples: &[(String, UsageSample)]) -> StoreResult<()> {
+        if samples.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for (instance_id, sample) in samples {
+            insert_sample(&mut *tx, instance_id, sample).await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     /// An instance's samples since `since`, oldest first.
@@ -182,14 +192,17 @@ mod tests {
         let old_minute = now - Duration::hours(2);
         for (offset, cpu, ready) in [(5, 100.0, 1), (25, 200.0, 3), (45, 300.0, 2)] {
             store
-                .insert_usage(&instance.id, &sample(old_minute + Duration::seconds(offset), cpu, ready))
+                .insert_usage(&[(instance.id.clone(), sample(old_minute + Duration::seconds(offset), cpu, ready))])
                 .await
                 .expect("insert");
         }
-        store.insert_usage(&instance.id, &sample(now - Duration::days(8), 1.0, 1)).await.expect("ancient");
-        store.insert_usage(&instance.id, &sample(now - Duration::minutes(5), 50.0, 1)).await.expect("recent");
+        store.insert_usage(&[(instance.id.clone(), sample(now - Duration::days(8), 1.0, 1))]).await.expect("ancient");
         store
-            .insert_usage(&instance.id, &sample(now - Duration::minutes(5) + Duration::seconds(5), 60.0, 1))
+            .insert_usage(&[(instance.id.clone(), sample(now - Duration::minutes(5), 50.0, 1))])
+            .await
+            .expect("recent");
+        store
+            .insert_usage(&[(instance.id.clone(), sample(now - Duration::minutes(5) + Duration::seconds(5), 60.0, 1))])
             .await
             .expect("recent");
 
