@@ -61,6 +61,7 @@ FOLLOWER_SCALES = (10, 100, 1000)  # live-log followers
 FOLLOWS_PER_USER = 8  # MAX_FOLLOWS_PER_USER in src/platform/instances/mod.rs
 LOG_ROUNDS = 10
 KUBE_SCALES = (10, 100, 1000)  # instances of the Kubernetes runtime on kwok nodes
+RECONCILE_PERIOD_S = 5  # kubefn's default --reconcile-seconds
 RECONCILE_WINDOW_S = 15  # reconcile passes averaged over this many seconds at each scale
 LOG_MARK = re.compile(rb"kubefn-mark-(\d+)-")
 RUNNING = 100
@@ -550,7 +551,10 @@ def kubernetes_growth(binary, site):
             for instance_id in ids[previous:]:
                 server.until_ready(instance_id, seconds=900)
             ready_s = time.monotonic() - began
-            time.sleep(5)
+            # Past the one pass after each deploy that applies the instance again with the node
+            # port its Service was given (so a re-created Service keeps it): the window measures
+            # the passes that keep running instances as they are.
+            time.sleep(3 * RECONCILE_PERIOD_S)
             seconds_before, passes_before = reconcile_totals(server)
             rss = []
             for _ in range(RECONCILE_WINDOW_S):

@@ -7,11 +7,16 @@ impl Instances {
     /// What each of the user's instances but `except` claims at its most ([`Footprint`]).
     pub(super) async fn footprints(&self, user_id: i64, except: Option<&str>) -> InstanceResult<Vec<Footprint>> {
         let mut footprints = Vec::new();
+        let mut specs = self.store.instance_specs(Some(user_id)).await?;
         for instance in self.store.instances(Some(user_id)).await? {
             if instance.state == InstanceState::Deleting || Some(instance.id.as_str()) == except {
                 continue;
             }
-            let spec = self.version_spec(instance.function_id, instance.function_version, &instance.function).await?;
+            let spec = match specs.remove(&instance.id) {
+                Some(spec) => spec,
+                // Created between the two reads.
+                None => self.version_spec(instance.function_id, instance.function_version, &instance.function).await?,
+            };
             footprints.push(Footprint::of(&spec, instance.replicas));
         }
         Ok(footprints)

@@ -30,7 +30,9 @@ impl Instances {
         let _changing = self.changes.lock().await;
         let records = self.store.instances(None).await?;
         let known: HashSet<String> = records.iter().map(|r| r.id.clone()).collect();
-        let mut specs: HashMap<(i64, u32), FunctionSpec> = HashMap::new();
+        // Read for every instance at once: a query per instance was most of a pass's time.
+        let mut specs = self.store.instance_specs(None).await?;
+        let newest_events = self.store.newest_events().await?;
         let mut user_quotas: HashMap<i64, Quota> = HashMap::new();
         // Written together after the loop: one transaction per pass, not one per instance.
         let mut samples = Vec::with_capacity(records.len());
@@ -40,14 +42,10 @@ impl Instances {
                 self.spawn_removal(record.id.clone());
                 continue;
             }
-            let key = (record.function_id, record.function_version);
-            let spec = match specs.get(&key) {
-                Some(spec) => spec.clone(),
-                None => {
-                    let spec = self.version_spec(record.function_id, record.function_version, &record.function).await?;
-                    specs.insert(key, spec.clone());
-                    spec
-                }
+            let spec = match specs.remove(&record.id) {
+                Some(spec) => spec,
+                // Created between the two reads.
+                None => self.version_spec(record.function_id, record.function_version, &record.function).await?,
             };
             let quota = match user_quotas.get(&record.user_id) {
                 Some(quota) => *quota,
@@ -83,7 +81,9 @@ impl Instances {
                     self.store.set_instance_desired(&record.id, record.function_version, status.desired, false).await?;
                 }
                 samples.push((record.id.clone(), self.usage_sample(&record, &status)));
-                self.store.record_events(&record.id, &status.events).await?;
+                self.store
+                    .record_events_after(&record.id, &status.events, newest_events.get(&record.id).copied())
+                    .await?;
             }
         }
         self.store.insert_usage(&samples).await?;

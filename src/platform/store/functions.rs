@@ -76,8 +76,7 @@ struct VersionRow {
 
 impl VersionRow {
     fn decode(self) -> StoreResult<(VersionInfo, FunctionSpec)> {
-        let spec: FunctionSpec = serde_json::from_str(&self.spec)
-            .map_err(|source| StoreError::Corrupt { what: "function version", source })?;
+        let spec = decode_spec(&self.spec)?;
         let info = VersionInfo {
             number: u32::try_from(self.number).unwrap_or(0),
             created_by: self.created_by,
@@ -87,6 +86,11 @@ impl VersionRow {
         };
         Ok((info, spec))
     }
+}
+
+/// A stored version's spec.
+pub(super) fn decode_spec(text: &str) -> StoreResult<FunctionSpec> {
+    serde_json::from_str(text).map_err(|source| StoreError::Corrupt { what: "function version", source })
 }
 
 fn encode_spec(spec: &FunctionSpec) -> StoreResult<String> {

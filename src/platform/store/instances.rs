@@ -2,8 +2,9 @@
 
 use super::{Store, StoreResult};
 use crate::platform::model::Named;
-use crate::platform::model::{EventInfo, InstanceState};
+use crate::platform::model::{EventInfo, FunctionSpec, InstanceState};
 use chrono::{DateTime, Utc};
+use std::collections::HashMap;
 
 /// An instance row joined with its function's and user's names.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -151,6 +152,36 @@ impl Store {
         Ok(rows.into_iter().map(InstanceRecord::from).collect())
     }
 
+    /// The spec of the version each of a user's instances (or everyone's, when `user_id` is
+    /// `None`) runs, by instance id, in one query: a quota check and a reconcile pass need all of
+    /// them, and a query each cost a round trip to the database per instance.
+    pub async fn instance_specs(&self, user_id: Option<i64>) -> StoreResult<HashMap<String, FunctionSpec>> {
+        let rows: Vec<(String, i64, i64, String)> = sqlx::query_as(
+            "SELECT i.id, v.function_id, v.number, v.spec
+               FROM instances i JOIN functions f ON f.id = i.function_id
+               JOIN function_versions v ON v.function_id = i.function_id AND v.number = COALESCE(i.pinned_version, f.current_version)
+              WHERE ?1 IS NULL OR i.user_id = ?1",
+        )
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await?;
+        // Many instances may run one version: each is decoded once.
+        let mut decoded: HashMap<(i64, i64), FunctionSpec> = HashMap::new();
+        let mut specs = HashMap::with_capacity(rows.len());
+        for (id, function_id, number, text) in rows {
+            let spec = match decoded.get(&(function_id, number)) {
+                Some(spec) => spec.clone(),
+                None => {
+                    let spec = super::functions::decode_spec(&text)?;
+                    decoded.insert((function_id, number), spec.clone());
+                    spec
+                }
+            };
+            specs.insert(id, spec);
+        }
+        Ok(specs)
+    }
+
     /// Pins the instance to `version`, or lets it follow the function's current version (`None`).
     pub async fn set_instance_pin(&self, id: &str, version: Option<u32>) -> StoreResult<()> {
         sqlx::query("UPDATE instances SET pinned_version = ?, updated_at = ? WHERE id = ?")
@@ -216,6 +247,27 @@ impl Store {
             .bind(instance_id)
             .fetch_one(&self.pool)
             .await?;
+        self.record_events_after(instance_id, events, newest).await
+    }
+
+    /// The time of each instance's newest stored event, in one query: the reconcile pass needs
+    /// every instance's, and a query each was a round trip per instance on every pass.
+    pub async fn newest_events(&self) -> StoreResult<HashMap<String, DateTime<Utc>>> {
+        let rows: Vec<(String, DateTime<Utc>)> =
+            sqlx::query_as("SELECT instance_id, MAX(at) FROM events GROUP BY instance_id")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().collect())
+    }
+
+    /// [`Store::record_events`] when the newest stored event's time is known already
+    /// ([`Store::newest_events`]; `None`: the instance has none).
+    pub async fn record_events_after(
+        &self,
+        instance_id: &str,
+        events: &[EventInfo],
+        newest: Option<DateTime<Utc>>,
+    ) -> StoreResult<usize> {
         let fresh: Vec<&EventInfo> = events.iter().filter(|e| newest.is_none_or(|newest| e.at > newest)).collect();
         // Nothing new, nothing to trim: no write, which the reconcile loop would otherwise make
         // for every instance on every pass.
@@ -416,5 +468,27 @@ mod tests {
         assert_eq!(store.invocation("alice", "hello").await.expect("row").expect("row").instance_id, None);
         assert!(store.delete_unused_function(function.id).await.expect("unregister"));
         assert_eq!(store.invocation("alice", "hello").await.expect("row"), None);
+    }
+
+    #[tokio::test]
+    async fn instance_specs_are_the_versions_each_instance_runs_and_only_the_users() {
+        let (_dir, store) = super::super::temp_store().await;
+        let alice = store.insert_user("alice", "hash", Role::User).await.expect("user");
+        let bob = store.insert_user("bob", "hash", Role::User).await.expect("user");
+        let mut spec: FunctionSpec =
+            serde_json::from_value(serde_json::json!({"name": "f", "runtime": "python", "source": "v1"}))
+                .expect("spec");
+        let function = store.insert_function(alice.id, &spec).await.expect("function");
+        spec.source = "v2".into();
+        store.add_version(function.id, &spec, alice.id).await.expect("version 2");
+        let (pinned, _) = store.upsert_instance(function.id, alice.id, 1, 1, Some(1)).await.expect("alice's");
+        let (following, _) = store.upsert_instance(function.id, bob.id, 2, 1, None).await.expect("bob's");
+
+        let alices = store.instance_specs(Some(alice.id)).await.expect("alice's specs");
+        assert_eq!(alices.len(), 1, "only alice's instances");
+        assert_eq!(alices[&pinned.id].source, "v1", "the pinned version");
+        let bobs = store.instance_specs(Some(bob.id)).await.expect("bob's specs");
+        assert_eq!(bobs[&following.id].source, "v2", "the current version");
+        assert_eq!(store.instance_specs(None).await.expect("everyone's").len(), 2);
     }
 }

@@ -5,25 +5,45 @@ use super::*;
 impl Inner {
     pub(super) async fn apply(self: &Arc<Self>, spec: InstanceSpec, force: bool) -> Result<(), KubernetesError> {
         let namespace = self.namespace_of(&spec.user);
-        let node_port = spec.node_port;
-        let manifests = manifests::build(&spec, &namespace, &self.config.pods, node_port)?;
-        let unchanged = {
-            let slots = self.slots.lock();
-            slots.get(&spec.id).is_some_and(|s| s.fingerprint == manifests.fingerprint)
-                && self.cluster.deployment_of(&spec.id).is_some()
-        };
         if self.config.user_namespace_prefix.is_some() {
             self.prepare_user_namespace(&namespace, &spec.user, spec.user_quota).await?;
         }
-        if !unchanged || force {
-            self.apply_objects(&namespace, &manifests, &spec).await?;
-        }
-        self.ensure_slot(&spec, &namespace, &manifests).await;
-        self.set_replicas(&namespace, &manifests.name, &spec).await?;
+        let (name, fingerprint, unchanged) = match self.applied_from(&spec, &namespace).filter(|_| !force) {
+            Some((name, fingerprint)) => (name, fingerprint, true),
+            None => {
+                let manifests = manifests::build(&spec, &namespace, &self.config.pods, spec.node_port)?;
+                let unchanged = {
+                    let slots = self.slots.lock();
+                    slots.get(&spec.id).is_some_and(|s| s.fingerprint == manifests.fingerprint)
+                        && self.cluster.deployment_of(&spec.id).is_some()
+                };
+                if !unchanged || force {
+                    self.apply_objects(&namespace, &manifests, &spec).await?;
+                }
+                (manifests.name, manifests.fingerprint, unchanged)
+            }
+        };
+        self.ensure_slot(&spec, &namespace, &name, &fingerprint).await;
+        self.set_replicas(&namespace, &name, &spec).await?;
         if !unchanged {
             self.prune_config_maps(&namespace, &spec).await;
         }
         Ok(())
+    }
+
+    /// The name and fingerprint of the objects the instance's slot holds, when they were applied
+    /// from exactly `spec` in `namespace` and its Deployment is there. The objects follow from
+    /// those two alone (kubefn's pod settings never change while it runs), so there is nothing
+    /// to build: building and hashing them was most of a reconcile pass's time per instance.
+    fn applied_from(&self, spec: &InstanceSpec, namespace: &str) -> Option<(String, String)> {
+        let applied = {
+            let slots = self.slots.lock();
+            let slot = slots
+                .get(&spec.id)
+                .filter(|slot| slot.spec == *spec && slot.namespace == namespace && !slot.fingerprint.is_empty())?;
+            (slot.name.clone(), slot.fingerprint.clone())
+        };
+        self.cluster.deployment_of(&spec.id).is_some().then_some(applied)
     }
 
     pub(super) async fn apply_objects(
@@ -169,21 +189,34 @@ impl Inner {
         Ok(())
     }
 
-    pub(super) async fn ensure_slot(self: &Arc<Self>, spec: &InstanceSpec, namespace: &str, m: &manifests::Manifests) {
+    /// Keeps the instance's slot: its spec, the name and fingerprint of its objects, and its
+    /// port-forward (bound now if it has none).
+    pub(super) async fn ensure_slot(
+        self: &Arc<Self>,
+        spec: &InstanceSpec,
+        namespace: &str,
+        name: &str,
+        fingerprint: &str,
+    ) {
         let (fresh, needs_forward) = {
             let mut slots = self.slots.lock();
             let fresh = !slots.contains_key(&spec.id);
             let slot = slots.entry(spec.id.clone()).or_insert_with(|| Slot {
                 namespace: namespace.to_string(),
-                name: m.name.clone(),
+                name: name.to_string(),
                 spec: spec.clone(),
                 fingerprint: String::new(),
                 forward: None,
                 traffic: None,
                 endpoints: watch::channel(Vec::new()).0,
             });
-            slot.spec = spec.clone();
-            slot.fingerprint = m.fingerprint.clone();
+            // Most passes bring the spec the slot has: no copy of the function's source then.
+            if slot.spec != *spec {
+                slot.spec = spec.clone();
+            }
+            if slot.fingerprint != fingerprint {
+                slot.fingerprint = fingerprint.to_string();
+            }
             let served = spec.spec.service.kind != crate::platform::model::ServiceKind::ExternalName;
             if self.config.in_cluster && served && slot.traffic.is_none() {
                 // Inside the cluster kubefn dials the pods itself (see `connect`); requests
