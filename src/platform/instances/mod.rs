@@ -438,6 +438,19 @@ impl Instances {
         }
     }
 
+    /// The spec `instance` runs, taken from `specs` (read for many instances at once by
+    /// [`Store::instance_specs`]), or read now for one created after that read.
+    async fn spec_of(
+        &self,
+        specs: &mut HashMap<String, FunctionSpec>,
+        instance: &InstanceRecord,
+    ) -> InstanceResult<FunctionSpec> {
+        match specs.remove(&instance.id) {
+            Some(spec) => Ok(spec),
+            None => self.version_spec(instance.function_id, instance.function_version, &instance.function).await,
+        }
+    }
+
     async fn version_spec(&self, function_id: i64, version: u32, name: &str) -> InstanceResult<FunctionSpec> {
         match self.store.version_spec(function_id, version).await? {
             Some((_, spec)) => Ok(spec),

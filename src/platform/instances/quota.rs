@@ -12,11 +12,7 @@ impl Instances {
             if instance.state == InstanceState::Deleting || Some(instance.id.as_str()) == except {
                 continue;
             }
-            let spec = match specs.remove(&instance.id) {
-                Some(spec) => spec,
-                // Created between the two reads.
-                None => self.version_spec(instance.function_id, instance.function_version, &instance.function).await?,
-            };
+            let spec = self.spec_of(&mut specs, &instance).await?;
             footprints.push(Footprint::of(&spec, instance.replicas));
         }
         Ok(footprints)

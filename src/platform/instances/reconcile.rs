@@ -42,11 +42,7 @@ impl Instances {
                 self.spawn_removal(record.id.clone());
                 continue;
             }
-            let spec = match specs.remove(&record.id) {
-                Some(spec) => spec,
-                // Created between the two reads.
-                None => self.version_spec(record.function_id, record.function_version, &record.function).await?,
-            };
+            let spec = self.spec_of(&mut specs, &record).await?;
             let quota = match user_quotas.get(&record.user_id) {
                 Some(quota) => *quota,
                 None => {

@@ -156,12 +156,12 @@ impl Store {
     /// `None`) runs, by instance id, in one query: a quota check and a reconcile pass need all of
     /// them, and a query each cost a round trip to the database per instance.
     pub async fn instance_specs(&self, user_id: Option<i64>) -> StoreResult<HashMap<String, FunctionSpec>> {
-        let rows: Vec<(String, i64, i64, String)> = sqlx::query_as(
-            "SELECT i.id, v.function_id, v.number, v.spec
-               FROM instances i JOIN functions f ON f.id = i.function_id
-               JOIN function_versions v ON v.function_id = i.function_id AND v.number = COALESCE(i.pinned_version, f.current_version)
-              WHERE ?1 IS NULL OR i.user_id = ?1",
-        )
+        // The version each instance runs is `function_version` as SELECT_INSTANCE defines it.
+        let rows: Vec<(String, i64, i64, String)> = sqlx::query_as(&format!(
+            "SELECT r.id, v.function_id, v.number, v.spec
+               FROM ({SELECT_INSTANCE} WHERE ?1 IS NULL OR i.user_id = ?1) r
+               JOIN function_versions v ON v.function_id = r.function_id AND v.number = r.function_version"
+        ))
         .bind(user_id)
         .fetch_all(&self.pool)
         .await?;
