@@ -22,6 +22,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
+use follows::FollowSlot;
+pub use follows::MAX_FOLLOWS_PER_USER;
+
+mod follows;
 mod quota;
 mod reconcile;
 mod removal;
@@ -128,41 +132,6 @@ pub struct Instances {
     /// Live log follows open per user id, bounded by [`MAX_FOLLOWS_PER_USER`].
     follows: Arc<Mutex<HashMap<i64, usize>>>,
     quotas: Quotas,
-}
-
-/// Live log follows one user may have open at once: each holds a connection and a watch on the
-/// runtime (on Kubernetes, a log stream per pod), so a flood of them must stop somewhere.
-pub const MAX_FOLLOWS_PER_USER: usize = 8;
-
-/// One open follow, counted against its user until the stream is dropped.
-struct FollowSlot {
-    follows: Arc<Mutex<HashMap<i64, usize>>>,
-    user: i64,
-}
-
-impl FollowSlot {
-    /// A slot for `user`, or `None` when they have [`MAX_FOLLOWS_PER_USER`] already.
-    fn take(follows: &Arc<Mutex<HashMap<i64, usize>>>, user: i64) -> Option<FollowSlot> {
-        let mut open = follows.lock();
-        let count = open.entry(user).or_default();
-        if *count >= MAX_FOLLOWS_PER_USER {
-            return None;
-        }
-        *count += 1;
-        Some(FollowSlot { follows: follows.clone(), user })
-    }
-}
-
-impl Drop for FollowSlot {
-    fn drop(&mut self) {
-        let mut open = self.follows.lock();
-        if let Some(count) = open.get_mut(&self.user) {
-            *count -= 1;
-            if *count == 0 {
-                open.remove(&self.user);
-            }
-        }
-    }
 }
 
 /// What the previous usage sample saw, to turn counters into rates.
