@@ -691,6 +691,9 @@ async fn placement_sends_pods_to_the_chosen_nodes_and_an_untolerated_taint_keeps
     runtime.delete_matching(&names::function_selector_text("placed")).await.expect("clean up an earlier run");
     let mut function = python("placed", "def handle(req):\n    return 'x'\n");
     function.scaling = ScalingPolicy { min: 4, max: 4, target_cpu_percent: None, ..ScalingPolicy::default() };
+    // Limits as Kubernetes also writes them: the apiserver takes what kubefn's validation takes.
+    function.resources.cpu_limit = "1e-1".into();
+    function.resources.memory_limit = "0.25Gi".into();
     let spec = InstanceSpec { replicas: 4, ..instance(&function, "alice", 1) };
     runtime.apply(spec.clone(), ApplyMode::Reconcile).await.expect("apply");
     until(&runtime, &spec.id, "4 replicas on kwok's nodes", |s| s.state == InstanceState::Ready && s.ready == 4).await;
@@ -702,6 +705,24 @@ async fn placement_sends_pods_to_the_chosen_nodes_and_an_untolerated_taint_keeps
     let nodes: Vec<String> = pods.items.iter().filter_map(|p| p.spec.as_ref()?.node_name.clone()).collect();
     assert_eq!(nodes.len(), 4);
     assert!(nodes.iter().all(|n| n.starts_with("kwok-node-")), "{nodes:?}");
+    // Kubernetes' recommended labels find the same pods and every other object of the instance.
+    let recommended = ListParams::default().labels(
+        "app.kubernetes.io/name=placed,app.kubernetes.io/instance=placed-alice,app.kubernetes.io/version=1,\
+         app.kubernetes.io/component=function,app.kubernetes.io/part-of=kubefn",
+    );
+    let pods = Api::<Pod>::namespaced(admin.clone(), NAMESPACE).list(&recommended).await.expect("pods");
+    assert_eq!(pods.items.len(), 4);
+    let limits = pods.items[0].spec.as_ref().and_then(|s| s.containers[0].resources.as_ref()?.limits.clone());
+    let limits = limits.expect("limits");
+    assert_eq!(
+        (limits["cpu"].0.as_str(), limits["memory"].0.as_str()),
+        ("100m", "256Mi"),
+        "as the apiserver reads them"
+    );
+    let deployments = Api::<Deployment>::namespaced(admin.clone(), NAMESPACE).list(&recommended).await.expect("list");
+    let services = Api::<Service>::namespaced(admin.clone(), NAMESPACE).list(&recommended).await.expect("list");
+    let config_maps = Api::<ConfigMap>::namespaced(admin.clone(), NAMESPACE).list(&recommended).await.expect("list");
+    assert_eq!((deployments.items.len(), services.items.len(), config_maps.items.len()), (1, 1, 1));
     runtime.delete(&spec.id).await.expect("delete");
     runtime.shutdown().await;
 

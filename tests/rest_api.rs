@@ -245,6 +245,8 @@ async fn every_invalid_field_is_named_and_nothing_is_stored() {
         (with(hello("x"), "/resources/memory", json!("12MB")), "resources.memory"),
         (with(hello("x"), "/resources/memory_limit", json!("1Ti0")), "resources.memory_limit"),
         (with(hello("x"), "/resources/cpu_limit", json!("")), "resources.cpu_limit"),
+        (with(hello("x"), "/resources/cpu_limit", json!("inf")), "resources.cpu_limit"),
+        (with(hello("x"), "/resources/memory_limit", json!("1e9Ki")), "resources.memory_limit"),
         (with(hello("x"), "/resources/gpu", json!("1")), "resources.gpu"),
         (with(hello("x"), "/scaling/min", json!(6)), "scaling.min"),
         (with(hello("x"), "/scaling/max", json!(0)), "scaling.max"),
@@ -2399,4 +2401,22 @@ async fn admins_set_quotas_and_every_limit_is_refused_by_name_changing_nothing()
         "{report:#}"
     );
     app.stop().await;
+}
+
+/// Limits written as Kubernetes accepts them (a fraction of a Gi, a decimal exponent, cores as a
+/// fraction) register, deploy and count in the quota at their exact value.
+#[tokio::test]
+async fn quantities_kubernetes_accepts_are_read_as_kubernetes_reads_them() {
+    let app = TestApp::start().await;
+    let alice = app.user("alice").await;
+    let mut spec = hello("fractions");
+    spec["resources"] = json!({"cpu": "1e-1", "memory": "1e8", "cpu_limit": "0.25", "memory_limit": "1.5Gi"});
+    spec["scaling"]["max"] = json!(2);
+    let registered = app.call(Method::POST, "/api/v1/functions", Some(spec), As::Cookie(&alice)).await;
+    assert_eq!(registered.status, StatusCode::CREATED, "{}", registered.body);
+    let deployed = app.call(Method::POST, "/api/v1/functions/fractions/deploy", None, As::Cookie(&alice)).await;
+    assert_eq!(deployed.status, StatusCode::CREATED, "{}", deployed.body);
+    let report = app.call(Method::GET, "/api/v1/users/alice/quota", None, As::Cookie(&alice)).await.body;
+    assert_eq!(report["used"]["cpu_millicores"], 2 * 250, "{report}");
+    assert_eq!(report["used"]["memory_bytes"], 2 * (3u64 << 29), "{report}");
 }

@@ -268,14 +268,15 @@ fn cpu_use_stays_at_the_limit() {
     for t in threads: t.join()
     result["cores"] = (time.process_time() - cpu) / (time.time() - started)"#;
     let mut spec = attack("burn", body, json!({}));
-    spec["resources"] = json!({"cpu": "100m", "memory": "64Mi", "cpu_limit": "200m", "memory_limit": "128Mi"});
+    // 0.2 cores, written as Kubernetes also accepts it, is 200m to the kernel.
+    spec["resources"] = json!({"cpu": "100m", "memory": "64Mi", "cpu_limit": "0.2", "memory_limit": "128Mi"});
     let (cookie, id) = tenancy.attacker("mallory", spec);
     let cores = invoke_json(&tenancy, &cookie, "mallory", "burn")["cores"].as_f64().expect("cores");
     eprintln!("measured CPU of a function limited to 200m with two busy threads: {cores:.3} cores");
     assert!((0.18..=0.22).contains(&cores), "CPU {cores:.3} cores, limit 0.2 ± 10 %");
     let instance = tenancy.server.instance_in_state(&cookie, &id, "Ready");
     let limits = instance["limits"].as_str().unwrap_or_default();
-    assert!(limits.contains("CPU limit 200m: enforced by the kernel"), "{limits}");
+    assert!(limits.contains("CPU limit 0.2: enforced by the kernel"), "{limits}");
     tenancy.assert_bystander_answers(&bystander);
 }
 
@@ -289,7 +290,8 @@ fn memory_past_the_limit_is_killed_by_the_kernel_and_reported() {
         hog[i] = 1
     result["survived"] = len(hog)"#;
     let mut spec = attack("hog", body, json!({}));
-    spec["resources"] = json!({"cpu": "100m", "memory": "64Mi", "cpu_limit": "1", "memory_limit": "96Mi"});
+    // 96Mi, written as a fraction of a Gi as Kubernetes also accepts it.
+    spec["resources"] = json!({"cpu": "100m", "memory": "64Mi", "cpu_limit": "1", "memory_limit": "0.09375Gi"});
     let (cookie, id) = tenancy.attacker("mallory", spec);
     let answer = tenancy.server.invoke(&cookie, "mallory", "hog", "");
     assert_ne!(answer.status, 200, "300 MiB in a 96 MiB replica: {}", answer.body);
@@ -301,7 +303,7 @@ fn memory_past_the_limit_is_killed_by_the_kernel_and_reported() {
         .and_then(|events| events.iter().find(|e| e["reason"] == "OOMKilled"))
         .cloned()
         .unwrap_or_default();
-    assert!(event["message"].as_str().unwrap_or_default().contains("96Mi"), "{event}");
+    assert!(event["message"].as_str().unwrap_or_default().contains("memory limit of 0.09375Gi"), "{event}");
     // The replica is restarted and serves again.
     tenancy.server.instance_in_state(&cookie, &id, "Ready");
     tenancy.assert_bystander_answers(&bystander);

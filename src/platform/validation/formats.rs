@@ -1,37 +1,51 @@
 //! Formats users write: CPU and memory quantities as Kubernetes reads them, and image references.
 
-/// Parses a Kubernetes CPU quantity (`250m`, `0.5`, `2`) into millicores.
+/// A CPU quantity as Kubernetes reads it (`250m`, `0.5`, `2`, `1e3`) in millicores, a fraction of
+/// a millicore rounded up as the API server rounds it.
 pub fn parse_cpu_millis(text: &str) -> Option<u64> {
-    if let Some(millis) = text.strip_suffix('m') {
-        return parse_plain_digits(millis);
-    }
-    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
-    if fraction.len() > 3 || (whole.is_empty() && fraction.is_empty()) {
-        return None;
-    }
-    let whole = if whole.is_empty() { 0 } else { parse_plain_digits(whole)? };
-    let fraction_millis =
-        if fraction.is_empty() { 0 } else { parse_plain_digits(fraction)? * 10u64.pow(3 - fraction.len() as u32) };
-    whole.checked_mul(1000)?.checked_add(fraction_millis)
+    quantity_in(text, MILLICORE).and_then(round_up)
 }
 
-/// Parses a Kubernetes memory quantity (`128Mi`, `1G`, `1048576`) into bytes.
+/// A memory quantity as Kubernetes reads it (`128Mi`, `1.5Gi`, `1G`, `1e9`, `1048576`) in bytes,
+/// a fraction of a byte rounded up.
 pub fn parse_memory_bytes(text: &str) -> Option<u64> {
-    const SUFFIXES: &[(&str, u64)] = &[
-        ("Ki", 1 << 10),
-        ("Mi", 1 << 20),
-        ("Gi", 1 << 30),
-        ("Ti", 1 << 40),
-        ("k", 1_000),
-        ("M", 1_000_000),
-        ("G", 1_000_000_000),
-        ("T", 1_000_000_000_000),
-    ];
-    let (digits, factor) = SUFFIXES
-        .iter()
-        .find_map(|(suffix, factor)| text.strip_suffix(suffix).map(|d| (d, *factor)))
-        .unwrap_or((text, 1));
-    parse_plain_digits(digits)?.checked_mul(factor)
+    quantity_in(text, 1.0).and_then(round_up)
+}
+
+/// One millicore, in cores: the unit [`quantity_in`] takes for CPU.
+pub const MILLICORE: f64 = 1e-3;
+
+/// A non-negative Kubernetes quantity in multiples of `unit` (1 for bytes, [`MILLICORE`] for
+/// millicores), unrounded: metrics report CPU in nanocores (`12345678n`).
+///
+/// The parsing is [`kube_quantity`]'s. It reads the number with a float parser, which also takes
+/// what the API server refuses, so those shapes are refused here first: no digit at all (`Ki`),
+/// `inf` or `nan`, a sign other than `+` before the number, and an exponent followed by a suffix
+/// (`1e3Ki`).
+pub fn quantity_in(text: &str, unit: f64) -> Option<f64> {
+    let number = text.strip_prefix('+').unwrap_or(text);
+    if !number.starts_with(|c: char| c.is_ascii_digit() || c == '.') || !number.contains(|c: char| c.is_ascii_digit()) {
+        return None;
+    }
+    let has_exponent = number.char_indices().any(|(i, c)| {
+        matches!(c, 'e' | 'E') && number[i + 1..].starts_with(|d: char| d.is_ascii_digit() || d == '+' || d == '-')
+    });
+    if has_exponent && !number.ends_with(|c: char| c.is_ascii_digit()) {
+        return None;
+    }
+    let quantity = kube_quantity::ParsedQuantity::try_from(number).ok()?;
+    let value = quantity.to_bytes_f64()? / unit;
+    (value.is_finite() && value >= 0.0).then_some(value)
+}
+
+/// `value` rounded up to a whole unit, as Kubernetes rounds a quantity finer than its unit; the
+/// float noise of a decimal scaled by a power of ten (`4.35` cores is 4350 millicores, not 4351)
+/// is not a fraction. `None` past 2^53, where whole numbers stop being exact in an `f64`.
+fn round_up(value: f64) -> Option<u64> {
+    const EXACT_INTEGERS: f64 = (1u64 << 53) as f64;
+    let nearest = value.round();
+    let whole = if (value - nearest).abs() <= value * 1e-12 { nearest } else { value.ceil() };
+    (whole <= EXACT_INTEGERS).then_some(whole as u64)
 }
 
 pub(super) fn parse_plain_digits(text: &str) -> Option<u64> {

@@ -455,7 +455,7 @@ fn check_service(spec: &FunctionSpec, errors: &mut Vec<FieldError>) {
 
 mod formats;
 
-pub use formats::{is_image_reference, parse_cpu_millis, parse_memory_bytes};
+pub use formats::{MILLICORE, is_image_reference, parse_cpu_millis, parse_memory_bytes, quantity_in};
 
 #[cfg(test)]
 mod tests;

@@ -35,9 +35,16 @@ fn cpu_quantities_parse_to_millicores() {
     assert_eq!(parse_cpu_millis("100m"), Some(100));
     assert_eq!(parse_cpu_millis("0.5"), Some(500));
     assert_eq!(parse_cpu_millis(".25"), Some(250));
-    assert_eq!(parse_cpu_millis("2"), Some(2000));
+    assert_eq!(parse_cpu_millis("+2"), Some(2000));
     assert_eq!(parse_cpu_millis("1.5"), Some(1500));
-    for bad in ["", "m", "1.2345", "-1", "1e3", "abc", "1.5m", "."] {
+    assert_eq!(parse_cpu_millis("4.35"), Some(4350));
+    assert_eq!(parse_cpu_millis("1e3"), Some(1_000_000));
+    assert_eq!(parse_cpu_millis("5E-1"), Some(500));
+    // Finer than a millicore rounds up, as the API server rounds it.
+    assert_eq!(parse_cpu_millis("1.2345"), Some(1235));
+    assert_eq!(parse_cpu_millis("1.5m"), Some(2));
+    assert_eq!(parse_cpu_millis("250000u"), Some(250));
+    for bad in ["", "m", "-1", "abc", ".", "inf", "+inf", "NaN", "1e3m", "1e", "1e400", "2 cores", "0x10"] {
         assert_eq!(parse_cpu_millis(bad), None, "{bad:?}");
     }
 }
@@ -46,10 +53,14 @@ fn cpu_quantities_parse_to_millicores() {
 fn memory_quantities_parse_to_bytes() {
     assert_eq!(parse_memory_bytes("128Mi"), Some(128 << 20));
     assert_eq!(parse_memory_bytes("1Gi"), Some(1 << 30));
+    assert_eq!(parse_memory_bytes("1.5Gi"), Some(3 << 29));
     assert_eq!(parse_memory_bytes("1G"), Some(1_000_000_000));
     assert_eq!(parse_memory_bytes("64k"), Some(64_000));
+    assert_eq!(parse_memory_bytes("1e3"), Some(1_000));
+    assert_eq!(parse_memory_bytes("1.5e9"), Some(1_500_000_000));
     assert_eq!(parse_memory_bytes("1048576"), Some(1 << 20));
-    for bad in ["", "Mi", "12MB", "1.5Gi", "-1Mi", "12 Mi"] {
+    assert_eq!(parse_memory_bytes("0.5"), Some(1));
+    for bad in ["", "Mi", "12MB", "-1Mi", "12 Mi", "1e3Ki", "Infinity", "1Mi ", "9Ei"] {
         assert_eq!(parse_memory_bytes(bad), None, "{bad:?}");
     }
 }

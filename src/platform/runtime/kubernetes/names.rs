@@ -3,7 +3,9 @@
 //! (see [`base_name`]), and labelled
 //! `app.kubernetes.io/managed-by=kubefn`, `kubefn.dev/function`, `kubefn.dev/user`,
 //! `kubefn.dev/version`, plus `kubefn.dev/instance` (the instance's id), which is how kubefn
-//! finds an instance's objects again and deletes them all. Pure functions, no client.
+//! finds an instance's objects again and deletes them all. They also carry Kubernetes'
+//! recommended `app.kubernetes.io/*` labels ([`APP_NAME`] and the rest), which kubectl users and
+//! dashboards filter on; kubefn never selects by those. Pure functions, no client.
 
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -23,6 +25,20 @@ pub const DNS_POD: (&str, &str) = ("k8s-app", "kube-dns");
 pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 /// The value of [`MANAGED_BY`].
 pub const MANAGER: &str = "kubefn";
+/// `app.kubernetes.io/name`: the function's name on an instance's objects, `kubefn` on the objects
+/// kubefn keeps for a namespace.
+pub const APP_NAME: &str = "app.kubernetes.io/name";
+/// `app.kubernetes.io/instance`: the instance's base name ([`base_name`], `{function}-{user}`).
+pub const APP_INSTANCE: &str = "app.kubernetes.io/instance";
+/// `app.kubernetes.io/version`: the function version the instance is set to run (kubefn's own
+/// version on the objects it keeps for a namespace).
+pub const APP_VERSION: &str = "app.kubernetes.io/version";
+/// `app.kubernetes.io/component`: [`FUNCTION_COMPONENT`] on an instance's objects.
+pub const APP_COMPONENT: &str = "app.kubernetes.io/component";
+/// `app.kubernetes.io/part-of`: always [`MANAGER`], the platform every function is part of.
+pub const APP_PART_OF: &str = "app.kubernetes.io/part-of";
+/// The [`APP_COMPONENT`] of an instance's objects.
+pub const FUNCTION_COMPONENT: &str = "function";
 /// The function's name.
 pub const FUNCTION: &str = "kubefn.dev/function";
 /// The user's name.
@@ -102,15 +118,43 @@ pub fn user_selector_text(user: &str) -> String {
     format!("{MANAGED_BY}={MANAGER},{USER}={user}")
 }
 
-/// The full label set of an instance's objects; `version` only where one version is meant.
-pub fn labels(instance: &str, function: &str, user: &str, version: Option<u32>) -> BTreeMap<String, String> {
+/// The full label set of an instance's objects: `desired` is the version the instance is set to
+/// run; `holds` the one version an object holds or runs (a ConfigMap, a pod), where one is meant.
+pub fn labels(
+    instance: &str,
+    function: &str,
+    user: &str,
+    desired: u32,
+    holds: Option<u32>,
+) -> BTreeMap<String, String> {
     let mut labels = instance_selector(instance);
     labels.insert(FUNCTION.to_string(), function.to_string());
     labels.insert(USER.to_string(), user.to_string());
-    if let Some(version) = version {
+    if let Some(version) = holds {
         labels.insert(VERSION.to_string(), version.to_string());
     }
+    labels.insert(APP_NAME.to_string(), function.to_string());
+    labels.insert(APP_INSTANCE.to_string(), base_name(function, user));
+    labels.insert(APP_VERSION.to_string(), desired.to_string());
+    labels.insert(APP_COMPONENT.to_string(), FUNCTION_COMPONENT.to_string());
+    labels.insert(APP_PART_OF.to_string(), MANAGER.to_string());
     labels
+}
+
+/// The labels of an object kubefn keeps for a whole namespace (the namespace itself, its
+/// isolation policy, quota, limits, role binding, package CA), `component` saying which.
+pub fn platform_labels(component: &str) -> BTreeMap<String, String> {
+    [
+        (MANAGED_BY, MANAGER),
+        (APP_NAME, MANAGER),
+        (APP_INSTANCE, MANAGER),
+        (APP_VERSION, env!("CARGO_PKG_VERSION")),
+        (APP_COMPONENT, component),
+        (APP_PART_OF, MANAGER),
+    ]
+    .into_iter()
+    .map(|(key, value)| (key.to_string(), value.to_string()))
+    .collect()
 }
 
 fn selector_text(labels: &BTreeMap<String, String>) -> String {
@@ -185,7 +229,7 @@ mod tests {
     #[test]
     fn labels_are_valid_and_selectors_are_subsets_of_them() {
         let id = "0b6c9f52-5a0e-4f7e-9d4e-0c1b2a3d4e5f";
-        let labels = labels(id, "hello", "alice", Some(12));
+        let labels = labels(id, "a-very-long-function-name-of-forty-chars", "and-a-long-user-name", 12, Some(12));
         for (key, value) in &labels {
             assert!(is_label_value(value), "{key}={value}");
         }

@@ -18,10 +18,10 @@ pub(super) async fn ensure_namespace(
         Err(kube::Error::Api(status)) if status.code == 403 && user.is_none() => return Ok(()),
         Err(source) => return Err(KubernetesError::Namespace { namespace: namespace.into(), source }),
     }
-    let mut labels =
-        serde_json::json!({ names::MANAGED_BY: names::MANAGER, names::POD_SECURITY: names::POD_SECURITY_LEVEL });
+    let mut labels = names::platform_labels("namespace");
+    labels.insert(names::POD_SECURITY.to_string(), names::POD_SECURITY_LEVEL.to_string());
     if let Some(user) = user {
-        labels[names::NAMESPACE_USER] = user.into();
+        labels.insert(names::NAMESPACE_USER.to_string(), user.to_string());
     }
     let body = serde_json::json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": namespace, "labels": labels } });
     api.patch(namespace, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))

@@ -2,6 +2,7 @@
 
 use super::names;
 use crate::platform::runtime::ReplicaUsage;
+use crate::platform::validation::{MILLICORE, parse_memory_bytes, quantity_in};
 use k8s_metrics::v1beta1::PodMetrics;
 use kube::Client;
 use kube::api::{Api, ListParams};
@@ -30,11 +31,7 @@ pub async fn pod_metrics(client: &Client, namespace: &str) -> Result<Vec<PodUsag
 /// One pod's usage from its PodMetrics: the sum over its containers.
 pub fn pod_usage(metrics: &PodMetrics) -> PodUsage {
     let cpu: f64 = metrics.containers.iter().filter_map(|c| parse_cpu_millicores(&c.usage.cpu.0)).sum();
-    let memory: u64 = metrics
-        .containers
-        .iter()
-        .filter_map(|c| crate::platform::validation::parse_memory_bytes(&c.usage.memory.0))
-        .sum();
+    let memory: u64 = metrics.containers.iter().filter_map(|c| parse_memory_bytes(&c.usage.memory.0)).sum();
     PodUsage {
         instance: metrics.metadata.labels.as_ref().and_then(|l| l.get(names::INSTANCE)).cloned(),
         usage: ReplicaUsage {
@@ -45,13 +42,7 @@ pub fn pod_usage(metrics: &PodMetrics) -> PodUsage {
     }
 }
 
-/// A CPU quantity (`250m`, `12345678n`, `1`, `1500u`) in millicores.
+/// A CPU quantity as metrics report it (`250m`, `12345678n`, `1`) in millicores.
 pub fn parse_cpu_millicores(text: &str) -> Option<f64> {
-    let (number, scale) = match text.chars().last()? {
-        'n' => (&text[..text.len() - 1], 1e-6),
-        'u' => (&text[..text.len() - 1], 1e-3),
-        'm' => (&text[..text.len() - 1], 1.0),
-        _ => (text, 1000.0),
-    };
-    number.parse::<f64>().ok().map(|n| n * scale)
+    quantity_in(text, MILLICORE)
 }

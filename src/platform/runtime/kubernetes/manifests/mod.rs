@@ -88,7 +88,7 @@ pub fn package_ca(namespace: &str, packages: &PackageAccess) -> Option<Value> {
     Some(json!({
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": { "name": PACKAGE_CA_CONFIG_MAP, "namespace": namespace, "labels": { names::MANAGED_BY: names::MANAGER } },
+        "metadata": { "name": PACKAGE_CA_CONFIG_MAP, "namespace": namespace, "labels": names::platform_labels("package-ca") },
         "data": { PACKAGE_CA_FILE: bundle },
     }))
 }
@@ -159,11 +159,11 @@ fn typed<T: serde::de::DeserializeOwned>(kind: &'static str, value: Value) -> Re
     serde_json::from_value(value).map_err(|source| ManifestError { kind, source })
 }
 
-fn metadata(instance: &InstanceSpec, namespace: &str, name: &str, version: Option<u32>) -> Value {
+fn metadata(instance: &InstanceSpec, namespace: &str, name: &str, holds: Option<u32>) -> Value {
     json!({
         "name": name,
         "namespace": namespace,
-        "labels": names::labels(&instance.id, &instance.function, &instance.user, version),
+        "labels": names::labels(&instance.id, &instance.function, &instance.user, instance.version, holds),
     })
 }
 
@@ -188,7 +188,8 @@ fn config_map(instance: &InstanceSpec, namespace: &str, base: &str, boot: &Boots
 fn deployment(instance: &InstanceSpec, namespace: &str, base: &str, pods: &PodSettings) -> Value {
     let spec = &instance.spec;
     let selector = names::instance_selector(&instance.id);
-    let pod_labels = names::labels(&instance.id, &instance.function, &instance.user, Some(instance.version));
+    let pod_labels =
+        names::labels(&instance.id, &instance.function, &instance.user, instance.version, Some(instance.version));
     let mut pod = match bootstrap::for_language(spec.runtime) {
         Some(boot) => source_pod(instance, base, boot, pods),
         None => image_pod(spec),

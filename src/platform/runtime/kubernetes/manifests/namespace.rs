@@ -69,7 +69,7 @@ pub fn isolation_policy(namespace: &str, isolation: &NetworkIsolation, packages:
     json!({
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
-        "metadata": { "name": names::ISOLATION_POLICY, "namespace": namespace, "labels": { names::MANAGED_BY: names::MANAGER } },
+        "metadata": { "name": names::ISOLATION_POLICY, "namespace": namespace, "labels": names::platform_labels("isolation") },
         "spec": { "podSelector": {}, "policyTypes": ["Ingress", "Egress"], "ingress": ingress, "egress": egress },
     })
 }
@@ -80,7 +80,7 @@ pub fn user_namespace_binding(namespace: &str, service_account: (&str, &str)) ->
     json!({
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "RoleBinding",
-        "metadata": { "name": names::USER_NAMESPACE_OBJECTS, "namespace": namespace, "labels": { names::MANAGED_BY: names::MANAGER } },
+        "metadata": { "name": names::USER_NAMESPACE_OBJECTS, "namespace": namespace, "labels": names::platform_labels("access") },
         "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": names::USER_NAMESPACE_ROLE },
         "subjects": [{ "kind": "ServiceAccount", "namespace": service_account.0, "name": service_account.1 }],
     })
@@ -93,7 +93,7 @@ pub fn user_namespace_quota(namespace: &str, quota: &crate::platform::model::Quo
     json!({
         "apiVersion": "v1",
         "kind": "ResourceQuota",
-        "metadata": { "name": names::USER_NAMESPACE_OBJECTS, "namespace": namespace, "labels": { names::MANAGED_BY: names::MANAGER } },
+        "metadata": { "name": names::USER_NAMESPACE_OBJECTS, "namespace": namespace, "labels": names::platform_labels("quota") },
         "spec": { "hard": {
             "pods": (u64::from(quota.replicas) * 2).to_string(),
             "limits.cpu": format!("{}m", quota.cpu_millicores.saturating_mul(2)),
@@ -112,7 +112,7 @@ pub fn user_namespace_limits(namespace: &str) -> Value {
     json!({
         "apiVersion": "v1",
         "kind": "LimitRange",
-        "metadata": { "name": names::USER_NAMESPACE_OBJECTS, "namespace": namespace, "labels": { names::MANAGED_BY: names::MANAGER } },
+        "metadata": { "name": names::USER_NAMESPACE_OBJECTS, "namespace": namespace, "labels": names::platform_labels("limits") },
         "spec": { "limits": [{
             "type": "Container",
             "default": { "cpu": defaults.cpu_limit, "memory": defaults.memory_limit },

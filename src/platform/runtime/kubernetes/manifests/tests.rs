@@ -71,6 +71,12 @@ fn every_object_is_named_labelled_and_in_the_namespace() {
         assert_eq!(meta["labels"][names::INSTANCE], "3f2c1d7e-8a9b-4c5d-9e0f-112233445566");
         assert_eq!(meta["labels"][names::FUNCTION], "hello");
         assert_eq!(meta["labels"][names::USER], "alice");
+        // Kubernetes' recommended labels, for kubectl and dashboards.
+        assert_eq!(meta["labels"]["app.kubernetes.io/name"], "hello");
+        assert_eq!(meta["labels"]["app.kubernetes.io/instance"], "hello-alice");
+        assert_eq!(meta["labels"]["app.kubernetes.io/version"], "2");
+        assert_eq!(meta["labels"]["app.kubernetes.io/component"], "function");
+        assert_eq!(meta["labels"]["app.kubernetes.io/part-of"], "kubefn");
         for value in meta["labels"].as_object().expect("labels").values() {
             assert!(names::is_label_value(value.as_str().expect("text")), "{value}");
         }
@@ -291,4 +297,18 @@ fn placement_reaches_every_pod_of_the_instance() {
     let plain = build(&Fixture::python().0, "ns", &PodSettings::default(), None).expect("manifests");
     let pod = serde_json::to_value(&plain.deployment).expect("json")["spec"]["template"]["spec"].clone();
     assert!(pod.get("nodeSelector").is_none() && pod.get("tolerations").is_none());
+}
+
+#[test]
+fn the_objects_kept_for_a_namespace_carry_the_recommended_labels_as_kubefn_s_own() {
+    let policy = isolation_policy("fns", &NetworkIsolation::default(), &PackageAccess::default());
+    let labels = &policy["metadata"]["labels"];
+    assert_eq!(labels[names::MANAGED_BY], "kubefn");
+    assert_eq!(labels["app.kubernetes.io/name"], "kubefn");
+    assert_eq!(labels["app.kubernetes.io/component"], "isolation");
+    assert_eq!(labels["app.kubernetes.io/part-of"], "kubefn");
+    assert_eq!(labels["app.kubernetes.io/version"], env!("CARGO_PKG_VERSION"));
+    for value in labels.as_object().expect("labels").values() {
+        assert!(names::is_label_value(value.as_str().expect("text")), "{value}");
+    }
 }
