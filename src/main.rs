@@ -36,7 +36,10 @@ async fn run() -> ExitCode {
         eprintln!("kubefn: --log {:?} is not a valid filter ({error}); using \"info\"", config.log);
         tracing_subscriber::EnvFilter::new("info")
     });
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    // Colours only for a terminal: a log file or a collector (kubectl logs, journald) would
+    // otherwise get escape codes in every line.
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(terminal).init();
     raise_open_files_limit();
     // The kube client's TLS needs a process-wide crypto provider; if another crate brought a
     // second one, rustls cannot choose by itself. An error only means one is installed already.

@@ -158,8 +158,10 @@ pub struct Config {
     /// Kubernetes runtime: ports kubefn's port-forwards to instances listen on, as FIRST-LAST.
     #[arg(long, env = "KUBEFN_PORT_FORWARD_RANGE", default_value = "40000-40999", value_parser = parse_port_range)]
     pub port_forward_range: RangeInclusive<u16>,
-    /// Log filter, as RUST_LOG (e.g. `info`, `kubefn=debug`).
-    #[arg(long, env = "KUBEFN_LOG", default_value = "info,sqlx=warn,tower_sessions=warn")]
+    /// Log filter, as RUST_LOG (e.g. `info`, `kubefn=debug`). The invocation log (target
+    /// `invocations`, one line per call with its trace id) keeps only failures by default;
+    /// `info,invocations=info` logs every call.
+    #[arg(long, env = "KUBEFN_LOG", default_value = "info,sqlx=warn,tower_sessions=warn,invocations=warn")]
     pub log: String,
 }
 

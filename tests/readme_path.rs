@@ -91,3 +91,52 @@ fn kubefn_lifts_its_open_files_limit_to_the_hard_limit() {
     let numbers: Vec<&str> = open_files.split_whitespace().skip(3).take(2).collect();
     assert_eq!(numbers[0], numbers[1], "soft limit raised to the hard one: {open_files}");
 }
+
+/// The README's tracing example: a call with a W3C `traceparent` continues that trace (the
+/// function sees the trace id with the gateway's span as its parent), a call without one starts
+/// a trace, and with `KUBEFN_LOG=…,invocations=info` kubefn's log names each call's trace.
+#[test]
+fn the_gateway_continues_or_starts_a_trace_and_logs_it_with_the_invocation() {
+    let data = tempfile::tempdir().expect("data dir");
+    let log_path = data.path().join("kubefn.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let server = Server::start_with(free_port(), |command| {
+        command.env("KUBEFN_DATA_DIR", data.path()).env("KUBEFN_LOG", "warn,invocations=info").stdout(log);
+    });
+    let cookie = server.sign_up("tracer");
+    let echo = json!({"name": "traced", "runtime": "python", "source":
+        "def handle(event, context):\n    return event.headers.get('traceparent', '') + ' ' + event.headers.get('tracestate', '-')\n"});
+    let id = server.deploy(&cookie, &echo);
+    server.instance_in_state(&cookie, &id, "Ready");
+
+    let caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let headers = [("traceparent", caller), ("tracestate", "vendor=opaque")];
+    let continued = server.invoke_with(&cookie, "tracer", "traced", &headers, "");
+    assert_eq!(continued.status, 200, "{}", continued.body);
+    let (traceparent, tracestate) = continued.body.split_once(' ').expect("two fields");
+    assert!(traceparent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "the caller's trace: {traceparent}");
+    assert!(traceparent.ends_with("-01") && traceparent.len() == 55, "{traceparent}");
+    assert!(!traceparent.contains("00f067aa0ba902b7"), "the gateway's own span is the parent: {traceparent}");
+    assert_eq!(tracestate, "vendor=opaque");
+
+    let forged = [("traceparent", "00-not-a-trace-01"), ("tracestate", "vendor=forged")];
+    let started = server.invoke_with(&cookie, "tracer", "traced", &forged, "");
+    let (traceparent, tracestate) = started.body.split_once(' ').expect("two fields");
+    assert_eq!((traceparent.len(), tracestate), (55, "-"), "a new trace, the foreign state dropped");
+    let new_trace = &traceparent[3..35];
+
+    let mut lines = Vec::new();
+    for _ in 0..100 {
+        let text = std::fs::read_to_string(&log_path).expect("log");
+        lines = text.lines().filter(|line| line.contains("invocations")).map(str::to_string).collect();
+        if lines.len() >= 2 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    for trace in ["4bf92f3577b34da6a3ce929d0e0e4736", new_trace] {
+        let line = lines.iter().find(|line| line.contains(&format!("trace_id={trace}")));
+        let line = line.unwrap_or_else(|| panic!("no invocation line for {trace}: {lines:#?}"));
+        assert!(line.contains("tracer") && line.contains("traced") && line.contains("status=200"), "{line}");
+    }
+}

@@ -172,10 +172,23 @@ impl Client {
 
     /// Invokes `user`'s `function` through the gateway with `body`.
     pub fn invoke(&self, cookie: &str, user: &str, function: &str, body: &str) -> Answer {
+        self.invoke_with(cookie, user, function, &[], body)
+    }
+
+    /// [`Client::invoke`] with more request headers.
+    pub fn invoke_with(
+        &self,
+        cookie: &str,
+        user: &str,
+        function: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Answer {
         let path = format!("/fn/{user}/{function}/");
         let Ok(mut stream) = TcpStream::connect(self.address) else { panic!("kubefn answers") };
+        let extra: String = headers.iter().map(|(name, value)| format!("{name}: {value}\r\n")).collect();
         let head = format!(
-            "POST {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nCookie: {cookie}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n",
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nCookie: {cookie}\r\n{extra}Content-Type: text/plain\r\nContent-Length: {}\r\n\r\n",
             self.address,
             body.len()
         );

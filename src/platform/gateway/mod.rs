@@ -12,7 +12,8 @@
 //!
 //! Each function's [`InvokePolicy`] decides who may invoke (owner, any account, anyone), the
 //! largest body (413) and the requests in flight per ready replica (429 with Retry-After);
-//! every invocation is counted in [`GatewayMetrics`].
+//! every invocation is counted in [`GatewayMetrics`] and carries a W3C trace ([`TraceContext`]),
+//! continued from the caller or started here, named in the invocation log.
 
 use crate::platform::auth::Principal;
 use crate::platform::metrics::{GatewayMetrics, InFlight, InstanceLabels, Rejection};
@@ -230,7 +231,7 @@ impl Gateway {
         caller: Option<&Principal>,
         user: &str,
         function: &str,
-        request: Request<B>,
+        mut request: Request<B>,
         client: Option<IpAddr>,
     ) -> Result<Response<Answer>, GatewayError>
     where
@@ -269,7 +270,9 @@ impl Gateway {
             self.metrics.cold_start(&labels);
         }
         let started = Instant::now();
+        let trace = TraceContext::stamp(request.headers_mut());
         let answer = self.forward(&instance_id, request, client, timeout_s, policy.max_body_bytes, function).await;
+        log_invocation(&trace, (user, function), started.elapsed(), &answer);
         let failed = answer.as_ref().map_or(true, |(response, _)| response.status().is_server_error());
         let counted = !matches!(answer, Err(GatewayError::TooLarge { .. }));
         if counted {
@@ -438,10 +441,13 @@ pub fn upstream_uri_of(path_and_query: &str) -> Result<Uri, http::uri::InvalidUr
 
 mod answer;
 mod headers;
+mod trace;
 mod upstream;
 
 pub use answer::{Answer, AnswerStart};
 use headers::{confine_answer, prepare_upstream, requested_upgrade, strip_hop_by_hop};
+use trace::log_invocation;
+pub use trace::{INVOCATION_LOG, TraceContext};
 use upstream::{Chosen, InstancePools, Outstanding, ReplicaStream};
 
 #[cfg(test)]
