@@ -7,6 +7,7 @@ use crate::app::{App, shell};
 use crate::platform::Platform;
 use crate::platform::async_spool::{AsyncSpool, SpoolError};
 use crate::platform::auth::{AuthError, SignupPolicy};
+use crate::platform::gateway::{SpanExport, SpanExportError};
 use crate::platform::outbound::OutboundPolicy;
 use crate::platform::runtime::kubernetes::package_egress::{self, PackageEgress};
 use crate::platform::runtime::kubernetes::{
@@ -158,6 +159,10 @@ pub struct Config {
     /// Kubernetes runtime: ports kubefn's port-forwards to instances listen on, as FIRST-LAST.
     #[arg(long, env = "KUBEFN_PORT_FORWARD_RANGE", default_value = "40000-40999", value_parser = parse_port_range)]
     pub port_forward_range: RangeInclusive<u16>,
+    /// An OTLP/HTTP collector (its base URL, e.g. `http://otel-collector:4318`) to export the
+    /// gateway's spans to, one per invocation (none by default).
+    #[arg(long, env = "KUBEFN_OTLP_ENDPOINT", value_parser = parse_otlp_endpoint)]
+    pub otlp_endpoint: Option<String>,
     /// Log filter, as RUST_LOG (e.g. `info`, `kubefn=debug`). The invocation log (target
     /// `invocations`, one line per call with its trace id) keeps only failures by default;
     /// `info,invocations=info` logs every call.
@@ -190,6 +195,15 @@ type OutboundRanges = Vec<ipnet::IpNet>;
 type Tolerations = Vec<Toleration>;
 
 /// Parses `FIRST-LAST` (e.g. `30000-32767`).
+/// An OTLP/HTTP collector's base URL: plain http (a collector next to kubefn, such as an agent on
+/// the node or a Service in the cluster); kubefn's exporter speaks no TLS.
+fn parse_otlp_endpoint(text: &str) -> Result<String, String> {
+    match text.strip_prefix("http://") {
+        Some(rest) if !rest.is_empty() && text.parse::<http::Uri>().is_ok() => Ok(text.to_string()),
+        _ => Err(format!("{text:?} is not an http:// URL of an OTLP/HTTP collector, e.g. http://127.0.0.1:4318")),
+    }
+}
+
 fn parse_port_range(text: &str) -> Result<RangeInclusive<u16>, String> {
     let (first, last) = text.split_once('-').ok_or_else(|| format!("{text:?} is not FIRST-LAST, e.g. 30000-32767"))?;
     let port = |p: &str| p.trim().parse::<u16>().map_err(|_| format!("{p:?} is not a port number (1-65535)"));
@@ -263,6 +277,9 @@ pub enum StartError {
     /// The Kubernetes runtime could not connect or lacks a permission.
     #[error("cannot start the kubernetes runtime")]
     Kubernetes(#[source] KubernetesError),
+    /// The span exporter could not be set up.
+    #[error("cannot export the gateway's spans")]
+    Spans(#[source] SpanExportError),
     /// Serving stopped with an error.
     #[error("the HTTP server failed")]
     Serve(#[source] std::io::Error),
@@ -292,6 +309,7 @@ impl Server {
         }
         self.async_worker.abort();
         drop(self.egress);
+        self.platform.gateway.flush_spans().await;
         self.runtime.shutdown().await;
     }
 }
@@ -374,7 +392,11 @@ pub async fn build_app(config: &Config, mut leptos_options: LeptosOptions) -> Re
     };
     let outbound = OutboundPolicy::new(config.outbound_allow.clone(), Some(config.listen));
     let spool = AsyncSpool::open(config.data_dir.join("async-bodies")).map_err(StartError::Spool)?;
-    let platform = Platform::open(&config.database_url(), spool, config.signup, runtime.clone(), outbound)
+    let spans = match &config.otlp_endpoint {
+        Some(endpoint) => Some(SpanExport::start(endpoint).map_err(StartError::Spans)?),
+        None => None,
+    };
+    let platform = Platform::open(&config.database_url(), spool, config.signup, runtime.clone(), outbound, spans)
         .await
         .map_err(StartError::Store)?;
     if let Some(admin) = &config.admin {
@@ -463,3 +485,6 @@ async fn shutdown_signal() {
     }
     tracing::info!("shutting down");
 }
+
+#[cfg(test)]
+mod tests;

@@ -94,14 +94,21 @@ fn kubefn_lifts_its_open_files_limit_to_the_hard_limit() {
 
 /// The README's tracing example: a call with a W3C `traceparent` continues that trace (the
 /// function sees the trace id with the gateway's span as its parent), a call without one starts
-/// a trace, and with `KUBEFN_LOG=…,invocations=info` kubefn's log names each call's trace.
+/// a trace, with `KUBEFN_LOG=…,invocations=info` kubefn's log names each call's trace, and with
+/// `KUBEFN_OTLP_ENDPOINT` the gateway's spans reach an OTLP collector.
 #[test]
 fn the_gateway_continues_or_starts_a_trace_and_logs_it_with_the_invocation() {
     let data = tempfile::tempdir().expect("data dir");
     let log_path = data.path().join("kubefn.log");
     let log = std::fs::File::create(&log_path).expect("log file");
+    let collector = Collector::start();
     let server = Server::start_with(free_port(), |command| {
-        command.env("KUBEFN_DATA_DIR", data.path()).env("KUBEFN_LOG", "warn,invocations=info").stdout(log);
+        command
+            .env("KUBEFN_DATA_DIR", data.path())
+            .env("KUBEFN_LOG", "warn,invocations=info")
+            .env("KUBEFN_OTLP_ENDPOINT", format!("http://{}", collector.address))
+            .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+            .stdout(log);
     });
     let cookie = server.sign_up("tracer");
     let echo = json!({"name": "traced", "runtime": "python", "source":
@@ -118,6 +125,7 @@ fn the_gateway_continues_or_starts_a_trace_and_logs_it_with_the_invocation() {
     assert!(traceparent.ends_with("-01") && traceparent.len() == 55, "{traceparent}");
     assert!(!traceparent.contains("00f067aa0ba902b7"), "the gateway's own span is the parent: {traceparent}");
     assert_eq!(tracestate, "vendor=opaque");
+    let gateway_span = traceparent[36..52].to_string();
 
     let forged = [("traceparent", "00-not-a-trace-01"), ("tracestate", "vendor=forged")];
     let started = server.invoke_with(&cookie, "tracer", "traced", &forged, "");
@@ -138,5 +146,95 @@ fn the_gateway_continues_or_starts_a_trace_and_logs_it_with_the_invocation() {
         let line = lines.iter().find(|line| line.contains(&format!("trace_id={trace}")));
         let line = line.unwrap_or_else(|| panic!("no invocation line for {trace}: {lines:#?}"));
         assert!(line.contains("tracer") && line.contains("traced") && line.contains("status=200"), "{line}");
+    }
+
+    // With KUBEFN_OTLP_ENDPOINT the gateway's spans reach the collector with the same ids.
+    let spans = collector.spans_until(2);
+    let continued = spans.iter().find(|s| s["traceId"] == "4bf92f3577b34da6a3ce929d0e0e4736").expect("the span");
+    assert_eq!(continued["spanId"], gateway_span.as_str(), "{continued}");
+    assert_eq!(continued["parentSpanId"], "00f067aa0ba902b7", "{continued}");
+    assert_eq!(continued["name"], "invoke tracer/traced");
+    assert_eq!(continued["kind"], 2, "a server span");
+    let attributes = continued["attributes"].to_string();
+    assert!(attributes.contains("kubefn.function") && attributes.contains("traced"), "{attributes}");
+    let started = spans.iter().find(|s| s["traceId"] == new_trace).expect("the started trace's span");
+    assert_eq!(started["parentSpanId"], "", "a root span: {started}");
+}
+
+/// A minimal OTLP/HTTP collector: takes `POST /v1/traces` (JSON) on loopback, answers 200 and
+/// keeps the spans.
+struct Collector {
+    address: std::net::SocketAddr,
+    bodies: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+}
+
+impl Collector {
+    fn start() -> Collector {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let address = listener.local_addr().expect("address");
+        let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = bodies.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let kept = kept.clone();
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+                    let mut stream = stream;
+                    loop {
+                        let (mut length, mut path, mut line) = (0usize, String::new(), String::new());
+                        loop {
+                            line.clear();
+                            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if path.is_empty() {
+                                path = line.split_whitespace().nth(1).unwrap_or_default().to_string();
+                            }
+                            if let Some((name, value)) = line.split_once(':')
+                                && name.eq_ignore_ascii_case("content-length")
+                            {
+                                length = value.trim().parse().unwrap_or(0);
+                            }
+                            if line == "\r\n" {
+                                break;
+                            }
+                        }
+                        let mut body = vec![0; length];
+                        if reader.read_exact(&mut body).is_err() {
+                            return;
+                        }
+                        assert_eq!(path, "/v1/traces");
+                        kept.lock().expect("lock").push(serde_json::from_slice(&body).expect("OTLP JSON"));
+                        let ok = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}";
+                        if stream.write_all(ok.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Collector { address, bodies }
+    }
+
+    /// Every span received, once there are at least `count`.
+    fn spans_until(&self, count: usize) -> Vec<serde_json::Value> {
+        let mut spans = Vec::new();
+        for _ in 0..200 {
+            spans = self
+                .bodies
+                .lock()
+                .expect("lock")
+                .iter()
+                .flat_map(|body| body["resourceSpans"].as_array().cloned().unwrap_or_default())
+                .flat_map(|resource| resource["scopeSpans"].as_array().cloned().unwrap_or_default())
+                .flat_map(|scope| scope["spans"].as_array().cloned().unwrap_or_default())
+                .collect();
+            if spans.len() >= count {
+                return spans;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("the collector got {} spans: {spans:#?}", spans.len());
     }
 }

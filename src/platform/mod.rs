@@ -45,7 +45,7 @@ mod ssr {
     use super::async_invocations::AsyncInvocations;
     use super::async_spool::AsyncSpool;
     use super::auth::{Accounts, SignupPolicy};
-    use super::gateway::Gateway;
+    use super::gateway::{Gateway, SpanExport};
     use super::instances::Instances;
     use super::metrics::GatewayMetrics;
     use super::outbound::OutboundPolicy;
@@ -105,18 +105,20 @@ mod ssr {
 
     impl Platform {
         /// Opens the store at `database_url` (migrating it) and wires the services, the async
-        /// queue's bodies in `spool`. Callbacks go only where `outbound` allows.
+        /// queue's bodies in `spool`. Callbacks go only where `outbound` allows; the gateway's
+        /// spans go to `spans` when kubefn exports them.
         pub async fn open(
             database_url: &str,
             spool: AsyncSpool,
             signup: SignupPolicy,
             runtime: Arc<dyn Runtime>,
             outbound: OutboundPolicy,
+            spans: Option<SpanExport>,
         ) -> Result<Platform, StoreError> {
             let store = Store::open(database_url).await?;
             let registry = Registry::new(store.clone());
             let metrics = Arc::new(GatewayMetrics::new());
-            let gateway = Gateway::new(store.clone(), runtime.clone(), metrics.clone());
+            let gateway = Gateway::new(store.clone(), runtime.clone(), metrics.clone(), spans);
             Ok(Platform(Arc::new(Services {
                 accounts: Accounts::new(store.clone(), signup),
                 instances: Instances::new(store.clone(), registry.clone(), runtime, metrics),

@@ -130,6 +130,8 @@ pub struct Gateway {
     runtime: Arc<dyn Runtime>,
     metrics: Arc<GatewayMetrics>,
     pools: Arc<Mutex<HashMap<String, InstancePools>>>,
+    /// Where the gateway's spans go, when kubefn exports them.
+    spans: Option<Arc<SpanExport>>,
 }
 
 /// The body sent upstream: the caller's, cut at the function's limit.
@@ -163,8 +165,20 @@ pub struct Target {
 impl Gateway {
     /// A gateway over the store's instances, reaching them through `runtime`, counting in
     /// `metrics`.
-    pub fn new(store: Store, runtime: Arc<dyn Runtime>, metrics: Arc<GatewayMetrics>) -> Gateway {
-        Gateway { store, runtime, metrics, pools: Arc::default() }
+    pub fn new(
+        store: Store,
+        runtime: Arc<dyn Runtime>,
+        metrics: Arc<GatewayMetrics>,
+        spans: Option<SpanExport>,
+    ) -> Gateway {
+        Gateway { store, runtime, metrics, pools: Arc::default(), spans: spans.map(Arc::new) }
+    }
+
+    /// Sends the spans still buffered, when kubefn exports them (at shutdown).
+    pub async fn flush_spans(&self) {
+        if let Some(spans) = &self.spans {
+            spans.shutdown().await;
+        }
     }
 
     /// The replica of instance `id` that `route` offers with the fewest requests outstanding,
@@ -271,8 +285,12 @@ impl Gateway {
         }
         let started = Instant::now();
         let trace = TraceContext::stamp(request.headers_mut());
+        let wall_clock_start = self.spans.as_ref().map(|_| std::time::SystemTime::now());
         let answer = self.forward(&instance_id, request, client, timeout_s, policy.max_body_bytes, function).await;
         log_invocation(&trace, (user, function), started.elapsed(), &answer);
+        if let (Some(spans), Some(wall_clock_start)) = (&self.spans, wall_clock_start) {
+            spans.record(&trace, (user, function), wall_clock_start, &answer);
+        }
         let failed = answer.as_ref().map_or(true, |(response, _)| response.status().is_server_error());
         let counted = !matches!(answer, Err(GatewayError::TooLarge { .. }));
         if counted {
@@ -441,11 +459,13 @@ pub fn upstream_uri_of(path_and_query: &str) -> Result<Uri, http::uri::InvalidUr
 
 mod answer;
 mod headers;
+mod spans;
 mod trace;
 mod upstream;
 
 pub use answer::{Answer, AnswerStart};
 use headers::{confine_answer, prepare_upstream, requested_upgrade, strip_hop_by_hop};
+pub use spans::{SpanExport, SpanExportError};
 use trace::log_invocation;
 pub use trace::{INVOCATION_LOG, TraceContext};
 use upstream::{Chosen, InstancePools, Outstanding, ReplicaStream};
