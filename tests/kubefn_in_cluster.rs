@@ -58,6 +58,10 @@ fn kubefn_applied_with_kubectl_serves_deploy_invoke_and_delete_from_inside_the_c
     let started = Instant::now();
     kubectl(&["-n", "kubefn-system", "rollout", "status", "deployment/kubefn", "--timeout=120s"]);
     eprintln!("kubefn's pod Ready {} ms after its rollout began", started.elapsed().as_millis());
+    let recommended = "app.kubernetes.io/name=kubefn,app.kubernetes.io/instance=kubefn,\
+                       app.kubernetes.io/component=control-plane,app.kubernetes.io/part-of=kubefn";
+    let pods = kubectl(&["-n", "kubefn-system", "get", "pods", "-l", recommended, "-o", "name"]);
+    assert_eq!(pods.lines().count(), 1, "kubefn's pod by Kubernetes' recommended labels: {pods}");
 
     // Its Service, from this machine (the test cluster routes Service addresses to its node).
     let service_ip = kubectl(&["-n", "kubefn-system", "get", "service", "kubefn", "-o", "jsonpath={.spec.clusterIP}"]);
