@@ -714,9 +714,11 @@ async fn placement_sends_pods_to_the_chosen_nodes_and_an_untolerated_taint_keeps
     assert_eq!(pods.items.len(), 4);
     let limits = pods.items[0].spec.as_ref().and_then(|s| s.containers[0].resources.as_ref()?.limits.clone());
     let limits = limits.expect("limits");
+    // The apiserver keeps each quantity's notation and canonicalises its number: 0.1 cores in
+    // exponent notation is 100e-3, a quarter Gi is 256Mi.
     assert_eq!(
         (limits["cpu"].0.as_str(), limits["memory"].0.as_str()),
-        ("100m", "256Mi"),
+        ("100e-3", "256Mi"),
         "as the apiserver reads them"
     );
     let deployments = Api::<Deployment>::namespaced(admin.clone(), NAMESPACE).list(&recommended).await.expect("list");
