@@ -287,11 +287,13 @@ impl Gateway {
         let trace = TraceContext::stamp(request.headers_mut());
         let wall_clock_start = self.spans.as_ref().map(|_| std::time::SystemTime::now());
         let answer = self.forward(&instance_id, request, client, timeout_s, policy.max_body_bytes, function).await;
-        log_invocation(&trace, (user, function), started.elapsed(), &answer);
+        // What the log, the span and the metrics say of the call: the function's status, or why none.
+        let outcome = answer.as_ref().map(|(response, _)| response.status());
+        log_invocation(&trace, (user, function), started.elapsed(), outcome);
         if let (Some(spans), Some(wall_clock_start)) = (&self.spans, wall_clock_start) {
-            spans.record(&trace, (user, function), wall_clock_start, &answer);
+            spans.record(&trace, (user, function), wall_clock_start, outcome);
         }
-        let failed = answer.as_ref().map_or(true, |(response, _)| response.status().is_server_error());
+        let failed = outcome.map_or(true, |status| status.is_server_error());
         let counted = !matches!(answer, Err(GatewayError::TooLarge { .. }));
         if counted {
             self.metrics.called(&labels, started.elapsed().as_secs_f64(), failed);

@@ -62,13 +62,13 @@ impl SpanExport {
     }
 
     /// Records one invocation's span: `trace`'s ids (the caller's span as the remote parent),
-    /// from `started` to now, with the answer's status or the failure.
+    /// from `started` to now, with the function's status or why it gave none.
     pub(super) fn record(
         &self,
         trace: &TraceContext,
         target: (&str, &str),
         started: SystemTime,
-        answer: &Result<(Response<Incoming>, Option<Outstanding>), GatewayError>,
+        outcome: Result<http::StatusCode, &GatewayError>,
     ) {
         // A caller that does not sample its trace gets no span from kubefn either.
         if trace.flags & 1 == 0 {
@@ -79,11 +79,11 @@ impl SpanExport {
             KeyValue::new("kubefn.user", user.to_string()),
             KeyValue::new("kubefn.function", function.to_string()),
         ];
-        let status = match answer {
-            Ok((response, _)) => {
-                attributes.push(KeyValue::new("http.response.status_code", i64::from(response.status().as_u16())));
-                if response.status().is_server_error() {
-                    Status::error(format!("the function answered {}", response.status()))
+        let status = match outcome {
+            Ok(status) => {
+                attributes.push(KeyValue::new("http.response.status_code", i64::from(status.as_u16())));
+                if status.is_server_error() {
+                    Status::error(format!("the function answered {status}"))
                 } else {
                     Status::Unset
                 }

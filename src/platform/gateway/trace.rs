@@ -59,24 +59,24 @@ impl TraceContext {
 /// default log filter (`KUBEFN_LOG`) keeps only the warnings, `invocations=info` adds the rest.
 pub const INVOCATION_LOG: &str = "invocations";
 
-/// Writes the invocation log line of one call.
+/// Writes the invocation log line of one call: the function's status, or why it gave none.
 pub(super) fn log_invocation(
     trace: &TraceContext,
     target: (&str, &str),
     elapsed: Duration,
-    answer: &Result<(Response<Incoming>, Option<Outstanding>), GatewayError>,
+    outcome: Result<http::StatusCode, &GatewayError>,
 ) {
     let (user, function) = target;
     let trace_id = LowerHex32(trace.trace_id);
     let span_id = LowerHex16(trace.span_id);
     let ms = elapsed.as_secs_f64() * 1000.0;
-    match answer {
-        Ok((response, _)) if !response.status().is_server_error() => {
-            let status = response.status().as_u16();
+    match outcome {
+        Ok(status) if !status.is_server_error() => {
+            let status = status.as_u16();
             tracing::info!(target: INVOCATION_LOG, %trace_id, %span_id, user, function, status, ms, "invoked");
         }
-        Ok((response, _)) => {
-            let status = response.status().as_u16();
+        Ok(status) => {
+            let status = status.as_u16();
             tracing::warn!(target: INVOCATION_LOG, %trace_id, %span_id, user, function, status, ms, "invoked");
         }
         Err(error) => {
