@@ -140,6 +140,47 @@ async fn every_handler_convention_of_both_languages_answers() {
             "it",
             (201, "created it via POST"),
         ),
+        // The peers' own sample functions, unchanged: OpenFaaS python3 and python3-http, and
+        // Kubeless's helloget.py (handler foo) and hellowithdata.py.
+        (
+            function(
+                "openfaas-python3-sample",
+                Language::Python,
+                None,
+                "def handle(req):\n    \"\"\"handle a request to the function\n    Args:\n        req (str): request body\n    \"\"\"\n\n    return req\n",
+            ),
+            "text/plain",
+            "echo me",
+            (200, "echo me"),
+        ),
+        (
+            function(
+                "openfaas-python3-http-sample",
+                Language::Python,
+                None,
+                "def handle(event, context):\n    # TODO implement\n    return {\n        \"statusCode\": 200,\n        \"body\": \"Hello from OpenFaaS!\"\n    }",
+            ),
+            "text/plain",
+            "",
+            (200, "Hello from OpenFaaS!"),
+        ),
+        (
+            function("kubeless-helloget", Language::Python, Some("foo"), "def foo(event, context):\n    return \"hello world\"\n"),
+            "text/plain",
+            "",
+            (200, "hello world"),
+        ),
+        (
+            function(
+                "kubeless-hellowithdata",
+                Language::Python,
+                Some("handler"),
+                "def handler(event, context):\n    print (event)\n    return event['data']\n",
+            ),
+            "text/plain",
+            "some data",
+            (200, "some data"),
+        ),
         (
             function(
                 "wsgi",
@@ -172,6 +213,41 @@ async fn every_handler_convention_of_both_languages_answers() {
             "application/json",
             "{\"who\": \"bob\"}",
             (202, "named bob"),
+        ),
+        // OpenFaaS's node18/20/22 sample handler and Kubeless's nodejs helloget.js and
+        // hellowithdata.js, unchanged.
+        (
+            function(
+                "openfaas-node-sample",
+                Language::Node,
+                None,
+                "module.exports = async (event, context) => {\n  const result = {\n    'body': JSON.stringify(event.body),\n    'content-type': event.headers[\"content-type\"]\n  }\n\n  return context\n    .status(200)\n    .succeed(result)\n}\n",
+            ),
+            "application/json",
+            "{\"a\": 1}",
+            (200, "{\"body\":\"{\\\"a\\\":1}\",\"content-type\":\"application/json\"}"),
+        ),
+        (
+            function(
+                "kubeless-node-helloget",
+                Language::Node,
+                Some("foo"),
+                "module.exports = {\n  foo: function (event, context) {\n    return 'hello world';\n  },\n};\n",
+            ),
+            "text/plain",
+            "",
+            (200, "hello world"),
+        ),
+        (
+            function(
+                "kubeless-node-hellowithdata",
+                Language::Node,
+                Some("handler"),
+                "module.exports = {\n  handler: (event, context) => {\n    console.log(event);\n    return event.data;\n  },\n};\n",
+            ),
+            "application/json",
+            "{\"hello\": \"world\"}",
+            (200, "{\"hello\":\"world\"}"),
         ),
         (
             function(

@@ -92,6 +92,40 @@ fn kubefn_lifts_its_open_files_limit_to_the_hard_limit() {
     assert_eq!(numbers[0], numbers[1], "soft limit raised to the hard one: {open_files}");
 }
 
+/// Functions written for the peers run unchanged behind kubefn's gateway: the sample handlers
+/// of OpenFaaS's node18/20/22 and python3-http templates and of Kubeless's Python runtime,
+/// deployed through the REST API and called at their gateway URLs.
+#[test]
+fn the_peers_sample_functions_run_unchanged_behind_the_gateway() {
+    let data = tempfile::tempdir().expect("data dir");
+    let server = Server::start(data.path(), free_port());
+    let cookie = server.sign_up("porter");
+    let samples = [
+        (
+            json!({"name": "of-node", "runtime": "node", "source": "module.exports = async (event, context) => {\n  const result = {\n    'body': JSON.stringify(event.body),\n    'content-type': event.headers[\"content-type\"]\n  }\n\n  return context\n    .status(200)\n    .succeed(result)\n}\n"}),
+            "ported",
+            r#"{"body":"\"ported\"","content-type":"text/plain"}"#,
+        ),
+        (
+            json!({"name": "of-python3-http", "runtime": "python", "source": "def handle(event, context):\n    # TODO implement\n    return {\n        \"statusCode\": 200,\n        \"body\": \"Hello from OpenFaaS!\"\n    }"}),
+            "",
+            "Hello from OpenFaaS!",
+        ),
+        (
+            json!({"name": "kubeless-python", "runtime": "python", "handler": "handler", "source": "def handler(event, context):\n    print (event)\n    return event['data']\n"}),
+            "ported data",
+            "ported data",
+        ),
+    ];
+    let ids: Vec<String> = samples.iter().map(|(spec, ..)| server.deploy(&cookie, spec)).collect();
+    for ((spec, body, expected), id) in samples.iter().zip(&ids) {
+        server.instance_in_state(&cookie, id, "Ready");
+        let name = spec["name"].as_str().expect("name");
+        let answer = server.invoke(&cookie, "porter", name, body);
+        assert_eq!((answer.status, answer.body.as_str()), (200, *expected), "{name}");
+    }
+}
+
 /// The README's tracing example: a call with a W3C `traceparent` continues that trace (the
 /// function sees the trace id with the gateway's span as its parent), a call without one starts
 /// a trace, with `KUBEFN_LOG=…,invocations=info` kubefn's log names each call's trace, and with

@@ -3,9 +3,26 @@
 //
 // The same file runs as a local replica and inside a pod. It loads the function's module and
 // adapts the common handler conventions so existing functions run unchanged:
-//   module.exports = async (event, context) => ...     the default export
+//   module.exports = async (event, context) => ...     the default export (OpenFaaS node18/20/22)
 //   module.exports = { hello(event, context) {...} }   a named export, picked by the handler field (Kubeless)
 //   module.exports = (req, res) => {...}               Express-style, with res.status/send/json/set
+// An (event, context) handler gets one event and one context that answer both OpenFaaS's node
+// templates and Kubeless's nodejs runtime, read from their entrypoints:
+//   event.body, .headers, .method, .query, .path   OpenFaaS (body as body-parser reads it: text as
+//                                                  a string, JSON and forms parsed, RAW_BODY=true a Buffer)
+//   event.data, ['event-id'], ['event-type'], ['event-time'], ['event-namespace'], .extensions
+//                                                  Kubeless (data: JSON parsed, anything else a string)
+//   context.status(), .headers(), .succeed(), .fail(), and the callback (err, result) as third
+//   argument                                       OpenFaaS
+//   context['function-name'], .timeout, .runtime, ['memory-limit']   Kubeless
+// The answer is the value given to succeed()/the callback or, when neither was called, the
+// returned value, with the status and headers set on the context: objects and arrays as JSON,
+// strings as text, Buffers as bytes. kubefn differs from those templates on purpose in three
+// places (the README lists them): a thrown error or one handed to fail() or the callback is a
+// 500 unless the handler set another status (OpenFaaS keeps 200 for thrown errors), JSON and
+// text answers say application/json and text/plain (Express would say text/html), and a body of
+// a type body-parser skips (say application/octet-stream) arrives as a Buffer instead of {}.
+// kubefn's own addition: a returned {statusCode, body, headers} is read as the response.
 // A module may also export `upgrade(req, socket, head)`, Node's own 'upgrade' handler, to take
 // WebSocket (or other HTTP upgrade) connections, e.g. with the ws package's
 // `new WebSocketServer({ noServer: true }).handleUpgrade(req, socket, head, ...)`.
@@ -128,22 +145,52 @@ function readBody(req) {
   });
 }
 
+function mediaType(contentType) {
+  return String(contentType || '').split(';')[0].trim().toLowerCase();
+}
+
 function isJson(contentType) {
-  const type = String(contentType || '').split(';')[0].trim().toLowerCase();
+  const type = mediaType(contentType);
   return type === 'application/json' || type === 'text/json' || type.endsWith('+json');
 }
 
+/** The body as OpenFaaS's node templates hand it over (their body-parser set-up). */
+function openfaasBody(contentType, body) {
+  if (body.length === 0) return {};
+  if (process.env.RAW_BODY === 'true') return body;
+  // The templates treat a request without a content type as text/plain.
+  const type = mediaType(contentType) || 'text/plain';
+  if (isJson(type)) return safeJson(body);
+  if (type.startsWith('text/')) return body.toString('utf8');
+  if (type === 'application/x-www-form-urlencoded') return queryObject(new URLSearchParams(body.toString('utf8')));
+  return body;
+}
+
+/** A query string (or form) as Express reads one: a string per name, an array for a repeated name. */
+function queryObject(params) {
+  const values = new Map();
+  for (const [name, value] of params) {
+    const seen = values.get(name);
+    values.set(name, seen === undefined ? value : [].concat(seen, value));
+  }
+  // fromEntries defines own properties, so a name like __proto__ stays a plain key.
+  return Object.fromEntries(values);
+}
+
 function makeEvent(req, res, url, body) {
+  // OpenFaaS's templates give a request without a content type text/plain, in its headers too.
+  if (!req.headers['content-type']) req.headers['content-type'] = 'text/plain';
   let data = body.toString('utf8');
   if (isJson(req.headers['content-type']) && body.length > 0) {
     try { data = JSON.parse(data); } catch { /* not JSON after all: keep the text */ }
   }
   return {
     data,
-    body,
+    body: openfaasBody(req.headers['content-type'], body),
+    rawBody: body,
     method: req.method,
     path: url.pathname,
-    query: Object.fromEntries(url.searchParams),
+    query: queryObject(url.searchParams),
     headers: req.headers,
     'event-id': req.headers['x-request-id'] || crypto.randomUUID(),
     'event-type': req.headers['event-type'] || req.headers['content-type'] || '',
@@ -153,13 +200,72 @@ function makeEvent(req, res, url, body) {
   };
 }
 
-function makeContext() {
-  return {
-    'function-name': process.env.KUBEFN_FUNCTION_NAME || '',
-    timeout: process.env.KUBEFN_TIMEOUT || '60',
-    runtime: `nodejs${process.versions.node.split('.')[0]}`,
-    'memory-limit': process.env.KUBEFN_MEMORY_LIMIT || '',
-  };
+/**
+ * The context of an (event, context) handler: Kubeless's keys, and the methods of OpenFaaS's
+ * FunctionContext, whose succeed() and fail() answer through `done(err, value)`.
+ */
+class FunctionContext {
+  constructor(timeoutS, done) {
+    this['function-name'] = process.env.KUBEFN_FUNCTION_NAME || '';
+    this.timeout = timeoutS;
+    this.runtime = `nodejs${process.versions.node.split('.')[0]}`;
+    this['memory-limit'] = process.env.KUBEFN_MEMORY_LIMIT || '';
+    this.statusCode = 200;
+    this.headerValues = {};
+    this.cbCalled = 0;
+    // Not enumerable: a handler that logs or returns its context shows Kubeless's keys.
+    Object.defineProperty(this, 'done', { value: done });
+  }
+
+  status(statusCode) {
+    if (!statusCode) return this.statusCode;
+    this.statusCode = statusCode;
+    return this;
+  }
+
+  headers(value) {
+    if (!value) return this.headerValues;
+    this.headerValues = value;
+    return this;
+  }
+
+  succeed(value) {
+    this.cbCalled++;
+    this.done(undefined, value);
+  }
+
+  fail(value) {
+    this.cbCalled++;
+    this.done(value === undefined || value === null ? new Error('the function failed') : value);
+  }
+}
+
+/** Answers an (event, context) call: an error, or a value with the context's status and headers. */
+function answerEvent(res, context, error, value) {
+  // The callback may run in a later tick, outside the request's try: a bad status or header
+  // from the handler must become a 500, not an uncaught exception that ends the replica.
+  try {
+    answerEventOrThrow(res, context, error, value);
+  } catch (failure) {
+    fail(res, failure);
+  }
+}
+
+function answerEventOrThrow(res, context, error, value) {
+  if (res.headersSent || res.writableEnded) return;
+  if (error !== undefined && error !== null) {
+    if (Number(context.status()) === 200) context.status(500);
+    const text = typeof error.toString === 'function' ? error.toString() : String(error);
+    process.stderr.write(`kubefn: the function failed: ${error && error.stack ? error.stack : text}\n`);
+    send(res, Number(context.status()), context.headers(), text);
+    return;
+  }
+  const untouched = context.statusCode === 200 && Object.keys(context.headerValues).length === 0;
+  if (untouched && value && typeof value === 'object' && !Buffer.isBuffer(value) && 'statusCode' in value) {
+    sendResult(res, value);
+    return;
+  }
+  send(res, Number(context.status()), context.headers(), value);
 }
 
 function send(res, status, headers, payload) {
@@ -273,8 +379,10 @@ function serve(state) {
         await fn(req, res);
         return;
       }
-      const result = await fn(makeEvent(req, res, url, body), makeContext());
-      if (!res.headersSent) sendResult(res, result);
+      const context = new FunctionContext(state.timeoutS, (error, value) => answerEvent(res, context, error, value));
+      const callback = (error, value) => { context.cbCalled++; answerEvent(res, context, error, value); };
+      const result = await fn(makeEvent(req, res, url, body), context, callback);
+      if (!context.cbCalled && !res.headersSent) answerEvent(res, context, undefined, result);
     } catch (error) {
       fail(res, error);
     }

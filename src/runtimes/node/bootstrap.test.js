@@ -84,7 +84,89 @@ test('module.exports = async (event, context) with event data and context', asyn
   assert.equal(answer.status, 200);
   assert.equal(answer.headers['content-type'], 'application/json');
   assert.deepEqual(JSON.parse(answer.body), { data: { a: 1 }, method: 'POST', path: '/p/q', query: { x: '1' }, hasId: true,
-    ns: 'kubefn', fn: 'fn-under-test', timeout: '30', runtime: true, memory: '128Mi' });
+    ns: 'kubefn', fn: 'fn-under-test', timeout: 30, runtime: true, memory: '128Mi' });
+});
+
+test("OpenFaaS node template's own sample handler runs unchanged", async (t) => {
+  // template/node20/function/handler.js (the same in node18 and node22).
+  const r = await serve(t, `module.exports = async (event, context) => {
+  const result = {
+    'body': JSON.stringify(event.body),
+    'content-type': event.headers["content-type"]
+  }
+
+  return context
+    .status(200)
+    .succeed(result)
+}
+`);
+  const text = await r.call('POST', '/', 'hello');
+  assert.equal(text.status, 200);
+  assert.deepEqual(JSON.parse(text.body), { body: '"hello"', 'content-type': 'text/plain' });
+  const json = await r.call('POST', '/', JSON.stringify({ a: 1 }), { 'content-type': 'application/json' });
+  assert.deepEqual(JSON.parse(json.body), { body: '{"a":1}', 'content-type': 'application/json' });
+  const form = await r.call('POST', '/', 'a=1&a=2&b=x', { 'content-type': 'application/x-www-form-urlencoded' });
+  assert.deepEqual(JSON.parse(JSON.parse(form.body).body), { a: ['1', '2'], b: 'x' });
+  // body-parser leaves a request without a body as {}.
+  assert.deepEqual(JSON.parse((await r.call('GET', '/')).body), { body: '{}', 'content-type': 'text/plain' });
+});
+
+test('OpenFaaS context: status and headers, succeed, fail and the callback', async (t) => {
+  const r = await serve(t, `module.exports = (event, context, callback) => {
+    const kind = event.query.kind;
+    if (kind === 'created') return context.status(201).headers({ 'X-Made': 'yes', 'Content-Type': 'text/csv' }).succeed('a,b');
+    if (kind === 'fail') return context.fail('no such thing');
+    if (kind === 'teapot') return context.status(418).fail(new Error('short and stout'));
+    if (kind === 'callback') return callback(undefined, { via: 'callback', status: context.status() });
+    if (kind === 'late') { setTimeout(() => callback(null, ['late', 'but', 'kept']), 20); return new Promise(() => {}); }
+    if (kind === 'bad-status') return context.status('not a number').succeed('x');
+    context.status(202);
+    return Promise.resolve({ returned: true, query: event.query });
+  };`);
+  const created = await r.call('GET', '/?kind=created');
+  assert.deepEqual([created.status, created.body, created.headers['x-made'], created.headers['content-type']], [201, 'a,b', 'yes', 'text/csv']);
+  const failed = await r.call('GET', '/?kind=fail');
+  assert.deepEqual([failed.status, failed.body], [500, 'no such thing']);
+  const teapot = await r.call('GET', '/?kind=teapot');
+  assert.deepEqual([teapot.status, teapot.body], [418, 'Error: short and stout']);
+  const viaCallback = await r.call('GET', '/?kind=callback');
+  assert.deepEqual([viaCallback.status, JSON.parse(viaCallback.body)], [200, { via: 'callback', status: 200 }]);
+  assert.deepEqual(JSON.parse((await r.call('GET', '/?kind=late')).body), ['late', 'but', 'kept']);
+  // A status Node refuses is the handler's bug: a 500, and the replica lives on.
+  assert.equal((await r.call('GET', '/?kind=bad-status')).status, 500);
+  // A caller's `__proto__` is a plain query name, never the query object's prototype.
+  const returned = await r.call('GET', '/?kind=other&tag=a&tag=b&__proto__=p');
+  assert.deepEqual([returned.status, JSON.parse(returned.body)],
+    [202, { returned: true, query: { kind: 'other', tag: ['a', 'b'], ['__proto__']: 'p' } }]);
+  assert.equal(returned.headers['content-type'], 'application/json');
+});
+
+test('RAW_BODY=true hands OpenFaaS handlers a Buffer', async (t) => {
+  const r = await serve(t, `module.exports = async (event) => ({ buffer: Buffer.isBuffer(event.body), length: event.body.length });`,
+    { extraEnv: { RAW_BODY: 'true' } });
+  const answer = await r.call('POST', '/', JSON.stringify({ a: 1 }), { 'content-type': 'application/json' });
+  assert.deepEqual(JSON.parse(answer.body), { buffer: true, length: 7 });
+});
+
+test("Kubeless nodejs runtime's own examples run unchanged", async (t) => {
+  // helloget.js and hellowithdata.js from Kubeless's nodejs examples.
+  const get = await serve(t, `module.exports = {
+  foo: function (event, context) {
+    return 'hello world';
+  },
+};
+`, { handler: 'foo' });
+  assert.deepEqual([(await get.call('GET', '/')).status, (await get.call('GET', '/')).body], [200, 'hello world']);
+  const withData = await serve(t, `module.exports = {
+  handler: (event, context) => {
+    console.log(event);
+    return event.data;
+  },
+};
+`, { handler: 'handler' });
+  const echoed = await withData.call('POST', '/', JSON.stringify({ hello: 'world' }), { 'content-type': 'application/json' });
+  assert.deepEqual([echoed.status, JSON.parse(echoed.body)], [200, { hello: 'world' }]);
+  assert.equal((await withData.call('POST', '/', 'plain')).body, 'plain');
 });
 
 test('strings are text, statusCode objects set status and headers', async (t) => {

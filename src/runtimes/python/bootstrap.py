@@ -4,11 +4,21 @@ Standard library only. The same file runs as a local replica and inside a pod. I
 function's source and adapts the common handler conventions so existing functions run
 unchanged:
 
-* ``handle(req)``                 OpenFaaS python3: the body as str in; str, bytes, dict/list out
-* ``handle(event, context)``      OpenFaaS python3-http: event.body/.headers/.method/.query/.path;
-                                  returns {"statusCode", "body", "headers"}
-* ``handler(event, context)``     Kubeless: event["data"], event["event-id"], ...; context["function-name"], ...
+* ``handle(req)``                 OpenFaaS python3 and python3-flask: the body as str in (bytes with
+                                  RAW_BODY=true); the answer as Flask makes one of the return value
+                                  (str, bytes, dict/list as JSON, (body, status[, headers]))
+* ``handle(event, context)``      OpenFaaS python3-http: event.body (bytes), .headers, .method, .query
+                                  (first value per name, .getlist for all), .path; context.hostname;
+                                  the return value read as the template's format_response reads it
+* ``NAME(event, context)``        Kubeless (any other name, e.g. ``handler``): event["data"] (bytes, or
+                                  the parsed JSON for a JSON body), event["event-id"], ...;
+                                  context["function-name"], ["timeout"], ["runtime"], ["memory-limit"]
 * a WSGI ``app``                  e.g. Flask, when declared in the requirements
+
+Where kubefn differs from those templates on purpose (the README lists it): a str answer is
+text/plain rather than Flask's text/html, the classic python3 watchdog's trailing newline (it
+print()s the answer) is not added, and a dict with "statusCode" from a Kubeless handler is read
+as a response, as from python3-http.
 
 Environment:
   PORT                  port to listen on (this or KUBEFN_SOCKET is required)
@@ -131,8 +141,11 @@ def choose_convention(name, target):
     if count == 1:
         return "req", f"{name}(req) (OpenFaaS python3 style)"
     if count == 2:
-        style = "Kubeless style" if name.split(".")[-1] == "handler" else "OpenFaaS python3-http style"
-        return "event", f"{name}(event, context) ({style})"
+        # OpenFaaS's python3-http template always calls handler.handle; Kubeless calls whatever
+        # name the function declares (handler, foo, hello ...).
+        if name.split(".")[-1] == "handle":
+            return "openfaas-http", f"{name}(event, context) (OpenFaaS python3-http style)"
+        return "kubeless", f"{name}(event, context) (Kubeless style)"
     if count == 0:
         return "none", f"{name}() (no arguments)"
     raise LoadError(f"the handler {name!r} takes {count} arguments; use handle(req), handle(event, context) or a WSGI app")
@@ -161,12 +174,13 @@ class Event(dict):
     """Both conventions at once: a Kubeless event dict and an OpenFaaS python3-http event."""
 
     def __init__(self, request):
-        data = request.body_text
+        # Kubeless reads the body with bottle's request.body.read(): bytes, unless it is JSON.
+        data = request.body
         if request.is_json and request.body:
             try:
                 data = json.loads(request.body)
             except ValueError:
-                data = request.body_text
+                data = request.body
         super().__init__({
             "data": data,
             "event-id": request.headers.get("x-request-id") or str(uuid.uuid4()),
@@ -185,14 +199,15 @@ class Event(dict):
 class Context(dict):
     """A Kubeless context dict whose keys are also attributes (OpenFaaS passes a context object)."""
 
-    def __init__(self):
+    def __init__(self, timeout_s):
         super().__init__({
             "function-name": os.environ.get("KUBEFN_FUNCTION_NAME", ""),
-            "timeout": os.environ.get("KUBEFN_TIMEOUT", "60"),
+            # Kubeless's Python runtime gives the timeout as a float of seconds.
+            "timeout": float(timeout_s),
             "runtime": f"python{sys.version_info.major}.{sys.version_info.minor}",
             "memory-limit": os.environ.get("KUBEFN_MEMORY_LIMIT", ""),
         })
-        self.hostname = os.environ.get("HOSTNAME", "")
+        self.hostname = os.environ.get("HOSTNAME") or "localhost"
 
     def __getattr__(self, name):
         key = name.replace("_", "-")
@@ -214,20 +229,41 @@ class Headers(dict):
         return super().get(name.lower(), default) if isinstance(name, str) else default
 
 
+class QueryArgs(dict):
+    """The query string as Flask's request.args reads it: the first value of each name, and
+    every value through getlist()."""
+
+    def __init__(self, raw_query):
+        self.every = parse_qs(raw_query, keep_blank_values=True)
+        super().__init__({name: values[0] for name, values in self.every.items()})
+
+    def getlist(self, name):
+        return list(self.every.get(name, []))
+
+
 class Request:
-    """The parts of an HTTP request every convention needs."""
+    """The parts of an HTTP request every convention needs. Kubeless hands its functions
+    bottle's request as event["extensions"]["request"], so this also answers bottle's
+    get_header() and json."""
 
     def __init__(self, method, target, headers, body):
         parts = urlsplit(target)
         self.method = method
         self.path = parts.path
         self.raw_query = parts.query
-        self.query = {k: v[0] if len(v) == 1 else v for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+        self.query = QueryArgs(parts.query)
         self.headers = Headers({k.lower(): v for k, v in headers.items()})
         self.body = body
         self.body_text = body.decode("utf-8", errors="replace")
         content_type = self.headers.get("content-type", "")
         self.is_json = content_type.split(";")[0].strip().lower() in ("application/json", "text/json") or content_type.endswith("+json")
+
+    def get_header(self, name, default=None):
+        return self.headers.get(name, default)
+
+    @property
+    def json(self):
+        return json.loads(self.body) if self.is_json and self.body else None
 
 
 def encode_body(body, headers):
@@ -248,15 +284,39 @@ def encode_body(body, headers):
     return json.dumps(body, default=str).encode("utf-8")
 
 
+def header_pairs(headers):
+    """A handler's headers, given as a dict or as (name, value) pairs, as Flask takes both."""
+    pairs = headers.items() if isinstance(headers, dict) else headers or ()
+    return {str(name): str(value) for name, value in pairs}
+
+
+def to_openfaas_http_response(result):
+    """(status, headers, body bytes) as python3-http's format_response makes them: None is an
+    empty 200; a dict gives statusCode (default 200), headers, and a body that is JSON for a
+    dict, the bytes themselves for bytes, and str() of anything else; any other value is
+    handed to Flask as it is."""
+    if result is None:
+        return 200, {}, b""
+    if not isinstance(result, dict):
+        return to_response(result)
+    headers = header_pairs(result.get("headers"))
+    body = result.get("body", "")
+    if not isinstance(body, (dict, bytes, bytearray)):
+        body = str(body)
+    return int(result.get("statusCode", 200)), headers, encode_body(body, headers)
+
+
 def to_response(result):
-    """(status, headers, body bytes) from whatever a handler returned."""
+    """(status, headers, body bytes) from whatever a handler returned, as Flask (and bottle,
+    for Kubeless) make a response of a view's return value; a dict with "statusCode" is read
+    as a response, as python3-http reads it."""
     headers = {}
     if isinstance(result, dict) and "statusCode" in result:
-        headers.update({str(k): str(v) for k, v in (result.get("headers") or {}).items()})
+        headers.update(header_pairs(result.get("headers")))
         return int(result["statusCode"]), headers, encode_body(result.get("body"), headers)
     if isinstance(result, tuple) and 2 <= len(result) <= 3 and isinstance(result[1], int):
         if len(result) == 3:
-            headers.update({str(k): str(v) for k, v in (result[2] or {}).items()})
+            headers.update(header_pairs(result[2]))
         return result[1], headers, encode_body(result[0], headers)
     return 200, headers, encode_body(result, headers)
 
@@ -315,9 +375,13 @@ def invoke(server, request):
     if server.convention == "wsgi":
         return call_wsgi(server.target, request, server.port_number)
     if server.convention == "req":
-        return to_response(server.target(request.body_text))
-    if server.convention == "event":
-        return to_response(server.target(Event(request), Context()))
+        # python3-flask hands over request.get_data(as_text=not RAW_BODY).
+        raw = os.environ.get("RAW_BODY", "").lower() in ("true", "1")
+        return to_response(server.target(request.body if raw else request.body_text))
+    if server.convention == "openfaas-http":
+        return to_openfaas_http_response(server.target(Event(request), Context(server.timeout_s)))
+    if server.convention == "kubeless":
+        return to_response(server.target(Event(request), Context(server.timeout_s)))
     return to_response(server.target())
 
 

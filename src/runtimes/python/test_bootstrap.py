@@ -127,8 +127,11 @@ class BootstrapTest(unittest.TestCase):
     def test_kubeless_handler_event_and_context(self):
         r = self.serve("""
             def handler(event, context):
+                data = event["data"]
                 return {
-                    "data": event["data"],
+                    "data": data.decode() if isinstance(data, bytes) else data,
+                    "data_type": type(data).__name__,
+                    "header": event["extensions"]["request"].get_header("X-Trace"),
                     "has_id": bool(event["event-id"]),
                     "type": event["event-type"],
                     "namespace": event["event-namespace"],
@@ -140,14 +143,68 @@ class BootstrapTest(unittest.TestCase):
                     "memory": context["memory-limit"],
                 }
         """)
-        status, _, body = r.request("POST", "/k", body=json.dumps({"a": 1}), headers={"Content-Type": "application/json"})
+        status, _, body = r.request("POST", "/k", body=json.dumps({"a": 1}),
+                                    headers={"Content-Type": "application/json", "X-Trace": "t-1"})
         self.assertEqual(status, 200)
-        self.assertEqual(json.loads(body), {"data": {"a": 1}, "has_id": True, "type": "application/json",
-                                            "namespace": "kubefn", "has_time": True, "request_path": "/k",
-                                            "function": "fn-under-test", "timeout": "30", "runtime": True,
-                                            "memory": "128Mi"})
+        self.assertEqual(json.loads(body), {"data": {"a": 1}, "data_type": "dict", "header": "t-1", "has_id": True,
+                                            "type": "application/json", "namespace": "kubefn", "has_time": True,
+                                            "request_path": "/k", "function": "fn-under-test", "timeout": 30.0,
+                                            "runtime": True, "memory": "128Mi"})
+        # Kubeless reads any other body as bytes (bottle's request.body.read()).
         status, _, body = r.request("POST", "/k", body=b"plain text", headers={"Content-Type": "text/plain"})
-        self.assertEqual(json.loads(body)["data"], "plain text")
+        self.assertEqual((json.loads(body)["data"], json.loads(body)["data_type"]), ("plain text", "bytes"))
+
+    def test_kubeless_samples_any_handler_name_and_bytes_back(self):
+        # Kubeless's own examples, helloget.py and hellowithdata.py, unchanged.
+        r = self.serve("""
+            def foo(event, context):
+                return "hello world"
+        """, handler="foo")
+        self.assertEqual(r.request("GET", "/")[::2], (200, b"hello world"))
+        r = self.serve("""
+            def handler(event, context):
+                print (event)
+                return event['data']
+        """)
+        status, headers, body = r.request("POST", "/", body=b"\x00raw", headers={"Content-Type": "application/octet-stream"})
+        self.assertEqual((status, body, headers["Content-Type"]), (200, b"\x00raw", "application/octet-stream"))
+
+    def test_openfaas_python3_http_format_response(self):
+        # python3-http's format_response: no statusCode is 200, no body is empty, a dict body is
+        # JSON, bytes stay bytes, anything else is str()'d, headers may be a dict or pairs, None
+        # is an empty 200.
+        r = self.serve("""
+            def handle(event, context):
+                kind = event.query.get("kind")
+                if kind == "none":
+                    return None
+                if kind == "nobody":
+                    return {"headers": [("X-Pairs", "yes")]}
+                if kind == "list":
+                    return {"statusCode": 202, "body": [1, 2]}
+                if kind == "bytes":
+                    return {"body": b"\x01\x02", "headers": {"Content-Type": "image/png"}}
+                if kind == "dict":
+                    return {"body": {"colors": event.query.getlist("color"), "host": context.hostname}}
+                return {"statusCode": 200, "body": "Hello from OpenFaaS!"}
+        """, env={"HOSTNAME": "replica-1"})
+        self.assertEqual(r.request("GET", "/")[::2], (200, b"Hello from OpenFaaS!"))
+        self.assertEqual(r.request("GET", "/?kind=none")[::2], (200, b""))
+        status, headers, body = r.request("GET", "/?kind=nobody")
+        self.assertEqual((status, body, headers["X-Pairs"]), (200, b"", "yes"))
+        self.assertEqual(r.request("GET", "/?kind=list")[::2], (202, b"[1, 2]"))
+        status, headers, body = r.request("GET", "/?kind=bytes")
+        self.assertEqual((body, headers["Content-Type"]), (b"\x01\x02", "image/png"))
+        status, headers, body = r.request("GET", "/?kind=dict&color=red&color=blue")
+        self.assertEqual(json.loads(body), {"colors": ["red", "blue"], "host": "replica-1"})
+        self.assertEqual(headers["Content-Type"], "application/json")
+
+    def test_python3_flask_raw_body_hands_over_bytes(self):
+        r = self.serve("""
+            def handle(req):
+                return type(req).__name__ + ":" + repr(req)
+        """, env={"RAW_BODY": "true"})
+        self.assertEqual(r.request("POST", "/", body=b"hi")[::2], (200, b"bytes:b'hi'"))
 
     def test_wsgi_app(self):
         r = self.serve("""
