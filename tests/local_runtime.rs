@@ -165,7 +165,12 @@ async fn every_handler_convention_of_both_languages_answers() {
             (200, "Hello from OpenFaaS!"),
         ),
         (
-            function("kubeless-helloget", Language::Python, Some("foo"), "def foo(event, context):\n    return \"hello world\"\n"),
+            function(
+                "kubeless-helloget",
+                Language::Python,
+                Some("foo"),
+                "def foo(event, context):\n    return \"hello world\"\n",
+            ),
             "text/plain",
             "",
             (200, "hello world"),
