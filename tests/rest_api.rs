@@ -2420,3 +2420,101 @@ async fn quantities_kubernetes_accepts_are_read_as_kubernetes_reads_them() {
     assert_eq!(report["used"]["cpu_millicores"], 2 * 250, "{report}");
     assert_eq!(report["used"]["memory_bytes"], 2 * (3u64 << 29), "{report}");
 }
+
+/// The OpenAPI document lists every route kubefn serves and only those: each operation it
+/// lists is routed (an anonymous call gets the route's own answer, never the fallback's 404 or
+/// a 405), each method it leaves out on a listed path is 405, and every route the source
+/// registers by hand (`.route("…")`; the REST routes come from utoipa-axum's `routes!`, which
+/// registers route and entry together) is in it. Its references resolve, its operation ids are
+/// unique, and Swagger UI at /api/docs shows it.
+#[tokio::test]
+async fn the_openapi_document_lists_every_route_and_nothing_else() {
+    let app = TestApp::start().await;
+    let document = app.call(Method::GET, "/api/v1/openapi.json", None, As::Anonymous).await;
+    assert_eq!(document.status, StatusCode::OK);
+    let document = document.body;
+    assert_eq!(document["openapi"], "3.1.0");
+    let paths = document["paths"].as_object().expect("paths");
+    assert!(paths.len() >= 30, "{} paths", paths.len());
+
+    let methods = [Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::PATCH];
+    let mut ids = std::collections::BTreeSet::new();
+    for (path, item) in paths {
+        // Any value fits every parameter: an id, a version and a name alike.
+        let concrete: String = path
+            .split('/')
+            .map(|segment| if segment.starts_with('{') { "1" } else { segment })
+            .collect::<Vec<_>>()
+            .join("/");
+        for method in &methods {
+            let listed = item.get(method.as_str().to_lowercase()).is_some();
+            let answer = app.call(method.clone(), &concrete, Some(json!({})), As::Anonymous).await;
+            let html =
+                answer.headers.get(header::CONTENT_TYPE).is_some_and(|v| v.to_str().unwrap_or("").contains("html"));
+            let fallback = answer.body.to_string().contains("no such API endpoint") || (answer.status == 404 && html);
+            if listed {
+                assert!(
+                    answer.status != StatusCode::METHOD_NOT_ALLOWED && !fallback,
+                    "{method} {path} is in the document but not routed: {} {}",
+                    answer.status,
+                    answer.body
+                );
+            } else {
+                assert_eq!(
+                    answer.status,
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "{method} {path} is routed but not in the document"
+                );
+            }
+        }
+        for operation in item.as_object().expect("path item").values() {
+            if let Some(id) = operation["operationId"].as_str() {
+                assert!(ids.insert(id.to_string()), "operation id {id} is used twice");
+            }
+        }
+    }
+
+    // Every route the source registers by hand is in the document.
+    let mut files = Vec::new();
+    let mut dirs = vec![std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read src").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") && !path.ends_with("tests.rs") {
+                files.push(path);
+            }
+        }
+    }
+    let mut routed = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).expect("read a source file");
+        for (_, rest) in text.match_indices(".route(\"").map(|(at, _)| ((), &text[at + 8..])) {
+            let route = rest.split('"').next().expect("a literal");
+            routed.push((file.display().to_string(), route.replace("{*path}", "{path}")));
+        }
+    }
+    assert!(routed.len() >= 8, "the scan found the gateway's and the health routes: {routed:?}");
+    for (file, route) in &routed {
+        assert!(paths.contains_key(route), "{file} routes {route}, which the OpenAPI document does not list");
+    }
+
+    // Every reference names a schema the document has.
+    let schemas = document["components"]["schemas"].as_object().expect("schemas");
+    let text = document.to_string();
+    for (at, _) in text.match_indices("\"$ref\":\"#/components/schemas/") {
+        let name = text[at + 29..].split('"').next().expect("a name");
+        assert!(schemas.contains_key(name), "a reference to the missing schema {name}");
+    }
+    assert!(schemas.contains_key("FunctionSpec") && schemas.contains_key("ApiError"));
+    assert!(document["components"]["securitySchemes"]["token"]["scheme"] == "bearer");
+
+    // The readable page: Swagger UI, its files served by kubefn itself, pointed at the document.
+    let page = app.call(Method::GET, "/api/docs/", None, As::Anonymous).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.as_str().is_some_and(|html| html.contains("swagger-ui")), "{}", page.body);
+    let initializer = app.call(Method::GET, "/api/docs/swagger-initializer.js", None, As::Anonymous).await;
+    assert!(initializer.body.to_string().contains("/api/v1/openapi.json"), "{}", initializer.body);
+    app.stop().await;
+}

@@ -4,11 +4,13 @@
 //! Prometheus.
 
 use super::caller::{Caller, carries_session_cookie, client_address, principal_from_parts};
+use super::openapi::ApiErrors;
 use super::origin::session_untrusted;
 use super::{ApiError, AppState};
 use crate::platform::Platform;
 use crate::platform::gateway::{GatewayError, upstream_uri};
 use crate::platform::metrics::{CONTENT_TYPE, InstanceLabels};
+use crate::platform::model::AsyncAccepted;
 use crate::platform::store::AsyncCall;
 use axum::Router;
 use axum::body::Body;
@@ -91,7 +93,18 @@ impl Invocation {
 }
 
 /// Queues the request and answers 202 with its id and where to look for the result.
-async fn invoke_async(
+///
+/// The call runs later on the user's instance, retried on failure; `X-Callback-Url` names a URL
+/// to receive the answer. The invoke policy applies as for a direct call.
+#[utoipa::path(method(get, post, put, delete, patch, options), path = "/async/fn/{user}/{function}/{path}",
+    tag = "gateway", security((), ("session" = []), ("token" = [])),
+    params(("user" = String, Path, description = "The instance's user"),
+        ("function" = String, Path, description = "The function's name"),
+        ("path" = String, Path, description = "The path the function sees (may be empty); the query string passes on too")),
+    request_body(content = Vec<u8>, description = "Any body, kept for the call", content_type = "*/*"),
+    responses((status = 202, description = "Queued; `Location` is the status URL", body = AsyncAccepted), ApiErrors,
+        (status = 413, description = "The body is over the function's limit", body = ApiError)))]
+pub(super) async fn invoke_async(
     State(platform): State<Platform>,
     super::rest::Path(params): InvocationPath,
     request: Request,
@@ -123,7 +136,10 @@ async fn invoke_async(
 
 /// The gateway's metrics with the replica gauges of every instance as they are now. Admins
 /// only: the figures are labelled by user (Prometheus sends an admin's API token).
-async fn metrics(State(platform): State<Platform>, Caller(caller): Caller) -> Result<Response, ApiError> {
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format", body = String,
+        content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8"), ApiErrors))]
+pub(super) async fn metrics(State(platform): State<Platform>, Caller(caller): Caller) -> Result<Response, ApiError> {
     if !caller.is_admin() {
         return Err(ApiError::new(403, "only admins may read /metrics: it shows every user's figures"));
     }
@@ -136,7 +152,23 @@ async fn metrics(State(platform): State<Platform>, Caller(caller): Caller) -> Re
     Ok(([(http::header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response())
 }
 
-async fn invoke(
+/// Invokes the user's instance of a function and streams its answer back as it is.
+///
+/// Who may call is the function's invoke policy: its owner (and admins), any account, or anyone.
+/// A `traceparent` is continued (or a trace started) and passed on.
+#[utoipa::path(method(get, post, put, delete, patch, head, options), path = "/fn/{user}/{function}/{path}",
+    tag = "gateway", security((), ("session" = []), ("token" = [])),
+    params(("user" = String, Path, description = "The instance's user"),
+        ("function" = String, Path, description = "The function's name"),
+        ("path" = String, Path, description = "The path the function sees (may be empty); the query string passes on too")),
+    request_body(content = Vec<u8>, description = "Any body, passed to the function", content_type = "*/*"),
+    responses((status = 200, description = "The function's answer, whatever its status, headers and body", body = Vec<u8>, content_type = "*/*"),
+        ApiErrors,
+        (status = 413, description = "The body is over the function's limit", body = ApiError),
+        (status = 502, description = "The function's replica failed to answer", body = ApiError),
+        (status = 503, description = "The instance is not running (paused or failed)", body = ApiError),
+        (status = 504, description = "The function did not answer within its timeout", body = ApiError)))]
+pub(super) async fn invoke(
     State(platform): State<Platform>,
     super::rest::Path(params): InvocationPath,
     request: Request,

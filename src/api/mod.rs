@@ -1,6 +1,7 @@
 //! The thin layer between clients and the platform: authenticate, validate the shape of the
 //! input, call [`crate::platform`], map its errors to [`ApiError`]. The JSON REST API lives in
-//! [`rest`]; the server functions the pages call live in [`functions`].
+//! [`rest`], described by the OpenAPI document of [`openapi`]; the server functions the pages
+//! call live in [`functions`].
 
 pub mod error;
 pub mod forms;
@@ -10,6 +11,8 @@ pub mod functions;
 pub mod caller;
 #[cfg(feature = "ssr")]
 pub mod gateway;
+#[cfg(feature = "ssr")]
+pub mod openapi;
 #[cfg(feature = "ssr")]
 pub mod origin;
 #[cfg(feature = "ssr")]

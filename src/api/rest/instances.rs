@@ -5,7 +5,7 @@ use super::*;
 
 /// The optional body of `POST /functions/{name}/deploy`: which version an instance of someone
 /// else's function runs.
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct DeployBody {
     /// Follow the owner's updates (`true`), or stay on the version the instance runs (`false`).
@@ -28,6 +28,12 @@ impl DeployBody {
     }
 }
 
+/// Deploys the caller's instance of a function (201), or answers the one they have (200);
+/// `Location` names it. The body is optional.
+#[utoipa::path(post, path = "/functions/{name}/deploy", tag = "instances", params(("name" = String, Path, description = "The function's name")),
+    request_body(content = Option<DeployBody>, description = "Optional: which version an instance of someone else's function runs"),
+    responses((status = 201, description = "Deployed", body = InstanceInfo),
+        (status = 200, description = "The caller's instance already existed", body = InstanceInfo), ApiErrors))]
 pub(super) async fn deploy_function(
     State(platform): State<Platform>,
     Caller(caller): Caller,
@@ -58,6 +64,9 @@ pub(super) async fn deploy_function(
     Ok((status, headers, Json(instance)).into_response())
 }
 
+/// A function's cron triggers, with their next fire and recent runs.
+#[utoipa::path(get, path = "/functions/{name}/triggers", tag = "triggers", params(("name" = String, Path, description = "The function's name")),
+    responses((status = 200, body = [TriggerInfo]), ApiErrors))]
 pub(super) async fn list_triggers(
     State(platform): State<Platform>,
     Caller(caller): Caller,
@@ -66,6 +75,9 @@ pub(super) async fn list_triggers(
     Ok(Json(platform.triggers.list(&caller, &name, chrono::Utc::now()).await?))
 }
 
+/// Adds a cron trigger that invokes the caller's instance of a function; `Location` names it.
+#[utoipa::path(post, path = "/functions/{name}/triggers", tag = "triggers", params(("name" = String, Path, description = "The function's name")), request_body = TriggerSpec,
+    responses((status = 201, body = TriggerInfo), ApiErrors))]
 pub(super) async fn create_trigger(
     State(platform): State<Platform>,
     Caller(caller): Caller,
@@ -80,6 +92,9 @@ pub(super) async fn create_trigger(
     Ok((StatusCode::CREATED, headers, Json(trigger)).into_response())
 }
 
+/// One cron trigger.
+#[utoipa::path(get, path = "/triggers/{id}", tag = "triggers", params(("id" = i64, Path, description = "The trigger's id")),
+    responses((status = 200, body = TriggerInfo), ApiErrors))]
 pub(super) async fn get_trigger(
     State(platform): State<Platform>,
     Caller(caller): Caller,
@@ -88,6 +103,9 @@ pub(super) async fn get_trigger(
     Ok(Json(platform.triggers.get(&caller, id, chrono::Utc::now()).await?))
 }
 
+/// Removes a cron trigger.
+#[utoipa::path(delete, path = "/triggers/{id}", tag = "triggers", params(("id" = i64, Path, description = "The trigger's id")),
+    responses((status = 204, description = "Removed"), ApiErrors))]
 pub(super) async fn delete_trigger(
     State(platform): State<Platform>,
     Caller(caller): Caller,
@@ -98,6 +116,8 @@ pub(super) async fn delete_trigger(
 }
 
 /// An async invocation's state and result; anonymous callers may look at anonymous calls.
+#[utoipa::path(get, path = "/async/{id}", tag = "triggers", security(()), params(("id" = String, Path, description = "The invocation's id")),
+    responses((status = 200, body = AsyncStatus), ApiErrors))]
 pub(super) async fn get_async(
     State(platform): State<Platform>,
     Path(id): Path<String>,
@@ -108,6 +128,10 @@ pub(super) async fn get_async(
     Ok(Json(platform.asyncs.status(caller.as_ref(), &id).await?))
 }
 
+/// Deletes the caller's instance of a function.
+#[utoipa::path(delete, path = "/functions/{name}/deploy", tag = "instances", params(("name" = String, Path, description = "The function's name")),
+    responses((status = 204, description = "Gone"),
+        (status = 202, description = "Replicas still stopping: the instance, in state `Deleting`", body = InstanceInfo), ApiErrors))]
 pub(super) async fn undeploy_function(
     State(platform): State<Platform>,
     Caller(caller): Caller,
@@ -125,6 +149,8 @@ pub(super) fn removal_response(removal: Removal) -> Response {
     }
 }
 
+/// The caller's instances (every instance for admins).
+#[utoipa::path(get, path = "/instances", tag = "instances", responses((status = 200, body = [InstanceInfo]), ApiErrors))]
 pub(super) async fn list_instances(
     State(platform): State<Platform>,
     Caller(caller): Caller,
@@ -132,6 +158,9 @@ pub(super) async fn list_instances(
     Ok(Json(platform.instances.list(&caller).await?))
 }
 
+/// An instance: state, replicas, addresses, events.
+#[utoipa::path(get, path = "/instances/{id}", tag = "instances", params(("id" = String, Path, description = "The instance's id")),
+    responses((status = 200, body = InstanceInfo), ApiErrors))]
 pub(super) async fn get_instance(
     State(platform): State<Platform>,
     Caller(caller): Caller,
@@ -140,6 +169,10 @@ pub(super) async fn get_instance(
     Ok(Json(platform.instances.get(&caller, &id).await?))
 }
 
+/// Deletes an instance.
+#[utoipa::path(delete, path = "/instances/{id}", tag = "instances", params(("id" = String, Path, description = "The instance's id")),
+    responses((status = 204, description = "Gone"),
+        (status = 202, description = "Replicas still stopping: the instance, in state `Deleting`", body = InstanceInfo), ApiErrors))]
 pub(super) async fn delete_instance(
     State(platform): State<Platform>,
     Caller(caller): Caller,
@@ -148,6 +181,9 @@ pub(super) async fn delete_instance(
     Ok(removal_response(platform.instances.delete(&caller, &id).await?))
 }
 
+/// Pauses an instance: no replicas, configuration kept.
+#[utoipa::path(post, path = "/instances/{id}/pause", tag = "instances", params(("id" = String, Path, description = "The instance's id")),
+    responses((status = 200, body = InstanceInfo), ApiErrors))]
 pub(super) async fn pause_instance(
     State(platform): State<Platform>,
     Caller(caller): Caller,
@@ -156,6 +192,9 @@ pub(super) async fn pause_instance(
     Ok(Json(platform.instances.pause(&caller, &id).await?))
 }
 
+/// Resumes a paused instance.
+#[utoipa::path(post, path = "/instances/{id}/resume", tag = "instances", params(("id" = String, Path, description = "The instance's id")),
+    responses((status = 200, body = InstanceInfo), ApiErrors))]
 pub(super) async fn resume_instance(
     State(platform): State<Platform>,
     Caller(caller): Caller,
@@ -164,12 +203,16 @@ pub(super) async fn resume_instance(
     Ok(Json(platform.instances.resume(&caller, &id).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ScaleBody {
+    /// Replicas to run, within the function's scaling bounds and the user's quota.
     replicas: u32,
 }
 
+/// Sets an instance's replica count.
+#[utoipa::path(post, path = "/instances/{id}/scale", tag = "instances", params(("id" = String, Path, description = "The instance's id")), request_body = ScaleBody,
+    responses((status = 200, body = InstanceInfo), ApiErrors))]
 pub(super) async fn scale_instance(
     State(platform): State<Platform>,
     Caller(caller): Caller,
@@ -179,17 +222,22 @@ pub(super) async fn scale_instance(
     Ok(Json(platform.instances.scale(&caller, &id, body.replicas).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct LogsQuery {
+    /// Keep the stream open for new lines.
     #[serde(default)]
     follow: bool,
+    /// Only lines from this time on (RFC 3339).
     since: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// The instance's logs as server-sent events, one JSON [`LogEntry`](crate::platform::model::LogEntry)
 /// per event, from `since` (RFC 3339) on when given; with `follow=true` the stream stays open
 /// for new lines.
+#[utoipa::path(get, path = "/instances/{id}/logs", tag = "instances", params(("id" = String, Path, description = "The instance's id"), LogsQuery),
+    responses((status = 200, description = "Server-sent events, one JSON log entry each", body = LogEntry, content_type = "text/event-stream"), ApiErrors))]
 pub(super) async fn instance_logs(
     State(platform): State<Platform>,
     Caller(caller): Caller,
@@ -215,9 +263,11 @@ pub(super) async fn instance_logs(
     Ok(axum::response::sse::Sse::new(events).keep_alive(axum::response::sse::KeepAlive::default()).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct UsageQuery {
+    /// The window's start (RFC 3339); default: an hour ago.
     since: Option<chrono::DateTime<chrono::Utc>>,
 }
 
@@ -235,6 +285,8 @@ pub(super) fn usage_since(
 }
 
 /// The instance's usage samples since `since` (RFC 3339; default: the last hour).
+#[utoipa::path(get, path = "/instances/{id}/usage", tag = "instances", params(("id" = String, Path, description = "The instance's id"), UsageQuery),
+    responses((status = 200, body = [UsageSample]), ApiErrors))]
 pub(super) async fn instance_usage(
     State(platform): State<Platform>,
     Caller(caller): Caller,
@@ -246,6 +298,8 @@ pub(super) async fn instance_usage(
 }
 
 /// Everyone's instances and usage since `since` (default: the last hour); admins only.
+#[utoipa::path(get, path = "/admin/usage", tag = "instances", params(UsageQuery),
+    responses((status = 200, body = AdminOverview), ApiErrors))]
 pub(super) async fn admin_usage(
     State(platform): State<Platform>,
     Caller(caller): Caller,

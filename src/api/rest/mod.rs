@@ -1,54 +1,64 @@
 //! The JSON REST API under `/api/v1` (listed in the README), plus `/healthz` and `/readyz`.
 
 use super::caller::{self, AuthSession, Caller};
+use super::openapi::{self, ApiErrors};
 use super::{ApiError, AppState};
 use crate::platform::Platform;
 use crate::platform::instances::{Removal, VersionChoice};
 use crate::platform::model::{
-    AdminOverview, AsyncStatus, FunctionDetail, FunctionSpec, FunctionSummary, InstanceInfo, NewToken, QuotaReport,
-    QuotaSettings, TokenInfo, TriggerInfo, TriggerSpec, UsageSample, UserInfo, VersionDetail,
+    AdminOverview, AsyncStatus, FunctionDetail, FunctionSpec, FunctionSummary, InstanceInfo, LogEntry, NewToken,
+    QuotaReport, QuotaSettings, TokenInfo, TriggerInfo, TriggerSpec, UsageSample, UserInfo, VersionDetail,
 };
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use utoipa_swagger_ui::SwaggerUi;
 
 mod instances;
 
 use instances::*;
 
-/// The REST routes and the health endpoints.
+/// The REST routes, the health endpoints, and the OpenAPI document with its page.
+///
+/// Each `routes!` line registers the handlers of one path and their OpenAPI entries together.
 pub fn router() -> Router<AppState> {
-    let v1 = Router::new()
-        .route("/signup", post(signup))
-        .route("/login", post(login))
-        .route("/logout", post(logout))
-        .route("/me", get(me))
-        .route("/tokens", get(list_tokens).post(create_token))
-        .route("/tokens/{id}", axum::routing::delete(revoke_token))
-        .route("/functions", get(list_functions).post(register_function))
-        .route("/functions/{name}", get(get_function).put(update_function).delete(unregister_function))
-        .route("/functions/{name}/versions/{version}", get(get_version))
-        .route("/functions/{name}/rollback", post(rollback_function))
-        .route("/functions/{name}/deploy", post(deploy_function).delete(undeploy_function))
-        .route("/functions/{name}/triggers", get(list_triggers).post(create_trigger))
-        .route("/triggers/{id}", get(get_trigger).delete(delete_trigger))
-        .route("/async/{id}", get(get_async))
-        .route("/instances", get(list_instances))
-        .route("/instances/{id}", get(get_instance).delete(delete_instance))
-        .route("/instances/{id}/pause", post(pause_instance))
-        .route("/instances/{id}/resume", post(resume_instance))
-        .route("/instances/{id}/scale", post(scale_instance))
-        .route("/instances/{id}/logs", get(instance_logs))
-        .route("/instances/{id}/usage", get(instance_usage))
-        .route("/admin/usage", get(admin_usage))
-        .route("/users/{name}/quota", get(get_quota).put(set_quota))
-        .fallback(|| async { ApiError::new(404, "no such API endpoint; see the REST API in the README") });
-    Router::new().nest("/api/v1", v1).route("/healthz", get(|| async { "ok" })).route("/readyz", get(readyz))
+    let v1 = OpenApiRouter::new()
+        .routes(routes!(signup))
+        .routes(routes!(login))
+        .routes(routes!(logout))
+        .routes(routes!(me))
+        .routes(routes!(list_tokens, create_token))
+        .routes(routes!(revoke_token))
+        .routes(routes!(list_functions, register_function))
+        .routes(routes!(get_function, update_function, unregister_function))
+        .routes(routes!(get_version))
+        .routes(routes!(rollback_function))
+        .routes(routes!(deploy_function, undeploy_function))
+        .routes(routes!(list_triggers, create_trigger))
+        .routes(routes!(get_trigger, delete_trigger))
+        .routes(routes!(get_async))
+        .routes(routes!(list_instances))
+        .routes(routes!(get_instance, delete_instance))
+        .routes(routes!(pause_instance))
+        .routes(routes!(resume_instance))
+        .routes(routes!(scale_instance))
+        .routes(routes!(instance_logs))
+        .routes(routes!(instance_usage))
+        .routes(routes!(admin_usage))
+        .routes(routes!(get_quota, set_quota))
+        .fallback(|| async { ApiError::new(404, "no such API endpoint; see /api/docs or the REST API in the README") });
+    let (routes, spec) = OpenApiRouter::new().nest("/api/v1", v1).split_for_parts();
+    routes
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .merge(SwaggerUi::new(openapi::PAGE_PATH).url(openapi::DOCUMENT_PATH, openapi::document(spec)))
 }
 
 /// A JSON body whose decoding errors name the field (`resources.cpu`) and say what was expected.
@@ -120,13 +130,17 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T>
 }
 
 /// Name and password, for sign-up and log-in.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CredentialsBody {
+    /// A DNS-1123 label of at most 20 characters (it appears in gateway paths).
     name: String,
     password: String,
 }
 
+/// Creates an account (when sign-up is open) and logs it in.
+#[utoipa::path(post, path = "/signup", tag = "accounts", security(()), request_body = CredentialsBody,
+    responses((status = 201, description = "Signed up and logged in; the session cookie is set", body = UserInfo), ApiErrors))]
 async fn signup(
     State(platform): State<Platform>,
     mut session: AuthSession,
@@ -137,6 +151,9 @@ async fn signup(
     Ok((StatusCode::CREATED, Json(user)))
 }
 
+/// Logs in; too many failed attempts for a name or from a client are refused for a while.
+#[utoipa::path(post, path = "/login", tag = "accounts", security(()), request_body = CredentialsBody,
+    responses((status = 200, description = "Logged in; the session cookie is set", body = UserInfo), ApiErrors))]
 async fn login(
     State(platform): State<Platform>,
     mut session: AuthSession,
@@ -146,11 +163,16 @@ async fn login(
     Ok(Json(caller::log_in(&platform, &mut session, client, body.name, body.password).await?))
 }
 
+/// Ends the session.
+#[utoipa::path(post, path = "/logout", tag = "accounts",
+    responses((status = 204, description = "Logged out"), ApiErrors))]
 async fn logout(mut session: AuthSession) -> Result<StatusCode, ApiError> {
     caller::log_out(&mut session).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Who the caller is.
+#[utoipa::path(get, path = "/me", tag = "accounts", responses((status = 200, body = UserInfo), ApiErrors))]
 async fn me(Caller(caller): Caller) -> Json<UserInfo> {
     Json(caller.info())
 }
@@ -166,12 +188,16 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientAddress {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct TokenBody {
+    /// What the token is for, e.g. `ci`.
     name: String,
 }
 
+/// Creates an API token; its secret is in this answer only.
+#[utoipa::path(post, path = "/tokens", tag = "accounts", request_body = TokenBody,
+    responses((status = 201, body = NewToken), ApiErrors))]
 async fn create_token(
     State(platform): State<Platform>,
     Caller(caller): Caller,
@@ -180,6 +206,8 @@ async fn create_token(
     Ok((StatusCode::CREATED, Json(platform.accounts.create_token(&caller, &body.name).await?)))
 }
 
+/// The caller's API tokens (names and dates, never the secrets).
+#[utoipa::path(get, path = "/tokens", tag = "accounts", responses((status = 200, body = [TokenInfo]), ApiErrors))]
 async fn list_tokens(
     State(platform): State<Platform>,
     Caller(caller): Caller,
@@ -187,6 +215,9 @@ async fn list_tokens(
     Ok(Json(platform.accounts.tokens(&caller).await?))
 }
 
+/// Revokes one of the caller's API tokens.
+#[utoipa::path(delete, path = "/tokens/{id}", tag = "accounts", params(("id" = i64, Path, description = "The token's id")),
+    responses((status = 204, description = "Revoked"), ApiErrors))]
 async fn revoke_token(
     State(platform): State<Platform>,
     Caller(caller): Caller,
@@ -196,6 +227,8 @@ async fn revoke_token(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// The functions the caller may see: their own, public ones, and every one for admins.
+#[utoipa::path(get, path = "/functions", tag = "functions", responses((status = 200, body = [FunctionSummary]), ApiErrors))]
 async fn list_functions(
     State(platform): State<Platform>,
     Caller(caller): Caller,
@@ -203,6 +236,9 @@ async fn list_functions(
     Ok(Json(platform.registry.list(&caller).await?))
 }
 
+/// Registers a function as version 1; `Location` names it.
+#[utoipa::path(post, path = "/functions", tag = "functions", request_body = FunctionSpec,
+    responses((status = 201, body = FunctionDetail), ApiErrors))]
 async fn register_function(
     State(platform): State<Platform>,
     Caller(caller): Caller,
@@ -216,6 +252,9 @@ async fn register_function(
     Ok((StatusCode::CREATED, headers, Json(detail)).into_response())
 }
 
+/// A function with its current version and version list.
+#[utoipa::path(get, path = "/functions/{name}", tag = "functions", params(("name" = String, Path, description = "The function's name")),
+    responses((status = 200, body = FunctionDetail), ApiErrors))]
 async fn get_function(
     State(platform): State<Platform>,
     Caller(caller): Caller,
@@ -224,6 +263,9 @@ async fn get_function(
     Ok(Json(platform.registry.get(&caller, &name).await?))
 }
 
+/// Stores a new version and makes it current (the owner or an admin).
+#[utoipa::path(put, path = "/functions/{name}", tag = "functions", params(("name" = String, Path, description = "The function's name")), request_body = FunctionSpec,
+    responses((status = 200, body = FunctionDetail), ApiErrors))]
 async fn update_function(
     State(platform): State<Platform>,
     Caller(caller): Caller,
@@ -233,6 +275,9 @@ async fn update_function(
     Ok(Json(platform.registry.update(&caller, &name, spec).await?))
 }
 
+/// Removes a function and its versions; refused (409) while instances of it exist.
+#[utoipa::path(delete, path = "/functions/{name}", tag = "functions", params(("name" = String, Path, description = "The function's name")),
+    responses((status = 204, description = "Unregistered"), ApiErrors))]
 async fn unregister_function(
     State(platform): State<Platform>,
     Caller(caller): Caller,
@@ -242,6 +287,10 @@ async fn unregister_function(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// One stored version of a function.
+#[utoipa::path(get, path = "/functions/{name}/versions/{version}", tag = "functions",
+    params(("name" = String, Path, description = "The function's name"), ("version" = u32, Path, description = "The version number")),
+    responses((status = 200, body = VersionDetail), ApiErrors))]
 async fn get_version(
     State(platform): State<Platform>,
     Caller(caller): Caller,
@@ -250,12 +299,16 @@ async fn get_version(
     Ok(Json(platform.registry.version(&caller, &name, version).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RollbackBody {
+    /// The stored version to make current again.
     version: u32,
 }
 
+/// Makes an existing version current again.
+#[utoipa::path(post, path = "/functions/{name}/rollback", tag = "functions", params(("name" = String, Path, description = "The function's name")), request_body = RollbackBody,
+    responses((status = 200, body = FunctionDetail), ApiErrors))]
 async fn rollback_function(
     State(platform): State<Platform>,
     Caller(caller): Caller,
@@ -266,6 +319,8 @@ async fn rollback_function(
 }
 
 /// A user's quota and use: their own, or anyone's for an admin.
+#[utoipa::path(get, path = "/users/{name}/quota", tag = "accounts", params(("name" = String, Path, description = "The user's name")),
+    responses((status = 200, body = QuotaReport), ApiErrors))]
 async fn get_quota(
     State(platform): State<Platform>,
     Caller(caller): Caller,
@@ -275,6 +330,8 @@ async fn get_quota(
 }
 
 /// Sets a user's quota (admins); fields left out or `null` take kubefn's defaults.
+#[utoipa::path(put, path = "/users/{name}/quota", tag = "accounts", params(("name" = String, Path, description = "The user's name")), request_body = QuotaSettings,
+    responses((status = 200, body = QuotaReport), ApiErrors))]
 async fn set_quota(
     State(platform): State<Platform>,
     Caller(caller): Caller,
@@ -285,7 +342,18 @@ async fn set_quota(
     get_quota(State(platform), Caller(caller), Path(name)).await
 }
 
-async fn readyz(State(platform): State<Platform>) -> Response {
+/// Liveness: kubefn's process answers.
+#[utoipa::path(get, path = "/healthz", tag = "operations", security(()),
+    responses((status = 200, description = "`ok`", body = String, content_type = "text/plain")))]
+pub(super) async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Readiness: kubefn's database answers.
+#[utoipa::path(get, path = "/readyz", tag = "operations", security(()),
+    responses((status = 200, description = "`ready`", body = String, content_type = "text/plain"),
+        (status = 503, description = "The database does not answer", body = String, content_type = "text/plain")))]
+pub(super) async fn readyz(State(platform): State<Platform>) -> Response {
     match platform.store.ping().await {
         Ok(()) => "ready".into_response(),
         Err(error) => {

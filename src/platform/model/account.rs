@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 /// A user's role.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, strum::IntoStaticStr, strum::VariantArray,
 )]
@@ -18,6 +19,7 @@ pub enum Role {
 }
 
 /// The signed-in user as the pages and the API show them.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserInfo {
     /// The user name (a DNS-1123 label: it appears in gateway paths and object names).
@@ -27,6 +29,7 @@ pub struct UserInfo {
 }
 
 /// An API token as listed (the secret is shown only once, at creation).
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenInfo {
     /// Identifier used to revoke it.
@@ -40,6 +43,7 @@ pub struct TokenInfo {
 }
 
 /// A freshly created API token, secret included.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewToken {
     /// The token's metadata.
@@ -51,6 +55,7 @@ pub struct NewToken {
 
 /// Per-user limits an admin may set (`PUT /api/v1/admin/users/{name}/quota`); `None` means
 /// kubefn's default ([`Quota::DEFAULT`]).
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QuotaSettings {
@@ -76,6 +81,7 @@ pub struct QuotaSettings {
 }
 
 /// Limits in force, or what a user uses of them.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Quota {
     /// Functions owned.
@@ -119,6 +125,7 @@ impl Quota {
 }
 
 /// A user's quota: what an admin set, what applies, and what they use.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QuotaReport {
     /// The user.

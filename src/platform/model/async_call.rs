@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 /// The answer to `POST /async/fn/{user}/{function}/…` (202 Accepted).
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AsyncAccepted {
     /// The invocation's id.
@@ -13,6 +14,7 @@ pub struct AsyncAccepted {
 }
 
 /// Where an async invocation is.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr, strum::VariantArray)]
 #[serde(rename_all = "lowercase")]
 #[strum(serialize_all = "lowercase")]
@@ -28,6 +30,7 @@ pub enum AsyncState {
 }
 
 /// An async invocation as `GET /api/v1/async/{id}` shows it.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AsyncStatus {
     /// Its id.

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 /// What a function's code is: Python or Node source (run by that language's bootstrap), or a
 /// container image. On the wire and in forms the field is still called `runtime`; not to be
 /// confused with the runtime backends of [`crate::platform::runtime`] (where instances run).
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, strum::IntoStaticStr, strum::VariantArray,
 )]
@@ -24,6 +25,7 @@ pub enum Language {
 }
 
 /// Who may see and deploy a function besides its owner (admins always may).
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, strum::IntoStaticStr, strum::VariantArray,
 )]
@@ -38,6 +40,7 @@ pub enum Visibility {
 }
 
 /// How an instance is exposed, named as the Kubernetes Service types.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, strum::IntoStaticStr, strum::VariantArray,
 )]
@@ -54,6 +57,7 @@ pub enum ServiceKind {
 }
 
 /// How an instance is reached.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceSpec {
@@ -69,6 +73,7 @@ pub struct ServiceSpec {
 }
 
 /// Resource requests and limits, as Kubernetes quantities (`100m`, `128Mi`).
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Resources {
@@ -89,6 +94,7 @@ impl Default for Resources {
 }
 
 /// How many replicas an instance runs and when the autoscaler changes that.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ScalingPolicy {
@@ -123,6 +129,7 @@ impl Default for ScalingPolicy {
 ///
 /// Every field but `name` and `runtime` has a default. Each registration or edit stores the
 /// whole spec as a new immutable version; `visibility` applies to the function as a whole.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FunctionSpec {
@@ -190,6 +197,7 @@ impl FunctionSpec {
 }
 
 /// Who may invoke an instance through the gateway (`/fn/{user}/{function}/…`).
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, strum::IntoStaticStr, strum::VariantArray,
 )]
@@ -206,6 +214,7 @@ pub enum InvokeAccess {
 }
 
 /// How the gateway admits invocations of a function's instances.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InvokePolicy {
@@ -246,6 +255,7 @@ fn default_timeout_s() -> u32 {
 }
 
 /// One line of the catalog.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FunctionSummary {
     /// The function's unique name.
@@ -265,6 +275,7 @@ pub struct FunctionSummary {
 }
 
 /// One page of the catalog.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FunctionListPage {
     /// The functions on this page, by name.
@@ -287,6 +298,7 @@ impl FunctionListPage {
 }
 
 /// One immutable version of a function, without its source.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VersionInfo {
     /// 1, 2, 3, … in registration order.
@@ -302,6 +314,7 @@ pub struct VersionInfo {
 }
 
 /// A function with its current spec and its versions: `GET /api/v1/functions/{name}`.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FunctionDetail {
     /// The function's unique name.
@@ -325,6 +338,7 @@ pub struct FunctionDetail {
 }
 
 /// One version with its whole spec: `GET /api/v1/functions/{name}/versions/{n}`.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VersionDetail {
     /// The function's name.

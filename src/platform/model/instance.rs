@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 /// Where an instance is in its life.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, strum::IntoStaticStr, strum::VariantArray,
 )]
@@ -24,6 +25,7 @@ pub enum InstanceState {
 }
 
 /// Desired and ready replica counts.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplicaCounts {
     /// Replicas asked for.
@@ -33,6 +35,7 @@ pub struct ReplicaCounts {
 }
 
 /// The ways to reach an instance.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstanceUrls {
     /// The gateway path, relative to kubefn's own address.
@@ -44,6 +47,7 @@ pub struct InstanceUrls {
 }
 
 /// One replica as the instance page shows it.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplicaInfo {
     /// `r0`, `r1`, … (local) or the pod name.
@@ -57,6 +61,7 @@ pub struct ReplicaInfo {
 }
 
 /// Something that happened to an instance (deployed, scaled, failed, …).
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventInfo {
     /// When.
@@ -70,6 +75,7 @@ pub struct EventInfo {
 }
 
 /// One user's running copy of one function, as the API returns it.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstanceInfo {
     /// Stable id.
@@ -113,6 +119,7 @@ pub struct InstanceInfo {
 }
 
 /// One line of an instance's logs.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogEntry {
     /// When kubefn read it.
@@ -126,6 +133,7 @@ pub struct LogEntry {
 }
 
 /// The answer to a test invocation from the UI.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InvokeResult {
     /// The HTTP status the function (or the gateway) answered.

@@ -44,6 +44,7 @@ pub trait Named: Copy + Into<&'static str> + strum::VariantArray + 'static {
 impl<T: Copy + Into<&'static str> + strum::VariantArray + 'static> Named for T {}
 
 /// One invalid field of a request: the field's path (`resources.cpu`, `env.MY VAR`) and what is wrong.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FieldError {
     /// Dotted path of the field in the JSON body (the form field for the UI).

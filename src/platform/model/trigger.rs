@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 /// A cron trigger as created: `POST /api/v1/functions/{name}/triggers`. It invokes the
 /// caller's instance of the function through the gateway, as the caller.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TriggerSpec {
@@ -30,6 +31,7 @@ fn default_trigger_path() -> String {
 }
 
 /// A trigger with its recent runs: `GET /api/v1/triggers/{id}`.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TriggerInfo {
     /// Its id.
@@ -52,6 +54,7 @@ pub struct TriggerInfo {
 }
 
 /// How one run of a trigger went.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr, strum::VariantArray)]
 #[serde(rename_all = "lowercase")]
 #[strum(serialize_all = "lowercase")]
@@ -67,6 +70,7 @@ pub enum RunOutcome {
 }
 
 /// One run of a trigger.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TriggerRun {
     /// The minute it was due (for skipped runs: the first missed one).

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// One point of an instance's usage time series.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct UsageSample {
     /// When it was taken (for downsampled points: the start of their minute).
@@ -39,6 +40,7 @@ pub struct UsageSample {
 pub const SCALING_REASONS: [&str; 4] = ["ScalingReplicaSet", "ScaledFromZero", "ScaledToZero", "SuccessfulRescale"];
 
 /// One instance's usage over a window, as its charts draw it.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct UsageReport {
     /// The window's start.
@@ -53,6 +55,7 @@ pub struct UsageReport {
 
 /// Usage added up over some instances: now (replicas, CPU, memory) and over a window
 /// (invocations, errors).
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct UsageTotals {
     /// Instances counted.
@@ -72,6 +75,7 @@ pub struct UsageTotals {
 }
 
 /// One row of the admin dashboard's usage tables: a user or a function and its totals.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct NamedUsage {
     /// The user's or the function's name.
@@ -81,6 +85,7 @@ pub struct NamedUsage {
 }
 
 /// A scaling event and whose instance it happened to.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstanceEvent {
     /// The instance's user.
@@ -92,6 +97,7 @@ pub struct InstanceEvent {
 }
 
 /// How the runtime and the database are doing, for the admin dashboard.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlatformHealth {
     /// `local` or `kubernetes`.
@@ -108,6 +114,7 @@ pub struct PlatformHealth {
 }
 
 /// One thing a runtime checks about itself, for the admin dashboard.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HealthCheck {
     /// What is checked ("metrics.k8s.io", "warm pool").
@@ -126,6 +133,7 @@ impl HealthCheck {
 }
 
 /// Everything the admin dashboard shows, for one window.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AdminOverview {
     /// The window's start.
