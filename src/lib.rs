@@ -11,6 +11,8 @@ pub mod platform;
 pub mod ui;
 
 #[cfg(feature = "ssr")]
+pub mod cli;
+#[cfg(feature = "ssr")]
 pub mod server;
 
 /// The browser entry point: takes over the server-rendered page.

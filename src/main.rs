@@ -1,9 +1,11 @@
-//! The kubefn server: parses the configuration, sets up logging and serves.
+//! The kubefn binary: the server (`kubefn`, `kubefn serve`), or with another subcommand a
+//! client of a running kubefn (`kubefn login`, `kubefn fn …`, `kubefn token …`).
 
 // The pages' view types nest deeply; release builds compute their layouts past the default limit.
 #![recursion_limit = "256"]
 
 use clap::Parser;
+use kubefn::cli::{Cli, Command};
 use kubefn::server::{Config, serve};
 use std::process::ExitCode;
 
@@ -31,7 +33,19 @@ fn main() -> ExitCode {
 }
 
 async fn run() -> ExitCode {
-    let config = Config::parse();
+    let cli = Cli::parse();
+    // The kube client's TLS (and the CLI's HTTPS) needs a process-wide crypto provider; if
+    // another crate brought a second one, rustls cannot choose by itself. An error only means
+    // one is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match cli.command {
+        None => run_server(cli.serve).await,
+        Some(Command::Serve(config)) => run_server(*config).await,
+        Some(command) => kubefn::cli::run(command).await,
+    }
+}
+
+async fn run_server(config: Config) -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log).unwrap_or_else(|error| {
         eprintln!("kubefn: --log {:?} is not a valid filter ({error}); using \"info\"", config.log);
         tracing_subscriber::EnvFilter::new("info")
@@ -41,9 +55,6 @@ async fn run() -> ExitCode {
     let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
     tracing_subscriber::fmt().with_env_filter(filter).with_ansi(terminal).init();
     raise_open_files_limit();
-    // The kube client's TLS needs a process-wide crypto provider; if another crate brought a
-    // second one, rustls cannot choose by itself. An error only means one is installed already.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     match serve(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

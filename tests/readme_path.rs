@@ -272,3 +272,178 @@ impl Collector {
         panic!("the collector got {} spans: {spans:#?}", spans.len());
     }
 }
+
+/// Runs the kubefn binary as the command line, in `home` (its HOME, so its own login), with
+/// `stdin` as standard input; returns the exit code, stdout and stderr.
+fn kubefn_cli(home: &std::path::Path, args: &[&str], stdin: &str) -> (i32, String, String) {
+    use std::io::Write;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kubefn"))
+        .args(args)
+        .current_dir(home)
+        .env("HOME", home)
+        .env_remove("XDG_CONFIG_HOME")
+        .env_remove("KUBEFN_URL")
+        .env_remove("KUBEFN_TOKEN")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the kubefn binary runs");
+    child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("write stdin");
+    let output = child.wait_with_output().expect("it exits");
+    let text = |bytes: Vec<u8>| String::from_utf8_lossy(&bytes).into_owned();
+    (output.status.code().unwrap_or(-1), text(output.stdout), text(output.stderr))
+}
+
+/// The README's command-line example, run as it stands (with this server's URL) by `sh -e`
+/// with the kubefn binary on PATH; then what scripts and people meet when things go wrong:
+/// the API's words and the exit code of each kind, `--output json`, `logs -f`, and a revoked
+/// token.
+#[test]
+fn the_cli_runs_the_readme_example_and_words_failures_as_the_api_does() {
+    let data = tempfile::tempdir().expect("data dir");
+    let server = Server::start(data.path(), free_port());
+    let url = format!("http://127.0.0.1:{}", server.port);
+    server.sign_up("alice");
+
+    let readme =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).expect("README");
+    let block = readme.split("<!-- cli-example -->\n```sh\n").nth(1).expect("the README's CLI example");
+    let script = block.split("\n```").next().expect("its end").replace("http://127.0.0.1:3000", &url);
+    let home = tempfile::tempdir().expect("home");
+    let binaries = std::path::Path::new(env!("CARGO_BIN_EXE_kubefn")).parent().expect("bin dir").display().to_string();
+    let run = std::process::Command::new("sh")
+        .arg("-ec")
+        .arg(&script)
+        .current_dir(home.path())
+        .env("HOME", home.path())
+        .env("PATH", format!("{binaries}:{}", std::env::var("PATH").unwrap_or_default()))
+        .env_remove("XDG_CONFIG_HOME")
+        .env_remove("KUBEFN_URL")
+        .env_remove("KUBEFN_TOKEN")
+        .output()
+        .expect("sh runs");
+    let (stdout, stderr) = (String::from_utf8_lossy(&run.stdout), String::from_utf8_lossy(&run.stderr));
+    assert!(run.status.success(), "the README's example failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("hello world"), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["hello", "alice", "python", "private", "1"]),
+        "{stdout}"
+    );
+    assert!(stdout.lines().any(|l| l.starts_with("kfn_")), "token create prints the token: {stdout}");
+    assert!(stderr.contains("Ready: 1/1 replicas ready"), "deploy --wait shows progress: {stderr}");
+    let stored = home.path().join(".config/kubefn/credentials.json");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&stored).expect("stored login").permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(
+        !std::fs::read_to_string(&stored).expect("read").contains("alice-password"),
+        "the password is never stored"
+    );
+
+    // Failures, each in the API's words with the exit code of its kind.
+    let nowhere = tempfile::tempdir().expect("empty home");
+    let (code, _, err) = kubefn_cli(nowhere.path(), &["fn", "ls"], "");
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("not logged in"), "{err}");
+    let (code, _, err) =
+        kubefn_cli(nowhere.path(), &["login", "--url", &url, "-u", "alice", "--password-stdin"], "wrong\n");
+    assert_eq!((code, err.trim()), (3, "kubefn: wrong user name or password (HTTP 401)"));
+    let (code, _, err) =
+        kubefn_cli(nowhere.path(), &["fn", "ls", "--url", "http://127.0.0.1:1", "--token", "kfn_x"], "");
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("cannot reach kubefn at http://127.0.0.1:1"), "{err}");
+
+    let home = home.path();
+    let (code, _, err) =
+        kubefn_cli(home, &["login", "--url", &url, "-u", "alice", "--password-stdin"], "alice-password\n");
+    assert_eq!(code, 0, "{err}");
+    std::fs::write(home.join("notes.txt"), "hello").expect("write");
+    let (code, _, err) = kubefn_cli(home, &["fn", "register", "notes.txt"], "");
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--runtime"), "{err}");
+    let (code, _, err) =
+        kubefn_cli(home, &["fn", "register", "-", "--name", "Bad_Name", "--runtime", "python"], "x = 1\n");
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("[name]") || err.contains("name"), "the field is named: {err}");
+
+    let bob = server.sign_up("bob");
+    let secret = json!({"name": "bobs-own", "runtime": "python", "source": "def handle(req):\n    return 'mine'\n"});
+    server.deploy(&bob, &secret);
+    let (code, out, err) = kubefn_cli(home, &["fn", "invoke", "bobs-own", "--user", "bob"], "");
+    assert_eq!((code, out.as_str()), (1, ""), "{err}");
+    assert!(err.contains("(HTTP 404)"), "another user's private function is not there: {err}");
+
+    std::fs::write(home.join("broken.py"), "def handle(req)\n    return req\n").expect("write");
+    kubefn_cli(home, &["fn", "register", "broken.py"], "");
+    let (code, _, err) = kubefn_cli(home, &["fn", "deploy", "broken", "--wait", "--timeout", "90"], "");
+    assert_eq!(code, 4, "{err}");
+    assert!(
+        err.contains("the deploy of broken failed") && err.contains("last log lines") && err.contains("syntax error"),
+        "{err}"
+    );
+
+    // A Node function: JSON listing, followed logs, and a refused unregister.
+    std::fs::write(
+        home.join("echo.js"),
+        "module.exports = async (event) => { console.log('saw ' + event.body); return event.body; };\n",
+    )
+    .expect("write");
+    let (code, _, err) = kubefn_cli(home, &["fn", "register", "echo.js", "--visibility", "public"], "");
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = kubefn_cli(home, &["fn", "deploy", "echo", "--wait"], "");
+    assert_eq!(code, 0, "{err}");
+    let (_, out, _) = kubefn_cli(home, &["fn", "ls", "-o", "json"], "");
+    let listed: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert!(
+        listed.as_array().expect("a list").iter().any(|f| f["name"] == "echo" && f["visibility"] == "public"),
+        "{listed}"
+    );
+    let mut follower = std::process::Command::new(env!("CARGO_BIN_EXE_kubefn"))
+        .args(["fn", "logs", "echo", "-f"])
+        .env("HOME", home)
+        .env_remove("XDG_CONFIG_HOME")
+        .env_remove("KUBEFN_URL")
+        .env_remove("KUBEFN_TOKEN")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("follow");
+    let lines = std::io::BufRead::lines(std::io::BufReader::new(follower.stdout.take().expect("stdout")));
+    let (sent, seen) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            if sent.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let (code, out, err) = kubefn_cli(home, &["fn", "invoke", "echo", "-H", "content-type: text/plain"], "followed");
+    assert_eq!((code, out.as_str()), (0, "followed"), "{err}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut got = Vec::new();
+    while !got.iter().any(|l: &String| l.contains("saw followed")) && std::time::Instant::now() < deadline {
+        if let Ok(line) = seen.recv_timeout(std::time::Duration::from_millis(200)) {
+            got.push(line);
+        }
+    }
+    let _ = follower.kill();
+    let _ = follower.wait();
+    assert!(got.iter().any(|l| l.contains("saw followed")), "logs -f printed the call's line: {got:?}");
+    let (code, _, err) = kubefn_cli(home, &["fn", "delete", "echo"], "");
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("(HTTP 409)"), "{err}");
+
+    // A revoked token stops working at once.
+    let (_, token, _) = kubefn_cli(home, &["token", "create", "short-lived"], "");
+    let (_, out, _) = kubefn_cli(home, &["token", "ls", "-o", "json"], "");
+    let tokens: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    let id =
+        tokens.as_array().expect("list").iter().find(|t| t["name"] == "short-lived").expect("listed")["id"].to_string();
+    let (code, _, err) = kubefn_cli(home, &["token", "rm", &id], "");
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = kubefn_cli(nowhere.path(), &["fn", "ls", "--url", &url, "--token", token.trim()], "");
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("(HTTP 401)"), "{err}");
+}
