@@ -94,6 +94,21 @@ test("API tokens: create one on the account page, use it, revoke it", async ({ p
   await api.dispose();
 });
 
+test("the API reference: Swagger UI shows the OpenAPI document's operations", async ({ page }) => {
+  const user = `e2e-api-${run}`;
+  await signUp(page, user, "e2e-password-7");
+  await page.getByRole("link", { name: "Account" }).click();
+  await hydrated(page);
+  await page.getByRole("link", { name: "API reference" }).click();
+  await expect(page).toHaveURL(/\/api\/docs\/$/);
+  // Swagger UI (served by kubefn itself) has read /api/v1/openapi.json and lists its operations.
+  await expect(page.locator('[data-path="/api/v1/functions/{name}/deploy"]').first()).toBeVisible();
+  await expect(page.getByText("Registers a function as version 1").first()).toBeVisible();
+  await expect(page.locator('[data-path="/fn/{user}/{function}/{path}"]').first()).toBeVisible();
+  const document = await (await page.request.get("/api/v1/openapi.json")).json();
+  expect(document.openapi).toBe("3.1.0");
+});
+
 test("invalid input is shown next to its field and nothing is registered", async ({ page }) => {
   const user = `e2e-bad-${run}`;
   await signUp(page, user, "e2e-password-2");

@@ -20,6 +20,10 @@ pub fn AccountPage() -> impl IntoView {
         <section class="card" aria-labelledby="tokens-title">
             <h2 id="tokens-title">"API tokens"</h2>
             <p>"Use a token with the REST API: " <code>"curl -H 'Authorization: Bearer kfn_…' http://127.0.0.1:3000/api/v1/functions"</code></p>
+            <p>"Every operation is described in the " <a href="/api/docs/" rel="external">"API reference"</a> " (OpenAPI: "
+                <a href="/api/v1/openapi.json" rel="external">"/api/v1/openapi.json"</a> "). From a terminal, "
+                <code>"kubefn login --url http://127.0.0.1:3000 --user NAME"</code> " creates a token for the "
+                <code>"kubefn fn …"</code> " commands."</p>
             <ActionForm action=create attr:class="inline-form">
                 <label for="token-name">"Token name"</label>
                 <input id="token-name" name="name" placeholder="laptop" required/>
