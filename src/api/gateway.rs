@@ -53,8 +53,21 @@ pub fn router() -> Router<AppState> {
         .route("/metrics", get(metrics))
 }
 
+/// The path parameters of an invocation route.
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(super) struct InvocationParams {
+    /// The instance's user.
+    user: String,
+    /// The function's name.
+    function: String,
+    /// The path the function sees (may be empty); the query string passes on too.
+    #[serde(default)]
+    path: String,
+}
+
 /// The `{user}`, `{function}` and `{*path}` of an invocation route.
-type InvocationPath = super::rest::Path<std::collections::HashMap<String, String>>;
+type InvocationPath = super::rest::Path<InvocationParams>;
 
 /// An invocation as it arrived: whose instance of what, who calls (`None`: anonymous), and
 /// the request with its URI already the path and query for the function.
@@ -67,12 +80,7 @@ struct Invocation {
 }
 
 impl Invocation {
-    async fn read(
-        platform: &Platform,
-        params: std::collections::HashMap<String, String>,
-        request: Request,
-    ) -> Result<Invocation, ApiError> {
-        let param = |name: &str| params.get(name).cloned().unwrap_or_default();
+    async fn read(platform: &Platform, params: InvocationParams, request: Request) -> Result<Invocation, ApiError> {
         let (mut parts, body) = request.into_parts();
         // A call another origin makes never runs as the user whose cookie the browser attached
         // (a page on a node port could otherwise call their private functions): it is anonymous
@@ -86,9 +94,9 @@ impl Invocation {
         } else {
             principal_from_parts(&mut parts, platform).await?
         };
-        parts.uri = upstream_uri(&param("path"), parts.uri.query())
+        parts.uri = upstream_uri(&params.path, parts.uri.query())
             .map_err(|error| ApiError::new(400, format!("the path cannot be forwarded: {error}")))?;
-        Ok(Invocation { user: param("user"), function: param("function"), caller, parts, body })
+        Ok(Invocation { user: params.user, function: params.function, caller, parts, body })
     }
 }
 
@@ -98,9 +106,7 @@ impl Invocation {
 /// to receive the answer. The invoke policy applies as for a direct call.
 #[utoipa::path(method(get, post, put, delete, patch, options), path = "/async/fn/{user}/{function}/{path}",
     tag = "gateway", security((), ("session" = []), ("token" = [])),
-    params(("user" = String, Path, description = "The instance's user"),
-        ("function" = String, Path, description = "The function's name"),
-        ("path" = String, Path, description = "The path the function sees (may be empty); the query string passes on too")),
+    params(InvocationParams),
     request_body(content = Vec<u8>, description = "Any body, kept for the call", content_type = "*/*"),
     responses((status = 202, description = "Queued; `Location` is the status URL", body = AsyncAccepted), ApiErrors,
         (status = 413, description = "The body is over the function's limit", body = ApiError)))]
@@ -158,9 +164,7 @@ pub(super) async fn metrics(State(platform): State<Platform>, Caller(caller): Ca
 /// A `traceparent` is continued (or a trace started) and passed on.
 #[utoipa::path(method(get, post, put, delete, patch, head, options), path = "/fn/{user}/{function}/{path}",
     tag = "gateway", security((), ("session" = []), ("token" = [])),
-    params(("user" = String, Path, description = "The instance's user"),
-        ("function" = String, Path, description = "The function's name"),
-        ("path" = String, Path, description = "The path the function sees (may be empty); the query string passes on too")),
+    params(InvocationParams),
     request_body(content = Vec<u8>, description = "Any body, passed to the function", content_type = "*/*"),
     responses((status = 200, description = "The function's answer, whatever its status, headers and body", body = Vec<u8>, content_type = "*/*"),
         ApiErrors,
