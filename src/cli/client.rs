@@ -136,3 +136,14 @@ pub fn api_error(answer: &Answer) -> CliError {
     });
     CliError::Api(Box::new(error))
 }
+
+/// A path segment with everything but unreserved characters percent-encoded.
+pub fn escape(segment: &str) -> String {
+    segment
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}

@@ -1,7 +1,7 @@
 //! `kubefn fn …`: register and edit functions from source files, deploy and wait for your
 //! instance, invoke it with standard input as the body, follow its logs, and change it.
 
-use super::client::ApiClient;
+use super::client::{ApiClient, escape};
 use super::logs::{last_log_lines, print_logs};
 use super::{CliError, Output, print_json, print_table};
 use crate::platform::model::{FunctionSummary, InstanceInfo, InstanceState, UserInfo};
@@ -205,17 +205,6 @@ pub async fn run(api: &ApiClient, user: &str, output: Output, command: FnCommand
 /// The REST path of a function, its name escaped.
 fn function_path(name: &str) -> String {
     format!("/functions/{}", escape(name))
-}
-
-/// A path segment with everything but unreserved characters percent-encoded.
-pub(super) fn escape(segment: &str) -> String {
-    segment
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
-            other => format!("%{other:02X}"),
-        })
-        .collect()
 }
 
 /// Prints an answer as JSON, or a line for people.

@@ -1,8 +1,7 @@
 //! Reading an instance's log stream (server-sent events, one JSON entry each) for
 //! `kubefn fn logs` and for the last lines `fn deploy --wait` shows with a failure.
 
-use super::client::{Answer, ApiClient, api_error};
-use super::functions::escape;
+use super::client::{Answer, ApiClient, api_error, escape};
 use super::{CliError, Output};
 use crate::platform::model::LogEntry;
 use http::Method;

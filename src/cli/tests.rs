@@ -1,7 +1,8 @@
 //! The command line's pure parts: parsing, the spec a source file and flags make, escaping,
 //! and how an API error reads.
 
-use super::functions::{FnCommand, SourceArgs, escape};
+use super::client::escape;
+use super::functions::{FnCommand, SourceArgs};
 use super::{Cli, CliError, Command, describe};
 use crate::api::ApiError;
 use clap::Parser;
