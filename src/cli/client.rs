@@ -27,6 +27,14 @@ pub struct Answer {
     pub body: Bytes,
 }
 
+impl Answer {
+    /// The body as JSON of `T`; `what` names the call (`/tokens`, `the log-in`) in the error.
+    pub fn decode<T: DeserializeOwned>(&self, what: &str) -> Result<T, CliError> {
+        serde_json::from_slice(&self.body)
+            .map_err(|error| CliError::usage(format!("kubefn answered {what} with something unexpected: {error}")))
+    }
+}
+
 impl ApiClient {
     /// A client of the kubefn at `base` (`http://host:port` or `https://…`).
     pub fn new(base: &str, token: Option<String>) -> Result<ApiClient, CliError> {
@@ -103,9 +111,7 @@ impl ApiClient {
         path: &str,
         body: Option<&impl Serialize>,
     ) -> Result<T, CliError> {
-        let answer = self.rest(method, path, body).await?;
-        serde_json::from_slice(&answer.body)
-            .map_err(|error| CliError::usage(format!("kubefn answered {path} with something unexpected: {error}")))
+        self.rest(method, path, body).await?.decode(path)
     }
 
     /// A REST call with an optional JSON body whose answer may be empty (204): the answer, or

@@ -184,8 +184,7 @@ pub async fn run(api: &ApiClient, user: &str, output: Output, command: FnCommand
             // 202: its replicas are still stopping. Wait for them, so that what comes next
             // (`fn delete`, a new deploy) finds the instance gone.
             if answer.status.as_u16() == 202 {
-                let instance: InstanceInfo = serde_json::from_slice(&answer.body)
-                    .map_err(|error| CliError::usage(format!("kubefn answered with something unexpected: {error}")))?;
+                let instance: InstanceInfo = answer.decode("the undeploy")?;
                 wait_gone(api, &instance.id, Duration::from_secs(120)).await?;
             }
             if output == Output::Text {

@@ -15,6 +15,7 @@ mod logs;
 mod tests;
 
 use crate::api::ApiError;
+use crate::api::caller::SESSION_COOKIE;
 use crate::platform::model::{NewToken, TokenInfo, UserInfo};
 use crate::server::Config;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -233,14 +234,15 @@ async fn login(args: LoginArgs) -> Result<(), CliError> {
     if !answer.status.is_success() {
         return Err(client::api_error(&answer));
     }
-    let user: UserInfo = serde_json::from_slice(&answer.body)
-        .map_err(|error| CliError::usage(format!("kubefn answered the log-in with something unexpected: {error}")))?;
+    let user: UserInfo = answer.decode("the log-in")?;
     let cookie = answer
         .headers
         .get_all(http::header::SET_COOKIE)
         .iter()
         .filter_map(|value| value.to_str().ok())
-        .find_map(|value| value.split(';').next().filter(|pair| pair.starts_with("kubefn_session=")))
+        .find_map(|value| {
+            value.split(';').next().filter(|pair| pair.split_once('=').is_some_and(|(name, _)| name == SESSION_COOKIE))
+        })
         .map(str::to_string)
         .ok_or_else(|| CliError::usage("kubefn answered the log-in without a session"))?;
     let host = std::fs::read_to_string("/etc/hostname").map(|name| name.trim().to_string()).unwrap_or_default();
@@ -257,8 +259,7 @@ async fn login(args: LoginArgs) -> Result<(), CliError> {
     if !answer.status.is_success() {
         return Err(client::api_error(&answer));
     }
-    let token: NewToken = serde_json::from_slice(&answer.body)
-        .map_err(|error| CliError::usage(format!("kubefn answered with something unexpected: {error}")))?;
+    let token: NewToken = answer.decode("/api/v1/tokens")?;
     // The session was only the way to the token: end it.
     let _ = anonymous.call(Method::POST, "/api/v1/logout", None, &[("cookie".to_string(), cookie)]).await;
     let stored =
