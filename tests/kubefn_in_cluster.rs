@@ -21,6 +21,7 @@ fn kubefn_applied_with_kubectl_serves_deploy_invoke_and_delete_from_inside_the_c
     // TestCluster::start has applied k8s/ already: kubefn's Deployment waits for its image and
     // its volume, which an operator provides.
     let cluster = TestCluster::start();
+    let _diagnostics = DiagnoseOnPanic(&cluster);
     let work = tempfile::tempdir().expect("dir");
     let archive = work.path().join("kubefn.tar");
     let built = Instant::now();
@@ -131,4 +132,17 @@ fn kubefn_applied_with_kubectl_serves_deploy_invoke_and_delete_from_inside_the_c
         answered.as_millis(),
         gone.as_millis()
     );
+}
+
+/// Prints the cluster's side of a failure (kubefn's pods, events, logs) when the test panics:
+/// an unreachable kubefn in a cluster has many possible causes, and CI keeps only this output.
+struct DiagnoseOnPanic<'a>(&'a TestCluster);
+
+impl Drop for DiagnoseOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.diagnose("kubefn-system", "app.kubernetes.io/name=kubefn");
+            self.0.diagnose("kubefn-functions", "app.kubernetes.io/managed-by=kubefn");
+        }
+    }
 }

@@ -94,6 +94,34 @@ impl TestCluster {
         self.kubectl(&["apply", "-f", "-"], Some(&manifest));
     }
 
+    /// Prints what a failed test needs to know about `namespace`: its pods and why they are as
+    /// they are, recent events, the node's conditions and the logs of the containers of the pods
+    /// `selector` picks
+    /// (the previous run's too, for a container that restarted). Never fails.
+    pub fn diagnose(&self, namespace: &str, selector: &str) {
+        let run = |args: &[&str]| {
+            let output =
+                Command::new(self.bin.join("kubectl")).arg("--kubeconfig").arg(&self.kubeconfig).args(args).output();
+            match output {
+                Ok(output) => {
+                    eprintln!(
+                        "--- kubectl {}\n{}{}",
+                        args.join(" "),
+                        String::from_utf8_lossy(&output.stdout),
+                        String::from_utf8_lossy(&output.stderr)
+                    )
+                }
+                Err(error) => eprintln!("--- kubectl {}: {error}", args.join(" ")),
+            }
+        };
+        run(&["get", "pods", "-A", "-o", "wide"]);
+        run(&["describe", "nodes"]);
+        run(&["-n", namespace, "describe", "pods"]);
+        run(&["-n", namespace, "get", "events", "--sort-by=.lastTimestamp"]);
+        run(&["-n", namespace, "logs", "--all-containers", "--tail=200", "-l", selector]);
+        run(&["-n", namespace, "logs", "--all-containers", "--tail=200", "--previous", "-l", selector]);
+    }
+
     /// Runs kubectl against the cluster with `stdin`; its output (fails on an error).
     pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> String {
         let mut command = Command::new(self.bin.join("kubectl"));

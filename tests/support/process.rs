@@ -92,20 +92,30 @@ impl Server {
 impl Client {
     /// A minimal HTTP/1.1 exchange.
     pub fn request(&self, method: &str, path: &str, cookie: Option<&str>, json: Option<&str>) -> Answer {
-        let failed = Answer { status: 0, cookie: None, body: String::new() };
-        let Ok(mut stream) = TcpStream::connect(self.address) else { return failed };
+        // Status 0 and the cause in the body when there is no HTTP answer at all.
+        let failed = |stage: &str, error: std::io::Error| Answer {
+            status: 0,
+            cookie: None,
+            body: format!("(no answer: {stage} {}: {error})", self.address),
+        };
+        // Bounded, so an unreachable kubefn fails a test with its cause instead of hanging it.
+        let mut stream = match TcpStream::connect_timeout(&self.address, Duration::from_secs(10)) {
+            Ok(stream) => stream,
+            Err(error) => return failed("connect", error),
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
         let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n", self.address);
         if let Some(cookie) = cookie {
             head.push_str(&format!("Cookie: {cookie}\r\n"));
         }
         let body = json.unwrap_or("");
         head.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n\r\n", body.len()));
-        if stream.write_all(head.as_bytes()).is_err() || stream.write_all(body.as_bytes()).is_err() {
-            return failed;
+        if let Err(error) = stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(body.as_bytes())) {
+            return failed("write", error);
         }
         let mut answer = Vec::new();
-        if stream.read_to_end(&mut answer).is_err() {
-            return failed;
+        if let Err(error) = stream.read_to_end(&mut answer) {
+            return failed("read", error);
         }
         let answer = String::from_utf8_lossy(&answer).into_owned();
         let status = answer.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
@@ -153,16 +163,22 @@ impl Client {
         what: &str,
         done: impl Fn(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
-        let mut last = serde_json::Value::Null;
+        let started = std::time::Instant::now();
+        let mut last = Answer { status: 0, cookie: None, body: String::new() };
         for _ in 0..600 {
             let answer = self.request("GET", &format!("/api/v1/instances/{id}"), Some(cookie), None);
             if answer.status == 200 && done(&answer.json()) {
                 return answer.json();
             }
-            last = answer.json();
+            last = answer;
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("instance {id}: timed out waiting until {what}; last: {last:#}");
+        panic!(
+            "instance {id}: timed out after {:?} waiting until {what}; last answer: {} {}",
+            started.elapsed(),
+            last.status,
+            last.body
+        );
     }
 
     /// Polls an instance until its state is `state`.
