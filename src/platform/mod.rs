@@ -29,6 +29,8 @@ pub mod registry;
 #[cfg(feature = "ssr")]
 pub mod runtime;
 #[cfg(feature = "ssr")]
+pub mod secrets;
+#[cfg(feature = "ssr")]
 pub mod store;
 #[cfg(feature = "ssr")]
 pub mod triggers;

@@ -28,6 +28,18 @@ pub struct UserInfo {
     pub role: Role,
 }
 
+/// A user's secret as listed: its name and dates, never its value.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretInfo {
+    /// The name functions use for it (the file `/var/openfaas/secrets/NAME`).
+    pub name: String,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// When its value was last set.
+    pub updated_at: DateTime<Utc>,
+}
+
 /// An API token as listed (the secret is shown only once, at creation).
 #[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

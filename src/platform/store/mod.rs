@@ -7,6 +7,7 @@ mod async_invocations;
 mod functions;
 mod instances;
 mod quotas;
+mod secrets;
 mod tokens;
 mod triggers;
 mod usage;
