@@ -6,6 +6,7 @@ use crate::api::{AppState, gateway, origin, rest};
 use crate::app::{App, shell};
 use crate::platform::Platform;
 use crate::platform::async_spool::{AsyncSpool, SpoolError};
+use crate::platform::secrets::{SecretKey, SecretsError};
 use crate::platform::auth::{AuthError, SignupPolicy};
 use crate::platform::gateway::{SpanExport, SpanExportError};
 use crate::platform::outbound::OutboundPolicy;
@@ -163,6 +164,10 @@ pub struct Config {
     /// gateway's spans to, one per invocation (none by default).
     #[arg(long, env = "KUBEFN_OTLP_ENDPOINT", value_parser = parse_otlp_endpoint)]
     pub otlp_endpoint: Option<String>,
+    /// The key that seals users' secrets at rest, as 64 hex digits (`openssl rand -hex 32`);
+    /// without it kubefn creates DATA_DIR/secrets.key (mode 0600) on first start and uses that.
+    #[arg(long, env = "KUBEFN_SECRETS_KEY", hide_env_values = true)]
+    pub secrets_key: Option<String>,
     /// Log filter, as RUST_LOG (e.g. `info`, `kubefn=debug`). The invocation log (target
     /// `invocations`, one line per call with its trace id) keeps only failures by default;
     /// `info,invocations=info` logs every call.
@@ -229,6 +234,9 @@ pub enum StartError {
     /// The async queue's spool directory could not be made.
     #[error("cannot prepare the async spool in the data directory")]
     Spool(#[source] SpoolError),
+    /// The secrets key is malformed or its file unusable.
+    #[error("cannot use the secrets key (--secrets-key or DATA_DIR/secrets.key)")]
+    SecretsKey(#[source] SecretsError),
     /// The database failed to open or migrate.
     #[error("the database is not usable")]
     Store(#[source] StoreError),
@@ -396,9 +404,15 @@ pub async fn build_app(config: &Config, mut leptos_options: LeptosOptions) -> Re
         Some(endpoint) => Some(SpanExport::start(endpoint).map_err(StartError::Spans)?),
         None => None,
     };
-    let platform = Platform::open(&config.database_url(), spool, config.signup, runtime.clone(), outbound, spans)
-        .await
-        .map_err(StartError::Store)?;
+    let secrets_key = match &config.secrets_key {
+        Some(hex) => SecretKey::from_hex(hex),
+        None => SecretKey::load_or_create(&config.data_dir.join("secrets.key")),
+    }
+    .map_err(StartError::SecretsKey)?;
+    let platform =
+        Platform::open(&config.database_url(), spool, config.signup, runtime.clone(), outbound, spans, secrets_key)
+            .await
+            .map_err(StartError::Store)?;
     if let Some(admin) = &config.admin {
         let (name, password) = admin.split_once(':').ok_or(StartError::AdminFormat)?;
         platform.accounts.ensure_admin(name, password).await.map_err(StartError::Admin)?;

@@ -53,6 +53,7 @@ mod ssr {
     use super::outbound::OutboundPolicy;
     use super::quotas::Quotas;
     use super::registry::Registry;
+    use super::secrets::{SecretKey, Secrets};
     use super::runtime::Runtime;
     use super::store::{Store, StoreError};
     use super::triggers::Triggers;
@@ -103,6 +104,8 @@ mod ssr {
         pub asyncs: AsyncInvocations,
         /// Per-user quotas.
         pub quotas: Quotas,
+        /// Per-user secrets, sealed at rest.
+        pub secrets: Secrets,
     }
 
     impl Platform {
@@ -116,6 +119,7 @@ mod ssr {
             runtime: Arc<dyn Runtime>,
             outbound: OutboundPolicy,
             spans: Option<SpanExport>,
+            secrets_key: SecretKey,
         ) -> Result<Platform, StoreError> {
             let store = Store::open(database_url).await?;
             let registry = Registry::new(store.clone());
@@ -127,6 +131,7 @@ mod ssr {
                 triggers: Triggers::new(store.clone(), registry.clone(), gateway.clone()),
                 asyncs: AsyncInvocations::new(store.clone(), spool, gateway.clone(), outbound),
                 quotas: Quotas::new(store.clone()),
+                secrets: Secrets::new(store.clone(), secrets_key),
                 gateway,
                 registry,
                 store,
