@@ -92,6 +92,7 @@ mod ssr {
     use crate::platform::quotas::QuotaError;
     use crate::platform::registry::RegistryError;
     use crate::platform::runtime::RuntimeError;
+    use crate::platform::secrets::SecretsError;
     use crate::platform::triggers::TriggerError;
     use axum::Json;
     use axum::response::{IntoResponse, Response};
@@ -223,6 +224,21 @@ mod ssr {
                 AuthError::HashingBusy => ApiError { retry_after_s: Some(1), ..ApiError::new(429, error.to_string()) },
                 AuthError::NoSuchToken { .. } => ApiError::new(404, error.to_string()),
                 AuthError::Hashing(_) | AuthError::Store(_) => ApiError::internal(&error),
+            }
+        }
+    }
+
+    impl From<SecretsError> for ApiError {
+        fn from(error: SecretsError) -> Self {
+            match &error {
+                SecretsError::Invalid(field_error) => {
+                    ApiError::invalid(field_error.field.clone(), field_error.message.clone())
+                }
+                SecretsError::NotFound { .. } => ApiError::new(404, error.to_string()),
+                SecretsError::TooMany | SecretsError::Unreadable { .. } => ApiError::new(409, error.to_string()),
+                SecretsError::Key { .. } | SecretsError::KeyFile { .. } | SecretsError::Random | SecretsError::Store(_) => {
+                    ApiError::internal(&error)
+                }
             }
         }
     }

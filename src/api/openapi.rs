@@ -36,6 +36,7 @@ pub const PAGE_PATH: &str = "/api/docs";
         (name = "functions", description = "Registered functions and their immutable versions"),
         (name = "instances", description = "Deployed instances: one per user and function"),
         (name = "triggers", description = "Cron triggers, and the state of async invocations"),
+        (name = "secrets", description = "Your secrets: values your functions read as files, never shown back"),
         (name = "gateway", description = "Invoking a function, at once or queued"),
         (name = "operations", description = "Health, readiness and Prometheus metrics"),
     ),

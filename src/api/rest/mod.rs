@@ -22,8 +22,10 @@ use utoipa_axum::routes;
 use utoipa_swagger_ui::SwaggerUi;
 
 mod instances;
+mod secrets;
 
 use instances::*;
+use secrets::*;
 
 /// The REST routes, the health endpoints, and the OpenAPI document with its page.
 ///
@@ -53,6 +55,8 @@ pub fn router() -> Router<AppState> {
         .routes(routes!(instance_usage))
         .routes(routes!(admin_usage))
         .routes(routes!(get_quota, set_quota))
+        .routes(routes!(list_secrets))
+        .routes(routes!(put_secret, delete_secret))
         .fallback(|| async { ApiError::new(404, "no such API endpoint; see /api/docs or the REST API in the README") });
     let (routes, spec) = OpenApiRouter::new().nest("/api/v1", v1).split_for_parts();
     routes
