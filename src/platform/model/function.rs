@@ -170,6 +170,22 @@ pub struct FunctionSpec {
     /// Who may invoke its instances through the gateway, and how much they may send.
     #[serde(default)]
     pub invoke: InvokePolicy,
+    /// Secrets its replicas read, by name. Each instance gets its own user's secrets of these
+    /// names (never the owner's), as files `/var/openfaas/secrets/NAME` and optionally as env.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<SecretUse>,
+}
+
+/// A secret a function reads.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretUse {
+    /// The secret's name; replicas read it from `/var/openfaas/secrets/NAME`.
+    pub name: String,
+    /// An environment variable to give the value in as well.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
 }
 
 impl FunctionSpec {
@@ -192,6 +208,7 @@ impl FunctionSpec {
             service: ServiceSpec::default(),
             timeout_s: default_timeout_s(),
             invoke: InvokePolicy::default(),
+            secrets: Vec::new(),
         }
     }
 }
