@@ -4,7 +4,7 @@
 use crate::platform::model::Named;
 use crate::platform::model::{
     DEFAULT_MAX_BODY_BYTES, DEFAULT_TIMEOUT_S, FieldError, FunctionSpec, InvokeAccess, InvokePolicy, Language,
-    Resources, ScalingPolicy, ServiceKind, ServiceSpec, Visibility,
+    Resources, ScalingPolicy, SecretUse, ServiceKind, ServiceSpec, Visibility,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -31,6 +31,9 @@ pub struct FunctionForm {
     /// One `NAME=value` per line.
     #[serde(default)]
     pub env: String,
+    /// One secret per line: its name, or its name and an environment variable (`db-password DB_PASSWORD`).
+    #[serde(default)]
+    pub secrets: String,
     /// `public` or `private`.
     #[serde(default)]
     pub visibility: String,
@@ -93,6 +96,14 @@ impl FunctionForm {
             requirements: spec.requirements.clone(),
             image: optional(spec.image.clone()),
             env: spec.env.iter().map(|(k, v)| format!("{k}={v}\n")).collect(),
+            secrets: spec
+                .secrets
+                .iter()
+                .map(|secret| match &secret.env {
+                    Some(env) => format!("{} {env}\n", secret.name),
+                    None => format!("{}\n", secret.name),
+                })
+                .collect(),
             visibility: spec.visibility.as_str().into(),
             cpu: spec.resources.cpu.clone(),
             memory: spec.resources.memory.clone(),
@@ -169,6 +180,19 @@ impl FunctionForm {
                 )),
             }
         }
+        let mut secrets = Vec::new();
+        for (index, line) in self.secrets.lines().enumerate() {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            match words.as_slice() {
+                [] => {}
+                [name] => secrets.push(SecretUse { name: name.to_string(), env: None }),
+                [name, env] => secrets.push(SecretUse { name: name.to_string(), env: Some(env.to_string()) }),
+                _ => errors.push(FieldError::new(
+                    "secrets",
+                    format!("secrets line {} must be a name, or a name and an environment variable (got {line:?})", index + 1),
+                )),
+            }
+        }
         let mut number = |field: &str, text: &str| -> Option<u64> {
             let text = text.trim();
             if text.is_empty() {
@@ -229,6 +253,7 @@ impl FunctionForm {
                 max_body_bytes: max_body.unwrap_or(DEFAULT_MAX_BODY_BYTES),
                 max_in_flight_per_replica: to_u32(max_in_flight, 0),
             },
+            secrets,
         };
         if errors.is_empty() { Ok(spec) } else { Err(errors) }
     }

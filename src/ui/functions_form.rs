@@ -124,6 +124,16 @@ fn FunctionFormView(existing: String, initial: FunctionForm) -> impl IntoView {
                     <p class="field-error" role="alert">{f.message.clone()}</p>
                 }).collect_view())}
             </div>
+            <div class="field">
+                <label for="f-secrets">"Secrets"</label>
+                <textarea id="f-secrets" name="form[secrets]" class="code" rows="2" spellcheck="false"
+                    placeholder="db-password, or db-password DB_PASSWORD for env too; one per line">{initial.secrets.clone()}</textarea>
+                <p class="muted">"Each instance reads its own user's secrets of these names at /var/openfaas/secrets/NAME (set them on the Account page)."</p>
+                <FieldMessage error field="secrets"/>
+                {move || error.get().map(|e| e.errors.iter().filter(|f| f.field.starts_with("secrets[")).map(|f| view! {
+                    <p class="field-error" role="alert">{f.message.clone()}</p>
+                }).collect_view())}
+            </div>
             <fieldset>
                 <legend>"Resources per replica"</legend>
                 <div class="grid">
