@@ -236,9 +236,10 @@ mod ssr {
                 }
                 SecretsError::NotFound { .. } => ApiError::new(404, error.to_string()),
                 SecretsError::TooMany | SecretsError::Unreadable { .. } => ApiError::new(409, error.to_string()),
-                SecretsError::Key { .. } | SecretsError::KeyFile { .. } | SecretsError::Random | SecretsError::Store(_) => {
-                    ApiError::internal(&error)
-                }
+                SecretsError::Key { .. }
+                | SecretsError::KeyFile { .. }
+                | SecretsError::Random
+                | SecretsError::Store(_) => ApiError::internal(&error),
             }
         }
     }

@@ -189,7 +189,10 @@ impl FunctionForm {
                 [name, env] => secrets.push(SecretUse { name: name.to_string(), env: Some(env.to_string()) }),
                 _ => errors.push(FieldError::new(
                     "secrets",
-                    format!("secrets line {} must be a name, or a name and an environment variable (got {line:?})", index + 1),
+                    format!(
+                        "secrets line {} must be a name, or a name and an environment variable (got {line:?})",
+                        index + 1
+                    ),
                 )),
             }
         }

@@ -53,8 +53,8 @@ mod ssr {
     use super::outbound::OutboundPolicy;
     use super::quotas::Quotas;
     use super::registry::Registry;
-    use super::secrets::{SecretKey, Secrets};
     use super::runtime::Runtime;
+    use super::secrets::{SecretKey, Secrets};
     use super::store::{Store, StoreError};
     use super::triggers::Triggers;
     use std::sync::Arc;

@@ -110,7 +110,11 @@ impl SecretKey {
         SystemRandom::new().fill(&mut nonce).map_err(|_| SecretsError::Random)?;
         let mut sealed = value.to_vec();
         self.0
-            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(associated(user_id, name)), &mut sealed)
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(associated(user_id, name)),
+                &mut sealed,
+            )
             .map_err(|_| SecretsError::Random)?;
         Ok((nonce.to_vec(), sealed))
     }
@@ -155,7 +159,9 @@ pub fn check_secret_name(name: &str) -> Result<(), FieldError> {
     } else {
         Err(FieldError::new(
             "name",
-            format!("a secret's name is lowercase letters, digits and '-', at most {MAX_SECRET_NAME} characters, starting and ending with a letter or digit"),
+            format!(
+                "a secret's name is lowercase letters, digits and '-', at most {MAX_SECRET_NAME} characters, starting and ending with a letter or digit"
+            ),
         ))
     }
 }

@@ -26,16 +26,17 @@ impl Store {
     ) -> StoreResult<Option<bool>> {
         let mut transaction = self.pool.begin().await?;
         let now = Utc::now();
-        let replaced = sqlx::query("UPDATE secrets SET nonce = ?, sealed = ?, updated_at = ? WHERE user_id = ? AND name = ?")
-            .bind(nonce)
-            .bind(sealed)
-            .bind(now)
-            .bind(user_id)
-            .bind(name)
-            .execute(&mut *transaction)
-            .await?
-            .rows_affected()
-            > 0;
+        let replaced =
+            sqlx::query("UPDATE secrets SET nonce = ?, sealed = ?, updated_at = ? WHERE user_id = ? AND name = ?")
+                .bind(nonce)
+                .bind(sealed)
+                .bind(now)
+                .bind(user_id)
+                .bind(name)
+                .execute(&mut *transaction)
+                .await?
+                .rows_affected()
+                > 0;
         if !replaced {
             let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM secrets WHERE user_id = ?")
                 .bind(user_id)
@@ -75,8 +76,11 @@ impl Store {
 
     /// Deletes a user's secret; whether there was one.
     pub async fn delete_secret(&self, user_id: i64, name: &str) -> StoreResult<bool> {
-        let result =
-            sqlx::query("DELETE FROM secrets WHERE user_id = ? AND name = ?").bind(user_id).bind(name).execute(&self.pool).await?;
+        let result = sqlx::query("DELETE FROM secrets WHERE user_id = ? AND name = ?")
+            .bind(user_id)
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
         Ok(result.rows_affected() > 0)
     }
 

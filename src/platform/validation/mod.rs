@@ -352,7 +352,10 @@ pub const MAX_SECRETS_PER_FUNCTION: usize = 20;
 
 fn check_secrets(spec: &FunctionSpec, errors: &mut Vec<FieldError>) {
     if spec.secrets.len() > MAX_SECRETS_PER_FUNCTION {
-        errors.push(FieldError::new("secrets", format!("a function may read at most {MAX_SECRETS_PER_FUNCTION} secrets")));
+        errors.push(FieldError::new(
+            "secrets",
+            format!("a function may read at most {MAX_SECRETS_PER_FUNCTION} secrets"),
+        ));
     }
     let mut seen = std::collections::BTreeSet::new();
     for (index, secret) in spec.secrets.iter().enumerate() {
@@ -364,7 +367,9 @@ fn check_secrets(spec: &FunctionSpec, errors: &mut Vec<FieldError>) {
         }
         let Some(env) = &secret.env else { continue };
         let problem = if !is_env_name(env) {
-            Some(format!("environment variable name {env:?} must be letters, digits and '_', not starting with a digit"))
+            Some(format!(
+                "environment variable name {env:?} must be letters, digits and '_', not starting with a digit"
+            ))
         } else if RESERVED_ENV.contains(&env.as_str()) || env.starts_with(RESERVED_ENV_PREFIX) {
             Some(format!("environment variable {env} is set by kubefn itself and cannot be overridden"))
         } else if spec.env.contains_key(env) {
