@@ -499,19 +499,23 @@ fn the_bootstrap_test_suites_pass_inside_the_sandbox() {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio");
     for (program, args, language) in suites {
         let binds = [Bind::read_only(runtimes.join(language), inside::FUNCTION)];
-        let mut command = isolation.command(&Confined {
+        let confined = Confined {
             program: Program {
                 path: program,
                 args: &args,
                 env: &env,
                 binds: &binds,
+                files: &[],
                 workdir: std::path::Path::new(inside::FUNCTION),
             },
             network: Network::None,
             cgroup: None,
-        });
+        };
         let output = runtime
-            .block_on(async { tokio::time::timeout(Duration::from_secs(180), command.output()).await })
+            .block_on(async {
+                let child = isolation.spawn(&confined).expect("starts");
+                tokio::time::timeout(Duration::from_secs(180), child.wait_with_output()).await
+            })
             .expect("in time")
             .expect("runs");
         let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));

@@ -175,6 +175,12 @@ mod ssr {
                 InstanceError::Runtime(RuntimeError::Backend { .. } | RuntimeError::Port { .. }) => {
                     ApiError { retry_after_s: Some(10), ..ApiError::new(503, error.to_string()) }
                 }
+                // A function naming a secret the caller lacks cannot run for them: the request's
+                // fault, named by field.
+                InstanceError::Secrets(SecretsError::NotFound { .. }) => {
+                    ApiError::invalid("secrets", error.to_string())
+                }
+                InstanceError::Secrets(error) => ApiError::from(error),
                 InstanceError::Runtime(_) | InstanceError::Store(_) => ApiError::internal(&error),
             }
         }
@@ -235,6 +241,8 @@ mod ssr {
                     ApiError::invalid(field_error.field.clone(), field_error.message.clone())
                 }
                 SecretsError::NotFound { .. } => ApiError::new(404, error.to_string()),
+                SecretsError::NotText { .. } => ApiError::invalid("secrets", error.to_string()),
+                SecretsError::NotRegistryCredentials { .. } => ApiError::invalid("registry_secret", error.to_string()),
                 SecretsError::TooMany | SecretsError::Unreadable { .. } => ApiError::new(409, error.to_string()),
                 SecretsError::Key { .. }
                 | SecretsError::KeyFile { .. }

@@ -28,6 +28,9 @@ pub struct FunctionForm {
     /// Container image, for image functions.
     #[serde(default)]
     pub image: String,
+    /// Image functions: the secret with the registry credentials to pull the image with.
+    #[serde(default)]
+    pub registry_secret: String,
     /// One `NAME=value` per line.
     #[serde(default)]
     pub env: String,
@@ -95,6 +98,7 @@ impl FunctionForm {
             source: spec.source.clone(),
             requirements: spec.requirements.clone(),
             image: optional(spec.image.clone()),
+            registry_secret: optional(spec.registry_secret.clone()),
             env: spec.env.iter().map(|(k, v)| format!("{k}={v}\n")).collect(),
             secrets: spec
                 .secrets
@@ -233,6 +237,8 @@ impl FunctionForm {
             } else {
                 None
             },
+            registry_secret: Some(self.registry_secret.trim().to_string())
+                .filter(|name| runtime == Language::Image && !name.is_empty()),
             env,
             visibility,
             resources: Resources {

@@ -125,13 +125,14 @@ mod ssr {
             let registry = Registry::new(store.clone());
             let metrics = Arc::new(GatewayMetrics::new());
             let gateway = Gateway::new(store.clone(), runtime.clone(), metrics.clone(), spans);
+            let secrets = Secrets::new(store.clone(), secrets_key);
             Ok(Platform(Arc::new(Services {
                 accounts: Accounts::new(store.clone(), signup),
-                instances: Instances::new(store.clone(), registry.clone(), runtime, metrics),
+                instances: Instances::new(store.clone(), registry.clone(), runtime, metrics, secrets.clone()),
                 triggers: Triggers::new(store.clone(), registry.clone(), gateway.clone()),
                 asyncs: AsyncInvocations::new(store.clone(), spool, gateway.clone(), outbound),
                 quotas: Quotas::new(store.clone()),
-                secrets: Secrets::new(store.clone(), secrets_key),
+                secrets,
                 gateway,
                 registry,
                 store,

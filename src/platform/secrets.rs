@@ -11,7 +11,8 @@
 //! Secrets resolve from the *instance's* user, never from the function's owner: a public
 //! function that names `db-password` gets, in alice's instance, alice's `db-password`.
 
-use super::model::FieldError;
+use super::model::{FieldError, FunctionSpec, SecretUse};
+use super::runtime::SecretValue;
 use super::store::{Store, StoreError};
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
@@ -36,6 +37,16 @@ pub enum SecretsError {
     /// The user keeps as many secrets as allowed.
     #[error("you keep {MAX_SECRETS_PER_USER} secrets already; delete one first")]
     TooMany,
+    /// An environment variable was asked for a value that is not text.
+    #[error(
+        "the secret {name:?} is not UTF-8 text, so it cannot be the environment variable {env}; read it from its file instead"
+    )]
+    NotText { name: String, env: String },
+    /// The secret named as registry credentials is not a Docker config.
+    #[error(
+        "the secret {name:?} is not registry credentials: store a Docker config.json (`{{\"auths\": {{…}}}}`, as `docker login` writes it)"
+    )]
+    NotRegistryCredentials { name: String },
     /// A stored value does not open with this key: the key changed, or the row was altered.
     #[error("the secret {name:?} cannot be opened with kubefn's key (was the key changed?); set it again")]
     Unreadable { name: String },
@@ -166,17 +177,17 @@ pub fn check_secret_name(name: &str) -> Result<(), FieldError> {
     }
 }
 
-/// Per-user secrets over the store.
-#[derive(Debug)]
+/// Per-user secrets over the store; cheap to clone (the key is shared).
+#[derive(Clone, Debug)]
 pub struct Secrets {
     store: Store,
-    key: SecretKey,
+    key: std::sync::Arc<SecretKey>,
 }
 
 impl Secrets {
     /// Secrets in `store`, sealed with `key`.
     pub fn new(store: Store, key: SecretKey) -> Secrets {
-        Secrets { store, key }
+        Secrets { store, key: std::sync::Arc::new(key) }
     }
 
     /// Creates or replaces `user_id`'s secret `name`; whether it was new.
@@ -207,17 +218,49 @@ impl Secrets {
         }
     }
 
-    /// The values of `user_id`'s secrets `names`, for an instance's replicas; a missing one
-    /// is an error that names it.
-    pub async fn values(&self, user_id: i64, names: &[String]) -> Result<Vec<(String, Vec<u8>)>, SecretsError> {
-        let mut values = Vec::with_capacity(names.len());
-        for name in names {
+    /// What an instance of `spec` gets from `user_id`'s secrets: the values of those it names,
+    /// and the registry credentials it pulls its image with.
+    pub async fn for_instance(
+        &self,
+        user_id: i64,
+        spec: &FunctionSpec,
+    ) -> Result<(Vec<SecretValue>, Option<SecretValue>), SecretsError> {
+        let values = self.values(user_id, &spec.secrets).await?;
+        let registry = match &spec.registry_secret {
+            Some(name) => {
+                let secret = SecretUse { name: name.clone(), env: None };
+                let credentials = self.values(user_id, std::slice::from_ref(&secret)).await?.remove(0);
+                let auths = serde_json::from_slice::<serde_json::Value>(&credentials.value)
+                    .ok()
+                    .is_some_and(|config| config.get("auths").is_some_and(serde_json::Value::is_object));
+                if !auths {
+                    return Err(SecretsError::NotRegistryCredentials { name: name.clone() });
+                }
+                Some(credentials)
+            }
+            None => None,
+        };
+        Ok((values, registry))
+    }
+
+    /// The values of `user_id`'s secrets that `uses` names, for an instance's replicas; a
+    /// missing one is an error that names it.
+    pub async fn values(&self, user_id: i64, uses: &[SecretUse]) -> Result<Vec<SecretValue>, SecretsError> {
+        let mut values = Vec::with_capacity(uses.len());
+        for secret in uses {
+            let name = &secret.name;
             let (nonce, sealed) = self
                 .store
                 .sealed_secret(user_id, name)
                 .await?
                 .ok_or_else(|| SecretsError::NotFound { name: name.clone() })?;
-            values.push((name.clone(), self.key.open(user_id, name, &nonce, &sealed)?));
+            let value = self.key.open(user_id, name, &nonce, &sealed)?;
+            if let Some(env) = &secret.env
+                && std::str::from_utf8(&value).is_err()
+            {
+                return Err(SecretsError::NotText { name: name.clone(), env: env.clone() });
+            }
+            values.push(SecretValue { name: name.clone(), env: secret.env.clone(), value });
         }
         Ok(values)
     }

@@ -104,6 +104,10 @@ fn FunctionFormView(existing: String, initial: FunctionForm) -> impl IntoView {
                 <label for="f-image">"Image"</label>
                 <input id="f-image" name="form[image]" value=initial.image.clone() placeholder="registry.example.com/team/app:1.0" spellcheck="false"/>
                 <FieldMessage error field="image"/>
+                <label for="f-registry-secret">"Registry credentials (a secret's name, optional)"</label>
+                <input id="f-registry-secret" name="form[registry_secret]" value=initial.registry_secret.clone() placeholder="regcred" spellcheck="false"/>
+                <p class="muted">"For a private registry: a secret of yours holding a Docker config.json, as `docker login` writes it."</p>
+                <FieldMessage error field="registry_secret"/>
             </div>
             <div class="field" class:hidden=move || runtime.get() == Language::Image>
                 <label for="f-source">"Source"</label>

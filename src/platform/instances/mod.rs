@@ -13,6 +13,7 @@ use crate::platform::model::{
 use crate::platform::quotas::{Footprint, QuotaError, Quotas};
 use crate::platform::registry::{Registry, RegistryError};
 use crate::platform::runtime::{ApplyMode, InstanceSpec, LogStream, Runtime, RuntimeError, RuntimeStatus};
+use crate::platform::secrets::{Secrets, SecretsError};
 use crate::platform::store::{InstanceRecord, Store, StoreError};
 use crate::platform::usage_report;
 use chrono::{DateTime, Utc};
@@ -82,6 +83,9 @@ pub enum InstanceError {
         /// The instance's id.
         id: String,
     },
+    /// The instance's user lacks a secret the function reads, or it cannot be given as asked.
+    #[error(transparent)]
+    Secrets(#[from] SecretsError),
     /// The store failed.
     #[error("the instance store failed")]
     Store(#[from] StoreError),
@@ -132,6 +136,8 @@ pub struct Instances {
     /// Live log follows open per user id, bounded by [`MAX_FOLLOWS_PER_USER`].
     follows: Arc<Mutex<HashMap<i64, usize>>>,
     quotas: Quotas,
+    /// Where an instance's secrets come from: its own user's, by the names its spec lists.
+    secrets: Secrets,
 }
 
 /// What the previous usage sample saw, to turn counters into rates.
@@ -165,6 +171,7 @@ impl Instances {
         registry: Registry,
         runtime: Arc<dyn Runtime>,
         invocations: Arc<GatewayMetrics>,
+        secrets: Secrets,
     ) -> Instances {
         let wake = registry.current_version_changed();
         Instances {
@@ -178,6 +185,7 @@ impl Instances {
             changes: Arc::default(),
             removing: Arc::default(),
             follows: Arc::default(),
+            secrets,
         }
     }
 
@@ -237,6 +245,9 @@ impl Instances {
             other => other,
         })?;
         self.runtime.check(&spec).map_err(InstanceError::Unsupported)?;
+        // The caller's own secrets of the names the function lists: refused now, naming the
+        // missing one, rather than recorded and failing.
+        self.secrets.for_instance(caller.id, &spec).await?;
         let replicas = spec.scaling.min.max(1);
         let planned = Footprint::of(&spec, existing.as_ref().map_or(replicas, |e| e.replicas));
         self.check_quota(caller.id, existing.as_ref().map(|e| e.id.as_str()), planned).await?;
@@ -359,6 +370,7 @@ impl Instances {
         mode: ApplyMode,
     ) -> InstanceResult<()> {
         let version = instance.function_version;
+        let (secrets, registry_credentials) = self.secrets.for_instance(instance.user_id, &spec).await?;
         let desired = InstanceSpec {
             id: instance.id.clone(),
             function: instance.function.clone(),
@@ -369,6 +381,8 @@ impl Instances {
             paused: instance.paused,
             node_port: instance.node_port,
             user_quota: Some(quota),
+            secrets,
+            registry_credentials,
         };
         if instance.desired_version != version {
             self.store.set_instance_desired(&instance.id, version, instance.replicas, instance.paused).await?;

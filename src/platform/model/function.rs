@@ -174,6 +174,11 @@ pub struct FunctionSpec {
     /// names (never the owner's), as files `/var/openfaas/secrets/NAME` and optionally as env.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<SecretUse>,
+    /// Image functions: the name of the secret holding the credentials (a Docker
+    /// `config.json`, `{"auths": {…}}`) to pull the image with from a private registry; the
+    /// instance's user's secret of that name, as with `secrets`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry_secret: Option<String>,
 }
 
 /// A secret a function reads.
@@ -209,6 +214,7 @@ impl FunctionSpec {
             timeout_s: default_timeout_s(),
             invoke: InvokePolicy::default(),
             secrets: Vec::new(),
+            registry_secret: None,
         }
     }
 }

@@ -35,6 +35,49 @@ pub struct InstanceSpec {
     /// Its user's quota, for runtimes that give each user a namespace to bound (a
     /// ResourceQuota there); `None`: no namespace quota.
     pub user_quota: Option<crate::platform::model::Quota>,
+    /// The values of the secrets the function names, resolved from the instance's user (never
+    /// the function's owner), in the spec's order.
+    pub secrets: Vec<SecretValue>,
+    /// The registry credentials (a Docker `config.json`) an image function's image is pulled
+    /// with, from the instance's user's secret the spec names in `registry_secret`.
+    pub registry_credentials: Option<SecretValue>,
+}
+
+/// One secret as an instance's replicas receive it: a file [`SECRETS_DIR`]`/NAME`, and
+/// optionally an environment variable.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretValue {
+    /// The secret's name (the file's name).
+    pub name: String,
+    /// The environment variable that also carries it, if the function asked for one.
+    pub env: Option<String>,
+    /// The value.
+    pub value: Vec<u8>,
+}
+
+/// Never prints a value: specs are logged.
+impl std::fmt::Debug for SecretValue {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_struct("SecretValue").field("name", &self.name).field("env", &self.env).finish_non_exhaustive()
+    }
+}
+
+/// Where replicas find their secrets, one file per secret: the path OpenFaaS uses, so
+/// functions written for it read theirs unchanged.
+pub const SECRETS_DIR: &str = "/var/openfaas/secrets";
+
+/// A digest of `secrets` (names, variables and values), so a replaced value rolls the replicas
+/// that hold the old one, without the value itself appearing anywhere.
+pub fn secrets_digest(secrets: &[SecretValue]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    for secret in secrets {
+        for part in [secret.name.as_bytes(), secret.env.as_deref().unwrap_or("").as_bytes(), &secret.value] {
+            hasher.update((part.len() as u64).to_le_bytes());
+            hasher.update(part);
+        }
+    }
+    hasher.finalize().iter().take(16).map(|b| format!("{b:02x}")).collect()
 }
 
 impl InstanceSpec {
@@ -51,6 +94,8 @@ impl InstanceSpec {
             paused: false,
             node_port: None,
             user_quota: None,
+            secrets: Vec::new(),
+            registry_credentials: None,
         }
     }
 }

@@ -381,6 +381,16 @@ fn check_secrets(spec: &FunctionSpec, errors: &mut Vec<FieldError>) {
             errors.push(FieldError::new(format!("{field}.env"), message));
         }
     }
+    if let Some(name) = &spec.registry_secret {
+        if spec.runtime != Language::Image {
+            errors.push(FieldError::new(
+                "registry_secret",
+                "registry credentials are for image functions; Python and Node functions run on kubefn's own images",
+            ));
+        } else if let Err(error) = crate::platform::secrets::check_secret_name(name) {
+            errors.push(FieldError::new("registry_secret", error.message));
+        }
+    }
 }
 
 fn check_resources(spec: &FunctionSpec, errors: &mut Vec<FieldError>) {

@@ -13,6 +13,7 @@ pub const NEEDED: &[(&str, &str, &[&str])] = &[
     ("", "services", &["get", "list", "watch", "create", "patch", "delete", "deletecollection"]),
     ("", "pods", &["get", "list", "watch", "delete", "deletecollection"]),
     ("", "pods/log", &["get"]),
+    ("", "secrets", &["get", "create", "patch", "delete", "deletecollection"]),
     ("", "events", &["list", "watch"]),
     ("apps", "deployments", &["get", "list", "watch", "create", "patch", "delete", "deletecollection"]),
     ("apps", "deployments/scale", &["patch"]),

@@ -88,6 +88,11 @@ impl Inner {
                 Some(_) => return Err(taken("ConfigMap", &name)),
             }
         }
+        // Before the Deployment, so its pods find the Secrets they mount.
+        let secret_names = [manifests::secret_name(&m.name), manifests::registry_secret_name(&m.name)];
+        for (object, name) in [&m.secret, &m.registry_secret].into_iter().zip(&secret_names) {
+            self.apply_secret(namespace, name, object.as_ref().map(|o| &o.0), &spec.id).await?;
+        }
         let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), namespace);
         deployments
             .patch(&m.name, &params, &Patch::Apply(&m.deployment))
@@ -134,6 +139,41 @@ impl Inner {
         }
         self.remove_renamed(namespace, &m.name, &spec.id).await;
         Ok(())
+    }
+
+    /// Applies the instance's Secret `name`, or deletes it when `object` is `None` (its
+    /// function names no secrets any more). A Secret of that name that is not this instance's
+    /// (an administrator's) is never taken over.
+    async fn apply_secret(
+        &self,
+        namespace: &str,
+        name: &str,
+        object: Option<&k8s_openapi::api::core::v1::Secret>,
+        id: &str,
+    ) -> Result<(), KubernetesError> {
+        let api: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(self.client.clone(), namespace);
+        let existing =
+            api.get_metadata_opt(name).await.map_err(api_error(format!("read Secret {namespace}/{name}")))?;
+        let ours = existing.as_ref().map(|e| cluster::instance_label(e.metadata.labels.as_ref()) == Some(id));
+        match (object, ours) {
+            (_, Some(false)) => {
+                Err(KubernetesError::Taken { kind: "Secret", namespace: namespace.to_string(), name: name.to_string() })
+            }
+            (Some(object), _) => {
+                api.patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(object))
+                    .await
+                    .map_err(api_error(format!("apply Secret {namespace}/{name}")))?;
+                Ok(())
+            }
+            (None, Some(true)) => match api.delete(name, &DeleteParams::default()).await {
+                Ok(_) => Ok(()),
+                Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+                Err(source) => {
+                    Err(KubernetesError::Api { action: format!("delete Secret {namespace}/{name}"), source })
+                }
+            },
+            (None, None) => Ok(()),
+        }
     }
 
     /// Deletes the instance's Deployments, Services and HPAs of another name than `name`: what
@@ -295,6 +335,7 @@ impl Inner {
         sweep!(Deployment, "Deployments");
         sweep!(Service, "Services");
         sweep!(ConfigMap, "ConfigMaps");
+        sweep!(k8s_openapi::api::core::v1::Secret, "Secrets");
         // Pods are removed by their ReplicaSet's garbage collection; deleting them directly as
         // well makes a delete quick even where the garbage collector is slow.
         sweep!(Pod, "Pods");

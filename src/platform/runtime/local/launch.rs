@@ -161,13 +161,26 @@ impl Launcher {
         binds.push(run);
         let mut env = program.env.to_vec();
         env.push(("KUBEFN_SOCKET".to_string(), socket_seen.display().to_string()));
+        if !program.files.is_empty() {
+            // Without a sandbox there is no mount namespace to put them at their path: they go in
+            // the replica's private directory, and the variable says where.
+            let seen = match &self.isolation {
+                Isolation::Sandboxed(_) => PathBuf::from(crate::platform::runtime::SECRETS_DIR),
+                Isolation::SingleUser { .. } => {
+                    let dir = run_host.join("secrets");
+                    super::sandbox::data_files::write_into(&dir, program.files)?;
+                    dir
+                }
+            };
+            env.push(("KUBEFN_SECRETS_DIR".to_string(), seen.display().to_string()));
+        }
         let env = self.environment(&env);
         let confined = Confined {
             program: Program { env: &env, binds: &binds, ..*program },
             network: Network::None,
             cgroup: cgroup.as_deref(),
         };
-        let child = self.isolation.command(&confined).spawn()?;
+        let child = self.isolation.spawn(&confined)?;
         Ok(Process { child, socket: run_host.join(SOCKET_FILE), cgroup, output: Vec::new(), dirs: vec![run_dir] })
     }
 }

@@ -225,9 +225,10 @@ async fn start_warm(config: &PoolConfig, index: u64, program: &Path, bootstrap: 
     let env = [("KUBEFN_POOL".to_string(), "1".to_string())];
     let args = [bootstrap.to_string()];
     let binds = [config.bootstrap.clone(), function];
-    let started = config
-        .launcher
-        .start(&Program { path: program, args: &args, env: &env, binds: &binds, workdir: &workdir }, &config.limits);
+    let started = config.launcher.start(
+        &Program { path: program, args: &args, env: &env, binds: &binds, files: &[], workdir: &workdir },
+        &config.limits,
+    );
     let mut process = match started {
         Ok(process) => process,
         Err(error) => {

@@ -1,8 +1,9 @@
 //! The Kubernetes objects of one instance, built from its spec with no client in sight (so they
 //! are unit-tested by looking at them): a ConfigMap per version with the source and the
 //! bootstrap, a Deployment (init container for declared dependencies, readiness and liveness
-//! probes on the bootstrap, requests and limits, env and an optional Secret, non-root), a
-//! Service, and an autoscaling/v2 HorizontalPodAutoscaler when autoscaling is on.
+//! probes on the bootstrap, requests and limits, env, non-root), a Service, the Secrets of its
+//! secrets and registry credentials ([`secrets`]), and an autoscaling/v2
+//! HorizontalPodAutoscaler when autoscaling is on.
 //!
 //! The Deployment never states `replicas`: the HPA or kubefn's scale calls own that field, so
 //! re-applying the Deployment never undoes a scaling decision.
@@ -16,8 +17,11 @@ use crate::platform::validation::parse_memory_bytes;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
+pub use secrets::{SecretObject, registry_secret_name, secret_name};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+
+pub mod secrets;
 
 /// The port the bootstrap listens on in the pod.
 pub const CONTAINER_PORT: u16 = 8080;
@@ -115,6 +119,10 @@ pub struct Manifests {
     pub service: Service,
     /// The HPA, when autoscaling is on.
     pub autoscaler: Option<HorizontalPodAutoscaler>,
+    /// The Secret of the secrets its function names, if any.
+    pub secret: Option<SecretObject>,
+    /// The Secret of its registry credentials, if any.
+    pub registry_secret: Option<SecretObject>,
     /// A hash of all of the above: unchanged means nothing to apply.
     pub fingerprint: String,
 }
@@ -147,12 +155,15 @@ pub fn build(
     } else {
         None
     };
+    let secret = secrets::values(instance, namespace, &name);
+    let registry_secret = secrets::registry(instance, namespace, &name);
     let fingerprint = {
-        let text = serde_json::to_string(&(&config_map, &deployment, &service, &autoscaler))
+        let secrets = (secret.as_ref().map(|s| &s.0), registry_secret.as_ref().map(|s| &s.0));
+        let text = serde_json::to_string(&(&config_map, &deployment, &service, &autoscaler, secrets))
             .map_err(|source| ManifestError { kind: "fingerprint", source })?;
         Sha256::digest(text.as_bytes()).iter().take(12).map(|b| format!("{b:02x}")).collect()
     };
-    Ok(Manifests { name, config_map, deployment, service, autoscaler, fingerprint })
+    Ok(Manifests { name, config_map, deployment, service, autoscaler, secret, registry_secret, fingerprint })
 }
 
 fn typed<T: serde::de::DeserializeOwned>(kind: &'static str, value: Value) -> Result<T, ManifestError> {
@@ -195,6 +206,12 @@ fn deployment(instance: &InstanceSpec, namespace: &str, base: &str, pods: &PodSe
         None => image_pod(spec),
     };
     pods.placement.apply_to(&mut pod);
+    let mut template_annotations = json!({});
+    secrets::deliver(instance, base, &mut pod, &mut template_annotations);
+    let mut template = json!({ "metadata": { "labels": pod_labels }, "spec": pod });
+    if template_annotations.as_object().is_some_and(|a| !a.is_empty()) {
+        template["metadata"]["annotations"] = template_annotations;
+    }
     let mut metadata = metadata(instance, namespace, base, Some(instance.version));
     metadata["annotations"] = json!({ names::PAUSED: instance.paused.to_string() });
     json!({
@@ -207,7 +224,7 @@ fn deployment(instance: &InstanceSpec, namespace: &str, base: &str, pods: &PodSe
             "strategy": { "type": "RollingUpdate", "rollingUpdate": { "maxUnavailable": 0, "maxSurge": "25%" } },
             "revisionHistoryLimit": 3,
             "progressDeadlineSeconds": 300,
-            "template": { "metadata": { "labels": pod_labels }, "spec": pod },
+            "template": template,
         },
     })
 }
@@ -326,8 +343,6 @@ fn source_pod(instance: &InstanceSpec, base: &str, boot: &Bootstrap, pods: &PodS
             "command": command,
             "ports": [{ "name": "http", "containerPort": CONTAINER_PORT, "protocol": "TCP" }],
             "env": env_list(&spec.env, own),
-            // Secrets an administrator put in `{name}-secrets` reach the function as variables.
-            "envFrom": [{ "secretRef": { "name": format!("{base}-secrets"), "optional": true } }],
             "readinessProbe": probe(READY_PATH, 2, 2),
             "livenessProbe": probe(HEALTH_PATH, 10, 3),
             "lifecycle": drain(),

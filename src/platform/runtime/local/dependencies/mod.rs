@@ -280,12 +280,11 @@ impl DependencyCache {
             None => None,
         };
         let mut child = isolation
-            .command(&Confined {
-                program: Program { path: program, args: &args, env: &env, binds: &binds, workdir: &seen },
+            .spawn(&Confined {
+                program: Program { path: program, args: &args, env: &env, binds: &binds, files: &[], workdir: &seen },
                 network: Network::Host,
                 cgroup: cgroup.as_ref(),
             })
-            .spawn()
             .map_err(|source| DependencyError::Spawn { program: display.into(), source })?;
         let pipes: Vec<_> = [
             child

@@ -11,7 +11,7 @@ use super::dependencies::{DependencyCache, InstallerSettings};
 use super::launch::{self, Launcher};
 use super::limits::{Enforcement, cgroup_limits};
 use super::logs::{LogBuffer, LogLine, Stream};
-use super::sandbox::{Bind, Isolation, Sandbox, SandboxSettings, inside};
+use super::sandbox::{Bind, DataFile, Isolation, Sandbox, SandboxSettings, inside};
 use super::supervisor::{LaunchSpec, ReplicaSet, ReplicaState, RestartPolicy, signal_group};
 use super::usage::{CpuMeter, read_group};
 use super::warm_pool::WarmStart;

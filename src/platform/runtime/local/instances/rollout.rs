@@ -124,9 +124,25 @@ pub(super) async fn prepare_launch(inner: &Inner, slot: &Slot, spec: &InstanceSp
         ("KUBEFN_MEMORY_LIMIT".to_string(), function.resources.memory_limit.clone()),
         ("KUBEFN_TIMEOUT".to_string(), function.timeout_s.to_string()),
     ]);
+    // The instance's user's secrets: files for each replica alone, and the variables asked for
+    // (the platform checked those values are text).
+    let files: Vec<DataFile> = spec
+        .secrets
+        .iter()
+        .map(|secret| DataFile {
+            inside: Path::new(crate::platform::runtime::SECRETS_DIR).join(&secret.name),
+            contents: secret.value.as_slice().into(),
+        })
+        .collect();
+    env.extend(
+        spec.secrets
+            .iter()
+            .filter_map(|secret| Some((secret.env.clone()?, String::from_utf8_lossy(&secret.value).into_owned()))),
+    );
     // A warm process sees only the bootstraps and its own staging directory, so functions with
-    // dependencies start cold (their dependency directory is bound at start).
-    let warm = inner.pool.clone().filter(|_| deps_seen.is_none()).map(|pool| WarmStart {
+    // dependencies or secrets start cold (their dependency directory and secret files are made
+    // at start).
+    let warm = inner.pool.clone().filter(|_| deps_seen.is_none() && files.is_empty()).map(|pool| WarmStart {
         pool,
         language: function.runtime,
         // `source` and `dir` are the warm process's own staging directory, filled in when one
@@ -157,6 +173,7 @@ pub(super) async fn prepare_launch(inner: &Inner, slot: &Slot, spec: &InstanceSp
         args,
         env,
         binds,
+        files,
         dir: function_dir,
         limits: cgroup_limits(&function.resources, config.pids_limit),
         name_prefix: format!("v{}-", spec.version),
@@ -176,12 +193,14 @@ pub(super) async fn feed_endpoints(mut from: watch::Receiver<Vec<PathBuf>>, to: 
     }
 }
 
-/// What decides whether replicas must be replaced: everything but replicas and pausing.
+/// What decides whether replicas must be replaced: everything but replicas and pausing (a
+/// replaced secret value too).
 pub(super) fn fingerprint(spec: &InstanceSpec) -> String {
     let mut code = spec.spec.clone();
     code.scaling = Default::default();
     code.visibility = Default::default();
-    let text = serde_json::to_string(&(spec.version, &code)).unwrap_or_default();
+    let secrets = crate::platform::runtime::secrets_digest(&spec.secrets);
+    let text = serde_json::to_string(&(spec.version, &code, secrets)).unwrap_or_default();
     Sha256::digest(text.as_bytes()).iter().take(12).map(|b| format!("{b:02x}")).collect()
 }
 
@@ -219,5 +238,13 @@ mod tests {
         let mut source = base.clone();
         source.spec.source.push('\n');
         assert!(!same(source));
+        let secret = |value: &[u8]| crate::platform::runtime::SecretValue {
+            name: "db".into(),
+            env: None,
+            value: value.to_vec(),
+        };
+        let with = |value: &[u8]| InstanceSpec { secrets: vec![secret(value)], ..base.clone() };
+        assert!(!same(with(b"a")), "a secret given");
+        assert_ne!(fingerprint(&with(b"a")), fingerprint(&with(b"b")), "a secret's value replaced");
     }
 }

@@ -7,7 +7,7 @@
 use super::cgroups::{Limits, ReplicaCgroup};
 use super::launch::{self, Launcher, Process};
 use super::logs::{LogBuffer, Stream};
-use super::sandbox::{Bind, Program};
+use super::sandbox::{Bind, DataFile, Program};
 use super::warm_pool::WarmStart;
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
@@ -35,6 +35,8 @@ pub struct LaunchSpec {
     /// The directories the process sees (the function's version, its dependencies, the
     /// bootstraps).
     pub binds: Vec<Bind>,
+    /// Files made for each replica alone: its secrets.
+    pub files: Vec<DataFile>,
     /// Working directory, as the process sees it.
     pub dir: PathBuf,
     /// What each replica may use.
@@ -445,8 +447,14 @@ async fn start_process(spec: &LaunchSpec, name: &str, logs: &LogBuffer) -> std::
             ),
         }
     }
-    let program =
-        Program { path: &spec.program, args: &spec.args, env: &spec.env, binds: &spec.binds, workdir: &spec.dir };
+    let program = Program {
+        path: &spec.program,
+        args: &spec.args,
+        env: &spec.env,
+        binds: &spec.binds,
+        files: &spec.files,
+        workdir: &spec.dir,
+    };
     let mut process = spec.launcher.start(&program, &spec.limits)?;
     collect_output(&mut process, logs, name);
     Ok(process)

@@ -30,6 +30,7 @@ impl Function {
             args: vec![bootstrap.display().to_string()],
             env: vec![("KUBEFN_SOURCE".into(), self.dir.path().join("function.py").display().to_string())],
             binds: Vec::new(),
+            files: Vec::new(),
             dir: self.dir.path().to_path_buf(),
             limits: Limits::default(),
             pid_dir: None,

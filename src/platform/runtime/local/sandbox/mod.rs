@@ -17,9 +17,13 @@
 
 use super::cgroups::{self, ReplicaCgroup};
 use std::ffi::CString;
+use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use tokio::process::Command;
+use tokio::process::{Child, Command};
+
+pub mod data_files;
+pub use data_files::DataFile;
 
 /// Where a replica's directories appear inside the sandbox.
 pub mod inside {
@@ -126,6 +130,8 @@ pub struct Program<'a> {
     pub env: &'a [(String, String)],
     /// The directories it sees besides the system's.
     pub binds: &'a [Bind],
+    /// Files made for it alone (its secrets), read-only.
+    pub files: &'a [DataFile],
     /// Its working directory.
     pub workdir: &'a Path,
 }
@@ -179,11 +185,21 @@ impl Sandbox {
         system.sort();
         system.dedup();
         let sandbox = Sandbox { bwrap, setpriv, settings, system };
-        let trial = sandbox.arguments(&Confined {
-            program: Program { path: Path::new("/bin/true"), args: &[], env: &[], binds: &[], workdir: Path::new("/") },
-            network: Network::None,
-            cgroup: None,
-        });
+        let trial = sandbox.arguments(
+            &Confined {
+                program: Program {
+                    path: Path::new("/bin/true"),
+                    args: &[],
+                    env: &[],
+                    binds: &[],
+                    files: &[],
+                    workdir: Path::new("/"),
+                },
+                network: Network::None,
+                cgroup: None,
+            },
+            &[],
+        );
         let output = std::process::Command::new(&sandbox.bwrap)
             .args(&trial)
             .env_clear()
@@ -196,11 +212,12 @@ impl Sandbox {
         Ok(sandbox)
     }
 
-    /// bwrap's arguments for `process`. `--die-with-parent` ends the sandbox with kubefn (a
+    /// bwrap's arguments for `process`, whose data files are in the descriptors `fds` (in
+    /// order). `--die-with-parent` ends the sandbox with kubefn (a
     /// killed kubefn leaves no replica behind); the kernel ties it to the *thread* that started
     /// bwrap, which is always a tokio worker here (they live as long as the runtime), never a
     /// blocking-pool thread.
-    fn arguments(&self, process: &Confined<'_>) -> Vec<String> {
+    fn arguments(&self, process: &Confined<'_>, fds: &[RawFd]) -> Vec<String> {
         let mut args: Vec<String> =
             ["--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
                 .map(String::from)
@@ -221,6 +238,10 @@ impl Sandbox {
                     made.push(ancestor.to_path_buf());
                     args.extend(["--perms".into(), "0755".into(), "--dir".into(), ancestor.display().to_string()]);
                 }
+            }
+            if flag == "--ro-bind-data" {
+                // Readable by the sandbox's identity (root made it); only this sandbox sees it.
+                args.extend(["--perms".into(), "0444".into()]);
             }
             args.extend([flag.to_string(), host.display().to_string(), inside.display().to_string()]);
         };
@@ -248,6 +269,9 @@ impl Sandbox {
         // After /tmp, so a bind below /tmp is not hidden by it.
         for bound in process.program.binds {
             bind(&mut args, if bound.writable { "--bind" } else { "--ro-bind" }, &bound.host, &bound.inside);
+        }
+        for (file, fd) in process.program.files.iter().zip(fds) {
+            bind(&mut args, "--ro-bind-data", Path::new(&fd.to_string()), &file.inside);
         }
         args.extend(["--chdir".into(), process.program.workdir.display().to_string(), "--".into()]);
         args.push(self.setpriv.display().to_string());
@@ -309,12 +333,19 @@ impl Isolation {
         Ok(())
     }
 
-    /// The command for `process`: piped output, null input, killed when dropped.
-    pub fn command(&self, process: &Confined<'_>) -> Command {
+    /// Starts `process`: piped output, null input, killed when dropped. Its data files exist
+    /// only in the sandbox; single-user, they are ignored here (see
+    /// [`data_files::write_into`]).
+    pub fn spawn(&self, process: &Confined<'_>) -> std::io::Result<Child> {
+        let files = match self {
+            Isolation::Sandboxed(_) => data_files::memory_files(process.program.files)?,
+            Isolation::SingleUser { .. } => Vec::new(),
+        };
+        let fds = data_files::numbers(&files);
         let (mut command, sandboxed, open_files) = match self {
             Isolation::Sandboxed(sandbox) => {
                 let mut command = Command::new(&sandbox.bwrap);
-                command.args(sandbox.arguments(process));
+                command.args(sandbox.arguments(process, &fds));
                 (command, true, sandbox.settings.open_files)
             }
             Isolation::SingleUser { open_files } => {
@@ -329,9 +360,13 @@ impl Isolation {
         // SAFETY: the closure runs in the forked child before exec and only makes system calls
         // (cgroups::join writes prepared paths; no allocation, no locks).
         unsafe {
-            command.pre_exec(move || prepare_child(&procs, sandboxed, open_files));
+            command.pre_exec(move || {
+                data_files::inherit(&fds)?;
+                prepare_child(&procs, sandboxed, open_files)
+            });
         }
-        command
+        // The memory files close here, once bwrap holds its own copies.
+        command.spawn()
     }
 
     /// What the status and the admin dashboard say about isolation.
@@ -411,87 +446,4 @@ fn walk(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn sandbox() -> Sandbox {
-        Sandbox {
-            bwrap: "/usr/bin/bwrap".into(),
-            setpriv: "/usr/bin/setpriv".into(),
-            settings: SandboxSettings::default(),
-            system: vec!["/opt/python".into()],
-        }
-    }
-
-    #[test]
-    fn replicas_get_no_network_and_only_their_binds() {
-        let binds = [
-            Bind::read_only("/data/runtime/instances/i/v1", inside::FUNCTION),
-            Bind::writable("/data/runtime/run/p1", inside::RUN),
-        ];
-        let args = sandbox().arguments(&Confined {
-            program: Program {
-                path: Path::new("/usr/bin/python3"),
-                args: &["/kubefn/bootstrap/bootstrap.py".to_string()],
-                env: &[],
-                binds: &binds,
-                workdir: Path::new(inside::FUNCTION),
-            },
-            network: Network::None,
-            cgroup: None,
-        });
-        let text = args.join(" ");
-        assert!(text.contains("--unshare-net"), "{text}");
-        assert!(text.contains("--unshare-pid"), "{text}");
-        assert!(text.contains("--ro-bind /data/runtime/instances/i/v1 /kubefn/function"), "{text}");
-        assert!(text.contains("--bind /data/runtime/run/p1 /kubefn/run"), "{text}");
-        assert!(text.contains("--ro-bind /opt/python /opt/python"), "{text}");
-        assert!(
-            text.contains("--size 67108864 --tmpfs /tmp --perms 0755 --dir /kubefn --ro-bind"),
-            "binds come after /tmp: {text}"
-        );
-        assert_eq!(text.matches("--dir /kubefn ").count(), 1, "{text}");
-        assert!(text.contains("--reuid=65534 --regid=65534 --clear-groups --inh-caps=-all --bounding-set=-all --no-new-privs -- /usr/bin/python3 /kubefn/bootstrap/bootstrap.py"), "{text}");
-        assert!(
-            !text.contains("/data/kubefn.db") && !text.contains(" /data "),
-            "kubefn's data directory is never bound whole: {text}"
-        );
-    }
-
-    #[test]
-    fn installs_share_the_host_network() {
-        let args = sandbox().arguments(&Confined {
-            program: Program {
-                path: Path::new("/usr/bin/npm"),
-                args: &[],
-                env: &[],
-                binds: &[],
-                workdir: Path::new(inside::INSTALL),
-            },
-            network: Network::Host,
-            cgroup: None,
-        });
-        assert!(!args.iter().any(|a| a == "--unshare-net"));
-    }
-
-    #[test]
-    fn interpreters_outside_usr_are_bound_by_their_prefix() {
-        let dir = tempfile::tempdir().expect("temp");
-        let bin = dir.path().join("versions/3.11/bin");
-        std::fs::create_dir_all(&bin).expect("bin");
-        std::fs::write(bin.join("python3"), "").expect("file");
-        assert_eq!(
-            install_prefix(&bin.join("python3")),
-            Some(std::fs::canonicalize(dir.path().join("versions/3.11")).expect("real"))
-        );
-        assert_eq!(install_prefix(Path::new("/usr/bin/env")), None);
-    }
-
-    #[test]
-    fn single_user_mode_uses_host_paths() {
-        let isolation = Isolation::SingleUser { open_files: 1024 };
-        let bind = Bind::read_only("/data/x", inside::FUNCTION);
-        assert_eq!(isolation.path(&bind), PathBuf::from("/data/x"));
-        assert!(isolation.describe().contains("not sandboxed"));
-    }
-}
+mod tests;
