@@ -4,8 +4,8 @@
 use super::ApiError;
 pub use super::forms::FunctionForm;
 use crate::platform::model::{
-    AdminOverview, FunctionDetail, FunctionListPage, InstanceInfo, InvokeResult, NewToken, QuotaReport, TokenInfo,
-    TriggerInfo, UsageReport, UserInfo,
+    AdminOverview, FunctionDetail, FunctionListPage, InstanceInfo, InvokeResult, NewToken, QuotaReport, SecretInfo,
+    TokenInfo, TriggerInfo, UsageReport, UserInfo,
 };
 use leptos::prelude::*;
 
@@ -438,6 +438,28 @@ pub async fn create_token(name: String) -> Result<NewToken, ApiError> {
 #[server]
 pub async fn revoke_token(id: i64) -> Result<(), ApiError> {
     ssr::authed(move |platform, caller| async move { Ok(platform.accounts.revoke_token(&caller, id).await?) }).await
+}
+
+/// The caller's secrets: names and dates, never values.
+#[server]
+pub async fn list_secrets() -> Result<Vec<SecretInfo>, ApiError> {
+    ssr::authed(move |platform, caller| async move { Ok(platform.secrets.list(caller.id).await?) }).await
+}
+
+/// Creates or replaces one of the caller's secrets; the value is never sent back.
+#[server]
+pub async fn put_secret(name: String, value: String) -> Result<(), ApiError> {
+    ssr::authed(move |platform, caller| async move {
+        platform.secrets.put(caller.id, name.trim(), value.as_bytes()).await?;
+        Ok(())
+    })
+    .await
+}
+
+/// Deletes one of the caller's secrets.
+#[server]
+pub async fn delete_secret(name: String) -> Result<(), ApiError> {
+    ssr::authed(move |platform, caller| async move { Ok(platform.secrets.delete(caller.id, &name).await?) }).await
 }
 
 #[cfg(all(test, feature = "ssr"))]

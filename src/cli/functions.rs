@@ -96,6 +96,13 @@ pub struct SourceArgs {
     /// public or private.
     #[arg(long)]
     pub visibility: Option<String>,
+    /// A secret of yours the function reads, as NAME, or NAME=ENV to get it as a variable too
+    /// (repeatable; replaces the list).
+    #[arg(long = "secret")]
+    pub secrets: Vec<String>,
+    /// Image functions: the secret holding the registry credentials to pull the image with.
+    #[arg(long)]
+    pub registry_secret: Option<String>,
 }
 
 /// Runs one `kubefn fn` command as `user` (empty: ask kubefn who the token is).
@@ -248,6 +255,7 @@ impl SourceArgs {
             ("handler", &self.handler),
             ("image", &self.image),
             ("visibility", &self.visibility),
+            ("registry_secret", &self.registry_secret),
         ] {
             if let Some(value) = value {
                 fields.insert(key.into(), value.clone().into());
@@ -263,6 +271,17 @@ impl SourceArgs {
                     pair.split_once('=').ok_or_else(|| CliError::usage(format!("--env {pair:?}: give NAME=VALUE")))?;
                 env[key] = value.into();
             }
+        }
+        if !self.secrets.is_empty() {
+            let secrets: Vec<Value> = self
+                .secrets
+                .iter()
+                .map(|secret| match secret.split_once('=') {
+                    Some((name, env)) => json!({"name": name, "env": env}),
+                    None => json!({"name": secret}),
+                })
+                .collect();
+            fields.insert("secrets".into(), secrets.into());
         }
         if !fields.contains_key("name") {
             return Err(CliError::usage("name the function with --name (or give a source file named after it)"));

@@ -1,6 +1,6 @@
 //! kubefn's command line. `kubefn` (or `kubefn serve`) runs the server; every other
 //! subcommand is a client of a running kubefn's REST API and gateway, as a user at a terminal
-//! or a CI job drives it: `login`, `fn …` and `token …`.
+//! or a CI job drives it: `login`, `fn …`, `secret …` and `token …`.
 //!
 //! Errors are the API's own (`kubefn: <message> [field] (HTTP status)` on stderr), and the exit
 //! code says what kind of failure it was: 1 the API refused or failed, 2 bad usage (clap's own
@@ -11,6 +11,7 @@ mod client;
 mod credentials;
 mod functions;
 mod logs;
+mod secrets;
 #[cfg(test)]
 mod tests;
 
@@ -25,6 +26,7 @@ use std::io::{IsTerminal, Read};
 use std::process::ExitCode;
 
 pub use functions::FnCommand;
+pub use secrets::SecretCommand;
 
 /// The command line: a subcommand, or the server's flags (`kubefn --listen …` serves).
 #[derive(Debug, Parser)]
@@ -54,6 +56,13 @@ pub enum Command {
         client: ClientArgs,
         #[command(subcommand)]
         command: FnCommand,
+    },
+    /// Your secrets, which your instances read as files (and optionally as env).
+    Secret {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: SecretCommand,
     },
     /// Your API tokens.
     Token {
@@ -181,6 +190,10 @@ pub async fn run(command: Command) -> ExitCode {
         Command::Login(args) => login(args).await,
         Command::Fn { client, command } => match connect(&client) {
             Ok((api, user)) => functions::run(&api, &user, client.output, command).await,
+            Err(error) => Err(error),
+        },
+        Command::Secret { client, command } => match connect(&client) {
+            Ok((api, _)) => secrets::run(&api, client.output, command).await,
             Err(error) => Err(error),
         },
         Command::Token { client, command } => match connect(&client) {

@@ -1,12 +1,12 @@
-//! The account page: the user's quota and API tokens for the REST API.
+//! The account page: the user's quota, secrets and API tokens for the REST API.
 
 use super::{ErrorNotice, FieldMessage, action_error, short_time};
-use crate::api::functions::{CreateToken, RevokeToken, list_tokens, my_quota};
+use crate::api::functions::{CreateToken, DeleteSecret, PutSecret, RevokeToken, list_secrets, list_tokens, my_quota};
 use crate::platform::model::QuotaReport;
 use leptos::prelude::*;
 use leptos_meta::Title;
 
-/// `/account`: the quota, and create, list and revoke API tokens.
+/// `/account`: the quota, secrets, and create, list and revoke API tokens.
 #[component]
 pub fn AccountPage() -> impl IntoView {
     let create = ServerAction::<CreateToken>::new();
@@ -17,6 +17,7 @@ pub fn AccountPage() -> impl IntoView {
         <Title text="Account · kubefn"/>
         <h1>"Account"</h1>
         <QuotaCard/>
+        <SecretsCard/>
         <section class="card" aria-labelledby="tokens-title">
             <h2 id="tokens-title">"API tokens"</h2>
             <p>"Use a token with the REST API: " <code>"curl -H 'Authorization: Bearer kfn_…' http://127.0.0.1:3000/api/v1/functions"</code></p>
@@ -54,6 +55,64 @@ pub fn AccountPage() -> impl IntoView {
                                                 <ActionForm action=revoke attr:class="inline">
                                                     <input type="hidden" name="id" value=t.id/>
                                                     <button type="submit" class="danger">"Revoke"</button>
+                                                </ActionForm>
+                                            </td>
+                                        </tr>
+                                    }).collect_view()}
+                                </tbody>
+                            </table>
+                        }.into_any(),
+                    }
+                })}
+            </Transition>
+        </section>
+    }
+}
+
+/// The user's secrets: set (create or replace) by name, listed by name, deleted; values are
+/// never shown back.
+#[component]
+fn SecretsCard() -> impl IntoView {
+    let put = ServerAction::<PutSecret>::new();
+    let delete = ServerAction::<DeleteSecret>::new();
+    let secrets = Resource::new(move || (put.version().get(), delete.version().get()), |_| list_secrets());
+    let put_error = action_error(put.value());
+    let delete_error = action_error(delete.value());
+    view! {
+        <section class="card" aria-labelledby="secrets-title">
+            <h2 id="secrets-title">"Secrets"</h2>
+            <p>"Your instances read the secrets their function names as files "
+                <code>"/var/openfaas/secrets/NAME"</code> " (and as variables where the function asks). Values are encrypted at rest and never shown again; setting one again replaces it and restarts the instances that read it."</p>
+            <ActionForm action=put>
+                <label for="secret-name">"Name"</label>
+                <input id="secret-name" name="name" placeholder="db-password" required spellcheck="false"/>
+                <FieldMessage error=put_error field="name"/>
+                <label for="secret-value">"Value"</label>
+                <textarea id="secret-value" name="value" rows="2" required spellcheck="false" autocomplete="off"></textarea>
+                <FieldMessage error=put_error field="value"/>
+                <button type="submit" class="primary">"Save secret"</button>
+            </ActionForm>
+            {move || put.value().get().and_then(Result::ok).map(|()| view! {
+                <div class="alert success" role="status">"Secret saved."</div>
+            })}
+            {move || delete_error.get().map(|error| view! { <ErrorNotice error/> })}
+            <Transition fallback=|| view! { <p class="muted">"Loading…"</p> }>
+                {move || Suspend::new(async move {
+                    match secrets.await {
+                        Err(error) => view! { <ErrorNotice error/> }.into_any(),
+                        Ok(list) if list.is_empty() => view! { <p class="muted">"No secrets yet."</p> }.into_any(),
+                        Ok(list) => view! {
+                            <table data-testid="secrets">
+                                <thead><tr><th scope="col">"Name"</th><th scope="col">"Updated"</th><th scope="col"><span class="sr-only">"Action"</span></th></tr></thead>
+                                <tbody>
+                                    {list.into_iter().map(|s| view! {
+                                        <tr>
+                                            <td><code>{s.name.clone()}</code></td>
+                                            <td>{short_time(&s.updated_at)}</td>
+                                            <td>
+                                                <ActionForm action=delete attr:class="inline">
+                                                    <input type="hidden" name="name" value=s.name.clone()/>
+                                                    <button type="submit" class="danger">"Delete"</button>
                                                 </ActionForm>
                                             </td>
                                         </tr>

@@ -132,7 +132,11 @@ fn the_pod_runs_the_bootstrap_from_the_config_map_as_nobody_with_probes_and_limi
     assert_eq!(c["resources"]["limits"]["memory"], "256Mi");
     assert_eq!(c["resources"]["requests"]["cpu"], "100m");
     assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
-    assert_eq!(c["envFrom"][0]["secretRef"]["name"], "hello-alice-secrets");
+    assert!(
+        c.get("envFrom").is_none() && pod["volumes"].as_array().is_some_and(|v| v.len() == 2),
+        "no secrets named, none given"
+    );
+    assert!(m.secret.is_none() && m.registry_secret.is_none());
     let env: Vec<(String, String)> = c["env"]
         .as_array()
         .expect("env")
@@ -311,4 +315,64 @@ fn the_objects_kept_for_a_namespace_carry_the_recommended_labels_as_kubefn_s_own
     for value in labels.as_object().expect("labels").values() {
         assert!(names::is_label_value(value.as_str().expect("text")), "{value}");
     }
+}
+
+#[test]
+fn named_secrets_become_a_secret_mounted_read_only_with_variables_and_a_digest_that_rolls_the_pods() {
+    use crate::platform::runtime::SecretValue;
+    let secret = |name: &str, env: Option<&str>, value: &[u8]| SecretValue {
+        name: name.into(),
+        env: env.map(str::to_string),
+        value: value.to_vec(),
+    };
+    let with = |value: &[u8]| {
+        Fixture::python().with(|i| {
+            i.secrets = vec![secret("db-password", Some("DB_PASSWORD"), value), secret("tls-key", None, b"k")]
+        })
+    };
+    let m = with(b"hunter2").build();
+    let object = json_of(&m.secret.as_ref().expect("a Secret").0);
+    assert_eq!(object["metadata"]["name"], "hello-alice-secrets");
+    assert_eq!(object["metadata"]["labels"][names::INSTANCE], "3f2c1d7e-8a9b-4c5d-9e0f-112233445566");
+    assert_eq!(object["data"]["db-password"], "aHVudGVyMg==", "base64 of the value");
+    assert!(!format!("{m:?}").contains("aHVudGVyMg") && !format!("{m:?}").contains("hunter2"), "never in Debug");
+    let d = json_of(&m.deployment);
+    let pod = &d["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    let volume = pod["volumes"].as_array().expect("volumes").iter().find(|v| v["name"] == "secrets").expect("volume");
+    assert_eq!(volume["secret"], json!({ "secretName": "hello-alice-secrets", "defaultMode": 0o444 }));
+    assert!(
+        c["volumeMounts"]
+            .as_array()
+            .expect("mounts")
+            .contains(&json!({ "name": "secrets", "mountPath": "/var/openfaas/secrets", "readOnly": true }))
+    );
+    let env = c["env"].as_array().expect("env");
+    assert!(env.contains(&json!({ "name": "DB_PASSWORD", "valueFrom": { "secretKeyRef": { "name": "hello-alice-secrets", "key": "db-password" } } })));
+    assert!(!d.to_string().contains("hunter2"), "the value is only in the Secret");
+    let digest = |m: &Manifests| {
+        json_of(&m.deployment)["spec"]["template"]["metadata"]["annotations"][secrets::DIGEST_ANNOTATION].clone()
+    };
+    assert!(digest(&m).is_string());
+    assert_ne!(digest(&m), digest(&with(b"other").build()), "a replaced value changes the pod template");
+    assert_ne!(m.fingerprint, with(b"other").build().fingerprint);
+}
+
+#[test]
+fn registry_credentials_become_an_image_pull_secret() {
+    use crate::platform::runtime::SecretValue;
+    let config = br#"{"auths":{"registry.example.com":{"auth":"dTpw"}}}"#;
+    let m = Fixture::python()
+        .with(|i| {
+            i.spec.runtime = Language::Image;
+            i.spec.image = Some("registry.example.com/team/app:1".into());
+            i.registry_credentials = Some(SecretValue { name: "regcred".into(), env: None, value: config.to_vec() });
+        })
+        .build();
+    let object = json_of(&m.registry_secret.as_ref().expect("a pull Secret").0);
+    assert_eq!(object["metadata"]["name"], "hello-alice-registry");
+    assert_eq!(object["type"], "kubernetes.io/dockerconfigjson");
+    assert!(object["data"][".dockerconfigjson"].is_string());
+    let d = json_of(&m.deployment);
+    assert_eq!(d["spec"]["template"]["spec"]["imagePullSecrets"], json!([{ "name": "hello-alice-registry" }]));
 }
