@@ -4,7 +4,7 @@
 //! setpriv, cgroups) is what stops them; these tests need root, bwrap and writable cgroups,
 //! and fail under CI=true without them.
 
-use process::{Server, free_port, processes_under};
+use process::{Server, free_port, processes_under, sandbox_available};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -72,23 +72,6 @@ impl Tenancy {
     fn data_dir(&self) -> String {
         self.data.path().display().to_string()
     }
-}
-
-/// Whether this host can run the sandbox; under CI=true it must.
-fn sandbox_available() -> bool {
-    let root = unsafe { libc::geteuid() } == 0;
-    let bwrap = std::path::Path::new("/usr/bin/bwrap").exists();
-    let cgroups = std::path::Path::new("/sys/fs/cgroup/cpu").exists()
-        || std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
-    let available = root && bwrap && cgroups;
-    if !available {
-        assert!(
-            std::env::var("CI").is_err(),
-            "CI=true: the sandbox tests need root, /usr/bin/bwrap (Debian's bubblewrap) and cgroups"
-        );
-        eprintln!("skipped: the sandbox needs root, bwrap and cgroups");
-    }
-    available
 }
 
 /// A Python function whose handler runs `body` (indented by the caller) and returns `result`.

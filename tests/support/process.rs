@@ -283,3 +283,20 @@ pub fn processes_under(dir: &Path) -> Vec<u32> {
         })
         .collect()
 }
+
+/// Whether this host can run the sandbox; under CI=true it must.
+pub fn sandbox_available() -> bool {
+    let root = unsafe { libc::geteuid() } == 0;
+    let bwrap = std::path::Path::new("/usr/bin/bwrap").exists();
+    let cgroups = std::path::Path::new("/sys/fs/cgroup/cpu").exists()
+        || std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let available = root && bwrap && cgroups;
+    if !available {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI=true: the sandbox tests need root, /usr/bin/bwrap (Debian's bubblewrap) and cgroups"
+        );
+        eprintln!("skipped: the sandbox needs root, bwrap and cgroups");
+    }
+    available
+}
