@@ -546,6 +546,75 @@ async fn python_node_and_image_functions_answer_through_the_port_forward_and_the
     runtime.shutdown().await;
 }
 
+/// Secrets on the real node: the instance's values become a Secret in its namespace, read by
+/// the pod as a read-only file at /var/openfaas/secrets/NAME and as the variable asked for; a
+/// replaced value rolls the pod; a spec without secrets removes the Secret; an administrator's
+/// Secret of the same name is never taken over; delete leaves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_reach_the_pod_as_files_and_env_and_go_with_the_instance() {
+    use k8s_openapi::api::core::v1::Secret;
+    use kubefn::platform::runtime::SecretValue;
+    let runtime = runtime(43000..=43099, &["secreader", "sectaken"]).await;
+    let admin = admin().await;
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), NAMESPACE);
+    let reader = python(
+        "secreader",
+        "import os\ndef handle(req):\n    with open('/var/openfaas/secrets/db-password') as f:\n        value = f.read()\n    try:\n        open('/var/openfaas/secrets/db-password', 'w')\n        writable = 'writable'\n    except OSError:\n        writable = 'read-only'\n    return value + ' ' + os.environ['DB_PASSWORD'] + ' ' + writable\n",
+    );
+    let with_value = |spec: &InstanceSpec, value: &str| InstanceSpec {
+        secrets: vec![SecretValue { name: "db-password".into(), env: Some("DB_PASSWORD".into()), value: value.into() }],
+        ..spec.clone()
+    };
+    let base = instance(&reader, "alice", 1);
+    let spec = with_value(&base, "first-value");
+    runtime.apply(spec.clone(), ApplyMode::Reconcile).await.expect("apply");
+    until(&runtime, &spec.id, "Ready", |s| s.state == InstanceState::Ready && s.ready == 1).await;
+    let address = port_forward(&runtime, &spec.id).await;
+    assert_eq!(invoke(address, "").await, "first-value first-value read-only");
+    let object = secrets.get("secreader-alice-secrets").await.expect("the instance's Secret");
+    let labels = object.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(labels.get(names::INSTANCE).map(String::as_str), Some(spec.id.as_str()));
+
+    // A replaced value reaches the variable too: the pod template changed, so the pod rolled.
+    let rotated = with_value(&base, "second-value");
+    runtime.apply(rotated.clone(), ApplyMode::Reconcile).await.expect("apply");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let address = port_forward(&runtime, &spec.id).await;
+        if call(address, "POST", "/", "text/plain", "").await.map(|(_, body)| body).unwrap_or_default()
+            == "second-value second-value read-only"
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the new value never reached the pod");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    // No secrets named any more: no Secret either.
+    let without =
+        InstanceSpec { version: 2, spec: python("secreader", "def handle(req):\n    return 'none'\n"), ..base.clone() };
+    runtime.apply(without, ApplyMode::Reconcile).await.expect("apply");
+    assert!(secrets.get_opt("secreader-alice-secrets").await.expect("read").is_none(), "the Secret went");
+    runtime.delete(&spec.id).await.expect("delete");
+
+    // An administrator's Secret of the name the instance would use stays theirs.
+    let taken = serde_json::from_value::<Secret>(json!({
+        "metadata": { "name": "sectaken-alice-secrets", "namespace": NAMESPACE },
+        "stringData": { "admin-key": "admins-own" },
+    }))
+    .expect("a Secret");
+    let _ = secrets.delete("sectaken-alice-secrets", &Default::default()).await;
+    secrets.create(&Default::default(), &taken).await.expect("the admin's Secret");
+    let other = with_value(&instance(&python("sectaken", "def handle(req):\n    return 'x'\n"), "alice", 1), "v");
+    let refused = runtime.apply(other.clone(), ApplyMode::Reconcile).await.expect_err("not taken over");
+    assert!(refused.to_string().contains("sectaken-alice-secrets"), "{refused}");
+    let kept = secrets.get("sectaken-alice-secrets").await.expect("still there");
+    assert_eq!(kept.data.unwrap_or_default().keys().collect::<Vec<_>>(), ["admin-key"], "untouched");
+    runtime.delete(&other.id).await.expect("delete");
+    secrets.delete("sectaken-alice-secrets", &Default::default()).await.expect("clean up");
+    runtime.shutdown().await;
+}
+
 /// Dependencies: the init container installs them as uid 65534 with a read-only root, through
 /// kubefn's package egress (the pod's only way out: the registries, nothing else), trusting this
 /// machine's CA bundle (its egress inspects TLS).
@@ -1137,6 +1206,7 @@ async fn kubefns_service_account_may_do_what_it_needs_and_no_more() {
     let refused = [
         ("get", "", "secrets", Some("kube-system")),
         ("list", "", "secrets", Some(NAMESPACE)),
+        ("watch", "", "secrets", Some(NAMESPACE)),
         ("delete", "", "nodes", None),
         ("create", "", "namespaces", None),
         ("create", "apps", "deployments", Some("default")),

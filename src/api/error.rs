@@ -243,7 +243,9 @@ mod ssr {
                 SecretsError::NotFound { .. } => ApiError::new(404, error.to_string()),
                 SecretsError::NotText { .. } => ApiError::invalid("secrets", error.to_string()),
                 SecretsError::NotRegistryCredentials { .. } => ApiError::invalid("registry_secret", error.to_string()),
-                SecretsError::TooMany | SecretsError::Unreadable { .. } => ApiError::new(409, error.to_string()),
+                SecretsError::TooMany | SecretsError::Unreadable { .. } | SecretsError::InUse { .. } => {
+                    ApiError::new(409, error.to_string())
+                }
                 SecretsError::Key { .. }
                 | SecretsError::KeyFile { .. }
                 | SecretsError::Random

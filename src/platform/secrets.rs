@@ -34,6 +34,11 @@ pub enum SecretsError {
     /// The user has no secret of that name.
     #[error("you have no secret named {name:?}; create it first")]
     NotFound { name: String },
+    /// An instance of the user's reads it.
+    #[error(
+        "your instances of {functions} read the secret {name:?}; delete those instances (or change the functions) first"
+    )]
+    InUse { name: String, functions: String },
     /// The user keeps as many secrets as allowed.
     #[error("you keep {MAX_SECRETS_PER_USER} secrets already; delete one first")]
     TooMany,
@@ -209,8 +214,24 @@ impl Secrets {
         Ok(self.store.secrets_of(user_id).await?)
     }
 
-    /// Deletes `user_id`'s secret `name`.
+    /// Deletes `user_id`'s secret `name`, unless one of their instances reads it (it could not
+    /// restart): those functions are named.
     pub async fn delete(&self, user_id: i64, name: &str) -> Result<(), SecretsError> {
+        let mut readers: Vec<String> = self
+            .store
+            .instance_specs(Some(user_id))
+            .await?
+            .into_values()
+            .filter(|spec| {
+                spec.secrets.iter().any(|secret| secret.name == name) || spec.registry_secret.as_deref() == Some(name)
+            })
+            .map(|spec| spec.name)
+            .collect();
+        if !readers.is_empty() {
+            readers.sort();
+            readers.dedup();
+            return Err(SecretsError::InUse { name: name.to_string(), functions: readers.join(", ") });
+        }
         if self.store.delete_secret(user_id, name).await? {
             Ok(())
         } else {

@@ -457,6 +457,11 @@ impl Instances {
         let gateway = format!("/fn/{}/{}", record.user, record.function);
         let (state, message) = match &status {
             _ if record.state == InstanceState::Deleting => (InstanceState::Deleting, record.message.clone()),
+            // The last apply failed (a secret went missing, say) while the runtime keeps running
+            // what it had: its state, and the reason the change did not take.
+            Some(status) if record.state == InstanceState::Failed && status.state != InstanceState::Failed => {
+                (status.state, record.message.clone())
+            }
             Some(status) => (status.state, status.message.clone()),
             // Applying failed before the runtime took it: the reason is in the store.
             None if record.state == InstanceState::Failed => (record.state, record.message.clone()),
