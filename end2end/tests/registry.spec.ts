@@ -109,6 +109,39 @@ test("the API reference: Swagger UI shows the OpenAPI document's operations", as
   expect(document.openapi).toBe("3.1.0");
 });
 
+test("secrets on the account page: saved, listed by name only, refused by field, deleted; another user sees none", async ({ page, browser }) => {
+  const user = `e2e-sec-${run}`;
+  await signUp(page, user, "e2e-password-8");
+  await page.getByRole("link", { name: "Account" }).click();
+  await hydrated(page);
+  const secrets = page.getByRole("region", { name: "Secrets" });
+  await expect(secrets.getByText("No secrets yet.")).toBeVisible();
+  await secrets.getByLabel("Name").fill("Bad_Name");
+  await secrets.getByLabel("Value").fill("x");
+  await secrets.getByRole("button", { name: "Save secret" }).click();
+  await expect(secrets.locator("#error-name")).toContainText("lowercase letters");
+  await secrets.getByLabel("Name").fill("db-password");
+  await secrets.getByLabel("Value").fill("e2e-hunter2-value");
+  await secrets.getByRole("button", { name: "Save secret" }).click();
+  await expect(secrets.getByText("Secret saved.")).toBeVisible();
+  await expect(secrets.getByTestId("secrets")).toContainText("db-password");
+  await page.reload();
+  await expect(page.getByTestId("secrets")).toContainText("db-password");
+  expect(await page.content()).not.toContain("e2e-hunter2-value");
+
+  const other = await browser.newPage();
+  await signUp(other, `e2e-sec2-${run}`, "e2e-password-9");
+  await other.goto("/account");
+  await expect(other.getByText("No secrets yet.")).toBeVisible();
+  expect((await other.request.get("/api/v1/secrets")).status()).toBe(200);
+  expect(await (await other.request.get("/api/v1/secrets")).json()).toEqual([]);
+  await other.close();
+
+  await hydrated(page);
+  await page.getByTestId("secrets").getByRole("button", { name: "Delete" }).click();
+  await expect(page.getByRole("region", { name: "Secrets" }).getByText("No secrets yet.")).toBeVisible();
+});
+
 test("invalid input is shown next to its field and nothing is registered", async ({ page }) => {
   const user = `e2e-bad-${run}`;
   await signUp(page, user, "e2e-password-2");
