@@ -164,8 +164,7 @@ pub struct Config {
     /// gateway's spans to, one per invocation (none by default).
     #[arg(long, env = "KUBEFN_OTLP_ENDPOINT", value_parser = parse_otlp_endpoint)]
     pub otlp_endpoint: Option<String>,
-    /// The key that seals users' secrets at rest, as 64 hex digits (`openssl rand -hex 32`);
-    /// without it kubefn creates DATA_DIR/secrets.key (mode 0600) on first start and uses that.
+    /// 64 hex digits sealing users' secrets at rest (default: DATA_DIR/secrets.key, made 0600 at first start).
     #[arg(long, env = "KUBEFN_SECRETS_KEY", hide_env_values = true)]
     pub secrets_key: Option<String>,
     /// Log filter, as RUST_LOG (e.g. `info`, `kubefn=debug`). The invocation log (target
@@ -404,11 +403,8 @@ pub async fn build_app(config: &Config, mut leptos_options: LeptosOptions) -> Re
         Some(endpoint) => Some(SpanExport::start(endpoint).map_err(StartError::Spans)?),
         None => None,
     };
-    let secrets_key = match &config.secrets_key {
-        Some(hex) => SecretKey::from_hex(hex),
-        None => SecretKey::load_or_create(&config.data_dir.join("secrets.key")),
-    }
-    .map_err(StartError::SecretsKey)?;
+    let secrets_key =
+        SecretKey::configured(config.secrets_key.as_deref(), &config.data_dir).map_err(StartError::SecretsKey)?;
     let platform =
         Platform::open(&config.database_url(), spool, config.signup, runtime.clone(), outbound, spans, secrets_key)
             .await

@@ -311,18 +311,7 @@ fn the_cli_runs_the_readme_example_and_words_failures_as_the_api_does() {
     let block = readme.split("<!-- cli-example -->\n```sh\n").nth(1).expect("the README's CLI example");
     let script = block.split("\n```").next().expect("its end").replace("http://127.0.0.1:3000", &url);
     let home = tempfile::tempdir().expect("home");
-    let binaries = std::path::Path::new(env!("CARGO_BIN_EXE_kubefn")).parent().expect("bin dir").display().to_string();
-    let run = std::process::Command::new("sh")
-        .arg("-ec")
-        .arg(&script)
-        .current_dir(home.path())
-        .env("HOME", home.path())
-        .env("PATH", format!("{binaries}:{}", std::env::var("PATH").unwrap_or_default()))
-        .env_remove("XDG_CONFIG_HOME")
-        .env_remove("KUBEFN_URL")
-        .env_remove("KUBEFN_TOKEN")
-        .output()
-        .expect("sh runs");
+    let run = process::run_shell(&script, home.path());
     let (stdout, stderr) = (String::from_utf8_lossy(&run.stdout), String::from_utf8_lossy(&run.stderr));
     assert!(run.status.success(), "the README's example failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("hello world"), "{stdout}");

@@ -221,18 +221,7 @@ fn the_readme_secrets_example_runs_with_the_cli() {
         "echo carol-password | kubefn login --url {url} --user carol --password-stdin\n{example}\nkubefn secret ls -o json\n"
     );
     let home = tempfile::tempdir().expect("home");
-    let binaries = std::path::Path::new(env!("CARGO_BIN_EXE_kubefn")).parent().expect("bin dir").display().to_string();
-    let run = std::process::Command::new("sh")
-        .arg("-ec")
-        .arg(&script)
-        .current_dir(home.path())
-        .env("HOME", home.path())
-        .env("PATH", format!("{binaries}:{}", std::env::var("PATH").unwrap_or_default()))
-        .env_remove("XDG_CONFIG_HOME")
-        .env_remove("KUBEFN_URL")
-        .env_remove("KUBEFN_TOKEN")
-        .output()
-        .expect("sh runs");
+    let run = process::run_shell(&script, home.path());
     let (stdout, stderr) = (String::from_utf8_lossy(&run.stdout), String::from_utf8_lossy(&run.stderr));
     assert!(run.status.success(), "the README's secrets example failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("hunter2 hunter2"), "the function read it from its file and its variable: {stdout}");

@@ -98,6 +98,15 @@ impl SecretKey {
         Ok(SecretKey(LessSafeKey::new(key)))
     }
 
+    /// The configured key (`hex`), or else the one in `data_dir`'s `secrets.key`, made there on
+    /// first start.
+    pub fn configured(hex: Option<&str>, data_dir: &Path) -> Result<SecretKey, SecretsError> {
+        match hex {
+            Some(hex) => SecretKey::from_hex(hex),
+            None => SecretKey::load_or_create(&data_dir.join("secrets.key")),
+        }
+    }
+
     /// The key in `path`, or a new random one written there (mode 0600) when the file is missing.
     pub fn load_or_create(path: &Path) -> Result<SecretKey, SecretsError> {
         let file_error = |source| SecretsError::KeyFile { path: path.display().to_string(), source };

@@ -300,3 +300,21 @@ pub fn sandbox_available() -> bool {
     }
     available
 }
+
+/// Runs `script` with `sh -e` in `home` (also its HOME), as a user's shell runs the README's
+/// examples: the kubefn binary first on PATH, and no login or kubefn variables of this
+/// environment.
+pub fn run_shell(script: &str, home: &Path) -> std::process::Output {
+    let binaries = Path::new(env!("CARGO_BIN_EXE_kubefn")).parent().expect("bin dir").display().to_string();
+    Command::new("sh")
+        .arg("-ec")
+        .arg(script)
+        .current_dir(home)
+        .env("HOME", home)
+        .env("PATH", format!("{binaries}:{}", std::env::var("PATH").unwrap_or_default()))
+        .env_remove("XDG_CONFIG_HOME")
+        .env_remove("KUBEFN_URL")
+        .env_remove("KUBEFN_TOKEN")
+        .output()
+        .expect("sh runs")
+}

@@ -112,7 +112,7 @@ pub fn check_function_spec(spec: &FunctionSpec) -> Vec<FieldError> {
     }
     check_code(spec, &mut errors);
     check_env(spec, &mut errors);
-    check_secrets(spec, &mut errors);
+    secrets::check_secrets(spec, &mut errors);
     check_resources(spec, &mut errors);
     check_scaling(spec, &mut errors);
     check_service(spec, &mut errors);
@@ -347,52 +347,6 @@ fn check_env(spec: &FunctionSpec, errors: &mut Vec<FieldError>) {
     }
 }
 
-/// Secrets one function may read.
-pub const MAX_SECRETS_PER_FUNCTION: usize = 20;
-
-fn check_secrets(spec: &FunctionSpec, errors: &mut Vec<FieldError>) {
-    if spec.secrets.len() > MAX_SECRETS_PER_FUNCTION {
-        errors.push(FieldError::new(
-            "secrets",
-            format!("a function may read at most {MAX_SECRETS_PER_FUNCTION} secrets"),
-        ));
-    }
-    let mut seen = std::collections::BTreeSet::new();
-    for (index, secret) in spec.secrets.iter().enumerate() {
-        let field = format!("secrets[{index}]");
-        if let Err(error) = crate::platform::secrets::check_secret_name(&secret.name) {
-            errors.push(FieldError::new(format!("{field}.name"), error.message));
-        } else if !seen.insert(secret.name.as_str()) {
-            errors.push(FieldError::new(format!("{field}.name"), format!("secret {} is listed twice", secret.name)));
-        }
-        let Some(env) = &secret.env else { continue };
-        let problem = if !is_env_name(env) {
-            Some(format!(
-                "environment variable name {env:?} must be letters, digits and '_', not starting with a digit"
-            ))
-        } else if RESERVED_ENV.contains(&env.as_str()) || env.starts_with(RESERVED_ENV_PREFIX) {
-            Some(format!("environment variable {env} is set by kubefn itself and cannot be overridden"))
-        } else if spec.env.contains_key(env) {
-            Some(format!("environment variable {env} is also in env; give it one source"))
-        } else {
-            None
-        };
-        if let Some(message) = problem {
-            errors.push(FieldError::new(format!("{field}.env"), message));
-        }
-    }
-    if let Some(name) = &spec.registry_secret {
-        if spec.runtime != Language::Image {
-            errors.push(FieldError::new(
-                "registry_secret",
-                "registry credentials are for image functions; Python and Node functions run on kubefn's own images",
-            ));
-        } else if let Err(error) = crate::platform::secrets::check_secret_name(name) {
-            errors.push(FieldError::new("registry_secret", error.message));
-        }
-    }
-}
-
 fn check_resources(spec: &FunctionSpec, errors: &mut Vec<FieldError>) {
     let r = &spec.resources;
     let cpu = [("resources.cpu", &r.cpu), ("resources.cpu_limit", &r.cpu_limit)].map(|(field, text)| {
@@ -501,6 +455,8 @@ fn check_service(spec: &FunctionSpec, errors: &mut Vec<FieldError>) {
 }
 
 mod formats;
+mod secrets;
+pub use secrets::MAX_SECRETS_PER_FUNCTION;
 
 pub use formats::{MILLICORE, is_image_reference, parse_cpu_millis, parse_memory_bytes, quantity_in};
 

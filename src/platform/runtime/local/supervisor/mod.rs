@@ -447,14 +447,8 @@ async fn start_process(spec: &LaunchSpec, name: &str, logs: &LogBuffer) -> std::
             ),
         }
     }
-    let program = Program {
-        path: &spec.program,
-        args: &spec.args,
-        env: &spec.env,
-        binds: &spec.binds,
-        files: &spec.files,
-        workdir: &spec.dir,
-    };
+    let LaunchSpec { program, args, env, binds, files, dir, .. } = spec;
+    let program = Program { path: program, args, env, binds, files, workdir: dir };
     let mut process = spec.launcher.start(&program, &spec.limits)?;
     collect_output(&mut process, logs, name);
     Ok(process)
