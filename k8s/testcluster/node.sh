@@ -122,10 +122,12 @@ registerNode: true
 rotateCertificates: false
 serializeImagePulls: false
 # The images are imported, not pulled: never collect them, and never evict for a full disk
-# on a shared machine.
+# on a shared machine ("0%" is no threshold at all). A 1% threshold was 2.5 GB of a 252 GB
+# disk: a CI run's own builds took the machine below it, the node reported DiskPressure and
+# evicted kubefn's pod in the middle of kubefn_in_cluster.
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
-evictionHard: {memory.available: "100Mi", nodefs.available: "1%", imagefs.available: "1%"}
+evictionHard: {memory.available: "100Mi", nodefs.available: "0%", imagefs.available: "0%", nodefs.inodesFree: "0%", imagefs.inodesFree: "0%"}
 nodeStatusUpdateFrequency: 4s
 YAML
   cat > "$node/kube-proxy.yaml" <<YAML
