@@ -1166,11 +1166,15 @@ async fn per_user_namespaces_get_their_rights_by_role_binding_and_a_quota_of_the
     // No more than that: writes only where kubefn made a namespace, and no other role to grant.
     let scoped = client(&config).await.expect("impersonating client");
     assert!(access::may(&scoped, "create", "apps", "deployments", Some(namespace)).await);
+    assert!(access::may(&scoped, "create", "", "secrets", Some(namespace)).await, "the Secrets of users' secrets");
     for (verb, group, resource, where_) in [
         ("create", "apps", "deployments", Some("default")),
         ("create", "apps", "deployments", None),
         ("delete", "", "pods", Some("kube-system")),
-        ("get", "", "secrets", Some(namespace)),
+        // Secrets only by name, those it makes: never listed or watched, nor read elsewhere.
+        ("list", "", "secrets", Some(namespace)),
+        ("watch", "", "secrets", Some(namespace)),
+        ("get", "", "secrets", Some("kube-system")),
         ("create", "", "pods/exec", Some(namespace)),
         ("escalate", "rbac.authorization.k8s.io", "clusterroles", None),
     ] {
