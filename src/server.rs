@@ -1,7 +1,7 @@
 //! The server binary's wiring: configuration, the session layer, the router and serving.
 //! Tests build the same router through [`build_app`] without binding a port.
 
-use crate::api::session::SessionBackend;
+use crate::api::session::{SessionBackend, SessionRecords};
 use crate::api::{AppState, gateway, origin, rest};
 use crate::app::{App, shell};
 use crate::platform::Platform;
@@ -34,7 +34,6 @@ use std::time::Duration;
 use tower_http::trace::TraceLayer;
 use tower_sessions::cookie::SameSite;
 use tower_sessions::{Expiry, SessionManagerLayer};
-use tower_sessions_sqlx_store::SqliteStore;
 
 /// Where function instances run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -415,8 +414,7 @@ pub async fn build_app(config: &Config, mut leptos_options: LeptosOptions) -> Re
         tracing::info!(admin = name, "admin account ready");
     }
 
-    let session_store = SqliteStore::new(platform.store.pool().clone());
-    session_store.migrate().await.map_err(StartError::Sessions)?;
+    let session_store = SessionRecords::open(platform.store.pool()).await.map_err(StartError::Sessions)?;
     let sessions = SessionManagerLayer::new(session_store)
         .with_name(crate::api::caller::SESSION_COOKIE)
         .with_http_only(true)

@@ -10,6 +10,8 @@ use tower::ServiceExt;
 
 #[path = "support/app.rs"]
 mod app;
+#[path = "support/postgres.rs"]
+mod postgres;
 mod support;
 
 #[tokio::test]
@@ -432,7 +434,7 @@ async fn unregistering_is_refused_while_instances_exist() {
         "INSERT INTO instances (id, function_id, user_id, desired_version, replicas, state, created_at, updated_at)
          SELECT 'i-1', f.id, f.owner_id, 1, 1, 'Ready', '2026-01-01T00:00:00Z', '2026-01-01T00:00:00Z' FROM functions f WHERE f.name = 'busy'",
     )
-    .execute(store.pool())
+    .execute(sqlite_pool(&store))
     .await
     .expect("instance row");
 
@@ -441,7 +443,7 @@ async fn unregistering_is_refused_while_instances_exist() {
     assert!(refused.body["error"].as_str().expect("message").contains("1 instance"), "{}", refused.body);
     assert_eq!(app.call(Method::GET, "/api/v1/functions/busy", None, As::Cookie(&alice)).await.status, StatusCode::OK);
 
-    sqlx::query("DELETE FROM instances").execute(store.pool()).await.expect("cleanup");
+    sqlx::query("DELETE FROM instances").execute(sqlite_pool(&store)).await.expect("cleanup");
     assert_eq!(
         app.call(Method::DELETE, "/api/v1/functions/busy", None, As::Cookie(&alice)).await.status,
         StatusCode::NO_CONTENT
@@ -1696,7 +1698,7 @@ async fn callbacks_to_internal_addresses_are_refused_before_anything_is_queued()
             .await
             .expect("db");
     let (queued,): (i64,) =
-        sqlx::query_as("SELECT COUNT(*) FROM async_invocations").fetch_one(store.pool()).await.expect("count");
+        sqlx::query_as("SELECT COUNT(*) FROM async_invocations").fetch_one(sqlite_pool(&store)).await.expect("count");
     assert_eq!(queued, 0, "nothing was queued");
     app.stop().await;
 }
@@ -2534,4 +2536,47 @@ async fn the_openapi_document_lists_every_route_and_nothing_else() {
     let initializer = app.call(Method::GET, "/api/docs/swagger-initializer.js", None, As::Anonymous).await;
     assert!(initializer.body.to_string().contains("/api/v1/openapi.json"), "{}", initializer.body);
     app.stop().await;
+}
+
+/// kubefn on PostgreSQL (`--database-url postgres://…`) end to end: accounts, sessions, a
+/// function, a deploy, an invocation, a second user kept out, and a restart that keeps the
+/// session, the function and the instance.
+#[tokio::test]
+async fn kubefn_runs_on_postgresql() {
+    let Some(database) = postgres::fresh_database().await else { return };
+    let app = TestApp::start_configured(SignupPolicy::Open, &["--database-url", &database]).await;
+    assert_eq!(app.call(Method::GET, "/readyz", None, As::Anonymous).await.status, StatusCode::OK);
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let mut private = hello("hello");
+    private["visibility"] = json!("private");
+    let created = app.call(Method::POST, "/api/v1/functions", Some(private), As::Cookie(&alice)).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let taken = app.call(Method::POST, "/api/v1/functions", Some(hello("hello")), As::Cookie(&bob)).await;
+    assert_eq!(taken.status, StatusCode::CONFLICT, "names are unique on PostgreSQL too: {}", taken.body);
+
+    let deployed = app.call(Method::POST, "/api/v1/functions/hello/deploy", None, As::Cookie(&alice)).await;
+    assert_eq!(deployed.status, StatusCode::CREATED, "{}", deployed.body);
+    let id = deployed.body["id"].as_str().expect("id").to_string();
+    let ready = app.instance_until(&id, &alice, "ready", |i| i["state"] == "Ready").await;
+    assert_eq!(invoke(&ready["urls"]["node_port"], "ada").await, (200, "hello ada".to_string()));
+    let bobs = app.call(Method::GET, &format!("/api/v1/instances/{id}"), None, As::Cookie(&bob)).await;
+    assert_eq!(bobs.status, StatusCode::NOT_FOUND, "bob never sees alice's instance");
+
+    let app = app.restart().await;
+    let mine = app.call(Method::GET, "/api/v1/instances", None, As::Cookie(&alice)).await;
+    assert_eq!(mine.status, StatusCode::OK, "the session outlives the restart: {}", mine.body);
+    let ids: Vec<&str> = mine.body.as_array().expect("list").iter().filter_map(|i| i["id"].as_str()).collect();
+    assert_eq!(ids, vec![id.as_str()]);
+    let ready = app.instance_until(&id, &alice, "ready again", |i| i["state"] == "Ready").await;
+    assert_eq!(invoke(&ready["urls"]["node_port"], "bo").await, (200, "hello bo".to_string()));
+    app.stop().await;
+}
+
+/// The SQLite pool of a store these tests opened on the app's database file.
+fn sqlite_pool(store: &kubefn::platform::store::Store) -> &sqlx::SqlitePool {
+    match store.pool() {
+        kubefn::platform::store::DatabasePool::Sqlite(pool) => pool,
+        kubefn::platform::store::DatabasePool::Postgres(_) => panic!("the test app runs on SQLite"),
+    }
 }

@@ -2,7 +2,9 @@
 //! [`Accounts`], kept here so the core names no web framework.
 
 use crate::platform::auth::{Accounts, AuthError, Credentials};
-use crate::platform::store::UserRecord;
+use crate::platform::store::{DatabasePool, UserRecord};
+use tower_sessions::session::{Id, Record};
+use tower_sessions::session_store::{self, SessionStore};
 
 /// A signed-in user as the session layer holds it.
 #[derive(Clone, Debug)]
@@ -38,5 +40,66 @@ impl axum_login::AuthnBackend for SessionBackend {
 
     async fn get_user(&self, id: &i64) -> Result<Option<SessionUser>, AuthError> {
         Ok(self.0.user_by_id(*id).await?.map(SessionUser))
+    }
+}
+
+/// Where sessions are kept: the same database as everything else, so any kubefn process on it
+/// can answer any signed-in request. tower-sessions' sqlx stores are one type per database; this
+/// is whichever the platform's store runs on.
+#[derive(Clone, Debug)]
+pub enum SessionRecords {
+    /// Sessions in the SQLite file.
+    Sqlite(tower_sessions_sqlx_store::SqliteStore),
+    /// Sessions in PostgreSQL (schema `tower_sessions`).
+    Postgres(tower_sessions_sqlx_store::PostgresStore),
+}
+
+impl SessionRecords {
+    /// The session store on `pool`'s database, its table created when missing.
+    pub async fn open(pool: &DatabasePool) -> Result<SessionRecords, sqlx::Error> {
+        let records = match pool {
+            DatabasePool::Sqlite(pool) => {
+                SessionRecords::Sqlite(tower_sessions_sqlx_store::SqliteStore::new(pool.clone()))
+            }
+            DatabasePool::Postgres(pool) => {
+                SessionRecords::Postgres(tower_sessions_sqlx_store::PostgresStore::new(pool.clone()))
+            }
+        };
+        match &records {
+            SessionRecords::Sqlite(store) => store.migrate().await?,
+            SessionRecords::Postgres(store) => store.migrate().await?,
+        }
+        Ok(records)
+    }
+}
+
+#[async_trait::async_trait]
+impl SessionStore for SessionRecords {
+    async fn create(&self, record: &mut Record) -> session_store::Result<()> {
+        match self {
+            SessionRecords::Sqlite(store) => store.create(record).await,
+            SessionRecords::Postgres(store) => store.create(record).await,
+        }
+    }
+
+    async fn save(&self, record: &Record) -> session_store::Result<()> {
+        match self {
+            SessionRecords::Sqlite(store) => store.save(record).await,
+            SessionRecords::Postgres(store) => store.save(record).await,
+        }
+    }
+
+    async fn load(&self, id: &Id) -> session_store::Result<Option<Record>> {
+        match self {
+            SessionRecords::Sqlite(store) => store.load(id).await,
+            SessionRecords::Postgres(store) => store.load(id).await,
+        }
+    }
+
+    async fn delete(&self, id: &Id) -> session_store::Result<()> {
+        match self {
+            SessionRecords::Sqlite(store) => store.delete(id).await,
+            SessionRecords::Postgres(store) => store.delete(id).await,
+        }
     }
 }

@@ -34,6 +34,8 @@ pub struct TestApp {
     pub dir: tempfile::TempDir,
     /// The app's own block of node ports (`FIRST-LAST`), kept across restarts.
     node_ports: String,
+    /// The command-line settings it started with, kept across restarts.
+    extra: Vec<String>,
 }
 
 #[derive(Clone, Copy)]
@@ -71,7 +73,8 @@ impl TestApp {
             extra.extend(["--signup", "closed"]);
         }
         let server = launch(&dir, &node_ports, &extra).await;
-        TestApp { router: server.router.clone(), server: Some(server), dir, node_ports }
+        let extra = extra.iter().map(|s| s.to_string()).collect();
+        TestApp { router: server.router.clone(), server: Some(server), dir, node_ports, extra }
     }
 
     pub async fn call(&self, method: Method, path: &str, body: Option<Value>, who: As<'_>) -> Answer {
@@ -133,8 +136,15 @@ impl TestApp {
         if let Some(server) = self.server.take() {
             server.shutdown().await;
         }
-        let server = launch(&self.dir, &self.node_ports, &[]).await;
-        TestApp { router: server.router.clone(), server: Some(server), dir: self.dir, node_ports: self.node_ports }
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        let server = launch(&self.dir, &self.node_ports, &extra).await;
+        TestApp {
+            router: server.router.clone(),
+            server: Some(server),
+            dir: self.dir,
+            node_ports: self.node_ports,
+            extra: self.extra,
+        }
     }
 
     /// Runs the trigger scheduler at `now` and waits for the fires it started.

@@ -100,17 +100,18 @@ struct StatusRow {
 }
 
 const SELECT_RECORD: &str =
-    "SELECT a.id, f.name AS function, u.name AS user, a.caller_id, a.method, a.path, a.content_type, a.body,
+    "SELECT a.id, f.name AS function, u.name AS \"user\", a.caller_id, a.method, a.path, a.content_type, a.body,
         a.body_spooled, a.callback_url, a.attempts
    FROM async_invocations a JOIN functions f ON f.id = a.function_id JOIN users u ON u.id = a.user_id";
 
 impl Store {
     /// Queues an invocation, due now.
     pub async fn insert_async(&self, new: &NewAsync, now: DateTime<Utc>) -> StoreResult<()> {
-        sqlx::query(
+        with_pool!(self, |pool| {
+            sqlx::query(
             "INSERT INTO async_invocations (id, function_id, user_id, caller_id, method, path, content_type, body, body_bytes, body_spooled,
                                             callback_url, state, next_attempt_at, created_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, X'', ?, 1, ?, 'queued', ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $12, $8, TRUE, $9, 'queued', $10, $11)",
         )
         .bind(&new.id)
         .bind(new.function_id)
@@ -123,78 +124,92 @@ impl Store {
         .bind(&new.call.callback_url)
         .bind(now)
         .bind(now)
-        .execute(&self.pool)
+        // The body lives in the spool; the column keeps an empty value (no literal for empty
+        // bytes reads the same in both databases).
+        .bind(Vec::<u8>::new())
+        .execute(pool)
         .await?;
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Claims up to `limit` queued invocations that are due, counting an attempt for each.
     pub async fn claim_due_async(&self, now: DateTime<Utc>, limit: u32) -> StoreResult<Vec<AsyncRecord>> {
-        let due: Vec<String> = sqlx::query_scalar("SELECT id FROM async_invocations WHERE state = 'queued' AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?")
+        with_pool!(self, |pool| {
+            let due: Vec<String> = sqlx::query_scalar("SELECT id FROM async_invocations WHERE state = 'queued' AND next_attempt_at <= $1 ORDER BY next_attempt_at LIMIT $2")
             .bind(now)
             .bind(i64::from(limit))
-            .fetch_all(&self.pool)
+            .fetch_all(pool)
             .await?;
-        let mut claimed = Vec::new();
-        for id in due {
-            let moved = sqlx::query("UPDATE async_invocations SET state = 'running', attempts = attempts + 1 WHERE id = ? AND state = 'queued'")
+            let mut claimed = Vec::new();
+            for id in due {
+                let moved = sqlx::query("UPDATE async_invocations SET state = 'running', attempts = attempts + 1 WHERE id = $1 AND state = 'queued'")
                 .bind(&id)
-                .execute(&self.pool)
+                .execute(pool)
                 .await?
                 .rows_affected();
-            if moved == 1
-                && let Some(record) = sqlx::query_as::<_, AsyncRecord>(&format!("{SELECT_RECORD} WHERE a.id = ?"))
-                    .bind(&id)
-                    .fetch_optional(&self.pool)
-                    .await?
-            {
-                claimed.push(record);
+                if moved == 1
+                    && let Some(record) = sqlx::query_as::<_, AsyncRecord>(&format!("{SELECT_RECORD} WHERE a.id = $1"))
+                        .bind(&id)
+                        .fetch_optional(pool)
+                        .await?
+                {
+                    claimed.push(record);
+                }
             }
-        }
-        Ok(claimed)
+            Ok(claimed)
+        })
     }
 
     /// How many invocations of one instance (function and user) are unfinished, and the bytes
     /// of their request bodies.
     pub async fn unfinished_async(&self, function_id: i64, user_id: i64) -> StoreResult<(u64, u64)> {
-        let (count, bytes): (i64, i64) = sqlx::query_as(
-            "SELECT COUNT(*), COALESCE(SUM(body_bytes), 0) FROM async_invocations
-              WHERE function_id = ? AND user_id = ? AND state IN ('queued', 'running')",
-        )
-        .bind(function_id)
-        .bind(user_id)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok((u64::try_from(count).unwrap_or(0), u64::try_from(bytes).unwrap_or(0)))
+        with_pool!(self, |pool| {
+            let (count, bytes): (i64, i64) = sqlx::query_as(
+                "SELECT COUNT(*), CAST(COALESCE(SUM(body_bytes), 0) AS BIGINT) FROM async_invocations
+              WHERE function_id = $1 AND user_id = $2 AND state IN ('queued', 'running')",
+            )
+            .bind(function_id)
+            .bind(user_id)
+            .fetch_one(pool)
+            .await?;
+            Ok((u64::try_from(count).unwrap_or(0), u64::try_from(bytes).unwrap_or(0)))
+        })
     }
 
     /// The ids of every unfinished invocation whose body is in the spool: the files to keep.
     pub async fn unfinished_spooled_async(&self) -> StoreResult<std::collections::HashSet<String>> {
-        let ids: Vec<String> = sqlx::query_scalar(
-            "SELECT id FROM async_invocations WHERE body_spooled = 1 AND state IN ('queued', 'running')",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(ids.into_iter().collect())
+        with_pool!(self, |pool| {
+            let ids: Vec<String> = sqlx::query_scalar(
+                "SELECT id FROM async_invocations WHERE body_spooled = TRUE AND state IN ('queued', 'running')",
+            )
+            .fetch_all(pool)
+            .await?;
+            Ok(ids.into_iter().collect())
+        })
     }
 
     /// Deletes the invocations that finished before `before`; returns how many.
     pub async fn delete_finished_async(&self, before: DateTime<Utc>) -> StoreResult<u64> {
-        let result =
-            sqlx::query("DELETE FROM async_invocations WHERE state IN ('succeeded', 'failed') AND finished_at < ?")
-                .bind(before)
-                .execute(&self.pool)
-                .await?;
-        Ok(result.rows_affected())
+        with_pool!(self, |pool| {
+            let result = sqlx::query(
+                "DELETE FROM async_invocations WHERE state IN ('succeeded', 'failed') AND finished_at < $1",
+            )
+            .bind(before)
+            .execute(pool)
+            .await?;
+            Ok(result.rows_affected())
+        })
     }
 
     /// Records how an attempt ended. A finished invocation's request body is dropped: no
     /// attempt will send it again.
     pub async fn finish_attempt(&self, id: &str, result: &AttemptResult) -> StoreResult<()> {
-        sqlx::query(
-            "UPDATE async_invocations SET state = ?, next_attempt_at = COALESCE(?, next_attempt_at), status = ?, response = ?, response_type = ?,
-                    error = ?, finished_at = ?, body = CASE WHEN ? IN ('succeeded', 'failed') THEN X'' ELSE body END
-              WHERE id = ?",
+        with_pool!(self, |pool| {
+            sqlx::query(
+            "UPDATE async_invocations SET state = $1, next_attempt_at = COALESCE($2, next_attempt_at), status = $3, response = $4, response_type = $5,
+                    error = $6, finished_at = $7, body = CASE WHEN $8 IN ('succeeded', 'failed') THEN $10 ELSE body END
+              WHERE id = $9",
         )
         .bind(result.state.as_str())
         .bind(result.next_attempt_at)
@@ -205,62 +220,70 @@ impl Store {
         .bind(result.finished_at)
         .bind(result.state.as_str())
         .bind(id)
-        .execute(&self.pool)
+        .bind(Vec::<u8>::new())
+        .execute(pool)
         .await?;
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Records how delivering the result to the callback URL went.
     pub async fn set_callback_result(&self, id: &str, result: &str) -> StoreResult<()> {
-        sqlx::query("UPDATE async_invocations SET callback_result = ? WHERE id = ?")
-            .bind(result)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        with_pool!(self, |pool| {
+            sqlx::query("UPDATE async_invocations SET callback_result = $1 WHERE id = $2")
+                .bind(result)
+                .bind(id)
+                .execute(pool)
+                .await?;
+            Ok(())
+        })
     }
 
     /// Puts invocations a stopped kubefn left running back in the queue; returns how many.
     pub async fn requeue_interrupted_async(&self, now: DateTime<Utc>) -> StoreResult<u64> {
-        let result = sqlx::query(
-            "UPDATE async_invocations SET state = 'queued', next_attempt_at = ?,
+        with_pool!(self, |pool| {
+            let result = sqlx::query(
+                "UPDATE async_invocations SET state = 'queued', next_attempt_at = $1,
                     error = 'kubefn stopped during an attempt; trying again' WHERE state = 'running'",
-        )
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
-        Ok(result.rows_affected())
+            )
+            .bind(now)
+            .execute(pool)
+            .await?;
+            Ok(result.rows_affected())
+        })
     }
 
     /// An invocation's status, with the ids of who asked and whose instance it is.
     pub async fn async_status(&self, id: &str) -> StoreResult<Option<(AsyncStatus, Option<i64>, i64)>> {
-        let row: Option<StatusRow> = sqlx::query_as(
-            "SELECT a.id, f.name AS function, u.name AS user, a.caller_id, a.user_id, a.state, a.attempts, a.next_attempt_at, a.status,
+        with_pool!(self, |pool| {
+            let row: Option<StatusRow> = sqlx::query_as(
+            "SELECT a.id, f.name AS function, u.name AS \"user\", a.caller_id, a.user_id, a.state, a.attempts, a.next_attempt_at, a.status,
                     a.response, a.error, a.callback_url, a.callback_result, a.created_at, a.finished_at
                FROM async_invocations a JOIN functions f ON f.id = a.function_id JOIN users u ON u.id = a.user_id
-              WHERE a.id = ?",
+              WHERE a.id = $1",
         )
         .bind(id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(pool)
         .await?;
-        Ok(row.map(|row| {
-            let state = AsyncState::parse(&row.state).unwrap_or(AsyncState::Failed);
-            let status = AsyncStatus {
-                id: row.id,
-                function: row.function,
-                user: row.user,
-                state,
-                attempts: u32::try_from(row.attempts).unwrap_or(0),
-                next_attempt_at: (state == AsyncState::Queued).then_some(row.next_attempt_at),
-                status: row.status.and_then(|s| u16::try_from(s).ok()),
-                response: row.response.map(|r| String::from_utf8_lossy(&r).into_owned()),
-                error: row.error,
-                callback_url: row.callback_url,
-                callback_result: row.callback_result,
-                created_at: row.created_at,
-                finished_at: row.finished_at,
-            };
-            (status, row.caller_id, row.user_id)
-        }))
+            Ok(row.map(|row| {
+                let state = AsyncState::parse(&row.state).unwrap_or(AsyncState::Failed);
+                let status = AsyncStatus {
+                    id: row.id,
+                    function: row.function,
+                    user: row.user,
+                    state,
+                    attempts: u32::try_from(row.attempts).unwrap_or(0),
+                    next_attempt_at: (state == AsyncState::Queued).then_some(row.next_attempt_at),
+                    status: row.status.and_then(|s| u16::try_from(s).ok()),
+                    response: row.response.map(|r| String::from_utf8_lossy(&r).into_owned()),
+                    error: row.error,
+                    callback_url: row.callback_url,
+                    callback_result: row.callback_result,
+                    created_at: row.created_at,
+                    finished_at: row.finished_at,
+                };
+                (status, row.caller_id, row.user_id)
+            }))
+        })
     }
 }

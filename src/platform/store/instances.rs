@@ -3,7 +3,7 @@
 use super::{Store, StoreResult};
 use crate::platform::model::Named;
 use crate::platform::model::{EventInfo, FunctionSpec, InstanceState};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use std::collections::HashMap;
 
 /// An instance row joined with its function's and user's names.
@@ -86,7 +86,7 @@ impl From<InstanceRow> for InstanceRecord {
 
 const SELECT_INSTANCE: &str = "SELECT i.id, i.function_id, f.name AS function, COALESCE(i.pinned_version, f.current_version) AS function_version,
         f.current_version AS current_version, i.pinned_version IS NOT NULL AS pinned,
-        i.user_id, u.name AS user, i.desired_version, i.replicas, i.paused, i.state, i.message, i.node_port, i.created_at
+        i.user_id, u.name AS \"user\", i.desired_version, i.replicas, i.paused, i.state, i.message, i.node_port, i.created_at
    FROM instances i JOIN functions f ON f.id = i.function_id JOIN users u ON u.id = i.user_id";
 
 impl Store {
@@ -101,12 +101,13 @@ impl Store {
         replicas: u32,
         pinned: Option<u32>,
     ) -> StoreResult<(InstanceRecord, bool)> {
-        let now = Utc::now();
-        let id = uuid::Uuid::new_v4().to_string();
-        let (stored_id,): (String,) = sqlx::query_as(
+        with_pool!(self, |pool| {
+            let now = Utc::now();
+            let id = uuid::Uuid::new_v4().to_string();
+            let (stored_id,): (String,) = sqlx::query_as(
             "INSERT INTO instances (id, function_id, user_id, desired_version, replicas, paused, state, message, created_at, updated_at, pinned_version)
-             VALUES (?, ?, ?, ?, ?, 0, 'Pending', '', ?, ?, ?)
-             ON CONFLICT (function_id, user_id) DO UPDATE SET paused = 0, updated_at = excluded.updated_at
+             VALUES ($1, $2, $3, $4, $5, FALSE, 'Pending', '', $6, $7, $8)
+             ON CONFLICT (function_id, user_id) DO UPDATE SET paused = FALSE, updated_at = excluded.updated_at
              RETURNING id",
         )
         .bind(&id)
@@ -117,125 +118,147 @@ impl Store {
         .bind(now)
         .bind(now)
         .bind(pinned.map(i64::from))
-        .fetch_one(&self.pool)
+        .fetch_one(pool)
         .await?;
-        self.forget_invocations();
-        let record = self.instance(&stored_id).await?.ok_or(super::StoreError::Query(sqlx::Error::RowNotFound))?;
-        Ok((record, stored_id == id))
+            self.forget_invocations();
+            let record = self.instance(&stored_id).await?.ok_or(super::StoreError::Query(sqlx::Error::RowNotFound))?;
+            Ok((record, stored_id == id))
+        })
     }
 
     /// One instance.
     pub async fn instance(&self, id: &str) -> StoreResult<Option<InstanceRecord>> {
-        let row: Option<InstanceRow> =
-            sqlx::query_as(&format!("{SELECT_INSTANCE} WHERE i.id = ?")).bind(id).fetch_optional(&self.pool).await?;
-        Ok(row.map(InstanceRecord::from))
+        with_pool!(self, |pool| {
+            let row: Option<InstanceRow> =
+                sqlx::query_as(&format!("{SELECT_INSTANCE} WHERE i.id = $1")).bind(id).fetch_optional(pool).await?;
+            Ok(row.map(InstanceRecord::from))
+        })
     }
 
     /// The instance of (function, user), if any.
     pub async fn instance_of(&self, function_id: i64, user_id: i64) -> StoreResult<Option<InstanceRecord>> {
-        let row: Option<InstanceRow> =
-            sqlx::query_as(&format!("{SELECT_INSTANCE} WHERE i.function_id = ? AND i.user_id = ?"))
-                .bind(function_id)
-                .bind(user_id)
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(row.map(InstanceRecord::from))
+        with_pool!(self, |pool| {
+            let row: Option<InstanceRow> =
+                sqlx::query_as(&format!("{SELECT_INSTANCE} WHERE i.function_id = $1 AND i.user_id = $2"))
+                    .bind(function_id)
+                    .bind(user_id)
+                    .fetch_optional(pool)
+                    .await?;
+            Ok(row.map(InstanceRecord::from))
+        })
     }
 
     /// Every instance of one user, or of everyone when `user_id` is `None`, by function and user.
     pub async fn instances(&self, user_id: Option<i64>) -> StoreResult<Vec<InstanceRecord>> {
-        let rows: Vec<InstanceRow> =
-            sqlx::query_as(&format!("{SELECT_INSTANCE} WHERE ?1 IS NULL OR i.user_id = ?1 ORDER BY f.name, u.name"))
-                .bind(user_id)
-                .fetch_all(&self.pool)
-                .await?;
-        Ok(rows.into_iter().map(InstanceRecord::from).collect())
+        with_pool!(self, |pool| {
+            let rows: Vec<InstanceRow> = sqlx::query_as(&format!(
+                "{SELECT_INSTANCE} WHERE $1 IS NULL OR i.user_id = $1 ORDER BY f.name, u.name"
+            ))
+            .bind(user_id)
+            .fetch_all(pool)
+            .await?;
+            Ok(rows.into_iter().map(InstanceRecord::from).collect())
+        })
     }
 
     /// The spec of the version each of a user's instances (or everyone's, when `user_id` is
     /// `None`) runs, by instance id, in one query: a quota check and a reconcile pass need all of
     /// them, and a query each cost a round trip to the database per instance.
     pub async fn instance_specs(&self, user_id: Option<i64>) -> StoreResult<HashMap<String, FunctionSpec>> {
-        // The version each instance runs is `function_version` as SELECT_INSTANCE defines it.
-        let rows: Vec<(String, i64, i64, String)> = sqlx::query_as(&format!(
-            "SELECT r.id, v.function_id, v.number, v.spec
-               FROM ({SELECT_INSTANCE} WHERE ?1 IS NULL OR i.user_id = ?1) r
+        with_pool!(self, |pool| {
+            // The version each instance runs is `function_version` as SELECT_INSTANCE defines it.
+            let rows: Vec<(String, i64, i64, String)> = sqlx::query_as(&format!(
+                "SELECT r.id, v.function_id, v.number, v.spec
+               FROM ({SELECT_INSTANCE} WHERE $1 IS NULL OR i.user_id = $1) r
                JOIN function_versions v ON v.function_id = r.function_id AND v.number = r.function_version"
-        ))
-        .bind(user_id)
-        .fetch_all(&self.pool)
-        .await?;
-        // Many instances may run one version: each is decoded once.
-        let mut decoded: HashMap<(i64, i64), FunctionSpec> = HashMap::new();
-        let mut specs = HashMap::with_capacity(rows.len());
-        for (id, function_id, number, text) in rows {
-            let spec = match decoded.get(&(function_id, number)) {
-                Some(spec) => spec.clone(),
-                None => {
-                    let spec = super::functions::decode_spec(&text)?;
-                    decoded.insert((function_id, number), spec.clone());
-                    spec
-                }
-            };
-            specs.insert(id, spec);
-        }
-        Ok(specs)
+            ))
+            .bind(user_id)
+            .fetch_all(pool)
+            .await?;
+            // Many instances may run one version: each is decoded once.
+            let mut decoded: HashMap<(i64, i64), FunctionSpec> = HashMap::new();
+            let mut specs = HashMap::with_capacity(rows.len());
+            for (id, function_id, number, text) in rows {
+                let spec = match decoded.get(&(function_id, number)) {
+                    Some(spec) => spec.clone(),
+                    None => {
+                        let spec = super::functions::decode_spec(&text)?;
+                        decoded.insert((function_id, number), spec.clone());
+                        spec
+                    }
+                };
+                specs.insert(id, spec);
+            }
+            Ok(specs)
+        })
     }
 
     /// Pins the instance to `version`, or lets it follow the function's current version (`None`).
     pub async fn set_instance_pin(&self, id: &str, version: Option<u32>) -> StoreResult<()> {
-        sqlx::query("UPDATE instances SET pinned_version = ?, updated_at = ? WHERE id = ?")
-            .bind(version.map(i64::from))
-            .bind(Utc::now())
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        // The gateway's limits are those of the version the instance runs.
-        self.forget_invocations();
-        Ok(())
+        with_pool!(self, |pool| {
+            sqlx::query("UPDATE instances SET pinned_version = $1, updated_at = $2 WHERE id = $3")
+                .bind(version.map(i64::from))
+                .bind(Utc::now())
+                .bind(id)
+                .execute(pool)
+                .await?;
+            // The gateway's limits are those of the version the instance runs.
+            self.forget_invocations();
+            Ok(())
+        })
     }
 
     /// Records what was handed to the runtime.
     pub async fn set_instance_desired(&self, id: &str, version: u32, replicas: u32, paused: bool) -> StoreResult<()> {
-        sqlx::query("UPDATE instances SET desired_version = ?, replicas = ?, paused = ?, updated_at = ? WHERE id = ?")
+        with_pool!(self, |pool| {
+            sqlx::query(
+                "UPDATE instances SET desired_version = $1, replicas = $2, paused = $3, updated_at = $4 WHERE id = $5",
+            )
             .bind(i64::from(version))
             .bind(i64::from(replicas))
             .bind(paused)
             .bind(Utc::now())
             .bind(id)
-            .execute(&self.pool)
+            .execute(pool)
             .await?;
-        self.forget_invocations();
-        Ok(())
+            self.forget_invocations();
+            Ok(())
+        })
     }
 
     /// Records the state the runtime reports, when it changed.
     pub async fn set_instance_state(&self, id: &str, state: InstanceState, message: &str) -> StoreResult<()> {
-        sqlx::query("UPDATE instances SET state = ?1, message = ?2, updated_at = ?3 WHERE id = ?4 AND (state <> ?1 OR message <> ?2)")
+        with_pool!(self, |pool| {
+            sqlx::query("UPDATE instances SET state = $1, message = $2, updated_at = $3 WHERE id = $4 AND (state <> $1 OR message <> $2)")
             .bind(state.as_str())
             .bind(message)
             .bind(Utc::now())
             .bind(id)
-            .execute(&self.pool)
+            .execute(pool)
             .await?;
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Records the node port the runtime gave the instance.
     pub async fn set_instance_node_port(&self, id: &str, port: u16) -> StoreResult<()> {
-        sqlx::query("UPDATE instances SET node_port = ? WHERE id = ?")
-            .bind(i64::from(port))
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        with_pool!(self, |pool| {
+            sqlx::query("UPDATE instances SET node_port = $1 WHERE id = $2")
+                .bind(i64::from(port))
+                .bind(id)
+                .execute(pool)
+                .await?;
+            Ok(())
+        })
     }
 
     /// Removes an instance (its usage samples and events go with it).
     pub async fn delete_instance(&self, id: &str) -> StoreResult<()> {
-        sqlx::query("DELETE FROM instances WHERE id = ?").bind(id).execute(&self.pool).await?;
-        self.forget_invocations();
-        Ok(())
+        with_pool!(self, |pool| {
+            sqlx::query("DELETE FROM instances WHERE id = $1").bind(id).execute(pool).await?;
+            self.forget_invocations();
+            Ok(())
+        })
     }
 }
 
@@ -243,21 +266,24 @@ impl Store {
     /// Records an instance's events newer than the newest one stored (the runtime keeps only
     /// recent ones in memory); returns how many were new.
     pub async fn record_events(&self, instance_id: &str, events: &[EventInfo]) -> StoreResult<usize> {
-        let (newest,): (Option<DateTime<Utc>>,) = sqlx::query_as("SELECT MAX(at) FROM events WHERE instance_id = ?")
-            .bind(instance_id)
-            .fetch_one(&self.pool)
-            .await?;
-        self.record_events_after(instance_id, events, newest).await
+        with_pool!(self, |pool| {
+            let (newest,): (Option<DateTime<Utc>>,) =
+                sqlx::query_as("SELECT MAX(at) FROM events WHERE instance_id = $1")
+                    .bind(instance_id)
+                    .fetch_one(pool)
+                    .await?;
+            self.record_events_after(instance_id, events, newest).await
+        })
     }
 
     /// The time of each instance's newest stored event, in one query: the reconcile pass needs
     /// every instance's, and a query each was a round trip per instance on every pass.
     pub async fn newest_events(&self) -> StoreResult<HashMap<String, DateTime<Utc>>> {
-        let rows: Vec<(String, DateTime<Utc>)> =
-            sqlx::query_as("SELECT instance_id, MAX(at) FROM events GROUP BY instance_id")
-                .fetch_all(&self.pool)
-                .await?;
-        Ok(rows.into_iter().collect())
+        with_pool!(self, |pool| {
+            let rows: Vec<(String, DateTime<Utc>)> =
+                sqlx::query_as("SELECT instance_id, MAX(at) FROM events GROUP BY instance_id").fetch_all(pool).await?;
+            Ok(rows.into_iter().collect())
+        })
     }
 
     /// [`Store::record_events`] when the newest stored event's time is known already
@@ -268,32 +294,39 @@ impl Store {
         events: &[EventInfo],
         newest: Option<DateTime<Utc>>,
     ) -> StoreResult<usize> {
-        let fresh: Vec<&EventInfo> = events.iter().filter(|e| newest.is_none_or(|newest| e.at > newest)).collect();
-        // Nothing new, nothing to trim: no write, which the reconcile loop would otherwise make
-        // for every instance on every pass.
-        if fresh.is_empty() {
-            return Ok(0);
-        }
-        let mut tx = self.pool.begin().await?;
-        // Oldest first, so ids follow time.
-        for event in fresh.iter().rev() {
-            sqlx::query("INSERT INTO events (instance_id, at, kind, reason, message) VALUES (?, ?, ?, ?, ?)")
-                .bind(instance_id)
-                .bind(event.at)
-                .bind(&event.kind)
-                .bind(&event.reason)
-                .bind(&event.message)
-                .execute(&mut *tx)
-                .await?;
-        }
-        // Bounded: the newest EVENTS_KEPT per instance.
-        sqlx::query("DELETE FROM events WHERE instance_id = ?1 AND id NOT IN (SELECT id FROM events WHERE instance_id = ?1 ORDER BY at DESC, id DESC LIMIT ?2)")
+        with_pool!(self, |pool| {
+            // PostgreSQL keeps microseconds: an event read back is compared at that precision, or
+            // every pass would find the newest stored event newer than itself.
+            let fresh: Vec<&EventInfo> = events
+                .iter()
+                .filter(|e| newest.is_none_or(|newest| e.at.trunc_subsecs(6) > newest.trunc_subsecs(6)))
+                .collect();
+            // Nothing new, nothing to trim: no write, which the reconcile loop would otherwise make
+            // for every instance on every pass.
+            if fresh.is_empty() {
+                return Ok(0);
+            }
+            let mut tx = pool.begin().await?;
+            // Oldest first, so ids follow time.
+            for event in fresh.iter().rev() {
+                sqlx::query("INSERT INTO events (instance_id, at, kind, reason, message) VALUES ($1, $2, $3, $4, $5)")
+                    .bind(instance_id)
+                    .bind(event.at)
+                    .bind(&event.kind)
+                    .bind(&event.reason)
+                    .bind(&event.message)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            // Bounded: the newest EVENTS_KEPT per instance.
+            sqlx::query("DELETE FROM events WHERE instance_id = $1 AND id NOT IN (SELECT id FROM events WHERE instance_id = $1 ORDER BY at DESC, id DESC LIMIT $2)")
             .bind(instance_id)
             .bind(EVENTS_KEPT)
             .execute(&mut *tx)
             .await?;
-        tx.commit().await?;
-        Ok(fresh.len())
+            tx.commit().await?;
+            Ok(fresh.len())
+        })
     }
 
     /// The newest `limit` events with one of `reasons` since `since`, of every instance
@@ -305,124 +338,43 @@ impl Store {
         since: DateTime<Utc>,
         limit: u32,
     ) -> StoreResult<Vec<(String, EventInfo)>> {
-        let placeholders = (0..reasons.len()).map(|n| format!("?{}", n + 3)).collect::<Vec<_>>().join(", ");
-        let sql = format!(
+        with_pool!(self, |pool| {
+            let placeholders = (0..reasons.len()).map(|n| format!("${}", n + 3)).collect::<Vec<_>>().join(", ");
+            let sql = format!(
             "SELECT instance_id, at, kind, reason, message FROM events
-             WHERE instance_id IS NOT NULL AND (?1 IS NULL OR instance_id = ?1) AND at >= ?2 AND reason IN ({placeholders})
+             WHERE instance_id IS NOT NULL AND ($1 IS NULL OR instance_id = $1) AND at >= $2 AND reason IN ({placeholders})
              ORDER BY at DESC, id DESC LIMIT {limit}"
         );
-        let mut query =
-            sqlx::query_as::<_, (String, DateTime<Utc>, String, String, String)>(&sql).bind(instance_id).bind(since);
-        for reason in reasons {
-            query = query.bind(*reason);
-        }
-        let rows = query.fetch_all(&self.pool).await?;
-        Ok(rows
-            .into_iter()
-            .map(|(id, at, kind, reason, message)| (id, EventInfo { at, kind, reason, message }))
-            .collect())
+            let mut query = sqlx::query_as::<_, (String, DateTime<Utc>, String, String, String)>(&sql)
+                .bind(instance_id)
+                .bind(since);
+            for reason in reasons {
+                query = query.bind(*reason);
+            }
+            let rows = query.fetch_all(pool).await?;
+            Ok(rows
+                .into_iter()
+                .map(|(id, at, kind, reason, message)| (id, EventInfo { at, kind, reason, message }))
+                .collect())
+        })
     }
 
     /// An instance's stored events, newest first.
     pub async fn events(&self, instance_id: &str) -> StoreResult<Vec<EventInfo>> {
-        let rows: Vec<(DateTime<Utc>, String, String, String)> = sqlx::query_as(
-            "SELECT at, kind, reason, message FROM events WHERE instance_id = ? ORDER BY at DESC, id DESC",
-        )
-        .bind(instance_id)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.into_iter().map(|(at, kind, reason, message)| EventInfo { at, kind, reason, message }).collect())
+        with_pool!(self, |pool| {
+            let rows: Vec<(DateTime<Utc>, String, String, String)> = sqlx::query_as(
+                "SELECT at, kind, reason, message FROM events WHERE instance_id = $1 ORDER BY at DESC, id DESC",
+            )
+            .bind(instance_id)
+            .fetch_all(pool)
+            .await?;
+            Ok(rows.into_iter().map(|(at, kind, reason, message)| EventInfo { at, kind, reason, message }).collect())
+        })
     }
 }
 
 /// Events kept per instance.
 pub const EVENTS_KEPT: i64 = 200;
-
-/// What the gateway needs to admit an invocation of `/fn/{user}/{function}`, read in one
-/// query (it runs on every request).
-#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
-pub struct InvocationRow {
-    /// The instance's user's id.
-    pub owner_id: i64,
-    /// The function's id.
-    pub function_id: i64,
-    /// `timeout_s` of the current version, when it states one.
-    pub timeout_s: Option<i64>,
-    /// `invoke` of the current version as JSON, when it states one.
-    pub invoke: Option<String>,
-    /// The user's instance of the function, if deployed.
-    pub instance_id: Option<String>,
-    /// Whether that instance is paused.
-    pub paused: Option<bool>,
-}
-
-/// Most rows [`InvocationCache`] keeps; past it, it starts over.
-const INVOCATION_CACHE_ROWS: usize = 10_000;
-
-/// How long a row of [`InvocationCache`] is used: what another kubefn over the same database
-/// changes (`--cron false` replicas) is seen within this time.
-const INVOCATION_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// Rows of [`Store::invocation`] read since the last write to the tables they come from. The
-/// gateway asks for one on every request; the writes (a deploy, a pause, an edit) are rare, and
-/// those of this process empty the cache at once, so a request never sees them late. Writes of
-/// another process over the same database are seen once a row is [`INVOCATION_CACHE_TTL`] old.
-#[derive(Debug, Default)]
-pub(super) struct InvocationCache {
-    /// Bumped by every such write: a row read across one is not kept.
-    generation: u64,
-    rows: std::collections::HashMap<(String, String), (std::time::Instant, InvocationRow)>,
-}
-
-impl Store {
-    /// The user, function, current version's invocation settings and instance behind
-    /// `/fn/{user}/{function}`; `None` when the user or the function does not exist.
-    pub async fn invocation(&self, user: &str, function: &str) -> StoreResult<Option<InvocationRow>> {
-        let key = (user.to_string(), function.to_string());
-        let generation = {
-            let cache = self.invocations.lock();
-            if let Some((read_at, row)) = cache.rows.get(&key)
-                && read_at.elapsed() < INVOCATION_CACHE_TTL
-            {
-                return Ok(Some(row.clone()));
-            }
-            cache.generation
-        };
-        let read_at = std::time::Instant::now();
-        let row: Option<InvocationRow> = sqlx::query_as(
-            "SELECT u.id AS owner_id, f.id AS function_id, json_extract(v.spec, '$.timeout_s') AS timeout_s,
-                    json_extract(v.spec, '$.invoke') AS invoke, i.id AS instance_id, i.paused AS paused
-               FROM users u
-               JOIN functions f ON f.name = ?2
-               LEFT JOIN instances i ON i.function_id = f.id AND i.user_id = u.id
-               JOIN function_versions v ON v.function_id = f.id AND v.number = COALESCE(i.pinned_version, f.current_version)
-              WHERE u.name = ?1",
-        )
-        .bind(user)
-        .bind(function)
-        .fetch_optional(&self.pool)
-        .await?;
-        // Only rows that exist are kept, so unknown names cannot grow the cache.
-        if let Some(row) = &row {
-            let mut cache = self.invocations.lock();
-            if cache.generation == generation {
-                if cache.rows.len() >= INVOCATION_CACHE_ROWS {
-                    cache.rows.clear();
-                }
-                cache.rows.insert(key, (read_at, row.clone()));
-            }
-        }
-        Ok(row)
-    }
-
-    /// Empties the invocation cache; called after every write to functions, their versions
-    /// or instances.
-    pub(super) fn forget_invocations(&self) {
-        let mut cache = self.invocations.lock();
-        cache.generation += 1;
-        cache.rows.clear();
-    }
-}
 
 #[cfg(test)]
 mod tests {
@@ -431,64 +383,67 @@ mod tests {
 
     #[tokio::test]
     async fn an_invocation_row_follows_every_write_it_depends_on() {
-        let (dir, store) = super::super::temp_store().await;
-        let alice = store.insert_user("alice", "hash", Role::User).await.expect("user");
-        assert_eq!(store.invocation("alice", "hello").await.expect("row"), None, "no function yet");
-        let mut spec: FunctionSpec = serde_json::from_value(
+        for super::super::test_databases::TestStore { store, url, .. } in
+            super::super::test_databases::test_stores().await
+        {
+            let alice = store.insert_user("alice", "hash", Role::User).await.expect("user");
+            assert_eq!(store.invocation("alice", "hello").await.expect("row"), None, "no function yet");
+            let mut spec: FunctionSpec = serde_json::from_value(
             serde_json::json!({"name": "hello", "runtime": "python", "source": "def handle(req):\n    return req\n"}),
         )
         .expect("spec");
-        let function = store.insert_function(alice.id, &spec).await.expect("function");
-        let row = store.invocation("alice", "hello").await.expect("row").expect("function row");
-        assert_eq!(row.instance_id, None);
+            let function = store.insert_function(alice.id, &spec).await.expect("function");
+            let row = store.invocation("alice", "hello").await.expect("row").expect("function row");
+            assert_eq!(row.instance_id, None);
 
-        // Each write below is seen by the very next read, though reads are cached.
-        let (instance, _) = store.upsert_instance(function.id, alice.id, 1, 1, None).await.expect("instance");
-        assert_eq!(
-            store.invocation("alice", "hello").await.expect("row").expect("row").instance_id.as_deref(),
-            Some(instance.id.as_str())
-        );
-        store.set_instance_desired(&instance.id, 1, 1, true).await.expect("pause");
-        assert_eq!(store.invocation("alice", "hello").await.expect("row").expect("row").paused, Some(true));
-        spec.invoke.access = InvokeAccess::Public;
-        spec.timeout_s = 7;
-        store.add_version(function.id, &spec, alice.id).await.expect("version 2");
-        let row = store.invocation("alice", "hello").await.expect("row").expect("row");
-        assert_eq!(row.timeout_s, Some(7));
-        assert!(row.invoke.as_deref().is_some_and(|invoke| invoke.contains("public")), "{row:?}");
-        assert!(store.set_current_version(function.id, 1).await.expect("roll back"));
-        assert_eq!(store.invocation("alice", "hello").await.expect("row").expect("row").timeout_s, Some(60));
-        // Another kubefn over the same database: its writes are seen once the row is old enough.
-        let other =
-            Store::open(&format!("sqlite://{}", dir.path().join("kubefn.db").display())).await.expect("second store");
-        other.set_instance_desired(&instance.id, 1, 1, false).await.expect("resume elsewhere");
-        tokio::time::sleep(super::INVOCATION_CACHE_TTL).await;
-        assert_eq!(store.invocation("alice", "hello").await.expect("row").expect("row").paused, Some(false));
-        store.delete_instance(&instance.id).await.expect("delete");
-        assert_eq!(store.invocation("alice", "hello").await.expect("row").expect("row").instance_id, None);
-        assert!(store.delete_unused_function(function.id).await.expect("unregister"));
-        assert_eq!(store.invocation("alice", "hello").await.expect("row"), None);
+            // Each write below is seen by the very next read, though reads are cached.
+            let (instance, _) = store.upsert_instance(function.id, alice.id, 1, 1, None).await.expect("instance");
+            assert_eq!(
+                store.invocation("alice", "hello").await.expect("row").expect("row").instance_id.as_deref(),
+                Some(instance.id.as_str())
+            );
+            store.set_instance_desired(&instance.id, 1, 1, true).await.expect("pause");
+            assert_eq!(store.invocation("alice", "hello").await.expect("row").expect("row").paused, Some(true));
+            spec.invoke.access = InvokeAccess::Public;
+            spec.timeout_s = 7;
+            store.add_version(function.id, &spec, alice.id).await.expect("version 2");
+            let row = store.invocation("alice", "hello").await.expect("row").expect("row");
+            assert_eq!(row.timeout_s, Some(7));
+            assert!(row.invoke.as_deref().is_some_and(|invoke| invoke.contains("public")), "{row:?}");
+            assert!(store.set_current_version(function.id, 1).await.expect("roll back"));
+            assert_eq!(store.invocation("alice", "hello").await.expect("row").expect("row").timeout_s, Some(60));
+            // Another kubefn over the same database: its writes are seen once the row is old enough.
+            let other = Store::open(&url).await.expect("second store");
+            other.set_instance_desired(&instance.id, 1, 1, false).await.expect("resume elsewhere");
+            tokio::time::sleep(super::super::invocations::INVOCATION_CACHE_TTL).await;
+            assert_eq!(store.invocation("alice", "hello").await.expect("row").expect("row").paused, Some(false));
+            store.delete_instance(&instance.id).await.expect("delete");
+            assert_eq!(store.invocation("alice", "hello").await.expect("row").expect("row").instance_id, None);
+            assert!(store.delete_unused_function(function.id).await.expect("unregister"));
+            assert_eq!(store.invocation("alice", "hello").await.expect("row"), None);
+        }
     }
 
     #[tokio::test]
     async fn instance_specs_are_the_versions_each_instance_runs_and_only_the_users() {
-        let (_dir, store) = super::super::temp_store().await;
-        let alice = store.insert_user("alice", "hash", Role::User).await.expect("user");
-        let bob = store.insert_user("bob", "hash", Role::User).await.expect("user");
-        let mut spec: FunctionSpec =
-            serde_json::from_value(serde_json::json!({"name": "f", "runtime": "python", "source": "v1"}))
-                .expect("spec");
-        let function = store.insert_function(alice.id, &spec).await.expect("function");
-        spec.source = "v2".into();
-        store.add_version(function.id, &spec, alice.id).await.expect("version 2");
-        let (pinned, _) = store.upsert_instance(function.id, alice.id, 1, 1, Some(1)).await.expect("alice's");
-        let (following, _) = store.upsert_instance(function.id, bob.id, 2, 1, None).await.expect("bob's");
+        for super::super::test_databases::TestStore { store, .. } in super::super::test_databases::test_stores().await {
+            let alice = store.insert_user("alice", "hash", Role::User).await.expect("user");
+            let bob = store.insert_user("bob", "hash", Role::User).await.expect("user");
+            let mut spec: FunctionSpec =
+                serde_json::from_value(serde_json::json!({"name": "f", "runtime": "python", "source": "v1"}))
+                    .expect("spec");
+            let function = store.insert_function(alice.id, &spec).await.expect("function");
+            spec.source = "v2".into();
+            store.add_version(function.id, &spec, alice.id).await.expect("version 2");
+            let (pinned, _) = store.upsert_instance(function.id, alice.id, 1, 1, Some(1)).await.expect("alice's");
+            let (following, _) = store.upsert_instance(function.id, bob.id, 2, 1, None).await.expect("bob's");
 
-        let alices = store.instance_specs(Some(alice.id)).await.expect("alice's specs");
-        assert_eq!(alices.len(), 1, "only alice's instances");
-        assert_eq!(alices[&pinned.id].source, "v1", "the pinned version");
-        let bobs = store.instance_specs(Some(bob.id)).await.expect("bob's specs");
-        assert_eq!(bobs[&following.id].source, "v2", "the current version");
-        assert_eq!(store.instance_specs(None).await.expect("everyone's").len(), 2);
+            let alices = store.instance_specs(Some(alice.id)).await.expect("alice's specs");
+            assert_eq!(alices.len(), 1, "only alice's instances");
+            assert_eq!(alices[&pinned.id].source, "v1", "the pinned version");
+            let bobs = store.instance_specs(Some(bob.id)).await.expect("bob's specs");
+            assert_eq!(bobs[&following.id].source, "v2", "the current version");
+            assert_eq!(store.instance_specs(None).await.expect("everyone's").len(), 2);
+        }
     }
 }

@@ -1,11 +1,29 @@
-//! Persistence: the SQLite database behind users, tokens, functions and (later) instances.
+//! Persistence: the database behind users, tokens, functions, instances and everything else
+//! kubefn keeps. SQLite (a file, the embedded default) or PostgreSQL (several kubefn processes on
+//! one database), chosen by the URL's scheme.
 //!
-//! The schema lives in `migrations/` and is applied at start-up; every query goes through the
-//! repositories in this module so the rest of the platform never writes SQL.
+//! The schema lives in `migrations/sqlite` and `migrations/postgres` (the same tables in each
+//! database's types) and is applied at start-up. Every query goes through the repositories in
+//! this module so the rest of the platform never writes SQL. The queries are written once, in the
+//! SQL both databases read (`$1` parameters, `ON CONFLICT`, `RETURNING`, `TRUE`/`FALSE`), and
+//! [`with_pool!`] compiles each for both drivers, so either database gets its own native types
+//! (times, flags, bytes) rather than a lowest common denominator.
+
+/// Runs `$body` with `$pool` bound to the store's pool, whichever database it is: the body is
+/// compiled once per driver, and each query's database type follows from the pool it runs on.
+macro_rules! with_pool {
+    ($store:expr, |$pool:ident| $body:expr) => {
+        match &$store.pool {
+            $crate::platform::store::DatabasePool::Sqlite($pool) => $body,
+            $crate::platform::store::DatabasePool::Postgres($pool) => $body,
+        }
+    };
+}
 
 mod async_invocations;
 mod functions;
 mod instances;
+mod invocations;
 mod quotas;
 mod secrets;
 mod tokens;
@@ -15,29 +33,35 @@ mod users;
 
 pub use async_invocations::{AsyncCall, AsyncRecord, AttemptResult, NewAsync};
 pub use functions::FunctionRecord;
-pub use instances::{InstanceRecord, InvocationRow};
+pub use instances::InstanceRecord;
+pub use invocations::InvocationRow;
 pub use triggers::TriggerRecord;
 pub use users::UserRecord;
 
 use parking_lot::Mutex;
-use sqlx::SqlitePool;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The schema migrations, embedded in the binary.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+/// The SQLite schema migrations, embedded in the binary.
+pub static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// The PostgreSQL schema migrations, embedded in the binary.
+pub static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The database could not be opened.
-    #[error("cannot open the database {url}; check --database-url and that its directory exists and is writable")]
+    #[error(
+        "cannot open the database {url}; check --database-url (for SQLite, that its directory exists and is writable; for PostgreSQL, that the server answers and the database exists)"
+    )]
     Open {
-        /// The URL as configured.
+        /// The URL as configured, without its password.
         url: String,
-        /// What SQLite said.
+        /// What the driver said.
         #[source]
         source: sqlx::Error,
     },
@@ -83,56 +107,123 @@ fn duplicate_or_query(source: sqlx::Error, what: &'static str, field: &'static s
     }
 }
 
-/// The database: a pool of SQLite connections in WAL mode.
+/// The connection pool of whichever database the store runs on.
+#[derive(Clone, Debug)]
+pub enum DatabasePool {
+    /// A SQLite file in WAL mode: one kubefn process (the embedded default).
+    Sqlite(SqlitePool),
+    /// A PostgreSQL database: one or several kubefn processes.
+    Postgres(PgPool),
+}
+
+/// The database behind kubefn.
 #[derive(Clone, Debug)]
 pub struct Store {
-    pool: SqlitePool,
-    invocations: Arc<Mutex<instances::InvocationCache>>,
+    pool: DatabasePool,
+    invocations: Arc<Mutex<invocations::InvocationCache>>,
+}
+
+/// Whether `url` names a PostgreSQL database (`postgres://` or `postgresql://`).
+pub fn is_postgres_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+/// `url` without the password it may carry, for messages and logs.
+fn without_password(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            // Setting a password cannot fail on a URL that has one.
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_string(),
+    }
 }
 
 impl Store {
-    /// Opens (creating if missing) the database at `url` and applies every pending migration.
+    /// Opens (creating a missing SQLite file) the database at `url` and applies every pending
+    /// migration.
     pub async fn open(url: &str) -> StoreResult<Store> {
         let store = Store::open_unmigrated(url).await?;
-        MIGRATOR.run(&store.pool).await.map_err(StoreError::Migrate)?;
+        match &store.pool {
+            DatabasePool::Sqlite(pool) => SQLITE_MIGRATOR.run(pool).await,
+            DatabasePool::Postgres(pool) => POSTGRES_MIGRATOR.run(pool).await,
+        }
+        .map_err(StoreError::Migrate)?;
         Ok(store)
     }
 
     /// Opens the database without touching its schema (tests use it to build old schemas).
     pub async fn open_unmigrated(url: &str) -> StoreResult<Store> {
-        let open_error = |source| StoreError::Open { url: url.to_string(), source };
-        let options = SqliteConnectOptions::from_str(url)
-            .map_err(open_error)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            // WAL with NORMAL sync is durable across application crashes; only an OS crash may lose the last commit.
-            .synchronous(SqliteSynchronous::Normal)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(5));
-        let pool = SqlitePoolOptions::new().max_connections(8).connect_with(options).await.map_err(open_error)?;
+        let open_error = |source| StoreError::Open { url: without_password(url), source };
+        let pool = if is_postgres_url(url) {
+            let options = PgConnectOptions::from_str(url).map_err(open_error)?;
+            // Several kubefn processes share the server's connections: a modest pool each.
+            let pool = PgPoolOptions::new()
+                .max_connections(16)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(options)
+                .await
+                .map_err(open_error)?;
+            DatabasePool::Postgres(pool)
+        } else {
+            let options = SqliteConnectOptions::from_str(url)
+                .map_err(open_error)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                // WAL with NORMAL sync is durable across application crashes; only an OS crash may lose the last commit.
+                .synchronous(SqliteSynchronous::Normal)
+                .foreign_keys(true)
+                .busy_timeout(Duration::from_secs(5));
+            let pool = SqlitePoolOptions::new().max_connections(8).connect_with(options).await.map_err(open_error)?;
+            DatabasePool::Sqlite(pool)
+        };
         Ok(Store { pool, invocations: Arc::default() })
     }
 
     /// The connection pool, for the session store and for tests.
-    pub fn pool(&self) -> &SqlitePool {
+    pub fn pool(&self) -> &DatabasePool {
         &self.pool
     }
 
     /// Whether the database answers a trivial query (for `/readyz`).
     pub async fn ping(&self) -> StoreResult<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
+        with_pool!(self, |pool| {
+            sqlx::query("SELECT 1").execute(pool).await?;
+            Ok(())
+        })
+    }
+
+    /// The SQL reading top-level field `field` of the JSON document in `column` (the one thing
+    /// the two databases spell differently): SQLite's `json_extract`, PostgreSQL's `jsonb`
+    /// operators.
+    fn json_field(&self, column: &str, field: &str, read_as: JsonField) -> String {
+        match (&self.pool, read_as) {
+            (DatabasePool::Sqlite(_), _) => format!("json_extract({column}, '$.{field}')"),
+            (DatabasePool::Postgres(_), JsonField::Text) => format!("(CAST({column} AS jsonb) ->> '{field}')"),
+            (DatabasePool::Postgres(_), JsonField::Integer) => {
+                format!("CAST(CAST({column} AS jsonb) ->> '{field}' AS BIGINT)")
+            }
+            (DatabasePool::Postgres(_), JsonField::Document) => {
+                format!("CAST(CAST({column} AS jsonb) -> '{field}' AS TEXT)")
+            }
+        }
     }
 }
 
-/// A migrated store in a new temporary directory (kept while the directory lives), for the
-/// store modules' tests.
-#[cfg(test)]
-pub(super) async fn temp_store() -> (tempfile::TempDir, Store) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let store = Store::open(&format!("sqlite://{}", dir.path().join("kubefn.db").display())).await.expect("store");
-    (dir, store)
+/// How [`Store::json_field`] reads a field.
+#[derive(Clone, Copy, Debug)]
+enum JsonField {
+    /// A string, as text.
+    Text,
+    /// A number, as a 64-bit integer.
+    Integer,
+    /// An object or array, as its JSON text.
+    Document,
 }
+
+#[cfg(test)]
+mod test_databases;
 
 #[cfg(test)]
 mod tests {
@@ -147,43 +238,59 @@ mod tests {
 
     #[tokio::test]
     async fn migrates_an_empty_database() {
-        let (_dir, url) = temp_db();
-        let store = Store::open(&url).await.expect("open");
-        let tables: Vec<(String,)> =
-            sqlx::query_as("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
-                .fetch_all(store.pool())
-                .await
-                .expect("tables");
-        let names: Vec<&str> = tables.iter().map(|t| t.0.as_str()).collect();
-        for wanted in [
-            "api_tokens",
-            "async_invocations",
-            "events",
-            "function_versions",
-            "functions",
-            "instances",
-            "trigger_runs",
-            "triggers",
-            "usage_samples",
-            "users",
-        ] {
-            assert!(names.contains(&wanted), "{wanted} missing from {names:?}");
+        for test_databases::TestStore { store, url, .. } in test_databases::test_stores().await {
+            let tables: Vec<(String,)> = with_pool!(store, |pool| {
+                let catalog = match store.pool() {
+                    DatabasePool::Sqlite(_) => "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name",
+                    DatabasePool::Postgres(_) => {
+                        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY table_name"
+                    }
+                };
+                sqlx::query_as(catalog).fetch_all(pool).await.expect("tables")
+            });
+            let names: Vec<&str> = tables.iter().map(|t| t.0.as_str()).collect();
+            for wanted in [
+                "api_tokens",
+                "async_invocations",
+                "events",
+                "function_versions",
+                "functions",
+                "instances",
+                "secrets",
+                "trigger_runs",
+                "triggers",
+                "usage_samples",
+                "user_quotas",
+                "users",
+            ] {
+                assert!(names.contains(&wanted), "{wanted} missing from {names:?} ({url})");
+            }
+            // Opening again is a no-op, not an error.
+            Store::open(&url).await.expect("reopen");
         }
-        // Opening again is a no-op, not an error.
-        Store::open(&url).await.expect("reopen");
     }
 
-    /// A database made by the previous migration set (all but the newest migration), with data
-    /// in it, is upgraded by the current set and keeps its data.
+    /// Both databases are at the same schema version: a migration added to one directory and
+    /// not the other fails here.
+    #[test]
+    fn both_databases_have_the_same_newest_migration() {
+        let newest = |migrator: &Migrator| migrator.migrations.iter().map(|m| m.version).max();
+        assert_eq!(newest(&SQLITE_MIGRATOR), newest(&POSTGRES_MIGRATOR));
+    }
+
+    /// A SQLite database made by the previous migration set (all but the newest migration), with
+    /// data in it, is upgraded by the current set and keeps its data. (PostgreSQL's schema starts
+    /// at the current version; its upgrades start with the next migration.)
     #[tokio::test]
     async fn upgrades_a_database_made_by_the_previous_migration_set() {
         let (_dir, url) = temp_db();
         let old = Store::open_unmigrated(&url).await.expect("open");
-        let mut previous = Migrator { migrations: MIGRATOR.migrations.clone(), ..Migrator::DEFAULT };
+        let mut previous = Migrator { migrations: SQLITE_MIGRATOR.migrations.clone(), ..Migrator::DEFAULT };
         let mut migrations = previous.migrations.to_vec();
         let newest = migrations.pop().expect("at least one migration");
         previous.migrations = migrations.into();
-        previous.run(old.pool()).await.expect("previous migrations");
+        let DatabasePool::Sqlite(old_pool) = old.pool() else { panic!("a sqlite:// URL opens SQLite") };
+        previous.run(old_pool).await.expect("previous migrations");
 
         let user = old.insert_user("alice", "hash", crate::platform::model::Role::User).await.expect("user");
         let spec = crate::platform::model::FunctionSpec::new(
@@ -192,13 +299,15 @@ mod tests {
             "def handle(req):\n    return req\n",
         );
         old.insert_function(user.id, &spec).await.expect("function");
-        old.pool().close().await;
+        old_pool.close().await;
 
         let upgraded = Store::open(&url).await.expect("upgrade");
-        let applied: Vec<(i64,)> = sqlx::query_as("SELECT version FROM _sqlx_migrations ORDER BY version")
-            .fetch_all(upgraded.pool())
-            .await
-            .expect("applied");
+        let applied: Vec<(i64,)> = with_pool!(upgraded, |pool| {
+            sqlx::query_as("SELECT version FROM _sqlx_migrations ORDER BY version")
+                .fetch_all(pool)
+                .await
+                .expect("applied")
+        });
         assert_eq!(applied.last().map(|v| v.0), Some(newest.version));
         let function = upgraded.function_by_name("hello").await.expect("query").expect("kept");
         assert_eq!(function.owner, "alice");

@@ -25,27 +25,30 @@ fn signed<T: TryInto<i64>>(value: Option<T>) -> Option<i64> {
 impl Store {
     /// The quota settings an admin made for the user (every field `None` when none).
     pub async fn quota_settings(&self, user_id: i64) -> StoreResult<QuotaSettings> {
-        let row: Option<QuotaRow> = sqlx::query_as(
-            "SELECT functions, versions, instances, replicas, cpu_millicores, memory_bytes FROM user_quotas WHERE user_id = ?",
+        with_pool!(self, |pool| {
+            let row: Option<QuotaRow> = sqlx::query_as(
+            "SELECT functions, versions, instances, replicas, cpu_millicores, memory_bytes FROM user_quotas WHERE user_id = $1",
         )
         .bind(user_id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(pool)
         .await?;
-        Ok(row.map_or_else(QuotaSettings::default, |row| QuotaSettings {
-            functions: unsigned(row.functions),
-            versions: unsigned(row.versions),
-            instances: unsigned(row.instances),
-            replicas: unsigned(row.replicas),
-            cpu_millicores: unsigned(row.cpu_millicores),
-            memory_bytes: unsigned(row.memory_bytes),
-        }))
+            Ok(row.map_or_else(QuotaSettings::default, |row| QuotaSettings {
+                functions: unsigned(row.functions),
+                versions: unsigned(row.versions),
+                instances: unsigned(row.instances),
+                replicas: unsigned(row.replicas),
+                cpu_millicores: unsigned(row.cpu_millicores),
+                memory_bytes: unsigned(row.memory_bytes),
+            }))
+        })
     }
 
     /// Replaces the user's quota settings.
     pub async fn set_quota_settings(&self, user_id: i64, settings: &QuotaSettings) -> StoreResult<()> {
-        sqlx::query(
+        with_pool!(self, |pool| {
+            sqlx::query(
             "INSERT INTO user_quotas (user_id, functions, versions, instances, replicas, cpu_millicores, memory_bytes, updated_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
              ON CONFLICT (user_id) DO UPDATE SET functions = excluded.functions, versions = excluded.versions,
                  instances = excluded.instances, replicas = excluded.replicas, cpu_millicores = excluded.cpu_millicores,
                  memory_bytes = excluded.memory_bytes, updated_at = excluded.updated_at",
@@ -58,20 +61,23 @@ impl Store {
         .bind(signed(settings.cpu_millicores))
         .bind(signed(settings.memory_bytes))
         .bind(Utc::now())
-        .execute(&self.pool)
+        .execute(pool)
         .await?;
-        Ok(())
+            Ok(())
+        })
     }
 
     /// How many functions the user owns and how many versions they have in all.
     pub async fn owned_counts(&self, user_id: i64) -> StoreResult<(u32, u32)> {
-        let (functions, versions): (i64, i64) = sqlx::query_as(
-            "SELECT (SELECT COUNT(*) FROM functions WHERE owner_id = ?1),
-                    (SELECT COUNT(*) FROM function_versions v JOIN functions f ON f.id = v.function_id WHERE f.owner_id = ?1)",
+        with_pool!(self, |pool| {
+            let (functions, versions): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT COUNT(*) FROM functions WHERE owner_id = $1),
+                    (SELECT COUNT(*) FROM function_versions v JOIN functions f ON f.id = v.function_id WHERE f.owner_id = $1)",
         )
         .bind(user_id)
-        .fetch_one(&self.pool)
+        .fetch_one(pool)
         .await?;
-        Ok((u32::try_from(functions).unwrap_or(u32::MAX), u32::try_from(versions).unwrap_or(u32::MAX)))
+            Ok((u32::try_from(functions).unwrap_or(u32::MAX), u32::try_from(versions).unwrap_or(u32::MAX)))
+        })
     }
 }
