@@ -57,19 +57,18 @@ pub enum SessionRecords {
 impl SessionRecords {
     /// The session store on `pool`'s database, its table created when missing.
     pub async fn open(pool: &DatabasePool) -> Result<SessionRecords, sqlx::Error> {
-        let records = match pool {
+        Ok(match pool {
             DatabasePool::Sqlite(pool) => {
-                SessionRecords::Sqlite(tower_sessions_sqlx_store::SqliteStore::new(pool.clone()))
+                let store = tower_sessions_sqlx_store::SqliteStore::new(pool.clone());
+                store.migrate().await?;
+                SessionRecords::Sqlite(store)
             }
             DatabasePool::Postgres(pool) => {
-                SessionRecords::Postgres(tower_sessions_sqlx_store::PostgresStore::new(pool.clone()))
+                let store = tower_sessions_sqlx_store::PostgresStore::new(pool.clone());
+                store.migrate().await?;
+                SessionRecords::Postgres(store)
             }
-        };
-        match &records {
-            SessionRecords::Sqlite(store) => store.migrate().await?,
-            SessionRecords::Postgres(store) => store.migrate().await?,
-        }
-        Ok(records)
+        })
     }
 }
 

@@ -13,8 +13,9 @@ set -euo pipefail
 dir="$1"
 port="$2"
 here="$(cd "$(dirname "$0")" && pwd)"
+# shellcheck source=server.sh
+source "$here/server.sh"
 
-pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1; }
 if [[ -z "$(pg_bin)" ]]; then
   echo "installing PostgreSQL from Debian (apt-get install postgresql)" >&2
   # Installing must not start the distribution's own cluster: the tests run their own.
@@ -28,10 +29,8 @@ if [[ -z "$(pg_bin)" ]]; then
 fi
 bin="$(pg_bin)"
 
-# PostgreSQL refuses to run as root: as root, the server runs as the package's postgres user.
-as_server=()
+# As root, the server's files belong to the postgres user it runs as.
 if [[ "$(id -u)" == 0 ]]; then
-  as_server=(setpriv --reuid=postgres --regid=postgres --init-groups --)
   chmod 0755 "$dir"
   install -d -o postgres -g postgres -m 0700 "$dir/data" "$dir/socket"
   touch "$dir/log" && chown postgres:postgres "$dir/log"
@@ -39,10 +38,10 @@ else
   install -d -m 0700 "$dir/data" "$dir/socket"
 fi
 
-"${as_server[@]}" "$bin/initdb" -D "$dir/data" -U postgres --auth=trust --no-sync -E UTF8 --locale=C.UTF-8 >/dev/null
+as_server "$bin/initdb" -D "$dir/data" -U postgres --auth=trust --no-sync -E UTF8 --locale=C.UTF-8 >/dev/null
 # No fsync: the data is thrown away with the directory. Connections: each kubefn process and
 # each test store opens a pool of its own.
-"${as_server[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/log" -w -t 60 \
+as_server "$bin/pg_ctl" -D "$dir/data" -l "$dir/log" -w -t 60 \
   -o "-p $port -k $dir/socket -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300" \
   start >/dev/null
 

@@ -2,12 +2,9 @@
 # Stops the server tests/postgres/start.sh started in DIR and removes DIR.
 set -uo pipefail
 dir="$1"
-bin="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)"
+# shellcheck source=server.sh
+source "$(cd "$(dirname "$0")" && pwd)/server.sh"
 if [[ -f "$dir/data/postmaster.pid" ]]; then
-  if [[ "$(id -u)" == 0 ]]; then
-    setpriv --reuid=postgres --regid=postgres --init-groups -- "$bin/pg_ctl" -D "$dir/data" -m immediate -w stop >/dev/null
-  else
-    "$bin/pg_ctl" -D "$dir/data" -m immediate -w stop >/dev/null
-  fi
+  as_server "$(pg_bin)/pg_ctl" -D "$dir/data" -m immediate -w stop >/dev/null
 fi
 rm -rf "$dir"

@@ -124,7 +124,7 @@ pub struct Store {
 }
 
 /// Whether `url` names a PostgreSQL database (`postgres://` or `postgresql://`).
-pub fn is_postgres_url(url: &str) -> bool {
+fn is_postgres_url(url: &str) -> bool {
     url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
