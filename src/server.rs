@@ -5,21 +5,20 @@ use crate::api::session::{SessionBackend, SessionRecords};
 use crate::api::{AppState, gateway, origin, rest};
 use crate::app::{App, shell};
 use crate::platform::Platform;
-use crate::platform::async_spool::{AsyncSpool, SpoolError};
-use crate::platform::auth::{AuthError, SignupPolicy};
-use crate::platform::gateway::{SpanExport, SpanExportError};
+use crate::platform::async_spool::AsyncSpool;
+use crate::platform::auth::SignupPolicy;
+use crate::platform::gateway::SpanExport;
+use crate::platform::leadership::{Leadership, LeaseTimings};
 use crate::platform::outbound::OutboundPolicy;
+use crate::platform::runtime::Runtime;
 use crate::platform::runtime::kubernetes::package_egress::{self, PackageEgress};
 use crate::platform::runtime::kubernetes::{
-    Images, KubernetesConfig, KubernetesError, KubernetesRuntime, NetworkIsolation, PackageAccess, Placement,
-    PodSettings, Toleration,
+    Images, KubernetesConfig, KubernetesRuntime, NetworkIsolation, PackageAccess, Placement, PodSettings, Toleration,
 };
 use crate::platform::runtime::local::dependencies::InstallerSettings;
 use crate::platform::runtime::local::sandbox::SandboxSettings;
 use crate::platform::runtime::local::{LocalConfig, LocalRuntime};
-use crate::platform::runtime::{Runtime, RuntimeError};
-use crate::platform::secrets::{SecretKey, SecretsError};
-use crate::platform::store::StoreError;
+use crate::platform::secrets::SecretKey;
 use axum::Router;
 use axum_login::AuthManagerLayerBuilder;
 use clap::Parser;
@@ -78,8 +77,12 @@ pub struct Config {
     /// Seconds between reconcile passes (store → runtime); edits and rollbacks also trigger one.
     #[arg(long, env = "KUBEFN_RECONCILE_SECONDS", default_value_t = 5)]
     pub reconcile_seconds: u64,
-    /// Run cron triggers (`false`: they are kept but do not fire, e.g. for a second kubefn
-    /// over the same database, or tests that drive the clock themselves).
+    /// With several kubefn processes on one PostgreSQL database: seconds the leader's lease
+    /// runs unrenewed before another process takes over its work (renewed every fifth of it).
+    #[arg(long, env = "KUBEFN_LEADER_LEASE_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(2..=600))]
+    pub leader_lease_seconds: u64,
+    /// Run cron triggers (`false`: they are kept but do not fire, e.g. for tests that drive the
+    /// clock themselves).
     #[arg(long, env = "KUBEFN_CRON", default_value_t = true, action = clap::ArgAction::Set)]
     pub cron: bool,
     /// Seconds replicas replaced by an update keep serving the requests they have.
@@ -217,80 +220,6 @@ fn parse_port_range(text: &str) -> Result<RangeInclusive<u16>, String> {
     Ok(first..=last)
 }
 
-/// Why kubefn could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// The data directory could not be created.
-    #[error("cannot create the data directory {path}; choose another with --data-dir")]
-    DataDir {
-        /// The directory.
-        path: PathBuf,
-        /// The I/O error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The async queue's spool directory could not be made.
-    #[error("cannot prepare the async spool in the data directory")]
-    Spool(#[source] SpoolError),
-    /// The secrets key is malformed or its file unusable.
-    #[error("cannot use the secrets key (--secrets-key or DATA_DIR/secrets.key)")]
-    SecretsKey(#[source] SecretsError),
-    /// The database failed to open or migrate.
-    #[error("the database is not usable")]
-    Store(#[source] StoreError),
-    /// The session table could not be created.
-    #[error("cannot prepare the session table in the database")]
-    Sessions(#[source] sqlx::Error),
-    /// `--admin` is malformed.
-    #[error("--admin must look like NAME:PASSWORD")]
-    AdminFormat,
-    /// `--admin` names an invalid user or password.
-    #[error("cannot create the admin from --admin")]
-    Admin(#[source] AuthError),
-    /// The listen address is taken or not allowed.
-    #[error("cannot listen on {address}; pick another with --listen")]
-    Bind {
-        /// The address.
-        address: SocketAddr,
-        /// The I/O error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The site settings (LEPTOS_* variables) are malformed.
-    #[error("the LEPTOS_* site settings are invalid")]
-    Site(#[source] leptos::config::errors::LeptosConfigError),
-    /// The runtime could not be prepared.
-    #[error("cannot prepare the {runtime} runtime")]
-    Runtime {
-        /// Which one.
-        runtime: &'static str,
-        /// Why.
-        #[source]
-        source: RuntimeError,
-    },
-    /// The package CA file could not be read.
-    #[error("cannot read the package CA file {path}; check --package-ca-file")]
-    PackageCa {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The package egress could not listen.
-    #[error("cannot start the package egress")]
-    PackageEgress(#[source] package_egress::EgressError),
-    /// The Kubernetes runtime could not connect or lacks a permission.
-    #[error("cannot start the kubernetes runtime")]
-    Kubernetes(#[source] KubernetesError),
-    /// The span exporter could not be set up.
-    #[error("cannot export the gateway's spans")]
-    Spans(#[source] SpanExportError),
-    /// Serving stopped with an error.
-    #[error("the HTTP server failed")]
-    Serve(#[source] std::io::Error),
-}
-
 /// The built server: its router and the runtime to stop when it exits.
 pub struct Server {
     /// The UI, server functions, REST API and health endpoints.
@@ -300,20 +229,24 @@ pub struct Server {
     runtime: Arc<dyn Runtime>,
     /// The Kubernetes runtime's package egress, when kubefn serves one.
     egress: Option<PackageEgress>,
-    reconciler: tokio::task::JoinHandle<()>,
-    scheduler: Option<tokio::task::JoinHandle<()>>,
-    async_worker: tokio::task::JoinHandle<()>,
+    /// Which kubefn process does the work that must happen once.
+    pub leadership: Leadership,
+    campaign: tokio::task::JoinHandle<()>,
+    /// The loops that run while this process leads (reconcile, cron, async) or while it follows
+    /// (serving the leader's instances).
+    background: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Server {
     /// Stops the reconcile loop and the runtime: every local replica process (they come back
     /// at the next start), or the cluster watchers and port-forwards (instances keep running).
     pub async fn shutdown(self) {
-        self.reconciler.abort();
-        if let Some(scheduler) = &self.scheduler {
-            scheduler.abort();
+        self.campaign.abort();
+        for task in &self.background {
+            task.abort();
         }
-        self.async_worker.abort();
+        // The work has stopped: hand the lease to the next process at once.
+        self.leadership.resign().await;
         drop(self.egress);
         self.platform.gateway.flush_spans().await;
         self.runtime.shutdown().await;
@@ -408,6 +341,10 @@ pub async fn build_app(config: &Config, mut leptos_options: LeptosOptions) -> Re
         Platform::open(&config.database_url(), spool, config.signup, runtime.clone(), outbound, spans, secrets_key)
             .await
             .map_err(StartError::Store)?;
+    if platform.store.is_shared() && config.secrets_key.is_none() {
+        // A key of this process's own would seal secrets the other processes cannot open.
+        return Err(StartError::SharedSecretsKey);
+    }
     if let Some(admin) = &config.admin {
         let (name, password) = admin.split_once(':').ok_or(StartError::AdminFormat)?;
         platform.accounts.ensure_admin(name, password).await.map_err(StartError::Admin)?;
@@ -428,9 +365,25 @@ pub async fn build_app(config: &Config, mut leptos_options: LeptosOptions) -> Re
         leptos_options.output_name = env!("CARGO_PKG_NAME").into();
     }
     leptos_options.site_addr = config.listen;
-    let reconciler = platform.instances.spawn_reconciler(Duration::from_secs(config.reconcile_seconds.max(1)));
-    let scheduler = config.cron.then(|| platform.triggers.spawn());
-    let async_worker = platform.asyncs.spawn();
+    let reconcile_period = Duration::from_secs(config.reconcile_seconds.max(1));
+    let lease = Duration::from_secs(config.leader_lease_seconds);
+    let leadership = Leadership::for_store(&platform.store, LeaseTimings { duration: lease, renew_every: lease / 5 });
+    let campaign = leadership.spawn();
+    let mut background = vec![
+        leadership.lead({
+            let instances = platform.instances.clone();
+            move || instances.spawn_reconciler(reconcile_period)
+        }),
+        leadership.lead({
+            let asyncs = platform.asyncs.clone();
+            move || asyncs.spawn()
+        }),
+        platform.instances.spawn_server(reconcile_period, leadership.clone()),
+    ];
+    if config.cron {
+        let triggers = platform.triggers.clone();
+        background.push(leadership.lead(move || triggers.spawn()));
+    }
     let state = AppState::new(leptos_options.clone(), platform.clone());
     let routes = generate_route_list(App);
     let app = Router::new()
@@ -447,7 +400,7 @@ pub async fn build_app(config: &Config, mut leptos_options: LeptosOptions) -> Re
         .layer(axum::middleware::from_fn(origin::refuse_cross_origin_writes));
     let app = gateway::past_the_session_layers(app, gateway::invocation_routes().with_state(state))
         .layer(TraceLayer::new_for_http());
-    Ok(Server { router: app, platform, runtime, egress, reconciler, scheduler, async_worker })
+    Ok(Server { router: app, platform, runtime, egress, leadership, campaign, background })
 }
 
 /// Serves until Ctrl-C or SIGTERM.
@@ -493,6 +446,9 @@ async fn shutdown_signal() {
     }
     tracing::info!("shutting down");
 }
+
+mod start_error;
+pub use start_error::StartError;
 
 #[cfg(test)]
 mod tests;

@@ -28,6 +28,10 @@ use std::time::{Duration, Instant};
 use support::call;
 use test_cluster::TestCluster;
 
+#[path = "support/postgres.rs"]
+mod postgres;
+#[path = "support/process.rs"]
+mod process;
 mod support;
 #[path = "support/cluster.rs"]
 mod test_cluster;
@@ -1525,4 +1529,242 @@ async fn start_up_names_a_missing_permission_and_a_cluster_that_does_not_answer(
     let error = KubernetesRuntime::connect(gone).await.expect_err("no cluster there");
     let text = kubefn::platform::error_chain(&error);
     assert!(text.contains(&format!("no cluster answers at https://127.0.0.1:{closed}/")), "{text}");
+}
+
+/// Three kubefn processes on one PostgreSQL database and the real cluster: every one serves the
+/// UI, the API and the gateway, one leads. The leader is killed with SIGKILL while a deploy, a
+/// cron fire and async calls are in flight: another takes over within the lease's bound, the
+/// gateway keeps answering through the survivors, the deploy finishes, the cron fire due while
+/// nobody led happens once, and every queued async call finishes.
+#[test]
+fn three_kubefns_on_one_postgresql_keep_every_promise_when_the_leader_is_killed() {
+    let runtime = tokio::runtime::Runtime::new().expect("tokio");
+    let Some(url) = runtime.block_on(postgres::fresh_database()) else {
+        eprintln!("skipped: no PostgreSQL server could start here (CI=true makes this a failure)");
+        return;
+    };
+    let store = runtime.block_on(postgres::Store::open(&url)).expect("the database");
+    let cluster = cluster();
+    let lease_seconds = 5;
+    let secrets_key = "5".repeat(64);
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().expect("data dir")).collect();
+    let _logs = LogsOnFailure(dirs.iter().map(|dir| dir.path().join("kubefn.log")).collect());
+    let start = |index: usize| {
+        let forwards = format!("{}-{}", 42800 + index * 50, 42849 + index * 50);
+        process::Server::start_with(process::free_port(), |command| {
+            command
+                .env("KUBEFN_DATA_DIR", dirs[index].path())
+                .env("KUBEFN_DATABASE_URL", &url)
+                .env("KUBEFN_SECRETS_KEY", &secrets_key)
+                .env("KUBEFN_RUNTIME", "kubernetes")
+                .env("KUBEFN_KUBECONFIG", &cluster.kubeconfig)
+                .env("KUBEFN_USER_NAMESPACE_PREFIX", "kfn-ha-")
+                .env("KUBEFN_PORT_FORWARD_RANGE", forwards)
+                .env("KUBEFN_PYTHON_IMAGE", test_cluster::images().python)
+                .env("KUBEFN_NODE_SELECTOR", "type=real")
+                .env("KUBEFN_LEADER_LEASE_SECONDS", lease_seconds.to_string())
+                .env("KUBEFN_LOG", "info,sqlx=warn,tower_sessions=warn,invocations=warn")
+                .stderr(std::fs::File::create(dirs[index].path().join("kubefn.log")).expect("log file"));
+        })
+    };
+    let kubefns: Vec<process::Server> = (0..3).map(start).collect();
+    let leader_pid = || {
+        let (holder, _) = runtime.block_on(store.lease_holder("leader")).expect("read the lease").expect("a leader");
+        holder.split('/').nth(1).and_then(|pid| pid.parse::<u32>().ok()).expect("HOST/PID/RANDOM")
+    };
+    let pid_of = |kubefn: &process::Server| kubefn.child.id();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !kubefns.iter().any(|k| pid_of(k) == leader_pid()) {
+        assert!(Instant::now() < deadline, "none of the three leads");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let leader = kubefns.iter().position(|k| pid_of(k) == leader_pid()).expect("the leader");
+    let followers: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    let via = |index: usize| &kubefns[index];
+    let (first, second) = (via(followers[0]), via(followers[1]));
+
+    // One account, one session: any of the three answers for it (sessions are in the database).
+    let user = format!("ha{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
+    let cookie = first.sign_up(&user);
+    let source = "import time\n\ndef handle(req):\n    if 'slow' in str(req):\n        time.sleep(0.5)\n    return 'ok ' + str(req)\n";
+    let id = first.deploy(&cookie, &json!({"name": "ha", "runtime": "python", "source": source}));
+    until_instance(second, &cookie, &id, |i| i["state"] == "Ready" && i["replicas"]["ready"] == 1);
+    for index in 0..3 {
+        let kubefn = via(index);
+        let mut answer = kubefn.invoke(&cookie, &user, "ha", "hi");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while answer.status != 200 && Instant::now() < deadline {
+            // A follower serves an instance from its next pass on (a second here).
+            std::thread::sleep(Duration::from_millis(200));
+            answer = kubefn.invoke(&cookie, &user, "ha", "hi");
+        }
+        assert_eq!((answer.status, answer.body.as_str()), (200, "ok hi"), "kubefn {index} answers for the instance");
+    }
+    let trigger = json!({"schedule": "* * * * *", "method": "POST", "path": "/", "body": "cron"});
+    let created = first.request("POST", "/api/v1/functions/ha/triggers", Some(&cookie), Some(&trigger.to_string()));
+    assert_eq!(created.status, 201, "{}", created.body);
+    let trigger_id = created.json()["id"].as_i64().expect("trigger id");
+
+    // Kill the leader a few seconds before a minute starts, so that minute's cron fire falls due
+    // while nobody leads.
+    let seconds_in_minute = chrono::Timelike::second(&chrono::Utc::now());
+    std::thread::sleep(Duration::from_secs(u64::from((57 + 60 - seconds_in_minute) % 60)));
+    let calls: Vec<String> = (0..12)
+        .map(|i| {
+            let queued =
+                second.request("POST", &format!("/async/fn/{user}/ha"), Some(&cookie), Some(&format!("\"slow {i}\"")));
+            assert_eq!(queued.status, 202, "{}", queued.body);
+            queued.json()["id"].as_str().expect("id").to_string()
+        })
+        .collect();
+    let registered =
+        json!({"name": "late", "runtime": "python", "source": "def handle(req):\n    return 'late ' + req\n"});
+    assert_eq!(second.request("POST", "/api/v1/functions", Some(&cookie), Some(&registered.to_string())).status, 201);
+    let late = second.request("POST", "/api/v1/functions/late/deploy", Some(&cookie), None);
+    assert_eq!(late.status, 201, "deploy while the leader dies: {}", late.body);
+    let late_id = late.json()["id"].as_str().expect("id").to_string();
+
+    // The gateway, through the survivors, for the whole failover.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = followers
+        .iter()
+        .map(|index| {
+            let client = process::Client { address: via(*index).address };
+            let (stop, cookie, user) = (stop.clone(), cookie.clone(), user.clone());
+            std::thread::spawn(move || {
+                let (mut sent, mut failed) = (0u32, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let answer = client.request("POST", &format!("/fn/{user}/ha/"), Some(&cookie), Some("\"load\""));
+                    sent += 1;
+                    if answer.status != 200 {
+                        failed.push(format!("{} {}", answer.status, answer.body));
+                    }
+                }
+                (sent, failed)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let killed_pid = pid_of(&kubefns[leader]);
+    // SAFETY: kill(2) on a child this test started; it touches no memory.
+    unsafe {
+        libc::kill(i32::try_from(killed_pid).expect("a pid"), libc::SIGKILL);
+    }
+    let killed = Instant::now();
+    let deadline = killed + Duration::from_secs(30);
+    while followers.iter().all(|i| pid_of(&kubefns[*i]) != leader_pid()) {
+        assert!(Instant::now() < deadline, "no survivor took the lead (still {killed_pid})");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let takeover = killed.elapsed();
+    let bound = Duration::from_secs(lease_seconds + lease_seconds / 5 * 2 + 1);
+    assert!(takeover <= bound, "a survivor led {takeover:?} after the kill, over the bound of {bound:?}");
+
+    // The deploy under way finishes, the async calls all finish, the cron minute fires once.
+    until_instance(first, &cookie, &late_id, |i| i["state"] == "Ready" && i["replicas"]["ready"] == 1);
+    assert_eq!(first.invoke(&cookie, &user, "late", "after").body, "late after");
+    let mut attempts = 0;
+    for call in &calls {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let status = second.request("GET", &format!("/api/v1/async/{call}"), Some(&cookie), None).json();
+            if status["state"] == "succeeded" {
+                assert!(
+                    status["response"].as_str().is_some_and(|r| r.starts_with("ok ") && r.contains("slow")),
+                    "{status:#}"
+                );
+                attempts += status["attempts"].as_u64().unwrap_or(0);
+                break;
+            }
+            assert!(status["state"] != "failed", "an async call failed: {status:#}");
+            assert!(Instant::now() < deadline, "an async call never finished: {status:#}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    let fired_after = |runs: &Value| -> Vec<String> {
+        runs.as_array()
+            .into_iter()
+            .flatten()
+            .filter(|run| run["outcome"] != "skipped")
+            .map(|run| run["scheduled_for"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    let mut fires = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while fires.len() < 2 {
+        let listed = first.request("GET", "/api/v1/functions/ha/triggers", Some(&cookie), None).json();
+        let runs =
+            listed.as_array().and_then(|all| all.iter().find(|t| t["id"] == trigger_id)).map(|t| t["runs"].clone());
+        fires = fired_after(&runs.unwrap_or(Value::Null));
+        assert!(Instant::now() < deadline, "the cron trigger did not fire twice after the kill: {fires:?}");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let mut unique = fires.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), fires.len(), "a cron minute fired twice: {fires:?}");
+    let minutes: Vec<i64> =
+        unique.iter().map(|at| chrono::DateTime::parse_from_rfc3339(at).expect("a time").timestamp() / 60).collect();
+    assert!(minutes.windows(2).all(|pair| pair[1] == pair[0] + 1), "a cron minute was lost: {fires:?}");
+
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (mut sent, mut failed) = (0, Vec::new());
+    for thread in load {
+        let (s, f) = thread.join().expect("load");
+        sent += s;
+        failed.extend(f);
+    }
+    eprintln!(
+        "failover: a survivor led {} ms after SIGKILL (lease {lease_seconds} s); the gateway answered {} of {sent} calls through the survivors meanwhile; 12 async calls took {attempts} attempts; cron fires {fires:?}",
+        takeover.as_millis(),
+        sent - failed.len() as u32,
+    );
+    assert!(sent >= 20, "the survivors' gateways were hardly asked: {sent}");
+    assert!(
+        failed.is_empty(),
+        "the gateway failed {} of {sent} calls through the survivors: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    for function in ["ha", "late"] {
+        let undeployed = first.request("DELETE", &format!("/api/v1/functions/{function}/deploy"), Some(&cookie), None);
+        assert!((200..300).contains(&undeployed.status), "undeploy {function}: {}", undeployed.body);
+    }
+    let namespace = format!("kfn-ha-{user}");
+    let admin = runtime.block_on(admin());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while runtime.block_on(left_of_in(&admin, &namespace, &names::managed_selector_text())) > 0 {
+        assert!(Instant::now() < deadline, "the survivors did not delete the instances");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    drop(kubefns);
+}
+
+/// Polls `kubefn` for instance `id` until `done` holds (a minute at most: pods start on the real node).
+fn until_instance(kubefn: &process::Server, cookie: &str, id: &str, done: impl Fn(&Value) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let answer = kubefn.request("GET", &format!("/api/v1/instances/{id}"), Some(cookie), None);
+        if answer.status == 200 && done(&answer.json()) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "instance {id} never got there: {} {}", answer.status, answer.body);
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Prints the tail of each kubefn's log when the test fails (dropped while panicking).
+struct LogsOnFailure(Vec<std::path::PathBuf>);
+
+impl Drop for LogsOnFailure {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for path in &self.0 {
+            let log = std::fs::read_to_string(path).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!("--- {}\n{}", path.display(), lines[lines.len().saturating_sub(60)..].join("\n"));
+        }
+    }
 }

@@ -2544,7 +2544,9 @@ async fn the_openapi_document_lists_every_route_and_nothing_else() {
 #[tokio::test]
 async fn kubefn_runs_on_postgresql() {
     let Some(database) = postgres::fresh_database().await else { return };
-    let app = TestApp::start_configured(SignupPolicy::Open, &["--database-url", &database]).await;
+    let key = "7".repeat(64);
+    let app =
+        TestApp::start_configured(SignupPolicy::Open, &["--database-url", &database, "--secrets-key", &key]).await;
     assert_eq!(app.call(Method::GET, "/readyz", None, As::Anonymous).await.status, StatusCode::OK);
     let alice = app.user("alice").await;
     let bob = app.user("bob").await;
@@ -2579,4 +2581,73 @@ fn sqlite_pool(store: &kubefn::platform::store::Store) -> &sqlx::SqlitePool {
         kubefn::platform::store::DatabasePool::Sqlite(pool) => pool,
         kubefn::platform::store::DatabasePool::Postgres(_) => panic!("the test app runs on SQLite"),
     }
+}
+
+/// `kubefn migrate-db` moves a SQLite installation to PostgreSQL: kubefn started on the copy
+/// (with the old secrets key) has the same accounts, passwords, functions, instances and
+/// secrets, and runs the instance with its secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_db_moves_an_installation_from_sqlite_to_postgresql() {
+    let Some(database) = postgres::fresh_database().await else { return };
+    let app = TestApp::start().await;
+    let alice = app.user("alice").await;
+    let source = "import os\n\ndef handle(req):\n    return 'key ' + os.environ['API_KEY']\n";
+    let function = with(
+        with(hello("keyed"), "/source", json!(source)),
+        "/secrets",
+        json!([{"name": "api-key", "env": "API_KEY"}]),
+    );
+    let put =
+        app.call(Method::PUT, "/api/v1/secrets/api-key", Some(json!({"value": "s3cret"})), As::Cookie(&alice)).await;
+    assert!(put.status.is_success(), "{}", put.body);
+    assert_eq!(
+        app.call(Method::POST, "/api/v1/functions", Some(function), As::Cookie(&alice)).await.status,
+        StatusCode::CREATED
+    );
+    let deployed = app.call(Method::POST, "/api/v1/functions/keyed/deploy", None, As::Cookie(&alice)).await;
+    assert_eq!(deployed.status, StatusCode::CREATED, "{}", deployed.body);
+    let id = deployed.body["id"].as_str().expect("id").to_string();
+    app.instance_until(&id, &alice, "ready", |i| i["state"] == "Ready").await;
+    let data = app.dir.path().to_path_buf();
+    let key = std::fs::read_to_string(data.join("secrets.key")).expect("the generated secrets key");
+    let sqlite = format!("sqlite://{}", data.join("kubefn.db").display());
+    // Copied while kubefn still runs (its data directory goes with it): SQLite's WAL gives the
+    // copy one consistent snapshot.
+
+    let migrate = |from: &str, to: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_kubefn"))
+            .args(["migrate-db", "--from", from, "--to", to])
+            .output()
+            .expect("kubefn migrate-db runs")
+    };
+    let missing = migrate("sqlite:///nonexistent/kubefn.db", &database);
+    assert_eq!(missing.status.code(), Some(2), "a mistyped source is refused, nothing created");
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("not a database file"));
+    let moved = migrate(&sqlite, &database);
+    let printed = String::from_utf8_lossy(&moved.stdout).into_owned();
+    assert!(moved.status.success(), "{printed}{}", String::from_utf8_lossy(&moved.stderr));
+    assert!(printed.contains("users") && printed.contains("secrets"), "{printed}");
+    let twice = migrate(&sqlite, &database);
+    assert_eq!(twice.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&twice.stderr).contains("empty database"),
+        "{}",
+        String::from_utf8_lossy(&twice.stderr)
+    );
+    app.stop().await;
+
+    let moved =
+        TestApp::start_configured(SignupPolicy::Open, &["--database-url", &database, "--secrets-key", key.trim()])
+            .await;
+    let alice = moved.user("alice").await;
+    let mine = moved.call(Method::GET, "/api/v1/instances", None, As::Cookie(&alice)).await;
+    let ids: Vec<&str> = mine.body.as_array().expect("list").iter().filter_map(|i| i["id"].as_str()).collect();
+    assert_eq!(ids, vec![id.as_str()], "the instance moved with its id");
+    let ready = moved.instance_until(&id, &alice, "ready on PostgreSQL", |i| i["state"] == "Ready").await;
+    assert_eq!(
+        invoke(&ready["urls"]["node_port"], "").await,
+        (200, "key s3cret".to_string()),
+        "the secret opens with the old key"
+    );
+    moved.stop().await;
 }

@@ -1,6 +1,7 @@
 //! kubefn's command line. `kubefn` (or `kubefn serve`) runs the server; every other
 //! subcommand is a client of a running kubefn's REST API and gateway, as a user at a terminal
-//! or a CI job drives it: `login`, `fn …`, `secret …` and `token …`.
+//! or a CI job drives it: `login`, `fn …`, `secret …` and `token …`; and `migrate-db`, which
+//! moves an installation's database from SQLite to PostgreSQL.
 //!
 //! Errors are the API's own (`kubefn: <message> [field] (HTTP status)` on stderr), and the exit
 //! code says what kind of failure it was: 1 the API refused or failed, 2 bad usage (clap's own
@@ -64,6 +65,9 @@ pub enum Command {
         #[command(subcommand)]
         command: SecretCommand,
     },
+    /// Copy an installation's database from SQLite to PostgreSQL (stop kubefn first); then
+    /// start kubefn with --database-url set to the target.
+    MigrateDb(MigrateDbArgs),
     /// Your API tokens.
     Token {
         #[command(flatten)]
@@ -71,6 +75,17 @@ pub enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+}
+
+/// `kubefn migrate-db`: the two databases.
+#[derive(Debug, Args)]
+pub struct MigrateDbArgs {
+    /// The SQLite database to copy, e.g. `sqlite://data/kubefn.db`.
+    #[arg(long)]
+    pub from: String,
+    /// The PostgreSQL database to fill: it must exist and be empty (kubefn creates the tables).
+    #[arg(long)]
+    pub to: String,
 }
 
 /// Where the client commands send their calls and how they print answers.
@@ -154,6 +169,9 @@ pub enum CliError {
     /// The function was reached but did not do what was asked (a failed deploy, an error answer).
     #[error("{0}")]
     Function(String),
+    /// `kubefn migrate-db` could not open, read or fill a database.
+    #[error("{}", crate::platform::error_chain(.0))]
+    Database(#[source] crate::platform::store::StoreError),
 }
 
 impl CliError {
@@ -167,6 +185,7 @@ impl CliError {
             CliError::Api(error) if error.status == 401 => 3,
             CliError::Api(_) => 1,
             CliError::Usage(_) | CliError::Local { .. } => 2,
+            CliError::Database(_) => 1,
             CliError::NotLoggedIn | CliError::Unreachable { .. } => 3,
             CliError::Function(_) => 4,
         }
@@ -200,6 +219,7 @@ pub async fn run(command: Command) -> ExitCode {
             Ok((api, _)) => tokens(&api, client.output, command).await,
             Err(error) => Err(error),
         },
+        Command::MigrateDb(args) => migrate_db(args).await,
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -208,6 +228,30 @@ pub async fn run(command: Command) -> ExitCode {
             ExitCode::from(error.exit_code())
         }
     }
+}
+
+/// Copies a SQLite installation into an empty PostgreSQL database, creating its tables first.
+async fn migrate_db(args: MigrateDbArgs) -> Result<(), CliError> {
+    use crate::platform::store::Store;
+    if !args.from.starts_with("sqlite:") {
+        return Err(CliError::usage("--from must be a SQLite URL, e.g. sqlite://data/kubefn.db"));
+    }
+    // An existing file only: a mistyped path must not quietly copy a new, empty database.
+    let path = args.from.trim_start_matches("sqlite:").trim_start_matches("//");
+    let path = path.split('?').next().unwrap_or_default();
+    if !std::path::Path::new(path).is_file() {
+        return Err(CliError::usage(format!("--from names {path}, which is not a database file")));
+    }
+    let source = Store::open(&args.from).await.map_err(CliError::Database)?;
+    let target = Store::open(&args.to).await.map_err(CliError::Database)?;
+    let copied = source.copy_into(&target).await.map_err(CliError::Database)?;
+    for (table, rows) in copied {
+        println!("{table:<20} {rows:>9} rows");
+    }
+    println!(
+        "done: start kubefn with --database-url set to the PostgreSQL URL, and --secrets-key set to the key its secrets were sealed with (the old data directory's secrets.key, unless you gave one)"
+    );
+    Ok(())
 }
 
 /// A client from the flags, the environment or the stored login, and whose it is (empty when

@@ -44,7 +44,18 @@ pub enum SpoolError {
 /// The spool directory; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct AsyncSpool {
-    dir: PathBuf,
+    /// `None`: bodies go into the database with their invocations ([`AsyncSpool::in_database`]).
+    dir: Option<PathBuf>,
+}
+
+/// A body as [`AsyncSpool::receive`] kept it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReceivedBody {
+    /// Its length in bytes.
+    pub bytes: u64,
+    /// The body itself when it goes into the database with its invocation; `None` when it is in
+    /// the spool directory.
+    pub inline: Option<Vec<u8>>,
 }
 
 impl AsyncSpool {
@@ -53,30 +64,47 @@ impl AsyncSpool {
         let io = |source| SpoolError::Io { action: "create the async spool directory", path: dir.clone(), source };
         std::fs::create_dir_all(&dir).map_err(io)?;
         std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).map_err(io)?;
-        Ok(AsyncSpool { dir })
+        Ok(AsyncSpool { dir: Some(dir) })
     }
 
-    /// The file holding invocation `id`'s body. Ids are UUIDs kubefn makes, never user input.
-    pub fn path(&self, id: &str) -> PathBuf {
-        self.dir.join(id)
+    /// No directory: each body is kept in the database with its invocation, so any kubefn
+    /// process on a shared database can work it (several processes on PostgreSQL). A body is
+    /// then whole in memory while it is received and sent, up to its function's body limit.
+    pub fn in_database() -> AsyncSpool {
+        AsyncSpool { dir: None }
     }
 
-    /// Writes `body` as invocation `id`'s, refusing it past `limit` bytes; its length. The file
-    /// is complete and synced when this returns, and nothing is left when it fails or is
-    /// dropped half-way (the client went away).
-    pub async fn receive<S, E>(&self, id: &str, body: S, limit: u64) -> Result<u64, SpoolError>
+    /// The file holding invocation `id`'s body, when bodies are kept in a directory. Ids are
+    /// UUIDs kubefn makes, never user input.
+    pub fn path(&self, id: &str) -> Option<PathBuf> {
+        self.dir.as_ref().map(|dir| dir.join(id))
+    }
+
+    /// Takes `body` as invocation `id`'s, refusing it past `limit` bytes. In a directory, the
+    /// file is complete and synced when this returns, and nothing is left when it fails or is
+    /// dropped half-way (the client went away); otherwise the body is returned to be stored.
+    pub async fn receive<S, E>(&self, id: &str, body: S, limit: u64) -> Result<ReceivedBody, SpoolError>
     where
         S: Stream<Item = Result<Bytes, E>> + Send,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let partial = Partial(self.dir.join(format!("{id}{PARTIAL}")));
+        let Some(dir) = &self.dir else {
+            let mut kept = Vec::new();
+            let mut body = std::pin::pin!(within_limit(body, limit));
+            while let Some(chunk) = body.next().await {
+                kept.extend_from_slice(&chunk?);
+            }
+            return Ok(ReceivedBody { bytes: kept.len() as u64, inline: Some(kept) });
+        };
+        let partial = Partial(dir.join(format!("{id}{PARTIAL}")));
         let bytes = write_at_most(&partial.0, body, limit).await?;
-        tokio::fs::rename(&partial.0, self.path(id)).await.map_err(|source| SpoolError::Io {
+        let path = dir.join(id);
+        tokio::fs::rename(&partial.0, &path).await.map_err(|source| SpoolError::Io {
             action: "keep the async request body",
-            path: self.path(id),
+            path,
             source,
         })?;
-        Ok(bytes)
+        Ok(ReceivedBody { bytes, inline: None })
     }
 
     /// Invocation `id`'s body, as a stream of chunks read from disk.
@@ -84,7 +112,7 @@ impl AsyncSpool {
         &self,
         id: &str,
     ) -> Result<impl Stream<Item = Result<Bytes, std::io::Error>> + Send + use<>, SpoolError> {
-        let path = self.path(id);
+        let path = self.path(id).unwrap_or_default();
         let file = tokio::fs::File::open(&path).await.map_err(|source| SpoolError::Io {
             action: "read the async request body",
             path,
@@ -100,7 +128,8 @@ impl AsyncSpool {
 
     /// Deletes invocation `id`'s body, if it is there.
     pub async fn remove(&self, id: &str) {
-        match tokio::fs::remove_file(self.path(id)).await {
+        let Some(path) = self.path(id) else { return };
+        match tokio::fs::remove_file(path).await {
             Ok(()) => {}
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
             Err(error) => tracing::warn!(id, %error, "cannot delete a finished async request body"),
@@ -109,8 +138,9 @@ impl AsyncSpool {
 
     /// Deletes every file but the bodies of `unfinished` (partial uploads included); how many.
     pub async fn sweep(&self, unfinished: &HashSet<String>) -> Result<usize, SpoolError> {
-        let io = |source| SpoolError::Io { action: "list the async spool directory", path: self.dir.clone(), source };
-        let mut entries = tokio::fs::read_dir(&self.dir).await.map_err(io)?;
+        let Some(dir) = &self.dir else { return Ok(0) };
+        let io = |source| SpoolError::Io { action: "list the async spool directory", path: dir.clone(), source };
+        let mut entries = tokio::fs::read_dir(dir).await.map_err(io)?;
         let mut deleted = 0;
         while let Some(entry) = entries.next_entry().await.map_err(io)? {
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -146,17 +176,29 @@ where
         .await
         .map_err(io("create"))?;
     let mut written: u64 = 0;
-    let mut body = std::pin::pin!(body);
+    let mut body = std::pin::pin!(within_limit(body, limit));
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| SpoolError::Broken(e.into()))?;
-        written = written.saturating_add(u64::try_from(chunk.len()).unwrap_or(u64::MAX));
-        if written > limit {
-            return Err(SpoolError::TooLarge { limit });
-        }
+        let chunk = chunk?;
+        written += chunk.len() as u64;
         file.write_all(&chunk).await.map_err(io("write"))?;
     }
     file.sync_all().await.map_err(io("sync"))?;
     Ok(written)
+}
+
+/// `body`'s chunks, ending in an error past `limit` bytes or where the upload broke off.
+fn within_limit<S, E>(body: S, limit: u64) -> impl Stream<Item = Result<Bytes, SpoolError>> + Send
+where
+    S: Stream<Item = Result<Bytes, E>> + Send,
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    body.scan(0u64, move |taken, chunk| {
+        let checked = chunk.map_err(|e| SpoolError::Broken(e.into())).and_then(|chunk| {
+            *taken = taken.saturating_add(u64::try_from(chunk.len()).unwrap_or(u64::MAX));
+            if *taken > limit { Err(SpoolError::TooLarge { limit }) } else { Ok(chunk) }
+        });
+        std::future::ready(Some(checked))
+    })
 }
 
 #[cfg(test)]
@@ -180,7 +222,7 @@ mod tests {
     async fn a_body_is_kept_whole_and_read_back_in_chunks() {
         let dir = tempfile::tempdir().expect("dir");
         let spool = AsyncSpool::open(dir.path().join("spool")).expect("spool");
-        assert_eq!(spool.receive("a", chunks(&["hello ", "world"]), 11).await.expect("kept"), 11);
+        assert_eq!(spool.receive("a", chunks(&["hello ", "world"]), 11).await.expect("kept").bytes, 11);
         assert_eq!(read_back(&spool, "a").await, b"hello world");
         let big = vec![7u8; CHUNK * 2 + 5];
         let one = futures::stream::iter([Ok::<_, std::io::Error>(Bytes::from(big.clone()))]);
@@ -188,7 +230,7 @@ mod tests {
         assert_eq!(read_back(&spool, "b").await, big);
         spool.remove("a").await;
         spool.remove("a").await;
-        assert!(!spool.path("a").exists());
+        assert!(!spool.path("a").expect("a directory").exists());
     }
 
     #[tokio::test]
@@ -208,6 +250,16 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn in_the_database_a_body_is_returned_whole_within_its_limit() {
+        let spool = AsyncSpool::in_database();
+        let kept = spool.receive("a", chunks(&["hello ", "world"]), 11).await.expect("kept");
+        assert_eq!(kept, ReceivedBody { bytes: 11, inline: Some(b"hello world".to_vec()) });
+        let refused = spool.receive("long", chunks(&["12345", "6"]), 5).await.expect_err("too long");
+        assert!(matches!(refused, SpoolError::TooLarge { limit: 5 }), "{refused}");
+        assert_eq!(spool.sweep(&HashSet::new()).await.expect("nothing to sweep"), 0);
+    }
+
+    #[tokio::test]
     async fn a_sweep_keeps_only_the_unfinished_bodies() {
         let dir = tempfile::tempdir().expect("dir");
         let spool = AsyncSpool::open(dir.path().to_path_buf()).expect("spool");
@@ -217,7 +269,7 @@ mod tests {
         std::fs::write(dir.path().join(format!("cut{PARTIAL}")), b"half").expect("a partial upload");
         let unfinished = HashSet::from(["waiting".to_string()]);
         assert_eq!(spool.sweep(&unfinished).await.expect("sweep"), 2);
-        assert!(spool.path("waiting").exists());
-        assert!(!spool.path("orphan").exists());
+        assert!(spool.path("waiting").expect("a directory").exists());
+        assert!(!spool.path("orphan").expect("a directory").exists());
     }
 }

@@ -1,18 +1,20 @@
-//! Users, passwords, API tokens, roles and the log-in rate limit.
+//! Users, passwords, API tokens, roles and the log-in and sign-up rate limits (counted by
+//! [`super::rate_limits`]).
 //!
 //! [`Accounts`] backs the session layer (the API layer adapts it to axum-login, see
 //! `api/session.rs`) and also answers API tokens, so the REST API and the pages resolve the
 //! same [`Principal`].
 
 use super::model::{FieldError, NewToken, Role, TokenInfo, UserInfo};
+#[cfg(test)]
+use super::rate_limits::AttemptCounter;
+use super::rate_limits::AttemptLimit;
 use super::store::{Store, StoreError, UserRecord};
 use super::validation::{MAX_USER_NAME, check_name, check_password};
-use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
-use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Failed log-ins allowed per user name from one client within [`FAILURE_WINDOW`]. Keyed on
 /// both, so nobody can lock a named user out from elsewhere.
@@ -141,18 +143,18 @@ impl From<StoreError> for AuthError {
 pub struct Accounts {
     store: Store,
     signup: SignupPolicy,
-    failed_log_ins: Arc<AttemptCounter>,
-    sign_ups: Arc<AttemptCounter>,
+    failed_log_ins: Arc<AttemptLimit>,
+    sign_ups: Arc<AttemptLimit>,
 }
 
 impl Accounts {
     /// Accounts over `store` with the given sign-up policy.
     pub fn new(store: Store, signup: SignupPolicy) -> Accounts {
         Accounts {
+            failed_log_ins: Arc::new(AttemptLimit::for_store(&store, "failed-log-in", FAILURE_WINDOW)),
+            sign_ups: Arc::new(AttemptLimit::for_store(&store, "sign-up", SIGNUP_WINDOW)),
             store,
             signup,
-            failed_log_ins: Arc::new(AttemptCounter::new(FAILURE_WINDOW)),
-            sign_ups: Arc::new(AttemptCounter::new(SIGNUP_WINDOW)),
         }
     }
 
@@ -165,10 +167,10 @@ impl Accounts {
         check_name("name", name, MAX_USER_NAME).map_err(AuthError::Invalid)?;
         check_password(password).map_err(AuthError::Invalid)?;
         let keys = [(format!("signup:{}", client_key(client)), MAX_SIGNUPS_PER_CLIENT)];
-        if let Some(wait) = self.sign_ups.blocked_for(&keys, Instant::now()) {
+        if let Some(wait) = self.sign_ups.blocked_for(&keys).await? {
             return Err(AuthError::SignupsLimited { retry_after_s: wait.as_secs().max(1) });
         }
-        self.sign_ups.record(&keys, Instant::now());
+        self.sign_ups.record(&keys).await?;
         let hash = hash_password(password).await?;
         match self.store.insert_user(name, &hash, Role::User).await {
             Err(StoreError::Duplicate { .. }) => Err(AuthError::NameTaken { name: name.to_string() }),
@@ -199,13 +201,13 @@ impl Accounts {
         client: Option<IpAddr>,
     ) -> Result<Option<UserRecord>, AuthError> {
         let keys = log_in_keys(&credentials.name, client);
-        if let Some(wait) = self.failed_log_ins.blocked_for(&keys, Instant::now()) {
+        if let Some(wait) = self.failed_log_ins.blocked_for(&keys).await? {
             return Err(AuthError::RateLimited { retry_after_s: wait.as_secs().max(1) });
         }
         let user = self.check_credentials(credentials).await?;
         match &user {
-            Some(_) => self.failed_log_ins.forget(&keys[..1]),
-            None => self.failed_log_ins.record(&keys, Instant::now()),
+            Some(_) => self.failed_log_ins.forget(&keys[..1]).await?,
+            None => self.failed_log_ins.record(&keys).await?,
         }
         Ok(user)
     }
@@ -350,61 +352,11 @@ fn client_key(client: Option<IpAddr>) -> String {
     client.map_or_else(|| "-".to_string(), |client| client.to_string())
 }
 
-/// Counts attempts per key in a sliding window; a key is blocked once its limit of attempts is
-/// inside the window.
-#[derive(Debug)]
-pub struct AttemptCounter {
-    window: Duration,
-    attempts: Mutex<HashMap<String, VecDeque<Instant>>>,
-}
-
-impl AttemptCounter {
-    /// A counter whose attempts count for `window`.
-    pub fn new(window: Duration) -> AttemptCounter {
-        AttemptCounter { window, attempts: Mutex::default() }
-    }
-
-    /// How long until an attempt on these keys (each with its limit) is accepted, or `None`
-    /// when it is now.
-    pub fn blocked_for(&self, keys: &[(String, usize)], now: Instant) -> Option<Duration> {
-        let mut attempts = self.attempts.lock();
-        keys.iter()
-            .filter_map(|(key, limit)| {
-                let times = attempts.get_mut(key)?;
-                while times.front().is_some_and(|t| now.duration_since(*t) >= self.window) {
-                    times.pop_front();
-                }
-                let excess = times.len().checked_sub(*limit)?;
-                // Blocked until enough of the oldest attempts leave the window.
-                times.get(excess).map(|t| self.window.saturating_sub(now.duration_since(*t)))
-            })
-            .max()
-    }
-
-    /// Counts an attempt against every key.
-    pub fn record(&self, keys: &[(String, usize)], now: Instant) {
-        let mut attempts = self.attempts.lock();
-        // Bound memory under a flood of distinct keys: drop entries whose window has passed.
-        if attempts.len() > 10_000 {
-            attempts.retain(|_, times| times.back().is_some_and(|t| now.duration_since(*t) < self.window));
-        }
-        for (key, _) in keys {
-            attempts.entry(key.clone()).or_default().push_back(now);
-        }
-    }
-
-    /// Clears the attempts of these keys (a successful log-in).
-    pub fn forget(&self, keys: &[(String, usize)]) {
-        let mut attempts = self.attempts.lock();
-        for (key, _) in keys {
-            attempts.remove(key);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use parking_lot::Mutex;
+    use std::time::Instant;
 
     #[test]
     fn the_sixth_failure_within_the_window_is_blocked_until_the_first_expires() {

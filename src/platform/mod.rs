@@ -1,5 +1,5 @@
 //! The FaaS core, with no Leptos inside: the model, validation, the store, accounts, the
-//! registry, instances and their runtimes, the gateway and its metrics, cron triggers, async invocations
+//! registry, instances and their runtimes, which process leads, the gateway and its metrics, cron triggers, async invocations
 //! and the addresses their callbacks may reach, and the autoscaling algorithm. Only [`model`] compiles for the browser; everything else is server-only.
 
 pub mod model;
@@ -19,11 +19,15 @@ pub mod instances;
 #[cfg(feature = "ssr")]
 pub mod latency;
 #[cfg(feature = "ssr")]
+pub mod leadership;
+#[cfg(feature = "ssr")]
 pub mod metrics;
 #[cfg(feature = "ssr")]
 pub mod outbound;
 #[cfg(feature = "ssr")]
 pub mod quotas;
+#[cfg(feature = "ssr")]
+pub mod rate_limits;
 #[cfg(feature = "ssr")]
 pub mod registry;
 #[cfg(feature = "ssr")]
@@ -110,7 +114,7 @@ mod ssr {
 
     impl Platform {
         /// Opens the store at `database_url` (migrating it) and wires the services, the async
-        /// queue's bodies in `spool`. Callbacks go only where `outbound` allows; the gateway's
+        /// queue's bodies in `spool` (in the database itself when several processes share it). Callbacks go only where `outbound` allows; the gateway's
         /// spans go to `spans` when kubefn exports them.
         pub async fn open(
             database_url: &str,
@@ -122,6 +126,8 @@ mod ssr {
             secrets_key: SecretKey,
         ) -> Result<Platform, StoreError> {
             let store = Store::open(database_url).await?;
+            // Any process on a shared database may work an invocation: its body goes with it.
+            let spool = if store.is_shared() { AsyncSpool::in_database() } else { spool };
             let registry = Registry::new(store.clone());
             let metrics = Arc::new(GatewayMetrics::new());
             let gateway = Gateway::new(store.clone(), runtime.clone(), metrics.clone(), spans);

@@ -156,7 +156,7 @@ impl AsyncInvocations {
         let room = MAX_QUEUED_BYTES_PER_INSTANCE.saturating_sub(bytes);
         let limit = target.policy.max_body_bytes.min(room);
         let id = uuid::Uuid::new_v4().to_string();
-        let body_bytes = self.spool.receive(&id, body, limit).await.map_err(|error| match error {
+        let received = self.spool.receive(&id, body, limit).await.map_err(|error| match error {
             SpoolError::TooLarge { .. } if limit < target.policy.max_body_bytes => bytes_held(),
             SpoolError::TooLarge { .. } => {
                 GatewayError::TooLarge { function: target.function.clone(), limit: target.policy.max_body_bytes }.into()
@@ -170,7 +170,8 @@ impl AsyncInvocations {
             user_id: target.owner_id,
             caller_id: caller.map(|c| c.id),
             call,
-            body_bytes,
+            body_bytes: received.bytes,
+            inline_body: received.inline,
         };
         if let Err(error) = self.store.insert_async(&new, Utc::now()).await {
             self.spool.remove(&id).await;
@@ -193,8 +194,10 @@ impl AsyncInvocations {
         if allowed { Ok(status) } else { Err(not_found()) }
     }
 
-    /// Works off the queue until aborted: invocations left running by a stopped kubefn go
-    /// back to the queue first.
+    /// Works off the queue until aborted (with the attempts under way): invocations left
+    /// running by a stopped kubefn, or by a leader that stepped down, go back to the queue first.
+    /// Run in one process at a time (the leader): an attempt cut short is made again, so a
+    /// function may see a call twice, never zero times.
     pub fn spawn(&self) -> tokio::task::JoinHandle<()> {
         let this = self.clone();
         tokio::spawn(async move {
@@ -209,8 +212,12 @@ impl AsyncInvocations {
                 tracing::error!(error = %super::error_chain(&error), "cannot clear the async spool of bodies nobody waits for");
             }
             let slots = Arc::new(Semaphore::new(PARALLEL));
+            // Held here so that aborting the worker (kubefn stops, or no longer leads) stops its
+            // attempts too: the next leader puts them back in the queue.
+            let mut attempts = tokio::task::JoinSet::new();
             let mut purged_at: Option<std::time::Instant> = None;
             loop {
+                while attempts.try_join_next().is_some() {}
                 if purged_at.is_none_or(|at| at.elapsed() >= PURGE_EVERY) {
                     purged_at = Some(std::time::Instant::now());
                     match this.purge_finished(Utc::now()).await {
@@ -231,7 +238,7 @@ impl AsyncInvocations {
                         for record in records {
                             let Ok(permit) = slots.clone().acquire_owned().await else { return };
                             let this = this.clone();
-                            tokio::spawn(async move {
+                            attempts.spawn(async move {
                                 this.attempt(record).await;
                                 drop(permit);
                             });

@@ -31,6 +31,7 @@ mod quota;
 mod reconcile;
 mod removal;
 mod reports;
+mod serving;
 
 /// The most replicas one instance may be scaled to by hand.
 pub const MAX_REPLICAS: u32 = 20;
@@ -384,7 +385,7 @@ impl Instances {
             secrets,
             registry_credentials,
         };
-        if instance.desired_version != version {
+        if instance.desired_version != version && mode != ApplyMode::Serve {
             self.store.set_instance_desired(&instance.id, version, instance.replicas, instance.paused).await?;
         }
         self.runtime.apply(desired, mode).await.map_err(|error| match error {

@@ -4,6 +4,16 @@
 use super::*;
 
 impl Instances {
+    /// User `user_id`'s quota, read at most once per pass through `cache`.
+    pub(super) async fn quota_in(&self, cache: &mut HashMap<i64, Quota>, user_id: i64) -> InstanceResult<Quota> {
+        if let Some(quota) = cache.get(&user_id) {
+            return Ok(*quota);
+        }
+        let quota = self.quotas.quota_of(user_id).await?;
+        cache.insert(user_id, quota);
+        Ok(quota)
+    }
+
     /// What each of the user's instances but `except` claims at its most ([`Footprint`]).
     pub(super) async fn footprints(&self, user_id: i64, except: Option<&str>) -> InstanceResult<Vec<Footprint>> {
         let mut footprints = Vec::new();

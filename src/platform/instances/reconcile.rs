@@ -43,14 +43,7 @@ impl Instances {
                 continue;
             }
             let spec = self.spec_of(&mut specs, &record).await?;
-            let quota = match user_quotas.get(&record.user_id) {
-                Some(quota) => *quota,
-                None => {
-                    let quota = self.quotas.quota_of(record.user_id).await?;
-                    user_quotas.insert(record.user_id, quota);
-                    quota
-                }
-            };
+            let quota = self.quota_in(&mut user_quotas, record.user_id).await?;
             let (record, spec) = self.follow_within_quota(record, spec).await?;
             if let Err(error) = self.apply(&record, spec, quota, ApplyMode::Reconcile).await {
                 // The state itself is the "state shows why": only the runtime's words go in it.

@@ -249,6 +249,11 @@ pub enum ApplyMode {
     Retry,
     /// The replica count was set by hand: it replaces the autoscaler's.
     SetReplicas,
+    /// Change nothing; only serve the instance from this kubefn process as it runs: another
+    /// process leads and applies (see [`crate::platform::leadership`]). On Kubernetes this binds
+    /// the process's route to the instance (its port-forward); the local runtime runs on one
+    /// machine, so it has nothing to serve from another process.
+    Serve,
 }
 
 /// Where instances run. Every method is keyed by the instance's id; `apply` is idempotent and
@@ -269,6 +274,12 @@ pub trait Runtime: Send + Sync + 'static {
     /// Stops every replica and frees the instance's ports; returns when nothing of it is left.
     /// Deleting an unknown instance succeeds.
     async fn delete(&self, id: &str) -> Result<(), RuntimeError>;
+
+    /// Stops serving every instance not in `keep` (another kubefn process deleted them),
+    /// leaving the runtime as it is: the counterpart of [`ApplyMode::Serve`].
+    async fn release_all_but(&self, keep: &std::collections::HashSet<String>) {
+        let _ = keep;
+    }
 
     /// The instance as it runs, or `None` when it does not run here.
     fn status(&self, id: &str) -> Option<RuntimeStatus>;

@@ -8,17 +8,16 @@ use super::InstanceSpec;
 use super::forwarding::Traffic;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::watch;
 
-/// How long `instance` has been idle, once that is at least its policy's
+/// `idle` (how long `instance` saw no request), once that is at least its policy's
 /// `scale_to_zero_after_s`; `None` while it is busy, paused, or never scales to zero.
-pub fn idle_past_limit(instance: &InstanceSpec, traffic: &Traffic, now: Instant) -> Option<Duration> {
+pub fn idle_past_limit(instance: &InstanceSpec, idle: Duration) -> Option<Duration> {
     if instance.paused {
         return None;
     }
     let after = Duration::from_secs(instance.spec.scaling.scale_to_zero_after_s?);
-    let idle = traffic.idle_for(now);
     (idle >= after).then_some(idle)
 }
 
@@ -74,6 +73,7 @@ pub async fn hold_until_ready<T, Changes>(
 mod tests {
     use super::*;
     use crate::platform::model::{FunctionSpec, Language, ScalingPolicy};
+    use std::time::Instant;
 
     fn instance(replicas: u32, scaling: ScalingPolicy) -> InstanceSpec {
         let spec = FunctionSpec { scaling, ..FunctionSpec::new("f", Language::Python, "") };
@@ -88,14 +88,21 @@ mod tests {
     fn only_an_unpaused_instance_with_the_policy_idles_to_zero_and_only_after_its_time() {
         let traffic = Traffic::default();
         let later = Instant::now() + Duration::from_secs(61);
-        assert_eq!(idle_past_limit(&instance(1, idle_after(60)), &traffic, later).map(|d| d.as_secs()), Some(61));
-        assert_eq!(idle_past_limit(&instance(1, idle_after(120)), &traffic, later), None, "not idle long enough");
-        assert_eq!(idle_past_limit(&instance(1, ScalingPolicy::default()), &traffic, later), None, "no policy");
+        assert_eq!(
+            idle_past_limit(&instance(1, idle_after(60)), traffic.idle_for(later)).map(|d| d.as_secs()),
+            Some(61)
+        );
+        assert_eq!(
+            idle_past_limit(&instance(1, idle_after(120)), traffic.idle_for(later)),
+            None,
+            "not idle long enough"
+        );
+        assert_eq!(idle_past_limit(&instance(1, ScalingPolicy::default()), traffic.idle_for(later)), None, "no policy");
         let paused = InstanceSpec { paused: true, ..instance(1, idle_after(60)) };
-        assert_eq!(idle_past_limit(&paused, &traffic, later), None, "paused is already at zero");
+        assert_eq!(idle_past_limit(&paused, traffic.idle_for(later)), None, "paused is already at zero");
         traffic.touch();
         assert_eq!(
-            idle_past_limit(&instance(1, idle_after(60)), &traffic, Instant::now()),
+            idle_past_limit(&instance(1, idle_after(60)), traffic.idle_for(Instant::now())),
             None,
             "a request just came"
         );

@@ -33,8 +33,11 @@ pub struct NewAsync {
     pub caller_id: Option<i64>,
     /// The request.
     pub call: AsyncCall,
-    /// The length of its body, which is in the spool ([`crate::platform::async_spool`]).
+    /// The length of its body.
     pub body_bytes: u64,
+    /// The body, when it is kept in the database; `None` when it is in the spool directory
+    /// ([`crate::platform::async_spool`]).
+    pub inline_body: Option<Vec<u8>>,
 }
 
 /// A queued invocation with what the worker needs.
@@ -111,7 +114,7 @@ impl Store {
             sqlx::query(
             "INSERT INTO async_invocations (id, function_id, user_id, caller_id, method, path, content_type, body, body_bytes, body_spooled,
                                             callback_url, state, next_attempt_at, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $12, $8, TRUE, $9, 'queued', $10, $11)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $12, $8, $13, $9, 'queued', $10, $11)",
         )
         .bind(&new.id)
         .bind(new.function_id)
@@ -124,9 +127,10 @@ impl Store {
         .bind(&new.call.callback_url)
         .bind(now)
         .bind(now)
-        // The body lives in the spool; the column keeps an empty value (no literal for empty
-        // bytes reads the same in both databases).
-        .bind(Vec::<u8>::new())
+        // A body in the spool leaves the column an empty value (no literal for empty bytes
+        // reads the same in both databases).
+        .bind(new.inline_body.as_deref().unwrap_or_default())
+        .bind(new.inline_body.is_none())
         .execute(pool)
         .await?;
             Ok(())

@@ -21,9 +21,12 @@ macro_rules! with_pool {
 }
 
 mod async_invocations;
+mod attempts;
+mod copy;
 mod functions;
 mod instances;
 mod invocations;
+mod leases;
 mod quotas;
 mod secrets;
 mod tokens;
@@ -75,6 +78,17 @@ pub enum StoreError {
         what: &'static str,
         /// The unique field.
         field: &'static str,
+    },
+    /// `kubefn migrate-db` was asked to copy other than from SQLite to PostgreSQL.
+    #[error(
+        "kubefn migrate-db copies from a SQLite database (--from sqlite://…) to a PostgreSQL one (--to postgres://…)"
+    )]
+    CopyDirection,
+    /// The target of `kubefn migrate-db` holds records already.
+    #[error("the target database already has rows in {table}; migrate into a new, empty database")]
+    TargetNotEmpty {
+        /// The first table found with rows.
+        table: &'static str,
     },
     /// A query failed.
     #[error("a database query failed")]
@@ -186,6 +200,17 @@ impl Store {
         &self.pool
     }
 
+    /// Whether several kubefn processes may share this database (PostgreSQL), rather than one
+    /// process owning it (a SQLite file).
+    pub fn is_shared(&self) -> bool {
+        matches!(self.pool, DatabasePool::Postgres(_))
+    }
+
+    /// Closes every connection: later queries fail at once.
+    pub async fn close(&self) {
+        with_pool!(self, |pool| pool.close().await)
+    }
+
     /// Whether the database answers a trivial query (for `/readyz`).
     pub async fn ping(&self) -> StoreResult<()> {
         with_pool!(self, |pool| {
@@ -223,7 +248,7 @@ enum JsonField {
 }
 
 #[cfg(test)]
-mod test_databases;
+pub(crate) mod test_databases;
 
 #[cfg(test)]
 mod tests {

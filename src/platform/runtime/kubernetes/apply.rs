@@ -31,6 +31,22 @@ impl Inner {
         Ok(())
     }
 
+    /// Serves an instance another kubefn process applies: its slot (route, port-forward) once
+    /// its Deployment is in the cluster, writing nothing there. The slot keeps no fingerprint,
+    /// so should this process lead later, its first pass applies the objects rather than take
+    /// them for applied (the leader that stopped may not have rolled out the newest spec).
+    pub(super) async fn serve(self: &Arc<Self>, spec: InstanceSpec) -> Result<(), KubernetesError> {
+        let namespace = self.namespace_of(&spec.user);
+        let served =
+            self.slots.lock().get(&spec.id).is_some_and(|slot| slot.spec == spec && slot.namespace == namespace);
+        if served || self.cluster.deployment_of(&spec.id).is_none() {
+            return Ok(());
+        }
+        let manifests = manifests::build(&spec, &namespace, &self.config.pods, spec.node_port)?;
+        self.ensure_slot(&spec, &namespace, &manifests.name, "").await;
+        Ok(())
+    }
+
     /// The name and fingerprint of the objects the instance's slot holds, when they were applied
     /// from exactly `spec` in `namespace` and its Deployment is there. The objects follow from
     /// those two alone (kubefn's pod settings never change while it runs), so there is nothing

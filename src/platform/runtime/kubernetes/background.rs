@@ -7,33 +7,60 @@ use crate::platform::runtime::scale_to_zero::{idle_past_limit, replicas_on_wake,
 
 impl Inner {
     /// Scales instances with `scale_to_zero_after_s` to zero once they saw no request for that
-    /// long (through their port-forward, or inside the cluster through kubefn's own dials); the
-    /// next request wakes them ([`Inner::wake`]). Requests that bypass kubefn (the NodePort)
-    /// are not seen.
+    /// long (through their port-forward, or inside the cluster through kubefn's own dials),
+    /// counting the requests every kubefn process saw: each marks its latest on the Deployment
+    /// ([`names::LAST_REQUEST`], once per period at most). The next request wakes them
+    /// ([`Inner::wake`]). Requests that bypass kubefn (the NodePort) are not seen.
     pub(super) async fn scale_idle_to_zero(&self) {
         let now = Instant::now();
-        let idle: Vec<(String, String, String)> = self
+        let wall = Utc::now();
+        let period = self.config.usage_period;
+        let watched: Vec<(String, String, String, InstanceSpec, Duration)> = self
             .slots
             .lock()
             .iter()
             .filter_map(|(id, slot)| {
-                idle_past_limit(&slot.spec, slot.traffic.as_ref()?, now)?;
-                Some((id.clone(), slot.namespace.clone(), slot.name.clone()))
+                slot.spec.spec.scaling.scale_to_zero_after_s?;
+                let idle = slot.traffic.as_ref()?.idle_for(now);
+                Some((id.clone(), slot.namespace.clone(), slot.name.clone(), slot.spec.clone(), idle))
             })
             .collect();
-        for (id, namespace, name) in idle {
-            let running = self
-                .cluster
-                .deployment_of(&id)
-                .and_then(|d| d.spec.as_ref().and_then(|s| s.replicas))
-                .is_some_and(|r| r > 0);
-            if !running {
+        for (id, namespace, name, spec, own_idle) in watched {
+            // Precise enough against the instance's own limit, and few writes for busy ones.
+            let after = Duration::from_secs(spec.spec.scaling.scale_to_zero_after_s.unwrap_or_default());
+            let spacing = period.max(after / 4);
+            let Some(deployment) = self.cluster.deployment_of(&id) else { continue };
+            let marked = deployment
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(names::LAST_REQUEST))
+                .and_then(|at| DateTime::parse_from_rfc3339(at).ok())
+                .map(|at| at.with_timezone(&Utc));
+            if let Some(seen) = mark_due(own_idle, marked, wall, spacing)
+                && let Err(error) = self.mark_last_request(&namespace, &name, seen).await
+            {
+                tracing::warn!(instance = %id, %error, "cannot mark the instance's last request");
+            }
+            let running = deployment.spec.as_ref().and_then(|s| s.replicas).is_some_and(|r| r > 0);
+            if !running || idle_past_limit(&spec, shared_idle(own_idle, marked, wall)).is_none() {
                 continue;
             }
             if let Err(error) = self.scale_deployment(&namespace, &name, 0).await {
                 tracing::warn!(instance = %id, %error, "cannot scale the idle instance to zero");
             }
         }
+    }
+
+    /// Marks `seen` as the instance's last request on its Deployment.
+    async fn mark_last_request(&self, namespace: &str, name: &str, seen: DateTime<Utc>) -> Result<(), KubernetesError> {
+        let api: Api<Deployment> = Api::namespaced(self.client.clone(), namespace);
+        let stamp = seen.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let patch = serde_json::json!({ "metadata": { "annotations": { names::LAST_REQUEST: stamp } } });
+        api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(api_error(format!("mark the last request on Deployment {namespace}/{name}")))?;
+        Ok(())
     }
 
     pub(super) async fn sample_usage(&self) {
@@ -116,5 +143,60 @@ impl Inner {
             let id = id.clone();
             present.then_some(async move { inner.wake(&id).await })
         }));
+    }
+}
+
+/// How long an instance saw no request from any kubefn process: this one's idle time, or the
+/// time since the last request another marked, whichever is shorter.
+pub fn shared_idle(own: Duration, marked: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Duration {
+    let since_marked = marked.map_or(Duration::MAX, |at| (now - at).to_std().unwrap_or_default());
+    own.min(since_marked)
+}
+
+/// The time to mark as the instance's last request, when this process saw one that the mark
+/// does not show yet, and the mark is at least `spacing` older (one write per `spacing` at most).
+pub fn mark_due(
+    own_idle: Duration,
+    marked: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+    spacing: Duration,
+) -> Option<DateTime<Utc>> {
+    // Long idle here: nothing new to say (and a process that never saw a request counts its
+    // idle time from its start).
+    if own_idle > spacing * 2 {
+        return None;
+    }
+    let seen = now - chrono::Duration::from_std(own_idle).ok()?;
+    let spacing = chrono::Duration::from_std(spacing).ok()?;
+    marked.is_none_or(|at| seen - at >= spacing).then_some(seen)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_instance_is_idle_only_when_no_kubefn_process_saw_a_request() {
+        let now = Utc::now();
+        let minute = Duration::from_secs(60);
+        assert_eq!(shared_idle(minute * 10, None, now), minute * 10, "alone: its own idle time");
+        let marked = now - chrono::Duration::seconds(30);
+        assert_eq!(shared_idle(minute * 10, Some(marked), now), Duration::from_secs(30), "another saw one");
+        assert_eq!(shared_idle(Duration::ZERO, Some(marked), now), Duration::ZERO, "busy here");
+    }
+
+    #[test]
+    fn a_process_marks_its_requests_at_most_once_a_period() {
+        let now = Utc::now();
+        let period = Duration::from_secs(5);
+        assert_eq!(mark_due(Duration::ZERO, None, now, period), Some(now), "first request seen: marked");
+        assert_eq!(
+            mark_due(Duration::from_secs(2), Some(now - chrono::Duration::seconds(3)), now, period),
+            None,
+            "marked a second before"
+        );
+        let old = now - chrono::Duration::seconds(20);
+        assert_eq!(mark_due(Duration::from_secs(1), Some(old), now, period), Some(now - chrono::Duration::seconds(1)));
+        assert_eq!(mark_due(Duration::from_secs(600), Some(old), now, period), None, "idle here: nothing to say");
     }
 }

@@ -51,6 +51,10 @@ pub const INSTANCE: &str = "kubefn.dev/instance";
 pub const PAUSED: &str = "kubefn.dev/paused";
 /// Annotation on the Deployment: the desired version's fingerprint (what was applied last).
 pub const FINGERPRINT: &str = "kubefn.dev/fingerprint";
+/// Annotation on an instance's Deployment: when a kubefn process last saw a request for it
+/// (RFC 3339). With several kubefn processes each serves part of the traffic; none may scale to
+/// zero an instance another keeps busy.
+pub const LAST_REQUEST: &str = "kubefn.dev/last-request";
 /// The Pod Security admission label every namespace kubefn creates carries, with
 /// [`POD_SECURITY_LEVEL`]: function pods already meet the restricted profile, so anything that
 /// does not (a privileged pod, a host path) is refused there by the apiserver itself.

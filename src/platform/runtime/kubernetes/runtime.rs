@@ -22,6 +22,7 @@ impl Runtime for KubernetesRuntime {
             // over from the count it is given.
             ApplyMode::SetReplicas if self.inner.locate(&spec.id).is_some() => self.set_replicas(&spec).await,
             ApplyMode::SetReplicas | ApplyMode::Reconcile => Ok(self.inner.apply(spec, false).await?),
+            ApplyMode::Serve => Ok(self.inner.serve(spec).await?),
             ApplyMode::Retry => {
                 let id = spec.id.clone();
                 self.inner.apply(spec, true).await?;
@@ -50,6 +51,17 @@ impl Runtime for KubernetesRuntime {
         }
         self.inner.wait_gone(&namespace, &selector, id).await?;
         Ok(())
+    }
+
+    async fn release_all_but(&self, keep: &std::collections::HashSet<String>) {
+        let forwards: Vec<_> = {
+            let mut slots = self.inner.slots.lock();
+            let gone: Vec<String> = slots.keys().filter(|id| !keep.contains(*id)).cloned().collect();
+            gone.iter().filter_map(|id| slots.remove(id).and_then(|mut slot| slot.forward.take())).collect()
+        };
+        for forward in forwards {
+            forward.close().await;
+        }
     }
 
     fn ready_replicas(&self, id: &str) -> Option<u32> {

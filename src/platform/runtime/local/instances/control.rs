@@ -103,7 +103,7 @@ pub(super) fn idle_check(slot: &Slot, state: &mut SlotState, now: Instant) {
     if state.idle_at_zero || state.rollout.is_some() || state.active.is_none() {
         return;
     }
-    if let Some(idle) = idle_past_limit(&state.spec, &slot.traffic, now) {
+    if let Some(idle) = idle_past_limit(&state.spec, slot.traffic.idle_for(now)) {
         state.idle_at_zero = true;
         state.event("Normal", "ScaledToZero", format!("no request for {} s: scaled to zero", idle.as_secs()));
         state.scale_sets();

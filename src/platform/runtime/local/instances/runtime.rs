@@ -27,6 +27,10 @@ impl Runtime for LocalRuntime {
     }
 
     async fn apply(&self, spec: InstanceSpec, mode: ApplyMode) -> Result<(), RuntimeError> {
+        if mode == ApplyMode::Serve {
+            // One machine: replicas run under the process that leads, and only it serves them.
+            return Ok(());
+        }
         self.apply_spec(spec, mode == ApplyMode::Retry, mode == ApplyMode::SetReplicas).await
     }
 
