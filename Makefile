@@ -50,6 +50,8 @@ test-unit: tools lint-tools sandbox testcluster
 	cargo fmt --check
 	cargo clippy --features ssr --all-targets -- -D warnings
 	cargo test --features ssr
+	# The REST suite again, every app on a fresh database of a real PostgreSQL (tests/postgres).
+	KUBEFN_TEST_DATABASE=postgres cargo test --features ssr --test rest_api
 	cargo test --features ssr --benches --no-run
 
 # The browser bundle every page loads before it hydrates, gzipped (-9) as it travels, against its

@@ -16,7 +16,9 @@ Each figure is measured with its baseline in the same run:
      time as the autoscaler (the HPA algorithm) acts; a plot; then the same on the test
      cluster's real node with the Kubernetes HPA on real CPU, and its plot;
   5. seed experiment 2: response time against simultaneous requests (1 ... 256) through kubefn
-     and to a plain always-on Node server; a plot.
+     and to a plain always-on Node server; a plot;
+  6. several kubefn replicas: gateway throughput with 1 and with 3 kubefns on one PostgreSQL on
+     the test cluster.
 Then it merges the Rust benches' JSON (local runtime, Kubernetes) from the run directory,
 writes bench/results/<stamp>.md, .json and the plots, and regenerates the README's table.
 """
@@ -481,31 +483,116 @@ def autoscaling(server, scaling_reasons=("ScalingReplicaSet",)):
 
 
 @contextlib.contextmanager
-def kubefn_on_test_cluster(binary, site, placement, forward_ports, **cluster_settings):
-    """The test cluster (k8s/testcluster, its settings as KUBEFN_CLUSTER_* variables) started
-    for this run, and a release kubefn with the Kubernetes runtime on it, its pods placed by
-    `placement` (kubefn's flags), signed up; both stopped on leaving."""
+def test_cluster(**cluster_settings):
+    """The test cluster (k8s/testcluster, its settings as KUBEFN_CLUSTER_* variables) started for
+    this run: its kubeconfig and its start figures; stopped on leaving."""
     cluster = tempfile.mkdtemp(prefix="kubefn-bench-cluster.")
     env = dict(os.environ, KUBEFN_CLUSTER_OWNER_PID=str(os.getpid()), **cluster_settings)
     started = subprocess.run([str(ROOT / "k8s/testcluster/start.sh"), cluster], capture_output=True, text=True, env=env)
     if started.returncode != 0:
         raise RuntimeError(f"the test cluster did not start: {started.stderr[-2000:]}")
-    # start.sh's last words: "cluster ready in S s (the real node in N s, its … M MiB resident); …"
-    figures = re.search(r"ready in ([\d.]+) s \(the real node in ([\d.]+) s, .* (\d+) MiB resident\)", started.stderr)
-    if figures is None:
-        raise RuntimeError(f"start.sh did not report its start time and node memory: {started.stderr[-500:]}")
-    server = None
     try:
-        server = Server(binary, site, ["--runtime", "kubernetes", "--kubeconfig", started.stdout.strip(),
-                                       "--python-image", "kubefn.test/python:3.11-bookworm", *placement,
-                                       "--port-forward-range", forward_ports])
-        server.sign_up()
-        server.cluster_start = {"cluster_s": float(figures[1]), "node_s": float(figures[2]), "node_mib": int(figures[3])}
-        yield server
+        # start.sh's last words: "cluster ready in S s (the real node in N s, its … M MiB resident); …"
+        figures = re.search(r"ready in ([\d.]+) s \(the real node in ([\d.]+) s, .* (\d+) MiB resident\)", started.stderr)
+        if figures is None:
+            raise RuntimeError(f"start.sh did not report its start time and node memory: {started.stderr[-500:]}")
+        yield started.stdout.strip(), {"cluster_s": float(figures[1]), "node_s": float(figures[2]), "node_mib": int(figures[3])}
     finally:
-        if server is not None:
-            server.stop()
         subprocess.run([str(ROOT / "k8s/testcluster/stop.sh"), cluster], capture_output=True)
+
+
+def on_kubernetes(kubeconfig, placement, forward_ports):
+    """kubefn's flags for the Kubernetes runtime on the test cluster, its pods placed by `placement`."""
+    return ["--runtime", "kubernetes", "--kubeconfig", kubeconfig, "--python-image", "kubefn.test/python:3.11-bookworm",
+            *placement, "--port-forward-range", forward_ports]
+
+
+@contextlib.contextmanager
+def kubefn_on_test_cluster(binary, site, placement, forward_ports, **cluster_settings):
+    """The test cluster started for this run, and a release kubefn with the Kubernetes runtime on
+    it, its pods placed by `placement` (kubefn's flags), signed up; both stopped on leaving."""
+    with test_cluster(**cluster_settings) as (kubeconfig, cluster_start):
+        server = None
+        try:
+            server = Server(binary, site, on_kubernetes(kubeconfig, placement, forward_ports))
+            server.sign_up()
+            server.cluster_start = cluster_start
+            yield server
+        finally:
+            if server is not None:
+                server.stop()
+
+
+@contextlib.contextmanager
+def postgresql():
+    """A throwaway PostgreSQL server (tests/postgres/start.sh): its URL; stopped on leaving."""
+    directory = tempfile.mkdtemp(prefix="kubefn-bench-pg.")
+    env = dict(os.environ, KUBEFN_PG_OWNER_PID=str(os.getpid()))
+    started = subprocess.run([str(ROOT / "tests/postgres/start.sh"), directory, str(free_port())], capture_output=True,
+                             text=True, env=env)
+    if started.returncode != 0:
+        raise RuntimeError(f"PostgreSQL did not start: {started.stderr[-2000:]}")
+    try:
+        yield started.stdout.strip()
+    finally:
+        subprocess.run([str(ROOT / "tests/postgres/stop.sh"), directory], capture_output=True)
+
+
+def replicas_on_kubernetes(binary, site):
+    """Gateway throughput with one kubefn and with three on one PostgreSQL database (#20), on the
+    test cluster's real node: one Python replica of a trivial function, reached through each
+    kubefn's port-forward; wrk on 32 connections to the one, then on 32 spread over the three at
+    once (their requests per second summed). The same machine runs everything, so this shows
+    what several kubefns cost and give here, not what three machines would."""
+    log("gateway with 1 and 3 kubefn replicas on one PostgreSQL (test cluster, real node)")
+    key = "ab" * 32
+    with test_cluster() as (kubeconfig, _), postgresql() as url:
+        servers = []
+        try:
+            for index in range(3):
+                flags = on_kubernetes(kubeconfig, ["--node-selector", "type=real"], f"{45000 + index * 100}-{45099 + index * 100}")
+                servers.append(Server(binary, site, [*flags, "--database-url", url, "--secrets-key", key]))
+                if index == 0:
+                    servers[0].sign_up()
+                    servers[0].register({"name": "hello", "runtime": "python", "source": "def handle(req):\n    return 'hello'\n",
+                                         "scaling": {"min": 1, "max": 1}, "invoke": {"access": "public"}})
+                    servers[0].until_ready(servers[0].deploy("hello"))
+            urls = [f"{server.base}/fn/bench/hello/" for server in servers]
+            for url in urls:
+                deadline = time.monotonic() + 60
+                while wrk(url, 1, 1)["errors"] and time.monotonic() < deadline:
+                    time.sleep(1)
+            one, three = [], []
+            for _ in range(REPEATS):
+                one.append(wrk(urls[0], LOAD_CONNECTIONS, LOAD_SECONDS))
+                with concurrent.futures.ThreadPoolExecutor(3) as pool:
+                    share = -(-LOAD_CONNECTIONS // 3)
+                    runs = list(pool.map(lambda url: wrk(url, share, LOAD_SECONDS), urls))
+                three.append({"requests_per_s": sum(r["requests_per_s"] for r in runs), "errors": sum(r["errors"] for r in runs),
+                              "p50_ms": max(r["p50_ms"] for r in runs)})
+        finally:
+            for server in servers:
+                server.stop()
+    result = {}
+    for name, runs in (("1 kubefn", one), ("3 kubefns", three)):
+        result[name] = {"requests_per_s": median_spread([r["requests_per_s"] for r in runs]),
+                        "p50_ms": median_spread([r["p50_ms"] for r in runs]), "errors": sum(r["errors"] for r in runs)}
+        log(f"  {name}: {result[name]['requests_per_s']['median']:.0f} requests/s, {result[name]['errors']} errors")
+    return result
+
+
+def replicas_section(replicas):
+    """The README's lines on gateway throughput with 1 and 3 kubefn replicas."""
+    if not replicas:
+        return []
+    one = replicas["1 kubefn"]["requests_per_s"]["median"]
+    lines = ["", "Gateway throughput with several kubefn replicas on one PostgreSQL (Kubernetes runtime, test cluster's real node,",
+             "32 connections, one Python replica of a trivial function, everything on this one machine):", "",
+             "| kubefn replicas | requests/s | against 1 | errors |", "|---|---|---|---|"]
+    for name, figure in replicas.items():
+        rps = figure["requests_per_s"]["median"]
+        lines.append(f"| {name} | {rps:,.0f} | {rps / one:.2f}× | {figure['errors']} |")
+    return lines
 
 
 def autoscaling_on_kubernetes(binary, site):
@@ -923,6 +1010,9 @@ def report(stamp, results):
               f"| registering a function (REST, median of {REGISTERED}) | {f['register_per_function_ms']:.1f} ms |",
               f"| wasm bundle {wasm['file']} | {wasm['raw_kib']:.0f} KiB raw, {wasm['gzip_kib']:.0f} KiB gzipped |", ""]
     lines += growth_section(f.get("catalog_growth", []), results.get("log_followers", []), results.get("kubernetes_growth", []))
+    replicas = replicas_section(results.get("replicas", {}))
+    if replicas:
+        lines += ["## Several kubefn replicas"] + replicas + [""]
     auto = results["autoscaling"]
     lines += ["## Seed experiment 1: autoscaling", "",
               f"A Python function burns 10 ms of CPU per request (request 200m, target 50%, 1–6 replicas); open-loop load in steps of "
@@ -971,7 +1061,7 @@ def report(stamp, results):
     readme = [f"Latest run: [{stamp}](bench/results/{stamp}.md), {results['machine']}", ""] + table + [
         "", f"Plots: [seed 1, autoscaling](bench/results/{stamp}-autoscaling.svg) "
             f"(and [on Kubernetes](bench/results/{stamp}-autoscaling-kubernetes.svg)); "
-            f"[seed 2, response time against simultaneous requests](bench/results/{stamp}-concurrency.svg)."]
+            f"[seed 2, response time against simultaneous requests](bench/results/{stamp}-concurrency.svg)."] + replicas
     return "\n".join(lines), "\n".join(readme), goals
 
 
@@ -1006,9 +1096,14 @@ def main():
     parser.add_argument("--results", default=ROOT / "bench/results")
     parser.add_argument("--gateway-only", action="store_true",
                         help="measure the gateway overhead alone and print its table (no report, README untouched)")
+    parser.add_argument("--replicas-only", action="store_true",
+                        help="measure the gateway with 1 and 3 kubefn replicas alone and print the table (README untouched)")
     parser.add_argument("--growth-only", action="store_true",
                         help="measure how the catalog and log following grow alone and print the table (README untouched)")
     args = parser.parse_args()
+    if args.replicas_only:
+        print("\n".join(replicas_section(replicas_on_kubernetes(args.binary, args.site))))
+        return
     if args.growth_only:
         kube = kubernetes_growth(args.binary, args.site)
         followers = log_followers(args.binary, args.site)
@@ -1037,6 +1132,7 @@ def main():
     results["footprint"] = footprint(args.binary, args.site)
     results["log_followers"] = log_followers(args.binary, args.site)
     results["kubernetes_growth"] = kubernetes_growth(args.binary, args.site)
+    results["replicas"] = replicas_on_kubernetes(args.binary, args.site)
     results["wasm"] = wasm_size(args.site)
     for name in ("local_runtime", "kubernetes"):
         path = pathlib.Path(args.run, f"{name}.json")

@@ -352,7 +352,7 @@ pub async fn build_app(config: &Config, mut leptos_options: LeptosOptions) -> Re
     }
 
     let session_store = SessionRecords::open(platform.store.pool()).await.map_err(StartError::Sessions)?;
-    let sessions = SessionManagerLayer::new(session_store)
+    let sessions = SessionManagerLayer::new(session_store.clone())
         .with_name(crate::api::caller::SESSION_COOKIE)
         .with_http_only(true)
         .with_same_site(SameSite::Lax)
@@ -380,6 +380,10 @@ pub async fn build_app(config: &Config, mut leptos_options: LeptosOptions) -> Re
         }),
         platform.instances.spawn_server(reconcile_period, leadership.clone()),
     ];
+    background.push(leadership.lead({
+        let sessions = session_store.clone();
+        move || sessions.spawn_expiry_sweep(Duration::from_secs(3600))
+    }));
     if config.cron {
         let triggers = platform.triggers.clone();
         background.push(leadership.lead(move || triggers.spawn()));

@@ -1768,3 +1768,30 @@ impl Drop for LogsOnFailure {
         }
     }
 }
+
+/// `k8s/ha` as the real apiserver takes it (a server-side dry run): three replicas rolled with
+/// none unavailable, the database URL and the secrets key from Secrets, no SQLite volume, and a
+/// PodDisruptionBudget over kubefn's pods.
+#[test]
+fn the_ha_overlay_is_three_replicas_on_a_database_from_a_secret() {
+    let overlay = concat!(env!("CARGO_MANIFEST_DIR"), "/k8s/ha");
+    let applied = cluster().kubectl(&["apply", "-k", overlay, "--dry-run=server", "-o", "json"], None);
+    let list: Value = serde_json::from_str(&applied).expect("JSON");
+    let objects = list["items"].as_array().cloned().unwrap_or_default();
+    let of_kind = |kind: &str| objects.iter().filter(|o| o["kind"] == kind).cloned().collect::<Vec<_>>();
+    let deployment = &of_kind("Deployment")[0];
+    assert_eq!(deployment["spec"]["replicas"], 3);
+    assert_eq!(deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"], 0, "{:#}", deployment["spec"]["strategy"]);
+    let pod = &deployment["spec"]["template"]["spec"];
+    let env = pod["containers"][0]["env"].as_array().cloned().unwrap_or_default();
+    let from_secret = |name: &str| env.iter().find(|e| e["name"] == name).map(|e| e["valueFrom"]["secretKeyRef"]["name"].clone());
+    assert_eq!(from_secret("KUBEFN_DATABASE_URL"), Some(json!("kubefn-database")));
+    assert_eq!(from_secret("KUBEFN_SECRETS_KEY"), Some(json!("kubefn-secrets-key")));
+    assert!(pod["volumes"][0]["emptyDir"].is_object(), "no SQLite volume: {:#}", pod["volumes"]);
+    assert!(of_kind("PersistentVolumeClaim").is_empty(), "no claim for SQLite");
+    let budget = &of_kind("PodDisruptionBudget")[0];
+    assert_eq!(budget["spec"]["minAvailable"], 2);
+    let labels = &deployment["spec"]["template"]["metadata"]["labels"];
+    let selector = budget["spec"]["selector"]["matchLabels"].as_object().expect("labels");
+    assert!(selector.iter().all(|(key, value)| &labels[key] == value), "the budget covers kubefn's pods");
+}

@@ -4,7 +4,7 @@
 use crate::platform::auth::{Accounts, AuthError, Credentials};
 use crate::platform::store::{DatabasePool, UserRecord};
 use tower_sessions::session::{Id, Record};
-use tower_sessions::session_store::{self, SessionStore};
+use tower_sessions::session_store::{self, ExpiredDeletion, SessionStore};
 
 /// A signed-in user as the session layer holds it.
 #[derive(Clone, Debug)]
@@ -70,6 +70,32 @@ impl SessionRecords {
             }
         })
     }
+
+    /// Deletes expired sessions every `period` until aborted (an expired session is refused
+    /// when it is loaded anyway; this keeps the table from growing with abandoned ones). Run by
+    /// the process that leads.
+    pub fn spawn_expiry_sweep(&self, period: std::time::Duration) -> tokio::task::JoinHandle<()> {
+        let sessions = self.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(period);
+            loop {
+                every.tick().await;
+                if let Err(error) = sessions.delete_expired().await {
+                    tracing::warn!(%error, "cannot delete expired sessions");
+                }
+            }
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl ExpiredDeletion for SessionRecords {
+    async fn delete_expired(&self) -> session_store::Result<()> {
+        match self {
+            SessionRecords::Sqlite(store) => store.delete_expired().await,
+            SessionRecords::Postgres(store) => store.delete_expired().await,
+        }
+    }
 }
 
 #[async_trait::async_trait]
@@ -99,6 +125,46 @@ impl SessionStore for SessionRecords {
         match self {
             SessionRecords::Sqlite(store) => store.delete(id).await,
             SessionRecords::Postgres(store) => store.delete(id).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn rows(pool: &DatabasePool) -> i64 {
+        let (count,): (i64,) = match pool {
+            DatabasePool::Sqlite(pool) => sqlx::query_as("SELECT COUNT(*) FROM tower_sessions").fetch_one(pool).await,
+            DatabasePool::Postgres(pool) => {
+                sqlx::query_as("SELECT COUNT(*) FROM tower_sessions.session").fetch_one(pool).await
+            }
+        }
+        .expect("count");
+        count
+    }
+
+    #[tokio::test]
+    async fn the_sweep_deletes_expired_sessions_and_keeps_live_ones() {
+        for crate::platform::store::test_databases::TestStore { store, .. } in
+            crate::platform::store::test_databases::test_stores().await
+        {
+            let sessions = SessionRecords::open(store.pool()).await.expect("the session table");
+            let now = time::OffsetDateTime::now_utc();
+            for expiry_date in [now - time::Duration::hours(1), now + time::Duration::days(7)] {
+                let mut record = Record { id: Id::default(), data: Default::default(), expiry_date };
+                sessions.create(&mut record).await.expect("stored");
+            }
+            assert_eq!(rows(store.pool()).await, 2);
+            let sweep = sessions.spawn_expiry_sweep(std::time::Duration::from_secs(3600));
+            for _ in 0..100 {
+                if rows(store.pool()).await == 1 {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            sweep.abort();
+            assert_eq!(rows(store.pool()).await, 1, "the expired one went at the first sweep, the live one stayed");
         }
     }
 }

@@ -1,6 +1,8 @@
 //! The test harness of the REST API tests: kubefn's whole router built in-process over a
 //! temporary data directory (real SQLite, real sessions, the real local runtime), requests
-//! through it, and the JSON fixtures the tests share.
+//! through it, and the JSON fixtures the tests share. With `KUBEFN_TEST_DATABASE=postgres`
+//! every app runs on a fresh database of a real PostgreSQL instead (`make test` runs the suite
+//! both ways).
 #![allow(dead_code)]
 
 use axum::Router;
@@ -68,13 +70,30 @@ impl TestApp {
         static APPS: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
         let block = 30_100 + (APPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 50) * 50;
         let node_ports = format!("{block}-{}", block + 49);
-        let mut extra = extra.to_vec();
+        let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         if signup == SignupPolicy::Closed {
-            extra.extend(["--signup", "closed"]);
+            extra.extend(["--signup".into(), "closed".into()]);
         }
-        let server = launch(&dir, &node_ports, &extra).await;
-        let extra = extra.iter().map(|s| s.to_string()).collect();
+        let on_postgres = std::env::var("KUBEFN_TEST_DATABASE").is_ok_and(|d| d == "postgres");
+        if on_postgres && !extra.iter().any(|arg| arg == "--database-url") {
+            let url = crate::postgres::fresh_database().await.expect("KUBEFN_TEST_DATABASE=postgres needs a PostgreSQL server");
+            extra.extend(["--database-url".into(), url, "--secrets-key".into(), "6".repeat(64)]);
+        }
+        let args: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let server = launch(&dir, &node_ports, &args).await;
         TestApp { router: server.router.clone(), server: Some(server), dir, node_ports, extra }
+    }
+
+    /// The URL of the database the app runs on: a PostgreSQL one under
+    /// `KUBEFN_TEST_DATABASE=postgres` (or when a test chose one), else its SQLite file.
+    pub fn database_url(&self) -> String {
+        let chosen = self.extra.iter().position(|arg| arg == "--database-url").and_then(|at| self.extra.get(at + 1));
+        chosen.cloned().unwrap_or_else(|| format!("sqlite://{}", self.dir.path().join("kubefn.db").display()))
+    }
+
+    /// Whether the app runs on its own SQLite file (where some of its state is files).
+    pub fn on_sqlite(&self) -> bool {
+        self.database_url().starts_with("sqlite:")
     }
 
     pub async fn call(&self, method: Method, path: &str, body: Option<Value>, who: As<'_>) -> Answer {
