@@ -369,6 +369,12 @@ pub async fn build_app(config: &Config, mut leptos_options: LeptosOptions) -> Re
     let lease = Duration::from_secs(config.leader_lease_seconds);
     let leadership = Leadership::for_store(&platform.store, LeaseTimings { duration: lease, renew_every: lease / 5 });
     let campaign = leadership.spawn();
+    // The local runtime's replicas are children of the kubefn that runs them: one process alone
+    // may run them over a database (after a crash, the old lease runs out first).
+    if config.runtime == RuntimeKind::Local && !leadership.until_leading(lease + lease / 5 * 2).await {
+        campaign.abort();
+        return Err(StartError::LocalRuntimeTaken);
+    }
     let mut background = vec![
         leadership.lead({
             let instances = platform.instances.clone();

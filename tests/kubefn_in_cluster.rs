@@ -132,6 +132,91 @@ fn kubefn_applied_with_kubectl_serves_deploy_invoke_and_delete_from_inside_the_c
         answered.as_millis(),
         gone.as_millis()
     );
+
+    // Then as the README's `k8s/ha/` runs it: three replicas on PostgreSQL (a server on this
+    // machine that the pods reach), rolled to a new revision while calls go through the Service.
+    let postgres = tempfile::tempdir().expect("dir");
+    let port = process::free_port();
+    let host = cluster.host_address().to_string();
+    let started = Command::new(root.join("tests/postgres/start.sh"))
+        .arg(postgres.path())
+        .arg(port.to_string())
+        .env("KUBEFN_PG_OWNER_PID", std::process::id().to_string())
+        .env("KUBEFN_PG_LISTEN", &host)
+        .output()
+        .expect("start.sh runs");
+    assert!(started.status.success(), "PostgreSQL did not start: {}", String::from_utf8_lossy(&started.stderr));
+    let url = format!("postgres://postgres@{host}:{port}/postgres");
+    let secret = |name: &str, literal: &str| {
+        kubectl(&["-n", "kubefn-system", "create", "secret", "generic", name, &format!("--from-literal={literal}")])
+    };
+    secret("kubefn-database", &format!("url={url}"));
+    secret("kubefn-secrets-key", &format!("key={}", "c".repeat(64)));
+    kubectl(&["apply", "-k", &root.join("k8s/ha").display().to_string()]);
+    kubectl(&[
+        "-n",
+        "kubefn-system",
+        "set",
+        "env",
+        "deployment/kubefn",
+        &format!("KUBEFN_PYTHON_IMAGE={}", images.python),
+        &format!("KUBEFN_NODE_IMAGE={}", images.node),
+    ]);
+    kubectl(&["-n", "kubefn-system", "rollout", "status", "deployment/kubefn", "--timeout=180s"]);
+    let ready =
+        kubectl(&["-n", "kubefn-system", "get", "deployment", "kubefn", "-o", "jsonpath={.status.readyReplicas}"]);
+    assert_eq!(ready.trim(), "3", "three kubefn replicas ready");
+    let cookie = kubefn.sign_up("several");
+    let spec = serde_json::json!({"name": "steady", "runtime": "python", "source": "def handle(req):\n    return 'steady ' + req\n"});
+    let id = kubefn.deploy(&cookie, &spec);
+    kubefn.instance_until(&cookie, &id, "Ready", |i| i["state"] == "Ready");
+    // Every replica serves the instance (the Service spreads calls over them) once it has
+    // passed over the instances again (every --reconcile-seconds).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut in_a_row = 0;
+    while in_a_row < 20 {
+        let answer = kubefn.invoke(&cookie, "several", "steady", "x");
+        in_a_row = if (answer.status, answer.body.as_str()) == (200, "steady x") { in_a_row + 1 } else { 0 };
+        assert!(
+            Instant::now() < deadline,
+            "the replicas never all answered for the instance: {} {}",
+            answer.status,
+            answer.body
+        );
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = std::thread::spawn({
+        let (stop, cookie, address) = (stop.clone(), cookie.clone(), kubefn.address);
+        move || {
+            let client = process::Client { address };
+            let (mut sent, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let answer = client.request("POST", "/fn/several/steady/", Some(&cookie), Some("\"r\""));
+                sent += 1;
+                if answer.status != 200 {
+                    failed.push(format!("{} {}", answer.status, answer.body));
+                }
+            }
+            (sent, failed)
+        }
+    });
+    let rolled = Instant::now();
+    kubectl(&["-n", "kubefn-system", "rollout", "restart", "deployment/kubefn"]);
+    kubectl(&["-n", "kubefn-system", "rollout", "status", "deployment/kubefn", "--timeout=240s"]);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (sent, failed) = load.join().expect("load");
+    eprintln!(
+        "k8s/ha: three replicas rolled in {} ms; {} of {sent} calls through the Service answered meanwhile",
+        rolled.elapsed().as_millis(),
+        sent - failed.len() as u32
+    );
+    assert!(sent >= 20, "hardly any call was made during the roll: {sent}");
+    assert!(
+        failed.is_empty(),
+        "calls failed during the roll: {} of {sent}: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
 }
 
 /// Prints the cluster's side of a failure (kubefn's pods, events, logs) when the test panics:

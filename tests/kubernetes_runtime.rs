@@ -1781,10 +1781,15 @@ fn the_ha_overlay_is_three_replicas_on_a_database_from_a_secret() {
     let of_kind = |kind: &str| objects.iter().filter(|o| o["kind"] == kind).cloned().collect::<Vec<_>>();
     let deployment = &of_kind("Deployment")[0];
     assert_eq!(deployment["spec"]["replicas"], 3);
-    assert_eq!(deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"], 0, "{:#}", deployment["spec"]["strategy"]);
+    assert_eq!(
+        deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"], 0,
+        "{:#}",
+        deployment["spec"]["strategy"]
+    );
     let pod = &deployment["spec"]["template"]["spec"];
     let env = pod["containers"][0]["env"].as_array().cloned().unwrap_or_default();
-    let from_secret = |name: &str| env.iter().find(|e| e["name"] == name).map(|e| e["valueFrom"]["secretKeyRef"]["name"].clone());
+    let from_secret =
+        |name: &str| env.iter().find(|e| e["name"] == name).map(|e| e["valueFrom"]["secretKeyRef"]["name"].clone());
     assert_eq!(from_secret("KUBEFN_DATABASE_URL"), Some(json!("kubefn-database")));
     assert_eq!(from_secret("KUBEFN_SECRETS_KEY"), Some(json!("kubefn-secrets-key")));
     assert!(pod["volumes"][0]["emptyDir"].is_object(), "no SQLite volume: {:#}", pod["volumes"]);

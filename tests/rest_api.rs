@@ -143,7 +143,7 @@ async fn everything_but_health_needs_a_session_or_token() {
         );
     }
     assert_eq!(app.call(Method::GET, "/healthz", None, As::Anonymous).await.status, StatusCode::OK);
-    assert_eq!(app.call(Method::GET, "/readyz", None, As::Anonymous).await.status, StatusCode::OK);
+    app.until_ready().await;
     let missing = app.call(Method::GET, "/api/v1/nothing-here", None, As::Anonymous).await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
     assert!(missing.body["error"].is_string());
@@ -2541,7 +2541,7 @@ async fn kubefn_runs_on_postgresql() {
     let key = "7".repeat(64);
     let app =
         TestApp::start_configured(SignupPolicy::Open, &["--database-url", &database, "--secrets-key", &key]).await;
-    assert_eq!(app.call(Method::GET, "/readyz", None, As::Anonymous).await.status, StatusCode::OK);
+    app.until_ready().await;
     let alice = app.user("alice").await;
     let bob = app.user("bob").await;
     let mut private = hello("hello");
@@ -2558,6 +2558,29 @@ async fn kubefn_runs_on_postgresql() {
     assert_eq!(invoke(&ready["urls"]["node_port"], "ada").await, (200, "hello ada".to_string()));
     let bobs = app.call(Method::GET, &format!("/api/v1/instances/{id}"), None, As::Cookie(&bob)).await;
     assert_eq!(bobs.status, StatusCode::NOT_FOUND, "bob never sees alice's instance");
+
+    // A second kubefn with the local runtime over the same database would run the same
+    // instances as its own children: it is refused, once the first one's lease outlasts it.
+    let other = tempfile::tempdir().expect("dir");
+    let second = <kubefn::server::Config as clap::Parser>::try_parse_from([
+        "kubefn",
+        "--data-dir",
+        &other.path().display().to_string(),
+        "--database-url",
+        &database,
+        "--secrets-key",
+        &key,
+        "--leader-lease-seconds",
+        "2",
+        "--log",
+        "warn",
+    ])
+    .expect("configuration");
+    let options = leptos::config::get_configuration(None).expect("site options").leptos_options;
+    match kubefn::server::build_app(&second, options).await {
+        Err(error) => assert!(error.to_string().contains("another kubefn runs the local runtime"), "{error}"),
+        Ok(_) => panic!("a second kubefn ran the local runtime over the same database"),
+    }
 
     let app = app.restart().await;
     let mine = app.call(Method::GET, "/api/v1/instances", None, As::Cookie(&alice)).await;

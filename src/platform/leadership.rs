@@ -107,6 +107,12 @@ impl Leadership {
         *self.inner.leading.borrow()
     }
 
+    /// Waits until this process leads, for `patience` at most; whether it does.
+    pub async fn until_leading(&self, patience: Duration) -> bool {
+        let mut leading = self.inner.leading.subscribe();
+        tokio::time::timeout(patience, leading.wait_for(|leads| *leads)).await.is_ok_and(|led| led.is_ok())
+    }
+
     /// Competes for the lease until aborted: takes it when it is free, renews it while held,
     /// and steps down when it is lost or cannot be renewed in time. Nothing to do alone.
     pub fn spawn(&self) -> JoinHandle<()> {

@@ -34,6 +34,11 @@ pub enum StartError {
         "on a PostgreSQL database, which several kubefn processes may share, set --secrets-key (KUBEFN_SECRETS_KEY, 64 hex digits) to the same key on every one of them"
     )]
     SharedSecretsKey,
+    /// Another kubefn runs the local runtime over the same database.
+    #[error(
+        "another kubefn runs the local runtime over this database (it kept its lease); the local runtime runs on one machine: give this kubefn a database of its own, or use --runtime kubernetes for several kubefn replicas"
+    )]
+    LocalRuntimeTaken,
     /// The database failed to open or migrate.
     #[error("the database is not usable")]
     Store(#[source] StoreError),

@@ -8,6 +8,8 @@
 #   PORT  a free loopback port
 # Environment:
 #   KUBEFN_PG_OWNER_PID  stop the server and remove DIR when this process ends (the test binary)
+#   KUBEFN_PG_LISTEN     an address to listen on besides loopback, trusted from anywhere (for
+#                        pods of the test cluster, which reach this machine there)
 # Stop by hand: tests/postgres/stop.sh DIR
 set -euo pipefail
 dir="$1"
@@ -39,10 +41,15 @@ else
 fi
 
 as_server "$bin/initdb" -D "$dir/data" -U postgres --auth=trust --no-sync -E UTF8 --locale=C.UTF-8 >/dev/null
+listen=127.0.0.1
+if [[ -n "${KUBEFN_PG_LISTEN:-}" ]]; then
+  listen="127.0.0.1,$KUBEFN_PG_LISTEN"
+  echo "host all all 0.0.0.0/0 trust" >> "$dir/data/pg_hba.conf"
+fi
 # No fsync: the data is thrown away with the directory. Connections: each kubefn process and
 # each test store opens a pool of its own.
 as_server "$bin/pg_ctl" -D "$dir/data" -l "$dir/log" -w -t 60 \
-  -o "-p $port -k $dir/socket -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300" \
+  -o "-p $port -k $dir/socket -c listen_addresses=$listen -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300" \
   start >/dev/null
 
 if [[ -n "${KUBEFN_PG_OWNER_PID:-}" ]]; then

@@ -76,7 +76,9 @@ impl TestApp {
         }
         let on_postgres = std::env::var("KUBEFN_TEST_DATABASE").is_ok_and(|d| d == "postgres");
         if on_postgres && !extra.iter().any(|arg| arg == "--database-url") {
-            let url = crate::postgres::fresh_database().await.expect("KUBEFN_TEST_DATABASE=postgres needs a PostgreSQL server");
+            let url = crate::postgres::fresh_database()
+                .await
+                .expect("KUBEFN_TEST_DATABASE=postgres needs a PostgreSQL server");
             extra.extend(["--database-url".into(), url, "--secrets-key".into(), "6".repeat(64)]);
         }
         let args: Vec<&str> = extra.iter().map(String::as_str).collect();
@@ -89,6 +91,17 @@ impl TestApp {
     pub fn database_url(&self) -> String {
         let chosen = self.extra.iter().position(|arg| arg == "--database-url").and_then(|at| self.extra.get(at + 1));
         chosen.cloned().unwrap_or_else(|| format!("sqlite://{}", self.dir.path().join("kubefn.db").display()))
+    }
+
+    /// Waits until `/readyz` answers 200: the database answers and the first reconcile pass ran.
+    pub async fn until_ready(&self) {
+        for _ in 0..200 {
+            if self.call(Method::GET, "/readyz", None, As::Anonymous).await.status == StatusCode::OK {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        panic!("/readyz never answered 200");
     }
 
     /// Whether the app runs on its own SQLite file (where some of its state is files).

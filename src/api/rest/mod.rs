@@ -353,11 +353,15 @@ pub(super) async fn healthz() -> &'static str {
     "ok"
 }
 
-/// Readiness: kubefn's database answers.
+/// Readiness: kubefn's database answers, and kubefn has read its instances (so its gateway
+/// answers for them).
 #[utoipa::path(get, path = "/readyz", tag = "operations", security(()),
     responses((status = 200, description = "`ready`", body = String, content_type = "text/plain"),
-        (status = 503, description = "The database does not answer", body = String, content_type = "text/plain")))]
+        (status = 503, description = "The database does not answer, or kubefn is still reading its instances", body = String, content_type = "text/plain")))]
 pub(super) async fn readyz(State(platform): State<Platform>) -> Response {
+    if !platform.instances.routes_known() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "kubefn is still reading its instances").into_response();
+    }
     match platform.store.ping().await {
         Ok(()) => "ready".into_response(),
         Err(error) => {

@@ -25,6 +25,7 @@ use tokio::sync::Notify;
 
 use follows::FollowSlot;
 pub use follows::MAX_FOLLOWS_PER_USER;
+use reconcile::Meters;
 
 mod follows;
 mod quota;
@@ -139,14 +140,6 @@ pub struct Instances {
     quotas: Quotas,
     /// Where an instance's secrets come from: its own user's, by the names its spec lists.
     secrets: Secrets,
-}
-
-/// What the previous usage sample saw, to turn counters into rates.
-#[derive(Default)]
-struct Meters {
-    /// Per instance: when the last sample was taken and the gateway's call count then.
-    calls: HashMap<String, (Instant, u64)>,
-    last_downsample: Option<Instant>,
 }
 
 /// Scaling events a chart or the dashboard shows at most.

@@ -3,7 +3,25 @@
 
 use super::*;
 
+/// What the previous pass saw: the usage sample's counters (to turn them into rates), and
+/// whether a pass ran at all.
+#[derive(Default)]
+pub(super) struct Meters {
+    /// Per instance: when the last sample was taken and the gateway's call count then.
+    pub(super) calls: HashMap<String, (Instant, u64)>,
+    pub(super) last_downsample: Option<Instant>,
+    /// A reconcile or serving pass has run since kubefn started: it knows its routes to the
+    /// instances (before that, its gateway would answer for none).
+    pub(super) passed: bool,
+}
+
 impl Instances {
+    /// Whether this process has routes to the instances: a reconcile or serving pass has run
+    /// since it started (`/readyz` waits for that, so no replica takes calls before it).
+    pub fn routes_known(&self) -> bool {
+        self.meters.lock().passed
+    }
+
     /// Runs the reconcile loop: once now, then every `period` and whenever a function's current version changes.
     pub fn spawn_reconciler(&self, period: Duration) -> tokio::task::JoinHandle<()> {
         let instances = self.clone();
@@ -11,6 +29,7 @@ impl Instances {
             loop {
                 let started = std::time::Instant::now();
                 let passed = instances.reconcile().await;
+                instances.meters.lock().passed = true;
                 instances.invocations.reconciled(started.elapsed().as_secs_f64());
                 if let Err(error) = passed {
                     tracing::warn!(error = %crate::platform::error_chain(&error), "reconciling instances failed; trying again");

@@ -12,10 +12,11 @@ impl Instances {
         let instances = self.clone();
         tokio::spawn(async move {
             loop {
-                if !leadership.is_leading()
-                    && let Err(error) = instances.serve_pass().await
-                {
-                    tracing::warn!(error = %crate::platform::error_chain(&error), "serving the leader's instances failed; trying again");
+                if !leadership.is_leading() {
+                    if let Err(error) = instances.serve_pass().await {
+                        tracing::warn!(error = %crate::platform::error_chain(&error), "serving the leader's instances failed; trying again");
+                    }
+                    instances.meters.lock().passed = true;
                 }
                 tokio::select! {
                     () = tokio::time::sleep(period) => {}
