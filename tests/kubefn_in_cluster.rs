@@ -163,9 +163,7 @@ fn kubefn_applied_with_kubectl_serves_deploy_invoke_and_delete_from_inside_the_c
         &format!("KUBEFN_NODE_IMAGE={}", images.node),
     ]);
     kubectl(&["-n", "kubefn-system", "rollout", "status", "deployment/kubefn", "--timeout=180s"]);
-    let ready =
-        kubectl(&["-n", "kubefn-system", "get", "deployment", "kubefn", "-o", "jsonpath={.status.readyReplicas}"]);
-    assert_eq!(ready.trim(), "3", "three kubefn replicas ready");
+    until_only_current_pods_serve(&kubectl);
     let cookie = kubefn.sign_up("several");
     let spec = serde_json::json!({"name": "steady", "runtime": "python", "source": "def handle(req):\n    return 'steady ' + req\n"});
     let id = kubefn.deploy(&cookie, &spec);
@@ -203,6 +201,7 @@ fn kubefn_applied_with_kubectl_serves_deploy_invoke_and_delete_from_inside_the_c
     let rolled = Instant::now();
     kubectl(&["-n", "kubefn-system", "rollout", "restart", "deployment/kubefn"]);
     kubectl(&["-n", "kubefn-system", "rollout", "status", "deployment/kubefn", "--timeout=240s"]);
+    until_only_current_pods_serve(&kubectl);
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let (sent, failed) = load.join().expect("load");
     eprintln!(
@@ -217,6 +216,34 @@ fn kubefn_applied_with_kubectl_serves_deploy_invoke_and_delete_from_inside_the_c
         failed.len(),
         &failed[..failed.len().min(5)]
     );
+}
+
+/// Waits until kubefn's Service routes to its three current pods alone: the replicas an earlier
+/// revision left have stopped and left its endpoints (a rollout's status says done before that).
+fn until_only_current_pods_serve(kubectl: &dyn Fn(&[&str]) -> String) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let pods =
+            kubectl(&["-n", "kubefn-system", "get", "pods", "-l", "app.kubernetes.io/name=kubefn", "-o", "name"]);
+        let endpoints = kubectl(&[
+            "-n",
+            "kubefn-system",
+            "get",
+            "endpointslices",
+            "-l",
+            "kubernetes.io/service-name=kubefn",
+            "-o",
+            "jsonpath={.items[*].endpoints[*].conditions.serving}",
+        ]);
+        let serving = endpoints.split_whitespace().filter(|s| *s == "true").count();
+        if pods.lines().count() == 3 && serving == 3 && endpoints.split_whitespace().count() == 3 {
+            // The node's kube-proxy follows the endpoints within its sync period.
+            std::thread::sleep(Duration::from_secs(2));
+            return;
+        }
+        assert!(Instant::now() < deadline, "kubefn's Service never settled on three pods: {pods} / {endpoints}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 /// Prints the cluster's side of a failure (kubefn's pods, events, logs) when the test panics:
