@@ -1586,7 +1586,7 @@ fn three_kubefns_on_one_postgresql_keep_every_promise_when_the_leader_is_killed(
     // One account, one session: any of the three answers for it (sessions are in the database).
     let user = format!("ha{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
     let cookie = first.sign_up(&user);
-    let source = "import time\n\ndef handle(req):\n    if 'slow' in str(req):\n        time.sleep(0.5)\n    return 'ok ' + str(req)\n";
+    let source = "import time\n\ndef handle(req):\n    print('saw', req, flush=True)\n    if 'slow' in str(req):\n        time.sleep(0.5)\n    return 'ok ' + str(req)\n";
     let id = first.deploy(&cookie, &json!({"name": "ha", "runtime": "python", "source": source}));
     until_instance(second, &cookie, &id, |i| i["state"] == "Ready" && i["replicas"]["ready"] == 1);
     for index in 0..3 {
@@ -1664,6 +1664,10 @@ fn three_kubefns_on_one_postgresql_keep_every_promise_when_the_leader_is_killed(
 
     // The deploy under way finishes, the async calls all finish, the cron minute fires once.
     until_instance(first, &cookie, &late_id, |i| i["state"] == "Ready" && i["replicas"]["ready"] == 1);
+    // Logs come from any survivor (the pods' own, through the apiserver).
+    let logs = second.request("GET", &format!("/api/v1/instances/{id}/logs"), Some(&cookie), None);
+    assert_eq!(logs.status, 200, "{}", logs.body);
+    assert!(logs.body.contains("saw hi"), "the instance's log through a survivor: {}", logs.body);
     assert_eq!(first.invoke(&cookie, &user, "late", "after").body, "late after");
     let mut attempts = 0;
     for call in &calls {
