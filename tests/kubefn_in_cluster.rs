@@ -47,15 +47,19 @@ fn kubefn_applied_with_kubectl_serves_deploy_invoke_and_delete_from_inside_the_c
         "--from-literal=admin=root:root-password-1",
     ]);
     let images = test_cluster::images();
-    kubectl(&[
-        "-n",
-        "kubefn-system",
-        "set",
-        "env",
-        "deployment/kubefn",
-        &format!("KUBEFN_PYTHON_IMAGE={}", images.python),
-        &format!("KUBEFN_NODE_IMAGE={}", images.node),
-    ]);
+    // The runtime images this cluster has, set on kubefn's Deployment (again after each apply).
+    let use_test_images = || {
+        kubectl(&[
+            "-n",
+            "kubefn-system",
+            "set",
+            "env",
+            "deployment/kubefn",
+            &format!("KUBEFN_PYTHON_IMAGE={}", images.python),
+            &format!("KUBEFN_NODE_IMAGE={}", images.node),
+        ])
+    };
+    use_test_images();
     let started = Instant::now();
     kubectl(&["-n", "kubefn-system", "rollout", "status", "deployment/kubefn", "--timeout=120s"]);
     eprintln!("kubefn's pod Ready {} ms after its rollout began", started.elapsed().as_millis());
@@ -153,15 +157,7 @@ fn kubefn_applied_with_kubectl_serves_deploy_invoke_and_delete_from_inside_the_c
     secret("kubefn-database", &format!("url={url}"));
     secret("kubefn-secrets-key", &format!("key={}", "c".repeat(64)));
     kubectl(&["apply", "-k", &root.join("k8s/ha").display().to_string()]);
-    kubectl(&[
-        "-n",
-        "kubefn-system",
-        "set",
-        "env",
-        "deployment/kubefn",
-        &format!("KUBEFN_PYTHON_IMAGE={}", images.python),
-        &format!("KUBEFN_NODE_IMAGE={}", images.node),
-    ]);
+    use_test_images();
     kubectl(&["-n", "kubefn-system", "rollout", "status", "deployment/kubefn", "--timeout=180s"]);
     until_only_current_pods_serve(&kubectl);
     let cookie = kubefn.sign_up("several");
