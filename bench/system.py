@@ -1083,6 +1083,11 @@ def versions():
         except (OSError, IndexError):
             return "?"
     commit = first_line(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
+    # A run of code that is not committed says so, rather than name a commit it did not measure.
+    changed = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "src", "Cargo.toml", "Cargo.lock"],
+                             capture_output=True, text=True).stdout.strip()
+    if changed:
+        commit += " with uncommitted changes"
     return (f"{os.cpu_count()} cores, {platform.machine()}, Linux {platform.release()}; kubefn {commit}; "
             f"{first_line(['rustc', '--version'])}; Python {platform.python_version()}; Node {first_line(['node', '--version'])}; "
             f"wrk {' '.join(first_line(['wrk', '--version']).split()[1:2])}; nginx {nginx_version()}")

@@ -178,28 +178,17 @@ fn kubefn_applied_with_kubectl_serves_deploy_invoke_and_delete_from_inside_the_c
             answer.body
         );
     }
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let load = std::thread::spawn({
-        let (stop, cookie, address) = (stop.clone(), cookie.clone(), kubefn.address);
-        move || {
-            let client = process::Client { address };
-            let (mut sent, mut failed) = (0u32, Vec::new());
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                let answer = client.request("POST", "/fn/several/steady/", Some(&cookie), Some("\"r\""));
-                sent += 1;
-                if answer.status != 200 {
-                    failed.push(format!("{} {}", answer.status, answer.body));
-                }
-            }
-            (sent, failed)
-        }
-    });
+    let load = process::Client { address: kubefn.address }.steady_calls(
+        "/fn/several/steady/",
+        &cookie,
+        "\"r\"",
+        Duration::ZERO,
+    );
     let rolled = Instant::now();
     kubectl(&["-n", "kubefn-system", "rollout", "restart", "deployment/kubefn"]);
     kubectl(&["-n", "kubefn-system", "rollout", "status", "deployment/kubefn", "--timeout=240s"]);
     until_only_current_pods_serve(&kubectl);
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let (sent, failed) = load.join().expect("load");
+    let (sent, failed) = load.stop();
     eprintln!(
         "k8s/ha: three replicas rolled in {} ms; {} of {sent} calls through the Service answered meanwhile",
         rolled.elapsed().as_millis(),

@@ -1625,25 +1625,12 @@ fn three_kubefns_on_one_postgresql_keep_every_promise_when_the_leader_is_killed(
     let late_id = late.json()["id"].as_str().expect("id").to_string();
 
     // The gateway, through the survivors, for the whole failover.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Steady calls, not a flood: the other tests of this binary share the machine.
     let load: Vec<_> = followers
         .iter()
         .map(|index| {
             let client = process::Client { address: via(*index).address };
-            let (stop, cookie, user) = (stop.clone(), cookie.clone(), user.clone());
-            std::thread::spawn(move || {
-                let (mut sent, mut failed) = (0u32, Vec::new());
-                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                    let answer = client.request("POST", &format!("/fn/{user}/ha/"), Some(&cookie), Some("\"load\""));
-                    sent += 1;
-                    if answer.status != 200 {
-                        failed.push(format!("{} {}", answer.status, answer.body));
-                    }
-                    // Steady calls, not a flood: the other tests of this binary share the machine.
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                (sent, failed)
-            })
+            client.steady_calls(&format!("/fn/{user}/ha/"), &cookie, "\"load\"", Duration::from_millis(20))
         })
         .collect();
     std::thread::sleep(Duration::from_millis(500));
@@ -1713,10 +1700,9 @@ fn three_kubefns_on_one_postgresql_keep_every_promise_when_the_leader_is_killed(
         unique.iter().map(|at| chrono::DateTime::parse_from_rfc3339(at).expect("a time").timestamp() / 60).collect();
     assert!(minutes.windows(2).all(|pair| pair[1] == pair[0] + 1), "a cron minute was lost: {fires:?}");
 
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let (mut sent, mut failed) = (0, Vec::new());
-    for thread in load {
-        let (s, f) = thread.join().expect("load");
+    for calls in load {
+        let (s, f) = calls.stop();
         sent += s;
         failed.extend(f);
     }

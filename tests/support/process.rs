@@ -19,6 +19,7 @@ pub struct Server {
 }
 
 /// A minimal HTTP/1.1 client for a kubefn at `address` (a child process here, or a pod).
+#[derive(Clone, Copy)]
 pub struct Client {
     /// Where kubefn answers.
     pub address: SocketAddr,
@@ -89,7 +90,45 @@ impl Server {
     }
 }
 
+/// Calls made one after another on a thread of their own until [`SteadyCalls::stop`]: the
+/// load a test keeps on kubefn while it rolls, fails over or restarts.
+pub struct SteadyCalls {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<(u32, Vec<String>)>,
+}
+
+impl SteadyCalls {
+    /// Stops the calls; how many were sent, and the status and body of every one not answered 200.
+    pub fn stop(self) -> (u32, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.thread.join().expect("the calling thread")
+    }
+}
+
 impl Client {
+    /// Starts `POST path` with `json`, as the session `cookie`, again and again with `pause`
+    /// between calls, until stopped.
+    pub fn steady_calls(&self, path: &str, cookie: &str, json: &str, pause: Duration) -> SteadyCalls {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (client, path, cookie, json) = (*self, path.to_string(), cookie.to_string(), json.to_string());
+        let thread = std::thread::spawn({
+            let stop = stop.clone();
+            move || {
+                let (mut sent, mut failed) = (0u32, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let answer = client.request("POST", &path, Some(&cookie), Some(&json));
+                    sent += 1;
+                    if answer.status != 200 {
+                        failed.push(format!("{} {}", answer.status, answer.body));
+                    }
+                    std::thread::sleep(pause);
+                }
+                (sent, failed)
+            }
+        });
+        SteadyCalls { stop, thread }
+    }
+
     /// A minimal HTTP/1.1 exchange.
     pub fn request(&self, method: &str, path: &str, cookie: Option<&str>, json: Option<&str>) -> Answer {
         // Status 0 and the cause in the body when there is no HTTP answer at all.

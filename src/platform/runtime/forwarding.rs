@@ -144,9 +144,19 @@ impl Dial for UnixDial {
     type Stream = tokio::net::UnixStream;
 
     async fn dial(&self, endpoint: &std::path::PathBuf) -> std::io::Result<tokio::net::UnixStream> {
-        tokio::net::UnixStream::connect(endpoint).await
+        let stream = tokio::net::UnixStream::connect(endpoint).await?;
+        // A Unix socket holds only its send buffer in flight (212,992 bytes by default, where
+        // loopback TCP grows to megabytes), so a large body crossed it in many small handoffs,
+        // each waking the replica and then kubefn again: 1 MiB bodies went 30% slower than over
+        // TCP to the same bootstrap. A larger buffer lets a whole body cross at once. Best
+        // effort: the kernel caps it at `net.core.wmem_max`, and a smaller one still works.
+        let _ = socket2::SockRef::from(&stream).set_send_buffer_size(UNIX_SEND_BUFFER);
+        Ok(stream)
     }
 }
+
+/// The send buffer asked for on connections to a replica's Unix socket: a 1 MiB body in one go.
+const UNIX_SEND_BUFFER: usize = 1 << 20;
 
 /// A listening port; dropping it stops listening and frees the port.
 #[derive(Debug)]
@@ -341,6 +351,21 @@ mod tests {
         let mut answer = String::new();
         stream.read_to_string(&mut answer).await.expect("read");
         answer
+    }
+
+    #[tokio::test]
+    async fn connections_to_a_unix_socket_hold_a_large_body_in_flight() {
+        let dir = tempfile::tempdir().expect("a directory");
+        let path = dir.path().join("replica.sock");
+        let _listener = tokio::net::UnixListener::bind(&path).expect("bind");
+        let stream = UnixDial.dial(&path).await.expect("dial");
+        // Linux doubles what it is asked for, up to twice net.core.wmem_max.
+        let ceiling = std::fs::read_to_string("/proc/sys/net/core/wmem_max")
+            .ok()
+            .and_then(|text| text.trim().parse::<usize>().ok())
+            .unwrap_or(UNIX_SEND_BUFFER);
+        let held = socket2::SockRef::from(&stream).send_buffer_size().expect("SO_SNDBUF");
+        assert!(held >= UNIX_SEND_BUFFER.min(ceiling), "a send buffer of {held} bytes");
     }
 
     #[tokio::test]
