@@ -183,10 +183,22 @@ pub async fn deploy_function(
     .await
 }
 
-/// The caller's own instances (also for admins: the catalog shows what *I* run).
+/// The caller's own instances (also for admins: the catalog shows what *I* run), as the catalog
+/// lists them: without their events, replica details and limits, which only the function page
+/// shows. Those were two thirds of the list, and the catalog page carries the whole list for
+/// hydration: with 100 instances, 100 KB of it.
 #[server]
 pub async fn my_instances() -> Result<Vec<InstanceInfo>, ApiError> {
-    ssr::authed(move |platform, caller| async move { Ok(platform.instances.list_own(&caller).await?) }).await
+    ssr::authed(move |platform, caller| async move {
+        let mut instances = platform.instances.list_own(&caller).await?;
+        for instance in &mut instances {
+            instance.events = Vec::new();
+            instance.replica_details = Vec::new();
+            instance.limits = String::new();
+        }
+        Ok(instances)
+    })
+    .await
 }
 
 /// The caller's instance of one function, if deployed.
