@@ -1105,7 +1105,12 @@ def main():
                         help="measure the gateway with 1 and 3 kubefn replicas alone and print the table (README untouched)")
     parser.add_argument("--growth-only", action="store_true",
                         help="measure how the catalog and log following grow alone and print the table (README untouched)")
+    parser.add_argument("--footprint-only", action="store_true",
+                        help="measure the footprint and the catalog render alone and print them (README untouched)")
     args = parser.parse_args()
+    if args.footprint_only:
+        print(json.dumps(footprint(args.binary, args.site), indent=1))
+        return
     if args.replicas_only:
         print("\n".join(replicas_section(replicas_on_kubernetes(args.binary, args.site))))
         return

@@ -124,6 +124,19 @@ test("another user's instance of a public function stays on its version until th
   await expect(instance.getByTestId("instance-state")).toHaveText("Ready", { timeout: 30_000 });
   await expect(instance.getByTestId("version-policy")).toHaveText("stays on v1");
 
+  // The catalog's list of instances, asked for the function by name: each caller gets their
+  // own instances only (the function's owner sees none of this user's), and no more names than
+  // a catalog page holds.
+  const catalogInstances = (of: typeof page, names: string[]) =>
+    of.request.post("/api/my_instances", { form: Object.fromEntries(names.map((name, i) => [`functions[${i}]`, name])) });
+  const own = await catalogInstances(page, [fn, "no-such-function"]);
+  expect(own.status(), await own.text()).toBe(200);
+  expect((await own.json()).map((i: { function: string }) => i.function)).toEqual([fn]);
+  expect(await (await catalogInstances(ownerPage, [fn])).json(), "the owner never sees this user's instance").toEqual([]);
+  const tooMany = await catalogInstances(page, Array.from({ length: 51 }, (_, i) => `f${i}`));
+  expect(tooMany.status()).toBe(422);
+  expect((await tooMany.json()).field).toBe("functions");
+
   const updated = await ownerPage.request.put(`/api/v1/functions/${fn}`, { data: { ...spec, source: source("two") } });
   expect(updated.status(), await updated.text()).toBe(200);
   await expect.poll(async () => (await ownerPage.request.get(`/api/v1/functions/${fn}`)).json().then((f) => f.version)).toBe(2);

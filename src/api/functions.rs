@@ -183,14 +183,20 @@ pub async fn deploy_function(
     .await
 }
 
-/// The caller's own instances (also for admins: the catalog shows what *I* run), as the catalog
-/// lists them: without their events, replica details and limits, which only the function page
-/// shows. Those were two thirds of the list, and the catalog page carries the whole list for
-/// hydration: with 100 instances, 100 KB of it.
+/// The caller's own instances (also for admins: the catalog shows what *I* run) of the
+/// functions on a catalog page, as the catalog lists them: without their events, replica
+/// details and limits, which only the function page shows. The page carries the list for
+/// hydration and polls it, so it holds the page's instances only, and only what the rows show.
 #[server]
-pub async fn my_instances() -> Result<Vec<InstanceInfo>, ApiError> {
+pub async fn my_instances(functions: Vec<String>) -> Result<Vec<InstanceInfo>, ApiError> {
     ssr::authed(move |platform, caller| async move {
-        let mut instances = platform.instances.list_own(&caller).await?;
+        use crate::platform::registry::FUNCTIONS_PER_PAGE;
+        if functions.len() > FUNCTIONS_PER_PAGE as usize {
+            let error =
+                format!("ask for at most {FUNCTIONS_PER_PAGE} functions at a time, as many as a catalog page lists");
+            return Err(ApiError::invalid("functions", error));
+        }
+        let mut instances = platform.instances.list_own(&caller, &functions).await?;
         for instance in &mut instances {
             instance.events = Vec::new();
             instance.replica_details = Vec::new();

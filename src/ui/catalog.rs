@@ -4,6 +4,7 @@
 use super::addresses::InstanceAddresses;
 use super::instance_actions::{ConfirmedDelete, InstanceActions, PauseOrResume};
 use super::{ErrorNotice, action_error, refresh_when_changed, short_time};
+use crate::api::ApiError;
 use crate::api::functions::{DeployFunction, list_functions, my_instances};
 use crate::platform::model::Named;
 use crate::platform::model::{FunctionListPage, FunctionSummary, InstanceInfo, Visibility};
@@ -25,19 +26,23 @@ pub fn CatalogPage() -> impl IntoView {
     let functions = Resource::new(move || (page.get(), filter.get()), |(page, filter)| list_functions(page, filter));
     let deploy = ServerAction::<DeployFunction>::new();
     let actions = InstanceActions::new();
+    // The caller's instances of the functions on this page (not all of them: a user with a
+    // thousand instances still gets a page's worth), once the page's functions are known.
     let instances = Resource::new(
         move || {
             (
+                page.get(),
+                filter.get(),
                 deploy.version().get(),
                 actions.pause.version().get(),
                 actions.resume.version().get(),
                 actions.delete.version().get(),
             )
         },
-        |_| my_instances(),
+        move |_| async move { my_instances(names_on(Some(functions.await))).await },
     );
     // The instances' states refresh by themselves, so Deploying turns Ready without a reload.
-    refresh_when_changed(instances, STATE_REFRESH, my_instances);
+    refresh_when_changed(instances, STATE_REFRESH, move || my_instances(names_on(functions.get_untracked())));
     let errors = [
         action_error(deploy.value()),
         action_error(actions.pause.value()),
@@ -85,6 +90,14 @@ pub fn CatalogPage() -> impl IntoView {
                 }
             })}
         </Suspense>
+    }
+}
+
+/// The names of the functions a catalog page lists (none while it loads, or if it failed).
+fn names_on(page: Option<Result<FunctionListPage, ApiError>>) -> Vec<String> {
+    match page {
+        Some(Ok(page)) => page.items.into_iter().map(|function| function.name).collect(),
+        _ => Vec::new(),
     }
 }
 

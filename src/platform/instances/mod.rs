@@ -304,9 +304,9 @@ impl Instances {
         Ok(records.into_iter().map(|record| self.info(record)).collect())
     }
 
-    /// The caller's own instances, admin or not.
-    pub async fn list_own(&self, caller: &Principal) -> InstanceResult<Vec<InstanceInfo>> {
-        let records = self.store.instances(Some(caller.id)).await?;
+    /// The caller's own instances (admin or not) of the functions named `functions`.
+    pub async fn list_own(&self, caller: &Principal, functions: &[String]) -> InstanceResult<Vec<InstanceInfo>> {
+        let records = self.store.instances_of_functions(caller.id, functions).await?;
         Ok(records.into_iter().map(|record| self.info(record)).collect())
     }
 

@@ -161,6 +161,22 @@ impl Store {
         })
     }
 
+    /// A user's instances of the functions named `names` (a catalog page's), by function name:
+    /// what the catalog shows costs what the page holds, however many instances the user runs.
+    pub async fn instances_of_functions(&self, user_id: i64, names: &[String]) -> StoreResult<Vec<InstanceRecord>> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One numbered parameter per name ($2, $3, …), which both databases take.
+        let names_in = (2..names.len() + 2).map(|n| format!("${n}")).collect::<Vec<_>>().join(", ");
+        let sql = format!("{SELECT_INSTANCE} WHERE i.user_id = $1 AND f.name IN ({names_in}) ORDER BY f.name");
+        with_pool!(self, |pool| {
+            let query = sqlx::query_as::<_, InstanceRow>(&sql).bind(user_id);
+            let rows = names.iter().fold(query, |query, name| query.bind(name)).fetch_all(pool).await?;
+            Ok(rows.into_iter().map(InstanceRecord::from).collect())
+        })
+    }
+
     /// The spec of the version each of a user's instances (or everyone's, when `user_id` is
     /// `None`) runs, by instance id, in one query: a quota check and a reconcile pass need all of
     /// them, and a query each cost a round trip to the database per instance.
@@ -444,6 +460,26 @@ mod tests {
             let bobs = store.instance_specs(Some(bob.id)).await.expect("bob's specs");
             assert_eq!(bobs[&following.id].source, "v2", "the current version");
             assert_eq!(store.instance_specs(None).await.expect("everyone's").len(), 2);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_pages_instances_are_the_users_own_of_the_functions_named() {
+        for super::super::test_databases::TestStore { store, .. } in super::super::test_databases::test_stores().await {
+            let alice = store.insert_user("alice", "hash", Role::User).await.expect("user");
+            let bob = store.insert_user("bob", "hash", Role::User).await.expect("user");
+            for name in ["a", "b", "c"] {
+                let spec =
+                    serde_json::from_value(serde_json::json!({"name": name, "runtime": "python", "source": "x"}));
+                let function = store.insert_function(alice.id, &spec.expect("spec")).await.expect("function");
+                store.upsert_instance(function.id, alice.id, 1, 1, None).await.expect("alice's");
+                store.upsert_instance(function.id, bob.id, 1, 1, None).await.expect("bob's");
+            }
+            let names = |list: &[&str]| list.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+            let page = store.instances_of_functions(alice.id, &names(&["c", "a", "nope"])).await.expect("page");
+            let shown: Vec<_> = page.iter().map(|i| (i.function.as_str(), i.user_id)).collect();
+            assert_eq!(shown, [("a", alice.id), ("c", alice.id)], "only alice's, only those named");
+            assert!(store.instances_of_functions(bob.id, &[]).await.expect("none").is_empty());
         }
     }
 }
