@@ -1,7 +1,7 @@
 //! Moving an installation from SQLite to PostgreSQL (`kubefn migrate-db`): every record, ids
 //! kept, in one PostgreSQL transaction, so a copy that fails leaves the target as it was.
 
-use super::{DatabasePool, Store, StoreError, StoreResult};
+use super::{DatabasePool, Store, StoreError, StoreResult, numbered_parameters};
 use chrono::{DateTime, Utc};
 use sqlx::Row;
 
@@ -48,8 +48,8 @@ impl Store {
             .fetch_all(&mut *transaction)
             .await?;
             let names: Vec<String> = columns.iter().map(|(name, _)| format!("\"{name}\"")).collect();
-            let placeholders: Vec<String> = (1..=columns.len()).map(|i| format!("${i}")).collect();
-            let insert = format!("INSERT INTO {table} ({}) VALUES ({})", names.join(", "), placeholders.join(", "));
+            let values = numbered_parameters(1, columns.len());
+            let insert = format!("INSERT INTO {table} ({}) VALUES ({values})", names.join(", "));
             let rows = sqlx::query(&format!("SELECT {} FROM {table}", names.join(", "))).fetch_all(source).await?;
             for row in &rows {
                 let mut query = sqlx::query(&insert);

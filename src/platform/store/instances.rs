@@ -1,6 +1,6 @@
 //! Instances: what each user asked to run. The runtime's view of them is reconciled to this.
 
-use super::{Store, StoreResult};
+use super::{Store, StoreResult, numbered_parameters};
 use crate::platform::model::Named;
 use crate::platform::model::{EventInfo, FunctionSpec, InstanceState};
 use chrono::{DateTime, SubsecRound, Utc};
@@ -167,8 +167,7 @@ impl Store {
         if names.is_empty() {
             return Ok(Vec::new());
         }
-        // One numbered parameter per name ($2, $3, …), which both databases take.
-        let names_in = (2..names.len() + 2).map(|n| format!("${n}")).collect::<Vec<_>>().join(", ");
+        let names_in = numbered_parameters(2, names.len());
         let sql = format!("{SELECT_INSTANCE} WHERE i.user_id = $1 AND f.name IN ({names_in}) ORDER BY f.name");
         with_pool!(self, |pool| {
             let query = sqlx::query_as::<_, InstanceRow>(&sql).bind(user_id);
@@ -355,7 +354,7 @@ impl Store {
         limit: u32,
     ) -> StoreResult<Vec<(String, EventInfo)>> {
         with_pool!(self, |pool| {
-            let placeholders = (0..reasons.len()).map(|n| format!("${}", n + 3)).collect::<Vec<_>>().join(", ");
+            let placeholders = numbered_parameters(3, reasons.len());
             let sql = format!(
             "SELECT instance_id, at, kind, reason, message FROM events
              WHERE instance_id IS NOT NULL AND ($1 IS NULL OR instance_id = $1) AND at >= $2 AND reason IN ({placeholders})

@@ -121,6 +121,12 @@ fn duplicate_or_query(source: sqlx::Error, what: &'static str, field: &'static s
     }
 }
 
+/// `count` numbered query parameters from `$first` on ("$3, $4, $5"), which both databases take:
+/// for an `IN (…)` list or a row's values, bound in the same order.
+fn numbered_parameters(first: usize, count: usize) -> String {
+    (first..first + count).map(|n| format!("${n}")).collect::<Vec<_>>().join(", ")
+}
+
 /// The connection pool of whichever database the store runs on.
 #[derive(Clone, Debug)]
 pub enum DatabasePool {
@@ -259,6 +265,13 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let url = format!("sqlite://{}", dir.path().join("kubefn.db").display());
         (dir, url)
+    }
+
+    #[test]
+    fn numbered_parameters_count_on_from_the_first() {
+        assert_eq!(numbered_parameters(3, 3), "$3, $4, $5");
+        assert_eq!(numbered_parameters(1, 1), "$1");
+        assert_eq!(numbered_parameters(2, 0), "");
     }
 
     #[tokio::test]
