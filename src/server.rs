@@ -405,6 +405,7 @@ pub async fn build_app(config: &Config, mut leptos_options: LeptosOptions) -> Re
         })
         .fallback(leptos_axum::file_and_error_handler::<AppState, _>(shell))
         .with_state(state.clone())
+        .layer(axum::middleware::map_response(crate::api::error::server_function_error_status))
         .layer(auth)
         // Outside the session layer: a forged write is refused before its session is loaded.
         .layer(axum::middleware::from_fn(origin::refuse_cross_origin_writes));

@@ -716,7 +716,7 @@ async fn writes_from_another_site_or_port_are_refused_unless_they_carry_a_token(
 
 #[tokio::test]
 async fn server_functions_answer_with_api_errors_and_statuses() {
-    use kubefn::api::functions::ListFunctions;
+    use kubefn::api::functions::{InstanceUsage, ListFunctions, MyInstances};
     use leptos::server_fn::ServerFn;
     let app = TestApp::start().await;
     let anonymous = app
@@ -744,6 +744,30 @@ async fn server_functions_answer_with_api_errors_and_statuses() {
     assert_eq!(listed.status, StatusCode::OK);
     assert_eq!(listed.body["items"][0]["name"], "listed");
     assert_eq!((listed.body["total"].as_u64(), listed.body["page"].as_u64()), (Some(1), Some(1)));
+
+    // Arguments that do not parse are the caller's fault (400, not server_fn's 500), and a
+    // refusal keeps its own status; the answer stays the function's error for server_fn's client.
+    let form = |path: &str, body: String| {
+        Request::post(path)
+            .header(header::COOKIE, &alice)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(body))
+            .expect("request")
+    };
+    let malformed = app.send(form(ListFunctions::PATH, "page=first".into())).await;
+    assert_eq!(malformed.status, StatusCode::BAD_REQUEST, "{}", malformed.body);
+    assert!(malformed.headers.contains_key(leptos::server_fn::error::SERVER_FN_ERROR_HEADER));
+    let window = app.send(form(InstanceUsage::PATH, "id=x&window_s=7".into())).await;
+    assert_eq!((window.status, &window.body["field"]), (StatusCode::UNPROCESSABLE_ENTITY, &json!("window_s")));
+
+    // The catalog's instances: a page with no functions sends no field and gets none; a page
+    // holds at most 50 names.
+    assert_eq!(MyInstances::PATH, "/api/my_instances");
+    let none = app.send(form(MyInstances::PATH, String::new())).await;
+    assert_eq!((none.status, &none.body), (StatusCode::OK, &json!([])));
+    let names: Vec<String> = (0..51).map(|i| format!("functions[{i}]=f{i}")).collect();
+    let too_many = app.send(form(MyInstances::PATH, names.join("&"))).await;
+    assert_eq!((too_many.status, &too_many.body["field"]), (StatusCode::UNPROCESSABLE_ENTITY, &json!("functions")));
 }
 
 #[tokio::test]

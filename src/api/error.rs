@@ -84,6 +84,9 @@ impl FromServerFnError for ApiError {
 }
 
 #[cfg(feature = "ssr")]
+pub use ssr::server_function_error_status;
+
+#[cfg(feature = "ssr")]
 mod ssr {
     use super::ApiError;
     use crate::platform::async_invocations::AsyncError;
@@ -252,6 +255,38 @@ mod ssr {
                 | SecretsError::Store(_) => ApiError::internal(&error),
             }
         }
+    }
+
+    /// The largest error answer a server function gives (an [`ApiError`] as JSON) that
+    /// [`server_function_error_status`] reads.
+    const SERVER_FUNCTION_ERROR_LIMIT: usize = 64 * 1024;
+
+    /// Gives a server function's error answer its [`ApiError`]'s status (and `Retry-After`),
+    /// so browsers and tools see a real 4xx: server_fn answers every error with 500, whether
+    /// the function refused or its arguments did not parse. A plain form's redirect back (no
+    /// JavaScript) and every other answer pass unchanged.
+    pub async fn server_function_error_status(response: Response) -> Response {
+        use leptos::server_fn::error::SERVER_FN_ERROR_HEADER;
+        if response.status() != StatusCode::INTERNAL_SERVER_ERROR
+            || !response.headers().contains_key(SERVER_FN_ERROR_HEADER)
+        {
+            return response;
+        }
+        let (mut parts, body) = response.into_parts();
+        let error = match axum::body::to_bytes(body, SERVER_FUNCTION_ERROR_LIMIT).await {
+            Ok(bytes) => match serde_json::from_slice::<ApiError>(&bytes) {
+                Ok(error) => error,
+                // Not an ApiError: pass the answer on as it came.
+                Err(_) => return Response::from_parts(parts, axum::body::Body::from(bytes)),
+            },
+            Err(error) => ApiError::internal(&error),
+        };
+        let mut answer = error.into_response();
+        // server_fn's client knows the body for the function's error by this header.
+        if let Some(path) = parts.headers.remove(SERVER_FN_ERROR_HEADER) {
+            answer.headers_mut().insert(SERVER_FN_ERROR_HEADER, path);
+        }
+        answer
     }
 
     impl ApiError {

@@ -18,7 +18,6 @@ mod ssr {
     use crate::platform::auth::Principal;
     use http::request::Parts;
     use leptos::prelude::*;
-    use leptos_axum::ResponseOptions;
 
     /// The platform and the request parts, from the context leptos_axum provides.
     pub fn request() -> Result<(Platform, Parts), ApiError> {
@@ -44,30 +43,16 @@ mod ssr {
         Ok((platform, client, session))
     }
 
-    /// Runs `work` for the signed-in caller (401 without one) and gives the response the
-    /// error's status: what every server function that needs a caller does.
+    /// Runs `work` for the signed-in caller (401 without one): what every server function that
+    /// needs a caller does. (The answer's status comes from the error, in
+    /// [`crate::api::error::server_function_error_status`].)
     pub async fn authed<T, F, Fut>(work: F) -> Result<T, ApiError>
     where
         F: FnOnce(Platform, Principal) -> Fut,
         Fut: std::future::Future<Output = Result<T, ApiError>>,
     {
-        let result = async {
-            let (platform, caller) = caller().await?;
-            work(platform, caller).await
-        };
-        with_status(result.await)
-    }
-
-    /// Gives the response the error's status, so browsers and tools see a real 4xx/5xx. Only
-    /// when the server function was called over HTTP: while a page renders, the function runs
-    /// in-process and the page decides its own status (e.g. a redirect to /login).
-    pub fn with_status<T>(result: Result<T, ApiError>) -> Result<T, ApiError> {
-        let called_over_http =
-            use_context::<Parts>().is_some_and(|parts| parts.uri.path().starts_with(SERVER_FN_PREFIX));
-        if let (Err(error), Some(response), true) = (&result, use_context::<ResponseOptions>(), called_over_http) {
-            response.set_status(error.status_code());
-        }
-        result
+        let (platform, caller) = caller().await?;
+        work(platform, caller).await
     }
 
     /// The start of a chart window of `window_s` seconds ending now, if it is one offered.
@@ -81,9 +66,6 @@ mod ssr {
         }
         Ok(chrono::Utc::now() - chrono::Duration::seconds(i64::from(window_s)))
     }
-
-    /// Where leptos_axum serves server functions (the `#[server]` default).
-    const SERVER_FN_PREFIX: &str = "/api/";
 }
 
 /// The signed-in user, or `None`.
@@ -91,37 +73,28 @@ mod ssr {
 pub async fn current_user() -> Result<Option<UserInfo>, ApiError> {
     let (platform, mut parts) = ssr::request()?;
     let principal = crate::api::caller::principal_from_parts(&mut parts, &platform).await;
-    ssr::with_status(principal.map(|p| p.map(|p| p.info())))
+    principal.map(|p| p.map(|p| p.info()))
 }
 
 /// Signs in and starts a session.
 #[server]
 pub async fn log_in(name: String, password: String) -> Result<UserInfo, ApiError> {
-    let result = async {
-        let (platform, client, mut session) = ssr::session().await?;
-        crate::api::caller::log_in(&platform, &mut session, client, name, password).await
-    };
-    ssr::with_status(result.await)
+    let (platform, client, mut session) = ssr::session().await?;
+    crate::api::caller::log_in(&platform, &mut session, client, name, password).await
 }
 
 /// Creates an account and starts its session.
 #[server]
 pub async fn sign_up(name: String, password: String) -> Result<UserInfo, ApiError> {
-    let result = async {
-        let (platform, client, mut session) = ssr::session().await?;
-        crate::api::caller::sign_up(&platform, &mut session, client, name, password).await
-    };
-    ssr::with_status(result.await)
+    let (platform, client, mut session) = ssr::session().await?;
+    crate::api::caller::sign_up(&platform, &mut session, client, name, password).await
 }
 
 /// Ends the session.
 #[server]
 pub async fn log_out() -> Result<(), ApiError> {
-    let result = async {
-        let (_, _, mut session) = ssr::session().await?;
-        crate::api::caller::log_out(&mut session).await
-    };
-    ssr::with_status(result.await)
+    let (_, _, mut session) = ssr::session().await?;
+    crate::api::caller::log_out(&mut session).await
 }
 
 /// A page of the catalog: my functions and the public ones (admins: all) whose names contain
@@ -187,8 +160,10 @@ pub async fn deploy_function(
 /// functions on a catalog page, as the catalog lists them: without their events, replica
 /// details and limits, which only the function page shows. The page carries the list for
 /// hydration and polls it, so it holds the page's instances only, and only what the rows show.
-#[server]
-pub async fn my_instances(functions: Vec<String>) -> Result<Vec<InstanceInfo>, ApiError> {
+/// At a fixed address (`/api/my_instances`, form fields `functions[0]`, `functions[1]`, …): a
+/// page with no functions sends no field at all.
+#[server(endpoint = "my_instances")]
+pub async fn my_instances(#[server(default)] functions: Vec<String>) -> Result<Vec<InstanceInfo>, ApiError> {
     ssr::authed(move |platform, caller| async move {
         use crate::platform::registry::FUNCTIONS_PER_PAGE;
         if functions.len() > FUNCTIONS_PER_PAGE as usize {
@@ -306,10 +281,7 @@ pub const CHART_WINDOWS_S: [u32; 5] = [300, 900, 3600, 6 * 3600, 24 * 3600];
 #[server]
 pub async fn instance_usage(id: String, window_s: u32) -> Result<UsageReport, ApiError> {
     // The window is checked before the caller, as it always was.
-    let since = match ssr::window_start(window_s) {
-        Ok(since) => since,
-        Err(error) => return ssr::with_status(Err(error)),
-    };
+    let since = ssr::window_start(window_s)?;
     ssr::authed(move |platform, caller| async move { Ok(platform.instances.usage_report(&caller, &id, since).await?) })
         .await
 }
@@ -318,10 +290,7 @@ pub async fn instance_usage(id: String, window_s: u32) -> Result<UsageReport, Ap
 #[server]
 pub async fn admin_dashboard(window_s: u32) -> Result<AdminOverview, ApiError> {
     // The window is checked before the caller, as it always was.
-    let since = match ssr::window_start(window_s) {
-        Ok(since) => since,
-        Err(error) => return ssr::with_status(Err(error)),
-    };
+    let since = ssr::window_start(window_s)?;
     ssr::authed(move |platform, caller| async move { Ok(platform.instances.overview(&caller, since).await?) }).await
 }
 
