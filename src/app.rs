@@ -13,7 +13,7 @@ use crate::ui::{
 use leptos::prelude::*;
 use leptos_meta::{MetaTags, Stylesheet, Title, provide_meta_context};
 use leptos_router::components::{A, Route, Router, Routes};
-use leptos_router::{SsrMode, path};
+use leptos_router::{Lazy, LazyRoute, SsrMode, lazy_route, path};
 
 /// The document around the app, rendered on the server only.
 pub fn shell(options: LeptosOptions) -> impl IntoView {
@@ -49,13 +49,6 @@ pub fn App() -> impl IntoView {
     );
     provide_context(Session { user, log_in, sign_up, log_out });
 
-    // Lets end-to-end tests (and people) know the page is interactive.
-    Effect::new(move |_| {
-        if let Some(body) = document().body() {
-            let _ = body.set_attribute("data-hydrated", "true");
-        }
-    });
-
     view! {
         <Stylesheet id="leptos" href="/pkg/kubefn.css"/>
         <Title text="kubefn"/>
@@ -67,15 +60,52 @@ pub fn App() -> impl IntoView {
                     // is not logged in gets a real redirect to /login, JavaScript or not.
                     <Route path=path!("/") view=CatalogPage ssr=SsrMode::Async/>
                     <Route path=path!("/login") view=LoginPage ssr=SsrMode::Async/>
-                    <Route path=path!("/account") view=AccountPage ssr=SsrMode::Async/>
-                    <Route path=path!("/admin") view=AdminPage ssr=SsrMode::Async/>
-                    <Route path=path!("/functions/new") view=RegisterFunctionPage/>
-                    <Route path=path!("/functions/:name") view=FunctionPage ssr=SsrMode::Async/>
-                    <Route path=path!("/functions/:name/edit") view=EditFunctionPage ssr=SsrMode::Async/>
+                    // The pages behind the catalog load their code when first opened (see `lazy_page!`).
+                    <Route path=path!("/account") view={Lazy::<AccountRoute>::new()} ssr=SsrMode::Async/>
+                    <Route path=path!("/admin") view={Lazy::<AdminRoute>::new()} ssr=SsrMode::Async/>
+                    <Route path=path!("/functions/new") view={Lazy::<RegisterFunctionRoute>::new()}/>
+                    <Route path=path!("/functions/:name") view={Lazy::<FunctionRoute>::new()} ssr=SsrMode::Async/>
+                    <Route path=path!("/functions/:name/edit") view={Lazy::<EditFunctionRoute>::new()} ssr=SsrMode::Async/>
                 </Routes>
             </main>
         </Router>
     }
+}
+
+/// Declares a route whose page is split into its own wasm chunk (`cargo leptos build --split`),
+/// fetched the first time a visitor opens such a page (or with the page itself, preloaded, when it
+/// is the one loaded first). The catalog and the log-in page, where every visit starts, stay in
+/// the main bundle; the function page, forms, account and admin do not, so the first download is
+/// smaller (docs/BUNDLE.md). The page fetches its own data, so `data` has nothing to start.
+macro_rules! lazy_page {
+    ($($(#[$doc:meta])* $route:ident => $page:ident;)+) => {$(
+        $(#[$doc])*
+        struct $route;
+
+        #[lazy_route]
+        impl LazyRoute for $route {
+            fn data() -> Self {
+                Self
+            }
+
+            fn view(_route: Self) -> AnyView {
+                $page().into_any()
+            }
+        }
+    )+};
+}
+
+lazy_page! {
+    /// `/account`.
+    AccountRoute => AccountPage;
+    /// `/admin`.
+    AdminRoute => AdminPage;
+    /// `/functions/new`.
+    RegisterFunctionRoute => RegisterFunctionPage;
+    /// `/functions/:name`.
+    FunctionRoute => FunctionPage;
+    /// `/functions/:name/edit`.
+    EditFunctionRoute => EditFunctionPage;
 }
 
 #[component]

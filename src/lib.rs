@@ -20,5 +20,14 @@ pub mod server;
 #[wasm_bindgen::prelude::wasm_bindgen]
 pub fn hydrate() {
     console_error_panic_hook::set_once();
-    leptos::mount::hydrate_body(app::App);
+    // Asynchronous hydration, as `leptos::mount::hydrate_lazy` does it: a page split into its own
+    // wasm chunk (app.rs) hydrates once the chunk has loaded. Only then is the page interactive,
+    // which `data-hydrated` on the body tells end-to-end tests (and people).
+    wasm_bindgen_futures::spawn_local(async {
+        let body = leptos::prelude::document().body();
+        if let Some(body) = body {
+            leptos::mount::hydrate_from_async(body.clone(), app::App).await.forget();
+            let _ = body.set_attribute("data-hydrated", "true");
+        }
+    });
 }

@@ -4,13 +4,23 @@ import { hydrated, run, signUp } from "./helpers";
 test("sign up, register a Python function, see it in the catalog, edit it to version 2", async ({ page }) => {
   const user = `e2e-${run}`;
   const fn = `hello-${run}`;
+  // The wasm files the browser fetches: the pages behind the catalog come as their own chunks.
+  const wasm: string[] = [];
+  page.on("request", (request) => {
+    if (request.url().endsWith(".wasm")) wasm.push(new URL(request.url()).pathname);
+  });
 
   await signUp(page, user, "e2e-password-1");
   await expect(page).toHaveURL(/\/$/);
+  expect(wasm).toContain("/pkg/kubefn.wasm");
+  expect(wasm.filter((path) => path.includes("route_view"))).toEqual([]);
 
   await page.getByRole("link", { name: "Register a function" }).click();
   await expect(page).toHaveURL(/\/functions\/new$/);
   await hydrated(page);
+  expect(wasm.filter((path) => path.includes("route_view"))).toEqual([
+    expect.stringContaining("register_function_route_view"),
+  ]);
   await page.getByLabel("Name", { exact: true }).fill(fn);
   await page.getByLabel("Runtime").selectOption("python");
   await page.getByLabel("Source").fill("def handle(req):\n    return 'hello ' + req\n");

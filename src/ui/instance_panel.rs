@@ -6,7 +6,7 @@ use super::addresses::InstanceAddresses;
 use super::instance_actions::{ConfirmedDelete, InstanceActions, PauseOrResume};
 use super::session::Session;
 use super::usage_charts::InstanceCharts;
-use super::{ErrorNotice, FieldMessage, action_error, refresh_when_changed, short_time};
+use super::{ErrorNotice, FieldMessage, action_error, in_browser, refresh_when_changed, short_time};
 use crate::api::functions::{DeployFunction, InvokeFunction, ScaleInstance, my_instance};
 use crate::platform::model::Named;
 use crate::platform::model::{InstanceInfo, InstanceState, LogEntry};
@@ -48,7 +48,6 @@ pub fn InstancePanel(function: String, owner: String) -> impl IntoView {
     // Shows state changes such as Deploying → Ready or a crash without a reload.
     let polled = function.clone();
     refresh_when_changed(instance, REFRESH, move || my_instance(polled.clone()));
-    let instance_id = Memo::new(move |_| instance.get().and_then(Result::ok).flatten().map(|i| i.id));
 
     view! {
         <section class="card instance" aria-labelledby="instance-title" data-testid="instance">
@@ -68,9 +67,24 @@ pub fn InstancePanel(function: String, owner: String) -> impl IntoView {
                 })}
             </Transition>
         </section>
-        {move || instance_id.get().map(|_| view! { <InvokePanel function=name_for_invoke.clone()/> })}
-        {move || instance_id.get().map(|id| view! { <InstanceCharts id/> })}
-        {move || instance_id.get().map(|id| view! { <LiveLogs id/> })}
+        // In a Transition, so the server waits for the instance before rendering the invoke form
+        // and the browser, hydrating, finds what the server sent (read outside one, the server
+        // could render it before the instance had loaded, and hydration failed). The id is
+        // memoised so a poll that changes only the state rebuilds nothing here; a Transition,
+        // unlike a Suspense, keeps these while the instance loads again. The charts and the live
+        // logs are live views that need the browser anyway: they render there only, once the page
+        // has hydrated, so their own loading cannot make the server's page and the browser's differ.
+        <Transition fallback=|| ()>
+            {
+                let instance_id = Memo::new(move |_| instance.get().and_then(Result::ok).flatten().map(|i| i.id));
+                let live = in_browser();
+                view! {
+                    {move || instance_id.get().map(|_| view! { <InvokePanel function=name_for_invoke.clone()/> })}
+                    {move || instance_id.get().filter(|_| live.get()).map(|id| view! { <InstanceCharts id/> })}
+                    {move || instance_id.get().filter(|_| live.get()).map(|id| view! { <LiveLogs id/> })}
+                }
+            }
+        </Transition>
     }
 }
 

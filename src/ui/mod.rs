@@ -112,6 +112,15 @@ pub fn ticks(period: std::time::Duration) -> ReadSignal<u64> {
     count
 }
 
+/// `false` on the server and while the page hydrates, `true` from then on: views behind it
+/// render in the browser only, so they can never make the hydrated page differ from the server's.
+pub fn in_browser() -> ReadSignal<bool> {
+    let (live, set_live) = signal(false);
+    // Effects run in the browser only, after the view they belong to has hydrated.
+    Effect::new(move |_| set_live.set(true));
+    live
+}
+
 /// Runs `action` every `period` until the component goes away; effects run in the browser only.
 fn every(period: std::time::Duration, action: impl Fn() + Clone + 'static) {
     Effect::new(move |_| {
