@@ -210,9 +210,9 @@ impl Gateway {
     /// the function's limits; the same errors as an invocation otherwise.
     pub async fn admit(&self, caller: Option<&Principal>, user: &str, function: &str) -> Result<Target, GatewayError> {
         let no_instance = || GatewayError::NoInstance { user: user.to_string(), function: function.to_string() };
+        // Cached by the store, policy parsed: no database read and no JSON on most requests.
         let row = self.store.invocation(user, function).await?.ok_or_else(no_instance)?;
-        let policy: InvokePolicy =
-            row.invoke.as_deref().and_then(|json| serde_json::from_str(json).ok()).unwrap_or_default();
+        let policy = row.policy.clone();
         let timeout_s =
             row.timeout_s.and_then(|t| u32::try_from(t).ok()).unwrap_or(crate::platform::model::DEFAULT_TIMEOUT_S);
         match (policy.access, caller) {
@@ -225,7 +225,7 @@ impl Gateway {
             }
             (InvokeAccess::Owner, Some(_)) => {}
         }
-        let instance_id = row.instance_id.ok_or_else(no_instance)?;
+        let instance_id = row.instance_id.clone().ok_or_else(no_instance)?;
         Ok(Target {
             instance_id,
             function_id: row.function_id,

@@ -425,6 +425,7 @@ mod tests {
             let row = store.invocation("alice", "hello").await.expect("row").expect("row");
             assert_eq!(row.timeout_s, Some(7));
             assert!(row.invoke.as_deref().is_some_and(|invoke| invoke.contains("public")), "{row:?}");
+            assert_eq!(row.policy.access, InvokeAccess::Public, "parsed once, with the row");
             assert!(store.set_current_version(function.id, 1).await.expect("roll back"));
             assert_eq!(store.invocation("alice", "hello").await.expect("row").expect("row").timeout_s, Some(60));
             // Another kubefn over the same database: its writes are seen once the row is old enough.

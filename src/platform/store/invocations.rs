@@ -2,6 +2,10 @@
 //! spares the database most of those reads.
 
 use super::{JsonField, Store, StoreResult};
+use crate::platform::model::InvokePolicy;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
 
 /// What the gateway needs to admit an invocation of `/fn/{user}/{function}`, read in one
 /// query (it runs on every request).
@@ -15,6 +19,10 @@ pub struct InvocationRow {
     pub timeout_s: Option<i64>,
     /// `invoke` of the current version as JSON, when it states one.
     pub invoke: Option<String>,
+    /// That `invoke`, parsed once when the row is read (the default policy when the version
+    /// states none), so no request parses JSON.
+    #[sqlx(skip)]
+    pub policy: InvokePolicy,
     /// The user's instance of the function, if deployed.
     pub instance_id: Option<String>,
     /// Whether that instance is paused.
@@ -36,25 +44,48 @@ pub(super) const INVOCATION_CACHE_TTL: std::time::Duration = std::time::Duration
 pub(super) struct InvocationCache {
     /// Bumped by every such write: a row read across one is not kept.
     generation: u64,
-    rows: std::collections::HashMap<(String, String), (std::time::Instant, InvocationRow)>,
+    /// By user, then function: a lookup borrows the request's names instead of copying them.
+    rows: HashMap<String, HashMap<String, (Instant, Arc<InvocationRow>)>>,
+    /// How many rows `rows` holds.
+    len: usize,
+}
+
+impl InvocationCache {
+    /// The row of `user`'s `function`, if read within [`INVOCATION_CACHE_TTL`].
+    fn fresh(&self, user: &str, function: &str) -> Option<Arc<InvocationRow>> {
+        let (read_at, row) = self.rows.get(user)?.get(function)?;
+        (read_at.elapsed() < INVOCATION_CACHE_TTL).then(|| row.clone())
+    }
+
+    fn insert(&mut self, user: &str, function: &str, read_at: Instant, row: Arc<InvocationRow>) {
+        if self.len >= INVOCATION_CACHE_ROWS {
+            self.clear();
+        }
+        let previous = self.rows.entry(user.to_string()).or_default().insert(function.to_string(), (read_at, row));
+        if previous.is_none() {
+            self.len += 1;
+        }
+    }
+
+    fn clear(&mut self) {
+        self.rows.clear();
+        self.len = 0;
+    }
 }
 
 impl Store {
     /// The user, function, current version's invocation settings and instance behind
     /// `/fn/{user}/{function}`; `None` when the user or the function does not exist.
-    pub async fn invocation(&self, user: &str, function: &str) -> StoreResult<Option<InvocationRow>> {
+    pub async fn invocation(&self, user: &str, function: &str) -> StoreResult<Option<Arc<InvocationRow>>> {
         with_pool!(self, |pool| {
-            let key = (user.to_string(), function.to_string());
             let generation = {
                 let cache = self.invocations.lock();
-                if let Some((read_at, row)) = cache.rows.get(&key)
-                    && read_at.elapsed() < INVOCATION_CACHE_TTL
-                {
-                    return Ok(Some(row.clone()));
+                if let Some(row) = cache.fresh(user, function) {
+                    return Ok(Some(row));
                 }
                 cache.generation
             };
-            let read_at = std::time::Instant::now();
+            let read_at = Instant::now();
             let timeout_s = self.json_field("v.spec", "timeout_s", JsonField::Integer);
             let invoke = self.json_field("v.spec", "invoke", JsonField::Document);
             let row: Option<InvocationRow> = sqlx::query_as(&format!(
@@ -70,17 +101,17 @@ impl Store {
         .bind(function)
         .fetch_optional(pool)
         .await?;
+            let Some(mut row) = row else { return Ok(None) };
+            // A version's policy was checked when it was stored; one that no longer parses
+            // (written by an older kubefn) falls back to the default, the strictest access.
+            row.policy = row.invoke.as_deref().and_then(|json| serde_json::from_str(json).ok()).unwrap_or_default();
+            let row = Arc::new(row);
             // Only rows that exist are kept, so unknown names cannot grow the cache.
-            if let Some(row) = &row {
-                let mut cache = self.invocations.lock();
-                if cache.generation == generation {
-                    if cache.rows.len() >= INVOCATION_CACHE_ROWS {
-                        cache.rows.clear();
-                    }
-                    cache.rows.insert(key, (read_at, row.clone()));
-                }
+            let mut cache = self.invocations.lock();
+            if cache.generation == generation {
+                cache.insert(user, function, read_at, row.clone());
             }
-            Ok(row)
+            Ok(Some(row))
         })
     }
 
@@ -89,6 +120,6 @@ impl Store {
     pub(super) fn forget_invocations(&self) {
         let mut cache = self.invocations.lock();
         cache.generation += 1;
-        cache.rows.clear();
+        cache.clear();
     }
 }
