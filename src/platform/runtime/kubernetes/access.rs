@@ -24,6 +24,7 @@ pub const NEEDED: &[(&str, &str, &[&str])] = &[
         &["get", "list", "watch", "create", "patch", "delete", "deletecollection"],
     ),
     ("networking.k8s.io", "networkpolicies", &["get", "create", "patch"]),
+    ("discovery.k8s.io", "endpointslices", &["list", "watch"]),
 ];
 
 /// What kubefn needs cluster-wide with per-user namespaces: its watchers read its labelled
@@ -37,6 +38,7 @@ pub const NEEDED_PER_USER: &[(&str, &str, &[&str])] = &[
     ("apps", "deployments", &["get", "list", "watch"]),
     ("apps", "replicasets", &["list"]),
     ("autoscaling", "horizontalpodautoscalers", &["get", "list", "watch"]),
+    ("discovery.k8s.io", "endpointslices", &["list", "watch"]),
     ("rbac.authorization.k8s.io", "rolebindings", &["get", "create", "patch"]),
 ];
 

@@ -100,7 +100,7 @@ struct Slot {
     /// Requests to the instance (its port-forward's, or inside the cluster those kubefn dials
     /// itself): what idleness is judged by and what wakes it from zero.
     traffic: Option<Arc<Traffic>>,
-    /// Its ready pods, kept by the pod watch.
+    /// Its Service's ready endpoints, kept by the EndpointSlice watch.
     endpoints: watch::Sender<Vec<ReadyPod>>,
 }
 
@@ -169,7 +169,7 @@ impl KubernetesRuntime {
         let weak = Arc::downgrade(&self.inner);
         let endpoints = tokio::spawn({
             let weak = weak.clone();
-            let mut changes = self.inner.cluster.pod_changes();
+            let mut changes = self.inner.cluster.endpoint_changes();
             async move {
                 while changes.changed().await.is_ok() {
                     let Some(inner) = weak.upgrade() else { return };
@@ -253,12 +253,14 @@ impl Inner {
         Some((deployment.metadata.namespace.clone()?, deployment.metadata.name.clone()?))
     }
 
-    /// Sets every slot's ready pods from the pod watch (one pass over the pods).
+    /// Sets every slot's ready endpoints from the EndpointSlice watch (one pass over the
+    /// slices). Looked up by the slot's own namespace and Service name, so only the slices of
+    /// that Service count.
     fn refresh_endpoints(&self) {
-        let mut by_instance = self.cluster.ready_pods_by_instance();
+        let mut by_service = self.cluster.ready_endpoints();
         let slots = self.slots.lock();
-        for (id, slot) in slots.iter() {
-            let ready = by_instance.remove(id).unwrap_or_default();
+        for slot in slots.values() {
+            let ready = by_service.remove(&(slot.namespace.clone(), slot.name.clone())).unwrap_or_default();
             slot.endpoints.send_if_modified(|current| {
                 let changed = *current != ready;
                 if changed {

@@ -65,7 +65,7 @@ impl Runtime for KubernetesRuntime {
     }
 
     fn ready_replicas(&self, id: &str) -> Option<u32> {
-        // The slot's endpoints are its ready pods, kept by the pod watch.
+        // The slot's endpoints: its Service's ready endpoints, kept by the EndpointSlice watch.
         let ready = self.inner.slots.lock().get(id)?.endpoints.borrow().len();
         Some(u32::try_from(ready).unwrap_or(u32::MAX))
     }
@@ -164,9 +164,10 @@ impl Runtime for KubernetesRuntime {
 
     async fn connect(&self, id: &str) -> Result<Route, RuntimeError> {
         // Outside the cluster: the instance's port-forward, which balances and counts itself.
-        // Inside: the ready pods' own addresses, from kubefn's pod watch (the endpoints resolved
-        // by kubefn itself, so no cluster DNS or kube-proxy hop is needed), for the gateway to
-        // balance over; with none ready, the request waits up to the hold time while one starts.
+        // Inside: the ready endpoints' own addresses, from kubefn's EndpointSlice watch (where
+        // the Service itself would route, resolved by kubefn so no cluster DNS or kube-proxy
+        // hop is needed), for the gateway to balance over; with none ready, the request waits
+        // up to the hold time while one starts.
         let (forward, traffic, endpoints, port) = {
             let slots = self.inner.slots.lock();
             let slot = slots.get(id).ok_or_else(|| RuntimeError::NotFound { id: id.into() })?;

@@ -1,7 +1,8 @@
 //! What runs in the cluster, as watchers keep it: reflector stores of kubefn's Deployments,
-//! pods, Services and HPAs, the Events of its namespaces and the nodes, so status, endpoints and
-//! addresses are read from memory rather than listed per request (as kube-rs' version-rs
-//! serves a store). Watches use streaming lists when the apiserver supports them.
+//! pods, Services, EndpointSlices and HPAs, the Events of its namespaces and the nodes, so
+//! status, endpoints and addresses are read from memory rather than listed per request (as
+//! kube-rs' version-rs serves a store). Watches use streaming lists when the apiserver supports
+//! them.
 
 use super::{KubernetesConfig, names, status};
 use crate::platform::model::EventInfo;
@@ -9,6 +10,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, WatchEvent, WatchParams};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -32,11 +34,13 @@ pub struct Cluster {
     deployments: Grouped<Deployment>,
     pods: Grouped<Pod>,
     services: Store<Service>,
+    /// The controller's slices of kubefn's Services ([`endpoints`]).
+    endpoint_slices: Store<EndpointSlice>,
     autoscalers: Grouped<HorizontalPodAutoscaler>,
     /// Grouped by `{namespace}/{the name of the instance's objects}` ([`owner_base`]).
     events: Grouped<Event>,
     nodes: Option<Store<Node>>,
-    pod_changes: watch::Receiver<u64>,
+    endpoint_changes: watch::Receiver<u64>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     scope: Scope,
 }
@@ -118,16 +122,6 @@ pub async fn streaming_lists_served(client: &Client, namespace: &str) -> bool {
     }
 }
 
-/// A ready pod of an instance: its name (what a port-forward dials) and its address (what
-/// kubefn inside the cluster dials).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct ReadyPod {
-    /// The pod's name.
-    pub name: String,
-    /// The pod's IP address, once it has one.
-    pub ip: Option<IpAddr>,
-}
-
 impl Cluster {
     /// Starts the watchers and returns once each store holds its initial list (or 30 s passed).
     pub async fn start(client: Client, config: &KubernetesConfig) -> Cluster {
@@ -149,16 +143,18 @@ impl Cluster {
             if per_user { Api::all(client.clone()) } else { Api::namespaced(client.clone(), namespace) }
         }
         let managed = Some(names::managed_selector_text());
-        let (pod_sender, pod_changes) = watch::channel(0);
         let (deployments, deployments_applied, t1) = spawn_reflector(
             scoped::<Deployment>(&client, per_user, &config.namespace),
             watch_config(managed.clone()),
-            Some(pod_sender.clone()),
+            None,
         );
-        let (pods, pods_applied, t2) = spawn_reflector(
-            scoped::<Pod>(&client, per_user, &config.namespace),
-            watch_config(managed.clone()),
-            Some(pod_sender),
+        let (pods, pods_applied, t2) =
+            spawn_reflector(scoped::<Pod>(&client, per_user, &config.namespace), watch_config(managed.clone()), None);
+        let (endpoint_sender, endpoint_changes) = watch::channel(0);
+        let (endpoint_slices, _, t7) = spawn_reflector(
+            scoped::<EndpointSlice>(&client, per_user, &config.namespace),
+            watch_config(Some(endpoints::slice_selector_text())),
+            Some(endpoint_sender),
         );
         let (services, _, t3) = spawn_reflector(
             scoped::<Service>(&client, per_user, &config.namespace),
@@ -172,7 +168,7 @@ impl Cluster {
             watch_config(managed),
             None,
         );
-        let mut tasks = vec![t1, t2, t3, t4, t6];
+        let mut tasks = vec![t1, t2, t3, t4, t6, t7];
         let nodes = if super::access::may(&client, "list", "", "nodes", None).await {
             let (nodes, _, t5) = spawn_reflector(Api::<Node>::all(client.clone()), watch_config(None), None);
             tasks.push(t5);
@@ -185,6 +181,7 @@ impl Cluster {
             let _ = deployments.wait_until_ready().await;
             let _ = pods.wait_until_ready().await;
             let _ = services.wait_until_ready().await;
+            let _ = endpoint_slices.wait_until_ready().await;
             let _ = events.wait_until_ready().await;
             let _ = autoscalers.wait_until_ready().await;
             if let Some(nodes) = &nodes {
@@ -198,10 +195,11 @@ impl Cluster {
             deployments: Grouped::new(deployments, deployments_applied, instance_of::<Deployment>),
             pods: Grouped::new(pods, pods_applied, instance_of::<Pod>),
             services,
+            endpoint_slices,
             autoscalers: Grouped::new(autoscalers, autoscalers_applied, instance_of::<HorizontalPodAutoscaler>),
             events: Grouped::new(events, events_applied, event_group),
             nodes,
-            pod_changes,
+            endpoint_changes,
             tasks: Mutex::new(tasks),
             scope: Scope::of(config),
         }
@@ -214,9 +212,9 @@ impl Cluster {
         }
     }
 
-    /// Ticks whenever a pod or Deployment changes.
-    pub fn pod_changes(&self) -> watch::Receiver<u64> {
-        self.pod_changes.clone()
+    /// Ticks whenever an EndpointSlice of kubefn's changes.
+    pub fn endpoint_changes(&self) -> watch::Receiver<u64> {
+        self.endpoint_changes.clone()
     }
 
     /// The pod store (log follows read which pods exist).
@@ -239,23 +237,10 @@ impl Cluster {
         self.pods.of(id)
     }
 
-    /// Every instance's ready pods, each sorted, in one pass over the pod watch (kept in each
-    /// instance's slot whenever a pod changes, so no request scans the pods).
-    pub fn ready_pods_by_instance(&self) -> HashMap<String, Vec<ReadyPod>> {
-        let mut ready: HashMap<String, Vec<ReadyPod>> = HashMap::new();
-        for pod in self.pods.store().state() {
-            let Some(id) = instance_label(pod.metadata.labels.as_ref()) else { continue };
-            if !status::is_ready(&pod) {
-                continue;
-            }
-            let Some(name) = pod.metadata.name.clone() else { continue };
-            let ip = pod.status.as_ref().and_then(|s| s.pod_ip.as_ref()).and_then(|ip| ip.parse().ok());
-            ready.entry(id.to_string()).or_default().push(ReadyPod { name, ip });
-        }
-        for pods in ready.values_mut() {
-            pods.sort();
-        }
-        ready
+    /// Every Service's ready endpoints by `(namespace, name)`, in one pass over the slices
+    /// (kept in each instance's slot whenever a slice changes, so no request scans them).
+    pub fn ready_endpoints(&self) -> HashMap<(String, String), Vec<ReadyPod>> {
+        endpoints::ready_by_service(self.endpoint_slices.state().iter().map(|slice| slice.as_ref()))
     }
 
     /// Which of the Deployment and the Service named `name` in `namespace` belongs to something
@@ -450,10 +435,12 @@ fn matches(labels: Option<&BTreeMap<String, String>>, wanted: &[(String, String)
     wanted.iter().all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
 }
 
+mod endpoints;
 mod grouped;
 #[cfg(test)]
 mod tests;
 mod usage;
 
+pub use endpoints::ReadyPod;
 use grouped::Grouped;
 pub use usage::{PodUsage, metrics_served, parse_cpu_millicores, pod_metrics, pod_usage};
