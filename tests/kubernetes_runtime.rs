@@ -510,6 +510,14 @@ async fn python_node_and_image_functions_answer_through_the_port_forward_and_the
     {
         let status = until(&runtime, &spec.id, "Ready", |s| s.state == InstanceState::Ready && s.ready == 1).await;
         let pod = status.replicas[0].name.clone();
+        if spec.function == "pf-py" {
+            // Endpoints come from the EndpointSlice controller's slices alone: one made by hand
+            // with kubefn's labels, naming the instance's Service, draws none of its traffic.
+            let (slices, forged) = forge_endpoint_slice(&spec.id).await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            assert_eq!(runtime.ready_replicas(&spec.id), Some(1), "the forged endpoint is not counted");
+            slices.delete(&forged, &Default::default()).await.expect("delete the forged slice");
+        }
         let address = port_forward(&runtime, &spec.id).await;
         assert_eq!(Some(address), status.port_forward);
         assert_eq!(invoke(address, "hi").await, format!("{answer}hi"), "{}", spec.function);
@@ -548,6 +556,39 @@ async fn python_node_and_image_functions_answer_through_the_port_forward_and_the
         );
     }
     runtime.shutdown().await;
+}
+
+/// An EndpointSlice made by hand (as an administrator) for instance `id`'s Service, with
+/// kubefn's labels and a ready endpoint: a pod that does not exist, at a documentation address.
+/// Returns the slices' API and the slice's name.
+async fn forge_endpoint_slice(id: &str) -> (Api<k8s_openapi::api::discovery::v1::EndpointSlice>, String) {
+    let admin = admin().await;
+    let name = format!("forged-{id}");
+    let selector = ListParams::default().labels(&names::instance_selector_text(id));
+    let services = Api::<Service>::namespaced(admin.clone(), NAMESPACE).list(&selector).await.expect("services");
+    let service = services.items[0].metadata.name.clone().expect("the Service's name");
+    let slice: k8s_openapi::api::discovery::v1::EndpointSlice = serde_json::from_value(json!({
+        "metadata": {
+            "name": name,
+            "labels": {
+                "kubernetes.io/service-name": service,
+                "endpointslice.kubernetes.io/managed-by": "someone-else",
+                (names::MANAGED_BY): names::MANAGER,
+                (names::INSTANCE): id,
+            },
+        },
+        "addressType": "IPv4",
+        "endpoints": [{
+            "addresses": ["203.0.113.9"],
+            "conditions": {"ready": true},
+            "targetRef": {"kind": "Pod", "name": name, "namespace": NAMESPACE},
+        }],
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+    }))
+    .expect("slice");
+    let slices = Api::<k8s_openapi::api::discovery::v1::EndpointSlice>::namespaced(admin, NAMESPACE);
+    slices.create(&Default::default(), &slice).await.expect("an administrator may make a slice");
+    (slices, name)
 }
 
 /// Secrets on the real node: the instance's values become a Secret in its namespace, read by
