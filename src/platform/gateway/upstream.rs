@@ -5,6 +5,7 @@
 
 use super::*;
 use crate::platform::runtime::forwarding::{Dial, OpenTraffic, TcpDial, UnixDial};
+use crate::platform::runtime::unix_upstream::UnixUpstream;
 use crate::platform::runtime::{Endpoint, Route};
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,7 +17,7 @@ const POOL_IDLE: Duration = Duration::from_secs(30);
 /// A connection to one replica, over TCP or a Unix socket.
 pub(super) enum ReplicaStream {
     Tcp(tokio::net::TcpStream),
-    Unix(tokio::net::UnixStream),
+    Unix(UnixUpstream),
 }
 
 impl ReplicaStream {

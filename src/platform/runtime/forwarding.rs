@@ -5,6 +5,7 @@
 //! while and signals demand (scale from zero). It counts connections, which the autoscaler, the
 //! idle check and the latency samples read.
 
+use super::unix_upstream::UnixUpstream;
 use parking_lot::Mutex;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -141,9 +142,9 @@ pub struct UnixDial;
 
 impl Dial for UnixDial {
     type Endpoint = std::path::PathBuf;
-    type Stream = tokio::net::UnixStream;
+    type Stream = UnixUpstream;
 
-    async fn dial(&self, endpoint: &std::path::PathBuf) -> std::io::Result<tokio::net::UnixStream> {
+    async fn dial(&self, endpoint: &std::path::PathBuf) -> std::io::Result<UnixUpstream> {
         let stream = tokio::net::UnixStream::connect(endpoint).await?;
         // A Unix socket holds only its send buffer in flight (212,992 bytes by default, where
         // loopback TCP grows to megabytes), so a large body crossed it in many small handoffs,
@@ -151,7 +152,7 @@ impl Dial for UnixDial {
         // TCP to the same bootstrap. A larger buffer lets a whole body cross at once. Best
         // effort: the kernel caps it at `net.core.wmem_max`, and a smaller one still works.
         let _ = socket2::SockRef::from(&stream).set_send_buffer_size(UNIX_SEND_BUFFER);
-        Ok(stream)
+        UnixUpstream::new(stream)
     }
 }
 

@@ -7,6 +7,7 @@ pub mod forwarding;
 pub mod kubernetes;
 pub mod local;
 pub mod scale_to_zero;
+pub mod unix_upstream;
 
 pub use crate::platform::autoscale::AutoscalerStatus;
 use crate::platform::model::{EventInfo, FunctionSpec, HealthCheck, InstanceState, LogEntry, ReplicaInfo};
