@@ -15,7 +15,7 @@
 //! kept from then on for that connection (large bodies, which fill the send buffer, pay as
 //! before).
 
-use std::io::{IoSlice, Read, Write};
+use std::io::{IoSlice, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::pin::Pin;
@@ -82,9 +82,20 @@ impl AsyncRead for UnixUpstream {
         let this = self.get_mut();
         loop {
             let mut ready = ready!(this.reads.poll_read_ready(cx))?;
-            let unfilled = buf.initialize_unfilled();
+            // Read into the buffer's uninitialised room, as tokio's own sockets do: hyper hands
+            // over fresh room for every read, and zeroing it first cost 1.4% of kubefn's CPU
+            // under load.
+            // SAFETY: only `read(2)` writes to the room, which de-initialises no byte.
+            let unfilled = unsafe { buf.unfilled_mut() };
             let room = unfilled.len();
-            match ready.try_io(|stream| stream.get_ref().read(unfilled)) {
+            let read = ready.try_io(|stream| {
+                let fd = std::os::fd::AsRawFd::as_raw_fd(stream.get_ref());
+                // SAFETY: `read(2)` writes at most `room` bytes into `unfilled`, which is valid
+                // for that many (uninitialised bytes are fine to write to).
+                let read = unsafe { libc::read(fd, unfilled.as_mut_ptr().cast(), room) };
+                usize::try_from(read).map_err(|_| std::io::Error::last_os_error())
+            });
+            match read {
                 Ok(read) => {
                     let read = read?;
                     // A read that did not fill the buffer emptied the socket: the next read
@@ -93,6 +104,8 @@ impl AsyncRead for UnixUpstream {
                     if read > 0 && read < room {
                         ready.clear_ready();
                     }
+                    // SAFETY: the kernel initialised the first `read` bytes of the room.
+                    unsafe { buf.assume_init(read) };
                     buf.advance(read);
                     return Poll::Ready(Ok(()));
                 }
