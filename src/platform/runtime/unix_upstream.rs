@@ -52,6 +52,7 @@ impl UnixUpstream {
         loop {
             match write(self.reads.get_ref()) {
                 Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
                 done => return Poll::Ready(done),
             }
             let writes = match &mut self.writes {
@@ -96,6 +97,8 @@ impl AsyncRead for UnixUpstream {
                 usize::try_from(read).map_err(|_| std::io::Error::last_os_error())
             });
             match read {
+                // A signal cut the call short before any byte moved: ask again.
+                Ok(Err(error)) if error.kind() == std::io::ErrorKind::Interrupted => continue,
                 Ok(read) => {
                     let read = read?;
                     // A read that did not fill the buffer emptied the socket: the next read
