@@ -12,6 +12,11 @@ pub(super) fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
     if asks { headers.get(http::header::UPGRADE).cloned() } else { None }
 }
 
+/// `X-Forwarded-For`, as a constant: looking a header up by a `&str` parses the name every time.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// The request as the function gets it: hop-by-hop headers and kubefn's credentials dropped,
+/// the client and the original host named in `X-Forwarded-*`, `Host: function`.
 pub(super) fn prepare_upstream(headers: &mut HeaderMap, client: Option<IpAddr>) {
     let host = headers.get(http::header::HOST).cloned();
     strip_hop_by_hop(headers);
@@ -19,12 +24,12 @@ pub(super) fn prepare_upstream(headers: &mut HeaderMap, client: Option<IpAddr>) 
     headers.remove(http::header::COOKIE);
     headers.remove(http::header::AUTHORIZATION);
     if let Some(client) = client {
-        let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
             Some(earlier) => format!("{earlier}, {client}"),
             None => client.to_string(),
         };
         if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
-            headers.insert(HeaderName::from_static("x-forwarded-for"), value);
+            headers.insert(X_FORWARDED_FOR, value);
         }
     }
     if let Some(host) = host {
@@ -45,15 +50,27 @@ pub(super) fn confine_answer(headers: &mut HeaderMap) {
     headers.insert(http::header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
 }
 
+/// Drops the headers that describe one hop (RFC 9110 §7.6.1) and those `Connection` names.
 pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // This runs twice per call, and most requests and answers carry none of these headers, or
+    // only `Connection: keep-alive`: one pass over the names (no hashing) finds that out.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     // Headers named in Connection are hop-by-hop too (read before Connection itself goes).
-    // Nothing is allocated for the usual request, which names none: this runs twice per call.
+    // The usual tokens (`keep-alive`, `close`, `upgrade`) name nothing beyond the fixed list,
+    // so nothing is parsed or allocated for them.
     let named: Vec<HeaderName> = headers
         .get_all(http::header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|token| {
+            !token.eq_ignore_ascii_case("close")
+                && !HOP_BY_HOP.iter().any(|name| token.eq_ignore_ascii_case(name.as_str()))
+        })
+        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
         .collect();
     for name in HOP_BY_HOP.iter().chain(&named) {
         headers.remove(name);

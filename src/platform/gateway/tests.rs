@@ -42,6 +42,42 @@ fn hop_by_hop_headers_and_kubefn_credentials_stay_behind() {
     assert!(!headers.contains_key("connection"), "the upstream connection is the gateway's to keep");
 }
 
+/// A header map of `pairs`, in order (a repeated name appends).
+fn header_map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for (name, value) in pairs {
+        headers.append(HeaderName::from_static(name), HeaderValue::from_static(value));
+    }
+    headers
+}
+
+/// The names `headers` keeps once its hop-by-hop headers are stripped.
+fn kept_after_stripping(mut headers: HeaderMap) -> Vec<String> {
+    strip_hop_by_hop(&mut headers);
+    headers.keys().map(|name| name.as_str().to_string()).collect()
+}
+
+#[test]
+fn an_answers_hop_by_hop_headers_go_whichever_tokens_connection_carries() {
+    // What Node's http module sends with every answer.
+    let node = header_map(&[("connection", "Keep-Alive"), ("keep-alive", "timeout=5"), ("content-length", "5")]);
+    assert_eq!(kept_after_stripping(node), ["content-length"]);
+    // `close` and the listed names beside one that is only hop-by-hop because it is named.
+    let named = header_map(&[
+        ("connection", "close, upgrade"),
+        ("connection", "x-hop"),
+        ("x-hop", "1"),
+        ("transfer-encoding", "chunked"),
+        ("x-kept", "1"),
+    ]);
+    assert_eq!(kept_after_stripping(named), ["x-kept"]);
+    // Nothing hop-by-hop: nothing changes.
+    let plain = header_map(&[("content-type", "text/plain"), ("x-hop", "not named, so kept")]);
+    let mut stripped = plain.clone();
+    strip_hop_by_hop(&mut stripped);
+    assert_eq!(stripped, plain);
+}
+
 #[test]
 fn a_functions_answer_cannot_script_kubefns_origin_or_set_its_cookies() {
     let mut headers = HeaderMap::new();
