@@ -4,12 +4,18 @@ use super::*;
 
 /// The protocol a request asks to upgrade to (`Connection: upgrade` with `Upgrade: …`).
 pub(super) fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
-    let asks = headers
+    let asks = connection_options(headers).any(|option| option.eq_ignore_ascii_case("upgrade"));
+    if asks { headers.get(http::header::UPGRADE).cloned() } else { None }
+}
+
+/// The options the `Connection` headers list (`keep-alive`, `upgrade`, header names, …).
+fn connection_options(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
         .get_all(http::header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .any(|v| v.split(',').any(|token| token.trim().eq_ignore_ascii_case("upgrade")));
-    if asks { headers.get(http::header::UPGRADE).cloned() } else { None }
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
 }
 
 /// `X-Forwarded-For`, as a constant: looking a header up by a `&str` parses the name every time.
@@ -58,18 +64,10 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
         return;
     }
     // Headers named in Connection are hop-by-hop too (read before Connection itself goes).
-    // The usual tokens (`keep-alive`, `close`, `upgrade`) name nothing beyond the fixed list,
-    // so nothing is parsed or allocated for them.
-    let named: Vec<HeaderName> = headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|token| {
-            !token.eq_ignore_ascii_case("close")
-                && !HOP_BY_HOP.iter().any(|name| token.eq_ignore_ascii_case(name.as_str()))
-        })
+    // The usual options (`keep-alive`, `upgrade`) are in the fixed list already, so nothing is
+    // parsed or allocated for them.
+    let named: Vec<HeaderName> = connection_options(headers)
+        .filter(|option| !HOP_BY_HOP.iter().any(|name| option.eq_ignore_ascii_case(name.as_str())))
         .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
         .collect();
     for name in HOP_BY_HOP.iter().chain(&named) {

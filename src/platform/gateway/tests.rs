@@ -42,8 +42,8 @@ fn hop_by_hop_headers_and_kubefn_credentials_stay_behind() {
     assert!(!headers.contains_key("connection"), "the upstream connection is the gateway's to keep");
 }
 
-/// A header map of `pairs`, in order (a repeated name appends).
-fn header_map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+/// A header map of `pairs` (lowercase names), in order (a repeated name appends).
+pub(super) fn header_map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
     let mut headers = HeaderMap::new();
     for (name, value) in pairs {
         headers.append(HeaderName::from_static(name), HeaderValue::from_static(value));

@@ -145,22 +145,14 @@ fn is_lower_hex(text: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::header_map;
     use super::*;
 
     const CALLER: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        pairs
-            .iter()
-            .map(|(k, v)| {
-                (HeaderName::from_bytes(k.as_bytes()).expect("name"), HeaderValue::from_str(v).expect("value"))
-            })
-            .collect()
-    }
-
     #[test]
     fn a_valid_traceparent_is_continued_with_the_gateway_as_the_new_parent() {
-        let mut h = headers(&[("traceparent", CALLER), ("tracestate", "vendor=x")]);
+        let mut h = header_map(&[("traceparent", CALLER), ("tracestate", "vendor=x")]);
         let trace = TraceContext::stamp(&mut h);
         assert_eq!(trace.trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736);
         assert_eq!(trace.parent_id, Some(0x00f067aa0ba902b7));
@@ -171,7 +163,7 @@ mod tests {
         assert_eq!(h.get(TRACESTATE).and_then(|v| v.to_str().ok()), Some("vendor=x"));
         // Unsampled stays unsampled; a later version's extra fields are ignored.
         let later = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-what-comes-next";
-        let trace = TraceContext::stamp(&mut headers(&[("traceparent", later)]));
+        let trace = TraceContext::stamp(&mut header_map(&[("traceparent", later)]));
         assert_eq!((trace.flags, trace.parent_id), (0, Some(0x00f067aa0ba902b7)));
     }
 
@@ -190,7 +182,7 @@ mod tests {
             "00-+bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
         ];
         for text in bad {
-            let mut h = headers(&[("traceparent", text), ("tracestate", "vendor=x")]);
+            let mut h = header_map(&[("traceparent", text), ("tracestate", "vendor=x")]);
             let trace = TraceContext::stamp(&mut h);
             assert_eq!((trace.parent_id, trace.flags), (None, 1), "{text:?}");
             assert_ne!(trace.trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736, "{text:?}");
