@@ -408,9 +408,10 @@ pub async fn build_app(config: &Config, mut leptos_options: LeptosOptions) -> Re
         .layer(axum::middleware::map_response(crate::api::error::server_function_error_status))
         .layer(auth)
         // Outside the session layer: a forged write is refused before its session is loaded.
-        .layer(axum::middleware::from_fn(origin::refuse_cross_origin_writes));
-    let app = gateway::past_the_session_layers(app, gateway::invocation_routes().with_state(state))
+        .layer(axum::middleware::from_fn(origin::refuse_cross_origin_writes))
+        // Not around sessionless invocations: the gateway writes its own invocation log.
         .layer(TraceLayer::new_for_http());
+    let app = gateway::past_the_session_layers(app, state);
     Ok(Server { router: app, platform, runtime, egress, leadership, campaign, background })
 }
 

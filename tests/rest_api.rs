@@ -1292,6 +1292,13 @@ async fn the_gateway_forwards_to_my_instance_only() {
         "a trailing slash is the root too"
     );
     assert_eq!(app.send(invoke("/fn/alice/echo/x", &admin)).await.status, StatusCode::CREATED, "admins may invoke");
+    // The path reaches the function as the client encoded it: `%2F` stays inside its segment
+    // and `%20` stays valid (decoding it first would change the path or make it unforwardable).
+    assert_eq!(
+        app.send(invoke("/fn/alice/echo/a%20b/c%2Fd?q=%26", &alice)).await.body,
+        Value::String("PUT /a%20b/c%2Fd [('q', '&')] payload xff=10.1.2.3 cookie=None".into()),
+        "with the session"
+    );
 
     for (path, who, status) in [
         ("/fn/alice/echo", &bob, StatusCode::NOT_FOUND),
@@ -1342,6 +1349,24 @@ async fn the_gateway_forwards_to_my_instance_only() {
         .body(Body::empty())
         .expect("request");
     assert_eq!(app.send(with_token).await.status, StatusCode::CREATED, "another site may call with an API token");
+    // Without the session cookie the call goes past the router, and meets the same rules.
+    let bearer = format!("Bearer {token}");
+    let sessionless = |path: &str, authorization: &str| {
+        Request::put(path).header(header::AUTHORIZATION, authorization).body(Body::from("t")).expect("request")
+    };
+    let answer = app.send(sessionless("/fn/alice/echo/a%20b/c%2Fd?q=%26", &bearer)).await;
+    assert_eq!(answer.body, Value::String("PUT /a%20b/c%2Fd [('q', '&')] t xff=None cookie=None".into()));
+    assert_eq!(answer.headers.get("content-security-policy").and_then(|v| v.to_str().ok()), Some("sandbox"));
+    for (path, authorization, status) in [
+        ("/fn/alice/echo", "Bearer not-a-token", StatusCode::UNAUTHORIZED),
+        ("/fn/alice/echo", "Basic YWxpY2U6eA==", StatusCode::UNAUTHORIZED),
+        ("/fn/al%69ce/echo", bearer.as_str(), StatusCode::NOT_FOUND),
+        ("/fn/alice/nothing/x", bearer.as_str(), StatusCode::NOT_FOUND),
+    ] {
+        let refused = app.send(sessionless(path, authorization)).await;
+        assert_eq!(refused.status, status, "{path} with {authorization}: {}", refused.body);
+        assert!(refused.body["error"].is_string(), "{path}: a JSON error, not {}", refused.body);
+    }
 
     app.call(Method::POST, &format!("/api/v1/instances/{id}/pause"), None, As::Cookie(&alice)).await;
     let paused = app.send(invoke("/fn/alice/echo", &alice)).await;

@@ -17,57 +17,91 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
+use futures::future::Either;
 
-/// The synchronous invocation routes, `/fn/{user}/{function}[/{*path}]`.
-pub fn invocation_routes() -> Router<AppState> {
-    // `{*path}` matches no empty path, so `/fn/u/f/` (the function's root, as curl users type
-    // it) needs a route of its own.
-    Router::new()
-        .route("/fn/{user}/{function}", any(invoke))
-        .route("/fn/{user}/{function}/", any(invoke))
-        .route("/fn/{user}/{function}/{*path}", any(invoke))
+/// What an invocation path names: `/fn/{user}/{function}` and the rest (``, `/` or `/path…`),
+/// as the client sent it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct InvocationTarget<'a> {
+    user: &'a str,
+    function: &'a str,
+    /// Still percent-encoded: the function receives the path as the client wrote it
+    /// (`a%2Fb` stays one segment, `a%20b` stays valid).
+    rest: &'a str,
+}
+
+/// The synchronous invocations' paths.
+const INVOCATION_PREFIX: &str = "/fn/";
+/// The queued invocations' paths.
+const ASYNC_INVOCATION_PREFIX: &str = "/async/fn/";
+
+/// Splits `{prefix}{user}/{function}{rest}`; `None` for any other path, or an empty name.
+/// Names are not decoded: no user or function name needs encoding, so an encoded one names
+/// nothing (the caller gets the same 404 as for any unknown name).
+fn invocation_target<'a>(path: &'a str, prefix: &str) -> Option<InvocationTarget<'a>> {
+    let (user, after_user) = path.strip_prefix(prefix)?.split_once('/')?;
+    let (function, rest) = after_user.split_at(after_user.find('/').unwrap_or(after_user.len()));
+    (!user.is_empty() && !function.is_empty()).then_some(InvocationTarget { user, function, rest })
 }
 
 /// `app` (every route, behind the session layers), except that an invocation without kubefn's
-/// session cookie goes to `invocations` ([`invocation_routes`] without those layers). Such a
-/// call is anonymous or carries an API token, so a session has nothing to add, and skipping
-/// the session and log-in layers is a large part of the gateway's own cost per call. The
-/// cross-origin guard has nothing to do either: invocations are exempt from it. A `/fn/` path
-/// that no invocation route matches still gets `app`'s answer.
-pub fn past_the_session_layers(app: Router, invocations: Router) -> Router {
-    let invocations = invocations.fallback_service(app.clone());
+/// session cookie goes straight to the gateway, past axum's routing. Such a call is anonymous
+/// or carries an API token, so a session has nothing to add; skipping the session and log-in
+/// layers, the router and its extractors is most of kubefn's own cost per call (it runs on
+/// every call, so it is kept to one path split and one state reference). The cross-origin
+/// guard has nothing to do either: invocations are exempt from it. A `/fn/` path that names no
+/// function still gets `app`'s answer.
+pub fn past_the_session_layers(app: Router, state: AppState) -> Router {
     let split = tower::service_fn(move |request: Request| {
-        let sessionless = request.uri().path().starts_with("/fn/") && !carries_session_cookie(request.headers());
-        let mut router = if sessionless { invocations.clone() } else { app.clone() };
-        tower::Service::call(&mut router, request)
+        let sessionless = invocation_target(request.uri().path(), INVOCATION_PREFIX).is_some()
+            && !carries_session_cookie(request.headers());
+        if sessionless {
+            let state = state.clone();
+            Either::Left(async move { Ok(invoke_sessionless(&state.platform, request).await) })
+        } else {
+            Either::Right(tower::Service::call(&mut app.clone(), request))
+        }
     });
     Router::new().fallback_service(split)
 }
 
+/// An invocation without a session: its answer, or the error's.
+async fn invoke_sessionless(platform: &Platform, request: Request) -> Response {
+    match forward_invocation(platform, request).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    }
+}
+
 /// The invocation routes (behind the session layers), queued invocations and `/metrics`.
 pub fn router() -> Router<AppState> {
-    invocation_routes()
+    // `{*path}` matches no empty path, so `/fn/u/f/` (the function's root, as curl users type
+    // it) needs a route of its own. The handlers read the path themselves (see
+    // [`invocation_target`]): axum would hand them the rest decoded.
+    Router::new()
+        .route("/fn/{user}/{function}", any(invoke))
+        .route("/fn/{user}/{function}/", any(invoke))
+        .route("/fn/{user}/{function}/{*path}", any(invoke))
         .route("/async/fn/{user}/{function}", any(invoke_async))
         .route("/async/fn/{user}/{function}/", any(invoke_async))
         .route("/async/fn/{user}/{function}/{*path}", any(invoke_async))
         .route("/metrics", get(metrics))
 }
 
-/// The path parameters of an invocation route.
-#[derive(serde::Deserialize, utoipa::IntoParams)]
+/// The path parameters of an invocation route, for the API's documentation: the handlers
+/// split the path themselves ([`invocation_target`]).
+#[derive(utoipa::IntoParams)]
 #[into_params(parameter_in = Path)]
+#[allow(dead_code)] // Never built: it only describes the path.
 pub(super) struct InvocationParams {
     /// The instance's user.
     user: String,
     /// The function's name.
     function: String,
-    /// The path the function sees (may be empty); the query string passes on too.
-    #[serde(default)]
+    /// The path the function sees (may be empty), as the client encoded it; the query string
+    /// passes on too.
     path: String,
 }
-
-/// The `{user}`, `{function}` and `{*path}` of an invocation route.
-type InvocationPath = super::rest::Path<InvocationParams>;
 
 /// An invocation as it arrived: whose instance of what, who calls (`None`: anonymous), and
 /// the request with its URI already the path and query for the function.
@@ -80,8 +114,15 @@ struct Invocation {
 }
 
 impl Invocation {
-    async fn read(platform: &Platform, params: InvocationParams, request: Request) -> Result<Invocation, ApiError> {
+    /// The invocation `request` makes of a path under `prefix`.
+    async fn read(platform: &Platform, prefix: &str, request: Request) -> Result<Invocation, ApiError> {
         let (mut parts, body) = request.into_parts();
+        let target = invocation_target(parts.uri.path(), prefix)
+            .ok_or_else(|| ApiError::new(404, format!("an invocation's path is {prefix}USER/FUNCTION[/PATH]")))?;
+        let uri = upstream_uri(target.rest, parts.uri.query())
+            .map_err(|error| ApiError::new(400, format!("the path cannot be forwarded: {error}")))?;
+        let (user, function) = (target.user.to_string(), target.function.to_string());
+        parts.uri = uri;
         // A call another origin makes never runs as the user whose cookie the browser attached
         // (a page on a node port could otherwise call their private functions): it is anonymous
         // unless it carries an API token.
@@ -94,9 +135,7 @@ impl Invocation {
         } else {
             principal_from_parts(&mut parts, platform).await?
         };
-        parts.uri = upstream_uri(&params.path, parts.uri.query())
-            .map_err(|error| ApiError::new(400, format!("the path cannot be forwarded: {error}")))?;
-        Ok(Invocation { user: params.user, function: params.function, caller, parts, body })
+        Ok(Invocation { user, function, caller, parts, body })
     }
 }
 
@@ -110,12 +149,10 @@ impl Invocation {
     request_body(content = Vec<u8>, description = "Any body, kept for the call", content_type = "*/*"),
     responses((status = 202, description = "Queued; `Location` is the status URL", body = AsyncAccepted), ApiErrors,
         (status = 413, description = "The body is over the function's limit", body = ApiError)))]
-pub(super) async fn invoke_async(
-    State(platform): State<Platform>,
-    super::rest::Path(params): InvocationPath,
-    request: Request,
-) -> Result<Response, ApiError> {
-    let Invocation { user, function, caller, parts, body } = Invocation::read(&platform, params, request).await?;
+pub(super) async fn invoke_async(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
+    let platform = &state.platform;
+    let Invocation { user, function, caller, parts, body } =
+        Invocation::read(platform, ASYNC_INVOCATION_PREFIX, request).await?;
     // Admission (policy, instance) comes first so a refused caller never uploads a body;
     // the body then streams to the spool, up to the function's limit.
     let target = platform.gateway.admit(caller.as_ref(), &user, &function).await?;
@@ -172,12 +209,14 @@ pub(super) async fn metrics(State(platform): State<Platform>, Caller(caller): Ca
         (status = 502, description = "The function's replica failed to answer", body = ApiError),
         (status = 503, description = "The instance is not running (paused or failed)", body = ApiError),
         (status = 504, description = "The function did not answer within its timeout", body = ApiError)))]
-pub(super) async fn invoke(
-    State(platform): State<Platform>,
-    super::rest::Path(params): InvocationPath,
-    request: Request,
-) -> Result<Response, ApiError> {
-    let Invocation { user, function, caller, parts, body } = Invocation::read(&platform, params, request).await?;
+pub(super) async fn invoke(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
+    forward_invocation(&state.platform, request).await
+}
+
+/// Reads the invocation `request` makes, forwards it and answers with the function's answer.
+async fn forward_invocation(platform: &Platform, request: Request) -> Result<Response, ApiError> {
+    let Invocation { user, function, caller, parts, body } =
+        Invocation::read(platform, INVOCATION_PREFIX, request).await?;
     let client = client_address(&parts);
     let forwarded = Request::from_parts(parts, body);
     let response = platform.gateway.invoke(caller.as_ref(), &user, &function, forwarded, client).await?;
@@ -210,5 +249,34 @@ impl From<GatewayError> for ApiError {
                 ApiError { retry_after_s, ..ApiError::new(status, crate::platform::error_chain(&error)) }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target<'a>(user: &'a str, function: &'a str, rest: &'a str) -> Option<InvocationTarget<'a>> {
+        Some(InvocationTarget { user, function, rest })
+    }
+
+    #[test]
+    fn an_invocation_path_names_its_user_function_and_the_rest_as_sent() {
+        for (path, expected) in [
+            ("/fn/alice/echo", target("alice", "echo", "")),
+            ("/fn/alice/echo/", target("alice", "echo", "/")),
+            ("/fn/alice/echo/a%2Fb/c", target("alice", "echo", "/a%2Fb/c")),
+            ("/fn/alice/echo//x", target("alice", "echo", "//x")),
+            ("/fn/alice", None),
+            ("/fn/alice/", None),
+            ("/fn//echo", None),
+            ("/fn/", None),
+            ("/fnx/alice/echo", None),
+            ("/api/v1/fn/alice/echo", None),
+            ("/async/fn/alice/echo", None),
+        ] {
+            assert_eq!(invocation_target(path, INVOCATION_PREFIX), expected, "{path}");
+        }
+        assert_eq!(invocation_target("/async/fn/alice/echo/x", ASYNC_INVOCATION_PREFIX), target("alice", "echo", "/x"));
     }
 }
