@@ -57,20 +57,12 @@ pub fn past_the_session_layers(app: Router, state: AppState) -> Router {
             && !carries_session_cookie(request.headers());
         if sessionless {
             let state = state.clone();
-            Either::Left(async move { Ok(invoke_sessionless(&state.platform, request).await) })
+            Either::Left(async move { Ok(forward_invocation(&state.platform, request).await.into_response()) })
         } else {
             Either::Right(tower::Service::call(&mut app.clone(), request))
         }
     });
     Router::new().fallback_service(split)
-}
-
-/// An invocation without a session: its answer, or the error's.
-async fn invoke_sessionless(platform: &Platform, request: Request) -> Response {
-    match forward_invocation(platform, request).await {
-        Ok(response) => response,
-        Err(error) => error.into_response(),
-    }
 }
 
 /// The invocation routes (behind the session layers), queued invocations and `/metrics`.
