@@ -4,8 +4,9 @@
 Each figure is measured with its baseline in the same run:
   1. gateway overhead: wrk through /fn/... against the baseline, a replica's own port (kubefn's
      Node bootstrap serving the same function on a TCP port, outside kubefn), and through nginx
-     (keep-alive upstream to that port) as a reference proxy; kubefn's node port (its own relay)
-     for information; latency on 1 connection, throughput on 32 and 256, and 1 KiB and 1 MiB
+     (keep-alive upstream to that port) as a reference proxy, and nginx again to the gateway's
+     own upstream (kubefn's sandboxed replica, on its Unix socket) so that the two proxies are
+     compared on one upstream; kubefn's node port (its own relay) for information; latency on 1 connection, throughput on 32 and 256, and 1 KiB and 1 MiB
      request bodies on 32; kubefn's CPU time per thousand requests; repeated;
   2. footprint: the server's RSS idle, then with 1,000 registered functions and 100 running
      instances; the catalog's server-side render time with 1,000 functions against /healthz;
@@ -288,12 +289,17 @@ class Replica:
 
 
 class Nginx:
-    """nginx as a reverse proxy to `upstream_port`, with keep-alive upstream connections."""
+    """nginx as a reverse proxy to `upstream` (`127.0.0.1:PORT`, or `unix:PATH`), with keep-alive
+    upstream connections."""
 
-    def __init__(self, upstream_port):
+    def __init__(self, upstream):
         self.dir = tempfile.mkdtemp(prefix="kubefn-bench-nginx.")
         self.port = free_port()
+        # A replica's socket sits in kubefn's private data directory (mode 0700, root's): nginx's
+        # workers, which run as nobody by default, need root's access to reach it, as kubefn has.
+        user = "user root;" if os.geteuid() == 0 else ""
         conf = f"""
+{user}
 daemon off;
 worker_processes auto;
 pid {self.dir}/nginx.pid;
@@ -308,7 +314,7 @@ http {{
   fastcgi_temp_path {self.dir}/fastcgi;
   uwsgi_temp_path {self.dir}/uwsgi;
   scgi_temp_path {self.dir}/scgi;
-  upstream function {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}
+  upstream function {{ server {upstream}; keepalive 64; }}
   server {{
     listen 127.0.0.1:{self.port};
     location / {{ proxy_pass http://function; proxy_http_version 1.1; proxy_set_header Connection ""; }}
@@ -324,6 +330,37 @@ http {{
         self.process.wait(timeout=30)
 
 
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """An HTTP connection over a Unix socket (the path in place of a host)."""
+
+    def __init__(self, path):
+        super().__init__("function", timeout=5)
+        self.path = path
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(5)
+        self.sock.connect(self.path)
+
+
+def replica_socket(server, answer):
+    """The Unix socket of `server`'s local replica that answers `GET /` with `answer`: the
+    gateway's own upstream (kubefn names no socket paths to its clients; the bench owns the data
+    directory). The warm pool's idle processes answer 503 and are passed over."""
+    for path in sorted(pathlib.Path(server.dir).rglob("http.sock")):
+        connection = UnixHTTPConnection(str(path))
+        try:
+            connection.request("GET", "/")
+            response = connection.getresponse()
+            if response.status == 200 and response.read() == answer:
+                return str(path)
+        except OSError:
+            pass
+        finally:
+            connection.close()
+    raise RuntimeError(f"no replica socket under {server.dir} answers {answer!r}")
+
+
 def nginx_version():
     return subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip().split("/")[-1]
 
@@ -335,7 +372,7 @@ SCENARIOS = [("latency", 1, 0), ("32 connections", 32, 0), ("256 connections", 2
 
 
 def gateway_overhead(server):
-    log("gateway overhead: wrk replica / gateway / nginx / node port")
+    log("gateway overhead: wrk replica / gateway / nginx / nginx to the gateway's replica / node port")
     # One replica throughout: the autoscaler must not change the upstream between runs.
     # The replica may use as much CPU as the baseline process (no limit there): two cores here.
     server.register(node_function("hello", HELLO, scaling={"min": 1, "max": 1},
@@ -344,11 +381,14 @@ def gateway_overhead(server):
     instance = server.until_ready(server.deploy("hello"))
     node_port = int(instance["urls"]["node_port"].rsplit(":", 1)[1])
     replica = Replica(HELLO)
-    nginx = Nginx(replica.port)
+    nginx = Nginx(f"127.0.0.1:{replica.port}")
+    # nginx to the very replica the gateway dials: the two proxies on one upstream.
+    nginx_same = Nginx(f"unix:{replica_socket(server, b'hello')}")
     targets = {
         "replica": f"http://127.0.0.1:{replica.port}/",
         "gateway": f"{server.base}/fn/bench/hello/",
         "nginx": f"http://127.0.0.1:{nginx.port}/",
+        "nginx_same": f"http://127.0.0.1:{nginx_same.port}/",
         "node_port": f"http://127.0.0.1:{node_port}/",
     }
     runs = {name: {scenario: [] for scenario, _, _ in SCENARIOS} for name in targets}
@@ -371,6 +411,7 @@ def gateway_overhead(server):
             # of the gateway's cost that is not the proxying.
             healthz.append(wrk(f"{server.base}/healthz", 1, LATENCY_SECONDS))
     finally:
+        nginx_same.stop()
         nginx.stop()
         replica.stop()
     result = {"scenarios": [{"name": n, "connections": c, "body_bytes": b} for n, c, b in SCENARIOS]}
@@ -911,14 +952,20 @@ def gateway_section(g, nginx_version_text):
     lines = ["## Gateway overhead (wrk, loopback, Node hello upstream)", "",
               "Baseline: the replica's own port (kubefn's Node bootstrap serving the same function on a TCP "
               "port, outside kubefn). nginx proxies to that port with keep-alive upstream connections; the "
-              "gateway dials kubefn's replica of the function on its Unix socket; kubefn's node port is its "
-              "own TCP relay to that replica, shown for information.",
+              "gateway dials kubefn's replica of the function on its Unix socket, and a second nginx proxies to "
+              "that same socket (the two proxies on one upstream; nginx keeps the socket's default send buffer, "
+              "where kubefn asks for 1 MiB); kubefn's node port is its own TCP relay to that replica, shown for "
+              "information.",
               f"Latency: 1 connection for {LATENCY_SECONDS} s; throughput: {LOAD_SECONDS} s runs; {REPEATS} runs each, "
               "median (min–max); bodies are POSTed.", "",
               "| scenario | path | p50 ms | p99 ms | requests/s | share of the replica's | errors |",
               "|---|---|---:|---:|---:|---:|---:|"]
     labels = {"replica": "the replica's own port (baseline)", "gateway": "kubefn gateway `/fn/…`",
-              "nginx": f"nginx {nginx_version_text}", "node_port": "kubefn node port (relay)"}
+              "nginx": f"nginx {nginx_version_text}",
+              "nginx_same": f"nginx {nginx_version_text} to the gateway's replica (its Unix socket)",
+              "node_port": "kubefn node port (relay)"}
+    # Runs before the second nginx have no figures for it.
+    labels = {path: label for path, label in labels.items() if path in g}
     for scenario in g["scenarios"]:
         name = scenario["name"]
         for path, label in labels.items():
@@ -926,7 +973,12 @@ def gateway_section(g, nginx_version_text):
             lines.append(f"| {name} | {label} | {fmt_spread(figure['p50_ms'])} | {fmt_spread(figure['p99_ms'])} | "
                          f"{fmt_spread(figure['requests_per_s'], 0)} | {share(g, path, name):.2f}× | {figure['errors']} |")
     cpu = g["gateway_cpu_ms_per_1000"]
-    lines += ["", f"Added p50 on one connection: gateway {added:+.3f} ms, nginx {nginx_added:+.3f} ms. "
+    same_upstream = ""
+    if "nginx_same" in g:
+        # Both proxies reach the same socket, so their p50s differ by the proxies alone.
+        behind = g["gateway"]["latency"]["p50_ms"]["median"] - g["nginx_same"]["latency"]["p50_ms"]["median"]
+        same_upstream = f"On the same upstream (the gateway's replica), the gateway's p50 is {behind:+.3f} ms against nginx's. "
+    lines += ["", f"Added p50 on one connection: gateway {added:+.3f} ms, nginx {nginx_added:+.3f} ms. {same_upstream}"
               f"kubefn `GET /healthz` (its HTTP stack, no upstream): p50 {g['healthz']['p50_ms']['median']:.3f} ms.", "",
               "kubefn's CPU time per thousand requests through the gateway (user + system, median (min–max) ms): " +
               "; ".join(f"{name} {fmt_spread(figure, 1)}" for name, figure in cpu.items()) + ".", ""]
@@ -952,10 +1004,41 @@ def growth_section(catalog, followers, kube):
     return lines
 
 
+def gateway_goals(g):
+    """The gateway's goals: (goal, result, met). nginx is the reference proxy twice over: to the
+    replica's own port, and to the gateway's own replica (its Unix socket), the same upstream as
+    the gateway's. A goal against nginx is met only against both: a Unix socket is a cheaper
+    upstream than TCP for small requests (so nginx on it is the stricter reference there), and
+    nginx leaves its default socket send buffer (so with 1 MiB bodies nginx to the port is)."""
+    added, nginx_added = added_p50(g, "gateway"), added_p50(g, "nginx")
+    goals = [("gateway p50 added ≤ 0.1 ms", f"{added:+.3f} ms", added <= 0.1)]
+    if "nginx_same" not in g:  # runs before the second nginx
+        goals.append(("gateway p50 added no worse than nginx's", f"{added:+.3f} ms against nginx {nginx_added:+.3f} ms",
+                      added <= nginx_added))
+    else:
+        # On one upstream the two p50s differ by the proxies alone.
+        behind = g["gateway"]["latency"]["p50_ms"]["median"] - g["nginx_same"]["latency"]["p50_ms"]["median"]
+        goals.append(("gateway p50 added no worse than nginx's",
+                      f"{added:+.3f} ms against nginx {nginx_added:+.3f} ms; to the same replica, p50 "
+                      f"{g['gateway']['latency']['p50_ms']['median']:.3f} against nginx "
+                      f"{g['nginx_same']['latency']['p50_ms']['median']:.3f} ms",
+                      added <= nginx_added and behind <= 0))
+    for scenario in ("32 connections", "256 connections", "1 MiB bodies"):
+        ratio, nginx_ratio = share(g, "gateway", scenario), share(g, "nginx", scenario)
+        references = [nginx_ratio]
+        result = f"{ratio:.2f}× (nginx {nginx_ratio:.2f}×"
+        if "nginx_same" in g:
+            same_ratio = share(g, "nginx_same", scenario)
+            references.append(same_ratio)
+            result += f"; nginx to the same replica {same_ratio:.2f}×"
+        goals.append((f"gateway throughput ≥ 0.8× the replica's and ≥ nginx's, {scenario}", result + ")",
+                       ratio >= 0.8 and ratio >= max(references)))
+    return goals
+
+
 def report(stamp, results):
     """The Markdown results and the README table."""
     g = results["gateway"]
-    added, nginx_added = added_p50(g, "gateway"), added_p50(g, "nginx")
     f = results["footprint"]
     catalog_ms = f["catalog_ms"]["median"] - f["healthz_ms"]["median"]
     wasm = results["wasm"]
@@ -1037,15 +1120,7 @@ def report(stamp, results):
         lines.append(f"| {k['connections']} | {k['p50_ms']:.2f} | {k['p99_ms']:.2f} | {k['requests_per_s']:.0f} | "
                      f"{p['p50_ms']:.2f} | {p['p99_ms']:.2f} | {p['requests_per_s']:.0f} |")
     lines += ["", f"![response time against simultaneous requests]({stamp}-concurrency.svg)", ""]
-    goals = [
-        ("gateway p50 added ≤ 0.1 ms", f"{added:+.3f} ms", added <= 0.1),
-        ("gateway p50 added no worse than nginx's", f"{added:+.3f} ms against nginx {nginx_added:+.3f} ms", added <= nginx_added),
-    ]
-    for scenario in ("32 connections", "256 connections", "1 MiB bodies"):
-        ratio, nginx_ratio = share(g, "gateway", scenario), share(g, "nginx", scenario)
-        goals.append((f"gateway throughput ≥ 0.8× the replica's and ≥ nginx's, {scenario}",
-                      f"{ratio:.2f}× (nginx {nginx_ratio:.2f}×)", ratio >= 0.8 and ratio >= nginx_ratio))
-    goals += [
+    goals = gateway_goals(g) + [
         ("cold start p50 ≤ 50 ms with the warm pool", f"{cold_pool:.1f} ms (slower of Python, Node)", cold_pool <= 50),
         ("deploy-to-answer p50 ≤ 300 ms", f"{deploy_pool:.1f} ms (warm pool, slower of Python, Node)", deploy_pool <= 300),
         ("RSS ≤ 40 MB idle", f"{f['idle_mib']['median']:.1f} MiB", f["idle_mib"]["median"] <= 40),
