@@ -47,20 +47,30 @@ pub fn InstanceAddresses(urls: InstanceUrls) -> impl IntoView {
     let gateway_path = urls.gateway.clone();
     let gateway = RwSignal::new(gateway_path.clone());
     Effect::new(move |_| gateway.set(absolute(&gateway_path)));
-    let row = |kind: &'static str, testid: &'static str, text: Signal<String>| {
+    let copy = |kind: &'static str, text: Signal<String>| {
+        view! { <CopyButton text label=format!("Copy the {} address", kind.to_lowercase())/> }
+    };
+    // The node port and port-forward addresses never change on the page: plain text, not the
+    // two reactive closures per row the gateway's needs (a catalog page renders up to 50 of
+    // these on the server).
+    let fixed = |kind: &'static str, testid: &'static str, url: String| {
         view! {
             <li data-testid=testid>
                 <span class="kind">{kind}</span>
-                <a href=move || text.get()><code>{move || text.get()}</code></a>
-                <CopyButton text label=format!("Copy the {} address", kind.to_lowercase())/>
+                <a href=url.clone()><code>{url.clone()}</code></a>
+                {copy(kind, Signal::stored(url))}
             </li>
         }
     };
     view! {
         <ul class="urls">
-            {row("Gateway", "url-gateway", gateway.into())}
-            {urls.node_port.map(|url| row("Node port", "url-node-port", Signal::stored(url)))}
-            {urls.port_forward.map(|url| row("Port-forward", "url-port-forward", Signal::stored(url)))}
+            <li data-testid="url-gateway">
+                <span class="kind">"Gateway"</span>
+                <a href=move || gateway.get()><code>{move || gateway.get()}</code></a>
+                {copy("Gateway", gateway.into())}
+            </li>
+            {urls.node_port.map(|url| fixed("Node port", "url-node-port", url))}
+            {urls.port_forward.map(|url| fixed("Port-forward", "url-port-forward", url))}
         </ul>
     }
 }
