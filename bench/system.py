@@ -6,8 +6,9 @@ Each figure is measured with its baseline in the same run:
      Node bootstrap serving the same function on a TCP port, outside kubefn), and through nginx
      (keep-alive upstream to that port) as a reference proxy, and nginx again to the gateway's
      own upstream (kubefn's sandboxed replica, on its Unix socket) so that the two proxies are
-     compared on one upstream; kubefn's node port (its own relay) for information; latency on 1 connection, throughput on 32 and 256, and 1 KiB and 1 MiB
-     request bodies on 32; kubefn's CPU time per thousand requests; repeated;
+     compared on one upstream; kubefn's node port (its own relay) for information; latency on
+     1 connection, throughput on 32 and 256, and 1 KiB and 1 MiB request bodies on 32;
+     kubefn's CPU time per thousand requests; repeated;
   2. footprint: the server's RSS idle, then with 1,000 registered functions and 100 running
      instances; the catalog's server-side render time with 1,000 functions against /healthz;
      how cost grows: the catalog's render and RSS at 100, 1,000 and 10,000 functions, and
@@ -1008,8 +1009,8 @@ def gateway_goals(g):
     """The gateway's goals: (goal, result, met). nginx is the reference proxy twice over: to the
     replica's own port, and to the gateway's own replica (its Unix socket), the same upstream as
     the gateway's. A goal against nginx is met only against both: a Unix socket is a cheaper
-    upstream than TCP for small requests (so nginx on it is the stricter reference there), and
-    nginx leaves its default socket send buffer (so with 1 MiB bodies nginx to the port is)."""
+    upstream than TCP for small requests, so nginx on it is the stricter reference there; nginx
+    keeps the socket's default send buffer, so with 1 MiB bodies nginx to the port is."""
     added, nginx_added = added_p50(g, "gateway"), added_p50(g, "nginx")
     goals = [("gateway p50 added ≤ 0.1 ms", f"{added:+.3f} ms", added <= 0.1)]
     if "nginx_same" not in g:  # runs before the second nginx
