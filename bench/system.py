@@ -942,6 +942,11 @@ def added_p50(g, path, scenario="latency"):
     return g[path][scenario]["p50_ms"]["median"] - g["replica"][scenario]["p50_ms"]["median"]
 
 
+def p50_behind_nginx_same(g):
+    """How much the gateway's p50 on one connection is above nginx's on the same upstream, in ms."""
+    return g["gateway"]["latency"]["p50_ms"]["median"] - g["nginx_same"]["latency"]["p50_ms"]["median"]
+
+
 def share(g, path, scenario):
     """`path`'s throughput as a share of the replica's own in `scenario`."""
     return g[path][scenario]["requests_per_s"]["median"] / g["replica"][scenario]["requests_per_s"]["median"]
@@ -977,7 +982,7 @@ def gateway_section(g, nginx_version_text):
     same_upstream = ""
     if "nginx_same" in g:
         # Both proxies reach the same socket, so their p50s differ by the proxies alone.
-        behind = g["gateway"]["latency"]["p50_ms"]["median"] - g["nginx_same"]["latency"]["p50_ms"]["median"]
+        behind = p50_behind_nginx_same(g)
         same_upstream = f"On the same upstream (the gateway's replica), the gateway's p50 is {behind:+.3f} ms against nginx's. "
     lines += ["", f"Added p50 on one connection: gateway {added:+.3f} ms, nginx {nginx_added:+.3f} ms. {same_upstream}"
               f"kubefn `GET /healthz` (its HTTP stack, no upstream): p50 {g['healthz']['p50_ms']['median']:.3f} ms.", "",
@@ -1018,7 +1023,7 @@ def gateway_goals(g):
                       added <= nginx_added))
     else:
         # On one upstream the two p50s differ by the proxies alone.
-        behind = g["gateway"]["latency"]["p50_ms"]["median"] - g["nginx_same"]["latency"]["p50_ms"]["median"]
+        behind = p50_behind_nginx_same(g)
         goals.append(("gateway p50 added no worse than nginx's",
                       f"{added:+.3f} ms against nginx {nginx_added:+.3f} ms; to the same replica, p50 "
                       f"{g['gateway']['latency']['p50_ms']['median']:.3f} against nginx "
