@@ -24,8 +24,6 @@ use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response, Uri};
 use http_body_util::BodyExt;
 use hyper::body::{Buf, Bytes, Incoming};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -333,7 +331,7 @@ impl Gateway {
             },
             other => GatewayError::Runtime(other),
         })?;
-        let Chosen { endpoint, client: pooled, outstanding } = self.choose(id, route).ok_or_else(not_ready)?;
+        let Chosen { endpoint, connections, mut outstanding } = self.choose(id, route).ok_or_else(not_ready)?;
         // A WebSocket (or other) upgrade keeps its Upgrade and Connection headers, and the
         // client's connection, once upgraded, is joined to the instance's.
         let upgrade = requested_upgrade(request.headers());
@@ -364,27 +362,26 @@ impl Gateway {
                 tokio::spawn(async move {
                     let _ = connection.with_upgrades().await;
                 });
-                return sender.send_request(request).await.map_err(|error| upstream_error(error.into()));
+                let response = sender.send_request(request).await.map_err(|error| upstream_error(error.into()))?;
+                return Ok::<_, GatewayError>((response, None));
             }
             let (mut parts, body) = request.into_parts();
-            // The connector dials the chosen replica whatever the authority says; the Host
-            // header is already `function` (see `prepare_upstream`).
-            let mut uri = std::mem::take(&mut parts.uri).into_parts();
-            uri.scheme = Some(http::uri::Scheme::HTTP);
-            uri.authority = Some(http::uri::Authority::from_static("function"));
-            if uri.path_and_query.is_none() {
-                uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
-            }
-            parts.uri = Uri::from_parts(uri).map_err(|error| GatewayError::Upstream(error.into()))?;
+            // Origin form (the path and query) on a connection to the replica; the Host header
+            // is already `function` (see `prepare_upstream`).
+            let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+            parts.uri = Uri::from(path);
             let body =
                 body.map_frame(|frame| frame.map_data(|mut data| data.copy_to_bytes(data.remaining()))).boxed_unsync();
-            pooled.request(Request::from_parts(parts, body)).await.map_err(|error| upstream_error(error.into()))
+            let (response, connection) =
+                connections.send(Request::from_parts(parts, body)).await.map_err(upstream_error)?;
+            Ok((response, Some(connection)))
         };
         // The function's own timeout plus a little for a cold start; the bootstrap answers 504
         // itself at its timeout, this bounds a replica that does not answer at all.
         let limit = Duration::from_secs(u64::from(timeout_s) + 5);
-        let mut response =
+        let (mut response, connection) =
             tokio::time::timeout(limit, forward).await.map_err(|_| GatewayError::Timeout { seconds: timeout_s })??;
+        outstanding.connection = connection;
         if response.status() == http::StatusCode::SWITCHING_PROTOCOLS
             && let Some(client_upgrade) = client_upgrade
         {
@@ -460,17 +457,19 @@ pub fn upstream_uri_of(path_and_query: &str) -> Result<Uri, http::uri::InvalidUr
 }
 
 mod answer;
+mod connections;
 mod headers;
 mod spans;
 mod trace;
 mod upstream;
 
 pub use answer::{Answer, AnswerStart};
+use connections::ReplicaStream;
 use headers::{confine_answer, prepare_upstream, requested_upgrade, strip_hop_by_hop};
 pub use spans::{SpanExport, SpanExportError};
 use trace::log_invocation;
 pub use trace::{INVOCATION_LOG, TraceContext};
-use upstream::{Chosen, InstancePools, Outstanding, ReplicaStream};
+use upstream::{Chosen, InstancePools, Outstanding};
 
 #[cfg(test)]
 mod tests;

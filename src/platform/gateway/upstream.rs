@@ -3,114 +3,15 @@
 //! replica with the fewest requests outstanding. No relay sits between the gateway and a
 //! replica, except kubefn's port-forward from outside a cluster, which is one endpoint.
 
+use super::connections::{Borrowed, ReplicaConnections};
 use super::*;
-use crate::platform::runtime::forwarding::{Dial, OpenTraffic, TcpDial, UnixDial};
-use crate::platform::runtime::unix_upstream::UnixUpstream;
+use crate::platform::runtime::forwarding::OpenTraffic;
 use crate::platform::runtime::{Endpoint, Route};
-use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Idle upstream connections are closed after this long (the bootstraps keep them longer).
-const POOL_IDLE: Duration = Duration::from_secs(30);
-
-/// A connection to one replica, over TCP or a Unix socket.
-pub(super) enum ReplicaStream {
-    Tcp(tokio::net::TcpStream),
-    Unix(UnixUpstream),
-}
-
-impl ReplicaStream {
-    /// Connects to `endpoint`, as the forwarding ports dial replicas.
-    pub(super) async fn connect(endpoint: &Endpoint) -> std::io::Result<ReplicaStream> {
-        match endpoint {
-            Endpoint::Tcp(address) => Ok(ReplicaStream::Tcp(TcpDial.dial(address).await?)),
-            Endpoint::Unix(path) => Ok(ReplicaStream::Unix(UnixDial.dial(path).await?)),
-        }
-    }
-}
-
-impl AsyncRead for ReplicaStream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            ReplicaStream::Tcp(stream) => Pin::new(stream).poll_read(cx, buf),
-            ReplicaStream::Unix(stream) => Pin::new(stream).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for ReplicaStream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            ReplicaStream::Tcp(stream) => Pin::new(stream).poll_write(cx, buf),
-            ReplicaStream::Unix(stream) => Pin::new(stream).poll_write(cx, buf),
-        }
-    }
-
-    /// Vectored writes, which both sockets support: without them hyper copies every body chunk
-    /// into its own buffer before writing it (a 1 MiB body cost 10% of kubefn's CPU in that
-    /// copy alone); with them it hands the kernel the head and the chunks in one `writev`.
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            ReplicaStream::Tcp(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
-            ReplicaStream::Unix(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            ReplicaStream::Tcp(stream) => stream.is_write_vectored(),
-            ReplicaStream::Unix(stream) => stream.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            ReplicaStream::Tcp(stream) => Pin::new(stream).poll_flush(cx),
-            ReplicaStream::Unix(stream) => Pin::new(stream).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            ReplicaStream::Tcp(stream) => Pin::new(stream).poll_shutdown(cx),
-            ReplicaStream::Unix(stream) => Pin::new(stream).poll_shutdown(cx),
-        }
-    }
-}
-
-impl hyper_util::client::legacy::connect::Connection for ReplicaStream {
-    fn connected(&self) -> hyper_util::client::legacy::connect::Connected {
-        hyper_util::client::legacy::connect::Connected::new()
-    }
-}
-
-/// Dials one replica whatever the request's URI says (the URI only names the pool).
-#[derive(Clone)]
-pub(super) struct ReplicaConnector(Arc<Endpoint>);
-
-impl tower::Service<Uri> for ReplicaConnector {
-    type Response = hyper_util::rt::TokioIo<ReplicaStream>;
-    type Error = std::io::Error;
-    type Future = Pin<Box<dyn Future<Output = std::io::Result<Self::Response>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _uri: Uri) -> Self::Future {
-        let endpoint = self.0.clone();
-        Box::pin(async move { ReplicaStream::connect(&endpoint).await.map(hyper_util::rt::TokioIo::new) })
-    }
-}
-
-/// The client of one replica: its keep-alive connections and its requests outstanding.
+/// One replica's keep-alive connections and its requests outstanding.
 struct ReplicaPool {
-    client: Client<ReplicaConnector, UpstreamBody>,
+    connections: Arc<ReplicaConnections>,
     outstanding: Arc<AtomicUsize>,
 }
 
@@ -130,6 +31,8 @@ pub(super) struct InstancePools {
 pub struct Outstanding {
     replica: Arc<AtomicUsize>,
     _traffic: Option<OpenTraffic>,
+    /// The connection the request went on, back to the replica's idle ones with the answer.
+    pub(super) connection: Option<Borrowed>,
 }
 
 impl Drop for Outstanding {
@@ -138,10 +41,10 @@ impl Drop for Outstanding {
     }
 }
 
-/// The replica a request goes to, its pooled client and the count that holds it outstanding.
+/// The replica a request goes to, its connections and the count that holds it outstanding.
 pub(super) struct Chosen {
     pub(super) endpoint: Endpoint,
-    pub(super) client: Client<ReplicaConnector, UpstreamBody>,
+    pub(super) connections: Arc<ReplicaConnections>,
     pub(super) outstanding: Outstanding,
 }
 
@@ -169,14 +72,13 @@ impl InstancePools {
         }
         let endpoint = best?.0.clone();
         let pool = self.replicas.entry(endpoint.clone()).or_insert_with(|| ReplicaPool {
-            client: Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(POOL_IDLE)
-                .build(ReplicaConnector(Arc::new(endpoint.clone()))),
+            connections: ReplicaConnections::new(endpoint.clone()),
             outstanding: Arc::default(),
         });
         pool.outstanding.fetch_add(1, Ordering::Relaxed);
-        let outstanding = Outstanding { replica: pool.outstanding.clone(), _traffic: route.in_flight };
-        Some(Chosen { endpoint, client: pool.client.clone(), outstanding })
+        let outstanding =
+            Outstanding { replica: pool.outstanding.clone(), _traffic: route.in_flight, connection: None };
+        Some(Chosen { endpoint, connections: pool.connections.clone(), outstanding })
     }
 }
 
