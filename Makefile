@@ -20,7 +20,7 @@ export LEPTOS_OUTPUT_NAME := kubefn
 export LEPTOS_SITE_ROOT := target/site
 export LEPTOS_SITE_PKG_DIR := pkg
 
-.PHONY: sandbox help run build build-release test bundle-budget test-unit test-runtimes test-e2e test-kubernetes testcluster lint-tools cluster cluster-stop bench bench-deps tools wasm-target chromium e2e-deps clean
+.PHONY: sandbox help run build build-release test bundle-budget test-unit test-runtimes test-e2e screenshots test-kubernetes testcluster lint-tools cluster cluster-stop bench bench-deps tools wasm-target chromium e2e-deps clean
 
 # Where `make cluster` keeps the control plane it starts for a person (tests use their own).
 CLUSTER_DIR ?= $(or $(TMPDIR),/tmp)/kubefn-cluster
@@ -108,6 +108,11 @@ test-runtimes:
 
 test-e2e: build sandbox chromium e2e-deps
 	end2end/run.sh
+
+# The browser run again, saving its screenshots over the README's (docs/screenshots/); `make
+# test` keeps them under end2end/test-results/ and leaves the tracked ones alone.
+screenshots: build sandbox chromium e2e-deps
+	KUBEFN_SCREENSHOTS_DIR=$(CURDIR)/docs/screenshots end2end/run.sh
 
 # Performance is measured here, never in timed tests: medians against a baseline of the same run.
 # The Rust benches (local runtime; Kubernetes against the test control plane) leave JSON in

@@ -28,12 +28,16 @@ export async function logIn(page: Page, user: string, password: string) {
 }
 
 /**
- * Saves a screenshot for the README under docs/screenshots/ (the e2e run keeps them current).
- * Light theme unless `dark`.
+ * Where screenshots go: the README's docs/screenshots/ only when asked (`make screenshots`
+ * sets KUBEFN_SCREENSHOTS_DIR), else Playwright's untracked output directory, so that
+ * `make test` leaves the checkout's tracked files as they were.
  */
+const screenshotsDir = process.env.KUBEFN_SCREENSHOTS_DIR || "test-results/screenshots";
+
+/** Saves a screenshot of the page as it is (for the README with `make screenshots`). Light theme unless `dark`. */
 export async function screenshot(page: Page, name: string, options: { dark?: boolean; fullPage?: boolean } = {}) {
   await page.emulateMedia({ colorScheme: options.dark ? "dark" : "light" });
   await page.evaluate(() => window.scrollTo(0, 0));
-  await page.screenshot({ path: `../docs/screenshots/${name}.png`, fullPage: options.fullPage ?? false });
+  await page.screenshot({ path: `${screenshotsDir}/${name}.png`, fullPage: options.fullPage ?? false });
   await page.emulateMedia({ colorScheme: "light" });
 }
