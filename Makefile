@@ -29,6 +29,7 @@ help:
 	@echo "make run    build and serve kubefn on http://127.0.0.1:3000"
 	@echo "make test   run every test (unit, API, migrations, browser end-to-end)"
 	@echo "make bench  measure (release build) and write bench/results/"
+	@echo "make screenshots   the browser run again, saving the README's docs/screenshots/"
 	@echo "make cluster / make cluster-stop   a real Kubernetes cluster on this machine (a real node, kwok nodes)"
 
 run: tools sandbox build-release
